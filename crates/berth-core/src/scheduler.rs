@@ -1,0 +1,913 @@
+//! The scheduler actor: container lifecycle, per-method queues, concurrency slots, dynamic
+//! batching, per-attempt timeouts, retries with backoff, cancellation, autoscaling and drain.
+//!
+//! All state lives on one task; commands arrive from an [`InputSource`], work leaves through an
+//! [`Invoker`], and each input's single final outcome leaves through a [`ResultSink`]. Timers are
+//! a heap of deadlines checked lazily: a timer whose subject has moved on is simply ignored.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+
+use crate::spec::PoolSpec;
+
+pub type PoolId = u32;
+pub type ContainerId = u32;
+pub type InputId = u64;
+pub type ExecId = u64;
+
+/// A lifecycle phase that runs user hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Phase {
+    Build = 0,
+    SnapEnter = 1,
+    Enter = 2,
+    Exit = 3,
+}
+
+impl Phase {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Build,
+            1 => Self::SnapEnter,
+            2 => Self::Enter,
+            3 => Self::Exit,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a running attempt should stop: the host fires the input's `AbortSignal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AbortReason {
+    Timeout = 1,
+    Cancelled = 2,
+}
+
+/// The final outcome of an input, delivered exactly once per input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The attempt succeeded; the host holds the value of that attempt.
+    Ok,
+    /// User code failed on that attempt and no retry is left; the host holds the error.
+    Failed,
+    /// The last attempt ran past the timeout.
+    Timeout,
+    /// Cancelled by the caller (or by a forced stop).
+    Cancelled,
+    /// No container could start: this container's enter hooks failed (or timed out).
+    Init(ContainerId),
+    /// The container running the last attempt died.
+    Lost,
+    /// Refused: unknown pool or method, or the scheduler is stopping.
+    Rejected,
+}
+
+/// How an execution ended, as the host reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExecStatus {
+    Ok = 0,
+    /// User code threw (or returned a wrong-length batch): retried within the policy.
+    Failed = 1,
+    /// A failure that retrying cannot fix.
+    FailedFinal = 2,
+}
+
+/// One call of user code: a single input, or a batch of a `@batched` method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub id: ExecId,
+    pub pool: PoolId,
+    pub container: ContainerId,
+    pub method: u32,
+    /// `(input, attempt)`, oldest first.
+    pub inputs: Vec<(InputId, u32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submission {
+    pub input: InputId,
+    pub pool: PoolId,
+    pub method: u32,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    AddPool(PoolId, PoolSpec),
+    Submit(Vec<Submission>),
+    Cancel(Vec<InputId>),
+    Complete(Vec<(ExecId, ExecStatus)>),
+    HookDone { container: ContainerId, phase: Phase, ok: bool },
+    /// The container's process died: its running attempts failed, retried within the policy.
+    ContainerLost(ContainerId),
+    /// Stop taking inputs, finish every accepted one, run exit hooks, then answer.
+    Shutdown(Option<oneshot::Sender<()>>),
+    /// Stop now: running inputs are aborted and everything pending is cancelled.
+    Kill,
+}
+
+/// How user code is called. Calls are cheap notifications: the host queues them and does the
+/// work on its own thread, then reports back with [`Command`]s. `flush` ends each scheduler turn,
+/// so a host can deliver everything from one turn at once.
+pub trait Invoker: Send + 'static {
+    fn run_hook(&mut self, pool: PoolId, container: ContainerId, phase: Phase);
+    fn run(&mut self, exec: Exec);
+    fn abort(&mut self, input: InputId, attempt: u32, reason: AbortReason);
+    /// A hook ran past its bound (startup timeout or exit grace) and was given up on.
+    fn hook_abandoned(&mut self, pool: PoolId, container: ContainerId, phase: Phase);
+    /// The container takes no more work; the host may drop its instance.
+    fn container_stopped(&mut self, pool: PoolId, container: ContainerId);
+    fn flush(&mut self) {}
+}
+
+/// Where each input's one final outcome goes.
+pub trait ResultSink: Send + 'static {
+    fn done(&mut self, input: InputId, attempt: u32, outcome: Outcome);
+    fn flush(&mut self) {}
+}
+
+/// Where commands come from: a channel in-process, a gRPC stream, a NATS consumer.
+pub trait InputSource: Send + 'static {
+    /// The next command; `None` when every sender is gone.
+    fn recv(&mut self) -> impl Future<Output = Option<Command>> + Send;
+    /// A command that is already waiting, without blocking.
+    fn try_recv(&mut self) -> Option<Command>;
+}
+
+impl InputSource for mpsc::UnboundedReceiver<Command> {
+    fn recv(&mut self) -> impl Future<Output = Option<Command>> + Send {
+        mpsc::UnboundedReceiver::recv(self)
+    }
+    fn try_recv(&mut self) -> Option<Command> {
+        mpsc::UnboundedReceiver::try_recv(self).ok()
+    }
+}
+
+/// Ids are dense counters: a multiplicative mix is enough, and much cheaper than SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// The longest a failing container waits before it is started again.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+const FIRST_RESTART_BACKOFF: Duration = Duration::from_millis(250);
+/// Commands handled in one turn before timers get their look: keeps timeouts on time under load.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CState {
+    Starting(Phase),
+    Serving,
+    Draining,
+    Exiting,
+}
+
+struct Container {
+    pool: PoolId,
+    state: CState,
+    in_flight: u32,
+    idle_since: Instant,
+}
+
+struct Queued {
+    input: InputId,
+    attempt: u32,
+    at: Instant,
+    /// Arrival order across methods (instants can tie).
+    seq: u64,
+}
+
+struct Pool {
+    spec: PoolSpec,
+    queues: Vec<VecDeque<Queued>>,
+    containers: Vec<ContainerId>,
+    built: bool,
+    failures: u32,
+    restart_at: Option<Instant>,
+    /// Inputs accepted and not yet finished (queued, running or waiting to retry).
+    pending: u32,
+    /// Earliest deadline already in the timer heap, so waits do not pile up timers.
+    wake_at: Option<Instant>,
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IState {
+    Queued,
+    Running(ExecId),
+    Backoff,
+}
+
+struct InputState {
+    pool: PoolId,
+    method: u32,
+    attempt: u32,
+    state: IState,
+}
+
+struct ExecState {
+    container: ContainerId,
+    /// Inputs whose outcome this execution still decides (cancelled ones leave early).
+    inputs: Vec<(InputId, u32)>,
+    /// Past its timeout: its inputs are decided, but its slot is held until the code settles,
+    /// so in-flight work never exceeds `maxInputs`.
+    timed_out: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    ExecTimeout(ExecId),
+    Retry(InputId, u32),
+    PoolWake(PoolId),
+    Startup(ContainerId),
+    ExitGrace(ContainerId),
+}
+
+/// The scheduler. Build one, add pools with [`Command::AddPool`], and `run` it on a task.
+pub struct Scheduler<I: Invoker, R: ResultSink> {
+    invoker: I,
+    results: R,
+    pools: IdMap<PoolId, Pool>,
+    containers: IdMap<ContainerId, Container>,
+    inputs: IdMap<InputId, InputState>,
+    execs: IdMap<ExecId, ExecState>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    next_container: ContainerId,
+    next_exec: ExecId,
+    next_seq: u64,
+    dirty: Vec<PoolId>,
+    stopping: bool,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
+    pub fn new(invoker: I, results: R) -> Self {
+        Self {
+            invoker,
+            results,
+            pools: IdMap::default(),
+            containers: IdMap::default(),
+            inputs: IdMap::default(),
+            execs: IdMap::default(),
+            timers: BinaryHeap::new(),
+            next_container: 1,
+            next_exec: 1,
+            next_seq: 0,
+            dirty: Vec::new(),
+            stopping: false,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Runs until a shutdown completes, a kill, or every sender of the source is gone.
+    pub async fn run<S: InputSource>(mut self, mut source: S) {
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            let received = match next_timer {
+                Some(at) => tokio::select! {
+                    biased;
+                    cmd = source.recv() => Some(cmd),
+                    () = sleep_until(at) => None,
+                },
+                None => Some(source.recv().await),
+            };
+            match received {
+                Some(None) => {
+                    self.kill();
+                    break;
+                }
+                Some(Some(cmd)) => {
+                    self.handle(cmd);
+                    let mut n = 1;
+                    while n < MAX_COMMANDS_PER_TURN {
+                        let Some(cmd) = source.try_recv() else { break };
+                        self.handle(cmd);
+                        n += 1;
+                    }
+                }
+                None => {}
+            }
+            self.fire_timers();
+            self.dispatch_dirty();
+            let finished = self.stopping && self.pools.values().all(|p| p.pending == 0) && self.containers.is_empty();
+            self.invoker.flush();
+            self.results.flush();
+            if finished {
+                for w in self.waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                break;
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::AddPool(id, spec) => self.add_pool(id, spec),
+            Command::Submit(subs) => {
+                for s in subs {
+                    self.submit(s);
+                }
+            }
+            Command::Cancel(ids) => {
+                for id in ids {
+                    self.cancel(id);
+                }
+            }
+            Command::Complete(done) => {
+                for (exec, status) in done {
+                    self.complete(exec, status);
+                }
+            }
+            Command::HookDone { container, phase, ok } => self.hook_done(container, phase, ok),
+            Command::ContainerLost(cid) => self.container_lost(cid),
+            Command::Shutdown(waiter) => {
+                self.stopping = true;
+                self.waiters.extend(waiter);
+                let ids: Vec<PoolId> = self.pools.keys().copied().collect();
+                for id in ids {
+                    self.mark_dirty(id);
+                }
+            }
+            Command::Kill => self.kill(),
+        }
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn add_pool(&mut self, id: PoolId, spec: PoolSpec) {
+        let queues = spec.methods.iter().map(|_| VecDeque::new()).collect();
+        let built = !spec.hooks.build;
+        self.pools.insert(
+            id,
+            Pool {
+                spec,
+                queues,
+                containers: Vec::new(),
+                built,
+                failures: 0,
+                restart_at: None,
+                pending: 0,
+                wake_at: None,
+                dirty: false,
+            },
+        );
+        // minContainers are started right away, as Modal keeps them warm.
+        self.mark_dirty(id);
+    }
+
+    fn mark_dirty(&mut self, pool: PoolId) {
+        if let Some(p) = self.pools.get_mut(&pool) {
+            if !p.dirty {
+                p.dirty = true;
+                self.dirty.push(pool);
+            }
+        }
+    }
+
+    fn submit(&mut self, s: Submission) {
+        // The same input id twice is a duplicate delivery: the first one stands.
+        if self.inputs.contains_key(&s.input) {
+            return;
+        }
+        let accepted = !self.stopping
+            && self.pools.get(&s.pool).is_some_and(|p| (s.method as usize) < p.queues.len());
+        if !accepted {
+            self.results.done(s.input, 1, Outcome::Rejected);
+            return;
+        }
+        self.inputs.insert(s.input, InputState { pool: s.pool, method: s.method, attempt: 1, state: IState::Queued });
+        let seq = self.seq();
+        if let Some(p) = self.pools.get_mut(&s.pool) {
+            p.pending += 1;
+            p.queues[s.method as usize].push_back(Queued { input: s.input, attempt: 1, at: Instant::now(), seq });
+        }
+        self.mark_dirty(s.pool);
+    }
+
+    fn cancel(&mut self, input: InputId) {
+        let Some(st) = self.inputs.get(&input) else { return };
+        let (pool, method, attempt, state) = (st.pool, st.method, st.attempt, st.state);
+        match state {
+            IState::Queued => {
+                if let Some(p) = self.pools.get_mut(&pool) {
+                    p.queues[method as usize].retain(|q| q.input != input);
+                }
+            }
+            IState::Running(exec) => {
+                // The code keeps its slot until it settles; its signal tells it to stop.
+                self.invoker.abort(input, attempt, AbortReason::Cancelled);
+                if let Some(e) = self.execs.get_mut(&exec) {
+                    e.inputs.retain(|(i, _)| *i != input);
+                }
+            }
+            IState::Backoff => {}
+        }
+        self.finish(input, attempt, Outcome::Cancelled);
+    }
+
+    fn complete(&mut self, exec: ExecId, status: ExecStatus) {
+        let Some(e) = self.execs.remove(&exec) else { return };
+        self.release_slot(e.container);
+        if e.timed_out {
+            return;
+        }
+        for (input, attempt) in e.inputs {
+            match status {
+                ExecStatus::Ok => self.finish(input, attempt, Outcome::Ok),
+                ExecStatus::Failed => self.fail_attempt(input, attempt, Outcome::Failed),
+                ExecStatus::FailedFinal => self.finish(input, attempt, Outcome::Failed),
+            }
+        }
+    }
+
+    fn release_slot(&mut self, cid: ContainerId) {
+        let Some(c) = self.containers.get_mut(&cid) else { return };
+        c.in_flight = c.in_flight.saturating_sub(1);
+        let pool = c.pool;
+        if c.in_flight == 0 {
+            c.idle_since = Instant::now();
+            if c.state == CState::Draining {
+                self.begin_exit(cid);
+            }
+        }
+        self.mark_dirty(pool);
+    }
+
+    /// An attempt failed: retry it after the policy's delay, or give the caller the outcome.
+    fn fail_attempt(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
+        let Some(st) = self.inputs.get_mut(&input) else { return };
+        if st.attempt != attempt {
+            return;
+        }
+        let Some(pool) = self.pools.get(&st.pool) else { return };
+        let retries_done = attempt - 1;
+        if retries_done < pool.spec.retries.max_retries {
+            let delay = pool.spec.retries.delay_for(retries_done + 1);
+            st.state = IState::Backoff;
+            self.timers.push(Reverse((Instant::now() + delay, Timer::Retry(input, attempt + 1))));
+        } else {
+            self.finish(input, attempt, outcome);
+        }
+    }
+
+    fn finish(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
+        let Some(st) = self.inputs.remove(&input) else { return };
+        let pool = st.pool;
+        if let Some(p) = self.pools.get_mut(&pool) {
+            p.pending -= 1;
+        }
+        self.results.done(input, attempt, outcome);
+        if self.stopping {
+            self.mark_dirty(pool);
+        }
+    }
+
+    fn hook_done(&mut self, cid: ContainerId, phase: Phase, ok: bool) {
+        let Some(c) = self.containers.get(&cid) else { return };
+        let (pool, state) = (c.pool, c.state);
+        match state {
+            CState::Starting(p) if p == phase => {
+                if !ok {
+                    self.enter_failed(cid);
+                    return;
+                }
+                if phase == Phase::Build {
+                    if let Some(p) = self.pools.get_mut(&pool) {
+                        p.built = true;
+                    }
+                }
+                self.advance(cid, Some(phase));
+            }
+            CState::Exiting if phase == Phase::Exit => self.stop_container(cid),
+            _ => {}
+        }
+    }
+
+    /// Moves a starting container to its next phase that has hooks, or to serving.
+    fn advance(&mut self, cid: ContainerId, after: Option<Phase>) {
+        let Some(c) = self.containers.get(&cid) else { return };
+        let pool_id = c.pool;
+        let Some(pool) = self.pools.get(&pool_id) else { return };
+        let hooks = pool.spec.hooks;
+        let wanted = [
+            (Phase::Build, hooks.build && !pool.built),
+            (Phase::SnapEnter, hooks.snap_enter),
+            (Phase::Enter, hooks.enter),
+        ];
+        let next = wanted.iter().find(|(ph, want)| *want && after.is_none_or(|a| *ph > a)).map(|(ph, _)| *ph);
+        let startup_timeout = pool.spec.startup_timeout;
+        let Some(c) = self.containers.get_mut(&cid) else { return };
+        match next {
+            Some(phase) => {
+                c.state = CState::Starting(phase);
+                // The startup bound covers the enter phases, not the (cached) build.
+                let entering = phase != Phase::Build && after.is_none_or(|a| a == Phase::Build);
+                if entering {
+                    self.timers.push(Reverse((Instant::now() + startup_timeout, Timer::Startup(cid))));
+                }
+                self.invoker.run_hook(pool_id, cid, phase);
+            }
+            None => {
+                c.state = CState::Serving;
+                c.idle_since = Instant::now();
+                if let Some(p) = self.pools.get_mut(&pool_id) {
+                    p.failures = 0;
+                }
+                self.mark_dirty(pool_id);
+            }
+        }
+    }
+
+    fn enter_failed(&mut self, cid: ContainerId) {
+        let Some(c) = self.containers.get(&cid) else { return };
+        let pool_id = c.pool;
+        self.remove_container(cid);
+        let Some(p) = self.pools.get_mut(&pool_id) else { return };
+        p.failures += 1;
+        let backoff = FIRST_RESTART_BACKOFF
+            .saturating_mul(1u32 << (p.failures - 1).min(16))
+            .min(MAX_RESTART_BACKOFF);
+        let at = Instant::now() + backoff;
+        p.restart_at = Some(at);
+        self.timers.push(Reverse((at, Timer::PoolWake(pool_id))));
+        // With no container able to serve, the waiting inputs would wait for nothing.
+        let any_serving = p.containers.iter().any(|id| {
+            self.containers.get(id).is_some_and(|c| matches!(c.state, CState::Serving | CState::Draining))
+        });
+        if !any_serving {
+            let failed: Vec<(InputId, u32)> =
+                p.queues.iter_mut().flat_map(|q| q.drain(..)).map(|q| (q.input, q.attempt)).collect();
+            for (input, attempt) in failed {
+                self.finish(input, attempt, Outcome::Init(cid));
+            }
+        }
+        self.mark_dirty(pool_id);
+    }
+
+    fn container_lost(&mut self, cid: ContainerId) {
+        let Some(c) = self.containers.get(&cid) else { return };
+        if matches!(c.state, CState::Starting(_)) {
+            self.enter_failed(cid);
+            return;
+        }
+        let pool = c.pool;
+        let lost: Vec<ExecId> = self.execs.iter().filter(|(_, e)| e.container == cid).map(|(id, _)| *id).collect();
+        for id in lost {
+            if let Some(e) = self.execs.remove(&id) {
+                if !e.timed_out {
+                    for (input, attempt) in e.inputs {
+                        self.fail_attempt(input, attempt, Outcome::Lost);
+                    }
+                }
+            }
+        }
+        self.remove_container(cid);
+        self.mark_dirty(pool);
+    }
+
+    fn remove_container(&mut self, cid: ContainerId) {
+        let Some(c) = self.containers.remove(&cid) else { return };
+        if let Some(p) = self.pools.get_mut(&c.pool) {
+            p.containers.retain(|id| *id != cid);
+        }
+        self.invoker.container_stopped(c.pool, cid);
+    }
+
+    fn begin_exit(&mut self, cid: ContainerId) {
+        let Some(c) = self.containers.get_mut(&cid) else { return };
+        let Some(pool) = self.pools.get(&c.pool) else { return };
+        if pool.spec.hooks.exit {
+            c.state = CState::Exiting;
+            let grace = pool.spec.exit_grace;
+            let pool_id = c.pool;
+            self.timers.push(Reverse((Instant::now() + grace, Timer::ExitGrace(cid))));
+            self.invoker.run_hook(pool_id, cid, Phase::Exit);
+        } else {
+            self.stop_container(cid);
+        }
+    }
+
+    fn stop_container(&mut self, cid: ContainerId) {
+        let pool = self.containers.get(&cid).map(|c| c.pool);
+        self.remove_container(cid);
+        if let Some(pool) = pool {
+            self.mark_dirty(pool);
+        }
+    }
+
+    fn drain_container(&mut self, cid: ContainerId) {
+        let Some(c) = self.containers.get_mut(&cid) else { return };
+        c.state = CState::Draining;
+        if c.in_flight == 0 {
+            self.begin_exit(cid);
+        }
+    }
+
+    fn kill(&mut self) {
+        self.stopping = true;
+        let running: Vec<(InputId, u32, IState)> =
+            self.inputs.iter().map(|(id, st)| (*id, st.attempt, st.state)).collect();
+        for (input, attempt, state) in running {
+            if matches!(state, IState::Running(_)) {
+                self.invoker.abort(input, attempt, AbortReason::Cancelled);
+            }
+            self.finish(input, attempt, Outcome::Cancelled);
+        }
+        for p in self.pools.values_mut() {
+            p.queues.iter_mut().for_each(VecDeque::clear);
+        }
+        self.execs.clear();
+        let ids: Vec<ContainerId> = self.containers.keys().copied().collect();
+        for cid in ids {
+            self.remove_container(cid);
+        }
+        self.invoker.flush();
+        self.results.flush();
+        for w in self.waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::ExecTimeout(id) => self.exec_timeout(id),
+                Timer::Retry(input, attempt) => self.retry_ready(input, attempt),
+                Timer::PoolWake(pool) => {
+                    if let Some(p) = self.pools.get_mut(&pool) {
+                        if p.wake_at.is_some_and(|w| w <= now) {
+                            p.wake_at = None;
+                        }
+                    }
+                    self.mark_dirty(pool);
+                }
+                Timer::Startup(cid) => {
+                    let state = self.containers.get(&cid).map(|c| (c.pool, c.state));
+                    if let Some((pool, CState::Starting(phase @ (Phase::SnapEnter | Phase::Enter)))) = state {
+                        self.invoker.hook_abandoned(pool, cid, phase);
+                        self.enter_failed(cid);
+                    }
+                }
+                Timer::ExitGrace(cid) => {
+                    let state = self.containers.get(&cid).map(|c| (c.pool, c.state));
+                    if let Some((pool, CState::Exiting)) = state {
+                        self.invoker.hook_abandoned(pool, cid, Phase::Exit);
+                        self.stop_container(cid);
+                    }
+                }
+            }
+        }
+    }
+
+    fn exec_timeout(&mut self, id: ExecId) {
+        let Some(e) = self.execs.get_mut(&id) else { return };
+        if e.timed_out {
+            return;
+        }
+        e.timed_out = true;
+        let inputs = std::mem::take(&mut e.inputs);
+        for (input, attempt) in inputs {
+            self.invoker.abort(input, attempt, AbortReason::Timeout);
+            self.fail_attempt(input, attempt, Outcome::Timeout);
+        }
+    }
+
+    fn retry_ready(&mut self, input: InputId, attempt: u32) {
+        let Some(st) = self.inputs.get_mut(&input) else { return };
+        if st.state != IState::Backoff || st.attempt + 1 != attempt {
+            return;
+        }
+        st.attempt = attempt;
+        st.state = IState::Queued;
+        let (pool, method) = (st.pool, st.method);
+        let seq = self.seq();
+        if let Some(p) = self.pools.get_mut(&pool) {
+            p.queues[method as usize].push_back(Queued { input, attempt, at: Instant::now(), seq });
+        }
+        self.mark_dirty(pool);
+    }
+
+    fn dispatch_dirty(&mut self) {
+        while let Some(pool) = self.dirty.pop() {
+            if let Some(p) = self.pools.get_mut(&pool) {
+                p.dirty = false;
+            }
+            self.dispatch(pool);
+            self.autoscale(pool);
+        }
+    }
+
+    /// Hands ready work to free slots: the method whose oldest input is oldest goes first; a
+    /// batched method is ready when full or when its oldest input has waited `wait`.
+    fn dispatch(&mut self, pool_id: PoolId) {
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
+        loop {
+            let Some(pool) = self.pools.get(&pool_id) else { return };
+            let mut best: Option<(usize, u64)> = None;
+            for (m, q) in pool.queues.iter().enumerate() {
+                let Some(head) = q.front() else { continue };
+                let ready = match pool.spec.methods[m].batching {
+                    None => true,
+                    Some(b) => {
+                        let due = head.at + b.wait;
+                        let ready = q.len() >= b.max_batch_size as usize || due <= now;
+                        if !ready {
+                            wake = Some(wake.map_or(due, |w| w.min(due)));
+                        }
+                        ready
+                    }
+                };
+                if ready && best.is_none_or(|(_, seq)| head.seq < seq) {
+                    best = Some((m, head.seq));
+                }
+            }
+            let Some((method, _)) = best else { break };
+            let Some(cid) = self.pick_container(pool_id) else { break };
+            self.start_exec(pool_id, cid, method);
+        }
+        if let Some(at) = wake {
+            self.wake_pool_at(pool_id, at);
+        }
+    }
+
+    fn wake_pool_at(&mut self, pool_id: PoolId, at: Instant) {
+        let Some(p) = self.pools.get_mut(&pool_id) else { return };
+        if p.wake_at.is_none_or(|w| at < w || w <= Instant::now()) {
+            p.wake_at = Some(at);
+            self.timers.push(Reverse((at, Timer::PoolWake(pool_id))));
+        }
+    }
+
+    /// Packs work onto containers up to `targetInputs` (most loaded first, as Modal does),
+    /// then spreads what is left up to `maxInputs` (least loaded first).
+    fn pick_container(&self, pool_id: PoolId) -> Option<ContainerId> {
+        let pool = self.pools.get(&pool_id)?;
+        let (max, target) = (pool.spec.max_inputs, pool.spec.target_inputs);
+        let serving = pool
+            .containers
+            .iter()
+            .filter_map(|id| self.containers.get(id).map(|c| (*id, c)))
+            .filter(|(_, c)| c.state == CState::Serving && c.in_flight < max);
+        let mut packed: Option<(ContainerId, u32)> = None;
+        let mut spread: Option<(ContainerId, u32)> = None;
+        for (id, c) in serving {
+            if c.in_flight < target {
+                if packed.is_none_or(|(_, n)| c.in_flight > n) {
+                    packed = Some((id, c.in_flight));
+                }
+            } else if spread.is_none_or(|(_, n)| c.in_flight < n) {
+                spread = Some((id, c.in_flight));
+            }
+        }
+        packed.or(spread).map(|(id, _)| id)
+    }
+
+    fn start_exec(&mut self, pool_id: PoolId, cid: ContainerId, method: usize) {
+        let Some(pool) = self.pools.get_mut(&pool_id) else { return };
+        let take = pool.spec.methods[method].batching.map_or(1, |b| b.max_batch_size as usize);
+        let q = &mut pool.queues[method];
+        let n = take.min(q.len());
+        let inputs: Vec<(InputId, u32)> = q.drain(..n).map(|q| (q.input, q.attempt)).collect();
+        let (timeout, single_use) = (pool.spec.timeout, pool.spec.single_use);
+        let id = self.next_exec;
+        self.next_exec += 1;
+        for (input, _) in &inputs {
+            if let Some(st) = self.inputs.get_mut(input) {
+                st.state = IState::Running(id);
+            }
+        }
+        if let Some(c) = self.containers.get_mut(&cid) {
+            c.in_flight += 1;
+            if single_use {
+                c.state = CState::Draining;
+            }
+        }
+        self.execs.insert(id, ExecState { container: cid, inputs: inputs.clone(), timed_out: false });
+        self.timers.push(Reverse((Instant::now() + timeout, Timer::ExecTimeout(id))));
+        self.invoker.run(Exec { id, pool: pool_id, container: cid, method: method as u32, inputs });
+    }
+
+    /// Starts or drains containers so that the pool has what its load asks for, within
+    /// `minContainers..=maxContainers` (plus `bufferContainers` while busy).
+    fn autoscale(&mut self, pool_id: PoolId) {
+        let now = Instant::now();
+        let Some(pool) = self.pools.get(&pool_id) else { return };
+        let spec = &pool.spec;
+        let mut live = 0u32;
+        let mut in_flight = 0u32;
+        for c in pool.containers.iter().filter_map(|id| self.containers.get(id)) {
+            if matches!(c.state, CState::Starting(_) | CState::Serving) {
+                live += 1;
+                in_flight += c.in_flight;
+            }
+        }
+        let queued: u32 = pool
+            .queues
+            .iter()
+            .zip(&spec.methods)
+            .map(|(q, m)| {
+                let n = q.len() as u32;
+                m.batching.map_or(n, |b| n.div_ceil(b.max_batch_size))
+            })
+            .sum();
+        let load = queued + in_flight;
+        let mut desired = load.div_ceil(spec.target_inputs);
+        if load > 0 {
+            desired += spec.buffer_containers;
+        }
+        let floor = if self.stopping { 0 } else { spec.min_containers };
+        desired = desired.clamp(floor, spec.max_containers);
+        if !pool.built {
+            // One container builds; the others start once the build is cached.
+            desired = desired.min(1);
+        }
+        let restart_wait = pool.restart_at.filter(|at| *at > now);
+
+        if live < desired {
+            if let Some(at) = restart_wait {
+                self.wake_pool_at(pool_id, at);
+            } else {
+                for _ in live..desired {
+                    self.start_container(pool_id);
+                }
+            }
+        } else if live > desired {
+            let window = if self.stopping { Duration::ZERO } else { spec.scaledown_window };
+            let mut idle: Vec<(Instant, ContainerId)> = pool
+                .containers
+                .iter()
+                .filter_map(|id| self.containers.get(id).map(|c| (*id, c)))
+                .filter(|(_, c)| c.state == CState::Serving && c.in_flight == 0)
+                .map(|(id, c)| (c.idle_since, id))
+                .collect();
+            idle.sort();
+            let mut excess = live - desired;
+            let mut next_check: Option<Instant> = None;
+            for (since, id) in idle {
+                if excess == 0 {
+                    break;
+                }
+                if since + window <= now {
+                    self.drain_container(id);
+                    excess -= 1;
+                } else {
+                    next_check = Some(next_check.map_or(since + window, |t: Instant| t.min(since + window)));
+                }
+            }
+            if let Some(at) = next_check {
+                self.wake_pool_at(pool_id, at);
+            }
+        }
+    }
+
+    fn start_container(&mut self, pool_id: PoolId) {
+        let cid = self.next_container;
+        self.next_container += 1;
+        let now = Instant::now();
+        self.containers.insert(
+            cid,
+            Container { pool: pool_id, state: CState::Starting(Phase::Build), in_flight: 0, idle_since: now },
+        );
+        if let Some(p) = self.pools.get_mut(&pool_id) {
+            p.containers.push(cid);
+        }
+        self.advance(cid, None);
+    }
+}
+
+#[cfg(test)]
+mod tests;

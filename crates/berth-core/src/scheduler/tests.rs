@@ -1,0 +1,598 @@
+//! Scheduler rules on tokio's paused clock: every time below is exact.
+use std::time::Duration;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::time::Instant;
+
+use super::*;
+use crate::spec::{Batching, HookSet, MethodSpec, PoolSpec, RetryPolicy};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ev {
+    Hook(ContainerId, Phase),
+    Run(Exec),
+    Abort(InputId, u32, AbortReason),
+    Abandoned(ContainerId, Phase),
+    Stopped(ContainerId),
+    Done(InputId, u32, Outcome),
+}
+
+struct Host(UnboundedSender<Ev>);
+impl Invoker for Host {
+    fn run_hook(&mut self, _: PoolId, c: ContainerId, p: Phase) {
+        let _ = self.0.send(Ev::Hook(c, p));
+    }
+    fn run(&mut self, e: Exec) {
+        let _ = self.0.send(Ev::Run(e));
+    }
+    fn abort(&mut self, i: InputId, a: u32, r: AbortReason) {
+        let _ = self.0.send(Ev::Abort(i, a, r));
+    }
+    fn hook_abandoned(&mut self, _: PoolId, c: ContainerId, p: Phase) {
+        let _ = self.0.send(Ev::Abandoned(c, p));
+    }
+    fn container_stopped(&mut self, _: PoolId, c: ContainerId) {
+        let _ = self.0.send(Ev::Stopped(c));
+    }
+}
+impl ResultSink for Host {
+    fn done(&mut self, i: InputId, a: u32, o: Outcome) {
+        let _ = self.0.send(Ev::Done(i, a, o));
+    }
+}
+
+const POOL: PoolId = 7;
+const MS: Duration = Duration::from_millis(1);
+
+struct World {
+    cmd: UnboundedSender<Command>,
+    ev: UnboundedReceiver<Ev>,
+    t0: Instant,
+}
+
+impl World {
+    fn new(spec: PoolSpec) -> Self {
+        spec.validate().expect("valid spec");
+        let (cmd, rx) = unbounded_channel();
+        let (etx, ev) = unbounded_channel();
+        let h = Host(etx);
+        tokio::spawn(Scheduler::new(Host(h.0.clone()), h).run(rx));
+        cmd.send(Command::AddPool(POOL, spec)).expect("send");
+        Self { cmd, ev, t0: Instant::now() }
+    }
+    fn ms(&self) -> u128 {
+        self.t0.elapsed().as_millis()
+    }
+    fn send(&self, c: Command) {
+        self.cmd.send(c).expect("scheduler alive");
+    }
+    fn submit(&self, ids: impl IntoIterator<Item = u64>, method: u32) {
+        self.send(Command::Submit(ids.into_iter().map(|input| Submission { input, pool: POOL, method }).collect()));
+    }
+    async fn next(&mut self) -> Ev {
+        tokio::time::timeout(Duration::from_secs(3600), self.ev.recv()).await.expect("no event for an hour").expect("open")
+    }
+    /// Waits for the next event, answering enter/exit hooks with success on the way.
+    async fn next_work(&mut self) -> Ev {
+        loop {
+            match self.next().await {
+                Ev::Hook(c, p) => self.send(Command::HookDone { container: c, phase: p, ok: true }),
+                Ev::Stopped(_) => {}
+                e => return e,
+            }
+        }
+    }
+    async fn run_ev(&mut self) -> Exec {
+        match self.next_work().await {
+            Ev::Run(e) => e,
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+    fn complete(&self, e: &Exec, s: ExecStatus) {
+        self.send(Command::Complete(vec![(e.id, s)]));
+    }
+    /// Runs everything with `f` deciding (duration, status), until `n` inputs are done.
+    async fn serve(&mut self, n: usize, f: impl Fn(&Exec) -> (Duration, ExecStatus)) -> Vec<(u128, Ev)> {
+        let mut log = Vec::new();
+        let mut done = 0;
+        while done < n {
+            let ev = self.next().await;
+            log.push((self.ms(), ev.clone()));
+            match ev {
+                Ev::Hook(c, p) => self.send(Command::HookDone { container: c, phase: p, ok: true }),
+                Ev::Run(e) => {
+                    let (d, s) = f(&e);
+                    let tx = self.cmd.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        let _ = tx.send(Command::Complete(vec![(e.id, s)]));
+                    });
+                }
+                Ev::Done(..) => done += 1,
+                _ => {}
+            }
+        }
+        log
+    }
+    async fn shutdown(&mut self) -> Vec<Ev> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Shutdown(Some(tx)));
+        let mut seen = Vec::new();
+        loop {
+            tokio::select! {
+                _ = &mut rx => break,
+                ev = self.ev.recv() => {
+                    let Some(ev) = ev else { break };
+                    if let Ev::Hook(c, p) = ev { self.send(Command::HookDone { container: c, phase: p, ok: true }) }
+                    seen.push(ev);
+                }
+            }
+        }
+        while let Ok(ev) = self.ev.try_recv() {
+            seen.push(ev);
+        }
+        seen
+    }
+}
+
+fn spec() -> PoolSpec {
+    PoolSpec::new("f", vec![MethodSpec::default()])
+}
+
+fn batched(max: u32, wait_ms: u64) -> PoolSpec {
+    PoolSpec::new("b", vec![MethodSpec { batching: Some(Batching::new(max, Duration::from_millis(wait_ms)).expect("ok")) }])
+}
+
+fn all_hooks() -> HookSet {
+    HookSet { build: true, snap_enter: true, enter: true, exit: true }
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifecycle_runs_phases_in_order_and_exit_on_shutdown() {
+    let mut s = spec();
+    s.hooks = all_hooks();
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let mut phases = Vec::new();
+    let exec = loop {
+        match w.next().await {
+            Ev::Hook(c, p) => {
+                phases.push(p);
+                w.send(Command::HookDone { container: c, phase: p, ok: true });
+            }
+            Ev::Run(e) => break e,
+            e => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(phases, vec![Phase::Build, Phase::SnapEnter, Phase::Enter]);
+    w.complete(&exec, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Ok));
+    let rest = w.shutdown().await;
+    assert_eq!(rest, vec![Ev::Hook(exec.container, Phase::Exit), Ev::Stopped(exec.container)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_queued_and_running_inputs_before_exit() {
+    let mut s = spec();
+    s.hooks.exit = true;
+    let mut w = World::new(s);
+    w.submit([1, 2, 3], 0);
+    let e1 = w.run_ev().await;
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    w.send(Command::Shutdown(Some(tx)));
+    // New work is refused while stopping; accepted work is not lost.
+    w.submit([4], 0);
+    assert_eq!(w.next().await, Ev::Done(4, 1, Outcome::Rejected));
+    w.complete(&e1, ExecStatus::Ok);
+    let mut order = vec![];
+    loop {
+        match w.next().await {
+            Ev::Run(e) => w.complete(&e, ExecStatus::Ok),
+            Ev::Done(i, _, o) => order.push((i, o)),
+            Ev::Hook(c, Phase::Exit) => {
+                assert_eq!(order.len(), 3, "exit hooks run after every accepted input is done");
+                w.send(Command::HookDone { container: c, phase: Phase::Exit, ok: true });
+            }
+            Ev::Stopped(_) => break,
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(order, vec![(1, Outcome::Ok), (2, Outcome::Ok), (3, Outcome::Ok)]);
+    (&mut rx).await.expect("shutdown answered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn enter_failure_fails_waiting_inputs_skips_exit_and_restarts_with_backoff() {
+    let mut s = spec();
+    s.hooks = HookSet { enter: true, exit: true, ..HookSet::default() };
+    let mut w = World::new(s);
+    w.submit([1, 2], 0);
+    let mut starts = Vec::new();
+    let mut results = Vec::new();
+    let mut next_id = 3;
+    while starts.len() < 4 {
+        match w.next().await {
+            Ev::Hook(c, Phase::Enter) => {
+                starts.push(w.ms());
+                w.send(Command::HookDone { container: c, phase: Phase::Enter, ok: false });
+            }
+            Ev::Hook(_, p) => panic!("no {p:?} hook may run after a failed enter"),
+            Ev::Done(i, _, o) => {
+                results.push((i, o));
+                // A caller keeps calling; each call waits for the next restart.
+                w.submit([next_id], 0);
+                next_id += 1;
+            }
+            Ev::Stopped(_) => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    assert!(matches!(results[0], (1, Outcome::Init(_))));
+    assert!(matches!(results[1], (2, Outcome::Init(_))));
+    // Restarts back off: 250 ms, 500 ms, 1 s between attempts.
+    let gaps: Vec<u128> = starts.windows(2).map(|p| p[1] - p[0]).collect();
+    assert_eq!(gaps, vec![250, 500, 1000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_never_exceeds_max_inputs() {
+    let mut s = spec();
+    s.max_inputs = 3;
+    s.target_inputs = 3;
+    let mut w = World::new(s);
+    w.submit(1..=10, 0);
+    let log = w.serve(10, |_| (10 * MS, ExecStatus::Ok)).await;
+    let mut running = 0i32;
+    let mut peak = 0;
+    let mut runs = 0;
+    for (_, ev) in &log {
+        match ev {
+            Ev::Run(_) => {
+                running += 1;
+                runs += 1;
+                peak = peak.max(running);
+            }
+            Ev::Done(..) => running -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(peak, 3);
+    assert_eq!(runs, 10);
+    // 10 inputs of 10 ms, 3 at a time: 4 rounds.
+    assert_eq!(log.last().map(|(t, _)| *t), Some(40));
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_dispatches_when_full_without_waiting() {
+    let mut w = World::new(batched(4, 1000));
+    w.submit(1..=6, 0);
+    let e = w.run_ev().await;
+    assert_eq!(w.ms(), 0);
+    assert_eq!(e.inputs.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    // The rest waits for its deadline, counted from its oldest input.
+    w.complete(&e, ExecStatus::Ok);
+    let mut rest = None;
+    while rest.is_none() {
+        if let Ev::Run(e) = w.next_work().await {
+            rest = Some(e);
+        }
+    }
+    assert_eq!(w.ms(), 1000);
+    assert_eq!(rest.map(|e| e.inputs.len()), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_deadline_counts_from_oldest_input() {
+    let mut w = World::new(batched(8, 50));
+    w.submit([1], 0);
+    tokio::time::sleep(30 * MS).await;
+    w.submit([2], 0);
+    let e = w.run_ev().await;
+    assert_eq!(w.ms(), 50, "deadline is 50 ms after input 1, not after input 2");
+    assert_eq!(e.inputs.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_keeps_growing_while_the_container_is_busy() {
+    let mut w = World::new(batched(100, 5));
+    w.submit([1], 0);
+    let first = w.run_ev().await;
+    assert_eq!(w.ms(), 5);
+    // While the one slot is busy, inputs arrive over 200 ms: no batch may leave.
+    for i in 2..=21 {
+        tokio::time::sleep(10 * MS).await;
+        w.submit([i], 0);
+    }
+    w.complete(&first, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Ok));
+    let second = w.run_ev().await;
+    assert_eq!(second.inputs.len(), 20, "work-conserving: one batch of everything that waited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_inputs_leave_a_forming_batch() {
+    let mut w = World::new(batched(3, 100));
+    w.submit([1, 2], 0);
+    w.send(Command::Cancel(vec![1]));
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Cancelled));
+    w.submit([3, 4], 0);
+    let e = w.run_ev().await;
+    assert_eq!(e.inputs.iter().map(|x| x.0).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(w.ms(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_methods_share_slots_oldest_first() {
+    let mut s = PoolSpec::new(
+        "c",
+        vec![MethodSpec::default(), MethodSpec { batching: Some(Batching::new(2, Duration::ZERO).expect("ok")) }],
+    );
+    s.max_inputs = 1;
+    s.target_inputs = 1;
+    let mut w = World::new(s);
+    w.submit([1], 1);
+    w.submit([2], 0);
+    w.submit([3], 1);
+    let log = w.serve(3, |_| (MS, ExecStatus::Ok)).await;
+    let runs: Vec<(u32, Vec<u64>)> = log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Ev::Run(x) => Some((x.method, x.inputs.iter().map(|i| i.0).collect())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, vec![(1, vec![1, 3]), (0, vec![2])]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_aborts_and_fails_but_holds_the_slot_until_the_code_settles() {
+    let mut s = spec();
+    s.timeout = 100 * MS;
+    let mut w = World::new(s);
+    w.submit([1, 2], 0);
+    let e1 = w.run_ev().await;
+    assert_eq!(w.next().await, Ev::Abort(1, 1, AbortReason::Timeout));
+    assert_eq!(w.ms(), 100);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Timeout));
+    tokio::time::sleep(50 * MS).await;
+    // A late result of the timed-out attempt is not delivered; it only frees the slot.
+    w.complete(&e1, ExecStatus::Ok);
+    let e2 = w.run_ev().await;
+    assert_eq!(w.ms(), 150, "input 2 waited for the slot");
+    assert_eq!(e2.inputs, vec![(2, 1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_follow_the_backoff_and_count_attempts() {
+    let mut s = spec();
+    s.retries = RetryPolicy::new(3, 2.0, Duration::from_secs(1), Duration::from_secs(60)).expect("ok");
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let mut starts = Vec::new();
+    let ev = loop {
+        let e = w.run_ev().await;
+        starts.push((w.ms(), e.inputs[0].1));
+        if starts.len() < 3 {
+            w.complete(&e, ExecStatus::Failed);
+        } else {
+            w.complete(&e, ExecStatus::Ok);
+            break w.next().await;
+        }
+    };
+    assert_eq!(starts, vec![(0, 1), (1000, 2), (3000, 3)]);
+    assert_eq!(ev, Ev::Done(1, 3, Outcome::Ok));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_exhausted_give_the_last_failure() {
+    let mut s = spec();
+    s.retries = RetryPolicy::fixed(2).expect("ok");
+    s.timeout = 10 * MS;
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let log = w.serve(1, |e| if e.inputs[0].1 < 3 { (MS, ExecStatus::Failed) } else { (20 * MS, ExecStatus::Ok) }).await;
+    let runs = log.iter().filter(|(_, e)| matches!(e, Ev::Run(_))).count();
+    assert_eq!(runs, 3, "one attempt plus two retries");
+    assert_eq!(log.last().map(|x| x.1.clone()), Some(Ev::Done(1, 3, Outcome::Timeout)));
+    // Final-failure status is not retried.
+    let mut s = spec();
+    s.retries = RetryPolicy::fixed(5).expect("ok");
+    let mut w = World::new(s);
+    w.submit([9], 0);
+    let log = w.serve(1, |_| (MS, ExecStatus::FailedFinal)).await;
+    assert_eq!(log.last().map(|x| x.1.clone()), Some(Ev::Done(9, 1, Outcome::Failed)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_drops_queued_and_aborts_running_inputs() {
+    let mut s = spec();
+    s.retries = RetryPolicy::fixed(3).expect("ok");
+    let mut w = World::new(s);
+    w.submit([1, 2], 0);
+    let e1 = w.run_ev().await;
+    w.send(Command::Cancel(vec![2, 1]));
+    assert_eq!(w.next().await, Ev::Done(2, 1, Outcome::Cancelled));
+    assert_eq!(w.next().await, Ev::Abort(1, 1, AbortReason::Cancelled));
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Cancelled));
+    // The cancelled attempt settles with a failure: no retry, no second result.
+    w.complete(&e1, ExecStatus::Failed);
+    w.submit([3], 0);
+    let e3 = w.run_ev().await;
+    assert_eq!(e3.inputs, vec![(3, 1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicates_and_stale_completions_are_ignored() {
+    let mut w = World::new(spec());
+    w.submit([1], 0);
+    w.submit([1], 0);
+    let e = w.run_ev().await;
+    w.complete(&e, ExecStatus::Ok);
+    w.complete(&e, ExecStatus::Failed);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Ok));
+    w.submit([2], 0);
+    let e2 = w.run_ev().await;
+    assert_eq!(e2.inputs, vec![(2, 1)], "input 1 ran once and finished once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_pool_or_method_is_rejected() {
+    let mut w = World::new(spec());
+    w.send(Command::Submit(vec![Submission { input: 1, pool: 99, method: 0 }]));
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Rejected));
+    w.submit([2], 5);
+    assert_eq!(w.next().await, Ev::Done(2, 1, Outcome::Rejected));
+}
+
+#[tokio::test(start_paused = true)]
+async fn autoscaler_scales_up_to_max_and_down_after_the_window_with_exit() {
+    let mut s = spec();
+    s.hooks.exit = true;
+    s.max_containers = 3;
+    s.scaledown_window = Duration::from_secs(2);
+    let mut w = World::new(s);
+    w.submit(1..=6, 0);
+    let log = w.serve(6, |_| (100 * MS, ExecStatus::Ok)).await;
+    let mut containers: Vec<ContainerId> =
+        log.iter().filter_map(|(_, e)| if let Ev::Run(x) = e { Some(x.container) } else { None }).collect();
+    containers.sort_unstable();
+    containers.dedup();
+    assert_eq!(containers.len(), 3);
+    assert_eq!(log.last().map(|x| x.0), Some(200));
+    // Idle for the window: each container drains and runs its exit hook.
+    let mut exits = Vec::new();
+    while exits.len() < 3 {
+        match w.next().await {
+            Ev::Hook(c, Phase::Exit) => {
+                exits.push(w.ms());
+                w.send(Command::HookDone { container: c, phase: Phase::Exit, ok: true });
+            }
+            Ev::Stopped(_) => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(exits, vec![2200, 2200, 2200]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_containers_start_warm_and_stay() {
+    let mut s = spec();
+    s.hooks.enter = true;
+    s.min_containers = 2;
+    s.max_containers = 2;
+    s.scaledown_window = Duration::from_secs(1);
+    let mut w = World::new(s);
+    let mut enters = 0;
+    while enters < 2 {
+        if let Ev::Hook(c, Phase::Enter) = w.next().await {
+            enters += 1;
+            w.send(Command::HookDone { container: c, phase: Phase::Enter, ok: true });
+        }
+    }
+    assert_eq!(w.ms(), 0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(w.ev.try_recv().is_err(), "no scale-down below minContainers");
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_container_counts_as_a_failed_attempt_and_retries_elsewhere() {
+    let mut s = spec();
+    s.retries = RetryPolicy::new(1, 1.0, Duration::ZERO, Duration::from_secs(1)).expect("ok");
+    let mut w = World::new(s);
+    w.submit([1, 2], 0);
+    let e = w.run_ev().await;
+    w.send(Command::ContainerLost(e.container));
+    let mut done = vec![];
+    let mut runs = vec![];
+    while done.len() < 2 {
+        match w.next_work().await {
+            Ev::Run(x) => {
+                runs.push(x.inputs.clone());
+                w.complete(&x, ExecStatus::Ok);
+            }
+            Ev::Done(i, a, o) => done.push((i, a, o)),
+            e => panic!("{e:?}"),
+        }
+    }
+    done.sort_by_key(|d| d.0);
+    assert_eq!(done, vec![(1, 2, Outcome::Ok), (2, 1, Outcome::Ok)]);
+    assert!(runs.iter().all(|r| r.len() == 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_use_containers_take_one_input_each() {
+    let mut s = spec();
+    s.hooks = HookSet { enter: true, exit: true, ..HookSet::default() };
+    s.single_use = true;
+    let mut w = World::new(s);
+    w.submit(1..=3, 0);
+    let log = w.serve(3, |_| (MS, ExecStatus::Ok)).await;
+    let mut used: Vec<ContainerId> =
+        log.iter().filter_map(|(_, e)| if let Ev::Run(x) = e { Some(x.container) } else { None }).collect();
+    used.dedup();
+    assert_eq!(used.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_timeout_abandons_enter_as_an_init_failure() {
+    let mut s = spec();
+    s.hooks.enter = true;
+    s.startup_timeout = Duration::from_secs(5);
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let Ev::Hook(c, Phase::Enter) = w.next().await else { panic!() };
+    assert_eq!(w.next().await, Ev::Abandoned(c, Phase::Enter));
+    assert_eq!(w.ms(), 5000);
+    assert_eq!(w.next().await, Ev::Stopped(c));
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Init(c)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exit_hook_past_grace_is_abandoned() {
+    let mut s = spec();
+    s.hooks.exit = true;
+    s.exit_grace = Duration::from_secs(3);
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    w.serve(1, |_| (MS, ExecStatus::Ok)).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    w.send(Command::Shutdown(Some(tx)));
+    let Ev::Hook(c, Phase::Exit) = w.next().await else { panic!() };
+    let t = w.ms();
+    assert_eq!(w.next().await, Ev::Abandoned(c, Phase::Exit));
+    assert_eq!(w.ms() - t, 3000);
+    assert_eq!(w.next().await, Ev::Stopped(c));
+    rx.await.expect("shutdown completes after the grace");
+}
+
+#[tokio::test(start_paused = true)]
+async fn kill_cancels_everything_now() {
+    let mut s = spec();
+    s.hooks.exit = true;
+    let mut w = World::new(s);
+    w.submit([1, 2], 0);
+    let _e = w.run_ev().await;
+    w.send(Command::Kill);
+    let mut seen = vec![];
+    for _ in 0..4 {
+        seen.push(w.next().await);
+    }
+    assert!(seen.contains(&Ev::Abort(1, 1, AbortReason::Cancelled)));
+    assert!(seen.contains(&Ev::Done(1, 1, Outcome::Cancelled)));
+    assert!(seen.contains(&Ev::Done(2, 1, Outcome::Cancelled)));
+    assert!(seen.iter().any(|e| matches!(e, Ev::Stopped(_))));
+    assert!(!seen.iter().any(|e| matches!(e, Ev::Hook(_, Phase::Exit))), "a forced stop runs no exit hook");
+}
+
+#[tokio::test(start_paused = true)]
+async fn build_runs_once_per_pool_even_across_restarts() {
+    let mut s = spec();
+    s.hooks = HookSet { build: true, enter: true, ..HookSet::default() };
+    s.single_use = true;
+    let mut w = World::new(s);
+    w.submit(1..=3, 0);
+    let log = w.serve(3, |_| (MS, ExecStatus::Ok)).await;
+    let builds = log.iter().filter(|(_, e)| matches!(e, Ev::Hook(_, Phase::Build))).count();
+    let enters = log.iter().filter(|(_, e)| matches!(e, Ev::Hook(_, Phase::Enter))).count();
+    assert_eq!((builds, enters), (1, 3));
+}

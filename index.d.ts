@@ -1,0 +1,1 @@
+export * from './dist/types/index.js'
