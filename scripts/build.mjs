@@ -5,7 +5,7 @@
 //   3. declarations -> dist/types (index.d.ts re-exports them)
 // `--debug` builds the native core without optimisations (faster to compile, slower to run).
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -34,3 +34,10 @@ writeFileSync(join(root, 'dist/index.mjs'),
   `import m from './index.cjs'\nexport const { ${names.join(', ')} } = m\nexport default m\n`)
 
 run(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'])
+// Declarations keep the sources' `.ts` specifiers; consumers resolve `.js` to the `.d.ts` beside it.
+const typesDir = join(root, 'dist/types')
+for (const f of readdirSync(typesDir)) {
+  if (!f.endsWith('.d.ts')) continue
+  const p = join(typesDir, f)
+  writeFileSync(p, readFileSync(p, 'utf8').replace(/(from\s+'\.\/[^']+)\.ts'/g, "$1.js'"))
+}

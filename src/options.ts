@@ -118,7 +118,10 @@ function editDistance(a: string, b: string): number {
 export function closest(key: string, candidates: readonly string[]): string | undefined {
   let best: string | undefined
   let bestD = Infinity
+  const lower = key.toLowerCase()
   for (const c of candidates) {
+    const l = c.toLowerCase()
+    if (lower.length >= 3 && (lower.startsWith(l) || l.startsWith(lower))) return c
     const d = editDistance(key, c)
     if (d < bestD) {
       best = c

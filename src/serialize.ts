@@ -31,7 +31,7 @@ class Walk {
   }
 
   fail(problem: string, hint = ''): never {
-    throw new SerializationError(`${this.at(this.segs.length)} ${problem}, which cannot be sent to a container. ${hint}${FIX}`)
+    throw new SerializationError(`${this.at(this.segs.length)} is ${problem}, which cannot be sent to a container. ${hint}${FIX}`)
   }
 
   at(n: number): string {

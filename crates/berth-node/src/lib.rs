@@ -1,1 +1,333 @@
+//! The one N-API binding of berth: a scheduler per `BindingRuntime`, on its own thread.
+//!
+//! Nothing crosses N-API once per input. Work for JavaScript is packed into a `Float64Array`
+//! of events; when the buffer goes from empty to non-empty the scheduler rings a weak
+//! threadsafe "doorbell" once, and JavaScript pulls everything with one synchronous `drain()`.
+//! JavaScript sends submissions and completions back the same way, packed, in sync calls.
+//! Argument and result values never enter Rust in the embedded runtime: they stay in the
+//! JavaScript heap, keyed by input id; the core only moves ids.
+#![deny(clippy::all)]
 
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use berth_core::{
+    AbortReason, Batching, Command, ContainerId, Exec, ExecId, ExecStatus, HookSet, InputId, Invoker, MethodSpec,
+    Outcome, Phase, PoolId, PoolSpec, ResultSink, RetryPolicy, Scheduler, Submission,
+};
+use napi::bindgen_prelude::{Float64Array, Float64ArraySlice, Unknown};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Error, Result, Status};
+use napi_derive::napi;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+/// Event tags of the packed buffer (mirrored in src/runtime.ts).
+const EV_RUN: f64 = 1.0; // execId, poolId, containerId, method, n, (inputId, attempt) * n
+const EV_HOOK: f64 = 2.0; // poolId, containerId, phase
+const EV_ABORT: f64 = 3.0; // inputId, attempt, reason
+const EV_ABANDONED: f64 = 4.0; // poolId, containerId, phase
+const EV_STOPPED: f64 = 5.0; // poolId, containerId
+const EV_DONE: f64 = 6.0; // inputId, attempt, outcome, aux
+const EV_FINISHED: f64 = 7.0; // the scheduler has stopped
+
+type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, false, true>;
+
+struct Outbox {
+    events: Vec<f64>,
+    /// The doorbell rang and JavaScript has not drained yet: no need to ring again.
+    rung: bool,
+}
+
+/// The buffer both sides share, and the doorbell.
+struct Shared {
+    outbox: Mutex<Outbox>,
+    doorbell: Doorbell,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Outbox> {
+        // A panic while holding the lock leaves plain data behind; keep going with it.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, staged: &mut Vec<f64>) {
+        if staged.is_empty() {
+            return;
+        }
+        let ring = {
+            let mut out = self.lock();
+            out.events.append(staged);
+            !std::mem::replace(&mut out.rung, true)
+        };
+        if ring {
+            // Non-blocking: a closing env answers with an error, which means nobody is listening.
+            let _ = self.doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+}
+
+/// The scheduler's side: stages events during a turn and publishes them at `flush`.
+struct Host {
+    shared: Arc<Shared>,
+    staged: Vec<f64>,
+}
+
+impl Invoker for Host {
+    fn run_hook(&mut self, pool: PoolId, container: ContainerId, phase: Phase) {
+        self.staged.extend_from_slice(&[EV_HOOK, f64::from(pool), f64::from(container), f64::from(phase as u8)]);
+    }
+    fn run(&mut self, exec: Exec) {
+        self.staged.extend_from_slice(&[
+            EV_RUN,
+            exec.id as f64,
+            f64::from(exec.pool),
+            f64::from(exec.container),
+            f64::from(exec.method),
+            exec.inputs.len() as f64,
+        ]);
+        for (input, attempt) in exec.inputs {
+            self.staged.push(input as f64);
+            self.staged.push(f64::from(attempt));
+        }
+    }
+    fn abort(&mut self, input: InputId, attempt: u32, reason: AbortReason) {
+        self.staged.extend_from_slice(&[EV_ABORT, input as f64, f64::from(attempt), f64::from(reason as u8)]);
+    }
+    fn hook_abandoned(&mut self, pool: PoolId, container: ContainerId, phase: Phase) {
+        self.staged.extend_from_slice(&[EV_ABANDONED, f64::from(pool), f64::from(container), f64::from(phase as u8)]);
+    }
+    fn container_stopped(&mut self, pool: PoolId, container: ContainerId) {
+        self.staged.extend_from_slice(&[EV_STOPPED, f64::from(pool), f64::from(container)]);
+    }
+    fn flush(&mut self) {
+        self.shared.push(&mut self.staged);
+    }
+}
+
+impl ResultSink for Host {
+    fn done(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
+        let (code, aux) = match outcome {
+            Outcome::Ok => (0.0, 0.0),
+            Outcome::Failed => (1.0, 0.0),
+            Outcome::Timeout => (2.0, 0.0),
+            Outcome::Cancelled => (3.0, 0.0),
+            Outcome::Init(c) => (4.0, f64::from(c)),
+            Outcome::Lost => (5.0, 0.0),
+            Outcome::Rejected => (6.0, 0.0),
+        };
+        self.staged.extend_from_slice(&[EV_DONE, input as f64, f64::from(attempt), code, aux]);
+    }
+    fn flush(&mut self) {
+        self.shared.push(&mut self.staged);
+    }
+}
+
+#[napi(object)]
+pub struct BindingRetries {
+    pub max_retries: u32,
+    pub backoff_coefficient: f64,
+    pub initial_delay_ms: f64,
+    pub max_delay_ms: f64,
+}
+
+#[napi(object)]
+pub struct BindingMethod {
+    /// Present for a `@batched` method.
+    pub max_batch_size: Option<u32>,
+    pub wait_ms: Option<f64>,
+}
+
+#[napi(object)]
+pub struct BindingPoolSpec {
+    pub name: String,
+    pub methods: Vec<BindingMethod>,
+    pub has_build: bool,
+    pub has_snap_enter: bool,
+    pub has_enter: bool,
+    pub has_exit: bool,
+    pub max_inputs: u32,
+    pub target_inputs: u32,
+    pub timeout_ms: f64,
+    pub startup_timeout_ms: f64,
+    pub retries: BindingRetries,
+    pub min_containers: u32,
+    pub max_containers: u32,
+    pub buffer_containers: u32,
+    pub scaledown_window_ms: f64,
+    pub exit_grace_ms: f64,
+    pub single_use: bool,
+}
+
+fn millis(ms: f64, what: &str) -> Result<Duration> {
+    if !ms.is_finite() || ms < 0.0 {
+        return Err(Error::new(Status::InvalidArg, format!("{what} must be a finite number of seconds ≥ 0, got {}", ms / 1000.0)));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
+fn invalid(e: impl std::fmt::Display) -> Error {
+    Error::new(Status::InvalidArg, e.to_string())
+}
+
+impl BindingPoolSpec {
+    fn into_spec(self) -> Result<PoolSpec> {
+        let methods = self
+            .methods
+            .iter()
+            .map(|m| {
+                let batching = match m.max_batch_size {
+                    Some(size) => Some(Batching::new(size, millis(m.wait_ms.unwrap_or(0.0), "waitMs")?).map_err(invalid)?),
+                    None => None,
+                };
+                Ok(MethodSpec { batching })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let r = &self.retries;
+        let retries = RetryPolicy::new(
+            r.max_retries,
+            r.backoff_coefficient,
+            millis(r.initial_delay_ms, "retries.initialDelay")?,
+            millis(r.max_delay_ms, "retries.maxDelay")?,
+        )
+        .map_err(invalid)?;
+        let spec = PoolSpec {
+            methods,
+            hooks: HookSet {
+                build: self.has_build,
+                snap_enter: self.has_snap_enter,
+                enter: self.has_enter,
+                exit: self.has_exit,
+            },
+            max_inputs: self.max_inputs,
+            target_inputs: self.target_inputs,
+            timeout: millis(self.timeout_ms, "timeout")?,
+            startup_timeout: millis(self.startup_timeout_ms, "startupTimeout")?,
+            retries,
+            min_containers: self.min_containers,
+            max_containers: self.max_containers,
+            buffer_containers: self.buffer_containers,
+            scaledown_window: millis(self.scaledown_window_ms, "scaledownWindow")?,
+            exit_grace: millis(self.exit_grace_ms, "exitGracePeriod")?,
+            single_use: self.single_use,
+            name: self.name,
+        };
+        spec.validate().map_err(invalid)?;
+        Ok(spec)
+    }
+}
+
+/// One embedded runtime: a scheduler thread and the shared event buffer.
+#[napi]
+pub struct BindingRuntime {
+    commands: UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    next_pool: PoolId,
+}
+
+#[napi]
+impl BindingRuntime {
+    /// `doorbell` is called (with no arguments) when events wait to be drained. It is weak:
+    /// it never keeps Node alive by itself.
+    #[napi(constructor)]
+    pub fn new(doorbell: Doorbell) -> Result<Self> {
+        let shared = Arc::new(Shared { outbox: Mutex::new(Outbox { events: Vec::new(), rung: false }), doorbell });
+        let (commands, source) = unbounded_channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::from_reason(format!("berth: cannot start the scheduler runtime: {e}")))?;
+        let host = Host { shared: shared.clone(), staged: Vec::new() };
+        let results = Host { shared: shared.clone(), staged: Vec::new() };
+        let finished = shared.clone();
+        std::thread::Builder::new()
+            .name("berth-scheduler".into())
+            .spawn(move || {
+                rt.block_on(Scheduler::new(host, results).run(source));
+                finished.push(&mut vec![EV_FINISHED]);
+            })
+            .map_err(|e| Error::from_reason(format!("berth: cannot start the scheduler thread: {e}")))?;
+        Ok(Self { commands, shared, next_pool: 1 })
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| Error::from_reason("berth: this runtime has stopped; start the app again with app.run()"))
+    }
+
+    /// Registers a pool (a function, or a class with one parameter set); returns its id.
+    #[napi]
+    pub fn add_pool(&mut self, spec: BindingPoolSpec) -> Result<u32> {
+        let spec = spec.into_spec()?;
+        let id = self.next_pool;
+        self.next_pool += 1;
+        self.send(Command::AddPool(id, spec))?;
+        Ok(id)
+    }
+
+    /// `[poolId, method, inputId] * n`
+    #[napi]
+    pub fn submit(&self, batch: Float64ArraySlice) -> Result<()> {
+        let subs = batch
+            .chunks_exact(3)
+            .map(|c| Submission { pool: c[0] as PoolId, method: c[1] as u32, input: c[2] as InputId })
+            .collect();
+        self.send(Command::Submit(subs))
+    }
+
+    /// `[inputId] * n`
+    #[napi]
+    pub fn cancel(&self, inputs: Float64ArraySlice) -> Result<()> {
+        self.send(Command::Cancel(inputs.iter().map(|i| *i as InputId).collect()))
+    }
+
+    /// `[execId, status] * n`, status 0 ok, 1 failed (retryable), 2 failed (final).
+    #[napi]
+    pub fn complete(&self, batch: Float64ArraySlice) -> Result<()> {
+        let done = batch
+            .chunks_exact(2)
+            .map(|c| {
+                let status = match c[1] as u8 {
+                    0 => ExecStatus::Ok,
+                    1 => ExecStatus::Failed,
+                    _ => ExecStatus::FailedFinal,
+                };
+                (c[0] as ExecId, status)
+            })
+            .collect();
+        self.send(Command::Complete(done))
+    }
+
+    #[napi]
+    pub fn hook_done(&self, container: u32, phase: u32, ok: bool) -> Result<()> {
+        let phase = Phase::from_u8(phase as u8).ok_or_else(|| invalid(format!("unknown phase {phase}")))?;
+        self.send(Command::HookDone { container, phase, ok })
+    }
+
+    /// Graceful stop: finish accepted inputs, run exit hooks; `EV_FINISHED` follows.
+    #[napi]
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown(None));
+    }
+
+    /// Forced stop: everything pending is cancelled now.
+    #[napi]
+    pub fn kill(&self) {
+        let _ = self.commands.send(Command::Kill);
+    }
+
+    /// Everything that happened since the last drain, packed; `null` when nothing did.
+    #[napi]
+    pub fn drain(&self) -> Option<Float64Array> {
+        let events = {
+            let mut out = self.shared.lock();
+            out.rung = false;
+            std::mem::take(&mut out.events)
+        };
+        if events.is_empty() {
+            None
+        } else {
+            Some(Float64Array::new(events))
+        }
+    }
+}

@@ -1,0 +1,497 @@
+// App, the function and class handles, Cls, FunctionCall: the user's view over the runtime.
+import { runInContext } from './context.ts'
+import { getClassMeta, validateParams, type ClassMeta } from './decorators.ts'
+import { FunctionTimeoutError, InvalidError } from './errors.ts'
+import { normalizeOptions, validateBatched, validateConcurrent, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
+import { Ctx, EmbeddedRuntime, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
+import { checkAndCopyArgs } from './serialize.ts'
+import type { ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, MapOptions } from './types.ts'
+
+/** How long `map` may run ahead of its consumer (inputs submitted, results not yet taken). */
+const MAP_WINDOW = 10_000
+
+export interface RunOptions {
+  /** `'embedded'` (default): containers live in this process. */
+  containers?: 'embedded' | 'process'
+}
+
+export interface AppRun extends AsyncDisposable {
+  readonly app: App
+  /** Stops taking inputs, finishes accepted ones, runs `@exit` hooks. */
+  stop(): Promise<void>
+}
+
+interface Target {
+  app: App
+  def: PoolDef
+  /** For classes: the method index in `def.methods`. */
+  method: number
+  label: string
+  batched: boolean
+  local: (args: unknown[]) => Promise<unknown>
+}
+
+const registry = new Set<App>()
+let nextAppId = 0
+
+/** Every App created in this process (the CLI looks through them). */
+export function allApps(): App[] {
+  return [...registry]
+}
+
+export class App {
+  readonly name: string
+  description: string | undefined
+  private tags: Record<string, string>
+  private runtime: EmbeddedRuntime | undefined
+  private _appId: string | undefined
+  /** @internal */ readonly functions = new Map<string, FunctionHandleImpl>()
+  /** @internal */ readonly classes = new Map<string, ClassDef>()
+  /** @internal */ readonly entrypoints: ((argv: string[]) => unknown)[] = []
+  private readonly included: App[] = []
+
+  constructor(name: string, opts: { description?: string; tags?: Record<string, string> } = {}) {
+    if (typeof name !== 'string' || name.length === 0) {
+      throw new InvalidError("new App(name): the name must be a non-empty string, e.g. new App('embeddings')")
+    }
+    this.name = name
+    this.description = opts.description
+    this.tags = { ...(opts.tags ?? {}) }
+    registry.add(this)
+  }
+
+  /** Set while the app runs. */
+  get appId(): string | undefined {
+    return this._appId
+  }
+  getTags(): Record<string, string> {
+    return { ...this.tags }
+  }
+  setTags(tags: Record<string, string>): void {
+    Object.assign(this.tags, tags)
+  }
+
+  /** Serves `other`'s functions and classes as part of this app. */
+  include(other: App): this {
+    if (!(other instanceof App)) throw new InvalidError('app.include(other): pass another App')
+    this.included.push(other)
+    return this
+  }
+
+  function<F extends (...args: any[]) => any>(options: FunctionOptions, fn: F): FunctionHandle<F> & { readonly name: string }
+  function<F extends (...args: any[]) => any>(fn: F): FunctionHandle<F> & { readonly name: string }
+  function(a: any, b?: any): any {
+    const [options, fn] = typeof a === 'function' ? [{}, a] : [a, b]
+    if (typeof fn !== 'function') {
+      throw new InvalidError('app.function(options, fn): the second argument must be the function to run, e.g. app.function({ timeout: 60 }, async function square(x) { ... })')
+    }
+    const name = (options?.name as string | undefined) ?? fn.name
+    if (!name) throw new InvalidError('app.function: give the function a name (a named function, or the `name` option)')
+    const where = `app.function('${name}')`
+    const opts = normalizeOptions(options, where)
+    if (this.functions.has(name)) throw new InvalidError(`${where}: app '${this.name}' already has a function named '${name}'; pass a distinct \`name\` option`)
+    const handle = new FunctionHandleImpl(this, name, fn, opts)
+    this.functions.set(name, handle)
+    return handle
+  }
+
+  /** The class decorator: `@app.cls({ minContainers: 1 })`. */
+  cls(options: ClsOptions = {}): <C extends abstract new (...args: any) => any>(cls: C, context: ClassDecoratorContext<C>) => void {
+    const app = this
+    if (typeof options === 'function') {
+      throw new InvalidError('@app.cls must be called: write @app.cls() (Suggestion: @app.cls())')
+    }
+    return function (cls: any, context: any) {
+      if (context === undefined || typeof context !== 'object' || !('kind' in context)) {
+        throw new InvalidError('@app.cls: berth uses TC39 standard decorators; remove `experimentalDecorators` from your tsconfig.json')
+      }
+      if (context.kind !== 'class' || typeof cls !== 'function') {
+        throw new InvalidError(`@app.cls() decorates a class; it was put on a ${context.kind} (${String(context.name)}). Move it onto the class declaration.`)
+      }
+      const name = options.name ?? cls.name
+      const where = `@app.cls() on ${name}`
+      const opts = normalizeOptions(options, where, { cls: true })
+      const def = new ClassDef(app, name, cls, opts)
+      classDefs.set(cls, def)
+      app.classes.set(name, def)
+    }
+  }
+
+  /** The function `berth run` calls with the arguments after `--`. */
+  localEntrypoint<F extends (argv: string[]) => unknown>(fn: F): F {
+    if (typeof fn !== 'function') throw new InvalidError('app.localEntrypoint(fn): pass a function')
+    this.entrypoints.push(fn)
+    return fn
+  }
+
+  /**
+   * Starts the app in this process. `await using run = await app.run()` stops it at the end of
+   * the block; `await app.run(async () => ...)` stops it when the callback settles.
+   */
+  run(opts?: RunOptions): Promise<AppRun>
+  run<T>(fn: (run: AppRun) => Promise<T> | T, opts?: RunOptions): Promise<T>
+  async run(a?: any, b?: any): Promise<any> {
+    const [fn, opts] = typeof a === 'function' ? [a, b as RunOptions | undefined] : [undefined, a as RunOptions | undefined]
+    if (opts?.containers !== undefined && opts.containers !== 'embedded') {
+      throw new InvalidError(`app.run({ containers: '${opts.containers}' }) is not available in this version; use the embedded default, app.run()`)
+    }
+    const apps = this.withIncluded()
+    for (const app of apps) {
+      if (app.runtime?.running) throw new InvalidError(`App '${app.name}' is already running; stop it first (run.stop())`)
+    }
+    const runtime = new EmbeddedRuntime()
+    const appId = `ap-${process.pid}-${++nextAppId}`
+    for (const app of apps) {
+      app.runtime = runtime
+      app._appId = appId
+    }
+    // minContainers start warm, as in Modal: pools that need no parameters are created now.
+    for (const app of apps) {
+      for (const f of app.functions.values()) if (f.opts.minContainers > 0) runtime.pool(f.def)
+      for (const c of app.classes.values()) {
+        if (c.opts.minContainers > 0) {
+          try {
+            runtime.pool(c.poolDef(validateParams(c.cls, undefined)))
+          } catch {
+            // Required parameters: containers start with the first Cls.of(...) call.
+          }
+        }
+      }
+    }
+    const stop = async () => {
+      await runtime.stop()
+      for (const app of apps) if (app.runtime === runtime) app._appId = undefined
+    }
+    const handle: AppRun = { app: this, stop, [Symbol.asyncDispose]: stop }
+    if (!fn) return handle
+    try {
+      return await fn(handle)
+    } finally {
+      await stop()
+    }
+  }
+
+  deploy(): never {
+    throw new InvalidError('app.deploy() is not available in this version; serve the app in-process with app.run()')
+  }
+
+  /** @internal */
+  requireRuntime(what: string): EmbeddedRuntime {
+    const rt = this.runtime
+    if (!rt || !rt.running) {
+      throw new InvalidError(`${what}: app '${this.name}' is not running. Call it inside \`await app.run(async () => { ... })\` (or \`await using run = await app.run()\`), or run the file with \`npx berth run file.ts\`.`)
+    }
+    return rt
+  }
+
+  private withIncluded(seen = new Set<App>()): App[] {
+    if (seen.has(this)) return []
+    seen.add(this)
+    return [this, ...this.included.flatMap((a) => a.withIncluded(seen))]
+  }
+}
+
+class ClassDef {
+  private readonly locals = new Map<string, Promise<any>>()
+  constructor(readonly app: App, readonly name: string, readonly cls: new () => any, readonly opts: NormalizedOptions) {}
+  // Read lazily: class decorators apply bottom-up, so @concurrent may sit above or below @app.cls.
+  get classMeta(): ClassMeta {
+    const meta = getClassMeta(this.cls)
+    if (meta.methods.length === 0) {
+      throw new InvalidError(`${this.name} has no @method() or @batched() member; mark the methods callers may call`)
+    }
+    return meta
+  }
+  poolDef(params: Record<string, unknown>): PoolDef {
+    const meta = this.classMeta
+    const c = meta.concurrent
+    return {
+      key: `cls:${this.name}:${paramsKey(params)}`,
+      name: this.name,
+      methods: meta.methods.map((m) => ({ name: m.name, batched: m.batched })),
+      options: this.opts,
+      maxInputs: c?.maxInputs ?? 1,
+      targetInputs: c?.targetInputs ?? c?.maxInputs ?? 1,
+      cls: this.cls,
+      meta,
+      params,
+    }
+  }
+  /** The instance `.local()` calls run on: built and entered once per parameter set. */
+  localInstance(params: Record<string, unknown>): Promise<any> {
+    const key = paramsKey(params)
+    let p = this.locals.get(key)
+    if (!p) {
+      p = (async () => {
+        const meta = this.classMeta
+        const inst = new this.cls()
+        for (const [k, v] of Object.entries(params)) inst[k] = v
+        await runBuildHooks(this.cls, meta, inst)
+        for (const n of meta.snapEnter) await inst[n]()
+        for (const n of meta.enter) await inst[n]()
+        return inst
+      })()
+      p.catch(() => this.locals.delete(key))
+      this.locals.set(key, p)
+    }
+    return p
+  }
+}
+
+const classDefs = new WeakMap<Function, ClassDef>()
+
+function paramsKey(params: Record<string, unknown>): string {
+  return JSON.stringify(Object.keys(params).sort().map((k) => {
+    const v = params[k]
+    return [k, v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v]
+  }))
+}
+
+type Settled = { ok: true; value: unknown } | { ok: false; error: unknown }
+
+/** remote / local / spawn / map / starmap / forEach over one target. */
+class Invocable {
+  constructor(protected readonly t: () => Target) {}
+
+  remote(...args: unknown[]): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      try {
+        const { rt, pool, target } = this.prepare('remote')
+        rt.submit(pool, target.method, checkAndCopyArgs(args, `${target.label}.remote`), newFunctionCallId(), resolve, reject)
+      } catch (e) {
+        reject(e)
+      }
+    })
+  }
+
+  local(...args: unknown[]): Promise<unknown> {
+    try {
+      return this.t().local(args)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+  }
+
+  async spawn(...args: unknown[]): Promise<FunctionCall<unknown>> {
+    const { rt, pool, target } = this.prepare('spawn')
+    const fc = newFunctionCallId()
+    let input = 0
+    const result = new Promise((resolve, reject) => {
+      input = rt.submit(pool, target.method, checkAndCopyArgs(args, `${target.label}.spawn`), fc, resolve, reject)
+    })
+    return new FunctionCall(`fc-${fc}`, result, () => rt.cancel([input]))
+  }
+
+  map(...inputs: unknown[]): AsyncIterable<unknown> {
+    const { iterables, opts } = splitOptions(inputs, 'map')
+    return this.run('map', zip(iterables), opts)
+  }
+
+  starmap(argTuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions = {}): AsyncIterable<unknown> {
+    return this.run('starmap', toAsync(argTuples), opts)
+  }
+
+  async forEach(...inputs: unknown[]): Promise<void> {
+    const { iterables, opts } = splitOptions(inputs, 'forEach')
+    for await (const _ of this.run('forEach', zip(iterables), { ...opts, orderOutputs: false })) {
+      // results are dropped; a failure throws out of the loop
+    }
+  }
+
+  private prepare(what: string): { rt: EmbeddedRuntime; pool: Pool; target: Target } {
+    const target = this.t()
+    const rt = target.app.requireRuntime(`${target.label}.${what}`)
+    return { rt, pool: rt.pool(target.def), target }
+  }
+
+  private async *run(what: string, tuples: AsyncIterable<unknown[]>, opts: MapOptions): AsyncGenerator<unknown> {
+    const { rt, pool, target } = this.prepare(what)
+    const ordered = opts.orderOutputs ?? true
+    const fc = newFunctionCallId()
+    const results = new Map<number, Settled>()
+    const arrivals: number[] = []
+    const live = new Map<number, number>()
+    let wake: (() => void) | undefined
+    let submitted = 0
+    let taken = 0
+    let exhausted = false
+    const it = tuples[Symbol.asyncIterator]()
+    const settle = (i: number, s: Settled) => {
+      live.delete(i)
+      results.set(i, s)
+      arrivals.push(i)
+      wake?.()
+      wake = undefined
+    }
+    try {
+      for (;;) {
+        while (!exhausted && submitted - taken < MAP_WINDOW) {
+          const r = await it.next()
+          if (r.done) {
+            exhausted = true
+            break
+          }
+          const i = submitted++
+          const args = checkAndCopyArgs(r.value, `${target.label}.${what} (input ${i})`)
+          live.set(i, rt.submit(pool, target.method, args, fc, (value) => settle(i, { ok: true, value }), (error) => settle(i, { ok: false, error })))
+        }
+        if (exhausted && taken === submitted) return
+        let next: number | undefined
+        if (ordered) {
+          if (results.has(taken)) next = taken
+        } else {
+          next = arrivals.shift()
+        }
+        if (next === undefined) {
+          await new Promise<void>((r) => (wake = r))
+          continue
+        }
+        const s = results.get(next)!
+        results.delete(next)
+        taken++
+        if (s.ok) yield s.value
+        else if (opts.returnExceptions) yield s.error
+        else throw s.error
+      }
+    } finally {
+      // Stopped early (break, or a failure): what is still queued or running is cancelled.
+      if (live.size > 0) rt.cancel([...live.values()])
+    }
+  }
+}
+
+function splitOptions(inputs: unknown[], what: string): { iterables: unknown[]; opts: MapOptions } {
+  let opts: MapOptions = {}
+  const last = inputs[inputs.length - 1]
+  if (inputs.length > 1 && last !== null && typeof last === 'object' && !(Symbol.iterator in last) && !(Symbol.asyncIterator in last)) {
+    opts = last as MapOptions
+    inputs = inputs.slice(0, -1)
+  }
+  if (inputs.length === 0) throw new InvalidError(`${what}(): pass at least one iterable of inputs`)
+  for (const x of inputs) {
+    if (x === null || typeof x !== 'object' || (!(Symbol.iterator in x) && !(Symbol.asyncIterator in x))) {
+      throw new InvalidError(`${what}(): each input must be an iterable (an array, a generator, an async iterable); for one call use .remote()`)
+    }
+  }
+  return { iterables: inputs, opts }
+}
+
+async function* toAsync<T>(it: Iterable<T> | AsyncIterable<T>): AsyncGenerator<T> {
+  if (it === null || typeof it !== 'object' || (!(Symbol.iterator in it) && !(Symbol.asyncIterator in it))) {
+    throw new InvalidError('starmap(): pass an iterable of argument tuples, e.g. [[1, 2], [3, 4]]')
+  }
+  yield* it as AsyncIterable<T>
+}
+
+/** Parallel iterables, Modal's `f.map(xs, ys)`: stops at the shortest. */
+async function* zip(iterables: unknown[]): AsyncGenerator<unknown[]> {
+  if (iterables.length === 1) {
+    for await (const x of iterables[0] as AsyncIterable<unknown>) yield [x]
+    return
+  }
+  const its = iterables.map((x) => toAsync(x as AsyncIterable<unknown>)[Symbol.asyncIterator]())
+  for (;;) {
+    const rs = await Promise.all(its.map((i) => i.next()))
+    if (rs.some((r) => r.done)) return
+    yield rs.map((r) => r.value)
+  }
+}
+
+class FunctionHandleImpl extends Invocable {
+  readonly def: PoolDef
+  constructor(readonly app: App, readonly name: string, readonly fn: (...a: any[]) => unknown, readonly opts: NormalizedOptions) {
+    const batched = opts.batched ? validateBatched(opts.batched, `app.function('${name}')`) : undefined
+    const conc = opts.concurrent ? validateConcurrent(opts.concurrent, `app.function('${name}')`) : undefined
+    const def: PoolDef = {
+      key: `fn:${name}`,
+      name,
+      methods: [{ name, batched }],
+      options: opts,
+      maxInputs: conc?.maxInputs ?? 1,
+      targetInputs: conc?.targetInputs ?? 1,
+      fn,
+    }
+    const target: Target = {
+      app, def, method: 0, label: name, batched: batched !== undefined,
+      local: (args) => callLocal(fn, null, args, batched !== undefined),
+    }
+    super(() => target)
+    this.def = def
+  }
+}
+
+function callLocal(fn: (...a: any[]) => unknown, self: unknown, args: unknown[], batched: boolean): Promise<unknown> {
+  const ctx = new Ctx(0, newFunctionCallId(), true)
+  return runInContext(ctx, async () => {
+    if (!batched) return fn.apply(self, args)
+    const out = await fn.apply(self, args.map((a) => [a]))
+    if (!Array.isArray(out) || out.length !== 1) {
+      throw new InvalidError(`${fn.name} is @batched: called with 1 input it must return an array of 1 result`)
+    }
+    return out[0]
+  })
+}
+
+export class FunctionCall<R> implements FunctionCallType<R> {
+  private static readonly calls = new Map<string, FunctionCall<unknown>>()
+  private readonly result: Promise<Settled>
+  constructor(readonly objectId: string, result: Promise<unknown>, private readonly doCancel: () => void) {
+    this.result = result.then((value) => ({ ok: true as const, value }), (error) => ({ ok: false as const, error }))
+    FunctionCall.calls.set(objectId, this as FunctionCall<unknown>)
+    void this.result.then(() => FunctionCall.calls.delete(objectId))
+  }
+
+  /** A call spawned earlier in this process, by its `objectId`. */
+  static fromId<R = unknown>(id: string): FunctionCall<R> {
+    const fc = FunctionCall.calls.get(id)
+    if (!fc) throw new InvalidError(`FunctionCall.fromId('${id}'): no such call is pending in this process (finished calls are forgotten once their result is taken)`)
+    return fc as FunctionCall<R>
+  }
+
+  /** Waits for the result; with `timeout` (seconds) fails with FunctionTimeoutError if not ready. */
+  async get(opts: { timeout?: number } = {}): Promise<R> {
+    let s: Settled
+    if (opts.timeout === undefined) {
+      s = await this.result
+    } else {
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const late = new Promise<undefined>((r) => (timer = setTimeout(r, opts.timeout! * 1000, undefined)))
+      const first = await Promise.race([this.result, late])
+      clearTimeout(timer)
+      if (first === undefined) throw new FunctionTimeoutError(`${this.objectId}: no result within ${opts.timeout}s; call get() again to keep waiting`)
+      s = first
+    }
+    if (s.ok) return s.value as R
+    throw s.error
+  }
+
+  async cancel(): Promise<void> {
+    this.doCancel()
+  }
+}
+
+/** Handles on classes: `Cls.of(Embedder, { model: 'mini' })`. */
+export const Cls = {
+  of<T>(cls: new () => T, params?: Record<string, unknown>): ClsHandle<T> {
+    const def = classDefs.get(cls)
+    if (!def) {
+      throw new InvalidError(`Cls.of(${(cls as any)?.name ?? String(cls)}): the class is not registered with an app. Decorate it with @app.cls()`)
+    }
+    const full = validateParams(cls, params)
+    const meta = def.classMeta
+    const pd = def.poolDef(full)
+    const handle: Record<string, Invocable> = {}
+    meta.methods.forEach((m, i) => {
+      const batched = m.batched !== undefined
+      const target: Target = {
+        app: def.app, def: pd, method: i, label: `${def.name}.${m.name}`, batched,
+        local: async (args) => {
+          const inst = await def.localInstance(full)
+          return callLocal(inst[m.name], inst, args, batched)
+        },
+      }
+      handle[m.name] = new Invocable(() => target)
+    })
+    return Object.freeze(handle) as unknown as ClsHandle<T>
+  },
+}

@@ -1,0 +1,19 @@
+// berth: run TypeScript classes the way Modal runs Python.
+// Node 20 has no Symbol.metadata; decorators need it before any user class is evaluated.
+;(Symbol as any).metadata ??= Symbol.for('Symbol.metadata')
+
+export { App, Cls, FunctionCall, allApps, type AppRun, type RunOptions } from './app.ts'
+export { batched, build, concurrent, enter, exit, method, parameter } from './decorators.ts'
+export { Retries, type RetriesOptions } from './retries.ts'
+export { currentFunctionCallId, currentInput, currentInputId, isLocal } from './context.ts'
+export {
+  BerthError,
+  FunctionTimeoutError,
+  InitError,
+  InputCancelledError,
+  InvalidError,
+  RemoteError,
+  SerializationError,
+} from './errors.ts'
+export type { ClsOptions, FunctionOptions } from './options.ts'
+export type { ClsHandle, FunctionHandle, MapOptions, MethodHandle } from './types.ts'

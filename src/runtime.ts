@@ -1,0 +1,612 @@
+// The embedded runtime: the JavaScript side of one scheduler.
+//
+// The Rust core decides what runs when (slots, batches, timeouts, retries, lifecycle); this
+// module runs what it says and reports back. Values never cross into Rust: arguments and
+// results stay here, keyed by input id, and only packed ids cross N-API, in batches both ways
+// (see crates/berth-node). One doorbell call from the core can carry thousands of events.
+import { createHash } from 'node:crypto'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { join } from 'node:path'
+
+import { runInContext, type InputContext } from './context.ts'
+import type { ClassMeta } from './decorators.ts'
+import { applyParams } from './decorators.ts'
+import {
+  FunctionTimeoutError,
+  InitError,
+  InputCancelledError,
+  InvalidError,
+  RemoteError,
+  SerializationError,
+} from './errors.ts'
+import type { NormalizedOptions } from './options.ts'
+import { checkAndCopy } from './serialize.ts'
+
+interface BindingRuntime {
+  addPool(spec: object): number
+  submit(batch: Float64Array): void
+  cancel(inputs: Float64Array): void
+  complete(batch: Float64Array): void
+  hookDone(container: number, phase: number, ok: boolean): void
+  shutdown(): void
+  kill(): void
+  drain(): Float64Array | null
+}
+
+let binding: { BindingRuntime: new (doorbell: () => void) => BindingRuntime } | undefined
+function loadBinding() {
+  // Relative to dist/ (bundled) and to src/ (tests through tsx): both sit beside binding.cjs.
+  binding ??= createRequire(__filename)('../binding.cjs')
+  return binding!
+}
+
+// Event tags and codes of the packed buffer (crates/berth-node/src/lib.rs).
+const EV_RUN = 1
+const EV_HOOK = 2
+const EV_ABORT = 3
+const EV_ABANDONED = 4
+const EV_STOPPED = 5
+const EV_DONE = 6
+const EV_FINISHED = 7
+const PHASE_NAMES = ['build', 'enter (snap)', 'enter', 'exit']
+const ST_OK = 0
+const ST_FAILED = 1
+const ST_FINAL = 2
+
+/** What the runtime needs to serve one function or one class with one parameter set. */
+export interface PoolDef {
+  /** Unique per callable and parameter set. */
+  key: string
+  /** For messages: `square`, `Embedder`. */
+  name: string
+  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number } }[]
+  options: NormalizedOptions
+  maxInputs: number
+  targetInputs: number
+  fn?: (...args: any[]) => unknown
+  cls?: new () => any
+  meta?: ClassMeta
+  params?: Record<string, unknown>
+}
+
+export interface Pool {
+  id: number
+  def: PoolDef
+  instances: Map<number, any>
+}
+
+interface InputRec {
+  pool: Pool
+  method: number
+  args: unknown[]
+  fc: number
+  resolve: (v: any) => void
+  reject: (e: unknown) => void
+  /** The attempt most recently handed to user code; outcomes of older attempts are stale. */
+  attempt: number
+  outcome: unknown
+  outcomeAttempt: number
+  outcomeOk: boolean
+  ctx: Ctx | undefined
+}
+
+/** The context of one execution; the AbortController is made only if the code asks for it. */
+export class Ctx implements InputContext {
+  private ctrl: AbortController | undefined
+  private reason: unknown
+  /** Inputs of this execution not yet aborted (a batch aborts when all of them are). */
+  live: number
+  constructor(
+    private readonly input: number,
+    private readonly fc: number,
+    readonly local = false,
+    live = 1,
+  ) {
+    this.live = live
+  }
+  get inputId(): string {
+    return `in-${this.input}`
+  }
+  get functionCallId(): string {
+    return `fc-${this.fc}`
+  }
+  get signal(): AbortSignal {
+    if (!this.ctrl) {
+      this.ctrl = new AbortController()
+      if (this.reason !== undefined) this.ctrl.abort(this.reason)
+    }
+    return this.ctrl.signal
+  }
+  abort(reason: unknown): void {
+    if (this.reason !== undefined) return
+    this.reason = reason
+    this.ctrl?.abort(reason)
+  }
+}
+
+let nextFc = 0
+export function newFunctionCallId(): number {
+  return ++nextFc
+}
+
+function cacheDir(): string {
+  return process.env.BERTH_CACHE_DIR ?? join(process.cwd(), 'node_modules', '.cache', 'berth')
+}
+
+/** `@build` output is keyed by class name and a hash of its source: edit the class, rebuild. */
+export function buildMarker(cls: Function): string {
+  const hash = createHash('sha256').update(cls.toString()).digest('hex').slice(0, 16)
+  return join(cacheDir(), `build-${cls.name || 'anonymous'}-${hash}.done`)
+}
+
+const buildsInProcess = new Map<string, Promise<void>>()
+
+/** Runs the class's `@build` hooks unless their marker says an earlier run did. */
+export function runBuildHooks(cls: Function, meta: ClassMeta, instance: any): Promise<void> {
+  if (meta.build.length === 0) return Promise.resolve()
+  const marker = buildMarker(cls)
+  let p = buildsInProcess.get(marker)
+  if (!p) {
+    p = (async () => {
+      if (existsSync(marker)) return
+      for (const name of meta.build) await instance[name]()
+      mkdirSync(cacheDir(), { recursive: true })
+      writeFileSync(marker, JSON.stringify({ class: cls.name, builtAt: new Date().toISOString() }) + '\n')
+    })()
+    p.catch(() => buildsInProcess.delete(marker))
+    buildsInProcess.set(marker, p)
+  }
+  return p
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`) : String(err)
+}
+
+export class EmbeddedRuntime {
+  private readonly native: BindingRuntime
+  private readonly inputs = new Map<number, InputRec>()
+  private readonly pools: Pool[] = []
+  private readonly poolsByKey = new Map<string, Pool>()
+  private readonly initErrors = new Map<number, unknown>()
+  private nextInput = 0
+  private submits: number[] = []
+  private completes: number[] = []
+  private cancels: number[] = []
+  private flushScheduled = false
+  private keepAlive: ReturnType<typeof setInterval> | undefined
+  private stopping: Promise<void> | undefined
+  private onFinished: (() => void) | undefined
+  private finished = false
+
+  constructor() {
+    const { BindingRuntime } = loadBinding()
+    this.native = new BindingRuntime(() => this.pump())
+  }
+
+  get running(): boolean {
+    return this.stopping === undefined
+  }
+
+  pool(def: PoolDef): Pool {
+    let pool = this.poolsByKey.get(def.key)
+    if (pool) return pool
+    const o = def.options
+    const hooks = def.meta
+    let id: number
+    try {
+      id = this.native.addPool({
+        name: def.name,
+        methods: def.methods.map((m) => ({ maxBatchSize: m.batched?.maxBatchSize, waitMs: m.batched?.waitMs })),
+        hasBuild: (hooks?.build.length ?? 0) > 0,
+        hasSnapEnter: (hooks?.snapEnter.length ?? 0) > 0,
+        hasEnter: (hooks?.enter.length ?? 0) > 0,
+        hasExit: (hooks?.exit.length ?? 0) > 0,
+        maxInputs: def.maxInputs,
+        targetInputs: def.targetInputs,
+        timeoutMs: o.timeoutMs,
+        startupTimeoutMs: o.startupTimeoutMs,
+        retries: {
+          maxRetries: o.retries.maxRetries,
+          backoffCoefficient: o.retries.backoffCoefficient,
+          initialDelayMs: o.retries.initialDelay * 1000,
+          maxDelayMs: o.retries.maxDelay * 1000,
+        },
+        minContainers: Math.min(o.minContainers, o.maxContainers ?? 1),
+        // In-process, every container is another copy of the model in this heap: one unless asked.
+        maxContainers: o.maxContainers ?? Math.max(1, o.minContainers),
+        bufferContainers: o.bufferContainers,
+        scaledownWindowMs: o.scaledownWindowMs,
+        exitGraceMs: o.exitGracePeriodMs,
+        singleUse: o.singleUseContainers,
+      })
+    } catch (e) {
+      throw new InvalidError(`${def.name}: ${(e as Error).message}`)
+    }
+    pool = { id, def, instances: new Map() }
+    this.pools[id] = pool
+    this.poolsByKey.set(def.key, pool)
+    return pool
+  }
+
+  /** Queues one input; `args` must already be checked and copied. Returns its id. */
+  submit(pool: Pool, method: number, args: unknown[], fc: number, resolve: (v: any) => void, reject: (e: unknown) => void): number {
+    if (this.stopping) {
+      reject(new InvalidError(`${pool.def.name}: the app is stopping or stopped; call it inside app.run()`))
+      return 0
+    }
+    const id = ++this.nextInput
+    this.inputs.set(id, {
+      pool, method, args, fc, resolve, reject,
+      attempt: 0, outcome: undefined, outcomeAttempt: 0, outcomeOk: false, ctx: undefined,
+    })
+    if (this.inputs.size === 1) this.hold()
+    this.submits.push(pool.id, method, id)
+    this.scheduleFlush()
+    return id
+  }
+
+  cancel(ids: number[]): void {
+    for (const id of ids) if (this.inputs.has(id)) this.cancels.push(id)
+    this.scheduleFlush()
+  }
+
+  /** Drains and runs exit hooks; resolves when every container has stopped. */
+  stop(): Promise<void> {
+    if (!this.stopping) {
+      this.stopping = new Promise<void>((resolve) => {
+        this.onFinished = resolve
+      })
+      this.hold()
+      this.flush()
+      this.native.shutdown()
+    }
+    return this.stopping
+  }
+
+  /** Stops now: pending inputs fail with InputCancelledError, no exit hooks run. */
+  kill(): Promise<void> {
+    const p = this.stop()
+    this.native.kill()
+    return p
+  }
+
+  // Keeps Node alive while inputs are pending or a stop is under way, and only then: the
+  // doorbell is weak, so an idle runtime never holds the process open.
+  private hold(): void {
+    this.keepAlive ??= setInterval(() => {}, 1 << 30)
+  }
+  private release(): void {
+    if (this.keepAlive !== undefined && this.inputs.size === 0 && (!this.stopping || this.finished)) {
+      clearInterval(this.keepAlive)
+      this.keepAlive = undefined
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setImmediate(() => this.flush())
+  }
+
+  private flush(): void {
+    this.flushScheduled = false
+    if (this.finished) return
+    if (this.submits.length > 0) {
+      this.native.submit(new Float64Array(this.submits))
+      this.submits = []
+    }
+    if (this.cancels.length > 0) {
+      this.native.cancel(new Float64Array(this.cancels))
+      this.cancels = []
+    }
+    if (this.completes.length > 0) {
+      this.native.complete(new Float64Array(this.completes))
+      this.completes = []
+    }
+  }
+
+  /** The doorbell: everything the core produced since the last call, in order. */
+  private pump(): void {
+    const ev = this.native.drain()
+    if (ev === null) return
+    const n = ev.length
+    let i = 0
+    while (i < n) {
+      const tag = ev[i]
+      try {
+        switch (tag) {
+          case EV_RUN: {
+            const k = ev[i + 5]
+            this.run(ev[i + 1], ev[i + 2], ev[i + 3], ev[i + 4], ev, i + 6, k)
+            i += 6 + 2 * k
+            break
+          }
+          case EV_HOOK:
+            void this.hook(ev[i + 1], ev[i + 2], ev[i + 3])
+            i += 4
+            break
+          case EV_ABORT:
+            this.abort(ev[i + 1], ev[i + 2], ev[i + 3])
+            i += 4
+            break
+          case EV_ABANDONED:
+            this.abandoned(ev[i + 1], ev[i + 2], ev[i + 3])
+            i += 4
+            break
+          case EV_STOPPED:
+            this.pools[ev[i + 1]]?.instances.delete(ev[i + 2])
+            i += 3
+            break
+          case EV_DONE:
+            this.done(ev[i + 1], ev[i + 2], ev[i + 3], ev[i + 4])
+            i += 5
+            break
+          case EV_FINISHED:
+            this.finish()
+            i += 1
+            break
+          default:
+            throw new Error(`berth: unknown event ${tag} from the core`)
+        }
+      } catch (e) {
+        // One bad event must not stop the loop (it would strand every other input).
+        console.error(`berth: internal error while handling an event: ${describe(e)}`)
+        if (tag !== EV_RUN && tag !== EV_HOOK && tag !== EV_ABORT && tag !== EV_ABANDONED && tag !== EV_STOPPED && tag !== EV_DONE) break
+        i += tag === EV_RUN ? 6 + 2 * ev[i + 5] : tag === EV_STOPPED ? 3 : tag === EV_DONE ? 5 : 4
+      }
+    }
+    if (this.completes.length > 0) this.scheduleFlush()
+  }
+
+  private instance(pool: Pool, cid: number): any {
+    let inst = pool.instances.get(cid)
+    if (inst === undefined) {
+      const { cls, params } = pool.def
+      if (cls) {
+        inst = new cls()
+        if (params) applyParams(inst, params)
+      } else {
+        inst = null
+      }
+      pool.instances.set(cid, inst)
+    }
+    return inst
+  }
+
+  private run(exec: number, poolId: number, cid: number, method: number, ev: Float64Array, at: number, k: number): void {
+    const pool = this.pools[poolId]
+    const m = pool.def.methods[method]
+    let inst: any
+    try {
+      inst = this.instance(pool, cid)
+    } catch (e) {
+      // A constructor that throws is an init failure of this input's attempt.
+      for (let j = 0; j < k; j++) this.record(ev[at + 2 * j], ev[at + 2 * j + 1], false, RemoteError.from(e))
+      this.completes.push(exec, ST_FAILED)
+      return
+    }
+    const target: (...a: unknown[]) => unknown = pool.def.fn ?? inst[m.name]
+    if (m.batched === undefined) {
+      const id = ev[at]
+      const attempt = ev[at + 1]
+      const rec = this.inputs.get(id)
+      if (rec === undefined) {
+        this.completes.push(exec, ST_FINAL)
+        return
+      }
+      rec.attempt = attempt
+      const ctx = new Ctx(id, rec.fc)
+      rec.ctx = ctx
+      let ret: unknown
+      try {
+        ret = runInContext(ctx, () => target.apply(inst, rec.args))
+      } catch (e) {
+        this.settleOne(exec, id, attempt, false, e)
+        return
+      }
+      if (ret !== null && typeof ret === 'object' && typeof (ret as any).then === 'function') {
+        ;(ret as Promise<unknown>).then(
+          (v) => this.settleOne(exec, id, attempt, true, v),
+          (e) => this.settleOne(exec, id, attempt, false, e),
+        )
+      } else {
+        this.settleOne(exec, id, attempt, true, ret)
+      }
+      return
+    }
+    // A batch: one array per argument, one result per input.
+    const ids: number[] = new Array(k)
+    const attempts: number[] = new Array(k)
+    const recs: (InputRec | undefined)[] = new Array(k)
+    let arity = 0
+    for (let j = 0; j < k; j++) {
+      ids[j] = ev[at + 2 * j]
+      attempts[j] = ev[at + 2 * j + 1]
+      const rec = this.inputs.get(ids[j])
+      recs[j] = rec
+      if (rec) arity = Math.max(arity, rec.args.length)
+    }
+    const columns: unknown[][] = Array.from({ length: arity }, () => new Array(k))
+    const first = recs.find((r) => r !== undefined)
+    const ctx = new Ctx(ids[0], first?.fc ?? 0, false, k)
+    for (let j = 0; j < k; j++) {
+      const rec = recs[j]
+      if (rec) {
+        rec.attempt = attempts[j]
+        rec.ctx = ctx
+      }
+      for (let a = 0; a < arity; a++) columns[a][j] = rec?.args[a]
+    }
+    const settle = (ok: boolean, value: unknown) => this.settleBatch(exec, pool, m.name, ids, attempts, ok, value)
+    let ret: unknown
+    try {
+      ret = runInContext(ctx, () => target.apply(inst, columns))
+    } catch (e) {
+      settle(false, e)
+      return
+    }
+    if (ret !== null && typeof ret === 'object' && typeof (ret as any).then === 'function') {
+      ;(ret as Promise<unknown>).then((v) => settle(true, v), (e) => settle(false, e))
+    } else {
+      settle(true, ret)
+    }
+  }
+
+  private record(id: number, attempt: number, ok: boolean, value: unknown): void {
+    const rec = this.inputs.get(id)
+    if (rec === undefined || rec.attempt !== attempt) return
+    rec.outcome = value
+    rec.outcomeOk = ok
+    rec.outcomeAttempt = attempt
+  }
+
+  private settleOne(exec: number, id: number, attempt: number, ok: boolean, value: unknown): void {
+    let status = ST_OK
+    if (ok) {
+      const rec = this.inputs.get(id)
+      if (rec !== undefined && rec.attempt === attempt) {
+        try {
+          value = checkAndCopy(value, `the result of ${rec.pool.def.methods[rec.method].name}`)
+        } catch (e) {
+          ok = false
+          value = e
+          status = ST_FINAL
+        }
+      }
+    } else {
+      status = ST_FAILED
+      value = RemoteError.from(value)
+    }
+    this.record(id, attempt, ok, value)
+    this.completes.push(exec, status)
+    this.scheduleFlush()
+  }
+
+  private settleBatch(exec: number, pool: Pool, name: string, ids: number[], attempts: number[], ok: boolean, value: unknown): void {
+    const k = ids.length
+    let status = ST_OK
+    if (!ok) {
+      status = ST_FAILED
+      const err = RemoteError.from(value)
+      for (let j = 0; j < k; j++) this.record(ids[j], attempts[j], false, err)
+    } else if (!Array.isArray(value) || value.length !== k) {
+      status = ST_FAILED
+      const got = Array.isArray(value) ? `an array of ${value.length}` : typeof value
+      const err = new InvalidError(
+        `${pool.def.name}.${name} is @batched: it got ${k} inputs and must return an array of ${k} results (one per input, in order), but returned ${got}`,
+      )
+      for (let j = 0; j < k; j++) this.record(ids[j], attempts[j], false, err)
+    } else {
+      for (let j = 0; j < k; j++) {
+        try {
+          this.record(ids[j], attempts[j], true, checkAndCopy(value[j], `result ${j} of ${pool.def.name}.${name}`))
+        } catch (e) {
+          this.record(ids[j], attempts[j], false, e)
+        }
+      }
+    }
+    this.completes.push(exec, status)
+    this.scheduleFlush()
+  }
+
+  private abort(id: number, attempt: number, reason: number): void {
+    const rec = this.inputs.get(id)
+    if (rec === undefined || rec.attempt !== attempt || rec.ctx === undefined) return
+    const ctx = rec.ctx
+    const name = this.label(rec)
+    if (reason === 1) {
+      ctx.abort(new FunctionTimeoutError(`${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s (attempt ${attempt})`))
+    } else if (--ctx.live <= 0) {
+      ctx.abort(new InputCancelledError(`${name} was cancelled`))
+    }
+  }
+
+  private label(rec: InputRec): string {
+    const d = rec.pool.def
+    return d.fn ? d.name : `${d.name}.${d.methods[rec.method].name}`
+  }
+
+  private done(id: number, attempt: number, code: number, aux: number): void {
+    const rec = this.inputs.get(id)
+    if (rec === undefined) return
+    this.inputs.delete(id)
+    const name = this.label(rec)
+    switch (code) {
+      case 0:
+      case 1:
+        if (rec.outcomeAttempt === attempt) {
+          if (rec.outcomeOk) rec.resolve(rec.outcome)
+          else rec.reject(rec.outcome)
+        } else {
+          rec.reject(new RemoteError('Error', `${name}: the result of attempt ${attempt} was lost`, undefined))
+        }
+        break
+      case 2:
+        rec.reject(new FunctionTimeoutError(`${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s` +
+          (attempt > 1 ? ` on each of ${attempt} attempts` : '') + '; raise `timeout` in its options if it needs longer'))
+        break
+      case 3:
+        rec.reject(new InputCancelledError(`${name} was cancelled`))
+        break
+      case 4: {
+        const cause = this.initErrors.get(aux)
+        rec.reject(InitError.from(cause ?? new Error(`${rec.pool.def.name}: the container failed to start`)))
+        break
+      }
+      case 5:
+        rec.reject(new RemoteError('ContainerLost', `${name}: the container running it stopped unexpectedly`, undefined))
+        break
+      default:
+        rec.reject(new InvalidError(`${name}: the app is stopping or stopped; call it inside app.run()`))
+    }
+    if (this.inputs.size === 0) this.release()
+  }
+
+  private async hook(poolId: number, cid: number, phase: number): Promise<void> {
+    const pool = this.pools[poolId]
+    const meta = pool.def.meta!
+    let ok = true
+    try {
+      const inst = this.instance(pool, cid)
+      if (phase === 0) {
+        await runBuildHooks(pool.def.cls!, meta, inst)
+      } else if (phase === 3) {
+        for (const name of meta.exit) {
+          try {
+            await inst[name]()
+          } catch (e) {
+            console.error(`berth: @exit hook ${pool.def.name}.${name} threw: ${describe(e)}`)
+          }
+        }
+      } else {
+        const names = phase === 1 ? meta.snapEnter : meta.enter
+        for (const name of names) await inst[name]()
+      }
+    } catch (e) {
+      ok = false
+      this.initErrors.set(cid, e)
+    }
+    if (!this.finished) this.native.hookDone(cid, phase, ok)
+  }
+
+  private abandoned(poolId: number, cid: number, phase: number): void {
+    const pool = this.pools[poolId]
+    const o = pool.def.options
+    const bound = phase === 3 ? `exitGracePeriod (${o.exitGracePeriodMs / 1000}s)` : `startupTimeout (${o.startupTimeoutMs / 1000}s)`
+    const msg = `berth: the ${PHASE_NAMES[phase]} hooks of ${pool.def.name} (container ${cid}) ran past ${bound} and were abandoned`
+    console.error(msg)
+    if (phase !== 3 && !this.initErrors.has(cid)) this.initErrors.set(cid, new FunctionTimeoutError(msg))
+  }
+
+  private finish(): void {
+    this.finished = true
+    for (const rec of this.inputs.values()) rec.reject(new InputCancelledError(`${this.label(rec)}: the app stopped`))
+    this.inputs.clear()
+    this.release()
+    this.onFinished?.()
+  }
+}
+
+export { SerializationError }

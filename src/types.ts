@@ -1,0 +1,78 @@
+// Type-level shapes of call handles. Runtime objects implementing them live in handles.ts.
+
+export interface FunctionCall<R> {
+  readonly objectId: string
+  /** Waits for the result; `timeout` in seconds (rejects with FunctionTimeoutError when it passes). */
+  get(opts?: { timeout?: number }): Promise<R>
+  cancel(): Promise<void>
+}
+
+export interface MapOptions {
+  /** Yield results in input order (default true); false yields them as they finish. */
+  orderOutputs?: boolean
+  /** Yield a failed input's error as a value instead of throwing (default false). */
+  returnExceptions?: boolean
+}
+
+export interface ForEachOptions {
+  /** Keep going when an input fails instead of rejecting (default false). */
+  ignoreExceptions?: boolean
+}
+
+export type AnyIterable<T> = Iterable<T> | AsyncIterable<T>
+
+/**
+ * One iterable per parameter, consumed in lockstep like Modal's `map(xs, ys)`:
+ * for `f(x: number)` it is `[Iterable<number>]`, so `f.map([1, 2, 3])` works.
+ */
+export type ParallelIterables<A extends unknown[]> = { [K in keyof A]: AnyIterable<A[K]> }
+
+/**
+ * The ways to call a function or method.
+ *
+ * `map`/`forEach` take one iterable per parameter, optionally followed by an options object.
+ * At runtime the trailing argument is options when it is a non-null object that is neither
+ * iterable nor async-iterable (it has no Symbol.iterator / Symbol.asyncIterator).
+ */
+export interface Invocable<A extends unknown[], R> {
+  remote(...args: A): Promise<R>
+  local(...args: A): Promise<R>
+  spawn(...args: A): Promise<FunctionCall<R>>
+  map(...inputs: ParallelIterables<A>): AsyncIterable<R>
+  map(...inputs: [...ParallelIterables<A>, MapOptions & { returnExceptions?: false }]): AsyncIterable<R>
+  map(...inputs: [...ParallelIterables<A>, MapOptions & { returnExceptions: true }]): AsyncIterable<R | Error>
+  map(...inputs: [...ParallelIterables<A>, MapOptions]): AsyncIterable<R | Error>
+  starmap(argTuples: AnyIterable<A>, opts?: MapOptions & { returnExceptions?: false }): AsyncIterable<R>
+  starmap(argTuples: AnyIterable<A>, opts: MapOptions & { returnExceptions: true }): AsyncIterable<R | Error>
+  starmap(argTuples: AnyIterable<A>, opts?: MapOptions): AsyncIterable<R | Error>
+  forEach(...inputs: ParallelIterables<A> | [...ParallelIterables<A>, ForEachOptions]): Promise<void>
+}
+
+export type FunctionHandle<F extends (...a: any[]) => any> = Invocable<Parameters<F>, Awaited<ReturnType<F>>>
+
+type IsAny<T> = 0 extends 1 & T ? true : false
+
+/** Element types of a tuple of arrays: `[string[], number[]]` → `[string, number]`. */
+export type BatchItem<A extends readonly unknown[]> = { -readonly [K in keyof A]: A[K] extends readonly (infer E)[] ? E : never }
+
+/**
+ * The handle of one class member. Types cannot see decorators, so a member shaped like a batched
+ * method (every parameter an array, returning an array, at least one parameter) gets the one-item
+ * form of `@batched` as its primary signatures, `embedMany(texts: string[]): Promise<number[][]>`
+ * is called as `embedMany.remote('text'): Promise<number[]>`, and the whole-array form as a second
+ * overload for a plain `@method()` that happens to take and return arrays.
+ */
+export type MethodHandle<F> = F extends (...a: infer A) => infer R
+  ? IsAny<A[number]> extends true
+    ? Invocable<A, Awaited<R>>
+    : A extends [readonly unknown[], ...(readonly unknown[])[]]
+      ? Awaited<R> extends readonly (infer E)[]
+        ? Invocable<BatchItem<A>, E> & Invocable<A, Awaited<R>>
+        : Invocable<A, Awaited<R>>
+      : Invocable<A, Awaited<R>>
+  : never
+
+/** `Cls.of(C)`: one MethodHandle per method of the instance type. */
+export type ClsHandle<T> = {
+  [K in keyof T as T[K] extends (...a: any[]) => any ? K : never]: MethodHandle<T[K]>
+}
