@@ -4,7 +4,7 @@ import { getClassMeta, validateParams, type ClassMeta } from './decorators.ts'
 import { FunctionTimeoutError, InvalidError } from './errors.ts'
 import { normalizeOptions, validateBatched, validateConcurrent, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
 import { Ctx, EmbeddedRuntime, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
-import { checkAndCopyArgs } from './serialize.ts'
+import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
 import type { ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, MapOptions } from './types.ts'
 
 /** How long `map` may run ahead of its consumer (inputs submitted, results not yet taken). */
@@ -29,6 +29,14 @@ interface Target {
   label: string
   batched: boolean
   local: (args: unknown[]) => Promise<unknown>
+  /** The pool of `def` in the runtime it was made in: looked up once per run, not per call. */
+  pool?: Pool
+  poolRuntime?: EmbeddedRuntime
+  remoteWhat: string
+}
+
+function makeTarget(t: Omit<Target, 'remoteWhat'>): Target {
+  return { ...t, remoteWhat: `${t.label}.remote` }
 }
 
 const registry = new Set<App>()
@@ -176,6 +184,12 @@ export class App {
   }
 
   /** @internal */
+  runtimeIfRunning(): EmbeddedRuntime | undefined {
+    const rt = this.runtime
+    return rt !== undefined && rt.running ? rt : undefined
+  }
+
+  /** @internal */
   requireRuntime(what: string): EmbeddedRuntime {
     const rt = this.runtime
     if (!rt || !rt.running) {
@@ -251,22 +265,28 @@ type Settled = { ok: true; value: unknown } | { ok: false; error: unknown }
 
 /** remote / local / spawn / map / starmap / forEach over one target. */
 class Invocable {
-  constructor(protected readonly t: () => Target) {}
+  constructor(protected readonly target: Target) {}
 
   remote(...args: unknown[]): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      try {
-        const { rt, pool, target } = this.prepare('remote')
-        rt.submit(pool, target.method, checkAndCopyArgs(args, `${target.label}.remote`), newFunctionCallId(), resolve, reject)
-      } catch (e) {
-        reject(e)
+    const t = this.target
+    const rt = t.app.runtimeIfRunning()
+    try {
+      if (rt === undefined) t.app.requireRuntime(t.remoteWhat)
+      let pool = t.pool
+      if (t.poolRuntime !== rt) {
+        pool = t.pool = rt!.pool(t.def)
+        t.poolRuntime = rt
       }
-    })
+      checkAndCopyArgsInPlace(args, t.remoteWhat)
+      return rt!.call(pool!, t.method, args, newFunctionCallId())
+    } catch (e) {
+      return Promise.reject(e)
+    }
   }
 
   local(...args: unknown[]): Promise<unknown> {
     try {
-      return this.t().local(args)
+      return this.target.local(args)
     } catch (e) {
       return Promise.reject(e)
     }
@@ -299,7 +319,7 @@ class Invocable {
   }
 
   private prepare(what: string): { rt: EmbeddedRuntime; pool: Pool; target: Target } {
-    const target = this.t()
+    const target = this.target
     const rt = target.app.requireRuntime(`${target.label}.${what}`)
     return { rt, pool: rt.pool(target.def), target }
   }
@@ -411,11 +431,10 @@ class FunctionHandleImpl extends Invocable {
       targetInputs: conc?.targetInputs ?? 1,
       fn,
     }
-    const target: Target = {
+    super(makeTarget({
       app, def, method: 0, label: name, batched: batched !== undefined,
       local: (args) => callLocal(fn, null, args, batched !== undefined),
-    }
-    super(() => target)
+    }))
     this.def = def
   }
 }
@@ -483,14 +502,13 @@ export const Cls = {
     const handle: Record<string, Invocable> = {}
     meta.methods.forEach((m, i) => {
       const batched = m.batched !== undefined
-      const target: Target = {
+      handle[m.name] = new Invocable(makeTarget({
         app: def.app, def: pd, method: i, label: `${def.name}.${m.name}`, batched,
         local: async (args) => {
           const inst = await def.localInstance(full)
           return callLocal(inst[m.name], inst, args, batched)
         },
-      }
-      handle[m.name] = new Invocable(() => target)
+      }))
     })
     return Object.freeze(handle) as unknown as ClsHandle<T>
   },

@@ -229,3 +229,14 @@ export function checkAndCopyArgs(args: readonly unknown[], what: string): unknow
   }
   return out
 }
+
+/** checkAndCopyArgs for an array the caller owns (a rest parameter): copies into it, no new array. */
+export function checkAndCopyArgsInPlace(args: unknown[], what: string): unknown[] {
+  const n = args.length
+  for (let i = 0; i < n; i++) {
+    const x = args[i]
+    const t = typeof x
+    if (t === 'object' ? x !== null : t === 'function' || t === 'symbol') args[i] = copyValue(x, new Walk(`argument ${i} of ${what}`))
+  }
+  return args
+}

@@ -6,7 +6,7 @@
 //! a heap of deadlines checked lazily: a timer whose subject has moved on is simply ignored.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
@@ -231,6 +231,7 @@ struct InputState {
 
 struct ExecState {
     container: ContainerId,
+    deadline: Instant,
     /// Inputs whose outcome this execution still decides (cancelled ones leave early).
     inputs: Vec<(InputId, u32)>,
     /// Past its timeout: its inputs are decided, but its slot is held until the code settles,
@@ -240,7 +241,6 @@ struct ExecState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    ExecTimeout(ExecId),
     Retry(InputId, u32),
     PoolWake(PoolId),
     Startup(ContainerId),
@@ -256,11 +256,15 @@ pub struct Scheduler<I: Invoker, R: ResultSink> {
     inputs: IdMap<InputId, InputState>,
     execs: IdMap<ExecId, ExecState>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Exec deadlines, removed when the exec completes: with thousands of executions a second
+    /// and a 300 s timeout, lazily expired entries would pile up by the hundred million.
+    deadlines: BTreeSet<(Instant, ExecId)>,
     next_container: ContainerId,
     next_exec: ExecId,
     next_seq: u64,
     dirty: Vec<PoolId>,
     stopping: bool,
+    killed: bool,
     waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -274,11 +278,13 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             inputs: IdMap::default(),
             execs: IdMap::default(),
             timers: BinaryHeap::new(),
+            deadlines: BTreeSet::new(),
             next_container: 1,
             next_exec: 1,
             next_seq: 0,
             dirty: Vec::new(),
             stopping: false,
+            killed: false,
             waiters: Vec::new(),
         }
     }
@@ -286,8 +292,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     /// Runs until a shutdown completes, a kill, or every sender of the source is gone.
     pub async fn run<S: InputSource>(mut self, mut source: S) {
         loop {
-            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
-            let received = match next_timer {
+            let received = match self.next_deadline() {
                 Some(at) => tokio::select! {
                     biased;
                     cmd = source.recv() => Some(cmd),
@@ -297,7 +302,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             };
             match received {
                 Some(None) => {
-                    self.kill();
+                    self.handle(Command::Kill);
                     break;
                 }
                 Some(Some(cmd)) => {
@@ -311,21 +316,43 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 }
                 None => {}
             }
-            self.fire_timers();
-            self.dispatch_dirty();
-            let finished = self.stopping && self.pools.values().all(|p| p.pending == 0) && self.containers.is_empty();
-            self.invoker.flush();
-            self.results.flush();
-            if finished {
-                for w in self.waiters.drain(..) {
-                    let _ = w.send(());
-                }
+            if self.tick() {
                 break;
             }
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    /// The earliest timer, if any: call [`tick`](Self::tick) once it has passed.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let exec = self.deadlines.first().map(|(at, _)| *at);
+        match (timer, exec) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends a turn: fires due timers, hands ready work to free slots, scales, and flushes the
+    /// invoker and the sink. Returns true once a shutdown or kill has completed.
+    pub fn tick(&mut self) -> bool {
+        if self.killed {
+            return true;
+        }
+        self.fire_timers();
+        self.dispatch_dirty();
+        let finished = self.stopping && self.pools.values().all(|p| p.pending == 0) && self.containers.is_empty();
+        self.invoker.flush();
+        self.results.flush();
+        if finished {
+            for w in self.waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+        finished
+    }
+
+    /// Applies one command; call [`tick`](Self::tick) after a batch of them.
+    pub fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::AddPool(id, spec) => self.add_pool(id, spec),
             Command::Submit(subs) => {
@@ -435,6 +462,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
 
     fn complete(&mut self, exec: ExecId, status: ExecStatus) {
         let Some(e) = self.execs.remove(&exec) else { return };
+        if !e.timed_out {
+            self.deadlines.remove(&(e.deadline, exec));
+        }
         self.release_slot(e.container);
         if e.timed_out {
             return;
@@ -583,6 +613,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         for id in lost {
             if let Some(e) = self.execs.remove(&id) {
                 if !e.timed_out {
+                    self.deadlines.remove(&(e.deadline, id));
                     for (input, attempt) in e.inputs {
                         self.fail_attempt(input, attempt, Outcome::Lost);
                     }
@@ -633,6 +664,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
 
     fn kill(&mut self) {
         self.stopping = true;
+        self.killed = true;
         let running: Vec<(InputId, u32, IState)> =
             self.inputs.iter().map(|(id, st)| (*id, st.attempt, st.state)).collect();
         for (input, attempt, state) in running {
@@ -645,6 +677,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             p.queues.iter_mut().for_each(VecDeque::clear);
         }
         self.execs.clear();
+        self.deadlines.clear();
         let ids: Vec<ContainerId> = self.containers.keys().copied().collect();
         for cid in ids {
             self.remove_container(cid);
@@ -658,13 +691,19 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.exec_timeout(id);
+        }
         while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
             match timer {
-                Timer::ExecTimeout(id) => self.exec_timeout(id),
                 Timer::Retry(input, attempt) => self.retry_ready(input, attempt),
                 Timer::PoolWake(pool) => {
                     if let Some(p) = self.pools.get_mut(&pool) {
@@ -816,8 +855,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 c.state = CState::Draining;
             }
         }
-        self.execs.insert(id, ExecState { container: cid, inputs: inputs.clone(), timed_out: false });
-        self.timers.push(Reverse((Instant::now() + timeout, Timer::ExecTimeout(id))));
+        let deadline = Instant::now() + timeout;
+        self.execs.insert(id, ExecState { container: cid, deadline, inputs: inputs.clone(), timed_out: false });
+        self.deadlines.insert((deadline, id));
         self.invoker.run(Exec { id, pool: pool_id, container: cid, method: method as u32, inputs });
     }
 

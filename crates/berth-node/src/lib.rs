@@ -1,13 +1,16 @@
-//! The one N-API binding of berth: a scheduler per `BindingRuntime`, on its own thread.
+//! The one N-API binding of berth: a scheduler per `BindingRuntime`.
 //!
-//! Nothing crosses N-API once per input. Work for JavaScript is packed into a `Float64Array`
-//! of events; when the buffer goes from empty to non-empty the scheduler rings a weak
-//! threadsafe "doorbell" once, and JavaScript pulls everything with one synchronous `drain()`.
-//! JavaScript sends submissions and completions back the same way, packed, in sync calls.
+//! Nothing crosses N-API once per input. JavaScript sends submissions and completions packed in
+//! a `Float64Array`, in synchronous calls that drive the scheduler on the JavaScript thread and
+//! return the resulting events (executions to run, results to deliver) packed the same way:
+//! a thousand inputs cost one crossing each way and no thread hop. Deadlines (timeouts, batch
+//! waits, retries) fire on a timer thread, which rings a weak threadsafe "doorbell" once when
+//! its events go from none to some; JavaScript then pulls them with one `drain()`.
 //! Argument and result values never enter Rust in the embedded runtime: they stay in the
 //! JavaScript heap, keyed by input id; the core only moves ids.
 #![deny(clippy::all)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,7 +22,8 @@ use napi::bindgen_prelude::{Float64Array, Float64ArraySlice, Unknown};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, Instant};
 
 /// Event tags of the packed buffer (mirrored in src/runtime.ts).
 const EV_RUN: f64 = 1.0; // execId, poolId, containerId, method, n, (inputId, attempt) * n
@@ -216,74 +220,171 @@ impl BindingPoolSpec {
     }
 }
 
-/// One embedded runtime: a scheduler thread and the shared event buffer.
+type Sched = Scheduler<Host, Host>;
+
+/// The scheduler, driven from two places: synchronously by JavaScript calls (the hot path:
+/// a call's resulting events come back in its return value, no thread hop), and by a timer
+/// thread for deadlines (timeouts, batch waits, retries), which rings the doorbell.
+struct Driver {
+    sched: Mutex<Sched>,
+    shared: Arc<Shared>,
+    /// The deadline the timer thread sleeps until; a call that makes an earlier one wakes it.
+    armed: Mutex<Option<Instant>>,
+    wake: Notify,
+    closed: AtomicBool,
+}
+
+impl Driver {
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies commands and returns every event that is waiting, this turn's included.
+    fn drive(&self, cmds: impl IntoIterator<Item = Command>) -> Option<Float64Array> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut sched = self.lock();
+        // The caller takes the events itself: no doorbell for this turn.
+        self.shared.lock().rung = true;
+        for cmd in cmds {
+            sched.handle(cmd);
+        }
+        let finished = sched.tick();
+        let deadline = sched.next_deadline();
+        drop(sched);
+        let mut events = {
+            let mut out = self.shared.lock();
+            out.rung = false;
+            std::mem::take(&mut out.events)
+        };
+        if finished {
+            self.close();
+            events.push(EV_FINISHED);
+        } else if let Some(at) = deadline {
+            let armed = *self.armed.lock().unwrap_or_else(|e| e.into_inner());
+            if armed.is_none_or(|a| at < a) {
+                self.wake.notify_one();
+            }
+        }
+        (!events.is_empty()).then(|| Float64Array::new(events))
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The timer thread: sleeps until the earliest deadline (or a wake-up) and ticks.
+    async fn timers(self: Arc<Self>) {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let deadline = self.lock().next_deadline();
+            *self.armed.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+            match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        () = sleep_until(at) => {}
+                        () = self.wake.notified() => continue,
+                    }
+                }
+                None => {
+                    self.wake.notified().await;
+                    continue;
+                }
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let finished = self.lock().tick();
+            if finished {
+                self.close();
+                self.shared.push(&mut vec![EV_FINISHED]);
+                return;
+            }
+        }
+    }
+}
+
+/// One embedded runtime: a scheduler driven from JavaScript, and its timer thread.
 #[napi]
 pub struct BindingRuntime {
-    commands: UnboundedSender<Command>,
-    shared: Arc<Shared>,
+    driver: Arc<Driver>,
     next_pool: PoolId,
 }
 
 #[napi]
 impl BindingRuntime {
-    /// `doorbell` is called (with no arguments) when events wait to be drained. It is weak:
-    /// it never keeps Node alive by itself.
+    /// `doorbell` is called (with no arguments) when a timer produced events to `drain()`. It is
+    /// weak: it never keeps Node alive by itself.
     #[napi(constructor)]
     pub fn new(doorbell: Doorbell) -> Result<Self> {
         let shared = Arc::new(Shared { outbox: Mutex::new(Outbox { events: Vec::new(), rung: false }), doorbell });
-        let (commands, source) = unbounded_channel();
+        let host = Host { shared: shared.clone(), staged: Vec::new() };
+        let results = Host { shared: shared.clone(), staged: Vec::new() };
+        let driver = Arc::new(Driver {
+            sched: Mutex::new(Scheduler::new(host, results)),
+            shared,
+            armed: Mutex::new(None),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map_err(|e| Error::from_reason(format!("berth: cannot start the scheduler runtime: {e}")))?;
-        let host = Host { shared: shared.clone(), staged: Vec::new() };
-        let results = Host { shared: shared.clone(), staged: Vec::new() };
-        let finished = shared.clone();
+            .map_err(|e| Error::from_reason(format!("berth: cannot start the timer runtime: {e}")))?;
+        let timers = driver.clone();
         std::thread::Builder::new()
-            .name("berth-scheduler".into())
-            .spawn(move || {
-                rt.block_on(Scheduler::new(host, results).run(source));
-                finished.push(&mut vec![EV_FINISHED]);
-            })
-            .map_err(|e| Error::from_reason(format!("berth: cannot start the scheduler thread: {e}")))?;
-        Ok(Self { commands, shared, next_pool: 1 })
+            .name("berth-timers".into())
+            .spawn(move || rt.block_on(timers.timers()))
+            .map_err(|e| Error::from_reason(format!("berth: cannot start the timer thread: {e}")))?;
+        Ok(Self { driver, next_pool: 1 })
     }
 
-    fn send(&self, cmd: Command) -> Result<()> {
-        self.commands
-            .send(cmd)
-            .map_err(|_| Error::from_reason("berth: this runtime has stopped; start the app again with app.run()"))
+    fn check_open(&self) -> Result<()> {
+        if self.driver.closed.load(Ordering::Acquire) {
+            return Err(Error::from_reason("berth: this runtime has stopped; start the app again with app.run()"));
+        }
+        Ok(())
     }
 
-    /// Registers a pool (a function, or a class with one parameter set); returns its id.
+    /// Registers a pool (a function, or a class with one parameter set); returns its id. Its
+    /// events (warm containers) come with the next call or the doorbell.
     #[napi]
     pub fn add_pool(&mut self, spec: BindingPoolSpec) -> Result<u32> {
+        self.check_open()?;
         let spec = spec.into_spec()?;
         let id = self.next_pool;
         self.next_pool += 1;
-        self.send(Command::AddPool(id, spec))?;
+        let mut sched = self.driver.lock();
+        sched.handle(Command::AddPool(id, spec));
+        sched.tick();
+        drop(sched);
+        self.driver.wake.notify_one();
         Ok(id)
     }
 
-    /// `[poolId, method, inputId] * n`
+    /// `[poolId, method, inputId] * n`; returns the events that follow.
     #[napi]
-    pub fn submit(&self, batch: Float64ArraySlice) -> Result<()> {
+    pub fn submit(&self, batch: Float64ArraySlice) -> Option<Float64Array> {
         let subs = batch
             .chunks_exact(3)
             .map(|c| Submission { pool: c[0] as PoolId, method: c[1] as u32, input: c[2] as InputId })
             .collect();
-        self.send(Command::Submit(subs))
+        self.driver.drive([Command::Submit(subs)])
     }
 
     /// `[inputId] * n`
     #[napi]
-    pub fn cancel(&self, inputs: Float64ArraySlice) -> Result<()> {
-        self.send(Command::Cancel(inputs.iter().map(|i| *i as InputId).collect()))
+    pub fn cancel(&self, inputs: Float64ArraySlice) -> Option<Float64Array> {
+        self.driver.drive([Command::Cancel(inputs.iter().map(|i| *i as InputId).collect())])
     }
 
     /// `[execId, status] * n`, status 0 ok, 1 failed (retryable), 2 failed (final).
     #[napi]
-    pub fn complete(&self, batch: Float64ArraySlice) -> Result<()> {
+    pub fn complete(&self, batch: Float64ArraySlice) -> Option<Float64Array> {
         let done = batch
             .chunks_exact(2)
             .map(|c| {
@@ -295,39 +396,42 @@ impl BindingRuntime {
                 (c[0] as ExecId, status)
             })
             .collect();
-        self.send(Command::Complete(done))
+        self.driver.drive([Command::Complete(done)])
     }
 
     #[napi]
-    pub fn hook_done(&self, container: u32, phase: u32, ok: bool) -> Result<()> {
+    pub fn hook_done(&self, container: u32, phase: u32, ok: bool) -> Result<Option<Float64Array>> {
         let phase = Phase::from_u8(phase as u8).ok_or_else(|| invalid(format!("unknown phase {phase}")))?;
-        self.send(Command::HookDone { container, phase, ok })
+        Ok(self.driver.drive([Command::HookDone { container, phase, ok }]))
     }
 
-    /// Graceful stop: finish accepted inputs, run exit hooks; `EV_FINISHED` follows.
+    /// Graceful stop: finish accepted inputs, run exit hooks; `EV_FINISHED` ends the events.
     #[napi]
-    pub fn shutdown(&self) {
-        let _ = self.commands.send(Command::Shutdown(None));
+    pub fn shutdown(&self) -> Option<Float64Array> {
+        self.driver.drive([Command::Shutdown(None)])
     }
 
     /// Forced stop: everything pending is cancelled now.
     #[napi]
-    pub fn kill(&self) {
-        let _ = self.commands.send(Command::Kill);
+    pub fn kill(&self) -> Option<Float64Array> {
+        self.driver.drive([Command::Kill])
     }
 
-    /// Everything that happened since the last drain, packed; `null` when nothing did.
+    /// Events a timer produced since the last call; `null` when there are none.
     #[napi]
     pub fn drain(&self) -> Option<Float64Array> {
         let events = {
-            let mut out = self.shared.lock();
+            let mut out = self.driver.shared.lock();
             out.rung = false;
             std::mem::take(&mut out.events)
         };
-        if events.is_empty() {
-            None
-        } else {
-            Some(Float64Array::new(events))
-        }
+        (!events.is_empty()).then(|| Float64Array::new(events))
+    }
+}
+
+impl Drop for BindingRuntime {
+    fn drop(&mut self) {
+        // Collected without a stop: end the timer thread; nothing can observe the inputs any more.
+        self.driver.close();
     }
 }

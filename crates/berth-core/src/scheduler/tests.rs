@@ -596,3 +596,36 @@ async fn build_runs_once_per_pool_even_across_restarts() {
     let enters = log.iter().filter(|(_, e)| matches!(e, Ev::Hook(_, Phase::Enter))).count();
     assert_eq!((builds, enters), (1, 3));
 }
+
+/// The synchronous drive (handle + tick on the caller's thread), as the N-API binding uses it.
+#[tokio::test(start_paused = true)]
+async fn sync_drive_runs_work_and_keeps_no_stale_deadlines() {
+    let (etx, mut ev) = unbounded_channel();
+    let mut s = Scheduler::new(Host(etx.clone()), Host(etx));
+    let mut spec = spec();
+    spec.max_inputs = 100;
+    spec.target_inputs = 100;
+    s.handle(Command::AddPool(POOL, spec));
+    let mut next = 1u64;
+    for _round in 0..50 {
+        s.handle(Command::Submit((next..next + 100).map(|input| Submission { input, pool: POOL, method: 0 }).collect()));
+        next += 100;
+        assert!(!s.tick());
+        let mut done = Vec::new();
+        while let Ok(e) = ev.try_recv() {
+            if let Ev::Run(x) = e {
+                done.push((x.id, ExecStatus::Ok));
+            }
+        }
+        assert_eq!(done.len(), 100, "every input runs in the same turn");
+        s.handle(Command::Complete(done));
+        s.tick();
+        let oks = std::iter::from_fn(|| ev.try_recv().ok()).filter(|e| matches!(e, Ev::Done(_, 1, Outcome::Ok))).count();
+        assert_eq!(oks, 100);
+    }
+    assert!(s.deadlines.is_empty(), "completed executions leave no deadline behind");
+    assert!(s.execs.is_empty() && s.inputs.is_empty());
+    assert!(s.timers.len() <= 1, "only the scale-down check of the idle container is pending");
+    s.handle(Command::Shutdown(None));
+    assert!(s.tick(), "idle shutdown completes in one turn");
+}
