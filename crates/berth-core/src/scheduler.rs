@@ -6,11 +6,12 @@
 //! a heap of deadlines checked lazily: a timer whose subject has moved on is simply ignored.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
@@ -79,7 +80,13 @@ pub enum ExecStatus {
     Failed = 1,
     /// A failure that retrying cannot fix.
     FailedFinal = 2,
+    /// Succeeded, and the host has already given the caller the result (an in-process host
+    /// does, to save a round trip): the input finishes without a `done` notification.
+    Delivered = 3,
 }
+
+/// `(input, attempt)` pairs; a single input needs no allocation.
+pub type ExecInputs = SmallVec<[(InputId, u32); 1]>;
 
 /// One call of user code: a single input, or a batch of a `@batched` method.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +96,7 @@ pub struct Exec {
     pub container: ContainerId,
     pub method: u32,
     /// `(input, attempt)`, oldest first.
-    pub inputs: Vec<(InputId, u32)>,
+    pub inputs: ExecInputs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +126,7 @@ pub enum Command {
 /// so a host can deliver everything from one turn at once.
 pub trait Invoker: Send + 'static {
     fn run_hook(&mut self, pool: PoolId, container: ContainerId, phase: Phase);
-    fn run(&mut self, exec: Exec);
+    fn run(&mut self, exec: &Exec);
     fn abort(&mut self, input: InputId, attempt: u32, reason: AbortReason);
     /// A hook ran past its bound (startup timeout or exit grace) and was given up on.
     fn hook_abandoned(&mut self, pool: PoolId, container: ContainerId, phase: Phase);
@@ -212,6 +219,11 @@ struct Pool {
     pending: u32,
     /// Earliest deadline already in the timer heap, so waits do not pile up timers.
     wake_at: Option<Instant>,
+    /// Exec deadlines in start order. One timeout per pool and a monotonic clock keep them
+    /// sorted, so this is a queue, not a tree. Entries of completed execs are dropped from the
+    /// front as they surface, and the queue is compacted when they outnumber the live ones.
+    deadlines: VecDeque<(Instant, ExecId)>,
+    dead_deadlines: usize,
     dirty: bool,
 }
 
@@ -230,10 +242,10 @@ struct InputState {
 }
 
 struct ExecState {
+    pool: PoolId,
     container: ContainerId,
-    deadline: Instant,
     /// Inputs whose outcome this execution still decides (cancelled ones leave early).
-    inputs: Vec<(InputId, u32)>,
+    inputs: ExecInputs,
     /// Past its timeout: its inputs are decided, but its slot is held until the code settles,
     /// so in-flight work never exceeds `maxInputs`.
     timed_out: bool,
@@ -256,13 +268,13 @@ pub struct Scheduler<I: Invoker, R: ResultSink> {
     inputs: IdMap<InputId, InputState>,
     execs: IdMap<ExecId, ExecState>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    /// Exec deadlines, removed when the exec completes: with thousands of executions a second
-    /// and a 300 s timeout, lazily expired entries would pile up by the hundred million.
-    deadlines: BTreeSet<(Instant, ExecId)>,
     next_container: ContainerId,
     next_exec: ExecId,
     next_seq: u64,
     dirty: Vec<PoolId>,
+    /// The clock, read once per command and per tick: everything one command causes happens at
+    /// one instant (and a thousand inputs cost one clock read, not two thousand).
+    now: Instant,
     stopping: bool,
     killed: bool,
     waiters: Vec<oneshot::Sender<()>>,
@@ -278,11 +290,11 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             inputs: IdMap::default(),
             execs: IdMap::default(),
             timers: BinaryHeap::new(),
-            deadlines: BTreeSet::new(),
             next_container: 1,
             next_exec: 1,
             next_seq: 0,
             dirty: Vec::new(),
+            now: Instant::now(),
             stopping: false,
             killed: false,
             waiters: Vec::new(),
@@ -325,7 +337,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     /// The earliest timer, if any: call [`tick`](Self::tick) once it has passed.
     pub fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
-        let exec = self.deadlines.first().map(|(at, _)| *at);
+        let exec = self.pools.values().filter_map(|p| p.deadlines.front().map(|(at, _)| *at)).min();
         match (timer, exec) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -338,6 +350,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         if self.killed {
             return true;
         }
+        self.now = Instant::now();
         self.fire_timers();
         self.dispatch_dirty();
         let finished = self.stopping && self.pools.values().all(|p| p.pending == 0) && self.containers.is_empty();
@@ -353,6 +366,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
 
     /// Applies one command; call [`tick`](Self::tick) after a batch of them.
     pub fn handle(&mut self, cmd: Command) {
+        self.now = Instant::now();
         match cmd {
             Command::AddPool(id, spec) => self.add_pool(id, spec),
             Command::Submit(subs) => {
@@ -403,6 +417,8 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 restart_at: None,
                 pending: 0,
                 wake_at: None,
+                deadlines: VecDeque::new(),
+                dead_deadlines: 0,
                 dirty: false,
             },
         );
@@ -434,7 +450,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let seq = self.seq();
         if let Some(p) = self.pools.get_mut(&s.pool) {
             p.pending += 1;
-            p.queues[s.method as usize].push_back(Queued { input: s.input, attempt: 1, at: Instant::now(), seq });
+            p.queues[s.method as usize].push_back(Queued { input: s.input, attempt: 1, at: self.now, seq });
         }
         self.mark_dirty(s.pool);
     }
@@ -463,7 +479,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     fn complete(&mut self, exec: ExecId, status: ExecStatus) {
         let Some(e) = self.execs.remove(&exec) else { return };
         if !e.timed_out {
-            self.deadlines.remove(&(e.deadline, exec));
+            self.deadline_gone(e.pool);
         }
         self.release_slot(e.container);
         if e.timed_out {
@@ -474,6 +490,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 ExecStatus::Ok => self.finish(input, attempt, Outcome::Ok),
                 ExecStatus::Failed => self.fail_attempt(input, attempt, Outcome::Failed),
                 ExecStatus::FailedFinal => self.finish(input, attempt, Outcome::Failed),
+                ExecStatus::Delivered => {
+                    self.finish_quietly(input);
+                }
             }
         }
     }
@@ -483,7 +502,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         c.in_flight = c.in_flight.saturating_sub(1);
         let pool = c.pool;
         if c.in_flight == 0 {
-            c.idle_since = Instant::now();
+            c.idle_since = self.now;
             if c.state == CState::Draining {
                 self.begin_exit(cid);
             }
@@ -502,22 +521,29 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         if retries_done < pool.spec.retries.max_retries {
             let delay = pool.spec.retries.delay_for(retries_done + 1);
             st.state = IState::Backoff;
-            self.timers.push(Reverse((Instant::now() + delay, Timer::Retry(input, attempt + 1))));
+            self.timers.push(Reverse((self.now + delay, Timer::Retry(input, attempt + 1))));
         } else {
             self.finish(input, attempt, outcome);
         }
     }
 
     fn finish(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
-        let Some(st) = self.inputs.remove(&input) else { return };
+        if self.finish_quietly(input) {
+            self.results.done(input, attempt, outcome);
+        }
+    }
+
+    /// Forgets a finished input; false if it was not pending.
+    fn finish_quietly(&mut self, input: InputId) -> bool {
+        let Some(st) = self.inputs.remove(&input) else { return false };
         let pool = st.pool;
         if let Some(p) = self.pools.get_mut(&pool) {
             p.pending -= 1;
         }
-        self.results.done(input, attempt, outcome);
         if self.stopping {
             self.mark_dirty(pool);
         }
+        true
     }
 
     fn hook_done(&mut self, cid: ContainerId, phase: Phase, ok: bool) {
@@ -561,13 +587,13 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 // The startup bound covers the enter phases, not the (cached) build.
                 let entering = phase != Phase::Build && after.is_none_or(|a| a == Phase::Build);
                 if entering {
-                    self.timers.push(Reverse((Instant::now() + startup_timeout, Timer::Startup(cid))));
+                    self.timers.push(Reverse((self.now + startup_timeout, Timer::Startup(cid))));
                 }
                 self.invoker.run_hook(pool_id, cid, phase);
             }
             None => {
                 c.state = CState::Serving;
-                c.idle_since = Instant::now();
+                c.idle_since = self.now;
                 if let Some(p) = self.pools.get_mut(&pool_id) {
                     p.failures = 0;
                 }
@@ -585,7 +611,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let backoff = FIRST_RESTART_BACKOFF
             .saturating_mul(1u32 << (p.failures - 1).min(16))
             .min(MAX_RESTART_BACKOFF);
-        let at = Instant::now() + backoff;
+        let at = self.now + backoff;
         p.restart_at = Some(at);
         self.timers.push(Reverse((at, Timer::PoolWake(pool_id))));
         // With no container able to serve, the waiting inputs would wait for nothing.
@@ -613,7 +639,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         for id in lost {
             if let Some(e) = self.execs.remove(&id) {
                 if !e.timed_out {
-                    self.deadlines.remove(&(e.deadline, id));
+                    self.deadline_gone(e.pool);
                     for (input, attempt) in e.inputs {
                         self.fail_attempt(input, attempt, Outcome::Lost);
                     }
@@ -639,7 +665,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             c.state = CState::Exiting;
             let grace = pool.spec.exit_grace;
             let pool_id = c.pool;
-            self.timers.push(Reverse((Instant::now() + grace, Timer::ExitGrace(cid))));
+            self.timers.push(Reverse((self.now + grace, Timer::ExitGrace(cid))));
             self.invoker.run_hook(pool_id, cid, Phase::Exit);
         } else {
             self.stop_container(cid);
@@ -677,7 +703,10 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             p.queues.iter_mut().for_each(VecDeque::clear);
         }
         self.execs.clear();
-        self.deadlines.clear();
+        for p in self.pools.values_mut() {
+            p.deadlines.clear();
+            p.dead_deadlines = 0;
+        }
         let ids: Vec<ContainerId> = self.containers.keys().copied().collect();
         for cid in ids {
             self.remove_container(cid);
@@ -690,12 +719,22 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     }
 
     fn fire_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(&(at, id)) = self.deadlines.first() {
-            if at > now {
-                break;
+        let now = self.now;
+        let mut expired = Vec::new();
+        for p in self.pools.values_mut() {
+            while let Some(&(at, id)) = p.deadlines.front() {
+                if !self.execs.contains_key(&id) {
+                    p.deadlines.pop_front();
+                    p.dead_deadlines -= 1;
+                } else if at <= now {
+                    p.deadlines.pop_front();
+                    expired.push(id);
+                } else {
+                    break;
+                }
             }
-            self.deadlines.pop_first();
+        }
+        for id in expired {
             self.exec_timeout(id);
         }
         while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
@@ -731,6 +770,24 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         }
     }
 
+    /// A live exec's deadline entry became dead (the exec completed or was lost).
+    fn deadline_gone(&mut self, pool: PoolId) {
+        let Some(p) = self.pools.get_mut(&pool) else { return };
+        p.dead_deadlines += 1;
+        let execs = &self.execs;
+        while let Some(&(_, id)) = p.deadlines.front() {
+            if execs.contains_key(&id) {
+                break;
+            }
+            p.deadlines.pop_front();
+            p.dead_deadlines -= 1;
+        }
+        if p.dead_deadlines > 64 && p.dead_deadlines * 2 > p.deadlines.len() {
+            p.deadlines.retain(|(_, id)| execs.contains_key(id));
+            p.dead_deadlines = 0;
+        }
+    }
+
     fn exec_timeout(&mut self, id: ExecId) {
         let Some(e) = self.execs.get_mut(&id) else { return };
         if e.timed_out {
@@ -754,7 +811,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let (pool, method) = (st.pool, st.method);
         let seq = self.seq();
         if let Some(p) = self.pools.get_mut(&pool) {
-            p.queues[method as usize].push_back(Queued { input, attempt, at: Instant::now(), seq });
+            p.queues[method as usize].push_back(Queued { input, attempt, at: self.now, seq });
         }
         self.mark_dirty(pool);
     }
@@ -772,7 +829,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     /// Hands ready work to free slots: the method whose oldest input is oldest goes first; a
     /// batched method is ready when full or when its oldest input has waited `wait`.
     fn dispatch(&mut self, pool_id: PoolId) {
-        let now = Instant::now();
+        let now = self.now;
         let mut wake: Option<Instant> = None;
         loop {
             let Some(pool) = self.pools.get(&pool_id) else { return };
@@ -805,7 +862,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
 
     fn wake_pool_at(&mut self, pool_id: PoolId, at: Instant) {
         let Some(p) = self.pools.get_mut(&pool_id) else { return };
-        if p.wake_at.is_none_or(|w| at < w || w <= Instant::now()) {
+        if p.wake_at.is_none_or(|w| at < w || w <= self.now) {
             p.wake_at = Some(at);
             self.timers.push(Reverse((at, Timer::PoolWake(pool_id))));
         }
@@ -840,7 +897,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let take = pool.spec.methods[method].batching.map_or(1, |b| b.max_batch_size as usize);
         let q = &mut pool.queues[method];
         let n = take.min(q.len());
-        let inputs: Vec<(InputId, u32)> = q.drain(..n).map(|q| (q.input, q.attempt)).collect();
+        let inputs: ExecInputs = q.drain(..n).map(|q| (q.input, q.attempt)).collect();
         let (timeout, single_use) = (pool.spec.timeout, pool.spec.single_use);
         let id = self.next_exec;
         self.next_exec += 1;
@@ -855,16 +912,19 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 c.state = CState::Draining;
             }
         }
-        let deadline = Instant::now() + timeout;
-        self.execs.insert(id, ExecState { container: cid, deadline, inputs: inputs.clone(), timed_out: false });
-        self.deadlines.insert((deadline, id));
-        self.invoker.run(Exec { id, pool: pool_id, container: cid, method: method as u32, inputs });
+        let deadline = self.now + timeout;
+        let exec = Exec { id, pool: pool_id, container: cid, method: method as u32, inputs };
+        self.invoker.run(&exec);
+        self.execs.insert(id, ExecState { pool: pool_id, container: cid, inputs: exec.inputs, timed_out: false });
+        if let Some(p) = self.pools.get_mut(&pool_id) {
+            p.deadlines.push_back((deadline, id));
+        }
     }
 
     /// Starts or drains containers so that the pool has what its load asks for, within
     /// `minContainers..=maxContainers` (plus `bufferContainers` while busy).
     fn autoscale(&mut self, pool_id: PoolId) {
-        let now = Instant::now();
+        let now = self.now;
         let Some(pool) = self.pools.get(&pool_id) else { return };
         let spec = &pool.spec;
         let mut live = 0u32;
@@ -937,7 +997,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     fn start_container(&mut self, pool_id: PoolId) {
         let cid = self.next_container;
         self.next_container += 1;
-        let now = Instant::now();
+        let now = self.now;
         self.containers.insert(
             cid,
             Container { pool: pool_id, state: CState::Starting(Phase::Build), in_flight: 0, idle_since: now },

@@ -80,7 +80,7 @@ impl Invoker for Host {
     fn run_hook(&mut self, pool: PoolId, container: ContainerId, phase: Phase) {
         self.staged.extend_from_slice(&[EV_HOOK, f64::from(pool), f64::from(container), f64::from(phase as u8)]);
     }
-    fn run(&mut self, exec: Exec) {
+    fn run(&mut self, exec: &Exec) {
         self.staged.extend_from_slice(&[
             EV_RUN,
             exec.id as f64,
@@ -89,7 +89,7 @@ impl Invoker for Host {
             f64::from(exec.method),
             exec.inputs.len() as f64,
         ]);
-        for (input, attempt) in exec.inputs {
+        for &(input, attempt) in &exec.inputs {
             self.staged.push(input as f64);
             self.staged.push(f64::from(attempt));
         }
@@ -382,7 +382,8 @@ impl BindingRuntime {
         self.driver.drive([Command::Cancel(inputs.iter().map(|i| *i as InputId).collect())])
     }
 
-    /// `[execId, status] * n`, status 0 ok, 1 failed (retryable), 2 failed (final).
+    /// `[execId, status] * n`, status 0 ok, 1 failed (retryable), 2 failed (final),
+    /// 3 ok and already delivered to the caller.
     #[napi]
     pub fn complete(&self, batch: Float64ArraySlice) -> Option<Float64Array> {
         let done = batch
@@ -391,6 +392,7 @@ impl BindingRuntime {
                 let status = match c[1] as u8 {
                     0 => ExecStatus::Ok,
                     1 => ExecStatus::Failed,
+                    3 => ExecStatus::Delivered,
                     _ => ExecStatus::FailedFinal,
                 };
                 (c[0] as ExecId, status)
