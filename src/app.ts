@@ -294,10 +294,11 @@ class Invocable {
 
   async spawn(...args: unknown[]): Promise<FunctionCall<unknown>> {
     const { rt, pool, target } = this.prepare('spawn')
+    const checked = checkAndCopyArgsInPlace(args, `${target.label}.spawn`)
     const fc = newFunctionCallId()
     let input = 0
     const result = new Promise((resolve, reject) => {
-      input = rt.submit(pool, target.method, checkAndCopyArgs(args, `${target.label}.spawn`), fc, resolve, reject)
+      input = rt.submit(pool, target.method, checked, fc, resolve, reject)
     })
     return new FunctionCall(`fc-${fc}`, result, () => rt.cancel([input]))
   }

@@ -633,13 +633,25 @@ export class EmbeddedRuntime {
       )
       for (let j = 0; j < k; j++) this.record(ids[j], attempts[j], false, err)
     } else {
+      // As in settleOne: results JavaScript holds before any abort are delivered at once, each
+      // input's own (a result that cannot cross fails that input alone, finally).
+      status = ST_DELIVERED
       for (let j = 0; j < k; j++) {
+        const rec = this.inputs.get(ids[j])
+        if (rec === undefined || rec.attempt !== attempts[j]) continue
+        if (rec.ctx !== undefined && rec.ctx.aborted) {
+          status = ST_OK
+          this.record(ids[j], attempts[j], true, value[j])
+          continue
+        }
+        this.inputs.delete(ids[j])
         try {
-          this.record(ids[j], attempts[j], true, checkAndCopy(value[j], `result ${j} of ${pool.def.name}.${name}`))
+          rec.resolve(checkAndCopy(value[j], `result ${j} of ${pool.def.name}.${name}`))
         } catch (e) {
-          this.record(ids[j], attempts[j], false, e)
+          rec.reject(e)
         }
       }
+      if (this.inputs.size === 0) this.release()
     }
     this.completes.push(exec, status)
     this.scheduleFlush()
