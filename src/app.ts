@@ -2,10 +2,10 @@
 import { runInContext } from './context.ts'
 import { getClassMeta, validateParams, type ClassMeta } from './decorators.ts'
 import { FunctionTimeoutError, InvalidError } from './errors.ts'
-import { normalizeOptions, validateBatched, validateConcurrent, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
+import { normalizeOptions, validateBatched, validateConcurrent, type BatchedOptions, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
 import { Ctx, EmbeddedRuntime, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
-import type { ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, MapOptions } from './types.ts'
+import type { BatchItem, ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from './types.ts'
 
 /** How long `map` may run ahead of its consumer (inputs submitted, results not yet taken). */
 const MAP_WINDOW = 10_000
@@ -86,6 +86,11 @@ export class App {
     return this
   }
 
+  /** A batched function is called with one item and resolves to one result (SPEC §2). */
+  function<F extends (...args: any[][]) => unknown[] | Promise<unknown[]>>(
+    options: FunctionOptions & { batched: BatchedOptions },
+    fn: F,
+  ): InvocableType<BatchItem<Parameters<F>>, Awaited<ReturnType<F>>[number]> & { readonly name: string }
   function<F extends (...args: any[]) => any>(options: FunctionOptions, fn: F): FunctionHandle<F> & { readonly name: string }
   function<F extends (...args: any[]) => any>(fn: F): FunctionHandle<F> & { readonly name: string }
   function(a: any, b?: any): any {
