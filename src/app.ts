@@ -3,7 +3,9 @@ import { runInContext } from './context.ts'
 import { getClassMeta, validateParams, type ClassMeta } from './decorators.ts'
 import { FunctionTimeoutError, InvalidError } from './errors.ts'
 import { normalizeOptions, validateBatched, validateConcurrent, type BatchedOptions, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
-import { Ctx, EmbeddedRuntime, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
+import { existsSync } from 'node:fs'
+
+import { Ctx, EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
 import type { BatchItem, ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from './types.ts'
 
@@ -182,6 +184,38 @@ export class App {
     } finally {
       await stop()
     }
+  }
+
+  /**
+   * @internal `berth build`: runs this app's classes' `@build` hooks whose cached marker is missing.
+   * Returns what each class did.
+   */
+  async runBuilds(): Promise<{ name: string; status: 'built' | 'cached' | 'none' }[]> {
+    const out: { name: string; status: 'built' | 'cached' | 'none' }[] = []
+    {
+      for (const c of this.classes.values()) {
+        const meta = c.classMeta
+        if (meta.build.length === 0) {
+          out.push({ name: c.name, status: 'none' })
+          continue
+        }
+        if (existsSync(buildMarker(c.cls))) {
+          out.push({ name: c.name, status: 'cached' })
+          continue
+        }
+        let params: Record<string, unknown> = {}
+        try {
+          params = validateParams(c.cls, undefined)
+        } catch {
+          // required parameters: build hooks see the fields' own initial values
+        }
+        const inst = new c.cls()
+        for (const [k, v] of Object.entries(params)) inst[k] = v
+        await runBuildHooks(c.cls, meta, inst)
+        out.push({ name: c.name, status: 'built' })
+      }
+    }
+    return out
   }
 
   deploy(): never {
@@ -457,19 +491,32 @@ function callLocal(fn: (...a: any[]) => unknown, self: unknown, args: unknown[],
   })
 }
 
+/** Spawned calls whose result nobody took yet; past this many, the oldest finished ones go. */
+const MAX_KEPT_CALLS = 100_000
+
 export class FunctionCall<R> implements FunctionCallType<R> {
   private static readonly calls = new Map<string, FunctionCall<unknown>>()
   private readonly result: Promise<Settled>
+  private settled = false
   constructor(readonly objectId: string, result: Promise<unknown>, private readonly doCancel: () => void) {
     this.result = result.then((value) => ({ ok: true as const, value }), (error) => ({ ok: false as const, error }))
-    FunctionCall.calls.set(objectId, this as FunctionCall<unknown>)
-    void this.result.then(() => FunctionCall.calls.delete(objectId))
+    void this.result.then(() => (this.settled = true))
+    const calls = FunctionCall.calls
+    calls.set(objectId, this as FunctionCall<unknown>)
+    if (calls.size > MAX_KEPT_CALLS) {
+      for (const [id, fc] of calls) {
+        if (calls.size <= MAX_KEPT_CALLS) break
+        if (fc.settled) calls.delete(id)
+      }
+    }
   }
 
-  /** A call spawned earlier in this process, by its `objectId`. */
+  /** A call spawned in this process, by its `objectId`, until its result has been taken with get(). */
   static fromId<R = unknown>(id: string): FunctionCall<R> {
     const fc = FunctionCall.calls.get(id)
-    if (!fc) throw new InvalidError(`FunctionCall.fromId('${id}'): no such call is pending in this process (finished calls are forgotten once their result is taken)`)
+    if (!fc) {
+      throw new InvalidError(`FunctionCall.fromId('${id}'): no such call in this process. Calls are kept until get() returns their result; keep the FunctionCall object to read it again.`)
+    }
     return fc as FunctionCall<R>
   }
 
@@ -486,6 +533,7 @@ export class FunctionCall<R> implements FunctionCallType<R> {
       if (first === undefined) throw new FunctionTimeoutError(`${this.objectId}: no result within ${opts.timeout}s; call get() again to keep waiting`)
       s = first
     }
+    FunctionCall.calls.delete(this.objectId)
     if (s.ok) return s.value as R
     throw s.error
   }

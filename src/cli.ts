@@ -10,6 +10,7 @@ const HELP = `berth: run TypeScript classes the way Modal runs Python
 
 Usage:
   berth run <file.ts>[::name] [-- args...]   run the file's local entrypoint (or one function)
+  berth build <file.ts>                      run @build hooks not yet cached
   berth --help | berth <command> --help
 
 Commands:
@@ -17,6 +18,15 @@ Commands:
          (exit hooks run) and exit with the entrypoint's status (a returned number, 0, or 1
          when it throws). With ::name, run that entrypoint or function; a function gets
          its arguments from \`--name value\` pairs or positional values (JSON where it parses).
+  build  Run the @build hooks of every class in the file, unless a marker in the cache
+         (BERTH_CACHE_DIR, default node_modules/.cache/berth) says an earlier build of the same
+         class source already did. Containers skip cached builds the same way.
+`
+
+const BUILD_HELP = `Usage: berth build <file.ts>
+
+Runs each class's @build hooks once and records a marker keyed by the class name and a hash of
+its source in BERTH_CACHE_DIR (default node_modules/.cache/berth). Edit the class to rebuild.
 `
 
 const RUN_HELP = `Usage: berth run <file.ts>[::name] [-- args...]
@@ -37,12 +47,61 @@ export async function main(argv: string[]): Promise<number> {
     return cmd === undefined ? 1 : 0
   }
   if (cmd === 'run') return run(rest)
+  if (cmd === 'build') return build(rest)
   process.stderr.write(`berth: unknown command '${cmd}'.\n\n${HELP}`)
   return 2
 }
 
 function api(): Api {
   return createRequire(__filename)('./index.cjs')
+}
+
+/** Loads the user's file with tsx; returns its apps, or an exit status after printing why not. */
+async function loadApps(cmd: string, file: string): Promise<import('./app.ts').App[] | number> {
+  const berth = api()
+  // A global registration, not tsImport: tsImport namespaces every module it loads, and the
+  // user's `import 'berth'` must reach this very instance.
+  // Both hooks, as the tsx CLI does: a .ts file in a "commonjs" package goes through require().
+  const { register } = await import('tsx/esm/api')
+  register()
+  createRequire(__filename)('tsx/cjs/api').register()
+  try {
+    await import(pathToFileURL(resolve(file)).href)
+  } catch (e) {
+    process.stderr.write(`berth ${cmd}: could not load ${file}:\n${(e as Error)?.stack ?? String(e)}\n`)
+    return 1
+  }
+  const apps = berth.allApps()
+  if (apps.length === 0) {
+    process.stderr.write(`berth ${cmd}: ${file} creates no App. Add: export const app = new App('name')\n`)
+    return 2
+  }
+  return apps
+}
+
+async function build(args: string[]): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(BUILD_HELP)
+    return 0
+  }
+  if (args.length !== 1) {
+    process.stderr.write(`berth build: expected one file, got ${args.length === 0 ? 'none' : args.join(' ')}.\n\n${BUILD_HELP}`)
+    return 2
+  }
+  const apps = await loadApps('build', args[0])
+  if (typeof apps === 'number') return apps
+  try {
+    for (const app of apps) {
+      for (const r of await app.runBuilds()) {
+        if (r.status === 'built') console.log(`${app.name}/${r.name}: built`)
+        else if (r.status === 'cached') console.log(`${app.name}/${r.name}: cached, skipped`)
+      }
+    }
+  } catch (e) {
+    process.stderr.write(`berth build: a @build hook failed:\n${formatError(e)}\n`)
+    return 1
+  }
+  return 0
 }
 
 async function run(args: string[]): Promise<number> {
@@ -62,24 +121,8 @@ async function run(args: string[]): Promise<number> {
   const file = sep === -1 ? spec : spec.slice(0, sep)
   const name = sep === -1 ? undefined : spec.slice(sep + 2)
 
-  const berth = api()
-  // A global registration, not tsImport: tsImport namespaces every module it loads, and the
-  // user's `import 'berth'` must reach this very instance.
-  // Both hooks, as the tsx CLI does: a .ts file in a "commonjs" package goes through require().
-  const { register } = await import('tsx/esm/api')
-  register()
-  createRequire(__filename)('tsx/cjs/api').register()
-  try {
-    await import(pathToFileURL(resolve(file)).href)
-  } catch (e) {
-    process.stderr.write(`berth run: could not load ${file}:\n${(e as Error)?.stack ?? String(e)}\n`)
-    return 1
-  }
-  const apps = berth.allApps()
-  if (apps.length === 0) {
-    process.stderr.write(`berth run: ${file} creates no App. Add: export const app = new App('name')\n`)
-    return 2
-  }
+  const apps = await loadApps('run', file)
+  if (typeof apps === 'number') return apps
   let target: { app: (typeof apps)[number]; call: () => Promise<unknown> } | undefined
   const entrypoints = apps.flatMap((app) => app.entrypoints.map((fn) => ({ app, fn })))
   if (name === undefined) {

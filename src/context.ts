@@ -11,15 +11,13 @@ export interface InputContext {
 }
 
 // Two ways to know the current input.
-// - Synchronous (default): the runtime publishes the input while user code runs synchronously.
-//   It costs nothing, but is gone after the code's first `await`.
-// - Asynchronous: AsyncLocalStorage follows the input across awaits. On Node 20 it installs
-//   promise hooks that make every promise in the process about 3x slower, so berth turns it on
-//   only when asked to: when a function's or class's source uses the context API (the runtime
-//   checks), when BERTH_ASYNC_CONTEXT=1, or from the moment code asks for the context where the
-//   synchronous way cannot answer.
+// - Asynchronous (default): AsyncLocalStorage follows the input across awaits, into any helper.
+// - Synchronous (BERTH_ASYNC_CONTEXT=0): the runtime publishes the input only while user code
+//   runs synchronously; after the code's first `await` the context functions see no input.
+//   On Node 20, AsyncLocalStorage installs promise hooks that make every promise in the process
+//   about 3x slower, so a throughput-bound app that does not need the context can opt out.
 const storage = new AsyncLocalStorage<InputContext>()
-let asyncMode = process.env.BERTH_ASYNC_CONTEXT === '1'
+const asyncMode = process.env.BERTH_ASYNC_CONTEXT !== '0'
 let syncSource: () => InputContext | undefined = () => undefined
 
 /** The runtime's synchronous source of the current input. */
@@ -27,17 +25,10 @@ export function setSyncContextSource(fn: () => InputContext | undefined): void {
   syncSource = fn
 }
 
-/** Whether inputs should run inside AsyncLocalStorage. */
+/** Whether inputs run inside AsyncLocalStorage. */
 export function asyncContextEnabled(): boolean {
   return asyncMode
 }
-
-export function enableAsyncContext(): void {
-  asyncMode = true
-}
-
-/** Source code that uses the context API needs the asynchronous way. */
-export const CONTEXT_API = /\b(currentInput|currentInputId|currentFunctionCallId|isLocal)\b/
 
 /** Runs `fn` with `ctx` as the current input; everything `fn` awaits or schedules sees it. */
 export function runInContext<R>(ctx: InputContext, fn: () => R): R {
@@ -45,10 +36,7 @@ export function runInContext<R>(ctx: InputContext, fn: () => R): R {
 }
 
 function store(): InputContext | undefined {
-  const ctx = syncSource() ?? storage.getStore()
-  // Asked for where only the asynchronous way could answer: switch it on for what follows.
-  if (ctx === undefined && !asyncMode) asyncMode = true
-  return ctx
+  return asyncMode ? storage.getStore() : syncSource()
 }
 
 export function currentInputId(): string | undefined {
@@ -65,9 +53,8 @@ export function currentInput(): { readonly inputId: string; readonly functionCal
   if (ctx === undefined) {
     throw new InvalidError(
       'currentInput() was called outside of an input. Call it from a @method(), @batched() or app.function body ' +
-        '(not from @enter/@exit hooks or top-level code), or use currentInputId(), which returns undefined there. ' +
-        'If this code runs inside an input after an await in a helper berth could not see, set BERTH_ASYNC_CONTEXT=1 ' +
-        '(berth follows the input across awaits from now on).',
+        '(not from @enter/@exit hooks or top-level code), or use currentInputId(), which returns undefined there.' +
+        (asyncMode ? '' : ' BERTH_ASYNC_CONTEXT=0 is set: the input is only known before the code\'s first await.'),
     )
   }
   return ctx

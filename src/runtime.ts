@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 
-import { CONTEXT_API, asyncContextEnabled, enableAsyncContext, runInContext, setSyncContextSource, type InputContext } from './context.ts'
+import { asyncContextEnabled, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import type { ClassMeta } from './decorators.ts'
 import { applyParams } from './decorators.ts'
 import {
@@ -185,15 +185,6 @@ function ctxOf(rec: InputRec): Ctx {
 }
 setSyncContextSource(() => curCtx ?? (curRec === undefined ? undefined : ctxOf(curRec)))
 
-/** Whether code of this function or class (or its base classes) uses the context API. */
-function usesContextApi(def: PoolDef): boolean {
-  if (def.fn) return CONTEXT_API.test(def.fn.toString())
-  for (let c: any = def.cls; typeof c === 'function' && c !== Function.prototype; c = Object.getPrototypeOf(c)) {
-    if (CONTEXT_API.test(c.toString())) return true
-  }
-  return false
-}
-
 // A shared executor: one closure fewer per call on the hot path.
 const captured: { resolve: (v: any) => void; reject: (e: unknown) => void } = { resolve: () => {}, reject: () => {} }
 function capture(resolve: (v: any) => void, reject: (e: unknown) => void): void {
@@ -301,7 +292,6 @@ export class EmbeddedRuntime {
       throw new InvalidError(`${def.name}: ${(e as Error).message}`)
     }
     pool = { id, def, instances: new Map() }
-    if (!asyncContextEnabled() && usesContextApi(def)) enableAsyncContext()
     this.pools[id] = pool
     this.poolsByKey.set(def.key, pool)
     return pool

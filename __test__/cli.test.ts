@@ -1,0 +1,121 @@
+// `berth run` from the user's view: a child process on small fixtures, checking stdout, stderr
+// and the exit status; exit hooks seen through the output.
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const fixture = (name: string) => join('__test__', 'fixtures', name)
+
+interface Result {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  ms: number
+}
+
+/** Runs `node bin/berth.mjs ...args`; `onLine` sees each stdout line (and may signal the child). */
+function berth(args: string[], onLine?: (line: string, child: ReturnType<typeof spawn>) => void): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now()
+    const child = spawn(process.execPath, [join(root, 'bin', 'berth.mjs'), ...args], {
+      cwd: root,
+      env: { ...process.env, NODE_OPTIONS: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    let partial = ''
+    const killer = setTimeout(() => child.kill('SIGKILL'), 30_000)
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d
+      partial += d
+      let nl: number
+      while ((nl = partial.indexOf('\n')) !== -1) {
+        const line = partial.slice(0, nl)
+        partial = partial.slice(nl + 1)
+        onLine?.(line, child)
+      }
+    })
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
+    child.on('error', reject)
+    child.on('close', (code, signal) => {
+      clearTimeout(killer)
+      resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 })
+    })
+  })
+}
+
+const lines = (s: string) => s.split('\n').filter((l) => l.length > 0)
+
+test('berth run file.ts -- args: runs the local entrypoint with argv, exit hooks run, status 0', async (t) => {
+  const r = await berth(['run', fixture('cli-app.ts'), '--', 'ada', '5'])
+  t.is(r.code, 0, r.stderr)
+  t.deepEqual(lines(r.stdout), [
+    'argv=["ada","5"]',
+    '[enter] Greeter',
+    'greet=hello ada',
+    'triple=15',
+    'entrypoint done',
+    '[exit] Greeter',
+  ])
+})
+
+test('berth run file.ts::name -- --x 3 runs one function with named arguments and prints its result', async (t) => {
+  const r = await berth(['run', `${fixture('cli-app.ts')}::triple`, '--', '--x', '3'])
+  t.is(r.code, 0, r.stderr)
+  t.deepEqual(lines(r.stdout), ['9'])
+  const p = await berth(['run', `${fixture('cli-app.ts')}::triple`, '--', '4'])
+  t.is(p.code, 0, p.stderr)
+  t.deepEqual(lines(p.stdout), ['12'])
+})
+
+test('berth run file.ts::function that throws exits 1 and prints the remote error and stack', async (t) => {
+  const r = await berth(['run', `${fixture('cli-app.ts')}::explode`, '--', '--what', 'boom'])
+  t.is(r.code, 1)
+  t.regex(r.stderr, /exploded: boom/)
+  t.regex(r.stderr, /RangeError/)
+  t.regex(r.stderr, /throwFromDeepInside/, 'the remote stack is shown')
+})
+
+test('a throwing entrypoint exits 1, prints the error, and exit hooks still run', async (t) => {
+  const r = await berth(['run', fixture('cli-throw.ts')])
+  t.is(r.code, 1)
+  t.regex(r.stderr, /deliberate entrypoint failure/)
+  t.deepEqual(lines(r.stdout), ['resource used', '[exit] Resource released'])
+})
+
+test('an entrypoint returning 3 exits with status 3 after the exit hooks', async (t) => {
+  const r = await berth(['run', fixture('cli-exit3.ts')])
+  t.is(r.code, 3, r.stderr)
+  t.deepEqual(lines(r.stdout), ['returning 3', '[exit] Job'])
+})
+
+test('SIGINT during an input: the input finishes, exit hooks run, status 130', async (t) => {
+  const r = await berth(['run', fixture('cli-signal.ts'), '--', '800'], (line, child) => {
+    if (line === 'ready') child.kill('SIGINT')
+  })
+  t.is(r.code, 130, r.stderr)
+  t.deepEqual(lines(r.stdout), ['ready', 'work finished', 'result ok', '[exit] Slow'])
+})
+
+test('a second SIGINT stops at once', async (t) => {
+  const r = await berth(['run', fixture('cli-signal.ts'), '--', '20000'], (line, child) => {
+    if (line === 'ready') {
+      child.kill('SIGINT')
+      setTimeout(() => child.kill('SIGINT'), 200)
+    }
+  })
+  t.is(r.code, 130, r.stderr)
+  t.false(r.stdout.includes('work finished'))
+  t.true(r.ms < 15_000, `took ${r.ms} ms: the second SIGINT did not stop at once`)
+})
+
+test('berth run with an unknown ::name exits non-zero naming what exists', async (t) => {
+  const r = await berth(['run', `${fixture('cli-app.ts')}::nope`])
+  t.not(r.code, 0)
+  t.regex(r.stderr, /nope/)
+  t.regex(r.stderr, /triple/)
+})
