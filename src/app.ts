@@ -173,7 +173,12 @@ export class App {
         }
       }
     }
+    // A program that never stops its app still gets its @exit hooks: when nothing else keeps
+    // Node alive, the app stops (an idle runtime holds nothing open, so this fires).
+    const onBeforeExit = () => void stop()
+    process.once('beforeExit', onBeforeExit)
     const stop = async () => {
+      process.off('beforeExit', onBeforeExit)
       await runtime.stop()
       for (const app of apps) if (app.runtime === runtime) app._appId = undefined
     }
