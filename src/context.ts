@@ -31,8 +31,8 @@ export function asyncContextEnabled(): boolean {
 }
 
 /** Runs `fn` with `ctx` as the current input; everything `fn` awaits or schedules sees it. */
-export function runInContext<R>(ctx: InputContext, fn: () => R): R {
-  return storage.run(ctx, fn)
+export function runInContext<R, A extends unknown[]>(ctx: InputContext, fn: (...args: A) => R, ...args: A): R {
+  return storage.run(ctx, fn, ...args)
 }
 
 function store(): InputContext | undefined {

@@ -185,6 +185,10 @@ function ctxOf(rec: InputRec): Ctx {
 }
 setSyncContextSource(() => curCtx ?? (curRec === undefined ? undefined : ctxOf(curRec)))
 
+function runOneIn(rt: EmbeddedRuntime, exec: number, rec: InputRec, attempt: number, target: (...a: unknown[]) => unknown, inst: unknown): void {
+  rt.runOne(exec, rec, attempt, target, inst)
+}
+
 // A shared executor: one closure fewer per call on the hot path.
 const captured: { resolve: (v: any) => void; reject: (e: unknown) => void } = { resolve: () => {}, reject: () => {} }
 function capture(resolve: (v: any) => void, reject: (e: unknown) => void): void {
@@ -487,7 +491,7 @@ export class EmbeddedRuntime {
       rec.attempt = attempt
       rec.ctx = undefined
       if (asyncContextEnabled()) {
-        runInContext(ctxOf(rec), () => this.runOne(exec, rec, attempt, target, inst))
+        runInContext(ctxOf(rec), runOneIn, this, exec, rec, attempt, target, inst)
       } else {
         curRec = rec
         try {
@@ -545,7 +549,8 @@ export class EmbeddedRuntime {
   }
 
   // The user's promise settles straight into settleOne: no extra async frame per input.
-  private runOne(exec: number, rec: InputRec, attempt: number, target: (...a: unknown[]) => unknown, inst: unknown): void {
+  /** @internal */
+  runOne(exec: number, rec: InputRec, attempt: number, target: (...a: unknown[]) => unknown, inst: unknown): void {
     let ret: unknown
     try {
       ret = target.apply(inst, rec.args)
