@@ -6,6 +6,7 @@
 //! a heap of deadlines checked lazily: a timer whose subject has moved on is simply ignored.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -259,6 +260,23 @@ enum Timer {
     ExitGrace(ContainerId),
 }
 
+/// A live exec's deadline entry became dead (the exec completed or was lost): drop what has
+/// surfaced at the front, and compact when dead entries outnumber live ones.
+fn deadline_gone(p: &mut Pool, execs: &IdMap<ExecId, ExecState>) {
+    p.dead_deadlines += 1;
+    while let Some(&(_, id)) = p.deadlines.front() {
+        if execs.contains_key(&id) {
+            break;
+        }
+        p.deadlines.pop_front();
+        p.dead_deadlines -= 1;
+    }
+    if p.dead_deadlines > 64 && p.dead_deadlines * 2 > p.deadlines.len() {
+        p.deadlines.retain(|(_, id)| execs.contains_key(id));
+        p.dead_deadlines = 0;
+    }
+}
+
 /// The scheduler. Build one, add pools with [`Command::AddPool`], and `run` it on a task.
 pub struct Scheduler<I: Invoker, R: ResultSink> {
     invoker: I,
@@ -436,23 +454,28 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     }
 
     fn submit(&mut self, s: Submission) {
-        // The same input id twice is a duplicate delivery: the first one stands.
-        if self.inputs.contains_key(&s.input) {
+        let pool = if self.stopping { None } else { self.pools.get_mut(&s.pool) };
+        let Some(p) = pool.filter(|p| (s.method as usize) < p.queues.len()) else {
+            // A duplicate of a pending input is not refused: the first delivery stands.
+            if !self.inputs.contains_key(&s.input) {
+                self.results.done(s.input, 1, Outcome::Rejected);
+            }
             return;
+        };
+        match self.inputs.entry(s.input) {
+            // The same input id twice is a duplicate delivery: the first one stands.
+            Entry::Occupied(_) => return,
+            Entry::Vacant(v) => {
+                v.insert(InputState { pool: s.pool, method: s.method, attempt: 1, state: IState::Queued });
+            }
         }
-        let accepted = !self.stopping
-            && self.pools.get(&s.pool).is_some_and(|p| (s.method as usize) < p.queues.len());
-        if !accepted {
-            self.results.done(s.input, 1, Outcome::Rejected);
-            return;
+        self.next_seq += 1;
+        p.pending += 1;
+        p.queues[s.method as usize].push_back(Queued { input: s.input, attempt: 1, at: self.now, seq: self.next_seq });
+        if !p.dirty {
+            p.dirty = true;
+            self.dirty.push(s.pool);
         }
-        self.inputs.insert(s.input, InputState { pool: s.pool, method: s.method, attempt: 1, state: IState::Queued });
-        let seq = self.seq();
-        if let Some(p) = self.pools.get_mut(&s.pool) {
-            p.pending += 1;
-            p.queues[s.method as usize].push_back(Queued { input: s.input, attempt: 1, at: self.now, seq });
-        }
-        self.mark_dirty(s.pool);
     }
 
     fn cancel(&mut self, input: InputId) {
@@ -478,11 +501,35 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
 
     fn complete(&mut self, exec: ExecId, status: ExecStatus) {
         let Some(e) = self.execs.remove(&exec) else { return };
-        if !e.timed_out {
-            self.deadline_gone(e.pool);
+        let mut exit_now = false;
+        if let Some(c) = self.containers.get_mut(&e.container) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            if c.in_flight == 0 {
+                c.idle_since = self.now;
+                exit_now = c.state == CState::Draining;
+            }
         }
-        self.release_slot(e.container);
-        if e.timed_out {
+        let quiet = !e.timed_out && status == ExecStatus::Delivered;
+        if let Some(p) = self.pools.get_mut(&e.pool) {
+            if !e.timed_out {
+                deadline_gone(p, &self.execs);
+            }
+            if quiet {
+                for (input, _) in &e.inputs {
+                    if self.inputs.remove(input).is_some() {
+                        p.pending -= 1;
+                    }
+                }
+            }
+            if !p.dirty {
+                p.dirty = true;
+                self.dirty.push(e.pool);
+            }
+        }
+        if exit_now {
+            self.begin_exit(e.container);
+        }
+        if e.timed_out || quiet {
             return;
         }
         for (input, attempt) in e.inputs {
@@ -490,24 +537,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 ExecStatus::Ok => self.finish(input, attempt, Outcome::Ok),
                 ExecStatus::Failed => self.fail_attempt(input, attempt, Outcome::Failed),
                 ExecStatus::FailedFinal => self.finish(input, attempt, Outcome::Failed),
-                ExecStatus::Delivered => {
-                    self.finish_quietly(input);
-                }
+                ExecStatus::Delivered => {}
             }
         }
-    }
-
-    fn release_slot(&mut self, cid: ContainerId) {
-        let Some(c) = self.containers.get_mut(&cid) else { return };
-        c.in_flight = c.in_flight.saturating_sub(1);
-        let pool = c.pool;
-        if c.in_flight == 0 {
-            c.idle_since = self.now;
-            if c.state == CState::Draining {
-                self.begin_exit(cid);
-            }
-        }
-        self.mark_dirty(pool);
     }
 
     /// An attempt failed: retry it after the policy's delay, or give the caller the outcome.
@@ -639,7 +671,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         for id in lost {
             if let Some(e) = self.execs.remove(&id) {
                 if !e.timed_out {
-                    self.deadline_gone(e.pool);
+                    if let Some(p) = self.pools.get_mut(&e.pool) {
+                        deadline_gone(p, &self.execs);
+                    }
                     for (input, attempt) in e.inputs {
                         self.fail_attempt(input, attempt, Outcome::Lost);
                     }
@@ -770,24 +804,6 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         }
     }
 
-    /// A live exec's deadline entry became dead (the exec completed or was lost).
-    fn deadline_gone(&mut self, pool: PoolId) {
-        let Some(p) = self.pools.get_mut(&pool) else { return };
-        p.dead_deadlines += 1;
-        let execs = &self.execs;
-        while let Some(&(_, id)) = p.deadlines.front() {
-            if execs.contains_key(&id) {
-                break;
-            }
-            p.deadlines.pop_front();
-            p.dead_deadlines -= 1;
-        }
-        if p.dead_deadlines > 64 && p.dead_deadlines * 2 > p.deadlines.len() {
-            p.deadlines.retain(|(_, id)| execs.contains_key(id));
-            p.dead_deadlines = 0;
-        }
-    }
-
     fn exec_timeout(&mut self, id: ExecId) {
         let Some(e) = self.execs.get_mut(&id) else { return };
         if e.timed_out {
@@ -831,6 +847,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     fn dispatch(&mut self, pool_id: PoolId) {
         let now = self.now;
         let mut wake: Option<Instant> = None;
+        let mut last: Option<ContainerId> = None;
         loop {
             let Some(pool) = self.pools.get(&pool_id) else { return };
             let mut best: Option<(usize, u64)> = None;
@@ -852,7 +869,14 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 }
             }
             let Some((method, _)) = best else { break };
-            let Some(cid) = self.pick_container(pool_id) else { break };
+            // The container just used is what a fresh pick returns while it is below
+            // targetInputs (the most loaded one below target): skip the scan.
+            let target = pool.spec.target_inputs;
+            let cached = last.filter(|id| {
+                self.containers.get(id).is_some_and(|c| c.state == CState::Serving && c.in_flight < target)
+            });
+            let Some(cid) = cached.or_else(|| self.pick_container(pool_id)) else { break };
+            last = Some(cid);
             self.start_exec(pool_id, cid, method);
         }
         if let Some(at) = wake {
@@ -898,9 +922,10 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let q = &mut pool.queues[method];
         let n = take.min(q.len());
         let inputs: ExecInputs = q.drain(..n).map(|q| (q.input, q.attempt)).collect();
-        let (timeout, single_use) = (pool.spec.timeout, pool.spec.single_use);
         let id = self.next_exec;
         self.next_exec += 1;
+        pool.deadlines.push_back((self.now + pool.spec.timeout, id));
+        let single_use = pool.spec.single_use;
         for (input, _) in &inputs {
             if let Some(st) = self.inputs.get_mut(input) {
                 st.state = IState::Running(id);
@@ -912,13 +937,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 c.state = CState::Draining;
             }
         }
-        let deadline = self.now + timeout;
         let exec = Exec { id, pool: pool_id, container: cid, method: method as u32, inputs };
         self.invoker.run(&exec);
         self.execs.insert(id, ExecState { pool: pool_id, container: cid, inputs: exec.inputs, timed_out: false });
-        if let Some(p) = self.pools.get_mut(&pool_id) {
-            p.deadlines.push_back((deadline, id));
-        }
     }
 
     /// Starts or drains containers so that the pool has what its load asks for, within
