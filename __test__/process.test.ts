@@ -27,3 +27,24 @@ test('an app that is never stopped lets the process exit, after its @exit hooks'
   t.is(code, 0, stderr)
   t.deepEqual(stdout.trim().split('\n'), ['result 42', '[exit]'])
 })
+
+test('BERTH_ASYNC_CONTEXT=0: the input is known before the first await, not after, and the error says why', async (t) => {
+  const file = fileURLToPath(new URL('./fixtures/sync-context.ts', import.meta.url))
+  const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', file], { env: { ...process.env, BERTH_ASYNC_CONTEXT: '0' } })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    child.on('exit', (c) => resolve({ code: c, stdout: out, stderr: err }))
+  })
+  t.is(code, 0, stderr)
+  const rows = JSON.parse(stdout) as { tag: string; before: string; signalIsAbortSignal: boolean; after: string }[]
+  t.is(rows.length, 2)
+  t.not(rows[0].before, rows[1].before)
+  for (const r of rows) {
+    t.regex(r.before, /^in-\d+$/)
+    t.true(r.signalIsAbortSignal)
+    t.is(r.after, 'undefined threw InvalidError: names the setting')
+  }
+})

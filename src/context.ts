@@ -36,7 +36,9 @@ export function runInContext<R, A extends unknown[]>(ctx: InputContext, fn: (...
 }
 
 function store(): InputContext | undefined {
-  return asyncMode ? storage.getStore() : syncSource()
+  // `.local()` always runs in AsyncLocalStorage (it is not the hot path); it only turns the
+  // promise hooks on when used.
+  return asyncMode ? storage.getStore() : (syncSource() ?? storage.getStore())
 }
 
 export function currentInputId(): string | undefined {

@@ -139,6 +139,38 @@ class InputTable {
   }
 }
 
+/** Numbers bound for the core, written straight into a typed array (no conversion at flush). */
+class PackBuffer {
+  private buf = new Float64Array(4096)
+  length = 0
+  push2(a: number, b: number): void {
+    if (this.length + 2 > this.buf.length) this.grow()
+    this.buf[this.length++] = a
+    this.buf[this.length++] = b
+  }
+  push3(a: number, b: number, c: number): void {
+    if (this.length + 3 > this.buf.length) this.grow()
+    this.buf[this.length++] = a
+    this.buf[this.length++] = b
+    this.buf[this.length++] = c
+  }
+  push1(a: number): void {
+    if (this.length + 1 > this.buf.length) this.grow()
+    this.buf[this.length++] = a
+  }
+  /** The packed numbers, valid until the next push; empties the buffer. */
+  take(): Float64Array {
+    const out = this.buf.subarray(0, this.length)
+    this.length = 0
+    return out
+  }
+  private grow(): void {
+    const next = new Float64Array(this.buf.length * 2)
+    next.set(this.buf)
+    this.buf = next
+  }
+}
+
 /** The context of one execution; the AbortController is made only if the code asks for it. */
 export class Ctx implements InputContext {
   private ctrl: AbortController | undefined
@@ -242,9 +274,9 @@ export class EmbeddedRuntime {
   private readonly poolsByKey = new Map<string, Pool>()
   private readonly initErrors = new Map<number, unknown>()
   private nextInput = 0
-  private submits: number[] = []
-  private completes: number[] = []
-  private cancels: number[] = []
+  private readonly submits = new PackBuffer()
+  private readonly completes = new PackBuffer()
+  private readonly cancels = new PackBuffer()
   private flushScheduled = false
   private keepAlive: ReturnType<typeof setInterval> | undefined
   private stopping: Promise<void> | undefined
@@ -320,13 +352,13 @@ export class EmbeddedRuntime {
       attempt: 0, outcome: undefined, outcomeAttempt: 0, outcomeOk: false, ctx: undefined,
     })
     if (this.inputs.size === 1) this.hold()
-    this.submits.push(pool.id, method, id)
+    this.submits.push3(pool.id, method, id)
     this.scheduleFlush()
     return id
   }
 
   cancel(ids: number[]): void {
-    for (const id of ids) if (this.inputs.has(id)) this.cancels.push(id)
+    for (const id of ids) if (this.inputs.has(id)) this.cancels.push1(id)
     this.scheduleFlush()
   }
 
@@ -384,21 +416,11 @@ export class EmbeddedRuntime {
     this.flushScheduled = false
     if (this.finished) return
     // Completions first: they free slots the new submissions can use in the same turn.
-    if (this.completes.length > 0) {
-      const batch = new Float64Array(this.completes)
-      this.completes.length = 0
-      this.process(this.native.complete(batch))
-    }
-    if (this.cancels.length > 0) {
-      const batch = new Float64Array(this.cancels)
-      this.cancels.length = 0
-      this.process(this.native.cancel(batch))
-    }
-    if (this.submits.length > 0) {
-      const batch = new Float64Array(this.submits)
-      this.submits.length = 0
-      this.process(this.native.submit(batch))
-    }
+    // take() hands over a view that the next push may overwrite: each batch is sent before
+    // its events are processed (which may queue more).
+    if (this.completes.length > 0) this.process(this.native.complete(this.completes.take()))
+    if (this.cancels.length > 0) this.process(this.native.cancel(this.cancels.take()))
+    if (this.submits.length > 0) this.process(this.native.submit(this.submits.take()))
   }
 
   /** Handles events from the core, in order: runs, hooks, aborts, results. */
@@ -477,14 +499,14 @@ export class EmbeddedRuntime {
     } catch (e) {
       // A constructor that throws is an init failure of this input's attempt.
       for (let j = 0; j < k; j++) this.record(ev[at + 2 * j], ev[at + 2 * j + 1], false, RemoteError.from(e))
-      this.completes.push(exec, ST_FAILED)
+      this.completes.push2(exec, ST_FAILED)
       return
     }
     const target: (...a: unknown[]) => unknown = pool.def.fn ?? inst[m.name]
     if (m.batched === undefined) {
       const rec = this.inputs.get(ev[at])
       if (rec === undefined) {
-        this.completes.push(exec, ST_FINAL)
+        this.completes.push2(exec, ST_FINAL)
         return
       }
       const attempt = ev[at + 1]
@@ -609,7 +631,7 @@ export class EmbeddedRuntime {
         if (this.inputs.size === 0) this.release()
       }
     }
-    this.completes.push(exec, status)
+    this.completes.push2(exec, status)
     this.scheduleFlush()
   }
 
@@ -648,7 +670,7 @@ export class EmbeddedRuntime {
       }
       if (this.inputs.size === 0) this.release()
     }
-    this.completes.push(exec, status)
+    this.completes.push2(exec, status)
     this.scheduleFlush()
   }
 
