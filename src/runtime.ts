@@ -81,6 +81,8 @@ export interface Pool {
 
 interface InputRec {
   id: number
+  /** Still in the table: false once answered, cancelled or dropped. */
+  pending: boolean
   pool: Pool
   method: number
   args: unknown[]
@@ -123,9 +125,15 @@ class InputTable {
     const i = id & InputTable.MASK
     const rec = this.slots[i]
     if (rec !== undefined && rec.id === id) {
+      rec.pending = false
       this.slots[i] = undefined
       this.size--
-    } else if (this.overflow.delete(id)) {
+      return
+    }
+    const other = this.overflow.get(id)
+    if (other !== undefined) {
+      other.pending = false
+      this.overflow.delete(id)
       this.size--
     }
   }
@@ -133,6 +141,7 @@ class InputTable {
     return [...this.slots.filter((r): r is InputRec => r !== undefined), ...this.overflow.values()]
   }
   clear(): void {
+    for (const rec of this.values()) rec.pending = false
     this.slots.fill(undefined)
     this.overflow.clear()
     this.size = 0
@@ -348,7 +357,7 @@ export class EmbeddedRuntime {
     }
     const id = ++this.nextInput
     this.inputs.set(id, {
-      id, pool, method, args, fc, resolve, reject,
+      id, pending: true, pool, method, args, fc, resolve, reject,
       attempt: 0, outcome: undefined, outcomeAttempt: 0, outcomeOk: false, ctx: undefined,
     })
     if (this.inputs.size === 1) this.hold()
@@ -577,21 +586,21 @@ export class EmbeddedRuntime {
     try {
       ret = target.apply(inst, rec.args)
     } catch (e) {
-      queueMicrotask(() => this.settleOne(exec, rec.id, attempt, false, e))
+      queueMicrotask(() => this.settleOne(exec, rec, attempt, false, e))
       return
     }
     if (ret instanceof Promise) {
       ret.then(
-        (v) => this.settleOne(exec, rec.id, attempt, true, v),
-        (e) => this.settleOne(exec, rec.id, attempt, false, e),
+        (v) => this.settleOne(exec, rec, attempt, true, v),
+        (e) => this.settleOne(exec, rec, attempt, false, e),
       )
     } else if (ret !== null && typeof ret === 'object' && typeof (ret as any).then === 'function') {
       Promise.resolve(ret).then(
-        (v) => this.settleOne(exec, rec.id, attempt, true, v),
-        (e) => this.settleOne(exec, rec.id, attempt, false, e),
+        (v) => this.settleOne(exec, rec, attempt, true, v),
+        (e) => this.settleOne(exec, rec, attempt, false, e),
       )
     } else {
-      queueMicrotask(() => this.settleOne(exec, rec.id, attempt, true, ret))
+      queueMicrotask(() => this.settleOne(exec, rec, attempt, true, ret))
     }
   }
 
@@ -608,13 +617,13 @@ export class EmbeddedRuntime {
   // round trip earlier. The core still learns of it (the slot), and decides everything else:
   // failures (retry or not), timeouts, cancellations. A late success of an attempt that timed
   // out, or of an input already answered, changes nothing (`rec.attempt` / the record is gone).
-  private settleOne(exec: number, id: number, attempt: number, ok: boolean, value: unknown): void {
-    const rec = this.inputs.get(id)
+  private settleOne(exec: number, rec: InputRec, attempt: number, ok: boolean, value: unknown): void {
+    const id = rec.id
     let status = ST_OK
     if (!ok) {
       status = ST_FAILED
       this.record(id, attempt, false, RemoteError.from(value))
-    } else if (rec !== undefined && rec.attempt === attempt) {
+    } else if (rec.pending && rec.attempt === attempt) {
       const t = typeof value
       if (t === 'object' ? value !== null : t === 'function' || t === 'symbol') {
         try {

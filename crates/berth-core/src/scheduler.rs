@@ -262,14 +262,12 @@ enum Timer {
 
 /// A live exec's deadline entry became dead (the exec completed or was lost): drop what has
 /// surfaced at the front, and compact when dead entries outnumber live ones.
-fn deadline_gone(p: &mut Pool, execs: &IdMap<ExecId, ExecState>) {
-    p.dead_deadlines += 1;
-    while let Some(&(_, id)) = p.deadlines.front() {
-        if execs.contains_key(&id) {
-            break;
-        }
+fn deadline_gone(p: &mut Pool, gone: ExecId, execs: &IdMap<ExecId, ExecState>) {
+    // Executions mostly finish in start order: the usual case is the front entry, no lookup.
+    if p.deadlines.front().is_some_and(|&(_, id)| id == gone) {
         p.deadlines.pop_front();
-        p.dead_deadlines -= 1;
+    } else {
+        p.dead_deadlines += 1;
     }
     if p.dead_deadlines > 64 && p.dead_deadlines * 2 > p.deadlines.len() {
         p.deadlines.retain(|(_, id)| execs.contains_key(id));
@@ -512,7 +510,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let quiet = !e.timed_out && status == ExecStatus::Delivered;
         if let Some(p) = self.pools.get_mut(&e.pool) {
             if !e.timed_out {
-                deadline_gone(p, &self.execs);
+                deadline_gone(p, exec, &self.execs);
             }
             if quiet {
                 for (input, _) in &e.inputs {
@@ -672,7 +670,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             if let Some(e) = self.execs.remove(&id) {
                 if !e.timed_out {
                     if let Some(p) = self.pools.get_mut(&e.pool) {
-                        deadline_gone(p, &self.execs);
+                        deadline_gone(p, id, &self.execs);
                     }
                     for (input, attempt) in e.inputs {
                         self.fail_attempt(input, attempt, Outcome::Lost);
