@@ -28,7 +28,8 @@ export async function compare(title: string, contenders: Contender[], opts: { n:
     }
   }
   const base = median(rates.get(opts.base)!)
-  console.log(`\n${title}  (${opts.n} calls, ${opts.inFlight} in flight, median of ${opts.rounds} interleaved rounds)`)
+  const context = process.env.BERTH_ASYNC_CONTEXT === '0' ? 'BERTH_ASYNC_CONTEXT=0' : 'AsyncLocalStorage context (default)'
+  console.log(`\n${title}, ${context}  (${opts.n} calls, ${opts.inFlight} in flight, median of ${opts.rounds} interleaved rounds)`)
   for (const c of contenders) {
     const m = median(rates.get(c.name)!)
     console.log(`  ${c.name.padEnd(34)} ${Math.round(m).toLocaleString('en-US').padStart(12)} calls/s   ${(m / base).toFixed(2)}x ${opts.base}`)
