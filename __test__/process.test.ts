@@ -4,9 +4,9 @@ import { fileURLToPath } from 'node:url'
 
 const fixture = fileURLToPath(new URL('./fixtures/no-stop.ts', import.meta.url))
 
-function runNode(file: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runNode(file: string, env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', file], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, ['--import', 'tsx', file], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d) => (stdout += d))
@@ -30,14 +30,7 @@ test('an app that is never stopped lets the process exit, after its @exit hooks'
 
 test('BERTH_ASYNC_CONTEXT=0: the input is known before the first await, not after, and the error says why', async (t) => {
   const file = fileURLToPath(new URL('./fixtures/sync-context.ts', import.meta.url))
-  const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', file], { env: { ...process.env, BERTH_ASYNC_CONTEXT: '0' } })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (err += d))
-    child.on('exit', (c) => resolve({ code: c, stdout: out, stderr: err }))
-  })
+  const { code, stdout, stderr } = await runNode(file, { BERTH_ASYNC_CONTEXT: '0' })
   t.is(code, 0, stderr)
   const rows = JSON.parse(stdout) as { tag: string; before: string; signalIsAbortSignal: boolean; after: string }[]
   t.is(rows.length, 2)
