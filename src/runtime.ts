@@ -3,7 +3,8 @@
 // The Rust core decides what runs when (slots, batches, timeouts, retries, lifecycle); this
 // module runs what it says and reports back. Values never cross into Rust: arguments and
 // results stay here, keyed by input id, and only packed ids cross N-API, in batches both ways
-// (see crates/berth-node). One doorbell call from the core can carry thousands of events.
+// (see crates/berth-node): each call into the core returns the events it caused, and events
+// from timers arrive through one weak doorbell.
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -18,7 +19,6 @@ import {
   InputCancelledError,
   InvalidError,
   RemoteError,
-  SerializationError,
 } from './errors.ts'
 import type { NormalizedOptions } from './options.ts'
 import { checkAndCopy } from './serialize.ts'
@@ -272,6 +272,26 @@ export function runBuildHooks(cls: Function, meta: ClassMeta, instance: any): Pr
   return p
 }
 
+/** How many numbers the event at `i` spans; 0 for an unknown tag. */
+function eventLength(ev: Float64Array, i: number): number {
+  switch (ev[i]) {
+    case EV_RUN:
+      return 6 + 2 * ev[i + 5]
+    case EV_HOOK:
+    case EV_ABORT:
+    case EV_ABANDONED:
+      return 4
+    case EV_STOPPED:
+      return 3
+    case EV_DONE:
+      return 5
+    case EV_FINISHED:
+      return 1
+    default:
+      return 0
+  }
+}
+
 function describe(err: unknown): string {
   return err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`) : String(err)
 }
@@ -306,6 +326,8 @@ export class EmbeddedRuntime {
     if (pool) return pool
     const o = def.options
     const hooks = def.meta
+    // In-process, every container is another copy of the model in this heap: one unless asked.
+    const maxContainers = o.maxContainers ?? Math.max(1, o.minContainers)
     let id: number
     try {
       id = this.native.addPool({
@@ -325,9 +347,8 @@ export class EmbeddedRuntime {
           initialDelayMs: o.retries.initialDelay * 1000,
           maxDelayMs: o.retries.maxDelay * 1000,
         },
-        minContainers: Math.min(o.minContainers, o.maxContainers ?? 1),
-        // In-process, every container is another copy of the model in this heap: one unless asked.
-        maxContainers: o.maxContainers ?? Math.max(1, o.minContainers),
+        minContainers: Math.min(o.minContainers, maxContainers),
+        maxContainers,
         bufferContainers: o.bufferContainers,
         scaledownWindowMs: o.scaledownWindowMs,
         exitGraceMs: o.exitGracePeriodMs,
@@ -404,21 +425,19 @@ export class EmbeddedRuntime {
   }
 
   // Flushes run as microtasks, so a call, its execution and its result can all happen in one
-  // turn of the event loop; after MICRO_FLUSHES in a row the next one waits for setImmediate,
-  // so a busy runtime still lets I/O and timers run.
+  // turn of the event loop; past MICRO_FLUSHES in one turn the next waits for setImmediate, so
+  // a busy runtime still lets I/O and timers run.
   private scheduleFlush(): void {
     if (this.flushScheduled) return
     this.flushScheduled = true
-    if (++this.microFlushes <= MICRO_FLUSHES) {
-      queueMicrotask(this.flushBound)
-    } else {
-      setImmediate(() => {
-        this.microFlushes = 0
-        this.flush()
-      })
-    }
+    if (this.microFlushes === 0) setImmediate(this.newTurn)
+    if (++this.microFlushes <= MICRO_FLUSHES) queueMicrotask(this.flushBound)
+    else setImmediate(this.flushBound)
   }
   private readonly flushBound = () => this.flush()
+  private readonly newTurn = () => {
+    this.microFlushes = 0
+  }
   private microFlushes = 0
 
   private flush(): void {
@@ -439,47 +458,40 @@ export class EmbeddedRuntime {
     let i = 0
     while (i < n) {
       const tag = ev[i]
+      const len = eventLength(ev, i)
+      if (len === 0) {
+        console.error(`berth: internal error: unknown event ${tag} from the core; the rest of this batch is dropped`)
+        break
+      }
+      // One failing event must not stop the loop (it would strand every other input).
       try {
         switch (tag) {
-          case EV_RUN: {
-            const k = ev[i + 5]
-            this.run(ev[i + 1], ev[i + 2], ev[i + 3], ev[i + 4], ev, i + 6, k)
-            i += 6 + 2 * k
+          case EV_RUN:
+            this.run(ev[i + 1], ev[i + 2], ev[i + 3], ev[i + 4], ev, i + 6, ev[i + 5])
             break
-          }
           case EV_HOOK:
             void this.hook(ev[i + 1], ev[i + 2], ev[i + 3])
-            i += 4
             break
           case EV_ABORT:
             this.abort(ev[i + 1], ev[i + 2], ev[i + 3])
-            i += 4
             break
           case EV_ABANDONED:
             this.abandoned(ev[i + 1], ev[i + 2], ev[i + 3])
-            i += 4
             break
           case EV_STOPPED:
             this.pools[ev[i + 1]]?.instances.delete(ev[i + 2])
-            i += 3
             break
           case EV_DONE:
             this.done(ev[i + 1], ev[i + 2], ev[i + 3], ev[i + 4])
-            i += 5
             break
           case EV_FINISHED:
             this.finish()
-            i += 1
             break
-          default:
-            throw new Error(`berth: unknown event ${tag} from the core`)
         }
       } catch (e) {
-        // One bad event must not stop the loop (it would strand every other input).
         console.error(`berth: internal error while handling an event: ${describe(e)}`)
-        if (tag !== EV_RUN && tag !== EV_HOOK && tag !== EV_ABORT && tag !== EV_ABANDONED && tag !== EV_STOPPED && tag !== EV_DONE) break
-        i += tag === EV_RUN ? 6 + 2 * ev[i + 5] : tag === EV_STOPPED ? 3 : tag === EV_DONE ? 5 : 4
       }
+      i += len
     }
     if (this.completes.length > 0) this.scheduleFlush()
   }
@@ -781,4 +793,3 @@ export class EmbeddedRuntime {
   }
 }
 
-export { SerializationError }
