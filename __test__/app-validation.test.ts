@@ -1,0 +1,71 @@
+// Mistakes in defining or running an app fail where they are made, with InvalidError naming the fix.
+import test from 'ava'
+import { App, Cls, InvalidError, method } from 'berth'
+
+const app = new App('app-validation')
+
+test('@app.cls without parentheses suggests @app.cls()', (t) => {
+  t.throws(
+    () => {
+      // @ts-expect-error: used bare on purpose
+      @app.cls
+      class Bare {
+        @method() async m() {}
+      }
+      return Bare
+    },
+    { instanceOf: InvalidError, message: /Suggestion: @app\.cls\(\)/ },
+  )
+})
+
+test('@app.cls on a method says it decorates a class', (t) => {
+  t.throws(
+    () => {
+      class Host {
+        // @ts-expect-error: a class decorator on a method, on purpose
+        @app.cls() m() {}
+      }
+      return Host
+    },
+    { instanceOf: InvalidError, message: /decorates a class.*method/ },
+  )
+})
+
+test('@app.cls applied the legacy (experimentalDecorators) way says so', (t) => {
+  class Legacy {}
+  t.throws(() => (app.cls() as any)(Legacy), { instanceOf: InvalidError, message: /experimentalDecorators/ })
+})
+
+test('Cls.of on a class not registered with an app names @app.cls()', (t) => {
+  class Loose {
+    @method() async m() {}
+  }
+  t.throws(() => Cls.of(Loose), { instanceOf: InvalidError, message: /@app\.cls\(\)/ })
+})
+
+test('a class with no @method or @batched member is refused at Cls.of', (t) => {
+  @app.cls()
+  class Empty {
+    plain() {}
+  }
+  t.throws(() => Cls.of(Empty), { instanceOf: InvalidError, message: /no @method\(\) or @batched\(\) member/ })
+})
+
+test('app.function needs a function, a name, and a name not used yet', (t) => {
+  t.throws(() => (app.function as any)({ timeout: 1 }), { instanceOf: InvalidError, message: /second argument must be the function/ })
+  t.throws(() => app.function({}, async () => 1), { instanceOf: InvalidError, message: /give the function a name/ })
+  app.function({}, async function once() {})
+  t.throws(() => app.function({}, async function once() {}), { instanceOf: InvalidError, message: /already has a function named 'once'.*`name` option/ })
+})
+
+test('app.run rejects containers modes it does not have, and a second run while running', async (t) => {
+  await t.throwsAsync(app.run({ containers: 'process' }), { instanceOf: InvalidError, message: /not available in this version.*app\.run\(\)/ })
+  const other = new App('app-validation-twice')
+  await other.run(async () => {
+    await t.throwsAsync(other.run(), { instanceOf: InvalidError, message: /already running/ })
+  })
+})
+
+test('new App needs a name', (t) => {
+  t.throws(() => new App(''), { instanceOf: InvalidError, message: /non-empty string/ })
+})
