@@ -643,3 +643,35 @@ async fn delivered_successes_finish_without_a_result_event() {
     let rest = w.shutdown().await;
     assert!(rest.iter().all(|e| !matches!(e, Ev::Done(..))));
 }
+
+/// Completions out of start order leave dead deadline entries behind the live one at the front:
+/// they are compacted away, and the live execution still times out on time.
+#[tokio::test(start_paused = true)]
+async fn out_of_order_completions_compact_deadlines_and_keep_timeouts() {
+    let (etx, mut ev) = unbounded_channel();
+    let mut s = Scheduler::new(Host(etx.clone()), Host(etx));
+    let mut spec = spec();
+    spec.max_inputs = 500;
+    spec.target_inputs = 500;
+    spec.timeout = Duration::from_secs(10);
+    s.handle(Command::AddPool(POOL, spec));
+    s.handle(Command::Submit((1..=500).map(|input| Submission { input, pool: POOL, method: 0 }).collect()));
+    s.tick();
+    let mut runs: Vec<ExecId> = std::iter::from_fn(|| ev.try_recv().ok())
+        .filter_map(|e| if let Ev::Run(x) = e { Some(x.id) } else { None })
+        .collect();
+    assert_eq!(runs.len(), 500);
+    let first = runs.remove(0);
+    // Everything but the oldest finishes, newest first.
+    runs.reverse();
+    s.handle(Command::Complete(runs.iter().map(|id| (*id, ExecStatus::Delivered)).collect()));
+    s.tick();
+    assert!(s.pools[&POOL].deadlines.len() < 100, "dead entries were compacted: {}", s.pools[&POOL].deadlines.len());
+    assert_eq!(s.pools[&POOL].deadlines.front().map(|d| d.1), Some(first));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    s.tick();
+    let after: Vec<Ev> = std::iter::from_fn(|| ev.try_recv().ok()).collect();
+    assert!(after.contains(&Ev::Abort(1, 1, AbortReason::Timeout)), "{after:?}");
+    assert!(after.contains(&Ev::Done(1, 1, Outcome::Timeout)));
+    assert!(s.pools[&POOL].deadlines.is_empty());
+}
