@@ -31,7 +31,12 @@ pub enum Phase {
     SnapEnter = 1,
     Enter = 2,
     Exit = 3,
+    /// The container's process starts and attaches (process containers only); it comes first.
+    Spawn = 4,
 }
+
+/// The phases a container goes through before serving, in order.
+const STARTUP: [Phase; 4] = [Phase::Spawn, Phase::Build, Phase::SnapEnter, Phase::Enter];
 
 impl Phase {
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -40,6 +45,7 @@ impl Phase {
             1 => Self::SnapEnter,
             2 => Self::Enter,
             3 => Self::Exit,
+            4 => Self::Spawn,
             _ => return None,
         })
     }
@@ -197,6 +203,8 @@ enum CState {
 struct Container {
     pool: PoolId,
     state: CState,
+    /// Which startup deadline is current (an older one firing is ignored).
+    startup_gen: u32,
     in_flight: u32,
     idle_since: Instant,
 }
@@ -256,7 +264,7 @@ struct ExecState {
 enum Timer {
     Retry(InputId, u32),
     PoolWake(PoolId),
-    Startup(ContainerId),
+    Startup(ContainerId, u32),
     ExitGrace(ContainerId),
 }
 
@@ -603,21 +611,28 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let pool_id = c.pool;
         let Some(pool) = self.pools.get(&pool_id) else { return };
         let hooks = pool.spec.hooks;
-        let wanted = [
-            (Phase::Build, hooks.build && !pool.built),
-            (Phase::SnapEnter, hooks.snap_enter),
-            (Phase::Enter, hooks.enter),
-        ];
-        let next = wanted.iter().find(|(ph, want)| *want && after.is_none_or(|a| *ph > a)).map(|(ph, _)| *ph);
+        let wanted = |ph: Phase| match ph {
+            Phase::Spawn => hooks.spawn,
+            Phase::Build => hooks.build && !pool.built,
+            Phase::SnapEnter => hooks.snap_enter,
+            Phase::Enter => hooks.enter,
+            Phase::Exit => false,
+        };
+        let from = after.and_then(|a| STARTUP.iter().position(|p| *p == a)).map_or(0, |i| i + 1);
+        let next = STARTUP[from..].iter().copied().find(|ph| wanted(*ph));
         let startup_timeout = pool.spec.startup_timeout;
         let Some(c) = self.containers.get_mut(&cid) else { return };
         match next {
             Some(phase) => {
                 c.state = CState::Starting(phase);
-                // The startup bound covers the enter phases, not the (cached) build.
-                let entering = phase != Phase::Build && after.is_none_or(|a| a == Phase::Build);
-                if entering {
-                    self.timers.push(Reverse((self.now + startup_timeout, Timer::Startup(cid))));
+                // The startup bound covers starting the process and the enter phases, not the
+                // (cached) build: each stretch gets its own deadline, told apart by generation.
+                let bounded = phase != Phase::Build;
+                let fresh = after.is_none_or(|a| a == Phase::Build || a == Phase::Spawn);
+                if bounded && fresh {
+                    c.startup_gen += 1;
+                    let gen = c.startup_gen;
+                    self.timers.push(Reverse((self.now + startup_timeout, Timer::Startup(cid, gen))));
                 }
                 self.invoker.run_hook(pool_id, cid, phase);
             }
@@ -784,9 +799,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                     }
                     self.mark_dirty(pool);
                 }
-                Timer::Startup(cid) => {
-                    let state = self.containers.get(&cid).map(|c| (c.pool, c.state));
-                    if let Some((pool, CState::Starting(phase @ (Phase::SnapEnter | Phase::Enter)))) = state {
+                Timer::Startup(cid, gen) => {
+                    let state = self.containers.get(&cid).filter(|c| c.startup_gen == gen).map(|c| (c.pool, c.state));
+                    if let Some((pool, CState::Starting(phase @ (Phase::Spawn | Phase::SnapEnter | Phase::Enter)))) = state {
                         self.invoker.hook_abandoned(pool, cid, phase);
                         self.enter_failed(cid);
                     }
@@ -1019,7 +1034,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let now = self.now;
         self.containers.insert(
             cid,
-            Container { pool: pool_id, state: CState::Starting(Phase::Build), in_flight: 0, idle_since: now },
+            Container { pool: pool_id, state: CState::Starting(Phase::Build), startup_gen: 0, in_flight: 0, idle_since: now },
         );
         if let Some(p) = self.pools.get_mut(&pool_id) {
             p.containers.push(cid);

@@ -120,6 +120,8 @@ pub struct MethodSpec {
 /// Which lifecycle phases have hooks; phases without hooks are skipped without a round trip.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HookSet {
+    /// The host starts a process for each container and reports when it has attached.
+    pub spawn: bool,
     pub build: bool,
     pub snap_enter: bool,
     pub enter: bool,

@@ -197,6 +197,7 @@ impl BindingPoolSpec {
         let spec = PoolSpec {
             methods,
             hooks: HookSet {
+                spawn: false,
                 build: self.has_build,
                 snap_enter: self.has_snap_enter,
                 enter: self.has_enter,

@@ -144,7 +144,7 @@ fn batched(max: u32, wait_ms: u64) -> PoolSpec {
 }
 
 fn all_hooks() -> HookSet {
-    HookSet { build: true, snap_enter: true, enter: true, exit: true }
+    HookSet { spawn: false, build: true, snap_enter: true, enter: true, exit: true }
 }
 
 #[tokio::test(start_paused = true)]
@@ -674,4 +674,45 @@ async fn out_of_order_completions_compact_deadlines_and_keep_timeouts() {
     assert!(after.contains(&Ev::Abort(1, 1, AbortReason::Timeout)), "{after:?}");
     assert!(after.contains(&Ev::Done(1, 1, Outcome::Timeout)));
     assert!(s.pools[&POOL].deadlines.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn process_containers_spawn_first_and_each_startup_stretch_has_its_own_deadline() {
+    let mut s = spec();
+    s.hooks = HookSet { spawn: true, build: true, enter: true, ..HookSet::default() };
+    s.startup_timeout = Duration::from_secs(5);
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let mut phases = Vec::new();
+    let exec = loop {
+        match w.next().await {
+            Ev::Hook(c, p) => {
+                phases.push((w.ms(), p));
+                // The process takes 3 s to attach, enter 4 s: each within its 5 s bound, 7 s
+                // in all; the spawn's deadline must not cut the enter short.
+                let took = if p == Phase::Spawn { 3 } else if p == Phase::Enter { 4 } else { 0 };
+                tokio::time::sleep(Duration::from_secs(took)).await;
+                w.send(Command::HookDone { container: c, phase: p, ok: true });
+            }
+            Ev::Run(e) => break e,
+            e => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(phases, vec![(0, Phase::Spawn), (3000, Phase::Build), (3000, Phase::Enter)]);
+    assert_eq!(w.ms(), 7000);
+    assert_eq!(exec.inputs.to_vec(), vec![(1, 1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_never_attaches_is_an_init_failure() {
+    let mut s = spec();
+    s.hooks = HookSet { spawn: true, ..HookSet::default() };
+    s.startup_timeout = Duration::from_secs(2);
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let Ev::Hook(c, Phase::Spawn) = w.next().await else { panic!() };
+    assert_eq!(w.next().await, Ev::Abandoned(c, Phase::Spawn));
+    assert_eq!(w.ms(), 2000);
+    assert_eq!(w.next().await, Ev::Stopped(c));
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Init(c)));
 }
