@@ -1,0 +1,13 @@
+//! berth's control plane.
+//!
+//! Callers reach functions through `berth.v1.Functions`; containers attach through
+//! `berth.v1.Containers`, one bidirectional stream each, with credit-based flow control. The
+//! berth-core scheduler decides everything (slots, batches, timeouts, retries, lifecycle); this
+//! crate only moves its decisions and the CBOR payloads between the two sides. How a
+//! container's process is started is a [`Spawner`]'s business.
+
+mod plane;
+mod service;
+
+pub use plane::{FunctionDef, Registry, Spawner};
+pub use service::{ControlPlane, ServeOptions};

@@ -1,0 +1,264 @@
+//! The control plane's state, shared by the gRPC handlers and the scheduler's host side.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use berth_core::{
+    AbortReason, Command, ContainerId, Exec, ExecId, InputId, Invoker, Outcome, Phase, PoolId, PoolSpec,
+    ResultSink,
+};
+use berth_proto::v1::{self as pb, control_message, result::Outcome as PbOutcome, ControlMessage};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// One callable the app serves: an `app.function`, or a class (whose methods share a pool
+/// per parameter set).
+#[derive(Debug, Clone)]
+pub struct FunctionDef {
+    pub app: String,
+    pub name: String,
+    /// Method names for a class, in the order the container's method table uses; for a
+    /// function, its own name alone.
+    pub methods: Vec<String>,
+    pub is_class: bool,
+    /// The pool settings; its `hooks.spawn` is forced on (containers are processes).
+    pub spec: PoolSpec,
+}
+
+/// What the app serves.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    pub functions: Vec<FunctionDef>,
+}
+
+/// Starts and stops container processes. `spawn` returns at once; the process attaches
+/// later with `Hello { container_id, token }` on `endpoint`.
+pub trait Spawner: Send + Sync + 'static {
+    fn spawn(&self, def: &FunctionDef, params: &[u8], container: ContainerId, token: &str, endpoint: &str);
+    /// The container is done (stopped, failed, or abandoned): make sure its process ends.
+    fn stop(&self, container: ContainerId);
+}
+
+pub(crate) fn error(name: &str, message: impl Into<String>) -> pb::Result {
+    pb::Result { outcome: Some(PbOutcome::Error(pb::Error { name: name.into(), message: message.into(), stack: String::new() })) }
+}
+
+pub(crate) struct PoolEntry {
+    pub def: usize,
+    pub params: Vec<u8>,
+}
+
+pub(crate) struct Link {
+    pub token: String,
+    /// Set once the container has attached.
+    pub tx: Option<mpsc::UnboundedSender<Result<ControlMessage, tonic::Status>>>,
+    /// Messages for a container that has not attached yet, or has no credit left.
+    pub queued: Vec<ControlMessage>,
+    pub credits: u32,
+}
+
+impl Link {
+    fn send(&mut self, msg: ControlMessage) {
+        let is_exec = matches!(msg.msg, Some(control_message::Msg::Execute(_)));
+        if is_exec && self.credits == 0 {
+            self.queued.push(msg);
+            return;
+        }
+        match &self.tx {
+            Some(tx) => {
+                if is_exec {
+                    self.credits -= 1;
+                }
+                let _ = tx.send(Ok(msg));
+            }
+            None => self.queued.push(msg),
+        }
+    }
+
+    /// Sends what waited for the attach or for credit, in order, as far as credit allows.
+    pub fn flush(&mut self) {
+        let queued = std::mem::take(&mut self.queued);
+        for msg in queued {
+            self.send(msg);
+        }
+    }
+}
+
+/// A spawned call's result, for GetResult.
+pub(crate) struct CallSlot {
+    pub input: InputId,
+    pub result: Option<pb::Result>,
+    pub ready: Arc<Notify>,
+}
+
+pub(crate) struct Input {
+    pub args: Vec<u8>,
+    pub fc: String,
+    pub waiter: Option<oneshot::Sender<pb::Result>>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub pools: HashMap<PoolId, PoolEntry>,
+    pub pools_by_key: HashMap<(usize, Vec<u8>), PoolId>,
+    pub next_pool: PoolId,
+    pub next_input: InputId,
+    pub next_call: u64,
+    pub inputs: HashMap<InputId, Input>,
+    /// Results the containers reported, per attempt, until the scheduler decides.
+    pub outputs: HashMap<(InputId, u32), pb::Result>,
+    pub execs: HashMap<ExecId, (ContainerId, Vec<(InputId, u32)>)>,
+    pub running: HashMap<InputId, ContainerId>,
+    pub links: HashMap<ContainerId, Link>,
+    pub init_errors: HashMap<ContainerId, pb::Error>,
+    pub calls: HashMap<String, CallSlot>,
+}
+
+pub(crate) struct Shared {
+    pub registry: Registry,
+    pub state: Mutex<State>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub spawner: Box<dyn Spawner>,
+    pub endpoint: Mutex<String>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The scheduler's host side: turns its decisions into container messages and results.
+pub(crate) struct Host(pub Arc<Shared>);
+
+fn phase_to_pb(phase: Phase) -> pb::Phase {
+    match phase {
+        Phase::Build => pb::Phase::Build,
+        Phase::SnapEnter => pb::Phase::SnapEnter,
+        Phase::Enter | Phase::Spawn => pb::Phase::Enter,
+        Phase::Exit => pb::Phase::Exit,
+    }
+}
+
+impl Invoker for Host {
+    fn run_hook(&mut self, pool: PoolId, container: ContainerId, phase: Phase) {
+        let shared = &self.0;
+        let mut st = shared.lock();
+        if phase == Phase::Spawn {
+            let token = format!("{:016x}{:08x}", rand_token(), container);
+            st.links.insert(container, Link { token: token.clone(), tx: None, queued: Vec::new(), credits: 0 });
+            let Some(entry) = st.pools.get(&pool) else { return };
+            let (def, params) = (entry.def, entry.params.clone());
+            drop(st);
+            let endpoint = shared.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            shared.spawner.spawn(&shared.registry.functions[def], &params, container, &token, &endpoint);
+            return;
+        }
+        let msg = ControlMessage { msg: Some(control_message::Msg::RunHook(pb::RunHook { phase: phase_to_pb(phase) as i32 })) };
+        if let Some(link) = st.links.get_mut(&container) {
+            link.send(msg);
+        }
+    }
+
+    fn run(&mut self, exec: &Exec) {
+        let mut st = self.0.lock();
+        let mut inputs = Vec::with_capacity(exec.inputs.len());
+        for &(input, attempt) in &exec.inputs {
+            let (args, fc) = st.inputs.get(&input).map(|i| (i.args.clone(), i.fc.clone())).unwrap_or_default();
+            inputs.push(pb::ExecInput { input_id: input, attempt, function_call_id: fc, args });
+        }
+        for &(input, _) in &exec.inputs {
+            st.running.insert(input, exec.container);
+        }
+        st.execs.insert(exec.id, (exec.container, exec.inputs.to_vec()));
+        let msg = ControlMessage {
+            msg: Some(control_message::Msg::Execute(pb::Execute { exec_id: exec.id, method: exec.method, inputs })),
+        };
+        if let Some(link) = st.links.get_mut(&exec.container) {
+            link.send(msg);
+        }
+    }
+
+    fn abort(&mut self, input: InputId, attempt: u32, reason: AbortReason) {
+        let mut st = self.0.lock();
+        let Some(&cid) = st.running.get(&input) else { return };
+        let reason = match reason {
+            AbortReason::Timeout => "timeout",
+            AbortReason::Cancelled => "cancelled",
+        };
+        let msg = ControlMessage {
+            msg: Some(control_message::Msg::Abort(pb::Abort { input_id: input, attempt, reason: reason.into() })),
+        };
+        if let Some(link) = st.links.get_mut(&cid) {
+            link.send(msg);
+        }
+    }
+
+    fn hook_abandoned(&mut self, _pool: PoolId, container: ContainerId, phase: Phase) {
+        let what = match phase {
+            Phase::Spawn => "did not attach within startupTimeout",
+            Phase::Exit => "exit hooks ran past exitGracePeriod",
+            _ => "enter hooks ran past startupTimeout",
+        };
+        eprintln!("berth: container {container}: {what}; abandoned");
+        if phase != Phase::Exit {
+            self.0.lock().init_errors.entry(container).or_insert_with(|| pb::Error {
+                name: "FunctionTimeoutError".into(),
+                message: format!("the container {what}"),
+                stack: String::new(),
+            });
+        }
+    }
+
+    fn container_stopped(&mut self, _pool: PoolId, container: ContainerId) {
+        let link = self.0.lock().links.remove(&container);
+        if let Some(Link { tx: Some(tx), .. }) = link {
+            let _ = tx.send(Ok(ControlMessage { msg: Some(control_message::Msg::Stop(pb::Stop {})) }));
+        }
+        self.0.spawner.stop(container);
+    }
+}
+
+impl ResultSink for Host {
+    fn done(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
+        let mut st = self.0.lock();
+        st.running.remove(&input);
+        let output = st.outputs.remove(&(input, attempt));
+        // Stale outputs of other attempts go too.
+        st.outputs.retain(|(i, _), _| *i != input);
+        let result = match outcome {
+            Outcome::Ok | Outcome::Failed => output.unwrap_or_else(|| error("Error", "the container's result was lost")),
+            Outcome::Timeout => error("FunctionTimeoutError", format!("input timed out on attempt {attempt}")),
+            Outcome::Cancelled => error("InputCancelledError", "the call was cancelled"),
+            Outcome::Init(cid) => {
+                let cause = st.init_errors.get(&cid).cloned();
+                pb::Result {
+                    outcome: Some(PbOutcome::Error(pb::Error {
+                        name: "InitError".into(),
+                        message: cause.as_ref().map_or("the container failed to start".into(), |c| format!("{}: {}", c.name, c.message)),
+                        stack: cause.map(|c| c.stack).unwrap_or_default(),
+                    })),
+                }
+            }
+            Outcome::Lost => error("ContainerLost", "the container running the input stopped unexpectedly"),
+            Outcome::Rejected => error("InvalidError", "the app is stopping; the call was not accepted"),
+        };
+        let Some(rec) = st.inputs.remove(&input) else { return };
+        if let Some(slot) = st.calls.get_mut(&rec.fc) {
+            if slot.input == input {
+                slot.result = Some(result.clone());
+                slot.ready.notify_waiters();
+            }
+        }
+        if let Some(w) = rec.waiter {
+            let _ = w.send(result);
+        }
+    }
+}
+
+/// Enough to tell containers apart; not a secret from the local user (the token is passed
+/// in the child's environment), only from other local processes guessing ids.
+fn rand_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
+}

@@ -1,0 +1,434 @@
+//! The gRPC services and the server around them.
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_core::{Command, Phase, PoolId, Scheduler, Submission};
+use berth_proto::v1::{
+    self as pb, container_message,
+    containers_server::{Containers, ContainersServer},
+    functions_server::{Functions, FunctionsServer},
+    map_request, ControlMessage,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::plane::{error, CallSlot, Host, Input, PoolEntry, Registry, Shared, Spawner, State};
+
+/// Where and how the control plane listens.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// 127.0.0.1 unless told otherwise; port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// Required when `addr` is not loopback; callers send `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Larger requests fail with RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { addr: SocketAddr::from(([127, 0, 0, 1], 7450)), token: None, max_message_bytes: 16 << 20 }
+    }
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ControlPlane {
+    /// Binds, starts the scheduler and serves until [`shutdown`](Self::shutdown).
+    pub async fn start(registry: Registry, spawner: impl Spawner, opts: ServeOptions) -> io::Result<Self> {
+        if !opts.addr.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("binding {} exposes the app beyond this machine: pass a token (--token) that callers must send", opts.addr),
+            ));
+        }
+        for f in &registry.functions {
+            f.spec.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        }
+        let listener = TcpListener::bind(opts.addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (commands, source) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            registry,
+            state: Mutex::new(State { next_pool: 1, ..State::default() }),
+            commands,
+            spawner: Box::new(spawner),
+            endpoint: Mutex::new(format!("http://{local_addr}")),
+        });
+        tokio::spawn(Scheduler::new(Host(shared.clone()), Host(shared.clone())).run(source));
+
+        let token = opts.token.clone();
+        let auth = move |req: Request<()>| check_token(token.as_deref(), &req).map(|()| req);
+        let functions = FunctionsServer::new(FunctionsSvc { shared: shared.clone() })
+            .max_decoding_message_size(opts.max_message_bytes)
+            .max_encoding_message_size(opts.max_message_bytes);
+        let containers = ContainersServer::new(ContainersSvc { shared: shared.clone() })
+            .max_decoding_message_size(opts.max_message_bytes)
+            .max_encoding_message_size(opts.max_message_bytes);
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health.set_serving::<FunctionsServer<FunctionsSvc>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(io::Error::other)?;
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted::<tonic::body::Body>))
+            .add_service(InterceptedService::new(functions, auth))
+            .add_service(containers)
+            .add_service(health_svc)
+            .add_service(reflection);
+        let server = tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, async { let _ = stopped.await; }).await {
+                eprintln!("berth: control plane stopped: {e}");
+            }
+        });
+        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops taking calls, lets accepted inputs finish, runs exit hooks, then stops serving.
+    pub async fn shutdown(mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.commands.send(Command::Shutdown(Some(tx))).is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.server).await;
+    }
+}
+
+/// tonic answers a request over the size cap with OUT_OF_RANGE; gRPC's convention (and
+/// berth's contract) is RESOURCE_EXHAUSTED. Unary answers carry the status in their headers.
+/// A stream message over the cap ends the stream with the status in its trailers, unmapped.
+fn oversized_is_resource_exhausted<B>(mut res: http::Response<B>) -> http::Response<B> {
+    let h = res.headers_mut();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = h.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if out_of_range && too_large {
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    res
+}
+
+fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Status> {
+    let Some(expected) = expected.filter(|t| !t.is_empty()) else { return Ok(()) };
+    let sent = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match sent {
+        Some(t) if t == expected => Ok(()),
+        Some(_) => Err(Status::unauthenticated("wrong token: send the token the server was started with")),
+        None => Err(Status::unauthenticated("this server needs a token: send `authorization: Bearer <token>`")),
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+/// Arguments must be a CBOR array (positional arguments); parameters a CBOR map (or empty).
+fn check_cbor(bytes: &[u8], what: &str, want_map: bool) -> Result<(), Status> {
+    if want_map && bytes.is_empty() {
+        return Ok(());
+    }
+    let value: ciborium::Value =
+        ciborium::from_reader(bytes).map_err(|e| bad(format!("{what} is not valid CBOR: {e}")))?;
+    match (value, want_map) {
+        (ciborium::Value::Array(_), false) | (ciborium::Value::Map(_), true) => Ok(()),
+        _ => Err(bad(if want_map {
+            format!("{what} must be a CBOR map of parameter names to values")
+        } else {
+            format!("{what} must be a CBOR array of positional arguments (e.g. [3] for f(3))")
+        })),
+    }
+}
+
+pub(crate) struct FunctionsSvc {
+    shared: Arc<Shared>,
+}
+
+impl FunctionsSvc {
+    /// The pool and method index a request names, creating the pool for new parameters.
+    fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<(PoolId, u32), Status> {
+        let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
+        let reg = &self.shared.registry;
+        let (index, def) = reg
+            .functions
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.app == f.app && d.name == f.function)
+            .ok_or_else(|| {
+                let known: Vec<String> = reg.functions.iter().filter(|d| d.app == f.app).map(|d| d.name.clone()).collect();
+                if known.is_empty() {
+                    Status::not_found(format!("no app named '{}' is served here", f.app))
+                } else {
+                    Status::not_found(format!("app '{}' has no function or class '{}'; it has: {}", f.app, f.function, known.join(", ")))
+                }
+            })?;
+        let method = if def.is_class {
+            def.methods.iter().position(|m| *m == f.method).ok_or_else(|| {
+                Status::not_found(format!("class '{}' has no method '{}'; its methods: {}", def.name, f.method, def.methods.join(", ")))
+            })? as u32
+        } else {
+            if !(f.method.is_empty() || f.method == def.name) {
+                return Err(bad(format!("'{}' is a function, not a class: leave `method` empty", def.name)));
+            }
+            if !f.params.is_empty() {
+                return Err(bad(format!("'{}' is a function: it takes no class parameters", def.name)));
+            }
+            0
+        };
+        check_cbor(&f.params, "params", true)?;
+        let mut st = self.shared.lock();
+        let key = (index, f.params.clone());
+        if let Some(&id) = st.pools_by_key.get(&key) {
+            return Ok((id, method));
+        }
+        let id = st.next_pool;
+        st.next_pool += 1;
+        st.pools_by_key.insert(key, id);
+        st.pools.insert(id, PoolEntry { def: index, params: f.params.clone() });
+        drop(st);
+        let mut spec = def.spec.clone();
+        spec.hooks.spawn = true;
+        let _ = self.shared.commands.send(Command::AddPool(id, spec));
+        Ok((id, method))
+    }
+
+    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Option<oneshot::Sender<pb::Result>>) -> u64 {
+        let mut st = self.shared.lock();
+        st.next_input += 1;
+        let input = st.next_input;
+        st.inputs.insert(input, Input { args, fc, waiter });
+        drop(st);
+        let _ = self.shared.commands.send(Command::Submit(vec![Submission { input, pool, method }]));
+        input
+    }
+
+    fn new_call_id(&self) -> String {
+        let mut st = self.shared.lock();
+        st.next_call += 1;
+        format!("fc-{}", st.next_call)
+    }
+}
+
+type Stream<T> = UnboundedReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl Functions for FunctionsSvc {
+    async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let req = req.into_inner();
+        let (pool, method) = self.resolve(req.function.as_ref())?;
+        check_cbor(&req.args, "args", false)?;
+        let fc = self.new_call_id();
+        let (tx, rx) = oneshot::channel();
+        self.submit(pool, method, req.args, fc.clone(), Some(tx));
+        let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
+        Ok(Response::new(pb::InvokeResponse { result: Some(result), function_call_id: fc }))
+    }
+
+    type MapStream = Stream<pb::MapResponse>;
+
+    async fn map(&self, req: Request<Streaming<pb::MapRequest>>) -> Result<Response<Self::MapStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.next().await.ok_or_else(|| bad("empty Map stream: send the function first"))??;
+        let Some(map_request::Item::Function(f)) = first.item else {
+            return Err(bad("the first Map message must name the function (`function`), then inputs follow"));
+        };
+        let (pool, method) = self.resolve(Some(&f))?;
+        let fc = self.new_call_id();
+        let (out, rx) = mpsc::unbounded_channel();
+        let svc = FunctionsSvc { shared: self.shared.clone() };
+        tokio::spawn(async move {
+            let mut pending = tokio::task::JoinSet::new();
+            while let Some(msg) = inbound.next().await {
+                let input = match msg.map(|m| m.item) {
+                    Ok(Some(map_request::Item::Input(i))) => i,
+                    Ok(_) => {
+                        let _ = out.send(Err(bad("after the first message, Map messages carry inputs only")));
+                        return;
+                    }
+                    Err(status) => {
+                        let _ = out.send(Err(status));
+                        return;
+                    }
+                };
+                if let Err(status) = check_cbor(&input.args, &format!("args of input {}", input.index), false) {
+                    let _ = out.send(Err(status));
+                    return;
+                }
+                let (tx, rx) = oneshot::channel();
+                svc.submit(pool, method, input.args, fc.clone(), Some(tx));
+                let out = out.clone();
+                let index = input.index;
+                pending.spawn(async move {
+                    let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
+                    let _ = out.send(Ok(pb::MapResponse { index, result: Some(result) }));
+                });
+            }
+            while pending.join_next().await.is_some() {}
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn spawn(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
+        let req = req.into_inner();
+        let (pool, method) = self.resolve(req.function.as_ref())?;
+        check_cbor(&req.args, "args", false)?;
+        let fc = self.new_call_id();
+        // The slot exists before the input, so a fast result always finds it.
+        let ready = Arc::new(Notify::new());
+        self.shared.lock().calls.insert(fc.clone(), CallSlot { input: 0, result: None, ready });
+        let input = self.submit(pool, method, req.args, fc.clone(), None);
+        let mut st = self.shared.lock();
+        if let Some(slot) = st.calls.get_mut(&fc) {
+            slot.input = input;
+        }
+        Ok(Response::new(pb::SpawnResponse { function_call_id: fc }))
+    }
+
+    async fn get_result(&self, req: Request<pb::GetResultRequest>) -> Result<Response<pb::GetResultResponse>, Status> {
+        let req = req.into_inner();
+        let ready = {
+            let st = self.shared.lock();
+            let slot = st.calls.get(&req.function_call_id).ok_or_else(|| not_a_call(&req.function_call_id))?;
+            slot.ready.clone()
+        };
+        let notified = ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let take = |shared: &Shared| shared.lock().calls.get(&req.function_call_id).and_then(|s| s.result.clone());
+        let mut result = take(&self.shared);
+        if result.is_none() && req.timeout > 0.0 {
+            let wait = Duration::from_secs_f64(req.timeout.min(86_400.0));
+            let _ = tokio::time::timeout(wait, notified).await;
+            result = take(&self.shared);
+        }
+        Ok(Response::new(pb::GetResultResponse { ready: result.is_some(), result }))
+    }
+
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let fc = req.into_inner().function_call_id;
+        let input = self.shared.lock().calls.get(&fc).map(|s| s.input).ok_or_else(|| not_a_call(&fc))?;
+        let _ = self.shared.commands.send(Command::Cancel(vec![input]));
+        Ok(Response::new(pb::CancelResponse {}))
+    }
+}
+
+fn not_a_call(fc: &str) -> Status {
+    Status::not_found(format!("no spawned call '{fc}' on this server (Spawn returns the ids GetResult and Cancel take)"))
+}
+
+pub(crate) struct ContainersSvc {
+    shared: Arc<Shared>,
+}
+
+fn phase_from_pb(p: i32) -> Phase {
+    match pb::Phase::try_from(p) {
+        Ok(pb::Phase::Build) => Phase::Build,
+        Ok(pb::Phase::SnapEnter) => Phase::SnapEnter,
+        Ok(pb::Phase::Exit) => Phase::Exit,
+        _ => Phase::Enter,
+    }
+}
+
+#[tonic::async_trait]
+impl Containers for ContainersSvc {
+    type AttachStream = Stream<ControlMessage>;
+
+    async fn attach(&self, req: Request<Streaming<pb::ContainerMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.next().await.ok_or_else(|| bad("empty Attach stream: say hello first"))??;
+        let Some(container_message::Msg::Hello(hello)) = first.msg else {
+            return Err(bad("the first Attach message must be hello { container_id, token }"));
+        };
+        let cid = hello.container_id;
+        let (out, rx) = mpsc::unbounded_channel();
+        {
+            let mut st = self.shared.lock();
+            let link = st.links.get_mut(&cid).ok_or_else(|| Status::not_found(format!("no container {cid} is expected")))?;
+            if link.token != hello.token {
+                return Err(Status::unauthenticated(format!("container {cid}: wrong token")));
+            }
+            if link.tx.is_some() {
+                return Err(Status::already_exists(format!("container {cid} is already attached")));
+            }
+            link.tx = Some(out);
+            link.flush();
+        }
+        let _ = self.shared.commands.send(Command::HookDone { container: cid, phase: Phase::Spawn, ok: true });
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = inbound.next().await {
+                handle_container_message(&shared, cid, msg.msg);
+            }
+            // The stream ended: a container that was stopped is gone already; any other died.
+            let known = shared.lock().links.remove(&cid).is_some();
+            if known {
+                let _ = shared.commands.send(Command::ContainerLost(cid));
+                shared.spawner.stop(cid);
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
+    match msg {
+        Some(container_message::Msg::Credit(c)) => {
+            let mut st = shared.lock();
+            if let Some(link) = st.links.get_mut(&cid) {
+                link.credits += c.slots;
+                link.flush();
+            }
+        }
+        Some(container_message::Msg::HookDone(h)) => {
+            let phase = phase_from_pb(h.phase);
+            if !h.ok && phase != Phase::Exit {
+                if let Some(e) = h.error {
+                    shared.lock().init_errors.insert(cid, e);
+                }
+            }
+            let _ = shared.commands.send(Command::HookDone { container: cid, phase, ok: h.ok });
+        }
+        Some(container_message::Msg::Output(o)) => {
+            let mut st = shared.lock();
+            let Some((_, inputs)) = st.execs.remove(&o.exec_id) else { return };
+            let mut results = o.results.into_iter();
+            let mut outputs: HashMap<(u64, u32), pb::Result> = HashMap::new();
+            for (input, attempt) in inputs {
+                let r = results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
+                outputs.insert((input, attempt), r);
+            }
+            st.outputs.extend(outputs);
+            // The output acknowledges the execution: its slot's credit comes back.
+            if let Some(link) = st.links.get_mut(&cid) {
+                link.credits += 1;
+                link.flush();
+            }
+            drop(st);
+            let status = if o.retryable_failure { berth_core::ExecStatus::Failed } else { berth_core::ExecStatus::Ok };
+            let _ = shared.commands.send(Command::Complete(vec![(o.exec_id, status)]));
+        }
+        Some(container_message::Msg::Hello(_)) | Some(container_message::Msg::Heartbeat(_)) | None => {}
+    }
+}

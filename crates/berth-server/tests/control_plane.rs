@@ -1,0 +1,307 @@
+#![allow(clippy::unwrap_used)]
+//! The control plane end to end over loopback: real gRPC callers, and fake containers that
+//! speak the Containers protocol (attach, credits, hooks, executions, outputs).
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_core::{HookSet, MethodSpec, PoolSpec, RetryPolicy};
+use berth_proto::v1::{
+    self as pb, container_message, containers_client::ContainersClient, control_message, functions_client::FunctionsClient,
+    map_request, result::Outcome,
+};
+use berth_server::{ControlPlane, FunctionDef, Registry, ServeOptions, Spawner};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn cbor(v: &ciborium::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).expect("encode");
+    out
+}
+
+fn args(xs: &[i64]) -> Vec<u8> {
+    cbor(&ciborium::Value::Array(xs.iter().map(|x| ciborium::Value::Integer((*x).into())).collect()))
+}
+
+fn int(r: &pb::Result) -> i64 {
+    match &r.outcome {
+        Some(Outcome::Value(v)) => {
+            let v: ciborium::Value = ciborium::from_reader(v.as_slice()).expect("decode");
+            i64::try_from(v.as_integer().expect("an integer")).expect("fits")
+        }
+        other => panic!("expected a value, got {other:?}"),
+    }
+}
+
+fn err_name(r: &pb::Result) -> String {
+    match &r.outcome {
+        Some(Outcome::Error(e)) => e.name.clone(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// How fake containers behave.
+#[derive(Default, Clone)]
+struct Behaviour {
+    /// Containers whose first execution kills them (the stream drops, as with SIGKILL).
+    die_on_first_exec: HashSet<u32>,
+    /// x == this throws a retryable error.
+    throw_on: Option<i64>,
+    enter_fails: bool,
+    delay: Duration,
+}
+
+#[derive(Default)]
+struct Seen {
+    hooks: Vec<(u32, i32)>,
+    executed: Vec<u64>,
+    started: Vec<u32>,
+}
+
+struct FakeSpawner {
+    behaviour: Behaviour,
+    seen: Arc<Mutex<Seen>>,
+    tasks: Mutex<HashMap<u32, tokio::task::JoinHandle<()>>>,
+}
+
+impl Spawner for FakeSpawner {
+    fn spawn(&self, _def: &FunctionDef, _params: &[u8], container: u32, token: &str, endpoint: &str) {
+        self.seen.lock().unwrap().started.push(container);
+        let (b, seen, token, endpoint) = (self.behaviour.clone(), self.seen.clone(), token.to_string(), endpoint.to_string());
+        let task = tokio::spawn(async move {
+            let mut client = ContainersClient::connect(endpoint).await.expect("connect");
+            let (tx, rx) = mpsc::unbounded_channel();
+            let send = |m: container_message::Msg| {
+                let _ = tx.send(pb::ContainerMessage { msg: Some(m) });
+            };
+            send(container_message::Msg::Hello(pb::Hello { container_id: container, token }));
+            send(container_message::Msg::Credit(pb::Credit { slots: 8 }));
+            let mut inbound = client.attach(UnboundedReceiverStream::new(rx)).await.expect("attach").into_inner();
+            while let Some(Ok(msg)) = inbound.next().await {
+                match msg.msg {
+                    Some(control_message::Msg::RunHook(h)) => {
+                        seen.lock().unwrap().hooks.push((container, h.phase));
+                        let fail = b.enter_fails && h.phase == pb::Phase::Enter as i32;
+                        let error = fail.then(|| pb::Error { name: "ModelError".into(), message: "weights missing".into(), stack: "at load".into() });
+                        send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: !fail, error }));
+                    }
+                    Some(control_message::Msg::Execute(e)) => {
+                        if b.die_on_first_exec.contains(&container) {
+                            return;
+                        }
+                        tokio::time::sleep(b.delay).await;
+                        let mut results = Vec::new();
+                        let mut retryable_failure = false;
+                        for i in &e.inputs {
+                            seen.lock().unwrap().executed.push(i.input_id);
+                            let v: ciborium::Value = ciborium::from_reader(i.args.as_slice()).expect("args");
+                            let x = i64::try_from(v.as_array().expect("array")[0].as_integer().expect("int")).expect("fits");
+                            if Some(x) == b.throw_on {
+                                retryable_failure = true;
+                                results.push(pb::Result { outcome: Some(Outcome::Error(pb::Error { name: "TypeError".into(), message: format!("bad {x}"), stack: "at square".into() })) });
+                            } else {
+                                results.push(pb::Result { outcome: Some(Outcome::Value(cbor(&ciborium::Value::Integer((x * x).into())))) });
+                            }
+                        }
+                        send(container_message::Msg::Output(pb::Output { exec_id: e.exec_id, results, retryable_failure }));
+                    }
+                    Some(control_message::Msg::Stop(_)) => return,
+                    _ => {}
+                }
+            }
+        });
+        self.tasks.lock().unwrap().insert(container, task);
+    }
+
+    fn stop(&self, container: u32) {
+        if let Some(t) = self.tasks.lock().unwrap().remove(&container) {
+            t.abort();
+        }
+    }
+}
+
+fn square_app(retries: u32, max_containers: u32) -> Registry {
+    let mut spec = PoolSpec::new("square", vec![MethodSpec::default()]);
+    spec.max_inputs = 4;
+    spec.target_inputs = 4;
+    spec.max_containers = max_containers;
+    spec.retries = RetryPolicy::new(retries, 1.0, Duration::ZERO, Duration::from_secs(1)).unwrap();
+    spec.hooks = HookSet { enter: true, exit: true, ..HookSet::default() };
+    spec.startup_timeout = Duration::from_secs(10);
+    Registry { functions: vec![FunctionDef { app: "embeddings".into(), name: "square".into(), methods: vec!["square".into()], is_class: false, spec }] }
+}
+
+async fn start(registry: Registry, behaviour: Behaviour, opts: ServeOptions) -> (ControlPlane, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let spawner = FakeSpawner { behaviour, seen: seen.clone(), tasks: Mutex::new(HashMap::new()) };
+    let plane = ControlPlane::start(registry, spawner, opts).await.expect("start");
+    (plane, seen)
+}
+
+fn local() -> ServeOptions {
+    ServeOptions { addr: "127.0.0.1:0".parse().unwrap(), ..ServeOptions::default() }
+}
+
+fn square_ref() -> Option<pb::FunctionRef> {
+    Some(pb::FunctionRef { app: "embeddings".into(), function: "square".into(), ..Default::default() })
+}
+
+async fn client(plane: &ControlPlane) -> FunctionsClient<tonic::transport::Channel> {
+    FunctionsClient::connect(format!("http://{}", plane.local_addr())).await.expect("connect")
+}
+
+#[tokio::test]
+async fn invoke_runs_on_an_attached_container_and_shutdown_runs_exit_hooks() {
+    let (plane, seen) = start(square_app(0, 1), Behaviour::default(), local()).await;
+    let mut c = client(&plane).await;
+    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[4]) }).await.expect("invoke").into_inner();
+    assert_eq!(int(r.result.as_ref().unwrap()), 16);
+    assert!(r.function_call_id.starts_with("fc-"));
+    tokio::time::timeout(Duration::from_secs(10), plane.shutdown()).await.expect("shutdown in time");
+    let hooks = seen.lock().unwrap().hooks.clone();
+    assert_eq!(hooks, vec![(1, pb::Phase::Enter as i32), (1, pb::Phase::Exit as i32)]);
+}
+
+#[tokio::test]
+async fn malformed_unknown_oversized_and_unauthenticated_requests_get_their_status() {
+    let opts = ServeOptions { max_message_bytes: 1024, token: Some("s3cret".into()), ..local() };
+    let (plane, _) = start(square_app(0, 1), Behaviour::default(), opts).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", plane.local_addr())).unwrap().connect().await.unwrap();
+    let with = |token: &'static str| {
+        move |mut req: tonic::Request<()>| {
+            if !token.is_empty() {
+                req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            }
+            Ok(req)
+        }
+    };
+    let mut anon = FunctionsClient::with_interceptor(channel.clone(), with(""));
+    let e = anon.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[1]) }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let mut wrong = FunctionsClient::with_interceptor(channel.clone(), with("nope"));
+    assert_eq!(wrong.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[1]) }).await.unwrap_err().code(), Code::Unauthenticated);
+
+    let mut c = FunctionsClient::with_interceptor(channel, with("s3cret"));
+    let unknown = pb::FunctionRef { app: "embeddings".into(), function: "cube".into(), ..Default::default() };
+    let e = c.invoke(pb::InvokeRequest { function: Some(unknown), args: args(&[1]) }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("square"), "names what exists: {}", e.message());
+    let e = c.invoke(pb::InvokeRequest { function: square_ref(), args: vec![0xff, 0x00] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c.invoke(pb::InvokeRequest { function: square_ref(), args: cbor(&ciborium::Value::Integer(3.into())) }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("CBOR array"), "{}", e.message());
+    let e = c.invoke(pb::InvokeRequest { function: None, args: args(&[1]) }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let big = cbor(&ciborium::Value::Array(vec![ciborium::Value::Bytes(vec![7; 4096])]));
+    let e = c.invoke(pb::InvokeRequest { function: square_ref(), args: big }).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[5]) }).await.expect("a good call still works");
+    assert_eq!(int(r.into_inner().result.as_ref().unwrap()), 25);
+}
+
+#[tokio::test]
+async fn binding_beyond_loopback_needs_a_token() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let spawner = FakeSpawner { behaviour: Behaviour::default(), seen, tasks: Mutex::new(HashMap::new()) };
+    let opts = ServeOptions { addr: "0.0.0.0:0".parse().unwrap(), ..ServeOptions::default() };
+    let err = ControlPlane::start(square_app(0, 1), spawner, opts).await.err().expect("refused");
+    assert!(err.to_string().contains("--token"), "{err}");
+}
+
+#[tokio::test]
+async fn user_errors_come_back_as_data_and_are_retried_within_the_policy() {
+    let b = Behaviour { throw_on: Some(3), ..Behaviour::default() };
+    let (plane, seen) = start(square_app(2, 1), b, local()).await;
+    let mut c = client(&plane).await;
+    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[3]) }).await.expect("a status OK").into_inner();
+    let Some(Outcome::Error(e)) = r.result.and_then(|r| r.outcome) else { panic!("an error result") };
+    assert_eq!((e.name.as_str(), e.message.as_str(), e.stack.as_str()), ("TypeError", "bad 3", "at square"));
+    assert_eq!(seen.lock().unwrap().executed.len(), 3, "one attempt and two retries");
+    plane.shutdown().await;
+}
+
+#[tokio::test]
+async fn enter_failure_reaches_the_caller_as_init_error() {
+    let b = Behaviour { enter_fails: true, ..Behaviour::default() };
+    let (plane, seen) = start(square_app(0, 1), b, local()).await;
+    let mut c = client(&plane).await;
+    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[2]) }).await.unwrap().into_inner();
+    let Some(Outcome::Error(e)) = r.result.and_then(|r| r.outcome) else { panic!("an error result") };
+    assert_eq!(e.name, "InitError");
+    assert!(e.message.contains("ModelError: weights missing"), "{}", e.message);
+    assert_eq!(e.stack, "at load");
+    assert!(!seen.lock().unwrap().hooks.iter().any(|h| h.1 == pb::Phase::Exit as i32), "no exit after a failed enter");
+}
+
+#[tokio::test]
+async fn spawn_get_result_and_cancel() {
+    let b = Behaviour { delay: Duration::from_millis(300), ..Behaviour::default() };
+    let (plane, _) = start(square_app(0, 1), b, local()).await;
+    let mut c = client(&plane).await;
+    let fc = c.spawn(pb::InvokeRequest { function: square_ref(), args: args(&[6]) }).await.unwrap().into_inner().function_call_id;
+    let now = c.get_result(pb::GetResultRequest { function_call_id: fc.clone(), timeout: 0.0 }).await.unwrap().into_inner();
+    assert!(!now.ready && now.result.is_none());
+    let later = c.get_result(pb::GetResultRequest { function_call_id: fc.clone(), timeout: 10.0 }).await.unwrap().into_inner();
+    assert!(later.ready);
+    assert_eq!(int(later.result.as_ref().unwrap()), 36);
+
+    let fc2 = c.spawn(pb::InvokeRequest { function: square_ref(), args: args(&[7]) }).await.unwrap().into_inner().function_call_id;
+    c.cancel(pb::CancelRequest { function_call_id: fc2.clone() }).await.unwrap();
+    let r = c.get_result(pb::GetResultRequest { function_call_id: fc2, timeout: 10.0 }).await.unwrap().into_inner();
+    assert_eq!(err_name(r.result.as_ref().unwrap()), "InputCancelledError");
+    let e = c.get_result(pb::GetResultRequest { function_call_id: "fc-nope".into(), timeout: 0.0 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+/// 1000 inputs through Map while the first container dies at its first execution: every input
+/// gets exactly one result, none lost, none twice.
+#[tokio::test]
+async fn map_survives_a_dying_container_with_exactly_one_result_per_input() {
+    let b = Behaviour { die_on_first_exec: HashSet::from([1]), ..Behaviour::default() };
+    let (plane, seen) = start(square_app(1, 3), b, local()).await;
+    let mut c = client(&plane).await;
+    let n = 1000u64;
+    let first = pb::MapRequest { item: Some(map_request::Item::Function(square_ref().unwrap())) };
+    let inputs = (0..n).map(|i| pb::MapRequest { item: Some(map_request::Item::Input(pb::MapInput { index: i, args: args(&[i as i64]) })) });
+    let requests = tokio_stream::iter(std::iter::once(first).chain(inputs));
+    let mut stream = c.map(requests).await.unwrap().into_inner();
+    let mut got: HashMap<u64, i64> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < n as usize {
+        let msg = tokio::time::timeout_at(deadline, stream.next()).await.expect("all results within 60 s").expect("stream open").unwrap();
+        assert!(got.insert(msg.index, int(msg.result.as_ref().unwrap())).is_none(), "index {} twice", msg.index);
+    }
+    assert!((0..n).all(|i| got[&i] == (i * i) as i64));
+    assert!(stream.next().await.is_none(), "the stream ends after the last result");
+    assert!(seen.lock().unwrap().started.len() >= 2, "a container replaced the dead one");
+    plane.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let (plane, _) = start(square_app(0, 1), Behaviour::default(), local()).await;
+    let url = format!("http://{}", plane.local_addr());
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "berth.v1.Functions".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut resp = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.next().await.unwrap().unwrap().message_response else { panic!() };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["berth.v1.Functions", "berth.v1.Containers", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+}
