@@ -223,6 +223,23 @@ export class App {
     return out
   }
 
+  /** @internal What `berth serve` serves: every function and class of this app. */
+  servedDefs(): { def: PoolDef; isClass: boolean }[] {
+    return [
+      ...[...this.functions.values()].map((f) => ({ def: f.def, isClass: false })),
+      ...[...this.classes.values()].map((c) => ({ def: c.poolDef({}), isClass: true })),
+    ]
+  }
+
+  /** @internal The pool definition a container process serves. */
+  containerDef(name: string, params: Record<string, unknown> | undefined): PoolDef {
+    const f = this.functions.get(name)
+    if (f) return f.def
+    const c = this.classes.get(name)
+    if (!c) throw new InvalidError(`app '${this.name}' has no function or class '${name}'`)
+    return c.poolDef(validateParams(c.cls, params))
+  }
+
   deploy(): never {
     throw new InvalidError('app.deploy() is not available in this version; serve the app in-process with app.run()')
   }

@@ -10,6 +10,8 @@ const HELP = `berth: run TypeScript classes the way Modal runs Python
 
 Usage:
   berth run <file.ts>[::name] [-- args...]   run the file's local entrypoint (or one function)
+  berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--token T]
+                                             serve the app over gRPC, containers as processes
   berth build <file.ts>                      run @build hooks not yet cached
   berth --help | berth <command> --help
 
@@ -21,6 +23,15 @@ Commands:
   build  Run the @build hooks of every class in the file, unless a marker in the cache
          (BERTH_CACHE_DIR, default node_modules/.cache/berth) says an earlier build of the same
          class source already did. Containers skip cached builds the same way.
+`
+
+const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--token T]
+
+Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
+grpc.health.v1.Health, server reflection) on --host:--grpc-port, and runs each container as a
+child process that loads <file.ts>. Binding a host other than loopback requires --token;
+callers then send \`authorization: Bearer <token>\`. --grpc-port 0 picks a free port.
+On stop, in-flight inputs finish and containers run their @exit hooks.
 `
 
 const BUILD_HELP = `Usage: berth build <file.ts>
@@ -48,6 +59,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'run') return run(rest)
   if (cmd === 'build') return build(rest)
+  if (cmd === 'serve') return serve(rest)
+  if (cmd === '__container') return container()
   process.stderr.write(`berth: unknown command '${cmd}'.\n\n${HELP}`)
   return 2
 }
@@ -77,6 +90,99 @@ async function loadApps(cmd: string, file: string): Promise<import('./app.ts').A
     return 2
   }
   return apps
+}
+
+/** `--name value` and `--name=value` flags; the rest are positional. */
+function flags(args: string[], known: string[]): { positional: string[]; values: Map<string, string> } {
+  const positional: string[] = []
+  const values = new Map<string, string>()
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]
+    if (!a.startsWith('--')) {
+      positional.push(a)
+      continue
+    }
+    const eq = a.indexOf('=')
+    const name = eq === -1 ? a.slice(2) : a.slice(2, eq)
+    if (!known.includes(name)) throw new Error(`unknown flag --${name}; known: ${known.map((k) => `--${k}`).join(', ')}`)
+    const value = eq === -1 ? args[++i] : a.slice(eq + 1)
+    if (value === undefined) throw new Error(`--${name} needs a value`)
+    values.set(name, value)
+  }
+  return { positional, values }
+}
+
+async function serve(args: string[]): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(SERVE_HELP)
+    return 0
+  }
+  let parsed
+  try {
+    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token'])
+  } catch (e) {
+    process.stderr.write(`berth serve: ${(e as Error).message}\n\n${SERVE_HELP}`)
+    return 2
+  }
+  const { positional, values } = parsed
+  if (positional.length !== 1) {
+    process.stderr.write(`berth serve: expected one file, got ${positional.length === 0 ? 'none' : positional.join(' ')}.\n\n${SERVE_HELP}`)
+    return 2
+  }
+  const file = resolve(positional[0])
+  const port = Number(values.get('grpc-port') ?? 7450)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    process.stderr.write(`berth serve: --grpc-port must be a port number (0 picks a free one)\n`)
+    return 2
+  }
+  if (values.has('http-port')) process.stderr.write('berth serve: HTTP ingress is not in this version; --http-port is ignored\n')
+  const apps = await loadApps('serve', positional[0])
+  if (typeof apps === 'number') return apps
+  const { BindingServer } = createRequire(__filename)('../binding.cjs')
+  let server
+  try {
+    server = BindingServer.start(api().__berthRegistryOf(apps), {
+      host: values.get('host') ?? '127.0.0.1',
+      grpcPort: port,
+      token: values.get('token'),
+      containerCommand: [process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__container'],
+      appFile: file,
+    })
+  } catch (e) {
+    process.stderr.write(`${(e as Error).message}\n`)
+    return 2
+  }
+  console.log(`berth: serving ${apps.map((a) => `'${a.name}'`).join(', ')} on ${server.address} (gRPC berth.v1.Functions); Ctrl-C or SIGTERM stops`)
+  const keepAlive = setInterval(() => {}, 1 << 30)
+  let signals = 0
+  await new Promise<void>((done) => {
+    const onSignal = () => {
+      if (++signals === 1) {
+        process.stderr.write('berth: stopping (in-flight inputs finish, exit hooks run); interrupt again to stop now\n')
+        done()
+      } else {
+        process.stderr.write('berth: stopping now\n')
+        process.exit(130)
+      }
+    }
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+  })
+  await server.shutdown()
+  clearInterval(keepAlive)
+  return 0
+}
+
+/** A container process, started by `berth serve` with its identity in the environment. */
+async function container(): Promise<number> {
+  const file = process.env.BERTH_APP_FILE
+  if (!file) {
+    process.stderr.write('berth __container is started by `berth serve`, not by hand\n')
+    return 2
+  }
+  const apps = await loadApps('container', file)
+  if (typeof apps === 'number') return apps
+  return api().__berthContainerMain(apps)
 }
 
 async function build(args: string[]): Promise<number> {

@@ -292,6 +292,36 @@ function eventLength(ev: Float64Array, i: number): number {
   }
 }
 
+/** The pool settings the core takes (crates/berth-node `BindingPoolSpec`). */
+export function bindingSpec(def: PoolDef, maxContainers: number): object {
+  const o = def.options
+  const hooks = def.meta
+  return {
+    name: def.name,
+    methods: def.methods.map((m) => ({ maxBatchSize: m.batched?.maxBatchSize, waitMs: m.batched?.waitMs })),
+    hasBuild: (hooks?.build.length ?? 0) > 0,
+    hasSnapEnter: (hooks?.snapEnter.length ?? 0) > 0,
+    hasEnter: (hooks?.enter.length ?? 0) > 0,
+    hasExit: (hooks?.exit.length ?? 0) > 0,
+    maxInputs: def.maxInputs,
+    targetInputs: def.targetInputs,
+    timeoutMs: o.timeoutMs,
+    startupTimeoutMs: o.startupTimeoutMs,
+    retries: {
+      maxRetries: o.retries.maxRetries,
+      backoffCoefficient: o.retries.backoffCoefficient,
+      initialDelayMs: o.retries.initialDelay * 1000,
+      maxDelayMs: o.retries.maxDelay * 1000,
+    },
+    minContainers: Math.min(o.minContainers, maxContainers),
+    maxContainers,
+    bufferContainers: o.bufferContainers,
+    scaledownWindowMs: o.scaledownWindowMs,
+    exitGraceMs: o.exitGracePeriodMs,
+    singleUse: o.singleUseContainers,
+  }
+}
+
 function describe(err: unknown): string {
   return err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`) : String(err)
 }
@@ -324,36 +354,11 @@ export class EmbeddedRuntime {
   pool(def: PoolDef): Pool {
     let pool = this.poolsByKey.get(def.key)
     if (pool) return pool
-    const o = def.options
-    const hooks = def.meta
     // In-process, every container is another copy of the model in this heap: one unless asked.
-    const maxContainers = o.maxContainers ?? Math.max(1, o.minContainers)
+    const maxContainers = def.options.maxContainers ?? Math.max(1, def.options.minContainers)
     let id: number
     try {
-      id = this.native.addPool({
-        name: def.name,
-        methods: def.methods.map((m) => ({ maxBatchSize: m.batched?.maxBatchSize, waitMs: m.batched?.waitMs })),
-        hasBuild: (hooks?.build.length ?? 0) > 0,
-        hasSnapEnter: (hooks?.snapEnter.length ?? 0) > 0,
-        hasEnter: (hooks?.enter.length ?? 0) > 0,
-        hasExit: (hooks?.exit.length ?? 0) > 0,
-        maxInputs: def.maxInputs,
-        targetInputs: def.targetInputs,
-        timeoutMs: o.timeoutMs,
-        startupTimeoutMs: o.startupTimeoutMs,
-        retries: {
-          maxRetries: o.retries.maxRetries,
-          backoffCoefficient: o.retries.backoffCoefficient,
-          initialDelayMs: o.retries.initialDelay * 1000,
-          maxDelayMs: o.retries.maxDelay * 1000,
-        },
-        minContainers: Math.min(o.minContainers, maxContainers),
-        maxContainers,
-        bufferContainers: o.bufferContainers,
-        scaledownWindowMs: o.scaledownWindowMs,
-        exitGraceMs: o.exitGracePeriodMs,
-        singleUse: o.singleUseContainers,
-      })
+      id = this.native.addPool(bindingSpec(def, maxContainers))
     } catch (e) {
       throw new InvalidError(`${def.name}: ${(e as Error).message}`)
     }

@@ -34,7 +34,10 @@ const EV_STOPPED: f64 = 5.0; // poolId, containerId
 const EV_DONE: f64 = 6.0; // inputId, attempt, outcome, aux
 const EV_FINISHED: f64 = 7.0; // the scheduler has stopped
 
-type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, false, true>;
+pub(crate) type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, false, true>;
+
+mod container;
+mod serve;
 
 struct Outbox {
     events: Vec<f64>,
@@ -174,7 +177,7 @@ fn invalid(e: impl std::fmt::Display) -> Error {
 }
 
 impl BindingPoolSpec {
-    fn into_spec(self) -> Result<PoolSpec> {
+    pub(crate) fn into_spec(self) -> Result<PoolSpec> {
         let methods = self
             .methods
             .iter()

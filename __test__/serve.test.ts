@@ -1,0 +1,122 @@
+// `berth serve` from the outside: a gRPC client that is not berth's code (@grpc/grpc-js with
+// @grpc/proto-loader reading proto/ only), containers as child processes.
+import test from 'ava'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import grpc from '@grpc/grpc-js'
+import loader from '@grpc/proto-loader'
+import { Encoder } from 'cbor-x'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const cbor = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false })
+const proto = loader.loadSync('berth/v1/functions.proto', { includeDirs: [join(root, 'proto')], defaults: true })
+const Functions = (grpc.loadPackageDefinition(proto) as any).berth.v1.Functions
+
+interface Served {
+  child: ChildProcess
+  address: string
+  marker: string
+  stdout: () => string
+  exited: Promise<number | null>
+}
+
+async function serve(extra: string[] = []): Promise<Served> {
+  const marker = join(mkdtempSync(join(tmpdir(), 'berth-serve-')), 'marker')
+  const child = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, '__test__/fixtures/served.ts'), '--grpc-port', '0', ...extra], {
+    env: { ...process.env, MARKER: marker },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let out = ''
+  let err = ''
+  child.stdout!.on('data', (d) => (out += d))
+  child.stderr!.on('data', (d) => (err += d))
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)))
+  const address = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`berth serve did not start in 20 s\n${out}\n${err}`)), 20_000)
+    const check = () => {
+      const m = /serving .* on (127\.0\.0\.1:\d+)/.exec(out)
+      if (m) {
+        clearTimeout(timer)
+        resolve(m[1])
+      }
+    }
+    child.stdout!.on('data', check)
+    child.on('exit', () => reject(new Error(`berth serve exited\n${out}\n${err}`)))
+  })
+  return { child, address, marker, stdout: () => out + err, exited }
+}
+
+function invoke(client: any, fn: string, args: unknown[], extra: Record<string, unknown> = {}): Promise<any> {
+  return new Promise((resolve, reject) =>
+    client.Invoke({ function: { app: 'served', function: fn, ...extra }, args: cbor.encode(args) }, (e: unknown, r: unknown) => (e ? reject(e) : resolve(r))),
+  )
+}
+
+test.serial('berth serve: a plain gRPC client calls functions and class methods; SIGTERM runs exit hooks and exits 0', async (t) => {
+  const s = await serve()
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const client = new Functions(s.address, grpc.credentials.createInsecure())
+
+  const sq = await invoke(client, 'square', [4])
+  t.is(cbor.decode(sq.result.value), 16)
+  t.regex(sq.functionCallId, /^fc-\d+$/)
+
+  const values = [1.5, 'x', new Map<unknown, unknown>([[1, 'a']]), new Set([2]), new Date(0), new Uint8Array([9]), 10n ** 20n, { a: [null] }]
+  const echoed = cbor.decode((await invoke(client, 'echo', [values])).result.value) as unknown[]
+  // cbor-x hands byte strings back as Buffer (a Uint8Array); compare the bytes as Uint8Array.
+  t.true(echoed[5] instanceof Uint8Array)
+  echoed[5] = new Uint8Array(echoed[5] as Uint8Array)
+  t.deepEqual(echoed, values)
+
+  const boom = await invoke(client, 'boom', ['nope'])
+  t.is(boom.result.error.name, 'TypeError')
+  t.is(boom.result.error.message, 'nope')
+  t.regex(boom.result.error.stack, /boom/)
+
+  const embed = await invoke(client, 'Embedder', ['hello'], { method: 'embed', params: cbor.encode({ model: 'big' }) })
+  t.deepEqual(cbor.decode(embed.result.value), [5, 'big'])
+
+  const many = await Promise.all([1, 2, 3, 4].map((x) => invoke(client, 'Embedder', [x], { method: 'many' })))
+  t.deepEqual(many.map((r) => cbor.decode(r.result.value)), [2, 3, 4, 5])
+
+  const notFound = await invoke(client, 'cube', [1]).catch((e) => e)
+  t.is(notFound.code, grpc.status.NOT_FOUND)
+  t.regex(notFound.details, /square/)
+  const malformed = await new Promise<any>((r) => client.Invoke({ function: { app: 'served', function: 'square' }, args: Buffer.from([0xff]) }, (e: unknown) => r(e)))
+  t.is(malformed.code, grpc.status.INVALID_ARGUMENT)
+
+  client.close()
+  s.child.kill('SIGTERM')
+  t.is(await s.exited, 0, s.stdout())
+  const log = readFileSync(s.marker, 'utf8').trim().split('\n')
+  t.true(log.includes('enter big') && log.includes('enter mini'), log.join('\n'))
+  t.true(log.includes('exit big') && log.includes('exit mini'), 'each container ran its @exit in its own process:\n' + log.join('\n'))
+  t.true(log.some((l) => /^batch [2-4]$/.test(l)), 'concurrent calls were batched:\n' + log.join('\n'))
+})
+
+test.serial('berth serve beyond loopback needs --token, and callers must send it', async (t) => {
+  const refused = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, '__test__/fixtures/served.ts'), '--host', '0.0.0.0', '--grpc-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let err = ''
+  refused.stderr!.on('data', (d) => (err += d))
+  const code = await new Promise<number | null>((r) => refused.on('exit', r))
+  t.is(code, 2)
+  t.regex(err, /--token/)
+
+  const s = await serve(['--token', 's3cret'])
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const anon = new Functions(s.address, grpc.credentials.createInsecure())
+  const e = await invoke(anon, 'square', [2]).catch((x) => x)
+  t.is(e.code, grpc.status.UNAUTHENTICATED)
+  const meta = new grpc.Metadata()
+  meta.set('authorization', 'Bearer s3cret')
+  const ok = await new Promise<any>((resolve, reject) =>
+    anon.Invoke({ function: { app: 'served', function: 'square' }, args: cbor.encode([3]) }, meta, (x: unknown, r: unknown) => (x ? reject(x) : resolve(r))),
+  )
+  t.is(cbor.decode(ok.result.value), 9)
+  anon.close()
+  s.child.kill('SIGTERM')
+  t.is(await s.exited, 0)
+})

@@ -1,0 +1,183 @@
+//! The container process's side: one Attach stream to the control plane, read and written on
+//! a thread of its own; JavaScript pulls what arrived in packed batches and pushes outputs the
+//! same way, so no value crosses N-API once per input.
+use std::sync::{Arc, Mutex};
+
+use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message, result::Outcome};
+use napi::bindgen_prelude::{Buffer, Float64Array, Float64ArraySlice};
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use napi::{Error, Result};
+use napi_derive::napi;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+
+use crate::Doorbell;
+
+// Event tags (mirrored in src/container.ts).
+const EV_HOOK: f64 = 1.0; // phase
+const EV_EXECUTE: f64 = 2.0; // execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n
+const EV_ABORT: f64 = 3.0; // inputId, attempt, reason (1 timeout, 2 cancelled)
+const EV_STOP: f64 = 4.0;
+const EV_CLOSED: f64 = 5.0; // the control plane went away
+
+#[derive(Default)]
+struct Inbox {
+    events: Vec<f64>,
+    bytes: Vec<u8>,
+    rung: bool,
+}
+
+struct Shared {
+    inbox: Mutex<Inbox>,
+    doorbell: Doorbell,
+}
+
+impl Shared {
+    fn push(&self, f: impl FnOnce(&mut Inbox)) {
+        let ring = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut inbox);
+            !std::mem::replace(&mut inbox.rung, true)
+        };
+        if ring {
+            let _ = self.doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+}
+
+fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
+    match msg {
+        control_message::Msg::RunHook(h) => inbox.events.extend_from_slice(&[EV_HOOK, f64::from(h.phase)]),
+        control_message::Msg::Execute(e) => {
+            inbox.events.extend_from_slice(&[EV_EXECUTE, e.exec_id as f64, f64::from(e.method), e.inputs.len() as f64]);
+            for i in e.inputs {
+                let args_at = inbox.bytes.len();
+                inbox.bytes.extend_from_slice(&i.args);
+                let fc_at = inbox.bytes.len();
+                inbox.bytes.extend_from_slice(i.function_call_id.as_bytes());
+                inbox.events.extend_from_slice(&[
+                    i.input_id as f64,
+                    f64::from(i.attempt),
+                    args_at as f64,
+                    i.args.len() as f64,
+                    fc_at as f64,
+                    i.function_call_id.len() as f64,
+                ]);
+            }
+        }
+        control_message::Msg::Abort(a) => {
+            let reason = if a.reason == "timeout" { 1.0 } else { 2.0 };
+            inbox.events.extend_from_slice(&[EV_ABORT, a.input_id as f64, f64::from(a.attempt), reason]);
+        }
+        control_message::Msg::Stop(_) => inbox.events.push(EV_STOP),
+    }
+}
+
+/// What `drain()` hands JavaScript: numbers, and the bytes they point into.
+#[napi(object)]
+pub struct ContainerEvents {
+    pub events: Float64Array,
+    pub bytes: Buffer,
+}
+
+/// This process's link to the control plane.
+#[napi]
+pub struct BindingContainer {
+    out: mpsc::UnboundedSender<pb::ContainerMessage>,
+    shared: Arc<Shared>,
+}
+
+#[napi]
+impl BindingContainer {
+    /// Connects and attaches as `containerId`, granting `slots` credits.
+    #[napi(constructor)]
+    pub fn new(endpoint: String, container_id: u32, token: String, slots: u32, doorbell: Doorbell) -> Result<Self> {
+        let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), doorbell });
+        let (out, rx) = mpsc::unbounded_channel();
+        let send = |m: container_message::Msg| out.send(pb::ContainerMessage { msg: Some(m) });
+        let _ = send(container_message::Msg::Hello(pb::Hello { container_id, token }));
+        let _ = send(container_message::Msg::Credit(pb::Credit { slots }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::from_reason(format!("berth container: cannot start its runtime: {e}")))?;
+        let link = shared.clone();
+        std::thread::Builder::new()
+            .name("berth-container".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let attached = async {
+                        let mut client = ContainersClient::connect(endpoint).await?;
+                        let inbound = client.attach(UnboundedReceiverStream::new(rx)).await?.into_inner();
+                        Ok::<_, Box<dyn std::error::Error>>(inbound)
+                    };
+                    match attached.await {
+                        Ok(mut inbound) => {
+                            while let Some(Ok(msg)) = inbound.next().await {
+                                if let Some(m) = msg.msg {
+                                    link.push(|inbox| pack(inbox, m));
+                                }
+                            }
+                        }
+                        Err(e) => eprintln!("berth container {container_id}: cannot attach: {e}"),
+                    }
+                    link.push(|inbox| inbox.events.push(EV_CLOSED));
+                });
+            })
+            .map_err(|e| Error::from_reason(format!("berth container: cannot start its thread: {e}")))?;
+        Ok(Self { out, shared })
+    }
+
+    /// Everything that arrived since the last call; `null` when nothing did.
+    #[napi]
+    pub fn drain(&self) -> Option<ContainerEvents> {
+        let (events, bytes) = {
+            let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            inbox.rung = false;
+            (std::mem::take(&mut inbox.events), std::mem::take(&mut inbox.bytes))
+        };
+        (!events.is_empty()).then(|| ContainerEvents { events: Float64Array::new(events), bytes: bytes.into() })
+    }
+
+    #[napi]
+    pub fn hook_done(&self, phase: i32, ok: bool, error_name: Option<String>, error_message: Option<String>, error_stack: Option<String>) {
+        let error = error_name.map(|name| pb::Error { name, message: error_message.unwrap_or_default(), stack: error_stack.unwrap_or_default() });
+        let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::HookDone(pb::HookDone { phase, ok, error })) });
+    }
+
+    /// Outputs of finished executions, packed: `meta` is `[execId, retryable, n, (kind, offset, len) * n] * m`
+    /// over `bytes`; kind 0 is a CBOR value, kind 1 an error as UTF-8 `name\0message\0stack`.
+    #[napi]
+    pub fn outputs(&self, meta: Float64ArraySlice, bytes: Buffer) {
+        let mut i = 0;
+        let m = &*meta;
+        while i + 3 <= m.len() {
+            let (exec_id, retryable, n) = (m[i] as u64, m[i + 1] != 0.0, m[i + 2] as usize);
+            i += 3;
+            let mut results = Vec::with_capacity(n);
+            for _ in 0..n {
+                if i + 3 > m.len() {
+                    break;
+                }
+                let (kind, at, len) = (m[i], m[i + 1] as usize, m[i + 2] as usize);
+                i += 3;
+                let slice = bytes.get(at..at + len).unwrap_or_default();
+                let outcome = if kind == 0.0 {
+                    Outcome::Value(slice.to_vec())
+                } else {
+                    let text = String::from_utf8_lossy(slice);
+                    let mut parts = text.splitn(3, '\0');
+                    Outcome::Error(pb::Error {
+                        name: parts.next().unwrap_or("Error").to_string(),
+                        message: parts.next().unwrap_or_default().to_string(),
+                        stack: parts.next().unwrap_or_default().to_string(),
+                    })
+                };
+                results.push(pb::Result { outcome: Some(outcome) });
+            }
+            let output = pb::Output { exec_id, results, retryable_failure: retryable };
+            let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::Output(output)) });
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `berth serve`: the control plane in this process, containers as child Node processes.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use berth_server::{ControlPlane, FunctionDef, Registry, ServeOptions, Spawner};
+use napi::bindgen_prelude::AsyncTask;
+use napi::{Env, Error, Result, Task};
+use napi_derive::napi;
+
+use crate::BindingPoolSpec;
+
+#[napi(object)]
+pub struct BindingFunctionDef {
+    pub app: String,
+    pub name: String,
+    pub methods: Vec<String>,
+    pub is_class: bool,
+    pub spec: BindingPoolSpec,
+}
+
+#[napi(object)]
+pub struct BindingServeOptions {
+    pub host: String,
+    pub grpc_port: u32,
+    pub token: Option<String>,
+    pub max_message_bytes: Option<u32>,
+    /// The command that starts one container: argv[0] and its arguments (`node bin/berth.mjs __container`).
+    pub container_command: Vec<String>,
+    /// The user's module, which every container loads.
+    pub app_file: String,
+}
+
+/// Starts container processes with the command and passes who they are in the environment.
+struct ProcessSpawner {
+    command: Vec<String>,
+    app_file: String,
+    children: Mutex<HashMap<u32, Child>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Spawner for ProcessSpawner {
+    fn spawn(&self, def: &FunctionDef, params: &[u8], container: u32, token: &str, endpoint: &str) {
+        let Some((program, args)) = self.command.split_first() else { return };
+        let child = Command::new(program)
+            .args(args)
+            .env("BERTH_ENDPOINT", endpoint)
+            .env("BERTH_CONTAINER_ID", container.to_string())
+            .env("BERTH_CONTAINER_TOKEN", token)
+            .env("BERTH_APP_FILE", &self.app_file)
+            .env("BERTH_APP", &def.app)
+            .env("BERTH_FUNCTION", &def.name)
+            .env("BERTH_PARAMS", hex(params))
+            .env("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string())
+            .stdin(Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => {
+                self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(container, c);
+            }
+            // The container never attaches: its startupTimeout turns this into an InitError.
+            Err(e) => eprintln!("berth: cannot start container {container} ({program}): {e}"),
+        }
+    }
+
+    fn stop(&self, container: u32) {
+        let Some(mut child) = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(&container) else { return };
+        // A stopped container exits by itself after its exit hooks; one that does not is killed.
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+    }
+}
+
+/// A running control plane with its container processes.
+#[napi]
+pub struct BindingServer {
+    rt: Option<tokio::runtime::Runtime>,
+    plane: Option<ControlPlane>,
+    address: String,
+}
+
+#[napi]
+impl BindingServer {
+    /// Binds and starts serving; throws with a message naming the fix when it cannot.
+    #[napi(factory)]
+    pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingServeOptions) -> Result<Self> {
+        let mut defs = Vec::with_capacity(functions.len());
+        for f in functions {
+            defs.push(FunctionDef { app: f.app, name: f.name, methods: f.methods, is_class: f.is_class, spec: f.spec.into_spec()? });
+        }
+        let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port)
+            .parse()
+            .map_err(|e| Error::from_reason(format!("--host {} --grpc-port {}: not an address ({e})", opts.host, opts.grpc_port)))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("berth-serve")
+            .build()
+            .map_err(|e| Error::from_reason(format!("berth: cannot start the server runtime: {e}")))?;
+        let spawner = ProcessSpawner { command: opts.container_command, app_file: opts.app_file, children: Mutex::new(HashMap::new()) };
+        let serve = ServeOptions {
+            addr,
+            token: opts.token,
+            max_message_bytes: opts.max_message_bytes.map_or(ServeOptions::default().max_message_bytes, |m| m as usize),
+        };
+        let plane = rt
+            .block_on(ControlPlane::start(Registry { functions: defs }, spawner, serve))
+            .map_err(|e| Error::from_reason(format!("berth serve: {e}")))?;
+        let address = plane.local_addr().to_string();
+        Ok(Self { rt: Some(rt), plane: Some(plane), address })
+    }
+
+    #[napi(getter)]
+    pub fn address(&self) -> String {
+        self.address.clone()
+    }
+
+    /// Stops taking calls, lets accepted inputs finish, runs containers' exit hooks, stops.
+    /// Runs on the libuv threadpool; the promise keeps Node alive until it is done.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn shutdown(&mut self) -> AsyncTask<Shutdown> {
+        AsyncTask::new(Shutdown { rt: self.rt.take(), plane: self.plane.take() })
+    }
+}
+
+pub struct Shutdown {
+    rt: Option<tokio::runtime::Runtime>,
+    plane: Option<ControlPlane>,
+}
+
+impl Task for Shutdown {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<()> {
+        if let (Some(rt), Some(plane)) = (self.rt.take(), self.plane.take()) {
+            rt.block_on(plane.shutdown());
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BindingServer {
+    fn drop(&mut self) {
+        // Dropped without shutdown: containers see their stream close and exit by themselves.
+        if let Some(rt) = self.rt.take() {
+            drop(self.plane.take());
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,250 @@
+// Process containers: what `berth serve` registers with the control plane, and the loop a
+// container process runs. Internal: reached through the package entry, so that the user's
+// module and this code share one instance of berth (context, registries).
+import { createRequire } from 'node:module'
+
+import type { App } from './app.ts'
+import { decodeValue, encodeValue } from './cbor.ts'
+import { runInContext, type InputContext } from './context.ts'
+import { applyParams } from './decorators.ts'
+import { FunctionTimeoutError, InputCancelledError, InvalidError, errorToData } from './errors.ts'
+import { bindingSpec, runBuildHooks, type PoolDef } from './runtime.ts'
+
+/** What the control plane runs: a function, or a class with its method table. */
+export function registryOf(apps: App[]): object[] {
+  return apps.flatMap((app) =>
+    app.servedDefs().map(({ def, isClass }) => ({
+      app: app.name,
+      name: def.name,
+      methods: def.methods.map((m) => m.name),
+      isClass,
+      // Process containers scale out by default, as Modal's do; maxContainers caps them.
+      spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
+    })),
+  )
+}
+
+// Event tags from crates/berth-node/src/container.rs.
+const EV_HOOK = 1
+const EV_EXECUTE = 2
+const EV_ABORT = 3
+const EV_STOP = 4
+const EV_CLOSED = 5
+
+interface BindingContainer {
+  drain(): { events: Float64Array; bytes: Buffer } | null
+  hookDone(phase: number, ok: boolean, name?: string, message?: string, stack?: string): void
+  outputs(meta: Float64Array, bytes: Buffer): void
+}
+
+class ContainerCtx implements InputContext {
+  private ctrl: AbortController | undefined
+  private reason: unknown
+  constructor(readonly inputId: string, readonly functionCallId: string) {}
+  get signal(): AbortSignal {
+    if (!this.ctrl) {
+      this.ctrl = new AbortController()
+      if (this.reason !== undefined) this.ctrl.abort(this.reason)
+    }
+    return this.ctrl.signal
+  }
+  abort(reason: unknown): void {
+    if (this.reason !== undefined) return
+    this.reason = reason
+    this.ctrl?.abort(reason)
+  }
+}
+
+const utf8 = new TextDecoder()
+
+/**
+ * Runs this process as the container the environment names, until the control plane stops it.
+ * Resolves with the exit status.
+ */
+export function containerMain(apps: App[]): Promise<number> {
+  const env = process.env
+  const need = (k: string) => {
+    const v = env[k]
+    if (v === undefined) throw new InvalidError(`berth container: ${k} is not set; containers are started by \`berth serve\``)
+    return v
+  }
+  const appName = need('BERTH_APP')
+  const app = apps.find((a) => a.name === appName)
+  if (!app) throw new InvalidError(`berth container: the file defines no app '${appName}'`)
+  const paramsHex = env.BERTH_PARAMS ?? ''
+  const params = paramsHex ? (decodeValue(Buffer.from(paramsHex, 'hex')) as Record<string, unknown>) : undefined
+  const def: PoolDef = app.containerDef(need('BERTH_FUNCTION'), params)
+  const { BindingContainer } = createRequire(__filename)('../binding.cjs') as {
+    BindingContainer: new (endpoint: string, id: number, token: string, slots: number, doorbell: () => void) => BindingContainer
+  }
+  // The serving process handles Ctrl-C (it reaches the whole process group) and stops us in order.
+  process.on('SIGINT', () => {})
+
+  let instance: any = null
+  const getInstance = () => {
+    if (instance === null && def.cls) {
+      instance = new def.cls()
+      if (def.params) applyParams(instance, def.params)
+    }
+    return instance
+  }
+  const running = new Map<number, ContainerCtx>()
+  let meta: number[] = []
+  let chunks: Buffer[] = []
+  let size = 0
+  let flushing = false
+  const keepAlive = setInterval(() => {}, 1 << 30)
+
+  return new Promise<number>((resolveExit) => {
+    const link = new BindingContainer(need('BERTH_ENDPOINT'), Number(need('BERTH_CONTAINER_ID')), need('BERTH_CONTAINER_TOKEN'), def.maxInputs, () => pump())
+
+    const flush = () => {
+      flushing = false
+      if (meta.length === 0) return
+      const m = new Float64Array(meta)
+      const b = Buffer.concat(chunks, size)
+      meta = []
+      chunks = []
+      size = 0
+      link.outputs(m, b)
+    }
+    const add = (bytes: Uint8Array, kind: number) => {
+      meta.push(kind, size, bytes.length)
+      chunks.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length))
+      size += bytes.length
+    }
+    const addError = (err: unknown) => {
+      const d = errorToData(err)
+      add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), 1)
+    }
+    const output = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
+      meta.push(exec, retryable ? 1 : 0, values.length)
+      for (const v of values) {
+        if (!v.ok) {
+          addError(v.value)
+          continue
+        }
+        try {
+          add(encodeValue(v.value), 0)
+        } catch (e) {
+          addError(e)
+        }
+      }
+      if (!flushing) {
+        flushing = true
+        queueMicrotask(flush)
+      }
+    }
+    const finish = (code: number) => {
+      flush()
+      clearInterval(keepAlive)
+      // Let the last output reach the stream before the process goes.
+      setTimeout(() => resolveExit(code), 50)
+    }
+
+    const runHook = async (phase: number) => {
+      try {
+        const inst = getInstance()
+        const m = def.meta
+        if (m) {
+          if (phase === 0) await runBuildHooks(def.cls!, m, inst)
+          else if (phase === 1) for (const n of m.snapEnter) await inst[n]()
+          else if (phase === 2) for (const n of m.enter) await inst[n]()
+          else if (phase === 3) {
+            for (const n of m.exit) {
+              try {
+                await inst[n]()
+              } catch (e) {
+                console.error(`berth: @exit hook ${def.name}.${n} threw: ${(e as Error)?.stack ?? e}`)
+              }
+            }
+          }
+        }
+        link.hookDone(phase, true)
+      } catch (e) {
+        const d = errorToData(e)
+        link.hookDone(phase, false, d.name, d.message, d.stack)
+      }
+    }
+
+    const execute = (exec: number, method: number, inputs: { id: number; attempt: number; args: unknown[]; fc: string }[]) => {
+      const m = def.methods[method]
+      if (!m) {
+        output(exec, false, inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })))
+        return
+      }
+      let inst: any
+      try {
+        inst = getInstance()
+      } catch (e) {
+        output(exec, true, inputs.map(() => ({ ok: false, value: e })))
+        return
+      }
+      const target: (...a: unknown[]) => unknown = def.fn ?? inst[m.name]
+      const ctx = new ContainerCtx(`in-${inputs[0].id}`, inputs[0].fc)
+      for (const i of inputs) running.set(i.id, ctx)
+      const done = (retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
+        for (const i of inputs) running.delete(i.id)
+        output(exec, retryable, values)
+      }
+      const call = async (): Promise<void> => {
+        try {
+          if (!m.batched) {
+            done(false, [{ ok: true, value: await target.apply(inst, inputs[0].args) }])
+            return
+          }
+          const arity = Math.max(...inputs.map((i) => i.args.length))
+          const columns = Array.from({ length: arity }, (_, a) => inputs.map((i) => i.args[a]))
+          const out = await target.apply(inst, columns)
+          if (!Array.isArray(out) || out.length !== inputs.length) {
+            const err = new InvalidError(`${def.name}.${m.name} is @batched: it got ${inputs.length} inputs and must return an array of ${inputs.length} results`)
+            done(true, inputs.map(() => ({ ok: false, value: err })))
+            return
+          }
+          done(false, out.map((value) => ({ ok: true, value })))
+        } catch (e) {
+          done(true, inputs.map(() => ({ ok: false, value: e })))
+        }
+      }
+      void runInContext(ctx, call)
+    }
+
+    const pump = () => {
+      const got = link.drain()
+      if (got === null) return
+      const { events: ev, bytes } = got
+      let i = 0
+      while (i < ev.length) {
+        const tag = ev[i]
+        if (tag === EV_HOOK) {
+          void runHook(ev[i + 1])
+          i += 2
+        } else if (tag === EV_EXECUTE) {
+          const [exec, method, n] = [ev[i + 1], ev[i + 2], ev[i + 3]]
+          i += 4
+          const inputs = []
+          for (let j = 0; j < n; j++, i += 6) {
+            const args = decodeValue(bytes.subarray(ev[i + 2], ev[i + 2] + ev[i + 3]))
+            const fc = utf8.decode(bytes.subarray(ev[i + 4], ev[i + 4] + ev[i + 5]))
+            inputs.push({ id: ev[i], attempt: ev[i + 1], args: Array.isArray(args) ? args : [args], fc })
+          }
+          execute(exec, method, inputs)
+        } else if (tag === EV_ABORT) {
+          const ctx = running.get(ev[i + 1])
+          ctx?.abort(ev[i + 3] === 1 ? new FunctionTimeoutError(`${def.name} timed out`) : new InputCancelledError(`${def.name} was cancelled`))
+          i += 4
+        } else if (tag === EV_STOP) {
+          finish(0)
+          return
+        } else if (tag === EV_CLOSED) {
+          console.error(`berth container: the control plane went away; exiting`)
+          finish(1)
+          return
+        } else {
+          console.error(`berth container: unknown event ${tag}`)
+          return
+        }
+      }
+    }
+  })
+}
