@@ -120,3 +120,41 @@ test.serial('berth serve beyond loopback needs --token, and callers must send it
   s.child.kill('SIGTERM')
   t.is(await s.exited, 0)
 })
+
+test.serial('kill -9 of a container under load: 1000 inputs through Map, none lost, none twice', async (t) => {
+  const s = await serve()
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const client = new Functions(s.address, grpc.credentials.createInsecure())
+  const n = 1000
+  const stream = client.Map()
+  const got = new Map<number, number>()
+  let duplicates = 0
+  const done = new Promise<void>((resolve, reject) => {
+    stream.on('data', (m: any) => {
+      const i = Number(m.index)
+      if (got.has(i)) duplicates++
+      got.set(i, m.result.value ? (cbor.decode(m.result.value) as number) : NaN)
+    })
+    stream.on('end', resolve)
+    stream.on('error', reject)
+  })
+  stream.write({ function: { app: 'served', function: 'slowSquare' } })
+  for (let i = 0; i < n; i++) stream.write({ input: { index: i, args: cbor.encode([i]) } })
+  stream.end()
+  // Once results flow, kill one container process of the server with SIGKILL.
+  const deadline = Date.now() + 20_000
+  while (got.size < 100 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+  const { execFileSync } = await import('node:child_process')
+  const kids = execFileSync('pgrep', ['-P', String(s.child.pid)]).toString().trim().split('\n').map(Number)
+  t.true(kids.length >= 1, 'containers are child processes of berth serve')
+  const atKill = got.size
+  process.kill(kids[0], 'SIGKILL')
+  t.true(atKill < n, `the kill landed mid-run (${atKill}/${n} results so far)`)
+  await Promise.race([done, new Promise((_, r) => setTimeout(() => r(new Error(`only ${got.size}/${n} results in 60 s`)), 60_000))])
+  t.is(duplicates, 0)
+  t.is(got.size, n)
+  for (let i = 0; i < n; i++) t.is(got.get(i), i * i, `input ${i}`)
+  client.close()
+  s.child.kill('SIGTERM')
+  t.is(await s.exited, 0, s.stdout())
+})
