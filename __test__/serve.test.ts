@@ -49,10 +49,18 @@ async function serve(extra: string[] = []): Promise<Served> {
   return { child, address, marker, stdout: () => out + err, exited }
 }
 
+const deadline = () => ({ deadline: Date.now() + 30_000 })
+
 function invoke(client: any, fn: string, args: unknown[], extra: Record<string, unknown> = {}): Promise<any> {
   return new Promise((resolve, reject) =>
-    client.Invoke({ function: { app: 'served', function: fn, ...extra }, args: cbor.encode(args) }, (e: unknown, r: unknown) => (e ? reject(e) : resolve(r))),
+    client.Invoke({ function: { app: 'served', function: fn, ...extra }, args: cbor.encode(args) }, deadline(), (e: unknown, r: unknown) => (e ? reject(e) : resolve(r))),
   )
+}
+
+/** The exit status of `berth serve` after a signal, or a failure that shows its output. */
+async function exitOf(s: Served): Promise<number | null> {
+  const late = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`berth serve did not exit within 30 s\n${s.stdout()}`)), 30_000))
+  return Promise.race([s.exited, late])
 }
 
 test.serial('berth serve: a plain gRPC client calls functions and class methods; SIGTERM runs exit hooks and exits 0', async (t) => {
@@ -85,12 +93,12 @@ test.serial('berth serve: a plain gRPC client calls functions and class methods;
   const notFound = await invoke(client, 'cube', [1]).catch((e) => e)
   t.is(notFound.code, grpc.status.NOT_FOUND)
   t.regex(notFound.details, /square/)
-  const malformed = await new Promise<any>((r) => client.Invoke({ function: { app: 'served', function: 'square' }, args: Buffer.from([0xff]) }, (e: unknown) => r(e)))
+  const malformed = await new Promise<any>((r) => client.Invoke({ function: { app: 'served', function: 'square' }, args: Buffer.from([0xff]) }, deadline(), (e: unknown) => r(e)))
   t.is(malformed.code, grpc.status.INVALID_ARGUMENT)
 
   client.close()
   s.child.kill('SIGTERM')
-  t.is(await s.exited, 0, s.stdout())
+  t.is(await exitOf(s), 0, s.stdout())
   const log = readFileSync(s.marker, 'utf8').trim().split('\n')
   t.true(log.includes('enter big') && log.includes('enter mini'), log.join('\n'))
   t.true(log.includes('exit big') && log.includes('exit mini'), 'each container ran its @exit in its own process:\n' + log.join('\n'))
@@ -113,12 +121,12 @@ test.serial('berth serve beyond loopback needs --token, and callers must send it
   const meta = new grpc.Metadata()
   meta.set('authorization', 'Bearer s3cret')
   const ok = await new Promise<any>((resolve, reject) =>
-    anon.Invoke({ function: { app: 'served', function: 'square' }, args: cbor.encode([3]) }, meta, (x: unknown, r: unknown) => (x ? reject(x) : resolve(r))),
+    anon.Invoke({ function: { app: 'served', function: 'square' }, args: cbor.encode([3]) }, meta, deadline(), (x: unknown, r: unknown) => (x ? reject(x) : resolve(r))),
   )
   t.is(cbor.decode(ok.result.value), 9)
   anon.close()
   s.child.kill('SIGTERM')
-  t.is(await s.exited, 0)
+  t.is(await exitOf(s), 0)
 })
 
 test.serial('kill -9 of a container under load: 1000 inputs through Map, none lost, none twice', async (t) => {
@@ -126,7 +134,7 @@ test.serial('kill -9 of a container under load: 1000 inputs through Map, none lo
   t.teardown(() => s.child.kill('SIGKILL'))
   const client = new Functions(s.address, grpc.credentials.createInsecure())
   const n = 1000
-  const stream = client.Map()
+  const stream = client.Map(deadline())
   const got = new Map<number, number>()
   let duplicates = 0
   const done = new Promise<void>((resolve, reject) => {
@@ -142,8 +150,8 @@ test.serial('kill -9 of a container under load: 1000 inputs through Map, none lo
   for (let i = 0; i < n; i++) stream.write({ input: { index: i, args: cbor.encode([i]) } })
   stream.end()
   // Once results flow, kill one container process of the server with SIGKILL.
-  const deadline = Date.now() + 20_000
-  while (got.size < 100 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+  const waitUntil = Date.now() + 20_000
+  while (got.size < 100 && Date.now() < waitUntil) await new Promise((r) => setTimeout(r, 10))
   const { execFileSync } = await import('node:child_process')
   const kids = execFileSync('pgrep', ['-P', String(s.child.pid)]).toString().trim().split('\n').map(Number)
   t.true(kids.length >= 1, 'containers are child processes of berth serve')
@@ -156,5 +164,37 @@ test.serial('kill -9 of a container under load: 1000 inputs through Map, none lo
   for (let i = 0; i < n; i++) t.is(got.get(i), i * i, `input ${i}`)
   client.close()
   s.child.kill('SIGTERM')
-  t.is(await s.exited, 0, s.stdout())
+  t.is(await exitOf(s), 0, s.stdout())
+})
+
+test.serial('Function.fromName / Cls.fromName reach a served app from another process', async (t) => {
+  const { App, Function, Cls, RemoteError, InvalidError } = await import('berth')
+  const s = await serve()
+  t.teardown(() => s.child.kill('SIGKILL'))
+  App.lookup('served', { server: `http://${s.address}` })
+  type Square = (x: number) => Promise<number>
+  const square = Function.fromName<Square>('served', 'square')
+  t.is(await square.remote(7), 49)
+  const ys: number[] = []
+  for await (const y of square.map([1, 2, 3])) ys.push(y)
+  t.deepEqual(ys, [1, 4, 9])
+  const fc = await square.spawn(5)
+  t.regex(fc.objectId, /^fc-\d+$/)
+  t.is(await fc.get(), 25)
+
+  interface Embedder {
+    embed(text: string): Promise<[number, string]>
+    many(xs: number[]): Promise<number[]>
+  }
+  const e = Cls.fromName<Embedder>('served', 'Embedder', { model: 'remote' })
+  t.deepEqual(await e.embed.remote('abc'), [3, 'remote'])
+  t.deepEqual(await Promise.all([10, 20].map((x) => e.many.remote(x))), [11, 21])
+
+  const boom = Function.fromName<(m: string) => Promise<never>>('served', 'boom')
+  const err = await t.throwsAsync(boom.remote('bad input'), { instanceOf: RemoteError })
+  t.is(err?.remoteName, 'TypeError')
+  t.is(err?.message, 'bad input')
+  await t.throwsAsync(Function.fromName('served', 'cube').remote(1), { instanceOf: InvalidError, message: /no function or class 'cube'.*square/ })
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0)
 })

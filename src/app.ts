@@ -5,6 +5,8 @@ import { FunctionTimeoutError, InvalidError } from './errors.ts'
 import { normalizeOptions, validateBatched, validateConcurrent, type BatchedOptions, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
 import { existsSync } from 'node:fs'
 
+import { clsFromName, lookupApp } from './client.ts'
+
 import { Ctx, EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
 import type { BatchItem, ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from './types.ts'
@@ -68,6 +70,14 @@ export class App {
     this.description = opts.description
     this.tags = { ...(opts.tags ?? {}) }
     registry.add(this)
+  }
+
+  /**
+   * Where a served app lives, for `Function.fromName` / `Cls.fromName` in this process
+   * (otherwise BERTH_SERVER).
+   */
+  static lookup(name: string, opts: { server: string; token?: string }): { name: string; server: string } {
+    return lookupApp(name, opts)
   }
 
   /** Set while the app runs. */
@@ -442,7 +452,7 @@ class Invocable {
   }
 }
 
-function splitOptions(inputs: unknown[], what: string): { iterables: unknown[]; opts: MapOptions } {
+export function splitOptions(inputs: unknown[], what: string): { iterables: unknown[]; opts: MapOptions } {
   let opts: MapOptions = {}
   const last = inputs[inputs.length - 1]
   if (inputs.length > 1 && last !== null && typeof last === 'object' && !(Symbol.iterator in last) && !(Symbol.asyncIterator in last)) {
@@ -458,7 +468,7 @@ function splitOptions(inputs: unknown[], what: string): { iterables: unknown[]; 
   return { iterables: inputs, opts }
 }
 
-async function* toAsync<T>(it: Iterable<T> | AsyncIterable<T>): AsyncGenerator<T> {
+export async function* toAsync<T>(it: Iterable<T> | AsyncIterable<T>): AsyncGenerator<T> {
   if (it === null || typeof it !== 'object' || (!(Symbol.iterator in it) && !(Symbol.asyncIterator in it))) {
     throw new InvalidError('starmap(): pass an iterable of argument tuples, e.g. [[1, 2], [3, 4]]')
   }
@@ -466,7 +476,7 @@ async function* toAsync<T>(it: Iterable<T> | AsyncIterable<T>): AsyncGenerator<T
 }
 
 /** Parallel iterables, Modal's `f.map(xs, ys)`: stops at the shortest. */
-async function* zip(iterables: unknown[]): AsyncGenerator<unknown[]> {
+export async function* zip(iterables: unknown[]): AsyncGenerator<unknown[]> {
   if (iterables.length === 1) {
     for await (const x of iterables[0] as AsyncIterable<unknown>) yield [x]
     return
@@ -565,8 +575,13 @@ export class FunctionCall<R> implements FunctionCallType<R> {
   }
 }
 
-/** Handles on classes: `Cls.of(Embedder, { model: 'mini' })`. */
+/** Handles on classes: `Cls.of(Embedder, { model: 'mini' })`, `Cls.fromName<Embedder>(app, 'Embedder')`. */
 export const Cls = {
+  /** A handle on a class of an app served elsewhere (BERTH_SERVER or App.lookup). */
+  fromName<T>(app: string, name: string, params?: Record<string, unknown>): ClsHandle<T> {
+    return clsFromName<T>(app, name, params)
+  },
+
   of<T>(cls: new () => T, params?: Record<string, unknown>): ClsHandle<T> {
     const def = classDefs.get(cls)
     if (!def) {

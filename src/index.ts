@@ -3,6 +3,7 @@
 ;(Symbol as any).metadata ??= Symbol.for('Symbol.metadata')
 
 export { App, Cls, FunctionCall, allApps, type AppRun, type RunOptions } from './app.ts'
+export { Function } from './client.ts'
 export { batched, build, concurrent, enter, exit, method, parameter } from './decorators.ts'
 export { Retries, type RetriesOptions } from './retries.ts'
 export { currentFunctionCallId, currentInput, currentInputId, isLocal } from './context.ts'

@@ -36,6 +36,7 @@ const EV_FINISHED: f64 = 7.0; // the scheduler has stopped
 
 pub(crate) type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, false, true>;
 
+mod client;
 mod container;
 mod serve;
 

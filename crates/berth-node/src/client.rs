@@ -1,0 +1,197 @@
+//! A caller of a served app (`Function.fromName`, `Cls.fromName`): requests are queued with a
+//! synchronous call and run on a thread of its own; their results come back to JavaScript in
+//! packed batches behind one weak doorbell, as everywhere else in this binding.
+use std::sync::{Arc, Mutex};
+
+use berth_proto::v1::{self as pb, functions_client::FunctionsClient, result::Outcome};
+use napi::bindgen_prelude::{Buffer, Float64Array};
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use napi::{Error, Result};
+use napi_derive::napi;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Doorbell;
+
+// Result kinds (mirrored in src/client.ts).
+const K_VALUE: f64 = 0.0; // CBOR bytes
+const K_ERROR: f64 = 1.0; // name\0message\0stack
+const K_STATUS: f64 = 2.0; // gRPC status: code\0message
+const K_TEXT: f64 = 3.0; // a function call id (Spawn)
+const K_PENDING: f64 = 4.0; // GetResult: not ready yet
+const K_NONE: f64 = 5.0; // Cancel: done
+
+enum Req {
+    Invoke { id: f64, function: pb::FunctionRef, args: Vec<u8> },
+    Spawn { id: f64, function: pb::FunctionRef, args: Vec<u8> },
+    Get { id: f64, call: String, timeout: f64 },
+    Cancel { id: f64, call: String },
+}
+
+#[derive(Default)]
+struct Inbox {
+    events: Vec<f64>,
+    bytes: Vec<u8>,
+    rung: bool,
+}
+
+struct Shared {
+    inbox: Mutex<Inbox>,
+    doorbell: Doorbell,
+}
+
+impl Shared {
+    fn push(&self, id: f64, kind: f64, data: &[u8]) {
+        let ring = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            let at = inbox.bytes.len() as f64;
+            inbox.bytes.extend_from_slice(data);
+            inbox.events.extend_from_slice(&[id, kind, at, data.len() as f64]);
+            !std::mem::replace(&mut inbox.rung, true)
+        };
+        if ring {
+            let _ = self.doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+
+    fn result(&self, id: f64, r: Option<pb::Result>) {
+        match r.and_then(|r| r.outcome) {
+            Some(Outcome::Value(v)) => self.push(id, K_VALUE, &v),
+            Some(Outcome::Error(e)) => self.push(id, K_ERROR, format!("{}\0{}\0{}", e.name, e.message, e.stack).as_bytes()),
+            None => self.push(id, K_ERROR, b"Error\0the server sent no result\0"),
+        }
+    }
+
+    fn status(&self, id: f64, s: &tonic::Status) {
+        self.push(id, K_STATUS, format!("{}\0{}", s.code() as i32, s.message()).as_bytes());
+    }
+}
+
+type Token = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+fn authed<T>(message: T, token: Option<&Token>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(t) = token {
+        r.metadata_mut().insert("authorization", t.clone());
+    }
+    r
+}
+
+#[napi(object)]
+pub struct ClientEvents {
+    pub events: Float64Array,
+    pub bytes: Buffer,
+}
+
+#[napi]
+pub struct BindingClient {
+    tx: mpsc::UnboundedSender<Req>,
+    shared: Arc<Shared>,
+}
+
+fn function_ref(app: String, name: String, method: String, params: Buffer) -> pb::FunctionRef {
+    pb::FunctionRef { app, function: name, method, params: params.to_vec() }
+}
+
+#[napi]
+impl BindingClient {
+    /// Connects lazily (at the first call) to `server`, e.g. `http://127.0.0.1:7450`.
+    #[napi(constructor)]
+    pub fn new(server: String, token: Option<String>, doorbell: Doorbell) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(server.clone())
+            .map_err(|e| Error::from_reason(format!("berth: BERTH_SERVER '{server}' is not a URL like http://127.0.0.1:7450 ({e})")))?;
+        let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), doorbell });
+        let (tx, mut rx) = mpsc::unbounded_channel::<Req>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::from_reason(format!("berth: cannot start the client runtime: {e}")))?;
+        let out = shared.clone();
+        let auth: Option<Token> = match token {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| Error::from_reason("berth: the token must be ASCII"))?),
+            None => None,
+        };
+        std::thread::Builder::new()
+            .name("berth-client".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let channel: Channel = endpoint.connect_lazy();
+                    let client = FunctionsClient::new(channel).max_decoding_message_size(usize::MAX);
+                    while let Some(req) = rx.recv().await {
+                        let mut client = client.clone();
+                        let (out, auth) = (out.clone(), auth.clone());
+                        tokio::spawn(async move {
+                            match req {
+                                Req::Invoke { id, function, args } => {
+                                    match client.invoke(authed(pb::InvokeRequest { function: Some(function), args }, auth.as_ref())).await {
+                                        Ok(r) => out.result(id, r.into_inner().result),
+                                        Err(s) => out.status(id, &s),
+                                    }
+                                }
+                                Req::Spawn { id, function, args } => {
+                                    match client.spawn(authed(pb::InvokeRequest { function: Some(function), args }, auth.as_ref())).await {
+                                        Ok(r) => out.push(id, K_TEXT, r.into_inner().function_call_id.as_bytes()),
+                                        Err(s) => out.status(id, &s),
+                                    }
+                                }
+                                Req::Get { id, call, timeout } => {
+                                    match client.get_result(authed(pb::GetResultRequest { function_call_id: call, timeout }, auth.as_ref())).await {
+                                        Ok(r) => {
+                                            let r = r.into_inner();
+                                            if r.ready {
+                                                out.result(id, r.result);
+                                            } else {
+                                                out.push(id, K_PENDING, &[]);
+                                            }
+                                        }
+                                        Err(s) => out.status(id, &s),
+                                    }
+                                }
+                                Req::Cancel { id, call } => match client.cancel(authed(pb::CancelRequest { function_call_id: call }, auth.as_ref())).await {
+                                    Ok(_) => out.push(id, K_NONE, &[]),
+                                    Err(s) => out.status(id, &s),
+                                },
+                            }
+                        });
+                    }
+                });
+            })
+            .map_err(|e| Error::from_reason(format!("berth: cannot start the client thread: {e}")))?;
+        Ok(Self { tx, shared })
+    }
+
+    fn send(&self, req: Req) -> Result<()> {
+        self.tx.send(req).map_err(|_| Error::from_reason("berth: the client has stopped"))
+    }
+
+    #[napi]
+    pub fn invoke(&self, id: f64, app: String, name: String, method: String, params: Buffer, args: Buffer) -> Result<()> {
+        self.send(Req::Invoke { id, function: function_ref(app, name, method, params), args: args.to_vec() })
+    }
+
+    #[napi]
+    pub fn spawn(&self, id: f64, app: String, name: String, method: String, params: Buffer, args: Buffer) -> Result<()> {
+        self.send(Req::Spawn { id, function: function_ref(app, name, method, params), args: args.to_vec() })
+    }
+
+    #[napi]
+    pub fn get_result(&self, id: f64, call: String, timeout: f64) -> Result<()> {
+        self.send(Req::Get { id, call, timeout })
+    }
+
+    #[napi]
+    pub fn cancel(&self, id: f64, call: String) -> Result<()> {
+        self.send(Req::Cancel { id, call })
+    }
+
+    /// `[id, kind, offset, len] * n` over `bytes`; `null` when nothing arrived.
+    #[napi]
+    pub fn drain(&self) -> Option<ClientEvents> {
+        let (events, bytes) = {
+            let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            inbox.rung = false;
+            (std::mem::take(&mut inbox.events), std::mem::take(&mut inbox.bytes))
+        };
+        (!events.is_empty()).then(|| ClientEvents { events: Float64Array::new(events), bytes: bytes.into() })
+    }
+}

@@ -1,0 +1,266 @@
+// Handles on an app served elsewhere (`berth serve`): Function.fromName, Cls.fromName,
+// App.lookup. Calls go through the native gRPC client; values cross as CBOR.
+import { createRequire } from 'node:module'
+
+import { FunctionCall, splitOptions, zip, toAsync } from './app.ts'
+import { decodeValue, encodeValue } from './cbor.ts'
+import { BerthError, InvalidError, errorFromData } from './errors.ts'
+import { checkAndCopyArgs } from './serialize.ts'
+import type { ClsHandle, FunctionHandle, MapOptions } from './types.ts'
+
+interface BindingClient {
+  invoke(id: number, app: string, fn: string, method: string, params: Buffer, args: Buffer): void
+  spawn(id: number, app: string, fn: string, method: string, params: Buffer, args: Buffer): void
+  getResult(id: number, call: string, timeout: number): void
+  cancel(id: number, call: string): void
+  drain(): { events: Float64Array; bytes: Buffer } | null
+}
+
+const K_VALUE = 0
+const K_ERROR = 1
+const K_STATUS = 2
+const K_TEXT = 3
+const K_PENDING = 4
+const PENDING = Symbol('pending')
+const EMPTY = Buffer.alloc(0)
+const utf8 = new TextDecoder()
+
+/** gRPC status codes a caller can act on, with what to do. */
+function statusError(server: string, code: number, message: string): Error {
+  const hint: Record<number, string> = {
+    3: '', // INVALID_ARGUMENT: the server's message says what
+    5: '', // NOT_FOUND: the server's message names what exists
+    8: ' (the request is over the server\'s message size cap)',
+    14: ` (is \`berth serve\` running at ${server}?)`,
+    16: ' (pass the server\'s token: App.lookup(name, { server, token }) or BERTH_TOKEN)',
+  }
+  if (code in hint) return new InvalidError(`${message}${hint[code]}`)
+  return new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
+}
+
+class Client {
+  private readonly native: BindingClient
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>()
+  private next = 0
+  private keepAlive: ReturnType<typeof setInterval> | undefined
+
+  constructor(readonly server: string, token: string | undefined) {
+    const { BindingClient } = createRequire(__filename)('../binding.cjs') as {
+      BindingClient: new (server: string, token: string | undefined, doorbell: () => void) => BindingClient
+    }
+    this.native = new BindingClient(server, token, () => this.pump())
+  }
+
+  request(send: (id: number) => void): Promise<unknown> {
+    const id = ++this.next
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject })
+      this.keepAlive ??= setInterval(() => {}, 1 << 30)
+      try {
+        send(id)
+      } catch (e) {
+        this.settle(id)?.reject(e)
+      }
+    })
+  }
+
+  invoke(app: string, fn: string, method: string, params: Buffer, args: unknown[]): Promise<unknown> {
+    const bytes = Buffer.from(encodeValue(args))
+    return this.request((id) => this.native.invoke(id, app, fn, method, params, bytes))
+  }
+
+  spawn(app: string, fn: string, method: string, params: Buffer, args: unknown[]): Promise<string> {
+    const bytes = Buffer.from(encodeValue(args))
+    return this.request((id) => this.native.spawn(id, app, fn, method, params, bytes)) as Promise<string>
+  }
+
+  getResult(call: string, timeout: number): Promise<unknown> {
+    return this.request((id) => this.native.getResult(id, call, timeout))
+  }
+
+  cancel(call: string): Promise<unknown> {
+    return this.request((id) => this.native.cancel(id, call))
+  }
+
+  private settle(id: number) {
+    const p = this.pending.get(id)
+    this.pending.delete(id)
+    if (this.pending.size === 0 && this.keepAlive !== undefined) {
+      clearInterval(this.keepAlive)
+      this.keepAlive = undefined
+    }
+    return p
+  }
+
+  private pump(): void {
+    const got = this.native.drain()
+    if (got === null) return
+    const { events, bytes } = got
+    for (let i = 0; i < events.length; i += 4) {
+      const p = this.settle(events[i])
+      if (!p) continue
+      const data = bytes.subarray(events[i + 2], events[i + 2] + events[i + 3])
+      const kind = events[i + 1]
+      try {
+        if (kind === K_VALUE) p.resolve(decodeValue(data))
+        else if (kind === K_ERROR) {
+          const [name, message, stack] = utf8.decode(data).split('\0')
+          p.reject(errorFromData({ name, message, stack: stack || undefined }))
+        } else if (kind === K_STATUS) {
+          const text = utf8.decode(data)
+          const cut = text.indexOf('\0')
+          p.reject(statusError(this.server, Number(text.slice(0, cut)), text.slice(cut + 1)))
+        } else if (kind === K_TEXT) p.resolve(utf8.decode(data))
+        else if (kind === K_PENDING) p.resolve(PENDING)
+        else p.resolve(undefined)
+      } catch (e) {
+        p.reject(e)
+      }
+    }
+  }
+}
+
+const clients = new Map<string, Client>()
+const lookedUp = new Map<string, { server: string; token?: string }>()
+
+function clientFor(app: string, opts: { server?: string; token?: string } = {}): Client {
+  const where = lookedUp.get(app)
+  const server = opts.server ?? where?.server ?? process.env.BERTH_SERVER
+  if (!server) {
+    throw new InvalidError(`no server for app '${app}': set BERTH_SERVER=http://127.0.0.1:7450 or call App.lookup('${app}', { server })`)
+  }
+  const token = opts.token ?? where?.token ?? process.env.BERTH_TOKEN
+  const key = `${server} ${token ?? ''}`
+  let c = clients.get(key)
+  if (!c) {
+    c = new Client(server, token)
+    clients.set(key, c)
+  }
+  return c
+}
+
+/** Where `Function.fromName` / `Cls.fromName` find the app named `name`. */
+export function lookupApp(name: string, opts: { server: string; token?: string }): { name: string; server: string } {
+  if (typeof opts?.server !== 'string') throw new InvalidError(`App.lookup('${name}', { server }): pass the server's URL, e.g. http://127.0.0.1:7450`)
+  lookedUp.set(name, { server: opts.server, token: opts.token })
+  return { name, server: opts.server }
+}
+
+/** The six calls, over the network. Connects at the first call. */
+class RemoteInvocable {
+  constructor(
+    private readonly app: string,
+    private readonly fn: string,
+    private readonly method: string,
+    private readonly params: Buffer,
+    private readonly label: string,
+  ) {}
+
+  private client(): Client {
+    return clientFor(this.app)
+  }
+
+  async remote(...args: unknown[]): Promise<unknown> {
+    checkAndCopyArgs(args, `${this.label}.remote`)
+    return this.client().invoke(this.app, this.fn, this.method, this.params, args)
+  }
+
+  async local(): Promise<never> {
+    throw new InvalidError(`${this.label}.local(): a handle from fromName runs on the server; call .remote()`)
+  }
+
+  async spawn(...args: unknown[]): Promise<FunctionCall<unknown>> {
+    checkAndCopyArgs(args, `${this.label}.spawn`)
+    const client = this.client()
+    const id = await client.spawn(this.app, this.fn, this.method, this.params, args)
+    const result = (async () => {
+      for (;;) {
+        const r = await client.getResult(id, 60)
+        if (r !== PENDING) return r
+      }
+    })()
+    return new FunctionCall(id, result, () => void client.cancel(id))
+  }
+
+  map(...inputs: unknown[]): AsyncIterable<unknown> {
+    const { iterables, opts } = splitOptions(inputs, 'map')
+    return this.run(zip(iterables), opts)
+  }
+
+  starmap(argTuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions = {}): AsyncIterable<unknown> {
+    return this.run(toAsync(argTuples), opts)
+  }
+
+  async forEach(...inputs: unknown[]): Promise<void> {
+    const { iterables, opts } = splitOptions(inputs, 'forEach')
+    for await (const _ of this.run(zip(iterables), { ...opts, orderOutputs: false })) {
+      // results dropped; a failure throws
+    }
+  }
+
+  /** Up to WINDOW calls in flight; results in input order unless orderOutputs is false. */
+  private async *run(tuples: AsyncIterable<unknown[]>, opts: MapOptions): AsyncGenerator<unknown> {
+    const WINDOW = 1000
+    const ordered = opts.orderOutputs ?? true
+    const results = new Map<number, { ok: boolean; v: unknown }>()
+    const arrivals: number[] = []
+    let wake: (() => void) | undefined
+    let submitted = 0
+    let taken = 0
+    let exhausted = false
+    const it = tuples[Symbol.asyncIterator]()
+    for (;;) {
+      while (!exhausted && submitted - taken < WINDOW) {
+        const r = await it.next()
+        if (r.done) {
+          exhausted = true
+          break
+        }
+        const i = submitted++
+        const settle = (ok: boolean, v: unknown) => {
+          results.set(i, { ok, v })
+          arrivals.push(i)
+          wake?.()
+          wake = undefined
+        }
+        this.remote(...r.value).then((v) => settle(true, v), (e) => settle(false, e))
+      }
+      if (exhausted && taken === submitted) return
+      const next = ordered ? (results.has(taken) ? taken : undefined) : arrivals.shift()
+      if (next === undefined) {
+        await new Promise<void>((r) => (wake = r))
+        continue
+      }
+      const s = results.get(next)!
+      results.delete(next)
+      taken++
+      if (s.ok) yield s.v
+      else if (opts.returnExceptions) yield s.v
+      else throw s.v
+    }
+  }
+}
+
+export const Function = {
+  /** A handle on a function of a served app; connects at the first call. */
+  fromName<F extends (...args: any[]) => any>(app: string, name: string): FunctionHandle<F> {
+    return new RemoteInvocable(app, name, '', EMPTY, `${app}/${name}`) as unknown as FunctionHandle<F>
+  },
+}
+
+/** A handle on a class of a served app: each property is that method's handle. */
+export function clsFromName<T>(app: string, name: string, params?: Record<string, unknown>): ClsHandle<T> {
+  const encoded = params === undefined ? EMPTY : Buffer.from(encodeValue(params))
+  const handles = new Map<string, RemoteInvocable>()
+  return new Proxy({} as ClsHandle<T>, {
+    get(_, prop) {
+      if (typeof prop !== 'string' || prop === 'then') return undefined
+      let h = handles.get(prop)
+      if (!h) {
+        h = new RemoteInvocable(app, name, prop, encoded, `${app}/${name}.${prop}`)
+        handles.set(prop, h)
+      }
+      return h
+    },
+  })
+}
