@@ -13,7 +13,16 @@ interface BindingClient {
   spawn(id: number, app: string, fn: string, method: string, params: Buffer, args: Buffer): void
   getResult(id: number, call: string, timeout: number): void
   cancel(id: number, call: string): void
+  mapOpen(id: number, app: string, fn: string, method: string, params: Buffer): void
+  mapPush(id: number, meta: Float64Array, bytes: Buffer): void
+  mapClose(id: number): void
   drain(): { events: Float64Array; bytes: Buffer } | null
+}
+
+interface MapHandler {
+  item(index: number, ok: boolean, value: unknown): void
+  end(): void
+  fail(error: unknown): void
 }
 
 const K_VALUE = 0
@@ -21,6 +30,7 @@ const K_ERROR = 1
 const K_STATUS = 2
 const K_TEXT = 3
 const K_PENDING = 4
+const K_MAP_END = 6
 const PENDING = Symbol('pending')
 const EMPTY = Buffer.alloc(0)
 const utf8 = new TextDecoder()
@@ -41,6 +51,7 @@ function statusError(server: string, code: number, message: string): Error {
 class Client {
   private readonly native: BindingClient
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>()
+  private readonly maps = new Map<number, MapHandler>()
   private next = 0
   private keepAlive: ReturnType<typeof setInterval> | undefined
 
@@ -49,6 +60,42 @@ class Client {
       BindingClient: new (server: string, token: string | undefined, doorbell: () => void) => BindingClient
     }
     this.native = new BindingClient(server, token, () => this.pump())
+  }
+
+  /** Opens a Map stream; push inputs (CBOR args, batched per microtask), then close. */
+  openMap(app: string, fn: string, method: string, params: Buffer, handler: MapHandler): { push(index: number, args: unknown[]): void; close(): void } {
+    const id = ++this.next
+    this.maps.set(id, handler)
+    this.keepAlive ??= setInterval(() => {}, 1 << 30)
+    this.native.mapOpen(id, app, fn, method, params)
+    let meta: number[] = []
+    let chunks: Uint8Array[] = []
+    let size = 0
+    let scheduled = false
+    const flush = () => {
+      scheduled = false
+      if (meta.length === 0) return
+      this.native.mapPush(id, new Float64Array(meta), Buffer.concat(chunks, size))
+      meta = []
+      chunks = []
+      size = 0
+    }
+    return {
+      push: (index, args) => {
+        const bytes = encodeValue(args)
+        meta.push(index, size, bytes.length)
+        chunks.push(bytes)
+        size += bytes.length
+        if (!scheduled) {
+          scheduled = true
+          queueMicrotask(flush)
+        }
+      },
+      close: () => {
+        flush()
+        this.native.mapClose(id)
+      },
+    }
   }
 
   request(send: (id: number) => void): Promise<unknown> {
@@ -85,32 +132,61 @@ class Client {
   private settle(id: number) {
     const p = this.pending.get(id)
     this.pending.delete(id)
-    if (this.pending.size === 0 && this.keepAlive !== undefined) {
+    this.idle()
+    return p
+  }
+
+  private idle(): void {
+    if (this.pending.size === 0 && this.maps.size === 0 && this.keepAlive !== undefined) {
       clearInterval(this.keepAlive)
       this.keepAlive = undefined
     }
-    return p
+  }
+
+  private decodeError(kind: number, data: Uint8Array): Error {
+    const text = utf8.decode(data)
+    if (kind === K_ERROR) {
+      const [name, message, stack] = text.split('\0')
+      return errorFromData({ name, message, stack: stack || undefined })
+    }
+    const cut = text.indexOf('\0')
+    return statusError(this.server, Number(text.slice(0, cut)), text.slice(cut + 1))
+  }
+
+  private mapEvent(id: number, h: MapHandler, kind: number, data: Uint8Array, index: number): void {
+    if (kind === K_VALUE) h.item(index, true, decodeValue(data))
+    else if (kind === K_ERROR) h.item(index, false, this.decodeError(kind, data))
+    else {
+      this.maps.delete(id)
+      this.idle()
+      if (kind === K_MAP_END) h.end()
+      else h.fail(this.decodeError(kind, data))
+    }
   }
 
   private pump(): void {
     const got = this.native.drain()
     if (got === null) return
     const { events, bytes } = got
-    for (let i = 0; i < events.length; i += 4) {
-      const p = this.settle(events[i])
-      if (!p) continue
+    for (let i = 0; i < events.length; i += 5) {
+      const id = events[i]
       const data = bytes.subarray(events[i + 2], events[i + 2] + events[i + 3])
       const kind = events[i + 1]
+      const map = this.maps.get(id)
+      if (map) {
+        try {
+          this.mapEvent(id, map, kind, data, events[i + 4])
+        } catch (e) {
+          map.fail(e)
+        }
+        continue
+      }
+      const p = this.settle(id)
+      if (!p) continue
       try {
         if (kind === K_VALUE) p.resolve(decodeValue(data))
-        else if (kind === K_ERROR) {
-          const [name, message, stack] = utf8.decode(data).split('\0')
-          p.reject(errorFromData({ name, message, stack: stack || undefined }))
-        } else if (kind === K_STATUS) {
-          const text = utf8.decode(data)
-          const cut = text.indexOf('\0')
-          p.reject(statusError(this.server, Number(text.slice(0, cut)), text.slice(cut + 1)))
-        } else if (kind === K_TEXT) p.resolve(utf8.decode(data))
+        else if (kind === K_ERROR || kind === K_STATUS) p.reject(this.decodeError(kind, data))
+        else if (kind === K_TEXT) p.resolve(utf8.decode(data))
         else if (kind === K_PENDING) p.resolve(PENDING)
         else p.resolve(undefined)
       } catch (e) {
@@ -198,45 +274,61 @@ class RemoteInvocable {
     }
   }
 
-  /** Up to WINDOW calls in flight; results in input order unless orderOutputs is false. */
+  /** One Map stream; up to WINDOW inputs ahead of the consumer; input order unless told. */
   private async *run(tuples: AsyncIterable<unknown[]>, opts: MapOptions): AsyncGenerator<unknown> {
-    const WINDOW = 1000
+    const WINDOW = 10_000
     const ordered = opts.orderOutputs ?? true
     const results = new Map<number, { ok: boolean; v: unknown }>()
     const arrivals: number[] = []
     let wake: (() => void) | undefined
+    let failure: { e: unknown } | undefined
+    const poke = () => {
+      wake?.()
+      wake = undefined
+    }
+    const stream = this.client().openMap(this.app, this.fn, this.method, this.params, {
+      item: (index, ok, v) => {
+        results.set(index, { ok, v })
+        arrivals.push(index)
+        poke()
+      },
+      end: poke,
+      fail: (e) => {
+        failure = { e }
+        poke()
+      },
+    })
     let submitted = 0
     let taken = 0
     let exhausted = false
     const it = tuples[Symbol.asyncIterator]()
-    for (;;) {
-      while (!exhausted && submitted - taken < WINDOW) {
-        const r = await it.next()
-        if (r.done) {
-          exhausted = true
-          break
+    try {
+      for (;;) {
+        while (!exhausted && submitted - taken < WINDOW) {
+          const r = await it.next()
+          if (r.done) {
+            exhausted = true
+            stream.close()
+            break
+          }
+          stream.push(submitted++, checkAndCopyArgs(r.value, `${this.label}.map (input ${submitted - 1})`))
         }
-        const i = submitted++
-        const settle = (ok: boolean, v: unknown) => {
-          results.set(i, { ok, v })
-          arrivals.push(i)
-          wake?.()
-          wake = undefined
+        if (exhausted && taken === submitted) return
+        const next = ordered ? (results.has(taken) ? taken : undefined) : arrivals.shift()
+        if (next === undefined) {
+          if (failure) throw failure.e
+          await new Promise<void>((r) => (wake = r))
+          continue
         }
-        this.remote(...r.value).then((v) => settle(true, v), (e) => settle(false, e))
+        const s = results.get(next)!
+        results.delete(next)
+        taken++
+        if (s.ok) yield s.v
+        else if (opts.returnExceptions) yield s.v
+        else throw s.v
       }
-      if (exhausted && taken === submitted) return
-      const next = ordered ? (results.has(taken) ? taken : undefined) : arrivals.shift()
-      if (next === undefined) {
-        await new Promise<void>((r) => (wake = r))
-        continue
-      }
-      const s = results.get(next)!
-      results.delete(next)
-      taken++
-      if (s.ok) yield s.v
-      else if (opts.returnExceptions) yield s.v
-      else throw s.v
+    } finally {
+      if (!exhausted) stream.close()
     }
   }
 }

@@ -4,11 +4,12 @@
 use std::sync::{Arc, Mutex};
 
 use berth_proto::v1::{self as pb, functions_client::FunctionsClient, result::Outcome};
-use napi::bindgen_prelude::{Buffer, Float64Array};
+use napi::bindgen_prelude::{Buffer, Float64Array, Float64ArraySlice};
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::{Error, Result};
 use napi_derive::napi;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Doorbell;
@@ -20,12 +21,14 @@ const K_STATUS: f64 = 2.0; // gRPC status: code\0message
 const K_TEXT: f64 = 3.0; // a function call id (Spawn)
 const K_PENDING: f64 = 4.0; // GetResult: not ready yet
 const K_NONE: f64 = 5.0; // Cancel: done
+const K_MAP_END: f64 = 6.0; // a Map stream delivered its last result
 
 enum Req {
     Invoke { id: f64, function: pb::FunctionRef, args: Vec<u8> },
     Spawn { id: f64, function: pb::FunctionRef, args: Vec<u8> },
     Get { id: f64, call: String, timeout: f64 },
     Cancel { id: f64, call: String },
+    Map { id: f64, function: pb::FunctionRef, inputs: mpsc::UnboundedReceiver<pb::MapRequest> },
 }
 
 #[derive(Default)]
@@ -42,11 +45,15 @@ struct Shared {
 
 impl Shared {
     fn push(&self, id: f64, kind: f64, data: &[u8]) {
+        self.push_at(id, kind, data, 0.0);
+    }
+
+    fn push_at(&self, id: f64, kind: f64, data: &[u8], index: f64) {
         let ring = {
             let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
             let at = inbox.bytes.len() as f64;
             inbox.bytes.extend_from_slice(data);
-            inbox.events.extend_from_slice(&[id, kind, at, data.len() as f64]);
+            inbox.events.extend_from_slice(&[id, kind, at, data.len() as f64, index]);
             !std::mem::replace(&mut inbox.rung, true)
         };
         if ring {
@@ -55,10 +62,14 @@ impl Shared {
     }
 
     fn result(&self, id: f64, r: Option<pb::Result>) {
+        self.result_at(id, r, 0.0);
+    }
+
+    fn result_at(&self, id: f64, r: Option<pb::Result>, index: f64) {
         match r.and_then(|r| r.outcome) {
-            Some(Outcome::Value(v)) => self.push(id, K_VALUE, &v),
-            Some(Outcome::Error(e)) => self.push(id, K_ERROR, format!("{}\0{}\0{}", e.name, e.message, e.stack).as_bytes()),
-            None => self.push(id, K_ERROR, b"Error\0the server sent no result\0"),
+            Some(Outcome::Value(v)) => self.push_at(id, K_VALUE, &v, index),
+            Some(Outcome::Error(e)) => self.push_at(id, K_ERROR, format!("{}\0{}\0{}", e.name, e.message, e.stack).as_bytes(), index),
+            None => self.push_at(id, K_ERROR, b"Error\0the server sent no result\0", index),
         }
     }
 
@@ -87,6 +98,7 @@ pub struct ClientEvents {
 pub struct BindingClient {
     tx: mpsc::UnboundedSender<Req>,
     shared: Arc<Shared>,
+    maps: Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<pb::MapRequest>>>,
 }
 
 fn function_ref(app: String, name: String, method: String, params: Buffer) -> pb::FunctionRef {
@@ -147,6 +159,29 @@ impl BindingClient {
                                         Err(s) => out.status(id, &s),
                                     }
                                 }
+                                Req::Map { id, function, inputs } => {
+                                    let first = pb::MapRequest { item: Some(pb::map_request::Item::Function(function)) };
+                                    let requests = tokio_stream::once(first).chain(tokio_stream::wrappers::UnboundedReceiverStream::new(inputs));
+                                    match client.map(authed(requests, auth.as_ref())).await {
+                                        Ok(r) => {
+                                            let mut stream = r.into_inner();
+                                            loop {
+                                                match stream.message().await {
+                                                    Ok(Some(m)) => out.result_at(id, m.result, m.index as f64),
+                                                    Ok(None) => {
+                                                        out.push(id, K_MAP_END, &[]);
+                                                        break;
+                                                    }
+                                                    Err(s) => {
+                                                        out.status(id, &s);
+                                                        break;
+                                                    }
+                                                }
+                                            }
+                                        }
+                                        Err(s) => out.status(id, &s),
+                                    }
+                                }
                                 Req::Cancel { id, call } => match client.cancel(authed(pb::CancelRequest { function_call_id: call }, auth.as_ref())).await {
                                     Ok(_) => out.push(id, K_NONE, &[]),
                                     Err(s) => out.status(id, &s),
@@ -157,7 +192,7 @@ impl BindingClient {
                 });
             })
             .map_err(|e| Error::from_reason(format!("berth: cannot start the client thread: {e}")))?;
-        Ok(Self { tx, shared })
+        Ok(Self { tx, shared, maps: Mutex::new(std::collections::HashMap::new()) })
     }
 
     fn send(&self, req: Req) -> Result<()> {
@@ -184,7 +219,34 @@ impl BindingClient {
         self.send(Req::Cancel { id, call })
     }
 
-    /// `[id, kind, offset, len] * n` over `bytes`; `null` when nothing arrived.
+    /// Opens a Map stream as request `id`: its results arrive as events of that id with their
+    /// input's index, then one end event.
+    #[napi]
+    pub fn map_open(&self, id: f64, app: String, name: String, method: String, params: Buffer) -> Result<()> {
+        let (tx, inputs) = mpsc::unbounded_channel();
+        self.maps.lock().unwrap_or_else(|e| e.into_inner()).insert(id as u64, tx);
+        self.send(Req::Map { id, function: function_ref(app, name, method, params), inputs })
+    }
+
+    /// Inputs for Map stream `id`: `meta` is `[index, offset, len] * n` over `bytes` (CBOR args).
+    #[napi]
+    pub fn map_push(&self, id: f64, meta: Float64ArraySlice, bytes: Buffer) {
+        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = maps.get(&(id as u64)) else { return };
+        for c in meta.chunks_exact(3) {
+            let (at, len) = (c[1] as usize, c[2] as usize);
+            let args = bytes.get(at..at + len).unwrap_or_default().to_vec();
+            let _ = tx.send(pb::MapRequest { item: Some(pb::map_request::Item::Input(pb::MapInput { index: c[0] as u64, args })) });
+        }
+    }
+
+    /// No more inputs for Map stream `id`.
+    #[napi]
+    pub fn map_close(&self, id: f64) {
+        self.maps.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id as u64));
+    }
+
+    /// `[id, kind, offset, len, index] * n` over `bytes`; `null` when nothing arrived.
     #[napi]
     pub fn drain(&self) -> Option<ClientEvents> {
         let (events, bytes) = {
