@@ -49,6 +49,11 @@ impl Shared {
 fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
     match msg {
         control_message::Msg::RunHook(h) => inbox.events.extend_from_slice(&[EV_HOOK, f64::from(h.phase)]),
+        control_message::Msg::ExecuteBatch(b) => {
+            for e in b.executions {
+                pack(inbox, control_message::Msg::Execute(e));
+            }
+        }
         control_message::Msg::Execute(e) => {
             inbox.events.extend_from_slice(&[EV_EXECUTE, e.exec_id as f64, f64::from(e.method), e.inputs.len() as f64]);
             for i in e.inputs {
@@ -152,6 +157,7 @@ impl BindingContainer {
     pub fn outputs(&self, meta: Float64ArraySlice, bytes: Buffer) {
         let mut i = 0;
         let m = &*meta;
+        let mut outputs = Vec::new();
         while i + 3 <= m.len() {
             let (exec_id, retryable, n) = (m[i] as u64, m[i + 1] != 0.0, m[i + 2] as usize);
             i += 3;
@@ -176,8 +182,14 @@ impl BindingContainer {
                 };
                 results.push(pb::Result { outcome: Some(outcome) });
             }
-            let output = pb::Output { exec_id, results, retryable_failure: retryable };
-            let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::Output(output)) });
+            outputs.push(pb::Output { exec_id, results, retryable_failure: retryable });
         }
+        // Everything that finished together leaves as one message.
+        let msg = if outputs.len() == 1 {
+            container_message::Msg::Output(outputs.pop().unwrap_or_default())
+        } else {
+            container_message::Msg::OutputBatch(pb::OutputBatch { outputs })
+        };
+        let _ = self.out.send(pb::ContainerMessage { msg: Some(msg) });
     }
 }

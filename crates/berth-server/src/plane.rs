@@ -53,32 +53,78 @@ pub(crate) struct Link {
     /// Messages for a container that has not attached yet, or has no credit left.
     pub queued: Vec<ControlMessage>,
     pub credits: u32,
+    /// Executions of this scheduler turn, sent as one batch when the turn ends.
+    pub batch: Vec<pb::Execute>,
 }
 
 impl Link {
     fn send(&mut self, msg: ControlMessage) {
-        let is_exec = matches!(msg.msg, Some(control_message::Msg::Execute(_)));
-        if is_exec && self.credits == 0 {
-            self.queued.push(msg);
+        if let Some(control_message::Msg::Execute(e)) = msg.msg {
+            self.execute(e);
             return;
         }
+        // Executions of this turn go first: the other messages may be about them.
+        self.send_batch();
         match &self.tx {
-            Some(tx) => {
-                if is_exec {
-                    self.credits -= 1;
-                }
+            Some(tx) if self.queued.is_empty() => {
                 let _ = tx.send(Ok(msg));
             }
-            None => self.queued.push(msg),
+            _ => self.queued.push(msg),
+        }
+    }
+
+    /// An execution joins this turn's batch if a credit allows, else waits for one.
+    fn execute(&mut self, e: pb::Execute) {
+        if self.tx.is_some() && self.credits > 0 && self.queued.is_empty() {
+            self.credits -= 1;
+            self.batch.push(e);
+        } else {
+            self.queued.push(ControlMessage { msg: Some(control_message::Msg::Execute(e)) });
+        }
+    }
+
+    /// Ends the turn: this turn's executions leave as one message.
+    pub fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let executions = std::mem::take(&mut self.batch);
+        if let Some(tx) = &self.tx {
+            let msg = if executions.len() == 1 {
+                control_message::Msg::Execute(executions.into_iter().next().unwrap_or_default())
+            } else {
+                control_message::Msg::ExecuteBatch(pb::ExecuteBatch { executions })
+            };
+            let _ = tx.send(Ok(ControlMessage { msg: Some(msg) }));
         }
     }
 
     /// Sends what waited for the attach or for credit, in order, as far as credit allows.
     pub fn flush(&mut self) {
         let queued = std::mem::take(&mut self.queued);
+        let mut rest = Vec::new();
         for msg in queued {
-            self.send(msg);
+            if !rest.is_empty() {
+                rest.push(msg);
+                continue;
+            }
+            match msg.msg {
+                Some(control_message::Msg::Execute(e)) if self.tx.is_some() && self.credits > 0 => {
+                    self.credits -= 1;
+                    self.batch.push(e);
+                }
+                Some(control_message::Msg::Execute(_)) => rest.push(msg),
+                _ if self.tx.is_some() => {
+                    self.send_batch();
+                    if let Some(tx) = &self.tx {
+                        let _ = tx.send(Ok(msg));
+                    }
+                }
+                _ => rest.push(msg),
+            }
         }
+        self.queued = rest;
+        self.send_batch();
     }
 }
 
@@ -89,10 +135,19 @@ pub(crate) struct CallSlot {
     pub ready: Arc<Notify>,
 }
 
+/// Where an input's result goes.
+pub(crate) enum Waiter {
+    /// Spawn: only the call slot.
+    None,
+    Call(oneshot::Sender<pb::Result>),
+    /// One input of a Map stream; the stream ends when every input's sender is gone.
+    Map(mpsc::UnboundedSender<Result<pb::MapResponse, tonic::Status>>, u64),
+}
+
 pub(crate) struct Input {
     pub args: Vec<u8>,
     pub fc: String,
-    pub waiter: Option<oneshot::Sender<pb::Result>>,
+    pub waiter: Waiter,
 }
 
 #[derive(Default)]
@@ -144,7 +199,7 @@ impl Invoker for Host {
         let mut st = shared.lock();
         if phase == Phase::Spawn {
             let token = format!("{:016x}{:08x}", rand_token(), container);
-            st.links.insert(container, Link { token: token.clone(), tx: None, queued: Vec::new(), credits: 0 });
+            st.links.insert(container, Link { token: token.clone(), tx: None, queued: Vec::new(), credits: 0, batch: Vec::new() });
             let Some(entry) = st.pools.get(&pool) else { return };
             let (def, params) = (entry.def, entry.params.clone());
             drop(st);
@@ -169,11 +224,15 @@ impl Invoker for Host {
             st.running.insert(input, exec.container);
         }
         st.execs.insert(exec.id, (exec.container, exec.inputs.to_vec()));
-        let msg = ControlMessage {
-            msg: Some(control_message::Msg::Execute(pb::Execute { exec_id: exec.id, method: exec.method, inputs })),
-        };
         if let Some(link) = st.links.get_mut(&exec.container) {
-            link.send(msg);
+            link.execute(pb::Execute { exec_id: exec.id, method: exec.method, inputs });
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut st = self.0.lock();
+        for link in st.links.values_mut() {
+            link.send_batch();
         }
     }
 
@@ -248,8 +307,14 @@ impl ResultSink for Host {
                 slot.ready.notify_waiters();
             }
         }
-        if let Some(w) = rec.waiter {
-            let _ = w.send(result);
+        match rec.waiter {
+            Waiter::None => {}
+            Waiter::Call(w) => {
+                let _ = w.send(result);
+            }
+            Waiter::Map(out, index) => {
+                let _ = out.send(Ok(pb::MapResponse { index, result: Some(result) }));
+            }
         }
     }
 }

@@ -1,5 +1,4 @@
 //! The gRPC services and the server around them.
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,11 +14,11 @@ use berth_proto::v1::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream as _, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::plane::{error, CallSlot, Host, Input, PoolEntry, Registry, Shared, Spawner, State};
+use crate::plane::{error, CallSlot, Host, Input, PoolEntry, Registry, Shared, Spawner, State, Waiter};
 
 /// Where and how the control plane listens.
 #[derive(Debug, Clone)]
@@ -93,7 +92,12 @@ impl ControlPlane {
             .add_service(health_svc)
             .add_service(reflection);
         let server = tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
+            // Small messages both ways (calls, executions, outputs): no Nagle delay.
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|c| {
+                    let _ = c.set_nodelay(true);
+                })
+            });
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, async { let _ = stopped.await; }).await {
                 eprintln!("berth: control plane stopped: {e}");
             }
@@ -214,14 +218,24 @@ impl FunctionsSvc {
         Ok((id, method))
     }
 
-    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Option<oneshot::Sender<pb::Result>>) -> u64 {
+    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) -> u64 {
+        self.submit_many(pool, method, fc, vec![(args, waiter)])
+    }
+
+    /// Many inputs, one lock and one command; returns the last input's id.
+    fn submit_many(&self, pool: PoolId, method: u32, fc: String, inputs: Vec<(Vec<u8>, Waiter)>) -> u64 {
+        let mut subs = Vec::with_capacity(inputs.len());
         let mut st = self.shared.lock();
-        st.next_input += 1;
-        let input = st.next_input;
-        st.inputs.insert(input, Input { args, fc, waiter });
+        for (args, waiter) in inputs {
+            st.next_input += 1;
+            let input = st.next_input;
+            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter });
+            subs.push(Submission { input, pool, method });
+        }
         drop(st);
-        let _ = self.shared.commands.send(Command::Submit(vec![Submission { input, pool, method }]));
-        input
+        let last = subs.last().map_or(0, |s| s.input);
+        let _ = self.shared.commands.send(Command::Submit(subs));
+        last
     }
 
     fn new_call_id(&self) -> String {
@@ -241,7 +255,7 @@ impl Functions for FunctionsSvc {
         check_cbor(&req.args, "args", false)?;
         let fc = self.new_call_id();
         let (tx, rx) = oneshot::channel();
-        self.submit(pool, method, req.args, fc.clone(), Some(tx));
+        self.submit(pool, method, req.args, fc.clone(), Waiter::Call(tx));
         let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
         Ok(Response::new(pb::InvokeResponse { result: Some(result), function_call_id: fc }))
     }
@@ -259,33 +273,38 @@ impl Functions for FunctionsSvc {
         let (out, rx) = mpsc::unbounded_channel();
         let svc = FunctionsSvc { shared: self.shared.clone() };
         tokio::spawn(async move {
-            let mut pending = tokio::task::JoinSet::new();
-            while let Some(msg) = inbound.next().await {
-                let input = match msg.map(|m| m.item) {
-                    Ok(Some(map_request::Item::Input(i))) => i,
-                    Ok(_) => {
-                        let _ = out.send(Err(bad("after the first message, Map messages carry inputs only")));
-                        return;
+            // Each input holds a sender; once the requests end and every input is answered,
+            // the last sender goes and the response stream ends.
+            while let Some(first) = inbound.next().await {
+                // Everything that has already arrived goes to the scheduler as one submission.
+                let mut msgs = vec![first];
+                while msgs.len() < 4096 {
+                    match std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut inbound).poll_next(cx))).await {
+                        std::task::Poll::Ready(Some(m)) => msgs.push(m),
+                        _ => break,
                     }
-                    Err(status) => {
+                }
+                let mut batch = Vec::with_capacity(msgs.len());
+                for msg in msgs {
+                    let input = match msg.map(|m| m.item) {
+                        Ok(Some(map_request::Item::Input(i))) => i,
+                        Ok(_) => {
+                            let _ = out.send(Err(bad("after the first message, Map messages carry inputs only")));
+                            return;
+                        }
+                        Err(status) => {
+                            let _ = out.send(Err(status));
+                            return;
+                        }
+                    };
+                    if let Err(status) = check_cbor(&input.args, &format!("args of input {}", input.index), false) {
                         let _ = out.send(Err(status));
                         return;
                     }
-                };
-                if let Err(status) = check_cbor(&input.args, &format!("args of input {}", input.index), false) {
-                    let _ = out.send(Err(status));
-                    return;
+                    batch.push((input.args, Waiter::Map(out.clone(), input.index)));
                 }
-                let (tx, rx) = oneshot::channel();
-                svc.submit(pool, method, input.args, fc.clone(), Some(tx));
-                let out = out.clone();
-                let index = input.index;
-                pending.spawn(async move {
-                    let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
-                    let _ = out.send(Ok(pb::MapResponse { index, result: Some(result) }));
-                });
+                svc.submit_many(pool, method, fc.clone(), batch);
             }
-            while pending.join_next().await.is_some() {}
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }
@@ -298,7 +317,7 @@ impl Functions for FunctionsSvc {
         // The slot exists before the input, so a fast result always finds it.
         let ready = Arc::new(Notify::new());
         self.shared.lock().calls.insert(fc.clone(), CallSlot { input: 0, result: None, ready });
-        let input = self.submit(pool, method, req.args, fc.clone(), None);
+        let input = self.submit(pool, method, req.args, fc.clone(), Waiter::None);
         let mut st = self.shared.lock();
         if let Some(slot) = st.calls.get_mut(&fc) {
             slot.input = input;
@@ -392,6 +411,31 @@ impl Containers for ContainersSvc {
     }
 }
 
+/// Finished executions: their results wait for the scheduler's decision, their credits return.
+fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
+    let mut done = Vec::with_capacity(outputs.len());
+    let mut st = shared.lock();
+    for o in outputs {
+        let Some((_, inputs)) = st.execs.remove(&o.exec_id) else { continue };
+        let mut results = o.results.into_iter();
+        for (input, attempt) in inputs {
+            let r = results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
+            st.outputs.insert((input, attempt), r);
+        }
+        let status = if o.retryable_failure { berth_core::ExecStatus::Failed } else { berth_core::ExecStatus::Ok };
+        done.push((o.exec_id, status));
+    }
+    // Each output acknowledges its execution: the slot's credit comes back.
+    if let Some(link) = st.links.get_mut(&cid) {
+        link.credits += done.len() as u32;
+        link.flush();
+    }
+    drop(st);
+    if !done.is_empty() {
+        let _ = shared.commands.send(Command::Complete(done));
+    }
+}
+
 fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
     match msg {
         Some(container_message::Msg::Credit(c)) => {
@@ -410,25 +454,8 @@ fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_mes
             }
             let _ = shared.commands.send(Command::HookDone { container: cid, phase, ok: h.ok });
         }
-        Some(container_message::Msg::Output(o)) => {
-            let mut st = shared.lock();
-            let Some((_, inputs)) = st.execs.remove(&o.exec_id) else { return };
-            let mut results = o.results.into_iter();
-            let mut outputs: HashMap<(u64, u32), pb::Result> = HashMap::new();
-            for (input, attempt) in inputs {
-                let r = results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
-                outputs.insert((input, attempt), r);
-            }
-            st.outputs.extend(outputs);
-            // The output acknowledges the execution: its slot's credit comes back.
-            if let Some(link) = st.links.get_mut(&cid) {
-                link.credits += 1;
-                link.flush();
-            }
-            drop(st);
-            let status = if o.retryable_failure { berth_core::ExecStatus::Failed } else { berth_core::ExecStatus::Ok };
-            let _ = shared.commands.send(Command::Complete(vec![(o.exec_id, status)]));
-        }
+        Some(container_message::Msg::Output(o)) => outputs(shared, cid, vec![o]),
+        Some(container_message::Msg::OutputBatch(b)) => outputs(shared, cid, b.outputs),
         Some(container_message::Msg::Hello(_)) | Some(container_message::Msg::Heartbeat(_)) | None => {}
     }
 }

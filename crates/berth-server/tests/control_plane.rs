@@ -61,6 +61,25 @@ struct Seen {
     started: Vec<u32>,
 }
 
+/// Squares each input's first argument; `throw_on` fails with a retryable TypeError.
+async fn run_exec(b: &Behaviour, seen: &Mutex<Seen>, e: pb::Execute) -> pb::Output {
+    tokio::time::sleep(b.delay).await;
+    let mut results = Vec::new();
+    let mut retryable_failure = false;
+    for i in &e.inputs {
+        seen.lock().unwrap().executed.push(i.input_id);
+        let v: ciborium::Value = ciborium::from_reader(i.args.as_slice()).expect("args");
+        let x = i64::try_from(v.as_array().expect("array")[0].as_integer().expect("int")).expect("fits");
+        if Some(x) == b.throw_on {
+            retryable_failure = true;
+            results.push(pb::Result { outcome: Some(Outcome::Error(pb::Error { name: "TypeError".into(), message: format!("bad {x}"), stack: "at square".into() })) });
+        } else {
+            results.push(pb::Result { outcome: Some(Outcome::Value(cbor(&ciborium::Value::Integer((x * x).into())))) });
+        }
+    }
+    pb::Output { exec_id: e.exec_id, results, retryable_failure }
+}
+
 struct FakeSpawner {
     behaviour: Behaviour,
     seen: Arc<Mutex<Seen>>,
@@ -88,25 +107,19 @@ impl Spawner for FakeSpawner {
                         let error = fail.then(|| pb::Error { name: "ModelError".into(), message: "weights missing".into(), stack: "at load".into() });
                         send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: !fail, error }));
                     }
+                    Some(control_message::Msg::ExecuteBatch(batch)) if b.die_on_first_exec.contains(&container) && !batch.executions.is_empty() => return,
+                    Some(control_message::Msg::ExecuteBatch(batch)) => {
+                        for e in batch.executions {
+                            let out = run_exec(&b, &seen, e).await;
+                            send(container_message::Msg::Output(out));
+                        }
+                    }
                     Some(control_message::Msg::Execute(e)) => {
                         if b.die_on_first_exec.contains(&container) {
                             return;
                         }
-                        tokio::time::sleep(b.delay).await;
-                        let mut results = Vec::new();
-                        let mut retryable_failure = false;
-                        for i in &e.inputs {
-                            seen.lock().unwrap().executed.push(i.input_id);
-                            let v: ciborium::Value = ciborium::from_reader(i.args.as_slice()).expect("args");
-                            let x = i64::try_from(v.as_array().expect("array")[0].as_integer().expect("int")).expect("fits");
-                            if Some(x) == b.throw_on {
-                                retryable_failure = true;
-                                results.push(pb::Result { outcome: Some(Outcome::Error(pb::Error { name: "TypeError".into(), message: format!("bad {x}"), stack: "at square".into() })) });
-                            } else {
-                                results.push(pb::Result { outcome: Some(Outcome::Value(cbor(&ciborium::Value::Integer((x * x).into())))) });
-                            }
-                        }
-                        send(container_message::Msg::Output(pb::Output { exec_id: e.exec_id, results, retryable_failure }));
+                        let out = run_exec(&b, &seen, e).await;
+                        send(container_message::Msg::Output(out));
                     }
                     Some(control_message::Msg::Stop(_)) => return,
                     _ => {}
