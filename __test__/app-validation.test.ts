@@ -59,7 +59,7 @@ test('app.function needs a function, a name, and a name not used yet', (t) => {
 })
 
 test('app.run rejects containers modes it does not have, and a second run while running', async (t) => {
-  await t.throwsAsync(app.run({ containers: 'process' }), { instanceOf: InvalidError, message: /not available in this version.*app\.run\(\)/ })
+  await t.throwsAsync(app.run({ containers: 'k8s' as any }), { instanceOf: InvalidError, message: /'embedded' \(default\) or 'process'/ })
   const other = new App('app-validation-twice')
   await other.run(async () => {
     await t.throwsAsync(other.run(), { instanceOf: InvalidError, message: /already running/ })

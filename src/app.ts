@@ -4,8 +4,13 @@ import { getClassMeta, validateParams, type ClassMeta } from './decorators.ts'
 import { FunctionTimeoutError, InvalidError } from './errors.ts'
 import { normalizeOptions, validateBatched, validateConcurrent, type BatchedOptions, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
 import { existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
-import { clsFromName, lookupApp } from './client.ts'
+import { RemoteInvocable, clsFromName, lookupApp } from './client.ts'
+import { encodeValue } from './cbor.ts'
+import { registryOf } from './process.ts'
 
 import { Ctx, EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
@@ -37,10 +42,25 @@ interface Target {
   pool?: Pool
   poolRuntime?: EmbeddedRuntime
   remoteWhat: string
+  /** The same target through the control plane (process containers). */
+  twin?: RemoteInvocable
 }
 
 function makeTarget(t: Omit<Target, 'remoteWhat'>): Target {
   return { ...t, remoteWhat: `${t.label}.remote` }
+}
+
+/** The file of the first stack frame outside berth: the module calling `new App()`. */
+function callerFile(): string | undefined {
+  const lines = (new Error().stack ?? '').split('\n').slice(1)
+  const here = __filename
+  for (const line of lines) {
+    const m = /\((.*?):\d+:\d+\)$/.exec(line) ?? /at (.*?):\d+:\d+$/.exec(line)
+    const file = m?.[1]
+    if (!file || file.startsWith('node:') || file === here || file.includes('/berth/dist/') || file.endsWith('/src/app.ts')) continue
+    return file.startsWith('file://') ? fileURLToPath(file) : file
+  }
+  return undefined
 }
 
 const registry = new Set<App>()
@@ -69,8 +89,14 @@ export class App {
     this.name = name
     this.description = opts.description
     this.tags = { ...(opts.tags ?? {}) }
+    this.sourceFile = callerFile()
     registry.add(this)
   }
+
+  /** @internal The module that created this app: what process containers load. */
+  sourceFile: string | undefined
+  /** @internal Set while the app runs with process containers. */
+  processServer: { shutdown(): Promise<void>; address: string } | undefined
 
   /**
    * Where a served app lives, for `Function.fromName` / `Cls.fromName` in this process
@@ -157,9 +183,11 @@ export class App {
   run<T>(fn: (run: AppRun) => Promise<T> | T, opts?: RunOptions): Promise<T>
   async run(a?: any, b?: any): Promise<any> {
     const [fn, opts] = typeof a === 'function' ? [a, b as RunOptions | undefined] : [undefined, a as RunOptions | undefined]
-    if (opts?.containers !== undefined && opts.containers !== 'embedded') {
-      throw new InvalidError(`app.run({ containers: '${opts.containers}' }) is not available in this version; use the embedded default, app.run()`)
+    const mode = opts?.containers ?? 'embedded'
+    if (mode !== 'embedded' && mode !== 'process') {
+      throw new InvalidError(`app.run({ containers: '${String(mode)}' }): containers are 'embedded' (default) or 'process'`)
     }
+    if (mode === 'process') return this.runProcess(fn)
     const apps = this.withIncluded()
     for (const app of apps) {
       if (app.runtime?.running) throw new InvalidError(`App '${app.name}' is already running; stop it first (run.stop())`)
@@ -254,6 +282,54 @@ export class App {
     throw new InvalidError('app.deploy() is not available in this version; serve the app in-process with app.run()')
   }
 
+  /**
+   * Containers as child processes behind a local control plane; the handles call through it.
+   * Inside a container process (which loads this same module) it does nothing.
+   */
+  private async runProcess(fn: ((run: AppRun) => unknown) | undefined): Promise<any> {
+    if (process.env.BERTH_CONTAINER_ID !== undefined) {
+      const idle: AppRun = { app: this, stop: async () => {}, [Symbol.asyncDispose]: async () => {} }
+      return fn ? undefined : idle
+    }
+    const apps = this.withIncluded()
+    for (const app of apps) {
+      if (app.runtime?.running || app.processServer) throw new InvalidError(`App '${app.name}' is already running; stop it first (run.stop())`)
+    }
+    const file = this.sourceFile
+    if (!file || !existsSync(file)) {
+      throw new InvalidError(`app.run({ containers: 'process' }): cannot tell which file defines app '${this.name}' (containers load it); run it with \`npx berth run <file.ts> --containers process\``)
+    }
+    const { BindingServer } = createRequire(__filename)('../binding.cjs')
+    const server = BindingServer.start(registryOf(apps), {
+      host: '127.0.0.1',
+      grpcPort: 0,
+      containerCommand: [process.execPath, join(__dirname, '../bin/berth.mjs'), '__container'],
+      appFile: file,
+    })
+    const appId = `ap-${process.pid}-${++nextAppId}`
+    for (const app of apps) {
+      app.processServer = server
+      app._appId = appId
+      lookupApp(app.name, { server: `http://${server.address}` })
+    }
+    let stopped: Promise<void> | undefined
+    const stop = () =>
+      (stopped ??= (async () => {
+        await server.shutdown()
+        for (const app of apps) {
+          app.processServer = undefined
+          app._appId = undefined
+        }
+      })())
+    const handle: AppRun = { app: this, stop, [Symbol.asyncDispose]: stop }
+    if (!fn) return handle
+    try {
+      return await fn(handle)
+    } finally {
+      await stop()
+    }
+  }
+
   /** @internal */
   runtimeIfRunning(): EmbeddedRuntime | undefined {
     const rt = this.runtime
@@ -338,7 +414,18 @@ type Settled = { ok: true; value: unknown } | { ok: false; error: unknown }
 class Invocable {
   constructor(protected readonly target: Target) {}
 
+  /** With process containers, the same calls go through the local control plane. */
+  private twin(): RemoteInvocable | undefined {
+    const t = this.target
+    if (!t.app.processServer) return undefined
+    const method = t.def.cls ? t.def.methods[t.method].name : ''
+    const params = t.def.params ? Buffer.from(encodeValue(t.def.params)) : Buffer.alloc(0)
+    return (t.twin ??= new RemoteInvocable(t.app.name, t.def.name, method, params, t.label))
+  }
+
   remote(...args: unknown[]): Promise<unknown> {
+    const twin = this.twin()
+    if (twin) return twin.remote(...args)
     const t = this.target
     const rt = t.app.runtimeIfRunning()
     try {
@@ -364,6 +451,8 @@ class Invocable {
   }
 
   async spawn(...args: unknown[]): Promise<FunctionCall<unknown>> {
+    const twin = this.twin()
+    if (twin) return twin.spawn(...args)
     const { rt, pool, target } = this.prepare('spawn')
     const checked = checkAndCopyArgsInPlace(args, `${target.label}.spawn`)
     const fc = newFunctionCallId()
@@ -375,15 +464,21 @@ class Invocable {
   }
 
   map(...inputs: unknown[]): AsyncIterable<unknown> {
+    const twin = this.twin()
+    if (twin) return twin.map(...inputs)
     const { iterables, opts } = splitOptions(inputs, 'map')
     return this.run('map', zip(iterables), opts)
   }
 
   starmap(argTuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions = {}): AsyncIterable<unknown> {
+    const twin = this.twin()
+    if (twin) return twin.starmap(argTuples, opts)
     return this.run('starmap', toAsync(argTuples), opts)
   }
 
   async forEach(...inputs: unknown[]): Promise<void> {
+    const twin = this.twin()
+    if (twin) return twin.forEach(...inputs)
     const { iterables, opts } = splitOptions(inputs, 'forEach')
     for await (const _ of this.run('forEach', zip(iterables), { ...opts, orderOutputs: false })) {
       // results are dropped; a failure throws out of the loop

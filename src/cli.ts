@@ -40,15 +40,18 @@ Runs each class's @build hooks once and records a marker keyed by the class name
 its source in BERTH_CACHE_DIR (default node_modules/.cache/berth). Edit the class to rebuild.
 `
 
-const RUN_HELP = `Usage: berth run <file.ts>[::name] [-- args...]
+const RUN_HELP = `Usage: berth run <file.ts>[::name] [--containers embedded|process] [-- args...]
 
   <file.ts>    a module that creates an App (new App(...)) and registers
                app.localEntrypoint(...), app.function(...) or @app.cls() classes
   ::name       the entrypoint or function to run (default: the only local entrypoint)
   -- args      passed to the entrypoint as argv, or as the function's arguments
 
-Containers run inside this process. Ctrl-C stops the app gracefully (in-flight inputs finish,
-@exit hooks run); a second Ctrl-C stops at once.
+  --containers embedded (default) runs containers inside this process; process runs each as
+               a child Node process behind a local control plane, as \`berth serve\` does
+
+Ctrl-C stops the app gracefully (in-flight inputs finish, @exit hooks run); a second Ctrl-C
+stops at once.
 `
 
 export async function main(argv: string[]): Promise<number> {
@@ -218,11 +221,23 @@ async function run(args: string[]): Promise<number> {
     process.stdout.write(RUN_HELP)
     return 0
   }
-  if (own.length !== 1) {
-    process.stderr.write(`berth run: expected one file, got ${own.length === 0 ? 'none' : own.join(' ')}.\n\n${RUN_HELP}`)
+  let parsed
+  try {
+    parsed = flags(own, ['containers'])
+  } catch (e) {
+    process.stderr.write(`berth run: ${(e as Error).message}\n\n${RUN_HELP}`)
     return 2
   }
-  const [spec] = own
+  const containers = parsed.values.get('containers') ?? 'embedded'
+  if (containers !== 'embedded' && containers !== 'process') {
+    process.stderr.write(`berth run: --containers is 'embedded' (in this process, the default) or 'process' (child processes)\n`)
+    return 2
+  }
+  if (parsed.positional.length !== 1) {
+    process.stderr.write(`berth run: expected one file, got ${parsed.positional.length === 0 ? 'none' : parsed.positional.join(' ')}.\n\n${RUN_HELP}`)
+    return 2
+  }
+  const [spec] = parsed.positional
   const sep = spec.lastIndexOf('::')
   const file = sep === -1 ? spec : spec.slice(0, sep)
   const name = sep === -1 ? undefined : spec.slice(sep + 2)
@@ -266,7 +281,8 @@ async function run(args: string[]): Promise<number> {
   }
 
   const { app, call } = target
-  const running = await app.run()
+  if (containers === 'process') app.sourceFile = resolve(file)
+  const running = await app.run({ containers })
   let interrupts = 0
   const onSignal = () => {
     interrupts++

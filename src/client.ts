@@ -223,7 +223,7 @@ export function lookupApp(name: string, opts: { server: string; token?: string }
 }
 
 /** The six calls, over the network. Connects at the first call. */
-class RemoteInvocable {
+export class RemoteInvocable {
   constructor(
     private readonly app: string,
     private readonly fn: string,

@@ -135,7 +135,10 @@ export function containerMain(apps: App[]): Promise<number> {
         queueMicrotask(flush)
       }
     }
+    let finished = false
     const finish = (code: number) => {
+      if (finished) return
+      finished = true
       flush()
       clearInterval(keepAlive)
       // Let the last output reach the stream before the process goes.
@@ -237,7 +240,8 @@ export function containerMain(apps: App[]): Promise<number> {
           finish(0)
           return
         } else if (tag === EV_CLOSED) {
-          console.error(`berth container: the control plane went away; exiting`)
+          // After a stop the stream closes as expected; before one, the control plane is gone.
+          if (!finished) console.error(`berth container: the control plane went away; exiting`)
           finish(1)
           return
         } else {

@@ -1,6 +1,7 @@
 //! `berth serve`: the control plane in this process, containers as child Node processes.
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,6 +41,13 @@ struct ProcessSpawner {
     children: Mutex<HashMap<u32, Child>>,
 }
 
+/// Node marks fds 0-2 close-on-exec at startup (uv_disable_stdio_inheritance), so a plain
+/// "inherit" would start containers with no stdout: pass duplicates, which the child gets
+/// as its own fds 1 and 2.
+fn inherited(fd: std::os::fd::BorrowedFd<'_>) -> Stdio {
+    fd.try_clone_to_owned().map_or_else(|_| Stdio::inherit(), Stdio::from)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -58,6 +66,8 @@ impl Spawner for ProcessSpawner {
             .env("BERTH_PARAMS", hex(params))
             .env("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string())
             .stdin(Stdio::null())
+            .stdout(inherited(std::io::stdout().as_fd()))
+            .stderr(inherited(std::io::stderr().as_fd()))
             .spawn();
         match child {
             Ok(c) => {

@@ -1,0 +1,55 @@
+// Process containers from code and from `berth run --containers process`: the user's code runs
+// in child processes, the handles are the same, exit hooks run in the containers.
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const fixture = join(root, '__test__/fixtures/process-app.ts')
+
+function run(args: string[]): Promise<{ code: number | null; out: string; marker: string[] }> {
+  const marker = join(mkdtempSync(join(tmpdir(), 'berth-process-')), 'marker')
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { env: { ...process.env, MARKER: marker }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (out += d))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`did not finish in 60 s:\n${out}`))
+    }, 60_000)
+    child.on('exit', (code) => {
+      clearTimeout(timer)
+      let lines: string[] = []
+      try {
+        lines = readFileSync(marker, 'utf8').trim().split('\n')
+      } catch {}
+      resolve({ code, out, marker: lines })
+    })
+  })
+}
+
+function check(t: any, r: { code: number | null; out: string; marker: string[] }) {
+  t.is(r.code, 0, r.out)
+  const line = r.out.split('\n').find((l) => l.startsWith('{'))
+  t.truthy(line, r.out)
+  const { caller, container, totals } = JSON.parse(line!)
+  t.not(container, caller, 'the function ran in another process')
+  t.deepEqual(totals, [2, 5], 'one container kept its state across calls')
+  t.is(r.marker.length, 2, r.marker.join('\n'))
+  const [enter, exit] = r.marker
+  t.regex(enter, /^enter \d+$/)
+  t.is(exit, enter.replace('enter', 'exit'), 'the exit hook ran in the same container process')
+  t.not(Number(enter.split(' ')[1]), caller)
+}
+
+test('berth run --containers process', async (t) => {
+  check(t, await run([join(root, 'bin/berth.mjs'), 'run', fixture, '--containers', 'process']))
+})
+
+test("app.run(fn, { containers: 'process' }) from a script", async (t) => {
+  check(t, await run(['--import', 'tsx', fixture, '--as-script']))
+})
