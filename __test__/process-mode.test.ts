@@ -53,3 +53,20 @@ test('berth run --containers process', async (t) => {
 test("app.run(fn, { containers: 'process' }) from a script", async (t) => {
   check(t, await run(['--import', 'tsx', fixture, '--as-script']))
 })
+
+test('process containers scale up under load and down after scaledownWindow, running @exit', async (t) => {
+  const r = await run(['--import', 'tsx', join(root, '__test__/fixtures/autoscale-app.ts')])
+  t.is(r.code, 0, r.out)
+  const { pids, busyEnd, stoppingAt } = JSON.parse(r.out.split('\n').find((l) => l.startsWith('{'))!)
+  t.true(pids.length >= 2 && pids.length <= 3, `scaled up to between 2 and maxContainers (3) processes: ${pids.length}`)
+  const rows = r.marker.map((l) => l.split(' ')).map(([what, pid, at]) => ({ what, pid: Number(pid), at: Number(at) }))
+  const exits = rows.filter((e) => e.what === 'exit')
+  t.deepEqual(exits.map((e) => e.pid).sort(), [...pids].sort(), 'every container ran @exit once')
+  const scaledDown = exits.filter((e) => e.at < stoppingAt)
+  t.true(scaledDown.length >= pids.length - 1, `idle containers past the window exited before the app stopped: ${JSON.stringify(rows)}`)
+  for (const e of scaledDown) {
+    const lastDone = Math.max(...rows.filter((d) => d.what === 'done' && d.pid === e.pid).map((d) => d.at))
+    t.true(e.at - lastDone >= 950, `container ${e.pid} exited ${e.at - lastDone} ms after its last input: not before the 1 s window`)
+  }
+  t.true(busyEnd < stoppingAt)
+})
