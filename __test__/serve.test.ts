@@ -1,7 +1,7 @@
 // `berth serve` from the outside: a gRPC client that is not berth's code (@grpc/grpc-js with
 // @grpc/proto-loader reading proto/ only), containers as child processes.
 import test from 'ava'
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -23,10 +23,10 @@ interface Served {
   exited: Promise<number | null>
 }
 
-async function serve(extra: string[] = []): Promise<Served> {
+async function serve(extra: string[] = [], env: Record<string, string> = {}): Promise<Served> {
   const marker = join(mkdtempSync(join(tmpdir(), 'berth-serve-')), 'marker')
   const child = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, '__test__/fixtures/served.ts'), '--grpc-port', '0', ...extra], {
-    env: { ...process.env, MARKER: marker },
+    env: { ...process.env, MARKER: marker, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let out = ''
@@ -59,7 +59,17 @@ function invoke(client: any, fn: string, args: unknown[], extra: Record<string, 
 
 /** The exit status of `berth serve` after a signal, or a failure that shows its output. */
 async function exitOf(s: Served): Promise<number | null> {
-  const late = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`berth serve did not exit within 30 s\n${s.stdout()}`)), 30_000))
+  const late = new Promise<never>((_, reject) =>
+    setTimeout(() => {
+      let children = ''
+      try {
+        children = execFileSync('ps', ['--ppid', String(s.child.pid), '-o', 'pid,stat,etime,args']).toString()
+      } catch {
+        children = '(no children)'
+      }
+      reject(new Error(`berth serve did not exit within 30 s\n${s.stdout()}\nits processes:\n${children}`))
+    }, 30_000),
+  )
   return Promise.race([s.exited, late])
 }
 
@@ -152,7 +162,6 @@ test.serial('kill -9 of a container under load: 1000 inputs through Map, none lo
   // Once results flow, kill one container process of the server with SIGKILL.
   const waitUntil = Date.now() + 20_000
   while (got.size < 100 && Date.now() < waitUntil) await new Promise((r) => setTimeout(r, 10))
-  const { execFileSync } = await import('node:child_process')
   const kids = execFileSync('pgrep', ['-P', String(s.child.pid)]).toString().trim().split('\n').map(Number)
   t.true(kids.length >= 1, 'containers are child processes of berth serve')
   const atKill = got.size
@@ -197,4 +206,80 @@ test.serial('Function.fromName / Cls.fromName reach a served app from another pr
   await t.throwsAsync(Function.fromName('served', 'cube').remote(1), { instanceOf: InvalidError, message: /no function or class 'cube'.*square/ })
   s.child.kill('SIGTERM')
   t.is(await exitOf(s), 0)
+})
+
+test.serial('SIGTERM to one container: it finishes its inputs, runs @exit and exits; the rest move on, none lost', async (t) => {
+  const s = await serve()
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const client = new Functions(s.address, grpc.credentials.createInsecure())
+  const n = 400
+  const stream = client.Map(deadline())
+  const got = new Map<number, [number, number]>()
+  let duplicates = 0
+  const done = new Promise<void>((resolve, reject) => {
+    stream.on('data', (m: any) => {
+      if (got.has(Number(m.index))) duplicates++
+      if (!m.result.value) return reject(new Error(`input ${m.index} failed: ${JSON.stringify(m.result.error)}`))
+      got.set(Number(m.index), cbor.decode(m.result.value) as [number, number])
+    })
+    stream.on('end', resolve)
+    stream.on('error', reject)
+  })
+  stream.write({ function: { app: 'served', function: 'SlowWorker', method: 'work' } })
+  for (let i = 0; i < n; i++) stream.write({ input: { index: i, args: cbor.encode([i]) } })
+  stream.end()
+  const waitUntil = Date.now() + 20_000
+  while (got.size < 40 && Date.now() < waitUntil) await new Promise((r) => setTimeout(r, 5))
+  const victim = [...got.values()][0][1]
+  const atSignal = got.size
+  process.kill(victim, 'SIGTERM')
+  await done
+  t.true(atSignal < n, `the signal landed mid-run (${atSignal}/${n})`)
+  t.is(duplicates, 0)
+  t.is(got.size, n)
+  for (let i = 0; i < n; i++) t.is(got.get(i)![0], i)
+  const servedBy = new Set([...got.values()].map(([, pid]) => pid))
+  t.true(servedBy.size >= 2, 'the remaining inputs moved to another container')
+  t.true(readFileSync(s.marker, 'utf8').includes(`slow-exit ${victim}\n`), 'the signalled container ran its @exit')
+  const gone = await new Promise<boolean>((resolve) => {
+    const until = Date.now() + 10_000
+    const poll = () => {
+      try {
+        process.kill(victim, 0)
+        if (Date.now() > until) resolve(false)
+        else setTimeout(poll, 50)
+      } catch {
+        resolve(true)
+      }
+    }
+    poll()
+  })
+  t.true(gone, 'the signalled container process exited')
+  client.close()
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0, s.stdout())
+})
+
+test.serial('a container killed before it attaches fails waiting calls with InitError at once, and stop still completes', async (t) => {
+  const s = await serve([], { SLOW_CONTAINER_START: '5000' })
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const client = new Functions(s.address, grpc.credentials.createInsecure())
+  const started = Date.now()
+  const call = invoke(client, 'square', [3])
+  let kids: number[] = []
+  while (kids.length === 0 && Date.now() - started < 4000) {
+    await new Promise((r) => setTimeout(r, 50))
+    try {
+      kids = execFileSync('pgrep', ['-P', String(s.child.pid)]).toString().trim().split('\n').map(Number)
+    } catch {}
+  }
+  t.true(kids.length > 0, 'a container process was started for the call')
+  process.kill(kids[0], 'SIGKILL')
+  const r = await call
+  t.is(r.result.error.name, 'InitError')
+  t.regex(r.result.error.message, /signal 9/)
+  t.true(Date.now() - started < 5000, 'answered when the process died, not at the startup timeout')
+  client.close()
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0, s.stdout())
 })

@@ -34,6 +34,7 @@ const EV_CLOSED = 5
 interface BindingContainer {
   drain(): { events: Float64Array; bytes: Buffer } | null
   hookDone(phase: number, ok: boolean, name?: string, message?: string, stack?: string): void
+  leave(): void
   outputs(meta: Float64Array, bytes: Buffer): void
 }
 
@@ -97,6 +98,9 @@ export function containerMain(apps: App[]): Promise<number> {
 
   return new Promise<number>((resolveExit) => {
     const link = new BindingContainer(need('BERTH_ENDPOINT'), Number(need('BERTH_CONTAINER_ID')), need('BERTH_CONTAINER_TOKEN'), def.maxInputs, () => pump())
+    // SIGTERM: the control plane stops sending inputs, lets in-flight ones finish, runs the exit
+    // hooks here within exitGracePeriod, then says Stop; further signals change nothing.
+    process.on('SIGTERM', () => link.leave())
 
     const flush = () => {
       flushing = false

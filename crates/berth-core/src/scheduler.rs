@@ -122,6 +122,9 @@ pub enum Command {
     HookDone { container: ContainerId, phase: Phase, ok: bool },
     /// The container's process died: its running attempts failed, retried within the policy.
     ContainerLost(ContainerId),
+    /// The container asks to stop (its process got SIGTERM): no new inputs, in-flight ones
+    /// finish, exit hooks run; its pool starts another if the load asks for one.
+    DrainContainer(ContainerId),
     /// Stop taking inputs, finish every accepted one, run exit hooks, then answer.
     Shutdown(Option<oneshot::Sender<()>>),
     /// Stop now: running inputs are aborted and everything pending is cancelled.
@@ -410,6 +413,13 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             }
             Command::HookDone { container, phase, ok } => self.hook_done(container, phase, ok),
             Command::ContainerLost(cid) => self.container_lost(cid),
+            Command::DrainContainer(cid) => {
+                let serving = self.containers.get(&cid).map(|c| (c.pool, c.state == CState::Serving));
+                if let Some((pool, true)) = serving {
+                    self.drain_container(cid);
+                    self.mark_dirty(pool);
+                }
+            }
             Command::Shutdown(waiter) => {
                 self.stopping = true;
                 self.waiters.extend(waiter);

@@ -145,6 +145,12 @@ impl BindingContainer {
         (!events.is_empty()).then(|| ContainerEvents { events: Float64Array::new(events), bytes: bytes.into() })
     }
 
+    /// This container got SIGTERM: ask the control plane to drain and stop it.
+    #[napi]
+    pub fn leave(&self) {
+        let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::Draining(pb::Draining {})) });
+    }
+
     #[napi]
     pub fn hook_done(&self, phase: i32, ok: bool, error_name: Option<String>, error_message: Option<String>, error_stack: Option<String>) {
         let error = error_name.map(|name| pb::Error { name, message: error_message.unwrap_or_default(), stack: error_stack.unwrap_or_default() });

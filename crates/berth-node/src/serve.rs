@@ -2,11 +2,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_server::{ControlPlane, FunctionDef, Registry, ServeOptions, Spawner};
+use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use napi::bindgen_prelude::AsyncTask;
 use napi::{Env, Error, Result, Task};
 use napi_derive::napi;
@@ -34,26 +34,21 @@ pub struct BindingServeOptions {
     pub app_file: String,
 }
 
-/// Starts container processes with the command and passes who they are in the environment.
+/// Starts container processes with the command and passes who they are in the environment,
+/// and watches each one: a process that ends without being stopped is reported lost (at any
+/// stage, before it attached too), and one that does not end after a stop is killed.
 struct ProcessSpawner {
     command: Vec<String>,
     app_file: String,
-    children: Mutex<HashMap<u32, Child>>,
+    /// Containers asked to stop, with when they must be gone.
+    stopping: Arc<Mutex<HashMap<u32, Instant>>>,
 }
 
-/// Node marks fds 0-2 close-on-exec at startup (uv_disable_stdio_inheritance), so a plain
-/// "inherit" would start containers with no stdout: pass duplicates, which the child gets
-/// as its own fds 1 and 2.
-fn inherited(fd: std::os::fd::BorrowedFd<'_>) -> Stdio {
-    fd.try_clone_to_owned().map_or_else(|_| Stdio::inherit(), Stdio::from)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// How long a stopped container may take to exit by itself before it is killed.
+const STOP_KILL_AFTER: Duration = Duration::from_secs(10);
 
 impl Spawner for ProcessSpawner {
-    fn spawn(&self, def: &FunctionDef, params: &[u8], container: u32, token: &str, endpoint: &str) {
+    fn spawn(&self, def: &FunctionDef, params: &[u8], container: u32, token: &str, endpoint: &str, exited: ExitReporter) {
         let Some((program, args)) = self.command.split_first() else { return };
         let child = Command::new(program)
             .args(args)
@@ -69,29 +64,55 @@ impl Spawner for ProcessSpawner {
             .stdout(inherited(std::io::stdout().as_fd()))
             .stderr(inherited(std::io::stderr().as_fd()))
             .spawn();
-        match child {
-            Ok(c) => {
-                self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(container, c);
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                exited.exited(format!("could not start ({program}: {e})"));
+                return;
             }
-            // The container never attaches: its startupTimeout turns this into an InitError.
-            Err(e) => eprintln!("berth: cannot start container {container} ({program}): {e}"),
-        }
+        };
+        let stopping = self.stopping.clone();
+        std::thread::spawn(move || loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if stopping.lock().unwrap_or_else(|e| e.into_inner()).remove(&container).is_none() {
+                        exited.exited(describe_exit(status));
+                    }
+                    return;
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            let overdue = stopping.lock().unwrap_or_else(|e| e.into_inner()).get(&container).is_some_and(|at| Instant::now() > *at);
+            if overdue {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        });
     }
 
     fn stop(&self, container: u32) {
-        let Some(mut child) = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(&container) else { return };
-        // A stopped container exits by itself after its exit hooks; one that does not is killed.
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        });
+        self.stopping.lock().unwrap_or_else(|e| e.into_inner()).insert(container, Instant::now() + STOP_KILL_AFTER);
+    }
+}
+
+/// Node marks fds 0-2 close-on-exec at startup (uv_disable_stdio_inheritance), so a plain
+/// "inherit" would start containers with no stdout: pass duplicates, which the child gets
+/// as its own fds 1 and 2.
+fn inherited(fd: std::os::fd::BorrowedFd<'_>) -> Stdio {
+    fd.try_clone_to_owned().map_or_else(|_| Stdio::inherit(), Stdio::from)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "ended".to_string(),
     }
 }
 
@@ -121,7 +142,7 @@ impl BindingServer {
             .thread_name("berth-serve")
             .build()
             .map_err(|e| Error::from_reason(format!("berth: cannot start the server runtime: {e}")))?;
-        let spawner = ProcessSpawner { command: opts.container_command, app_file: opts.app_file, children: Mutex::new(HashMap::new()) };
+        let spawner = ProcessSpawner { command: opts.container_command, app_file: opts.app_file, stopping: Arc::new(Mutex::new(HashMap::new())) };
         let serve = ServeOptions {
             addr,
             token: opts.token,

@@ -9,5 +9,5 @@
 mod plane;
 mod service;
 
-pub use plane::{FunctionDef, Registry, Spawner};
+pub use plane::{ExitReporter, FunctionDef, Registry, Spawner};
 pub use service::{ControlPlane, ServeOptions};

@@ -29,10 +29,22 @@ pub struct Registry {
     pub functions: Vec<FunctionDef>,
 }
 
+/// Tells the control plane that a container's process ended without being stopped (it
+/// crashed, or was killed, possibly before it ever attached). Call it at most once.
+pub struct ExitReporter(Box<dyn Fn(String) + Send + Sync>);
+
+impl ExitReporter {
+    /// `why` says how the process ended, e.g. "exited with signal 9".
+    pub fn exited(&self, why: String) {
+        (self.0)(why)
+    }
+}
+
 /// Starts and stops container processes. `spawn` returns at once; the process attaches
-/// later with `Hello { container_id, token }` on `endpoint`.
+/// later with `Hello { container_id, token }` on `endpoint`; if it ends unasked, the spawner
+/// says so through `exited`.
 pub trait Spawner: Send + Sync + 'static {
-    fn spawn(&self, def: &FunctionDef, params: &[u8], container: ContainerId, token: &str, endpoint: &str);
+    fn spawn(&self, def: &FunctionDef, params: &[u8], container: ContainerId, token: &str, endpoint: &str, exited: ExitReporter);
     /// The container is done (stopped, failed, or abandoned): make sure its process ends.
     fn stop(&self, container: ContainerId);
 }
@@ -204,7 +216,22 @@ impl Invoker for Host {
             let (def, params) = (entry.def, entry.params.clone());
             drop(st);
             let endpoint = shared.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            shared.spawner.spawn(&shared.registry.functions[def], &params, container, &token, &endpoint);
+            let plane = Arc::downgrade(shared);
+            let exited = ExitReporter(Box::new(move |why: String| {
+                let Some(shared) = plane.upgrade() else { return };
+                let mut st = shared.lock();
+                if st.links.remove(&container).is_none() {
+                    return;
+                }
+                st.init_errors.entry(container).or_insert_with(|| pb::Error {
+                    name: "ContainerExited".into(),
+                    message: format!("the container process {why}"),
+                    stack: String::new(),
+                });
+                drop(st);
+                let _ = shared.commands.send(Command::ContainerLost(container));
+            }));
+            shared.spawner.spawn(&shared.registry.functions[def], &params, container, &token, &endpoint, exited);
             return;
         }
         let msg = ControlMessage { msg: Some(control_message::Msg::RunHook(pb::RunHook { phase: phase_to_pb(phase) as i32 })) };

@@ -456,6 +456,9 @@ fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_mes
         }
         Some(container_message::Msg::Output(o)) => outputs(shared, cid, vec![o]),
         Some(container_message::Msg::OutputBatch(b)) => outputs(shared, cid, b.outputs),
+        Some(container_message::Msg::Draining(_)) => {
+            let _ = shared.commands.send(Command::DrainContainer(cid));
+        }
         Some(container_message::Msg::Hello(_)) | Some(container_message::Msg::Heartbeat(_)) | None => {}
     }
 }

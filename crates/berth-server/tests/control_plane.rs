@@ -10,7 +10,7 @@ use berth_proto::v1::{
     self as pb, container_message, containers_client::ContainersClient, control_message, functions_client::FunctionsClient,
     map_request, result::Outcome,
 };
-use berth_server::{ControlPlane, FunctionDef, Registry, ServeOptions, Spawner};
+use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -87,7 +87,7 @@ struct FakeSpawner {
 }
 
 impl Spawner for FakeSpawner {
-    fn spawn(&self, _def: &FunctionDef, _params: &[u8], container: u32, token: &str, endpoint: &str) {
+    fn spawn(&self, _def: &FunctionDef, _params: &[u8], container: u32, token: &str, endpoint: &str, _exited: ExitReporter) {
         self.seen.lock().unwrap().started.push(container);
         let (b, seen, token, endpoint) = (self.behaviour.clone(), self.seen.clone(), token.to_string(), endpoint.to_string());
         let task = tokio::spawn(async move {

@@ -716,3 +716,39 @@ async fn a_container_that_never_attaches_is_an_init_failure() {
     assert_eq!(w.next().await, Ev::Stopped(c));
     assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Init(c)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_container_finishes_in_flight_runs_exit_and_its_queue_moves_on() {
+    let mut s = spec();
+    s.hooks.exit = true;
+    s.max_containers = 2;
+    let mut w = World::new(s);
+    w.submit([1, 2, 3], 0);
+    let first = w.run_ev().await;
+    let c = first.container;
+    w.send(Command::DrainContainer(c));
+    let mut runs = vec![];
+    let mut done = vec![];
+    let mut exited = false;
+    w.complete(&first, ExecStatus::Ok);
+    while done.len() < 3 || !exited {
+        match w.next().await {
+            Ev::Hook(cid, Phase::Exit) => {
+                assert_eq!(cid, c, "only the draining container exits");
+                exited = true;
+                w.send(Command::HookDone { container: cid, phase: Phase::Exit, ok: true });
+            }
+            Ev::Hook(cid, p) => w.send(Command::HookDone { container: cid, phase: p, ok: true }),
+            Ev::Run(e) => {
+                runs.push(e.container);
+                w.complete(&e, ExecStatus::Ok);
+            }
+            Ev::Done(i, _, o) => done.push((i, o)),
+            Ev::Stopped(_) => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    assert!(runs.iter().all(|cid| *cid != c), "no new input went to the draining container");
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|(_, o)| *o == Outcome::Ok));
+}
