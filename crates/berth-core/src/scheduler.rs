@@ -119,7 +119,11 @@ pub enum Command {
     Submit(Vec<Submission>),
     Cancel(Vec<InputId>),
     Complete(Vec<(ExecId, ExecStatus)>),
-    HookDone { container: ContainerId, phase: Phase, ok: bool },
+    HookDone {
+        container: ContainerId,
+        phase: Phase,
+        ok: bool,
+    },
     /// The container's process died: its running attempts failed, retried within the policy.
     ContainerLost(ContainerId),
     /// The container asks to stop (its process got SIGTERM): no new inputs, in-flight ones
@@ -663,16 +667,15 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         self.remove_container(cid);
         let Some(p) = self.pools.get_mut(&pool_id) else { return };
         p.failures += 1;
-        let backoff = FIRST_RESTART_BACKOFF
-            .saturating_mul(1u32 << (p.failures - 1).min(16))
-            .min(MAX_RESTART_BACKOFF);
+        let backoff = FIRST_RESTART_BACKOFF.saturating_mul(1u32 << (p.failures - 1).min(16)).min(MAX_RESTART_BACKOFF);
         let at = self.now + backoff;
         p.restart_at = Some(at);
         self.timers.push(Reverse((at, Timer::PoolWake(pool_id))));
         // With no container able to serve, the waiting inputs would wait for nothing.
-        let any_serving = p.containers.iter().any(|id| {
-            self.containers.get(id).is_some_and(|c| matches!(c.state, CState::Serving | CState::Draining))
-        });
+        let any_serving = p
+            .containers
+            .iter()
+            .any(|id| self.containers.get(id).is_some_and(|c| matches!(c.state, CState::Serving | CState::Draining)));
         if !any_serving {
             let failed: Vec<(InputId, u32)> =
                 p.queues.iter_mut().flat_map(|q| q.drain(..)).map(|q| (q.input, q.attempt)).collect();
@@ -811,7 +814,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 }
                 Timer::Startup(cid, gen) => {
                     let state = self.containers.get(&cid).filter(|c| c.startup_gen == gen).map(|c| (c.pool, c.state));
-                    if let Some((pool, CState::Starting(phase @ (Phase::Spawn | Phase::SnapEnter | Phase::Enter)))) = state {
+                    if let Some((pool, CState::Starting(phase @ (Phase::Spawn | Phase::SnapEnter | Phase::Enter)))) =
+                        state
+                    {
                         self.invoker.hook_abandoned(pool, cid, phase);
                         self.enter_failed(cid);
                     }
@@ -1044,7 +1049,13 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let now = self.now;
         self.containers.insert(
             cid,
-            Container { pool: pool_id, state: CState::Starting(Phase::Build), startup_gen: 0, in_flight: 0, idle_since: now },
+            Container {
+                pool: pool_id,
+                state: CState::Starting(Phase::Build),
+                startup_gen: 0,
+                in_flight: 0,
+                idle_since: now,
+            },
         );
         if let Some(p) = self.pools.get_mut(&pool_id) {
             p.containers.push(cid);

@@ -40,9 +40,7 @@ impl RetryPolicy {
             return err(format!("retries: maxRetries is {max_retries}; it must be between 0 and 10"));
         }
         if !(1.0..=10.0).contains(&backoff_coefficient) {
-            return err(format!(
-                "retries: backoffCoefficient is {backoff_coefficient}; it must be between 1 and 10"
-            ));
+            return err(format!("retries: backoffCoefficient is {backoff_coefficient}; it must be between 1 and 10"));
         }
         if initial_delay > Duration::from_secs(60) {
             return err(format!(
@@ -98,15 +96,10 @@ pub struct Batching {
 impl Batching {
     pub fn new(max_batch_size: u32, wait: Duration) -> Result<Self, SpecError> {
         if !(1..=1000).contains(&max_batch_size) {
-            return err(format!(
-                "@batched: maxBatchSize is {max_batch_size}; it must be between 1 and 1000"
-            ));
+            return err(format!("@batched: maxBatchSize is {max_batch_size}; it must be between 1 and 1000"));
         }
         if wait > Duration::from_millis(600_000) {
-            return err(format!(
-                "@batched: waitMs is {}; it must be between 0 and 600000",
-                wait.as_millis()
-            ));
+            return err(format!("@batched: waitMs is {}; it must be between 0 and 600000", wait.as_millis()));
         }
         Ok(Self { max_batch_size, wait })
     }

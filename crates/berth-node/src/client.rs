@@ -68,7 +68,9 @@ impl Shared {
     fn result_at(&self, id: f64, r: Option<pb::Result>, index: f64) {
         match r.and_then(|r| r.outcome) {
             Some(Outcome::Value(v)) => self.push_at(id, K_VALUE, &v, index),
-            Some(Outcome::Error(e)) => self.push_at(id, K_ERROR, format!("{}\0{}\0{}", e.name, e.message, e.stack).as_bytes(), index),
+            Some(Outcome::Error(e)) => {
+                self.push_at(id, K_ERROR, format!("{}\0{}\0{}", e.name, e.message, e.stack).as_bytes(), index)
+            }
             None => self.push_at(id, K_ERROR, b"Error\0the server sent no result\0", index),
         }
     }
@@ -110,8 +112,9 @@ impl BindingClient {
     /// Connects lazily (at the first call) to `server`, e.g. `http://127.0.0.1:7450`.
     #[napi(constructor)]
     pub fn new(server: String, token: Option<String>, doorbell: Doorbell) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(server.clone())
-            .map_err(|e| Error::from_reason(format!("berth: BERTH_SERVER '{server}' is not a URL like http://127.0.0.1:7450 ({e})")))?;
+        let endpoint = Endpoint::from_shared(server.clone()).map_err(|e| {
+            Error::from_reason(format!("berth: BERTH_SERVER '{server}' is not a URL like http://127.0.0.1:7450 ({e})"))
+        })?;
         let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), doorbell });
         let (tx, mut rx) = mpsc::unbounded_channel::<Req>();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -120,7 +123,9 @@ impl BindingClient {
             .map_err(|e| Error::from_reason(format!("berth: cannot start the client runtime: {e}")))?;
         let out = shared.clone();
         let auth: Option<Token> = match token {
-            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| Error::from_reason("berth: the token must be ASCII"))?),
+            Some(t) => {
+                Some(format!("Bearer {t}").parse().map_err(|_| Error::from_reason("berth: the token must be ASCII"))?)
+            }
             None => None,
         };
         std::thread::Builder::new()
@@ -135,19 +140,37 @@ impl BindingClient {
                         tokio::spawn(async move {
                             match req {
                                 Req::Invoke { id, function, args } => {
-                                    match client.invoke(authed(pb::InvokeRequest { function: Some(function), args }, auth.as_ref())).await {
+                                    match client
+                                        .invoke(authed(
+                                            pb::InvokeRequest { function: Some(function), args },
+                                            auth.as_ref(),
+                                        ))
+                                        .await
+                                    {
                                         Ok(r) => out.result(id, r.into_inner().result),
                                         Err(s) => out.status(id, &s),
                                     }
                                 }
                                 Req::Spawn { id, function, args } => {
-                                    match client.spawn(authed(pb::InvokeRequest { function: Some(function), args }, auth.as_ref())).await {
+                                    match client
+                                        .spawn(authed(
+                                            pb::InvokeRequest { function: Some(function), args },
+                                            auth.as_ref(),
+                                        ))
+                                        .await
+                                    {
                                         Ok(r) => out.push(id, K_TEXT, r.into_inner().function_call_id.as_bytes()),
                                         Err(s) => out.status(id, &s),
                                     }
                                 }
                                 Req::Get { id, call, timeout } => {
-                                    match client.get_result(authed(pb::GetResultRequest { function_call_id: call, timeout }, auth.as_ref())).await {
+                                    match client
+                                        .get_result(authed(
+                                            pb::GetResultRequest { function_call_id: call, timeout },
+                                            auth.as_ref(),
+                                        ))
+                                        .await
+                                    {
                                         Ok(r) => {
                                             let r = r.into_inner();
                                             if r.ready {
@@ -160,8 +183,10 @@ impl BindingClient {
                                     }
                                 }
                                 Req::Map { id, function, inputs } => {
-                                    let first = pb::MapRequest { item: Some(pb::map_request::Item::Function(function)) };
-                                    let requests = tokio_stream::once(first).chain(tokio_stream::wrappers::UnboundedReceiverStream::new(inputs));
+                                    let first =
+                                        pb::MapRequest { item: Some(pb::map_request::Item::Function(function)) };
+                                    let requests = tokio_stream::once(first)
+                                        .chain(tokio_stream::wrappers::UnboundedReceiverStream::new(inputs));
                                     match client.map(authed(requests, auth.as_ref())).await {
                                         Ok(r) => {
                                             let mut stream = r.into_inner();
@@ -182,7 +207,10 @@ impl BindingClient {
                                         Err(s) => out.status(id, &s),
                                     }
                                 }
-                                Req::Cancel { id, call } => match client.cancel(authed(pb::CancelRequest { function_call_id: call }, auth.as_ref())).await {
+                                Req::Cancel { id, call } => match client
+                                    .cancel(authed(pb::CancelRequest { function_call_id: call }, auth.as_ref()))
+                                    .await
+                                {
                                     Ok(_) => out.push(id, K_NONE, &[]),
                                     Err(s) => out.status(id, &s),
                                 },
@@ -200,12 +228,28 @@ impl BindingClient {
     }
 
     #[napi]
-    pub fn invoke(&self, id: f64, app: String, name: String, method: String, params: Buffer, args: Buffer) -> Result<()> {
+    pub fn invoke(
+        &self,
+        id: f64,
+        app: String,
+        name: String,
+        method: String,
+        params: Buffer,
+        args: Buffer,
+    ) -> Result<()> {
         self.send(Req::Invoke { id, function: function_ref(app, name, method, params), args: args.to_vec() })
     }
 
     #[napi]
-    pub fn spawn(&self, id: f64, app: String, name: String, method: String, params: Buffer, args: Buffer) -> Result<()> {
+    pub fn spawn(
+        &self,
+        id: f64,
+        app: String,
+        name: String,
+        method: String,
+        params: Buffer,
+        args: Buffer,
+    ) -> Result<()> {
         self.send(Req::Spawn { id, function: function_ref(app, name, method, params), args: args.to_vec() })
     }
 
@@ -236,7 +280,9 @@ impl BindingClient {
         for c in meta.chunks_exact(3) {
             let (at, len) = (c[1] as usize, c[2] as usize);
             let args = bytes.get(at..at + len).unwrap_or_default().to_vec();
-            let _ = tx.send(pb::MapRequest { item: Some(pb::map_request::Item::Input(pb::MapInput { index: c[0] as u64, args })) });
+            let _ = tx.send(pb::MapRequest {
+                item: Some(pb::map_request::Item::Input(pb::MapInput { index: c[0] as u64, args })),
+            });
         }
     }
 

@@ -3,7 +3,9 @@
 //! same way, so no value crosses N-API once per input.
 use std::sync::{Arc, Mutex};
 
-use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message, result::Outcome};
+use berth_proto::v1::{
+    self as pb, container_message, containers_client::ContainersClient, control_message, result::Outcome,
+};
 use napi::bindgen_prelude::{Buffer, Float64Array, Float64ArraySlice};
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::{Error, Result};
@@ -152,9 +154,22 @@ impl BindingContainer {
     }
 
     #[napi]
-    pub fn hook_done(&self, phase: i32, ok: bool, error_name: Option<String>, error_message: Option<String>, error_stack: Option<String>) {
-        let error = error_name.map(|name| pb::Error { name, message: error_message.unwrap_or_default(), stack: error_stack.unwrap_or_default() });
-        let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::HookDone(pb::HookDone { phase, ok, error })) });
+    pub fn hook_done(
+        &self,
+        phase: i32,
+        ok: bool,
+        error_name: Option<String>,
+        error_message: Option<String>,
+        error_stack: Option<String>,
+    ) {
+        let error = error_name.map(|name| pb::Error {
+            name,
+            message: error_message.unwrap_or_default(),
+            stack: error_stack.unwrap_or_default(),
+        });
+        let _ = self.out.send(pb::ContainerMessage {
+            msg: Some(container_message::Msg::HookDone(pb::HookDone { phase, ok, error })),
+        });
     }
 
     /// Outputs of finished executions, packed: `meta` is `[execId, retryable, n, (kind, offset, len) * n] * m`

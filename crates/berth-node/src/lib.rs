@@ -168,7 +168,10 @@ pub struct BindingPoolSpec {
 
 fn millis(ms: f64, what: &str) -> Result<Duration> {
     if !ms.is_finite() || ms < 0.0 {
-        return Err(Error::new(Status::InvalidArg, format!("{what} must be a finite number of seconds ≥ 0, got {}", ms / 1000.0)));
+        return Err(Error::new(
+            Status::InvalidArg,
+            format!("{what} must be a finite number of seconds ≥ 0, got {}", ms / 1000.0),
+        ));
     }
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
@@ -184,7 +187,9 @@ impl BindingPoolSpec {
             .iter()
             .map(|m| {
                 let batching = match m.max_batch_size {
-                    Some(size) => Some(Batching::new(size, millis(m.wait_ms.unwrap_or(0.0), "waitMs")?).map_err(invalid)?),
+                    Some(size) => {
+                        Some(Batching::new(size, millis(m.wait_ms.unwrap_or(0.0), "waitMs")?).map_err(invalid)?)
+                    }
                     None => None,
                 };
                 Ok(MethodSpec { batching })

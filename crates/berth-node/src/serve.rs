@@ -48,7 +48,15 @@ struct ProcessSpawner {
 const STOP_KILL_AFTER: Duration = Duration::from_secs(10);
 
 impl Spawner for ProcessSpawner {
-    fn spawn(&self, def: &FunctionDef, params: &[u8], container: u32, token: &str, endpoint: &str, exited: ExitReporter) {
+    fn spawn(
+        &self,
+        def: &FunctionDef,
+        params: &[u8],
+        container: u32,
+        token: &str,
+        endpoint: &str,
+        exited: ExitReporter,
+    ) {
         let Some((program, args)) = self.command.split_first() else { return };
         let child = Command::new(program)
             .args(args)
@@ -83,7 +91,11 @@ impl Spawner for ProcessSpawner {
                 Ok(None) => {}
                 Err(_) => return,
             }
-            let overdue = stopping.lock().unwrap_or_else(|e| e.into_inner()).get(&container).is_some_and(|at| Instant::now() > *at);
+            let overdue = stopping
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&container)
+                .is_some_and(|at| Instant::now() > *at);
             if overdue {
                 let _ = child.kill();
             }
@@ -131,18 +143,28 @@ impl BindingServer {
     pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingServeOptions) -> Result<Self> {
         let mut defs = Vec::with_capacity(functions.len());
         for f in functions {
-            defs.push(FunctionDef { app: f.app, name: f.name, methods: f.methods, is_class: f.is_class, spec: f.spec.into_spec()? });
+            defs.push(FunctionDef {
+                app: f.app,
+                name: f.name,
+                methods: f.methods,
+                is_class: f.is_class,
+                spec: f.spec.into_spec()?,
+            });
         }
-        let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port)
-            .parse()
-            .map_err(|e| Error::from_reason(format!("--host {} --grpc-port {}: not an address ({e})", opts.host, opts.grpc_port)))?;
+        let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {
+            Error::from_reason(format!("--host {} --grpc-port {}: not an address ({e})", opts.host, opts.grpc_port))
+        })?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .thread_name("berth-serve")
             .build()
             .map_err(|e| Error::from_reason(format!("berth: cannot start the server runtime: {e}")))?;
-        let spawner = ProcessSpawner { command: opts.container_command, app_file: opts.app_file, stopping: Arc::new(Mutex::new(HashMap::new())) };
+        let spawner = ProcessSpawner {
+            command: opts.container_command,
+            app_file: opts.app_file,
+            stopping: Arc::new(Mutex::new(HashMap::new())),
+        };
         let serve = ServeOptions {
             addr,
             token: opts.token,

@@ -3,8 +3,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_core::{
-    AbortReason, Command, ContainerId, Exec, ExecId, InputId, Invoker, Outcome, Phase, PoolId, PoolSpec,
-    ResultSink,
+    AbortReason, Command, ContainerId, Exec, ExecId, InputId, Invoker, Outcome, Phase, PoolId, PoolSpec, ResultSink,
 };
 use berth_proto::v1::{self as pb, control_message, result::Outcome as PbOutcome, ControlMessage};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -44,13 +43,23 @@ impl ExitReporter {
 /// later with `Hello { container_id, token }` on `endpoint`; if it ends unasked, the spawner
 /// says so through `exited`.
 pub trait Spawner: Send + Sync + 'static {
-    fn spawn(&self, def: &FunctionDef, params: &[u8], container: ContainerId, token: &str, endpoint: &str, exited: ExitReporter);
+    fn spawn(
+        &self,
+        def: &FunctionDef,
+        params: &[u8],
+        container: ContainerId,
+        token: &str,
+        endpoint: &str,
+        exited: ExitReporter,
+    );
     /// The container is done (stopped, failed, or abandoned): make sure its process ends.
     fn stop(&self, container: ContainerId);
 }
 
 pub(crate) fn error(name: &str, message: impl Into<String>) -> pb::Result {
-    pb::Result { outcome: Some(PbOutcome::Error(pb::Error { name: name.into(), message: message.into(), stack: String::new() })) }
+    pb::Result {
+        outcome: Some(PbOutcome::Error(pb::Error { name: name.into(), message: message.into(), stack: String::new() })),
+    }
 }
 
 pub(crate) struct PoolEntry {
@@ -211,14 +220,21 @@ impl Invoker for Host {
         let mut st = shared.lock();
         if phase == Phase::Spawn {
             let token = format!("{:016x}{:08x}", rand_token(), container);
-            st.links.insert(container, Link { token: token.clone(), tx: None, queued: Vec::new(), credits: 0, batch: Vec::new() });
-            let Some(entry) = st.pools.get(&pool) else { return };
+            st.links.insert(
+                container,
+                Link { token: token.clone(), tx: None, queued: Vec::new(), credits: 0, batch: Vec::new() },
+            );
+            let Some(entry) = st.pools.get(&pool) else {
+                return;
+            };
             let (def, params) = (entry.def, entry.params.clone());
             drop(st);
             let endpoint = shared.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let plane = Arc::downgrade(shared);
             let exited = ExitReporter(Box::new(move |why: String| {
-                let Some(shared) = plane.upgrade() else { return };
+                let Some(shared) = plane.upgrade() else {
+                    return;
+                };
                 let mut st = shared.lock();
                 if st.links.remove(&container).is_none() {
                     return;
@@ -234,7 +250,9 @@ impl Invoker for Host {
             shared.spawner.spawn(&shared.registry.functions[def], &params, container, &token, &endpoint, exited);
             return;
         }
-        let msg = ControlMessage { msg: Some(control_message::Msg::RunHook(pb::RunHook { phase: phase_to_pb(phase) as i32 })) };
+        let msg = ControlMessage {
+            msg: Some(control_message::Msg::RunHook(pb::RunHook { phase: phase_to_pb(phase) as i32 })),
+        };
         if let Some(link) = st.links.get_mut(&container) {
             link.send(msg);
         }
@@ -265,7 +283,9 @@ impl Invoker for Host {
 
     fn abort(&mut self, input: InputId, attempt: u32, reason: AbortReason) {
         let mut st = self.0.lock();
-        let Some(&cid) = st.running.get(&input) else { return };
+        let Some(&cid) = st.running.get(&input) else {
+            return;
+        };
         let reason = match reason {
             AbortReason::Timeout => "timeout",
             AbortReason::Cancelled => "cancelled",
@@ -311,7 +331,9 @@ impl ResultSink for Host {
         // Stale outputs of other attempts go too.
         st.outputs.retain(|(i, _), _| *i != input);
         let result = match outcome {
-            Outcome::Ok | Outcome::Failed => output.unwrap_or_else(|| error("Error", "the container's result was lost")),
+            Outcome::Ok | Outcome::Failed => {
+                output.unwrap_or_else(|| error("Error", "the container's result was lost"))
+            }
             Outcome::Timeout => error("FunctionTimeoutError", format!("input timed out on attempt {attempt}")),
             Outcome::Cancelled => error("InputCancelledError", "the call was cancelled"),
             Outcome::Init(cid) => {
@@ -319,7 +341,9 @@ impl ResultSink for Host {
                 pb::Result {
                     outcome: Some(PbOutcome::Error(pb::Error {
                         name: "InitError".into(),
-                        message: cause.as_ref().map_or("the container failed to start".into(), |c| format!("{}: {}", c.name, c.message)),
+                        message: cause
+                            .as_ref()
+                            .map_or("the container failed to start".into(), |c| format!("{}: {}", c.name, c.message)),
                         stack: cause.map(|c| c.stack).unwrap_or_default(),
                     })),
                 }
@@ -327,7 +351,9 @@ impl ResultSink for Host {
             Outcome::Lost => error("ContainerLost", "the container running the input stopped unexpectedly"),
             Outcome::Rejected => error("InvalidError", "the app is stopping; the call was not accepted"),
         };
-        let Some(rec) = st.inputs.remove(&input) else { return };
+        let Some(rec) = st.inputs.remove(&input) else {
+            return;
+        };
         if let Some(slot) = st.calls.get_mut(&rec.fc) {
             if slot.input == input {
                 slot.result = Some(result.clone());

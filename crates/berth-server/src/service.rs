@@ -51,7 +51,10 @@ impl ControlPlane {
         if !opts.addr.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("binding {} exposes the app beyond this machine: pass a token (--token) that callers must send", opts.addr),
+                format!(
+                    "binding {} exposes the app beyond this machine: pass a token (--token) that callers must send",
+                    opts.addr
+                ),
             ));
         }
         for f in &registry.functions {
@@ -98,7 +101,12 @@ impl ControlPlane {
                     let _ = c.set_nodelay(true);
                 })
             });
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, async { let _ = stopped.await; }).await {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await
+            {
                 eprintln!("berth: control plane stopped: {e}");
             }
         });
@@ -128,7 +136,10 @@ impl ControlPlane {
 fn oversized_is_resource_exhausted<B>(mut res: http::Response<B>) -> http::Response<B> {
     let h = res.headers_mut();
     let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
-    let too_large = h.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    let too_large = h
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
     if out_of_range && too_large {
         h.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
@@ -136,8 +147,11 @@ fn oversized_is_resource_exhausted<B>(mut res: http::Response<B>) -> http::Respo
 }
 
 fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Status> {
-    let Some(expected) = expected.filter(|t| !t.is_empty()) else { return Ok(()) };
-    let sent = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(expected) = expected.filter(|t| !t.is_empty()) else {
+        return Ok(());
+    };
+    let sent =
+        req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match sent {
         Some(t) if t == expected => Ok(()),
         Some(_) => Err(Status::unauthenticated("wrong token: send the token the server was started with")),
@@ -175,22 +189,31 @@ impl FunctionsSvc {
     fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<(PoolId, u32), Status> {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
         let reg = &self.shared.registry;
-        let (index, def) = reg
-            .functions
-            .iter()
-            .enumerate()
-            .find(|(_, d)| d.app == f.app && d.name == f.function)
-            .ok_or_else(|| {
-                let known: Vec<String> = reg.functions.iter().filter(|d| d.app == f.app).map(|d| d.name.clone()).collect();
-                if known.is_empty() {
-                    Status::not_found(format!("no app named '{}' is served here", f.app))
-                } else {
-                    Status::not_found(format!("app '{}' has no function or class '{}'; it has: {}", f.app, f.function, known.join(", ")))
-                }
-            })?;
+        let (index, def) =
+            reg.functions.iter().enumerate().find(|(_, d)| d.app == f.app && d.name == f.function).ok_or_else(
+                || {
+                    let known: Vec<String> =
+                        reg.functions.iter().filter(|d| d.app == f.app).map(|d| d.name.clone()).collect();
+                    if known.is_empty() {
+                        Status::not_found(format!("no app named '{}' is served here", f.app))
+                    } else {
+                        Status::not_found(format!(
+                            "app '{}' has no function or class '{}'; it has: {}",
+                            f.app,
+                            f.function,
+                            known.join(", ")
+                        ))
+                    }
+                },
+            )?;
         let method = if def.is_class {
             def.methods.iter().position(|m| *m == f.method).ok_or_else(|| {
-                Status::not_found(format!("class '{}' has no method '{}'; its methods: {}", def.name, f.method, def.methods.join(", ")))
+                Status::not_found(format!(
+                    "class '{}' has no method '{}'; its methods: {}",
+                    def.name,
+                    f.method,
+                    def.methods.join(", ")
+                ))
             })? as u32
         } else {
             if !(f.method.is_empty() || f.method == def.name) {
@@ -279,7 +302,11 @@ impl Functions for FunctionsSvc {
                 // Everything that has already arrived goes to the scheduler as one submission.
                 let mut msgs = vec![first];
                 while msgs.len() < 4096 {
-                    match std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut inbound).poll_next(cx))).await {
+                    match std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(std::pin::Pin::new(&mut inbound).poll_next(cx))
+                    })
+                    .await
+                    {
                         std::task::Poll::Ready(Some(m)) => msgs.push(m),
                         _ => break,
                     }
@@ -335,7 +362,16 @@ impl Functions for FunctionsSvc {
         let notified = ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let take = |shared: &Shared| shared.lock().calls.get(&req.function_call_id).and_then(|s| s.result.clone());
+        // A delivered result is forgotten: slots must not pile up on a long-running server.
+        let take = |shared: &Shared| {
+            let mut st = shared.lock();
+            let ready = st.calls.get(&req.function_call_id).is_some_and(|s| s.result.is_some());
+            if ready {
+                st.calls.remove(&req.function_call_id).and_then(|s| s.result)
+            } else {
+                None
+            }
+        };
         let mut result = take(&self.shared);
         if result.is_none() && req.timeout > 0.0 {
             let wait = Duration::from_secs_f64(req.timeout.min(86_400.0));
@@ -354,7 +390,9 @@ impl Functions for FunctionsSvc {
 }
 
 fn not_a_call(fc: &str) -> Status {
-    Status::not_found(format!("no spawned call '{fc}' on this server (Spawn returns the ids GetResult and Cancel take)"))
+    Status::not_found(format!(
+        "no spawned call '{fc}' on this server (Spawn returns the ids GetResult and Cancel take)"
+    ))
 }
 
 pub(crate) struct ContainersSvc {
@@ -374,7 +412,10 @@ fn phase_from_pb(p: i32) -> Phase {
 impl Containers for ContainersSvc {
     type AttachStream = Stream<ControlMessage>;
 
-    async fn attach(&self, req: Request<Streaming<pb::ContainerMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::ContainerMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
         let mut inbound = req.into_inner();
         let first = inbound.next().await.ok_or_else(|| bad("empty Attach stream: say hello first"))??;
         let Some(container_message::Msg::Hello(hello)) = first.msg else {
@@ -384,7 +425,8 @@ impl Containers for ContainersSvc {
         let (out, rx) = mpsc::unbounded_channel();
         {
             let mut st = self.shared.lock();
-            let link = st.links.get_mut(&cid).ok_or_else(|| Status::not_found(format!("no container {cid} is expected")))?;
+            let link =
+                st.links.get_mut(&cid).ok_or_else(|| Status::not_found(format!("no container {cid} is expected")))?;
             if link.token != hello.token {
                 return Err(Status::unauthenticated(format!("container {cid}: wrong token")));
             }
@@ -416,10 +458,13 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     let mut done = Vec::with_capacity(outputs.len());
     let mut st = shared.lock();
     for o in outputs {
-        let Some((_, inputs)) = st.execs.remove(&o.exec_id) else { continue };
+        let Some((_, inputs)) = st.execs.remove(&o.exec_id) else {
+            continue;
+        };
         let mut results = o.results.into_iter();
         for (input, attempt) in inputs {
-            let r = results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
+            let r =
+                results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
             st.outputs.insert((input, attempt), r);
         }
         let status = if o.retryable_failure { berth_core::ExecStatus::Failed } else { berth_core::ExecStatus::Ok };

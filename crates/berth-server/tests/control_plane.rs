@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use berth_core::{HookSet, MethodSpec, PoolSpec, RetryPolicy};
 use berth_proto::v1::{
-    self as pb, container_message, containers_client::ContainersClient, control_message, functions_client::FunctionsClient,
-    map_request, result::Outcome,
+    self as pb, container_message, containers_client::ContainersClient, control_message,
+    functions_client::FunctionsClient, map_request, result::Outcome,
 };
 use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use tokio::sync::mpsc;
@@ -72,7 +72,13 @@ async fn run_exec(b: &Behaviour, seen: &Mutex<Seen>, e: pb::Execute) -> pb::Outp
         let x = i64::try_from(v.as_array().expect("array")[0].as_integer().expect("int")).expect("fits");
         if Some(x) == b.throw_on {
             retryable_failure = true;
-            results.push(pb::Result { outcome: Some(Outcome::Error(pb::Error { name: "TypeError".into(), message: format!("bad {x}"), stack: "at square".into() })) });
+            results.push(pb::Result {
+                outcome: Some(Outcome::Error(pb::Error {
+                    name: "TypeError".into(),
+                    message: format!("bad {x}"),
+                    stack: "at square".into(),
+                })),
+            });
         } else {
             results.push(pb::Result { outcome: Some(Outcome::Value(cbor(&ciborium::Value::Integer((x * x).into())))) });
         }
@@ -87,9 +93,18 @@ struct FakeSpawner {
 }
 
 impl Spawner for FakeSpawner {
-    fn spawn(&self, _def: &FunctionDef, _params: &[u8], container: u32, token: &str, endpoint: &str, _exited: ExitReporter) {
+    fn spawn(
+        &self,
+        _def: &FunctionDef,
+        _params: &[u8],
+        container: u32,
+        token: &str,
+        endpoint: &str,
+        _exited: ExitReporter,
+    ) {
         self.seen.lock().unwrap().started.push(container);
-        let (b, seen, token, endpoint) = (self.behaviour.clone(), self.seen.clone(), token.to_string(), endpoint.to_string());
+        let (b, seen, token, endpoint) =
+            (self.behaviour.clone(), self.seen.clone(), token.to_string(), endpoint.to_string());
         let task = tokio::spawn(async move {
             let mut client = ContainersClient::connect(endpoint).await.expect("connect");
             let (tx, rx) = mpsc::unbounded_channel();
@@ -104,10 +119,18 @@ impl Spawner for FakeSpawner {
                     Some(control_message::Msg::RunHook(h)) => {
                         seen.lock().unwrap().hooks.push((container, h.phase));
                         let fail = b.enter_fails && h.phase == pb::Phase::Enter as i32;
-                        let error = fail.then(|| pb::Error { name: "ModelError".into(), message: "weights missing".into(), stack: "at load".into() });
+                        let error = fail.then(|| pb::Error {
+                            name: "ModelError".into(),
+                            message: "weights missing".into(),
+                            stack: "at load".into(),
+                        });
                         send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: !fail, error }));
                     }
-                    Some(control_message::Msg::ExecuteBatch(batch)) if b.die_on_first_exec.contains(&container) && !batch.executions.is_empty() => return,
+                    Some(control_message::Msg::ExecuteBatch(batch))
+                        if b.die_on_first_exec.contains(&container) && !batch.executions.is_empty() =>
+                    {
+                        return
+                    }
                     Some(control_message::Msg::ExecuteBatch(batch)) => {
                         for e in batch.executions {
                             let out = run_exec(&b, &seen, e).await;
@@ -144,7 +167,15 @@ fn square_app(retries: u32, max_containers: u32) -> Registry {
     spec.retries = RetryPolicy::new(retries, 1.0, Duration::ZERO, Duration::from_secs(1)).unwrap();
     spec.hooks = HookSet { enter: true, exit: true, ..HookSet::default() };
     spec.startup_timeout = Duration::from_secs(10);
-    Registry { functions: vec![FunctionDef { app: "embeddings".into(), name: "square".into(), methods: vec!["square".into()], is_class: false, spec }] }
+    Registry {
+        functions: vec![FunctionDef {
+            app: "embeddings".into(),
+            name: "square".into(),
+            methods: vec!["square".into()],
+            is_class: false,
+            spec,
+        }],
+    }
 }
 
 async fn start(registry: Registry, behaviour: Behaviour, opts: ServeOptions) -> (ControlPlane, Arc<Mutex<Seen>>) {
@@ -170,7 +201,8 @@ async fn client(plane: &ControlPlane) -> FunctionsClient<tonic::transport::Chann
 async fn invoke_runs_on_an_attached_container_and_shutdown_runs_exit_hooks() {
     let (plane, seen) = start(square_app(0, 1), Behaviour::default(), local()).await;
     let mut c = client(&plane).await;
-    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[4]) }).await.expect("invoke").into_inner();
+    let r =
+        c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[4]) }).await.expect("invoke").into_inner();
     assert_eq!(int(r.result.as_ref().unwrap()), 16);
     assert!(r.function_call_id.starts_with("fc-"));
     tokio::time::timeout(Duration::from_secs(10), plane.shutdown()).await.expect("shutdown in time");
@@ -182,7 +214,11 @@ async fn invoke_runs_on_an_attached_container_and_shutdown_runs_exit_hooks() {
 async fn malformed_unknown_oversized_and_unauthenticated_requests_get_their_status() {
     let opts = ServeOptions { max_message_bytes: 1024, token: Some("s3cret".into()), ..local() };
     let (plane, _) = start(square_app(0, 1), Behaviour::default(), opts).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", plane.local_addr())).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", plane.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let with = |token: &'static str| {
         move |mut req: tonic::Request<()>| {
             if !token.is_empty() {
@@ -195,7 +231,10 @@ async fn malformed_unknown_oversized_and_unauthenticated_requests_get_their_stat
     let e = anon.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[1]) }).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let mut wrong = FunctionsClient::with_interceptor(channel.clone(), with("nope"));
-    assert_eq!(wrong.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[1]) }).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        wrong.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[1]) }).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 
     let mut c = FunctionsClient::with_interceptor(channel, with("s3cret"));
     let unknown = pb::FunctionRef { app: "embeddings".into(), function: "cube".into(), ..Default::default() };
@@ -204,7 +243,10 @@ async fn malformed_unknown_oversized_and_unauthenticated_requests_get_their_stat
     assert!(e.message().contains("square"), "names what exists: {}", e.message());
     let e = c.invoke(pb::InvokeRequest { function: square_ref(), args: vec![0xff, 0x00] }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.invoke(pb::InvokeRequest { function: square_ref(), args: cbor(&ciborium::Value::Integer(3.into())) }).await.unwrap_err();
+    let e = c
+        .invoke(pb::InvokeRequest { function: square_ref(), args: cbor(&ciborium::Value::Integer(3.into())) })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("CBOR array"), "{}", e.message());
     let e = c.invoke(pb::InvokeRequest { function: None, args: args(&[1]) }).await.unwrap_err();
@@ -212,7 +254,10 @@ async fn malformed_unknown_oversized_and_unauthenticated_requests_get_their_stat
     let big = cbor(&ciborium::Value::Array(vec![ciborium::Value::Bytes(vec![7; 4096])]));
     let e = c.invoke(pb::InvokeRequest { function: square_ref(), args: big }).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
-    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[5]) }).await.expect("a good call still works");
+    let r = c
+        .invoke(pb::InvokeRequest { function: square_ref(), args: args(&[5]) })
+        .await
+        .expect("a good call still works");
     assert_eq!(int(r.into_inner().result.as_ref().unwrap()), 25);
 }
 
@@ -230,7 +275,11 @@ async fn user_errors_come_back_as_data_and_are_retried_within_the_policy() {
     let b = Behaviour { throw_on: Some(3), ..Behaviour::default() };
     let (plane, seen) = start(square_app(2, 1), b, local()).await;
     let mut c = client(&plane).await;
-    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[3]) }).await.expect("a status OK").into_inner();
+    let r = c
+        .invoke(pb::InvokeRequest { function: square_ref(), args: args(&[3]) })
+        .await
+        .expect("a status OK")
+        .into_inner();
     let Some(Outcome::Error(e)) = r.result.and_then(|r| r.outcome) else { panic!("an error result") };
     assert_eq!((e.name.as_str(), e.message.as_str(), e.stack.as_str()), ("TypeError", "bad 3", "at square"));
     assert_eq!(seen.lock().unwrap().executed.len(), 3, "one attempt and two retries");
@@ -255,14 +304,28 @@ async fn spawn_get_result_and_cancel() {
     let b = Behaviour { delay: Duration::from_millis(300), ..Behaviour::default() };
     let (plane, _) = start(square_app(0, 1), b, local()).await;
     let mut c = client(&plane).await;
-    let fc = c.spawn(pb::InvokeRequest { function: square_ref(), args: args(&[6]) }).await.unwrap().into_inner().function_call_id;
-    let now = c.get_result(pb::GetResultRequest { function_call_id: fc.clone(), timeout: 0.0 }).await.unwrap().into_inner();
+    let fc = c
+        .spawn(pb::InvokeRequest { function: square_ref(), args: args(&[6]) })
+        .await
+        .unwrap()
+        .into_inner()
+        .function_call_id;
+    let now =
+        c.get_result(pb::GetResultRequest { function_call_id: fc.clone(), timeout: 0.0 }).await.unwrap().into_inner();
     assert!(!now.ready && now.result.is_none());
-    let later = c.get_result(pb::GetResultRequest { function_call_id: fc.clone(), timeout: 10.0 }).await.unwrap().into_inner();
+    let later =
+        c.get_result(pb::GetResultRequest { function_call_id: fc.clone(), timeout: 10.0 }).await.unwrap().into_inner();
     assert!(later.ready);
     assert_eq!(int(later.result.as_ref().unwrap()), 36);
+    let again = c.get_result(pb::GetResultRequest { function_call_id: fc.clone(), timeout: 0.0 }).await.unwrap_err();
+    assert_eq!(again.code(), Code::NotFound, "a delivered result is forgotten");
 
-    let fc2 = c.spawn(pb::InvokeRequest { function: square_ref(), args: args(&[7]) }).await.unwrap().into_inner().function_call_id;
+    let fc2 = c
+        .spawn(pb::InvokeRequest { function: square_ref(), args: args(&[7]) })
+        .await
+        .unwrap()
+        .into_inner()
+        .function_call_id;
     c.cancel(pb::CancelRequest { function_call_id: fc2.clone() }).await.unwrap();
     let r = c.get_result(pb::GetResultRequest { function_call_id: fc2, timeout: 10.0 }).await.unwrap().into_inner();
     assert_eq!(err_name(r.result.as_ref().unwrap()), "InputCancelledError");
@@ -279,13 +342,19 @@ async fn map_survives_a_dying_container_with_exactly_one_result_per_input() {
     let mut c = client(&plane).await;
     let n = 1000u64;
     let first = pb::MapRequest { item: Some(map_request::Item::Function(square_ref().unwrap())) };
-    let inputs = (0..n).map(|i| pb::MapRequest { item: Some(map_request::Item::Input(pb::MapInput { index: i, args: args(&[i as i64]) })) });
+    let inputs = (0..n).map(|i| pb::MapRequest {
+        item: Some(map_request::Item::Input(pb::MapInput { index: i, args: args(&[i as i64]) })),
+    });
     let requests = tokio_stream::iter(std::iter::once(first).chain(inputs));
     let mut stream = c.map(requests).await.unwrap().into_inner();
     let mut got: HashMap<u64, i64> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while got.len() < n as usize {
-        let msg = tokio::time::timeout_at(deadline, stream.next()).await.expect("all results within 60 s").expect("stream open").unwrap();
+        let msg = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("all results within 60 s")
+            .expect("stream open")
+            .unwrap();
         assert!(got.insert(msg.index, int(msg.result.as_ref().unwrap())).is_none(), "index {} twice", msg.index);
     }
     assert!((0..n).all(|i| got[&i] == (i * i) as i64));
@@ -308,11 +377,19 @@ async fn health_and_reflection_are_served() {
         .status;
     assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
-    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse, ServerReflectionRequest,
+    };
     let mut refl = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut resp = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.next().await.unwrap().unwrap().message_response else { panic!() };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.next().await.unwrap().unwrap().message_response else {
+        panic!()
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for want in ["berth.v1.Functions", "berth.v1.Containers", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");

@@ -70,7 +70,10 @@ impl World {
         self.send(Command::Submit(ids.into_iter().map(|input| Submission { input, pool: POOL, method }).collect()));
     }
     async fn next(&mut self) -> Ev {
-        tokio::time::timeout(Duration::from_secs(3600), self.ev.recv()).await.expect("no event for an hour").expect("open")
+        tokio::time::timeout(Duration::from_secs(3600), self.ev.recv())
+            .await
+            .expect("no event for an hour")
+            .expect("open")
     }
     /// Waits for the next event, answering enter/exit hooks with success on the way.
     async fn next_work(&mut self) -> Ev {
@@ -140,7 +143,10 @@ fn spec() -> PoolSpec {
 }
 
 fn batched(max: u32, wait_ms: u64) -> PoolSpec {
-    PoolSpec::new("b", vec![MethodSpec { batching: Some(Batching::new(max, Duration::from_millis(wait_ms)).expect("ok")) }])
+    PoolSpec::new(
+        "b",
+        vec![MethodSpec { batching: Some(Batching::new(max, Duration::from_millis(wait_ms)).expect("ok")) }],
+    )
 }
 
 fn all_hooks() -> HookSet {
@@ -390,7 +396,8 @@ async fn retries_exhausted_give_the_last_failure() {
     s.timeout = 10 * MS;
     let mut w = World::new(s);
     w.submit([1], 0);
-    let log = w.serve(1, |e| if e.inputs[0].1 < 3 { (MS, ExecStatus::Failed) } else { (20 * MS, ExecStatus::Ok) }).await;
+    let log =
+        w.serve(1, |e| if e.inputs[0].1 < 3 { (MS, ExecStatus::Failed) } else { (20 * MS, ExecStatus::Ok) }).await;
     let runs = log.iter().filter(|(_, e)| matches!(e, Ev::Run(_))).count();
     assert_eq!(runs, 3, "one attempt plus two retries");
     assert_eq!(log.last().map(|x| x.1.clone()), Some(Ev::Done(1, 3, Outcome::Timeout)));
@@ -608,7 +615,9 @@ async fn sync_drive_runs_work_and_keeps_no_stale_deadlines() {
     s.handle(Command::AddPool(POOL, spec));
     let mut next = 1u64;
     for _round in 0..50 {
-        s.handle(Command::Submit((next..next + 100).map(|input| Submission { input, pool: POOL, method: 0 }).collect()));
+        s.handle(Command::Submit(
+            (next..next + 100).map(|input| Submission { input, pool: POOL, method: 0 }).collect(),
+        ));
         next += 100;
         assert!(!s.tick());
         let mut done = Vec::new();
@@ -620,7 +629,8 @@ async fn sync_drive_runs_work_and_keeps_no_stale_deadlines() {
         assert_eq!(done.len(), 100, "every input runs in the same turn");
         s.handle(Command::Complete(done));
         s.tick();
-        let oks = std::iter::from_fn(|| ev.try_recv().ok()).filter(|e| matches!(e, Ev::Done(_, 1, Outcome::Ok))).count();
+        let oks =
+            std::iter::from_fn(|| ev.try_recv().ok()).filter(|e| matches!(e, Ev::Done(_, 1, Outcome::Ok))).count();
         assert_eq!(oks, 100);
     }
     assert!(s.pools[&POOL].deadlines.is_empty(), "completed executions leave no deadline behind");
@@ -690,7 +700,13 @@ async fn process_containers_spawn_first_and_each_startup_stretch_has_its_own_dea
                 phases.push((w.ms(), p));
                 // The process takes 3 s to attach, enter 4 s: each within its 5 s bound, 7 s
                 // in all; the spawn's deadline must not cut the enter short.
-                let took = if p == Phase::Spawn { 3 } else if p == Phase::Enter { 4 } else { 0 };
+                let took = if p == Phase::Spawn {
+                    3
+                } else if p == Phase::Enter {
+                    4
+                } else {
+                    0
+                };
                 tokio::time::sleep(Duration::from_secs(took)).await;
                 w.send(Command::HookDone { container: c, phase: p, ok: true });
             }
