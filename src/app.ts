@@ -63,6 +63,17 @@ function callerFile(): string | undefined {
   return undefined
 }
 
+/** The run handle; with a callback, runs it and stops the app when it settles. */
+async function runWith(app: App, stop: () => Promise<void>, fn: ((run: AppRun) => unknown) | undefined): Promise<unknown> {
+  const handle: AppRun = { app, stop, [Symbol.asyncDispose]: stop }
+  if (!fn) return handle
+  try {
+    return await fn(handle)
+  } finally {
+    await stop()
+  }
+}
+
 const registry = new Set<App>()
 let nextAppId = 0
 
@@ -220,13 +231,7 @@ export class App {
       await runtime.stop()
       for (const app of apps) if (app.runtime === runtime) app._appId = undefined
     }
-    const handle: AppRun = { app: this, stop, [Symbol.asyncDispose]: stop }
-    if (!fn) return handle
-    try {
-      return await fn(handle)
-    } finally {
-      await stop()
-    }
+    return runWith(this, stop, fn)
   }
 
   /**
@@ -321,13 +326,7 @@ export class App {
           app._appId = undefined
         }
       })())
-    const handle: AppRun = { app: this, stop, [Symbol.asyncDispose]: stop }
-    if (!fn) return handle
-    try {
-      return await fn(handle)
-    } finally {
-      await stop()
-    }
+    return runWith(this, stop, fn)
   }
 
   /** @internal */

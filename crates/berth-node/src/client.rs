@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use berth_proto::v1::{self as pb, functions_client::FunctionsClient, result::Outcome};
 use napi::bindgen_prelude::{Buffer, Float64Array, Float64ArraySlice};
-use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::{Error, Result};
 use napi_derive::napi;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::mailbox::Mailbox;
 use crate::Doorbell;
 
 // Result kinds (mirrored in src/client.ts).
@@ -31,17 +31,8 @@ enum Req {
     Map { id: f64, function: pb::FunctionRef, inputs: mpsc::UnboundedReceiver<pb::MapRequest> },
 }
 
-#[derive(Default)]
-struct Inbox {
-    events: Vec<f64>,
-    bytes: Vec<u8>,
-    rung: bool,
-}
-
-struct Shared {
-    inbox: Mutex<Inbox>,
-    doorbell: Doorbell,
-}
+/// The client's mailbox: each event is `[id, kind, offset, len, index]` over the bytes.
+struct Shared(Mailbox);
 
 impl Shared {
     fn push(&self, id: f64, kind: f64, data: &[u8]) {
@@ -49,16 +40,11 @@ impl Shared {
     }
 
     fn push_at(&self, id: f64, kind: f64, data: &[u8], index: f64) {
-        let ring = {
-            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.push(|inbox| {
             let at = inbox.bytes.len() as f64;
             inbox.bytes.extend_from_slice(data);
             inbox.events.extend_from_slice(&[id, kind, at, data.len() as f64, index]);
-            !std::mem::replace(&mut inbox.rung, true)
-        };
-        if ring {
-            let _ = self.doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
-        }
+        });
     }
 
     fn result(&self, id: f64, r: Option<pb::Result>) {
@@ -115,7 +101,7 @@ impl BindingClient {
         let endpoint = Endpoint::from_shared(server.clone()).map_err(|e| {
             Error::from_reason(format!("berth: BERTH_SERVER '{server}' is not a URL like http://127.0.0.1:7450 ({e})"))
         })?;
-        let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), doorbell });
+        let shared = Arc::new(Shared(Mailbox::new(doorbell)));
         let (tx, mut rx) = mpsc::unbounded_channel::<Req>();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -295,11 +281,9 @@ impl BindingClient {
     /// `[id, kind, offset, len, index] * n` over `bytes`; `null` when nothing arrived.
     #[napi]
     pub fn drain(&self) -> Option<ClientEvents> {
-        let (events, bytes) = {
-            let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
-            inbox.rung = false;
-            (std::mem::take(&mut inbox.events), std::mem::take(&mut inbox.bytes))
-        };
-        (!events.is_empty()).then(|| ClientEvents { events: Float64Array::new(events), bytes: bytes.into() })
+        self.shared
+            .0
+            .drain()
+            .map(|(events, bytes)| ClientEvents { events: Float64Array::new(events), bytes: bytes.into() })
     }
 }

@@ -1,19 +1,19 @@
 //! The container process's side: one Attach stream to the control plane, read and written on
 //! a thread of its own; JavaScript pulls what arrived in packed batches and pushes outputs the
 //! same way, so no value crosses N-API once per input.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use berth_proto::v1::{
     self as pb, container_message, containers_client::ContainersClient, control_message, result::Outcome,
 };
 use napi::bindgen_prelude::{Buffer, Float64Array, Float64ArraySlice};
-use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::{Error, Result};
 use napi_derive::napi;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
+use crate::mailbox::{Inbox, Mailbox};
 use crate::Doorbell;
 
 // Event tags (mirrored in src/container.ts).
@@ -22,31 +22,6 @@ const EV_EXECUTE: f64 = 2.0; // execId, method, n, (inputId, attempt, argsOffset
 const EV_ABORT: f64 = 3.0; // inputId, attempt, reason (1 timeout, 2 cancelled)
 const EV_STOP: f64 = 4.0;
 const EV_CLOSED: f64 = 5.0; // the control plane went away
-
-#[derive(Default)]
-struct Inbox {
-    events: Vec<f64>,
-    bytes: Vec<u8>,
-    rung: bool,
-}
-
-struct Shared {
-    inbox: Mutex<Inbox>,
-    doorbell: Doorbell,
-}
-
-impl Shared {
-    fn push(&self, f: impl FnOnce(&mut Inbox)) {
-        let ring = {
-            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut inbox);
-            !std::mem::replace(&mut inbox.rung, true)
-        };
-        if ring {
-            let _ = self.doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
-        }
-    }
-}
 
 fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
     match msg {
@@ -92,7 +67,7 @@ pub struct ContainerEvents {
 #[napi]
 pub struct BindingContainer {
     out: mpsc::UnboundedSender<pb::ContainerMessage>,
-    shared: Arc<Shared>,
+    shared: Arc<Mailbox>,
 }
 
 #[napi]
@@ -100,7 +75,7 @@ impl BindingContainer {
     /// Connects and attaches as `containerId`, granting `slots` credits.
     #[napi(constructor)]
     pub fn new(endpoint: String, container_id: u32, token: String, slots: u32, doorbell: Doorbell) -> Result<Self> {
-        let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), doorbell });
+        let shared = Arc::new(Mailbox::new(doorbell));
         let (out, rx) = mpsc::unbounded_channel();
         let send = |m: container_message::Msg| out.send(pb::ContainerMessage { msg: Some(m) });
         let _ = send(container_message::Msg::Hello(pb::Hello { container_id, token }));
@@ -139,12 +114,9 @@ impl BindingContainer {
     /// Everything that arrived since the last call; `null` when nothing did.
     #[napi]
     pub fn drain(&self) -> Option<ContainerEvents> {
-        let (events, bytes) = {
-            let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
-            inbox.rung = false;
-            (std::mem::take(&mut inbox.events), std::mem::take(&mut inbox.bytes))
-        };
-        (!events.is_empty()).then(|| ContainerEvents { events: Float64Array::new(events), bytes: bytes.into() })
+        self.shared
+            .drain()
+            .map(|(events, bytes)| ContainerEvents { events: Float64Array::new(events), bytes: bytes.into() })
     }
 
     /// This container got SIGTERM: ask the control plane to drain and stop it.

@@ -38,6 +38,7 @@ pub(crate) type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, 
 
 mod client;
 mod container;
+mod mailbox;
 mod serve;
 
 struct Outbox {
