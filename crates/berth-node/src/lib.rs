@@ -19,11 +19,13 @@ use berth_core::{
     Outcome, Phase, PoolId, PoolSpec, ResultSink, RetryPolicy, Scheduler, Submission,
 };
 use napi::bindgen_prelude::{Float64Array, Float64ArraySlice, Unknown};
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
+
+use crate::mailbox::Mailbox;
 
 /// Event tags of the packed buffer (mirrored in src/runtime.ts).
 const EV_RUN: f64 = 1.0; // execId, poolId, containerId, method, n, (inputId, attempt) * n
@@ -41,43 +43,16 @@ mod container;
 mod mailbox;
 mod serve;
 
-struct Outbox {
-    events: Vec<f64>,
-    /// The doorbell rang and JavaScript has not drained yet: no need to ring again.
-    rung: bool,
-}
-
-/// The buffer both sides share, and the doorbell.
-struct Shared {
-    outbox: Mutex<Outbox>,
-    doorbell: Doorbell,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Outbox> {
-        // A panic while holding the lock leaves plain data behind; keep going with it.
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn push(&self, staged: &mut Vec<f64>) {
-        if staged.is_empty() {
-            return;
-        }
-        let ring = {
-            let mut out = self.lock();
-            out.events.append(staged);
-            !std::mem::replace(&mut out.rung, true)
-        };
-        if ring {
-            // Non-blocking: a closing env answers with an error, which means nobody is listening.
-            let _ = self.doorbell.call((), ThreadsafeFunctionCallMode::NonBlocking);
-        }
+/// Moves a turn's staged events into the mailbox (one doorbell ring at most).
+fn publish(mailbox: &Mailbox, staged: &mut Vec<f64>) {
+    if !staged.is_empty() {
+        mailbox.push(|inbox| inbox.events.append(staged));
     }
 }
 
 /// The scheduler's side: stages events during a turn and publishes them at `flush`.
 struct Host {
-    shared: Arc<Shared>,
+    shared: Arc<Mailbox>,
     staged: Vec<f64>,
 }
 
@@ -109,7 +84,7 @@ impl Invoker for Host {
         self.staged.extend_from_slice(&[EV_STOPPED, f64::from(pool), f64::from(container)]);
     }
     fn flush(&mut self) {
-        self.shared.push(&mut self.staged);
+        publish(&self.shared, &mut self.staged);
     }
 }
 
@@ -127,7 +102,7 @@ impl ResultSink for Host {
         self.staged.extend_from_slice(&[EV_DONE, input as f64, f64::from(attempt), code, aux]);
     }
     fn flush(&mut self) {
-        self.shared.push(&mut self.staged);
+        publish(&self.shared, &mut self.staged);
     }
 }
 
@@ -238,7 +213,7 @@ type Sched = Scheduler<Host, Host>;
 /// thread for deadlines (timeouts, batch waits, retries), which rings the doorbell.
 struct Driver {
     sched: Mutex<Sched>,
-    shared: Arc<Shared>,
+    shared: Arc<Mailbox>,
     /// The deadline the timer thread sleeps until; a call that makes an earlier one wakes it.
     armed: Mutex<Option<Instant>>,
     wake: Notify,
@@ -257,18 +232,14 @@ impl Driver {
         }
         let mut sched = self.lock();
         // The caller takes the events itself: no doorbell for this turn.
-        self.shared.lock().rung = true;
+        self.shared.hold();
         for cmd in cmds {
             sched.handle(cmd);
         }
         let finished = sched.tick();
         let deadline = sched.next_deadline();
         drop(sched);
-        let mut events = {
-            let mut out = self.shared.lock();
-            out.rung = false;
-            std::mem::take(&mut out.events)
-        };
+        let mut events = self.shared.drain().map(|(events, _)| events).unwrap_or_default();
         if finished {
             self.close();
             events.push(EV_FINISHED);
@@ -312,7 +283,7 @@ impl Driver {
             let finished = self.lock().tick();
             if finished {
                 self.close();
-                self.shared.push(&mut vec![EV_FINISHED]);
+                publish(&self.shared, &mut vec![EV_FINISHED]);
                 return;
             }
         }
@@ -332,7 +303,7 @@ impl BindingRuntime {
     /// weak: it never keeps Node alive by itself.
     #[napi(constructor)]
     pub fn new(doorbell: Doorbell) -> Result<Self> {
-        let shared = Arc::new(Shared { outbox: Mutex::new(Outbox { events: Vec::new(), rung: false }), doorbell });
+        let shared = Arc::new(Mailbox::new(doorbell));
         let host = Host { shared: shared.clone(), staged: Vec::new() };
         let results = Host { shared: shared.clone(), staged: Vec::new() };
         let driver = Arc::new(Driver {
@@ -433,12 +404,7 @@ impl BindingRuntime {
     /// Events a timer produced since the last call; `null` when there are none.
     #[napi]
     pub fn drain(&self) -> Option<Float64Array> {
-        let events = {
-            let mut out = self.driver.shared.lock();
-            out.rung = false;
-            std::mem::take(&mut out.events)
-        };
-        (!events.is_empty()).then(|| Float64Array::new(events))
+        self.driver.shared.drain().map(|(events, _)| Float64Array::new(events))
     }
 }
 

@@ -37,6 +37,12 @@ impl Mailbox {
         }
     }
 
+    /// The caller is about to take what comes next itself (a synchronous call returns its
+    /// events): no doorbell until the next drain.
+    pub fn hold(&self) {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).rung = true;
+    }
+
     /// Everything since the last drain; `None` when nothing came.
     pub fn drain(&self) -> Option<(Vec<f64>, Vec<u8>)> {
         let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
