@@ -4,8 +4,11 @@
 //! `berth.v1.Containers`, one bidirectional stream each, with credit-based flow control. The
 //! berth-core scheduler decides everything (slots, batches, timeouts, retries, lifecycle); this
 //! crate only moves its decisions and the CBOR payloads between the two sides. How a
-//! container's process is started is a [`Spawner`]'s business.
+//! container's process is started is a [`Spawner`]'s business. An optional HTTP/1.1 JSON
+//! ingress (`ServeOptions::http_addr`) makes the same calls as `Invoke`.
 
+pub mod gpu;
+mod http;
 mod plane;
 mod service;
 

@@ -27,13 +27,21 @@ pub struct ServeOptions {
     pub addr: SocketAddr,
     /// Required when `addr` is not loopback; callers send `authorization: Bearer <token>`.
     pub token: Option<String>,
-    /// Larger requests fail with RESOURCE_EXHAUSTED.
+    /// Larger requests fail with RESOURCE_EXHAUSTED (HTTP: 413).
     pub max_message_bytes: usize,
+    /// Also serve the HTTP/1.1 JSON ingress here (`--http-port`); port 0 picks a free one.
+    /// Same token rule as `addr`.
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self { addr: SocketAddr::from(([127, 0, 0, 1], 7450)), token: None, max_message_bytes: 16 << 20 }
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7450)),
+            token: None,
+            max_message_bytes: 16 << 20,
+            http_addr: None,
+        }
     }
 }
 
@@ -43,25 +51,31 @@ pub struct ControlPlane {
     local_addr: SocketAddr,
     stop_server: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
+    http: Option<crate::http::Ingress>,
 }
 
 impl ControlPlane {
     /// Binds, starts the scheduler and serves until [`shutdown`](Self::shutdown).
     pub async fn start(registry: Registry, spawner: impl Spawner, opts: ServeOptions) -> io::Result<Self> {
-        if !opts.addr.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "binding {} exposes the app beyond this machine: pass a token (--token) that callers must send",
-                    opts.addr
-                ),
-            ));
+        for addr in std::iter::once(opts.addr).chain(opts.http_addr) {
+            if !addr.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "binding {addr} exposes the app beyond this machine: pass a token (--token) that callers must send"
+                    ),
+                ));
+            }
         }
         for f in &registry.functions {
             f.spec.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         }
         let listener = TcpListener::bind(opts.addr).await?;
         let local_addr = listener.local_addr()?;
+        let http_listener = match opts.http_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let (commands, source) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             registry,
@@ -110,11 +124,25 @@ impl ControlPlane {
                 eprintln!("berth: control plane stopped: {e}");
             }
         });
-        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server })
+        let http = match http_listener {
+            Some(listener) => Some(crate::http::Ingress::start(
+                listener,
+                FunctionsSvc { shared: shared.clone() },
+                opts.token.clone(),
+                opts.max_message_bytes,
+            )?),
+            None => None,
+        };
+        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server, http })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the HTTP ingress listens, if [`ServeOptions::http_addr`] asked for one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr)
     }
 
     /// Stops taking calls, lets accepted inputs finish, runs exit hooks, then stops serving.
@@ -126,7 +154,12 @@ impl ControlPlane {
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.server).await;
+        let http = async {
+            if let Some(http) = self.http.take() {
+                http.shutdown().await;
+            }
+        };
+        let _ = tokio::join!(&mut self.server, http);
     }
 }
 
@@ -147,15 +180,20 @@ fn oversized_is_resource_exhausted<B>(mut res: http::Response<B>) -> http::Respo
 }
 
 fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Status> {
+    let sent = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+    token_rule(expected, sent).map_err(Status::unauthenticated)
+}
+
+/// The rule both ingresses apply: with a token configured, callers send
+/// `authorization: Bearer <token>`. The error is the message for the caller.
+pub(crate) fn token_rule(expected: Option<&str>, authorization: Option<&str>) -> Result<(), &'static str> {
     let Some(expected) = expected.filter(|t| !t.is_empty()) else {
         return Ok(());
     };
-    let sent =
-        req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match sent {
+    match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
         Some(t) if t == expected => Ok(()),
-        Some(_) => Err(Status::unauthenticated("wrong token: send the token the server was started with")),
-        None => Err(Status::unauthenticated("this server needs a token: send `authorization: Bearer <token>`")),
+        Some(_) => Err("wrong token: send the token the server was started with"),
+        None => Err("this server needs a token: send `authorization: Bearer <token>`"),
     }
 }
 
@@ -186,7 +224,8 @@ pub(crate) struct FunctionsSvc {
 
 impl FunctionsSvc {
     /// The pool and method index a request names, creating the pool for new parameters.
-    fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<(PoolId, u32), Status> {
+    /// NOT_FOUND names what exists; INVALID_ARGUMENT says what to fix.
+    pub(crate) fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<(PoolId, u32), Status> {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
         let reg = &self.shared.registry;
         let (index, def) =
@@ -241,6 +280,19 @@ impl FunctionsSvc {
         Ok((id, method))
     }
 
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// One call, as Invoke makes it: submitted with its own function call id, awaited.
+    pub(crate) async fn call(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (pb::Result, String) {
+        let fc = self.new_call_id();
+        let (tx, rx) = oneshot::channel();
+        self.submit(pool, method, args, fc.clone(), Waiter::Call(tx));
+        let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
+        (result, fc)
+    }
+
     fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) -> u64 {
         self.submit_many(pool, method, fc, vec![(args, waiter)])
     }
@@ -276,10 +328,7 @@ impl Functions for FunctionsSvc {
         let req = req.into_inner();
         let (pool, method) = self.resolve(req.function.as_ref())?;
         check_cbor(&req.args, "args", false)?;
-        let fc = self.new_call_id();
-        let (tx, rx) = oneshot::channel();
-        self.submit(pool, method, req.args, fc.clone(), Waiter::Call(tx));
-        let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
+        let (result, fc) = self.call(pool, method, req.args).await;
         Ok(Response::new(pb::InvokeResponse { result: Some(result), function_call_id: fc }))
     }
 
