@@ -18,6 +18,8 @@ const Functions = (grpc.loadPackageDefinition(proto) as any).berth.v1.Functions
 interface Served {
   child: ChildProcess
   address: string
+  /** host:port of the HTTP ingress. */
+  http: string
   marker: string
   stdout: () => string
   exited: Promise<number | null>
@@ -25,7 +27,7 @@ interface Served {
 
 async function serve(extra: string[] = [], env: Record<string, string> = {}): Promise<Served> {
   const marker = join(mkdtempSync(join(tmpdir(), 'berth-serve-')), 'marker')
-  const child = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, '__test__/fixtures/served.ts'), '--grpc-port', '0', ...extra], {
+  const child = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, '__test__/fixtures/served.ts'), '--grpc-port', '0', '--http-port', '0', ...extra], {
     env: { ...process.env, MARKER: marker, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -34,19 +36,19 @@ async function serve(extra: string[] = [], env: Record<string, string> = {}): Pr
   child.stdout!.on('data', (d) => (out += d))
   child.stderr!.on('data', (d) => (err += d))
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)))
-  const address = await new Promise<string>((resolve, reject) => {
+  const [address, http] = await new Promise<[string, string]>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`berth serve did not start in 20 s\n${out}\n${err}`)), 20_000)
     const check = () => {
-      const m = /serving .* on (127\.0\.0\.1:\d+)/.exec(out)
+      const m = /serving .* on (127\.0\.0\.1:\d+) .* http:\/\/(127\.0\.0\.1:\d+)\//.exec(out)
       if (m) {
         clearTimeout(timer)
-        resolve(m[1])
+        resolve([m[1], m[2]])
       }
     }
     child.stdout!.on('data', check)
     child.on('exit', () => reject(new Error(`berth serve exited\n${out}\n${err}`)))
   })
-  return { child, address, marker, stdout: () => out + err, exited }
+  return { child, address, http, marker, stdout: () => out + err, exited }
 }
 
 const deadline = () => ({ deadline: Date.now() + 30_000 })
@@ -115,6 +117,33 @@ test.serial('berth serve: a plain gRPC client calls functions and class methods;
   t.true(log.some((l) => /^batch [2-4]$/.test(l)), 'concurrent calls were batched:\n' + log.join('\n'))
 })
 
+test.serial('berth serve --http-port: functions and class methods answer JSON over HTTP', async (t) => {
+  const s = await serve()
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const post = async (path: string, body: string) => {
+    const r = await fetch(`http://${s.http}${path}`, { method: 'POST', body, headers: { 'content-type': 'application/json' } })
+    return { status: r.status, json: await r.json() }
+  }
+  t.deepEqual(await post('/served/square', '[7]'), { status: 200, json: 49 })
+  t.deepEqual(await post('/served/Embedder/embed', '{"args":["hello"],"params":{"model":"big"}}'), { status: 200, json: [5, 'big'] })
+  // Results cross as CBOR and come back as JSON: Map → object, Set → array, bytes → base64.
+  const echoed = await post('/served/echo', '[{"a":[1,2.5,null,true],"s":"x"}]')
+  t.deepEqual(echoed, { status: 200, json: { a: [1, 2.5, null, true], s: 'x' } })
+  const boom = await post('/served/boom', '["from http"]')
+  t.is(boom.status, 500)
+  t.is(boom.json.error.name, 'TypeError')
+  t.is(boom.json.error.message, 'from http')
+  t.regex(boom.json.error.stack, /boom/)
+  const unknown = await post('/served/cube', '[1]')
+  t.is(unknown.status, 404)
+  t.regex(unknown.json.error.message, /square/, 'names what exists')
+  t.is((await post('/served/square', '[1,')).status, 400)
+  const health = await fetch(`http://${s.http}/healthz`)
+  t.is(await health.text(), 'ok')
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0, s.stdout())
+})
+
 test.serial('berth serve beyond loopback needs --token, and callers must send it', async (t) => {
   const refused = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, '__test__/fixtures/served.ts'), '--host', '0.0.0.0', '--grpc-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let err = ''
@@ -135,6 +164,12 @@ test.serial('berth serve beyond loopback needs --token, and callers must send it
   )
   t.is(cbor.decode(ok.result.value), 9)
   anon.close()
+  const post = (headers: Record<string, string>) => fetch(`http://${s.http}/served/square`, { method: 'POST', body: '[5]', headers })
+  t.is((await post({})).status, 401, 'the HTTP ingress asks for the token too')
+  t.is((await post({ authorization: 'Bearer wrong' })).status, 401)
+  const viaHttp = await post({ authorization: 'Bearer s3cret' })
+  t.is(viaHttp.status, 200)
+  t.is(await viaHttp.json(), 25)
   s.child.kill('SIGTERM')
   t.is(await exitOf(s), 0)
 })
@@ -208,7 +243,8 @@ test.serial('Function.fromName / Cls.fromName reach a served app from another pr
   t.is(await exitOf(s), 0)
 })
 
-test.serial('SIGTERM to one container: it finishes its inputs, runs @exit and exits; the rest move on, none lost', async (t) => {
+for (const signal of ['SIGTERM', 'SIGINT'] as const)
+test.serial(`${signal} to one container: it finishes its inputs, runs @exit and exits; the rest move on, none lost`, async (t) => {
   const s = await serve()
   t.teardown(() => s.child.kill('SIGKILL'))
   const client = new Functions(s.address, grpc.credentials.createInsecure())
@@ -232,7 +268,7 @@ test.serial('SIGTERM to one container: it finishes its inputs, runs @exit and ex
   while (got.size < 40 && Date.now() < waitUntil) await new Promise((r) => setTimeout(r, 5))
   const victim = [...got.values()][0][1]
   const atSignal = got.size
-  process.kill(victim, 'SIGTERM')
+  process.kill(victim, signal)
   await done
   t.true(atSignal < n, `the signal landed mid-run (${atSignal}/${n})`)
   t.is(duplicates, 0)

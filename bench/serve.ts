@@ -13,7 +13,7 @@ const N = Number(process.env.BENCH_N ?? 100_000)
 const cbor = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false })
 
 const t0 = performance.now()
-const child = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, 'bench/fixtures/noop.ts'), '--grpc-port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
+const child = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, 'bench/fixtures/noop.ts'), '--grpc-port', '0', '--http-port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
 const address = await new Promise<string>((resolve) => {
   let out = ''
   child.stdout!.on('data', (d) => {

@@ -107,7 +107,7 @@ export class App {
   /** @internal The module that created this app: what process containers load. */
   sourceFile: string | undefined
   /** @internal Set while the app runs with process containers. */
-  processServer: { shutdown(): Promise<void>; address: string } | undefined
+  processServer: { shutdown(): Promise<void>; kill(): void; address: string } | undefined
 
   /**
    * Where a served app lives, for `Function.fromName` / `Cls.fromName` in this process

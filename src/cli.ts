@@ -4,15 +4,19 @@ import { createRequire } from 'node:module'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
+import { createSecret, listSecrets } from './secrets.ts'
+
 type Api = typeof import('./index.ts') & { allApps(): import('./app.ts').App[] }
 
 const HELP = `berth: run TypeScript classes the way Modal runs Python
 
 Usage:
-  berth run <file.ts>[::name] [-- args...]   run the file's local entrypoint (or one function)
-  berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--token T]
-                                             serve the app over gRPC, containers as processes
+  berth run <file.ts>[::name] [-- args...]   run the local entrypoint (or one function), containers as processes
+  berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
+                                             serve the app over gRPC and HTTP, containers as processes
   berth build <file.ts>                      run @build hooks not yet cached
+  berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
+  berth secret list                          the stored secrets and their keys (not values)
   berth --help | berth <command> --help
 
 Commands:
@@ -25,12 +29,19 @@ Commands:
          class source already did. Containers skip cached builds the same way.
 `
 
-const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--token T]
+const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
 grpc.health.v1.Health, server reflection) on --host:--grpc-port, and runs each container as a
-child process that loads <file.ts>. Binding a host other than loopback requires --token;
-callers then send \`authorization: Bearer <token>\`. --grpc-port 0 picks a free port.
+child process that loads <file.ts>. --http-port serves the same functions as JSON over HTTP:
+
+  curl -X POST http://127.0.0.1:7451/<app>/<function> -d '[4]'                     # arguments
+  curl -X POST http://127.0.0.1:7451/<app>/<Class>/<method> -d '{"args":["hi"],"params":{"model":"mini"}}'
+
+answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
+throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /healthz
+answers ok. Binding a host other than loopback requires --token; callers then send
+\`authorization: Bearer <token>\` (both ports). Port 0 picks a free port.
 On stop, in-flight inputs finish and containers run their @exit hooks.
 `
 
@@ -47,8 +58,9 @@ const RUN_HELP = `Usage: berth run <file.ts>[::name] [--containers embedded|proc
   ::name       the entrypoint or function to run (default: the only local entrypoint)
   -- args      passed to the entrypoint as argv, or as the function's arguments
 
-  --containers embedded (default) runs containers inside this process; process runs each as
-               a child Node process behind a local control plane, as \`berth serve\` does
+  --containers process (default) runs each container as a child Node process behind a
+               local control plane, as \`berth serve\` does; embedded runs them inside this
+               process (what app.run() does in code: no control plane, no child process)
 
 Ctrl-C stops the app gracefully (in-flight inputs finish, @exit hooks run); a second Ctrl-C
 stops at once.
@@ -63,6 +75,7 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === 'run') return run(rest)
   if (cmd === 'build') return build(rest)
   if (cmd === 'serve') return serve(rest)
+  if (cmd === 'secret') return secret(rest)
   if (cmd === '__container') return container()
   process.stderr.write(`berth: unknown command '${cmd}'.\n\n${HELP}`)
   return 2
@@ -138,7 +151,11 @@ async function serve(args: string[]): Promise<number> {
     process.stderr.write(`berth serve: --grpc-port must be a port number (0 picks a free one)\n`)
     return 2
   }
-  if (values.has('http-port')) process.stderr.write('berth serve: HTTP ingress is not in this version; --http-port is ignored\n')
+  const httpPort = Number(values.get('http-port') ?? 7451)
+  if (!Number.isInteger(httpPort) || httpPort < 0 || httpPort > 65535) {
+    process.stderr.write(`berth serve: --http-port must be a port number (0 picks a free one)\n`)
+    return 2
+  }
   const apps = await loadApps('serve', positional[0])
   if (typeof apps === 'number') return apps
   const { BindingServer } = createRequire(__filename)('../binding.cjs')
@@ -147,6 +164,7 @@ async function serve(args: string[]): Promise<number> {
     server = BindingServer.start(api().__berthRegistryOf(apps), {
       host: values.get('host') ?? '127.0.0.1',
       grpcPort: port,
+      httpPort,
       token: values.get('token'),
       containerCommand: [process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__container'],
       appFile: file,
@@ -155,7 +173,10 @@ async function serve(args: string[]): Promise<number> {
     process.stderr.write(`${(e as Error).message}\n`)
     return 2
   }
-  console.log(`berth: serving ${apps.map((a) => `'${a.name}'`).join(', ')} on ${server.address} (gRPC berth.v1.Functions); Ctrl-C or SIGTERM stops`)
+  console.log(
+    `berth: serving ${apps.map((a) => `'${a.name}'`).join(', ')} on ${server.address} (gRPC berth.v1.Functions) ` +
+      `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops`,
+  )
   const keepAlive = setInterval(() => {}, 1 << 30)
   let signals = 0
   await new Promise<void>((done) => {
@@ -165,6 +186,7 @@ async function serve(args: string[]): Promise<number> {
         done()
       } else {
         process.stderr.write('berth: stopping now\n')
+        server.kill()
         process.exit(130)
       }
     }
@@ -185,7 +207,42 @@ async function container(): Promise<number> {
   }
   const apps = await loadApps('container', file)
   if (typeof apps === 'number') return apps
-  return api().__berthContainerMain(apps)
+  const code = await api().__berthContainerMain(apps)
+  // Stopped (or the control plane is gone): whatever user code still runs has no one to
+  // answer to, so it must not hold the process open.
+  process.exit(code)
+}
+
+const SECRET_HELP = `Usage: berth secret create <name> KEY=VALUE [KEY=VALUE...]
+       berth secret list
+
+Stores a named secret on this machine (BERTH_SECRETS_DIR, default ~/.berth/secrets, one file
+per secret readable by its owner only). A function or class with \`secrets: ['<name>']\` gets
+its keys as environment variables in each container process.
+`
+
+async function secret(args: string[]): Promise<number> {
+  const [sub, name, ...pairs] = args
+  if (sub === undefined || sub === '--help' || sub === '-h') {
+    process.stdout.write(SECRET_HELP)
+    return sub === undefined ? 2 : 0
+  }
+  try {
+    if (sub === 'create' && name !== undefined) {
+      const file = createSecret(name, pairs)
+      console.log(`berth: secret '${name}' (${pairs.length} key${pairs.length === 1 ? '' : 's'}) saved in ${file}`)
+      return 0
+    }
+    if (sub === 'list' && name === undefined) {
+      for (const s of listSecrets()) console.log(`${s.name}\t${s.keys.join(', ')}`)
+      return 0
+    }
+  } catch (e) {
+    process.stderr.write(`berth secret: ${(e as Error).message}\n`)
+    return 2
+  }
+  process.stderr.write(`berth secret: expected 'create <name> KEY=VALUE...' or 'list'.\n\n${SECRET_HELP}`)
+  return 2
 }
 
 async function build(args: string[]): Promise<number> {
@@ -228,9 +285,9 @@ async function run(args: string[]): Promise<number> {
     process.stderr.write(`berth run: ${(e as Error).message}\n\n${RUN_HELP}`)
     return 2
   }
-  const containers = parsed.values.get('containers') ?? 'embedded'
+  const containers = parsed.values.get('containers') ?? 'process'
   if (containers !== 'embedded' && containers !== 'process') {
-    process.stderr.write(`berth run: --containers is 'embedded' (in this process, the default) or 'process' (child processes)\n`)
+    process.stderr.write(`berth run: --containers is 'process' (child processes, the default) or 'embedded' (in this process)\n`)
     return 2
   }
   if (parsed.positional.length !== 1) {
@@ -282,7 +339,15 @@ async function run(args: string[]): Promise<number> {
 
   const { app, call } = target
   if (containers === 'process') app.sourceFile = resolve(file)
-  const running = await app.run({ containers })
+  let running: import('./app.ts').AppRun
+  try {
+    running = await app.run({ containers })
+  } catch (e) {
+    // A refusal to start (a missing secret, too few GPUs, a bad option) names its fix; the
+    // stack would only bury it.
+    process.stderr.write(`berth run: ${(e as Error)?.message ?? String(e)}\n`)
+    return 2
+  }
   let interrupts = 0
   const onSignal = () => {
     interrupts++
@@ -291,6 +356,7 @@ async function run(args: string[]): Promise<number> {
       void running.stop()
     } else {
       process.stderr.write('berth: stopping now\n')
+      app.processServer?.kill()
       process.exit(130)
     }
   }

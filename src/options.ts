@@ -37,15 +37,18 @@ export interface ClsOptions {
   singleUseContainers?: boolean
   /** Seconds `@exit` hooks get at stop (default 30). */
   exitGracePeriod?: number
-  /** Environment variables set in the container. */
+  /** Environment variables set in each container process (over the secrets' keys). */
   env?: Record<string, string>
-  /** Names of secrets whose keys are set as environment variables in the container. */
+  /** Secrets (`npx berth secret create NAME KEY=VALUE`) whose keys are set in each container process's environment. */
   secrets?: string[]
-  /** GPU request, e.g. 'T4', 'A100:2', or a list of acceptable types in order of preference. */
+  /**
+   * GPU request, e.g. 'T4', 'A100:2', 'any', or a list of acceptable types in order of
+   * preference. Each container process gets its own devices through CUDA_VISIBLE_DEVICES.
+   */
   gpu?: string | string[]
-  /** CPU cores requested (fractional allowed). */
+  /** CPU cores requested (fractional allowed); a request for deploy targets, not enforced locally. */
   cpu?: number
-  /** Memory requested in MiB. */
+  /** Memory requested in MiB; a request for deploy targets, not enforced locally. */
   memory?: number
 }
 
@@ -288,6 +291,11 @@ export function normalizeOptions(
 
   const secrets = strings(where, 'secrets', o.secrets, false)
   const gpu = strings(where, 'gpu', o.gpu, true)
+  for (const g of gpu) {
+    if (!/^[^:\s]+(:[1-9][0-9]*)?$/.test(g)) {
+      throw new InvalidError(`${where}: gpu '${g}' must be a type with an optional count of at least 1, e.g. 'T4', 'A100:2' or 'any'.`)
+    }
+  }
 
   const cpu = o.cpu
   if (cpu !== undefined && (typeof cpu !== 'number' || !(cpu > 0) || !Number.isFinite(cpu))) {

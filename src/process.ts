@@ -9,6 +9,7 @@ import { runInContext, type InputContext } from './context.ts'
 import { applyParams } from './decorators.ts'
 import { FunctionTimeoutError, InputCancelledError, InvalidError, errorToData } from './errors.ts'
 import { bindingSpec, runBuildHooks, type PoolDef } from './runtime.ts'
+import { containerEnv } from './secrets.ts'
 
 /** What the control plane runs: a function, or a class with its method table. */
 export function registryOf(apps: App[]): object[] {
@@ -20,6 +21,8 @@ export function registryOf(apps: App[]): object[] {
       isClass,
       // Process containers scale out by default, as Modal's do; maxContainers caps them.
       spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
+      env: containerEnv(def.name, def.options.secrets, def.options.env),
+      gpu: def.options.gpu,
     })),
   )
 }
@@ -78,8 +81,6 @@ export function containerMain(apps: App[]): Promise<number> {
   const { BindingContainer } = createRequire(__filename)('../binding.cjs') as {
     BindingContainer: new (endpoint: string, id: number, token: string, slots: number, doorbell: () => void) => BindingContainer
   }
-  // The serving process handles Ctrl-C (it reaches the whole process group) and stops us in order.
-  process.on('SIGINT', () => {})
 
   let instance: any = null
   const getInstance = () => {
@@ -98,9 +99,16 @@ export function containerMain(apps: App[]): Promise<number> {
 
   return new Promise<number>((resolveExit) => {
     const link = new BindingContainer(need('BERTH_ENDPOINT'), Number(need('BERTH_CONTAINER_ID')), need('BERTH_CONTAINER_TOKEN'), def.maxInputs, () => pump())
-    // SIGTERM: the control plane stops sending inputs, lets in-flight ones finish, runs the exit
-    // hooks here within exitGracePeriod, then says Stop; further signals change nothing.
+    // SIGTERM or SIGINT: the control plane stops sending inputs, lets in-flight ones finish, runs
+    // the exit hooks here within exitGracePeriod, then says Stop; a further SIGTERM changes
+    // nothing, a second SIGINT stops at once. Containers run in a process group of their own, so
+    // a Ctrl-C in the terminal reaches only the serving process, which stops them in order.
+    let interrupts = 0
     process.on('SIGTERM', () => link.leave())
+    process.on('SIGINT', () => {
+      if (++interrupts === 1) link.leave()
+      else process.exit(130)
+    })
 
     const flush = () => {
       flushing = false

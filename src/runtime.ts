@@ -293,6 +293,20 @@ function eventLength(ev: Float64Array, i: number): number {
 }
 
 /** The pool settings the core takes (crates/berth-node `BindingPoolSpec`). */
+/**
+ * env, secrets and gpu shape a container's process; embedded containers share the host's, so
+ * they are not applied there. Said once per function, not silently dropped.
+ */
+function warnProcessOnly(def: PoolDef): void {
+  const o = def.options
+  const set = [Object.keys(o.env).length > 0 && 'env', o.secrets.length > 0 && 'secrets', o.gpu.length > 0 && 'gpu'].filter(Boolean)
+  if (set.length === 0 || process.env.BERTH_CONTAINER_ID !== undefined) return
+  console.warn(
+    `berth: ${def.name} sets ${set.join(', ')}, which apply to container processes; embedded containers share this ` +
+      `process's environment and devices. Run with containers as processes to apply them: \`npx berth run\` or app.run({ containers: 'process' }).`,
+  )
+}
+
 export function bindingSpec(def: PoolDef, maxContainers: number): object {
   const o = def.options
   const hooks = def.meta
@@ -363,6 +377,7 @@ export class EmbeddedRuntime {
       throw new InvalidError(`${def.name}: ${(e as Error).message}`)
     }
     pool = { id, def, instances: new Map() }
+    warnProcessOnly(def)
     this.pools[id] = pool
     this.poolsByKey.set(def.key, pool)
     return pool

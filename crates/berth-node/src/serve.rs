@@ -2,10 +2,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_server::gpu::{parse_nvidia_smi_list, parse_request, Choice, Device, GpuPool};
 use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use napi::bindgen_prelude::AsyncTask;
 use napi::{Env, Error, Result, Task};
@@ -20,6 +22,10 @@ pub struct BindingFunctionDef {
     pub methods: Vec<String>,
     pub is_class: bool,
     pub spec: BindingPoolSpec,
+    /// Set in each container's environment (the function's `env` over its `secrets`).
+    pub env: Option<HashMap<String, String>>,
+    /// The `gpu` option: choices in order of preference, e.g. `["A100:2", "any:4"]`.
+    pub gpu: Option<Vec<String>>,
 }
 
 #[napi(object)]
@@ -28,24 +34,87 @@ pub struct BindingServeOptions {
     pub grpc_port: u32,
     pub token: Option<String>,
     pub max_message_bytes: Option<u32>,
+    /// Also serve the HTTP JSON ingress on `host:http_port` (0 picks a free port).
+    pub http_port: Option<u32>,
     /// The command that starts one container: argv[0] and its arguments (`node bin/berth.mjs __container`).
     pub container_command: Vec<String>,
     /// The user's module, which every container loads.
     pub app_file: String,
 }
 
-/// Starts container processes with the command and passes who they are in the environment,
-/// and watches each one: a process that ends without being stopped is reported lost (at any
-/// stage, before it attached too), and one that does not end after a stop is killed.
+/// What a function's containers get besides who they are.
+#[derive(Default)]
+struct Placement {
+    env: HashMap<String, String>,
+    gpu: Vec<Choice>,
+}
+
+struct Proc {
+    child: Child,
+    exited: ExitReporter,
+    /// Set once the container was asked to stop: when it must be gone.
+    kill_at: Option<Instant>,
+    gpus: Vec<usize>,
+}
+
+#[derive(Default)]
+struct Procs {
+    live: HashMap<u32, Proc>,
+    gpus: GpuPool,
+    /// Set by `kill()`: every process is killed and nothing more starts.
+    killed: bool,
+}
+
+/// Starts container processes with the command and passes who they are in the environment.
+/// One supervisor thread watches them all: a process that ends without being stopped is
+/// reported lost (at any stage, before it attached too), one that does not end after a stop
+/// is killed, and its GPUs go back to the pool when it is gone.
 struct ProcessSpawner {
     command: Vec<String>,
     app_file: String,
-    /// Containers asked to stop, with when they must be gone.
-    stopping: Arc<Mutex<HashMap<u32, Instant>>>,
+    placement: HashMap<(String, String), Placement>,
+    procs: Arc<Mutex<Procs>>,
 }
 
 /// How long a stopped container may take to exit by itself before it is killed.
 const STOP_KILL_AFTER: Duration = Duration::from_secs(10);
+const SUPERVISE_EVERY: Duration = Duration::from_millis(20);
+
+fn lock(procs: &Mutex<Procs>) -> std::sync::MutexGuard<'_, Procs> {
+    procs.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ProcessSpawner {
+    fn start_supervisor(procs: &Arc<Mutex<Procs>>) {
+        let weak = Arc::downgrade(procs);
+        std::thread::Builder::new()
+            .name("berth-supervisor".into())
+            .spawn(move || loop {
+                std::thread::sleep(SUPERVISE_EVERY);
+                let Some(procs) = weak.upgrade() else { return };
+                let mut g = lock(&procs);
+                let now = Instant::now();
+                let mut ended = Vec::new();
+                for (&id, p) in &mut g.live {
+                    match p.child.try_wait() {
+                        Ok(Some(status)) => ended.push((id, status)),
+                        Ok(None) if p.kill_at.is_some_and(|at| now > at) => {
+                            let _ = p.child.kill();
+                        }
+                        _ => {}
+                    }
+                }
+                for (id, status) in ended {
+                    let Some(p) = g.live.remove(&id) else { continue };
+                    g.gpus.give_back(&p.gpus);
+                    if p.kill_at.is_none() && !g.killed {
+                        p.exited.exited(describe_exit(status));
+                    }
+                }
+            })
+            .expect("berth: cannot start the container supervisor thread");
+    }
+}
 
 impl Spawner for ProcessSpawner {
     fn spawn(
@@ -58,7 +127,26 @@ impl Spawner for ProcessSpawner {
         exited: ExitReporter,
     ) {
         let Some((program, args)) = self.command.split_first() else { return };
-        let child = Command::new(program)
+        let placement = self.placement.get(&(def.app.clone(), def.name.clone()));
+        let mut g = lock(&self.procs);
+        if g.killed {
+            return;
+        }
+        let mut cmd = Command::new(program);
+        let mut gpus = Vec::new();
+        if let Some(p) = placement {
+            cmd.envs(&p.env);
+            if !p.gpu.is_empty() {
+                let Some((visible, slots)) = g.gpus.take(&p.gpu) else {
+                    drop(g);
+                    exited.exited("could not start: every matching GPU is held by another container".into());
+                    return;
+                };
+                cmd.env("CUDA_VISIBLE_DEVICES", visible);
+                gpus = slots;
+            }
+        }
+        let child = cmd
             .args(args)
             .env("BERTH_ENDPOINT", endpoint)
             .env("BERTH_CONTAINER_ID", container.to_string())
@@ -68,43 +156,39 @@ impl Spawner for ProcessSpawner {
             .env("BERTH_FUNCTION", &def.name)
             .env("BERTH_PARAMS", hex(params))
             .env("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string())
+            // A group of its own: the terminal's Ctrl-C goes to the serving process alone, which
+            // stops containers in order instead of every process draining at once.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(inherited(std::io::stdout().as_fd()))
             .stderr(inherited(std::io::stderr().as_fd()))
             .spawn();
-        let mut child = match child {
-            Ok(c) => c,
+        match child {
+            Ok(child) => {
+                g.live.insert(container, Proc { child, exited, kill_at: None, gpus });
+            }
             Err(e) => {
+                g.gpus.give_back(&gpus);
+                drop(g);
                 exited.exited(format!("could not start ({program}: {e})"));
-                return;
             }
-        };
-        let stopping = self.stopping.clone();
-        std::thread::spawn(move || loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    if stopping.lock().unwrap_or_else(|e| e.into_inner()).remove(&container).is_none() {
-                        exited.exited(describe_exit(status));
-                    }
-                    return;
-                }
-                Ok(None) => {}
-                Err(_) => return,
-            }
-            let overdue = stopping
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&container)
-                .is_some_and(|at| Instant::now() > *at);
-            if overdue {
-                let _ = child.kill();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        });
+        }
     }
 
     fn stop(&self, container: u32) {
-        self.stopping.lock().unwrap_or_else(|e| e.into_inner()).insert(container, Instant::now() + STOP_KILL_AFTER);
+        if let Some(p) = lock(&self.procs).live.get_mut(&container) {
+            p.kill_at.get_or_insert(Instant::now() + STOP_KILL_AFTER);
+        }
+    }
+}
+
+/// The GPUs on this machine, from `nvidia-smi -L` (`BERTH_NVIDIA_SMI` names another command,
+/// which tests use); none when the command is missing or fails.
+fn detect_gpus() -> Vec<Device> {
+    let program = std::env::var("BERTH_NVIDIA_SMI").unwrap_or_else(|_| "nvidia-smi".into());
+    match Command::new(program).arg("-L").stdin(Stdio::null()).stderr(Stdio::null()).output() {
+        Ok(out) if out.status.success() => parse_nvidia_smi_list(&String::from_utf8_lossy(&out.stdout)),
+        _ => Vec::new(),
     }
 }
 
@@ -131,9 +215,13 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 /// A running control plane with its container processes.
 #[napi]
 pub struct BindingServer {
-    rt: Option<tokio::runtime::Runtime>,
-    plane: Option<ControlPlane>,
+    /// Taken by `shutdown()`. Behind a lock because `shutdown` and `kill` take `&self`: a
+    /// `&mut self` method would leave the object borrowed while its promise is pending, and
+    /// the forced stop (`kill`) comes exactly then.
+    running: Mutex<Option<(tokio::runtime::Runtime, ControlPlane)>>,
     address: String,
+    http_address: Option<String>,
+    procs: Arc<Mutex<Procs>>,
 }
 
 #[napi]
@@ -142,14 +230,28 @@ impl BindingServer {
     #[napi(factory)]
     pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingServeOptions) -> Result<Self> {
         let mut defs = Vec::with_capacity(functions.len());
+        let mut placement = HashMap::new();
+        let mut gpus: Option<GpuPool> = None;
         for f in functions {
-            defs.push(FunctionDef {
-                app: f.app,
-                name: f.name,
-                methods: f.methods,
-                is_class: f.is_class,
-                spec: f.spec.into_spec()?,
-            });
+            let mut spec = f.spec.into_spec()?;
+            let gpu = f.gpu.unwrap_or_default();
+            let choices = parse_request(&gpu).map_err(|e| Error::from_reason(format!("berth: {}: {e}", f.name)))?;
+            if !choices.is_empty() {
+                // A container holds its GPUs whole: no more containers than the machine can hold.
+                let pool = gpus.get_or_insert_with(|| GpuPool::new(detect_gpus()));
+                let fit =
+                    pool.capacity(&f.name, &gpu, &choices).map_err(|e| Error::from_reason(format!("berth: {e}")))?;
+                if spec.min_containers > fit {
+                    return Err(Error::from_reason(format!(
+                        "berth: {} keeps minContainers {} warm, but the machine's GPUs fit {fit} such container(s) at once; lower minContainers",
+                        f.name, spec.min_containers
+                    )));
+                }
+                spec.max_containers = spec.max_containers.min(fit);
+            }
+            placement
+                .insert((f.app.clone(), f.name.clone()), Placement { env: f.env.unwrap_or_default(), gpu: choices });
+            defs.push(FunctionDef { app: f.app, name: f.name, methods: f.methods, is_class: f.is_class, spec });
         }
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {
             Error::from_reason(format!("--host {} --grpc-port {}: not an address ({e})", opts.host, opts.grpc_port))
@@ -160,21 +262,34 @@ impl BindingServer {
             .thread_name("berth-serve")
             .build()
             .map_err(|e| Error::from_reason(format!("berth: cannot start the server runtime: {e}")))?;
+        let procs = Arc::new(Mutex::new(Procs::default()));
+        ProcessSpawner::start_supervisor(&procs);
         let spawner = ProcessSpawner {
             command: opts.container_command,
             app_file: opts.app_file,
-            stopping: Arc::new(Mutex::new(HashMap::new())),
+            placement,
+            procs: procs.clone(),
         };
         let serve = ServeOptions {
             addr,
             token: opts.token,
             max_message_bytes: opts.max_message_bytes.map_or(ServeOptions::default().max_message_bytes, |m| m as usize),
+            http_addr: match opts.http_port {
+                Some(port) => Some(format!("{}:{port}", opts.host).parse().map_err(|e| {
+                    Error::from_reason(format!("--host {} --http-port {port}: not an address ({e})", opts.host))
+                })?),
+                None => None,
+            },
         };
         let plane = rt
             .block_on(ControlPlane::start(Registry { functions: defs }, spawner, serve))
             .map_err(|e| Error::from_reason(format!("berth serve: {e}")))?;
+        if let Some(pool) = gpus {
+            lock(&procs).gpus = pool;
+        }
         let address = plane.local_addr().to_string();
-        Ok(Self { rt: Some(rt), plane: Some(plane), address })
+        let http_address = plane.http_addr().map(|a| a.to_string());
+        Ok(Self { running: Mutex::new(Some((rt, plane))), address, http_address, procs })
     }
 
     #[napi(getter)]
@@ -182,17 +297,33 @@ impl BindingServer {
         self.address.clone()
     }
 
+    /// Where the HTTP ingress listens, when one was asked for.
+    #[napi(getter)]
+    pub fn http_address(&self) -> Option<String> {
+        self.http_address.clone()
+    }
+
+    /// The forced stop (a second Ctrl-C): kills every container process now, without exit
+    /// hooks, and starts no more. Synchronous, so that `process.exit()` may follow at once.
+    #[napi]
+    pub fn kill(&self) {
+        let mut g = lock(&self.procs);
+        g.killed = true;
+        for p in g.live.values_mut() {
+            let _ = p.child.kill();
+        }
+    }
+
     /// Stops taking calls, lets accepted inputs finish, runs containers' exit hooks, stops.
     /// Runs on the libuv threadpool; the promise keeps Node alive until it is done.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn shutdown(&mut self) -> AsyncTask<Shutdown> {
-        AsyncTask::new(Shutdown { rt: self.rt.take(), plane: self.plane.take() })
+    pub fn shutdown(&self) -> AsyncTask<Shutdown> {
+        AsyncTask::new(Shutdown { running: self.running.lock().unwrap_or_else(|e| e.into_inner()).take() })
     }
 }
 
 pub struct Shutdown {
-    rt: Option<tokio::runtime::Runtime>,
-    plane: Option<ControlPlane>,
+    running: Option<(tokio::runtime::Runtime, ControlPlane)>,
 }
 
 impl Task for Shutdown {
@@ -200,7 +331,7 @@ impl Task for Shutdown {
     type JsValue = ();
 
     fn compute(&mut self) -> Result<()> {
-        if let (Some(rt), Some(plane)) = (self.rt.take(), self.plane.take()) {
+        if let Some((rt, plane)) = self.running.take() {
             rt.block_on(plane.shutdown());
             rt.shutdown_timeout(Duration::from_secs(2));
         }
@@ -215,8 +346,8 @@ impl Task for Shutdown {
 impl Drop for BindingServer {
     fn drop(&mut self) {
         // Dropped without shutdown: containers see their stream close and exit by themselves.
-        if let Some(rt) = self.rt.take() {
-            drop(self.plane.take());
+        if let Some((rt, plane)) = self.running.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            drop(plane);
             rt.shutdown_background();
         }
     }
