@@ -50,8 +50,11 @@ test('berth run --containers process', async (t) => {
   check(t, await run([join(root, 'bin/berth.mjs'), 'run', fixture, '--containers', 'process']))
 })
 
-test("app.run(fn, { containers: 'process' }) from a script", async (t) => {
-  check(t, await run(['--import', 'tsx', fixture, '--as-script']))
+test("app.run(fn, { containers: 'process' }) from a script; after stop no container process is left", async (t) => {
+  const r = await run(['--import', 'tsx', fixture, '--as-script'])
+  check(t, r)
+  const after = r.out.split('\n').find((l) => l.startsWith('{"childrenAfterStop"'))
+  t.deepEqual(JSON.parse(after!).childrenAfterStop, [], 'the containers and the warm spare are gone')
 })
 
 test('process containers scale up under load and down after scaledownWindow, running @exit', async (t) => {

@@ -31,6 +31,13 @@ const cold = performance.now() - c0
 const w0 = performance.now()
 await noop.remote(1)
 const warm = performance.now() - w0
+// A container started later (scale-up, another function) comes from the warm spare: a Node
+// process with tsx and berth loaded, which only loads the module and attaches.
+await new Promise((r) => setTimeout(r, 1500))
+const other = Function.fromName<(x: number) => Promise<number>>('bench-serve', 'other')
+const s0 = performance.now()
+await other.remote(0)
+const fromSpare = performance.now() - s0
 
 // The Map stream, from a plain gRPC client.
 const proto = loader.loadSync('berth/v1/functions.proto', { includeDirs: [join(root, 'proto')] })
@@ -72,6 +79,7 @@ console.log(`\ncontrol plane + 1 container process (2 cores), no-op inputs`)
 console.log(`  berth serve listening after       ${listening.toFixed(0)} ms`)
 console.log(`  first call (cold container)       ${cold.toFixed(0)} ms   (spawn node + load the file + attach + run)`)
 console.log(`  next call (warm)                  ${warm.toFixed(1)} ms`)
+console.log(`  first call, container from spare  ${fromSpare.toFixed(0)} ms   (spawn-to-ready: load the file + attach + run; BERTH_WARM_SPARE=0 to compare)`)
 console.log(`  Function.fromName().map()         ${Math.round(berthRates[1]).toLocaleString('en-US')} inputs/s (one Map stream, median of 3 x ${N})`)
 console.log(`  Map stream from @grpc/grpc-js     ${Math.round(grpcRate).toLocaleString('en-US')} inputs/s (10,000; the JS client is the bottleneck)`)
 client.close()

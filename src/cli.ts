@@ -85,15 +85,25 @@ function api(): Api {
   return createRequire(__filename)('./index.cjs')
 }
 
-/** Loads the user's file with tsx; returns its apps, or an exit status after printing why not. */
-async function loadApps(cmd: string, file: string): Promise<import('./app.ts').App[] | number> {
-  const berth = api()
-  // A global registration, not tsImport: tsImport namespaces every module it loads, and the
-  // user's `import 'berth'` must reach this very instance.
-  // Both hooks, as the tsx CLI does: a .ts file in a "commonjs" package goes through require().
+let tsxRegistered = false
+
+/**
+ * A global registration, not tsImport: tsImport namespaces every module it loads, and the
+ * user's `import 'berth'` must reach this very instance. Both hooks, as the tsx CLI does: a .ts
+ * file in a "commonjs" package goes through require().
+ */
+async function registerTsx(): Promise<void> {
+  if (tsxRegistered) return
+  tsxRegistered = true
   const { register } = await import('tsx/esm/api')
   register()
   createRequire(__filename)('tsx/cjs/api').register()
+}
+
+/** Loads the user's file with tsx; returns its apps, or an exit status after printing why not. */
+async function loadApps(cmd: string, file: string): Promise<import('./app.ts').App[] | number> {
+  const berth = api()
+  await registerTsx()
   try {
     await import(pathToFileURL(resolve(file)).href)
   } catch (e) {
@@ -205,12 +215,40 @@ async function container(): Promise<number> {
     process.stderr.write('berth __container is started by `berth serve`, not by hand\n')
     return 2
   }
+  // Started ahead of need (the control plane keeps one spare): load what every container
+  // needs, then wait for who we are, set it in the environment, and only then load the user's
+  // module, so that its top level and native libraries (CUDA_VISIBLE_DEVICES) see it.
+  api()
+  createRequire(__filename)('../binding.cjs')
+  await registerTsx()
+  const identity = await readIdentity()
+  if (identity === null) process.exit(0) // the control plane stopped before it needed us
+  Object.assign(process.env, identity)
   const apps = await loadApps('container', file)
   if (typeof apps === 'number') return apps
   const code = await api().__berthContainerMain(apps)
   // Stopped (or the control plane is gone): whatever user code still runs has no one to
   // answer to, so it must not hold the process open.
   process.exit(code)
+}
+
+/** One JSON line on stdin: the container's identity and environment; null at end of input. */
+function readIdentity(): Promise<Record<string, string> | null> {
+  return new Promise((resolveLine) => {
+    let buf = ''
+    const done = (v: Record<string, string> | null) => {
+      process.stdin.off('data', onData).off('end', onEnd).off('error', onEnd)
+      process.stdin.destroy()
+      resolveLine(v)
+    }
+    const onData = (d: string) => {
+      buf += d
+      const nl = buf.indexOf('\n')
+      if (nl !== -1) done(JSON.parse(buf.slice(0, nl)))
+    }
+    const onEnd = () => done(null)
+    process.stdin.setEncoding('utf8').on('data', onData).on('end', onEnd).on('error', onEnd)
+  })
 }
 
 const SECRET_HELP = `Usage: berth secret create <name> KEY=VALUE [KEY=VALUE...]

@@ -1,5 +1,6 @@
 //! `berth serve`: the control plane in this process, containers as child Node processes.
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
@@ -63,6 +64,10 @@ struct Procs {
     gpus: GpuPool,
     /// Set by `kill()`: every process is killed and nothing more starts.
     killed: bool,
+    /// A container process started ahead of need, with Node, tsx and berth loaded, waiting on
+    /// stdin for its identity: a new container then costs loading the user's module and
+    /// attaching, not a Node start.
+    spare: Option<Child>,
 }
 
 /// Starts container processes with the command and passes who they are in the environment.
@@ -74,6 +79,8 @@ struct ProcessSpawner {
     app_file: String,
     placement: HashMap<(String, String), Placement>,
     procs: Arc<Mutex<Procs>>,
+    /// Keep a warm spare (BERTH_WARM_SPARE=0 turns it off, for comparison).
+    keep_spare: bool,
 }
 
 /// How long a stopped container may take to exit by itself before it is killed.
@@ -85,6 +92,29 @@ fn lock(procs: &Mutex<Procs>) -> std::sync::MutexGuard<'_, Procs> {
 }
 
 impl ProcessSpawner {
+    /// A container process that waits for its identity on stdin.
+    fn start_process(&self) -> std::io::Result<Child> {
+        let Some((program, args)) = self.command.split_first() else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no container command"));
+        };
+        Command::new(program)
+            .args(args)
+            .env("BERTH_APP_FILE", &self.app_file)
+            // A group of its own: the terminal's Ctrl-C goes to the serving process alone, which
+            // stops containers in order instead of every process draining at once.
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(inherited(std::io::stdout().as_fd()))
+            .stderr(inherited(std::io::stderr().as_fd()))
+            .spawn()
+    }
+
+    fn refill_spare(&self, g: &mut Procs) {
+        if self.keep_spare && !g.killed && g.spare.is_none() {
+            g.spare = self.start_process().ok();
+        }
+    }
+
     fn start_supervisor(procs: &Arc<Mutex<Procs>>) {
         let weak = Arc::downgrade(procs);
         std::thread::Builder::new()
@@ -126,51 +156,63 @@ impl Spawner for ProcessSpawner {
         endpoint: &str,
         exited: ExitReporter,
     ) {
-        let Some((program, args)) = self.command.split_first() else { return };
         let placement = self.placement.get(&(def.app.clone(), def.name.clone()));
         let mut g = lock(&self.procs);
         if g.killed {
             return;
         }
-        let mut cmd = Command::new(program);
+        let mut identity: Vec<(&str, String)> = vec![
+            ("BERTH_ENDPOINT", endpoint.to_string()),
+            ("BERTH_CONTAINER_ID", container.to_string()),
+            ("BERTH_CONTAINER_TOKEN", token.to_string()),
+            ("BERTH_APP", def.app.clone()),
+            ("BERTH_FUNCTION", def.name.clone()),
+            ("BERTH_PARAMS", hex(params)),
+            ("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string()),
+        ];
         let mut gpus = Vec::new();
         if let Some(p) = placement {
-            cmd.envs(&p.env);
+            identity.extend(p.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
             if !p.gpu.is_empty() {
                 let Some((visible, slots)) = g.gpus.take(&p.gpu) else {
                     drop(g);
                     exited.exited("could not start: every matching GPU is held by another container".into());
                     return;
                 };
-                cmd.env("CUDA_VISIBLE_DEVICES", visible);
+                identity.push(("CUDA_VISIBLE_DEVICES", visible));
                 gpus = slots;
             }
         }
-        let child = cmd
-            .args(args)
-            .env("BERTH_ENDPOINT", endpoint)
-            .env("BERTH_CONTAINER_ID", container.to_string())
-            .env("BERTH_CONTAINER_TOKEN", token)
-            .env("BERTH_APP_FILE", &self.app_file)
-            .env("BERTH_APP", &def.app)
-            .env("BERTH_FUNCTION", &def.name)
-            .env("BERTH_PARAMS", hex(params))
-            .env("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string())
-            // A group of its own: the terminal's Ctrl-C goes to the serving process alone, which
-            // stops containers in order instead of every process draining at once.
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(inherited(std::io::stdout().as_fd()))
-            .stderr(inherited(std::io::stderr().as_fd()))
-            .spawn();
+        // The warm spare if it is still alive, else a new process; either way it learns who it
+        // is from one line on stdin and sets it in its environment before loading the module.
+        let child = match g.spare.take() {
+            Some(mut c) => match c.try_wait() {
+                Ok(None) => Ok(c),
+                _ => self.start_process(),
+            },
+            None => self.start_process(),
+        };
+        let child = child.and_then(|mut c| {
+            let mut line = json_object(&identity);
+            line.push('\n');
+            let sent = c.stdin.take().map_or(Ok(()), |mut stdin| stdin.write_all(line.as_bytes()));
+            match sent {
+                Ok(()) => Ok(c),
+                Err(e) => {
+                    let _ = c.kill();
+                    Err(e)
+                }
+            }
+        });
         match child {
             Ok(child) => {
                 g.live.insert(container, Proc { child, exited, kill_at: None, gpus });
+                self.refill_spare(&mut g);
             }
             Err(e) => {
                 g.gpus.give_back(&gpus);
                 drop(g);
-                exited.exited(format!("could not start ({program}: {e})"));
+                exited.exited(format!("could not start ({}: {e})", self.command.join(" ")));
             }
         }
     }
@@ -180,6 +222,53 @@ impl Spawner for ProcessSpawner {
             p.kill_at.get_or_insert(Instant::now() + STOP_KILL_AFTER);
         }
     }
+}
+
+impl Drop for ProcessSpawner {
+    fn drop(&mut self) {
+        release_spare(&self.procs);
+    }
+}
+
+/// No more containers will start: the spare exits by itself when its stdin closes; reap it so
+/// it is no zombie, and start no other.
+fn release_spare(procs: &Mutex<Procs>) {
+    let spare = {
+        let mut g = lock(procs);
+        g.killed = true;
+        g.spare.take()
+    };
+    if let Some(mut spare) = spare {
+        drop(spare.stdin.take());
+        let _ = spare.wait();
+    }
+}
+
+/// `{"K":"V",...}` with JSON string escapes.
+fn json_object(pairs: &[(&str, String)]) -> String {
+    fn string(out: &mut String, s: &str) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    let mut out = String::from("{");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        string(&mut out, k);
+        out.push(':');
+        string(&mut out, v);
+    }
+    out.push('}');
+    out
 }
 
 /// The GPUs on this machine, from `nvidia-smi -L` (`BERTH_NVIDIA_SMI` names another command,
@@ -269,7 +358,9 @@ impl BindingServer {
             app_file: opts.app_file,
             placement,
             procs: procs.clone(),
+            keep_spare: std::env::var("BERTH_WARM_SPARE").map_or(true, |v| v != "0"),
         };
+        spawner.refill_spare(&mut lock(&procs));
         let serve = ServeOptions {
             addr,
             token: opts.token,
@@ -312,18 +403,25 @@ impl BindingServer {
         for p in g.live.values_mut() {
             let _ = p.child.kill();
         }
+        if let Some(mut spare) = g.spare.take() {
+            let _ = spare.kill();
+        }
     }
 
     /// Stops taking calls, lets accepted inputs finish, runs containers' exit hooks, stops.
     /// Runs on the libuv threadpool; the promise keeps Node alive until it is done.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn shutdown(&self) -> AsyncTask<Shutdown> {
-        AsyncTask::new(Shutdown { running: self.running.lock().unwrap_or_else(|e| e.into_inner()).take() })
+        AsyncTask::new(Shutdown {
+            running: self.running.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            procs: self.procs.clone(),
+        })
     }
 }
 
 pub struct Shutdown {
     running: Option<(tokio::runtime::Runtime, ControlPlane)>,
+    procs: Arc<Mutex<Procs>>,
 }
 
 impl Task for Shutdown {
@@ -335,6 +433,7 @@ impl Task for Shutdown {
             rt.block_on(plane.shutdown());
             rt.shutdown_timeout(Duration::from_secs(2));
         }
+        release_spare(&self.procs);
         Ok(())
     }
 
