@@ -119,3 +119,15 @@ test('berth run with an unknown ::name exits non-zero naming what exists', async
   t.regex(r.stderr, /nope/)
   t.regex(r.stderr, /triple/)
 })
+
+test("the issue's commands on examples/embeddings.ts: run the entrypoint, and ::square -- --x 3", async (t) => {
+  const r = await berth(['run', 'examples/embeddings.ts'])
+  t.is(r.code, 0, r.stderr)
+  const out = lines(r.stdout)
+  t.is(out[0], '16')
+  t.true(out.includes('[ 5, 6 ] [ 8 ]'), out.join('\n'))
+  t.true(out.some((l) => /^\[mini\] closed in process \d+$/.test(l)), 'the container ran @exit before berth run exited')
+  const sq = await berth(['run', 'examples/embeddings.ts::square', '--', '--x', '3'])
+  t.is(sq.code, 0, sq.stderr)
+  t.true(lines(sq.stdout).includes('9'), sq.stdout)
+})

@@ -122,7 +122,7 @@ test.serial('berth serve --http-port: functions and class methods answer JSON ov
   t.teardown(() => s.child.kill('SIGKILL'))
   const post = async (path: string, body: string) => {
     const r = await fetch(`http://${s.http}${path}`, { method: 'POST', body, headers: { 'content-type': 'application/json' } })
-    return { status: r.status, json: await r.json() }
+    return { status: r.status, json: (await r.json()) as any }
   }
   t.deepEqual(await post('/served/square', '[7]'), { status: 200, json: 49 })
   t.deepEqual(await post('/served/Embedder/embed', '{"args":["hello"],"params":{"model":"big"}}'), { status: 200, json: [5, 'big'] })
@@ -170,6 +170,22 @@ test.serial('berth serve beyond loopback needs --token, and callers must send it
   const viaHttp = await post({ authorization: 'Bearer s3cret' })
   t.is(viaHttp.status, 200)
   t.is(await viaHttp.json(), 25)
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0)
+})
+
+test.serial('--max-message-bytes: a larger request is RESOURCE_EXHAUSTED over gRPC and 413 over HTTP; smaller ones pass', async (t) => {
+  const s = await serve(['--max-message-bytes', '4096'])
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const client = new Functions(s.address, grpc.credentials.createInsecure())
+  const big = 'x'.repeat(8192)
+  const refused = await invoke(client, 'echo', [big]).catch((e) => e)
+  t.is(refused.code, grpc.status.RESOURCE_EXHAUSTED, String(refused.details))
+  const small = await invoke(client, 'echo', ['x'.repeat(1000)])
+  t.is(cbor.decode(small.result.value), 'x'.repeat(1000))
+  const http = await fetch(`http://${s.http}/served/echo`, { method: 'POST', body: JSON.stringify([big]) })
+  t.is(http.status, 413)
+  client.close()
   s.child.kill('SIGTERM')
   t.is(await exitOf(s), 0)
 })

@@ -109,3 +109,17 @@ void fnCalls
 type AnyHandle = MethodHandle<(...a: any[]) => any>
 declare const anyHandle: AnyHandle
 void anyHandle.remote(1, 'x', {})
+
+// Function.fromName<T>: T is the function's type or its handle's (`typeof square`, SPEC §3).
+import { Function as BerthFunction } from '../src/client.ts'
+async function fromNameCalls(): Promise<void> {
+  const byHandle = BerthFunction.fromName<typeof square>('embeddings', 'square')
+  expectType<Promise<number>>(byHandle.remote(3))
+  // @ts-expect-error wrong argument type through a handle type
+  void byHandle.remote('3')
+  const byFn = BerthFunction.fromName<(x: number, y: string) => Promise<boolean>>('a', 'f')
+  expectType<Promise<boolean>>(byFn.remote(1, 'y'))
+  // @ts-expect-error missing argument through a function type
+  void byFn.remote(1)
+}
+void fromNameCalls

@@ -30,6 +30,7 @@ Commands:
 `
 
 const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
+                   [--max-message-bytes 16777216]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
 grpc.health.v1.Health, server reflection) on --host:--grpc-port, and runs each container as a
@@ -40,7 +41,8 @@ child process that loads <file.ts>. --http-port serves the same functions as JSO
 
 answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
 throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /healthz
-answers ok. Binding a host other than loopback requires --token; callers then send
+answers ok. A request larger than --max-message-bytes (default 16 MiB) is refused:
+RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires --token; callers then send
 \`authorization: Bearer <token>\` (both ports). Port 0 picks a free port.
 On stop, in-flight inputs finish and containers run their @exit hooks.
 `
@@ -145,7 +147,7 @@ async function serve(args: string[]): Promise<number> {
   }
   let parsed
   try {
-    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token'])
+    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes'])
   } catch (e) {
     process.stderr.write(`berth serve: ${(e as Error).message}\n\n${SERVE_HELP}`)
     return 2
@@ -159,6 +161,11 @@ async function serve(args: string[]): Promise<number> {
   const port = Number(values.get('grpc-port') ?? 7450)
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     process.stderr.write(`berth serve: --grpc-port must be a port number (0 picks a free one)\n`)
+    return 2
+  }
+  const maxMessageBytes = values.has('max-message-bytes') ? Number(values.get('max-message-bytes')) : undefined
+  if (maxMessageBytes !== undefined && (!Number.isInteger(maxMessageBytes) || maxMessageBytes < 1024 || maxMessageBytes > 2 ** 31 - 1)) {
+    process.stderr.write(`berth serve: --max-message-bytes must be a whole number of bytes from 1024 up, e.g. 67108864 for 64 MiB\n`)
     return 2
   }
   const httpPort = Number(values.get('http-port') ?? 7451)
@@ -176,6 +183,7 @@ async function serve(args: string[]): Promise<number> {
       grpcPort: port,
       httpPort,
       token: values.get('token'),
+      maxMessageBytes,
       containerCommand: [process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__container'],
       appFile: file,
     })

@@ -6,7 +6,7 @@ import { FunctionCall, splitOptions, zip, toAsync } from './app.ts'
 import { decodeValue, encodeValue } from './cbor.ts'
 import { BerthError, InvalidError, errorFromData } from './errors.ts'
 import { checkAndCopyArgs } from './serialize.ts'
-import type { ClsHandle, FunctionHandle, MapOptions } from './types.ts'
+import type { ClsHandle, MapOptions, RemoteFunctionHandle } from './types.ts'
 
 interface BindingClient {
   invoke(id: number, app: string, fn: string, method: string, params: Buffer, args: Buffer): void
@@ -335,8 +335,8 @@ export class RemoteInvocable {
 
 export const Function = {
   /** A handle on a function of a served app; connects at the first call. */
-  fromName<F extends (...args: any[]) => any>(app: string, name: string): FunctionHandle<F> {
-    return new RemoteInvocable(app, name, '', EMPTY, `${app}/${name}`) as unknown as FunctionHandle<F>
+  fromName<T = (...args: any[]) => any>(app: string, name: string): RemoteFunctionHandle<T> {
+    return new RemoteInvocable(app, name, '', EMPTY, `${app}/${name}`) as unknown as RemoteFunctionHandle<T>
   },
 }
 

@@ -50,6 +50,13 @@ export interface Invocable<A extends unknown[], R> {
 
 export type FunctionHandle<F extends (...a: any[]) => any> = Invocable<Parameters<F>, Awaited<ReturnType<F>>>
 
+/**
+ * What `Function.fromName<T>` returns: `T` is the function's type, or the type of its handle
+ * (`typeof square`, where `square = app.function(...)`), as SPEC §3 writes it.
+ */
+export type RemoteFunctionHandle<T> =
+  T extends Invocable<infer A, infer R> ? Invocable<A, R> : T extends (...a: any[]) => any ? FunctionHandle<T> : never
+
 type IsAny<T> = 0 extends 1 & T ? true : false
 
 /** Element types of a tuple of arrays: `[string[], number[]]` → `[string, number]`. */
