@@ -1,5 +1,6 @@
 //! The control plane's state, shared by the gRPC handlers and the scheduler's host side.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_core::{
@@ -60,6 +61,11 @@ pub(crate) fn error(name: &str, message: impl Into<String>) -> pb::Result {
     pb::Result {
         outcome: Some(PbOutcome::Error(pb::Error { name: name.into(), message: message.into(), stack: String::new() })),
     }
+}
+
+/// What a cancelled input is answered with.
+pub(crate) fn cancelled() -> pb::Result {
+    error("InputCancelledError", "the call was cancelled")
 }
 
 pub(crate) struct PoolEntry {
@@ -165,6 +171,61 @@ pub(crate) enum Waiter {
     Map(mpsc::UnboundedSender<Result<pb::MapResponse, tonic::Status>>, u64),
 }
 
+impl Waiter {
+    /// Hands the input's one result to whoever waits for it.
+    pub fn send(self, result: pb::Result) {
+        match self {
+            Waiter::None => {}
+            Waiter::Call(w) => {
+                let _ = w.send(result);
+            }
+            Waiter::Map(out, index) => {
+                let _ = out.send(Ok(pb::MapResponse { index, result: Some(result) }));
+            }
+        }
+    }
+}
+
+/// A Map call whose stream is open, for `Cancel` (by its function call id) and for the end of
+/// its stream.
+#[derive(Default)]
+pub(crate) struct MapCall {
+    /// Set, under the state lock, once the call is cancelled (by `Cancel`, or because its
+    /// caller went away): inputs that arrive later are answered `InputCancelledError` at once.
+    cancelled: AtomicBool,
+    /// Tells the task reading the Map's requests to stop.
+    pub stop: Notify,
+    /// How the stream ends once every accepted input is answered: OK, or this status (a
+    /// request message the stream could not take).
+    pub end: Mutex<Option<tonic::Status>>,
+}
+
+impl MapCall {
+    /// Only meaningful under the state lock, which orders it against submissions.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// Cancels a Map call: its queued inputs are dropped, its running ones aborted, each
+/// answered `InputCancelledError` once (by the scheduler, through [`ResultSink::done`]); inputs
+/// that arrive later are answered so at once, and its request reader stops.
+pub(crate) fn cancel_map(shared: &Shared, fc: &str, map: &MapCall) {
+    let st = shared.lock();
+    if map.cancelled.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    // Every input of the call not yet answered is still here (`done` removes it).
+    let mut ids: Vec<InputId> = st.inputs.iter().filter(|(_, i)| i.fc == fc).map(|(&id, _)| id).collect();
+    ids.sort_unstable();
+    if !ids.is_empty() {
+        // Sent under the lock: after the submissions of these inputs, before any later one.
+        let _ = shared.commands.send(Command::Cancel(ids));
+    }
+    drop(st);
+    map.stop.notify_one();
+}
+
 pub(crate) struct Input {
     pub args: Vec<u8>,
     pub fc: String,
@@ -186,6 +247,8 @@ pub(crate) struct State {
     pub links: HashMap<ContainerId, Link>,
     pub init_errors: HashMap<ContainerId, pb::Error>,
     pub calls: HashMap<String, CallSlot>,
+    /// Map calls with an open stream, by function call id.
+    pub maps: HashMap<String, Arc<MapCall>>,
 }
 
 pub(crate) struct Shared {
@@ -335,7 +398,7 @@ impl ResultSink for Host {
                 output.unwrap_or_else(|| error("Error", "the container's result was lost"))
             }
             Outcome::Timeout => error("FunctionTimeoutError", format!("input timed out on attempt {attempt}")),
-            Outcome::Cancelled => error("InputCancelledError", "the call was cancelled"),
+            Outcome::Cancelled => cancelled(),
             Outcome::Init(cid) => {
                 let cause = st.init_errors.get(&cid).cloned();
                 pb::Result {
@@ -360,15 +423,7 @@ impl ResultSink for Host {
                 slot.ready.notify_waiters();
             }
         }
-        match rec.waiter {
-            Waiter::None => {}
-            Waiter::Call(w) => {
-                let _ = w.send(result);
-            }
-            Waiter::Map(out, index) => {
-                let _ = out.send(Ok(pb::MapResponse { index, result: Some(result) }));
-            }
-        }
+        rec.waiter.send(result);
     }
 }
 

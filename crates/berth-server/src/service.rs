@@ -18,7 +18,9 @@ use tokio_stream::{Stream as _, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::plane::{error, CallSlot, Host, Input, PoolEntry, Registry, Shared, Spawner, State, Waiter};
+use crate::plane::{
+    cancel_map, cancelled, error, CallSlot, Host, Input, MapCall, PoolEntry, Registry, Shared, Spawner, State, Waiter,
+};
 
 /// Where and how the control plane listens.
 #[derive(Debug, Clone)]
@@ -88,7 +90,8 @@ impl ControlPlane {
 
         let token = opts.token.clone();
         let auth = move |req: Request<()>| check_token(token.as_deref(), &req).map(|()| req);
-        let functions = FunctionsServer::new(FunctionsSvc { shared: shared.clone() })
+        let cap = opts.max_message_bytes;
+        let functions = FunctionsServer::new(FunctionsSvc { shared: shared.clone(), max_message_bytes: cap })
             .max_decoding_message_size(opts.max_message_bytes)
             .max_encoding_message_size(opts.max_message_bytes);
         let containers = ContainersServer::new(ContainersSvc { shared: shared.clone() })
@@ -127,7 +130,7 @@ impl ControlPlane {
         let http = match http_listener {
             Some(listener) => Some(crate::http::Ingress::start(
                 listener,
-                FunctionsSvc { shared: shared.clone() },
+                FunctionsSvc { shared: shared.clone(), max_message_bytes: cap },
                 opts.token.clone(),
                 opts.max_message_bytes,
             )?),
@@ -220,7 +223,11 @@ fn check_cbor(bytes: &[u8], what: &str, want_map: bool) -> Result<(), Status> {
 
 pub(crate) struct FunctionsSvc {
     shared: Arc<Shared>,
+    max_message_bytes: usize,
 }
+
+/// The response header that carries a Map call's function call id (what `Cancel` takes).
+pub(crate) const MAP_CALL_ID_HEADER: &str = "berth-function-call-id";
 
 impl FunctionsSvc {
     /// The pool and method index a request names, creating the pool for new parameters.
@@ -293,24 +300,49 @@ impl FunctionsSvc {
         (result, fc)
     }
 
-    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) -> u64 {
+    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) {
         self.submit_many(pool, method, fc, vec![(args, waiter)])
     }
 
-    /// Many inputs, one lock and one command; returns the last input's id.
-    fn submit_many(&self, pool: PoolId, method: u32, fc: String, inputs: Vec<(Vec<u8>, Waiter)>) -> u64 {
+    /// Many inputs, one lock and one command. The inputs of a cancelled Map call are answered
+    /// `InputCancelledError` instead.
+    fn submit_many(&self, pool: PoolId, method: u32, fc: String, inputs: Vec<(Vec<u8>, Waiter)>) {
         let mut subs = Vec::with_capacity(inputs.len());
         let mut st = self.shared.lock();
+        if st.maps.get(&fc).is_some_and(|m| m.is_cancelled()) {
+            drop(st);
+            for (_, waiter) in inputs {
+                waiter.send(cancelled());
+            }
+            return;
+        }
         for (args, waiter) in inputs {
             st.next_input += 1;
             let input = st.next_input;
             st.inputs.insert(input, Input { args, fc: fc.clone(), waiter });
             subs.push(Submission { input, pool, method });
         }
-        drop(st);
         let last = subs.last().map_or(0, |s| s.input);
+        // A spawned call's slot learns its input before anything can cancel or answer it.
+        if let Some(slot) = st.calls.get_mut(&fc) {
+            slot.input = last;
+        }
+        // Sent under the lock, so a Cancel of these inputs always follows their submission.
         let _ = self.shared.commands.send(Command::Submit(subs));
-        last
+    }
+
+    /// The status a caller gets for a request message the server could not read: tonic's
+    /// OUT_OF_RANGE for a message over the cap becomes RESOURCE_EXHAUSTED, naming the cap.
+    fn inbound_status(&self, status: Status) -> Status {
+        if status.code() != tonic::Code::OutOfRange {
+            return status;
+        }
+        Status::resource_exhausted(format!(
+            "a Map message is over this server's message size cap of {} bytes ({}): send smaller inputs, \
+             or start the server with a larger max_message_bytes",
+            self.max_message_bytes,
+            status.message()
+        ))
     }
 
     fn new_call_id(&self) -> String {
@@ -332,57 +364,93 @@ impl Functions for FunctionsSvc {
         Ok(Response::new(pb::InvokeResponse { result: Some(result), function_call_id: fc }))
     }
 
-    type MapStream = Stream<pb::MapResponse>;
+    type MapStream = MapResponses;
 
     async fn map(&self, req: Request<Streaming<pb::MapRequest>>) -> Result<Response<Self::MapStream>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound.next().await.ok_or_else(|| bad("empty Map stream: send the function first"))??;
+        let first = inbound
+            .next()
+            .await
+            .ok_or_else(|| bad("empty Map stream: send the function first"))?
+            .map_err(|s| self.inbound_status(s))?;
         let Some(map_request::Item::Function(f)) = first.item else {
             return Err(bad("the first Map message must name the function (`function`), then inputs follow"));
         };
         let (pool, method) = self.resolve(Some(&f))?;
         let fc = self.new_call_id();
+        let call = Arc::new(MapCall::default());
+        self.shared.lock().maps.insert(fc.clone(), call.clone());
         let (out, rx) = mpsc::unbounded_channel();
-        let svc = FunctionsSvc { shared: self.shared.clone() };
+        let responses =
+            MapResponses { rx, shared: self.shared.clone(), fc: fc.clone(), call: call.clone(), ended: false };
+        let svc = FunctionsSvc { shared: self.shared.clone(), max_message_bytes: self.max_message_bytes };
+        let header = fc.parse();
         tokio::spawn(async move {
-            // Each input holds a sender; once the requests end and every input is answered,
-            // the last sender goes and the response stream ends.
-            while let Some(first) = inbound.next().await {
+            // Each input holds a sender, and so does this task while it reads: once it stops
+            // and every input is answered, the last sender goes and the response stream ends.
+            let mut stopping = false;
+            loop {
+                let next = if stopping {
+                    // Cancelled: what has already arrived is answered too, without waiting.
+                    match ready(&mut inbound) {
+                        std::task::Poll::Ready(m) => m,
+                        std::task::Poll::Pending => None,
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        () = call.stop.notified() => {
+                            stopping = true;
+                            continue;
+                        }
+                        m = inbound.next() => m,
+                    }
+                };
+                let Some(first) = next else { break };
                 // Everything that has already arrived goes to the scheduler as one submission.
                 let mut msgs = vec![first];
                 while msgs.len() < 4096 {
-                    match std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(std::pin::Pin::new(&mut inbound).poll_next(cx))
-                    })
-                    .await
-                    {
+                    match ready(&mut inbound) {
                         std::task::Poll::Ready(Some(m)) => msgs.push(m),
                         _ => break,
                     }
                 }
                 let mut batch = Vec::with_capacity(msgs.len());
+                let mut end = None;
                 for msg in msgs {
                     let input = match msg.map(|m| m.item) {
                         Ok(Some(map_request::Item::Input(i))) => i,
                         Ok(_) => {
-                            let _ = out.send(Err(bad("after the first message, Map messages carry inputs only")));
-                            return;
+                            end = Some(bad("after the first message, Map messages carry inputs only"));
+                            break;
                         }
                         Err(status) => {
-                            let _ = out.send(Err(status));
-                            return;
+                            end = Some(svc.inbound_status(status));
+                            break;
                         }
                     };
                     if let Err(status) = check_cbor(&input.args, &format!("args of input {}", input.index), false) {
-                        let _ = out.send(Err(status));
-                        return;
+                        end = Some(status);
+                        break;
                     }
                     batch.push((input.args, Waiter::Map(out.clone(), input.index)));
                 }
-                svc.submit_many(pool, method, fc.clone(), batch);
+                // The inputs before a bad message still run and get their results; the
+                // stream ends with the status after them.
+                if !batch.is_empty() {
+                    svc.submit_many(pool, method, fc.clone(), batch);
+                }
+                if let Some(status) = end {
+                    *call.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+                    break;
+                }
             }
         });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+        let mut response = Response::new(responses);
+        if let Ok(v) = header {
+            response.metadata_mut().insert(MAP_CALL_ID_HEADER, v);
+        }
+        Ok(response)
     }
 
     async fn spawn(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
@@ -393,11 +461,8 @@ impl Functions for FunctionsSvc {
         // The slot exists before the input, so a fast result always finds it.
         let ready = Arc::new(Notify::new());
         self.shared.lock().calls.insert(fc.clone(), CallSlot { input: 0, result: None, ready });
-        let input = self.submit(pool, method, req.args, fc.clone(), Waiter::None);
-        let mut st = self.shared.lock();
-        if let Some(slot) = st.calls.get_mut(&fc) {
-            slot.input = input;
-        }
+        // The slot learns its input in `submit`, under the same lock.
+        self.submit(pool, method, req.args, fc.clone(), Waiter::None);
         Ok(Response::new(pb::SpawnResponse { function_call_id: fc }))
     }
 
@@ -430,9 +495,17 @@ impl Functions for FunctionsSvc {
         Ok(Response::new(pb::GetResultResponse { ready: result.is_some(), result }))
     }
 
+    /// A spawned call's input, or every input of a Map call not answered yet.
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let fc = req.into_inner().function_call_id;
-        let input = self.shared.lock().calls.get(&fc).map(|s| s.input).ok_or_else(|| not_a_call(&fc))?;
+        let st = self.shared.lock();
+        if let Some(call) = st.maps.get(&fc).cloned() {
+            drop(st);
+            cancel_map(&self.shared, &fc, &call);
+            return Ok(Response::new(pb::CancelResponse {}));
+        }
+        let input = st.calls.get(&fc).map(|s| s.input).ok_or_else(|| not_a_call(&fc))?;
+        // Under the lock: after the input's submission.
         let _ = self.shared.commands.send(Command::Cancel(vec![input]));
         Ok(Response::new(pb::CancelResponse {}))
     }
@@ -440,8 +513,68 @@ impl Functions for FunctionsSvc {
 
 fn not_a_call(fc: &str) -> Status {
     Status::not_found(format!(
-        "no spawned call '{fc}' on this server (Spawn returns the ids GetResult and Cancel take)"
+        "no spawned call or open Map call '{fc}' on this server (Spawn returns the ids GetResult and Cancel \
+         take; Map sends its id in the `{MAP_CALL_ID_HEADER}` response header)"
     ))
+}
+
+/// Polls the request stream once: a message that has already arrived, or Pending.
+fn ready(inbound: &mut Streaming<pb::MapRequest>) -> std::task::Poll<Option<Result<pb::MapRequest, Status>>> {
+    let waker = std::task::Waker::noop();
+    std::pin::Pin::new(inbound).poll_next(&mut std::task::Context::from_waker(waker))
+}
+
+/// A Map call's results, as they finish. It ends once the requests have ended (or the call was
+/// cancelled) and every accepted input is answered: OK, or with the status of a request
+/// message the server could not take. Dropped before that (the caller went away), it cancels
+/// the call's inputs that are still queued or running.
+pub struct MapResponses {
+    rx: mpsc::UnboundedReceiver<Result<pb::MapResponse, Status>>,
+    shared: Arc<Shared>,
+    fc: String,
+    call: Arc<MapCall>,
+    ended: bool,
+}
+
+impl MapResponses {
+    fn forget(&self) {
+        let mut st = self.shared.lock();
+        if st.maps.get(&self.fc).is_some_and(|c| Arc::ptr_eq(c, &self.call)) {
+            st.maps.remove(&self.fc);
+        }
+    }
+}
+
+impl tokio_stream::Stream for MapResponses {
+    type Item = Result<pb::MapResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(None) => {
+                self.ended = true;
+                self.forget();
+                let end = self.call.end.lock().unwrap_or_else(|e| e.into_inner()).take();
+                std::task::Poll::Ready(end.map(Err))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for MapResponses {
+    fn drop(&mut self) {
+        if !self.ended {
+            // Nobody reads the results any more: the inputs are not run for nobody.
+            cancel_map(&self.shared, &self.fc, &self.call);
+        }
+        self.forget();
+    }
 }
 
 pub(crate) struct ContainersSvc {
@@ -514,7 +647,10 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
         for (input, attempt) in inputs {
             let r =
                 results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
-            st.outputs.insert((input, attempt), r);
+            // An input answered already (cancelled while it ran) needs its result no more.
+            if st.inputs.contains_key(&input) {
+                st.outputs.insert((input, attempt), r);
+            }
         }
         let status = if o.retryable_failure { berth_core::ExecStatus::Failed } else { berth_core::ExecStatus::Ok };
         done.push((o.exec_id, status));

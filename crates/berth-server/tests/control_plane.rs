@@ -395,3 +395,192 @@ async fn health_and_reflection_are_served() {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }
 }
+
+fn map_first() -> pb::MapRequest {
+    pb::MapRequest { item: Some(map_request::Item::Function(square_ref().unwrap())) }
+}
+
+fn map_input(i: u64) -> pb::MapRequest {
+    pb::MapRequest { item: Some(map_request::Item::Input(pb::MapInput { index: i, args: args(&[i as i64]) })) }
+}
+
+/// The function call id a Map call sends in its response headers.
+fn map_call_id<T>(r: &tonic::Response<T>) -> String {
+    r.metadata().get("berth-function-call-id").expect("the call id header").to_str().unwrap().to_string()
+}
+
+/// Reads a Map stream to its end: each index's result (once), then how the stream ended.
+async fn drain_map(
+    stream: &mut tonic::Streaming<pb::MapResponse>,
+    got: &mut HashMap<u64, pb::Result>,
+) -> Result<(), tonic::Status> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await.expect("the stream ends within 20 s")? {
+            Some(m) => assert!(got.insert(m.index, m.result.unwrap()).is_none(), "index {} twice", m.index),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Waits until the fake containers stop executing (what was aborted mid-run settles), and
+/// says how many inputs they executed.
+async fn executions_settle(seen: &Mutex<Seen>) -> usize {
+    let mut last = usize::MAX;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let now = seen.lock().unwrap().executed.len();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the containers kept executing inputs");
+}
+
+/// A Map message over the cap: the inputs before it still get their results, then the stream
+/// ends with RESOURCE_EXHAUSTED naming the cap (tonic alone would say OUT_OF_RANGE at once).
+#[tokio::test]
+async fn an_oversized_map_message_is_resource_exhausted_after_the_accepted_results() {
+    let b = Behaviour { delay: Duration::from_millis(100), ..Behaviour::default() };
+    let (plane, _) = start(square_app(0, 1), b, ServeOptions { max_message_bytes: 1024, ..local() }).await;
+    let mut c = client(&plane).await;
+    let big = cbor(&ciborium::Value::Array(vec![ciborium::Value::Bytes(vec![7; 4096])]));
+    let big = pb::MapRequest { item: Some(map_request::Item::Input(pb::MapInput { index: 2, args: big })) };
+    let requests = tokio_stream::iter(vec![map_first(), map_input(0), map_input(1), big, map_input(3)]);
+    let mut stream = c.map(requests).await.unwrap().into_inner();
+    let mut got = HashMap::new();
+    let e = tokio::time::timeout(Duration::from_secs(20), drain_map(&mut stream, &mut got))
+        .await
+        .expect("in time")
+        .expect_err("the stream ends with a status");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("1024") && e.message().contains("smaller"),
+        "names the cap and the fix: {}",
+        e.message()
+    );
+    assert_eq!(got.len(), 2, "the inputs before the oversized one, and only them: {got:?}");
+    assert_eq!((int(&got[&0]), int(&got[&1])), (0, 1));
+
+    // Oversized in the very first message (the function): the same status.
+    let huge = pb::FunctionRef { params: vec![0xa0; 4096], ..square_ref().unwrap() };
+    let first = pb::MapRequest { item: Some(map_request::Item::Function(huge)) };
+    let e = match c.map(tokio_stream::iter(vec![first])).await {
+        Err(e) => e,
+        Ok(r) => r.into_inner().message().await.expect_err("a status"),
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+
+    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[5]) }).await.unwrap().into_inner();
+    assert_eq!(int(r.result.as_ref().unwrap()), 25, "the server still serves");
+    tokio::time::timeout(Duration::from_secs(20), plane.shutdown()).await.expect("shutdown in time");
+}
+
+/// Cancel with a Map's call id (from its response headers): every input gets exactly one
+/// result, the unfinished ones InputCancelledError, queued ones never run, and the stream ends
+/// although the caller has not closed its requests.
+#[tokio::test]
+async fn cancelling_a_map_answers_each_unfinished_input_once_as_cancelled() {
+    let b = Behaviour { delay: Duration::from_millis(100), ..Behaviour::default() };
+    let (plane, seen) = start(square_app(0, 1), b, local()).await;
+    let mut c = client(&plane).await;
+    let n = 40u64;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(map_first()).unwrap();
+    for i in 0..n {
+        tx.send(map_input(i)).unwrap();
+    }
+    let response = c.map(UnboundedReceiverStream::new(rx)).await.unwrap();
+    let fc = map_call_id(&response);
+    assert!(fc.starts_with("fc-"), "{fc}");
+    let mut stream = response.into_inner();
+    let mut got = HashMap::new();
+    while got.len() < 2 {
+        let m =
+            tokio::time::timeout(Duration::from_secs(20), stream.message()).await.expect("in time").unwrap().unwrap();
+        assert!(got.insert(m.index, m.result.unwrap()).is_none());
+    }
+    c.cancel(pb::CancelRequest { function_call_id: fc.clone() }).await.expect("a Map's id cancels it");
+    drain_map(&mut stream, &mut got).await.expect("the stream ends normally");
+    assert_eq!(got.len(), n as usize, "every input answered");
+    let mut cancelled = 0;
+    for (i, r) in &got {
+        match &r.outcome {
+            Some(Outcome::Value(_)) => assert_eq!(int(r), (i * i) as i64),
+            _ => {
+                assert_eq!(err_name(r), "InputCancelledError");
+                cancelled += 1;
+            }
+        }
+    }
+    assert!(cancelled >= n as usize - 8, "the unfinished inputs are cancelled: {cancelled} of {n}");
+    let executed = executions_settle(&seen).await;
+    assert!(executed < 12, "queued inputs were dropped, not run: {executed} of {n} ran");
+    let e = c.cancel(pb::CancelRequest { function_call_id: fc }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "an ended Map is forgotten");
+    drop(tx);
+
+    // Another Map on the same server is untouched, and completes.
+    let requests = tokio_stream::iter(std::iter::once(map_first()).chain((0..5).map(map_input)));
+    let mut stream = c.map(requests).await.unwrap().into_inner();
+    let mut got = HashMap::new();
+    drain_map(&mut stream, &mut got).await.unwrap();
+    assert!((0..5u64).all(|i| int(&got[&i]) == (i * i) as i64));
+    tokio::time::timeout(Duration::from_secs(20), plane.shutdown()).await.expect("shutdown in time");
+}
+
+/// A Map caller that goes away (drops its stream, or its process dies with the requests still
+/// open) leaves no inputs to run for nobody: the queued ones are dropped, the running ones
+/// aborted.
+#[tokio::test]
+async fn a_map_whose_caller_goes_away_is_cancelled() {
+    for caller_process_dies in [false, true] {
+        let b = Behaviour { delay: Duration::from_millis(100), ..Behaviour::default() };
+        let (plane, seen) = start(square_app(0, 1), b, local()).await;
+        let n = 40u64;
+        let url = format!("http://{}", plane.local_addr());
+        let caller = async move {
+            let mut c = FunctionsClient::connect(url).await.expect("connect");
+            let (tx, rx) = mpsc::unbounded_channel();
+            tx.send(map_first()).unwrap();
+            for i in 0..n {
+                tx.send(map_input(i)).unwrap();
+            }
+            if !caller_process_dies {
+                // Requests closed: dropping the response stream resets the call.
+                drop(tx);
+            } else {
+                std::mem::forget(tx);
+            }
+            let mut stream = c.map(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+            let first = tokio::time::timeout(Duration::from_secs(20), stream.message()).await.expect("in time");
+            assert!(first.unwrap().is_some());
+        };
+        if caller_process_dies {
+            // A runtime of its own, dropped with the call open: its connection closes, as when
+            // the caller's process ends.
+            tokio::task::spawn_blocking(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(caller);
+            })
+            .await
+            .unwrap();
+        } else {
+            caller.await;
+        }
+        let executed = executions_settle(&seen).await;
+        assert!(executed < 12, "caller_process_dies={caller_process_dies}: {executed} of {n} inputs ran");
+        let mut c = client(&plane).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[9]) }),
+        )
+        .await
+        .expect("nothing queued ahead")
+        .unwrap()
+        .into_inner();
+        assert_eq!(int(r.result.as_ref().unwrap()), 81);
+        tokio::time::timeout(Duration::from_secs(20), plane.shutdown()).await.expect("shutdown in time");
+    }
+}
