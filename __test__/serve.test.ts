@@ -259,6 +259,30 @@ test.serial('Function.fromName / Cls.fromName reach a served app from another pr
   t.is(await exitOf(s), 0)
 })
 
+test.serial('leaving a remote map() early (break) cancels its inputs on the server instead of running them for nobody', async (t) => {
+  const { App, Function } = await import('berth')
+  const s = await serve()
+  t.teardown(() => s.child.kill('SIGKILL'))
+  App.lookup('served', { server: `http://${s.address}` })
+  const tick = Function.fromName<(x: number) => Promise<number>>('served', 'tick')
+  const n = 40
+  const got: number[] = []
+  for await (const y of tick.map(Array.from({ length: n }, (_, i) => i))) {
+    got.push(y)
+    if (got.length === 2) break
+  }
+  t.deepEqual(got, [0, 1])
+  const ran = () => readFileSync(s.marker, 'utf8').split('\n').filter((l) => l.startsWith('tick ')).length
+  // Two at a time, 100 ms each: all 40 would take 2 s. Wait past that and count.
+  await new Promise((r) => setTimeout(r, 2500))
+  const started = ran()
+  t.true(started < n / 2, `${started} of ${n} inputs started after the caller left`)
+  // The server is still in shape for the next caller.
+  t.is(await tick.remote(99), 99)
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0)
+})
+
 for (const signal of ['SIGTERM', 'SIGINT'] as const)
 test.serial(`${signal} to one container: it finishes its inputs, runs @exit and exits; the rest move on, none lost`, async (t) => {
   const s = await serve()

@@ -16,6 +16,7 @@ interface BindingClient {
   mapOpen(id: number, app: string, fn: string, method: string, params: Buffer): void
   mapPush(id: number, meta: Float64Array, bytes: Buffer): void
   mapClose(id: number): void
+  mapFinish(id: number, cancel: boolean): void
   drain(): { events: Float64Array; bytes: Buffer } | null
 }
 
@@ -63,7 +64,13 @@ class Client {
   }
 
   /** Opens a Map stream; push inputs (CBOR args, batched per microtask), then close. */
-  openMap(app: string, fn: string, method: string, params: Buffer, handler: MapHandler): { push(index: number, args: unknown[]): void; close(): void } {
+  openMap(
+    app: string,
+    fn: string,
+    method: string,
+    params: Buffer,
+    handler: MapHandler,
+  ): { push(index: number, args: unknown[]): void; close(): void; finish(cancel: boolean): void } {
     const id = ++this.next
     this.maps.set(id, handler)
     this.keepAlive ??= setInterval(() => {}, 1 << 30)
@@ -95,6 +102,7 @@ class Client {
         flush()
         this.native.mapClose(id)
       },
+      finish: (cancel) => this.native.mapFinish(id, cancel),
     }
   }
 
@@ -329,6 +337,9 @@ export class RemoteInvocable {
       }
     } finally {
       if (!exhausted) stream.close()
+      // Left before the last result (a break, a failure): the inputs still running or queued
+      // are cancelled on the server rather than run for nobody.
+      stream.finish(!(exhausted && taken === submitted))
     }
   }
 }

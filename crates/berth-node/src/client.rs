@@ -24,11 +24,39 @@ const K_NONE: f64 = 5.0; // Cancel: done
 const K_MAP_END: f64 = 6.0; // a Map stream delivered its last result
 
 enum Req {
-    Invoke { id: f64, function: pb::FunctionRef, args: Vec<u8> },
-    Spawn { id: f64, function: pb::FunctionRef, args: Vec<u8> },
-    Get { id: f64, call: String, timeout: f64 },
-    Cancel { id: f64, call: String },
-    Map { id: f64, function: pb::FunctionRef, inputs: mpsc::UnboundedReceiver<pb::MapRequest> },
+    Invoke {
+        id: f64,
+        function: pb::FunctionRef,
+        args: Vec<u8>,
+    },
+    Spawn {
+        id: f64,
+        function: pb::FunctionRef,
+        args: Vec<u8>,
+    },
+    Get {
+        id: f64,
+        call: String,
+        timeout: f64,
+    },
+    Cancel {
+        id: f64,
+        call: String,
+    },
+    Map {
+        id: f64,
+        function: pb::FunctionRef,
+        inputs: mpsc::UnboundedReceiver<pb::MapRequest>,
+        /// Fires when the caller abandons the map; dropped unfired when it read every result.
+        cancel: tokio::sync::oneshot::Receiver<()>,
+    },
+}
+
+/// The JavaScript side's hold on one Map stream.
+struct MapLink {
+    /// None once the caller has no more inputs.
+    inputs: Option<mpsc::UnboundedSender<pb::MapRequest>>,
+    cancel: tokio::sync::oneshot::Sender<()>,
 }
 
 /// The client's mailbox: each event is `[id, kind, offset, len, index]` over the bytes.
@@ -86,7 +114,7 @@ pub struct ClientEvents {
 pub struct BindingClient {
     tx: mpsc::UnboundedSender<Req>,
     shared: Arc<Shared>,
-    maps: Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<pb::MapRequest>>>,
+    maps: Mutex<std::collections::HashMap<u64, MapLink>>,
 }
 
 fn function_ref(app: String, name: String, method: String, params: Buffer) -> pb::FunctionRef {
@@ -168,7 +196,7 @@ impl BindingClient {
                                         Err(s) => out.status(id, &s),
                                     }
                                 }
-                                Req::Map { id, function, inputs } => {
+                                Req::Map { id, function, inputs, cancel } => {
                                     let first =
                                         pb::MapRequest { item: Some(pb::map_request::Item::Function(function)) };
                                     let requests = tokio_stream::once(first)
@@ -176,8 +204,25 @@ impl BindingClient {
                                     match client.map(authed(requests, auth.as_ref())).await {
                                         Ok(r) => {
                                             let mut stream = r.into_inner();
+                                            let mut cancel = Some(cancel);
                                             loop {
-                                                match stream.message().await {
+                                                let next = match cancel.as_mut() {
+                                                    Some(c) => tokio::select! {
+                                                        m = stream.message() => m,
+                                                        fired = c => {
+                                                            if fired.is_ok() {
+                                                                // Dropping the stream resets it: the
+                                                                // server cancels what has not finished.
+                                                                out.push(id, K_MAP_END, &[]);
+                                                                break;
+                                                            }
+                                                            cancel = None;
+                                                            continue;
+                                                        }
+                                                    },
+                                                    None => stream.message().await,
+                                                };
+                                                match next {
                                                     Ok(Some(m)) => out.result_at(id, m.result, m.index as f64),
                                                     Ok(None) => {
                                                         out.push(id, K_MAP_END, &[]);
@@ -254,15 +299,19 @@ impl BindingClient {
     #[napi]
     pub fn map_open(&self, id: f64, app: String, name: String, method: String, params: Buffer) -> Result<()> {
         let (tx, inputs) = mpsc::unbounded_channel();
-        self.maps.lock().unwrap_or_else(|e| e.into_inner()).insert(id as u64, tx);
-        self.send(Req::Map { id, function: function_ref(app, name, method, params), inputs })
+        let (cancel_tx, cancel) = tokio::sync::oneshot::channel();
+        self.maps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id as u64, MapLink { inputs: Some(tx), cancel: cancel_tx });
+        self.send(Req::Map { id, function: function_ref(app, name, method, params), inputs, cancel })
     }
 
     /// Inputs for Map stream `id`: `meta` is `[index, offset, len] * n` over `bytes` (CBOR args).
     #[napi]
     pub fn map_push(&self, id: f64, meta: Float64ArraySlice, bytes: Buffer) {
         let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = maps.get(&(id as u64)) else { return };
+        let Some(tx) = maps.get(&(id as u64)).and_then(|m| m.inputs.as_ref()) else { return };
         for c in meta.chunks_exact(3) {
             let (at, len) = (c[1] as usize, c[2] as usize);
             let args = bytes.get(at..at + len).unwrap_or_default().to_vec();
@@ -275,7 +324,20 @@ impl BindingClient {
     /// No more inputs for Map stream `id`.
     #[napi]
     pub fn map_close(&self, id: f64) {
-        self.maps.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id as u64));
+        if let Some(m) = self.maps.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&(id as u64)) {
+            m.inputs = None;
+        }
+    }
+
+    /// The caller is done with Map stream `id`. With `cancel` (it stopped reading before the
+    /// end: a `break`, a throw), the stream is reset and the server cancels every input of it
+    /// not finished yet, instead of running them for nobody.
+    #[napi]
+    pub fn map_finish(&self, id: f64, cancel: bool) {
+        let link = self.maps.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id as u64));
+        if let (Some(link), true) = (link, cancel) {
+            let _ = link.cancel.send(());
+        }
     }
 
     /// `[id, kind, offset, len, index] * n` over `bytes`; `null` when nothing arrived.
