@@ -1,6 +1,7 @@
 // Throughput of `.map()` through the control plane and one container process, and a cold
 // container's first-call time. Run: npx tsx bench/serve.ts
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import grpc from '@grpc/grpc-js'
@@ -71,7 +72,15 @@ async function berthMap(n: number): Promise<number> {
   return n / ((performance.now() - start) / 1000)
 }
 await berthMap(10_000)
+// CPU time of each process (utime + stime, ms), to see which side bounds the rate.
+const cpuMs = (pid: number) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return (Number(f[11]) + Number(f[12])) * (1000 / 100)
+}
+const procs = [process.pid, child.pid!, ...execFileSync('ps', ['-o', 'pid=', '--ppid', String(child.pid)], { encoding: 'utf8' }).trim().split(/\s+/).map(Number)]
+const cpu0 = procs.map(cpuMs)
 const berthRates = [await berthMap(N), await berthMap(N), await berthMap(N)].sort((a, b) => a - b)
+const perInput = procs.map((p, i) => ((cpuMs(p) - cpu0[i]) * 1000) / (3 * N))
 // A plain grpc-js client, for reference: in this process it is the bottleneck (protobufjs).
 const grpcRate = await mapStream(10_000)
 
@@ -81,6 +90,7 @@ console.log(`  first call (cold container)       ${cold.toFixed(0)} ms   (spawn 
 console.log(`  next call (warm)                  ${warm.toFixed(1)} ms`)
 console.log(`  first call, container from spare  ${fromSpare.toFixed(0)} ms   (spawn-to-ready: load the file + attach + run; BERTH_WARM_SPARE=0 to compare)`)
 console.log(`  Function.fromName().map()         ${Math.round(berthRates[1]).toLocaleString('en-US')} inputs/s (one Map stream, median of 3 x ${N})`)
+console.log(`    CPU per input: caller ${perInput[0].toFixed(1)} µs, control plane ${perInput[1].toFixed(1)} µs, container ${Math.max(...perInput.slice(2)).toFixed(1)} µs`)
 console.log(`  Map stream from @grpc/grpc-js     ${Math.round(grpcRate).toLocaleString('en-US')} inputs/s (10,000; the JS client is the bottleneck)`)
 client.close()
 child.kill('SIGTERM')

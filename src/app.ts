@@ -583,6 +583,23 @@ export async function* zip(iterables: unknown[]): AsyncGenerator<unknown[]> {
   }
 }
 
+/**
+ * `zip`, without an await per input when every input is a plain (sync) iterable: a caller that
+ * feeds a stream can then push a whole array in one batch.
+ */
+export function zipInputs(iterables: unknown[]): Iterable<unknown[]> | AsyncIterable<unknown[]> {
+  const sync = iterables.every((x) => x !== null && typeof x === 'object' && Symbol.iterator in x && !(Symbol.asyncIterator in x))
+  if (!sync) return zip(iterables)
+  return (function* () {
+    const its = iterables.map((x) => (x as Iterable<unknown>)[Symbol.iterator]())
+    for (;;) {
+      const rs = its.map((i) => i.next())
+      if (rs.some((r) => r.done)) return
+      yield rs.map((r) => r.value)
+    }
+  })()
+}
+
 class FunctionHandleImpl extends Invocable {
   readonly def: PoolDef
   constructor(readonly app: App, readonly name: string, readonly fn: (...a: any[]) => unknown, readonly opts: NormalizedOptions) {

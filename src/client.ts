@@ -2,7 +2,7 @@
 // App.lookup. Calls go through the native gRPC client; values cross as CBOR.
 import { createRequire } from 'node:module'
 
-import { FunctionCall, splitOptions, zip, toAsync } from './app.ts'
+import { FunctionCall, splitOptions, toAsync, zipInputs } from './app.ts'
 import { decodeValue, encodeValue } from './cbor.ts'
 import { BerthError, InvalidError, errorFromData } from './errors.ts'
 import { checkAndCopyArgs } from './serialize.ts'
@@ -268,22 +268,23 @@ export class RemoteInvocable {
 
   map(...inputs: unknown[]): AsyncIterable<unknown> {
     const { iterables, opts } = splitOptions(inputs, 'map')
-    return this.run(zip(iterables), opts)
+    return this.run(zipInputs(iterables), opts)
   }
 
   starmap(argTuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions = {}): AsyncIterable<unknown> {
-    return this.run(toAsync(argTuples), opts)
+    const sync = argTuples !== null && typeof argTuples === 'object' && Symbol.iterator in argTuples && !(Symbol.asyncIterator in argTuples)
+    return this.run(sync ? argTuples : toAsync(argTuples), opts)
   }
 
   async forEach(...inputs: unknown[]): Promise<void> {
     const { iterables, opts } = splitOptions(inputs, 'forEach')
-    for await (const _ of this.run(zip(iterables), { ...opts, orderOutputs: false })) {
+    for await (const _ of this.run(zipInputs(iterables), { ...opts, orderOutputs: false })) {
       // results dropped; a failure throws
     }
   }
 
   /** One Map stream; up to WINDOW inputs ahead of the consumer; input order unless told. */
-  private async *run(tuples: AsyncIterable<unknown[]>, opts: MapOptions): AsyncGenerator<unknown> {
+  private async *run(tuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions): AsyncGenerator<unknown> {
     const WINDOW = 10_000
     const ordered = opts.orderOutputs ?? true
     const results = new Map<number, { ok: boolean; v: unknown }>()
@@ -309,11 +310,16 @@ export class RemoteInvocable {
     let submitted = 0
     let taken = 0
     let exhausted = false
-    const it = tuples[Symbol.asyncIterator]()
+    // Plain iterables are read without an await per input, so one microtask's flush carries
+    // up to WINDOW inputs in one push.
+    const syncIt = Symbol.iterator in tuples ? (tuples as Iterable<unknown[]>)[Symbol.iterator]() : undefined
+    const asyncIt = syncIt ? undefined : (tuples as AsyncIterable<unknown[]>)[Symbol.asyncIterator]()
     try {
       for (;;) {
-        while (!exhausted && submitted - taken < WINDOW) {
-          const r = await it.next()
+        // Refill only once half the window is consumed: inputs then go out thousands per push,
+        // not one per result taken (each push is a native call and a wake of the sender).
+        if (!exhausted && submitted - taken <= WINDOW / 2) while (!exhausted && submitted - taken < WINDOW) {
+          const r = syncIt ? syncIt.next() : await asyncIt!.next()
           if (r.done) {
             exhausted = true
             stream.close()

@@ -46,7 +46,7 @@ enum Req {
     Map {
         id: f64,
         function: pb::FunctionRef,
-        inputs: mpsc::UnboundedReceiver<pb::MapRequest>,
+        inputs: mpsc::UnboundedReceiver<Vec<pb::MapRequest>>,
         /// Fires when the caller abandons the map; dropped unfired when it read every result.
         cancel: tokio::sync::oneshot::Receiver<()>,
     },
@@ -55,7 +55,8 @@ enum Req {
 /// The JavaScript side's hold on one Map stream.
 struct MapLink {
     /// None once the caller has no more inputs.
-    inputs: Option<mpsc::UnboundedSender<pb::MapRequest>>,
+    /// One send per `mapPush` batch: one wake of the sending task, not one per input.
+    inputs: Option<mpsc::UnboundedSender<Vec<pb::MapRequest>>>,
     cancel: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -102,6 +103,32 @@ fn authed<T>(message: T, token: Option<&Token>) -> tonic::Request<T> {
         r.metadata_mut().insert("authorization", t.clone());
     }
     r
+}
+
+/// The Map requests of a channel of batches, one by one.
+struct Flatten {
+    rx: mpsc::UnboundedReceiver<Vec<pb::MapRequest>>,
+    buf: std::vec::IntoIter<pb::MapRequest>,
+}
+
+impl tokio_stream::Stream for Flatten {
+    type Item = pb::MapRequest;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        loop {
+            if let Some(r) = self.buf.next() {
+                return std::task::Poll::Ready(Some(r));
+            }
+            match self.rx.poll_recv(cx) {
+                std::task::Poll::Ready(Some(batch)) => self.buf = batch.into_iter(),
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
 }
 
 #[napi(object)]
@@ -200,7 +227,7 @@ impl BindingClient {
                                     let first =
                                         pb::MapRequest { item: Some(pb::map_request::Item::Function(function)) };
                                     let requests = tokio_stream::once(first)
-                                        .chain(tokio_stream::wrappers::UnboundedReceiverStream::new(inputs));
+                                        .chain(Flatten { rx: inputs, buf: Vec::new().into_iter() });
                                     match client.map(authed(requests, auth.as_ref())).await {
                                         Ok(r) => {
                                             let mut stream = r.into_inner();
@@ -312,13 +339,15 @@ impl BindingClient {
     pub fn map_push(&self, id: f64, meta: Float64ArraySlice, bytes: Buffer) {
         let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = maps.get(&(id as u64)).and_then(|m| m.inputs.as_ref()) else { return };
-        for c in meta.chunks_exact(3) {
-            let (at, len) = (c[1] as usize, c[2] as usize);
-            let args = bytes.get(at..at + len).unwrap_or_default().to_vec();
-            let _ = tx.send(pb::MapRequest {
-                item: Some(pb::map_request::Item::Input(pb::MapInput { index: c[0] as u64, args })),
-            });
-        }
+        let batch = meta
+            .chunks_exact(3)
+            .map(|c| {
+                let (at, len) = (c[1] as usize, c[2] as usize);
+                let args = bytes.get(at..at + len).unwrap_or_default().to_vec();
+                pb::MapRequest { item: Some(pb::map_request::Item::Input(pb::MapInput { index: c[0] as u64, args })) }
+            })
+            .collect();
+        let _ = tx.send(batch);
     }
 
     /// No more inputs for Map stream `id`.
