@@ -33,15 +33,17 @@ test('secrets and env reach the container process; each GPU container gets its o
   t.is(listed.stdout.trim(), 'fixture-secret\tFIXTURE_TOKEN, SHARED')
   t.false(listed.stdout.includes('s3cr=t'), 'list shows keys, never values')
 
-  const r = await berth(['run', fixture], env)
+  const r = await berth(['run', fixture], { ...env, MARKER: join(dir, 'entered') })
   t.is(r.code, 0, r.stderr)
-  const [who, devices] = lines(r.stdout).map((l) => JSON.parse(l))
+  const [who, gpu] = lines(r.stdout).map((l) => JSON.parse(l))
   t.is(who.greeting, 'from env')
   t.is(who.token, 's3cr=t', 'the value keeps everything after the first =')
   t.is(who.shared, 'env wins', 'an explicit env value wins over a secret key')
   t.not(who.pid, undefined)
-  // minContainers: 2 on a machine with two A100s (and a T4): one A100 each, by UUID.
-  t.deepEqual(devices, ['GPU-0aaa', 'GPU-1bbb'])
+  // minContainers: 2 on a machine with two A100s (and a T4): one A100 each, by UUID, set
+  // before the module loaded (the @enter hook saw it) and seen by the method too.
+  t.deepEqual(gpu.entered, ['GPU-0aaa', 'GPU-1bbb'])
+  t.true(gpu.entered.includes(gpu.one), gpu.one)
   t.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { FIXTURE_TOKEN: 's3cr=t', SHARED: 'from secret' })
 })
 
