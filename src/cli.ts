@@ -42,8 +42,9 @@ child process that loads <file.ts>. --http-port serves the same functions as JSO
 answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
 throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /healthz
 answers ok. A request larger than --max-message-bytes (default 16 MiB) is refused:
-RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires --token; callers then send
-\`authorization: Bearer <token>\` (both ports). Port 0 picks a free port.
+RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires
+--token; callers then send \`authorization: Bearer <token>\` (both ports). Port 0 picks a free
+port.
 On stop, in-flight inputs finish and containers run their @exit hooks.
 `
 

@@ -134,12 +134,18 @@ impl ProcessSpawner {
                         _ => {}
                     }
                 }
+                let mut lost = Vec::new();
                 for (id, status) in ended {
                     let Some(p) = g.live.remove(&id) else { continue };
                     g.gpus.give_back(&p.gpus);
                     if p.kill_at.is_none() && !g.killed {
-                        p.exited.exited(describe_exit(status));
+                        lost.push((p.exited, status));
                     }
+                }
+                // Reported without the lock: the report takes the control plane's.
+                drop(g);
+                for (exited, status) in lost {
+                    exited.exited(describe_exit(status));
                 }
             })
             .expect("berth: cannot start the container supervisor thread");
@@ -161,7 +167,10 @@ impl Spawner for ProcessSpawner {
         if g.killed {
             return;
         }
-        let mut identity: Vec<(&str, String)> = vec![
+        // The function's env first, so that who the container is (and its GPUs) always wins.
+        let mut identity: Vec<(&str, String)> =
+            placement.map(|p| p.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect()).unwrap_or_default();
+        identity.extend([
             ("BERTH_ENDPOINT", endpoint.to_string()),
             ("BERTH_CONTAINER_ID", container.to_string()),
             ("BERTH_CONTAINER_TOKEN", token.to_string()),
@@ -169,10 +178,9 @@ impl Spawner for ProcessSpawner {
             ("BERTH_FUNCTION", def.name.clone()),
             ("BERTH_PARAMS", hex(params)),
             ("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string()),
-        ];
+        ]);
         let mut gpus = Vec::new();
         if let Some(p) = placement {
-            identity.extend(p.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
             if !p.gpu.is_empty() {
                 let Some((visible, slots)) = g.gpus.take(&p.gpu) else {
                     drop(g);
