@@ -13,7 +13,7 @@ mod scheduler;
 mod spec;
 
 pub use scheduler::{
-    AbortReason, Command, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, InputId, InputSource, Invoker, Outcome,
-    Phase, PoolId, ResultSink, Scheduler, Submission,
+    AbortReason, Command, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, IdHasher, IdMap, InputId, InputSource,
+    Invoker, Outcome, Phase, PoolId, ResultSink, Scheduler, Submission,
 };
 pub use spec::{Batching, HookSet, MethodSpec, PoolSpec, RetryPolicy, SpecError};

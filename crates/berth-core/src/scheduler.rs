@@ -173,8 +173,9 @@ impl InputSource for mpsc::UnboundedReceiver<Command> {
 }
 
 /// Ids are dense counters: a multiplicative mix is enough, and much cheaper than SipHash.
+/// For one integer key only (a second `write_u64` replaces the first).
 #[derive(Default)]
-struct IdHasher(u64);
+pub struct IdHasher(u64);
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
         self.0
@@ -191,7 +192,8 @@ impl Hasher for IdHasher {
         self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// A map keyed by one integer id (input, execution, container, pool).
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// The longest a failing container waits before it is started again.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);

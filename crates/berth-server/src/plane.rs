@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_core::{
-    AbortReason, Command, ContainerId, Exec, ExecId, InputId, Invoker, Outcome, Phase, PoolId, PoolSpec, ResultSink,
+    AbortReason, Command, ContainerId, Exec, ExecId, IdMap, InputId, Invoker, Outcome, Phase, PoolId, PoolSpec,
+    ResultSink,
 };
 use berth_proto::v1::{self as pb, control_message, result::Outcome as PbOutcome, ControlMessage};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -239,12 +240,13 @@ pub(crate) struct State {
     pub next_pool: PoolId,
     pub next_input: InputId,
     pub next_call: u64,
-    pub inputs: HashMap<InputId, Input>,
-    /// Results the containers reported, per attempt, until the scheduler decides.
-    pub outputs: HashMap<(InputId, u32), pb::Result>,
-    pub execs: HashMap<ExecId, (ContainerId, Vec<(InputId, u32)>)>,
-    pub running: HashMap<InputId, ContainerId>,
-    pub links: HashMap<ContainerId, Link>,
+    pub inputs: IdMap<InputId, Input>,
+    /// The latest attempt's result a container reported for an input, until the scheduler
+    /// decides (one entry per input: the final decision removes it in O(1)).
+    pub outputs: IdMap<InputId, (u32, pb::Result)>,
+    pub execs: IdMap<ExecId, (ContainerId, Vec<(InputId, u32)>)>,
+    pub running: IdMap<InputId, ContainerId>,
+    pub links: IdMap<ContainerId, Link>,
     pub init_errors: HashMap<ContainerId, pb::Error>,
     pub calls: HashMap<String, CallSlot>,
     /// Map calls with an open stream, by function call id.
@@ -390,9 +392,8 @@ impl ResultSink for Host {
     fn done(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
         let mut st = self.0.lock();
         st.running.remove(&input);
-        let output = st.outputs.remove(&(input, attempt));
-        // Stale outputs of other attempts go too.
-        st.outputs.retain(|(i, _), _| *i != input);
+        // Whatever attempt reported last goes; only this attempt's result counts.
+        let output = st.outputs.remove(&input).filter(|(a, _)| *a == attempt).map(|(_, r)| r);
         let result = match outcome {
             Outcome::Ok | Outcome::Failed => {
                 output.unwrap_or_else(|| error("Error", "the container's result was lost"))

@@ -648,8 +648,9 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
             let r =
                 results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
             // An input answered already (cancelled while it ran) needs its result no more.
-            if st.inputs.contains_key(&input) {
-                st.outputs.insert((input, attempt), r);
+            // A late result of an earlier attempt never replaces a later one's.
+            if st.inputs.contains_key(&input) && st.outputs.get(&input).is_none_or(|(a, _)| *a <= attempt) {
+                st.outputs.insert(input, (attempt, r));
             }
         }
         let status = if o.retryable_failure { berth_core::ExecStatus::Failed } else { berth_core::ExecStatus::Ok };
