@@ -38,6 +38,12 @@ const EV_FINISHED: f64 = 7.0; // the scheduler has stopped
 
 pub(crate) type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, false, true>;
 
+// The control plane and the client allocate a few small buffers per input on their own threads;
+// with mimalloc's thread-local heaps (as oxc and rolldown use) the control plane's CPU per Map
+// input went from 2.2 to 1.85 µs (bench/serve.ts), malloc and free having been a quarter of it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod container;
 mod mailbox;
