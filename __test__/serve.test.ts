@@ -283,6 +283,26 @@ test.serial('leaving a remote map() early (break) cancels its inputs on the serv
   t.is(await exitOf(s), 0)
 })
 
+test.serial('an @enter that throws in a container process: callers get InitError with the original error, no @exit, restarts back off', async (t) => {
+  const { App, Cls, InitError } = await import('berth')
+  const s = await serve()
+  t.teardown(() => s.child.kill('SIGKILL'))
+  App.lookup('served', { server: `http://${s.address}` })
+  const bad = Cls.fromName<{ run(): Promise<string> }>('served', 'BadEnter')
+  const e = await t.throwsAsync(bad.run.remote(), { instanceOf: InitError })
+  t.regex(e!.message, /RangeError: weights missing/)
+  t.regex((e as any).remoteStack ?? '', /load/, 'the stack of the throwing hook comes along')
+  await new Promise((r) => setTimeout(r, 1500))
+  await t.throwsAsync(bad.run.remote(), { instanceOf: InitError })
+  const log = readFileSync(s.marker, 'utf8').split('\n')
+  const enters = log.filter((l) => l.startsWith('bad-enter')).length
+  t.true(enters >= 2, 'the container was started again')
+  t.true(enters <= 6, `restarted with backoff, not in a hot loop (${enters} starts in ~1.5 s)`)
+  t.false(log.some((l) => l.startsWith('bad-exit')), '@exit does not run after a failed @enter')
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0)
+})
+
 for (const signal of ['SIGTERM', 'SIGINT'] as const)
 test.serial(`${signal} to one container: it finishes its inputs, runs @exit and exits; the rest move on, none lost`, async (t) => {
   const s = await serve()
