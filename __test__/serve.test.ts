@@ -303,6 +303,23 @@ test.serial('an @enter that throws in a container process: callers get InitError
   t.is(await exitOf(s), 0)
 })
 
+test.serial('the first container process is started while berth serve still loads the file, and serves the first call', async (t) => {
+  const s = await serve()
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const client = new Functions(s.address, grpc.credentials.createInsecure())
+  const containerPid = cbor.decode((await invoke(client, 'pid', [])).result.value) as number
+  // When that process started, in epoch ms: /proc/<pid>/stat field 22 (clock ticks since boot,
+  // 100 per second) against /proc/uptime, both read now.
+  const ticks = Number(readFileSync(`/proc/${containerPid}/stat`, 'utf8').split(') ')[1].split(' ')[19])
+  const uptimeMs = Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * 1000
+  const startedAt = Date.now() - (uptimeMs - ticks * 10)
+  const loadedAt = Number(/server-loaded-at (\d+)/.exec(readFileSync(s.marker, 'utf8'))![1])
+  t.true(startedAt < loadedAt, `the container started ${startedAt - loadedAt} ms after the server loaded the file`)
+  client.close()
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0)
+})
+
 for (const signal of ['SIGTERM', 'SIGINT'] as const)
 test.serial(`${signal} to one container: it finishes its inputs, runs @exit and exits; the rest move on, none lost`, async (t) => {
   const s = await serve()

@@ -86,7 +86,7 @@ const grpcRate = await mapStream(10_000)
 
 console.log(`\ncontrol plane + 1 container process (2 cores), no-op inputs`)
 console.log(`  berth serve listening after       ${listening.toFixed(0)} ms`)
-console.log(`  first call (cold container)       ${cold.toFixed(0)} ms   (spawn node + load the file + attach + run)`)
+console.log(`  first call after listening        ${cold.toFixed(0)} ms   (the first container, prestarted while berth serve loaded the file)`)
 console.log(`  next call (warm)                  ${warm.toFixed(1)} ms`)
 console.log(`  first call, container from spare  ${fromSpare.toFixed(0)} ms   (spawn-to-ready: load the file + attach + run; BERTH_WARM_SPARE=0 to compare)`)
 console.log(`  Function.fromName().map()         ${Math.round(berthRates[1]).toLocaleString('en-US')} inputs/s (one Map stream, median of 3 x ${N})`)

@@ -84,6 +84,20 @@ export async function main(argv: string[]): Promise<number> {
   return 2
 }
 
+/** How every container process starts: this package's CLI, in a mode of its own. */
+function containerCommand(): string[] {
+  return [process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__container']
+}
+
+/**
+ * Starts the first container process while this one still loads the user's file (both take
+ * a few hundred ms): the control plane started next adopts it, so the first call does not wait
+ * for a Node start.
+ */
+function prestartContainer(file: string): void {
+  createRequire(__filename)('../binding.cjs').prestartContainer(containerCommand(), resolve(file))
+}
+
 function api(): Api {
   return createRequire(__filename)('./index.cjs')
 }
@@ -159,6 +173,7 @@ async function serve(args: string[]): Promise<number> {
     return 2
   }
   const file = resolve(positional[0])
+  prestartContainer(file)
   const port = Number(values.get('grpc-port') ?? 7450)
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     process.stderr.write(`berth serve: --grpc-port must be a port number (0 picks a free one)\n`)
@@ -185,7 +200,7 @@ async function serve(args: string[]): Promise<number> {
       httpPort,
       token: values.get('token'),
       maxMessageBytes,
-      containerCommand: [process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__container'],
+      containerCommand: containerCommand(),
       appFile: file,
     })
   } catch (e) {
@@ -346,6 +361,7 @@ async function run(args: string[]): Promise<number> {
   const file = sep === -1 ? spec : spec.slice(0, sep)
   const name = sep === -1 ? undefined : spec.slice(sep + 2)
 
+  if (containers === 'process') prestartContainer(file)
   const apps = await loadApps('run', file)
   if (typeof apps === 'number') return apps
   let target: { app: (typeof apps)[number]; call: () => Promise<unknown> } | undefined

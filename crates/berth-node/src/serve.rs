@@ -91,22 +91,59 @@ fn lock(procs: &Mutex<Procs>) -> std::sync::MutexGuard<'_, Procs> {
     procs.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A container process started before the server exists (`prestartContainer`), and what for.
+type EarlySpare = (Vec<String>, String, Child);
+static EARLY_SPARE: Mutex<Option<EarlySpare>> = Mutex::new(None);
+
+/// Starts the first spare container process now, while this process is still loading the user's
+/// module, so that the first container is ready about when the server is. The server started
+/// next with the same command and file adopts it; if none is (the module failed to load), it
+/// exits when this process does (its stdin closes).
+#[napi]
+pub fn prestart_container(command: Vec<String>, app_file: String) {
+    if std::env::var("BERTH_WARM_SPARE").is_ok_and(|v| v == "0") {
+        return;
+    }
+    if let Ok(child) = start_container_process(&command, &app_file) {
+        let old = EARLY_SPARE.lock().unwrap_or_else(|e| e.into_inner()).replace((command, app_file, child));
+        if let Some((_, _, mut old)) = old {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+}
+
+fn take_early_spare(command: &[String], app_file: &str) -> Option<Child> {
+    let mut early = EARLY_SPARE.lock().unwrap_or_else(|e| e.into_inner());
+    match early.take() {
+        Some((c, f, child)) if c == command && f == app_file => Some(child),
+        other => {
+            *early = other;
+            None
+        }
+    }
+}
+
+/// A container process that waits for its identity on stdin.
+fn start_container_process(command: &[String], app_file: &str) -> std::io::Result<Child> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no container command"));
+    };
+    Command::new(program)
+        .args(args)
+        .env("BERTH_APP_FILE", app_file)
+        // A group of its own: the terminal's Ctrl-C goes to the serving process alone, which
+        // stops containers in order instead of every process draining at once.
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(inherited(std::io::stdout().as_fd()))
+        .stderr(inherited(std::io::stderr().as_fd()))
+        .spawn()
+}
+
 impl ProcessSpawner {
-    /// A container process that waits for its identity on stdin.
     fn start_process(&self) -> std::io::Result<Child> {
-        let Some((program, args)) = self.command.split_first() else {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no container command"));
-        };
-        Command::new(program)
-            .args(args)
-            .env("BERTH_APP_FILE", &self.app_file)
-            // A group of its own: the terminal's Ctrl-C goes to the serving process alone, which
-            // stops containers in order instead of every process draining at once.
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(inherited(std::io::stdout().as_fd()))
-            .stderr(inherited(std::io::stderr().as_fd()))
-            .spawn()
+        start_container_process(&self.command, &self.app_file)
     }
 
     fn refill_spare(&self, g: &mut Procs) {
@@ -368,7 +405,11 @@ impl BindingServer {
             procs: procs.clone(),
             keep_spare: std::env::var("BERTH_WARM_SPARE").map_or(true, |v| v != "0"),
         };
-        spawner.refill_spare(&mut lock(&procs));
+        {
+            let mut g = lock(&procs);
+            g.spare = take_early_spare(&spawner.command, &spawner.app_file);
+            spawner.refill_spare(&mut g);
+        }
         let serve = ServeOptions {
             addr,
             token: opts.token,
