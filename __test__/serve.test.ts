@@ -53,6 +53,12 @@ async function serve(extra: string[] = [], env: Record<string, string> = {}): Pr
 
 const deadline = () => ({ deadline: Date.now() + 30_000 })
 
+/** SIGTERM: the server drains, runs exit hooks and exits 0. */
+async function stopsCleanly(t: { is(a: unknown, b: unknown, m?: string): void }, s: Served): Promise<void> {
+  s.child.kill('SIGTERM')
+  t.is(await exitOf(s), 0, s.stdout())
+}
+
 function invoke(client: any, fn: string, args: unknown[], extra: Record<string, unknown> = {}): Promise<any> {
   return new Promise((resolve, reject) =>
     client.Invoke({ function: { app: 'served', function: fn, ...extra }, args: cbor.encode(args) }, deadline(), (e: unknown, r: unknown) => (e ? reject(e) : resolve(r))),
@@ -109,8 +115,7 @@ test.serial('berth serve: a plain gRPC client calls functions and class methods;
   t.is(malformed.code, grpc.status.INVALID_ARGUMENT)
 
   client.close()
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0, s.stdout())
+  await stopsCleanly(t, s)
   const log = readFileSync(s.marker, 'utf8').trim().split('\n')
   t.true(log.includes('enter big') && log.includes('enter mini'), log.join('\n'))
   t.true(log.includes('exit big') && log.includes('exit mini'), 'each container ran its @exit in its own process:\n' + log.join('\n'))
@@ -140,8 +145,7 @@ test.serial('berth serve --http-port: functions and class methods answer JSON ov
   t.is((await post('/served/square', '[1,')).status, 400)
   const health = await fetch(`http://${s.http}/healthz`)
   t.is(await health.text(), 'ok')
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0, s.stdout())
+  await stopsCleanly(t, s)
 })
 
 test.serial('berth serve beyond loopback needs --token, and callers must send it', async (t) => {
@@ -170,8 +174,7 @@ test.serial('berth serve beyond loopback needs --token, and callers must send it
   const viaHttp = await post({ authorization: 'Bearer s3cret' })
   t.is(viaHttp.status, 200)
   t.is(await viaHttp.json(), 25)
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0)
+  await stopsCleanly(t, s)
 })
 
 test.serial('--max-message-bytes: a larger request is RESOURCE_EXHAUSTED over gRPC and 413 over HTTP; smaller ones pass', async (t) => {
@@ -186,8 +189,7 @@ test.serial('--max-message-bytes: a larger request is RESOURCE_EXHAUSTED over gR
   const http = await fetch(`http://${s.http}/served/echo`, { method: 'POST', body: JSON.stringify([big]) })
   t.is(http.status, 413)
   client.close()
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0)
+  await stopsCleanly(t, s)
 })
 
 test.serial('kill -9 of a container under load: 1000 inputs through Map, none lost, none twice', async (t) => {
@@ -223,8 +225,7 @@ test.serial('kill -9 of a container under load: 1000 inputs through Map, none lo
   t.is(got.size, n)
   for (let i = 0; i < n; i++) t.is(got.get(i), i * i, `input ${i}`)
   client.close()
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0, s.stdout())
+  await stopsCleanly(t, s)
 })
 
 test.serial('Function.fromName / Cls.fromName reach a served app from another process', async (t) => {
@@ -255,8 +256,7 @@ test.serial('Function.fromName / Cls.fromName reach a served app from another pr
   t.is(err?.remoteName, 'TypeError')
   t.is(err?.message, 'bad input')
   await t.throwsAsync(Function.fromName('served', 'cube').remote(1), { instanceOf: InvalidError, message: /no function or class 'cube'.*square/ })
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0)
+  await stopsCleanly(t, s)
 })
 
 test.serial('leaving a remote map() early (break) cancels its inputs on the server instead of running them for nobody', async (t) => {
@@ -279,8 +279,7 @@ test.serial('leaving a remote map() early (break) cancels its inputs on the serv
   t.true(started < n / 2, `${started} of ${n} inputs started after the caller left`)
   // The server is still in shape for the next caller.
   t.is(await tick.remote(99), 99)
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0)
+  await stopsCleanly(t, s)
 })
 
 test.serial('an @enter that throws in a container process: callers get InitError with the original error, no @exit, restarts back off', async (t) => {
@@ -299,8 +298,7 @@ test.serial('an @enter that throws in a container process: callers get InitError
   t.true(enters >= 2, 'the container was started again')
   t.true(enters <= 6, `restarted with backoff, not in a hot loop (${enters} starts in ~1.5 s)`)
   t.false(log.some((l) => l.startsWith('bad-exit')), '@exit does not run after a failed @enter')
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0)
+  await stopsCleanly(t, s)
 })
 
 test.serial('the first container process is started while berth serve still loads the file, and serves the first call', async (t) => {
@@ -316,8 +314,7 @@ test.serial('the first container process is started while berth serve still load
   const loadedAt = Number(/server-loaded-at (\d+)/.exec(readFileSync(s.marker, 'utf8'))![1])
   t.true(startedAt < loadedAt, `the container started ${startedAt - loadedAt} ms after the server loaded the file`)
   client.close()
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0)
+  await stopsCleanly(t, s)
 })
 
 for (const signal of ['SIGTERM', 'SIGINT'] as const)
@@ -369,8 +366,7 @@ test.serial(`${signal} to one container: it finishes its inputs, runs @exit and 
   })
   t.true(gone, 'the signalled container process exited')
   client.close()
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0, s.stdout())
+  await stopsCleanly(t, s)
 })
 
 test.serial('a container killed before it attaches fails waiting calls with InitError at once, and stop still completes', async (t) => {
@@ -393,6 +389,5 @@ test.serial('a container killed before it attaches fails waiting calls with Init
   t.regex(r.result.error.message, /signal 9/)
   t.true(Date.now() - started < 5000, 'answered when the process died, not at the startup timeout')
   client.close()
-  s.child.kill('SIGTERM')
-  t.is(await exitOf(s), 0, s.stdout())
+  await stopsCleanly(t, s)
 })
