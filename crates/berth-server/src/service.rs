@@ -72,10 +72,10 @@ impl ControlPlane {
         for f in &registry.functions {
             f.spec.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         }
-        let listener = TcpListener::bind(opts.addr).await?;
+        let listener = bind(opts.addr, "gRPC", "--grpc-port").await?;
         let local_addr = listener.local_addr()?;
         let http_listener = match opts.http_addr {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+            Some(addr) => Some(bind(addr, "HTTP", "--http-port").await?),
             None => None,
         };
         let (commands, source) = mpsc::unbounded_channel();
@@ -180,6 +180,18 @@ fn oversized_is_resource_exhausted<B>(mut res: http::Response<B>) -> http::Respo
         h.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     res
+}
+
+/// Binds, or says which address could not be had and how to pick another.
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            format!(": is another `berth serve` running? Pick another port with {flag} (0 picks a free one)")
+        } else {
+            String::new()
+        };
+        io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}{hint}"))
+    })
 }
 
 fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Status> {

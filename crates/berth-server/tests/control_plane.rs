@@ -271,6 +271,23 @@ async fn binding_beyond_loopback_needs_a_token() {
 }
 
 #[tokio::test]
+async fn a_port_in_use_is_named_with_the_flag_that_picks_another() {
+    let (plane, _) = start(square_app(0, 1), Behaviour::default(), local()).await;
+    let taken = plane.local_addr();
+    for (opts, flag) in [
+        (ServeOptions { addr: taken, ..ServeOptions::default() }, "--grpc-port"),
+        (ServeOptions { http_addr: Some(taken), ..local() }, "--http-port"),
+    ] {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let spawner = FakeSpawner { behaviour: Behaviour::default(), seen, tasks: Mutex::new(HashMap::new()) };
+        let err = ControlPlane::start(square_app(0, 1), spawner, opts).await.err().expect("refused");
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("cannot listen on {taken}")) && msg.contains(flag), "{msg}");
+    }
+    plane.shutdown().await;
+}
+
+#[tokio::test]
 async fn user_errors_come_back_as_data_and_are_retried_within_the_policy() {
     let b = Behaviour { throw_on: Some(3), ..Behaviour::default() };
     let (plane, seen) = start(square_app(2, 1), b, local()).await;
