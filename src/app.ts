@@ -5,11 +5,11 @@ import { FunctionTimeoutError, InvalidError } from './errors.ts'
 import { normalizeOptions, validateBatched, validateConcurrent, type BatchedOptions, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 import { RemoteInvocable, clsFromName, lookupApp } from './client.ts'
 import { encodeValue } from './cbor.ts'
+import { containerCommand } from './command.ts'
 import { registryOf } from './process.ts'
 
 import { Ctx, EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
@@ -308,7 +308,7 @@ export class App {
     const server = BindingServer.start(registryOf(apps), {
       host: '127.0.0.1',
       grpcPort: 0,
-      containerCommand: [process.execPath, join(__dirname, '../bin/berth.mjs'), '__container'],
+      containerCommand: containerCommand(),
       appFile: file,
     })
     const appId = `ap-${process.pid}-${++nextAppId}`

@@ -4,6 +4,7 @@ import { createRequire } from 'node:module'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
+import { containerCommand } from './command.ts'
 import { createSecret, listSecrets } from './secrets.ts'
 
 type Api = typeof import('./index.ts') & { allApps(): import('./app.ts').App[] }
@@ -82,11 +83,6 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === '__container') return container()
   process.stderr.write(`berth: unknown command '${cmd}'.\n\n${HELP}`)
   return 2
-}
-
-/** How every container process starts: this package's CLI, in a mode of its own. */
-function containerCommand(): string[] {
-  return [process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__container']
 }
 
 /**
