@@ -62,8 +62,9 @@ struct Proc {
 struct Procs {
     live: HashMap<u32, Proc>,
     gpus: GpuPool,
-    /// Set by `kill()`: every process is killed and nothing more starts.
-    killed: bool,
+    /// Set when the server is done with containers (stopped, or `kill()`ed): nothing more
+    /// starts, and processes that end are no longer reported lost.
+    closed: bool,
     /// A container process started ahead of need, with Node, tsx and berth loaded, waiting on
     /// stdin for its identity: a new container then costs loading the user's module and
     /// attaching, not a Node start.
@@ -147,7 +148,7 @@ impl ProcessSpawner {
     }
 
     fn refill_spare(&self, g: &mut Procs) {
-        if self.keep_spare && !g.killed && g.spare.is_none() {
+        if self.keep_spare && !g.closed && g.spare.is_none() {
             g.spare = self.start_process().ok();
         }
     }
@@ -175,7 +176,7 @@ impl ProcessSpawner {
                 for (id, status) in ended {
                     let Some(p) = g.live.remove(&id) else { continue };
                     g.gpus.give_back(&p.gpus);
-                    if p.kill_at.is_none() && !g.killed {
+                    if p.kill_at.is_none() && !g.closed {
                         lost.push((p.exited, status));
                     }
                 }
@@ -201,7 +202,7 @@ impl Spawner for ProcessSpawner {
     ) {
         let placement = self.placement.get(&(def.app.clone(), def.name.clone()));
         let mut g = lock(&self.procs);
-        if g.killed {
+        if g.closed {
             return;
         }
         // The function's env first, so that who the container is (and its GPUs) always wins.
@@ -280,7 +281,7 @@ impl Drop for ProcessSpawner {
 fn release_spare(procs: &Mutex<Procs>) {
     let spare = {
         let mut g = lock(procs);
-        g.killed = true;
+        g.closed = true;
         g.spare.take()
     };
     if let Some(mut spare) = spare {
@@ -448,7 +449,7 @@ impl BindingServer {
     #[napi]
     pub fn kill(&self) {
         let mut g = lock(&self.procs);
-        g.killed = true;
+        g.closed = true;
         for p in g.live.values_mut() {
             let _ = p.child.kill();
         }
