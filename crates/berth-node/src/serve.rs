@@ -55,7 +55,11 @@ struct Proc {
     exited: ExitReporter,
     /// Set once the container was asked to stop: when it must be gone.
     kill_at: Option<Instant>,
+    /// Set when it was killed for being late after its stop.
+    overdue: bool,
     gpus: Vec<usize>,
+    /// `app/function`, for the log.
+    label: String,
 }
 
 #[derive(Default)]
@@ -166,7 +170,8 @@ impl ProcessSpawner {
                 for (&id, p) in &mut g.live {
                     match p.child.try_wait() {
                         Ok(Some(status)) => ended.push((id, status)),
-                        Ok(None) if p.kill_at.is_some_and(|at| now > at) => {
+                        Ok(None) if !p.overdue && p.kill_at.is_some_and(|at| now > at) => {
+                            p.overdue = true;
                             let _ = p.child.kill();
                         }
                         _ => {}
@@ -176,6 +181,16 @@ impl ProcessSpawner {
                 for (id, status) in ended {
                     let Some(p) = g.live.remove(&id) else { continue };
                     g.gpus.give_back(&p.gpus);
+                    // A crash (or a kill after a stop it ignored) is worth a line in the server's
+                    // log: callers only learn that their container went away.
+                    if !g.closed && (p.overdue || !status.success()) {
+                        let how = if p.overdue {
+                            format!("did not exit within {}s of its stop and was killed", STOP_KILL_AFTER.as_secs())
+                        } else {
+                            describe_exit(status)
+                        };
+                        eprintln!("berth: container {id} of {} (pid {}) {how}", p.label, p.child.id());
+                    }
                     if p.kill_at.is_none() && !g.closed {
                         lost.push((p.exited, status));
                     }
@@ -252,7 +267,8 @@ impl Spawner for ProcessSpawner {
         });
         match child {
             Ok(child) => {
-                g.live.insert(container, Proc { child, exited, kill_at: None, gpus });
+                let label = format!("{}/{}", def.app, def.name);
+                g.live.insert(container, Proc { child, exited, kill_at: None, overdue: false, gpus, label });
                 self.refill_spare(&mut g);
             }
             Err(e) => {
