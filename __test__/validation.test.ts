@@ -580,6 +580,10 @@ test('normalizeOptions rejects bad values naming the fix', (t) => {
   t.throws(() => normalizeOptions({ env: { A: 1 } } as any, w), { instanceOf: InvalidError, message: /env\.A must be a string/ })
   t.throws(() => normalizeOptions({ name: 'a b' }, w), { instanceOf: InvalidError, message: /name must be/ })
   t.throws(() => normalizeOptions({ memory: 1.5 }, w), { instanceOf: InvalidError, message: /memory must be a positive integer of MiB/ })
+  for (const gpu of ['A100:0', 'A100:x', ':2', 'A 100']) {
+    t.throws(() => normalizeOptions({ gpu }, w), { instanceOf: InvalidError, message: /gpu '.*' must be a type with an optional count of at least 1, e\.g\. 'T4'/ })
+  }
+  t.deepEqual(normalizeOptions({ gpu: ['H100:8', 'any:2'] }, w).gpu, ['H100:8', 'any:2'])
 })
 
 // ---------------------------------------------------------------------------------------------
