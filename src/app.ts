@@ -583,13 +583,17 @@ export async function* zip(iterables: unknown[]): AsyncGenerator<unknown[]> {
   }
 }
 
+/** A plain (sync-only) iterable object, which can be read without an await per item. */
+export function isSyncIterable(x: unknown): x is Iterable<unknown> {
+  return x !== null && typeof x === 'object' && Symbol.iterator in x && !(Symbol.asyncIterator in x)
+}
+
 /**
  * `zip`, without an await per input when every input is a plain (sync) iterable: a caller that
  * feeds a stream can then push a whole array in one batch.
  */
 export function zipInputs(iterables: unknown[]): Iterable<unknown[]> | AsyncIterable<unknown[]> {
-  const sync = iterables.every((x) => x !== null && typeof x === 'object' && Symbol.iterator in x && !(Symbol.asyncIterator in x))
-  if (!sync) return zip(iterables)
+  if (!iterables.every(isSyncIterable)) return zip(iterables)
   return (function* () {
     const its = iterables.map((x) => (x as Iterable<unknown>)[Symbol.iterator]())
     for (;;) {

@@ -2,7 +2,7 @@
 // App.lookup. Calls go through the native gRPC client; values cross as CBOR.
 import { createRequire } from 'node:module'
 
-import { FunctionCall, splitOptions, toAsync, zipInputs } from './app.ts'
+import { FunctionCall, isSyncIterable, splitOptions, toAsync, zipInputs } from './app.ts'
 import { decodeValue, encodeValue } from './cbor.ts'
 import { BerthError, InvalidError, errorFromData } from './errors.ts'
 import { checkAndCopyArgs } from './serialize.ts'
@@ -272,8 +272,7 @@ export class RemoteInvocable {
   }
 
   starmap(argTuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions = {}): AsyncIterable<unknown> {
-    const sync = argTuples !== null && typeof argTuples === 'object' && Symbol.iterator in argTuples && !(Symbol.asyncIterator in argTuples)
-    return this.run(sync ? argTuples : toAsync(argTuples), opts)
+    return this.run(isSyncIterable(argTuples) ? argTuples : toAsync(argTuples), opts)
   }
 
   async forEach(...inputs: unknown[]): Promise<void> {
