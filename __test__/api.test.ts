@@ -53,6 +53,33 @@ const whereAmI = callApp.function(async function whereAmI() {
   return isLocal()
 })
 
+const withDefault = callApp.function(async function withDefault(a: number, b = 10) {
+  return a + b
+})
+const arrowed = callApp.function({ name: 'arrowed' }, async (x: number, { scale } = { scale: 2 }) => x * scale)
+
+test.serial('a call with the wrong number of arguments is InvalidError naming what the function takes', async (t) => {
+  await callApp.run(async () => {
+    const untyped = square as unknown as { remote(...a: unknown[]): Promise<unknown>; local(...a: unknown[]): Promise<unknown>; spawn(...a: unknown[]): Promise<unknown>; map(...a: unknown[]): AsyncIterable<unknown> }
+    const few = await t.throwsAsync(untyped.remote(), { instanceOf: InvalidError })
+    t.regex(few!.message, /^square takes exactly 1 argument; the call passes 0\. A parameter without a default is required: TypeScript's `x\?` does not exist at run time/)
+    await t.throwsAsync(untyped.remote(1, 2), { instanceOf: InvalidError, message: 'square takes exactly 1 argument; the call passes 2' })
+    await t.throwsAsync(untyped.local(), { instanceOf: InvalidError })
+    await t.throwsAsync(untyped.spawn(1, 2), { instanceOf: InvalidError })
+    await t.throwsAsync(async () => {
+      for await (const _ of untyped.map([1], [2])) {
+        // each input has two arguments: one from each iterable
+      }
+    }, { instanceOf: InvalidError })
+    t.is(await withDefault.remote(1), 11)
+    t.is(await withDefault.remote(1, 2), 3)
+    await t.throwsAsync((withDefault as any).remote(1, 2, 3), { message: 'withDefault takes 1 to 2 arguments; the call passes 3' })
+    t.is(await arrowed.remote(3), 6)
+    t.is(await arrowed.remote(3, { scale: 3 }), 9)
+    t.false(calls.includes(2), 'nothing ran with the wrong arguments')
+  })
+})
+
 test.serial('function: remote, local, spawn', async (t) => {
   await callApp.run(async () => {
     t.is(await square.remote(7), 49)
@@ -305,11 +332,39 @@ test.serial('context: input ids and function call ids are distinct across inputs
     const local = await whoAmI.local(1)
     t.true(local.local, 'isLocal() is true in .local()')
   })
-  // Outside any input.
+  // Outside any input: the caller's own code, which is local (Modal's is_local()).
   t.is(currentInputId(), undefined)
   t.is(currentFunctionCallId(), undefined)
-  t.false(isLocal())
+  t.true(isLocal())
   t.throws(() => currentInput(), { instanceOf: InvalidError })
+})
+
+const hooksLocal: boolean[] = []
+
+@ctxApp.cls()
+class WhereHooksRun {
+  @enter() load() {
+    hooksLocal.push(isLocal())
+  }
+  @method() async where(): Promise<[boolean, string | undefined]> {
+    return [isLocal(), currentInputId()]
+  }
+  @exit() close() {
+    hooksLocal.push(isLocal())
+  }
+}
+
+test.serial('isLocal(): true in the caller\'s code and .local(); false in an embedded container\'s inputs and hooks', async (t) => {
+  t.true(isLocal())
+  await ctxApp.run(async () => {
+    const [local, input] = await Cls.of(WhereHooksRun).where.remote()
+    t.false(local)
+    t.regex(input ?? '', /\S/)
+    t.true(isLocal(), 'still local around the call')
+    t.true((await Cls.of(WhereHooksRun).where.local())[0])
+  })
+  // The container's @enter and @exit are container code; .local() runs @enter in the caller.
+  t.deepEqual(hooksLocal, [false, true, false])
 })
 
 test('context: a helper reached after an await sees the input, even on the first input of the process', (t) => {

@@ -591,7 +591,7 @@ test('normalizeOptions rejects bad values naming the fix', (t) => {
 
 test('input context', async (t) => {
   t.is(currentInputId(), undefined)
-  t.false(isLocal())
+  t.true(isLocal(), 'outside any input is the caller\'s code: local')
   t.throws(() => currentInput(), { instanceOf: InvalidError, message: /outside of an input/ })
   const ac = new AbortController()
   await runInContext({ inputId: 'in-1', functionCallId: 'fc-1', signal: ac.signal }, async () => {

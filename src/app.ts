@@ -13,6 +13,7 @@ import { containerCommand } from './command.ts'
 import { registryOf } from './process.ts'
 
 import { Ctx, EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
+import { arityOf, checkArity, type Arity } from './arity.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
 import type { BatchItem, ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from './types.ts'
 
@@ -36,6 +37,8 @@ interface Target {
   /** For classes: the method index in `def.methods`. */
   method: number
   label: string
+  /** How many arguments a call may pass. */
+  arity: Arity
   batched: boolean
   local: (args: unknown[]) => Promise<unknown>
   /** The pool of `def` in the runtime it was made in: looked up once per run, not per call. */
@@ -368,7 +371,7 @@ class ClassDef {
     return {
       key: `cls:${this.name}:${paramsKey(params)}`,
       name: this.name,
-      methods: meta.methods.map((m) => ({ name: m.name, batched: m.batched })),
+      methods: meta.methods.map((m) => ({ name: m.name, batched: m.batched, arity: arityOf(this.cls.prototype[m.name]) })),
       options: this.opts,
       maxInputs: c?.maxInputs ?? 1,
       targetInputs: c?.targetInputs ?? c?.maxInputs ?? 1,
@@ -423,9 +426,14 @@ class Invocable {
   }
 
   remote(...args: unknown[]): Promise<unknown> {
+    const t = this.target
+    try {
+      checkArity(t.arity, args.length, t.label)
+    } catch (e) {
+      return Promise.reject(e)
+    }
     const twin = this.twin()
     if (twin) return twin.remote(...args)
-    const t = this.target
     const rt = t.app.runtimeIfRunning()
     try {
       if (rt === undefined) t.app.requireRuntime(t.remoteWhat)
@@ -443,6 +451,7 @@ class Invocable {
 
   local(...args: unknown[]): Promise<unknown> {
     try {
+      checkArity(this.target.arity, args.length, this.target.label)
       return this.target.local(args)
     } catch (e) {
       return Promise.reject(e)
@@ -450,6 +459,7 @@ class Invocable {
   }
 
   async spawn(...args: unknown[]): Promise<FunctionCall<unknown>> {
+    checkArity(this.target.arity, args.length, this.target.label)
     const twin = this.twin()
     if (twin) return twin.spawn(...args)
     const { rt, pool, target } = this.prepare('spawn')
@@ -518,6 +528,7 @@ class Invocable {
             break
           }
           const i = submitted++
+          checkArity(target.arity, (r.value as unknown[]).length, `${target.label} (input ${i} of ${what})`)
           const args = checkAndCopyArgs(r.value, `${target.label}.${what} (input ${i})`)
           live.set(i, rt.submit(pool, target.method, args, fc, (value) => settle(i, { ok: true, value }), (error) => settle(i, { ok: false, error })))
         }
@@ -612,14 +623,14 @@ class FunctionHandleImpl extends Invocable {
     const def: PoolDef = {
       key: `fn:${name}`,
       name,
-      methods: [{ name, batched }],
+      methods: [{ name, batched, arity: arityOf(fn) }],
       options: opts,
       maxInputs: conc?.maxInputs ?? 1,
       targetInputs: conc?.targetInputs ?? 1,
       fn,
     }
     super(makeTarget({
-      app, def, method: 0, label: name, batched: batched !== undefined,
+      app, def, method: 0, label: name, arity: def.methods[0].arity, batched: batched !== undefined,
       local: (args) => callLocal(fn, null, args, batched !== undefined),
     }))
     this.def = def
@@ -709,7 +720,7 @@ export const Cls = {
     meta.methods.forEach((m, i) => {
       const batched = m.batched !== undefined
       handle[m.name] = new Invocable(makeTarget({
-        app: def.app, def: pd, method: i, label: `${def.name}.${m.name}`, batched,
+        app: def.app, def: pd, method: i, label: `${def.name}.${m.name}`, arity: pd.methods[i].arity, batched,
         local: async (args) => {
           const inst = await def.localInstance(full)
           return callLocal(inst[m.name], inst, args, batched)

@@ -94,6 +94,20 @@ function prestartContainer(file: string): void {
   createRequire(__filename)('../binding.cjs').prestartContainer(containerCommand(), resolve(file))
 }
 
+/**
+ * Stops this process (as SIGTERM would: drain, exit hooks) when the process that started it
+ * goes away. Under a process manager, `npx berth serve` gets SIGTERM in npm, whose `sh -c`
+ * child dies without passing it on; without this, `berth serve` and its containers would keep
+ * running with nobody to stop them. Linux: the kernel's parent-death signal; elsewhere a poll.
+ */
+function watchParent(): void {
+  if (createRequire(__filename)('../binding.cjs').watchParent()) return
+  const parent = process.ppid
+  setInterval(() => {
+    if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM')
+  }, 1000).unref()
+}
+
 function api(): Api {
   return createRequire(__filename)('./index.cjs')
 }
@@ -169,6 +183,7 @@ async function serve(args: string[]): Promise<number> {
     return 2
   }
   const file = resolve(positional[0])
+  watchParent()
   prestartContainer(file)
   const port = Number(values.get('grpc-port') ?? 7450)
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -357,6 +372,7 @@ async function run(args: string[]): Promise<number> {
   const file = sep === -1 ? spec : spec.slice(0, sep)
   const name = sep === -1 ? undefined : spec.slice(sep + 2)
 
+  watchParent()
   if (containers === 'process') prestartContainer(file)
   const apps = await loadApps('run', file)
   if (typeof apps === 'number') return apps

@@ -35,10 +35,37 @@ export function runInContext<R, A extends unknown[]>(ctx: InputContext, fn: (...
   return storage.run(ctx, fn, ...args)
 }
 
+// Container code that is not an input (@enter, @exit, @build hooks of embedded containers):
+// no current input, and not local.
+const HOOK = { inputId: undefined, functionCallId: undefined, signal: undefined, local: false } as unknown as InputContext
+let syncHook = false
+// Set in a container process: everything in it runs in a container.
+let containerProcess = false
+
+/** This process is a container (`berth serve`'s child): isLocal() is false in all of it. */
+export function markContainerProcess(): void {
+  containerProcess = true
+}
+
+/**
+ * Runs a lifecycle hook of an embedded container as container code. With BERTH_ASYNC_CONTEXT=0
+ * that is known during the hook's synchronous part only, as the input context is.
+ */
+export function runAsHook<R>(fn: () => R): R {
+  if (asyncMode) return storage.run(HOOK, fn)
+  syncHook = true
+  try {
+    return fn()
+  } finally {
+    syncHook = false
+  }
+}
+
 function store(): InputContext | undefined {
   // `.local()` always runs in AsyncLocalStorage (it is not the hot path); it only turns the
   // promise hooks on when used.
-  return asyncMode ? storage.getStore() : (syncSource() ?? storage.getStore())
+  const ctx = asyncMode ? storage.getStore() : (syncSource() ?? (syncHook ? HOOK : storage.getStore()))
+  return ctx === HOOK ? undefined : ctx
 }
 
 export function currentInputId(): string | undefined {
@@ -62,7 +89,13 @@ export function currentInput(): { readonly inputId: string; readonly functionCal
   return ctx
 }
 
-/** True inside an input run through `.local()`; false in a container and outside any input. */
+/**
+ * True on the machine that launches the app: the caller's own code and inputs run through
+ * `.local()`. False in container code: inputs and lifecycle hooks, in container processes and
+ * in embedded containers alike (Modal's `is_local()`).
+ */
 export function isLocal(): boolean {
-  return store()?.local === true
+  if (containerProcess) return false
+  const ctx = asyncMode ? storage.getStore() : (syncSource() ?? (syncHook ? HOOK : storage.getStore()))
+  return ctx === undefined || ctx.local === true
 }

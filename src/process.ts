@@ -5,9 +5,9 @@ import { createRequire } from 'node:module'
 
 import type { App } from './app.ts'
 import { decodeValue, encodeValue } from './cbor.ts'
-import { runInContext, type InputContext } from './context.ts'
+import { markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { applyParams } from './decorators.ts'
-import { FunctionTimeoutError, InputCancelledError, InvalidError, errorToData } from './errors.ts'
+import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, errorToData } from './errors.ts'
 import { bindingSpec, runBuildHooks, type PoolDef } from './runtime.ts'
 import { containerEnv } from './secrets.ts'
 
@@ -23,6 +23,7 @@ export function registryOf(apps: App[]): object[] {
       spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
       env: containerEnv(def.name, def.options.secrets, def.options.env),
       gpu: def.options.gpu,
+      arity: def.methods.map((m) => m.arity),
     })),
   )
 }
@@ -34,7 +35,11 @@ const EV_ABORT = 3
 const EV_STOP = 4
 const EV_CLOSED = 5
 
+/** How often a container tells the control plane its event loop runs (crates/berth-server: HEARTBEAT). */
+const HEARTBEAT_MS = 1000
+
 interface BindingContainer {
+  heartbeat(): void
   drain(): { events: Float64Array; bytes: Buffer } | null
   hookDone(phase: number, ok: boolean, name?: string, message?: string, stack?: string): void
   leave(): void
@@ -75,12 +80,15 @@ export function containerMain(apps: App[]): Promise<number> {
   const appName = need('BERTH_APP')
   const app = apps.find((a) => a.name === appName)
   if (!app) throw new InvalidError(`berth container: the file defines no app '${appName}'`)
+  markContainerProcess()
   const paramsHex = env.BERTH_PARAMS ?? ''
   const params = paramsHex ? (decodeValue(Buffer.from(paramsHex, 'hex')) as Record<string, unknown>) : undefined
   const def: PoolDef = app.containerDef(need('BERTH_FUNCTION'), params)
   const { BindingContainer } = createRequire(__filename)('../binding.cjs') as {
-    BindingContainer: new (endpoint: string, id: number, token: string, slots: number, doorbell: () => void) => BindingContainer
+    BindingContainer: new (endpoint: string, id: number, token: string, slots: number, maxMessageBytes: number, doorbell: () => void) => BindingContainer
   }
+  // The server's message cap: a larger result fails its input here instead of the stream.
+  const maxResultBytes = Number(env.BERTH_MAX_MESSAGE_BYTES ?? 16 * 1024 * 1024)
 
   let instance: any = null
   const getInstance = () => {
@@ -98,7 +106,11 @@ export function containerMain(apps: App[]): Promise<number> {
   const keepAlive = setInterval(() => {}, 1 << 30)
 
   return new Promise<number>((resolveExit) => {
-    const link = new BindingContainer(need('BERTH_ENDPOINT'), Number(need('BERTH_CONTAINER_ID')), need('BERTH_CONTAINER_TOKEN'), def.maxInputs, () => pump())
+    const link = new BindingContainer(need('BERTH_ENDPOINT'), Number(need('BERTH_CONTAINER_ID')), need('BERTH_CONTAINER_TOKEN'), def.maxInputs, maxResultBytes, () => pump())
+    // Sent from this event loop, so a loop blocked by synchronous code (or a stopped process)
+    // goes quiet and the control plane can tell.
+    const beat = setInterval(() => link.heartbeat(), HEARTBEAT_MS)
+    beat.unref()
     // SIGTERM or SIGINT: the control plane stops sending inputs, lets in-flight ones finish, runs
     // the exit hooks here within exitGracePeriod, then says Stop; a further SIGTERM changes
     // nothing, a second SIGINT stops at once. Containers run in a process group of their own, so
@@ -129,7 +141,7 @@ export function containerMain(apps: App[]): Promise<number> {
       const d = errorToData(err)
       add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), 1)
     }
-    const output = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
+    const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
       meta.push(exec, retryable ? 1 : 0, values.length)
       for (const v of values) {
         if (!v.ok) {
@@ -137,7 +149,14 @@ export function containerMain(apps: App[]): Promise<number> {
           continue
         }
         try {
-          add(encodeValue(v.value), 0)
+          const bytes = encodeValue(v.value)
+          if (bytes.length > maxResultBytes) {
+            throw new SerializationError(
+              `the result of ${def.name} is ${bytes.length} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: ` +
+                'return less (e.g. write large outputs to a file or Volume and return where), or start `berth serve` with a larger --max-message-bytes',
+            )
+          }
+          add(bytes, 0)
         } catch (e) {
           addError(e)
         }
@@ -153,6 +172,7 @@ export function containerMain(apps: App[]): Promise<number> {
       finished = true
       flush()
       clearInterval(keepAlive)
+      clearInterval(beat)
       // Let the last output reach the stream before the process goes.
       setTimeout(() => resolveExit(code), 50)
     }
@@ -182,7 +202,32 @@ export function containerMain(apps: App[]): Promise<number> {
       }
     }
 
-    const execute = (exec: number, method: number, inputs: { id: number; attempt: number; args: unknown[]; fc: string }[]) => {
+    // An input whose arguments cannot be decoded fails alone (the control plane checks them
+    // against the same contract, so this is a last line of defence); the rest of its batch runs.
+    const execute = (exec: number, method: number, all: { id: number; attempt: number; args: unknown[]; fc: string; bad?: unknown }[]) => {
+      if (all.some((i) => i.bad !== undefined)) {
+        const good = all.filter((i) => i.bad === undefined)
+        const merge = (values: { ok: boolean; value: unknown }[]) => {
+          let k = 0
+          return all.map((i) => (i.bad !== undefined ? { ok: false, value: i.bad } : values[k++]))
+        }
+        if (good.length === 0) {
+          outputRaw(exec, false, merge([]))
+          return
+        }
+        run(exec, method, good, merge)
+        return
+      }
+      run(exec, method, all)
+    }
+
+    const run = (
+      exec: number,
+      method: number,
+      inputs: { id: number; attempt: number; args: unknown[]; fc: string }[],
+      merge?: (values: { ok: boolean; value: unknown }[]) => { ok: boolean; value: unknown }[],
+    ) => {
+      const output = merge === undefined ? outputRaw : (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => outputRaw(exec, retryable, merge(values))
       const m = def.methods[method]
       if (!m) {
         output(exec, false, inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })))
@@ -273,9 +318,16 @@ export function containerMain(apps: App[]): Promise<number> {
           i += 4
           const inputs = []
           for (let j = 0; j < n; j++, i += 6) {
-            const args = decodeValue(bytes.subarray(ev[i + 2], ev[i + 2] + ev[i + 3]))
             const fc = utf8.decode(bytes.subarray(ev[i + 4], ev[i + 4] + ev[i + 5]))
-            inputs.push({ id: ev[i], attempt: ev[i + 1], args: Array.isArray(args) ? args : [args], fc })
+            let args: unknown
+            let bad: unknown
+            try {
+              args = decodeValue(bytes.subarray(ev[i + 2], ev[i + 2] + ev[i + 3]))
+              if (!Array.isArray(args)) throw new Error('the arguments are not an array')
+            } catch (e) {
+              bad = new SerializationError(`input in-${ev[i]} of ${def.name}: its arguments could not be decoded (${(e as Error)?.message ?? e})`)
+            }
+            inputs.push({ id: ev[i], attempt: ev[i + 1], args: args as unknown[], fc, bad })
           }
           started += n
           execute(exec, method, inputs)

@@ -10,7 +10,8 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 
-import { asyncContextEnabled, runInContext, setSyncContextSource, type InputContext } from './context.ts'
+import type { Arity } from './arity.ts'
+import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import type { ClassMeta } from './decorators.ts'
 import { applyParams } from './decorators.ts'
 import {
@@ -63,7 +64,7 @@ export interface PoolDef {
   key: string
   /** For messages: `square`, `Embedder`. */
   name: string
-  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number } }[]
+  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; arity: Arity }[]
   options: NormalizedOptions
   maxInputs: number
   targetInputs: number
@@ -775,18 +776,18 @@ export class EmbeddedRuntime {
     try {
       const inst = this.instance(pool, cid)
       if (phase === 0) {
-        await runBuildHooks(pool.def.cls!, meta, inst)
+        await runAsHook(() => runBuildHooks(pool.def.cls!, meta, inst))
       } else if (phase === 3) {
         for (const name of meta.exit) {
           try {
-            await inst[name]()
+            await runAsHook(() => inst[name]())
           } catch (e) {
             console.error(`berth: @exit hook ${pool.def.name}.${name} threw: ${describe(e)}`)
           }
         }
       } else {
         const names = phase === 1 ? meta.snapEnter : meta.enter
-        for (const name of names) await inst[name]()
+        for (const name of names) await runAsHook(() => inst[name]())
       }
     } catch (e) {
       ok = false

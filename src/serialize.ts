@@ -12,10 +12,12 @@ import { SerializationError } from './errors.ts'
 //   silently flattened, because their methods would not survive the trip.
 // - A shared (non-cyclic) reference is copied once per occurrence, like CBOR without tags would do.
 // - Buffer comes back as a plain Uint8Array. DataView and SharedArrayBuffer are rejected.
-// - Nesting deeper than MAX_DEPTH is rejected: decoders cap recursion and a deep value is
-//   almost always a mistake (a linked list or a cycle through a getter).
+// - Nesting deeper than MAX_DEPTH is rejected: the control plane refuses deeper CBOR
+//   (berth_proto::values::MAX_DEPTH, the same number), because cbor-x decodes recursively and a
+//   few hundred levels of Maps overflow its stack; and a deep value is almost always a mistake
+//   (a linked list, or a cycle through a getter).
 
-export const MAX_DEPTH = 1000
+export const MAX_DEPTH = 128
 
 const FIX = 'Pass plain data (JSON types, Uint8Array, Date, Map, Set, bigint) instead.'
 

@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("berth_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Malformed messages are INVALID_ARGUMENT, not INTERNAL (src/codec.rs).
+    tonic_prost_build::configure().codec_path("crate::codec::Codec").compile_fds(fds)?;
     Ok(())
 }

@@ -68,13 +68,22 @@ pub struct ContainerEvents {
 pub struct BindingContainer {
     out: mpsc::UnboundedSender<pb::ContainerMessage>,
     shared: Arc<Mailbox>,
+    /// The control plane's message cap: outputs are sent in messages no larger.
+    max_message_bytes: usize,
 }
 
 #[napi]
 impl BindingContainer {
     /// Connects and attaches as `containerId`, granting `slots` credits.
     #[napi(constructor)]
-    pub fn new(endpoint: String, container_id: u32, token: String, slots: u32, doorbell: Doorbell) -> Result<Self> {
+    pub fn new(
+        endpoint: String,
+        container_id: u32,
+        token: String,
+        slots: u32,
+        max_message_bytes: f64,
+        doorbell: Doorbell,
+    ) -> Result<Self> {
         let shared = Arc::new(Mailbox::new(doorbell));
         let (out, rx) = mpsc::unbounded_channel();
         let send = |m: container_message::Msg| out.send(pb::ContainerMessage { msg: Some(m) });
@@ -90,7 +99,12 @@ impl BindingContainer {
             .spawn(move || {
                 rt.block_on(async move {
                     let attached = async {
-                        let mut client = ContainersClient::connect(endpoint).await?;
+                        // The control plane is this container's own server: it bounds each
+                        // input by the message cap, but one @batched execution carries many.
+                        let mut client = ContainersClient::connect(endpoint)
+                            .await?
+                            .max_decoding_message_size(usize::MAX)
+                            .max_encoding_message_size(usize::MAX);
                         let inbound = client.attach(UnboundedReceiverStream::new(rx)).await?.into_inner();
                         Ok::<_, Box<dyn std::error::Error>>(inbound)
                     };
@@ -108,7 +122,7 @@ impl BindingContainer {
                 });
             })
             .map_err(|e| Error::from_reason(format!("berth container: cannot start its thread: {e}")))?;
-        Ok(Self { out, shared })
+        Ok(Self { out, shared, max_message_bytes: max_message_bytes as usize })
     }
 
     /// Everything that arrived since the last call; `null` when nothing did.
@@ -177,11 +191,44 @@ impl BindingContainer {
             }
             outputs.push(pb::Output { exec_id, results, retryable_failure: retryable });
         }
-        // Everything that finished together leaves as one message.
-        let msg = if outputs.len() == 1 {
-            container_message::Msg::Output(outputs.pop().unwrap_or_default())
-        } else {
-            container_message::Msg::OutputBatch(pb::OutputBatch { outputs })
+        // Everything that finished together leaves in as few messages as the cap allows (each
+        // result is at most the cap: JavaScript refuses larger ones).
+        let mut message = Vec::new();
+        let mut size = 0usize;
+        for o in outputs {
+            let bytes = o.results.iter().map(result_size).sum::<usize>() + 16;
+            if !message.is_empty() && size + bytes > self.max_message_bytes {
+                self.send_outputs(std::mem::take(&mut message));
+                size = 0;
+            }
+            size += bytes;
+            message.push(o);
+        }
+        self.send_outputs(message);
+    }
+
+    /// This container's event loop is alive (a timer fired): the control plane replaces a
+    /// container that stops saying so while an input of it is past its timeout.
+    #[napi]
+    pub fn heartbeat(&self) {
+        let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::Heartbeat(pb::Heartbeat {})) });
+    }
+}
+
+fn result_size(r: &pb::Result) -> usize {
+    match &r.outcome {
+        Some(Outcome::Value(v)) => v.len() + 8,
+        Some(Outcome::Error(e)) => e.name.len() + e.message.len() + e.stack.len() + 16,
+        None => 2,
+    }
+}
+
+impl BindingContainer {
+    fn send_outputs(&self, mut outputs: Vec<pb::Output>) {
+        let msg = match outputs.len() {
+            0 => return,
+            1 => container_message::Msg::Output(outputs.pop().unwrap_or_default()),
+            _ => container_message::Msg::OutputBatch(pb::OutputBatch { outputs }),
         };
         let _ = self.out.send(pb::ContainerMessage { msg: Some(msg) });
     }

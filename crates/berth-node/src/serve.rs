@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_server::gpu::{parse_nvidia_smi_list, parse_request, Choice, Device, GpuPool};
-use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
+use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use napi::bindgen_prelude::AsyncTask;
 use napi::{Env, Error, Result, Task};
 use napi_derive::napi;
@@ -27,6 +27,15 @@ pub struct BindingFunctionDef {
     pub env: Option<HashMap<String, String>>,
     /// The `gpu` option: choices in order of preference, e.g. `["A100:2", "any:4"]`.
     pub gpu: Option<Vec<String>>,
+    /// How many arguments each method takes, in `methods` order.
+    pub arity: Option<Vec<BindingArity>>,
+}
+
+#[napi(object)]
+pub struct BindingArity {
+    pub min: u32,
+    /// Unset with a rest parameter.
+    pub max: Option<u32>,
 }
 
 #[napi(object)]
@@ -57,6 +66,8 @@ struct Proc {
     kill_at: Option<Instant>,
     /// Set when it was killed for being late after its stop.
     overdue: bool,
+    /// Set when it was killed for not answering (the control plane logged why).
+    hung: bool,
     gpus: Vec<usize>,
     /// `app/function`, for the log.
     label: String,
@@ -86,6 +97,8 @@ struct ProcessSpawner {
     procs: Arc<Mutex<Procs>>,
     /// Keep a warm spare (BERTH_WARM_SPARE=0 turns it off, for comparison).
     keep_spare: bool,
+    /// The server's message cap, which containers apply to their results.
+    max_message_bytes: usize,
 }
 
 /// How long a stopped container may take to exit by itself before it is killed.
@@ -129,18 +142,57 @@ fn take_early_spare(command: &[String], app_file: &str) -> Option<Child> {
     }
 }
 
+/// Makes this process get SIGTERM when its parent goes away (Linux): `npx berth serve` under a
+/// process manager gets SIGTERM in npm, whose `sh -c` child dies without passing it on, which
+/// would leave `berth serve` and its containers running with nobody to stop them. The SIGTERM
+/// handler then drains as for any SIGTERM. Returns false where this is not available (the
+/// caller watches `process.ppid` instead).
+#[napi]
+pub fn watch_parent() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on this process.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return false;
+            }
+            // The parent may have gone before the call: then nobody would signal us.
+            if libc::getppid() == 1 {
+                libc::kill(libc::getpid(), libc::SIGTERM);
+            }
+        }
+        true
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// A container process that waits for its identity on stdin.
 fn start_container_process(command: &[String], app_file: &str) -> std::io::Result<Child> {
     let Some((program, args)) = command.split_first() else {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no container command"));
     };
-    Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env("BERTH_APP_FILE", app_file)
         // A group of its own: the terminal's Ctrl-C goes to the serving process alone, which
         // stops containers in order instead of every process draining at once.
-        .process_group(0)
-        .stdin(Stdio::piped())
+        .process_group(0);
+    // A container ends with its server, however the server ends (SIGKILL included): the
+    // kernel kills it when the thread that started it goes, and those threads (the JS thread,
+    // the server runtime's workers) live until the server process ends. A server stopping in
+    // order has stopped its containers before then.
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.stdin(Stdio::piped())
         .stdout(inherited(std::io::stdout().as_fd()))
         .stderr(inherited(std::io::stderr().as_fd()))
         .spawn()
@@ -183,7 +235,7 @@ impl ProcessSpawner {
                     g.gpus.give_back(&p.gpus);
                     // A crash (or a kill after a stop it ignored) is worth a line in the server's
                     // log: callers only learn that their container went away.
-                    if !g.closed && (p.overdue || !status.success()) {
+                    if !g.closed && !p.hung && (p.overdue || !status.success()) {
                         let how = if p.overdue {
                             format!("did not exit within {}s of its stop and was killed", STOP_KILL_AFTER.as_secs())
                         } else {
@@ -231,6 +283,7 @@ impl Spawner for ProcessSpawner {
             ("BERTH_FUNCTION", def.name.clone()),
             ("BERTH_PARAMS", hex(params)),
             ("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string()),
+            ("BERTH_MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
         ]);
         let mut gpus = Vec::new();
         if let Some(p) = placement {
@@ -268,7 +321,8 @@ impl Spawner for ProcessSpawner {
         match child {
             Ok(child) => {
                 let label = format!("{}/{}", def.app, def.name);
-                g.live.insert(container, Proc { child, exited, kill_at: None, overdue: false, gpus, label });
+                g.live
+                    .insert(container, Proc { child, exited, kill_at: None, overdue: false, hung: false, gpus, label });
                 self.refill_spare(&mut g);
             }
             Err(e) => {
@@ -282,6 +336,15 @@ impl Spawner for ProcessSpawner {
     fn stop(&self, container: u32) {
         if let Some(p) = lock(&self.procs).live.get_mut(&container) {
             p.kill_at.get_or_insert(Instant::now() + STOP_KILL_AFTER);
+        }
+    }
+
+    fn kill(&self, container: u32) {
+        if let Some(p) = lock(&self.procs).live.get_mut(&container) {
+            // Reported already (hung, and logged so): its end is no crash to report again.
+            p.kill_at.get_or_insert(Instant::now() + STOP_KILL_AFTER);
+            p.hung = true;
+            let _ = p.child.kill();
         }
     }
 }
@@ -402,7 +465,8 @@ impl BindingServer {
             }
             placement
                 .insert((f.app.clone(), f.name.clone()), Placement { env: f.env.unwrap_or_default(), gpu: choices });
-            defs.push(FunctionDef { app: f.app, name: f.name, methods: f.methods, is_class: f.is_class, spec });
+            let arity = f.arity.unwrap_or_default().into_iter().map(|a| Arity { min: a.min, max: a.max }).collect();
+            defs.push(FunctionDef { app: f.app, name: f.name, methods: f.methods, is_class: f.is_class, spec, arity });
         }
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {
             Error::from_reason(format!("--host {} --grpc-port {}: not an address ({e})", opts.host, opts.grpc_port))
@@ -415,12 +479,15 @@ impl BindingServer {
             .map_err(|e| Error::from_reason(format!("berth: cannot start the server runtime: {e}")))?;
         let procs = Arc::new(Mutex::new(Procs::default()));
         ProcessSpawner::start_supervisor(&procs);
+        let max_message_bytes =
+            opts.max_message_bytes.map_or(ServeOptions::default().max_message_bytes, |m| m as usize);
         let spawner = ProcessSpawner {
             command: opts.container_command,
             app_file: opts.app_file,
             placement,
             procs: procs.clone(),
             keep_spare: std::env::var("BERTH_WARM_SPARE").map_or(true, |v| v != "0"),
+            max_message_bytes,
         };
         {
             let mut g = lock(&procs);
@@ -430,7 +497,7 @@ impl BindingServer {
         let serve = ServeOptions {
             addr,
             token: opts.token,
-            max_message_bytes: opts.max_message_bytes.map_or(ServeOptions::default().max_message_bytes, |m| m as usize),
+            max_message_bytes,
             http_addr: match opts.http_port {
                 Some(port) => Some(format!("{}:{port}", opts.host).parse().map_err(|e| {
                     Error::from_reason(format!("--host {} --http-port {port}: not an address ({e})", opts.host))
@@ -497,6 +564,17 @@ impl Task for Shutdown {
     fn compute(&mut self) -> Result<()> {
         if let Some((rt, plane)) = self.running.take() {
             rt.block_on(plane.shutdown());
+            // Every container was told to stop; any left (one still starting) gets the same
+            // bounded wait before it is killed.
+            for p in lock(&self.procs).live.values_mut() {
+                p.kill_at.get_or_insert(Instant::now() + STOP_KILL_AFTER);
+            }
+            // The server exits last: its containers have run their exit hooks and been told to
+            // stop; wait until their processes are gone (the supervisor kills one that is late).
+            let deadline = Instant::now() + STOP_KILL_AFTER + Duration::from_secs(2);
+            while !lock(&self.procs).live.is_empty() && Instant::now() < deadline {
+                std::thread::sleep(SUPERVISE_EVERY);
+            }
             rt.shutdown_timeout(Duration::from_secs(2));
         }
         release_spare(&self.procs);

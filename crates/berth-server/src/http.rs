@@ -133,7 +133,11 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     }
     let segments: Option<Vec<String>> = path.strip_prefix('/').unwrap_or(path).split('/').map(percent_decode).collect();
     let Some(segments) = segments.filter(|s| (2..=3).contains(&s.len()) && s.iter().all(|s| !s.is_empty())) else {
-        return fail(StatusCode::NOT_FOUND, "NotFound", format!("no route {path}: this server answers {ROUTES}"));
+        return fail(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no route {}: this server answers {ROUTES}", crate::service::shown(path)),
+        );
     };
     if req.method() != Method::POST {
         return not_allowed("POST");
@@ -166,8 +170,9 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     };
 
     let f = pb::FunctionRef { app: app.into(), function: function.into(), method: method.into(), params };
-    let (pool, method) = match ctx.svc.resolve(Some(&f)) {
-        Ok(r) => r,
+    let checked = ctx.svc.resolve(Some(&f)).and_then(|t| t.check_args(&args, "the arguments").map(|()| t));
+    let target = match checked {
+        Ok(t) => t,
         Err(status) => {
             let (code, name) = match status.code() {
                 tonic::Code::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
@@ -177,7 +182,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
             return fail(code, name, status.message());
         }
     };
-    let (result, fc) = ctx.svc.call(pool, method, args).await;
+    let (result, fc) = ctx.svc.call(target.pool, target.method, args).await;
     let mut res = match result.outcome {
         Some(Outcome::Value(bytes)) => match ciborium::from_reader::<ciborium::Value, _>(bytes.as_slice()) {
             Ok(v) => json_answer(StatusCode::OK, &cbor_to_json(&v)),

@@ -12,5 +12,5 @@ mod http;
 mod plane;
 mod service;
 
-pub use plane::{ExitReporter, FunctionDef, Registry, Spawner};
+pub use plane::{Arity, ExitReporter, FunctionDef, Registry, Spawner};
 pub use service::{ControlPlane, ServeOptions};

@@ -2,6 +2,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use berth_core::{
     AbortReason, Command, ContainerId, Exec, ExecId, IdMap, InputId, Invoker, Outcome, Phase, PoolId, PoolSpec,
@@ -22,6 +23,34 @@ pub struct FunctionDef {
     pub is_class: bool,
     /// The pool settings; its `hooks.spawn` is forced on (containers are processes).
     pub spec: PoolSpec,
+    /// How many arguments each method takes, in `methods` order; a call outside the range is
+    /// refused before it reaches a container. A method without an entry takes any number.
+    pub arity: Vec<Arity>,
+}
+
+/// The argument counts a method accepts: from its parameters without a default (`min`) to all
+/// of them (`max`; `None` with a rest parameter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Arity {
+    pub min: u32,
+    pub max: Option<u32>,
+}
+
+impl Arity {
+    /// `None` when `n` arguments are fine, else what the method takes, e.g. "exactly 1 argument".
+    pub fn refuses(&self, n: usize) -> Option<String> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n >= self.min && self.max.is_none_or(|max| n <= max) {
+            return None;
+        }
+        let s = |k: u32| if k == 1 { "" } else { "s" };
+        Some(match self.max {
+            Some(max) if max == self.min => format!("exactly {max} argument{}", s(max)),
+            Some(max) if self.min == 0 => format!("at most {max} argument{}", s(max)),
+            Some(max) => format!("{} to {max} arguments", self.min),
+            None => format!("at least {} argument{}", self.min, s(self.min)),
+        })
+    }
 }
 
 /// What the app serves.
@@ -56,6 +85,11 @@ pub trait Spawner: Send + Sync + 'static {
     );
     /// The container is done (stopped, failed, or abandoned): make sure its process ends.
     fn stop(&self, container: ContainerId);
+    /// The container stopped answering: end its process now (it may be stopped or blocked, so
+    /// it cannot be asked).
+    fn kill(&self, container: ContainerId) {
+        self.stop(container)
+    }
 }
 
 pub(crate) fn error(name: &str, message: impl Into<String>) -> pb::Result {
@@ -83,6 +117,14 @@ pub(crate) struct Link {
     pub credits: u32,
     /// Executions of this scheduler turn, sent as one batch when the turn ends.
     pub batch: Vec<pb::Execute>,
+    /// The argument bytes in `batch`: a turn leaves in messages of at most the message cap.
+    pub batch_bytes: usize,
+    pub max_message_bytes: usize,
+    /// When the container last sent anything (its event loop sends a heartbeat every second).
+    pub last_heard: Instant,
+    /// Inputs aborted for their timeout that it has not answered yet, and since when.
+    pub overdue: Vec<InputId>,
+    pub overdue_since: Option<Instant>,
 }
 
 impl Link {
@@ -105,10 +147,22 @@ impl Link {
     fn execute(&mut self, e: pb::Execute) {
         if self.tx.is_some() && self.credits > 0 && self.queued.is_empty() {
             self.credits -= 1;
-            self.batch.push(e);
+            self.push(e);
         } else {
             self.queued.push(ControlMessage { msg: Some(control_message::Msg::Execute(e)) });
         }
+    }
+
+    /// Adds an execution to this turn's message, sending the message first if the execution
+    /// would take it over the cap (the container decodes what one execution needs, however
+    /// large: a @batched one carries many inputs).
+    fn push(&mut self, e: pb::Execute) {
+        let size: usize = e.inputs.iter().map(|i| i.args.len() + i.function_call_id.len() + 16).sum::<usize>() + 16;
+        if !self.batch.is_empty() && self.batch_bytes + size > self.max_message_bytes {
+            self.send_batch();
+        }
+        self.batch_bytes += size;
+        self.batch.push(e);
     }
 
     /// Ends the turn: this turn's executions leave as one message.
@@ -116,6 +170,7 @@ impl Link {
         if self.batch.is_empty() {
             return;
         }
+        self.batch_bytes = 0;
         let executions = std::mem::take(&mut self.batch);
         if let Some(tx) = &self.tx {
             let msg = if executions.len() == 1 {
@@ -139,7 +194,7 @@ impl Link {
             match msg.msg {
                 Some(control_message::Msg::Execute(e)) if self.tx.is_some() && self.credits > 0 => {
                     self.credits -= 1;
-                    self.batch.push(e);
+                    self.push(e);
                 }
                 Some(control_message::Msg::Execute(_)) => rest.push(msg),
                 _ if self.tx.is_some() => {
@@ -259,6 +314,8 @@ pub(crate) struct Shared {
     pub commands: mpsc::UnboundedSender<Command>,
     pub spawner: Box<dyn Spawner>,
     pub endpoint: Mutex<String>,
+    /// The one message cap (`ServeOptions::max_message_bytes`): requests, executions, results.
+    pub max_message_bytes: usize,
 }
 
 impl Shared {
@@ -287,7 +344,18 @@ impl Invoker for Host {
             let token = format!("{:016x}{:08x}", rand_token(), container);
             st.links.insert(
                 container,
-                Link { token: token.clone(), tx: None, queued: Vec::new(), credits: 0, batch: Vec::new() },
+                Link {
+                    token: token.clone(),
+                    tx: None,
+                    queued: Vec::new(),
+                    credits: 0,
+                    batch: Vec::new(),
+                    batch_bytes: 0,
+                    max_message_bytes: shared.max_message_bytes,
+                    last_heard: Instant::now(),
+                    overdue: Vec::new(),
+                    overdue_since: None,
+                },
             );
             let Some(entry) = st.pools.get(&pool) else {
                 return;
@@ -351,15 +419,17 @@ impl Invoker for Host {
         let Some(&cid) = st.running.get(&input) else {
             return;
         };
-        let reason = match reason {
-            AbortReason::Timeout => "timeout",
-            AbortReason::Cancelled => "cancelled",
-        };
+        let timeout = reason == AbortReason::Timeout;
+        let reason = if timeout { "timeout" } else { "cancelled" };
         let msg = ControlMessage {
             msg: Some(control_message::Msg::Abort(pb::Abort { input_id: input, attempt, reason: reason.into() })),
         };
         if let Some(link) = st.links.get_mut(&cid) {
             link.send(msg);
+            if timeout {
+                link.overdue.push(input);
+                link.overdue_since.get_or_insert_with(Instant::now);
+            }
         }
     }
 
@@ -425,6 +495,51 @@ impl ResultSink for Host {
             }
         }
         rec.waiter.send(result);
+    }
+}
+
+/// A container that has not been heard from for this long while an input it holds is past
+/// its timeout is taken for hung (blocked event loop, stopped process) and replaced. Containers
+/// send a heartbeat every second (src/process.ts, HEARTBEAT_MS).
+pub(crate) const HUNG_AFTER: Duration = Duration::from_secs(4);
+
+/// Replaces hung containers: killed, reported lost (their inputs are retried within `retries`,
+/// the pool starts another). Runs until the control plane is gone.
+pub(crate) async fn watch_hung_containers(plane: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = plane.upgrade() else { return };
+        let now = Instant::now();
+        let mut hung = Vec::new();
+        {
+            let mut st = shared.lock();
+            let ids: Vec<ContainerId> = st
+                .links
+                .iter()
+                .filter(|(_, l)| {
+                    l.tx.is_some()
+                        && l.overdue_since.is_some_and(|t| now.duration_since(t) > HUNG_AFTER)
+                        && now.duration_since(l.last_heard) > HUNG_AFTER
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            for id in ids {
+                if let Some(link) = st.links.remove(&id) {
+                    hung.push((id, link.overdue.first().copied().unwrap_or(0), now.duration_since(link.last_heard)));
+                }
+            }
+        }
+        for (id, input, quiet) in hung {
+            eprintln!(
+                "berth: container {id} stopped answering (nothing for {:.1} s, its event loop is blocked or the process \
+                 is stopped) while input in-{input} ran past its timeout: replacing it",
+                quiet.as_secs_f64()
+            );
+            shared.spawner.kill(id);
+            let _ = shared.commands.send(Command::ContainerLost(id));
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use berth_proto::v1::{
     functions_server::{Functions, FunctionsServer},
     map_request, ControlMessage,
 };
+use berth_proto::values;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
@@ -46,6 +47,9 @@ impl Default for ServeOptions {
         }
     }
 }
+
+/// Room for the protobuf around a value of the cap's size (ids, error text, field tags).
+pub const FRAMING_BYTES: usize = 64 << 10;
 
 /// A running control plane.
 pub struct ControlPlane {
@@ -85,18 +89,23 @@ impl ControlPlane {
             commands,
             spawner: Box::new(spawner),
             endpoint: Mutex::new(format!("http://{local_addr}")),
+            max_message_bytes: opts.max_message_bytes,
         });
         tokio::spawn(Scheduler::new(Host(shared.clone()), Host(shared.clone())).run(source));
+        tokio::spawn(crate::plane::watch_hung_containers(Arc::downgrade(&shared)));
 
         let token = opts.token.clone();
         let auth = move |req: Request<()>| check_token(token.as_deref(), &req).map(|()| req);
         let cap = opts.max_message_bytes;
+        // One cap, every hop: a caller's request, each input's arguments, each result. Answers
+        // and container messages carry a result (or arguments) of up to the cap plus framing;
+        // containers split their outputs at the cap and refuse larger results themselves.
         let functions = FunctionsServer::new(FunctionsSvc { shared: shared.clone(), max_message_bytes: cap })
-            .max_decoding_message_size(opts.max_message_bytes)
-            .max_encoding_message_size(opts.max_message_bytes);
+            .max_decoding_message_size(cap)
+            .max_encoding_message_size(cap.saturating_add(FRAMING_BYTES));
         let containers = ContainersServer::new(ContainersSvc { shared: shared.clone() })
-            .max_decoding_message_size(opts.max_message_bytes)
-            .max_encoding_message_size(opts.max_message_bytes);
+            .max_decoding_message_size(cap.saturating_add(FRAMING_BYTES))
+            .max_encoding_message_size(usize::MAX);
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<FunctionsServer<FunctionsSvc>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
@@ -216,20 +225,40 @@ fn bad(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
 
-/// Arguments must be a CBOR array (positional arguments); parameters a CBOR map (or empty).
-fn check_cbor(bytes: &[u8], what: &str, want_map: bool) -> Result<(), Status> {
-    if want_map && bytes.is_empty() {
-        return Ok(());
+/// A name or id a caller sent, as echoed in an error: long ones are cut, so that an answer
+/// (and its `grpc-message` header) stays small whatever the caller sent.
+pub(crate) fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_string();
     }
-    let value: ciborium::Value =
-        ciborium::from_reader(bytes).map_err(|e| bad(format!("{what} is not valid CBOR: {e}")))?;
-    match (value, want_map) {
-        (ciborium::Value::Array(_), false) | (ciborium::Value::Map(_), true) => Ok(()),
-        _ => Err(bad(if want_map {
-            format!("{what} must be a CBOR map of parameter names to values")
-        } else {
-            format!("{what} must be a CBOR array of positional arguments (e.g. [3] for f(3))")
-        })),
+    let mut end = 48;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+/// What a request named, resolved: the pool and method to submit to, and what its arguments
+/// must look like.
+pub(crate) struct Target {
+    pub pool: PoolId,
+    pub method: u32,
+    arity: Option<crate::plane::Arity>,
+    /// `square`, `Embedder.embed`: for messages.
+    label: String,
+}
+
+impl Target {
+    /// Arguments must be what a container decodes (berth_proto::values) and as many as the
+    /// method takes. `what` names them in the message, e.g. "args of input 3".
+    pub fn check_args(&self, args: &[u8], what: &str) -> Result<(), Status> {
+        let n = values::check_args(args)
+            .map_err(|e| bad(format!("{what} are not a value berth can pass to {}: {e}", self.label)))?;
+        match self.arity.and_then(|a| a.refuses(n)) {
+            Some(takes) => Err(bad(format!("{} takes {takes}; {what} hold {n}", self.label))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -244,7 +273,7 @@ pub(crate) const MAP_CALL_ID_HEADER: &str = "berth-function-call-id";
 impl FunctionsSvc {
     /// The pool and method index a request names, creating the pool for new parameters.
     /// NOT_FOUND names what exists; INVALID_ARGUMENT says what to fix.
-    pub(crate) fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<(PoolId, u32), Status> {
+    pub(crate) fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<Target, Status> {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
         let reg = &self.shared.registry;
         let (index, def) =
@@ -253,12 +282,12 @@ impl FunctionsSvc {
                     let known: Vec<String> =
                         reg.functions.iter().filter(|d| d.app == f.app).map(|d| d.name.clone()).collect();
                     if known.is_empty() {
-                        Status::not_found(format!("no app named '{}' is served here", f.app))
+                        Status::not_found(format!("no app named '{}' is served here", shown(&f.app)))
                     } else {
                         Status::not_found(format!(
                             "app '{}' has no function or class '{}'; it has: {}",
-                            f.app,
-                            f.function,
+                            shown(&f.app),
+                            shown(&f.function),
                             known.join(", ")
                         ))
                     }
@@ -269,7 +298,7 @@ impl FunctionsSvc {
                 Status::not_found(format!(
                     "class '{}' has no method '{}'; its methods: {}",
                     def.name,
-                    f.method,
+                    shown(&f.method),
                     def.methods.join(", ")
                 ))
             })? as u32
@@ -282,11 +311,13 @@ impl FunctionsSvc {
             }
             0
         };
-        check_cbor(&f.params, "params", true)?;
+        values::check_params(&f.params).map_err(|e| bad(format!("params of {} are not valid: {e}", def.name)))?;
+        let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };
+        let arity = def.arity.get(method as usize).copied();
         let mut st = self.shared.lock();
         let key = (index, f.params.clone());
-        if let Some(&id) = st.pools_by_key.get(&key) {
-            return Ok((id, method));
+        if let Some(&pool) = st.pools_by_key.get(&key) {
+            return Ok(Target { pool, method, arity, label });
         }
         let id = st.next_pool;
         st.next_pool += 1;
@@ -296,7 +327,7 @@ impl FunctionsSvc {
         let mut spec = def.spec.clone();
         spec.hooks.spawn = true;
         let _ = self.shared.commands.send(Command::AddPool(id, spec));
-        Ok((id, method))
+        Ok(Target { pool: id, method, arity, label })
     }
 
     pub(crate) fn registry(&self) -> &Registry {
@@ -370,9 +401,9 @@ type Stream<T> = UnboundedReceiverStream<Result<T, Status>>;
 impl Functions for FunctionsSvc {
     async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
         let req = req.into_inner();
-        let (pool, method) = self.resolve(req.function.as_ref())?;
-        check_cbor(&req.args, "args", false)?;
-        let (result, fc) = self.call(pool, method, req.args).await;
+        let target = self.resolve(req.function.as_ref())?;
+        target.check_args(&req.args, "args")?;
+        let (result, fc) = self.call(target.pool, target.method, req.args).await;
         Ok(Response::new(pb::InvokeResponse { result: Some(result), function_call_id: fc }))
     }
 
@@ -388,7 +419,8 @@ impl Functions for FunctionsSvc {
         let Some(map_request::Item::Function(f)) = first.item else {
             return Err(bad("the first Map message must name the function (`function`), then inputs follow"));
         };
-        let (pool, method) = self.resolve(Some(&f))?;
+        let target = self.resolve(Some(&f))?;
+        let (pool, method) = (target.pool, target.method);
         let fc = self.new_call_id();
         let call = Arc::new(MapCall::default());
         self.shared.lock().maps.insert(fc.clone(), call.clone());
@@ -441,7 +473,7 @@ impl Functions for FunctionsSvc {
                             break;
                         }
                     };
-                    if let Err(status) = check_cbor(&input.args, &format!("args of input {}", input.index), false) {
+                    if let Err(status) = target.check_args(&input.args, &format!("args of input {}", input.index)) {
                         end = Some(status);
                         break;
                     }
@@ -467,8 +499,9 @@ impl Functions for FunctionsSvc {
 
     async fn spawn(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
         let req = req.into_inner();
-        let (pool, method) = self.resolve(req.function.as_ref())?;
-        check_cbor(&req.args, "args", false)?;
+        let target = self.resolve(req.function.as_ref())?;
+        target.check_args(&req.args, "args")?;
+        let (pool, method) = (target.pool, target.method);
         let fc = self.new_call_id();
         // The slot exists before the input, so a fast result always finds it.
         let ready = Arc::new(Notify::new());
@@ -524,6 +557,7 @@ impl Functions for FunctionsSvc {
 }
 
 fn not_a_call(fc: &str) -> Status {
+    let fc = shown(fc);
     Status::not_found(format!(
         "no spawned call or open Map call '{fc}' on this server (Spawn returns the ids GetResult and Cancel \
          take; Map sends its id in the `{MAP_CALL_ID_HEADER}` response header)"
@@ -650,11 +684,16 @@ impl Containers for ContainersSvc {
 /// Finished executions: their results wait for the scheduler's decision, their credits return.
 fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     let mut done = Vec::with_capacity(outputs.len());
+    let mut answered = Vec::new();
     let mut st = shared.lock();
+    let overdue = st.links.get(&cid).is_some_and(|l| !l.overdue.is_empty());
     for o in outputs {
         let Some((_, inputs)) = st.execs.remove(&o.exec_id) else {
             continue;
         };
+        if overdue {
+            answered.extend(inputs.iter().map(|(i, _)| *i));
+        }
         let mut results = o.results.into_iter();
         for (input, attempt) in inputs {
             let r =
@@ -670,6 +709,12 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     }
     // Each output acknowledges its execution: the slot's credit comes back.
     if let Some(link) = st.links.get_mut(&cid) {
+        if !link.overdue.is_empty() {
+            link.overdue.retain(|i| !answered.contains(i));
+            if link.overdue.is_empty() {
+                link.overdue_since = None;
+            }
+        }
         link.credits += done.len() as u32;
         link.flush();
     }
@@ -680,6 +725,9 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
 }
 
 fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
+    if let Some(link) = shared.lock().links.get_mut(&cid) {
+        link.last_heard = std::time::Instant::now();
+    }
     match msg {
         Some(container_message::Msg::Credit(c)) => {
             let mut st = shared.lock();

@@ -10,7 +10,7 @@ use berth_proto::v1::{
     self as pb, container_message, containers_client::ContainersClient, control_message,
     functions_client::FunctionsClient, map_request, result::Outcome,
 };
-use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
+use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -174,6 +174,7 @@ fn square_app(retries: u32, max_containers: u32) -> Registry {
             methods: vec!["square".into()],
             is_class: false,
             spec,
+            arity: vec![Arity { min: 1, max: Some(1) }],
         }],
     }
 }
@@ -600,4 +601,133 @@ async fn a_map_whose_caller_goes_away_is_cancelled() {
         assert_eq!(int(r.result.as_ref().unwrap()), 81);
         tokio::time::timeout(Duration::from_secs(20), plane.shutdown()).await.expect("shutdown in time");
     }
+}
+
+/// Sends a request body as raw bytes (no protobuf encoding), as a foreign client with a broken
+/// encoder would.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct ResponseDecoder(tonic_prost::ProstDecoder<pb::InvokeResponse>);
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = pb::InvokeResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<pb::InvokeResponse>, tonic::Status> {
+        self.0.decode(buf)
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = pb::InvokeResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder(tonic_prost::ProstCodec::<pb::InvokeRequest, pb::InvokeResponse>::default().decoder())
+    }
+}
+
+async fn invoke_raw(plane: &ControlPlane, body: Vec<u8>) -> tonic::Status {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", plane.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/berth.v1.Functions/Invoke");
+    grpc.unary(tonic::Request::new(body), path, RawCodec).await.expect_err("refused")
+}
+
+#[tokio::test]
+async fn poison_arguments_are_refused_before_any_container_sees_them() {
+    let (plane, seen) = start(square_app(2, 1), Behaviour::default(), local()).await;
+    let mut c = client(&plane).await;
+    // Each of these killed container processes: cbor-x throws on them (or on what they decode to).
+    for (cbor, says) in [
+        (vec![0x81, 0x03, 0xff, 0xff], "2 byte(s) follow the end of the value"),
+        (vec![0x81, 0xd8, 0x1d, 0x00], "CBOR tag 29 is not one berth decodes"),
+        (vec![0x81, 0xd9, 0x01, 0x02, 0x01], "tag 258 (Set) must wrap an array"),
+        (vec![0x81, 0xd8, 0x1b, 0x82, 0x00, 0x00], "CBOR tag 27"),
+        (vec![0x81, 0xd8, 0xe1, 0x00], "CBOR tag 225"),
+        (vec![0x81, 0x5f, 0x41, 0x01, 0xff], "indefinite-length string"),
+        (vec![0x81, 0x82, 0x01], "ends in the middle of a value"),
+    ] {
+        let e = c.invoke(pb::InvokeRequest { function: square_ref(), args: cbor.clone() }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{cbor:x?}: {e:?}");
+        assert!(e.message().contains(says), "{cbor:x?}: {}", e.message());
+        assert!(e.message().starts_with("args are not a value berth can pass to square"), "{}", e.message());
+        assert!(!e.message().contains("Semantic") && !e.message().contains("Io("), "no debug text: {}", e.message());
+        // Spawn and Map check the same way.
+        let e = c.spawn(pb::InvokeRequest { function: square_ref(), args: cbor.clone() }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "spawn {cbor:x?}");
+    }
+    let inputs = vec![
+        pb::MapRequest { item: Some(map_request::Item::Function(square_ref().unwrap())) },
+        pb::MapRequest { item: Some(map_request::Item::Input(pb::MapInput { index: 0, args: args(&[3]) })) },
+        pb::MapRequest {
+            item: Some(map_request::Item::Input(pb::MapInput { index: 1, args: vec![0x81, 0xd8, 0x1d, 0] })),
+        },
+    ];
+    let mut out = c.map(tokio_stream::iter(inputs)).await.expect("map").into_inner();
+    let first = out.next().await.expect("a result").expect("ok");
+    assert_eq!((first.index, int(first.result.as_ref().unwrap())), (0, 9));
+    let end = out.next().await.expect("the status").unwrap_err();
+    assert_eq!(end.code(), Code::InvalidArgument);
+    assert!(end.message().contains("args of input 1") && end.message().contains("tag 29"), "{}", end.message());
+    // Only the one good input ever reached a container.
+    assert_eq!(seen.lock().unwrap().executed.len(), 1);
+    plane.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_arity_is_refused_naming_what_the_function_takes() {
+    let (plane, seen) = start(square_app(0, 1), Behaviour::default(), local()).await;
+    let mut c = client(&plane).await;
+    for (xs, holds) in [(&[][..], 0), (&[1, 2, 3][..], 3)] {
+        let e = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(xs) }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(e.message(), format!("square takes exactly 1 argument; args hold {holds}"));
+    }
+    assert!(seen.lock().unwrap().executed.is_empty());
+    plane.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_and_huge_names_are_invalid_argument_with_a_short_message() {
+    let (plane, _) = start(square_app(0, 1), Behaviour::default(), local()).await;
+    // Not protobuf at all, and a string field (app, field 1 of FunctionRef) that is not UTF-8.
+    let e = invoke_raw(&plane, vec![0xff, 0xff, 0xff, 0x07]).await;
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("not a valid berth.v1.InvokeRequest"), "{}", e.message());
+    let e = invoke_raw(&plane, vec![0x0a, 0x04, 0x0a, 0x02, 0xc3, 0x28]).await;
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("UTF-8"), "{}", e.message());
+
+    let mut c = client(&plane).await;
+    let long = "x".repeat(10_000);
+    let f = pb::FunctionRef { app: long.clone(), function: long.clone(), method: long, ..Default::default() };
+    let e = c.invoke(pb::InvokeRequest { function: Some(f), args: args(&[1]) }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("(10000 bytes)") && e.message().len() < 200, "{}", e.message());
+    let e =
+        c.get_result(pb::GetResultRequest { function_call_id: "y".repeat(10_000), timeout: 0.0 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().len() < 400, "{}", e.message());
+    plane.shutdown().await;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth_core::{MethodSpec, PoolSpec};
 use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message};
-use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
+use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use ciborium::Value as C;
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -147,6 +147,8 @@ fn app() -> Registry {
         methods: methods.iter().map(|m| m.to_string()).collect(),
         is_class,
         spec: PoolSpec::new(name, vec![MethodSpec::default(); methods.len()]),
+        // square(x) takes one argument; the others any number.
+        arity: if name == "square" { vec![Arity { min: 1, max: Some(1) }] } else { Vec::new() },
     };
     Registry {
         functions: vec![
@@ -428,4 +430,25 @@ async fn the_ingress_is_off_unless_asked_for() {
 
 fn opts_loopback() -> ServeOptions {
     ServeOptions { addr: "127.0.0.1:0".parse().unwrap(), ..ServeOptions::default() }
+}
+
+#[tokio::test]
+async fn a_call_with_the_wrong_number_of_arguments_is_400_naming_what_it_takes() {
+    bounded(async {
+        let (plane, addr) = start(opts()).await;
+        let r = post(addr, "/demo/square", "[]").await;
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(
+            r.json(),
+            json!({"error": {"name": "InvalidArgument", "message": "square takes exactly 1 argument; the arguments hold 0"}})
+        );
+        let r = post(addr, "/demo/square", "[1, 2]").await;
+        assert_eq!(r.status, 400, "{r:?}");
+        // A long path is not echoed whole.
+        let r = post(addr, &format!("/{}", "p/".repeat(3000)), "[]").await;
+        assert_eq!(r.status, 404);
+        assert!(r.body.len() < 400, "{}", String::from_utf8_lossy(&r.body));
+        plane.shutdown().await;
+    })
+    .await;
 }

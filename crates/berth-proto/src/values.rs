@@ -1,0 +1,458 @@
+//! The value contract: which CBOR a container decodes.
+//!
+//! Arguments, class parameters and results cross as CBOR, and a container decodes them with
+//! cbor-x (`src/cbor.ts`). cbor-x accepts some CBOR that berth cannot use (tags it turns into
+//! shared references, packed values, `Error` objects; simple values it throws on) and throws on
+//! some well-formed CBOR (indefinite-length strings, map keys that are arrays, nesting deep
+//! enough to overflow its recursion). The control plane checks every request against this one
+//! contract, so a caller gets `INVALID_ARGUMENT` naming the problem instead of an input that
+//! fails in the container. What the contract accepts, cbor-x decodes to a plain JavaScript
+//! value (`scripts/fuzz-values.ts` checks that against cbor-x itself):
+//!
+//! - exactly one well-formed data item, no trailing bytes;
+//! - integers, floats (half, single, double), `false`, `true`, `null`, `undefined`;
+//! - byte and text strings of definite length (text: valid UTF-8);
+//! - arrays and maps, definite or indefinite length, nested at most [`MAX_DEPTH`] deep;
+//!   a map's keys are text, numbers, booleans, `null` or `undefined` (they become object keys),
+//!   except inside tag 259, where any value may be a key;
+//! - the tags berth's encoder writes: 0 (date text) and 1 (epoch seconds) for `Date`, 2 and 3
+//!   (byte strings) for `bigint`, 258 (an array) for `Set`, 259 (a map) for `Map`, the RFC 8746
+//!   typed arrays cbor-x knows (a byte string whose length is a whole number of elements), and
+//!   55799 (self-described CBOR, ignored).
+use std::fmt;
+
+/// Arrays and maps nested deeper than this (inside the arguments array) are refused; cbor-x
+/// decodes recursively, and at a few hundred levels of `Map`s it overflows the stack. The
+/// TypeScript caller applies the same bound (`src/serialize.ts`).
+pub const MAX_DEPTH: usize = 128;
+
+/// Why bytes are not a value berth passes on, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError {
+    /// Offset of the offending byte.
+    pub at: usize,
+    pub problem: String,
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at byte {})", self.problem, self.at)
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+/// Checks positional arguments: one CBOR array. Returns how many arguments it holds.
+pub fn check_args(bytes: &[u8]) -> Result<usize, ValueError> {
+    match check_one(bytes)? {
+        Kind::Array(n) => Ok(n),
+        k => Err(ValueError {
+            at: 0,
+            problem: format!(
+                "arguments must be a CBOR array of positional arguments (e.g. [3] for f(3)), not {}",
+                k.name()
+            ),
+        }),
+    }
+}
+
+/// Checks class parameters: empty (none), or one CBOR map from text names to values.
+pub fn check_params(bytes: &[u8]) -> Result<(), ValueError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut r = Reader { b: bytes, i: 0 };
+    let top = r.item(0)?;
+    r.end()?;
+    match top {
+        Kind::Map { text_keys: true } => Ok(()),
+        Kind::Map { .. } => Err(ValueError {
+            at: 0,
+            problem: "parameters must be a CBOR map whose keys are the parameter names (text)".into(),
+        }),
+        k => Err(ValueError {
+            at: 0,
+            problem: format!("parameters must be a CBOR map of parameter names to values, not {}", k.name()),
+        }),
+    }
+}
+
+/// Checks one value of any shape (a result, an element).
+pub fn check_value(bytes: &[u8]) -> Result<(), ValueError> {
+    check_one(bytes).map(|_| ())
+}
+
+fn check_one(bytes: &[u8]) -> Result<Kind, ValueError> {
+    let mut r = Reader { b: bytes, i: 0 };
+    let top = r.item(0)?;
+    r.end()?;
+    Ok(top)
+}
+
+/// What an item decodes to, as far as the contract cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Float,
+    Bytes,
+    Text,
+    /// With its element count.
+    Array(usize),
+    /// `text_keys`: every key is text (what parameters need).
+    Map {
+        text_keys: bool,
+    },
+    Bool,
+    Null,
+    Undefined,
+    /// A tagged value, by what it becomes in JavaScript.
+    Date,
+    BigInt,
+    Set,
+    JsMap,
+    TypedArray,
+    /// A break code (only meaningful to the indefinite-length container reading it).
+    Break,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Int => "an integer",
+            Kind::Float => "a float",
+            Kind::Bytes => "a byte string",
+            Kind::Text => "a text string",
+            Kind::Array(_) => "an array",
+            Kind::Map { .. } => "a map",
+            Kind::Bool => "a boolean",
+            Kind::Null => "null",
+            Kind::Undefined => "undefined",
+            Kind::Date => "a date (tag 0 or 1)",
+            Kind::BigInt => "a bignum (tag 2 or 3)",
+            Kind::Set => "a Set (tag 258)",
+            Kind::JsMap => "a Map (tag 259)",
+            Kind::TypedArray => "a typed array",
+            Kind::Break => "a break code",
+        }
+    }
+
+    /// Keys of a plain map become JavaScript property names; cbor-x refuses objects there.
+    fn is_property_key(self) -> bool {
+        matches!(self, Kind::Int | Kind::Float | Kind::Text | Kind::Bool | Kind::Null | Kind::Undefined | Kind::BigInt)
+    }
+}
+
+/// The typed-array tags cbor-x decodes, with their element size in bytes.
+fn typed_array_element(tag: u64) -> Option<usize> {
+    match tag {
+        64 | 68 | 72 => Some(1),                // Uint8, Uint8Clamped, Int8
+        65 | 69 | 73 | 77 => Some(2),           // Uint16 BE/LE, Int16 BE/LE
+        66 | 70 | 74 | 78 | 81 | 85 => Some(4), // Uint32, Int32, Float32 (BE/LE)
+        67 | 71 | 75 | 79 | 82 | 86 => Some(8), // BigUint64, BigInt64, Float64 (BE/LE)
+        _ => None,
+    }
+}
+
+const TAGS: &str = "0/1 (Date), 2/3 (bigint), 258 (Set), 259 (Map), 64–86 (typed arrays), 55799";
+
+struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Reader<'_> {
+    fn fail<T>(&self, at: usize, problem: impl Into<String>) -> Result<T, ValueError> {
+        Err(ValueError { at, problem: problem.into() })
+    }
+
+    fn end(&self) -> Result<(), ValueError> {
+        if self.i == self.b.len() {
+            return Ok(());
+        }
+        self.fail(
+            self.i,
+            format!("{} byte(s) follow the end of the value: send exactly one CBOR value", self.b.len() - self.i),
+        )
+    }
+
+    fn byte(&mut self) -> Result<u8, ValueError> {
+        let Some(&b) = self.b.get(self.i) else {
+            return self.fail(self.i, "the CBOR ends in the middle of a value (truncated?)");
+        };
+        self.i += 1;
+        Ok(b)
+    }
+
+    fn take(&mut self, n: u64) -> Result<&[u8], ValueError> {
+        let left = (self.b.len() - self.i) as u64;
+        if n > left {
+            return self
+                .fail(self.i, format!("the CBOR ends in the middle of a value: {n} byte(s) announced, {left} left"));
+        }
+        let s = &self.b[self.i..self.i + n as usize];
+        self.i += n as usize;
+        Ok(s)
+    }
+
+    /// The head of an item: major type, and its argument (`None` for indefinite length).
+    fn head(&mut self) -> Result<(u8, u8, Option<u64>), ValueError> {
+        let at = self.i;
+        let ib = self.byte()?;
+        let (major, info) = (ib >> 5, ib & 0x1f);
+        let arg = match info {
+            0..=23 => Some(u64::from(info)),
+            24..=27 => {
+                let n = 1usize << (info - 24);
+                let s = self.take(n as u64)?;
+                Some(s.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+            }
+            31 => None,
+            _ => {
+                return self
+                    .fail(at, format!("additional information {info} is reserved: this is not well-formed CBOR"))
+            }
+        };
+        Ok((major, info, arg))
+    }
+
+    fn item(&mut self, depth: usize) -> Result<Kind, ValueError> {
+        let at = self.i;
+        let (major, info, arg) = self.head()?;
+        match (major, arg) {
+            (0 | 1, Some(_)) => Ok(Kind::Int),
+            (2, Some(n)) => self.take(n).map(|_| Kind::Bytes),
+            (3, Some(n)) => {
+                let s = self.take(n)?;
+                match std::str::from_utf8(s) {
+                    Ok(_) => Ok(Kind::Text),
+                    Err(e) => self.fail(at, format!("a text string is not valid UTF-8 ({e})")),
+                }
+            }
+            (2 | 3, None) => self.fail(
+                at,
+                "an indefinite-length string: berth's decoder takes strings of definite length only \
+                 (most CBOR encoders write those)",
+            ),
+            (4, len) => {
+                self.nested(at, depth)?;
+                let mut n = 0usize;
+                loop {
+                    if len.is_some_and(|len| n as u64 == len) {
+                        break;
+                    }
+                    let el = self.i;
+                    match self.item(depth + 1)? {
+                        Kind::Break if len.is_none() => break,
+                        Kind::Break => return self.fail(el, "a break code (0xff) inside a definite-length array"),
+                        _ => n += 1,
+                    }
+                }
+                Ok(Kind::Array(n))
+            }
+            (5, len) => {
+                self.nested(at, depth)?;
+                self.map(len, depth, true)
+            }
+            (6, Some(tag)) => self.tagged(at, tag, depth),
+            (7, _) => match info {
+                20 | 21 => Ok(Kind::Bool),
+                22 => Ok(Kind::Null),
+                23 => Ok(Kind::Undefined),
+                25..=27 => Ok(Kind::Float),
+                31 => Ok(Kind::Break),
+                24 => self.fail(at, "a simple value: berth decodes false, true, null and undefined only"),
+                _ => self.fail(at, format!("simple value {info}: berth decodes false, true, null and undefined only")),
+            },
+            _ => self.fail(at, format!("major type {major} cannot have an indefinite length: not well-formed CBOR")),
+        }
+    }
+
+    fn nested(&self, at: usize, depth: usize) -> Result<(), ValueError> {
+        if depth > MAX_DEPTH {
+            return self.fail(at, format!("arrays and maps are nested more than {MAX_DEPTH} levels deep"));
+        }
+        Ok(())
+    }
+
+    /// A map's entries; `property_keys`: keys must be able to become object property names.
+    fn map(&mut self, len: Option<u64>, depth: usize, property_keys: bool) -> Result<Kind, ValueError> {
+        let mut n = 0u64;
+        let mut text_keys = true;
+        loop {
+            if len.is_some_and(|len| n == len) {
+                break;
+            }
+            let k = self.i;
+            let key = self.item(depth + 1)?;
+            match key {
+                Kind::Break if len.is_none() => break,
+                Kind::Break => return self.fail(k, "a break code (0xff) inside a definite-length map"),
+                key if property_keys && !key.is_property_key() => {
+                    return self.fail(
+                        k,
+                        format!(
+                            "a map key is {}: keys of a plain map become object keys and must be text or numbers \
+                             (wrap the map in tag 259 for a Map with other keys)",
+                            key.name()
+                        ),
+                    )
+                }
+                key => text_keys &= key == Kind::Text,
+            }
+            let v = self.i;
+            if self.item(depth + 1)? == Kind::Break {
+                return self.fail(v, "a map key without a value (break code where the value belongs)");
+            }
+            n += 1;
+        }
+        Ok(Kind::Map { text_keys })
+    }
+
+    fn tagged(&mut self, at: usize, tag: u64, depth: usize) -> Result<Kind, ValueError> {
+        let content = self.i;
+        let wrong = |me: &Self, what: &str, want: &str, got: Kind| {
+            me.fail(content, format!("tag {tag} ({what}) must wrap {want}, not {}", got.name()))
+        };
+        match tag {
+            0 => match self.item(depth)? {
+                Kind::Text => Ok(Kind::Date),
+                k => wrong(self, "date", "a text string", k),
+            },
+            1 => match self.item(depth)? {
+                Kind::Int | Kind::Float => Ok(Kind::Date),
+                k => wrong(self, "epoch date", "an integer or float", k),
+            },
+            2 | 3 => match self.item(depth)? {
+                Kind::Bytes => Ok(Kind::BigInt),
+                k => wrong(self, "bignum", "a byte string", k),
+            },
+            258 => match self.item(depth)? {
+                Kind::Array(_) => Ok(Kind::Set),
+                k => wrong(self, "Set", "an array", k),
+            },
+            259 => {
+                // Any value may be a Map's key: read the map here, without the key rule.
+                let (major, _, len) = self.head()?;
+                if major != 5 {
+                    self.i = content;
+                    let k = self.item(depth)?;
+                    return wrong(self, "Map", "a map", k);
+                }
+                self.nested(content, depth)?;
+                self.map(len, depth, false).map(|_| Kind::JsMap)
+            }
+            55799 => self.item(depth),
+            t => match typed_array_element(t) {
+                Some(size) => {
+                    let (major, _, len) = self.head()?;
+                    match (major, len) {
+                        (2, Some(n)) => {
+                            self.take(n)?;
+                            if n % size as u64 != 0 {
+                                return self.fail(
+                                    content,
+                                    format!("tag {t} (typed array) holds {n} bytes, not a whole number of {size}-byte elements"),
+                                );
+                            }
+                            Ok(Kind::TypedArray)
+                        }
+                        _ => {
+                            self.i = content;
+                            let k = self.item(depth)?;
+                            wrong(self, "typed array", "a definite-length byte string", k)
+                        }
+                    }
+                }
+                None => self.fail(at, format!("CBOR tag {t} is not one berth decodes; values may use tags {TAGS}")),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    fn args(s: &str) -> Result<usize, String> {
+        check_args(&hex(s)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn what_berths_encoder_writes_passes() {
+        // [1, -2, 1.5, "a", h'01', null, undefined, true] and each JS type as cbor-x writes it.
+        assert_eq!(args("88 01 21 fb3ff8000000000000 6161 4101 f6 f7 f5"), Ok(8));
+        assert_eq!(args("81 c11a00000001"), Ok(1)); // Date
+        assert_eq!(args("82 c249400000000000000000 c3493fffffffffffffffff"), Ok(2)); // bigint ±2^70
+        assert_eq!(args("81 d90102 8101"), Ok(1)); // Set
+        assert_eq!(args("81 d90103 a10102"), Ok(1)); // Map {1 => 2}
+        assert_eq!(args("81 d90103 a1 8101 02"), Ok(1)); // Map with an array key
+        assert_eq!(args("82 d845420100 d85648000000000000f03f"), Ok(2)); // Uint16Array, Float64Array
+        assert_eq!(args("81 b90001 6161 01"), Ok(1)); // {a: 1}, as cbor-x writes objects
+        assert_eq!(args("9f 01 bf 6161 01 ff ff"), Ok(2)); // indefinite array and map
+        assert_eq!(args("80"), Ok(0));
+        assert_eq!(args("d9d9f7 8101"), Ok(1)); // self-described
+    }
+
+    #[test]
+    fn what_crashed_containers_is_refused_with_the_reason() {
+        let e = args("8103 ffff").unwrap_err();
+        assert!(e.contains("2 byte(s) follow the end of the value"), "{e}");
+        for (cbor, says) in [
+            ("81 d81d 00", "CBOR tag 29 is not one berth decodes"),
+            ("81 d81b 820000", "CBOR tag 27"),
+            ("81 d8e1 00", "CBOR tag 225"),
+            ("81 d90102 01", "tag 258 (Set) must wrap an array, not an integer"),
+            ("81 d90102 a0", "tag 258 (Set) must wrap an array, not a map"),
+            ("81 c2 f6", "tag 2 (bignum) must wrap a byte string, not null"),
+            ("81 c1 c24101", "tag 1 (epoch date) must wrap an integer or float"),
+            ("81 d845 4101", "holds 1 bytes, not a whole number of 2-byte elements"),
+            ("81 d840 01", "tag 64 (typed array) must wrap a definite-length byte string"),
+            ("81 5f4101ff", "indefinite-length string"),
+            ("81 7f6161ff", "indefinite-length string"),
+            ("81 e0", "simple value 0"),
+            ("81 f820", "a simple value"),
+            ("81 1c", "additional information 28 is reserved"),
+            ("81 a1 8101 02", "a map key is an array"),
+            ("81 a1 4101 02", "a map key is a byte string"),
+            ("81 62c328", "not valid UTF-8"),
+            ("82 01", "ends in the middle of a value"),
+            ("81 5bffffffffffffffff", "18446744073709551615 byte(s) announced"),
+            ("9bffffffffffffffff 01", "ends in the middle"),
+            ("81 ff", "break code (0xff) inside a definite-length array"),
+            ("ff", "arguments must be a CBOR array"),
+            ("9f bf 6161 ff ff", "a map key without a value"),
+            ("", "ends in the middle"),
+            ("03", "arguments must be a CBOR array of positional arguments (e.g. [3] for f(3)), not an integer"),
+        ] {
+            let e = args(cbor).expect_err(cbor);
+            assert!(e.contains(says), "{cbor}: {e}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = |n: usize| format!("81{}01", "81".repeat(n));
+        assert_eq!(args(&deep(MAX_DEPTH)), Ok(1));
+        let e = args(&deep(MAX_DEPTH + 1)).unwrap_err();
+        assert!(e.contains("nested more than 128 levels"), "{e}");
+        // Maps and Maps-in-tags count the same, and a million levels cost no stack.
+        let maps = format!("81{}01", "d90103a101".repeat(MAX_DEPTH + 1));
+        assert!(args(&maps).unwrap_err().contains("nested more than"));
+        assert!(args(&"81".repeat(1_000_000)).unwrap_err().contains("nested more than"));
+    }
+
+    #[test]
+    fn params_are_a_map_of_names() {
+        assert_eq!(check_params(&[]), Ok(()));
+        assert_eq!(check_params(&hex("a1 656d6f64656c 646d696e69")), Ok(()));
+        let e = check_params(&hex("a1 01 02")).unwrap_err().to_string();
+        assert!(e.contains("keys are the parameter names"), "{e}");
+        let e = check_params(&hex("80")).unwrap_err().to_string();
+        assert!(e.contains("not an array"), "{e}");
+    }
+}
