@@ -138,9 +138,19 @@ impl ControlPlane {
             .max_encoding_message_size(opts.max_message_bytes);
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<FunctionsServer<FunctionsSvc>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // grpcurl before 1.8.8 and grpcio-reflection up to 1.85 ask v1alpha only; each
+        // version lists the other too, so either kind of client sees every service.
+        let reflection_v1alpha = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(io::Error::other)?;
+        let reflection = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(io::Error::other)?;
         let (stop_server, stopped) = oneshot::channel::<()>();
@@ -150,7 +160,8 @@ impl ControlPlane {
             .add_service(InterceptedService::new(functions, auth))
             .add_service(containers)
             .add_service(health_svc)
-            .add_service(reflection);
+            .add_service(reflection)
+            .add_service(reflection_v1alpha);
         let counters = Arc::new(Counters::default());
         let limits = Limits {
             handshake_timeout: opts.handshake_timeout,

@@ -2,7 +2,7 @@
 //! The listeners against callers that hold resources: sockets that never handshake, idle
 //! connections, floods over the connection cap, stalled HTTP bodies. Real sockets on
 //! loopback, a few hundred at most, with deadlines of a second or two set through
-//! ServeOptions.
+//! ServeOptions; and reflection v1alpha.
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -464,6 +464,36 @@ async fn stalled_http_bodies_are_answered_408_and_dropped() {
         let r = read_reply(&mut s).await;
         assert_eq!((r.status, r.json()), (200, serde_json::json!(144)), "{r:?}");
         assert_eq!(plane.counters().stalled_bodies, 60);
+        plane.shutdown().await;
+    })
+    .await
+}
+
+/// grpcurl before 1.8.8 and grpcio-reflection 1.85 speak only v1alpha reflection.
+#[tokio::test]
+async fn reflection_v1alpha_lists_the_services() {
+    bounded(async {
+        use tonic_reflection::pb::v1alpha::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let plane = start(opts()).await;
+        let url = format!("http://{}", plane.local_addr());
+        let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let mut refl = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.next().await.unwrap().unwrap().message_response
+        else {
+            panic!("a list of services")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in ["berth.v1.Functions", "berth.v1.Containers", "grpc.reflection.v1.ServerReflection"] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
         plane.shutdown().await;
     })
     .await
