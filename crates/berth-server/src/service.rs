@@ -682,11 +682,14 @@ impl Containers for ContainersSvc {
         let (out, rx) = mpsc::unbounded_channel();
         {
             let mut st = self.shared.lock();
-            let link =
-                st.links.get_mut(&cid).ok_or_else(|| Status::not_found(format!("no container {cid} is expected")))?;
-            if link.token != hello.token {
-                return Err(Status::unauthenticated(format!("container {cid}: wrong token")));
-            }
+            // One answer for an unknown id and a wrong token: telling them apart would show
+            // an unauthenticated caller which container ids exist.
+            let link = st.links.get_mut(&cid).filter(|link| link.token == hello.token).ok_or_else(|| {
+                Status::unauthenticated(
+                    "unknown container or wrong token: attach with the container id and token the server \
+                     gave this container when it started it",
+                )
+            })?;
             if link.tx.is_some() {
                 return Err(Status::already_exists(format!("container {cid} is already attached")));
             }

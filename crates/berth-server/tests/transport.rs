@@ -2,7 +2,7 @@
 //! The listeners against callers that hold resources: sockets that never handshake, idle
 //! connections, floods over the connection cap, stalled HTTP bodies. Real sockets on
 //! loopback, a few hundred at most, with deadlines of a second or two set through
-//! ServeOptions; and reflection v1alpha.
+//! ServeOptions; and the gRPC surface that must not leak (reflection v1alpha, Attach).
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +48,8 @@ fn int(r: &pb::Result) -> i64 {
     }
 }
 
-/// Containers that square their input; `slow` takes 2.5 s.
+/// Containers that square their input; `slow` takes 2.5 s. With `attach` off they never
+/// attach, and only say which id and token they were given.
 #[derive(Default)]
 struct FakeSpawner {
     no_attach: bool,
@@ -497,4 +498,50 @@ async fn reflection_v1alpha_lists_the_services() {
         plane.shutdown().await;
     })
     .await
+}
+
+/// Attach with an id the server expects but the wrong token, and with an id it does not
+/// know: the same status and message, so a caller without a token learns nothing about
+/// which containers exist.
+#[tokio::test]
+async fn attach_does_not_reveal_which_container_ids_exist() {
+    bounded(async {
+        let spawner = FakeSpawner { no_attach: true, ..FakeSpawner::default() };
+        let given = spawner.given.clone();
+        let plane = ControlPlane::start(app(), spawner, opts()).await.unwrap();
+        let url = format!("http://{}", plane.local_addr());
+        let mut f = FunctionsClient::connect(url.clone()).await.unwrap();
+        f.spawn(pb::InvokeRequest { function: func("square"), args: args(2) }).await.unwrap();
+        let (id, token) = loop {
+            if let Some(g) = given.lock().unwrap().first().cloned() {
+                break g;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut c = ContainersClient::connect(url).await.unwrap();
+        let wrong_token = refused_attach(&mut c, id, format!("{token}x")).await;
+        let unknown_id = refused_attach(&mut c, id + 1000, token.clone()).await;
+        assert_eq!(wrong_token.code(), tonic::Code::Unauthenticated, "{wrong_token:?}");
+        assert_eq!(
+            (wrong_token.code(), wrong_token.message()),
+            (unknown_id.code(), unknown_id.message()),
+            "an unknown id and a wrong token look the same"
+        );
+        assert!(!wrong_token.message().contains(&id.to_string()), "{wrong_token:?}");
+        // No shutdown: it would wait for the container that never attaches.
+        drop(plane);
+    })
+    .await
+}
+
+async fn refused_attach(
+    c: &mut ContainersClient<tonic::transport::Channel>,
+    container_id: u32,
+    token: String,
+) -> tonic::Status {
+    let hello = pb::ContainerMessage { msg: Some(container_message::Msg::Hello(pb::Hello { container_id, token })) };
+    match c.attach(tokio_stream::iter([hello])).await {
+        Ok(_) => panic!("container {container_id} attached"),
+        Err(status) => status,
+    }
 }
