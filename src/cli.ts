@@ -31,7 +31,7 @@ Commands:
 `
 
 const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
-                   [--max-message-bytes 16777216]
+                   [--max-message-bytes 16777216] [--max-connections 4096]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
 grpc.health.v1.Health, server reflection) on --host:--grpc-port, and runs each container as a
@@ -45,7 +45,9 @@ throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GE
 answers ok. A request larger than --max-message-bytes (default 16 MiB) is refused:
 RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires
 --token; callers then send \`authorization: Bearer <token>\` (both ports). Port 0 picks a free
-port.
+port. Each port holds at most --max-connections connections (default 4096; past it a new one is
+closed at once and logged); a connection that sends no request within 10 s, or sits idle with
+no call open for 10 minutes, is closed, and an HTTP body that pauses 30 s is answered 408.
 On stop, in-flight inputs finish and containers run their @exit hooks.
 `
 
@@ -172,7 +174,7 @@ async function serve(args: string[]): Promise<number> {
   }
   let parsed
   try {
-    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes'])
+    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes', 'max-connections'])
   } catch (e) {
     process.stderr.write(`berth serve: ${(e as Error).message}\n\n${SERVE_HELP}`)
     return 2
@@ -195,6 +197,11 @@ async function serve(args: string[]): Promise<number> {
     process.stderr.write(`berth serve: --max-message-bytes must be a whole number of bytes from 1024 up, e.g. 67108864 for 64 MiB\n`)
     return 2
   }
+  const maxConnections = values.has('max-connections') ? Number(values.get('max-connections')) : undefined
+  if (maxConnections !== undefined && (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 2 ** 31 - 1)) {
+    process.stderr.write(`berth serve: --max-connections must be a whole number from 1 up, e.g. 16384 (raise the open-file limit, ulimit -n, to match)\n`)
+    return 2
+  }
   const httpPort = Number(values.get('http-port') ?? 7451)
   if (!Number.isInteger(httpPort) || httpPort < 0 || httpPort > 65535) {
     process.stderr.write(`berth serve: --http-port must be a port number (0 picks a free one)\n`)
@@ -211,6 +218,7 @@ async function serve(args: string[]): Promise<number> {
       httpPort,
       token: values.get('token'),
       maxMessageBytes,
+      maxConnections,
       containerCommand: containerCommand(),
       appFile: file,
     })

@@ -44,6 +44,8 @@ pub struct BindingServeOptions {
     pub grpc_port: u32,
     pub token: Option<String>,
     pub max_message_bytes: Option<u32>,
+    /// Per listener (gRPC, HTTP); past it a new connection is closed at once (`--max-connections`).
+    pub max_connections: Option<u32>,
     /// Also serve the HTTP JSON ingress on `host:http_port` (0 picks a free port).
     pub http_port: Option<u32>,
     /// The command that starts one container: argv[0] and its arguments (`node bin/berth.mjs __container`).
@@ -498,12 +500,14 @@ impl BindingServer {
             addr,
             token: opts.token,
             max_message_bytes,
+            max_connections: opts.max_connections.map_or(ServeOptions::default().max_connections, |m| m as usize),
             http_addr: match opts.http_port {
                 Some(port) => Some(format!("{}:{port}", opts.host).parse().map_err(|e| {
                     Error::from_reason(format!("--host {} --http-port {port}: not an address ({e})", opts.host))
                 })?),
                 None => None,
             },
+            ..ServeOptions::default()
         };
         let plane = rt
             .block_on(ControlPlane::start(Registry { functions: defs }, spawner, serve))

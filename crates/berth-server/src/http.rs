@@ -12,13 +12,13 @@
 //! | unknown app, function, class or method    | 404 naming what exists                        |
 //! | another path                              | 404; another method on a route: 405           |
 //! | body over `max_message_bytes`             | 413                                           |
+//! | body silent for `body_timeout`            | 408, and the connection closes                |
 //!
 //! The body is a JSON array of positional arguments, or `{"args": [...], "params": {...}}`
 //! (params: a class's parameters); an empty body means no arguments. Arguments cross to the
 //! container as a CBOR array and params as a CBOR map, exactly as a gRPC caller sends them.
 //! Answers to calls carry the call's id in `x-berth-function-call-id`.
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +28,12 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value as Json};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::conn::{Counters, Listener};
 use crate::service::{token_rule, FunctionsSvc};
 
 /// A running HTTP ingress.
@@ -47,48 +47,57 @@ struct Ctx {
     svc: FunctionsSvc,
     token: Option<String>,
     max_body: usize,
+    body_timeout: Duration,
+    counters: Arc<Counters>,
 }
 
 impl Ingress {
-    pub fn start(listener: TcpListener, svc: FunctionsSvc, token: Option<String>, max_body: usize) -> io::Result<Self> {
-        let local_addr = listener.local_addr()?;
-        let ctx = Arc::new(Ctx { svc, token, max_body });
+    pub fn start(
+        local_addr: SocketAddr,
+        svc: FunctionsSvc,
+        token: Option<String>,
+        max_body: usize,
+        body_timeout: Duration,
+        mut incoming: Listener,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let ctx = Arc::new(Ctx { svc, token, max_body, body_timeout, counters });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
             let mut http1 = hyper::server::conn::http1::Builder::new();
-            // With a timer, a client that never finishes its headers is dropped after 30 s.
-            http1.timer(TokioTimer::new());
+            // The connection's IO times the request heads (handshake_timeout): hyper's timer
+            // would also close keep-alive connections waiting for their next request, which
+            // is idle_timeout's to decide.
+            http1.header_read_timeout(None);
             loop {
-                let stream = tokio::select! {
+                let conn = tokio::select! {
                     _ = &mut stopped => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(e) => {
-                            // Out of file descriptors and the like: wait rather than spin.
-                            eprintln!("berth: http ingress: accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
+                    conn = incoming.accept() => conn,
                 };
-                // Small requests and answers: no Nagle delay.
-                let _ = stream.set_nodelay(true);
+                let state = conn.state();
                 let ctx = ctx.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                    // Busy from the head until the answer is ready: the body and the call
+                    // have deadlines of their own.
+                    let open = state.request();
+                    async move {
+                        let res = handle(&ctx, req).await;
+                        drop(open);
+                        Ok::<_, Infallible>(res)
+                    }
                 });
-                let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+                let conn = graceful.watch(http1.serve_connection(TokioIo::new(conn), service));
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
             }
             // Stop accepting; requests in flight finish, idle connections close.
-            drop(listener);
+            drop(incoming);
             graceful.shutdown().await;
         });
-        Ok(Self { local_addr, stop, task })
+        Self { local_addr, stop, task }
     }
 
     pub async fn shutdown(self) {
@@ -159,10 +168,27 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     if declared.is_some_and(|n| n > ctx.max_body as u64) {
         return too_large();
     }
-    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return too_large(),
-        Err(e) => return fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}")),
+    let body = match read_body(req.into_body(), ctx.max_body, ctx.body_timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Stalled) => {
+            ctx.counters.stalled_body();
+            let mut res = fail(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                format!(
+                    "the request body brought no bytes for {:?} (the server's body_timeout): send the whole \
+                     body without pausing, and a Content-Length no longer than the body",
+                    ctx.body_timeout
+                ),
+            );
+            // The rest of the body may still come; this connection cannot take another request.
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return res;
+        }
+        Err(BodyError::Other(e)) => {
+            return fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}"))
+        }
     };
     let (args, params) = match parse_body(&body) {
         Ok(v) => v,
@@ -202,6 +228,34 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         res.headers_mut().insert("x-berth-function-call-id", v);
     }
     res
+}
+
+enum BodyError {
+    TooLarge,
+    /// No frame within the body timeout, counted from the head or from the last frame.
+    Stalled,
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The whole body, unless it is over `max` or a frame is slower than `timeout` to come: a
+/// caller trickling a byte a minute, or declaring more than it sends, would otherwise hold
+/// the connection and this task for as long as it likes.
+async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
+    let mut body = Limited::new(body, max);
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => return Ok(out),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => return Err(BodyError::TooLarge),
+            Ok(Some(Err(e))) => return Err(BodyError::Other(e)),
+        }
+    }
 }
 
 fn not_allowed(allow: &'static str) -> Answer {

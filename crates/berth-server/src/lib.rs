@@ -7,10 +7,12 @@
 //! container's process is started is a [`Spawner`]'s business. An optional HTTP/1.1 JSON
 //! ingress (`ServeOptions::http_addr`) makes the same calls as `Invoke`.
 
+mod conn;
 pub mod gpu;
 mod http;
 mod plane;
 mod service;
 
+pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, Registry, Spawner};
 pub use service::{ControlPlane, ServeOptions};

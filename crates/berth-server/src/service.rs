@@ -14,11 +14,12 @@ use berth_proto::v1::{
 use berth_proto::values;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{Stream as _, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::conn::{ConnCounters, CountRequestsLayer, Counters, Framing, Limits, Listener};
 use crate::plane::{
     cancel_map, cancelled, error, CallSlot, Host, Input, MapCall, PoolEntry, Registry, Shared, Spawner, State, Waiter,
 };
@@ -35,6 +36,21 @@ pub struct ServeOptions {
     /// Also serve the HTTP/1.1 JSON ingress here (`--http-port`); port 0 picks a free one.
     /// Same token rule as `addr`.
     pub http_addr: Option<SocketAddr>,
+    /// A connection must send the HTTP/2 preface (gRPC), or each complete request head
+    /// (HTTP), within this, or it is closed. Real clients send the preface with their first
+    /// packet; 10 s leaves room for a slow network without letting silent sockets pile up.
+    pub handshake_timeout: Duration,
+    /// A connection with no open request and no traffic for this long is closed. A
+    /// connection with an open request or stream (a Map call waiting on a slow input, a
+    /// container's Attach stream) is never closed for idleness. 10 minutes: well past a
+    /// client's pause between calls, so pooled channels are rarely torn down for nothing.
+    pub idle_timeout: Duration,
+    /// Each listener (gRPC, and HTTP on its own) holds at most this many connections;
+    /// past it, a new connection is accepted and closed at once (`--max-connections`).
+    pub max_connections: usize,
+    /// HTTP: a request body that brings no bytes for this long (from the head, or from its
+    /// last bytes) is answered 408 and dropped.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -44,6 +60,10 @@ impl Default for ServeOptions {
             token: None,
             max_message_bytes: 16 << 20,
             http_addr: None,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            max_connections: 4096,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -58,6 +78,7 @@ pub struct ControlPlane {
     stop_server: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     http: Option<crate::http::Ingress>,
+    counters: Arc<Counters>,
 }
 
 impl ControlPlane {
@@ -70,6 +91,24 @@ impl ControlPlane {
                     format!(
                         "binding {addr} exposes the app beyond this machine: pass a token (--token) that callers must send"
                     ),
+                ));
+            }
+        }
+        if opts.max_connections == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "max_connections is 0, which refuses every caller: pass --max-connections 1 or more",
+            ));
+        }
+        for (name, d) in [
+            ("handshake_timeout", opts.handshake_timeout),
+            ("idle_timeout", opts.idle_timeout),
+            ("body_timeout", opts.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name} is 0, which closes every connection at once: give it a duration"),
                 ));
             }
         }
@@ -108,25 +147,38 @@ impl ControlPlane {
             .max_encoding_message_size(usize::MAX);
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<FunctionsServer<FunctionsSvc>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // grpcurl before 1.8.8 and grpcio-reflection up to 1.85 ask v1alpha only; each
+        // version lists the other too, so either kind of client sees every service.
+        let reflection_v1alpha = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(io::Error::other)?;
+        let reflection = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(io::Error::other)?;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted::<tonic::body::Body>))
+            .layer(CountRequestsLayer)
             .add_service(InterceptedService::new(functions, auth))
             .add_service(containers)
             .add_service(health_svc)
-            .add_service(reflection);
+            .add_service(reflection)
+            .add_service(reflection_v1alpha);
+        let counters = Arc::new(Counters::default());
+        let limits = Limits {
+            handshake_timeout: opts.handshake_timeout,
+            idle_timeout: opts.idle_timeout,
+            max_connections: opts.max_connections,
+        };
+        let incoming = Listener::new(listener, "gRPC", Framing::Http2, limits, counters.clone());
         let server = tokio::spawn(async move {
-            // Small messages both ways (calls, executions, outputs): no Nagle delay.
-            let incoming = TcpListenerStream::new(listener).map(|conn| {
-                conn.inspect(|c| {
-                    let _ = c.set_nodelay(true);
-                })
-            });
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
@@ -138,14 +190,25 @@ impl ControlPlane {
         });
         let http = match http_listener {
             Some(listener) => Some(crate::http::Ingress::start(
-                listener,
+                listener.local_addr()?,
                 FunctionsSvc { shared: shared.clone(), max_message_bytes: cap },
                 opts.token.clone(),
                 opts.max_message_bytes,
-            )?),
+                opts.body_timeout,
+                // A cap of its own: a flood of HTTP callers must not lock containers out of
+                // attaching over gRPC, nor the other way round.
+                Listener::new(listener, "HTTP", Framing::Http1, limits, counters.clone()),
+                counters.clone(),
+            )),
             None => None,
         };
-        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server, http })
+        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server, http, counters })
+    }
+
+    /// What the listeners have dropped so far: connections that never handshook, sat
+    /// idle, or came over the cap, and HTTP bodies that stalled.
+    pub fn counters(&self) -> ConnCounters {
+        self.counters.snapshot()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -653,11 +716,14 @@ impl Containers for ContainersSvc {
         let (out, rx) = mpsc::unbounded_channel();
         {
             let mut st = self.shared.lock();
-            let link =
-                st.links.get_mut(&cid).ok_or_else(|| Status::not_found(format!("no container {cid} is expected")))?;
-            if link.token != hello.token {
-                return Err(Status::unauthenticated(format!("container {cid}: wrong token")));
-            }
+            // One answer for an unknown id and a wrong token: telling them apart would show
+            // an unauthenticated caller which container ids exist.
+            let link = st.links.get_mut(&cid).filter(|link| link.token == hello.token).ok_or_else(|| {
+                Status::unauthenticated(
+                    "unknown container or wrong token: attach with the container id and token the server \
+                     gave this container when it started it",
+                )
+            })?;
             if link.tx.is_some() {
                 return Err(Status::already_exists(format!("container {cid} is already attached")));
             }
