@@ -5,7 +5,7 @@
 //   3. declarations -> dist/types (index.d.ts re-exports them)
 // `--debug` builds the native core without optimisations (faster to compile, slower to run).
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -13,6 +13,18 @@ import { fileURLToPath } from 'node:url'
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(import.meta.url)
 const debug = process.argv.includes('--debug')
+
+// `npx berth …` in this package's own directory: npm exec (npm 11) sees that the package here
+// declares the `berth` bin, so it installs this directory into its npx cache (a link) instead of
+// using node_modules/.bin, and linking runs `prepare` again, i.e. this whole build (~15 s with
+// nothing to compile). The build that `npm install` made stands: under `npm exec`, build only if
+// something is missing (say, after `npm install --ignore-scripts`).
+const built = ['binding.cjs', 'dist/index.cjs', 'dist/index.mjs', 'dist/cli.cjs', 'dist/types']
+  .every((f) => existsSync(join(root, f))) && readdirSync(root).some((f) => /^berth\..+\.node$/.test(f))
+if (process.env.npm_command === 'exec' && built) {
+  console.error('scripts/build.mjs: already built; npm exec links this package, nothing to build')
+  process.exit(0)
+}
 const bin = (name) => join(root, 'node_modules', '.bin', name)
 const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: 'inherit' })
 
