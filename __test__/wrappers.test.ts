@@ -2,7 +2,7 @@
 // stopped the way a process manager stops it (SIGTERM to the process it started: npx).
 import test from 'ava'
 import { spawn } from 'node:child_process'
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import grpc from '@grpc/grpc-js'
@@ -59,6 +59,7 @@ test.serial('npx berth serve under a process manager: SIGTERM to npx drains the 
   npx.stdout!.on('data', (d) => (out += d))
   npx.stderr!.on('data', (d) => (out += d))
   t.teardown(() => {
+    npx.kill('SIGKILL')
     for (const pid of [...processesIn(dir, ['berth']), ...processesIn(dir, ['berth.mjs'])]) {
       try {
         process.kill(pid, 'SIGKILL')
@@ -66,6 +67,7 @@ test.serial('npx berth serve under a process manager: SIGTERM to npx drains the 
         // already gone
       }
     }
+    rmSync(dir, { recursive: true, force: true })
   })
   await until(() => /serving .* on (127\.0\.0\.1:\d+)/.test(out), 60_000, `berth serve to listen\n${out}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(out)![1]
