@@ -31,7 +31,7 @@ Commands:
 `
 
 const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
-                   [--max-message-bytes 16777216] [--max-connections 4096]
+                   [--max-message-bytes 16777216] [--max-connections 4096] [--result-ttl 3600]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
 grpc.health.v1.Health, server reflection) on --host:--grpc-port, and runs each container as a
@@ -48,6 +48,8 @@ RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback 
 port. Each port holds at most --max-connections connections (default 4096; past it a new one is
 closed at once and logged); a connection that sends no request within 10 s, or sits idle with
 no call open for 10 minutes, is closed, and an HTTP body that pauses 30 s is answered 408.
+A Map caller that stops reading results stops being read. The result of a spawned call is
+kept until GetResult delivers it, or --result-ttl seconds (default 3600) after it finishes.
 On stop, in-flight inputs finish and containers run their @exit hooks.
 `
 
@@ -174,7 +176,7 @@ async function serve(args: string[]): Promise<number> {
   }
   let parsed
   try {
-    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes', 'max-connections'])
+    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes', 'max-connections', 'result-ttl'])
   } catch (e) {
     process.stderr.write(`berth serve: ${(e as Error).message}\n\n${SERVE_HELP}`)
     return 2
@@ -202,6 +204,11 @@ async function serve(args: string[]): Promise<number> {
     process.stderr.write(`berth serve: --max-connections must be a whole number from 1 up, e.g. 16384 (raise the open-file limit, ulimit -n, to match)\n`)
     return 2
   }
+  const resultTtl = values.has('result-ttl') ? Number(values.get('result-ttl')) : undefined
+  if (resultTtl !== undefined && !(resultTtl > 0 && resultTtl <= 7 * 86400)) {
+    process.stderr.write(`berth serve: --result-ttl is how many seconds a spawned call's result is kept, from 1 up to 604800 (7 days)\n`)
+    return 2
+  }
   const httpPort = Number(values.get('http-port') ?? 7451)
   if (!Number.isInteger(httpPort) || httpPort < 0 || httpPort > 65535) {
     process.stderr.write(`berth serve: --http-port must be a port number (0 picks a free one)\n`)
@@ -219,6 +226,7 @@ async function serve(args: string[]): Promise<number> {
       token: values.get('token'),
       maxMessageBytes,
       maxConnections,
+      resultTtlSeconds: resultTtl,
       containerCommand: containerCommand(),
       appFile: file,
     })

@@ -46,6 +46,8 @@ pub struct BindingServeOptions {
     pub max_message_bytes: Option<u32>,
     /// Per listener (gRPC, HTTP); past it a new connection is closed at once (`--max-connections`).
     pub max_connections: Option<u32>,
+    /// How long a spawned call's result is kept after it finishes (`--result-ttl`).
+    pub result_ttl_seconds: Option<f64>,
     /// Also serve the HTTP JSON ingress on `host:http_port` (0 picks a free port).
     pub http_port: Option<u32>,
     /// The command that starts one container: argv[0] and its arguments (`node bin/berth.mjs __container`).
@@ -501,6 +503,9 @@ impl BindingServer {
             token: opts.token,
             max_message_bytes,
             max_connections: opts.max_connections.map_or(ServeOptions::default().max_connections, |m| m as usize),
+            result_ttl: opts
+                .result_ttl_seconds
+                .map_or(ServeOptions::default().result_ttl, |s| Duration::from_secs_f64(s.clamp(0.001, 7.0 * 86400.0))),
             http_addr: match opts.http_port {
                 Some(port) => Some(format!("{}:{port}", opts.host).parse().map_err(|e| {
                     Error::from_reason(format!("--host {} --http-port {port}: not an address ({e})", opts.host))

@@ -1,6 +1,6 @@
 //! The control plane's state, shared by the gRPC handlers and the scheduler's host side.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -218,13 +218,39 @@ pub(crate) struct CallSlot {
     pub ready: Arc<Notify>,
 }
 
+/// Drops the results of spawned calls nobody collected within the TTL (in finishing order,
+/// which is expiry order). Runs until the control plane is gone.
+pub(crate) async fn expire_results(plane: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = plane.upgrade() else { return };
+        let now = Instant::now();
+        let mut st = shared.lock();
+        while st.finished_calls.front().is_some_and(|(at, _)| now.duration_since(*at) >= shared.result_ttl) {
+            if let Some((_, fc)) = st.finished_calls.pop_front() {
+                st.calls.remove(&fc);
+            }
+        }
+    }
+}
+
+fn result_bytes(r: &pb::Result) -> usize {
+    match &r.outcome {
+        Some(PbOutcome::Value(v)) => v.len(),
+        Some(PbOutcome::Error(e)) => e.name.len() + e.message.len() + e.stack.len(),
+        None => 0,
+    }
+}
+
 /// Where an input's result goes.
 pub(crate) enum Waiter {
     /// Spawn: only the call slot.
     None,
     Call(oneshot::Sender<pb::Result>),
     /// One input of a Map stream; the stream ends when every input's sender is gone.
-    Map(mpsc::UnboundedSender<Result<pb::MapResponse, tonic::Status>>, u64),
+    Map(mpsc::UnboundedSender<Result<pb::MapResponse, tonic::Status>>, u64, Arc<MapCall>),
 }
 
 impl Waiter {
@@ -235,7 +261,8 @@ impl Waiter {
             Waiter::Call(w) => {
                 let _ = w.send(result);
             }
-            Waiter::Map(out, index) => {
+            Waiter::Map(out, index, call) => {
+                call.finished(&result);
                 let _ = out.send(Ok(pb::MapResponse { index, result: Some(result) }));
             }
         }
@@ -254,9 +281,53 @@ pub(crate) struct MapCall {
     /// How the stream ends once every accepted input is answered: OK, or this status (a
     /// request message the stream could not take).
     pub end: Mutex<Option<tonic::Status>>,
+    /// Inputs accepted whose result the caller's stream has not taken yet (queued, running,
+    /// or finished and waiting to be sent), and the bytes of the finished ones.
+    unanswered: AtomicUsize,
+    held_bytes: AtomicUsize,
+    /// Rung when the window has room again.
+    pub room: Notify,
+    /// `ServeOptions::map_window`.
+    pub window: usize,
 }
 
+/// A Map call also takes no more inputs while its finished, untaken results hold this many bytes.
+pub(crate) const MAP_HELD_BYTES: usize = 64 << 20;
+
 impl MapCall {
+    pub fn new(window: usize) -> Self {
+        Self { window: window.max(1), ..Self::default() }
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.unanswered.load(Ordering::Acquire) < self.window
+            && self.held_bytes.load(Ordering::Acquire) < MAP_HELD_BYTES
+    }
+
+    /// How many more inputs the window takes now.
+    pub fn room_left(&self) -> usize {
+        self.window.saturating_sub(self.unanswered.load(Ordering::Acquire))
+    }
+
+    pub fn accepted(&self, n: usize) {
+        self.unanswered.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// A result is ready to send: its bytes count until the caller takes it.
+    pub fn finished(&self, r: &pb::Result) {
+        self.held_bytes.fetch_add(result_bytes(r), Ordering::AcqRel);
+    }
+
+    /// The caller's stream took a result.
+    pub fn taken(&self, r: &pb::MapResponse) {
+        let bytes = r.result.as_ref().map_or(0, result_bytes);
+        let was = self.unanswered.fetch_sub(1, Ordering::AcqRel);
+        let held = self.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if was == self.window || (held >= MAP_HELD_BYTES && held - bytes < MAP_HELD_BYTES) {
+            self.room.notify_one();
+        }
+    }
+
     /// Only meaningful under the state lock, which orders it against submissions.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
@@ -306,6 +377,8 @@ pub(crate) struct State {
     pub calls: HashMap<String, CallSlot>,
     /// Map calls with an open stream, by function call id.
     pub maps: HashMap<String, Arc<MapCall>>,
+    /// Spawned calls whose result is in, oldest first: what `expire_results` drops.
+    pub finished_calls: std::collections::VecDeque<(Instant, String)>,
 }
 
 pub(crate) struct Shared {
@@ -316,6 +389,8 @@ pub(crate) struct Shared {
     pub endpoint: Mutex<String>,
     /// The one message cap (`ServeOptions::max_message_bytes`): requests, executions, results.
     pub max_message_bytes: usize,
+    pub result_ttl: Duration,
+    pub map_window: usize,
 }
 
 impl Shared {
@@ -488,11 +563,16 @@ impl ResultSink for Host {
         let Some(rec) = st.inputs.remove(&input) else {
             return;
         };
-        if let Some(slot) = st.calls.get_mut(&rec.fc) {
-            if slot.input == input {
+        let spawned = match st.calls.get_mut(&rec.fc) {
+            Some(slot) if slot.input == input => {
                 slot.result = Some(result.clone());
                 slot.ready.notify_waiters();
+                true
             }
+            _ => false,
+        };
+        if spawned {
+            st.finished_calls.push_back((Instant::now(), rec.fc.clone()));
         }
         rec.waiter.send(result);
     }

@@ -51,6 +51,15 @@ pub struct ServeOptions {
     /// HTTP: a request body that brings no bytes for this long (from the head, or from its
     /// last bytes) is answered 408 and dropped.
     pub body_timeout: Duration,
+    /// How long the result of a spawned call is kept for `GetResult` after it finishes
+    /// (`--result-ttl`). A delivered result is forgotten at once. Modal keeps results for days
+    /// in its storage; a local server keeps them in memory, so an hour.
+    pub result_ttl: Duration,
+    /// A Map call takes no more inputs while this many of its results are not taken by its
+    /// caller (backpressure: the server never holds every result of a caller that stops
+    /// reading). Above the TypeScript client's 10,000 in flight, so a reading caller never
+    /// waits on it.
+    pub map_window: usize,
 }
 
 impl Default for ServeOptions {
@@ -64,6 +73,8 @@ impl Default for ServeOptions {
             idle_timeout: Duration::from_secs(600),
             max_connections: 4096,
             body_timeout: Duration::from_secs(30),
+            result_ttl: Duration::from_secs(3600),
+            map_window: 16 * 1024,
         }
     }
 }
@@ -129,9 +140,12 @@ impl ControlPlane {
             spawner: Box::new(spawner),
             endpoint: Mutex::new(format!("http://{local_addr}")),
             max_message_bytes: opts.max_message_bytes,
+            result_ttl: opts.result_ttl,
+            map_window: opts.map_window,
         });
         tokio::spawn(Scheduler::new(Host(shared.clone()), Host(shared.clone())).run(source));
         tokio::spawn(crate::plane::watch_hung_containers(Arc::downgrade(&shared)));
+        tokio::spawn(crate::plane::expire_results(Arc::downgrade(&shared)));
 
         let token = opts.token.clone();
         let auth = move |req: Request<()>| check_token(token.as_deref(), &req).map(|()| req);
@@ -485,7 +499,7 @@ impl Functions for FunctionsSvc {
         let target = self.resolve(Some(&f))?;
         let (pool, method) = (target.pool, target.method);
         let fc = self.new_call_id();
-        let call = Arc::new(MapCall::default());
+        let call = Arc::new(MapCall::new(self.shared.map_window));
         self.shared.lock().maps.insert(fc.clone(), call.clone());
         let (out, rx) = mpsc::unbounded_channel();
         let responses =
@@ -497,6 +511,22 @@ impl Functions for FunctionsSvc {
             // and every input is answered, the last sender goes and the response stream ends.
             let mut stopping = false;
             loop {
+                // Backpressure: a caller that does not read its results stops being read
+                // (HTTP/2 flow control then stops its sender) instead of the server holding
+                // every result it has not taken.
+                if !stopping && !call.has_room() {
+                    let room = call.room.notified();
+                    tokio::pin!(room);
+                    room.as_mut().enable();
+                    if !call.has_room() {
+                        tokio::select! {
+                            biased;
+                            () = call.stop.notified() => stopping = true,
+                            () = room => {}
+                        }
+                        continue;
+                    }
+                }
                 let next = if stopping {
                     // Cancelled: what has already arrived is answered too, without waiting.
                     match ready(&mut inbound) {
@@ -514,9 +544,11 @@ impl Functions for FunctionsSvc {
                     }
                 };
                 let Some(first) = next else { break };
-                // Everything that has already arrived goes to the scheduler as one submission.
+                // Everything that has already arrived goes to the scheduler as one submission,
+                // as far as the window allows.
+                let room = if stopping { 4096 } else { call.room_left().clamp(1, 4096) };
                 let mut msgs = vec![first];
-                while msgs.len() < 4096 {
+                while msgs.len() < room {
                     match ready(&mut inbound) {
                         std::task::Poll::Ready(Some(m)) => msgs.push(m),
                         _ => break,
@@ -540,11 +572,12 @@ impl Functions for FunctionsSvc {
                         end = Some(status);
                         break;
                     }
-                    batch.push((input.args, Waiter::Map(out.clone(), input.index)));
+                    batch.push((input.args, Waiter::Map(out.clone(), input.index, call.clone())));
                 }
                 // The inputs before a bad message still run and get their results; the
                 // stream ends with the status after them.
                 if !batch.is_empty() {
+                    call.accepted(batch.len());
                     svc.submit_many(pool, method, fc.clone(), batch);
                 }
                 if let Some(status) = end {
@@ -578,7 +611,9 @@ impl Functions for FunctionsSvc {
         let req = req.into_inner();
         let ready = {
             let st = self.shared.lock();
-            let slot = st.calls.get(&req.function_call_id).ok_or_else(|| not_a_call(&req.function_call_id))?;
+            let Some(slot) = st.calls.get(&req.function_call_id) else {
+                return Err(gone_or_unknown(&st, &req.function_call_id, self.shared.result_ttl));
+            };
             slot.ready.clone()
         };
         let notified = ready.notified();
@@ -617,6 +652,21 @@ impl Functions for FunctionsSvc {
         let _ = self.shared.commands.send(Command::Cancel(vec![input]));
         Ok(Response::new(pb::CancelResponse {}))
     }
+}
+
+/// A call id GetResult does not find: one this server issued (its result was delivered, or
+/// expired), or none it knows.
+fn gone_or_unknown(st: &State, fc: &str, ttl: Duration) -> Status {
+    let issued =
+        fc.strip_prefix("fc-").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 1 && n <= st.next_call);
+    if !issued {
+        return not_a_call(fc);
+    }
+    Status::not_found(format!(
+        "the result of {fc} is no longer kept: a spawned call's result is delivered once, and kept for {} s after it \
+         finishes (berth serve --result-ttl); collect it sooner",
+        ttl.as_secs()
+    ))
 }
 
 fn not_a_call(fc: &str) -> Status {
@@ -670,6 +720,11 @@ impl tokio_stream::Stream for MapResponses {
                 self.forget();
                 let end = self.call.end.lock().unwrap_or_else(|e| e.into_inner()).take();
                 std::task::Poll::Ready(end.map(Err))
+            }
+            std::task::Poll::Ready(Some(Ok(r))) => {
+                // Taken by the transport (which pulls only as the caller's window allows).
+                self.call.taken(&r);
+                std::task::Poll::Ready(Some(Ok(r)))
             }
             other => other,
         }

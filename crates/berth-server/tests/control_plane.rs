@@ -52,6 +52,8 @@ struct Behaviour {
     throw_on: Option<i64>,
     enter_fails: bool,
     delay: Duration,
+    /// Answer a byte string this long instead of the square.
+    result_bytes: Option<usize>,
 }
 
 #[derive(Default)]
@@ -79,6 +81,8 @@ async fn run_exec(b: &Behaviour, seen: &Mutex<Seen>, e: pb::Execute) -> pb::Outp
                     stack: "at square".into(),
                 })),
             });
+        } else if let Some(n) = b.result_bytes {
+            results.push(pb::Result { outcome: Some(Outcome::Value(cbor(&ciborium::Value::Bytes(vec![7; n])))) });
         } else {
             results.push(pb::Result { outcome: Some(Outcome::Value(cbor(&ciborium::Value::Integer((x * x).into())))) });
         }
@@ -453,7 +457,7 @@ async fn executions_settle(seen: &Mutex<Seen>) -> usize {
         }
         last = now;
     }
-    panic!("the containers kept executing inputs");
+    panic!("the containers kept executing inputs ({last} so far)");
 }
 
 /// A Map message over the cap: the inputs before it still get their results, then the stream
@@ -729,5 +733,57 @@ async fn garbage_and_huge_names_are_invalid_argument_with_a_short_message() {
         c.get_result(pb::GetResultRequest { function_call_id: "y".repeat(10_000), timeout: 0.0 }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().len() < 400, "{}", e.message());
+    plane.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_map_caller_that_reads_nothing_stops_being_read_and_then_gets_every_result() {
+    const MAP_WINDOW: usize = 100;
+    // 16 KiB results: the caller's HTTP/2 receive window (2 MiB) holds about 128 of them.
+    let behaviour = Behaviour { result_bytes: Some(16 << 10), ..Behaviour::default() };
+    let (plane, seen) = start(square_app(0, 1), behaviour, ServeOptions { map_window: MAP_WINDOW, ..local() }).await;
+    let mut c = client(&plane).await;
+    let n = 20 * MAP_WINDOW as u64;
+    let requests = std::iter::once(map_first()).chain((0..n).map(map_input));
+    let mut stream = c.map(tokio_stream::iter(requests)).await.expect("map").into_inner();
+    let ran = executions_settle(&seen).await;
+    // The window, plus what the caller's own transport takes in before it stops (its HTTP/2
+    // window), plus what is on its way.
+    assert!(
+        ran <= 4 * MAP_WINDOW,
+        "{ran} of {n} inputs ran for a caller that read none: results must hold its inputs back"
+    );
+    assert!(ran >= MAP_WINDOW / 2, "the window was used: {ran}");
+    // Reading lets the rest in; every input gets its one result.
+    let mut got = HashMap::new();
+    drain_map(&mut stream, &mut got).await.expect("the stream ends OK");
+    assert_eq!(got.len(), n as usize);
+    plane.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spawned_calls_result_expires_after_the_ttl_and_get_result_says_so() {
+    let opts = ServeOptions { result_ttl: Duration::from_millis(300), ..local() };
+    let (plane, _) = start(square_app(0, 1), Behaviour::default(), opts).await;
+    let mut c = client(&plane).await;
+    let kept = c.spawn(pb::InvokeRequest { function: square_ref(), args: args(&[3]) }).await.unwrap().into_inner();
+    let r = c
+        .get_result(pb::GetResultRequest { function_call_id: kept.function_call_id.clone(), timeout: 10.0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(int(r.result.as_ref().expect("collected within the TTL")), 9);
+
+    let left = c.spawn(pb::InvokeRequest { function: square_ref(), args: args(&[4]) }).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let e = c
+        .get_result(pb::GetResultRequest { function_call_id: left.function_call_id.clone(), timeout: 0.0 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("is no longer kept") && e.message().contains("--result-ttl"), "{}", e.message());
+    let e =
+        c.get_result(pb::GetResultRequest { function_call_id: "fc-999999".into(), timeout: 0.0 }).await.unwrap_err();
+    assert!(e.message().contains("no spawned call"), "an id never issued reads differently: {}", e.message());
     plane.shutdown().await;
 }
