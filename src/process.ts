@@ -35,6 +35,13 @@ const EV_ABORT = 3
 const EV_STOP = 4
 const EV_CLOSED = 5
 
+interface ExecInput {
+  id: number
+  attempt: number
+  args: unknown[]
+  fc: string
+}
+
 /** How often a container tells the control plane its event loop runs (crates/berth-server: HEARTBEAT). */
 const HEARTBEAT_MS = 1000
 
@@ -204,27 +211,24 @@ export function containerMain(apps: App[]): Promise<number> {
 
     // An input whose arguments cannot be decoded fails alone (the control plane checks them
     // against the same contract, so this is a last line of defence); the rest of its batch runs.
-    const execute = (exec: number, method: number, all: { id: number; attempt: number; args: unknown[]; fc: string; bad?: unknown }[]) => {
-      if (all.some((i) => i.bad !== undefined)) {
-        const good = all.filter((i) => i.bad === undefined)
-        const merge = (values: { ok: boolean; value: unknown }[]) => {
-          let k = 0
-          return all.map((i) => (i.bad !== undefined ? { ok: false, value: i.bad } : values[k++]))
-        }
-        if (good.length === 0) {
-          outputRaw(exec, false, merge([]))
-          return
-        }
-        run(exec, method, good, merge)
+    const execute = (exec: number, method: number, all: ExecInput[], bad: Map<number, unknown> | undefined) => {
+      if (bad === undefined) {
+        run(exec, method, all)
         return
       }
-      run(exec, method, all)
+      const good = all.filter((_, j) => !bad.has(j))
+      const merge = (values: { ok: boolean; value: unknown }[]) => {
+        let k = 0
+        return all.map((_, j) => (bad.has(j) ? { ok: false, value: bad.get(j) } : values[k++]))
+      }
+      if (good.length === 0) outputRaw(exec, false, merge([]))
+      else run(exec, method, good, merge)
     }
 
     const run = (
       exec: number,
       method: number,
-      inputs: { id: number; attempt: number; args: unknown[]; fc: string }[],
+      inputs: ExecInput[],
       merge?: (values: { ok: boolean; value: unknown }[]) => { ok: boolean; value: unknown }[],
     ) => {
       const output = merge === undefined ? outputRaw : (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => outputRaw(exec, retryable, merge(values))
@@ -316,21 +320,21 @@ export function containerMain(apps: App[]): Promise<number> {
         } else if (tag === EV_EXECUTE) {
           const [exec, method, n] = [ev[i + 1], ev[i + 2], ev[i + 3]]
           i += 4
-          const inputs = []
+          const inputs: ExecInput[] = []
+          let bad: Map<number, unknown> | undefined
           for (let j = 0; j < n; j++, i += 6) {
             const fc = utf8.decode(bytes.subarray(ev[i + 4], ev[i + 4] + ev[i + 5]))
             let args: unknown
-            let bad: unknown
             try {
               args = decodeValue(bytes.subarray(ev[i + 2], ev[i + 2] + ev[i + 3]))
               if (!Array.isArray(args)) throw new Error('the arguments are not an array')
             } catch (e) {
-              bad = new SerializationError(`input in-${ev[i]} of ${def.name}: its arguments could not be decoded (${(e as Error)?.message ?? e})`)
+              ;(bad ??= new Map()).set(j, new SerializationError(`input in-${ev[i]} of ${def.name}: its arguments could not be decoded (${(e as Error)?.message ?? e})`))
             }
-            inputs.push({ id: ev[i], attempt: ev[i + 1], args: args as unknown[], fc, bad })
+            inputs.push({ id: ev[i], attempt: ev[i + 1], args: args as unknown[], fc })
           }
           started += n
-          execute(exec, method, inputs)
+          execute(exec, method, inputs, bad)
         } else if (tag === EV_ABORT) {
           const ctx = running.get(ev[i + 1])
           ctx?.abort(ev[i + 3] === 1 ? new FunctionTimeoutError(`${def.name} timed out`) : new InputCancelledError(`${def.name} was cancelled`))
