@@ -104,8 +104,10 @@ test.serial('a container whose event loop is blocked past its input\'s timeout i
   await stopsCleanly(t, s)
 })
 
-test.serial('isLocal() is false inside a container process', async (t) => {
+test.serial('isLocal() is false inside a container process; after SIGTERM the server exits last', async (t) => {
   const [s, client] = await served(t)
   t.is(value(await call(client, 'where', [])), false)
+  const [, pid] = value(await call(client, 'echo', [1]))
   await stopsCleanly(t, s)
+  t.throws(() => process.kill(pid, 0), undefined, 'the container process is gone by the time berth serve has exited')
 })

@@ -830,6 +830,7 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     }
     // Each output acknowledges its execution: the slot's credit comes back.
     if let Some(link) = st.links.get_mut(&cid) {
+        link.last_heard = std::time::Instant::now();
         if !link.overdue.is_empty() {
             link.overdue.retain(|i| !answered.contains(i));
             if link.overdue.is_empty() {
@@ -845,19 +846,25 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     }
 }
 
-fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
+/// Any message from a container is a sign of life (outputs note it under their own lock).
+fn heard(shared: &Shared, cid: u32) {
     if let Some(link) = shared.lock().links.get_mut(&cid) {
         link.last_heard = std::time::Instant::now();
     }
+}
+
+fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
     match msg {
         Some(container_message::Msg::Credit(c)) => {
             let mut st = shared.lock();
             if let Some(link) = st.links.get_mut(&cid) {
+                link.last_heard = std::time::Instant::now();
                 link.credits += c.slots;
                 link.flush();
             }
         }
         Some(container_message::Msg::HookDone(h)) => {
+            heard(shared, cid);
             let phase = phase_from_pb(h.phase);
             if !h.ok && phase != Phase::Exit {
                 if let Some(e) = h.error {
@@ -869,8 +876,10 @@ fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_mes
         Some(container_message::Msg::Output(o)) => outputs(shared, cid, vec![o]),
         Some(container_message::Msg::OutputBatch(b)) => outputs(shared, cid, b.outputs),
         Some(container_message::Msg::Draining(_)) => {
+            heard(shared, cid);
             let _ = shared.commands.send(Command::DrainContainer(cid));
         }
-        Some(container_message::Msg::Hello(_)) | Some(container_message::Msg::Heartbeat(_)) | None => {}
+        Some(container_message::Msg::Heartbeat(_)) => heard(shared, cid),
+        Some(container_message::Msg::Hello(_)) | None => {}
     }
 }
