@@ -288,7 +288,7 @@ const SHAPE: &str =
 
 /// The body as CBOR arguments (an array) and CBOR params (a map; empty bytes when there are
 /// none, as the TS client sends for a handle without parameters).
-fn parse_body(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((encode(&ciborium::Value::Array(Vec::new())), Vec::new()));
     }

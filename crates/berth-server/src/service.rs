@@ -330,6 +330,13 @@ pub(crate) struct FunctionsSvc {
     max_message_bytes: usize,
 }
 
+#[cfg(feature = "fuzzing")]
+impl FunctionsSvc {
+    pub(crate) fn new(shared: Arc<Shared>, max_message_bytes: usize) -> Self {
+        Self { shared, max_message_bytes }
+    }
+}
+
 /// The response header that carries a Map call's function call id (what `Cancel` takes).
 pub(crate) const MAP_CALL_ID_HEADER: &str = "berth-function-call-id";
 
@@ -714,36 +721,53 @@ impl Containers for ContainersSvc {
         };
         let cid = hello.container_id;
         let (out, rx) = mpsc::unbounded_channel();
-        {
-            let mut st = self.shared.lock();
-            // One answer for an unknown id and a wrong token: telling them apart would show
-            // an unauthenticated caller which container ids exist.
-            let link = st.links.get_mut(&cid).filter(|link| link.token == hello.token).ok_or_else(|| {
-                Status::unauthenticated(
-                    "unknown container or wrong token: attach with the container id and token the server \
-                     gave this container when it started it",
-                )
-            })?;
-            if link.tx.is_some() {
-                return Err(Status::already_exists(format!("container {cid} is already attached")));
-            }
-            link.tx = Some(out);
-            link.flush();
-        }
-        let _ = self.shared.commands.send(Command::HookDone { container: cid, phase: Phase::Spawn, ok: true });
+        attach_link(&self.shared, cid, &hello.token, out)?;
         let shared = self.shared.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
                 handle_container_message(&shared, cid, msg.msg);
             }
-            // The stream ended: a container that was stopped is gone already; any other died.
-            let known = shared.lock().links.remove(&cid).is_some();
-            if known {
-                let _ = shared.commands.send(Command::ContainerLost(cid));
-                shared.spawner.stop(cid);
-            }
+            detached(&shared, cid);
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+/// A container's hello: its link (found by id and token) gets the stream's sender and sends
+/// what waited for the attach; the scheduler learns that the spawn is done.
+pub(crate) fn attach_link(
+    shared: &Shared,
+    cid: u32,
+    token: &str,
+    out: mpsc::UnboundedSender<Result<ControlMessage, Status>>,
+) -> Result<(), Status> {
+    {
+        let mut st = shared.lock();
+        // One answer for an unknown id and a wrong token: telling them apart would show
+        // an unauthenticated caller which container ids exist.
+        let link = st.links.get_mut(&cid).filter(|link| link.token == token).ok_or_else(|| {
+            Status::unauthenticated(
+                "unknown container or wrong token: attach with the container id and token the server \
+                 gave this container when it started it",
+            )
+        })?;
+        if link.tx.is_some() {
+            return Err(Status::already_exists(format!("container {cid} is already attached")));
+        }
+        link.tx = Some(out);
+        link.flush();
+    }
+    let _ = shared.commands.send(Command::HookDone { container: cid, phase: Phase::Spawn, ok: true });
+    Ok(())
+}
+
+/// A container's Attach stream ended: a container that was stopped is gone already; any other
+/// died.
+pub(crate) fn detached(shared: &Shared, cid: u32) {
+    let known = shared.lock().links.remove(&cid).is_some();
+    if known {
+        let _ = shared.commands.send(Command::ContainerLost(cid));
+        shared.spawner.stop(cid);
     }
 }
 
@@ -790,7 +814,7 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     }
 }
 
-fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
+pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
     if let Some(link) = shared.lock().links.get_mut(&cid) {
         link.last_heard = std::time::Instant::now();
     }
