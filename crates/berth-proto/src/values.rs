@@ -21,6 +21,12 @@
 //!   55799 (self-described CBOR, ignored).
 use std::fmt;
 
+/// A value wrapped in more tags than this, one directly inside the other, is refused: each tag
+/// is a level of the check's recursion (and of cbor-x's), and berth's encoder writes at most one
+/// (55799 may come on top). Without a bound, a request of `0xc1` bytes (tag 1 in a row, one byte
+/// each) took the check a million frames deep and overflowed the server's stack.
+pub const MAX_TAGS_IN_A_ROW: usize = 16;
+
 /// Arrays and maps nested deeper than this (inside the arguments array) are refused; cbor-x
 /// decodes recursively, and at a few hundred levels of `Map`s it overflows the stack. The
 /// TypeScript caller applies the same bound (`src/serialize.ts`).
@@ -61,7 +67,7 @@ pub fn check_params(bytes: &[u8]) -> Result<(), ValueError> {
     if bytes.is_empty() {
         return Ok(());
     }
-    let mut r = Reader { b: bytes, i: 0 };
+    let mut r = Reader { b: bytes, i: 0, tags: 0 };
     let top = r.item(0)?;
     r.end()?;
     match top {
@@ -79,11 +85,14 @@ pub fn check_params(bytes: &[u8]) -> Result<(), ValueError> {
 
 /// Checks one value of any shape (a result, an element).
 pub fn check_value(bytes: &[u8]) -> Result<(), ValueError> {
-    check_one(bytes).map(|_| ())
+    match check_one(bytes)? {
+        Kind::Break => Err(ValueError { at: 0, problem: "a break code (0xff) alone is not a value".into() }),
+        _ => Ok(()),
+    }
 }
 
 fn check_one(bytes: &[u8]) -> Result<Kind, ValueError> {
-    let mut r = Reader { b: bytes, i: 0 };
+    let mut r = Reader { b: bytes, i: 0, tags: 0 };
     let top = r.item(0)?;
     r.end()?;
     Ok(top)
@@ -158,6 +167,8 @@ const TAGS: &str = "0/1 (Date), 2/3 (bigint), 258 (Set), 259 (Map), 64–86 (typ
 struct Reader<'a> {
     b: &'a [u8],
     i: usize,
+    /// Tags around the item being read, one directly inside the other.
+    tags: usize,
 }
 
 impl Reader<'_> {
@@ -235,6 +246,7 @@ impl Reader<'_> {
             ),
             (4, len) => {
                 self.nested(at, depth)?;
+                let tags = std::mem::take(&mut self.tags);
                 let mut n = 0usize;
                 loop {
                     if len.is_some_and(|len| n as u64 == len) {
@@ -247,13 +259,22 @@ impl Reader<'_> {
                         _ => n += 1,
                     }
                 }
+                self.tags = tags;
                 Ok(Kind::Array(n))
             }
             (5, len) => {
                 self.nested(at, depth)?;
                 self.map(len, depth, true)
             }
-            (6, Some(tag)) => self.tagged(at, tag, depth),
+            (6, Some(tag)) => {
+                if self.tags == MAX_TAGS_IN_A_ROW {
+                    return self.fail(at, format!("a value wrapped in more than {MAX_TAGS_IN_A_ROW} tags in a row"));
+                }
+                self.tags += 1;
+                let k = self.tagged(at, tag, depth)?;
+                self.tags -= 1;
+                Ok(k)
+            }
             (7, _) => match info {
                 20 | 21 => Ok(Kind::Bool),
                 22 => Ok(Kind::Null),
@@ -276,6 +297,7 @@ impl Reader<'_> {
 
     /// A map's entries; `property_keys`: keys must be able to become object property names.
     fn map(&mut self, len: Option<u64>, depth: usize, property_keys: bool) -> Result<Kind, ValueError> {
+        let tags = std::mem::take(&mut self.tags);
         let mut n = 0u64;
         let mut text_keys = true;
         loop {
@@ -305,6 +327,7 @@ impl Reader<'_> {
             }
             n += 1;
         }
+        self.tags = tags;
         Ok(Kind::Map { text_keys })
     }
 
@@ -341,7 +364,10 @@ impl Reader<'_> {
                 self.nested(content, depth)?;
                 self.map(len, depth, false).map(|_| Kind::JsMap)
             }
-            55799 => self.item(depth),
+            55799 => match self.item(depth)? {
+                Kind::Break => wrong(self, "self-described CBOR", "a value", Kind::Break),
+                k => Ok(k),
+            },
             t => match typed_array_element(t) {
                 Some(size) => {
                     let (major, _, len) = self.head()?;
@@ -444,6 +470,33 @@ mod tests {
         let maps = format!("81{}01", "d90103a101".repeat(MAX_DEPTH + 1));
         assert!(args(&maps).unwrap_err().contains("nested more than"));
         assert!(args(&"81".repeat(1_000_000)).unwrap_err().contains("nested more than"));
+    }
+
+    #[test]
+    fn tags_in_a_row_are_bounded() {
+        // Found by fuzz/ (values): a million tags in a row took the check a million frames
+        // deep, and a 3 MB request overflowed the server's stack.
+        for tag in ["c1", "c0", "c2", "d90102", "d90103", "d9d9f7"] {
+            let e = args(&format!("81{}01", tag.repeat(1_000_000))).unwrap_err();
+            assert!(e.contains("more than 16 tags in a row"), "{tag}: {e}");
+        }
+        let wrapped = |n: usize| format!("81{}d90102 80", "d9d9f7".repeat(n));
+        assert_eq!(args(&wrapped(MAX_TAGS_IN_A_ROW - 1)), Ok(1));
+        assert!(args(&wrapped(MAX_TAGS_IN_A_ROW)).is_err());
+        // The count starts again inside arrays and maps: a Set of Sets of Maps, 128 deep.
+        let sets = format!("81{}01", "d90102 81 d90103 a1 01".repeat(MAX_DEPTH / 2));
+        assert_eq!(args(&sets), Ok(1));
+    }
+
+    #[test]
+    fn a_break_code_is_not_a_value() {
+        // Found by fuzz/ (values): a lone break code passed check_value, and one inside tag
+        // 55799 ended an indefinite array early: `[_ 55799(break)]` passed as `[]`.
+        assert!(check_value(&hex("ff")).unwrap_err().to_string().contains("break code (0xff) alone"));
+        let e = args("9f d9d9f7 ff").unwrap_err();
+        assert!(e.contains("tag 55799 (self-described CBOR) must wrap a value, not a break code"), "{e}");
+        assert!(args("9f bf d9d9f7 ff ff").is_err());
+        assert!(args("81 d9d9f7 ff").is_err());
     }
 
     #[test]
