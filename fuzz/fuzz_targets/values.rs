@@ -19,6 +19,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let v: ciborium::Value = match ciborium::from_reader(data) {
         Ok(v) => v,
+        // ciborium's own limit: bignums (tags 2, 3) beyond 128 bits, which cbor-x decodes.
+        Err(ciborium::de::Error::Semantic(_, m)) if m == "integer too large" => return,
         Err(e) => panic!("the contract accepts bytes ciborium cannot decode ({e}): {data:02x?}"),
     };
     let mut again = Vec::new();
