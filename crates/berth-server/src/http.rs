@@ -405,11 +405,7 @@ pub(crate) fn cbor_to_json(v: &ciborium::Value) -> Json {
         C::Map(entries) => {
             let mut obj = serde_json::Map::with_capacity(entries.len());
             for (k, v) in entries {
-                let key = match cbor_to_json(k) {
-                    Json::String(s) => s,
-                    other => other.to_string(),
-                };
-                obj.insert(key, cbor_to_json(v));
+                obj.insert(key_text(cbor_to_json(k)), cbor_to_json(v));
             }
             Json::Object(obj)
         }
@@ -426,6 +422,29 @@ pub(crate) fn cbor_to_json(v: &ciborium::Value) -> Json {
         #[allow(unreachable_patterns)]
         _ => Json::Null,
     }
+}
+
+/// A non-text key's JSON text is cut at this many bytes.
+const MAX_KEY_TEXT: usize = 1024;
+
+/// A JSON object key: text as it is; any other key (a Map's keys may be numbers, arrays, Maps)
+/// as its JSON text, cut at [`MAX_KEY_TEXT`] bytes. Uncut, Maps nested as keys of Maps made
+/// key text twice as long at each level (each level escapes the quotes and backslashes of the
+/// one inside): a result of a few hundred bytes took the ingress's memory.
+fn key_text(key: Json) -> String {
+    let mut s = match key {
+        Json::String(s) => return s,
+        other => other.to_string(),
+    };
+    if s.len() > MAX_KEY_TEXT {
+        let mut end = MAX_KEY_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 fn int_json(i: i128) -> Json {
@@ -663,6 +682,25 @@ mod tests {
         for (cbor, want) in cases {
             assert_eq!(cbor_to_json(&cbor), want, "{cbor:?}");
         }
+    }
+
+    #[test]
+    fn maps_as_keys_of_maps_stay_small() {
+        // Found by fuzz/ (json_ingress): new Map([[new Map([[new Map(...), 2]]), 2]]), 40
+        // levels (280 bytes of CBOR), took the ingress terabytes of key text.
+        let n = 40;
+        let cbor = hex_bytes(&format!("{}0102{}", "d90103a1".repeat(n), "02".repeat(n - 1)));
+        let v: C = ciborium::from_reader(&cbor[..]).unwrap();
+        let json = serde_json::to_string(&cbor_to_json(&v)).unwrap();
+        assert!(json.len() < 4 * MAX_KEY_TEXT, "{} bytes", json.len());
+        assert!(json.starts_with(r#"{"{\"{\\\""#) && json.contains('…'), "{json}");
+        // One level is its JSON text, as before.
+        let one = tag(259, C::Map(vec![(C::Map(vec![(C::Integer(1.into()), C::Integer(2.into()))]), C::Null)]));
+        assert_eq!(cbor_to_json(&one), json!({r#"{"1":2}"#: null}));
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]
