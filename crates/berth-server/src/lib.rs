@@ -8,7 +8,7 @@
 //! ingress (`ServeOptions::http_addr`) makes the same calls as `Invoke`.
 
 mod conn;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gpu;

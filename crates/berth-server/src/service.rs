@@ -330,7 +330,7 @@ pub(crate) struct FunctionsSvc {
     max_message_bytes: usize,
 }
 
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 impl FunctionsSvc {
     pub(crate) fn new(shared: Arc<Shared>, max_message_bytes: usize) -> Self {
         Self { shared, max_message_bytes }
@@ -778,6 +778,11 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     let mut st = shared.lock();
     let overdue = st.links.get(&cid).is_some_and(|l| !l.overdue.is_empty());
     for o in outputs {
+        // Only the container running an execution answers it: another's output for it (a
+        // bug in that container) would take its result and its slot's credit.
+        if st.execs.get(&o.exec_id).is_none_or(|(owner, _)| *owner != cid) {
+            continue;
+        }
         let Some((_, inputs)) = st.execs.remove(&o.exec_id) else {
             continue;
         };
@@ -841,5 +846,43 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
             let _ = shared.commands.send(Command::DrainContainer(cid));
         }
         Some(container_message::Msg::Hello(_)) | Some(container_message::Msg::Heartbeat(_)) | None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_proto::v1::{self as pb, container_message::Msg};
+
+    use crate::fuzzing::Plane;
+
+    fn output(exec_id: u64) -> pb::ContainerMessage {
+        let result = pb::Result { outcome: Some(pb::result::Outcome::Value(vec![0x01])) };
+        pb::ContainerMessage {
+            msg: Some(Msg::Output(pb::Output { exec_id, results: vec![result], ..Default::default() })),
+        }
+    }
+
+    #[test]
+    fn a_container_answers_its_own_executions_only() {
+        // Found by fuzz/ (attach_frames): an output from container 1 for an execution running
+        // in container 2 completed it, and gave container 1 the credit.
+        let mut plane = Plane::new(1);
+        plane.spawn(vec![0x81, 0x01]);
+        plane.spawn(vec![0x81, 0x02]);
+        let started = plane.started();
+        assert_eq!(started.len(), 2, "two containers for two inputs");
+        for (cid, token) in &started {
+            assert!(plane.hello(*cid, token));
+            plane.message(*cid, pb::ContainerMessage { msg: Some(Msg::Credit(pb::Credit { slots: 1 })) });
+        }
+        let execs = plane.execs();
+        assert_eq!(execs.iter().map(|e| e.1).collect::<Vec<_>>(), vec![started[0].0, started[1].0]);
+        let (mine, theirs) = (execs[0].0, execs[1].0);
+        let credits = plane.credits();
+        plane.message(started[0].0, output(theirs));
+        assert_eq!(plane.execs(), execs, "another container's output is ignored");
+        assert_eq!(plane.credits(), credits, "and brings no credit");
+        plane.message(started[0].0, output(mine));
+        assert_eq!(plane.execs(), vec![execs[1]]);
     }
 }
