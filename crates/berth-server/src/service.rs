@@ -810,7 +810,7 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
                 link.overdue_since = None;
             }
         }
-        link.credits += done.len() as u32;
+        link.credits = link.credits.saturating_add(u32::try_from(done.len()).unwrap_or(u32::MAX));
         link.flush();
     }
     drop(st);
@@ -827,7 +827,8 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
         Some(container_message::Msg::Credit(c)) => {
             let mut st = shared.lock();
             if let Some(link) = st.links.get_mut(&cid) {
-                link.credits += c.slots;
+                // A container states its own slots; any number it sends must not overflow.
+                link.credits = link.credits.saturating_add(c.slots);
                 link.flush();
             }
         }
@@ -860,6 +861,26 @@ mod tests {
         pb::ContainerMessage {
             msg: Some(Msg::Output(pb::Output { exec_id, results: vec![result], ..Default::default() })),
         }
+    }
+
+    #[test]
+    fn credits_saturate() {
+        // Found by fuzz/ (attach_frames): credits are the container's to state, and two
+        // credits of u32::MAX overflowed the count (a panic in debug builds, which ended the
+        // task reading the container's stream; a wrapped, near-zero count in release).
+        let mut plane = Plane::new(1);
+        plane.spawn(vec![0x80]);
+        let (cid, token) = plane.started()[0].clone();
+        assert!(plane.hello(cid, &token));
+        let credit = || pb::ContainerMessage { msg: Some(Msg::Credit(pb::Credit { slots: u32::MAX })) };
+        plane.message(cid, credit());
+        // One went to the waiting input.
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX - 1)]);
+        plane.message(cid, credit());
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX)]);
+        let exec = plane.execs()[0].0;
+        plane.message(cid, output(exec));
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX)]);
     }
 
     #[test]
