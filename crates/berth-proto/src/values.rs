@@ -15,7 +15,8 @@
 //! - arrays and maps, definite or indefinite length, nested at most [`MAX_DEPTH`] deep;
 //!   a map's keys are text, numbers, booleans, `null` or `undefined` (they become object keys),
 //!   except inside tag 259, where any value may be a key;
-//! - the tags berth's encoder writes: 0 (date text) and 1 (epoch seconds) for `Date`, 2 and 3
+//! - the tags berth's encoder writes: 0 (date text) and 1 (epoch seconds: a float, or an integer
+//!   of up to 32 bits, which cbor-x does not read as a bigint) for `Date`, 2 and 3
 //!   (byte strings) for `bigint`, 258 (an array) for `Set`, 259 (a map) for `Map`, the RFC 8746
 //!   typed arrays cbor-x knows (a byte string whose length is a whole number of elements), and
 //!   55799 (self-described CBOR, ignored).
@@ -102,6 +103,8 @@ fn check_one(bytes: &[u8]) -> Result<Kind, ValueError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Int,
+    /// An integer with an 8-byte head: cbor-x reads it as a `bigint`, whatever its value.
+    Int64,
     Float,
     Bytes,
     Text,
@@ -128,6 +131,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Int => "an integer",
+            Kind::Int64 => "an integer with an 8-byte head (a bigint in JavaScript)",
             Kind::Float => "a float",
             Kind::Bytes => "a byte string",
             Kind::Text => "a text string",
@@ -147,7 +151,17 @@ impl Kind {
 
     /// Keys of a plain map become JavaScript property names; cbor-x refuses objects there.
     fn is_property_key(self) -> bool {
-        matches!(self, Kind::Int | Kind::Float | Kind::Text | Kind::Bool | Kind::Null | Kind::Undefined | Kind::BigInt)
+        matches!(
+            self,
+            Kind::Int
+                | Kind::Int64
+                | Kind::Float
+                | Kind::Text
+                | Kind::Bool
+                | Kind::Null
+                | Kind::Undefined
+                | Kind::BigInt
+        )
     }
 }
 
@@ -230,6 +244,7 @@ impl Reader<'_> {
         let at = self.i;
         let (major, info, arg) = self.head()?;
         match (major, arg) {
+            (0 | 1, Some(_)) if info == 27 => Ok(Kind::Int64),
             (0 | 1, Some(_)) => Ok(Kind::Int),
             (2, Some(n)) => self.take(n).map(|_| Kind::Bytes),
             (3, Some(n)) => {
@@ -343,7 +358,8 @@ impl Reader<'_> {
             },
             1 => match self.item(depth)? {
                 Kind::Int | Kind::Float => Ok(Kind::Date),
-                k => wrong(self, "epoch date", "an integer or float", k),
+                // cbor-x computes `new Date(seconds * 1000)`, which throws on a bigint.
+                k => wrong(self, "epoch date", "an integer of up to 32 bits or a float", k),
             },
             2 | 3 => match self.item(depth)? {
                 Kind::Bytes => Ok(Kind::BigInt),
@@ -435,7 +451,7 @@ mod tests {
             ("81 d90102 01", "tag 258 (Set) must wrap an array, not an integer"),
             ("81 d90102 a0", "tag 258 (Set) must wrap an array, not a map"),
             ("81 c2 f6", "tag 2 (bignum) must wrap a byte string, not null"),
-            ("81 c1 c24101", "tag 1 (epoch date) must wrap an integer or float"),
+            ("81 c1 c24101", "tag 1 (epoch date) must wrap an integer of up to 32 bits or a float"),
             ("81 d845 4101", "holds 1 bytes, not a whole number of 2-byte elements"),
             ("81 d840 01", "tag 64 (typed array) must wrap a definite-length byte string"),
             ("81 5f4101ff", "indefinite-length string"),
@@ -486,6 +502,24 @@ mod tests {
         // The count starts again inside arrays and maps: a Set of Sets of Maps, 128 deep.
         let sets = format!("81{}01", "d90102 81 d90103 a1 01".repeat(MAX_DEPTH / 2));
         assert_eq!(args(&sets), Ok(1));
+    }
+
+    #[test]
+    fn an_epoch_date_is_not_a_bigint() {
+        // Found by scripts/fuzz-values.ts: cbor-x reads every integer with an 8-byte head as a
+        // bigint, and its tag 1 handler (`new Date(seconds * 1000)`) throws on one: "Cannot mix
+        // BigInt and other types". berth's encoder writes dates as uint32 or float64 seconds.
+        for cbor in ["81 c1 1b0000000000000001", "81 c1 3b0000000000000001", "81 c1 d9d9f7 1b0000000000000001"] {
+            let e = args(cbor).unwrap_err();
+            assert!(
+                e.contains("must wrap an integer of up to 32 bits or a float, not an integer with an 8-byte head"),
+                "{e}"
+            );
+        }
+        assert_eq!(args("81 c1 1affffffff"), Ok(1));
+        assert_eq!(args("81 c1 3affffffff"), Ok(1));
+        // Elsewhere a 64-bit integer is a bigint, which is fine: as a value, and as a key.
+        assert_eq!(args("82 1bffffffffffffffff a1 3b0000000000000001 01"), Ok(2));
     }
 
     #[test]
