@@ -11,7 +11,8 @@
 //!
 //! - exactly one well-formed data item, no trailing bytes;
 //! - integers, floats (half, single, double), `false`, `true`, `null`, `undefined`;
-//! - byte and text strings of definite length (text: valid UTF-8);
+//! - byte and text strings of definite length, the length in a head of at most 4 bytes
+//!   (text: valid UTF-8);
 //! - arrays and maps, definite or indefinite length, nested at most [`MAX_DEPTH`] deep;
 //!   a map's keys are text, numbers, booleans, `null` or `undefined` (they become object keys),
 //!   except inside tag 259, where any value may be a key;
@@ -176,6 +177,12 @@ fn typed_array_element(tag: u64) -> Option<usize> {
     }
 }
 
+/// cbor-x (with cbor-extract, which it loads where it can) throws "Unexpected end of buffer
+/// reading string" on a string whose length has an 8-byte head once a non-ASCII text string came
+/// before it. No string berth passes on is that long; encoders write the shortest head.
+const WIDE_LENGTH: &str = "a string whose length has an 8-byte head (0x5b/0x7b): berth's decoder misreads those; \
+                           write the length in the shortest head, as CBOR encoders do";
+
 const TAGS: &str = "0/1 (Date), 2/3 (bigint), 258 (Set), 259 (Map), 64–86 (typed arrays), 55799";
 
 struct Reader<'a> {
@@ -246,6 +253,7 @@ impl Reader<'_> {
         match (major, arg) {
             (0 | 1, Some(_)) if info == 27 => Ok(Kind::Int64),
             (0 | 1, Some(_)) => Ok(Kind::Int),
+            (2 | 3, Some(_)) if info == 27 => self.fail(at, WIDE_LENGTH),
             (2, Some(n)) => self.take(n).map(|_| Kind::Bytes),
             (3, Some(n)) => {
                 let s = self.take(n)?;
@@ -386,8 +394,9 @@ impl Reader<'_> {
             },
             t => match typed_array_element(t) {
                 Some(size) => {
-                    let (major, _, len) = self.head()?;
+                    let (major, info, len) = self.head()?;
                     match (major, len) {
+                        (2, Some(_)) if info == 27 => self.fail(content, WIDE_LENGTH),
                         (2, Some(n)) => {
                             self.take(n)?;
                             if n % size as u64 != 0 {
@@ -463,7 +472,8 @@ mod tests {
             ("81 a1 4101 02", "a map key is a byte string"),
             ("81 62c328", "not valid UTF-8"),
             ("82 01", "ends in the middle of a value"),
-            ("81 5bffffffffffffffff", "18446744073709551615 byte(s) announced"),
+            ("81 5affffffff", "4294967295 byte(s) announced"),
+            ("81 5bffffffffffffffff", "length has an 8-byte head"),
             ("9bffffffffffffffff 01", "ends in the middle"),
             ("81 ff", "break code (0xff) inside a definite-length array"),
             ("ff", "arguments must be a CBOR array"),
@@ -520,6 +530,21 @@ mod tests {
         assert_eq!(args("81 c1 3affffffff"), Ok(1));
         // Elsewhere a 64-bit integer is a bigint, which is fine: as a value, and as a key.
         assert_eq!(args("82 1bffffffffffffffff a1 3b0000000000000001 01"), Ok(2));
+    }
+
+    #[test]
+    fn string_lengths_have_at_most_4_byte_heads() {
+        // Found by scripts/fuzz-values.ts: ["é", h''] with the empty byte string's length in
+        // an 8-byte head passed, and cbor-x threw "Unexpected end of buffer reading string".
+        for cbor in
+            ["82 62c3a9 5b0000000000000000", "82 62c3a9 7b0000000000000001 61", "82 62c3a9 d845 5b0000000000000000"]
+        {
+            let e = args(cbor).unwrap_err();
+            assert!(e.contains("length has an 8-byte head"), "{cbor}: {e}");
+        }
+        assert_eq!(args("83 62c3a9 5a00000001 61 7a00000001 61"), Ok(3));
+        // Arrays and maps may have one (cbor-x reads those).
+        assert_eq!(args("82 62c3a9 9b0000000000000000"), Ok(2));
     }
 
     #[test]
