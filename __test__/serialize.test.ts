@@ -146,6 +146,14 @@ test('nesting deeper than MAX_DEPTH is rejected', (t) => {
   let ok: unknown = 1
   for (let i = 0; i < MAX_DEPTH - 1; i++) ok = { v: ok }
   t.notThrows(() => checkAndCopy(ok, 'v'))
+  // Leaves are no level (found by scripts/fuzz-values.ts: the control plane took a Date or a
+  // typed array inside MAX_DEPTH containers, this check refused it).
+  for (const leaf of [new Date(0), new Uint16Array([1]), new ArrayBuffer(1)]) {
+    let v: unknown = leaf
+    for (let i = 0; i < MAX_DEPTH; i++) v = i % 2 ? new Map([[1, v]]) : new Set([v])
+    t.notThrows(() => checkAndCopy(v, 'v'))
+    t.throws(() => checkAndCopy([v], 'v'), { message: new RegExp(`nested deeper than ${MAX_DEPTH}`) })
+  }
 })
 
 test('checkAndCopyArgs names the argument index and copies', (t) => {

@@ -124,7 +124,6 @@ function copyObject(v: object, w: Walk): unknown {
         'Break the cycle, e.g. send ids instead of back-references.',
     )
   }
-  if (w.stack.length >= MAX_DEPTH) w.fail(`nested deeper than ${MAX_DEPTH} levels`)
 
   const proto = Object.getPrototypeOf(v)
   if (proto === Object.prototype || proto === null) return enter(v, w, copyPlain)
@@ -146,7 +145,10 @@ function copyObject(v: object, w: Walk): unknown {
   return w.fail(problem, hint)
 }
 
+// Only containers count as levels, as in the control plane's count: a Date or a typed array is
+// a leaf at any depth.
 function enter<T extends object>(v: T, w: Walk, copy: (v: T, w: Walk) => unknown): unknown {
+  if (w.stack.length >= MAX_DEPTH) w.fail(`nested deeper than ${MAX_DEPTH} levels`)
   w.stack.push(v)
   const out = copy(v, w)
   w.stack.pop()
