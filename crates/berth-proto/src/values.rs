@@ -20,7 +20,7 @@
 //!   of up to 32 bits, which cbor-x does not read as a bigint) for `Date`, 2 and 3
 //!   (byte strings) for `bigint`, 258 (an array) for `Set`, 259 (a map) for `Map`, the RFC 8746
 //!   typed arrays cbor-x knows (a byte string whose length is a whole number of elements), and
-//!   55799 (self-described CBOR, ignored).
+//!   55799 (self-described CBOR, ignored; not around `undefined`, which cbor-x makes a Tag of).
 use std::fmt;
 
 /// A value wrapped in more tags than this, one directly inside the other, is refused: each tag
@@ -389,7 +389,11 @@ impl Reader<'_> {
                 self.map(len, depth, false).map(|_| Kind::JsMap)
             }
             55799 => match self.item(depth)? {
-                Kind::Break => wrong(self, "self-described CBOR", "a value", Kind::Break),
+                // cbor-x returns what the tag wraps, and makes a Tag object of the tag when
+                // that is `undefined`.
+                k @ (Kind::Break | Kind::Undefined) => {
+                    wrong(self, "self-described CBOR", "a value other than undefined", k)
+                }
                 k => Ok(k),
             },
             t => match typed_array_element(t) {
@@ -548,12 +552,26 @@ mod tests {
     }
 
     #[test]
+    fn self_described_undefined_is_refused() {
+        // Found by scripts/fuzz-values.ts: cbor-x decodes 55799(undefined) to a Tag object, not
+        // to undefined, and a Tag is no value berth passes on.
+        for cbor in ["81 d9d9f7 f7", "81 da0000d9f7 f7", "81 d9d9f7 d9d9f7 f7", "81 a1 6161 d9d9f7 f7"] {
+            let e = args(cbor).unwrap_err();
+            assert!(e.contains("must wrap a value other than undefined, not undefined"), "{cbor}: {e}");
+        }
+        assert_eq!(args("82 d9d9f7 f6 d9d9f7 8101"), Ok(2));
+    }
+
+    #[test]
     fn a_break_code_is_not_a_value() {
         // Found by fuzz/ (values): a lone break code passed check_value, and one inside tag
         // 55799 ended an indefinite array early: `[_ 55799(break)]` passed as `[]`.
         assert!(check_value(&hex("ff")).unwrap_err().to_string().contains("break code (0xff) alone"));
         let e = args("9f d9d9f7 ff").unwrap_err();
-        assert!(e.contains("tag 55799 (self-described CBOR) must wrap a value, not a break code"), "{e}");
+        assert!(
+            e.contains("tag 55799 (self-described CBOR) must wrap a value other than undefined, not a break code"),
+            "{e}"
+        );
         assert!(args("9f bf d9d9f7 ff ff").is_err());
         assert!(args("81 d9d9f7 ff").is_err());
     }
