@@ -107,6 +107,20 @@ test('rejected values name the path and the fix', (t) => {
   })
 })
 
+test('strings with lone surrogates are rejected, naming the path (found by scripts/fuzz-values.ts)', (t) => {
+  // cbor-x writes a lone surrogate as invalid UTF-8, which the control plane refuses.
+  const lone = /is a string with a lone surrogate \(not well-formed Unicode\), which cannot be sent to a container\. Replace it, e\.g\. with s\.toWellFormed\(\)\./
+  t.throws(() => checkAndCopy('\ud800', 'x'), { instanceOf: SerializationError, message: /^x is a string with a lone surrogate/ })
+  t.throws(() => checkAndCopy({ a: ['ok', 'b\udc00'] }, 'x'), { message: /^x: value at \.a\[1\] / })
+  t.throws(() => checkAndCopy({ a: 'b\udc00' }, 'x'), { message: lone })
+  t.throws(() => checkAndCopy({ 'k\ud83d': 1 }, 'x'), { message: /an object key that is a string with a lone surrogate/ })
+  t.throws(() => checkAndCopy(new Map([['\ud800', 1]]), 'x'), { message: /^x: value at \.keys\(\)\[0\] / })
+  t.throws(() => checkAndCopyArgs([1, '\udfff'], 'f'), { message: /^argument 1 of f is a string with a lone surrogate/ })
+  // Pairs are fine, and so is the replacement character.
+  t.is(checkAndCopy('😀\ufffd', 'x'), '😀\ufffd')
+  t.deepEqual(checkAndCopyArgs(['\ud83d\ude00'], 'f'), ['😀'])
+})
+
 test('cycles are rejected, naming where they close', (t) => {
   const a: Record<string, unknown> = { x: 1 }
   a.self = a
@@ -132,6 +146,14 @@ test('nesting deeper than MAX_DEPTH is rejected', (t) => {
   let ok: unknown = 1
   for (let i = 0; i < MAX_DEPTH - 1; i++) ok = { v: ok }
   t.notThrows(() => checkAndCopy(ok, 'v'))
+  // Leaves are no level (found by scripts/fuzz-values.ts: the control plane took a Date or a
+  // typed array inside MAX_DEPTH containers, this check refused it).
+  for (const leaf of [new Date(0), new Uint16Array([1]), new ArrayBuffer(1)]) {
+    let v: unknown = leaf
+    for (let i = 0; i < MAX_DEPTH; i++) v = i % 2 ? new Map([[1, v]]) : new Set([v])
+    t.notThrows(() => checkAndCopy(v, 'v'))
+    t.throws(() => checkAndCopy([v], 'v'), { message: new RegExp(`nested deeper than ${MAX_DEPTH}`) })
+  }
 })
 
 test('checkAndCopyArgs names the argument index and copies', (t) => {

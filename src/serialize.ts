@@ -16,8 +16,15 @@ import { SerializationError } from './errors.ts'
 //   (berth_proto::values::MAX_DEPTH, the same number), because cbor-x decodes recursively and a
 //   few hundred levels of Maps overflow its stack; and a deep value is almost always a mistake
 //   (a linked list, or a cycle through a getter).
+// - Strings (and object keys) must be well-formed Unicode: a lone surrogate ('\ud800') has no
+//   UTF-8 form, cbor-x writes invalid UTF-8 for it, and the control plane refuses text that is
+//   not UTF-8 (berth_proto::values).
 
 export const MAX_DEPTH = 128
+
+// String.prototype.isWellFormed: Node 20 has it, the ES2022 lib does not declare it.
+const wellFormed = (s: string): boolean => (s as unknown as { isWellFormed(): boolean }).isWellFormed()
+const LONE = ['a string with a lone surrogate (not well-formed Unicode)', 'Replace it, e.g. with s.toWellFormed(). '] as const
 
 const FIX = 'Pass plain data (JSON types, Uint8Array, Date, Map, Set, bigint) instead.'
 
@@ -102,6 +109,7 @@ function copyValue(v: unknown, w: Walk): unknown {
   if (t !== 'object') {
     if (t === 'function') w.fail('a function')
     if (t === 'symbol') w.fail('a symbol')
+    if (t === 'string' && !wellFormed(v as string)) w.fail(...LONE)
     return v
   }
   return v === null ? v : copyObject(v as object, w)
@@ -116,7 +124,6 @@ function copyObject(v: object, w: Walk): unknown {
         'Break the cycle, e.g. send ids instead of back-references.',
     )
   }
-  if (w.stack.length >= MAX_DEPTH) w.fail(`nested deeper than ${MAX_DEPTH} levels`)
 
   const proto = Object.getPrototypeOf(v)
   if (proto === Object.prototype || proto === null) return enter(v, w, copyPlain)
@@ -138,7 +145,10 @@ function copyObject(v: object, w: Walk): unknown {
   return w.fail(problem, hint)
 }
 
+// Only containers count as levels, as in the control plane's count: a Date or a typed array is
+// a leaf at any depth.
 function enter<T extends object>(v: T, w: Walk, copy: (v: T, w: Walk) => unknown): unknown {
+  if (w.stack.length >= MAX_DEPTH) w.fail(`nested deeper than ${MAX_DEPTH} levels`)
   w.stack.push(v)
   const out = copy(v, w)
   w.stack.pop()
@@ -153,7 +163,11 @@ function copyPlain(v: object, w: Walk): unknown {
     const k = keys[i]
     const x = src[k]
     const t = typeof x
-    if (t === 'object' || t === 'function' || t === 'symbol') {
+    if (!wellFormed(k)) {
+      w.segs.push(k)
+      w.fail(`an object key that is ${LONE[0]}`, LONE[1])
+    }
+    if (t === 'object' || t === 'function' || t === 'symbol' || (t === 'string' && !wellFormed(x as string))) {
       w.segs.push(k)
       // defineProperty so that a '__proto__' key stays an own property instead of setting the prototype.
       if (k === '__proto__') Object.defineProperty(out, k, { value: copyValue(x, w), enumerable: true, writable: true, configurable: true })
@@ -172,7 +186,7 @@ function copyArray(v: unknown[], w: Walk): unknown[] {
   for (let i = 0; i < n; i++) {
     const x = v[i]
     const t = typeof x
-    if (t === 'object' || t === 'function' || t === 'symbol') {
+    if (t === 'object' || t === 'function' || t === 'symbol' || (t === 'string' && !wellFormed(x as string))) {
       w.segs.push(i)
       out[i] = copyValue(x, w)
       w.segs.pop()
@@ -215,8 +229,8 @@ function copySet(v: Set<unknown>, w: Walk): Set<unknown> {
  */
 export function checkAndCopy<T>(value: T, what: string): T {
   const t = typeof value
-  if (t !== 'object' && t !== 'function' && t !== 'symbol') return value
-  if (value === null) return value
+  if (t !== 'object' && t !== 'function' && t !== 'symbol' && t !== 'string') return value
+  if (value === null || (t === 'string' && wellFormed(value as string))) return value
   return copyValue(value, new Walk(what)) as T
 }
 
@@ -227,7 +241,7 @@ export function checkAndCopyArgs(args: readonly unknown[], what: string): unknow
   for (let i = 0; i < n; i++) {
     const x = args[i]
     const t = typeof x
-    out[i] = t !== 'object' && t !== 'function' && t !== 'symbol' ? x : x === null ? x : copyValue(x, new Walk(`argument ${i} of ${what}`))
+    out[i] = t !== 'object' && t !== 'function' && t !== 'symbol' && (t !== 'string' || wellFormed(x as string)) ? x : x === null ? x : copyValue(x, new Walk(`argument ${i} of ${what}`))
   }
   return out
 }
@@ -238,7 +252,7 @@ export function checkAndCopyArgsInPlace(args: unknown[], what: string): unknown[
   for (let i = 0; i < n; i++) {
     const x = args[i]
     const t = typeof x
-    if (t === 'object' ? x !== null : t === 'function' || t === 'symbol') args[i] = copyValue(x, new Walk(`argument ${i} of ${what}`))
+    if (t === 'object' ? x !== null : t === 'function' || t === 'symbol' || (t === 'string' && !wellFormed(x as string))) args[i] = copyValue(x, new Walk(`argument ${i} of ${what}`))
   }
   return args
 }

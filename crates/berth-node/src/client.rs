@@ -378,3 +378,11 @@ impl BindingClient {
             .map(|(events, bytes)| ClientEvents { events: Float64Array::new(events), bytes: bytes.into() })
     }
 }
+
+/// The control plane's value contract for positional arguments (`berth_proto::values::check_args`):
+/// the reason the bytes would be refused, or null when they pass. Private: for
+/// `scripts/fuzz-values.ts`, which checks the contract against cbor-x.
+#[napi]
+pub fn check_args(bytes: Buffer) -> Option<String> {
+    berth_proto::values::check_args(&bytes).err().map(|e| e.to_string())
+}

@@ -11,15 +11,23 @@
 //!
 //! - exactly one well-formed data item, no trailing bytes;
 //! - integers, floats (half, single, double), `false`, `true`, `null`, `undefined`;
-//! - byte and text strings of definite length (text: valid UTF-8);
+//! - byte and text strings of definite length, the length in a head of at most 4 bytes
+//!   (text: valid UTF-8);
 //! - arrays and maps, definite or indefinite length, nested at most [`MAX_DEPTH`] deep;
 //!   a map's keys are text, numbers, booleans, `null` or `undefined` (they become object keys),
 //!   except inside tag 259, where any value may be a key;
-//! - the tags berth's encoder writes: 0 (date text) and 1 (epoch seconds) for `Date`, 2 and 3
+//! - the tags berth's encoder writes: 0 (date text) and 1 (epoch seconds: a float, or an integer
+//!   of up to 32 bits, which cbor-x does not read as a bigint) for `Date`, 2 and 3
 //!   (byte strings) for `bigint`, 258 (an array) for `Set`, 259 (a map) for `Map`, the RFC 8746
 //!   typed arrays cbor-x knows (a byte string whose length is a whole number of elements), and
-//!   55799 (self-described CBOR, ignored).
+//!   55799 (self-described CBOR, ignored; not around `undefined`, which cbor-x makes a Tag of).
 use std::fmt;
+
+/// A value wrapped in more tags than this, one directly inside the other, is refused: each tag
+/// is a level of the check's recursion (and of cbor-x's), and berth's encoder writes at most one
+/// (55799 may come on top). Without a bound, a request of `0xc1` bytes (tag 1 in a row, one byte
+/// each) took the check a million frames deep and overflowed the server's stack.
+pub const MAX_TAGS_IN_A_ROW: usize = 16;
 
 /// Arrays and maps nested deeper than this (inside the arguments array) are refused; cbor-x
 /// decodes recursively, and at a few hundred levels of `Map`s it overflows the stack. The
@@ -61,7 +69,7 @@ pub fn check_params(bytes: &[u8]) -> Result<(), ValueError> {
     if bytes.is_empty() {
         return Ok(());
     }
-    let mut r = Reader { b: bytes, i: 0 };
+    let mut r = Reader { b: bytes, i: 0, tags: 0 };
     let top = r.item(0)?;
     r.end()?;
     match top {
@@ -79,11 +87,14 @@ pub fn check_params(bytes: &[u8]) -> Result<(), ValueError> {
 
 /// Checks one value of any shape (a result, an element).
 pub fn check_value(bytes: &[u8]) -> Result<(), ValueError> {
-    check_one(bytes).map(|_| ())
+    match check_one(bytes)? {
+        Kind::Break => Err(ValueError { at: 0, problem: "a break code (0xff) alone is not a value".into() }),
+        _ => Ok(()),
+    }
 }
 
 fn check_one(bytes: &[u8]) -> Result<Kind, ValueError> {
-    let mut r = Reader { b: bytes, i: 0 };
+    let mut r = Reader { b: bytes, i: 0, tags: 0 };
     let top = r.item(0)?;
     r.end()?;
     Ok(top)
@@ -93,6 +104,8 @@ fn check_one(bytes: &[u8]) -> Result<Kind, ValueError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Int,
+    /// An integer with an 8-byte head: cbor-x reads it as a `bigint`, whatever its value.
+    Int64,
     Float,
     Bytes,
     Text,
@@ -119,6 +132,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Int => "an integer",
+            Kind::Int64 => "an integer with an 8-byte head (a bigint in JavaScript)",
             Kind::Float => "a float",
             Kind::Bytes => "a byte string",
             Kind::Text => "a text string",
@@ -138,7 +152,17 @@ impl Kind {
 
     /// Keys of a plain map become JavaScript property names; cbor-x refuses objects there.
     fn is_property_key(self) -> bool {
-        matches!(self, Kind::Int | Kind::Float | Kind::Text | Kind::Bool | Kind::Null | Kind::Undefined | Kind::BigInt)
+        matches!(
+            self,
+            Kind::Int
+                | Kind::Int64
+                | Kind::Float
+                | Kind::Text
+                | Kind::Bool
+                | Kind::Null
+                | Kind::Undefined
+                | Kind::BigInt
+        )
     }
 }
 
@@ -153,11 +177,19 @@ fn typed_array_element(tag: u64) -> Option<usize> {
     }
 }
 
+/// cbor-x (with cbor-extract, which it loads where it can) throws "Unexpected end of buffer
+/// reading string" on a string whose length has an 8-byte head once a non-ASCII text string came
+/// before it. No string berth passes on is that long; encoders write the shortest head.
+const WIDE_LENGTH: &str = "a string whose length has an 8-byte head (0x5b/0x7b): berth's decoder misreads those; \
+                           write the length in the shortest head, as CBOR encoders do";
+
 const TAGS: &str = "0/1 (Date), 2/3 (bigint), 258 (Set), 259 (Map), 64–86 (typed arrays), 55799";
 
 struct Reader<'a> {
     b: &'a [u8],
     i: usize,
+    /// Tags around the item being read, one directly inside the other.
+    tags: usize,
 }
 
 impl Reader<'_> {
@@ -219,7 +251,9 @@ impl Reader<'_> {
         let at = self.i;
         let (major, info, arg) = self.head()?;
         match (major, arg) {
+            (0 | 1, Some(_)) if info == 27 => Ok(Kind::Int64),
             (0 | 1, Some(_)) => Ok(Kind::Int),
+            (2 | 3, Some(_)) if info == 27 => self.fail(at, WIDE_LENGTH),
             (2, Some(n)) => self.take(n).map(|_| Kind::Bytes),
             (3, Some(n)) => {
                 let s = self.take(n)?;
@@ -235,6 +269,7 @@ impl Reader<'_> {
             ),
             (4, len) => {
                 self.nested(at, depth)?;
+                let tags = std::mem::take(&mut self.tags);
                 let mut n = 0usize;
                 loop {
                     if len.is_some_and(|len| n as u64 == len) {
@@ -247,13 +282,22 @@ impl Reader<'_> {
                         _ => n += 1,
                     }
                 }
+                self.tags = tags;
                 Ok(Kind::Array(n))
             }
             (5, len) => {
                 self.nested(at, depth)?;
                 self.map(len, depth, true)
             }
-            (6, Some(tag)) => self.tagged(at, tag, depth),
+            (6, Some(tag)) => {
+                if self.tags == MAX_TAGS_IN_A_ROW {
+                    return self.fail(at, format!("a value wrapped in more than {MAX_TAGS_IN_A_ROW} tags in a row"));
+                }
+                self.tags += 1;
+                let k = self.tagged(at, tag, depth)?;
+                self.tags -= 1;
+                Ok(k)
+            }
             (7, _) => match info {
                 20 | 21 => Ok(Kind::Bool),
                 22 => Ok(Kind::Null),
@@ -276,6 +320,7 @@ impl Reader<'_> {
 
     /// A map's entries; `property_keys`: keys must be able to become object property names.
     fn map(&mut self, len: Option<u64>, depth: usize, property_keys: bool) -> Result<Kind, ValueError> {
+        let tags = std::mem::take(&mut self.tags);
         let mut n = 0u64;
         let mut text_keys = true;
         loop {
@@ -305,6 +350,7 @@ impl Reader<'_> {
             }
             n += 1;
         }
+        self.tags = tags;
         Ok(Kind::Map { text_keys })
     }
 
@@ -320,7 +366,8 @@ impl Reader<'_> {
             },
             1 => match self.item(depth)? {
                 Kind::Int | Kind::Float => Ok(Kind::Date),
-                k => wrong(self, "epoch date", "an integer or float", k),
+                // cbor-x computes `new Date(seconds * 1000)`, which throws on a bigint.
+                k => wrong(self, "epoch date", "an integer of up to 32 bits or a float", k),
             },
             2 | 3 => match self.item(depth)? {
                 Kind::Bytes => Ok(Kind::BigInt),
@@ -341,11 +388,19 @@ impl Reader<'_> {
                 self.nested(content, depth)?;
                 self.map(len, depth, false).map(|_| Kind::JsMap)
             }
-            55799 => self.item(depth),
+            55799 => match self.item(depth)? {
+                // cbor-x returns what the tag wraps, and makes a Tag object of the tag when
+                // that is `undefined`.
+                k @ (Kind::Break | Kind::Undefined) => {
+                    wrong(self, "self-described CBOR", "a value other than undefined", k)
+                }
+                k => Ok(k),
+            },
             t => match typed_array_element(t) {
                 Some(size) => {
-                    let (major, _, len) = self.head()?;
+                    let (major, info, len) = self.head()?;
                     match (major, len) {
+                        (2, Some(_)) if info == 27 => self.fail(content, WIDE_LENGTH),
                         (2, Some(n)) => {
                             self.take(n)?;
                             if n % size as u64 != 0 {
@@ -409,7 +464,7 @@ mod tests {
             ("81 d90102 01", "tag 258 (Set) must wrap an array, not an integer"),
             ("81 d90102 a0", "tag 258 (Set) must wrap an array, not a map"),
             ("81 c2 f6", "tag 2 (bignum) must wrap a byte string, not null"),
-            ("81 c1 c24101", "tag 1 (epoch date) must wrap an integer or float"),
+            ("81 c1 c24101", "tag 1 (epoch date) must wrap an integer of up to 32 bits or a float"),
             ("81 d845 4101", "holds 1 bytes, not a whole number of 2-byte elements"),
             ("81 d840 01", "tag 64 (typed array) must wrap a definite-length byte string"),
             ("81 5f4101ff", "indefinite-length string"),
@@ -421,7 +476,8 @@ mod tests {
             ("81 a1 4101 02", "a map key is a byte string"),
             ("81 62c328", "not valid UTF-8"),
             ("82 01", "ends in the middle of a value"),
-            ("81 5bffffffffffffffff", "18446744073709551615 byte(s) announced"),
+            ("81 5affffffff", "4294967295 byte(s) announced"),
+            ("81 5bffffffffffffffff", "length has an 8-byte head"),
             ("9bffffffffffffffff 01", "ends in the middle"),
             ("81 ff", "break code (0xff) inside a definite-length array"),
             ("ff", "arguments must be a CBOR array"),
@@ -444,6 +500,80 @@ mod tests {
         let maps = format!("81{}01", "d90103a101".repeat(MAX_DEPTH + 1));
         assert!(args(&maps).unwrap_err().contains("nested more than"));
         assert!(args(&"81".repeat(1_000_000)).unwrap_err().contains("nested more than"));
+    }
+
+    #[test]
+    fn tags_in_a_row_are_bounded() {
+        // Found by fuzz/ (values): a million tags in a row took the check a million frames
+        // deep, and a 3 MB request overflowed the server's stack.
+        for tag in ["c1", "c0", "c2", "d90102", "d90103", "d9d9f7"] {
+            let e = args(&format!("81{}01", tag.repeat(1_000_000))).unwrap_err();
+            assert!(e.contains("more than 16 tags in a row"), "{tag}: {e}");
+        }
+        let wrapped = |n: usize| format!("81{}d90102 80", "d9d9f7".repeat(n));
+        assert_eq!(args(&wrapped(MAX_TAGS_IN_A_ROW - 1)), Ok(1));
+        assert!(args(&wrapped(MAX_TAGS_IN_A_ROW)).is_err());
+        // The count starts again inside arrays and maps: a Set of Sets of Maps, 128 deep.
+        let sets = format!("81{}01", "d90102 81 d90103 a1 01".repeat(MAX_DEPTH / 2));
+        assert_eq!(args(&sets), Ok(1));
+    }
+
+    #[test]
+    fn an_epoch_date_is_not_a_bigint() {
+        // Found by scripts/fuzz-values.ts: cbor-x reads every integer with an 8-byte head as a
+        // bigint, and its tag 1 handler (`new Date(seconds * 1000)`) throws on one: "Cannot mix
+        // BigInt and other types". berth's encoder writes dates as uint32 or float64 seconds.
+        for cbor in ["81 c1 1b0000000000000001", "81 c1 3b0000000000000001", "81 c1 d9d9f7 1b0000000000000001"] {
+            let e = args(cbor).unwrap_err();
+            assert!(
+                e.contains("must wrap an integer of up to 32 bits or a float, not an integer with an 8-byte head"),
+                "{e}"
+            );
+        }
+        assert_eq!(args("81 c1 1affffffff"), Ok(1));
+        assert_eq!(args("81 c1 3affffffff"), Ok(1));
+        // Elsewhere a 64-bit integer is a bigint, which is fine: as a value, and as a key.
+        assert_eq!(args("82 1bffffffffffffffff a1 3b0000000000000001 01"), Ok(2));
+    }
+
+    #[test]
+    fn string_lengths_have_at_most_4_byte_heads() {
+        // Found by scripts/fuzz-values.ts: ["é", h''] with the empty byte string's length in
+        // an 8-byte head passed, and cbor-x threw "Unexpected end of buffer reading string".
+        for cbor in
+            ["82 62c3a9 5b0000000000000000", "82 62c3a9 7b0000000000000001 61", "82 62c3a9 d845 5b0000000000000000"]
+        {
+            let e = args(cbor).unwrap_err();
+            assert!(e.contains("length has an 8-byte head"), "{cbor}: {e}");
+        }
+        assert_eq!(args("83 62c3a9 5a00000001 61 7a00000001 61"), Ok(3));
+        // Arrays and maps may have one (cbor-x reads those).
+        assert_eq!(args("82 62c3a9 9b0000000000000000"), Ok(2));
+    }
+
+    #[test]
+    fn self_described_undefined_is_refused() {
+        // Found by scripts/fuzz-values.ts: cbor-x decodes 55799(undefined) to a Tag object, not
+        // to undefined, and a Tag is no value berth passes on.
+        for cbor in ["81 d9d9f7 f7", "81 da0000d9f7 f7", "81 d9d9f7 d9d9f7 f7", "81 a1 6161 d9d9f7 f7"] {
+            let e = args(cbor).unwrap_err();
+            assert!(e.contains("must wrap a value other than undefined, not undefined"), "{cbor}: {e}");
+        }
+        assert_eq!(args("82 d9d9f7 f6 d9d9f7 8101"), Ok(2));
+    }
+
+    #[test]
+    fn a_break_code_is_not_a_value() {
+        // Found by fuzz/ (values): a lone break code passed check_value, and one inside tag
+        // 55799 ended an indefinite array early: `[_ 55799(break)]` passed as `[]`.
+        assert!(check_value(&hex("ff")).unwrap_err().to_string().contains("break code (0xff) alone"));
+        let e = args("9f d9d9f7 ff").unwrap_err();
+        assert!(
+            e.contains("tag 55799 (self-described CBOR) must wrap a value other than undefined, not a break code"),
+            "{e}"
+        );
+        assert!(args("9f bf d9d9f7 ff ff").is_err());
+        assert!(args("81 d9d9f7 ff").is_err());
     }
 
     #[test]

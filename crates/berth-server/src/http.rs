@@ -288,7 +288,7 @@ const SHAPE: &str =
 
 /// The body as CBOR arguments (an array) and CBOR params (a map; empty bytes when there are
 /// none, as the TS client sends for a handle without parameters).
-fn parse_body(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((encode(&ciborium::Value::Array(Vec::new())), Vec::new()));
     }
@@ -405,11 +405,7 @@ pub(crate) fn cbor_to_json(v: &ciborium::Value) -> Json {
         C::Map(entries) => {
             let mut obj = serde_json::Map::with_capacity(entries.len());
             for (k, v) in entries {
-                let key = match cbor_to_json(k) {
-                    Json::String(s) => s,
-                    other => other.to_string(),
-                };
-                obj.insert(key, cbor_to_json(v));
+                obj.insert(key_text(cbor_to_json(k)), cbor_to_json(v));
             }
             Json::Object(obj)
         }
@@ -426,6 +422,29 @@ pub(crate) fn cbor_to_json(v: &ciborium::Value) -> Json {
         #[allow(unreachable_patterns)]
         _ => Json::Null,
     }
+}
+
+/// A non-text key's JSON text is cut at this many bytes.
+const MAX_KEY_TEXT: usize = 1024;
+
+/// A JSON object key: text as it is; any other key (a Map's keys may be numbers, arrays, Maps)
+/// as its JSON text, cut at [`MAX_KEY_TEXT`] bytes. Uncut, Maps nested as keys of Maps made
+/// key text twice as long at each level (each level escapes the quotes and backslashes of the
+/// one inside): a result of a few hundred bytes took the ingress's memory.
+fn key_text(key: Json) -> String {
+    let mut s = match key {
+        Json::String(s) => return s,
+        other => other.to_string(),
+    };
+    if s.len() > MAX_KEY_TEXT {
+        let mut end = MAX_KEY_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 fn int_json(i: i128) -> Json {
@@ -614,6 +633,18 @@ mod tests {
     }
 
     #[test]
+    fn json_numbers_are_parsed_exactly() {
+        // Found by fuzz/ (json_ingress): serde_json's default float parsing is fast and may be
+        // off by one unit in the last place, so an argument could reach the container as
+        // another number than JSON.parse makes of the same text (and than the caller sent).
+        for text in ["1844674410741910323274", "1.8446744107419102e21", "8.98846567431158e307", "0.30000000000000004"] {
+            let (args, _) = parse_body(format!("[{text}]").as_bytes()).unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(ciborium::from_reader::<C, _>(&args[..]).unwrap(), C::Array(vec![C::Float(want)]), "{text}");
+        }
+    }
+
+    #[test]
     fn cbor_x_values_become_json() {
         let cases: Vec<(C, Json)> = vec![
             (C::Null, json!(null)),
@@ -651,6 +682,25 @@ mod tests {
         for (cbor, want) in cases {
             assert_eq!(cbor_to_json(&cbor), want, "{cbor:?}");
         }
+    }
+
+    #[test]
+    fn maps_as_keys_of_maps_stay_small() {
+        // Found by fuzz/ (json_ingress): new Map([[new Map([[new Map(...), 2]]), 2]]), 40
+        // levels (280 bytes of CBOR), took the ingress terabytes of key text.
+        let n = 40;
+        let cbor = hex_bytes(&format!("{}0102{}", "d90103a1".repeat(n), "02".repeat(n - 1)));
+        let v: C = ciborium::from_reader(&cbor[..]).unwrap();
+        let json = serde_json::to_string(&cbor_to_json(&v)).unwrap();
+        assert!(json.len() < 4 * MAX_KEY_TEXT, "{} bytes", json.len());
+        assert!(json.starts_with(r#"{"{\"{\\\""#) && json.contains('…'), "{json}");
+        // One level is its JSON text, as before.
+        let one = tag(259, C::Map(vec![(C::Map(vec![(C::Integer(1.into()), C::Integer(2.into()))]), C::Null)]));
+        assert_eq!(cbor_to_json(&one), json!({r#"{"1":2}"#: null}));
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]

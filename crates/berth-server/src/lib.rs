@@ -8,6 +8,9 @@
 //! ingress (`ServeOptions::http_addr`) makes the same calls as `Invoke`.
 
 mod conn;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 mod http;
 mod plane;

@@ -344,6 +344,13 @@ pub(crate) struct FunctionsSvc {
     max_message_bytes: usize,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl FunctionsSvc {
+    pub(crate) fn new(shared: Arc<Shared>, max_message_bytes: usize) -> Self {
+        Self { shared, max_message_bytes }
+    }
+}
+
 /// The response header that carries a Map call's function call id (what `Cancel` takes).
 pub(crate) const MAP_CALL_ID_HEADER: &str = "berth-function-call-id";
 
@@ -769,36 +776,53 @@ impl Containers for ContainersSvc {
         };
         let cid = hello.container_id;
         let (out, rx) = mpsc::unbounded_channel();
-        {
-            let mut st = self.shared.lock();
-            // One answer for an unknown id and a wrong token: telling them apart would show
-            // an unauthenticated caller which container ids exist.
-            let link = st.links.get_mut(&cid).filter(|link| link.token == hello.token).ok_or_else(|| {
-                Status::unauthenticated(
-                    "unknown container or wrong token: attach with the container id and token the server \
-                     gave this container when it started it",
-                )
-            })?;
-            if link.tx.is_some() {
-                return Err(Status::already_exists(format!("container {cid} is already attached")));
-            }
-            link.tx = Some(out);
-            link.flush();
-        }
-        let _ = self.shared.commands.send(Command::HookDone { container: cid, phase: Phase::Spawn, ok: true });
+        attach_link(&self.shared, cid, &hello.token, out)?;
         let shared = self.shared.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
                 handle_container_message(&shared, cid, msg.msg);
             }
-            // The stream ended: a container that was stopped is gone already; any other died.
-            let known = shared.lock().links.remove(&cid).is_some();
-            if known {
-                let _ = shared.commands.send(Command::ContainerLost(cid));
-                shared.spawner.stop(cid);
-            }
+            detached(&shared, cid);
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+/// A container's hello: its link (found by id and token) gets the stream's sender and sends
+/// what waited for the attach; the scheduler learns that the spawn is done.
+pub(crate) fn attach_link(
+    shared: &Shared,
+    cid: u32,
+    token: &str,
+    out: mpsc::UnboundedSender<Result<ControlMessage, Status>>,
+) -> Result<(), Status> {
+    {
+        let mut st = shared.lock();
+        // One answer for an unknown id and a wrong token: telling them apart would show
+        // an unauthenticated caller which container ids exist.
+        let link = st.links.get_mut(&cid).filter(|link| link.token == token).ok_or_else(|| {
+            Status::unauthenticated(
+                "unknown container or wrong token: attach with the container id and token the server \
+                 gave this container when it started it",
+            )
+        })?;
+        if link.tx.is_some() {
+            return Err(Status::already_exists(format!("container {cid} is already attached")));
+        }
+        link.tx = Some(out);
+        link.flush();
+    }
+    let _ = shared.commands.send(Command::HookDone { container: cid, phase: Phase::Spawn, ok: true });
+    Ok(())
+}
+
+/// A container's Attach stream ended: a container that was stopped is gone already; any other
+/// died.
+pub(crate) fn detached(shared: &Shared, cid: u32) {
+    let known = shared.lock().links.remove(&cid).is_some();
+    if known {
+        let _ = shared.commands.send(Command::ContainerLost(cid));
+        shared.spawner.stop(cid);
     }
 }
 
@@ -809,6 +833,11 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     let mut st = shared.lock();
     let overdue = st.links.get(&cid).is_some_and(|l| !l.overdue.is_empty());
     for o in outputs {
+        // Only the container running an execution answers it: another's output for it (a
+        // bug in that container) would take its result and its slot's credit.
+        if st.execs.get(&o.exec_id).is_none_or(|(owner, _)| *owner != cid) {
+            continue;
+        }
         let Some((_, inputs)) = st.execs.remove(&o.exec_id) else {
             continue;
         };
@@ -837,7 +866,7 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
                 link.overdue_since = None;
             }
         }
-        link.credits += done.len() as u32;
+        link.credits = link.credits.saturating_add(u32::try_from(done.len()).unwrap_or(u32::MAX));
         link.flush();
     }
     drop(st);
@@ -853,13 +882,14 @@ fn heard(shared: &Shared, cid: u32) {
     }
 }
 
-fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
+pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
     match msg {
         Some(container_message::Msg::Credit(c)) => {
             let mut st = shared.lock();
             if let Some(link) = st.links.get_mut(&cid) {
                 link.last_heard = std::time::Instant::now();
-                link.credits += c.slots;
+                // A container states its own slots; any number it sends must not overflow.
+                link.credits = link.credits.saturating_add(c.slots);
                 link.flush();
             }
         }
@@ -881,5 +911,63 @@ fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_mes
         }
         Some(container_message::Msg::Heartbeat(_)) => heard(shared, cid),
         Some(container_message::Msg::Hello(_)) | None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_proto::v1::{self as pb, container_message::Msg};
+
+    use crate::fuzzing::Plane;
+
+    fn output(exec_id: u64) -> pb::ContainerMessage {
+        let result = pb::Result { outcome: Some(pb::result::Outcome::Value(vec![0x01])) };
+        pb::ContainerMessage {
+            msg: Some(Msg::Output(pb::Output { exec_id, results: vec![result], ..Default::default() })),
+        }
+    }
+
+    #[test]
+    fn credits_saturate() {
+        // Found by fuzz/ (attach_frames): credits are the container's to state, and two
+        // credits of u32::MAX overflowed the count (a panic in debug builds, which ended the
+        // task reading the container's stream; a wrapped, near-zero count in release).
+        let mut plane = Plane::new(1);
+        plane.spawn(vec![0x80]);
+        let (cid, token) = plane.started()[0].clone();
+        assert!(plane.hello(cid, &token));
+        let credit = || pb::ContainerMessage { msg: Some(Msg::Credit(pb::Credit { slots: u32::MAX })) };
+        plane.message(cid, credit());
+        // One went to the waiting input.
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX - 1)]);
+        plane.message(cid, credit());
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX)]);
+        let exec = plane.execs()[0].0;
+        plane.message(cid, output(exec));
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX)]);
+    }
+
+    #[test]
+    fn a_container_answers_its_own_executions_only() {
+        // Found by fuzz/ (attach_frames): an output from container 1 for an execution running
+        // in container 2 completed it, and gave container 1 the credit.
+        let mut plane = Plane::new(1);
+        plane.spawn(vec![0x81, 0x01]);
+        plane.spawn(vec![0x81, 0x02]);
+        let started = plane.started();
+        assert_eq!(started.len(), 2, "two containers for two inputs");
+        for (cid, token) in &started {
+            assert!(plane.hello(*cid, token));
+            plane.message(*cid, pb::ContainerMessage { msg: Some(Msg::Credit(pb::Credit { slots: 1 })) });
+        }
+        let execs = plane.execs();
+        assert_eq!(execs.iter().map(|e| e.1).collect::<Vec<_>>(), vec![started[0].0, started[1].0]);
+        let (mine, theirs) = (execs[0].0, execs[1].0);
+        let credits = plane.credits();
+        plane.message(started[0].0, output(theirs));
+        assert_eq!(plane.execs(), execs, "another container's output is ignored");
+        assert_eq!(plane.credits(), credits, "and brings no credit");
+        plane.message(started[0].0, output(mine));
+        assert_eq!(plane.execs(), vec![execs[1]]);
     }
 }
