@@ -525,7 +525,11 @@ impl Invoker for Host {
     }
 
     fn container_stopped(&mut self, _pool: PoolId, container: ContainerId) {
-        let link = self.0.lock().links.remove(&container);
+        let mut st = self.0.lock();
+        // Executions it never answered (it died, or hung) will not be answered now.
+        st.execs.retain(|_, (c, _)| *c != container);
+        let link = st.links.remove(&container);
+        drop(st);
         if let Some(Link { tx: Some(tx), .. }) = link {
             let _ = tx.send(Ok(ControlMessage { msg: Some(control_message::Msg::Stop(pb::Stop {})) }));
         }

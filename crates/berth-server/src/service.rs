@@ -970,4 +970,17 @@ mod tests {
         plane.message(started[0].0, output(mine));
         assert_eq!(plane.execs(), vec![execs[1]]);
     }
+
+    #[test]
+    fn a_lost_containers_unanswered_executions_are_forgotten() {
+        // They used to stay in the execution table for the server's lifetime.
+        let mut plane = Plane::new(1);
+        plane.spawn(vec![0x81, 0x01]);
+        let (cid, token) = plane.started()[0].clone();
+        assert!(plane.hello(cid, &token));
+        plane.message(cid, pb::ContainerMessage { msg: Some(Msg::Credit(pb::Credit { slots: 1 })) });
+        assert_eq!(plane.execs().len(), 1);
+        plane.detach(cid);
+        assert!(plane.execs().iter().all(|e| e.1 != cid), "{:?}", plane.execs());
+    }
 }
