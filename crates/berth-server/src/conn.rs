@@ -382,23 +382,33 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.closed {
+impl Conn {
+    /// A write through to the socket that counts as activity; pending, it is when a deadline
+    /// can pass (a caller that does not read what it is sent holds the connection too).
+    fn write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut TcpStream, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if self.closed {
             return Poll::Ready(Err(Self::closed_error()));
         }
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
+        match write(&mut self.io, cx) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    this.moved(0);
+                    self.moved(0);
                 }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            // A caller that does not read what it is sent holds the connection too.
-            Poll::Pending => this.poll_deadline(cx).map(Err),
+            Poll::Pending => self.poll_deadline(cx).map(Err),
         }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().write_with(cx, |io, cx| Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -414,20 +424,7 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.closed {
-            return Poll::Ready(Err(Self::closed_error()));
-        }
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.moved(0);
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.poll_deadline(cx).map(Err),
-        }
+        self.get_mut().write_with(cx, |io, cx| Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

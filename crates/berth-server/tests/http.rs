@@ -1,22 +1,22 @@
 #![allow(clippy::unwrap_used)]
 //! The HTTP/1.1 JSON ingress end to end over loopback: a hand-written HTTP client on one
 //! side, fake containers speaking the Containers protocol on the other.
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::{MethodSpec, PoolSpec};
-use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message};
+use berth_proto::v1 as pb;
 use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use ciborium::Value as C;
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt;
+use tokio::sync::Notify;
 
 /// Every test runs within this.
 async fn bounded<F: Future>(f: F) -> F::Output {
@@ -80,7 +80,7 @@ fn run(def: &str, method: u32, params: &HashMap<String, String>, args: &[u8]) ->
 
 #[derive(Default)]
 struct FakeSpawner {
-    tasks: Mutex<HashMap<u32, tokio::task::JoinHandle<()>>>,
+    tasks: common::Tasks,
     /// Told when a container starts running `slow`.
     slow_started: Arc<Notify>,
 }
@@ -94,49 +94,24 @@ impl Spawner for FakeSpawner {
                 ps.insert(k.into_text().unwrap(), v.into_text().unwrap());
             }
         }
-        let (name, token, endpoint) = (def.name.clone(), token.to_string(), endpoint.to_string());
+        let name = def.name.clone();
         let slow_started = self.slow_started.clone();
-        let task = tokio::spawn(async move {
-            let mut client = ContainersClient::connect(endpoint).await.unwrap();
-            let (tx, rx) = mpsc::unbounded_channel();
-            let send = |m: container_message::Msg| {
-                let _ = tx.send(pb::ContainerMessage { msg: Some(m) });
-            };
-            send(container_message::Msg::Hello(pb::Hello { container_id: container, token }));
-            send(container_message::Msg::Credit(pb::Credit { slots: 8 }));
-            let mut inbound = client.attach(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
-            while let Some(Ok(msg)) = inbound.next().await {
-                let executions = match msg.msg {
-                    Some(control_message::Msg::RunHook(h)) => {
-                        send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: true, error: None }));
-                        continue;
-                    }
-                    Some(control_message::Msg::Execute(e)) => vec![e],
-                    Some(control_message::Msg::ExecuteBatch(b)) => b.executions,
-                    Some(control_message::Msg::Stop(_)) => return,
-                    _ => continue,
-                };
-                for e in executions {
-                    if name == "slow" {
-                        slow_started.notify_one();
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    let results = e.inputs.iter().map(|i| run(&name, e.method, &ps, &i.args)).collect();
-                    send(container_message::Msg::Output(pb::Output {
-                        exec_id: e.exec_id,
-                        results,
-                        retryable_failure: false,
-                    }));
+        let serve = common::attach_and_serve(endpoint.to_string(), container, token.to_string(), move |e| {
+            let results: Vec<pb::Result> = e.inputs.iter().map(|i| run(&name, e.method, &ps, &i.args)).collect();
+            let slow = (name == "slow").then(|| slow_started.clone());
+            async move {
+                if let Some(started) = slow {
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+                results
             }
         });
-        self.tasks.lock().unwrap().insert(container, task);
+        self.tasks.start(container, serve);
     }
 
     fn stop(&self, container: u32) {
-        if let Some(t) = self.tasks.lock().unwrap().remove(&container) {
-            t.abort();
-        }
+        self.tasks.stop(container);
     }
 }
 

@@ -3,7 +3,8 @@
 //! connections, floods over the connection cap, stalled HTTP bodies. Real sockets on
 //! loopback, a few hundred at most, with deadlines of a second or two set through
 //! ServeOptions; and the gRPC surface that must not leak (reflection v1alpha, Attach).
-use std::collections::HashMap;
+mod common;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use berth_core::{MethodSpec, PoolSpec};
 use berth_proto::v1::{
-    self as pb, container_message, containers_client::ContainersClient, control_message,
-    functions_client::FunctionsClient, map_request, result::Outcome,
+    self as pb, container_message, containers_client::ContainersClient, functions_client::FunctionsClient, map_request,
+    result::Outcome,
 };
 use berth_server::{ConnCounters, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
 use ciborium::Value as C;
@@ -54,7 +55,7 @@ fn int(r: &pb::Result) -> i64 {
 struct FakeSpawner {
     no_attach: bool,
     given: Arc<Mutex<Vec<(u32, String)>>>,
-    tasks: Mutex<HashMap<u32, tokio::task::JoinHandle<()>>>,
+    tasks: common::Tasks,
 }
 
 impl Spawner for FakeSpawner {
@@ -63,55 +64,28 @@ impl Spawner for FakeSpawner {
         if self.no_attach {
             return;
         }
-        let (name, token, endpoint) = (def.name.clone(), token.to_string(), endpoint.to_string());
-        let task = tokio::spawn(async move {
-            let mut client = ContainersClient::connect(endpoint).await.unwrap();
-            let (tx, rx) = mpsc::unbounded_channel();
-            let send = |m: container_message::Msg| {
-                let _ = tx.send(pb::ContainerMessage { msg: Some(m) });
-            };
-            send(container_message::Msg::Hello(pb::Hello { container_id: container, token }));
-            send(container_message::Msg::Credit(pb::Credit { slots: 8 }));
-            let mut inbound = client.attach(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
-            while let Some(Ok(msg)) = inbound.next().await {
-                let executions = match msg.msg {
-                    Some(control_message::Msg::RunHook(h)) => {
-                        send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: true, error: None }));
-                        continue;
-                    }
-                    Some(control_message::Msg::Execute(e)) => vec![e],
-                    Some(control_message::Msg::ExecuteBatch(b)) => b.executions,
-                    Some(control_message::Msg::Stop(_)) => return,
-                    _ => continue,
-                };
-                for e in executions {
-                    if name == "slow" {
-                        tokio::time::sleep(Duration::from_millis(2500)).await;
-                    }
-                    let results = e
-                        .inputs
-                        .iter()
-                        .map(|i| {
-                            let v: C = ciborium::from_reader(i.args.as_slice()).unwrap();
-                            let x = i64::try_from(v.as_array().unwrap()[0].as_integer().unwrap()).unwrap();
-                            pb::Result { outcome: Some(Outcome::Value(cbor(&C::Integer((x * x).into())))) }
-                        })
-                        .collect();
-                    send(container_message::Msg::Output(pb::Output {
-                        exec_id: e.exec_id,
-                        results,
-                        retryable_failure: false,
-                    }));
+        let name = def.name.clone();
+        let serve = common::attach_and_serve(endpoint.to_string(), container, token.to_string(), move |e| {
+            let slow = name == "slow";
+            async move {
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
                 }
+                e.inputs
+                    .iter()
+                    .map(|i| {
+                        let v: C = ciborium::from_reader(i.args.as_slice()).unwrap();
+                        let x = i64::try_from(v.as_array().unwrap()[0].as_integer().unwrap()).unwrap();
+                        pb::Result { outcome: Some(Outcome::Value(cbor(&C::Integer((x * x).into())))) }
+                    })
+                    .collect()
             }
         });
-        self.tasks.lock().unwrap().insert(container, task);
+        self.tasks.start(container, serve);
     }
 
     fn stop(&self, container: u32) {
-        if let Some(t) = self.tasks.lock().unwrap().remove(&container) {
-            t.abort();
-        }
+        self.tasks.stop(container);
     }
 }
 

@@ -1,0 +1,61 @@
+//! What the HTTP and transport tests' fake containers share: attaching, and the loop that
+//! answers hooks and executions until the control plane says Stop.
+#![allow(clippy::unwrap_used, dead_code)]
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+
+/// Attaches as `container` with `token`, grants 8 credits, answers every hook ok and every
+/// execution with `answer`'s results, until Stop or the stream ends.
+pub async fn attach_and_serve<F, Fut>(endpoint: String, container: u32, token: String, mut answer: F)
+where
+    F: FnMut(pb::Execute) -> Fut,
+    Fut: Future<Output = Vec<pb::Result>>,
+{
+    let mut client = ContainersClient::connect(endpoint).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let send = |m: container_message::Msg| {
+        let _ = tx.send(pb::ContainerMessage { msg: Some(m) });
+    };
+    send(container_message::Msg::Hello(pb::Hello { container_id: container, token }));
+    send(container_message::Msg::Credit(pb::Credit { slots: 8 }));
+    let mut inbound = client.attach(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+    while let Some(Ok(msg)) = inbound.next().await {
+        let executions = match msg.msg {
+            Some(control_message::Msg::RunHook(h)) => {
+                send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: true, error: None }));
+                continue;
+            }
+            Some(control_message::Msg::Execute(e)) => vec![e],
+            Some(control_message::Msg::ExecuteBatch(b)) => b.executions,
+            Some(control_message::Msg::Stop(_)) => return,
+            _ => continue,
+        };
+        for e in executions {
+            let exec_id = e.exec_id;
+            let results = answer(e).await;
+            send(container_message::Msg::Output(pb::Output { exec_id, results, retryable_failure: false }));
+        }
+    }
+}
+
+/// The fake containers' tasks, by container id: a stop aborts the container's task.
+#[derive(Default)]
+pub struct Tasks(Mutex<HashMap<u32, tokio::task::JoinHandle<()>>>);
+
+impl Tasks {
+    pub fn start(&self, container: u32, f: impl Future<Output = ()> + Send + 'static) {
+        self.0.lock().unwrap().insert(container, tokio::spawn(f));
+    }
+
+    pub fn stop(&self, container: u32) {
+        if let Some(t) = self.0.lock().unwrap().remove(&container) {
+            t.abort();
+        }
+    }
+}
