@@ -98,6 +98,9 @@ function prestartContainer(file: string): void {
   createRequire(__filename)('../binding.cjs').prestartContainer(containerCommand(), resolve(file))
 }
 
+// Who started this process, read before anything else could take long.
+const startParent = process.ppid
+
 /**
  * Stops this process (as SIGTERM would: drain, exit hooks) when the process that started it
  * goes away. Under a process manager, `npx berth serve` gets SIGTERM in npm, whose `sh -c`
@@ -105,8 +108,8 @@ function prestartContainer(file: string): void {
  * running with nobody to stop them. Linux: the kernel's parent-death signal; elsewhere a poll.
  */
 function watchParent(): void {
-  if (createRequire(__filename)('../binding.cjs').watchParent()) return
-  const parent = process.ppid
+  if (createRequire(__filename)('../binding.cjs').watchParent(startParent)) return
+  const parent = startParent
   setInterval(() => {
     if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM')
   }, 1000).unref()

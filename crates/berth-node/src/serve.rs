@@ -151,8 +151,9 @@ fn take_early_spare(command: &[String], app_file: &str) -> Option<Child> {
 /// would leave `berth serve` and its containers running with nobody to stop them. The SIGTERM
 /// handler then drains as for any SIGTERM. Returns false where this is not available (the
 /// caller watches `process.ppid` instead).
+/// `parent` is the parent's pid as this process saw it at its start.
 #[napi]
-pub fn watch_parent() -> bool {
+pub fn watch_parent(parent: u32) -> bool {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: plain syscalls on this process.
@@ -160,15 +161,19 @@ pub fn watch_parent() -> bool {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return false;
             }
-            // The parent may have gone before the call: then nobody would signal us.
-            if libc::getppid() == 1 {
+            // The parent may have gone before the call: then nobody would signal us. (Not a
+            // test for pid 1: under systemd, or an init in a container, that is the parent.)
+            if libc::getppid() as u32 != parent {
                 libc::kill(libc::getpid(), libc::SIGTERM);
             }
         }
         true
     }
     #[cfg(not(target_os = "linux"))]
-    false
+    {
+        let _ = parent;
+        false
+    }
 }
 
 /// A container process that waits for its identity on stdin.
