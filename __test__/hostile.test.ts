@@ -95,7 +95,9 @@ test.serial('a container whose event loop is blocked past its input\'s timeout i
   const marker = join(mkdtempSync(join(tmpdir(), 'berth-hang-')), 'hung')
   // The first attempt blocks its container for 60 s; with one container, nothing else could run.
   const started = Date.now()
-  const pid = value(await call(client, 'hang', [marker]))
+  const r = await call(client, 'hang', [marker])
+  t.falsy(r.result.error, `the retry answered: ${JSON.stringify(r.result.error)}\n${s.stdout()}`)
+  const pid = value(r)
   const hungPid = Number(readFileSync(marker, 'utf8'))
   t.not(pid, hungPid, 'the retry ran on a new container')
   t.true(Date.now() - started < 30_000, 'long before the blocked call would have returned')
