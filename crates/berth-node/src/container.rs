@@ -9,6 +9,7 @@ use berth_proto::v1::{
 use napi::bindgen_prelude::{Buffer, Float64Array, Float64ArraySlice};
 use napi::{Error, Result};
 use napi_derive::napi;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -196,7 +197,7 @@ impl BindingContainer {
         let mut message = Vec::new();
         let mut size = 0usize;
         for o in outputs {
-            let bytes = o.results.iter().map(result_size).sum::<usize>() + 16;
+            let bytes = o.encoded_len();
             if !message.is_empty() && size + bytes > self.max_message_bytes {
                 self.send_outputs(std::mem::take(&mut message));
                 size = 0;
@@ -212,14 +213,6 @@ impl BindingContainer {
     #[napi]
     pub fn heartbeat(&self) {
         let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::Heartbeat(pb::Heartbeat {})) });
-    }
-}
-
-fn result_size(r: &pb::Result) -> usize {
-    match &r.outcome {
-        Some(Outcome::Value(v)) => v.len() + 8,
-        Some(Outcome::Error(e)) => e.name.len() + e.message.len() + e.stack.len() + 16,
-        None => 2,
     }
 }
 

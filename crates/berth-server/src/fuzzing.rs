@@ -88,7 +88,7 @@ impl Plane {
             map_window: 16 * 1024,
         });
         let scheduler = Scheduler::new(Host(shared.clone()), Host(shared.clone()));
-        let svc = FunctionsSvc::new(shared.clone(), cap);
+        let svc = FunctionsSvc::new(shared.clone());
         Self { shared, svc, scheduler, commands, started, streams: Vec::new() }
     }
 

@@ -9,6 +9,7 @@ use berth_core::{
     ResultSink,
 };
 use berth_proto::v1::{self as pb, control_message, result::Outcome as PbOutcome, ControlMessage};
+use prost::Message;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// One callable the app serves: an `app.function`, or a class (whose methods share a pool
@@ -157,7 +158,7 @@ impl Link {
     /// would take it over the cap (the container decodes what one execution needs, however
     /// large: a @batched one carries many inputs).
     fn push(&mut self, e: pb::Execute) {
-        let size: usize = e.inputs.iter().map(|i| i.args.len() + i.function_call_id.len() + 16).sum::<usize>() + 16;
+        let size = e.encoded_len();
         if !self.batch.is_empty() && self.batch_bytes + size > self.max_message_bytes {
             self.send_batch();
         }
@@ -216,32 +217,6 @@ pub(crate) struct CallSlot {
     pub input: InputId,
     pub result: Option<pb::Result>,
     pub ready: Arc<Notify>,
-}
-
-/// Drops the results of spawned calls nobody collected within the TTL (in finishing order,
-/// which is expiry order). Runs until the control plane is gone.
-pub(crate) async fn expire_results(plane: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = plane.upgrade() else { return };
-        let now = Instant::now();
-        let mut st = shared.lock();
-        while st.finished_calls.front().is_some_and(|(at, _)| now.duration_since(*at) >= shared.result_ttl) {
-            if let Some((_, fc)) = st.finished_calls.pop_front() {
-                st.calls.remove(&fc);
-            }
-        }
-    }
-}
-
-fn result_bytes(r: &pb::Result) -> usize {
-    match &r.outcome {
-        Some(PbOutcome::Value(v)) => v.len(),
-        Some(PbOutcome::Error(e)) => e.name.len() + e.message.len() + e.stack.len(),
-        None => 0,
-    }
 }
 
 /// Where an input's result goes.
@@ -315,12 +290,12 @@ impl MapCall {
 
     /// A result is ready to send: its bytes count until the caller takes it.
     pub fn finished(&self, r: &pb::Result) {
-        self.held_bytes.fetch_add(result_bytes(r), Ordering::AcqRel);
+        self.held_bytes.fetch_add(r.encoded_len(), Ordering::AcqRel);
     }
 
     /// The caller's stream took a result.
     pub fn taken(&self, r: &pb::MapResponse) {
-        let bytes = r.result.as_ref().map_or(0, result_bytes);
+        let bytes = r.result.as_ref().map_or(0, Message::encoded_len);
         let was = self.unanswered.fetch_sub(1, Ordering::AcqRel);
         let held = self.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
         if was == self.window || (held >= MAP_HELD_BYTES && held - bytes < MAP_HELD_BYTES) {
@@ -587,43 +562,60 @@ impl ResultSink for Host {
 /// send a heartbeat every second (src/process.ts, HEARTBEAT_MS).
 pub(crate) const HUNG_AFTER: Duration = Duration::from_secs(4);
 
-/// Replaces hung containers: killed, reported lost (their inputs are retried within `retries`,
-/// the pool starts another). Runs until the control plane is gone.
-pub(crate) async fn watch_hung_containers(plane: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+/// What the control plane checks on a clock, every 250 ms until it is gone: results of spawned
+/// calls nobody collected within the TTL are dropped, and hung containers replaced.
+pub(crate) async fn housekeeping(plane: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(shared) = plane.upgrade() else { return };
         let now = Instant::now();
-        let mut hung = Vec::new();
-        {
-            let mut st = shared.lock();
-            let ids: Vec<ContainerId> = st
-                .links
-                .iter()
-                .filter(|(_, l)| {
-                    l.tx.is_some()
-                        && l.overdue_since.is_some_and(|t| now.duration_since(t) > HUNG_AFTER)
-                        && now.duration_since(l.last_heard) > HUNG_AFTER
-                })
-                .map(|(&id, _)| id)
-                .collect();
-            for id in ids {
-                if let Some(link) = st.links.remove(&id) {
-                    hung.push((id, link.overdue.first().copied().unwrap_or(0), now.duration_since(link.last_heard)));
-                }
+        expire_results(&shared, now);
+        replace_hung_containers(&shared, now);
+    }
+}
+
+/// Spawned calls' results past the TTL go, in finishing order (which is expiry order).
+fn expire_results(shared: &Shared, now: Instant) {
+    let mut st = shared.lock();
+    while st.finished_calls.front().is_some_and(|(at, _)| now.duration_since(*at) >= shared.result_ttl) {
+        if let Some((_, fc)) = st.finished_calls.pop_front() {
+            st.calls.remove(&fc);
+        }
+    }
+}
+
+/// Hung containers are killed and reported lost (their inputs are retried within `retries`,
+/// the pool starts another).
+fn replace_hung_containers(shared: &Shared, now: Instant) {
+    let mut hung = Vec::new();
+    {
+        let mut st = shared.lock();
+        let ids: Vec<ContainerId> = st
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.tx.is_some()
+                    && l.overdue_since.is_some_and(|t| now.duration_since(t) > HUNG_AFTER)
+                    && now.duration_since(l.last_heard) > HUNG_AFTER
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            if let Some(link) = st.links.remove(&id) {
+                hung.push((id, link.overdue.first().copied().unwrap_or(0), now.duration_since(link.last_heard)));
             }
         }
-        for (id, input, quiet) in hung {
-            eprintln!(
-                "berth: container {id} stopped answering (nothing for {:.1} s, its event loop is blocked or the process \
+    }
+    for (id, input, quiet) in hung {
+        eprintln!(
+            "berth: container {id} stopped answering (nothing for {:.1} s, its event loop is blocked or the process \
                  is stopped) while input in-{input} ran past its timeout: replacing it",
-                quiet.as_secs_f64()
-            );
-            shared.spawner.kill(id);
-            let _ = shared.commands.send(Command::ContainerLost(id));
-        }
+            quiet.as_secs_f64()
+        );
+        shared.spawner.kill(id);
+        let _ = shared.commands.send(Command::ContainerLost(id));
     }
 }
 

@@ -1,4 +1,5 @@
 //! The gRPC services and the server around them.
+use std::collections::hash_map::Entry;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -144,8 +145,7 @@ impl ControlPlane {
             map_window: opts.map_window,
         });
         tokio::spawn(Scheduler::new(Host(shared.clone()), Host(shared.clone())).run(source));
-        tokio::spawn(crate::plane::watch_hung_containers(Arc::downgrade(&shared)));
-        tokio::spawn(crate::plane::expire_results(Arc::downgrade(&shared)));
+        tokio::spawn(crate::plane::housekeeping(Arc::downgrade(&shared)));
 
         let token = opts.token.clone();
         let auth = move |req: Request<()>| check_token(token.as_deref(), &req).map(|()| req);
@@ -153,7 +153,7 @@ impl ControlPlane {
         // One cap, every hop: a caller's request, each input's arguments, each result. Answers
         // and container messages carry a result (or arguments) of up to the cap plus framing;
         // containers split their outputs at the cap and refuse larger results themselves.
-        let functions = FunctionsServer::new(FunctionsSvc { shared: shared.clone(), max_message_bytes: cap })
+        let functions = FunctionsServer::new(FunctionsSvc { shared: shared.clone() })
             .max_decoding_message_size(cap)
             .max_encoding_message_size(cap.saturating_add(FRAMING_BYTES));
         let containers = ContainersServer::new(ContainersSvc { shared: shared.clone() })
@@ -205,7 +205,7 @@ impl ControlPlane {
         let http = match http_listener {
             Some(listener) => Some(crate::http::Ingress::start(
                 listener.local_addr()?,
-                FunctionsSvc { shared: shared.clone(), max_message_bytes: cap },
+                FunctionsSvc { shared: shared.clone() },
                 opts.token.clone(),
                 opts.max_message_bytes,
                 opts.body_timeout,
@@ -341,13 +341,12 @@ impl Target {
 
 pub(crate) struct FunctionsSvc {
     shared: Arc<Shared>,
-    max_message_bytes: usize,
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
 impl FunctionsSvc {
-    pub(crate) fn new(shared: Arc<Shared>, max_message_bytes: usize) -> Self {
-        Self { shared, max_message_bytes }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 }
 
@@ -467,7 +466,7 @@ impl FunctionsSvc {
         Status::resource_exhausted(format!(
             "a Map message is over this server's message size cap of {} bytes ({}): send smaller inputs, \
              or start the server with a larger max_message_bytes",
-            self.max_message_bytes,
+            self.shared.max_message_bytes,
             status.message()
         ))
     }
@@ -511,7 +510,7 @@ impl Functions for FunctionsSvc {
         let (out, rx) = mpsc::unbounded_channel();
         let responses =
             MapResponses { rx, shared: self.shared.clone(), fc: fc.clone(), call: call.clone(), ended: false };
-        let svc = FunctionsSvc { shared: self.shared.clone(), max_message_bytes: self.max_message_bytes };
+        let svc = FunctionsSvc { shared: self.shared.clone() };
         let header = fc.parse();
         tokio::spawn(async move {
             // Each input holds a sender, and so does this task while it reads: once it stops
@@ -835,12 +834,13 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     for o in outputs {
         // Only the container running an execution answers it: another's output for it (a
         // bug in that container) would take its result and its slot's credit.
-        if st.execs.get(&o.exec_id).is_none_or(|(owner, _)| *owner != cid) {
-            continue;
-        }
-        let Some((_, inputs)) = st.execs.remove(&o.exec_id) else {
+        let Entry::Occupied(exec) = st.execs.entry(o.exec_id) else {
             continue;
         };
+        if exec.get().0 != cid {
+            continue;
+        }
+        let (_, inputs) = exec.remove();
         if overdue {
             answered.extend(inputs.iter().map(|(i, _)| *i));
         }
