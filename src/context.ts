@@ -64,8 +64,13 @@ export function runAsHook<R>(fn: () => R): R {
 function store(): InputContext | undefined {
   // `.local()` always runs in AsyncLocalStorage (it is not the hot path); it only turns the
   // promise hooks on when used.
-  const ctx = asyncMode ? storage.getStore() : (syncSource() ?? (syncHook ? HOOK : storage.getStore()))
+  const ctx = current()
   return ctx === HOOK ? undefined : ctx
+}
+
+/** The current context, container hooks' included. */
+function current(): InputContext | undefined {
+  return asyncMode ? storage.getStore() : (syncSource() ?? (syncHook ? HOOK : storage.getStore()))
 }
 
 export function currentInputId(): string | undefined {
@@ -96,6 +101,6 @@ export function currentInput(): { readonly inputId: string; readonly functionCal
  */
 export function isLocal(): boolean {
   if (containerProcess) return false
-  const ctx = asyncMode ? storage.getStore() : (syncSource() ?? (syncHook ? HOOK : storage.getStore()))
+  const ctx = current()
   return ctx === undefined || ctx.local === true
 }

@@ -42,7 +42,7 @@ interface ExecInput {
   fc: string
 }
 
-/** How often a container tells the control plane its event loop runs (crates/berth-server: HEARTBEAT). */
+/** How often a container tells the control plane its event loop runs (crates/berth-server/src/plane.rs: HUNG_AFTER). */
 const HEARTBEAT_MS = 1000
 
 interface BindingContainer {

@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! The control plane end to end over loopback: real gRPC callers, and fake containers that
 //! speak the Containers protocol (attach, credits, hooks, executions, outputs).
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,11 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-fn cbor(v: &ciborium::Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(v, &mut out).expect("encode");
-    out
-}
+use common::cbor;
 
 fn args(xs: &[i64]) -> Vec<u8> {
     cbor(&ciborium::Value::Array(xs.iter().map(|x| ciborium::Value::Integer((*x).into())).collect()))

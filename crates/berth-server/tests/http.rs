@@ -3,8 +3,9 @@
 //! side, fake containers speaking the Containers protocol on the other.
 mod common;
 
+use common::{bounded, cbor};
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// Every test runs within this.
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), f).await.expect("the test finished within 30 s")
-}
-
-fn cbor(v: &C) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(v, &mut out).unwrap();
-    out
-}
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn ok(v: C) -> pb::Result {
     pb::Result { outcome: Some(pb::result::Outcome::Value(cbor(&v))) }
@@ -196,7 +189,7 @@ async fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {
 
 #[tokio::test]
 async fn post_calls_a_function_and_answers_its_value_as_json() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(opts()).await;
         let r = post(addr, "/demo/square", "[4]").await;
         assert_eq!((r.status, r.json()), (200, json!(16)), "{r:?}");
@@ -224,7 +217,7 @@ async fn post_calls_a_function_and_answers_its_value_as_json() {
 
 #[tokio::test]
 async fn class_methods_get_their_parameters() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(opts()).await;
         let r = post(addr, "/demo/Greeter/greet", r#"{"args": ["Ada"], "params": {"greeting": "Hi"}}"#).await;
         assert_eq!((r.status, r.json()), (200, json!("Hi, Ada!")), "{r:?}");
@@ -241,7 +234,7 @@ async fn class_methods_get_their_parameters() {
 
 #[tokio::test]
 async fn a_user_error_is_500_with_name_message_and_stack() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(opts()).await;
         let r = post(addr, "/demo/square", "[3]").await;
         assert_eq!(r.status, 500);
@@ -257,7 +250,7 @@ async fn a_user_error_is_500_with_name_message_and_stack() {
 
 #[tokio::test]
 async fn unknown_names_are_404_naming_what_exists() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(opts()).await;
         let r = post(addr, "/demo/cube", "[1]").await;
         assert_eq!(r.status, 404);
@@ -291,7 +284,7 @@ async fn unknown_names_are_404_naming_what_exists() {
 
 #[tokio::test]
 async fn malformed_bodies_are_400_saying_what_to_send() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(opts()).await;
         for (body, says) in [
             ("[1,", "not valid JSON"),
@@ -315,7 +308,7 @@ async fn malformed_bodies_are_400_saying_what_to_send() {
 
 #[tokio::test]
 async fn oversized_bodies_are_413() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(ServeOptions { max_message_bytes: 1024, ..opts() }).await;
         // Declared too large: refused before the body is read.
         let r = exchange(addr, "POST /demo/echo HTTP/1.1\r\nContent-Length: 4096", b"").await;
@@ -336,7 +329,7 @@ async fn oversized_bodies_are_413() {
 
 #[tokio::test]
 async fn a_configured_token_is_required_except_for_healthz() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(ServeOptions { token: Some("s3cret".into()), ..opts() }).await;
         let call = |auth: &'static str| {
             let head = format!("POST /demo/square HTTP/1.1\r\nContent-Length: 3{auth}");
@@ -360,7 +353,7 @@ async fn a_configured_token_is_required_except_for_healthz() {
 
 #[tokio::test]
 async fn healthz_answers_ok() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(opts()).await;
         let r = exchange(addr, "GET /healthz HTTP/1.1", b"").await;
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]), "{r:?}");
@@ -373,7 +366,7 @@ async fn healthz_answers_ok() {
 
 #[tokio::test]
 async fn shutdown_lets_a_request_in_flight_finish_then_stops_listening() {
-    bounded(async {
+    bounded(LIMIT, async {
         let spawner = FakeSpawner::default();
         let slow_started = spawner.slow_started.clone();
         let plane = ControlPlane::start(app(), spawner, opts()).await.unwrap();
@@ -390,7 +383,7 @@ async fn shutdown_lets_a_request_in_flight_finish_then_stops_listening() {
 
 #[tokio::test]
 async fn the_ingress_is_off_unless_asked_for() {
-    bounded(async {
+    bounded(LIMIT, async {
         let opts = ServeOptions { addr: "127.0.0.1:0".parse().unwrap(), ..ServeOptions::default() };
         let plane = ControlPlane::start(app(), FakeSpawner::default(), opts).await.unwrap();
         assert_eq!(plane.http_addr(), None);
@@ -409,7 +402,7 @@ fn opts_loopback() -> ServeOptions {
 
 #[tokio::test]
 async fn a_call_with_the_wrong_number_of_arguments_is_400_naming_what_it_takes() {
-    bounded(async {
+    bounded(LIMIT, async {
         let (plane, addr) = start(opts()).await;
         let r = post(addr, "/demo/square", "[]").await;
         assert_eq!(r.status, 400, "{r:?}");

@@ -5,7 +5,8 @@
 //! ServeOptions; and the gRPC surface that must not leak (reflection v1alpha, Attach).
 mod common;
 
-use std::future::Future;
+use common::{bounded, cbor};
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,16 +25,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
-/// Every test runs within this: a listener that fails to close something shows as a hang.
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(60), f).await.expect("the test finished within 60 s")
-}
-
-fn cbor(v: &C) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(v, &mut out).unwrap();
-    out
-}
+/// Every test runs within this.
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn args(x: i64) -> Vec<u8> {
     cbor(&C::Array(vec![C::Integer(x.into())]))
@@ -205,7 +198,7 @@ async fn health(grpc: SocketAddr) -> Result<(), String> {
 /// h2 waited for the preface forever and hyper for the head 30 s.
 #[tokio::test]
 async fn connections_that_never_handshake_are_closed_after_handshake_timeout() {
-    bounded(async {
+    bounded(LIMIT, async {
         let opts = ServeOptions { handshake_timeout: Duration::from_secs(1), ..opts() };
         let plane = start(opts).await;
         let (grpc, http) = (plane.local_addr(), plane.http_addr().unwrap());
@@ -268,7 +261,7 @@ async fn connections_that_never_handshake_are_closed_after_handshake_timeout() {
 /// on its next input, a unary call on a slow function, an HTTP call) never is.
 #[tokio::test]
 async fn idle_connections_close_but_open_calls_never_do() {
-    bounded(async {
+    bounded(LIMIT, async {
         let opts =
             ServeOptions { idle_timeout: Duration::from_secs(1), handshake_timeout: Duration::from_secs(5), ..opts() };
         let plane = start(opts).await;
@@ -327,7 +320,7 @@ async fn idle_connections_close_but_open_calls_never_do() {
 /// it holds stay open, a slot frees when one closes, and each listener has its own cap.
 #[tokio::test]
 async fn connections_over_the_cap_are_refused_and_counted() {
-    bounded(async {
+    bounded(LIMIT, async {
         let cap = 8;
         let opts = ServeOptions { max_connections: cap, handshake_timeout: Duration::from_secs(30), ..opts() };
         let plane = start(opts).await;
@@ -391,7 +384,7 @@ async fn connections_over_the_cap_are_refused_and_counted() {
 /// timeout per chunk is served, however long it takes in all.
 #[tokio::test]
 async fn stalled_http_bodies_are_answered_408_and_dropped() {
-    bounded(async {
+    bounded(LIMIT, async {
         let opts = ServeOptions { body_timeout: Duration::from_secs(1), ..opts() };
         let plane = start(opts).await;
         let http = plane.http_addr().unwrap();
@@ -448,7 +441,7 @@ async fn stalled_http_bodies_are_answered_408_and_dropped() {
 /// grpcurl before 1.8.8 and grpcio-reflection 1.85 speak only v1alpha reflection.
 #[tokio::test]
 async fn reflection_v1alpha_lists_the_services() {
-    bounded(async {
+    bounded(LIMIT, async {
         use tonic_reflection::pb::v1alpha::{
             server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
             server_reflection_response::MessageResponse, ServerReflectionRequest,
@@ -480,7 +473,7 @@ async fn reflection_v1alpha_lists_the_services() {
 /// which containers exist.
 #[tokio::test]
 async fn attach_does_not_reveal_which_container_ids_exist() {
-    bounded(async {
+    bounded(LIMIT, async {
         let spawner = FakeSpawner { no_attach: true, ..FakeSpawner::default() };
         let given = spawner.given.clone();
         let plane = ControlPlane::start(app(), spawner, opts()).await.unwrap();

@@ -4,11 +4,23 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
+
+/// Runs a test body within `limit`: a listener or stream that fails to end shows as a hang.
+pub async fn bounded<F: Future>(limit: Duration, f: F) -> F::Output {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("the test finished within {limit:?}"))
+}
+
+pub fn cbor(v: &ciborium::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
+}
 
 /// Attaches as `container` with `token`, grants 8 credits, answers every hook ok and every
 /// execution with `answer`'s results, until Stop or the stream ends.
