@@ -90,11 +90,11 @@ test('no retries by default: one attempt', async (t) => {
   t.is(flakyAttempts.get('r0'), 1)
 })
 
-// Delay before retry k is initialDelay · backoffCoefficient^(k-1).
+// Delay before retry k is initialDelay · backoffCoefficient^(k-1), and at least 1 s (Modal's floor).
 const attemptTimes: number[] = []
 const backoffApp = new App('timeouts-backoff')
 const backoff = backoffApp.function(
-  { retries: new Retries({ maxRetries: 2, initialDelay: 0.3, backoffCoefficient: 2 }) },
+  { retries: new Retries({ maxRetries: 2, initialDelay: 0.5, backoffCoefficient: 3 }) },
   async function backoff() {
     attemptTimes.push(Date.now())
     if (attemptTimes.length < 3) throw new Error('not yet')
@@ -102,11 +102,11 @@ const backoff = backoffApp.function(
   },
 )
 
-test('Retries({ initialDelay: 0.3, backoffCoefficient: 2 }) waits about 0.3 s, then 0.6 s', async (t) => {
+test('Retries({ initialDelay: 0.5, backoffCoefficient: 3 }) waits 1 s (the floor, not 0.5 s), then 1.5 s', async (t) => {
   t.is(await within(15_000, backoffApp.run(() => backoff.remote())), 3)
   const [a, b, c] = attemptTimes
-  t.true(b - a >= 250, `first retry after ${b - a} ms, expected ~300`)
-  t.true(c - b >= 520, `second retry after ${c - b} ms, expected ~600`)
+  t.true(b - a >= 950, `first retry after ${b - a} ms, expected ~1000`)
+  t.true(c - b >= 1400, `second retry after ${c - b} ms, expected ~1500`)
 })
 
 // A timed-out attempt is retried; the late result of the old attempt is not delivered.

@@ -6,10 +6,22 @@ import { createRequire } from 'node:module'
 import type { App } from './app.ts'
 import { decodeValue, encodeValue } from './cbor.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
-import { applyParams } from './decorators.ts'
+import { applyParams, validateParams } from './decorators.ts'
 import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, errorToData } from './errors.ts'
 import { bindingSpec, runBuildHooks, type PoolDef } from './runtime.ts'
 import { containerEnv } from './secrets.ts'
+
+/**
+ * The parameters a call without any stands for, as callers send them (CBOR of the defaults, as
+ * `Cls.of(C)` does); undefined when the class has a required parameter.
+ */
+function defaultParams(cls: new () => unknown): Buffer | undefined {
+  try {
+    return Buffer.from(encodeValue(validateParams(cls, undefined)))
+  } catch {
+    return undefined
+  }
+}
 
 /** What the control plane runs: a function, or a class with its method table. */
 export function registryOf(apps: App[]): object[] {
@@ -24,6 +36,7 @@ export function registryOf(apps: App[]): object[] {
       env: containerEnv(def.name, def.options.secrets, def.options.env),
       gpu: def.options.gpu,
       arity: def.methods.map((m) => m.arity),
+      defaultParams: isClass ? defaultParams(def.cls!) : Buffer.alloc(0),
     })),
   )
 }
@@ -49,7 +62,7 @@ interface BindingContainer {
   heartbeat(): void
   drain(): { events: Float64Array; bytes: Buffer } | null
   hookDone(phase: number, ok: boolean, name?: string, message?: string, stack?: string): void
-  leave(): void
+  leave(interrupted: boolean): void
   outputs(meta: Float64Array, bytes: Buffer): void
 }
 
@@ -72,6 +85,13 @@ class ContainerCtx implements InputContext {
 }
 
 const utf8 = new TextDecoder()
+
+/** What an input's `signal.reason` says, by the control plane's abort reason (1, 2, 3). */
+function abortReason(name: string, reason: number): Error {
+  if (reason === 1) return new FunctionTimeoutError(`${name} timed out`)
+  if (reason === 3) return new InputCancelledError(`${name}: its container is stopping (interrupted or replaced); the input runs again on another container`)
+  return new InputCancelledError(`${name} was cancelled`)
+}
 
 /**
  * Runs this process as the container the environment names, until the control plane stops it.
@@ -118,15 +138,25 @@ export function containerMain(apps: App[]): Promise<number> {
     // goes quiet and the control plane can tell.
     const beat = setInterval(() => link.heartbeat(), HEARTBEAT_MS)
     beat.unref()
-    // SIGTERM or SIGINT: the control plane stops sending inputs, lets in-flight ones finish, runs
-    // the exit hooks here within exitGracePeriod, then says Stop; a further SIGTERM changes
-    // nothing, a second SIGINT stops at once. Containers run in a process group of their own, so
-    // a Ctrl-C in the terminal reaches only the serving process, which stops them in order.
-    let interrupts = 0
-    process.on('SIGTERM', () => link.leave())
+    // SIGTERM: the control plane stops sending inputs, lets in-flight ones finish, runs the exit
+    // hooks here within exitGracePeriod, then says Stop. SIGINT: the same, but first the inputs
+    // running here are aborted (Abort "rescheduled") and run again on another container without
+    // spending retries, as in Modal. Either one during startup stops the container at once, with
+    // no exit hooks; its inputs wait for the next container. Further signals change nothing:
+    // exit hooks are not cut short (exitGracePeriod bounds them). Containers run in a process
+    // group of their own, so a Ctrl-C in the terminal reaches only the serving process, which
+    // stops them in order.
+    let drained = false
+    let interrupted = false
+    process.on('SIGTERM', () => {
+      if (drained) return
+      drained = true
+      link.leave(false)
+    })
     process.on('SIGINT', () => {
-      if (++interrupts === 1) link.leave()
-      else process.exit(130)
+      if (interrupted) return
+      drained = interrupted = true
+      link.leave(true)
     })
 
     const flush = () => {
@@ -337,7 +367,7 @@ export function containerMain(apps: App[]): Promise<number> {
           execute(exec, method, inputs, bad)
         } else if (tag === EV_ABORT) {
           const ctx = running.get(ev[i + 1])
-          ctx?.abort(ev[i + 3] === 1 ? new FunctionTimeoutError(`${def.name} timed out`) : new InputCancelledError(`${def.name} was cancelled`))
+          ctx?.abort(abortReason(def.name, ev[i + 3]))
           i += 4
         } else if (tag === EV_STOP) {
           finish(0)

@@ -1,10 +1,13 @@
 import { InvalidError } from './errors.ts'
 
+/** The shortest wait between two attempts, in seconds (crates/berth-core MIN_RETRY_DELAY). */
+const MIN_DELAY = 1
+
 export interface RetriesOptions {
   maxRetries: number
   /** Multiplier of the delay between consecutive retries, 1..10. */
   backoffCoefficient?: number
-  /** Seconds before the first retry, 0..60. */
+  /** Seconds before the first retry, 0..60; attempts are never less than 1 s apart, as in Modal. */
   initialDelay?: number
   /** Upper bound of any delay in seconds, 1..60. */
   maxDelay?: number
@@ -49,9 +52,9 @@ export class Retries {
     )
   }
 
-  /** Seconds to wait before retry `k` (1-based). */
+  /** Seconds to wait before retry `k` (1-based): never under a second, as in Modal. */
   delayFor(k: number): number {
-    return Math.min(this.initialDelay * this.backoffCoefficient ** (k - 1), this.maxDelay)
+    return Math.max(MIN_DELAY, Math.min(this.initialDelay * this.backoffCoefficient ** (k - 1), this.maxDelay))
   }
 
   /** Milliseconds to wait before retry `k` (1-based). */

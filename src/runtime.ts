@@ -51,6 +51,10 @@ const EV_ABANDONED = 4
 const EV_STOPPED = 5
 const EV_DONE = 6
 const EV_FINISHED = 7
+const EV_REPLACED = 8
+/** crates/berth-core's MAX_RESCHEDULES and OVERDUE_GRACE, for messages. */
+const MAX_RESCHEDULES = 3
+const OVERDUE_GRACE_S = 5
 const PHASE_NAMES = ['build', 'enter (snap)', 'enter', 'exit']
 const ST_OK = 0
 const ST_FAILED = 1
@@ -281,6 +285,7 @@ function eventLength(ev: Float64Array, i: number): number {
     case EV_HOOK:
     case EV_ABORT:
     case EV_ABANDONED:
+    case EV_REPLACED:
       return 4
     case EV_STOPPED:
       return 3
@@ -508,6 +513,9 @@ export class EmbeddedRuntime {
           case EV_FINISHED:
             this.finish()
             break
+          case EV_REPLACED:
+            this.replaced(ev[i + 1], ev[i + 2], ev[i + 3])
+            break
         }
       } catch (e) {
         console.error(`berth: internal error while handling an event: ${describe(e)}`)
@@ -723,6 +731,8 @@ export class EmbeddedRuntime {
     const name = this.label(rec)
     if (reason === 1) {
       ctx.abort(new FunctionTimeoutError(`${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s (attempt ${attempt})`))
+    } else if (reason === 3) {
+      if (--ctx.live <= 0) ctx.abort(new InputCancelledError(`${name}: its container is being replaced; the input runs again on a new one`))
     } else if (--ctx.live <= 0) {
       ctx.abort(new InputCancelledError(`${name} was cancelled`))
     }
@@ -761,7 +771,8 @@ export class EmbeddedRuntime {
         break
       }
       case 5:
-        rec.reject(new RemoteError('ContainerLost', `${name}: the container running it stopped unexpectedly`, undefined))
+        rec.reject(new RemoteError('ContainerLost', `${name}: the container running it stopped unexpectedly, ${MAX_RESCHEDULES + 1} times in a row ` +
+          '(each time it ran again on a new container, without spending retries): the input itself may be what ends them', undefined))
         break
       default:
         rec.reject(new InvalidError(`${name}: the app is stopping or stopped; call it inside app.run()`))
@@ -803,6 +814,17 @@ export class EmbeddedRuntime {
     const msg = `berth: the ${PHASE_NAMES[phase]} hooks of ${pool.def.name} (container ${cid}) ran past ${bound} and were abandoned`
     console.error(msg)
     if (phase !== 3 && !this.initErrors.has(cid)) this.initErrors.set(cid, new FunctionTimeoutError(msg))
+  }
+
+  // Code cannot be stopped in-process: its instance is dropped (no @exit: like a process that
+  // is ended) and a new one serves, while the old code runs on unanswered until it settles.
+  private replaced(poolId: number, cid: number, input: number): void {
+    const pool = this.pools[poolId]
+    console.error(
+      `berth: ${pool?.def.name ?? 'a function'} (input in-${input}) kept running ${OVERDUE_GRACE_S}s after it was aborted ` +
+        `(timed out) and ignores its AbortSignal: container ${cid} is replaced by a new one (no @exit for it); its other ` +
+        'inputs run again there. Check signal.aborted (or pass the signal on) in long-running code.',
+    )
   }
 
   private finish(): void {

@@ -14,6 +14,6 @@ mod spec;
 
 pub use scheduler::{
     AbortReason, Command, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, IdHasher, IdMap, InputId, InputSource,
-    Invoker, Outcome, Phase, PoolId, ResultSink, Scheduler, Submission,
+    Invoker, Outcome, Phase, PoolId, ResultSink, Scheduler, Submission, MAX_RESCHEDULES, OVERDUE_GRACE,
 };
-pub use spec::{Batching, HookSet, MethodSpec, PoolSpec, RetryPolicy, SpecError};
+pub use spec::{Batching, HookSet, MethodSpec, PoolSpec, RetryPolicy, SpecError, MIN_RETRY_DELAY};

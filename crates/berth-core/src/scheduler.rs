@@ -57,6 +57,9 @@ impl Phase {
 pub enum AbortReason {
     Timeout = 1,
     Cancelled = 2,
+    /// The attempt stops and the input runs again on another container (its container was
+    /// interrupted or is being replaced); not counted as a retry.
+    Rescheduled = 3,
 }
 
 /// The final outcome of an input, delivered exactly once per input.
@@ -72,7 +75,8 @@ pub enum Outcome {
     Cancelled,
     /// No container could start: this container's enter hooks failed (or timed out).
     Init(ContainerId),
-    /// The container running the last attempt died.
+    /// The containers running it died [`MAX_RESCHEDULES`] + 1 times in a row (an input that
+    /// crashes every container it touches).
     Lost,
     /// Refused: unknown pool or method, or the scheduler is stopping.
     Rejected,
@@ -124,11 +128,17 @@ pub enum Command {
         phase: Phase,
         ok: bool,
     },
-    /// The container's process died: its running attempts failed, retried within the policy.
+    /// The container's process died: its running inputs run again on another container, without
+    /// spending retries, up to [`MAX_RESCHEDULES`] times each.
     ContainerLost(ContainerId),
     /// The container asks to stop (its process got SIGTERM): no new inputs, in-flight ones
-    /// finish, exit hooks run; its pool starts another if the load asks for one.
+    /// finish, exit hooks run; its pool starts another if the load asks for one. A container
+    /// still starting stops at once (no exit hooks), and is not counted as a failed start.
     DrainContainer(ContainerId),
+    /// The container was interrupted (its process got SIGINT): its running inputs are aborted
+    /// and run again elsewhere without spending retries, then it drains as for
+    /// [`DrainContainer`](Self::DrainContainer).
+    InterruptContainer(ContainerId),
     /// Stop taking inputs, finish every accepted one, run exit hooks, then answer.
     Shutdown(Option<oneshot::Sender<()>>),
     /// Stop now: running inputs are aborted and everything pending is cancelled.
@@ -146,6 +156,9 @@ pub trait Invoker: Send + 'static {
     fn hook_abandoned(&mut self, pool: PoolId, container: ContainerId, phase: Phase);
     /// The container takes no more work; the host may drop its instance.
     fn container_stopped(&mut self, pool: PoolId, container: ContainerId);
+    /// `input` ignored its abort for [`OVERDUE_GRACE`] past its timeout (or its interruption):
+    /// its container is stopped without exit hooks (`container_stopped` follows) and replaced.
+    fn replaced(&mut self, _pool: PoolId, _container: ContainerId, _input: InputId) {}
     fn flush(&mut self) {}
 }
 
@@ -200,6 +213,12 @@ const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_RESTART_BACKOFF: Duration = Duration::from_millis(250);
 /// Commands handled in one turn before timers get their look: keeps timeouts on time under load.
 const MAX_COMMANDS_PER_TURN: usize = 4096;
+/// How often one input runs again because the container running it died, before it fails with
+/// [`Outcome::Lost`]: an input that crashes every container it touches must not loop forever.
+pub const MAX_RESCHEDULES: u32 = 3;
+/// How long code whose attempt was aborted (timed out, or interrupted) may keep its slot before
+/// its container is replaced: code that ignores its `AbortSignal` must not hold a slot forever.
+pub const OVERDUE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CState {
@@ -255,7 +274,13 @@ enum IState {
 struct InputState {
     pool: PoolId,
     method: u32,
+    /// Every run of the input is a new attempt (so a late answer of an earlier one is told
+    /// apart), whether it is a retry or a reschedule.
     attempt: u32,
+    /// Attempts that failed and were retried: what `retries` bounds.
+    retried: u32,
+    /// Runs lost with their container: what [`MAX_RESCHEDULES`] bounds.
+    lost: u32,
     state: IState,
 }
 
@@ -264,9 +289,12 @@ struct ExecState {
     container: ContainerId,
     /// Inputs whose outcome this execution still decides (cancelled ones leave early).
     inputs: ExecInputs,
-    /// Past its timeout: its inputs are decided, but its slot is held until the code settles,
-    /// so in-flight work never exceeds `maxInputs`.
+    /// Past its timeout, or interrupted: its inputs are decided (or run again elsewhere), but
+    /// its slot is held until the code settles, so in-flight work never exceeds `maxInputs`;
+    /// past [`OVERDUE_GRACE`] its container is replaced.
     timed_out: bool,
+    /// Its first input, to name it when its container is replaced.
+    first: InputId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -275,6 +303,8 @@ enum Timer {
     PoolWake(PoolId),
     Startup(ContainerId, u32),
     ExitGrace(ContainerId),
+    /// An aborted execution still holding its slot after the grace.
+    Overdue(ExecId),
 }
 
 /// A live exec's deadline entry became dead (the exec completed or was lost): drop what has
@@ -419,13 +449,8 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             }
             Command::HookDone { container, phase, ok } => self.hook_done(container, phase, ok),
             Command::ContainerLost(cid) => self.container_lost(cid),
-            Command::DrainContainer(cid) => {
-                let serving = self.containers.get(&cid).map(|c| (c.pool, c.state == CState::Serving));
-                if let Some((pool, true)) = serving {
-                    self.drain_container(cid);
-                    self.mark_dirty(pool);
-                }
-            }
+            Command::DrainContainer(cid) => self.leave(cid, false),
+            Command::InterruptContainer(cid) => self.leave(cid, true),
             Command::Shutdown(waiter) => {
                 self.stopping = true;
                 self.waiters.extend(waiter);
@@ -488,7 +513,14 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             // The same input id twice is a duplicate delivery: the first one stands.
             Entry::Occupied(_) => return,
             Entry::Vacant(v) => {
-                v.insert(InputState { pool: s.pool, method: s.method, attempt: 1, state: IState::Queued });
+                v.insert(InputState {
+                    pool: s.pool,
+                    method: s.method,
+                    attempt: 1,
+                    retried: 0,
+                    lost: 0,
+                    state: IState::Queued,
+                });
             }
         }
         self.next_seq += 1;
@@ -571,14 +603,40 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             return;
         }
         let Some(pool) = self.pools.get(&st.pool) else { return };
-        let retries_done = attempt - 1;
-        if retries_done < pool.spec.retries.max_retries {
-            let delay = pool.spec.retries.delay_for(retries_done + 1);
+        if st.retried < pool.spec.retries.max_retries {
+            st.retried += 1;
+            let delay = pool.spec.retries.delay_for(st.retried);
             st.state = IState::Backoff;
             self.timers.push(Reverse((self.now + delay, Timer::Retry(input, attempt + 1))));
         } else {
             self.finish(input, attempt, outcome);
         }
+    }
+
+    /// The attempt stopped through no fault of its code (its container died, was interrupted or
+    /// is being replaced): the input goes back to the front of its queue as a new attempt,
+    /// without spending a retry. `lost` counts it against [`MAX_RESCHEDULES`].
+    fn reschedule(&mut self, input: InputId, attempt: u32, lost: bool) {
+        let Some(st) = self.inputs.get_mut(&input) else { return };
+        if st.attempt != attempt {
+            return;
+        }
+        if lost {
+            if st.lost >= MAX_RESCHEDULES {
+                self.finish(input, attempt, Outcome::Lost);
+                return;
+            }
+            st.lost += 1;
+        }
+        st.attempt = attempt + 1;
+        st.state = IState::Queued;
+        let (pool, method, attempt) = (st.pool, st.method, st.attempt);
+        let seq = self.seq();
+        if let Some(p) = self.pools.get_mut(&pool) {
+            // It was dispatched before everything still queued: it stays ahead of it.
+            p.queues[method as usize].push_front(Queued { input, attempt, at: self.now, seq });
+        }
+        self.mark_dirty(pool);
     }
 
     fn finish(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
@@ -695,19 +753,76 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             return;
         }
         let pool = c.pool;
-        let lost: Vec<ExecId> = self.execs.iter().filter(|(_, e)| e.container == cid).map(|(id, _)| *id).collect();
-        for id in lost {
-            if let Some(e) = self.execs.remove(&id) {
-                if !e.timed_out {
-                    if let Some(p) = self.pools.get_mut(&e.pool) {
-                        deadline_gone(p, id, &self.execs);
-                    }
-                    for (input, attempt) in e.inputs {
-                        self.fail_attempt(input, attempt, Outcome::Lost);
-                    }
+        self.take_back(cid, None, true);
+        self.remove_container(cid);
+        self.mark_dirty(pool);
+    }
+
+    /// The executions on container `cid` whose inputs are still undecided: their inputs run
+    /// again elsewhere (`lost`: counted against [`MAX_RESCHEDULES`]). With `abort`, the
+    /// container lives on, so its code is told to stop (`Rescheduled`), and each execution keeps
+    /// its slot until the code settles, as after a timeout; else they are forgotten.
+    fn take_back(&mut self, cid: ContainerId, abort: Option<Instant>, lost: bool) {
+        let ids: Vec<ExecId> =
+            self.execs.iter().filter(|(_, e)| e.container == cid && !e.timed_out).map(|(id, _)| *id).collect();
+        for id in ids {
+            let (pool, inputs) = if abort.is_some() {
+                let Some(e) = self.execs.get_mut(&id) else { continue };
+                e.timed_out = true;
+                (e.pool, std::mem::take(&mut e.inputs))
+            } else {
+                let Some(e) = self.execs.remove(&id) else { continue };
+                (e.pool, e.inputs)
+            };
+            if let Some(p) = self.pools.get_mut(&pool) {
+                deadline_gone(p, id, &self.execs);
+            }
+            if let Some(at) = abort {
+                self.timers.push(Reverse((at, Timer::Overdue(id))));
+            }
+            for (input, attempt) in inputs {
+                if abort.is_some() {
+                    self.invoker.abort(input, attempt, AbortReason::Rescheduled);
                 }
+                self.reschedule(input, attempt, lost);
             }
         }
+    }
+
+    /// The container's process asked to stop: SIGTERM drains it; SIGINT (`interrupt`) first
+    /// sends its running inputs elsewhere. One still starting stops now, with no exit hooks and
+    /// no failure counted (the inputs waiting for it go to the next container).
+    fn leave(&mut self, cid: ContainerId, interrupt: bool) {
+        let Some(c) = self.containers.get(&cid) else { return };
+        let (pool, state) = (c.pool, c.state);
+        match state {
+            CState::Starting(_) => self.stop_container(cid),
+            CState::Serving | CState::Draining => {
+                if interrupt {
+                    let at = self.now + OVERDUE_GRACE;
+                    self.take_back(cid, Some(at), false);
+                }
+                if state == CState::Serving {
+                    self.drain_container(cid);
+                }
+                self.mark_dirty(pool);
+            }
+            CState::Exiting => {}
+        }
+    }
+
+    /// `input`'s code ignored its abort past the grace: the container is stopped without exit
+    /// hooks (its process is ended; an embedded instance is dropped) and its other inputs run
+    /// again elsewhere.
+    fn replace(&mut self, exec: ExecId) {
+        let Some(e) = self.execs.get(&exec) else { return };
+        let Some(c) = self.containers.get(&e.container) else { return };
+        let (cid, pool) = (e.container, c.pool);
+        self.invoker.replaced(pool, cid, e.first);
+        let at = self.now;
+        self.take_back(cid, Some(at), false);
+        // Executions still holding slots there are forgotten with the container.
+        self.execs.retain(|_, e| e.container != cid);
         self.remove_container(cid);
         self.mark_dirty(pool);
     }
@@ -787,7 +902,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             while let Some(&(at, id)) = p.deadlines.front() {
                 if !self.execs.contains_key(&id) {
                     p.deadlines.pop_front();
-                    p.dead_deadlines -= 1;
+                    p.dead_deadlines = p.dead_deadlines.saturating_sub(1);
                 } else if at <= now {
                     p.deadlines.pop_front();
                     expired.push(id);
@@ -823,6 +938,11 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                         self.enter_failed(cid);
                     }
                 }
+                Timer::Overdue(exec) => {
+                    if self.execs.get(&exec).is_some_and(|e| e.timed_out) {
+                        self.replace(exec);
+                    }
+                }
                 Timer::ExitGrace(cid) => {
                     let state = self.containers.get(&cid).map(|c| (c.pool, c.state));
                     if let Some((pool, CState::Exiting)) = state {
@@ -841,6 +961,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         }
         e.timed_out = true;
         let inputs = std::mem::take(&mut e.inputs);
+        self.timers.push(Reverse((self.now + OVERDUE_GRACE, Timer::Overdue(id))));
         for (input, attempt) in inputs {
             self.invoker.abort(input, attempt, AbortReason::Timeout);
             self.fail_attempt(input, attempt, Outcome::Timeout);
@@ -969,7 +1090,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         }
         let exec = Exec { id, pool: pool_id, container: cid, method: method as u32, inputs };
         self.invoker.run(&exec);
-        self.execs.insert(id, ExecState { pool: pool_id, container: cid, inputs: exec.inputs, timed_out: false });
+        let first = exec.inputs.first().map_or(0, |(input, _)| *input);
+        self.execs
+            .insert(id, ExecState { pool: pool_id, container: cid, inputs: exec.inputs, timed_out: false, first });
     }
 
     /// Starts or drains containers so that the pool has what its load asks for, within

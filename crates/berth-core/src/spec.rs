@@ -17,6 +17,9 @@ fn err<T>(msg: String) -> Result<T, SpecError> {
     Err(SpecError(msg))
 }
 
+/// The shortest wait between two attempts of an input, whatever the policy says (Modal's).
+pub const MIN_RETRY_DELAY: Duration = Duration::from_secs(1);
+
 /// Modal's retry policy: the delay before retry k (k ≥ 1) is
 /// `initial_delay · backoff_coefficient^(k-1)`, capped at `max_delay`.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,16 +74,14 @@ impl RetryPolicy {
         }
     }
 
-    /// Delay before retry `k` (1-based).
+    /// Delay before retry `k` (1-based); never under [`MIN_RETRY_DELAY`], as in Modal (an
+    /// `initial_delay` of 0 is accepted and means the floor).
     pub fn delay_for(&self, k: u32) -> Duration {
         let exp = self.backoff_coefficient.powi(k.saturating_sub(1).min(64) as i32);
         let secs = self.initial_delay.as_secs_f64() * exp;
         let max = self.max_delay.as_secs_f64();
-        if !secs.is_finite() || secs >= max {
-            self.max_delay
-        } else {
-            Duration::from_secs_f64(secs)
-        }
+        let delay = if !secs.is_finite() || secs >= max { self.max_delay } else { Duration::from_secs_f64(secs) };
+        delay.max(MIN_RETRY_DELAY)
     }
 }
 
@@ -208,8 +209,13 @@ mod tests {
         assert_eq!(d, vec![1, 2, 4, 8, 10]);
         let f = RetryPolicy::fixed(3).unwrap();
         assert_eq!(f.delay_for(3), Duration::from_secs(1));
+        // Modal keeps at least a second between attempts, whatever the policy.
         let zero = RetryPolicy::new(2, 3.0, Duration::ZERO, Duration::from_secs(5)).unwrap();
-        assert_eq!(zero.delay_for(2), Duration::ZERO);
+        assert_eq!(zero.delay_for(1), MIN_RETRY_DELAY);
+        assert_eq!(zero.delay_for(2), MIN_RETRY_DELAY);
+        let short = RetryPolicy::new(3, 2.0, Duration::from_millis(300), Duration::from_secs(5)).unwrap();
+        let d: Vec<u128> = (1..=4).map(|k| short.delay_for(k).as_millis()).collect();
+        assert_eq!(d, vec![1000, 1000, 1200, 2400]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::Doorbell;
 // Event tags (mirrored in src/container.ts).
 const EV_HOOK: f64 = 1.0; // phase
 const EV_EXECUTE: f64 = 2.0; // execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n
-const EV_ABORT: f64 = 3.0; // inputId, attempt, reason (1 timeout, 2 cancelled)
+const EV_ABORT: f64 = 3.0; // inputId, attempt, reason (1 timeout, 2 cancelled, 3 rescheduled)
 const EV_STOP: f64 = 4.0;
 const EV_CLOSED: f64 = 5.0; // the control plane went away
 
@@ -50,7 +50,11 @@ fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
             }
         }
         control_message::Msg::Abort(a) => {
-            let reason = if a.reason == "timeout" { 1.0 } else { 2.0 };
+            let reason = match a.reason.as_str() {
+                "timeout" => 1.0,
+                "rescheduled" => 3.0,
+                _ => 2.0,
+            };
             inbox.events.extend_from_slice(&[EV_ABORT, a.input_id as f64, f64::from(a.attempt), reason]);
         }
         control_message::Msg::Stop(_) => inbox.events.push(EV_STOP),
@@ -134,10 +138,12 @@ impl BindingContainer {
             .map(|(events, bytes)| ContainerEvents { events: Float64Array::new(events), bytes: bytes.into() })
     }
 
-    /// This container got SIGTERM: ask the control plane to drain and stop it.
+    /// This container got SIGTERM (or, `interrupted`, SIGINT): ask the control plane to drain
+    /// and stop it (after sending its running inputs elsewhere when interrupted).
     #[napi]
-    pub fn leave(&self) {
-        let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::Draining(pb::Draining {})) });
+    pub fn leave(&self, interrupted: bool) {
+        let msg = container_message::Msg::Draining(pb::Draining { interrupted });
+        let _ = self.out.send(pb::ContainerMessage { msg: Some(msg) });
     }
 
     #[napi]

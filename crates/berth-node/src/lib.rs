@@ -35,6 +35,7 @@ const EV_ABANDONED: f64 = 4.0; // poolId, containerId, phase
 const EV_STOPPED: f64 = 5.0; // poolId, containerId
 const EV_DONE: f64 = 6.0; // inputId, attempt, outcome, aux
 const EV_FINISHED: f64 = 7.0; // the scheduler has stopped
+const EV_REPLACED: f64 = 8.0; // poolId, containerId, inputId: its container is replaced (see `Invoker::replaced`)
 
 pub(crate) type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, false, true>;
 
@@ -88,6 +89,9 @@ impl Invoker for Host {
     }
     fn container_stopped(&mut self, pool: PoolId, container: ContainerId) {
         self.staged.extend_from_slice(&[EV_STOPPED, f64::from(pool), f64::from(container)]);
+    }
+    fn replaced(&mut self, pool: PoolId, container: ContainerId, input: InputId) {
+        self.staged.extend_from_slice(&[EV_REPLACED, f64::from(pool), f64::from(container), input as f64]);
     }
     fn flush(&mut self) {
         publish(&self.shared, &mut self.staged);

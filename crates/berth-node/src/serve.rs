@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth_server::gpu::{parse_nvidia_smi_list, parse_request, Choice, Device, GpuPool};
 use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
-use napi::bindgen_prelude::AsyncTask;
+use napi::bindgen_prelude::{AsyncTask, Buffer};
 use napi::{Env, Error, Result, Task};
 use napi_derive::napi;
 
@@ -29,6 +29,9 @@ pub struct BindingFunctionDef {
     pub gpu: Option<Vec<String>>,
     /// How many arguments each method takes, in `methods` order.
     pub arity: Option<Vec<BindingArity>>,
+    /// `FunctionDef::default_params`: CBOR of the parameters a call without any stands for
+    /// (empty for a function); unset for a class with a required parameter.
+    pub default_params: Option<Buffer>,
 }
 
 #[napi(object)]
@@ -475,7 +478,16 @@ impl BindingServer {
             placement
                 .insert((f.app.clone(), f.name.clone()), Placement { env: f.env.unwrap_or_default(), gpu: choices });
             let arity = f.arity.unwrap_or_default().into_iter().map(|a| Arity { min: a.min, max: a.max }).collect();
-            defs.push(FunctionDef { app: f.app, name: f.name, methods: f.methods, is_class: f.is_class, spec, arity });
+            let default_params = f.default_params.map(|b| b.to_vec());
+            defs.push(FunctionDef {
+                app: f.app,
+                name: f.name,
+                methods: f.methods,
+                is_class: f.is_class,
+                spec,
+                arity,
+                default_params,
+            });
         }
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {
             Error::from_reason(format!("--host {} --grpc-port {}: not an address ({e})", opts.host, opts.grpc_port))

@@ -27,6 +27,11 @@ pub struct FunctionDef {
     /// How many arguments each method takes, in `methods` order; a call outside the range is
     /// refused before it reaches a container. A method without an entry takes any number.
     pub arity: Vec<Arity>,
+    /// The parameters (CBOR) a call that passes none stands for: empty for a function, the
+    /// defaults for a class whose parameters all have one; `None` for a class with a required
+    /// parameter. When set, its pool starts with the server, so `minContainers` are warm
+    /// before the first call, as in Modal.
+    pub default_params: Option<Vec<u8>>,
 }
 
 /// The argument counts a method accepts: from its parameters without a default (`min`) to all
@@ -372,6 +377,25 @@ impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The pool serving function `def` (an index into the registry) with these parameters,
+    /// created on first use.
+    pub fn pool(&self, def: usize, params: &[u8]) -> PoolId {
+        let mut st = self.lock();
+        let key = (def, params.to_vec());
+        if let Some(&pool) = st.pools_by_key.get(&key) {
+            return pool;
+        }
+        let id = st.next_pool;
+        st.next_pool += 1;
+        st.pools_by_key.insert(key, id);
+        st.pools.insert(id, PoolEntry { def, params: params.to_vec() });
+        drop(st);
+        let mut spec = self.registry.functions[def].spec.clone();
+        spec.hooks.spawn = true;
+        let _ = self.commands.send(Command::AddPool(id, spec));
+        id
+    }
 }
 
 /// The scheduler's host side: turns its decisions into container messages and results.
@@ -470,7 +494,11 @@ impl Invoker for Host {
             return;
         };
         let timeout = reason == AbortReason::Timeout;
-        let reason = if timeout { "timeout" } else { "cancelled" };
+        let reason = match reason {
+            AbortReason::Timeout => "timeout",
+            AbortReason::Cancelled => "cancelled",
+            AbortReason::Rescheduled => "rescheduled",
+        };
         let msg = ControlMessage {
             msg: Some(control_message::Msg::Abort(pb::Abort { input_id: input, attempt, reason: reason.into() })),
         };
@@ -497,6 +525,15 @@ impl Invoker for Host {
                 stack: String::new(),
             });
         }
+    }
+
+    fn replaced(&mut self, _pool: PoolId, container: ContainerId, input: InputId) {
+        eprintln!(
+            "berth: container {container}: input in-{input} kept running {}s after it was aborted (timed out or \
+             interrupted) and ignores its AbortSignal: replacing the container (no exit hooks); its other inputs \
+             run again on another one",
+            berth_core::OVERDUE_GRACE.as_secs()
+        );
     }
 
     fn container_stopped(&mut self, _pool: PoolId, container: ContainerId) {
@@ -536,7 +573,15 @@ impl ResultSink for Host {
                     })),
                 }
             }
-            Outcome::Lost => error("ContainerLost", "the container running the input stopped unexpectedly"),
+            Outcome::Lost => error(
+                "ContainerLost",
+                format!(
+                    "the container running the input stopped unexpectedly, {} times in a row (each time it ran \
+                     again on a new container, without spending retries): the input itself may be what ends them. \
+                     The server's log has each container's exit status",
+                    berth_core::MAX_RESCHEDULES + 1
+                ),
+            ),
             Outcome::Rejected => error("InvalidError", "the app is stopping; the call was not accepted"),
         };
         let Some(rec) = st.inputs.remove(&input) else {

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::conn::{ConnCounters, CountRequestsLayer, Counters, Framing, Limits, Listener};
 use crate::plane::{
-    cancel_map, cancelled, error, CallSlot, Host, Input, MapCall, PoolEntry, Registry, Shared, Spawner, State, Waiter,
+    cancel_map, cancelled, error, CallSlot, Host, Input, MapCall, Registry, Shared, Spawner, State, Waiter,
 };
 
 /// Where and how the control plane listens.
@@ -145,6 +145,12 @@ impl ControlPlane {
             map_window: opts.map_window,
         });
         tokio::spawn(Scheduler::new(Host(shared.clone()), Host(shared.clone())).run(source));
+        // Pools that keep containers warm start now, not with their first call (as in Modal).
+        for (index, def) in shared.registry.functions.iter().enumerate() {
+            if let (Some(params), true) = (&def.default_params, def.spec.min_containers > 0) {
+                shared.pool(index, params);
+            }
+        }
         tokio::spawn(crate::plane::housekeeping(Arc::downgrade(&shared)));
 
         let token = opts.token.clone();
@@ -397,20 +403,13 @@ impl FunctionsSvc {
         values::check_params(&f.params).map_err(|e| bad(format!("params of {} are not valid: {e}", def.name)))?;
         let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };
         let arity = def.arity.get(method as usize).copied();
-        let mut st = self.shared.lock();
-        let key = (index, f.params.clone());
-        if let Some(&pool) = st.pools_by_key.get(&key) {
-            return Ok(Target { pool, method, arity, label });
-        }
-        let id = st.next_pool;
-        st.next_pool += 1;
-        st.pools_by_key.insert(key, id);
-        st.pools.insert(id, PoolEntry { def: index, params: f.params.clone() });
-        drop(st);
-        let mut spec = def.spec.clone();
-        spec.hooks.spawn = true;
-        let _ = self.shared.commands.send(Command::AddPool(id, spec));
-        Ok(Target { pool: id, method, arity, label })
+        // No parameters stand for the defaults: such calls share the pool started warm.
+        let params = match &def.default_params {
+            Some(defaults) if f.params.is_empty() => defaults,
+            _ => &f.params,
+        };
+        let pool = self.shared.pool(index, params);
+        Ok(Target { pool, method, arity, label })
     }
 
     pub(crate) fn registry(&self) -> &Registry {
@@ -905,9 +904,10 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
         }
         Some(container_message::Msg::Output(o)) => outputs(shared, cid, vec![o]),
         Some(container_message::Msg::OutputBatch(b)) => outputs(shared, cid, b.outputs),
-        Some(container_message::Msg::Draining(_)) => {
+        Some(container_message::Msg::Draining(d)) => {
             heard(shared, cid);
-            let _ = shared.commands.send(Command::DrainContainer(cid));
+            let cmd = if d.interrupted { Command::InterruptContainer(cid) } else { Command::DrainContainer(cid) };
+            let _ = shared.commands.send(cmd);
         }
         Some(container_message::Msg::Heartbeat(_)) => heard(shared, cid),
         Some(container_message::Msg::Hello(_)) | None => {}

@@ -52,11 +52,16 @@ struct Behaviour {
     delay: Duration,
     /// Answer a byte string this long instead of the square.
     result_bytes: Option<usize>,
+    /// Containers that get SIGINT at their first execution: they say so (Draining,
+    /// interrupted), wait for its Abort, then answer it anyway (a late answer).
+    interrupted_on_first_exec: HashSet<u32>,
 }
 
 #[derive(Default)]
 struct Seen {
     hooks: Vec<(u32, i32)>,
+    /// (container, input, reason) of each Abort.
+    aborts: Vec<(u32, u64, String)>,
     executed: Vec<u64>,
     started: Vec<u32>,
 }
@@ -116,6 +121,7 @@ impl Spawner for FakeSpawner {
             send(container_message::Msg::Hello(pb::Hello { container_id: container, token }));
             send(container_message::Msg::Credit(pb::Credit { slots: 8 }));
             let mut inbound = client.attach(UnboundedReceiverStream::new(rx)).await.expect("attach").into_inner();
+            let mut interrupted: Option<pb::Execute> = None;
             while let Some(Ok(msg)) = inbound.next().await {
                 match msg.msg {
                     Some(control_message::Msg::RunHook(h)) => {
@@ -143,8 +149,22 @@ impl Spawner for FakeSpawner {
                         if b.die_on_first_exec.contains(&container) {
                             return;
                         }
+                        if b.interrupted_on_first_exec.contains(&container) && interrupted.is_none() {
+                            send(container_message::Msg::Draining(pb::Draining { interrupted: true }));
+                            interrupted = Some(e);
+                            continue;
+                        }
                         let out = run_exec(&b, &seen, e).await;
                         send(container_message::Msg::Output(out));
+                    }
+                    Some(control_message::Msg::Abort(a)) => {
+                        seen.lock().unwrap().aborts.push((container, a.input_id, a.reason.clone()));
+                        if let Some(e) =
+                            interrupted.take().filter(|e| e.inputs.iter().any(|i| i.input_id == a.input_id))
+                        {
+                            let out = run_exec(&b, &seen, e).await;
+                            send(container_message::Msg::Output(out));
+                        }
                     }
                     Some(control_message::Msg::Stop(_)) => return,
                     _ => {}
@@ -177,6 +197,7 @@ fn square_app(retries: u32, max_containers: u32) -> Registry {
             is_class: false,
             spec,
             arity: vec![Arity { min: 1, max: Some(1) }],
+            default_params: Some(Vec::new()),
         }],
     }
 }
@@ -783,5 +804,49 @@ async fn a_spawned_calls_result_expires_after_the_ttl_and_get_result_says_so() {
     let e =
         c.get_result(pb::GetResultRequest { function_call_id: "fc-999999".into(), timeout: 0.0 }).await.unwrap_err();
     assert!(e.message().contains("no spawned call"), "an id never issued reads differently: {}", e.message());
+    plane.shutdown().await;
+}
+
+/// Modal keeps `minContainers` warm even before the first call: the pool starts with the server.
+#[tokio::test]
+async fn min_containers_are_warm_before_the_first_call() {
+    let mut registry = square_app(0, 2);
+    registry.functions[0].spec.min_containers = 1;
+    let (plane, seen) = start(registry, Behaviour::default(), local()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.lock().unwrap().hooks.contains(&(1, pb::Phase::Enter as i32)) {
+        assert!(tokio::time::Instant::now() < deadline, "no container entered without a call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first call (no parameters: the defaults) uses that pool, not a new one.
+    let mut c = client(&plane).await;
+    let r = c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[3]) }).await.expect("invoke");
+    assert_eq!(int(r.into_inner().result.as_ref().unwrap()), 9);
+    assert_eq!(seen.lock().unwrap().started, vec![1], "one container, started with the server");
+    plane.shutdown().await;
+}
+
+/// SIGINT to a container (it says Draining, interrupted): its running input is aborted as
+/// "rescheduled" and runs again on another container without spending a retry (retries: 0);
+/// the interrupted container's late answer is not the result.
+#[tokio::test]
+async fn an_interrupted_containers_input_runs_again_elsewhere_without_a_retry() {
+    let b = Behaviour { interrupted_on_first_exec: HashSet::from([1]), ..Behaviour::default() };
+    let (plane, seen) = start(square_app(0, 2), b, local()).await;
+    let mut c = client(&plane).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[5]) }),
+    )
+    .await
+    .expect("answered in time")
+    .expect("invoke");
+    assert_eq!(int(r.into_inner().result.as_ref().unwrap()), 25);
+    {
+        let seen = seen.lock().unwrap();
+        let aborts: Vec<_> = seen.aborts.iter().map(|(c, _, r)| (*c, r.as_str())).collect();
+        assert_eq!(aborts, vec![(1, "rescheduled")]);
+        assert_eq!(seen.started, vec![1, 2]);
+    }
     plane.shutdown().await;
 }

@@ -117,6 +117,7 @@ fn app() -> Registry {
         spec: PoolSpec::new(name, vec![MethodSpec::default(); methods.len()]),
         // square(x) takes one argument; the others any number.
         arity: if name == "square" { vec![Arity { min: 1, max: Some(1) }] } else { Vec::new() },
+        default_params: Some(Vec::new()),
     };
     Registry {
         functions: vec![

@@ -90,6 +90,7 @@ fn app() -> Registry {
         is_class: false,
         spec: PoolSpec::new(name, vec![MethodSpec::default()]),
         arity: Vec::new(),
+        default_params: Some(Vec::new()),
     };
     Registry { functions: vec![def("square"), def("slow")] }
 }

@@ -14,6 +14,7 @@ enum Ev {
     Abort(InputId, u32, AbortReason),
     Abandoned(ContainerId, Phase),
     Stopped(ContainerId),
+    Replaced(ContainerId, InputId),
     Done(InputId, u32, Outcome),
 }
 
@@ -33,6 +34,9 @@ impl Invoker for Host {
     }
     fn container_stopped(&mut self, _: PoolId, c: ContainerId) {
         let _ = self.0.send(Ev::Stopped(c));
+    }
+    fn replaced(&mut self, _: PoolId, c: ContainerId, i: InputId) {
+        let _ = self.0.send(Ev::Replaced(c, i));
     }
 }
 impl ResultSink for Host {
@@ -502,10 +506,9 @@ async fn min_containers_start_warm_and_stay() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn lost_container_counts_as_a_failed_attempt_and_retries_elsewhere() {
-    let mut s = spec();
-    s.retries = RetryPolicy::new(1, 1.0, Duration::ZERO, Duration::from_secs(1)).expect("ok");
-    let mut w = World::new(s);
+async fn a_lost_containers_inputs_run_again_without_spending_retries() {
+    // Modal reschedules the inputs of a container that died; `retries` is for failures of the code.
+    let mut w = World::new(spec());
     w.submit([1, 2], 0);
     let e = w.run_ev().await;
     w.send(Command::ContainerLost(e.container));
@@ -522,8 +525,112 @@ async fn lost_container_counts_as_a_failed_attempt_and_retries_elsewhere() {
         }
     }
     done.sort_by_key(|d| d.0);
-    assert_eq!(done, vec![(1, 2, Outcome::Ok), (2, 1, Outcome::Ok)]);
-    assert!(runs.iter().all(|r| r.len() == 1));
+    assert_eq!(done, vec![(1, 2, Outcome::Ok), (2, 1, Outcome::Ok)], "input 1 ran again as attempt 2, with no retries");
+    assert_eq!(runs[0], vec![(1, 2)], "the lost input goes first, ahead of those queued after it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_input_that_kills_every_container_fails_after_the_bound() {
+    let mut s = spec();
+    s.retries = RetryPolicy::fixed(2).expect("ok");
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let mut containers = vec![];
+    let outcome = loop {
+        match w.next_work().await {
+            Ev::Run(x) => {
+                containers.push(x.container);
+                w.send(Command::ContainerLost(x.container));
+            }
+            Ev::Done(i, a, o) => break (i, a, o),
+            e => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(outcome, (1, MAX_RESCHEDULES + 1, Outcome::Lost), "retries are not spent on lost containers");
+    assert_eq!(containers.len() as u32, MAX_RESCHEDULES + 1);
+    containers.dedup();
+    assert_eq!(containers.len() as u32, MAX_RESCHEDULES + 1, "each run on a new container");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_container_sends_its_inputs_elsewhere_then_exits() {
+    let mut s = spec();
+    s.hooks.exit = true;
+    s.max_containers = 2;
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let first = w.run_ev().await;
+    let c1 = first.container;
+    w.send(Command::InterruptContainer(c1));
+    assert_eq!(w.next().await, Ev::Abort(1, 1, AbortReason::Rescheduled));
+    let again = w.run_ev().await;
+    assert_ne!(again.container, c1);
+    assert_eq!(again.inputs.to_vec(), vec![(1, 2)], "a new attempt, no retry spent (retries: 0)");
+    // The interrupted code settles: only now does its container run its exit hooks.
+    w.complete(&first, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Hook(c1, Phase::Exit));
+    w.send(Command::HookDone { container: c1, phase: Phase::Exit, ok: true });
+    assert_eq!(w.next().await, Ev::Stopped(c1));
+    w.complete(&again, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(1, 2, Outcome::Ok));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_stopped_while_starting_runs_no_exit_and_is_no_failure() {
+    let mut s = spec();
+    s.hooks.enter = true;
+    s.hooks.exit = true;
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let Ev::Hook(c1, Phase::Enter) = w.next().await else { panic!("enter first") };
+    tokio::time::sleep(300 * MS).await;
+    w.send(Command::DrainContainer(c1));
+    assert_eq!(w.next().await, Ev::Stopped(c1), "stopped at once, no exit hooks");
+    // The next container starts at once: a stop is not a failed start (no restart backoff),
+    // and the input waiting for the first one waits for this one instead of failing.
+    let Ev::Hook(c2, Phase::Enter) = w.next().await else { panic!("a new container") };
+    assert_eq!(w.ms(), 300);
+    // The first container's enter finishing late changes nothing.
+    w.send(Command::HookDone { container: c1, phase: Phase::Enter, ok: true });
+    w.send(Command::HookDone { container: c2, phase: Phase::Enter, ok: true });
+    let e = w.run_ev().await;
+    assert_eq!(e.container, c2);
+    w.complete(&e, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Ok));
+}
+
+#[tokio::test(start_paused = true)]
+async fn code_that_ignores_its_abort_past_the_grace_gets_its_container_replaced() {
+    let mut s = spec();
+    s.timeout = Duration::from_secs(10);
+    s.max_inputs = 2;
+    s.target_inputs = 2;
+    s.hooks.exit = true;
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let e1 = w.run_ev().await;
+    let c1 = e1.container;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    w.submit([2], 0);
+    let e2 = w.run_ev().await;
+    assert_eq!(e2.container, c1);
+    assert_eq!(w.next().await, Ev::Abort(1, 1, AbortReason::Timeout));
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Timeout));
+    assert_eq!(w.ms(), 10_000);
+    // Input 1's code never settles: after the grace its container goes, without exit hooks,
+    // and input 2 (still within its own timeout) runs again on a new one.
+    assert_eq!(w.next().await, Ev::Replaced(c1, 1));
+    assert_eq!(w.ms(), 10_000 + OVERDUE_GRACE.as_millis());
+    assert_eq!(w.next().await, Ev::Abort(2, 1, AbortReason::Rescheduled));
+    assert_eq!(w.next().await, Ev::Stopped(c1));
+    let again = w.run_ev().await;
+    assert_ne!(again.container, c1);
+    assert_eq!(again.inputs.to_vec(), vec![(2, 2)]);
+    // The old execution's late answer changes nothing.
+    w.complete(&e2, ExecStatus::Ok);
+    w.complete(&e1, ExecStatus::Ok);
+    w.complete(&again, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(2, 2, Outcome::Ok));
 }
 
 #[tokio::test(start_paused = true)]
