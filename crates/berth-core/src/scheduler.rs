@@ -754,6 +754,8 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         }
         let pool = c.pool;
         self.take_back(cid, None, true);
+        // Executions past their timeout that it still held are gone with it.
+        self.execs.retain(|_, e| e.container != cid);
         self.remove_container(cid);
         self.mark_dirty(pool);
     }
