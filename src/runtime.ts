@@ -190,7 +190,6 @@ export class Ctx implements InputContext {
   constructor(
     private readonly input: number,
     private readonly fc: number,
-    readonly local = false,
     live = 1,
   ) {
     this.live = live
@@ -580,7 +579,7 @@ export class EmbeddedRuntime {
     }
     const columns: unknown[][] = Array.from({ length: arity }, () => new Array(k))
     const first = recs.find((r) => r !== undefined)
-    const ctx = new Ctx(ids[0], first?.fc ?? 0, false, k)
+    const ctx = new Ctx(ids[0], first?.fc ?? 0, k)
     for (let j = 0; j < k; j++) {
       const rec = recs[j]
       if (rec) {

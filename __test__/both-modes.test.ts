@@ -1,0 +1,55 @@
+// The same app with embedded containers and with container processes: what the caller sees
+// must not depend on the mode (README "Process containers": "the handles are the same").
+// Each test runs __test__/fixtures/both-modes.ts as a script once per mode.
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const fixture = join(root, '__test__/fixtures/both-modes.ts')
+const MODES = ['embedded', 'process'] as const
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+  result: any
+}
+
+function run(scenario: string, mode: string): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', fixture, scenario, mode], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`${scenario} (${mode}) did not finish in 60 s:\n${stdout}\n${stderr}`))
+    }, 60_000)
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      const line = stdout.split('\n').find((l) => l.startsWith('result '))
+      resolve({ code, stdout, stderr, result: line === undefined ? undefined : JSON.parse(line.slice('result '.length)) })
+    })
+  })
+}
+
+const both = (scenario: string) => Promise.all(MODES.map((m) => run(scenario, m)))
+
+test.serial('.local() is not an input: currentInputId() and currentFunctionCallId() are undefined, currentInput() throws; called from an input, it sees that input, in both modes', async (t) => {
+  for (const [i, r] of (await both('localContext')).entries()) {
+    const mode = MODES[i]
+    t.is(r.code, 0, `${mode}\n${r.stdout}\n${r.stderr}`)
+    const { fnLocal, clsLocal, remote, nested } = r.result
+    const none = { inputId: null, functionCallId: null, currentInput: 'InvalidError' }
+    t.deepEqual(fnLocal, none, `${mode}: function .local()`)
+    t.deepEqual(clsLocal, none, `${mode}: method .local()`)
+    t.regex(remote.inputId, /\S/, `${mode}: .remote() runs as an input`)
+    t.regex(remote.functionCallId, /\S/)
+    t.is(remote.currentInput, remote.inputId)
+    t.regex(nested.own.inputId, /\S/)
+    t.deepEqual(nested.inner, nested.own, `${mode}: .local() inside an input runs as part of that input`)
+  }
+})
