@@ -38,6 +38,25 @@ function run(scenario: string, mode: string): Promise<Run> {
 
 const both = (scenario: string) => Promise.all(MODES.map((m) => run(scenario, m)))
 
+test.serial('@batched: a batch whose inputs pass different numbers of arguments fails each of them with InvalidError, in both modes', async (t) => {
+  for (const [i, r] of (await both('batchArity')).entries()) {
+    const mode = MODES[i]
+    t.is(r.code, 0, `${mode}\n${r.stdout}\n${r.stderr}`)
+    const { mixed, same } = r.result
+    for (const m of mixed) {
+      t.false(m.ok, `${mode}: a mixed batch must not run (got ${JSON.stringify(m.value)})`)
+      t.like(m.error, {
+        class: 'InvalidError',
+        name: 'InvalidError',
+        message:
+          'Pairs.join is @batched: the inputs of one batch must pass the same number of arguments; got 1 and 2. ' +
+          'Pass every argument in each call: in a batch each parameter is one array with an item per input, so no input can leave one out',
+      }, mode)
+    }
+    t.deepEqual(same, [{ ok: true, value: '1+2' }, { ok: true, value: '3+4' }], `${mode}: a batch whose inputs agree runs`)
+  }
+})
+
 test.serial('.local() is not an input: currentInputId() and currentFunctionCallId() are undefined, currentInput() throws; called from an input, it sees that input, in both modes', async (t) => {
   for (const [i, r] of (await both('localContext')).entries()) {
     const mode = MODES[i]

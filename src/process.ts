@@ -6,6 +6,7 @@ import { createRequire } from 'node:module'
 import type { App } from './app.ts'
 import { decodeValue, encodeValue } from './cbor.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
+import { batchArityError } from './arity.ts'
 import { applyParams } from './decorators.ts'
 import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, errorToData } from './errors.ts'
 import { bindingSpec, runBuildHooks, type PoolDef } from './runtime.ts'
@@ -244,6 +245,13 @@ export function containerMain(apps: App[]): Promise<number> {
         output(exec, true, inputs.map(() => ({ ok: false, value: e })))
         return
       }
+      if (m.batched) {
+        const mixed = batchArityError(def.fn ? def.name : `${def.name}.${m.name}`, inputs.map((i) => i.args.length))
+        if (mixed !== undefined) {
+          output(exec, false, inputs.map(() => ({ ok: false, value: mixed })))
+          return
+        }
+      }
       const target: (...a: unknown[]) => unknown = def.fn ?? inst[m.name]
       const ctx = new ContainerCtx(`in-${inputs[0].id}`, inputs[0].fc)
       for (const i of inputs) running.set(i.id, ctx)
@@ -257,8 +265,7 @@ export function containerMain(apps: App[]): Promise<number> {
             done(false, [{ ok: true, value: await target.apply(inst, inputs[0].args) }])
             return
           }
-          const arity = Math.max(...inputs.map((i) => i.args.length))
-          const columns = Array.from({ length: arity }, (_, a) => inputs.map((i) => i.args[a]))
+          const columns = Array.from({ length: inputs[0].args.length }, (_, a) => inputs.map((i) => i.args[a]))
           const out = await target.apply(inst, columns)
           if (!Array.isArray(out) || out.length !== inputs.length) {
             const err = new InvalidError(`${def.name}.${m.name} is @batched: it got ${inputs.length} inputs and must return an array of ${inputs.length} results`)

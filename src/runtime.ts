@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 
-import type { Arity } from './arity.ts'
+import { batchArityError, type Arity } from './arity.ts'
 import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import type { ClassMeta } from './decorators.ts'
 import { applyParams } from './decorators.ts'
@@ -569,14 +569,27 @@ export class EmbeddedRuntime {
     const ids: number[] = new Array(k)
     const attempts: number[] = new Array(k)
     const recs: (InputRec | undefined)[] = new Array(k)
-    let arity = 0
+    const counts: number[] = []
     for (let j = 0; j < k; j++) {
       ids[j] = ev[at + 2 * j]
       attempts[j] = ev[at + 2 * j + 1]
       const rec = this.inputs.get(ids[j])
       recs[j] = rec
-      if (rec) arity = Math.max(arity, rec.args.length)
+      if (rec) counts.push(rec.args.length)
     }
+    const mixed = batchArityError(pool.def.fn ? pool.def.name : `${pool.def.name}.${m.name}`, counts)
+    if (mixed !== undefined) {
+      // Not user code failing: the batch cannot run as sent, so no attempt would do better.
+      for (let j = 0; j < k; j++) {
+        const rec = recs[j]
+        if (rec === undefined) continue
+        rec.attempt = attempts[j]
+        this.record(ids[j], attempts[j], false, mixed)
+      }
+      this.completes.push2(exec, ST_FINAL)
+      return
+    }
+    const arity = counts.length === 0 ? 0 : counts[0]
     const columns: unknown[][] = Array.from({ length: arity }, () => new Array(k))
     const first = recs.find((r) => r !== undefined)
     const ctx = new Ctx(ids[0], first?.fc ?? 0, k)
