@@ -57,6 +57,17 @@ test.serial('@batched: a batch whose inputs pass different numbers of arguments 
   }
 })
 
+test.serial('an @exit hook that throws: the remaining exit hooks are skipped, and the log names the hook, those skipped and the stack, in both modes', async (t) => {
+  for (const [i, r] of (await both('exitThrows')).entries()) {
+    const mode = MODES[i]
+    t.is(r.code, 0, `${mode}\n${r.stdout}\n${r.stderr}`)
+    t.is(r.result, 'pong')
+    const exits = r.stdout.split('\n').filter((l) => l.startsWith('[exit]'))
+    t.deepEqual(exits, ['[exit] close'], `${mode}: flush, after close, which threw, does not run`)
+    t.regex(r.stderr, /berth: @exit hook Closing\.close threw; the remaining exit hooks \(Closing\.flush\) are skipped: Error: close failed\n\s+at _?Closing\.close /, mode)
+  }
+})
+
 test.serial('.local() is not an input: currentInputId() and currentFunctionCallId() are undefined, currentInput() throws; called from an input, it sees that input, in both modes', async (t) => {
   for (const [i, r] of (await both('localContext')).entries()) {
     const mode = MODES[i]

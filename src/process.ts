@@ -9,7 +9,7 @@ import { markContainerProcess, runInContext, type InputContext } from './context
 import { batchArityError } from './arity.ts'
 import { applyParams } from './decorators.ts'
 import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, errorToData } from './errors.ts'
-import { bindingSpec, runBuildHooks, type PoolDef } from './runtime.ts'
+import { bindingSpec, runBuildHooks, runExitHooks, type PoolDef } from './runtime.ts'
 import { containerEnv } from './secrets.ts'
 
 /** What the control plane runs: a function, or a class with its method table. */
@@ -193,15 +193,7 @@ export function containerMain(apps: App[]): Promise<number> {
           if (phase === 0) await runBuildHooks(def.cls!, m, inst)
           else if (phase === 1) for (const n of m.snapEnter) await inst[n]()
           else if (phase === 2) for (const n of m.enter) await inst[n]()
-          else if (phase === 3) {
-            for (const n of m.exit) {
-              try {
-                await inst[n]()
-              } catch (e) {
-                console.error(`berth: @exit hook ${def.name}.${n} threw: ${(e as Error)?.stack ?? e}`)
-              }
-            }
-          }
+          else if (phase === 3) await runExitHooks(def.name, m.exit, (n) => inst[n]())
         }
         link.hookDone(phase, true)
       } catch (e) {

@@ -340,6 +340,24 @@ function describe(err: unknown): string {
   return err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`) : String(err)
 }
 
+/**
+ * Runs a container's `@exit` hooks in order. As in Modal, a hook that throws ends them: the ones
+ * after it are skipped, and the log names the hook that threw, the ones skipped, and its stack.
+ * `call` runs one hook by member name; `cls` names the class for the log.
+ */
+export async function runExitHooks(cls: string, names: readonly string[], call: (name: string) => unknown): Promise<void> {
+  for (let i = 0; i < names.length; i++) {
+    try {
+      await call(names[i])
+    } catch (e) {
+      const rest = names.slice(i + 1).map((n) => `${cls}.${n}`)
+      const skipped = rest.length === 0 ? '' : `; the remaining exit hooks (${rest.join(', ')}) are skipped`
+      console.error(`berth: @exit hook ${cls}.${names[i]} threw${skipped}: ${describe(e)}`)
+      return
+    }
+  }
+}
+
 export class EmbeddedRuntime {
   private readonly native: BindingRuntime
   private readonly inputs = new InputTable()
@@ -790,13 +808,7 @@ export class EmbeddedRuntime {
       if (phase === 0) {
         await runAsHook(() => runBuildHooks(pool.def.cls!, meta, inst))
       } else if (phase === 3) {
-        for (const name of meta.exit) {
-          try {
-            await runAsHook(() => inst[name]())
-          } catch (e) {
-            console.error(`berth: @exit hook ${pool.def.name}.${name} threw: ${describe(e)}`)
-          }
-        }
+        await runExitHooks(pool.def.name, meta.exit, (name) => runAsHook(() => inst[name]()))
       } else {
         const names = phase === 1 ? meta.snapEnter : meta.enter
         for (const name of names) await runAsHook(() => inst[name]())
