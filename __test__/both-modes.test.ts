@@ -83,3 +83,22 @@ test.serial('.local() is not an input: currentInputId() and currentFunctionCallI
     t.deepEqual(nested.inner, nested.own, `${mode}: .local() inside an input runs as part of that input`)
   }
 })
+
+test.serial('an error from user code reaches the caller with the same class, name, message, remoteName and stack in both modes', async (t) => {
+  const [embedded, proc] = await both('errors')
+  t.is(embedded.code, 0, embedded.stderr)
+  t.is(proc.code, 0, proc.stderr)
+  const e = embedded.result
+  t.deepEqual(e.enterError, {
+    ok: false,
+    error: { class: 'InitError', name: 'InitError', message: 'weights missing', remoteName: 'Error', remoteStack: e.enterError.error.remoteStack },
+  })
+  t.regex(e.enterError.error.remoteStack, /^Error: weights missing\n\s+at _?EnterError\.load /)
+  t.deepEqual(e.enterString, { ok: false, error: { class: 'InitError', name: 'InitError', message: 'weights missing', remoteName: 'Error' } })
+  t.like(e.enterCustom.error, { class: 'InitError', message: 'no weights at /models', remoteName: 'WeightsMissing' })
+  t.like(e.typeError.error, { class: 'RemoteError', name: 'RemoteError', remoteName: 'TypeError' })
+  t.regex(e.typeError.error.message, /null/)
+  t.like(e.customError.error, { class: 'RemoteError', message: 'no weights at /models', remoteName: 'WeightsMissing' })
+  t.like(e.ownClass.error, { class: 'InvalidError', name: 'InvalidError', message: 'the config names no model' })
+  for (const k of Object.keys(e)) t.deepEqual(proc.result[k], e[k], `${k}: process containers vs embedded`)
+})

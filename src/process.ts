@@ -8,7 +8,7 @@ import { decodeValue, encodeValue } from './cbor.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { batchArityError } from './arity.ts'
 import { applyParams } from './decorators.ts'
-import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, errorToData } from './errors.ts'
+import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from './errors.ts'
 import { bindingSpec, runBuildHooks, runExitHooks, type PoolDef } from './runtime.ts'
 import { containerEnv } from './secrets.ts'
 
@@ -146,7 +146,7 @@ export function containerMain(apps: App[]): Promise<number> {
       size += bytes.length
     }
     const addError = (err: unknown) => {
-      const d = errorToData(err)
+      const d = wireError(err)
       add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), 1)
     }
     const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
@@ -197,7 +197,7 @@ export function containerMain(apps: App[]): Promise<number> {
         }
         link.hookDone(phase, true)
       } catch (e) {
-        const d = errorToData(e)
+        const d = wireError(e)
         link.hookDone(phase, false, d.name, d.message, d.stack)
       }
     }

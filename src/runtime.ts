@@ -16,10 +16,11 @@ import type { ClassMeta } from './decorators.ts'
 import { applyParams } from './decorators.ts'
 import {
   FunctionTimeoutError,
-  InitError,
   InputCancelledError,
   InvalidError,
   RemoteError,
+  initError,
+  inputError,
 } from './errors.ts'
 import type { NormalizedOptions } from './options.ts'
 import { checkAndCopy } from './serialize.ts'
@@ -557,7 +558,7 @@ export class EmbeddedRuntime {
       inst = this.instance(pool, cid)
     } catch (e) {
       // A constructor that throws is an init failure of this input's attempt.
-      for (let j = 0; j < k; j++) this.record(ev[at + 2 * j], ev[at + 2 * j + 1], false, RemoteError.from(e))
+      for (let j = 0; j < k; j++) this.record(ev[at + 2 * j], ev[at + 2 * j + 1], false, inputError(e))
       this.completes.push2(exec, ST_FAILED)
       return
     }
@@ -685,7 +686,7 @@ export class EmbeddedRuntime {
     let status = ST_OK
     if (!ok) {
       status = ST_FAILED
-      this.record(id, attempt, false, RemoteError.from(value))
+      this.record(id, attempt, false, inputError(value))
     } else if (rec.pending && rec.attempt === attempt) {
       const t = typeof value
       if (t === 'object' ? value !== null : t === 'function' || t === 'symbol') {
@@ -712,7 +713,7 @@ export class EmbeddedRuntime {
     let status = ST_OK
     if (!ok) {
       status = ST_FAILED
-      const err = RemoteError.from(value)
+      const err = inputError(value)
       for (let j = 0; j < k; j++) this.record(ids[j], attempts[j], false, err)
     } else if (!Array.isArray(value) || value.length !== k) {
       status = ST_FAILED
@@ -787,7 +788,7 @@ export class EmbeddedRuntime {
         break
       case 4: {
         const cause = this.initErrors.get(aux)
-        rec.reject(InitError.from(cause ?? new Error(`${rec.pool.def.name}: the container failed to start`)))
+        rec.reject(initError(cause ?? new Error(`${rec.pool.def.name}: the container failed to start`)))
         break
       }
       case 5:
