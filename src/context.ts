@@ -6,7 +6,7 @@ export interface InputContext {
   functionCallId: string
   /** Fires on cancel or timeout. */
   signal: AbortSignal
-  /** True when running through `.local()`. */
+  /** True for code that counts as local (isLocal()); `.local()` calls run in a LocalContext. */
   local?: boolean
 }
 
