@@ -9,7 +9,8 @@ import { markContainerProcess, runInContext, type InputContext } from './context
 import { batchArityError } from './arity.ts'
 import { applyParams } from './decorators.ts'
 import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from './errors.ts'
-import { bindingSpec, runBuildHooks, runExitHooks, type PoolDef } from './runtime.ts'
+import { batchResultError, bindingSpec, runBuildHooks, runExitHooks, type PoolDef } from './runtime.ts'
+import { checkAndCopy } from './serialize.ts'
 import { containerEnv } from './secrets.ts'
 
 /** What the control plane runs: a function, or a class with its method table. */
@@ -149,18 +150,28 @@ export function containerMain(apps: App[]): Promise<number> {
       const d = wireError(err)
       add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), 1)
     }
-    const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
+    // `label` names the function or method in messages, as an embedded container names it.
+    const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[], label = def.name) => {
       meta.push(exec, retryable ? 1 : 0, values.length)
-      for (const v of values) {
+      for (let j = 0; j < values.length; j++) {
+        const v = values[j]
         if (!v.ok) {
           addError(v.value)
           continue
         }
         try {
-          const bytes = encodeValue(v.value)
+          let bytes: Uint8Array
+          try {
+            bytes = encodeValue(v.value)
+          } catch (e) {
+            // A value that cannot cross (a function, a symbol): the SerializationError an
+            // embedded container gives, naming what and where; the encoder's own words otherwise.
+            checkAndCopy(v.value, values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`)
+            throw e
+          }
           if (bytes.length > maxResultBytes) {
             throw new SerializationError(
-              `the result of ${def.name} is ${bytes.length} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: ` +
+              `the result of ${label} is ${bytes.length} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: ` +
                 'return less (e.g. write large outputs to a file or Volume and return where), or start `berth serve` with a larger --max-message-bytes',
             )
           }
@@ -224,8 +235,10 @@ export function containerMain(apps: App[]): Promise<number> {
       inputs: ExecInput[],
       merge?: (values: { ok: boolean; value: unknown }[]) => { ok: boolean; value: unknown }[],
     ) => {
-      const output = merge === undefined ? outputRaw : (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => outputRaw(exec, retryable, merge(values))
       const m = def.methods[method]
+      const label = m === undefined || def.fn ? def.name : `${def.name}.${m.name}`
+      const output = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) =>
+        outputRaw(exec, retryable, merge === undefined ? values : merge(values), label)
       if (!m) {
         output(exec, false, inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })))
         return
@@ -238,7 +251,7 @@ export function containerMain(apps: App[]): Promise<number> {
         return
       }
       if (m.batched) {
-        const mixed = batchArityError(def.fn ? def.name : `${def.name}.${m.name}`, inputs.map((i) => i.args.length))
+        const mixed = batchArityError(label, inputs.map((i) => i.args.length))
         if (mixed !== undefined) {
           output(exec, false, inputs.map(() => ({ ok: false, value: mixed })))
           return
@@ -260,7 +273,7 @@ export function containerMain(apps: App[]): Promise<number> {
           const columns = Array.from({ length: inputs[0].args.length }, (_, a) => inputs.map((i) => i.args[a]))
           const out = await target.apply(inst, columns)
           if (!Array.isArray(out) || out.length !== inputs.length) {
-            const err = new InvalidError(`${def.name}.${m.name} is @batched: it got ${inputs.length} inputs and must return an array of ${inputs.length} results`)
+            const err = batchResultError(label, inputs.length, out)
             done(true, inputs.map(() => ({ ok: false, value: err })))
             return
           }

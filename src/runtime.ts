@@ -341,6 +341,14 @@ function describe(err: unknown): string {
   return err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`) : String(err)
 }
 
+/** A `@batched` body that did not return one result per input: the error each input fails with. */
+export function batchResultError(label: string, k: number, value: unknown): InvalidError {
+  const got = Array.isArray(value) ? `an array of ${value.length}` : value === null ? 'null' : typeof value
+  return new InvalidError(
+    `${label} is @batched: it got ${k} inputs and must return an array of ${k} results (one per input, in order), but returned ${got}`,
+  )
+}
+
 /**
  * Runs a container's `@exit` hooks in order. As in Modal, a hook that throws ends them: the ones
  * after it are skipped, and the log names the hook that threw, the ones skipped, and its stack.
@@ -710,6 +718,7 @@ export class EmbeddedRuntime {
 
   private settleBatch(exec: number, pool: Pool, name: string, ids: number[], attempts: number[], ok: boolean, value: unknown): void {
     const k = ids.length
+    const label = pool.def.fn ? pool.def.name : `${pool.def.name}.${name}`
     let status = ST_OK
     if (!ok) {
       status = ST_FAILED
@@ -717,10 +726,7 @@ export class EmbeddedRuntime {
       for (let j = 0; j < k; j++) this.record(ids[j], attempts[j], false, err)
     } else if (!Array.isArray(value) || value.length !== k) {
       status = ST_FAILED
-      const got = Array.isArray(value) ? `an array of ${value.length}` : typeof value
-      const err = new InvalidError(
-        `${pool.def.name}.${name} is @batched: it got ${k} inputs and must return an array of ${k} results (one per input, in order), but returned ${got}`,
-      )
+      const err = batchResultError(label, k, value)
       for (let j = 0; j < k; j++) this.record(ids[j], attempts[j], false, err)
     } else {
       // As in settleOne: results JavaScript holds before any abort are delivered at once, each
@@ -736,7 +742,7 @@ export class EmbeddedRuntime {
         }
         this.inputs.delete(ids[j])
         try {
-          rec.resolve(checkAndCopy(value[j], `result ${j} of ${pool.def.name}.${name}`))
+          rec.resolve(checkAndCopy(value[j], `result ${j} of ${label}`))
         } catch (e) {
           rec.reject(e)
         }
