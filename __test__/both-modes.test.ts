@@ -100,6 +100,7 @@ test.serial('an error from user code reaches the caller with the same class, nam
   t.regex(e.typeError.error.message, /null/)
   t.like(e.customError.error, { class: 'RemoteError', message: 'no weights at /models', remoteName: 'WeightsMissing' })
   t.like(e.ownClass.error, { class: 'InvalidError', name: 'InvalidError', message: 'the config names no model' })
+  t.like(e.constructorError.error, { class: 'RemoteError', message: 'no config for this model', remoteName: 'RangeError' })
   // berth's own errors about a result: the same words in both modes.
   t.is(e.unsendable.error.class, 'SerializationError')
   t.regex(e.unsendable.error.message, /^the result of unsendable: value at \.f is a function/)

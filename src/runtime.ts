@@ -565,8 +565,14 @@ export class EmbeddedRuntime {
     try {
       inst = this.instance(pool, cid)
     } catch (e) {
-      // A constructor that throws is an init failure of this input's attempt.
-      for (let j = 0; j < k; j++) this.record(ev[at + 2 * j], ev[at + 2 * j + 1], false, inputError(e))
+      // A constructor that throws fails this attempt of each input, with the constructor's error.
+      const err = inputError(e)
+      for (let j = 0; j < k; j++) {
+        const rec = this.inputs.get(ev[at + 2 * j])
+        if (rec === undefined) continue
+        rec.attempt = ev[at + 2 * j + 1]
+        this.record(rec.id, rec.attempt, false, err)
+      }
       this.completes.push2(exec, ST_FAILED)
       return
     }
