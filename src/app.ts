@@ -637,7 +637,7 @@ class FunctionHandleImpl extends Invocable {
   }
 }
 
-/** A `.local()` call: no input of its own (README "Calling"), so no input id or function call id. */
+/** A `.local()` call is no input of its own, as in Modal: no input id, no function call id (context.ts runAsLocal). */
 function callLocal(fn: (...a: any[]) => unknown, self: unknown, args: unknown[], batched: boolean): Promise<unknown> {
   return runAsLocal(async () => {
     if (!batched) return fn.apply(self, args)
