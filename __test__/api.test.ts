@@ -279,7 +279,8 @@ type Seen = { input: string | undefined; fc: string | undefined; afterInput: str
 const whoAmI = ctxApp.function({ concurrent: { maxInputs: 20 } }, async function whoAmI(ms: number): Promise<Seen> {
   const input = currentInputId()
   const fc = currentFunctionCallId()
-  const signal = currentInput().signal
+  // A .local() call is no input: currentInput() throws there.
+  const signal = input === undefined ? undefined : currentInput().signal
   await sleep(ms)
   return {
     input,
@@ -287,7 +288,7 @@ const whoAmI = ctxApp.function({ concurrent: { maxInputs: 20 } }, async function
     afterInput: currentInputId(),
     afterFc: currentFunctionCallId(),
     signal: signal instanceof AbortSignal,
-    aborted: signal.aborted,
+    aborted: signal?.aborted ?? false,
     local: isLocal(),
   }
 })
@@ -331,6 +332,9 @@ test.serial('context: input ids and function call ids are distinct across inputs
 
     const local = await whoAmI.local(1)
     t.true(local.local, 'isLocal() is true in .local()')
+    t.is(local.input, undefined, 'a .local() call is no input (Modal: current_input_id() is None)')
+    t.is(local.fc, undefined)
+    t.false(local.signal)
   })
   // Outside any input: the caller's own code, which is local (Modal's is_local()).
   t.is(currentInputId(), undefined)

@@ -17,7 +17,9 @@ import {
   errorFromData,
   errorToData,
   FunctionTimeoutError,
+  initError,
   InitError,
+  inputError,
   InputCancelledError,
   InvalidError,
   RemoteError,
@@ -88,6 +90,27 @@ test('errorToData/errorFromData round-trip our classes; others become RemoteErro
   const nested = back(RemoteError.from(new URIError('u')))
   t.is((nested as RemoteError).remoteName, 'URIError')
   t.deepEqual(errorToData(42), { name: 'Error', message: '42' })
+})
+
+test('one description of a user error for both modes: an error let through from a failed call is the one it carries; the control plane\'s InitError wording is read back', (t) => {
+  // A call made by user code failed and the code let the error through: the caller sees the
+  // original error, not a RemoteError named RemoteError.
+  const nested = inputError(RemoteError.from(new TypeError('inner bad')))
+  t.true(nested instanceof RemoteError)
+  t.is((nested as RemoteError).remoteName, 'TypeError')
+  t.is(nested.message, 'inner bad')
+  t.regex((nested as RemoteError).remoteStack!, /^TypeError: inner bad/)
+  // The control plane sends an @enter failure as InitError '<name>: <message>' (plane.rs done()).
+  const fromPlane = errorFromData({ name: 'InitError', message: 'RangeError: weights missing: /models', stack: 'RangeError: weights missing: /models\n    at load' })
+  const embedded = initError(new RangeError('weights missing: /models'))
+  for (const e of [fromPlane, embedded] as InitError[]) {
+    t.true(e instanceof InitError)
+    t.is(e.remoteName, 'RangeError')
+    t.is(e.message, 'weights missing: /models')
+  }
+  const bare = errorFromData({ name: 'InitError', message: 'the container failed to start' }) as InitError
+  t.is(bare.remoteName, 'Error')
+  t.is(bare.message, 'the container failed to start')
 })
 
 // ---------------------------------------------------------------------------------------------

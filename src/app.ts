@@ -1,5 +1,5 @@
 // App, the function and class handles, Cls, FunctionCall: the user's view over the runtime.
-import { runInContext } from './context.ts'
+import { runAsLocal } from './context.ts'
 import { getClassMeta, validateParams, type ClassMeta } from './decorators.ts'
 import { FunctionTimeoutError, InvalidError } from './errors.ts'
 import { normalizeOptions, validateBatched, validateConcurrent, type BatchedOptions, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
@@ -12,7 +12,7 @@ import { encodeValue } from './cbor.ts'
 import { containerCommand } from './command.ts'
 import { registryOf } from './process.ts'
 
-import { Ctx, EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
+import { EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
 import { arityOf, checkArity, type Arity } from './arity.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
 import type { BatchItem, ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from './types.ts'
@@ -637,9 +637,9 @@ class FunctionHandleImpl extends Invocable {
   }
 }
 
+/** A `.local()` call is no input of its own, as in Modal: no input id, no function call id (context.ts runAsLocal). */
 function callLocal(fn: (...a: any[]) => unknown, self: unknown, args: unknown[], batched: boolean): Promise<unknown> {
-  const ctx = new Ctx(0, newFunctionCallId(), true)
-  return runInContext(ctx, async () => {
+  return runAsLocal(async () => {
     if (!batched) return fn.apply(self, args)
     const out = await fn.apply(self, args.map((a) => [a]))
     if (!Array.isArray(out) || out.length !== 1) {

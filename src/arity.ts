@@ -30,6 +30,29 @@ export function checkArity(arity: Arity, n: number, label: string): void {
   throw new InvalidError(`${label} takes ${arityText(arity)}; the call passes ${n}${hint}`)
 }
 
+/**
+ * A `@batched` body gets one array per parameter, an item per input, so the inputs of one batch
+ * must pass the same number of arguments (a call may leave out a parameter with a default or
+ * pass more to a rest parameter, but not within a batch whose others did not). Returns the
+ * InvalidError that fails every input of a batch whose inputs differ (as Modal fails such a
+ * batch), or undefined. `label`: `Embedder.embed`.
+ */
+export function batchArityError(label: string, counts: readonly number[]): InvalidError | undefined {
+  let min = Infinity
+  let max = -Infinity
+  for (const n of counts) {
+    if (n < min) min = n
+    if (n > max) max = n
+  }
+  if (min === max || counts.length === 0) return undefined
+  const seen = [...new Set(counts)].sort((a, b) => a - b)
+  const got = seen.length === 2 ? `${seen[0]} and ${seen[1]}` : `${seen.slice(0, -1).join(', ')} and ${seen[seen.length - 1]}`
+  return new InvalidError(
+    `${label} is @batched: the inputs of one batch must pass the same number of arguments; got ${got}. ` +
+      'Pass every argument in each call: in a batch each parameter is one array with an item per input, so no input can leave one out',
+  )
+}
+
 /** The same words as the server's (crates/berth-server/src/plane.rs, Arity::refuses). */
 export function arityText({ min, max }: Arity): string {
   const s = (k: number) => (k === 1 ? '' : 's')

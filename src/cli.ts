@@ -50,7 +50,9 @@ closed at once and logged); a connection that sends no request within 10 s, or s
 no call open for 10 minutes, is closed, and an HTTP body that pauses 30 s is answered 408.
 A Map caller that stops reading results stops being read. The result of a spawned call is
 kept until GetResult delivers it, or --result-ttl seconds (default 3600) after it finishes.
-On stop, in-flight inputs finish and containers run their @exit hooks.
+On SIGTERM or Ctrl-C, in-flight inputs finish and containers run their @exit hooks; a second
+Ctrl-C stops at once (in-flight inputs are cancelled, exit hooks not yet run are skipped). Exits
+0 after SIGTERM, 130 after Ctrl-C.
 `
 
 const BUILD_HELP = `Usage: berth build <file.ts>
@@ -71,7 +73,9 @@ const RUN_HELP = `Usage: berth run <file.ts>[::name] [--containers embedded|proc
                process (what app.run() does in code: no control plane, no child process)
 
 Ctrl-C stops the app gracefully (in-flight inputs finish, @exit hooks run); a second Ctrl-C
-stops at once.
+stops at once (in-flight inputs are cancelled, exit hooks not yet run are skipped). Exits with
+the entrypoint's status, or 130 after a Ctrl-C (one or two, in either container mode), 143 after
+SIGTERM.
 `
 
 export async function main(argv: string[]): Promise<number> {
@@ -113,6 +117,48 @@ function watchParent(): void {
   setInterval(() => {
     if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM')
   }, 1000).unref()
+}
+
+const DRAINING = 'berth: stopping (in-flight inputs finish, exit hooks run); interrupt again to stop now\n'
+const FORCED = "berth: stopping now: in-flight inputs are cancelled and the containers' exit hooks that have not run are skipped\n"
+
+/**
+ * How `berth run` and `berth serve` take signals (README "CLI"). The first SIGINT or SIGTERM
+ * asks for a graceful stop (`drain`: in-flight inputs finish, exit hooks run); a SIGINT after it
+ * stops at once (`force`) and exits 130; a further SIGTERM changes nothing (a process manager,
+ * or watchParent's poll, may send it again). Once the app has stopped (`finished()`), what keeps
+ * the process is the user's open handles: a signal ends it at once, 130 for SIGINT and
+ * `sigtermStatus` for SIGTERM, instead of killing it by the signal (which a parent sees as no
+ * exit status at all).
+ */
+function stopSignals(sigtermStatus: number, drain: () => void): { readonly interrupted: boolean; readonly terminated: boolean; force: () => void; finished(): void } {
+  let stopping = false
+  let done = false
+  const state = {
+    interrupted: false,
+    terminated: false,
+    /** Set by the caller once there is something to force (containers to kill). */
+    force: () => {},
+    finished: () => {
+      done = true
+    },
+  }
+  const on = (signal: 'SIGINT' | 'SIGTERM') => {
+    if (signal === 'SIGINT') state.interrupted = true
+    else state.terminated = true
+    if (done) process.exit(signal === 'SIGINT' ? 130 : sigtermStatus)
+    if (!stopping) {
+      stopping = true
+      drain()
+    } else if (signal === 'SIGINT') {
+      process.stderr.write(FORCED)
+      state.force()
+      process.exit(130)
+    }
+  }
+  process.on('SIGINT', () => on('SIGINT'))
+  process.on('SIGTERM', () => on('SIGTERM'))
+  return state
 }
 
 function api(): Api {
@@ -190,6 +236,9 @@ async function serve(args: string[]): Promise<number> {
     return 2
   }
   const file = resolve(positional[0])
+  // Before the server listens there is nothing to drain: a signal ends the process.
+  let drain = (): void => process.exit(signals.interrupted ? 130 : 0)
+  const signals = stopSignals(0, () => drain())
   watchParent()
   prestartContainer(file)
   const port = Number(values.get('grpc-port') ?? 7450)
@@ -242,24 +291,19 @@ async function serve(args: string[]): Promise<number> {
       `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops`,
   )
   const keepAlive = setInterval(() => {}, 1 << 30)
-  let signals = 0
-  await new Promise<void>((done) => {
-    const onSignal = () => {
-      if (++signals === 1) {
-        process.stderr.write('berth: stopping (in-flight inputs finish, exit hooks run); interrupt again to stop now\n')
-        done()
-      } else {
-        process.stderr.write('berth: stopping now\n')
-        server.kill()
-        process.exit(130)
-      }
+  signals.force = () => server.kill()
+  await new Promise<void>((stop) => {
+    drain = () => {
+      process.stderr.write(DRAINING)
+      stop()
     }
-    process.on('SIGINT', onSignal)
-    process.on('SIGTERM', onSignal)
   })
   await server.shutdown()
+  signals.finished()
   clearInterval(keepAlive)
-  return 0
+  // Stopped by Ctrl-C: 130, as an interrupted command exits; drained after SIGTERM, the normal
+  // way to stop a server: 0.
+  return signals.interrupted ? 130 : 0
 }
 
 /** A container process, started by `berth serve` with its identity in the environment. */
@@ -391,6 +435,13 @@ async function run(args: string[]): Promise<number> {
   const file = sep === -1 ? spec : spec.slice(0, sep)
   const name = sep === -1 ? undefined : spec.slice(sep + 2)
 
+  // Until the app runs there is nothing to drain: a signal ends the process.
+  let running: import('./app.ts').AppRun | undefined
+  const signals = stopSignals(143, () => {
+    if (running === undefined) process.exit(signals.interrupted ? 130 : 143)
+    process.stderr.write(DRAINING)
+    void running.stop()
+  })
   watchParent()
   if (containers === 'process') prestartContainer(file)
   const apps = await loadApps('run', file)
@@ -433,29 +484,18 @@ async function run(args: string[]): Promise<number> {
 
   const { app, call } = target
   if (containers === 'process') app.sourceFile = resolve(file)
-  let running: import('./app.ts').AppRun
+  let started: import('./app.ts').AppRun
   try {
-    running = await app.run({ containers })
+    started = await app.run({ containers })
   } catch (e) {
     // A refusal to start (a missing secret, too few GPUs, a bad option) names its fix; the
     // stack would only bury it.
     process.stderr.write(`berth run: ${(e as Error)?.message ?? String(e)}\n`)
     return 2
   }
-  let interrupts = 0
-  const onSignal = () => {
-    interrupts++
-    if (interrupts === 1) {
-      process.stderr.write('berth: stopping (in-flight inputs finish, exit hooks run); interrupt again to stop now\n')
-      void running.stop()
-    } else {
-      process.stderr.write('berth: stopping now\n')
-      app.processServer?.kill()
-      process.exit(130)
-    }
-  }
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  running = started
+  // Embedded, the process exiting is the forced stop; with process containers they go first.
+  signals.force = () => app.processServer?.kill()
   let code = 0
   try {
     const out = await call()
@@ -464,11 +504,13 @@ async function run(args: string[]): Promise<number> {
     process.stderr.write(`${formatError(e)}\n`)
     code = 1
   } finally {
-    await running.stop()
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    await started.stop()
+    signals.finished()
   }
-  return interrupts > 0 && code === 0 ? 130 : code
+  // One rule for both container modes, however many interrupts (README "CLI"): a run that got
+  // a Ctrl-C exits 130, one stopped by SIGTERM 143 (128 + the signal), whatever the entrypoint
+  // did meanwhile.
+  return signals.interrupted ? 130 : signals.terminated ? 143 : code
 }
 
 function formatError(e: unknown): string {

@@ -6,8 +6,18 @@ export interface InputContext {
   functionCallId: string
   /** Fires on cancel or timeout. */
   signal: AbortSignal
-  /** True when running through `.local()`. */
+  /** True for code that counts as local (isLocal()); `.local()` calls run in a LocalContext. */
   local?: boolean
+}
+
+/**
+ * What a `.local()` call runs in: local code that is no input of its own (Modal's `.local()` is
+ * a plain call, and its `current_input_id()` is None there). Called from an input, it is part
+ * of that input, `outer`.
+ */
+interface LocalContext {
+  local: true
+  outer: InputContext | undefined
 }
 
 // Two ways to know the current input.
@@ -16,7 +26,7 @@ export interface InputContext {
 //   runs synchronously; after the code's first `await` the context functions see no input.
 //   On Node 20, AsyncLocalStorage installs promise hooks that make every promise in the process
 //   about 3x slower, so a throughput-bound app that does not need the context can opt out.
-const storage = new AsyncLocalStorage<InputContext>()
+const storage = new AsyncLocalStorage<InputContext | LocalContext>()
 const asyncMode = process.env.BERTH_ASYNC_CONTEXT !== '0'
 let syncSource: () => InputContext | undefined = () => undefined
 
@@ -33,6 +43,16 @@ export function asyncContextEnabled(): boolean {
 /** Runs `fn` with `ctx` as the current input; everything `fn` awaits or schedules sees it. */
 export function runInContext<R, A extends unknown[]>(ctx: InputContext, fn: (...args: A) => R, ...args: A): R {
   return storage.run(ctx, fn, ...args)
+}
+
+/**
+ * Runs `fn` as a `.local()` call: isLocal() is true in it, and the current input is the one
+ * that made the call, if any (none from the caller's own code).
+ */
+export function runAsLocal<R>(fn: () => R): R {
+  // `.local()` always runs in AsyncLocalStorage (it is not the hot path); it only turns the
+  // promise hooks on when used.
+  return storage.run({ local: true, outer: store() }, fn)
 }
 
 // Container code that is not an input (@enter, @exit, @build hooks of embedded containers):
@@ -61,33 +81,49 @@ export function runAsHook<R>(fn: () => R): R {
   }
 }
 
+/** The input being served, if any. */
 function store(): InputContext | undefined {
-  // `.local()` always runs in AsyncLocalStorage (it is not the hot path); it only turns the
-  // promise hooks on when used.
   const ctx = current()
-  return ctx === HOOK ? undefined : ctx
+  if (ctx === HOOK) return undefined
+  return ctx !== undefined && isLocalContext(ctx) ? ctx.outer : ctx
 }
 
-/** The current context, container hooks' included. */
-function current(): InputContext | undefined {
+function isLocalContext(ctx: InputContext | LocalContext): ctx is LocalContext {
+  return 'outer' in ctx
+}
+
+/** The current context, container hooks' and `.local()` calls' included. */
+function current(): InputContext | LocalContext | undefined {
   return asyncMode ? storage.getStore() : (syncSource() ?? (syncHook ? HOOK : storage.getStore()))
 }
 
+/**
+ * The id of the input being served: in a `@method()`, `@batched()` or `app.function` body
+ * reached through `.remote()`, `.spawn()`, `.map()` and co. Undefined elsewhere: in your own
+ * code, in `@enter`/`@exit` hooks, and in `.local()` calls, which are no input of their own (as
+ * Modal's `current_input_id()` is None there; a `.local()` call made from an input sees that
+ * input).
+ */
 export function currentInputId(): string | undefined {
   return store()?.inputId
 }
 
+/** The function call the current input belongs to; undefined where currentInputId() is. */
 export function currentFunctionCallId(): string | undefined {
   return store()?.functionCallId
 }
 
-/** The input being served. Throws InvalidError outside of an input (e.g. in @enter or at top level). */
+/**
+ * The input being served. Throws InvalidError outside of an input: in @enter/@exit hooks, at
+ * top level, and in `.local()` calls (unless made from an input, whose context they share).
+ */
 export function currentInput(): { readonly inputId: string; readonly functionCallId: string; readonly signal: AbortSignal } {
   const ctx = store()
   if (ctx === undefined) {
     throw new InvalidError(
       'currentInput() was called outside of an input. Call it from a @method(), @batched() or app.function body ' +
-        '(not from @enter/@exit hooks or top-level code), or use currentInputId(), which returns undefined there.' +
+        'reached through .remote(), .spawn() or .map() (not from @enter/@exit hooks, top-level code or a .local() call), ' +
+        'or use currentInputId(), which returns undefined there.' +
         (asyncMode ? '' : ' BERTH_ASYNC_CONTEXT=0 is set: the input is only known before the code\'s first await.'),
     )
   }

@@ -99,6 +99,46 @@ export function errorToData(err: unknown): ErrorData {
   return { name: 'Error', message }
 }
 
+/** An error as process containers send it (`name\0message\0stack`) and the control plane passes it on. */
+export interface WireError {
+  name: string
+  message: string
+  stack?: string
+}
+
+/**
+ * The one description of an error thrown by user code (an input's body, an `@enter` hook), in
+ * embedded and process containers alike: its name, message and stack, which is all a container
+ * process can send. A RemoteError or InitError that the code lets through (a call it made
+ * failed) is described by the error it carries.
+ */
+export function wireError(err: unknown): WireError {
+  if (err instanceof RemoteError || err instanceof InitError) {
+    const w: WireError = { name: err.remoteName, message: err.message }
+    if (err.remoteStack !== undefined) w.stack = err.remoteStack
+    return w
+  }
+  const d = errorToData(err)
+  const w: WireError = { name: d.name, message: d.message }
+  if (d.stack !== undefined) w.stack = d.stack
+  return w
+}
+
+/**
+ * What the caller gets when an input's code threw `err`, in either mode: the error rebuilt from
+ * its wire description, as a caller of process containers rebuilds it (a RemoteError carrying
+ * the original name, message and stack; berth's own classes as themselves).
+ */
+export function inputError(err: unknown): BerthError {
+  return errorFromData(wireError(err))
+}
+
+/** What the caller gets when an `@enter` hook threw `err`, in either mode (see errorFromData). */
+export function initError(err: unknown): InitError {
+  const w = wireError(err)
+  return new InitError(w.name, w.message, w.stack)
+}
+
 /**
  * Rebuilds an error from the wire. Our own classes come back as themselves (the remote stack, if
  * any, is kept in `remoteStack`); anything else becomes a RemoteError with the original name.
@@ -108,8 +148,16 @@ export function errorFromData(data: ErrorData): BerthError {
   switch (name) {
     case 'RemoteError':
       return new RemoteError(data.remoteName ?? 'Error', message, data.remoteStack ?? data.stack)
-    case 'InitError':
-      return new InitError(data.remoteName ?? 'Error', message, data.remoteStack ?? data.stack)
+    case 'InitError': {
+      if (data.remoteName !== undefined) return new InitError(data.remoteName, message, data.remoteStack ?? data.stack)
+      // From the control plane, which words the hook's error `<name>: <message>`
+      // (crates/berth-server/src/plane.rs, `done()`): split it back, so that the caller sees
+      // what an embedded container gives (initError).
+      const cut = message.indexOf(': ')
+      return cut > 0
+        ? new InitError(message.slice(0, cut), message.slice(cut + 2), data.stack)
+        : new InitError('Error', message, data.stack)
+    }
     case 'InvalidError':
     case 'FunctionTimeoutError':
     case 'InputCancelledError':

@@ -6,9 +6,11 @@ import { createRequire } from 'node:module'
 import type { App } from './app.ts'
 import { decodeValue, encodeValue } from './cbor.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
+import { batchArityError } from './arity.ts'
 import { applyParams, validateParams } from './decorators.ts'
-import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, errorToData } from './errors.ts'
-import { bindingSpec, runBuildHooks, type PoolDef } from './runtime.ts'
+import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from './errors.ts'
+import { batchResultError, bindingSpec, runBuildHooks, runExitHooks, type PoolDef } from './runtime.ts'
+import { checkAndCopy } from './serialize.ts'
 import { containerEnv } from './secrets.ts'
 
 /**
@@ -175,21 +177,31 @@ export function containerMain(apps: App[]): Promise<number> {
       size += bytes.length
     }
     const addError = (err: unknown) => {
-      const d = errorToData(err)
+      const d = wireError(err)
       add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), 1)
     }
-    const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
+    // `label` names the function or method in messages, as an embedded container names it.
+    const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[], label = def.name) => {
       meta.push(exec, retryable ? 1 : 0, values.length)
-      for (const v of values) {
+      for (let j = 0; j < values.length; j++) {
+        const v = values[j]
         if (!v.ok) {
           addError(v.value)
           continue
         }
         try {
-          const bytes = encodeValue(v.value)
+          let bytes: Uint8Array
+          try {
+            bytes = encodeValue(v.value)
+          } catch (e) {
+            // A value that cannot cross (a function, a symbol): the SerializationError an
+            // embedded container gives, naming what and where; the encoder's own words otherwise.
+            checkAndCopy(v.value, values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`)
+            throw e
+          }
           if (bytes.length > maxResultBytes) {
             throw new SerializationError(
-              `the result of ${def.name} is ${bytes.length} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: ` +
+              `the result of ${label} is ${bytes.length} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: ` +
                 'return less (e.g. write large outputs to a file or Volume and return where), or start `berth serve` with a larger --max-message-bytes',
             )
           }
@@ -222,19 +234,11 @@ export function containerMain(apps: App[]): Promise<number> {
           if (phase === 0) await runBuildHooks(def.cls!, m, inst)
           else if (phase === 1) for (const n of m.snapEnter) await inst[n]()
           else if (phase === 2) for (const n of m.enter) await inst[n]()
-          else if (phase === 3) {
-            for (const n of m.exit) {
-              try {
-                await inst[n]()
-              } catch (e) {
-                console.error(`berth: @exit hook ${def.name}.${n} threw: ${(e as Error)?.stack ?? e}`)
-              }
-            }
-          }
+          else if (phase === 3) await runExitHooks(def.name, m.exit, (n) => inst[n]())
         }
         link.hookDone(phase, true)
       } catch (e) {
-        const d = errorToData(e)
+        const d = wireError(e)
         link.hookDone(phase, false, d.name, d.message, d.stack)
       }
     }
@@ -261,8 +265,10 @@ export function containerMain(apps: App[]): Promise<number> {
       inputs: ExecInput[],
       merge?: (values: { ok: boolean; value: unknown }[]) => { ok: boolean; value: unknown }[],
     ) => {
-      const output = merge === undefined ? outputRaw : (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) => outputRaw(exec, retryable, merge(values))
       const m = def.methods[method]
+      const label = m === undefined || def.fn ? def.name : `${def.name}.${m.name}`
+      const output = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) =>
+        outputRaw(exec, retryable, merge === undefined ? values : merge(values), label)
       if (!m) {
         output(exec, false, inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })))
         return
@@ -273,6 +279,13 @@ export function containerMain(apps: App[]): Promise<number> {
       } catch (e) {
         output(exec, true, inputs.map(() => ({ ok: false, value: e })))
         return
+      }
+      if (m.batched) {
+        const mixed = batchArityError(label, inputs.map((i) => i.args.length))
+        if (mixed !== undefined) {
+          output(exec, false, inputs.map(() => ({ ok: false, value: mixed })))
+          return
+        }
       }
       const target: (...a: unknown[]) => unknown = def.fn ?? inst[m.name]
       const ctx = new ContainerCtx(`in-${inputs[0].id}`, inputs[0].fc)
@@ -287,11 +300,10 @@ export function containerMain(apps: App[]): Promise<number> {
             done(false, [{ ok: true, value: await target.apply(inst, inputs[0].args) }])
             return
           }
-          const arity = Math.max(...inputs.map((i) => i.args.length))
-          const columns = Array.from({ length: arity }, (_, a) => inputs.map((i) => i.args[a]))
+          const columns = Array.from({ length: inputs[0].args.length }, (_, a) => inputs.map((i) => i.args[a]))
           const out = await target.apply(inst, columns)
           if (!Array.isArray(out) || out.length !== inputs.length) {
-            const err = new InvalidError(`${def.name}.${m.name} is @batched: it got ${inputs.length} inputs and must return an array of ${inputs.length} results`)
+            const err = batchResultError(label, inputs.length, out)
             done(true, inputs.map(() => ({ ok: false, value: err })))
             return
           }

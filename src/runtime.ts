@@ -10,16 +10,17 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 
-import type { Arity } from './arity.ts'
+import { batchArityError, type Arity } from './arity.ts'
 import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import type { ClassMeta } from './decorators.ts'
 import { applyParams } from './decorators.ts'
 import {
   FunctionTimeoutError,
-  InitError,
   InputCancelledError,
   InvalidError,
   RemoteError,
+  initError,
+  inputError,
 } from './errors.ts'
 import type { NormalizedOptions } from './options.ts'
 import { checkAndCopy } from './serialize.ts'
@@ -194,7 +195,6 @@ export class Ctx implements InputContext {
   constructor(
     private readonly input: number,
     private readonly fc: number,
-    readonly local = false,
     live = 1,
   ) {
     this.live = live
@@ -344,6 +344,32 @@ export function bindingSpec(def: PoolDef, maxContainers: number): object {
 
 function describe(err: unknown): string {
   return err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`) : String(err)
+}
+
+/** A `@batched` body that did not return one result per input: the error each input fails with. */
+export function batchResultError(label: string, k: number, value: unknown): InvalidError {
+  const got = Array.isArray(value) ? `an array of ${value.length}` : value === null ? 'null' : typeof value
+  return new InvalidError(
+    `${label} is @batched: it got ${k} inputs and must return an array of ${k} results (one per input, in order), but returned ${got}`,
+  )
+}
+
+/**
+ * Runs a container's `@exit` hooks in order. As in Modal, a hook that throws ends them: the ones
+ * after it are skipped, and the log names the hook that threw, the ones skipped, and its stack.
+ * `call` runs one hook by member name; `cls` names the class for the log.
+ */
+export async function runExitHooks(cls: string, names: readonly string[], call: (name: string) => unknown): Promise<void> {
+  for (let i = 0; i < names.length; i++) {
+    try {
+      await call(names[i])
+    } catch (e) {
+      const rest = names.slice(i + 1).map((n) => `${cls}.${n}`)
+      const skipped = rest.length === 0 ? '' : `; the remaining exit hooks (${rest.join(', ')}) are skipped`
+      console.error(`berth: @exit hook ${cls}.${names[i]} threw${skipped}: ${describe(e)}`)
+      return
+    }
+  }
 }
 
 export class EmbeddedRuntime {
@@ -547,8 +573,14 @@ export class EmbeddedRuntime {
     try {
       inst = this.instance(pool, cid)
     } catch (e) {
-      // A constructor that throws is an init failure of this input's attempt.
-      for (let j = 0; j < k; j++) this.record(ev[at + 2 * j], ev[at + 2 * j + 1], false, RemoteError.from(e))
+      // A constructor that throws fails this attempt of each input, with the constructor's error.
+      const err = inputError(e)
+      for (let j = 0; j < k; j++) {
+        const rec = this.inputs.get(ev[at + 2 * j])
+        if (rec === undefined) continue
+        rec.attempt = ev[at + 2 * j + 1]
+        this.record(rec.id, rec.attempt, false, err)
+      }
       this.completes.push2(exec, ST_FAILED)
       return
     }
@@ -578,17 +610,30 @@ export class EmbeddedRuntime {
     const ids: number[] = new Array(k)
     const attempts: number[] = new Array(k)
     const recs: (InputRec | undefined)[] = new Array(k)
-    let arity = 0
+    const counts: number[] = []
     for (let j = 0; j < k; j++) {
       ids[j] = ev[at + 2 * j]
       attempts[j] = ev[at + 2 * j + 1]
       const rec = this.inputs.get(ids[j])
       recs[j] = rec
-      if (rec) arity = Math.max(arity, rec.args.length)
+      if (rec) counts.push(rec.args.length)
     }
+    const mixed = batchArityError(pool.def.fn ? pool.def.name : `${pool.def.name}.${m.name}`, counts)
+    if (mixed !== undefined) {
+      // Not user code failing: the batch cannot run as sent, so no attempt would do better.
+      for (let j = 0; j < k; j++) {
+        const rec = recs[j]
+        if (rec === undefined) continue
+        rec.attempt = attempts[j]
+        this.record(ids[j], attempts[j], false, mixed)
+      }
+      this.completes.push2(exec, ST_FINAL)
+      return
+    }
+    const arity = counts.length === 0 ? 0 : counts[0]
     const columns: unknown[][] = Array.from({ length: arity }, () => new Array(k))
     const first = recs.find((r) => r !== undefined)
-    const ctx = new Ctx(ids[0], first?.fc ?? 0, false, k)
+    const ctx = new Ctx(ids[0], first?.fc ?? 0, k)
     for (let j = 0; j < k; j++) {
       const rec = recs[j]
       if (rec) {
@@ -663,7 +708,7 @@ export class EmbeddedRuntime {
     let status = ST_OK
     if (!ok) {
       status = ST_FAILED
-      this.record(id, attempt, false, RemoteError.from(value))
+      this.record(id, attempt, false, inputError(value))
     } else if (rec.pending && rec.attempt === attempt) {
       const t = typeof value
       if (t === 'object' ? value !== null : t === 'function' || t === 'symbol') {
@@ -687,17 +732,15 @@ export class EmbeddedRuntime {
 
   private settleBatch(exec: number, pool: Pool, name: string, ids: number[], attempts: number[], ok: boolean, value: unknown): void {
     const k = ids.length
+    const label = pool.def.fn ? pool.def.name : `${pool.def.name}.${name}`
     let status = ST_OK
     if (!ok) {
       status = ST_FAILED
-      const err = RemoteError.from(value)
+      const err = inputError(value)
       for (let j = 0; j < k; j++) this.record(ids[j], attempts[j], false, err)
     } else if (!Array.isArray(value) || value.length !== k) {
       status = ST_FAILED
-      const got = Array.isArray(value) ? `an array of ${value.length}` : typeof value
-      const err = new InvalidError(
-        `${pool.def.name}.${name} is @batched: it got ${k} inputs and must return an array of ${k} results (one per input, in order), but returned ${got}`,
-      )
+      const err = batchResultError(label, k, value)
       for (let j = 0; j < k; j++) this.record(ids[j], attempts[j], false, err)
     } else {
       // As in settleOne: results JavaScript holds before any abort are delivered at once, each
@@ -713,7 +756,7 @@ export class EmbeddedRuntime {
         }
         this.inputs.delete(ids[j])
         try {
-          rec.resolve(checkAndCopy(value[j], `result ${j} of ${pool.def.name}.${name}`))
+          rec.resolve(checkAndCopy(value[j], `result ${j} of ${label}`))
         } catch (e) {
           rec.reject(e)
         }
@@ -767,7 +810,7 @@ export class EmbeddedRuntime {
         break
       case 4: {
         const cause = this.initErrors.get(aux)
-        rec.reject(InitError.from(cause ?? new Error(`${rec.pool.def.name}: the container failed to start`)))
+        rec.reject(initError(cause ?? new Error(`${rec.pool.def.name}: the container failed to start`)))
         break
       }
       case 5:
@@ -789,13 +832,7 @@ export class EmbeddedRuntime {
       if (phase === 0) {
         await runAsHook(() => runBuildHooks(pool.def.cls!, meta, inst))
       } else if (phase === 3) {
-        for (const name of meta.exit) {
-          try {
-            await runAsHook(() => inst[name]())
-          } catch (e) {
-            console.error(`berth: @exit hook ${pool.def.name}.${name} threw: ${describe(e)}`)
-          }
-        }
+        await runExitHooks(pool.def.name, meta.exit, (name) => runAsHook(() => inst[name]()))
       } else {
         const names = phase === 1 ? meta.snapEnter : meta.enter
         for (const name of names) await runAsHook(() => inst[name]())

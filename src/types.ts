@@ -36,6 +36,12 @@ export type ParallelIterables<A extends unknown[]> = { [K in keyof A]: AnyIterab
  */
 export interface Invocable<A extends unknown[], R> {
   remote(...args: A): Promise<R>
+  /**
+   * Runs the code in this process (a class's enter hooks first, once). It is no input of its
+   * own: in it currentInputId() and currentFunctionCallId() are undefined and currentInput()
+   * throws, as Modal's `current_input_id()` is None in `.local()`; called from an input, the
+   * code sees that input. isLocal() is true in it.
+   */
   local(...args: A): Promise<R>
   spawn(...args: A): Promise<FunctionCall<R>>
   map(...inputs: ParallelIterables<A>): AsyncIterable<R>

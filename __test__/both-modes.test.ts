@@ -1,0 +1,115 @@
+// The same app with embedded containers and with container processes: what the caller sees
+// must not depend on the mode (README "Process containers": "the handles are the same").
+// Each test runs __test__/fixtures/both-modes.ts as a script once per mode.
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const fixture = join(root, '__test__/fixtures/both-modes.ts')
+const MODES = ['embedded', 'process'] as const
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+  result: any
+}
+
+function run(scenario: string, mode: string): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', fixture, scenario, mode], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`${scenario} (${mode}) did not finish in 60 s:\n${stdout}\n${stderr}`))
+    }, 60_000)
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      const line = stdout.split('\n').find((l) => l.startsWith('result '))
+      resolve({ code, stdout, stderr, result: line === undefined ? undefined : JSON.parse(line.slice('result '.length)) })
+    })
+  })
+}
+
+const both = (scenario: string) => Promise.all(MODES.map((m) => run(scenario, m)))
+
+test.serial('@batched: a batch whose inputs pass different numbers of arguments fails each of them with InvalidError, in both modes', async (t) => {
+  for (const [i, r] of (await both('batchArity')).entries()) {
+    const mode = MODES[i]
+    t.is(r.code, 0, `${mode}\n${r.stdout}\n${r.stderr}`)
+    const { mixed, same } = r.result
+    for (const m of mixed) {
+      t.false(m.ok, `${mode}: a mixed batch must not run (got ${JSON.stringify(m.value)})`)
+      t.like(m.error, {
+        class: 'InvalidError',
+        name: 'InvalidError',
+        message:
+          'Pairs.join is @batched: the inputs of one batch must pass the same number of arguments; got 1 and 2. ' +
+          'Pass every argument in each call: in a batch each parameter is one array with an item per input, so no input can leave one out',
+      }, mode)
+    }
+    t.deepEqual(same, [{ ok: true, value: '1+2' }, { ok: true, value: '3+4' }], `${mode}: a batch whose inputs agree runs`)
+  }
+})
+
+test.serial('an @exit hook that throws: the remaining exit hooks are skipped, and the log names the hook, those skipped and the stack, in both modes', async (t) => {
+  for (const [i, r] of (await both('exitThrows')).entries()) {
+    const mode = MODES[i]
+    t.is(r.code, 0, `${mode}\n${r.stdout}\n${r.stderr}`)
+    t.is(r.result, 'pong')
+    const exits = r.stdout.split('\n').filter((l) => l.startsWith('[exit]'))
+    t.deepEqual(exits, ['[exit] close'], `${mode}: flush, after close, which threw, does not run`)
+    t.regex(r.stderr, /berth: @exit hook Closing\.close threw; the remaining exit hooks \(Closing\.flush\) are skipped: Error: close failed\n\s+at _?Closing\.close /, mode)
+  }
+})
+
+test.serial('.local() is not an input: currentInputId() and currentFunctionCallId() are undefined, currentInput() throws; called from an input, it sees that input, in both modes', async (t) => {
+  for (const [i, r] of (await both('localContext')).entries()) {
+    const mode = MODES[i]
+    t.is(r.code, 0, `${mode}\n${r.stdout}\n${r.stderr}`)
+    const { fnLocal, clsLocal, remote, nested } = r.result
+    const none = { inputId: null, functionCallId: null, currentInput: 'InvalidError' }
+    t.deepEqual(fnLocal, none, `${mode}: function .local()`)
+    t.deepEqual(clsLocal, none, `${mode}: method .local()`)
+    t.regex(remote.inputId, /\S/, `${mode}: .remote() runs as an input`)
+    t.regex(remote.functionCallId, /\S/)
+    t.is(remote.currentInput, remote.inputId)
+    t.regex(nested.own.inputId, /\S/)
+    t.deepEqual(nested.inner, nested.own, `${mode}: .local() inside an input runs as part of that input`)
+  }
+})
+
+test.serial('an error from user code reaches the caller with the same class, name, message, remoteName and stack in both modes', async (t) => {
+  const [embedded, proc] = await both('errors')
+  t.is(embedded.code, 0, embedded.stderr)
+  t.is(proc.code, 0, proc.stderr)
+  const e = embedded.result
+  t.deepEqual(e.enterError, {
+    ok: false,
+    error: { class: 'InitError', name: 'InitError', message: 'weights missing', remoteName: 'Error', remoteStack: e.enterError.error.remoteStack },
+  })
+  t.regex(e.enterError.error.remoteStack, /^Error: weights missing\n\s+at _?EnterError\.load /)
+  t.deepEqual(e.enterString, { ok: false, error: { class: 'InitError', name: 'InitError', message: 'weights missing', remoteName: 'Error' } })
+  t.like(e.enterCustom.error, { class: 'InitError', message: 'no weights at /models', remoteName: 'WeightsMissing' })
+  t.like(e.typeError.error, { class: 'RemoteError', name: 'RemoteError', remoteName: 'TypeError' })
+  t.regex(e.typeError.error.message, /null/)
+  t.like(e.customError.error, { class: 'RemoteError', message: 'no weights at /models', remoteName: 'WeightsMissing' })
+  t.like(e.ownClass.error, { class: 'InvalidError', name: 'InvalidError', message: 'the config names no model' })
+  t.like(e.constructorError.error, { class: 'RemoteError', message: 'no config for this model', remoteName: 'RangeError' })
+  // berth's own errors about a result: the same words in both modes.
+  t.is(e.unsendable.error.class, 'SerializationError')
+  t.regex(e.unsendable.error.message, /^the result of unsendable: value at \.f is a function/)
+  t.like(e.short.error, {
+    class: 'InvalidError',
+    message: 'Short.lens is @batched: it got 1 inputs and must return an array of 1 results (one per input, in order), but returned an array of 0',
+  })
+  const seen = ({ ok, error }: { ok: boolean; error?: Record<string, unknown> }) =>
+    // A berth error from a container process also carries the container's stack (remoteStack).
+    ok || error?.remoteName !== undefined ? { ok, error } : { ok, error: { ...error, remoteStack: undefined } }
+  for (const k of Object.keys(e)) t.deepEqual(seen(proc.result[k]), seen(e[k]), `${k}: process containers vs embedded`)
+})
