@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_server::gpu::{parse_nvidia_smi_list, parse_request, Choice, Device, GpuPool};
-use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
+use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Killer, Registry, ServeOptions, Spawner};
 use napi::bindgen_prelude::{AsyncTask, Buffer};
 use napi::{Env, Error, Result, Task};
 use napi_derive::napi;
@@ -445,6 +445,7 @@ pub struct BindingServer {
     /// `&mut self` method would leave the object borrowed while its promise is pending, and
     /// the forced stop (`kill`) comes exactly then.
     running: Mutex<Option<(tokio::runtime::Runtime, ControlPlane)>>,
+    killer: Killer,
     address: String,
     http_address: Option<String>,
     procs: Arc<Mutex<Procs>>,
@@ -539,7 +540,8 @@ impl BindingServer {
         }
         let address = plane.local_addr().to_string();
         let http_address = plane.http_addr().map(|a| a.to_string());
-        Ok(Self { running: Mutex::new(Some((rt, plane))), address, http_address, procs })
+        let killer = plane.killer();
+        Ok(Self { running: Mutex::new(Some((rt, plane))), killer, address, http_address, procs })
     }
 
     #[napi(getter)]
@@ -554,9 +556,12 @@ impl BindingServer {
     }
 
     /// The forced stop (a second Ctrl-C): kills every container process now, without exit
-    /// hooks, and starts no more. Synchronous, so that `process.exit()` may follow at once.
+    /// hooks, and starts no more; pending inputs are answered cancelled, so that a `shutdown()`
+    /// under way ends instead of waiting for inputs no container will run. Synchronous, so that
+    /// `process.exit()` may follow at once.
     #[napi]
     pub fn kill(&self) {
+        self.killer.kill();
         let mut g = lock(&self.procs);
         g.closed = true;
         for p in g.live.values_mut() {

@@ -18,4 +18,4 @@ mod service;
 
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, Registry, Spawner};
-pub use service::{ControlPlane, ServeOptions};
+pub use service::{ControlPlane, Killer, ServeOptions};

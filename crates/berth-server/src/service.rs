@@ -84,6 +84,19 @@ impl Default for ServeOptions {
 pub const FRAMING_BYTES: usize = 64 << 10;
 
 /// A running control plane.
+/// The forced stop of a control plane (see [`ControlPlane::killer`]).
+#[derive(Clone)]
+pub struct Killer(mpsc::UnboundedSender<Command>);
+
+impl Killer {
+    /// Running inputs are aborted and every pending one is answered `InputCancelledError`, no
+    /// more exit hooks run, every container is told to stop; a `shutdown` under way returns
+    /// instead of waiting for inputs no container will run.
+    pub fn kill(&self) {
+        let _ = self.0.send(Command::Kill);
+    }
+}
+
 pub struct ControlPlane {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
@@ -241,6 +254,11 @@ impl ControlPlane {
     }
 
     /// Stops taking calls, lets accepted inputs finish, runs exit hooks, then stops serving.
+    /// What stops this control plane at once, usable while [`shutdown`](Self::shutdown) runs.
+    pub fn killer(&self) -> Killer {
+        Killer(self.shared.commands.clone())
+    }
+
     pub async fn shutdown(mut self) {
         let (tx, rx) = oneshot::channel();
         if self.shared.commands.send(Command::Shutdown(Some(tx))).is_ok() {

@@ -850,3 +850,36 @@ async fn an_interrupted_containers_input_runs_again_elsewhere_without_a_retry() 
     }
     plane.shutdown().await;
 }
+
+/// The forced stop (a second Ctrl-C) during a shutdown that waits for queued inputs: the
+/// shutdown returns, and every caller is answered cancelled (it used to wait forever for inputs
+/// no container would run).
+#[tokio::test]
+async fn a_kill_ends_a_shutdown_that_waits_for_queued_inputs() {
+    let b = Behaviour { delay: Duration::from_secs(3600), ..Behaviour::default() };
+    let (plane, seen) = start(square_app(0, 1), b, local()).await;
+    let c = client(&plane).await;
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.invoke(pb::InvokeRequest { function: square_ref(), args: args(&[i]) }).await })
+        })
+        .collect();
+    // Four go to the container (its slots), six wait in the queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.lock().unwrap().hooks.contains(&(1, pb::Phase::Enter as i32)) {
+        assert!(tokio::time::Instant::now() < deadline, "the container entered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killer = plane.killer();
+    let shutdown = tokio::spawn(plane.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!shutdown.is_finished(), "a shutdown waits for accepted inputs");
+    killer.kill();
+    tokio::time::timeout(Duration::from_secs(10), shutdown).await.expect("the shutdown ends after a kill").unwrap();
+    for call in calls {
+        let r = call.await.unwrap().expect("answered").into_inner();
+        assert_eq!(err_name(r.result.as_ref().unwrap()), "InputCancelledError");
+    }
+}
