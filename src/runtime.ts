@@ -860,7 +860,7 @@ export class EmbeddedRuntime {
     console.error(
       `berth: ${pool?.def.name ?? 'a function'} (input in-${input}) kept running ${OVERDUE_GRACE_S}s after it was aborted ` +
         `(timed out) and ignores its AbortSignal: container ${cid} is replaced by a new one (no @exit for it); its other ` +
-        'inputs run again there. Check signal.aborted (or pass the signal on) in long-running code.',
+        'inputs run again on another. Check signal.aborted (or pass the signal on) in long-running code.',
     )
   }
 
