@@ -139,7 +139,7 @@ test.serial('code that ignores its AbortSignal past its timeout: after a grace t
 
 const stuckApp = new App('semantics-stuck')
 let enters = 0
-@stuckApp.cls({ timeout: 0.5 })
+@stuckApp.cls({ timeout: 0.5, startupTimeout: 60 })
 class Stuck {
   @enter() load() {
     enters++
