@@ -133,6 +133,28 @@ test.serial('code that ignores its AbortSignal past its timeout: after a grace t
   await stopsCleanly(t, s)
 })
 
+test.serial('a burst of quick batches under berth serve stays on one container instead of starting others that load the model for nothing', async (t) => {
+  const [s, client, file] = await served(t)
+  const stream = client.Map()
+  const got: number[] = []
+  const ended = new Promise<void>((resolve, reject) => {
+    stream.on('data', (r: any) => got.push(cbor.decode(r.result.value)))
+    stream.on('end', resolve)
+    stream.on('error', reject)
+  })
+  stream.write({ function: { app: 'semantics', function: 'Batcher', method: 'predict' } })
+  for (let i = 0; i < 50; i++) stream.write({ input: { index: i, args: cbor.encode([i]) } })
+  stream.end()
+  await ended
+  t.deepEqual(got.sort((a, b) => a - b), Array.from({ length: 50 }, (_, i) => i * 2))
+  await sleep(1500) // a container started needlessly would have entered by now
+  const enters = file('log').match(/^batcher-enter /gm) ?? []
+  const batches = file('log').match(/^batch \d+ \d+$/gm) ?? []
+  t.is(enters.length, 1, `one container entered (7 batches of 8 are 210 ms of work; a second one takes 1 s to load)\n${file('log')}`)
+  t.true(batches.length >= 7, `${batches.length} batches`)
+  await stopsCleanly(t, s)
+})
+
 // ---------------------------------------------------------------------------------------------
 // Embedded containers: the same rule for stuck code (the instance is dropped and a new one
 // entered), and Modal's floor of one second between attempts.

@@ -235,6 +235,8 @@ struct Container {
     startup_gen: u32,
     in_flight: u32,
     idle_since: Instant,
+    /// When it was created: its startup time is measured to Serving.
+    created: Instant,
 }
 
 struct Queued {
@@ -262,6 +264,10 @@ struct Pool {
     deadlines: VecDeque<(Instant, ExecId)>,
     dead_deadlines: usize,
     dirty: bool,
+    /// How long a container takes to start (to Serving), and an execution to complete: moving
+    /// averages, unknown until measured. The autoscaler weighs them (see `absorbable`).
+    startup_avg: Option<Duration>,
+    exec_avg: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +301,7 @@ struct ExecState {
     timed_out: bool,
     /// Its first input, to name it when its container is replaced.
     first: InputId,
+    started: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -305,6 +312,24 @@ enum Timer {
     ExitGrace(ContainerId),
     /// An aborted execution still holding its slot after the grace.
     Overdue(ExecId),
+}
+
+/// What [`Scheduler::absorbable`] estimated from: the start of the oldest execution running,
+/// the execution time assumed, the startup time, and the serving slots.
+#[derive(Clone, Copy)]
+struct Estimate {
+    oldest: Instant,
+    exec: Duration,
+    startup: Duration,
+    slots: f64,
+}
+
+/// A moving average that weighs the newest sample by a quarter.
+fn moving_average(avg: Option<Duration>, sample: Duration) -> Duration {
+    match avg {
+        None => sample,
+        Some(a) => (a * 3 + sample) / 4,
+    }
 }
 
 /// A live exec's deadline entry became dead (the exec completed or was lost): drop what has
@@ -485,6 +510,8 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 deadlines: VecDeque::new(),
                 dead_deadlines: 0,
                 dirty: false,
+                startup_avg: None,
+                exec_avg: None,
             },
         );
         // minContainers are started right away, as Modal keeps them warm.
@@ -567,6 +594,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         if let Some(p) = self.pools.get_mut(&e.pool) {
             if !e.timed_out {
                 deadline_gone(p, exec, &self.execs);
+                p.exec_avg = Some(moving_average(p.exec_avg, self.now.saturating_duration_since(e.started)));
             }
             if quiet {
                 for (input, _) in &e.inputs {
@@ -713,8 +741,10 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             None => {
                 c.state = CState::Serving;
                 c.idle_since = self.now;
+                let took = self.now.saturating_duration_since(c.created);
                 if let Some(p) = self.pools.get_mut(&pool_id) {
                     p.failures = 0;
+                    p.startup_avg = Some(moving_average(p.startup_avg, took));
                 }
                 self.mark_dirty(pool_id);
             }
@@ -1093,21 +1123,27 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let exec = Exec { id, pool: pool_id, container: cid, method: method as u32, inputs };
         self.invoker.run(&exec);
         let first = exec.inputs.first().map_or(0, |(input, _)| *input);
-        self.execs
-            .insert(id, ExecState { pool: pool_id, container: cid, inputs: exec.inputs, timed_out: false, first });
+        let started = self.now;
+        let state = ExecState { pool: pool_id, container: cid, inputs: exec.inputs, timed_out: false, first, started };
+        self.execs.insert(id, state);
     }
 
     /// Starts or drains containers so that the pool has what its load asks for, within
-    /// `minContainers..=maxContainers` (plus `bufferContainers` while busy).
+    /// `minContainers..=maxContainers` (plus `bufferContainers` while busy). Queued work asks for
+    /// a new container only if the containers there cannot do it before a new one would be
+    /// ready (see [`Self::absorbable`]): a burst of quick batches does not start containers that
+    /// would load a model to find the queue empty.
     fn autoscale(&mut self, pool_id: PoolId) {
         let now = self.now;
         let Some(pool) = self.pools.get(&pool_id) else { return };
         let spec = &pool.spec;
         let mut live = 0u32;
+        let mut serving = 0u32;
         let mut in_flight = 0u32;
         for c in pool.containers.iter().filter_map(|id| self.containers.get(id)) {
             if matches!(c.state, CState::Starting(_) | CState::Serving) {
                 live += 1;
+                serving += u32::from(c.state == CState::Serving);
                 in_flight += c.in_flight;
             }
         }
@@ -1120,9 +1156,10 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 m.batching.map_or(n, |b| n.div_ceil(b.max_batch_size))
             })
             .sum();
-        let load = queued + in_flight;
+        let (absorbed, estimate) = self.absorbable(pool, live, serving, queued);
+        let load = queued - absorbed.min(queued) + in_flight;
         let mut desired = load.div_ceil(spec.target_inputs);
-        if load > 0 {
+        if queued + in_flight > 0 {
             desired += spec.buffer_containers;
         }
         let floor = if self.stopping { 0 } else { spec.min_containers };
@@ -1132,6 +1169,18 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             desired = desired.min(1);
         }
         let restart_wait = pool.restart_at.filter(|at| *at > now);
+        // While running code takes longer, fewer queued executions are absorbed: look again when
+        // the estimate falls below what the containers there (after this decision) leave queued.
+        let covered = (live.max(desired) * spec.target_inputs).saturating_sub(in_flight);
+        let uncovered = queued.saturating_sub(covered);
+        if let (Some(e), true) = (estimate, uncovered > 0 && desired < spec.max_containers) {
+            let threshold = e.startup.mul_f64(e.slots / f64::from(uncovered));
+            if e.exec < threshold {
+                self.wake_pool_at(pool_id, e.oldest + threshold);
+            }
+        }
+        let Some(pool) = self.pools.get(&pool_id) else { return };
+        let spec = &pool.spec;
 
         if live < desired {
             if let Some(at) = restart_wait {
@@ -1170,6 +1219,43 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         }
     }
 
+    /// How many queued executions the serving containers will have done before a container
+    /// started now could serve. A serving container does `targetInputs` executions at a time,
+    /// each taking the measured average (or, when longer, as long as the oldest one running has
+    /// run so far); a new container takes the measured startup time. Before any container has
+    /// become ready nothing is known: one container starts for a queue, the others wait for its
+    /// measurements. A pool whose containers start at once (no hooks) absorbs nothing and
+    /// scales on its queue. The estimate, when it rests on code still running, comes along.
+    fn absorbable(&self, pool: &Pool, live: u32, serving: u32, queued: u32) -> (u32, Option<Estimate>) {
+        if queued == 0 {
+            return (0, None);
+        }
+        let Some(startup) = pool.startup_avg else {
+            return (if live == 0 { queued - 1 } else { u32::MAX }, None);
+        };
+        if serving == 0 || startup.is_zero() {
+            return (0, None);
+        }
+        let oldest = pool
+            .deadlines
+            .iter()
+            .take(8)
+            .find(|(_, id)| self.execs.get(id).is_some_and(|e| !e.timed_out))
+            .and_then(|(at, _)| at.checked_sub(pool.spec.timeout));
+        let running_for = oldest.map(|t| self.now.saturating_duration_since(t));
+        let exec = match (pool.exec_avg, running_for) {
+            (Some(a), Some(r)) => a.max(r),
+            (a, r) => a.or(r).unwrap_or_default(),
+        };
+        let slots = f64::from(serving) * f64::from(pool.spec.target_inputs);
+        let estimate = oldest.map(|oldest| Estimate { oldest, exec, startup, slots });
+        if exec.is_zero() {
+            return (u32::MAX, estimate);
+        }
+        let n = slots * startup.as_secs_f64() / exec.as_secs_f64();
+        (if n >= f64::from(u32::MAX) { u32::MAX } else { n as u32 }, estimate)
+    }
+
     fn start_container(&mut self, pool_id: PoolId) {
         let cid = self.next_container;
         self.next_container += 1;
@@ -1182,6 +1268,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 startup_gen: 0,
                 in_flight: 0,
                 idle_since: now,
+                created: now,
             },
         );
         if let Some(p) = self.pools.get_mut(&pool_id) {

@@ -1,4 +1,5 @@
 //! Scheduler rules on tokio's paused clock: every time below is exact.
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -874,4 +875,75 @@ async fn a_draining_container_finishes_in_flight_runs_exit_and_its_queue_moves_o
     assert!(runs.iter().all(|cid| *cid != c), "no new input went to the draining container");
     assert_eq!(done.len(), 3);
     assert!(done.iter().all(|(_, o)| *o == Outcome::Ok));
+}
+
+/// Runs `n` inputs to the end: enter hooks take `enter`, executions `exec`; returns when each
+/// container started (ms) and how many executions each ran.
+async fn serve_with_startup(
+    w: &mut World,
+    n: usize,
+    enter: Duration,
+    exec: Duration,
+) -> (Vec<u128>, HashMap<ContainerId, usize>) {
+    let mut started = vec![];
+    let mut runs: HashMap<ContainerId, usize> = HashMap::new();
+    let mut done = 0;
+    while done < n {
+        match w.next().await {
+            Ev::Hook(c, p) => {
+                started.push(w.ms());
+                let tx = w.cmd.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(enter).await;
+                    let _ = tx.send(Command::HookDone { container: c, phase: p, ok: true });
+                });
+            }
+            Ev::Run(e) => {
+                *runs.entry(e.container).or_default() += 1;
+                let tx = w.cmd.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(exec).await;
+                    let _ = tx.send(Command::Complete(vec![(e.id, ExecStatus::Ok)]));
+                });
+            }
+            Ev::Done(..) => done += 1,
+            _ => {}
+        }
+    }
+    (started, runs)
+}
+
+#[tokio::test(start_paused = true)]
+async fn quick_batches_do_not_start_containers_that_would_find_the_queue_empty() {
+    // 50 inputs in batches of 8 are 7 executions: the first container (1 s to load its model)
+    // does them in 7 x 30 ms, long before a second one could start.
+    let mut s = batched(8, 5);
+    s.hooks.enter = true;
+    s.max_containers = 8;
+    let mut w = World::new(s);
+    w.submit(1..=50, 0);
+    let (started, runs) = serve_with_startup(&mut w, 50, Duration::from_secs(1), 30 * MS).await;
+    assert_eq!(started, vec![0], "one container: {runs:?}");
+    assert_eq!(runs.values().sum::<usize>(), 7);
+    // A second burst of the same: the measured costs say the same.
+    w.submit(51..=100, 0);
+    let (started, _) = serve_with_startup(&mut w, 50, Duration::from_secs(1), 30 * MS).await;
+    assert!(started.is_empty(), "no new container: {started:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_inputs_scale_out_once_the_first_container_has_measured() {
+    // 20 inputs of 2 s: worth more containers. The first start is awaited (nothing is known
+    // before it), then the pool scales to its maximum.
+    let mut s = spec();
+    s.hooks.enter = true;
+    s.max_containers = 4;
+    let mut w = World::new(s);
+    w.submit(1..=20, 0);
+    let (started, runs) = serve_with_startup(&mut w, 20, Duration::from_secs(1), Duration::from_secs(2)).await;
+    assert_eq!(started.len(), 4, "{started:?}");
+    assert_eq!(started[0], 0);
+    assert!(started[1..].iter().all(|t| *t >= 1000 && *t < 1100), "started once the first had measured: {started:?}");
+    assert_eq!(runs.len(), 4);
+    assert!(runs.values().all(|n| *n >= 4), "each did a share: {runs:?}");
 }
