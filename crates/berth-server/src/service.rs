@@ -170,13 +170,22 @@ impl ControlPlane {
         let auth = move |req: Request<()>| check_token(token.as_deref(), &req).map(|()| req);
         let cap = opts.max_message_bytes;
         // One cap, every hop: a caller's request, each input's arguments, each result. Answers
-        // and container messages carry a result (or arguments) of up to the cap plus framing;
-        // containers split their outputs at the cap and refuse larger results themselves.
+        // carry a result of up to the cap plus framing; containers split their outputs at the
+        // cap and refuse larger results themselves, but one execution's output is one message:
+        // a @batched one carries up to maxBatchSize results of up to the cap each.
+        let largest_batch = shared
+            .registry
+            .functions
+            .iter()
+            .flat_map(|f| &f.spec.methods)
+            .filter_map(|m| m.batching.map(|b| b.max_batch_size as usize))
+            .max()
+            .unwrap_or(1);
         let functions = FunctionsServer::new(FunctionsSvc { shared: shared.clone() })
             .max_decoding_message_size(cap)
             .max_encoding_message_size(cap.saturating_add(FRAMING_BYTES));
         let containers = ContainersServer::new(ContainersSvc { shared: shared.clone() })
-            .max_decoding_message_size(cap.saturating_add(FRAMING_BYTES))
+            .max_decoding_message_size(cap.saturating_mul(largest_batch).saturating_add(FRAMING_BYTES))
             .max_encoding_message_size(usize::MAX);
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<FunctionsServer<FunctionsSvc>>().await;

@@ -883,3 +883,33 @@ async fn a_kill_ends_a_shutdown_that_waits_for_queued_inputs() {
         assert_eq!(err_name(r.result.as_ref().unwrap()), "InputCancelledError");
     }
 }
+
+/// One execution of a @batched method answers its whole batch in one message: eight results of
+/// 600 KiB under a 1 MiB cap (each within it, the message far over it) reach their callers. The
+/// container's stream used to end on that message, as if the container had died.
+#[tokio::test]
+async fn a_batch_of_large_results_fits_through_however_the_cap_compares_to_their_sum() {
+    let mut registry = square_app(0, 1);
+    registry.functions[0].spec.methods =
+        vec![MethodSpec { batching: Some(berth_core::Batching::new(8, Duration::from_millis(200)).unwrap()) }];
+    let b = Behaviour { result_bytes: Some(600 << 10), ..Behaviour::default() };
+    let (plane, seen) = start(registry, b, ServeOptions { max_message_bytes: 1 << 20, ..local() }).await;
+    let mut c = client(&plane).await;
+    let requests = std::iter::once(map_first()).chain((0..8).map(map_input));
+    let mut stream = c.map(tokio_stream::iter(requests)).await.expect("map").into_inner();
+    let mut got = HashMap::new();
+    tokio::time::timeout(Duration::from_secs(20), drain_map(&mut stream, &mut got))
+        .await
+        .expect("answered in time")
+        .expect("the stream ends OK");
+    assert_eq!(got.len(), 8);
+    for r in got.values() {
+        assert!(
+            matches!(&r.outcome, Some(Outcome::Value(v)) if v.len() > 600 << 10),
+            "{:?}",
+            r.outcome.as_ref().map(|_| ())
+        );
+    }
+    assert_eq!(seen.lock().unwrap().started, vec![1], "the container was not lost");
+    plane.shutdown().await;
+}
