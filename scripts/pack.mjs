@@ -90,7 +90,10 @@ switch (process.argv[2]) {
     checkPlatformPackages(pkg)
     const published = Object.fromEntries(Object.entries(pkg).filter(([k]) => !REPOSITORY_ONLY.includes(k)))
     writeFileSync(backupPath, text)
-    writeFileSync(manifestPath, JSON.stringify(published, null, 2) + '\n')
+    // Replaced in one rename: a process reading package.json meanwhile (tsx, a test) sees one of
+    // the two whole files.
+    writeFileSync(`${manifestPath}.publish`, JSON.stringify(published, null, 2) + '\n')
+    renameSync(`${manifestPath}.publish`, manifestPath)
     break
   }
   case 'postpack':
