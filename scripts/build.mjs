@@ -35,8 +35,10 @@ run(bin('napi'), napiArgs)
 
 const esbuild = require('esbuild')
 mkdirSync(join(root, 'dist'), { recursive: true })
+// The maps embed their sources (sourcesContent), and src/ ships too (package.json "files"): a stack
+// trace that tsx or `node --enable-source-maps` maps to src/*.ts names a file the user has.
 const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', sourcemap: 'linked',
-  external: ['../binding.cjs', 'tsx', 'tsx/*'], logLevel: 'warning' }
+  sourcesContent: true, external: ['../binding.cjs', 'tsx', 'tsx/*'], logLevel: 'warning' }
 esbuild.buildSync({ ...common, entryPoints: [join(root, 'src/index.ts')], outfile: join(root, 'dist/index.cjs') })
 esbuild.buildSync({ ...common, entryPoints: [join(root, 'src/cli.ts')], outfile: join(root, 'dist/cli.cjs') })
 

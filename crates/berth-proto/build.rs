@@ -1,5 +1,5 @@
 //! Compiles proto/berth/v1 with protox (pure Rust): no system protoc is needed. The descriptor
-//! set is kept for gRPC server reflection.
+//! set, with the files' comments, is kept for gRPC server reflection.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -8,7 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
-    let fds = protox::compile(files, [&root])?;
+    // Source info (the .proto comments) stays in the descriptors: gRPC reflection serves them,
+    // so a caller with only the server reads each rpc's contract, e.g. Map's first message
+    // (crates/berth-server/tests/control_plane.rs: reflection_carries_the_proto_comments).
+    let fds = protox::Compiler::new([&root])?
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(files)?
+        .file_descriptor_set();
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("berth_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     // Malformed messages are INVALID_ARGUMENT, not INTERNAL (src/codec.rs).

@@ -437,6 +437,74 @@ async fn health_and_reflection_are_served() {
     }
 }
 
+/// Reflection serves the .proto files' comments (their source info), so a client that has only
+/// the server learns, for one, the Map stream's first-message rule (README: "From any
+/// language: the `.proto` files alone"). Both reflection versions, as grpcurl and
+/// grpcio-reflection each ask one of them.
+#[tokio::test]
+async fn reflection_carries_the_proto_comments() {
+    use prost::Message as _;
+    let (plane, _) = start(square_app(0, 1), Behaviour::default(), local()).await;
+    let url = format!("http://{}", plane.local_addr());
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+
+    let v1 = {
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol("berth.v1.Functions".into())),
+        };
+        let mut client = ServerReflectionClient::new(channel.clone());
+        let mut resp = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = resp.next().await.unwrap().unwrap().message_response
+        else {
+            panic!("no file descriptor for berth.v1.Functions")
+        };
+        files.file_descriptor_proto
+    };
+    let v1alpha = {
+        use tonic_reflection::pb::v1alpha::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol("berth.v1.Functions".into())),
+        };
+        let mut client = ServerReflectionClient::new(channel);
+        let mut resp = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = resp.next().await.unwrap().unwrap().message_response
+        else {
+            panic!("no file descriptor for berth.v1.Functions (v1alpha)")
+        };
+        files.file_descriptor_proto
+    };
+
+    for (version, files) in [("v1", v1), ("v1alpha", v1alpha)] {
+        let file = files
+            .iter()
+            .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).unwrap())
+            .find(|f| f.service.iter().any(|s| s.name() == "Functions"))
+            .unwrap_or_else(|| panic!("{version}: no file declares Functions"));
+        let service = file.service.iter().position(|s| s.name() == "Functions").unwrap();
+        let method = file.service[service].method.iter().position(|m| m.name() == "Map").expect("a Map rpc");
+        // descriptor.proto: FileDescriptorProto.service = 6, ServiceDescriptorProto.method = 2.
+        let path = [6, service as i32, 2, method as i32];
+        let info =
+            file.source_code_info.as_ref().unwrap_or_else(|| panic!("{version}: the descriptor has no source info"));
+        let comment = info
+            .location
+            .iter()
+            .find(|l| l.path == path)
+            .and_then(|l| l.leading_comments.clone())
+            .unwrap_or_else(|| panic!("{version}: no comment on Functions.Map"));
+        assert!(comment.contains("the first message names the function"), "{version}: Map's comment is {comment:?}");
+    }
+}
+
 fn map_first() -> pb::MapRequest {
     pb::MapRequest { item: Some(map_request::Item::Function(square_ref().unwrap())) }
 }
