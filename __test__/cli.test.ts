@@ -143,12 +143,19 @@ for (const containers of MODES) {
   })
 
   test(`a Ctrl-C after the app stopped, while the process lingers on an open handle, exits 130, not death by SIGINT (${containers})`, async (t) => {
+    let sentAt = 0
     const r = await berth(['run', fixture('cli-linger.ts'), '--containers', containers], (line, child) => {
-      if (line === '[exit] Quick') setTimeout(() => kill(child, 'SIGINT'), 2000)
+      if (line === '[exit] Quick') {
+        setTimeout(() => {
+          sentAt = Date.now()
+          kill(child, 'SIGINT')
+        }, 2000)
+      }
     })
     t.is(r.signal, null, r.stderr)
     t.is(r.code, 130, r.stderr)
-    t.true(r.ms < 20_000)
+    // Counted from the signal (a loaded machine starts Node slowly); a hang would take far longer.
+    t.true(sentAt > 0 && Date.now() - sentAt < 15_000, `exited ${Date.now() - sentAt} ms after the signal`)
   })
 
   test(`SIGTERM stops a run gracefully with status 143; a second SIGTERM changes nothing (${containers})`, async (t) => {
