@@ -1,10 +1,13 @@
-// `berth run file.ts::name` (issue 9, "The CLI"; README "CLI"): arguments go after `--` and
-// are checked as a call is before anything starts, and a class method runs as `::Class.method`
-// with `--params`. Each case runs `berth` as a user does.
+// `berth run file.ts::name` and the CLI's small answers (issue 9, "The CLI"; README "CLI"):
+// arguments go after `--` and are checked as a call is before anything starts, a class method
+// runs as `::Class.method` with `--params`, every subcommand answers --help, --version, and a
+// build with nothing to build says so. Each case runs `berth` as a user does.
 import test from 'ava'
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-import { berth, lines } from './_cli.ts'
+import { berth, lines, root } from './_cli.ts'
 
 const app = join('__test__', 'fixtures', 'first-hour.ts')
 const run = (name: string, ...rest: string[]) => berth(['run', `${app}::${name}`, ...rest])
@@ -106,4 +109,39 @@ test('an unknown ::name lists the class methods among the known names', async (t
   const none = await berth(['run', app])
   t.is(none.code, 2)
   t.regex(oneLine(t, none.stderr), /has 0 local entrypoints; add app\.localEntrypoint\(.*\) or run one of: .*::add, .*::Model\.info, .*::Model\.lengths$/)
+})
+
+test('--version and -v print the package version', async (t) => {
+  const { version } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
+  for (const flag of ['--version', '-v']) {
+    const r = await berth([flag])
+    t.is(r.code, 0, r.stderr)
+    t.is(r.stdout, `berth ${version}\n`)
+  }
+})
+
+test('every subcommand answers --help (and `berth help <command>`), doing nothing else', async (t) => {
+  const secrets = mkdtempSync(join(tmpdir(), 'berth-secrets-'))
+  for (const args of [
+    ['run', '--help'],
+    ['serve', '--help'],
+    ['build', '--help'],
+    ['secret', '--help'],
+    ['secret', 'create', '--help'],
+    ['secret', 'create', 'hf', '--help'],
+    ['secret', 'list', '-h'],
+    ['help', 'run'],
+    ['help', 'secret'],
+  ]) {
+    const r = await berth(args, { BERTH_SECRETS_DIR: secrets })
+    t.is(r.code, 0, `${args.join(' ')}: ${r.stderr}`)
+    t.regex(r.stdout, /^Usage: berth /, args.join(' '))
+  }
+  t.deepEqual(readdirSync(secrets), [], 'no secret was created')
+})
+
+test('berth build on a file without @build hooks says there is nothing to build', async (t) => {
+  const r = await berth(['build', app])
+  t.is(r.code, 0, r.stderr)
+  t.deepEqual(lines(r.stdout), [`berth build: no @build hooks in ${app}: nothing to build (a class method marked @build() runs here)`])
 })

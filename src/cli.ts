@@ -21,6 +21,7 @@ Usage:
   berth build <file.ts>                      run @build hooks not yet cached
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
+  berth --version                            the installed berth's version
   berth --help | berth <command> --help
 
 Commands:
@@ -63,6 +64,7 @@ const BUILD_HELP = `Usage: berth build <file.ts>
 
 Runs each class's @build hooks once and records a marker keyed by the class name and a hash of
 its source in BERTH_CACHE_DIR (default node_modules/.cache/berth). Edit the class to rebuild.
+A file whose classes have no @build hooks has nothing to build, and says so.
 `
 
 const RUN_HELP = `Usage: berth run <file.ts>[::name] [--containers embedded|process] [--params JSON] [-- args...]
@@ -90,9 +92,17 @@ SIGTERM.
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv
+  if (cmd === 'help' && rest.length > 0 && rest[0] in COMMAND_HELP) {
+    process.stdout.write(COMMAND_HELP[rest[0]])
+    return 0
+  }
   if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
     process.stdout.write(HELP)
     return cmd === undefined ? 1 : 0
+  }
+  if (cmd === '--version' || cmd === '-v' || cmd === 'version') {
+    console.log(`berth ${createRequire(__filename)('../package.json').version}`)
+    return 0
   }
   if (cmd === 'run') return run(rest)
   if (cmd === 'build') return build(rest)
@@ -367,9 +377,18 @@ per secret readable by its owner only). A function or class with \`secrets: ['<n
 its keys as environment variables in each container process.
 `
 
+/** `berth help <command>`. */
+const COMMAND_HELP: Record<string, string> = {
+  run: RUN_HELP,
+  serve: SERVE_HELP,
+  build: BUILD_HELP,
+  secret: SECRET_HELP,
+}
+
 async function secret(args: string[]): Promise<number> {
   const [sub, name, ...pairs] = args
-  if (sub === undefined || sub === '--help' || sub === '-h') {
+  // Every subcommand answers --help, wherever it stands (`berth secret create --help`).
+  if (sub === undefined || args.includes('--help') || args.includes('-h')) {
     process.stdout.write(SECRET_HELP)
     return sub === undefined ? 2 : 0
   }
@@ -402,17 +421,20 @@ async function build(args: string[]): Promise<number> {
   }
   const apps = await loadApps('build', args[0])
   if (typeof apps === 'number') return apps
+  let hooks = 0
   try {
     for (const app of apps) {
       for (const r of await app.runBuilds()) {
         if (r.status === 'built') console.log(`${app.name}/${r.name}: built`)
         else if (r.status === 'cached') console.log(`${app.name}/${r.name}: cached, skipped`)
+        if (r.status !== 'none') hooks++
       }
     }
   } catch (e) {
     process.stderr.write(`berth build: a @build hook failed:\n${formatError(e)}\n`)
     return 1
   }
+  if (hooks === 0) console.log(`berth build: no @build hooks in ${args[0]}: nothing to build (a class method marked @build() runs here)`)
   return 0
 }
 
