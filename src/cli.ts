@@ -39,15 +39,18 @@ const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port
                    [--max-message-bytes 16777216] [--max-connections 4096] [--result-ttl 3600]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
-grpc.health.v1.Health, server reflection) on --host:--grpc-port, and runs each container as a
-child process that loads <file.ts>. --http-port serves the same functions as JSON over HTTP:
+grpc.health.v1.Health, server reflection) on --host:--grpc-port and runs each container as a
+child process that loads <file.ts>. It prints each function and class method it serves, with
+the gRPC FunctionRef and the HTTP path that call it. --http-port serves them as JSON:
 
   curl -X POST http://127.0.0.1:7451/<app>/<function> -d '[4]'                     # arguments
   curl -X POST http://127.0.0.1:7451/<app>/<Class>/<method> -d '{"args":["hi"],"params":{"model":"mini"}}'
 
 answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
-throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /healthz
-answers ok. A request larger than --max-message-bytes (default 16 MiB) is refused:
+throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /<app>
+lists what the app serves (GET /, every app); GET /healthz answers ok.
+
+A request larger than --max-message-bytes (default 16 MiB) is refused:
 RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires
 --token; callers then send \`authorization: Bearer <token>\` (both ports). Port 0 picks a free
 port. Each port holds at most --max-connections connections (default 4096; past it a new one is
@@ -290,8 +293,10 @@ async function serve(args: string[]): Promise<number> {
   if (typeof apps === 'number') return apps
   const { BindingServer } = createRequire(__filename)('../binding.cjs')
   let server
+  let served: Served[]
   try {
-    server = BindingServer.start(api().__berthRegistryOf(apps), {
+    served = api().__berthRegistryOf(apps) as Served[]
+    server = BindingServer.start(served, {
       host: values.get('host') ?? '127.0.0.1',
       grpcPort: port,
       httpPort,
@@ -308,7 +313,8 @@ async function serve(args: string[]): Promise<number> {
   }
   console.log(
     `berth: serving ${apps.map((a) => `'${a.name}'`).join(', ')} on ${server.address} (gRPC berth.v1.Functions) ` +
-      `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops`,
+      `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops\n` +
+      endpoints(served, `http://${server.httpAddress}`),
   )
   const keepAlive = setInterval(() => {}, 1 << 30)
   signals.force = () => server.kill()
@@ -324,6 +330,42 @@ async function serve(args: string[]): Promise<number> {
   // Stopped by Ctrl-C: 130, as an interrupted command exits; drained after SIGTERM, the normal
   // way to stop a server: 0.
   return signals.interrupted ? 130 : 0
+}
+
+/** One entry of what `berth serve` serves (src/process.ts registryOf). */
+interface Served {
+  app: string
+  name: string
+  methods: string[]
+  isClass: boolean
+}
+
+/** Past this many endpoints the banner stops listing; GET /<app> lists them all. */
+const BANNER_ENDPOINTS = 20
+
+/**
+ * The banner's list of what is served: each function and class method with the gRPC function
+ * reference (`berth.v1.FunctionRef`) and the HTTP path that call it.
+ */
+function endpoints(served: Served[], http: string): string {
+  const rows = served.flatMap((d) =>
+    (d.isClass ? d.methods : [undefined]).map((m) => ({
+      app: d.app,
+      label: m === undefined ? d.name : `${d.name}.${m}`,
+      grpc: `{app: '${d.app}', function: '${d.name}'${m === undefined ? '' : `, method: '${m}'`}}`,
+      path: '/' + [d.app, d.name, ...(m === undefined ? [] : [m])].map(encodeURIComponent).join('/'),
+    })),
+  )
+  if (rows.length === 0) return '  nothing yet: add app.function(...) or an @app.cls() class with @method()s'
+  const shown = rows.length > BANNER_ENDPOINTS ? rows.slice(0, BANNER_ENDPOINTS - 1) : rows
+  const w1 = Math.max(...shown.map((r) => r.label.length))
+  const w2 = Math.max(...shown.map((r) => r.grpc.length))
+  const lines = shown.map((r) => `  ${r.label.padEnd(w1)}  gRPC ${r.grpc.padEnd(w2)}  POST ${r.path}`)
+  if (shown.length < rows.length) {
+    const apps = [...new Set(rows.map((r) => r.app))]
+    lines.push(`  … and ${rows.length - shown.length} more: GET ${apps.map((a) => `${http}/${encodeURIComponent(a)}`).join(', ')} lists them all`)
+  }
+  return lines.join('\n')
 }
 
 /** A container process, started by `berth serve` with its identity in the environment. */
