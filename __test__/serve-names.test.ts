@@ -1,12 +1,16 @@
 // What `berth serve` tells a caller about what it serves (issue 9, "The CLI"; README "CLI"):
 // the banner lists each endpoint, GET /<app> lists them as JSON, an unknown app or function is
-// answered with what exists. Through real clients: fetch and @grpc/grpc-js.
+// answered with what exists; and callers in another process find the server without
+// BERTH_SERVER (the default http://127.0.0.1:7450) and read a spawned call by its id. Through
+// real clients: fetch, @grpc/grpc-js, and berth's own client in a separate process.
 import test from 'ava'
 import grpc from '@grpc/grpc-js'
 
-import { lines } from './_cli.ts'
+import { berth, lines } from './_cli.ts'
 import { Functions, cbor, deadline, serve, stopsCleanly, type Served } from './_served.ts'
 import { until } from './_util.ts'
+
+const caller = '__test__/fixtures/remote-caller.ts'
 
 function grpcCall(client: any, rpc: string, request: object): Promise<any> {
   return new Promise((resolve, reject) => client[rpc](request, deadline(), (e: unknown, r: unknown) => (e ? reject(e) : resolve(r))))
@@ -19,6 +23,11 @@ async function served(t: any, extra: string[] = [], fixture = 'first-hour.ts'): 
   const client = new Functions(s.address, grpc.credentials.createInsecure())
   t.teardown(() => client.close())
   return { s, client }
+}
+
+/** The JSON lines a remote-caller.ts run printed, by step. */
+function steps(stdout: string): Record<string, any> {
+  return Object.fromEntries(lines(stdout).map((l) => JSON.parse(l)).map((o) => [o.step, o.error ? { error: o.error } : o.value]))
 }
 
 test.serial('the banner lists each function and class method with its gRPC FunctionRef and HTTP path; GET /<app> lists them as JSON', async (t) => {
@@ -87,5 +96,45 @@ test.serial("a big app's banner stays short and points at GET /<app>, which list
   t.is(banner[19], `  … and 11 more: GET http://${s.http}/many lists them all`)
   const body = (await (await fetch(`http://${s.http}/many`)).json()) as any
   t.is(body.functions.length, 30)
+  await stopsCleanly(t, s)
+})
+
+test.serial('FunctionCall.fromId from another process: get() and get({ timeout }), cancel(), an unknown id', async (t) => {
+  const { s, client } = await served(t)
+  const spawn = async (fn: string, args: unknown[]) => (await grpcCall(client, 'Spawn', { function: { app: 'firsthour', function: fn }, args: cbor.encode(args) })).functionCallId
+  const done = await spawn('add', [1])
+  const slow = await spawn('slow', [60_000])
+  const r = await berth([caller, 'from-id', done, slow], { BERTH_SERVER: `http://${s.address}` }, { node: true })
+  t.is(r.code, 0, r.stderr)
+  const got = steps(r.stdout)
+  t.is(got.done, 11)
+  t.is(got['slow, 0.3 s'].error.name, 'FunctionTimeoutError')
+  t.is(got.cancel, null)
+  t.is(got['slow, after cancel'].error.name, 'InputCancelledError')
+  t.is(got.unknown.error.name, 'InvalidError')
+  t.regex(got.unknown.error.message, new RegExp(`^FunctionCall\\.fromId\\('fc-999999'\\): not a call of this process, and the server at http://${s.address} says: no spawned call`))
+  // The other process took the result: the server delivers it once.
+  const again = await grpcCall(client, 'GetResult', { functionCallId: done, timeout: 0 }).catch((e) => e)
+  t.is(again.code, grpc.status.NOT_FOUND)
+  await stopsCleanly(t, s)
+})
+
+test.serial('callers need no BERTH_SERVER: they find `berth serve` at http://127.0.0.1:7450, and are told so when nothing answers there', async (t) => {
+  const noEnv = { BERTH_SERVER: undefined, BERTH_TOKEN: undefined }
+  const before = steps((await berth([caller, 'call'], noEnv, { node: true })).stdout)
+  t.is(before.add.error.name, 'InvalidError')
+  t.regex(before.add.error.message, /no berth server answers at http:\/\/127\.0\.0\.1:7450 \(the default when BERTH_SERVER is unset\): start one with `npx berth serve app\.ts`, or point BERTH_SERVER=/)
+
+  const { s, client } = await served(t, ['--grpc-port', '7450'])
+  t.is(s.address, '127.0.0.1:7450')
+  const call = await berth([caller, 'call'], noEnv, { node: true })
+  t.is(call.code, 0, call.stderr)
+  // cancel() on a call that has its result does nothing (it used to reject, unhandled: the
+  // server no longer knows a delivered call).
+  t.deepEqual(steps(call.stdout), { add: 11, spawned: 12, 'cancel after get': null })
+  const { functionCallId } = await grpcCall(client, 'Spawn', { function: { app: 'firsthour', function: 'add' }, args: cbor.encode([5]) })
+  const r = await berth([caller, 'get', functionCallId], noEnv, { node: true })
+  t.is(r.code, 0, r.stderr)
+  t.deepEqual(steps(r.stdout), { [functionCallId]: 15 })
   await stopsCleanly(t, s)
 })

@@ -30,6 +30,8 @@ Commands:
          when it throws). With ::name, run that entrypoint, function or Class.method: it
          gets its arguments after \`--\`, as \`--name value\` pairs or positional values
          (JSON where it parses), a class its parameters from --params '{"name": value}'.
+  serve  Keep the app up behind gRPC (default 127.0.0.1:7450) and HTTP (:7451); callers find
+         it at http://127.0.0.1:7450 unless BERTH_SERVER says otherwise.
   build  Run the @build hooks of every class in the file, unless a marker in the cache
          (BERTH_CACHE_DIR, default node_modules/.cache/berth) says an earlier build of the same
          class source already did. Containers skip cached builds the same way.
@@ -48,7 +50,9 @@ the gRPC FunctionRef and the HTTP path that call it. --http-port serves them as 
 
 answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
 throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /<app>
-lists what the app serves (GET /, every app); GET /healthz answers ok.
+lists what the app serves (GET /, every app); GET /healthz answers ok. Callers in Node
+(Function.fromName, Cls.fromName, FunctionCall.fromId) find the server at
+http://127.0.0.1:7450 unless BERTH_SERVER (or App.lookup) names another.
 
 A request larger than --max-message-bytes (default 16 MiB) is refused:
 RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires
