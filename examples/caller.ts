@@ -1,6 +1,6 @@
 // Calls a served app from another process:
 //   npx berth serve examples/embeddings.ts &
-//   BERTH_SERVER=http://127.0.0.1:7450 npx tsx examples/caller.ts
+//   npx tsx examples/caller.ts        # finds it at http://127.0.0.1:7450 (else set BERTH_SERVER)
 import { Cls, Function } from 'berth'
 import type { Embedder, square } from './embeddings.ts'
 

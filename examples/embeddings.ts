@@ -2,7 +2,7 @@
 //   npx berth run examples/embeddings.ts                   # the local entrypoint; containers are child processes
 //   npx berth run examples/embeddings.ts::square -- --x 3
 //   npx berth serve examples/embeddings.ts                 # gRPC on 127.0.0.1:7450, HTTP on :7451
-//   BERTH_SERVER=http://127.0.0.1:7450 npx tsx examples/caller.ts
+//   npx tsx examples/caller.ts                             # finds the server at its default address
 //   npx berth build examples/embeddings.ts                 # runs @build hooks, caches them
 import { App, Cls, batched, build, concurrent, enter, exit, method, parameter } from 'berth'
 

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 
-import { RemoteInvocable, clsFromName, lookupApp } from './client.ts'
+import { RemoteInvocable, clsFromName, lookupApp, remoteFunctionCall } from './client.ts'
 import { encodeValue } from './cbor.ts'
 import { containerCommand } from './command.ts'
 import { registryOf } from './process.ts'
@@ -114,7 +114,7 @@ export class App {
 
   /**
    * Where a served app lives, for `Function.fromName` / `Cls.fromName` in this process
-   * (otherwise BERTH_SERVER).
+   * (otherwise BERTH_SERVER, else http://127.0.0.1:7450).
    */
   static lookup(name: string, opts: { server: string; token?: string }): { name: string; server: string } {
     return lookupApp(name, opts)
@@ -652,13 +652,23 @@ function callLocal(fn: (...a: any[]) => unknown, self: unknown, args: unknown[],
 /** Spawned calls whose result nobody took yet; past this many, the oldest finished ones go. */
 const MAX_KEPT_CALLS = 100_000
 
+/** A call's result asked of a server at each get(): undefined when not ready within `timeout` (s). */
+type FetchResult = (timeout: number | undefined) => Promise<Settled | undefined>
+
 export class FunctionCall<R> implements FunctionCallType<R> {
   private static readonly calls = new Map<string, FunctionCall<unknown>>()
-  private readonly result: Promise<Settled>
+  private readonly result: Promise<Settled> | undefined
+  private readonly fetch: FetchResult | undefined
+  private fetched: Settled | undefined
   private settled = false
-  constructor(readonly objectId: string, result: Promise<unknown>, private readonly doCancel: () => void) {
-    this.result = result.then((value) => ({ ok: true as const, value }), (error) => ({ ok: false as const, error }))
-    void this.result.then(() => (this.settled = true))
+  /** @internal `result`: the call's outcome as it comes; or how to ask a server for it (fromId). */
+  constructor(readonly objectId: string, result: Promise<unknown> | FetchResult, private readonly doCancel: () => unknown) {
+    if (typeof result === 'function') {
+      this.fetch = result
+    } else {
+      this.result = result.then((value) => ({ ok: true as const, value }), (error) => ({ ok: false as const, error }))
+      void this.result.then(() => (this.settled = true))
+    }
     const calls = FunctionCall.calls
     calls.set(objectId, this as FunctionCall<unknown>)
     if (calls.size > MAX_KEPT_CALLS) {
@@ -669,24 +679,45 @@ export class FunctionCall<R> implements FunctionCallType<R> {
     }
   }
 
-  /** A call spawned in this process, by its `objectId`, until its result has been taken with get(). */
-  static fromId<R = unknown>(id: string): FunctionCall<R> {
-    const fc = FunctionCall.calls.get(id)
-    if (!fc) {
-      throw new InvalidError(`FunctionCall.fromId('${id}'): no such call in this process. Calls are kept until get() returns their result; keep the FunctionCall object to read it again.`)
+  /**
+   * A spawned call by its `objectId`, from any process. A call spawned in this process is found
+   * here until get() has returned its result. Otherwise the call is asked of the server that
+   * ran it (`berth serve`): `opts.server`, else BERTH_SERVER, else http://127.0.0.1:7450; a
+   * process that runs an app of its own asks a server only when `opts.server` names it. The
+   * server delivers a result once, and keeps it for its --result-ttl after the call finished.
+   */
+  static fromId<R = unknown>(id: string, opts?: { server?: string; token?: string }): FunctionCall<R> {
+    if (typeof id !== 'string' || id.length === 0) {
+      throw new InvalidError(`FunctionCall.fromId(id): pass a call's objectId, e.g. 'fc-12' (what spawn() returned)`)
     }
-    return fc as FunctionCall<R>
+    const fc = FunctionCall.calls.get(id)
+    if (fc && opts?.server === undefined) return fc as FunctionCall<R>
+    if (opts?.server === undefined && allApps().some((a) => a.runtimeIfRunning() !== undefined || a.processServer !== undefined)) {
+      throw new InvalidError(
+        `FunctionCall.fromId('${id}'): no such call in this process. Calls are kept until get() returns their result; keep the ` +
+          `FunctionCall object to read it again. For a call spawned on a served app, name its server: ` +
+          `FunctionCall.fromId('${id}', { server: 'http://127.0.0.1:7450' })`,
+      )
+    }
+    return remoteFunctionCall(id, opts) as FunctionCall<R>
   }
 
   /** Waits for the result; with `timeout` (seconds) fails with FunctionTimeoutError if not ready. */
   async get(opts: { timeout?: number } = {}): Promise<R> {
     let s: Settled
-    if (opts.timeout === undefined) {
-      s = await this.result
+    if (this.fetch !== undefined) {
+      this.fetched ??= await this.fetch(opts.timeout)
+      if (this.fetched === undefined) {
+        throw new FunctionTimeoutError(`${this.objectId}: no result within ${opts.timeout}s; call get() again to keep waiting`)
+      }
+      this.settled = true
+      s = this.fetched
+    } else if (opts.timeout === undefined) {
+      s = await this.result!
     } else {
       let timer: ReturnType<typeof setTimeout> | undefined
       const late = new Promise<undefined>((r) => (timer = setTimeout(r, opts.timeout! * 1000, undefined)))
-      const first = await Promise.race([this.result, late])
+      const first = await Promise.race([this.result!, late])
       clearTimeout(timer)
       if (first === undefined) throw new FunctionTimeoutError(`${this.objectId}: no result within ${opts.timeout}s; call get() again to keep waiting`)
       s = first
@@ -696,14 +727,16 @@ export class FunctionCall<R> implements FunctionCallType<R> {
     throw s.error
   }
 
+  /** Cancels the call (its input stops; get() fails with InputCancelledError); nothing once it has a result. */
   async cancel(): Promise<void> {
-    this.doCancel()
+    if (this.settled) return
+    await this.doCancel()
   }
 }
 
 /** Handles on classes: `Cls.of(Embedder, { model: 'mini' })`, `Cls.fromName<Embedder>(app, 'Embedder')`. */
 export const Cls = {
-  /** A handle on a class of an app served elsewhere (BERTH_SERVER or App.lookup). */
+  /** A handle on a class of an app served elsewhere (App.lookup, else BERTH_SERVER, else http://127.0.0.1:7450). */
   fromName<T>(app: string, name: string, params?: Record<string, unknown>): ClsHandle<T> {
     return clsFromName<T>(app, name, params)
   },

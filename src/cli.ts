@@ -4,7 +4,9 @@ import { createRequire } from 'node:module'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
+import { arityOf, arityText } from './arity.ts'
 import { containerCommand } from './command.ts'
+import { closest } from './options.ts'
 import { createSecret, listSecrets } from './secrets.ts'
 
 type Api = typeof import('./index.ts') & { allApps(): import('./app.ts').App[] }
@@ -12,19 +14,24 @@ type Api = typeof import('./index.ts') & { allApps(): import('./app.ts').App[] }
 const HELP = `berth: run TypeScript classes the way Modal runs Python
 
 Usage:
-  berth run <file.ts>[::name] [-- args...]   run the local entrypoint (or one function), containers as processes
+  berth run <file.ts>[::name] [--containers process|embedded] [--params JSON] [-- args...]
+                                             run the local entrypoint, a function or a class method
   berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
                                              serve the app over gRPC and HTTP, containers as processes
   berth build <file.ts>                      run @build hooks not yet cached
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
+  berth --version                            the installed berth's version
   berth --help | berth <command> --help
 
 Commands:
   run    Start the app, run its localEntrypoint with the args after \`--\`, stop the app
          (exit hooks run) and exit with the entrypoint's status (a returned number, 0, or 1
-         when it throws). With ::name, run that entrypoint or function; a function gets
-         its arguments from \`--name value\` pairs or positional values (JSON where it parses).
+         when it throws). With ::name, run that entrypoint, function or Class.method: it
+         gets its arguments after \`--\`, as \`--name value\` pairs or positional values
+         (JSON where it parses), a class its parameters from --params '{"name": value}'.
+  serve  Keep the app up behind gRPC (default 127.0.0.1:7450) and HTTP (:7451); callers find
+         it at http://127.0.0.1:7450 unless BERTH_SERVER says otherwise.
   build  Run the @build hooks of every class in the file, unless a marker in the cache
          (BERTH_CACHE_DIR, default node_modules/.cache/berth) says an earlier build of the same
          class source already did. Containers skip cached builds the same way.
@@ -34,15 +41,20 @@ const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port
                    [--max-message-bytes 16777216] [--max-connections 4096] [--result-ttl 3600]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
-grpc.health.v1.Health, server reflection) on --host:--grpc-port, and runs each container as a
-child process that loads <file.ts>. --http-port serves the same functions as JSON over HTTP:
+grpc.health.v1.Health, server reflection) on --host:--grpc-port and runs each container as a
+child process that loads <file.ts>. It prints each function and class method it serves, with
+the gRPC FunctionRef and the HTTP path that call it. --http-port serves them as JSON:
 
   curl -X POST http://127.0.0.1:7451/<app>/<function> -d '[4]'                     # arguments
   curl -X POST http://127.0.0.1:7451/<app>/<Class>/<method> -d '{"args":["hi"],"params":{"model":"mini"}}'
 
 answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
-throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /healthz
-answers ok. A request larger than --max-message-bytes (default 16 MiB) is refused:
+throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /<app>
+lists what the app serves (GET /, every app); GET /healthz answers ok. Callers in Node
+(Function.fromName, Cls.fromName, FunctionCall.fromId) find the server at
+http://127.0.0.1:7450 unless BERTH_SERVER (or App.lookup) names another.
+
+A request larger than --max-message-bytes (default 16 MiB) is refused:
 RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires
 --token; callers then send \`authorization: Bearer <token>\` (both ports). Port 0 picks a free
 port. Each port holds at most --max-connections connections (default 4096; past it a new one is
@@ -59,18 +71,25 @@ const BUILD_HELP = `Usage: berth build <file.ts>
 
 Runs each class's @build hooks once and records a marker keyed by the class name and a hash of
 its source in BERTH_CACHE_DIR (default node_modules/.cache/berth). Edit the class to rebuild.
+A file whose classes have no @build hooks has nothing to build, and says so.
 `
 
-const RUN_HELP = `Usage: berth run <file.ts>[::name] [--containers embedded|process] [-- args...]
+const RUN_HELP = `Usage: berth run <file.ts>[::name] [--containers embedded|process] [--params JSON] [-- args...]
 
   <file.ts>    a module that creates an App (new App(...)) and registers
                app.localEntrypoint(...), app.function(...) or @app.cls() classes
-  ::name       the entrypoint or function to run (default: the only local entrypoint)
-  -- args      passed to the entrypoint as argv, or as the function's arguments
+  ::name       the entrypoint, function or Class.method to run (default: the only local
+               entrypoint)
+  -- args      everything after \`--\` goes to what runs: an entrypoint gets it as argv; a
+               function or method gets its arguments by name (--x 3) or in order (3), each
+               value parsed as JSON where it parses (else a string), and must get as many
+               as it takes:  berth run app.ts::square -- --x 3
 
   --containers process (default) runs each container as a child Node process behind a
                local control plane, as \`berth serve\` does; embedded runs them inside this
                process (what app.run() does in code: no control plane, no child process)
+  --params     a class's @parameter values, as a JSON object, for ::Class.method:
+               berth run app.ts::Model.predict --params '{"variant":"large"}' -- 'some text'
 
 Ctrl-C stops the app gracefully (in-flight inputs finish, @exit hooks run); a second Ctrl-C
 stops at once (in-flight inputs are cancelled, exit hooks not yet run are skipped). Exits with
@@ -80,9 +99,17 @@ SIGTERM.
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv
+  if (cmd === 'help' && rest.length > 0 && rest[0] in COMMAND_HELP) {
+    process.stdout.write(COMMAND_HELP[rest[0]])
+    return 0
+  }
   if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
     process.stdout.write(HELP)
     return cmd === undefined ? 1 : 0
+  }
+  if (cmd === '--version' || cmd === '-v' || cmd === 'version') {
+    console.log(`berth ${createRequire(__filename)('../package.json').version}`)
+    return 0
   }
   if (cmd === 'run') return run(rest)
   if (cmd === 'build') return build(rest)
@@ -270,8 +297,10 @@ async function serve(args: string[]): Promise<number> {
   if (typeof apps === 'number') return apps
   const { BindingServer } = createRequire(__filename)('../binding.cjs')
   let server
+  let served: Served[]
   try {
-    server = BindingServer.start(api().__berthRegistryOf(apps), {
+    served = api().__berthRegistryOf(apps) as Served[]
+    server = BindingServer.start(served, {
       host: values.get('host') ?? '127.0.0.1',
       grpcPort: port,
       httpPort,
@@ -288,7 +317,8 @@ async function serve(args: string[]): Promise<number> {
   }
   console.log(
     `berth: serving ${apps.map((a) => `'${a.name}'`).join(', ')} on ${server.address} (gRPC berth.v1.Functions) ` +
-      `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops`,
+      `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops\n` +
+      endpoints(served, `http://${server.httpAddress}`),
   )
   const keepAlive = setInterval(() => {}, 1 << 30)
   signals.force = () => server.kill()
@@ -304,6 +334,42 @@ async function serve(args: string[]): Promise<number> {
   // Stopped by Ctrl-C: 130, as an interrupted command exits; drained after SIGTERM, the normal
   // way to stop a server: 0.
   return signals.interrupted ? 130 : 0
+}
+
+/** One entry of what `berth serve` serves (src/process.ts registryOf). */
+interface Served {
+  app: string
+  name: string
+  methods: string[]
+  isClass: boolean
+}
+
+/** Past this many endpoints the banner stops listing; GET /<app> lists them all. */
+const BANNER_ENDPOINTS = 20
+
+/**
+ * The banner's list of what is served: each function and class method with the gRPC function
+ * reference (`berth.v1.FunctionRef`) and the HTTP path that call it.
+ */
+function endpoints(served: Served[], http: string): string {
+  const rows = served.flatMap((d) =>
+    (d.isClass ? d.methods : [undefined]).map((m) => ({
+      app: d.app,
+      label: m === undefined ? d.name : `${d.name}.${m}`,
+      grpc: `{app: '${d.app}', function: '${d.name}'${m === undefined ? '' : `, method: '${m}'`}}`,
+      path: '/' + [d.app, d.name, ...(m === undefined ? [] : [m])].map(encodeURIComponent).join('/'),
+    })),
+  )
+  if (rows.length === 0) return '  nothing yet: add app.function(...) or an @app.cls() class with @method()s'
+  const shown = rows.length > BANNER_ENDPOINTS ? rows.slice(0, BANNER_ENDPOINTS - 1) : rows
+  const w1 = Math.max(...shown.map((r) => r.label.length))
+  const w2 = Math.max(...shown.map((r) => r.grpc.length))
+  const lines = shown.map((r) => `  ${r.label.padEnd(w1)}  gRPC ${r.grpc.padEnd(w2)}  POST ${r.path}`)
+  if (shown.length < rows.length) {
+    const apps = [...new Set(rows.map((r) => r.app))]
+    lines.push(`  … and ${rows.length - shown.length} more: GET ${apps.map((a) => `${http}/${encodeURIComponent(a)}`).join(', ')} lists them all`)
+  }
+  return lines.join('\n')
 }
 
 /** A container process, started by `berth serve` with its identity in the environment. */
@@ -357,9 +423,18 @@ per secret readable by its owner only). A function or class with \`secrets: ['<n
 its keys as environment variables in each container process.
 `
 
+/** `berth help <command>`. */
+const COMMAND_HELP: Record<string, string> = {
+  run: RUN_HELP,
+  serve: SERVE_HELP,
+  build: BUILD_HELP,
+  secret: SECRET_HELP,
+}
+
 async function secret(args: string[]): Promise<number> {
   const [sub, name, ...pairs] = args
-  if (sub === undefined || sub === '--help' || sub === '-h') {
+  // Every subcommand answers --help, wherever it stands (`berth secret create --help`).
+  if (sub === undefined || args.includes('--help') || args.includes('-h')) {
     process.stdout.write(SECRET_HELP)
     return sub === undefined ? 2 : 0
   }
@@ -392,19 +467,25 @@ async function build(args: string[]): Promise<number> {
   }
   const apps = await loadApps('build', args[0])
   if (typeof apps === 'number') return apps
+  let hooks = 0
   try {
     for (const app of apps) {
       for (const r of await app.runBuilds()) {
         if (r.status === 'built') console.log(`${app.name}/${r.name}: built`)
         else if (r.status === 'cached') console.log(`${app.name}/${r.name}: cached, skipped`)
+        if (r.status !== 'none') hooks++
       }
     }
   } catch (e) {
     process.stderr.write(`berth build: a @build hook failed:\n${formatError(e)}\n`)
     return 1
   }
+  if (hooks === 0) console.log(`berth build: no @build hooks in ${args[0]}: nothing to build (a class method marked @build() runs here)`)
   return 0
 }
+
+/** `berth run`'s own flags; everything for what runs goes after `--`. */
+const RUN_FLAGS = ['containers', 'params']
 
 async function run(args: string[]): Promise<number> {
   const dash = args.indexOf('--')
@@ -414,9 +495,25 @@ async function run(args: string[]): Promise<number> {
     process.stdout.write(RUN_HELP)
     return 0
   }
+  // A flag berth run does not know is most likely the function's argument, put before `--`:
+  // say so with the command that works.
+  let stray = -1
+  for (let i = 0; i < own.length && stray === -1; i++) {
+    if (!own[i].startsWith('--')) continue
+    if (!RUN_FLAGS.includes(flagName(own[i]))) stray = i
+    else if (!own[i].includes('=')) i++ // its value
+  }
+  if (stray !== -1) {
+    const fixed = ['berth', 'run', ...own.slice(0, stray), '--', ...own.slice(stray), ...passed].map(shellWord).join(' ')
+    process.stderr.write(
+      `berth run: unknown flag ${own[stray].split('=')[0]}; known: ${RUN_FLAGS.map((k) => `--${k}`).join(', ')}. ` +
+        `Arguments for the entrypoint or function go after \`--\`: ${fixed}\n`,
+    )
+    return 2
+  }
   let parsed
   try {
-    parsed = flags(own, ['containers'])
+    parsed = flags(own, RUN_FLAGS)
   } catch (e) {
     process.stderr.write(`berth run: ${(e as Error).message}\n\n${RUN_HELP}`)
     return 2
@@ -434,6 +531,19 @@ async function run(args: string[]): Promise<number> {
   const sep = spec.lastIndexOf('::')
   const file = sep === -1 ? spec : spec.slice(0, sep)
   const name = sep === -1 ? undefined : spec.slice(sep + 2)
+  let params: Record<string, unknown> | undefined
+  if (parsed.values.has('params')) {
+    const text = parsed.values.get('params')!
+    try {
+      params = JSON.parse(text)
+    } catch {
+      // not JSON: said below
+    }
+    if (params === null || typeof params !== 'object' || Array.isArray(params)) {
+      process.stderr.write(`berth run: --params takes a JSON object of the class's @parameter values, e.g. --params '{"variant":"large"}'; got ${text}\n`)
+      return 2
+    }
+  }
 
   // Until the app runs there is nothing to drain: a signal ends the process.
   let running: import('./app.ts').AppRun | undefined
@@ -446,43 +556,12 @@ async function run(args: string[]): Promise<number> {
   if (containers === 'process') prestartContainer(file)
   const apps = await loadApps('run', file)
   if (typeof apps === 'number') return apps
-  let target: { app: (typeof apps)[number]; call: () => Promise<unknown> } | undefined
-  const entrypoints = apps.flatMap((app) => app.entrypoints.map((fn) => ({ app, fn })))
-  if (name === undefined) {
-    if (entrypoints.length !== 1) {
-      const fns = apps.flatMap((a) => [...a.functions.keys()])
-      process.stderr.write(
-        `berth run: ${file} has ${entrypoints.length} local entrypoints; ` +
-          (entrypoints.length === 0 ? 'add app.localEntrypoint(async (argv) => { ... })' : 'name one') +
-          (fns.length ? ` or run a function: ${fns.map((f) => `${file}::${f}`).join(', ')}` : '') + '\n',
-      )
-      return 2
-    }
-    const { app, fn } = entrypoints[0]
-    target = { app, call: async () => fn(passed) }
-  } else {
-    const ep = entrypoints.find((e) => e.fn.name === name)
-    const fnApp = apps.find((a) => a.functions.has(name))
-    if (ep) {
-      target = { app: ep.app, call: async () => ep.fn(passed) }
-    } else if (fnApp) {
-      const handle = fnApp.functions.get(name)!
-      const callArgs = parseFunctionArgs(handle.fn, passed)
-      target = {
-        app: fnApp,
-        call: async () => {
-          const out = await handle.remote(...callArgs)
-          if (out !== undefined) console.log(typeof out === 'string' ? out : JSON.stringify(out, jsonReplacer))
-        },
-      }
-    } else {
-      const known = [...entrypoints.map((e) => e.fn.name).filter(Boolean), ...apps.flatMap((a) => [...a.functions.keys()])]
-      process.stderr.write(`berth run: no entrypoint or function named '${name}' in ${file}. Known: ${known.join(', ') || 'none'}\n`)
-      return 2
-    }
+  const found = findTarget(apps, file, name, passed, params)
+  if (typeof found === 'string') {
+    process.stderr.write(`berth run: ${found}\n`)
+    return 2
   }
-
-  const { app, call } = target
+  const { app, call } = found
   if (containers === 'process') app.sourceFile = resolve(file)
   let started: import('./app.ts').AppRun
   try {
@@ -513,6 +592,108 @@ async function run(args: string[]): Promise<number> {
   return signals.interrupted ? 130 : signals.terminated ? 143 : code
 }
 
+type Apps = import('./app.ts').App[]
+
+/** What `berth run file.ts[::name]` runs, its arguments checked; or why not, in one line. */
+function findTarget(
+  apps: Apps,
+  file: string,
+  name: string | undefined,
+  passed: string[],
+  params: Record<string, unknown> | undefined,
+): { app: Apps[number]; call: () => Promise<unknown> } | string {
+  const entrypoints = apps.flatMap((app) => app.entrypoints.map((fn) => ({ app, fn })))
+  const runnable = runnableNames(apps)
+  const noParams = (what: string) => `--params sets a class's @parameter values; ${what} is not a class method (run ${file}::Class.method)`
+  if (name === undefined) {
+    if (entrypoints.length !== 1) {
+      return (
+        `${file} has ${entrypoints.length} local entrypoints; ` +
+        (entrypoints.length === 0 ? 'add app.localEntrypoint(async (argv) => { ... })' : 'name one') +
+        (runnable.length ? ` or run one of: ${runnable.map((f) => `${file}::${f}`).join(', ')}` : '')
+      )
+    }
+    if (params !== undefined) return noParams('the local entrypoint')
+    const { app, fn } = entrypoints[0]
+    return { app, call: async () => fn(passed) }
+  }
+  const ep = entrypoints.find((e) => e.fn.name === name)
+  if (ep) {
+    if (params !== undefined) return noParams(`the entrypoint ${name}`)
+    return { app: ep.app, call: async () => ep.fn(passed) }
+  }
+  const fnApp = apps.find((a) => a.functions.has(name))
+  if (fnApp) {
+    if (params !== undefined) return noParams(`${name}, a function,`)
+    const handle = fnApp.functions.get(name)!
+    const args = functionArgs(handle.fn, name, passed, `${file}::${name}`)
+    if (typeof args === 'string') return args
+    return { app: fnApp, call: () => printResult(handle.remote(...args)) }
+  }
+  const dot = name.indexOf('.')
+  const className = dot === -1 ? name : name.slice(0, dot)
+  const clsApp = apps.find((a) => a.classes.has(className))
+  if (clsApp) {
+    const def = clsApp.classes.get(className)!
+    const methods = methodNames(def)
+    const methodName = dot === -1 ? undefined : name.slice(dot + 1)
+    if (methodName === undefined || !methods.includes(methodName)) {
+      const list = methods.map((m) => `${file}::${className}.${m}`).join(', ') || `none (mark one @method())`
+      if (methodName === undefined) return `${className} is a class: run one of its methods: ${list}`
+      const guess = closest(methodName, methods)
+      return `${className} has no method '${methodName}'.${guess ? ` Did you mean '${guess}'?` : ''} Its methods: ${list}`
+    }
+    let cls
+    try {
+      cls = api().Cls.of(def.cls, params) as unknown as Record<string, { remote(...a: unknown[]): Promise<unknown> }>
+    } catch (e) {
+      return `${(e as Error).message} (class parameters come from --params '{"name": value}')`
+    }
+    const args = functionArgs(def.cls.prototype[methodName], `${className}.${methodName}`, passed, `${file}::${name}`)
+    if (typeof args === 'string') return args
+    const handle = cls[methodName]
+    return { app: clsApp, call: () => printResult(handle.remote(...args)) }
+  }
+  const guess = closest(name, runnable)
+  return (
+    `no entrypoint, function or class method named '${name}' in ${file}.${guess ? ` Did you mean '${guess}'?` : ''} ` +
+    `Known: ${runnable.join(', ') || 'none'}`
+  )
+}
+
+/** What `::name` can name: entrypoints, functions, and each class's methods as `Class.method`. */
+function runnableNames(apps: Apps): string[] {
+  return apps.flatMap((a) => [
+    ...a.entrypoints.map((fn) => fn.name).filter(Boolean),
+    ...a.functions.keys(),
+    ...[...a.classes.values()].flatMap((c) => methodNames(c).map((m) => `${c.name}.${m}`)),
+  ])
+}
+
+function methodNames(def: { classMeta: { methods: { name: string }[] } }): string[] {
+  try {
+    return def.classMeta.methods.map((m) => m.name)
+  } catch {
+    return [] // no @method(): the class says so when it runs
+  }
+}
+
+async function printResult(result: Promise<unknown>): Promise<void> {
+  const out = await result
+  if (out !== undefined) console.log(typeof out === 'string' ? out : JSON.stringify(out, jsonReplacer))
+}
+
+function flagName(a: string): string {
+  if (!a.startsWith('--')) return ''
+  const eq = a.indexOf('=')
+  return eq === -1 ? a.slice(2) : a.slice(2, eq)
+}
+
+/** A word as a POSIX shell reads it back. */
+function shellWord(w: string): string {
+  return /^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`
+}
+
 function formatError(e: unknown): string {
   if (e instanceof Error) {
     const remote = (e as { remoteStack?: string }).remoteStack
@@ -525,17 +706,62 @@ function jsonReplacer(_k: string, v: unknown): unknown {
   return typeof v === 'bigint' ? v.toString() : v instanceof Map ? Object.fromEntries(v) : v instanceof Set ? [...v] : v
 }
 
-/** Parameter names, read from the function's source (as Modal reads Python signatures). */
+/**
+ * Parameter names, read from the function's source (as Modal reads Python signatures): a
+ * rest parameter as `...xs`, a destructured one as `argN` (it can only be passed in order).
+ */
 function paramNames(fn: Function): string[] {
-  const src = fn.toString()
+  let src: string
+  try {
+    src = Function.prototype.toString.call(fn)
+  } catch {
+    return []
+  }
+  const bare = /^(?:async\s+)?([A-Za-z_$][\w$]*)\s*=>/.exec(src)
+  if (bare) return [bare[1]]
   const open = src.indexOf('(')
-  const close = src.indexOf(')', open)
-  if (open === -1 || close === -1) return []
-  return src
-    .slice(open + 1, close)
-    .split(',')
-    .map((p) => p.replace(/[=:].*$/s, '').replace(/\/\*.*?\*\//g, '').trim())
-    .filter((p) => /^[A-Za-z_$][\w$]*$/.test(p))
+  if (open === -1) return []
+  const raw: string[] = []
+  let depth = 0
+  let cur = ''
+  for (let i = open; i < src.length; i++) {
+    const c = src[i]
+    if (c === '"' || c === "'" || c === '`') {
+      const end = skipString(src, i)
+      cur += src.slice(i, end + 1)
+      i = end
+      continue
+    }
+    if (c === '(' || c === '[' || c === '{') {
+      if (++depth === 1) continue
+    } else if (c === ')' || c === ']' || c === '}') {
+      if (--depth === 0) {
+        raw.push(cur)
+        break
+      }
+    } else if (c === ',' && depth === 1) {
+      raw.push(cur)
+      cur = ''
+      continue
+    }
+    cur += c
+  }
+  return raw
+    .map((p) => p.replace(/\/\*[^]*?\*\//g, '').replace(/\/\/.*$/gm, '').trim())
+    .filter((p) => p.length > 0)
+    .map((p, i) => {
+      const m = /^(\.\.\.)?\s*([A-Za-z_$][\w$]*)/.exec(p)
+      return m ? `${m[1] ?? ''}${m[2]}` : `arg${i + 1}`
+    })
+}
+
+function skipString(src: string, i: number): number {
+  const q = src[i]
+  for (let j = i + 1; j < src.length; j++) {
+    if (src[j] === '\\') j++
+    else if (src[j] === q) return j
+  }
+  return src.length
 }
 
 function parseValue(s: string): unknown {
@@ -546,27 +772,62 @@ function parseValue(s: string): unknown {
   }
 }
 
-function parseFunctionArgs(fn: Function, argv: string[]): unknown[] {
-  const names = paramNames(fn)
-  const named = new Map<string, unknown>()
+/**
+ * The arguments after `--` for a function or method: `--name value` pairs and positional
+ * values, JSON where they parse. Checked as a call is (src/arity.ts: as many as it takes, no
+ * unknown names) before anything starts; returns the one-line reason when they do not fit.
+ */
+function functionArgs(fn: Function, label: string, argv: string[], target: string): unknown[] | string {
+  const params = paramNames(fn)
+  const names = params.map((p) => p.replace(/^\.\.\./, ''))
+  const restAt = params.findIndex((p) => p.startsWith('...'))
+  const arity = arityOf(fn)
+  const listed = params.length ? params.join(', ') : 'none'
+  const example = (n: number) =>
+    `berth run ${shellWord(target)} -- ${names.slice(0, n).map((p) => `--${p} <${p}>`).join(' ')}` +
+    (n > 0 ? ` (or in order: -- ${names.slice(0, n).map((p) => `<${p}>`).join(' ')})` : '')
+  const named = new Map<number, unknown>()
   const positional: unknown[] = []
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
-    if (a.startsWith('--')) {
-      const eq = a.indexOf('=')
-      const key = eq === -1 ? a.slice(2) : a.slice(2, eq)
-      const val = eq === -1 ? argv[++i] : a.slice(eq + 1)
-      if (!names.includes(key)) {
-        throw new Error(`berth run: ${fn.name} has no parameter '${key}'; its parameters: ${names.join(', ') || 'none'}`)
-      }
-      named.set(key, val === undefined ? true : parseValue(val))
-    } else {
+    if (!a.startsWith('--') || a.length === 2) {
       positional.push(parseValue(a))
+      continue
     }
+    const eq = a.indexOf('=')
+    const key = eq === -1 ? a.slice(2) : a.slice(2, eq)
+    const at = names.indexOf(key)
+    if (at === -1 || at === restAt) {
+      const guess = closest(key, names.filter((_, j) => j !== restAt))
+      return (
+        `${label} has no parameter '${key}'.${guess ? ` Did you mean --${guess}?` : ''} Its parameters: ${listed}. ` +
+        `Pass arguments after \`--\` by name or in order: ${example(Math.max(arity.min, 1))}`
+      )
+    }
+    if (named.has(at)) return `${label}: --${key} is given twice`
+    let value: unknown = true // `--flag` alone
+    if (eq !== -1) value = parseValue(a.slice(eq + 1))
+    else if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) value = parseValue(argv[++i])
+    named.set(at, value)
   }
-  const out = [...positional]
-  names.forEach((n, i) => {
-    if (named.has(n)) out[i] = named.get(n)
-  })
+  const out: unknown[] = [...positional]
+  for (const [at, value] of named) {
+    if (at < positional.length) return `${label}: '${names[at]}' is given both in order (argument ${at + 1}) and by name (--${names[at]})`
+    while (out.length < at) out.push(undefined) // a parameter left out before a named one: its default
+    out[at] = value
+  }
+  const missing = names.findIndex((_, j) => j < arity.min && j >= positional.length && !named.has(j))
+  if (missing !== -1 && missing < out.length) {
+    return `${label} needs '${names[missing]}' (it has no default). Pass it after \`--\`: ${example(arity.min)}`
+  }
+  if (out.length < arity.min) {
+    return (
+      `${label} takes ${arityText(arity)} (${listed}); got ${out.length}. ` +
+      `Pass ${arity.min === 1 ? 'it' : 'them'} after \`--\`, by name or in order: ${example(arity.min)}`
+    )
+  }
+  if (arity.max !== undefined && out.length > arity.max) {
+    return `${label} takes ${arityText(arity)} (${listed}); got ${out.length}: ${argv.map(shellWord).join(' ')}`
+  }
   return out
 }

@@ -36,17 +36,29 @@ const PENDING = Symbol('pending')
 const EMPTY = Buffer.alloc(0)
 const utf8 = new TextDecoder()
 
+/**
+ * Where callers find `berth serve` when neither App.lookup nor BERTH_SERVER names a server:
+ * its default --host and --grpc-port (README "CLI").
+ */
+export const DEFAULT_SERVER = 'http://127.0.0.1:7450'
+
+/** Errors made of a gRPC status (not a user error carried back as data). */
+const statusErrors = new WeakSet<Error>()
+
 /** gRPC status codes a caller can act on, with what to do. */
 function statusError(server: string, code: number, message: string): Error {
+  const where = server === DEFAULT_SERVER ? `${server} (the default when BERTH_SERVER is unset)` : server
   const hint: Record<number, string> = {
     3: '', // INVALID_ARGUMENT: the server's message says what
     5: '', // NOT_FOUND: the server's message names what exists
     8: ' (the request is over the server\'s message size cap)',
-    14: ` (is \`berth serve\` running at ${server}?)`,
+    14: ` (no berth server answers at ${where}: start one with \`npx berth serve app.ts\`, or point ` +
+      `BERTH_SERVER=http://host:port, or App.lookup(app, { server }), at the one you mean)`,
     16: ' (pass the server\'s token: App.lookup(name, { server, token }) or BERTH_TOKEN)',
   }
-  if (code in hint) return new InvalidError(`${message}${hint[code]}`)
-  return new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
+  const e = code in hint ? new InvalidError(`${message}${hint[code]}`) : new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
+  statusErrors.add(e)
+  return e
 }
 
 class Client {
@@ -207,13 +219,15 @@ class Client {
 const clients = new Map<string, Client>()
 const lookedUp = new Map<string, { server: string; token?: string }>()
 
-function clientFor(app: string, opts: { server?: string; token?: string } = {}): Client {
+function clientFor(app: string): Client {
   const where = lookedUp.get(app)
-  const server = opts.server ?? where?.server ?? process.env.BERTH_SERVER
-  if (!server) {
-    throw new InvalidError(`no server for app '${app}': set BERTH_SERVER=http://127.0.0.1:7450 or call App.lookup('${app}', { server })`)
-  }
-  const token = opts.token ?? where?.token ?? process.env.BERTH_TOKEN
+  return clientAt(where?.server, where?.token)
+}
+
+/** The client for `server` (else BERTH_SERVER, else DEFAULT_SERVER) with `token` (else BERTH_TOKEN). */
+function clientAt(server: string | undefined, token: string | undefined): Client {
+  server ??= process.env.BERTH_SERVER || DEFAULT_SERVER
+  token ??= process.env.BERTH_TOKEN
   const key = `${server} ${token ?? ''}`
   let c = clients.get(key)
   if (!c) {
@@ -257,13 +271,7 @@ export class RemoteInvocable {
     checkAndCopyArgs(args, `${this.label}.spawn`)
     const client = this.client()
     const id = await client.spawn(this.app, this.fn, this.method, this.params, args)
-    const result = (async () => {
-      for (;;) {
-        const r = await client.getResult(id, 60)
-        if (r !== PENDING) return r
-      }
-    })()
-    return new FunctionCall(id, result, () => void client.cancel(id))
+    return new FunctionCall(id, waitResult(client, id), () => client.cancel(id))
   }
 
   map(...inputs: unknown[]): AsyncIterable<unknown> {
@@ -347,6 +355,39 @@ export class RemoteInvocable {
       stream.finish(!(exhausted && taken === submitted))
     }
   }
+}
+
+/** A spawned call's result, however long it takes (GetResult waits up to 60 s per request). */
+async function waitResult(client: Client, id: string): Promise<unknown> {
+  for (;;) {
+    const r = await client.getResult(id, 60)
+    if (r !== PENDING) return r
+  }
+}
+
+/**
+ * `FunctionCall.fromId(id)` for a call this process does not hold: the call on the server
+ * (`opts.server`, else BERTH_SERVER, else DEFAULT_SERVER). Asks only when get() or cancel() is
+ * called, so a handle nobody reads holds nothing open; a get() that gives up (`timeout`) stops
+ * asking.
+ */
+export function remoteFunctionCall(id: string, opts: { server?: string; token?: string } = {}): FunctionCall<unknown> {
+  const client = clientAt(opts.server, opts.token)
+  const named = (e: unknown) => {
+    if (!(e instanceof Error && statusErrors.has(e))) return e
+    const message = `FunctionCall.fromId('${id}'): not a call of this process, and the server at ${client.server} says: ${e.message}`
+    return e instanceof InvalidError ? new InvalidError(message) : new BerthError(message)
+  }
+  const fetch = async (timeout: number | undefined): Promise<{ ok: true; value: unknown } | { ok: false; error: unknown } | undefined> => {
+    try {
+      const r = timeout === undefined ? await waitResult(client, id) : await client.getResult(id, Math.max(0, timeout))
+      return r === PENDING ? undefined : { ok: true, value: r }
+    } catch (e) {
+      if (e instanceof Error && statusErrors.has(e)) throw named(e)
+      return { ok: false, error: e }
+    }
+  }
+  return new FunctionCall(id, fetch, () => client.cancel(id).catch((e) => Promise.reject(named(e))))
 }
 
 export const Function = {

@@ -4,6 +4,7 @@
 //! | request                                   | answer                                        |
 //! |-------------------------------------------|-----------------------------------------------|
 //! | `GET /healthz`                            | 200 `ok` (no token needed)                    |
+//! | `GET /{app}`, `GET /`                      | 200 what the app (every app) serves, as JSON  |
 //! | `POST /{app}/{function}`                  | 200 JSON result                               |
 //! | `POST /{app}/{Class}/{method}`            | 200 JSON result                               |
 //! | the function threw, timed out, cancelled  | 500 `{"error":{"name","message","stack"}}`    |
@@ -124,7 +125,8 @@ fn fail(status: StatusCode, name: &str, message: impl Into<String>) -> Answer {
     json_answer(status, &json!({ "error": { "name": name, "message": message.into() } }))
 }
 
-const ROUTES: &str = "POST /{app}/{function}, POST /{app}/{Class}/{method} or GET /healthz";
+const ROUTES: &str =
+    "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET / or GET /healthz";
 
 async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     let path = req.uri().path();
@@ -141,6 +143,15 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         return res;
     }
     let segments: Option<Vec<String>> = path.strip_prefix('/').unwrap_or(path).split('/').map(percent_decode).collect();
+    // GET / and GET /{app} (a trailing slash or not): what is served.
+    let listed = path.trim_end_matches('/');
+    if matches!(*req.method(), Method::GET | Method::HEAD) && !listed.get(1..).unwrap_or("").contains('/') {
+        match listed.get(1..).map(percent_decode) {
+            None => return listing(ctx, None),
+            Some(Some(app)) => return listing(ctx, Some(&app)),
+            Some(None) => {} // a malformed escape: the 404 below says what this server answers
+        }
+    }
     let Some(segments) = segments.filter(|s| (2..=3).contains(&s.len()) && s.iter().all(|s| !s.is_empty())) else {
         return fail(
             StatusCode::NOT_FOUND,
@@ -266,6 +277,63 @@ fn not_allowed(allow: &'static str) -> Answer {
     );
     res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     res
+}
+
+/// `GET /{app}`: what the app serves, each function and class method with the path that calls
+/// it (a gRPC caller sends the same names in `FunctionRef`); `GET /`: every app. An app not
+/// served here is 404 naming those that are.
+fn listing(ctx: &Ctx, app: Option<&str>) -> Answer {
+    let reg = ctx.svc.registry();
+    let mut apps: Vec<&str> = Vec::new();
+    for d in &reg.functions {
+        if !apps.contains(&d.app.as_str()) {
+            apps.push(&d.app);
+        }
+    }
+    let describe = |app: &str| {
+        let mut functions = Vec::new();
+        for d in reg.functions.iter().filter(|d| d.app == app) {
+            if d.is_class {
+                for m in &d.methods {
+                    let path = format!("/{}/{}/{}", path_segment(app), path_segment(&d.name), path_segment(m));
+                    functions.push(json!({ "function": d.name, "method": m, "path": path }));
+                }
+            } else {
+                let path = format!("/{}/{}", path_segment(app), path_segment(&d.name));
+                functions.push(json!({ "function": d.name, "path": path }));
+            }
+        }
+        json!({ "app": app, "functions": functions })
+    };
+    const CALL: &str = concat!(
+        r#"POST a path with a JSON array of arguments, or {"args": [...], "params": {...}} for a class's parameters; "#,
+        "over gRPC, berth.v1.Functions with function {app, function, method}",
+    );
+    match app {
+        None => json_answer(
+            StatusCode::OK,
+            &json!({ "apps": apps.iter().map(|a| describe(a)).collect::<Vec<_>>(), "call": CALL }),
+        ),
+        Some(app) if apps.contains(&app) => {
+            let mut body = describe(app);
+            body["call"] = json!(CALL);
+            json_answer(StatusCode::OK, &body)
+        }
+        Some(app) => fail(StatusCode::NOT_FOUND, "NotFound", crate::service::unknown_app(reg, app)),
+    }
+}
+
+/// A name as one path segment: `%XX` for every byte but the unreserved ones (RFC 3986).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A class called without a method, or a function called with one: the path's shape is

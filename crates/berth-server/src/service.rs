@@ -402,29 +402,19 @@ impl FunctionsSvc {
     pub(crate) fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<Target, Status> {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
         let reg = &self.shared.registry;
-        let (index, def) =
-            reg.functions.iter().enumerate().find(|(_, d)| d.app == f.app && d.name == f.function).ok_or_else(
-                || {
-                    let known: Vec<String> =
-                        reg.functions.iter().filter(|d| d.app == f.app).map(|d| d.name.clone()).collect();
-                    if known.is_empty() {
-                        Status::not_found(format!("no app named '{}' is served here", shown(&f.app)))
-                    } else {
-                        Status::not_found(format!(
-                            "app '{}' has no function or class '{}'; it has: {}",
-                            shown(&f.app),
-                            shown(&f.function),
-                            known.join(", ")
-                        ))
-                    }
-                },
-            )?;
+        let (index, def) = reg
+            .functions
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.app == f.app && d.name == f.function)
+            .ok_or_else(|| unknown_function(reg, &f.app, &f.function))?;
         let method = if def.is_class {
             def.methods.iter().position(|m| *m == f.method).ok_or_else(|| {
                 Status::not_found(format!(
-                    "class '{}' has no method '{}'; its methods: {}",
+                    "class '{}' has no method '{}'{}; its methods: {}",
                     def.name,
                     shown(&f.method),
+                    did_you_mean(&f.method, &def.methods),
                     def.methods.join(", ")
                 ))
             })? as u32
@@ -719,6 +709,78 @@ fn not_a_call(fc: &str) -> Status {
     ))
 }
 
+/// NOT_FOUND for a function or class the registry does not have: what the app has, or, for
+/// an app not served here, the apps that are (README "CLI": an unknown name is answered naming
+/// what exists).
+fn unknown_function(reg: &Registry, app: &str, function: &str) -> Status {
+    let known: Vec<String> = reg.functions.iter().filter(|d| d.app == app).map(|d| d.name.clone()).collect();
+    if known.is_empty() {
+        return Status::not_found(unknown_app(reg, app));
+    }
+    Status::not_found(format!(
+        "app '{}' has no function or class '{}'{}; it has: {}",
+        shown(app),
+        shown(function),
+        did_you_mean(function, &known),
+        known.join(", ")
+    ))
+}
+
+/// `no app named 'x' is served here`, with the apps that are (and the one meant, if close).
+pub(crate) fn unknown_app(reg: &Registry, app: &str) -> String {
+    let mut apps: Vec<String> = Vec::new();
+    for d in &reg.functions {
+        if !apps.contains(&d.app) {
+            apps.push(d.app.clone());
+        }
+    }
+    if apps.is_empty() {
+        return format!("no app named '{}' is served here: this server serves no app", shown(app));
+    }
+    format!("no app named '{}' is served here{}; served: {}", shown(app), did_you_mean(app, &apps), apps.join(", "))
+}
+
+/// ` (perhaps you mean 'square')` when one candidate is plausibly what `name` meant, else
+/// empty: a prefix either way (3 characters or more), or a few typos (the rule of
+/// src/options.ts `closest`, so that the CLI and the server suggest alike). No `?`: tonic
+/// sends it in `grpc-message` as `%3F`, which @grpc/grpc-js (decodeURI) leaves as is.
+fn did_you_mean(name: &str, candidates: &[String]) -> String {
+    closest(name, candidates).map_or_else(String::new, |c| format!(" (perhaps you mean '{c}')"))
+}
+
+fn closest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    if name.len() > 256 {
+        return None; // a name that long is no typo; and edit distance is quadratic
+    }
+    let lower = name.to_lowercase();
+    let mut best: Option<(&str, usize)> = None;
+    for c in candidates {
+        let l = c.to_lowercase();
+        if lower.chars().count() >= 3 && (lower.starts_with(&l) || l.starts_with(&lower)) {
+            return Some(c);
+        }
+        let d = edit_distance(name, c);
+        if best.is_none_or(|(_, b)| d < b) {
+            best = Some((c, d));
+        }
+    }
+    let limit = (name.chars().count() / 3).max(2);
+    best.filter(|&(_, d)| d <= limit).map(|(c, _)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j + 1] + 1).min(cur[j] + 1).min(prev[j] + usize::from(ca != *cb));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Polls the request stream once: a message that has already arrived, or Pending.
 fn ready(inbound: &mut Streaming<pb::MapRequest>) -> std::task::Poll<Option<Result<pb::MapRequest, Status>>> {
     let waker = std::task::Waker::noop();
@@ -975,6 +1037,19 @@ mod tests {
         pb::ContainerMessage {
             msg: Some(Msg::Output(pb::Output { exec_id, results: vec![result], ..Default::default() })),
         }
+    }
+
+    #[test]
+    fn not_found_suggests_what_was_meant() {
+        let names = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let apps = names(&["tinyml", "embeddings"]);
+        assert_eq!(super::closest("tinyml2", &apps), Some("tinyml"), "a prefix");
+        assert_eq!(super::closest("embedings", &apps), Some("embeddings"), "a typo");
+        assert_eq!(super::closest("Embeddings", &apps), Some("embeddings"), "case");
+        assert_eq!(super::closest("billing", &apps), None, "nothing close");
+        assert_eq!(super::closest(&"x".repeat(10_000), &apps), None);
+        assert_eq!(super::did_you_mean("sqare", &names(&["square", "cube"])), " (perhaps you mean 'square')");
+        assert_eq!(super::did_you_mean("zzz", &names(&["square"])), "");
     }
 
     #[test]
