@@ -27,11 +27,32 @@ pub struct FunctionDef {
     /// How many arguments each method takes, in `methods` order; a call outside the range is
     /// refused before it reaches a container. A method without an entry takes any number.
     pub arity: Vec<Arity>,
-    /// The parameters (CBOR) a call that passes none stands for: empty for a function, the
-    /// defaults for a class whose parameters all have one; `None` for a class with a required
-    /// parameter. When set, its pool starts with the server, so `minContainers` are warm
-    /// before the first call, as in Modal.
-    pub default_params: Option<Vec<u8>>,
+    /// A class's `@parameter()` fields, in declaration order (none for a function). Callers'
+    /// parameters are checked against them before any container starts, and each pool runs
+    /// with every parameter set (defaults filled in, in this order): a call that passes the
+    /// defaults shares the pool of one that passes none. A class whose parameters all have a
+    /// default has its pool started with the server, so `minContainers` are warm before the
+    /// first call, as in Modal.
+    pub params: Vec<ParamSpec>,
+}
+
+/// A class parameter: an `@parameter()` field (src/decorators.ts `getParamSpecs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub kind: ParamKind,
+    /// The CBOR of its default value; `None` for a required parameter.
+    pub default: Option<Vec<u8>>,
+}
+
+/// The type of a parameter, from its default value (`Any` for a required one: any of the four).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    String,
+    Integer,
+    Boolean,
+    Bytes,
+    Any,
 }
 
 /// The argument counts a method accepts: from its parameters without a default (`min`) to all

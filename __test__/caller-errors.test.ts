@@ -1,0 +1,65 @@
+// Errors that must reach the caller, not only the server's log (README "Errors", and "What
+// callers cannot do to it"): a remote caller's wrong class parameters.
+import test from 'ava'
+import { readFileSync } from 'node:fs'
+
+import { serve, stopsCleanly } from './_served.ts'
+
+function safeRead(f: string): string {
+  try {
+    return readFileSync(f, 'utf8')
+  } catch {
+    return ''
+  }
+}
+
+test.serial('wrong class parameters from a remote caller: INVALID_ARGUMENT / 400 in the embedded check\'s words, before any container starts; the defaults, passed or not, share one pool', async (t) => {
+  const { App, Cls, InvalidError } = await import('berth')
+  const { Model } = await import('./fixtures/caller-errors.ts')
+  const s = await serve([], {}, 'caller-errors.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  App.lookup('caller-errors', { server: `http://${s.address}` })
+  const post = async (body: string) => {
+    const r = await fetch(`http://${s.http}/caller-errors/Model/info`, { method: 'POST', body })
+    return { status: r.status, json: (await r.json()) as any }
+  }
+  // What the embedded check says, with `Model` where it says `Cls.of(Model)`.
+  const embedded = (params: Record<string, unknown>) => {
+    const e = t.throws(() => Cls.of(Model, params as never), { instanceOf: InvalidError })
+    return e!.message.replace(/^Cls\.of\(Model\)/, 'Model')
+  }
+
+  for (const params of [{ varient: 'x' }, { size: 'big' }, { size: 1.5 }, { variant: 7 }]) {
+    const want = embedded(params)
+    const e = await t.throwsAsync(Cls.fromName<any>('caller-errors', 'Model', params).info.remote(), { instanceOf: InvalidError })
+    t.is(e!.message, want, JSON.stringify(params))
+    t.deepEqual(await post(JSON.stringify({ params })), { status: 400, json: { error: { name: 'InvalidArgument', message: want } } })
+  }
+  t.is(embedded({ varient: 'x' }), "Model: unknown parameter 'varient'. Did you mean 'variant'? Known parameters: variant, size.")
+  t.is(embedded({ variant: 7 }), "Model: parameter 'variant' must be a string, got the number 7.")
+  // The gRPC Map stream's first message is checked the same way.
+  const mapped = Cls.fromName<any>('caller-errors', 'Model', { varient: 'x' }).info.starmap([[]])
+  await t.throwsAsync(async () => {
+    for await (const _ of mapped);
+  }, { instanceOf: InvalidError, message: /unknown parameter 'varient'/ })
+  t.false(/enter Model/.test(safeRead(s.marker)), 'no container started for a call with bad parameters')
+  t.false(/exited with status/.test(s.stdout()), s.stdout())
+
+  // No parameters, the defaults spelt out (any order, or some of them), over gRPC and HTTP:
+  // one pool, one container (maxContainers 1 per pool), entered once.
+  const pids = new Set<number>()
+  for (const params of [undefined, { variant: 'base', size: 3 }, { size: 3, variant: 'base' }, { size: 3 }]) {
+    const info = (await Cls.fromName<InstanceType<typeof Model>>('caller-errors', 'Model', params).info.remote()) as { pid: number }
+    pids.add(info.pid)
+  }
+  const http = await post('{"params": {"variant": "base"}}')
+  t.is(http.status, 200)
+  pids.add(http.json.pid)
+  t.is(pids.size, 1, 'every call with the default parameters ran in one container')
+  const enters = safeRead(s.marker).split('\n').filter((l) => l.startsWith('enter Model'))
+  t.deepEqual(enters, [`enter Model ${[...pids][0]} base 3`])
+  // Other parameters, another pool.
+  const other = (await Cls.fromName<InstanceType<typeof Model>>('caller-errors', 'Model', { variant: 'large' }).info.remote()) as { variant: string; size: number }
+  t.like(other, { variant: 'large', size: 3 })
+  await stopsCleanly(t, s)
+})
