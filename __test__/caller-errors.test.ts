@@ -1,5 +1,6 @@
 // Errors that must reach the caller, not only the server's log (README "Errors", and "What
-// callers cannot do to it"): a remote caller's wrong class parameters.
+// callers cannot do to it"): a remote caller's wrong class parameters, an @enter that throws
+// under `berth serve`.
 import test from 'ava'
 import { readFileSync } from 'node:fs'
 
@@ -61,5 +62,38 @@ test.serial('wrong class parameters from a remote caller: INVALID_ARGUMENT / 400
   // Other parameters, another pool.
   const other = (await Cls.fromName<InstanceType<typeof Model>>('caller-errors', 'Model', { variant: 'large' }).info.remote()) as { variant: string; size: number }
   t.like(other, { variant: 'large', size: 3 })
+  await stopsCleanly(t, s)
+})
+
+test.serial('an @enter that throws under berth serve: logged once with its stack, callers get InitError, restarts back off while calls keep coming', async (t) => {
+  const { App, Cls, InitError } = await import('berth')
+  const s = await serve([], {}, 'caller-errors.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  App.lookup('caller-errors', { server: `http://${s.address}` })
+  const broken = Cls.fromName<{ run(): Promise<number> }>('caller-errors', 'Broken')
+  // One call fails; then four callers call again as soon as their call fails, for 4 s.
+  const errors: unknown[] = [await broken.run.remote().catch((e) => e)]
+  const until = Date.now() + 4000
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (Date.now() < until) errors.push(await broken.run.remote().catch((e) => e))
+    }),
+  )
+  t.true(errors.length >= 4)
+  for (const e of errors) {
+    t.true(e instanceof InitError, String(e))
+    t.is((e as Error).message, 'no weights at /models/tiny')
+  }
+  const starts = safeRead(s.marker).split('\n').filter((l) => l.startsWith('enter Broken')).map((l) => Number(l.split(' ')[2]))
+  const gaps = starts.slice(1).map((at, i) => at - starts[i])
+  // README ("Errors"): one container at a time, 250 ms after the first failure, then twice as
+  // long each time (a start also takes its own time). Each waiting caller used to bring a
+  // container of its own to each restart.
+  t.true(starts.length >= 3 && starts.length <= 6, `${starts.length} starts in 4 s, gaps ${gaps}`)
+  gaps.forEach((gap, i) => t.true(gap >= 250 * 2 ** i - 20, `gap ${i} is ${gap} ms; all: ${gaps}`))
+  // The server's log has the failure, with its stack, once.
+  const log = s.stdout()
+  t.is(log.split('no weights at /models/tiny').length - 1, 1, log)
+  t.regex(log, /caller-errors\/Broken: an @enter\(\) hook threw in container \d+.*\nTypeError: no weights at \/models\/tiny\n\s+at .*load/)
   await stopsCleanly(t, s)
 })

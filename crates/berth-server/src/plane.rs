@@ -1,5 +1,5 @@
 //! The control plane's state, shared by the gRPC handlers and the scheduler's host side.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -136,6 +136,8 @@ pub(crate) struct PoolEntry {
 }
 
 pub(crate) struct Link {
+    /// The function it serves (an index into the registry).
+    pub def: Option<usize>,
     pub token: String,
     /// Set once the container has attached.
     pub tx: Option<mpsc::UnboundedSender<Result<ControlMessage, tonic::Status>>>,
@@ -375,6 +377,8 @@ pub(crate) struct State {
     pub running: IdMap<InputId, ContainerId>,
     pub links: IdMap<ContainerId, Link>,
     pub init_errors: HashMap<ContainerId, pb::Error>,
+    /// Start failures already in the server's log, by function, error name and message.
+    pub logged_failures: HashSet<(usize, String, String)>,
     pub calls: HashMap<String, CallSlot>,
     /// Map calls with an open stream, by function call id.
     pub maps: HashMap<String, Arc<MapCall>>,
@@ -419,6 +423,41 @@ impl Shared {
     }
 }
 
+/// At most this many distinct start failures are remembered as logged; past it, each is logged.
+const MAX_LOGGED_FAILURES: usize = 1024;
+
+/// A container's start hook (`@build`, `@enter`) threw: callers get it as `InitError` (kept
+/// here until the scheduler fails the waiting inputs), and the server's log shows it with its
+/// stack, once per distinct failure of a function: a pool restarts failing containers (with
+/// backoff) for as long as calls come, and each would say the same.
+pub(crate) fn start_failed(shared: &Shared, cid: ContainerId, phase: Phase, error: pb::Error) {
+    let mut st = shared.lock();
+    let def = st.links.get(&cid).and_then(|l| l.def);
+    let key = (def.unwrap_or(usize::MAX), error.name.clone(), error.message.clone());
+    let first = !st.logged_failures.contains(&key);
+    if first && st.logged_failures.len() < MAX_LOGGED_FAILURES {
+        st.logged_failures.insert(key);
+    }
+    if first {
+        let what = def
+            .and_then(|d| shared.registry.functions.get(d))
+            .map_or_else(String::new, |f| format!("{}/{}: ", f.app, f.name));
+        let hook = match phase {
+            Phase::Build => "a @build() hook",
+            Phase::SnapEnter => "an @enter({ snap: true }) hook",
+            _ => "an @enter() hook",
+        };
+        let stack =
+            if error.stack.is_empty() { format!("{}: {}", error.name, error.message) } else { error.stack.clone() };
+        eprintln!(
+            "berth: {what}{hook} threw in container {cid}; callers get InitError, and containers restart with backoff \
+             (up to {} s apart) while calls come. Logged once:\n{stack}",
+            berth_core::MAX_RESTART_BACKOFF.as_secs()
+        );
+    }
+    st.init_errors.insert(cid, error);
+}
+
 /// The scheduler's host side: turns its decisions into container messages and results.
 pub(crate) struct Host(pub Arc<Shared>);
 
@@ -437,9 +476,11 @@ impl Invoker for Host {
         let mut st = shared.lock();
         if phase == Phase::Spawn {
             let token = format!("{:016x}{:08x}", rand_token(), container);
+            let def = st.pools.get(&pool).map(|e| e.def);
             st.links.insert(
                 container,
                 Link {
+                    def,
                     token: token.clone(),
                     tx: None,
                     queued: Vec::new(),

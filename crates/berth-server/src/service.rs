@@ -912,7 +912,7 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
             let phase = phase_from_pb(h.phase);
             if !h.ok && phase != Phase::Exit {
                 if let Some(e) = h.error {
-                    shared.lock().init_errors.insert(cid, e);
+                    crate::plane::start_failed(shared, cid, phase, e);
                 }
             }
             let _ = shared.commands.send(Command::HookDone { container: cid, phase, ok: h.ok });
