@@ -1,10 +1,14 @@
 // Errors that must reach the caller, not only the server's log (README "Errors", and "What
 // callers cannot do to it"): a remote caller's wrong class parameters, an @enter that throws
-// under `berth serve`.
+// under `berth serve`, a result that is a class instance.
 import test from 'ava'
+import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 
-import { serve, stopsCleanly } from './_served.ts'
+import { root, serve, stopsCleanly } from './_served.ts'
+
+const fixture = join(root, '__test__/fixtures/caller-errors.ts')
 
 function safeRead(f: string): string {
   try {
@@ -96,4 +100,42 @@ test.serial('an @enter that throws under berth serve: logged once with its stack
   t.is(log.split('no weights at /models/tiny').length - 1, 1, log)
   t.regex(log, /caller-errors\/Broken: an @enter\(\) hook threw in container \d+.*\nTypeError: no weights at \/models\/tiny\n\s+at .*load/)
   await stopsCleanly(t, s)
+})
+
+function run(scenario: string, mode: string): Promise<{ code: number | null; out: string; result: any }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', fixture, scenario, mode], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (out += d))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`${scenario} (${mode}) did not finish in 60 s:\n${out}`))
+    }, 60_000)
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      const line = out.split('\n').find((l) => l.startsWith('result '))
+      resolve({ code, out, result: line === undefined ? undefined : JSON.parse(line.slice('result '.length)) })
+    })
+  })
+}
+
+const both = (scenario: string) => Promise.all([run(scenario, 'embedded'), run(scenario, 'process')])
+
+test.serial('a result that is a class instance fails with SerializationError in both modes; values that cross arrive the same', async (t) => {
+  const [embedded, proc] = await both('results')
+  t.is(embedded.code, 0, embedded.out)
+  t.is(proc.code, 0, proc.out)
+  const e = embedded.result
+  t.deepEqual(e.point, {
+    ok: false,
+    error: {
+      class: 'SerializationError',
+      message: 'the result of point is an instance of Point, which cannot be sent to a container. Convert it to a plain object first. Pass plain data (JSON types, Uint8Array, Date, Map, Set, bigint) instead.',
+    },
+  })
+  t.like(e.nested.error, { class: 'SerializationError' })
+  t.regex(e.nested.error.message, /^the result of nested: value at \.at\[0\] is an instance of Point/)
+  t.deepEqual(e.crosses, { tagsIsPlainArray: true, tags: ['a', 'b'], bare: { k: 1 }, when: 0, set: [1] })
+  t.deepEqual(proc.result, e, 'process containers: the same rule')
 })

@@ -189,12 +189,14 @@ export function containerMain(apps: App[]): Promise<number> {
         }
         try {
           let bytes: Uint8Array
+          const what = values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`
           try {
-            bytes = encodeValue(v.value)
+            // A class instance: the embedded container's SerializationError (src/cbor.ts).
+            bytes = encodeValue(v.value, what)
           } catch (e) {
             // A value that cannot cross (a function, a symbol): the SerializationError an
             // embedded container gives, naming what and where; the encoder's own words otherwise.
-            checkAndCopy(v.value, values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`)
+            checkAndCopy(v.value, what)
             throw e
           }
           if (bytes.length > maxResultBytes) {
