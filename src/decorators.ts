@@ -380,10 +380,16 @@ function paramType(v: unknown): ParamSpec['type'] | undefined {
   }
 }
 
+// The control plane describes a remote caller's parameters in the same words
+// (crates/berth-server/src/params.rs).
 function describeValue(v: unknown): string {
   if (v === null) return 'null'
-  if (typeof v === 'number') return Number.isInteger(v) ? `${v} (too large)` : `${v} (not an integer)`
+  if (typeof v === 'number') {
+    if (Number.isSafeInteger(v)) return `the number ${v}`
+    return Number.isInteger(v) ? `${v} (too large)` : `${v} (not an integer)`
+  }
   if (Array.isArray(v)) return 'an array'
+  if (v instanceof Uint8Array) return 'a Uint8Array'
   if (typeof v === 'object') return `an object${v.constructor && v.constructor !== Object ? ` (${v.constructor.name})` : ''}`
   if (typeof v === 'string') return JSON.stringify(v)
   return `a ${typeof v}`

@@ -7,22 +7,20 @@ import type { App } from './app.ts'
 import { decodeValue, encodeValue } from './cbor.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { batchArityError } from './arity.ts'
-import { applyParams, validateParams } from './decorators.ts'
+import { applyParams, getParamSpecs } from './decorators.ts'
 import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from './errors.ts'
 import { batchResultError, bindingSpec, runBuildHooks, runExitHooks, type PoolDef } from './runtime.ts'
 import { checkAndCopy } from './serialize.ts'
 import { containerEnv } from './secrets.ts'
 
 /**
- * The parameters a call without any stands for, as callers send them (CBOR of the defaults, as
- * `Cls.of(C)` does); undefined when the class has a required parameter.
+ * A class's @parameter() fields, for the control plane to check callers' parameters with
+ * (crates/berth-server/src/params.rs, the same rules as validateParams) and fill in defaults.
  */
-function defaultParams(cls: new () => unknown): Buffer | undefined {
-  try {
-    return Buffer.from(encodeValue(validateParams(cls, undefined)))
-  } catch {
-    return undefined
-  }
+function paramsOf(cls: new () => unknown): { name: string; kind: string; default?: Buffer }[] {
+  return [...getParamSpecs(cls)].map(([name, spec]) =>
+    spec.required ? { name, kind: spec.type } : { name, kind: spec.type, default: Buffer.from(encodeValue(spec.default)) },
+  )
 }
 
 /** What the control plane runs: a function, or a class with its method table. */
@@ -38,7 +36,7 @@ export function registryOf(apps: App[]): object[] {
       env: containerEnv(def.name, def.options.secrets, def.options.env),
       gpu: def.options.gpu,
       arity: def.methods.map((m) => m.arity),
-      defaultParams: isClass ? defaultParams(def.cls!) : Buffer.alloc(0),
+      params: isClass ? paramsOf(def.cls!) : [],
     })),
   )
 }
@@ -191,12 +189,14 @@ export function containerMain(apps: App[]): Promise<number> {
         }
         try {
           let bytes: Uint8Array
+          const what = values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`
           try {
-            bytes = encodeValue(v.value)
+            // A class instance: the embedded container's SerializationError (src/cbor.ts).
+            bytes = encodeValue(v.value, what)
           } catch (e) {
             // A value that cannot cross (a function, a symbol): the SerializationError an
             // embedded container gives, naming what and where; the encoder's own words otherwise.
-            checkAndCopy(v.value, values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`)
+            checkAndCopy(v.value, what)
             throw e
           }
           if (bytes.length > maxResultBytes) {

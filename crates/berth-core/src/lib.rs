@@ -14,6 +14,7 @@ mod spec;
 
 pub use scheduler::{
     AbortReason, Command, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, IdHasher, IdMap, InputId, InputSource,
-    Invoker, Outcome, Phase, PoolId, ResultSink, Scheduler, Submission, MAX_RESCHEDULES, OVERDUE_GRACE,
+    Invoker, Outcome, Phase, PoolId, ResultSink, Scheduler, Submission, MAX_RESCHEDULES, MAX_RESTART_BACKOFF,
+    OVERDUE_GRACE,
 };
 pub use spec::{Batching, HookSet, MethodSpec, PoolSpec, RetryPolicy, SpecError, MIN_RETRY_DELAY};

@@ -209,7 +209,7 @@ impl Hasher for IdHasher {
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// The longest a failing container waits before it is started again.
-const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_RESTART_BACKOFF: Duration = Duration::from_millis(250);
 /// Commands handled in one turn before timers get their look: keeps timeouts on time under load.
 const MAX_COMMANDS_PER_TURN: usize = 4096;
@@ -1139,12 +1139,16 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let spec = &pool.spec;
         let mut live = 0u32;
         let mut serving = 0u32;
+        let mut starting = 0u32;
         let mut in_flight = 0u32;
         for c in pool.containers.iter().filter_map(|id| self.containers.get(id)) {
             if matches!(c.state, CState::Starting(_) | CState::Serving) {
                 live += 1;
                 serving += u32::from(c.state == CState::Serving);
                 in_flight += c.in_flight;
+            }
+            if matches!(c.state, CState::Starting(_)) {
+                starting += 1;
             }
         }
         let queued: u32 = pool
@@ -1186,7 +1190,10 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             if let Some(at) = restart_wait {
                 self.wake_pool_at(pool_id, at);
             } else {
-                for _ in live..desired {
+                // After a failed start, and until a container starts, one tries at a time: the
+                // others would fail alike (each waiting caller would otherwise bring one).
+                let room = if pool.failures > 0 { 1u32.saturating_sub(starting) } else { desired - live };
+                for _ in 0..room.min(desired - live) {
                     self.start_container(pool_id);
                 }
             }

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_server::gpu::{parse_nvidia_smi_list, parse_request, Choice, Device, GpuPool};
-use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Killer, Registry, ServeOptions, Spawner};
+use berth_server::{
+    Arity, ControlPlane, ExitReporter, FunctionDef, Killer, ParamKind, ParamSpec, Registry, ServeOptions, Spawner,
+};
 use napi::bindgen_prelude::{AsyncTask, Buffer};
 use napi::{Env, Error, Result, Task};
 use napi_derive::napi;
@@ -29,9 +31,18 @@ pub struct BindingFunctionDef {
     pub gpu: Option<Vec<String>>,
     /// How many arguments each method takes, in `methods` order.
     pub arity: Option<Vec<BindingArity>>,
-    /// `FunctionDef::default_params`: CBOR of the parameters a call without any stands for
-    /// (empty for a function); unset for a class with a required parameter.
-    pub default_params: Option<Buffer>,
+    /// A class's `@parameter()` fields, in declaration order (`FunctionDef::params`).
+    pub params: Option<Vec<BindingParam>>,
+}
+
+#[napi(object)]
+pub struct BindingParam {
+    pub name: String,
+    /// `ParamSpec.type` in src/decorators.ts: 'string', 'number' (an integer), 'boolean',
+    /// 'bytes', or 'any' (a required parameter).
+    pub kind: String,
+    /// CBOR of the default value; unset for a required parameter.
+    pub default: Option<Buffer>,
 }
 
 #[napi(object)]
@@ -479,7 +490,23 @@ impl BindingServer {
             placement
                 .insert((f.app.clone(), f.name.clone()), Placement { env: f.env.unwrap_or_default(), gpu: choices });
             let arity = f.arity.unwrap_or_default().into_iter().map(|a| Arity { min: a.min, max: a.max }).collect();
-            let default_params = f.default_params.map(|b| b.to_vec());
+            let mut params = Vec::new();
+            for p in f.params.unwrap_or_default() {
+                let kind = match p.kind.as_str() {
+                    "string" => ParamKind::String,
+                    "number" => ParamKind::Integer,
+                    "boolean" => ParamKind::Boolean,
+                    "bytes" => ParamKind::Bytes,
+                    "any" => ParamKind::Any,
+                    other => {
+                        return Err(Error::from_reason(format!(
+                            "berth: {}.{}: unknown parameter type '{other}'",
+                            f.name, p.name
+                        )))
+                    }
+                };
+                params.push(ParamSpec { name: p.name, kind, default: p.default.map(|b| b.to_vec()) });
+            }
             defs.push(FunctionDef {
                 app: f.app,
                 name: f.name,
@@ -487,7 +514,7 @@ impl BindingServer {
                 is_class: f.is_class,
                 spec,
                 arity,
-                default_params,
+                params,
             });
         }
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {

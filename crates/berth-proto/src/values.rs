@@ -85,6 +85,137 @@ pub fn check_params(bytes: &[u8]) -> Result<(), ValueError> {
     }
 }
 
+/// One entry of a class's parameters map, as [`param_entries`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamEntry<'a> {
+    pub name: &'a str,
+    pub value: ParamValue<'a>,
+    /// The value's CBOR as it was sent: what a container decodes.
+    pub raw: &'a [u8],
+}
+
+/// What a parameter's value is to JavaScript (cbor-x), as far as `@parameter()` types care:
+/// `string | integer | boolean | Uint8Array` (src/decorators.ts).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamValue<'a> {
+    Text(&'a str),
+    /// A JavaScript number: an integer of up to 32 bits, or a float.
+    Number(f64),
+    Bool(bool),
+    /// A byte string (also tag 64): a `Uint8Array`.
+    Bytes,
+    Null,
+    /// A parameter passed as `undefined` is one not passed.
+    Undefined,
+    /// Anything else, in the words src/decorators.ts uses for it ("an array", "a bigint",
+    /// "an object (Date)").
+    Other(&'static str),
+}
+
+/// The entries of class parameters (empty bytes: none), in the order they were sent, after
+/// [`check_params`] accepted them.
+pub fn param_entries(bytes: &[u8]) -> Result<Vec<ParamEntry<'_>>, ValueError> {
+    check_params(bytes)?;
+    let mut out = Vec::new();
+    if bytes.is_empty() {
+        return Ok(out);
+    }
+    let top = self_described(bytes);
+    let mut r = Reader { b: top, i: 0, tags: 0 };
+    let (_, _, len) = r.head()?;
+    loop {
+        let done = match len {
+            Some(n) => out.len() as u64 == n,
+            None => top.get(r.i) == Some(&0xff),
+        };
+        if done {
+            break;
+        }
+        let k = r.i;
+        let key = r.item(1)?;
+        let ParamValue::Text(name) = param_value(key, &top[k..r.i]) else {
+            return r.fail(k, "parameter names must be text");
+        };
+        let v = r.i;
+        let kind = r.item(1)?;
+        let raw = &top[v..r.i];
+        out.push(ParamEntry { name, value: param_value(kind, raw), raw });
+    }
+    Ok(out)
+}
+
+/// An item without the self-described tags (55799) around it, which cbor-x ignores.
+fn self_described(mut b: &[u8]) -> &[u8] {
+    loop {
+        let mut r = Reader { b, i: 0, tags: 0 };
+        match r.head() {
+            Ok((6, _, Some(55799))) => b = &b[r.i..],
+            _ => return b,
+        }
+    }
+}
+
+/// What a checked item of `kind`, whose bytes are `raw`, is to JavaScript.
+fn param_value(kind: Kind, raw: &[u8]) -> ParamValue<'_> {
+    let raw = self_described(raw);
+    let mut r = Reader { b: raw, i: 0, tags: 0 };
+    let Ok((major, info, arg)) = r.head() else {
+        return ParamValue::Other("a value");
+    };
+    let arg = arg.unwrap_or(0);
+    match kind {
+        Kind::Text => ParamValue::Text(std::str::from_utf8(&raw[r.i..]).unwrap_or_default()),
+        // At most 32 bits (a wider head is Int64): exact as a double.
+        Kind::Int if major == 0 => ParamValue::Number(arg as f64),
+        Kind::Int => ParamValue::Number(-1.0 - arg as f64),
+        Kind::Float => ParamValue::Number(match info {
+            25 => half_float(arg as u16),
+            26 => f64::from(f32::from_bits(arg as u32)),
+            _ => f64::from_bits(arg),
+        }),
+        Kind::Bool => ParamValue::Bool(info == 21),
+        Kind::Null => ParamValue::Null,
+        Kind::Undefined => ParamValue::Undefined,
+        Kind::Bytes => ParamValue::Bytes,
+        Kind::TypedArray if arg == 64 => ParamValue::Bytes,
+        Kind::TypedArray => ParamValue::Other(match arg {
+            65 | 69 => "an object (Uint16Array)",
+            66 | 70 => "an object (Uint32Array)",
+            67 | 71 => "an object (BigUint64Array)",
+            68 => "an object (Uint8ClampedArray)",
+            72 => "an object (Int8Array)",
+            73 | 77 => "an object (Int16Array)",
+            74 | 78 => "an object (Int32Array)",
+            75 | 79 => "an object (BigInt64Array)",
+            81 | 85 => "an object (Float32Array)",
+            _ => "an object (Float64Array)",
+        }),
+        Kind::Int64 | Kind::BigInt => ParamValue::Other("a bigint"),
+        Kind::Array(_) => ParamValue::Other("an array"),
+        Kind::Map { .. } => ParamValue::Other("an object"),
+        Kind::Date => ParamValue::Other("an object (Date)"),
+        Kind::Set => ParamValue::Other("an object (Set)"),
+        Kind::JsMap => ParamValue::Other("an object (Map)"),
+        Kind::Break => ParamValue::Other("a break code"),
+    }
+}
+
+/// An IEEE 754 half-precision float.
+fn half_float(bits: u16) -> f64 {
+    let (exp, mant) = (i32::from((bits >> 10) & 0x1f), f64::from(bits & 0x3ff));
+    let v = match exp {
+        0 => mant * 2f64.powi(-24),
+        31 if mant == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        _ => (mant + 1024.0) * 2f64.powi(exp - 25),
+    };
+    if bits & 0x8000 != 0 {
+        -v
+    } else {
+        v
+    }
+}
+
 /// Checks one value of any shape (a result, an element).
 pub fn check_value(bytes: &[u8]) -> Result<(), ValueError> {
     match check_one(bytes)? {
@@ -574,6 +705,38 @@ mod tests {
         );
         assert!(args("9f bf d9d9f7 ff ff").is_err());
         assert!(args("81 d9d9f7 ff").is_err());
+    }
+
+    #[test]
+    fn param_entries_read_what_javascript_sees() {
+        // {model: "mini", n: 3, neg: -2, f: 1.5, h: 1.0 (half), ok: true, b: h'01', u: undefined,
+        //  big: 2^32 with an 8-byte head, list: [], d: Date}, the name "model" self-described.
+        let bytes = hex("ab d9d9f7 656d6f64656c 646d696e69  616e 03  636e6567 21  6166 fb3ff8000000000000  6168 f93c00
+             626f6b f5  6162 4101  6175 f7  63626967 1b0000000100000000  646c697374 80  6164 c11a00000001");
+        let got: Vec<(&str, ParamValue<'_>)> =
+            param_entries(&bytes).unwrap().into_iter().map(|e| (e.name, e.value)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("model", ParamValue::Text("mini")),
+                ("n", ParamValue::Number(3.0)),
+                ("neg", ParamValue::Number(-2.0)),
+                ("f", ParamValue::Number(1.5)),
+                ("h", ParamValue::Number(1.0)),
+                ("ok", ParamValue::Bool(true)),
+                ("b", ParamValue::Bytes),
+                ("u", ParamValue::Undefined),
+                ("big", ParamValue::Other("a bigint")),
+                ("list", ParamValue::Other("an array")),
+                ("d", ParamValue::Other("an object (Date)")),
+            ]
+        );
+        // The raw value is what was sent, and an indefinite map reads the same.
+        let indefinite = hex("bf 6161 d840 4101 ff");
+        let e = param_entries(&indefinite).unwrap();
+        assert_eq!((e[0].name, e[0].raw, &e[0].value), ("a", &hex("d840 4101")[..], &ParamValue::Bytes));
+        assert_eq!(param_entries(&[]).unwrap(), vec![]);
+        assert!(param_entries(&hex("a1 01 02")).is_err());
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Plane {
                 is_class: false,
                 spec,
                 arity: Vec::new(),
-                default_params: Some(Vec::new()),
+                params: Vec::new(),
             }],
         };
         let started = Started::default();

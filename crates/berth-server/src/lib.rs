@@ -13,9 +13,10 @@ mod conn;
 pub mod fuzzing;
 pub mod gpu;
 mod http;
+mod params;
 mod plane;
 mod service;
 
 pub use conn::ConnCounters;
-pub use plane::{Arity, ExitReporter, FunctionDef, Registry, Spawner};
+pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner};
 pub use service::{ControlPlane, Killer, ServeOptions};

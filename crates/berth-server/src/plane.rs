@@ -1,5 +1,5 @@
 //! The control plane's state, shared by the gRPC handlers and the scheduler's host side.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,11 +27,32 @@ pub struct FunctionDef {
     /// How many arguments each method takes, in `methods` order; a call outside the range is
     /// refused before it reaches a container. A method without an entry takes any number.
     pub arity: Vec<Arity>,
-    /// The parameters (CBOR) a call that passes none stands for: empty for a function, the
-    /// defaults for a class whose parameters all have one; `None` for a class with a required
-    /// parameter. When set, its pool starts with the server, so `minContainers` are warm
-    /// before the first call, as in Modal.
-    pub default_params: Option<Vec<u8>>,
+    /// A class's `@parameter()` fields, in declaration order (none for a function). Callers'
+    /// parameters are checked against them before any container starts, and each pool runs
+    /// with every parameter set (defaults filled in, in this order): a call that passes the
+    /// defaults shares the pool of one that passes none. A class whose parameters all have a
+    /// default has its pool started with the server, so `minContainers` are warm before the
+    /// first call, as in Modal.
+    pub params: Vec<ParamSpec>,
+}
+
+/// A class parameter: an `@parameter()` field (src/decorators.ts `getParamSpecs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub kind: ParamKind,
+    /// The CBOR of its default value; `None` for a required parameter.
+    pub default: Option<Vec<u8>>,
+}
+
+/// The type of a parameter, from its default value (`Any` for a required one: any of the four).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    String,
+    Integer,
+    Boolean,
+    Bytes,
+    Any,
 }
 
 /// The argument counts a method accepts: from its parameters without a default (`min`) to all
@@ -115,6 +136,8 @@ pub(crate) struct PoolEntry {
 }
 
 pub(crate) struct Link {
+    /// The function it serves (an index into the registry).
+    pub def: Option<usize>,
     pub token: String,
     /// Set once the container has attached.
     pub tx: Option<mpsc::UnboundedSender<Result<ControlMessage, tonic::Status>>>,
@@ -354,6 +377,8 @@ pub(crate) struct State {
     pub running: IdMap<InputId, ContainerId>,
     pub links: IdMap<ContainerId, Link>,
     pub init_errors: HashMap<ContainerId, pb::Error>,
+    /// Start failures already in the server's log, by function, error name and message.
+    pub logged_failures: HashSet<(usize, String, String)>,
     pub calls: HashMap<String, CallSlot>,
     /// Map calls with an open stream, by function call id.
     pub maps: HashMap<String, Arc<MapCall>>,
@@ -398,6 +423,41 @@ impl Shared {
     }
 }
 
+/// At most this many distinct start failures are remembered as logged; past it, each is logged.
+const MAX_LOGGED_FAILURES: usize = 1024;
+
+/// A container's start hook (`@build`, `@enter`) threw: callers get it as `InitError` (kept
+/// here until the scheduler fails the waiting inputs), and the server's log shows it with its
+/// stack, once per distinct failure of a function: a pool restarts failing containers (with
+/// backoff) for as long as calls come, and each would say the same.
+pub(crate) fn start_failed(shared: &Shared, cid: ContainerId, phase: Phase, error: pb::Error) {
+    let mut st = shared.lock();
+    let def = st.links.get(&cid).and_then(|l| l.def);
+    let key = (def.unwrap_or(usize::MAX), error.name.clone(), error.message.clone());
+    let first = !st.logged_failures.contains(&key);
+    if first && st.logged_failures.len() < MAX_LOGGED_FAILURES {
+        st.logged_failures.insert(key);
+    }
+    if first {
+        let what = def
+            .and_then(|d| shared.registry.functions.get(d))
+            .map_or_else(String::new, |f| format!("{}/{}: ", f.app, f.name));
+        let hook = match phase {
+            Phase::Build => "a @build() hook",
+            Phase::SnapEnter => "an @enter({ snap: true }) hook",
+            _ => "an @enter() hook",
+        };
+        let stack =
+            if error.stack.is_empty() { format!("{}: {}", error.name, error.message) } else { error.stack.clone() };
+        eprintln!(
+            "berth: {what}{hook} threw in container {cid}; callers get InitError, and containers restart with backoff \
+             (up to {} s apart) while calls come. Logged once:\n{stack}",
+            berth_core::MAX_RESTART_BACKOFF.as_secs()
+        );
+    }
+    st.init_errors.insert(cid, error);
+}
+
 /// The scheduler's host side: turns its decisions into container messages and results.
 pub(crate) struct Host(pub Arc<Shared>);
 
@@ -416,9 +476,11 @@ impl Invoker for Host {
         let mut st = shared.lock();
         if phase == Phase::Spawn {
             let token = format!("{:016x}{:08x}", rand_token(), container);
+            let def = st.pools.get(&pool).map(|e| e.def);
             st.links.insert(
                 container,
                 Link {
+                    def,
                     token: token.clone(),
                     tx: None,
                     queued: Vec::new(),

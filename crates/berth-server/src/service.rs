@@ -160,8 +160,9 @@ impl ControlPlane {
         tokio::spawn(Scheduler::new(Host(shared.clone()), Host(shared.clone())).run(source));
         // Pools that keep containers warm start now, not with their first call (as in Modal).
         for (index, def) in shared.registry.functions.iter().enumerate() {
-            if let (Some(params), true) = (&def.default_params, def.spec.min_containers > 0) {
-                shared.pool(index, params);
+            // (Those whose parameters all have a default: a call without any uses that pool.)
+            if let (Ok(params), true) = (crate::params::canonical(def, &[]), def.spec.min_containers > 0) {
+                shared.pool(index, &params);
             }
         }
         tokio::spawn(crate::plane::housekeeping(Arc::downgrade(&shared)));
@@ -427,15 +428,11 @@ impl FunctionsSvc {
             }
             0
         };
-        values::check_params(&f.params).map_err(|e| bad(format!("params of {} are not valid: {e}", def.name)))?;
+        // Checked here, before any container starts; the pool is keyed by the full set.
+        let params = crate::params::canonical(def, &f.params).map_err(bad)?;
         let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };
         let arity = def.arity.get(method as usize).copied();
-        // No parameters stand for the defaults: such calls share the pool started warm.
-        let params = match &def.default_params {
-            Some(defaults) if f.params.is_empty() => defaults,
-            _ => &f.params,
-        };
-        let pool = self.shared.pool(index, params);
+        let pool = self.shared.pool(index, &params);
         Ok(Target { pool, method, arity, label })
     }
 
@@ -996,7 +993,7 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
             let phase = phase_from_pb(h.phase);
             if !h.ok && phase != Phase::Exit {
                 if let Some(e) = h.error {
-                    shared.lock().init_errors.insert(cid, e);
+                    crate::plane::start_failed(shared, cid, phase, e);
                 }
             }
             let _ = shared.commands.send(Command::HookDone { container: cid, phase, ok: h.ok });

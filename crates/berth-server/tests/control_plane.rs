@@ -197,7 +197,7 @@ fn square_app(retries: u32, max_containers: u32) -> Registry {
             is_class: false,
             spec,
             arity: vec![Arity { min: 1, max: Some(1) }],
-            default_params: Some(Vec::new()),
+            params: Vec::new(),
         }],
     }
 }

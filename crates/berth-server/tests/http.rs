@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use berth_core::{MethodSpec, PoolSpec};
 use berth_proto::v1 as pb;
-use berth_server::{Arity, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
+use berth_server::{
+    Arity, ControlPlane, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, ServeOptions, Spawner,
+};
 use ciborium::Value as C;
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,7 +119,16 @@ fn app() -> Registry {
         spec: PoolSpec::new(name, vec![MethodSpec::default(); methods.len()]),
         // square(x) takes one argument; the others any number.
         arity: if name == "square" { vec![Arity { min: 1, max: Some(1) }] } else { Vec::new() },
-        default_params: Some(Vec::new()),
+        // Greeter { @parameter() greeting = 'Hello' }
+        params: if is_class {
+            vec![ParamSpec {
+                name: "greeting".into(),
+                kind: ParamKind::String,
+                default: Some(cbor(&C::Text("Hello".into()))),
+            }]
+        } else {
+            Vec::new()
+        },
     };
     Registry {
         functions: vec![
@@ -228,6 +239,19 @@ async fn class_methods_get_their_parameters() {
         assert_eq!((r.status, r.json()), (200, json!("Hello, Ada!")), "no params");
         let r = post(addr, "/demo/Greeter/shout", r#"{"args": ["ada"], "params": {"greeting": "Hi"}}"#).await;
         assert_eq!((r.status, r.json()), (200, json!("ADA")));
+        // Parameters are checked before any container starts, in the words of the embedded check.
+        let r = post(addr, "/demo/Greeter/greet", r#"{"args": ["Ada"], "params": {"greting": "Hi"}}"#).await;
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.json()["error"]["name"], "InvalidArgument");
+        assert_eq!(
+            r.message(),
+            "Greeter: unknown parameter 'greting'. Did you mean 'greeting'? Known parameters: greeting."
+        );
+        let r = post(addr, "/demo/Greeter/greet", r#"{"args": ["Ada"], "params": {"greeting": 7}}"#).await;
+        assert_eq!(
+            (r.status, r.message().as_str()),
+            (400, "Greeter: parameter 'greeting' must be a string, got the number 7.")
+        );
         plane.shutdown().await;
     })
     .await

@@ -90,7 +90,7 @@ fn app() -> Registry {
         is_class: false,
         spec: PoolSpec::new(name, vec![MethodSpec::default()]),
         arity: Vec::new(),
-        default_params: Some(Vec::new()),
+        params: Vec::new(),
     };
     Registry { functions: vec![def("square"), def("slow")] }
 }

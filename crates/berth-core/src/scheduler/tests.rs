@@ -246,6 +246,44 @@ async fn enter_failure_fails_waiting_inputs_skips_exit_and_restarts_with_backoff
 }
 
 #[tokio::test(start_paused = true)]
+async fn after_a_failed_start_one_container_tries_at_a_time() {
+    // Under `berth serve`, four callers that call again as soon as their call fails keep four
+    // inputs waiting: each restart started one container per waiting input, all failing alike,
+    // and the failures of one round stacked up. README ("Errors"): one container at a time,
+    // with backoff.
+    let mut s = spec();
+    s.hooks = HookSet { enter: true, ..HookSet::default() };
+    s.max_containers = 8;
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    let mut starts = Vec::new();
+    let mut next_id = 2;
+    while starts.len() < 5 {
+        match w.next().await {
+            Ev::Hook(c, Phase::Enter) => {
+                starts.push(w.ms());
+                // Each start takes 100 ms to fail.
+                let tx = w.cmd.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(100 * MS).await;
+                    let _ = tx.send(Command::HookDone { container: c, phase: Phase::Enter, ok: false });
+                });
+            }
+            Ev::Done(_, _, Outcome::Init(_)) => {
+                // The first failure brings the other three callers.
+                let callers = if next_id == 2 { 4 } else { 1 };
+                w.submit(next_id..next_id + callers, 0);
+                next_id += callers;
+            }
+            Ev::Stopped(_) => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    // One container at a time, each after the previous one failed and its backoff passed.
+    assert_eq!(starts, vec![0, 350, 950, 2050, 4150]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn concurrency_never_exceeds_max_inputs() {
     let mut s = spec();
     s.max_inputs = 3;

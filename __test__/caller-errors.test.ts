@@ -1,0 +1,141 @@
+// Errors that must reach the caller, not only the server's log (README "Errors", and "What
+// callers cannot do to it"): a remote caller's wrong class parameters, an @enter that throws
+// under `berth serve`, a result that is a class instance.
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+import { root, serve, stopsCleanly } from './_served.ts'
+
+const fixture = join(root, '__test__/fixtures/caller-errors.ts')
+
+function safeRead(f: string): string {
+  try {
+    return readFileSync(f, 'utf8')
+  } catch {
+    return ''
+  }
+}
+
+test.serial('wrong class parameters from a remote caller: INVALID_ARGUMENT / 400 in the embedded check\'s words, before any container starts; the defaults, passed or not, share one pool', async (t) => {
+  const { App, Cls, InvalidError } = await import('berth')
+  const { Model } = await import('./fixtures/caller-errors.ts')
+  const s = await serve([], {}, 'caller-errors.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  App.lookup('caller-errors', { server: `http://${s.address}` })
+  const post = async (body: string) => {
+    const r = await fetch(`http://${s.http}/caller-errors/Model/info`, { method: 'POST', body })
+    return { status: r.status, json: (await r.json()) as any }
+  }
+  // What the embedded check says, with `Model` where it says `Cls.of(Model)`.
+  const embedded = (params: Record<string, unknown>) => {
+    const e = t.throws(() => Cls.of(Model, params as never), { instanceOf: InvalidError })
+    return e!.message.replace(/^Cls\.of\(Model\)/, 'Model')
+  }
+
+  for (const params of [{ varient: 'x' }, { size: 'big' }, { size: 1.5 }, { variant: 7 }]) {
+    const want = embedded(params)
+    const e = await t.throwsAsync(Cls.fromName<any>('caller-errors', 'Model', params).info.remote(), { instanceOf: InvalidError })
+    t.is(e!.message, want, JSON.stringify(params))
+    t.deepEqual(await post(JSON.stringify({ params })), { status: 400, json: { error: { name: 'InvalidArgument', message: want } } })
+  }
+  t.is(embedded({ varient: 'x' }), "Model: unknown parameter 'varient'. Did you mean 'variant'? Known parameters: variant, size.")
+  t.is(embedded({ variant: 7 }), "Model: parameter 'variant' must be a string, got the number 7.")
+  // The gRPC Map stream's first message is checked the same way.
+  const mapped = Cls.fromName<any>('caller-errors', 'Model', { varient: 'x' }).info.starmap([[]])
+  await t.throwsAsync(async () => {
+    for await (const _ of mapped);
+  }, { instanceOf: InvalidError, message: /unknown parameter 'varient'/ })
+  t.false(/enter Model/.test(safeRead(s.marker)), 'no container started for a call with bad parameters')
+  t.false(/exited with status/.test(s.stdout()), s.stdout())
+
+  // No parameters, the defaults spelt out (any order, or some of them), over gRPC and HTTP:
+  // one pool, one container (maxContainers 1 per pool), entered once.
+  const pids = new Set<number>()
+  for (const params of [undefined, { variant: 'base', size: 3 }, { size: 3, variant: 'base' }, { size: 3 }]) {
+    const info = (await Cls.fromName<InstanceType<typeof Model>>('caller-errors', 'Model', params).info.remote()) as { pid: number }
+    pids.add(info.pid)
+  }
+  const http = await post('{"params": {"variant": "base"}}')
+  t.is(http.status, 200)
+  pids.add(http.json.pid)
+  t.is(pids.size, 1, 'every call with the default parameters ran in one container')
+  const enters = safeRead(s.marker).split('\n').filter((l) => l.startsWith('enter Model'))
+  t.deepEqual(enters, [`enter Model ${[...pids][0]} base 3`])
+  // Other parameters, another pool.
+  const other = (await Cls.fromName<InstanceType<typeof Model>>('caller-errors', 'Model', { variant: 'large' }).info.remote()) as { variant: string; size: number }
+  t.like(other, { variant: 'large', size: 3 })
+  await stopsCleanly(t, s)
+})
+
+test.serial('an @enter that throws under berth serve: logged once with its stack, callers get InitError, restarts back off while calls keep coming', async (t) => {
+  const { App, Cls, InitError } = await import('berth')
+  const s = await serve([], {}, 'caller-errors.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  App.lookup('caller-errors', { server: `http://${s.address}` })
+  const broken = Cls.fromName<{ run(): Promise<number> }>('caller-errors', 'Broken')
+  // One call fails; then four callers call again as soon as their call fails, for 4 s.
+  const errors: unknown[] = [await broken.run.remote().catch((e) => e)]
+  const until = Date.now() + 4000
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (Date.now() < until) errors.push(await broken.run.remote().catch((e) => e))
+    }),
+  )
+  t.true(errors.length >= 4)
+  for (const e of errors) {
+    t.true(e instanceof InitError, String(e))
+    t.is((e as Error).message, 'no weights at /models/tiny')
+  }
+  const starts = safeRead(s.marker).split('\n').filter((l) => l.startsWith('enter Broken')).map((l) => Number(l.split(' ')[2]))
+  const gaps = starts.slice(1).map((at, i) => at - starts[i])
+  // README ("Errors"): one container at a time, 250 ms after the first failure, then twice as
+  // long each time (a start also takes its own time). Each waiting caller used to bring a
+  // container of its own to each restart.
+  t.true(starts.length >= 3 && starts.length <= 6, `${starts.length} starts in 4 s, gaps ${gaps}`)
+  gaps.forEach((gap, i) => t.true(gap >= 250 * 2 ** i - 20, `gap ${i} is ${gap} ms; all: ${gaps}`))
+  // The server's log has the failure, with its stack, once.
+  const log = s.stdout()
+  t.is(log.split('no weights at /models/tiny').length - 1, 1, log)
+  t.regex(log, /caller-errors\/Broken: an @enter\(\) hook threw in container \d+.*\nTypeError: no weights at \/models\/tiny\n\s+at .*load/)
+  await stopsCleanly(t, s)
+})
+
+function run(scenario: string, mode: string): Promise<{ code: number | null; out: string; result: any }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', fixture, scenario, mode], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (out += d))
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`${scenario} (${mode}) did not finish in 60 s:\n${out}`))
+    }, 60_000)
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      const line = out.split('\n').find((l) => l.startsWith('result '))
+      resolve({ code, out, result: line === undefined ? undefined : JSON.parse(line.slice('result '.length)) })
+    })
+  })
+}
+
+const both = (scenario: string) => Promise.all([run(scenario, 'embedded'), run(scenario, 'process')])
+
+test.serial('a result that is a class instance fails with SerializationError in both modes; values that cross arrive the same', async (t) => {
+  const [embedded, proc] = await both('results')
+  t.is(embedded.code, 0, embedded.out)
+  t.is(proc.code, 0, proc.out)
+  const e = embedded.result
+  t.deepEqual(e.point, {
+    ok: false,
+    error: {
+      class: 'SerializationError',
+      message: 'the result of point is an instance of Point, which cannot be sent to a container. Convert it to a plain object first. Pass plain data (JSON types, Uint8Array, Date, Map, Set, bigint) instead.',
+    },
+  })
+  t.like(e.nested.error, { class: 'SerializationError' })
+  t.regex(e.nested.error.message, /^the result of nested: value at \.at\[0\] is an instance of Point/)
+  t.deepEqual(e.crosses, { tagsIsPlainArray: true, tags: ['a', 'b'], bare: { k: 1 }, when: 0, set: [1] })
+  t.deepEqual(proc.result, e, 'process containers: the same rule')
+})
