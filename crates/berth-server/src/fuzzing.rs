@@ -60,10 +60,16 @@ pub struct Plane {
 
 impl Plane {
     pub fn new(max_inputs: u32) -> Self {
+        Self::with_min_containers(max_inputs, 0)
+    }
+
+    /// A plane whose function keeps `min` containers (at most 2) once its pool exists.
+    pub fn with_min_containers(max_inputs: u32, min: u32) -> Self {
         let mut spec = PoolSpec::new("f", vec![MethodSpec::default()]);
         spec.max_inputs = max_inputs.max(1);
         spec.target_inputs = spec.max_inputs;
         spec.max_containers = 2;
+        spec.min_containers = min.min(2);
         let registry = Registry {
             functions: vec![FunctionDef {
                 app: "app".into(),

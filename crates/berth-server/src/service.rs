@@ -1073,7 +1073,8 @@ mod tests {
     fn a_container_answers_its_own_executions_only() {
         // Found by fuzz/ (attach_frames): an output from container 1 for an execution running
         // in container 2 completed it, and gave container 1 the credit.
-        let mut plane = Plane::new(1);
+        // Two containers kept: a cold pool starts one for its queue until it has measured.
+        let mut plane = Plane::with_min_containers(1, 2);
         plane.spawn(vec![0x81, 0x01]);
         plane.spawn(vec![0x81, 0x02]);
         let started = plane.started();
