@@ -401,6 +401,9 @@ impl FunctionsSvc {
                     }
                 },
             )?;
+        if let Some(what) = def.not_a_method(&f.method) {
+            return Err(Status::not_found(what));
+        }
         let method = if def.is_class {
             def.methods.iter().position(|m| *m == f.method).ok_or_else(|| {
                 Status::not_found(format!(
