@@ -1,6 +1,6 @@
 // Errors that must reach the caller, not only the server's log (README "Errors", and "What
 // callers cannot do to it"): a remote caller's wrong class parameters, an @enter that throws
-// under `berth serve`, a result that is a class instance.
+// under `berth serve`, a result that is a class instance, a handle member that is no method.
 import test from 'ava'
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -138,4 +138,34 @@ test.serial('a result that is a class instance fails with SerializationError in 
   t.regex(e.nested.error.message, /^the result of nested: value at \.at\[0\] is an instance of Point/)
   t.deepEqual(e.crosses, { tagsIsPlainArray: true, tags: ['a', 'b'], bare: { k: 1 }, when: 0, set: [1] })
   t.deepEqual(proc.result, e, 'process containers: the same rule')
+})
+
+test.serial('a handle member that is an @enter hook, a parameter or an undecorated method: InvalidError saying what it is and what can be called, in both modes', async (t) => {
+  const [embedded, proc] = await both('members')
+  t.is(embedded.code, 0, embedded.out)
+  t.is(proc.code, 0, proc.out)
+  const e = embedded.result
+  const invalid = (message: string) => ({ ok: false, error: { class: 'InvalidError', message } })
+  t.deepEqual(e.load, invalid("Cls.of(Model).load: 'load' is an @enter() hook: each container runs it once, before its first input; a handle calls methods only. Callable methods of Model: info."))
+  t.deepEqual(e.helper, invalid("Cls.of(Model).helper: 'helper' is not a @method(): mark it @method() (or @batched({ maxBatchSize, waitMs })) to call it as an input; a handle calls methods only. Callable methods of Model: info."))
+  t.deepEqual(e.variant, invalid("Cls.of(Model).variant: 'variant' is a @parameter(): pass it when making the handle, Cls.of(Model, { variant: ... }); a handle calls methods only. Callable methods of Model: info."))
+  t.deepEqual(e.info, { ok: true, value: { variant: 'base', size: 3 } })
+  t.deepEqual(proc.result, e, 'process containers: the same handle')
+})
+
+test.serial('Cls.fromName: a member that is an @enter hook, a parameter or an undecorated method is refused saying what it is and what can be called', async (t) => {
+  const { App, Cls, InvalidError } = await import('berth')
+  const s = await serve([], {}, 'caller-errors.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  App.lookup('caller-errors', { server: `http://${s.address}` })
+  const model = Cls.fromName<InstanceType<typeof import('./fixtures/caller-errors.ts').Model>>('caller-errors', 'Model')
+  const refused = async (call: () => Promise<unknown>) => (await t.throwsAsync(call(), { instanceOf: InvalidError }))!.message
+  t.is(await refused(() => model.load.remote()), "Model.load: 'load' is an @enter() hook: each container runs it once, before its first input; callers call methods only. Callable methods of Model: info.")
+  t.is(await refused(() => model.helper.remote()), "Model.helper: 'helper' is not a @method(): mark it @method() (or @batched({ maxBatchSize, waitMs })) to call it as an input; callers call methods only. Callable methods of Model: info.")
+  t.is(await refused(() => (model as any).variant.remote()), `Model.variant: 'variant' is a @parameter(): pass it with the class parameters (Cls.fromName('caller-errors', 'Model', { variant: ... }), or "params" over HTTP); callers call methods only. Callable methods of Model: info.`)
+  const http = await fetch(`http://${s.http}/caller-errors/Model/load`, { method: 'POST', body: '[]' })
+  t.is(http.status, 404)
+  t.regex(((await http.json()) as any).error.message, /^Model\.load: 'load' is an @enter\(\) hook/)
+  t.false(/enter Model/.test(safeRead(s.marker)), 'no container started')
+  await stopsCleanly(t, s)
 })

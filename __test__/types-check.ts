@@ -123,3 +123,23 @@ async function fromNameCalls(): Promise<void> {
   void byFn.remote(1)
 }
 void fromNameCalls
+
+// Cls.of / Cls.fromName<T> parameters: the class's fields of a @parameter() type, each optional.
+import { Cls } from '../src/app.ts'
+function clsParams(): void {
+  Cls.of(Embedder)
+  Cls.of(Embedder, { model: 'big', size: 4, fast: false, blob: new Uint8Array([1]), required: 'x' })
+  Cls.of(Embedder, { blob: Buffer.from([1]) })
+  // @ts-expect-error a misspelt parameter
+  Cls.of(Embedder, { modle: 'big' })
+  // @ts-expect-error a parameter of the wrong type
+  Cls.of(Embedder, { size: '4' })
+  // @ts-expect-error a method is no parameter
+  Cls.of(Embedder, { embed: 'x' })
+  Cls.fromName<Embedder>('app', 'Embedder', { model: 'big' })
+  // @ts-expect-error a misspelt parameter through Cls.fromName<T>
+  Cls.fromName<Embedder>('app', 'Embedder', { modle: 'big' })
+  // Without a type, any names (the server checks them).
+  Cls.fromName('app', 'Embedder', { modle: 'big' })
+}
+void clsParams

@@ -15,7 +15,7 @@ import { registryOf } from './process.ts'
 import { EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
 import { arityOf, checkArity, type Arity } from './arity.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
-import type { BatchItem, ClsHandle, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from './types.ts'
+import type { BatchItem, ClsHandle, ClsParams, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from './types.ts'
 
 /** How long `map` may run ahead of its consumer (inputs submitted, results not yet taken). */
 const MAP_WINDOW = 10_000
@@ -365,6 +365,43 @@ class ClassDef {
     }
     return meta
   }
+  /**
+   * The members of the class a handle has no call for (hooks, parameters, undecorated methods),
+   * each with what it is; `pass` says how a parameter is passed instead.
+   */
+  notCallable(pass: (param: string) => string): Map<string, string> {
+    const meta = this.classMeta
+    const what = new Map<string, string>()
+    const callable = new Set(meta.methods.map((m) => m.name))
+    for (let p = this.cls.prototype; p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
+      for (const n of Object.getOwnPropertyNames(p)) {
+        if (n === 'constructor' || callable.has(n) || what.has(n)) continue
+        if (typeof Object.getOwnPropertyDescriptor(p, n)?.value !== 'function') continue
+        what.set(n, 'not a @method(): mark it @method() (or @batched({ maxBatchSize, waitMs })) to call it as an input')
+      }
+    }
+    const hooks: [string[], string][] = [
+      [meta.build, 'a @build() hook: `berth build` runs it, and containers whose build is not cached'],
+      [meta.exit, 'an @exit() hook: each container runs it when it stops'],
+      [meta.snapEnter, 'an @enter({ snap: true }) hook: each container runs it once, before its first input'],
+      [meta.enter, 'an @enter() hook: each container runs it once, before its first input'],
+    ]
+    for (const [names, text] of hooks) for (const n of names) what.set(n, text)
+    for (const n of meta.params) what.set(n, `a @parameter(): pass it ${pass(n)}`)
+    return what
+  }
+  /** What reaching each member of `notCallable` through a `Cls.of` handle throws. */
+  get handleErrors(): Map<string, string> {
+    const methods = this.classMeta.methods.map((m) => m.name).join(', ')
+    this._handleErrors ??= new Map(
+      [...this.notCallable((n) => `when making the handle, Cls.of(${this.name}, { ${n}: ... })`)].map(([n, text]) => [
+        n,
+        `Cls.of(${this.name}).${n}: '${n}' is ${text}; a handle calls methods only. Callable methods of ${this.name}: ${methods}.`,
+      ]),
+    )
+    return this._handleErrors
+  }
+  private _handleErrors: Map<string, string> | undefined
   poolDef(params: Record<string, unknown>): PoolDef {
     const meta = this.classMeta
     const c = meta.concurrent
@@ -737,16 +774,16 @@ export class FunctionCall<R> implements FunctionCallType<R> {
 /** Handles on classes: `Cls.of(Embedder, { model: 'mini' })`, `Cls.fromName<Embedder>(app, 'Embedder')`. */
 export const Cls = {
   /** A handle on a class of an app served elsewhere (App.lookup, else BERTH_SERVER, else http://127.0.0.1:7450). */
-  fromName<T>(app: string, name: string, params?: Record<string, unknown>): ClsHandle<T> {
-    return clsFromName<T>(app, name, params)
+  fromName<T = unknown>(app: string, name: string, params?: NoInfer<ClsParams<T>>): ClsHandle<T> {
+    return clsFromName<T>(app, name, params as Record<string, unknown> | undefined)
   },
 
-  of<T>(cls: new () => T, params?: Record<string, unknown>): ClsHandle<T> {
+  of<T>(cls: new () => T, params?: NoInfer<ClsParams<T>>): ClsHandle<T> {
     const def = classDefs.get(cls)
     if (!def) {
       throw new InvalidError(`Cls.of(${(cls as any)?.name ?? String(cls)}): the class is not registered with an app. Decorate it with @app.cls()`)
     }
-    const full = validateParams(cls, params)
+    const full = validateParams(cls, params as Record<string, unknown> | undefined)
     const meta = def.classMeta
     const pd = def.poolDef(full)
     const handle: Record<string, Invocable> = {}
@@ -760,6 +797,14 @@ export const Cls = {
         },
       }))
     })
+    // Members the types show but no caller may call: reaching one says what it is.
+    for (const [name, error] of def.handleErrors) {
+      Object.defineProperty(handle, name, {
+        get() {
+          throw new InvalidError(error)
+        },
+      })
+    }
     return Object.freeze(handle) as unknown as ClsHandle<T>
   },
 }

@@ -17,7 +17,7 @@ export {
   SerializationError,
 } from './errors.ts'
 export type { ClsOptions, FunctionOptions } from './options.ts'
-export type { ClsHandle, FunctionHandle, MapOptions, MethodHandle } from './types.ts'
+export type { ClsHandle, ClsParams, FunctionHandle, MapOptions, MethodHandle } from './types.ts'
 
 /** @internal For the `berth` CLI: process containers and serving, on this module instance. */
 export { containerMain as __berthContainerMain, registryOf as __berthRegistryOf } from './process.ts'

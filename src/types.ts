@@ -85,7 +85,25 @@ export type MethodHandle<F> = F extends (...a: infer A) => infer R
       : Invocable<A, Awaited<R>>
   : never
 
-/** `Cls.of(C)`: one MethodHandle per method of the instance type. */
+/**
+ * `Cls.of(C, params)`, `Cls.fromName<C>(app, name, params)`: the fields of `C` whose type a
+ * `@parameter()` may have (string, integer, boolean, Uint8Array), each optional (a default may
+ * stand in; a required one is checked when the handle is made). Types cannot see decorators: a
+ * field of such a type without `@parameter()` type-checks here and fails with InvalidError.
+ */
+export type ClsParams<T> = unknown extends T
+  ? Record<string, unknown>
+  : {
+      [K in keyof T as K extends string ? (T[K] extends string | number | boolean | Uint8Array | undefined ? K : never) : never]?: T[K] extends Uint8Array
+        ? Uint8Array
+        : T[K]
+    }
+
+/**
+ * `Cls.of(C)`: one MethodHandle per method of the instance type. Types cannot see decorators, so
+ * lifecycle hooks and undecorated methods are here too; reaching one throws InvalidError, which
+ * says what the member is and which members can be called.
+ */
 export type ClsHandle<T> = {
   [K in keyof T as T[K] extends (...a: any[]) => any ? K : never]: MethodHandle<T[K]>
 }

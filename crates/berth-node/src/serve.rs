@@ -33,6 +33,14 @@ pub struct BindingFunctionDef {
     pub arity: Option<Vec<BindingArity>>,
     /// A class's `@parameter()` fields, in declaration order (`FunctionDef::params`).
     pub params: Option<Vec<BindingParam>>,
+    /// `FunctionDef::not_callable`.
+    pub not_callable: Option<Vec<BindingMember>>,
+}
+
+#[napi(object)]
+pub struct BindingMember {
+    pub name: String,
+    pub what: String,
 }
 
 #[napi(object)]
@@ -515,6 +523,7 @@ impl BindingServer {
                 spec,
                 arity,
                 params,
+                not_callable: f.not_callable.unwrap_or_default().into_iter().map(|m| (m.name, m.what)).collect(),
             });
         }
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {

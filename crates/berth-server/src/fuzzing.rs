@@ -79,6 +79,7 @@ impl Plane {
                 spec,
                 arity: Vec::new(),
                 params: Vec::new(),
+                not_callable: Vec::new(),
             }],
         };
         let started = Started::default();

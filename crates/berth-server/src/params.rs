@@ -219,6 +219,7 @@ mod tests {
             spec: PoolSpec::new("Model", vec![MethodSpec::default()]),
             arity: Vec::new(),
             params,
+            not_callable: Vec::new(),
         }
     }
 

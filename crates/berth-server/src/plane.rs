@@ -34,6 +34,21 @@ pub struct FunctionDef {
     /// default has its pool started with the server, so `minContainers` are warm before the
     /// first call, as in Modal.
     pub params: Vec<ParamSpec>,
+    /// A class's members that callers cannot call (lifecycle hooks, parameters, undecorated
+    /// methods), each with what it is, e.g. `("load", "an @enter() hook: ...")`.
+    pub not_callable: Vec<(String, String)>,
+}
+
+impl FunctionDef {
+    /// What a caller naming `member` of this class is told when it is no method.
+    pub(crate) fn not_a_method(&self, member: &str) -> Option<String> {
+        let (name, what) = self.not_callable.iter().find(|(n, _)| n == member)?;
+        Some(format!(
+            "{class}.{name}: '{name}' is {what}; callers call methods only. Callable methods of {class}: {}.",
+            self.methods.join(", "),
+            class = self.name,
+        ))
+    }
 }
 
 /// A class parameter: an `@parameter()` field (src/decorators.ts `getParamSpecs`).

@@ -409,6 +409,9 @@ impl FunctionsSvc {
             .enumerate()
             .find(|(_, d)| d.app == f.app && d.name == f.function)
             .ok_or_else(|| unknown_function(reg, &f.app, &f.function))?;
+        if let Some(what) = def.not_a_method(&f.method) {
+            return Err(Status::not_found(what));
+        }
         let method = if def.is_class {
             def.methods.iter().position(|m| *m == f.method).ok_or_else(|| {
                 Status::not_found(format!(

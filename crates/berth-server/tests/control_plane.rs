@@ -198,6 +198,7 @@ fn square_app(retries: u32, max_containers: u32) -> Registry {
             spec,
             arity: vec![Arity { min: 1, max: Some(1) }],
             params: Vec::new(),
+            not_callable: Vec::new(),
         }],
     }
 }

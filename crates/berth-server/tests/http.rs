@@ -129,6 +129,11 @@ fn app() -> Registry {
         } else {
             Vec::new()
         },
+        not_callable: if is_class {
+            vec![("load".into(), "an @enter() hook: each container runs it".into())]
+        } else {
+            Vec::new()
+        },
     };
     Registry {
         functions: vec![
@@ -287,6 +292,13 @@ async fn unknown_names_are_404_naming_what_exists() {
         let r = post(addr, "/demo/Greeter/wave", r#"["Ada"]"#).await;
         assert_eq!(r.status, 404);
         assert!(r.message().contains("its methods: greet, shout"), "{r:?}");
+        let r = post(addr, "/demo/Greeter/load", r#"["Ada"]"#).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(
+            r.message(),
+            "Greeter.load: 'load' is an @enter() hook: each container runs it; callers call methods only. Callable \
+             methods of Greeter: greet, shout."
+        );
         let r = post(addr, "/demo/Greeter", r#"["Ada"]"#).await;
         assert_eq!(r.status, 404);
         assert!(r.message().contains("POST /demo/Greeter/{method}"), "{r:?}");

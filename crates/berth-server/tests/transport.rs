@@ -91,6 +91,7 @@ fn app() -> Registry {
         spec: PoolSpec::new(name, vec![MethodSpec::default()]),
         arity: Vec::new(),
         params: Vec::new(),
+        not_callable: Vec::new(),
     };
     Registry { functions: vec![def("square"), def("slow")] }
 }
