@@ -43,3 +43,13 @@ export function abortedWithin(signal: AbortSignal, ms: number): Promise<boolean>
     }, { once: true })
   })
 }
+
+/** Whether a process with this pid exists (a zombie counts until it is reaped). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}

@@ -10,7 +10,7 @@ import grpc from '@grpc/grpc-js'
 import { App, Cls, FunctionTimeoutError, Retries, currentInput, enter, method } from 'berth'
 
 import { Functions, cbor, serve, stopsCleanly, type Served } from './_served.ts'
-import { sleep, until } from './_util.ts'
+import { alive, sleep, until } from './_util.ts'
 
 async function served(t: any): Promise<[Served, any, (name: string) => string]> {
   const s = await serve([], {}, 'semantics.ts')
@@ -35,15 +35,6 @@ function call(client: any, fn: string, method = '', args: unknown[] = [], ms = 6
       },
     ),
   )
-}
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 test.serial('minContainers are warm under berth serve: @enter runs when the server starts, before any call', async (t) => {

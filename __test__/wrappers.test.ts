@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import grpc from '@grpc/grpc-js'
 
 import { Functions, cbor, invoke, root } from './_served.ts'
-import { until } from './_util.ts'
+import { alive, until } from './_util.ts'
 
 /** A user's project: package.json, node_modules/berth (this checkout), node_modules/.bin/berth. */
 function userProject(): string {
@@ -19,15 +19,6 @@ function userProject(): string {
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'user-app', private: true, type: 'module', dependencies: { berth: 'file:' + root } }))
   copyFileSync(join(root, '__test__', 'fixtures', 'served.ts'), join(dir, 'app.ts'))
   return dir
-}
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 /** Processes whose working directory is `dir` and whose command line has each of `words` (or a path ending in it). */

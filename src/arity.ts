@@ -122,7 +122,8 @@ function declaredParams(fn: Function): number | undefined {
   return undefined
 }
 
-function skipString(src: string, i: number): number {
+/** The index of the quote that closes the string literal opening at `src[i]` (or the end). */
+export function skipString(src: string, i: number): number {
   const q = src[i]
   for (let j = i + 1; j < src.length; j++) {
     if (src[j] === '\\') j++

@@ -4,7 +4,7 @@ import { createRequire } from 'node:module'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
-import { arityOf, arityText } from './arity.ts'
+import { arityOf, arityText, skipString } from './arity.ts'
 import { containerCommand } from './command.ts'
 import { closest } from './options.ts'
 import { createSecret, listSecrets } from './secrets.ts'
@@ -753,15 +753,6 @@ function paramNames(fn: Function): string[] {
       const m = /^(\.\.\.)?\s*([A-Za-z_$][\w$]*)/.exec(p)
       return m ? `${m[1] ?? ''}${m[2]}` : `arg${i + 1}`
     })
-}
-
-function skipString(src: string, i: number): number {
-  const q = src[i]
-  for (let j = i + 1; j < src.length; j++) {
-    if (src[j] === '\\') j++
-    else if (src[j] === q) return j
-  }
-  return src.length
 }
 
 function parseValue(s: string): unknown {
