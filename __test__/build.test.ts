@@ -1,15 +1,13 @@
 // @build from the user's view: runs once (not per container or parameter set), leaves a marker
 // in BERTH_CACHE_DIR that lets later runs skip it; @build stacked on @enter runs in both phases.
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { App, Cls, build, concurrent, enter, method, parameter } from 'berth'
+import { berth, lines } from './_cli.ts'
 import { sleep, within } from './_util.ts'
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 
 // This process's cache: a fresh temp dir, read by berth when a build runs.
 const cacheDir = mkdtempSync(join(tmpdir(), 'berth-build-test-'))
@@ -82,26 +80,6 @@ test.serial('@build stacked on @enter runs at build time and again when a contai
 // ---------------------------------------------------------------------------------------------
 // Across processes: the marker is what lets a second run skip the build.
 
-function berth(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(root, 'bin', 'berth.mjs'), ...args], {
-      cwd: root,
-      env: { ...process.env, NODE_OPTIONS: '', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    const killer = setTimeout(() => child.kill('SIGKILL'), 30_000)
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
-    child.on('error', reject)
-    child.on('close', (code) => {
-      clearTimeout(killer)
-      resolve({ code, stdout, stderr })
-    })
-  })
-}
-const lines = (s: string) => s.split('\n').filter((l) => l.length > 0)
 const fixture = join('__test__', 'fixtures', 'build-app.ts')
 
 test('a second `berth run` skips @build thanks to the marker; removing the marker builds again', async (t) => {
