@@ -2,41 +2,14 @@
 // must not depend on the mode (README "Process containers": "the handles are the same").
 // Each test runs __test__/fixtures/both-modes.ts as a script once per mode.
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
+import { MODES, inBothModes } from './_modes.ts'
+
 const root = fileURLToPath(new URL('..', import.meta.url))
 const fixture = join(root, '__test__/fixtures/both-modes.ts')
-const MODES = ['embedded', 'process'] as const
-
-interface Run {
-  code: number | null
-  stdout: string
-  stderr: string
-  result: any
-}
-
-function run(scenario: string, mode: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', fixture, scenario, mode], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d) => (stdout += d))
-    child.stderr.on('data', (d) => (stderr += d))
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL')
-      reject(new Error(`${scenario} (${mode}) did not finish in 60 s:\n${stdout}\n${stderr}`))
-    }, 60_000)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      const line = stdout.split('\n').find((l) => l.startsWith('result '))
-      resolve({ code, stdout, stderr, result: line === undefined ? undefined : JSON.parse(line.slice('result '.length)) })
-    })
-  })
-}
-
-const both = (scenario: string) => Promise.all(MODES.map((m) => run(scenario, m)))
+const both = (scenario: string) => inBothModes(fixture, scenario)
 
 test.serial('@batched: a batch whose inputs pass different numbers of arguments fails each of them with InvalidError, in both modes', async (t) => {
   for (const [i, r] of (await both('batchArity')).entries()) {

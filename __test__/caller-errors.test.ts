@@ -2,10 +2,10 @@
 // callers cannot do to it"): a remote caller's wrong class parameters, an @enter that throws
 // under `berth serve`, a result that is a class instance, a handle member that is no method.
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 
+import { inBothModes } from './_modes.ts'
 import { root, serve, stopsCleanly } from './_served.ts'
 
 const fixture = join(root, '__test__/fixtures/caller-errors.ts')
@@ -102,25 +102,7 @@ test.serial('an @enter that throws under berth serve: logged once with its stack
   await stopsCleanly(t, s)
 })
 
-function run(scenario: string, mode: string): Promise<{ code: number | null; out: string; result: any }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', fixture, scenario, mode], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (out += d))
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL')
-      reject(new Error(`${scenario} (${mode}) did not finish in 60 s:\n${out}`))
-    }, 60_000)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      const line = out.split('\n').find((l) => l.startsWith('result '))
-      resolve({ code, out, result: line === undefined ? undefined : JSON.parse(line.slice('result '.length)) })
-    })
-  })
-}
-
-const both = (scenario: string) => Promise.all([run(scenario, 'embedded'), run(scenario, 'process')])
+const both = (scenario: string) => inBothModes(fixture, scenario)
 
 test.serial('a result that is a class instance fails with SerializationError in both modes; values that cross arrive the same', async (t) => {
   const [embedded, proc] = await both('results')
