@@ -141,13 +141,18 @@ fn head(out: &mut Vec<u8>, major: u8, n: u64) {
     }
 }
 
-/// The candidate closest to `key`, or none when nothing is plausibly meant (`closest` in
-/// src/options.ts).
-fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
+/// The candidate closest to `key`, or none when nothing is plausibly meant: a prefix either way
+/// (3 characters or more), or a few typos, case aside (`closest` in src/options.ts, so that the
+/// CLI, the embedded checks and the server suggest alike).
+pub(crate) fn closest<'a, S: AsRef<str>>(key: &str, candidates: &'a [S]) -> Option<&'a str> {
+    if key.len() > 256 {
+        return None; // a name that long is no typo, and the distance costs its length per candidate
+    }
     let lower = key.to_lowercase();
     let mut best = None;
     let mut best_d = usize::MAX;
-    for &c in candidates {
+    for c in candidates {
+        let c = c.as_ref();
         let l = c.to_lowercase();
         if lower.chars().count() >= 3 && (lower.starts_with(&l) || l.starts_with(&lower)) {
             return Some(c);

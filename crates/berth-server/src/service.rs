@@ -740,45 +740,11 @@ pub(crate) fn unknown_app(reg: &Registry, app: &str) -> String {
     format!("no app named '{}' is served here{}; served: {}", shown(app), did_you_mean(app, &apps), apps.join(", "))
 }
 
-/// ` (perhaps you mean 'square')` when one candidate is plausibly what `name` meant, else
-/// empty: a prefix either way (3 characters or more), or a few typos (the rule of
-/// src/options.ts `closest`, so that the CLI and the server suggest alike). No `?`: tonic
-/// sends it in `grpc-message` as `%3F`, which @grpc/grpc-js (decodeURI) leaves as is.
+/// ` (perhaps you mean 'square')` when one candidate is plausibly what `name` meant
+/// (`params::closest`), else empty. No `?`: tonic sends it in `grpc-message` as `%3F`, which
+/// @grpc/grpc-js (decodeURI) leaves as is.
 fn did_you_mean(name: &str, candidates: &[String]) -> String {
-    closest(name, candidates).map_or_else(String::new, |c| format!(" (perhaps you mean '{c}')"))
-}
-
-fn closest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
-    if name.len() > 256 {
-        return None; // a name that long is no typo; and edit distance is quadratic
-    }
-    let lower = name.to_lowercase();
-    let mut best: Option<(&str, usize)> = None;
-    for c in candidates {
-        let l = c.to_lowercase();
-        if lower.chars().count() >= 3 && (lower.starts_with(&l) || l.starts_with(&lower)) {
-            return Some(c);
-        }
-        let d = edit_distance(name, c);
-        if best.is_none_or(|(_, b)| d < b) {
-            best = Some((c, d));
-        }
-    }
-    let limit = (name.chars().count() / 3).max(2);
-    best.filter(|&(_, d)| d <= limit).map(|(c, _)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j + 1] + 1).min(cur[j] + 1).min(prev[j] + usize::from(ca != *cb));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    crate::params::closest(name, candidates).map_or_else(String::new, |c| format!(" (perhaps you mean '{c}')"))
 }
 
 /// Polls the request stream once: a message that has already arrived, or Pending.
@@ -1043,11 +1009,11 @@ mod tests {
     fn not_found_suggests_what_was_meant() {
         let names = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let apps = names(&["tinyml", "embeddings"]);
-        assert_eq!(super::closest("tinyml2", &apps), Some("tinyml"), "a prefix");
-        assert_eq!(super::closest("embedings", &apps), Some("embeddings"), "a typo");
-        assert_eq!(super::closest("Embeddings", &apps), Some("embeddings"), "case");
-        assert_eq!(super::closest("billing", &apps), None, "nothing close");
-        assert_eq!(super::closest(&"x".repeat(10_000), &apps), None);
+        assert_eq!(crate::params::closest("tinyml2", &apps), Some("tinyml"), "a prefix");
+        assert_eq!(crate::params::closest("embedings", &apps), Some("embeddings"), "a typo");
+        assert_eq!(crate::params::closest("Embeddings", &apps), Some("embeddings"), "case");
+        assert_eq!(crate::params::closest("billing", &apps), None, "nothing close");
+        assert_eq!(crate::params::closest(&"x".repeat(10_000), &apps), None);
         assert_eq!(super::did_you_mean("sqare", &names(&["square", "cube"])), " (perhaps you mean 'square')");
         assert_eq!(super::did_you_mean("zzz", &names(&["square"])), "");
     }
