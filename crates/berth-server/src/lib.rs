@@ -16,7 +16,9 @@ mod http;
 mod params;
 mod plane;
 mod service;
+pub mod supervisor;
 
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner};
 pub use service::{ControlPlane, Killer, ServeOptions};
+pub use supervisor::{Supervisor, SupervisorHandle, SupervisorOptions};
