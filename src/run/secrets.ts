@@ -6,7 +6,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileS
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
 const KEY = /^[A-Za-z_][A-Za-z0-9_]*$/

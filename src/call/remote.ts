@@ -2,10 +2,10 @@
 // App.lookup. Calls go through the native gRPC client; values cross as CBOR.
 import { createRequire } from 'node:module'
 
-import { FunctionCall, isSyncIterable, splitOptions, toAsync, zipInputs } from './app.ts'
-import { decodeValue, encodeValue } from './cbor.ts'
-import { BerthError, InvalidError, errorFromData } from './errors.ts'
-import { checkAndCopyArgs } from './serialize.ts'
+import { FunctionCall, isSyncIterable, splitOptions, toAsync, zipInputs } from '../define/app.ts'
+import { decodeValue, encodeValue } from '../shared/cbor.ts'
+import { BerthError, InvalidError, errorFromData } from '../shared/errors.ts'
+import { checkAndCopyArgs } from '../shared/serialize.ts'
 import type { ClsHandle, MapOptions, RemoteFunctionHandle } from './types.ts'
 
 interface BindingClient {

@@ -3,14 +3,14 @@
 // module and this code share one instance of berth (context, registries).
 import { createRequire } from 'node:module'
 
-import type { App } from './app.ts'
-import { decodeValue, encodeValue } from './cbor.ts'
+import type { App } from '../define/app.ts'
+import { decodeValue, encodeValue } from '../shared/cbor.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
-import { batchArityError } from './arity.ts'
-import { applyParams, getParamSpecs } from './decorators.ts'
-import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from './errors.ts'
+import { batchArityError } from '../shared/arity.ts'
+import { applyParams, getParamSpecs } from '../define/decorators.ts'
+import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
 import { batchResultError, bindingSpec, runBuildHooks, runExitHooks, type PoolDef } from './runtime.ts'
-import { checkAndCopy } from './serialize.ts'
+import { checkAndCopy } from '../shared/serialize.ts'
 import { containerEnv } from './secrets.ts'
 
 /**

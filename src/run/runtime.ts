@@ -10,10 +10,10 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 
-import { batchArityError, type Arity } from './arity.ts'
+import { batchArityError, type Arity } from '../shared/arity.ts'
 import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
-import type { ClassMeta } from './decorators.ts'
-import { applyParams } from './decorators.ts'
+import type { ClassMeta } from '../define/decorators.ts'
+import { applyParams } from '../define/decorators.ts'
 import {
   FunctionTimeoutError,
   InputCancelledError,
@@ -21,9 +21,9 @@ import {
   RemoteError,
   initError,
   inputError,
-} from './errors.ts'
-import type { NormalizedOptions } from './options.ts'
-import { checkAndCopy } from './serialize.ts'
+} from '../shared/errors.ts'
+import type { NormalizedOptions } from '../define/options.ts'
+import { checkAndCopy } from '../shared/serialize.ts'
 
 /** Each call drives the scheduler and returns the events that follow (null: none). */
 interface BindingRuntime {

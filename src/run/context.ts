@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 
 export interface InputContext {
   inputId: string

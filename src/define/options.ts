@@ -1,4 +1,4 @@
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 import { Retries, type RetriesOptions } from './retries.ts'
 
 export interface BatchedOptions {

@@ -1,21 +1,21 @@
 // App, the function and class handles, Cls, FunctionCall: the user's view over the runtime.
-import { runAsLocal } from './context.ts'
+import { runAsLocal } from '../run/context.ts'
 import { getClassMeta, validateParams, type ClassMeta } from './decorators.ts'
-import { FunctionTimeoutError, InvalidError } from './errors.ts'
+import { FunctionTimeoutError, InvalidError } from '../shared/errors.ts'
 import { normalizeOptions, validateBatched, validateConcurrent, type BatchedOptions, type ClsOptions, type FunctionOptions, type NormalizedOptions } from './options.ts'
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 
-import { RemoteInvocable, clsFromName, lookupApp, remoteFunctionCall } from './client.ts'
-import { encodeValue } from './cbor.ts'
-import { containerCommand } from './command.ts'
-import { registryOf } from './process.ts'
+import { RemoteInvocable, clsFromName, lookupApp, remoteFunctionCall } from '../call/remote.ts'
+import { encodeValue } from '../shared/cbor.ts'
+import { containerCommand } from '../command.ts'
+import { registryOf } from '../run/container.ts'
 
-import { EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from './runtime.ts'
-import { arityOf, checkArity, type Arity } from './arity.ts'
-import { checkAndCopyArgs, checkAndCopyArgsInPlace } from './serialize.ts'
-import type { BatchItem, ClsHandle, ClsParams, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from './types.ts'
+import { EmbeddedRuntime, buildMarker, newFunctionCallId, runBuildHooks, type Pool, type PoolDef } from '../run/runtime.ts'
+import { arityOf, checkArity, type Arity } from '../shared/arity.ts'
+import { checkAndCopyArgs, checkAndCopyArgsInPlace } from '../shared/serialize.ts'
+import type { BatchItem, ClsHandle, ClsParams, FunctionCall as FunctionCallType, FunctionHandle, Invocable as InvocableType, MapOptions } from '../call/types.ts'
 
 /** How long `map` may run ahead of its consumer (inputs submitted, results not yet taken). */
 const MAP_WINDOW = 10_000

@@ -1,6 +1,6 @@
 (Symbol as any).metadata ??= Symbol.for('Symbol.metadata')
 
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 import { closest, validateBatched, validateConcurrent, type BatchedOptions, type ConcurrentOptions } from './options.ts'
 
 // Every decorator records into `context.metadata` under META. Metadata objects of subclasses

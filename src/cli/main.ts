@@ -4,12 +4,12 @@ import { createRequire } from 'node:module'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
-import { arityOf, arityText, skipString } from './arity.ts'
-import { containerCommand } from './command.ts'
-import { closest } from './options.ts'
-import { createSecret, listSecrets } from './secrets.ts'
+import { arityOf, arityText, skipString } from '../shared/arity.ts'
+import { containerCommand } from '../command.ts'
+import { closest } from '../define/options.ts'
+import { createSecret, listSecrets } from '../run/secrets.ts'
 
-type Api = typeof import('./index.ts') & { allApps(): import('./app.ts').App[] }
+type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
 
 const HELP = `berth: run TypeScript classes the way Modal runs Python
 
@@ -208,7 +208,7 @@ async function registerTsx(): Promise<void> {
 }
 
 /** Loads the user's file with tsx; returns its apps, or an exit status after printing why not. */
-async function loadApps(cmd: string, file: string): Promise<import('./app.ts').App[] | number> {
+async function loadApps(cmd: string, file: string): Promise<import('../define/app.ts').App[] | number> {
   const berth = api()
   await registerTsx()
   try {
@@ -546,7 +546,7 @@ async function run(args: string[]): Promise<number> {
   }
 
   // Until the app runs there is nothing to drain: a signal ends the process.
-  let running: import('./app.ts').AppRun | undefined
+  let running: import('../define/app.ts').AppRun | undefined
   const signals = stopSignals(143, () => {
     if (running === undefined) process.exit(signals.interrupted ? 130 : 143)
     process.stderr.write(DRAINING)
@@ -563,7 +563,7 @@ async function run(args: string[]): Promise<number> {
   }
   const { app, call } = found
   if (containers === 'process') app.sourceFile = resolve(file)
-  let started: import('./app.ts').AppRun
+  let started: import('../define/app.ts').AppRun
   try {
     started = await app.run({ containers })
   } catch (e) {
@@ -592,7 +592,7 @@ async function run(args: string[]): Promise<number> {
   return signals.interrupted ? 130 : signals.terminated ? 143 : code
 }
 
-type Apps = import('./app.ts').App[]
+type Apps = import('../define/app.ts').App[]
 
 /** What `berth run file.ts[::name]` runs, its arguments checked; or why not, in one line. */
 function findTarget(
