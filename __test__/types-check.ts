@@ -111,7 +111,7 @@ declare const anyHandle: AnyHandle
 void anyHandle.remote(1, 'x', {})
 
 // Function.fromName<T>: T is the function's type or its handle's (`typeof square`, SPEC §3).
-import { Function as BerthFunction } from '../src/call/remote.ts'
+import { Function as BerthFunction } from '../src/call/from-name.ts'
 async function fromNameCalls(): Promise<void> {
   const byHandle = BerthFunction.fromName<typeof square>('embeddings', 'square')
   expectType<Promise<number>>(byHandle.remote(3))
@@ -125,7 +125,7 @@ async function fromNameCalls(): Promise<void> {
 void fromNameCalls
 
 // Cls.of / Cls.fromName<T> parameters: the class's fields of a @parameter() type, each optional.
-import { Cls } from '../src/define/app.ts'
+import { Cls } from '../src/define/handles.ts'
 function clsParams(): void {
   Cls.of(Embedder)
   Cls.of(Embedder, { model: 'big', size: 4, fast: false, blob: new Uint8Array([1]), required: 'x' })

@@ -1,6 +1,5 @@
 import test from 'ava'
 import {
-  applyParams,
   batched,
   build,
   concurrent,
@@ -26,6 +25,7 @@ import {
   SerializationError,
 } from '../src/shared/errors.ts'
 import { normalizeOptions } from '../src/define/options.ts'
+import { applyParams } from '../src/run/pool.ts'
 import { Retries } from '../src/define/retries.ts'
 import { currentFunctionCallId, currentInput, currentInputId, isLocal, runInContext } from '../src/run/context.ts'
 

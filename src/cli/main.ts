@@ -1,11 +1,13 @@
 // The `berth` command. It loads the user's TypeScript with tsx and drives the app through the
-// same module instance the user's file imports (dist/index.cjs), never a bundled copy.
+// same module instance the user's file imports (dist/index.cjs), never a bundled copy. It runs
+// as the bundle dist/cli.cjs (bin/berth.mjs): the paths it requires are relative to dist/.
 import { createRequire } from 'node:module'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
 import { arityOf, arityText, skipString } from '../shared/arity.ts'
 import { containerCommand } from '../command.ts'
+import { binding, type BindingFunctionDef } from '../native.ts'
 import { closest } from '../define/options.ts'
 import { createSecret, listSecrets } from '../run/secrets.ts'
 
@@ -126,7 +128,7 @@ export async function main(argv: string[]): Promise<number> {
  * for a Node start.
  */
 function prestartContainer(file: string): void {
-  createRequire(__filename)('../binding.cjs').prestartContainer(containerCommand(), resolve(file))
+  binding().prestartContainer(containerCommand(), resolve(file))
 }
 
 // Who started this process, read before anything else could take long.
@@ -139,7 +141,7 @@ const startParent = process.ppid
  * running with nobody to stop them. Linux: the kernel's parent-death signal; elsewhere a poll.
  */
 function watchParent(): void {
-  if (createRequire(__filename)('../binding.cjs').watchParent(startParent)) return
+  if (binding().watchParent(startParent)) return
   const parent = startParent
   setInterval(() => {
     if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM')
@@ -295,12 +297,11 @@ async function serve(args: string[]): Promise<number> {
   }
   const apps = await loadApps('serve', positional[0])
   if (typeof apps === 'number') return apps
-  const { BindingServer } = createRequire(__filename)('../binding.cjs')
   let server
-  let served: Served[]
+  let served: BindingFunctionDef[]
   try {
-    served = api().__berthRegistryOf(apps) as Served[]
-    server = BindingServer.start(served, {
+    served = api().__berthRegistryOf(apps) as BindingFunctionDef[]
+    server = binding().BindingServer.start(served, {
       host: values.get('host') ?? '127.0.0.1',
       grpcPort: port,
       httpPort,
@@ -383,7 +384,7 @@ async function container(): Promise<number> {
   // needs, then wait for who we are, set it in the environment, and only then load the user's
   // module, so that its top level and native libraries (CUDA_VISIBLE_DEVICES) see it.
   api()
-  createRequire(__filename)('../binding.cjs')
+  binding()
   await registerTsx()
   const identity = await readIdentity()
   if (identity === null) process.exit(0) // the control plane stopped before it needed us

@@ -498,8 +498,3 @@ export function validateParams(
   }
   return out
 }
-
-/** Sets validated parameters on a freshly constructed instance (before any @enter hook). */
-export function applyParams(instance: object, params: Record<string, unknown>): void {
-  for (const key of Object.keys(params)) (instance as Record<string, unknown>)[key] = params[key]
-}
