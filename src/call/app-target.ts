@@ -5,9 +5,8 @@ import type { PoolDef } from '../run/pool.ts'
 import type { Arity } from '../shared/arity.ts'
 import { encodeValue } from '../shared/cbor.ts'
 import { EmbeddedTransport, type EmbeddedApp } from './embedded.ts'
-import type { HandleTarget } from './handle.ts'
 import { RemoteTransport } from './remote.ts'
-import type { Transport } from './transport.ts'
+import type { HandleTarget, Transport } from './transport.ts'
 
 /** What the call layer needs of an app of this process (define/app.ts App). */
 export interface LocalApp extends EmbeddedApp {

@@ -2,7 +2,8 @@
 // calls always go to the control plane; the server checks their arguments.
 import { encodeValue } from '../shared/cbor.ts'
 import { InvalidError } from '../shared/errors.ts'
-import { Invocable, type HandleTarget } from './handle.ts'
+import { Invocable } from './handle.ts'
+import type { HandleTarget } from './transport.ts'
 import { RemoteTransport } from './remote.ts'
 import type { ClsHandle, RemoteFunctionHandle } from './types.ts'
 

@@ -1,22 +1,10 @@
 // A handle: the calls users make on a function or a class method (remote, local, spawn, map,
 // starmap, forEach), written once over the transport its target picks (transport.ts).
-import { checkArity, type Arity } from '../shared/arity.ts'
+import { checkArity } from '../shared/arity.ts'
 import { FunctionCall } from './function-call.ts'
 import { isSyncIterable, mapLoop, splitOptions, toAsync, zip, zipInputs } from './map.ts'
-import type { Transport } from './transport.ts'
+import type { HandleTarget } from './transport.ts'
 import type { MapOptions } from './types.ts'
-
-/** What a handle calls. */
-export interface HandleTarget {
-  /** For messages: `square`, `Embedder.embed`, `app/square`. */
-  readonly label: string
-  /** How many arguments a call may pass; undefined where the server checks. */
-  readonly arity: Arity | undefined
-  /** The transport of the next call. */
-  transport(): Transport
-  /** Runs the call here, as `.local()`. */
-  local(args: unknown[]): Promise<unknown>
-}
 
 /** remote / local / spawn / map / starmap / forEach over one target. */
 export class Invocable {

@@ -1,7 +1,8 @@
 // How a handle's calls travel: in this process to the embedded runtime (embedded.ts), or over
-// the network to a control plane (remote.ts). Each handle picks one transport per call site
-// (app-target.ts, from-name.ts); the calls themselves (handle.ts) and the map loop (map.ts)
-// are written once, over this interface.
+// the network to a control plane (remote.ts). Each handle's target (app-target.ts,
+// from-name.ts) picks the transport; the calls themselves (handle.ts) and the map loop
+// (map.ts) are written once, over this interface.
+import type { Arity } from '../shared/arity.ts'
 
 /** A call's outcome: its value, or what it threw. */
 export type Settled = { ok: true; value: unknown } | { ok: false; error: unknown }
@@ -51,6 +52,18 @@ export interface Transport {
   readonly syncInputs: boolean
   /** The map loop refills once no more than this many inputs are ahead of the consumer. */
   readonly mapLowWater: number
+}
+
+/** What a handle calls. */
+export interface HandleTarget {
+  /** For messages: `square`, `Embedder.embed`, `app/square`. */
+  readonly label: string
+  /** How many arguments a call may pass; undefined where the server checks. */
+  readonly arity: Arity | undefined
+  /** The transport of the next call. */
+  transport(): Transport
+  /** Runs the call here, as `.local()`. */
+  local(args: unknown[]): Promise<unknown>
 }
 
 /** The outcome of a call as it comes, held here: a promise that settles once. */

@@ -3,10 +3,18 @@
 // as crates/berth-node's `BindingFunctionDef` takes them.
 import type { BindingFunctionDef, BindingParam } from '../native.ts'
 import { encodeValue } from '../shared/cbor.ts'
-import { bindingSpec } from '../run/pool.ts'
+import { bindingSpec, type PoolDef } from '../run/pool.ts'
 import { containerEnv } from '../run/secrets.ts'
-import type { App } from './app.ts'
+import type { ClassDef } from './class-def.ts'
 import { getParamSpecs } from './decorators.ts'
+
+/** What is served of an app (define/app.ts App). */
+export interface ServedApp {
+  readonly name: string
+  readonly classes: ReadonlyMap<string, ClassDef>
+  /** Every function and class of the app (a class with no parameters set). */
+  servedDefs(): { def: PoolDef; isClass: boolean }[]
+}
 
 /**
  * A class's @parameter() fields, for the control plane to check callers' parameters with
@@ -19,11 +27,11 @@ function paramsOf(cls: new () => unknown): BindingParam[] {
 }
 
 /** What the control plane runs: a function, or a class with its method table (`BindingFunctionDef`s). */
-export function registryOf(apps: App[]): object[] {
+export function registryOf(apps: ServedApp[]): object[] {
   return servedFunctions(apps)
 }
 
-export function servedFunctions(apps: App[]): BindingFunctionDef[] {
+export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
   return apps.flatMap((app) =>
     app.servedDefs().map(({ def, isClass }) => ({
       app: app.name,
