@@ -136,11 +136,10 @@ export class App {
 
   /** The class decorator: `@app.cls({ minContainers: 1 })`. */
   cls(options: ClsOptions = {}): <C extends abstract new (...args: any) => any>(cls: C, context: ClassDecoratorContext<C>) => void {
-    const app = this
     if (typeof options === 'function') {
       throw new InvalidError('@app.cls must be called: write @app.cls() (Suggestion: @app.cls())')
     }
-    return function (cls: any, context: any) {
+    return (cls: any, context: any) => {
       if (context === undefined || typeof context !== 'object' || !('kind' in context)) {
         throw new InvalidError('@app.cls: berth uses TC39 standard decorators; remove `experimentalDecorators` from your tsconfig.json')
       }
@@ -150,9 +149,9 @@ export class App {
       const name = options.name ?? cls.name
       const where = `@app.cls() on ${name}`
       const opts = normalizeOptions(options, where, { cls: true })
-      const def = new ClassDef(app, name, cls, opts)
+      const def = new ClassDef(this, name, cls, opts)
       classDefs.set(cls, def)
-      app.classes.set(name, def)
+      this.classes.set(name, def)
     }
   }
 
@@ -217,7 +216,6 @@ export class App {
    */
   async runBuilds(): Promise<{ name: string; status: 'built' | 'cached' | 'none' }[]> {
     const out: { name: string; status: 'built' | 'cached' | 'none' }[] = []
-    {
       for (const c of this.classes.values()) {
         const meta = c.classMeta
         if (meta.build.length === 0) {
@@ -239,7 +237,6 @@ export class App {
         await runBuildHooks(c.cls, meta, inst)
         out.push({ name: c.name, status: 'built' })
       }
-    }
     return out
   }
 
@@ -308,13 +305,13 @@ export class App {
   /** @internal */
   runtimeIfRunning(): EmbeddedRuntime | undefined {
     const rt = this.runtime
-    return rt !== undefined && rt.running ? rt : undefined
+    return rt?.running ? rt : undefined
   }
 
   /** @internal */
   requireRuntime(what: string): EmbeddedRuntime {
     const rt = this.runtime
-    if (!rt || !rt.running) {
+    if (!rt?.running) {
       throw new InvalidError(`${what}: app '${this.name}' is not running. Call it inside \`await app.run(async () => { ... })\` (or \`await using run = await app.run()\`), or run the file with \`npx berth run file.ts\`.`)
     }
     return rt

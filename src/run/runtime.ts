@@ -622,7 +622,7 @@ export class EmbeddedRuntime {
       for (let j = 0; j < k; j++) {
         const rec = this.inputs.get(ids[j])
         if (rec === undefined || rec.attempt !== attempts[j]) continue
-        if (rec.ctx !== undefined && rec.ctx.aborted) {
+        if (rec.ctx?.aborted) {
           status = ST_OK
           this.record(ids[j], attempts[j], true, value[j])
           continue
