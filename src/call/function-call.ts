@@ -52,7 +52,8 @@ export class FunctionCall<R> implements FunctionCallType<R> {
   /** Waits for the result; with `timeout` (seconds) fails with FunctionTimeoutError if not ready. */
   async get(opts: { timeout?: number } = {}): Promise<R> {
     const s = await this.source.outcome(opts.timeout)
-    if (s === undefined) throw new FunctionTimeoutError(`${this.objectId}: no result within ${opts.timeout}s; call get() again to keep waiting`)
+    if (s === undefined)
+      throw new FunctionTimeoutError(`${this.objectId}: no result within ${opts.timeout}s; call get() again to keep waiting`)
     FunctionCall.calls.delete(this.objectId)
     if (s.ok) return s.value as R
     throw s.error

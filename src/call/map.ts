@@ -91,7 +91,9 @@ export function splitOptions(inputs: unknown[], what: string): { iterables: unkn
   if (inputs.length === 0) throw new InvalidError(`${what}(): pass at least one iterable of inputs`)
   for (const x of inputs) {
     if (x === null || typeof x !== 'object' || (!(Symbol.iterator in x) && !(Symbol.asyncIterator in x))) {
-      throw new InvalidError(`${what}(): each input must be an iterable (an array, a generator, an async iterable); for one call use .remote()`)
+      throw new InvalidError(
+        `${what}(): each input must be an iterable (an array, a generator, an async iterable); for one call use .remote()`,
+      )
     }
   }
   return { iterables: inputs, opts }

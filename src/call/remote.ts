@@ -29,12 +29,14 @@ function statusError(server: string, code: number, message: string): Error {
   const hint: Record<number, string> = {
     3: '', // INVALID_ARGUMENT: the server's message says what
     5: '', // NOT_FOUND: the server's message names what exists
-    8: ' (the request is over the server\'s message size cap)',
-    14: ` (no berth server answers at ${where}: start one with \`npx berth serve app.ts\`, or point ` +
+    8: " (the request is over the server's message size cap)",
+    14:
+      ` (no berth server answers at ${where}: start one with \`npx berth serve app.ts\`, or point ` +
       `BERTH_SERVER=http://host:port, or App.lookup(app, { server }), at the one you mean)`,
-    16: ' (pass the server\'s token: App.lookup(name, { server, token }) or BERTH_TOKEN)',
+    16: " (pass the server's token: App.lookup(name, { server, token }) or BERTH_TOKEN)",
   }
-  const e = code in hint ? new InvalidError(`${message}${hint[code]}`) : new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
+  const e =
+    code in hint ? new InvalidError(`${message}${hint[code]}`) : new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
   statusErrors.add(e)
   return e
 }
@@ -46,18 +48,15 @@ class Client {
   private next = 0
   private keepAlive: ReturnType<typeof setInterval> | undefined
 
-  constructor(readonly server: string, token: string | undefined) {
+  constructor(
+    readonly server: string,
+    token: string | undefined,
+  ) {
     this.native = new (binding().BindingClient)(server, token, () => this.pump())
   }
 
   /** Opens a Map stream; push inputs (CBOR args, batched per microtask), then close. */
-  openMap(
-    app: string,
-    fn: string,
-    method: string,
-    params: Buffer,
-    handler: MapSink,
-  ): MapStream {
+  openMap(app: string, fn: string, method: string, params: Buffer, handler: MapSink): MapStream {
     const id = ++this.next
     this.maps.set(id, handler)
     this.keepAlive ??= setInterval(() => {}, 1 << 30)
@@ -214,7 +213,8 @@ function clientAt(server: string | undefined, token: string | undefined): Client
 
 /** Where `Function.fromName` / `Cls.fromName` find the app named `name`. */
 export function lookupApp(name: string, opts: { server: string; token?: string }): { name: string; server: string } {
-  if (typeof opts?.server !== 'string') throw new InvalidError(`App.lookup('${name}', { server }): pass the server's URL, e.g. http://127.0.0.1:7450`)
+  if (typeof opts?.server !== 'string')
+    throw new InvalidError(`App.lookup('${name}', { server }): pass the server's URL, e.g. http://127.0.0.1:7450`)
   lookedUp.set(name, { server: opts.server, token: opts.token })
   return { name, server: opts.server }
 }

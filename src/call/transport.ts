@@ -70,8 +70,14 @@ export interface HandleTarget {
 export class HeldOutcome implements CallSource {
   settled = false
   private readonly result: Promise<Settled>
-  constructor(result: Promise<unknown>, readonly cancel: () => unknown) {
-    this.result = result.then((value) => ({ ok: true as const, value }), (error) => ({ ok: false as const, error }))
+  constructor(
+    result: Promise<unknown>,
+    readonly cancel: () => unknown,
+  ) {
+    this.result = result.then(
+      (value) => ({ ok: true as const, value }),
+      (error) => ({ ok: false as const, error }),
+    )
     void this.result.then(() => (this.settled = true))
   }
 

@@ -160,7 +160,10 @@ const FORCED = "berth: stopping now: in-flight inputs are cancelled and the cont
  * `sigtermStatus` for SIGTERM, instead of killing it by the signal (which a parent sees as no
  * exit status at all).
  */
-function stopSignals(sigtermStatus: number, drain: () => void): { readonly interrupted: boolean; readonly terminated: boolean; force: () => void; finished(): void } {
+function stopSignals(
+  sigtermStatus: number,
+  drain: () => void,
+): { readonly interrupted: boolean; readonly terminated: boolean; force: () => void; finished(): void } {
   let stopping = false
   let done = false
   const state = {
@@ -282,7 +285,9 @@ async function serve(args: string[]): Promise<number> {
   }
   const maxConnections = values.has('max-connections') ? Number(values.get('max-connections')) : undefined
   if (maxConnections !== undefined && (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 2 ** 31 - 1)) {
-    process.stderr.write(`berth serve: --max-connections must be a whole number from 1 up, e.g. 16384 (raise the open-file limit, ulimit -n, to match)\n`)
+    process.stderr.write(
+      `berth serve: --max-connections must be a whole number from 1 up, e.g. 16384 (raise the open-file limit, ulimit -n, to match)\n`,
+    )
     return 2
   }
   const resultTtl = values.has('result-ttl') ? Number(values.get('result-ttl')) : undefined
@@ -368,7 +373,9 @@ function endpoints(served: Served[], http: string): string {
   const lines = shown.map((r) => `  ${r.label.padEnd(w1)}  gRPC ${r.grpc.padEnd(w2)}  POST ${r.path}`)
   if (shown.length < rows.length) {
     const apps = [...new Set(rows.map((r) => r.app))]
-    lines.push(`  … and ${rows.length - shown.length} more: GET ${apps.map((a) => `${http}/${encodeURIComponent(a)}`).join(', ')} lists them all`)
+    lines.push(
+      `  … and ${rows.length - shown.length} more: GET ${apps.map((a) => `${http}/${encodeURIComponent(a)}`).join(', ')} lists them all`,
+    )
   }
   return lines.join('\n')
 }
@@ -525,7 +532,9 @@ async function run(args: string[]): Promise<number> {
     return 2
   }
   if (parsed.positional.length !== 1) {
-    process.stderr.write(`berth run: expected one file, got ${parsed.positional.length === 0 ? 'none' : parsed.positional.join(' ')}.\n\n${RUN_HELP}`)
+    process.stderr.write(
+      `berth run: expected one file, got ${parsed.positional.length === 0 ? 'none' : parsed.positional.join(' ')}.\n\n${RUN_HELP}`,
+    )
     return 2
   }
   const [spec] = parsed.positional
@@ -541,7 +550,9 @@ async function run(args: string[]): Promise<number> {
       // not JSON: said below
     }
     if (params === null || typeof params !== 'object' || Array.isArray(params)) {
-      process.stderr.write(`berth run: --params takes a JSON object of the class's @parameter values, e.g. --params '{"variant":"large"}'; got ${text}\n`)
+      process.stderr.write(
+        `berth run: --params takes a JSON object of the class's @parameter values, e.g. --params '{"variant":"large"}'; got ${text}\n`,
+      )
       return 2
     }
   }
@@ -748,7 +759,12 @@ function paramNames(fn: Function): string[] {
     cur += c
   }
   return raw
-    .map((p) => p.replace(/\/\*[^]*?\*\//g, '').replace(/\/\/.*$/gm, '').trim())
+    .map((p) =>
+      p
+        .replace(/\/\*[^]*?\*\//g, '')
+        .replace(/\/\/.*$/gm, '')
+        .trim(),
+    )
     .filter((p) => p.length > 0)
     .map((p, i) => {
       const m = /^(\.\.\.)?\s*([A-Za-z_$][\w$]*)/.exec(p)
@@ -776,8 +792,16 @@ function functionArgs(fn: Function, label: string, argv: string[], target: strin
   const arity = arityOf(fn)
   const listed = params.length ? params.join(', ') : 'none'
   const example = (n: number) =>
-    `berth run ${shellWord(target)} -- ${names.slice(0, n).map((p) => `--${p} <${p}>`).join(' ')}` +
-    (n > 0 ? ` (or in order: -- ${names.slice(0, n).map((p) => `<${p}>`).join(' ')})` : '')
+    `berth run ${shellWord(target)} -- ${names
+      .slice(0, n)
+      .map((p) => `--${p} <${p}>`)
+      .join(' ')}` +
+    (n > 0
+      ? ` (or in order: -- ${names
+          .slice(0, n)
+          .map((p) => `<${p}>`)
+          .join(' ')})`
+      : '')
   const named = new Map<number, unknown>()
   const positional: unknown[] = []
   for (let i = 0; i < argv.length; i++) {
@@ -790,7 +814,10 @@ function functionArgs(fn: Function, label: string, argv: string[], target: strin
     const key = eq === -1 ? a.slice(2) : a.slice(2, eq)
     const at = names.indexOf(key)
     if (at === -1 || at === restAt) {
-      const guess = closest(key, names.filter((_, j) => j !== restAt))
+      const guess = closest(
+        key,
+        names.filter((_, j) => j !== restAt),
+      )
       return (
         `${label} has no parameter '${key}'.${guess ? ` Did you mean --${guess}?` : ''} Its parameters: ${listed}. ` +
         `Pass arguments after \`--\` by name or in order: ${example(Math.max(arity.min, 1))}`

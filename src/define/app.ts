@@ -122,13 +122,16 @@ export class App {
   function(a: any, b?: any): any {
     const [options, fn] = typeof a === 'function' ? [{}, a] : [a, b]
     if (typeof fn !== 'function') {
-      throw new InvalidError('app.function(options, fn): the second argument must be the function to run, e.g. app.function({ timeout: 60 }, async function square(x) { ... })')
+      throw new InvalidError(
+        'app.function(options, fn): the second argument must be the function to run, e.g. app.function({ timeout: 60 }, async function square(x) { ... })',
+      )
     }
     const name = (options?.name as string | undefined) ?? fn.name
     if (!name) throw new InvalidError('app.function: give the function a name (a named function, or the `name` option)')
     const where = `app.function('${name}')`
     const opts = normalizeOptions(options, where)
-    if (this.functions.has(name)) throw new InvalidError(`${where}: app '${this.name}' already has a function named '${name}'; pass a distinct \`name\` option`)
+    if (this.functions.has(name))
+      throw new InvalidError(`${where}: app '${this.name}' already has a function named '${name}'; pass a distinct \`name\` option`)
     const handle = new FunctionHandleImpl(this, name, fn, opts)
     this.functions.set(name, handle)
     return handle
@@ -144,7 +147,9 @@ export class App {
         throw new InvalidError('@app.cls: berth uses TC39 standard decorators; remove `experimentalDecorators` from your tsconfig.json')
       }
       if (context.kind !== 'class' || typeof cls !== 'function') {
-        throw new InvalidError(`@app.cls() decorates a class; it was put on a ${context.kind} (${String(context.name)}). Move it onto the class declaration.`)
+        throw new InvalidError(
+          `@app.cls() decorates a class; it was put on a ${context.kind} (${String(context.name)}). Move it onto the class declaration.`,
+        )
       }
       const name = options.name ?? cls.name
       const where = `@app.cls() on ${name}`
@@ -216,27 +221,27 @@ export class App {
    */
   async runBuilds(): Promise<{ name: string; status: 'built' | 'cached' | 'none' }[]> {
     const out: { name: string; status: 'built' | 'cached' | 'none' }[] = []
-      for (const c of this.classes.values()) {
-        const meta = c.classMeta
-        if (meta.build.length === 0) {
-          out.push({ name: c.name, status: 'none' })
-          continue
-        }
-        if (existsSync(buildMarker(c.cls))) {
-          out.push({ name: c.name, status: 'cached' })
-          continue
-        }
-        let params: Record<string, unknown> = {}
-        try {
-          params = validateParams(c.cls, undefined)
-        } catch {
-          // required parameters: build hooks see the fields' own initial values
-        }
-        const inst = new c.cls()
-        for (const [k, v] of Object.entries(params)) inst[k] = v
-        await runBuildHooks(c.cls, meta, inst)
-        out.push({ name: c.name, status: 'built' })
+    for (const c of this.classes.values()) {
+      const meta = c.classMeta
+      if (meta.build.length === 0) {
+        out.push({ name: c.name, status: 'none' })
+        continue
       }
+      if (existsSync(buildMarker(c.cls))) {
+        out.push({ name: c.name, status: 'cached' })
+        continue
+      }
+      let params: Record<string, unknown> = {}
+      try {
+        params = validateParams(c.cls, undefined)
+      } catch {
+        // required parameters: build hooks see the fields' own initial values
+      }
+      const inst = new c.cls()
+      for (const [k, v] of Object.entries(params)) inst[k] = v
+      await runBuildHooks(c.cls, meta, inst)
+      out.push({ name: c.name, status: 'built' })
+    }
     return out
   }
 
@@ -272,11 +277,14 @@ export class App {
     }
     const apps = this.withIncluded()
     for (const app of apps) {
-      if (app.runtime?.running || app.processServer) throw new InvalidError(`App '${app.name}' is already running; stop it first (run.stop())`)
+      if (app.runtime?.running || app.processServer)
+        throw new InvalidError(`App '${app.name}' is already running; stop it first (run.stop())`)
     }
     const file = this.sourceFile
     if (!file || !existsSync(file)) {
-      throw new InvalidError(`app.run({ containers: 'process' }): cannot tell which file defines app '${this.name}' (containers load it); run it with \`npx berth run <file.ts> --containers process\``)
+      throw new InvalidError(
+        `app.run({ containers: 'process' }): cannot tell which file defines app '${this.name}' (containers load it); run it with \`npx berth run <file.ts> --containers process\``,
+      )
     }
     const server = binding().BindingServer.start(servedFunctions(apps), {
       host: '127.0.0.1',
@@ -312,7 +320,9 @@ export class App {
   requireRuntime(what: string): EmbeddedRuntime {
     const rt = this.runtime
     if (!rt?.running) {
-      throw new InvalidError(`${what}: app '${this.name}' is not running. Call it inside \`await app.run(async () => { ... })\` (or \`await using run = await app.run()\`), or run the file with \`npx berth run file.ts\`.`)
+      throw new InvalidError(
+        `${what}: app '${this.name}' is not running. Call it inside \`await app.run(async () => { ... })\` (or \`await using run = await app.run()\`), or run the file with \`npx berth run file.ts\`.`,
+      )
     }
     return rt
   }
@@ -323,4 +333,3 @@ export class App {
     return [this, ...this.included.flatMap((a) => a.withIncluded(seen))]
   }
 }
-

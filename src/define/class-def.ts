@@ -9,7 +9,12 @@ import type { NormalizedOptions } from './options.ts'
 
 export class ClassDef {
   private readonly locals = new Map<string, Promise<any>>()
-  constructor(readonly app: LocalApp, readonly name: string, readonly cls: new () => any, readonly opts: NormalizedOptions) {}
+  constructor(
+    readonly app: LocalApp,
+    readonly name: string,
+    readonly cls: new () => any,
+    readonly opts: NormalizedOptions,
+  ) {}
   // Read lazily: class decorators apply bottom-up, so @concurrent may sit above or below @app.cls.
   get classMeta(): ClassMeta {
     const meta = getClassMeta(this.cls)
@@ -95,9 +100,12 @@ export class ClassDef {
 export const classDefs = new WeakMap<Function, ClassDef>()
 
 function paramsKey(params: Record<string, unknown>): string {
-  return JSON.stringify(Object.keys(params).sort().map((k) => {
-    const v = params[k]
-    return [k, v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v]
-  }))
+  return JSON.stringify(
+    Object.keys(params)
+      .sort()
+      .map((k) => {
+        const v = params[k]
+        return [k, v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v]
+      }),
+  )
 }
-

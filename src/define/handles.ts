@@ -14,7 +14,12 @@ import { validateBatched, validateConcurrent, type NormalizedOptions } from './o
 
 export class FunctionHandleImpl extends Invocable {
   readonly def: PoolDef
-  constructor(readonly app: LocalApp, readonly name: string, readonly fn: (...a: any[]) => unknown, readonly opts: NormalizedOptions) {
+  constructor(
+    readonly app: LocalApp,
+    readonly name: string,
+    readonly fn: (...a: any[]) => unknown,
+    readonly opts: NormalizedOptions,
+  ) {
     const batched = opts.batched ? validateBatched(opts.batched, `app.function('${name}')`) : undefined
     const conc = opts.concurrent ? validateConcurrent(opts.concurrent, `app.function('${name}')`) : undefined
     const def: PoolDef = {
@@ -35,7 +40,10 @@ export class FunctionHandleImpl extends Invocable {
 function callLocal(fn: (...a: any[]) => unknown, self: unknown, args: unknown[], batched: boolean): Promise<unknown> {
   return runAsLocal(async () => {
     if (!batched) return fn.apply(self, args)
-    const out = await fn.apply(self, args.map((a) => [a]))
+    const out = await fn.apply(
+      self,
+      args.map((a) => [a]),
+    )
     if (!Array.isArray(out) || out.length !== 1) {
       throw new InvalidError(`${fn.name} is @batched: called with 1 input it must return an array of 1 result`)
     }
@@ -53,7 +61,9 @@ export const Cls = {
   of<T>(cls: new () => T, params?: NoInfer<ClsParams<T>>): ClsHandle<T> {
     const def = classDefs.get(cls)
     if (!def) {
-      throw new InvalidError(`Cls.of(${(cls as any)?.name ?? String(cls)}): the class is not registered with an app. Decorate it with @app.cls()`)
+      throw new InvalidError(
+        `Cls.of(${(cls as any)?.name ?? String(cls)}): the class is not registered with an app. Decorate it with @app.cls()`,
+      )
     }
     const full = validateParams(cls, params as Record<string, unknown> | undefined)
     const meta = def.classMeta

@@ -46,7 +46,13 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
       params: isClass ? paramsOf(def.cls!) : [],
       // What a call naming a hook, a parameter or an undecorated method is told.
       notCallable: isClass
-        ? [...app.classes.get(def.name)!.notCallable((n) => `with the class parameters (Cls.fromName('${app.name}', '${def.name}', { ${n}: ... }), or "params" over HTTP)`)].map(([name, what]) => ({ name, what }))
+        ? [
+            ...app.classes
+              .get(def.name)!
+              .notCallable(
+                (n) => `with the class parameters (Cls.fromName('${app.name}', '${def.name}', { ${n}: ... }), or "params" over HTTP)`,
+              ),
+          ].map(([name, what]) => ({ name, what }))
         : [],
     })),
   )

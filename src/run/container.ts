@@ -37,7 +37,10 @@ const HEARTBEAT_MS = 1000
 class ContainerCtx implements InputContext {
   private ctrl: AbortController | undefined
   private reason: unknown
-  constructor(readonly inputId: string, readonly functionCallId: string) {}
+  constructor(
+    readonly inputId: string,
+    readonly functionCallId: string,
+  ) {}
   get signal(): AbortSignal {
     if (!this.ctrl) {
       this.ctrl = new AbortController()
@@ -57,7 +60,10 @@ const utf8 = new TextDecoder()
 /** What an input's `signal.reason` says, by the control plane's abort reason. */
 function abortReason(name: string, reason: number): Error {
   if (reason === ABORT_TIMEOUT) return new FunctionTimeoutError(`${name} timed out`)
-  if (reason === ABORT_RESCHEDULED) return new InputCancelledError(`${name}: its container is stopping (interrupted or replaced); the input runs again on another container`)
+  if (reason === ABORT_RESCHEDULED)
+    return new InputCancelledError(
+      `${name}: its container is stopping (interrupted or replaced); the input runs again on another container`,
+    )
   return new InputCancelledError(`${name} was cancelled`)
 }
 
@@ -98,7 +104,14 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
   const keepAlive = setInterval(() => {}, 1 << 30)
 
   return new Promise<number>((resolveExit) => {
-    const link: BindingContainer = new (binding().BindingContainer)(need('BERTH_ENDPOINT'), Number(need('BERTH_CONTAINER_ID')), need('BERTH_CONTAINER_TOKEN'), def.maxInputs, maxResultBytes, () => pump())
+    const link: BindingContainer = new (binding().BindingContainer)(
+      need('BERTH_ENDPOINT'),
+      Number(need('BERTH_CONTAINER_ID')),
+      need('BERTH_CONTAINER_TOKEN'),
+      def.maxInputs,
+      maxResultBytes,
+      () => pump(),
+    )
     // Sent from this event loop, so a loop blocked by synchronous code (or a stopped process)
     // goes quiet and the control plane can tell.
     const beat = setInterval(() => link.heartbeat(), HEARTBEAT_MS)
@@ -235,20 +248,35 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       const output = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) =>
         outputRaw(exec, retryable, merge === undefined ? values : merge(values), label)
       if (!m) {
-        output(exec, false, inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })))
+        output(
+          exec,
+          false,
+          inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })),
+        )
         return
       }
       let inst: any
       try {
         inst = getInstance()
       } catch (e) {
-        output(exec, true, inputs.map(() => ({ ok: false, value: e })))
+        output(
+          exec,
+          true,
+          inputs.map(() => ({ ok: false, value: e })),
+        )
         return
       }
       if (m.batched) {
-        const mixed = batchArityError(label, inputs.map((i) => i.args.length))
+        const mixed = batchArityError(
+          label,
+          inputs.map((i) => i.args.length),
+        )
         if (mixed !== undefined) {
-          output(exec, false, inputs.map(() => ({ ok: false, value: mixed })))
+          output(
+            exec,
+            false,
+            inputs.map(() => ({ ok: false, value: mixed })),
+          )
           return
         }
       }
@@ -269,12 +297,21 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           const out = await target.apply(inst, columns)
           if (!Array.isArray(out) || out.length !== inputs.length) {
             const err = batchResultError(label, inputs.length, out)
-            done(true, inputs.map(() => ({ ok: false, value: err })))
+            done(
+              true,
+              inputs.map(() => ({ ok: false, value: err })),
+            )
             return
           }
-          done(false, out.map((value) => ({ ok: true, value })))
+          done(
+            false,
+            out.map((value) => ({ ok: true, value })),
+          )
         } catch (e) {
-          done(true, inputs.map(() => ({ ok: false, value: e })))
+          done(
+            true,
+            inputs.map(() => ({ ok: false, value: e })),
+          )
         }
       }
       void runInContext(ctx, call)
@@ -336,7 +373,12 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
               args = decodeValue(bytes.subarray(ev[i + 2], ev[i + 2] + ev[i + 3]))
               if (!Array.isArray(args)) throw new Error('the arguments are not an array')
             } catch (e) {
-              ;(bad ??= new Map()).set(j, new SerializationError(`input in-${ev[i]} of ${def.name}: its arguments could not be decoded (${(e as Error)?.message ?? e})`))
+              ;(bad ??= new Map()).set(
+                j,
+                new SerializationError(
+                  `input in-${ev[i]} of ${def.name}: its arguments could not be decoded (${(e as Error)?.message ?? e})`,
+                ),
+              )
             }
             inputs.push({ id: ev[i], attempt: ev[i + 1], args: args as unknown[], fc })
           }

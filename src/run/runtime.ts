@@ -7,15 +7,16 @@
 // from timers arrive through one weak doorbell.
 import { binding, type BindingRuntime } from '../native.ts'
 import { batchArityError } from '../shared/arity.ts'
-import { AbortReasonCode, ExecStatusCode, MAX_RESCHEDULES, OVERDUE_GRACE_SECONDS, OutcomeCode, PhaseCode, RuntimeEvent } from '../shared/codes.ts'
 import {
-  FunctionTimeoutError,
-  InputCancelledError,
-  InvalidError,
-  RemoteError,
-  initError,
-  inputError,
-} from '../shared/errors.ts'
+  AbortReasonCode,
+  ExecStatusCode,
+  MAX_RESCHEDULES,
+  OVERDUE_GRACE_SECONDS,
+  OutcomeCode,
+  PhaseCode,
+  RuntimeEvent,
+} from '../shared/codes.ts'
+import { FunctionTimeoutError, InputCancelledError, InvalidError, RemoteError, initError, inputError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import { applyParams, batchResultError, bindingSpec, describe, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
@@ -195,7 +196,14 @@ function ctxOf(rec: InputRec): Ctx {
 }
 setSyncContextSource(() => curCtx ?? (curRec === undefined ? undefined : ctxOf(curRec)))
 
-function runOneIn(rt: EmbeddedRuntime, exec: number, rec: InputRec, attempt: number, target: (...a: unknown[]) => unknown, inst: unknown): void {
+function runOneIn(
+  rt: EmbeddedRuntime,
+  exec: number,
+  rec: InputRec,
+  attempt: number,
+  target: (...a: unknown[]) => unknown,
+  inst: unknown,
+): void {
   rt.runOne(exec, rec, attempt, target, inst)
 }
 
@@ -303,8 +311,19 @@ export class EmbeddedRuntime {
     }
     const id = ++this.nextInput
     this.inputs.set(id, {
-      id, pending: true, pool, method, args, fc, resolve, reject,
-      attempt: 0, outcome: undefined, outcomeAttempt: 0, outcomeOk: false, ctx: undefined,
+      id,
+      pending: true,
+      pool,
+      method,
+      args,
+      fc,
+      resolve,
+      reject,
+      attempt: 0,
+      outcome: undefined,
+      outcomeAttempt: 0,
+      outcomeOk: false,
+      ctx: undefined,
     })
     if (this.inputs.size === 1) this.hold()
     this.submits.push3(pool.id, method, id)
@@ -675,8 +694,13 @@ export class EmbeddedRuntime {
         }
         break
       case OUT_TIMEOUT:
-        rec.reject(new FunctionTimeoutError(`${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s` +
-          (attempt > 1 ? ` on each of ${attempt} attempts` : '') + '; raise `timeout` in its options if it needs longer'))
+        rec.reject(
+          new FunctionTimeoutError(
+            `${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s` +
+              (attempt > 1 ? ` on each of ${attempt} attempts` : '') +
+              '; raise `timeout` in its options if it needs longer',
+          ),
+        )
         break
       case OUT_CANCELLED:
         rec.reject(new InputCancelledError(`${name} was cancelled`))
@@ -687,8 +711,14 @@ export class EmbeddedRuntime {
         break
       }
       case OUT_LOST:
-        rec.reject(new RemoteError('ContainerLost', `${name}: the container running it stopped unexpectedly, ${MAX_RESCHEDULES + 1} times in a row ` +
-          '(each time it ran again on a new container, without spending retries): the input itself may be what ends them', undefined))
+        rec.reject(
+          new RemoteError(
+            'ContainerLost',
+            `${name}: the container running it stopped unexpectedly, ${MAX_RESCHEDULES + 1} times in a row ` +
+              '(each time it ran again on a new container, without spending retries): the input itself may be what ends them',
+            undefined,
+          ),
+        )
         break
       default:
         rec.reject(new InvalidError(`${name}: the app is stopping or stopped; call it inside app.run()`))
@@ -720,7 +750,8 @@ export class EmbeddedRuntime {
   private abandoned(poolId: number, cid: number, phase: number): void {
     const pool = this.pools[poolId]
     const o = pool.def.options
-    const bound = phase === PHASE_EXIT ? `exitGracePeriod (${o.exitGracePeriodMs / 1000}s)` : `startupTimeout (${o.startupTimeoutMs / 1000}s)`
+    const bound =
+      phase === PHASE_EXIT ? `exitGracePeriod (${o.exitGracePeriodMs / 1000}s)` : `startupTimeout (${o.startupTimeoutMs / 1000}s)`
     const msg = `berth: the ${PHASE_NAMES[phase]} hooks of ${pool.def.name} (container ${cid}) ran past ${bound} and were abandoned`
     console.error(msg)
     if (phase !== PHASE_EXIT && !this.initErrors.has(cid)) this.initErrors.set(cid, new FunctionTimeoutError(msg))
@@ -745,4 +776,3 @@ export class EmbeddedRuntime {
     this.onFinished?.()
   }
 }
-
