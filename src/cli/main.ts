@@ -342,7 +342,7 @@ async function serve(args: string[]): Promise<number> {
   return signals.interrupted ? 130 : 0
 }
 
-/** One entry of what `berth serve` serves (src/process.ts registryOf). */
+/** One entry of what `berth serve` serves (src/define/served.ts registryOf). */
 interface Served {
   app: string
   name: string
@@ -782,7 +782,7 @@ function parseValue(s: string): unknown {
 
 /**
  * The arguments after `--` for a function or method: `--name value` pairs and positional
- * values, JSON where they parse. Checked as a call is (src/arity.ts: as many as it takes, no
+ * values, JSON where they parse. Checked as a call is (src/shared/arity.ts: as many as it takes, no
  * unknown names) before anything starts; returns the one-line reason when they do not fit.
  */
 function functionArgs(fn: Function, label: string, argv: string[], target: string): unknown[] | string {

@@ -169,7 +169,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           let bytes: Uint8Array
           const what = values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`
           try {
-            // A class instance: the embedded container's SerializationError (src/cbor.ts).
+            // A class instance: the embedded container's SerializationError (src/shared/cbor.ts).
             bytes = encodeValue(v.value, what)
           } catch (e) {
             // A value that cannot cross (a function, a symbol): the SerializationError an

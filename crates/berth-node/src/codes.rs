@@ -1,8 +1,8 @@
 //! The numbers this binding and the TypeScript layer agree on, defined once: the tags of the
 //! packed event buffers, the codes inside them (outcomes, statuses, phases, abort reasons) and
 //! the scheduler's limits that messages quote. Each is exported to JavaScript (napi-rs makes a
-//! numeric `#[napi]` enum a plain object), and src/codes.ts copies them into module constants
-//! once, so the hot path compares numbers without a property lookup.
+//! numeric `#[napi]` enum a plain object); src/shared/codes.ts reads them once, and its users
+//! copy them into module constants, so the hot path compares numbers without a property lookup.
 //!
 //! napi-rs takes only literal discriminants; where berth-core has the type, the `const` block at
 //! the end fails the build if a value here drifts from it.

@@ -18,7 +18,7 @@ use crate::codes::{AbortReasonCode, ContainerEvent, OutputKind};
 use crate::mailbox::{Inbox, Mailbox};
 use crate::Doorbell;
 
-// Event tags (crates/berth-node/src/codes.rs, read by src/codes.ts).
+// Event tags (crates/berth-node/src/codes.rs, read by src/shared/codes.ts).
 /// phase
 const EV_HOOK: f64 = ContainerEvent::Hook as i32 as f64;
 /// execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n

@@ -28,7 +28,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::codes::{ExecStatusCode, OutcomeCode, RuntimeEvent};
 use crate::mailbox::Mailbox;
 
-// Event tags of the packed buffer (crates/berth-node/src/codes.rs, read by src/codes.ts).
+// Event tags of the packed buffer (crates/berth-node/src/codes.rs, read by src/shared/codes.ts).
 /// execId, poolId, containerId, method, n, (inputId, attempt) * n
 const EV_RUN: f64 = RuntimeEvent::Run as i32 as f64;
 /// poolId, containerId, phase
