@@ -146,7 +146,7 @@ function filesUnder(dir: string, prefix = ''): string[] {
     "try { new App('x').localEntrypoint(42) } catch (e) { console.log(e.stack) }\n")
   const thrown = await run(process.execPath, ['--enable-source-maps', 'throws.cjs'], { cwd: project, env, ms: 30_000 })
   t.is(thrown.code, 0, thrown.stderr)
-  const frames = [...thrown.stdout.matchAll(/node_modules\/berth\/(src\/[\w.-]+\.ts):(\d+):\d+/g)]
+  const frames = [...thrown.stdout.matchAll(/node_modules\/berth\/(src\/[\w./-]+\.ts):(\d+):\d+/g)]
   t.true(frames.length > 0, `a frame in node_modules/berth/src: ${thrown.stdout}`)
   for (const [, file, line] of frames) {
     const path = join(installed, file)

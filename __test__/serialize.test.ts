@@ -1,6 +1,6 @@
 import test from 'ava'
-import { checkAndCopy, checkAndCopyArgs, MAX_DEPTH } from '../src/serialize.ts'
-import { SerializationError } from '../src/errors.ts'
+import { checkAndCopy, checkAndCopyArgs, MAX_DEPTH } from '../src/shared/serialize.ts'
+import { SerializationError } from '../src/shared/errors.ts'
 
 const FIX = /cannot be sent to a container\. .*Pass plain data \(JSON types, Uint8Array, Date, Map, Set, bigint\) instead\./
 

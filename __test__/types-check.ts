@@ -1,7 +1,7 @@
 // Compile-time checks (`tsc --noEmit`): each @ts-expect-error line must be a type error, so a
 // wrongly typed call or decorator use would fail the typecheck. Never executed.
-import { batched, build, concurrent, enter, exit, method, parameter } from '../src/decorators.ts'
-import type { ClsHandle, FunctionCall, FunctionHandle, MethodHandle } from '../src/types.ts'
+import { batched, build, concurrent, enter, exit, method, parameter } from '../src/define/decorators.ts'
+import type { ClsHandle, FunctionCall, FunctionHandle, MethodHandle } from '../src/call/types.ts'
 
 @concurrent({ maxInputs: 32, targetInputs: 16 })
 class Embedder {
@@ -111,7 +111,7 @@ declare const anyHandle: AnyHandle
 void anyHandle.remote(1, 'x', {})
 
 // Function.fromName<T>: T is the function's type or its handle's (`typeof square`, SPEC §3).
-import { Function as BerthFunction } from '../src/client.ts'
+import { Function as BerthFunction } from '../src/call/from-name.ts'
 async function fromNameCalls(): Promise<void> {
   const byHandle = BerthFunction.fromName<typeof square>('embeddings', 'square')
   expectType<Promise<number>>(byHandle.remote(3))
@@ -125,7 +125,7 @@ async function fromNameCalls(): Promise<void> {
 void fromNameCalls
 
 // Cls.of / Cls.fromName<T> parameters: the class's fields of a @parameter() type, each optional.
-import { Cls } from '../src/app.ts'
+import { Cls } from '../src/define/handles.ts'
 function clsParams(): void {
   Cls.of(Embedder)
   Cls.of(Embedder, { model: 'big', size: 4, fast: false, blob: new Uint8Array([1]), required: 'x' })

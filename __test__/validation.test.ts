@@ -1,6 +1,5 @@
 import test from 'ava'
 import {
-  applyParams,
   batched,
   build,
   concurrent,
@@ -11,7 +10,7 @@ import {
   method,
   parameter,
   validateParams,
-} from '../src/decorators.ts'
+} from '../src/define/decorators.ts'
 import {
   BerthError,
   errorFromData,
@@ -24,10 +23,11 @@ import {
   InvalidError,
   RemoteError,
   SerializationError,
-} from '../src/errors.ts'
-import { normalizeOptions } from '../src/options.ts'
-import { Retries } from '../src/retries.ts'
-import { currentFunctionCallId, currentInput, currentInputId, isLocal, runInContext } from '../src/context.ts'
+} from '../src/shared/errors.ts'
+import { normalizeOptions } from '../src/define/options.ts'
+import { applyParams } from '../src/run/pool.ts'
+import { Retries } from '../src/define/retries.ts'
+import { currentFunctionCallId, currentInput, currentInputId, isLocal, runInContext } from '../src/run/context.ts'
 
 // Decorators applied the wrong way on purpose need their types loosened.
 const loose = (d: unknown) => d as any

@@ -13,8 +13,8 @@
 //       accepts: the contract holds.
 // Prints counts; exits 1 with the offending hex (and what went wrong) on a violation.
 import { createRequire } from 'node:module'
-import { decodeValue, encodeValue } from '../src/cbor.ts'
-import { checkAndCopyArgs, MAX_DEPTH } from '../src/serialize.ts'
+import { decodeValue, encodeValue } from '../src/shared/cbor.ts'
+import { checkAndCopyArgs, MAX_DEPTH } from '../src/shared/serialize.ts'
 
 const { checkArgs } = createRequire(import.meta.url)('../binding.cjs') as { checkArgs(b: Buffer): string | null }
 

@@ -35,7 +35,7 @@ function checkBuild() {
   const missing = built.filter((f) => !existsSync(join(root, f)))
   if (missing.length > 0) fail(`${missing.join(', ')} not built: run \`npm run build\` first`)
   const builtAt = statSync(join(root, 'dist/index.cjs')).mtimeMs
-  const newer = readdirSync(join(root, 'src')).filter((f) => statSync(join(root, 'src', f)).mtimeMs > builtAt)
+  const newer = readdirSync(join(root, 'src'), { recursive: true }).filter((f) => statSync(join(root, 'src', f)).mtimeMs > builtAt)
   if (newer.length > 0) fail(`src/${newer[0]} is newer than dist/index.cjs: run \`npm run build\` first`)
 }
 

@@ -2,11 +2,13 @@
 // Node 20 has no Symbol.metadata; decorators need it before any user class is evaluated.
 ;(Symbol as any).metadata ??= Symbol.for('Symbol.metadata')
 
-export { App, Cls, FunctionCall, allApps, type AppRun, type RunOptions } from './app.ts'
-export { Function } from './client.ts'
-export { batched, build, concurrent, enter, exit, method, parameter } from './decorators.ts'
-export { Retries, type RetriesOptions } from './retries.ts'
-export { currentFunctionCallId, currentInput, currentInputId, isLocal } from './context.ts'
+export { App, allApps, type AppRun, type RunOptions } from './define/app.ts'
+export { Cls } from './define/handles.ts'
+export { FunctionCall } from './call/function-call.ts'
+export { Function } from './call/from-name.ts'
+export { batched, build, concurrent, enter, exit, method, parameter } from './define/decorators.ts'
+export { Retries, type RetriesOptions } from './define/retries.ts'
+export { currentFunctionCallId, currentInput, currentInputId, isLocal } from './run/context.ts'
 export {
   BerthError,
   FunctionTimeoutError,
@@ -15,9 +17,10 @@ export {
   InvalidError,
   RemoteError,
   SerializationError,
-} from './errors.ts'
-export type { ClsOptions, FunctionOptions } from './options.ts'
-export type { ClsHandle, ClsParams, FunctionHandle, MapOptions, MethodHandle } from './types.ts'
+} from './shared/errors.ts'
+export type { ClsOptions, FunctionOptions } from './define/options.ts'
+export type { ClsHandle, ClsParams, FunctionHandle, MapOptions, MethodHandle } from './call/types.ts'
 
 /** @internal For the `berth` CLI: process containers and serving, on this module instance. */
-export { containerMain as __berthContainerMain, registryOf as __berthRegistryOf } from './process.ts'
+export { containerMain as __berthContainerMain } from './run/container.ts'
+export { registryOf as __berthRegistryOf } from './define/served.ts'

@@ -14,15 +14,20 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
+use crate::codes::{AbortReasonCode, ContainerEvent, OutputKind};
 use crate::mailbox::{Inbox, Mailbox};
 use crate::Doorbell;
 
-// Event tags (mirrored in src/container.ts).
-const EV_HOOK: f64 = 1.0; // phase
-const EV_EXECUTE: f64 = 2.0; // execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n
-const EV_ABORT: f64 = 3.0; // inputId, attempt, reason (1 timeout, 2 cancelled, 3 rescheduled)
-const EV_STOP: f64 = 4.0;
-const EV_CLOSED: f64 = 5.0; // the control plane went away
+// Event tags (crates/berth-node/src/codes.rs, read by src/shared/codes.ts).
+/// phase
+const EV_HOOK: f64 = ContainerEvent::Hook as i32 as f64;
+/// execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n
+const EV_EXECUTE: f64 = ContainerEvent::Execute as i32 as f64;
+/// inputId, attempt, reason (an `AbortReasonCode`)
+const EV_ABORT: f64 = ContainerEvent::Abort as i32 as f64;
+const EV_STOP: f64 = ContainerEvent::Stop as i32 as f64;
+/// The control plane went away.
+const EV_CLOSED: f64 = ContainerEvent::Closed as i32 as f64;
 
 fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
     match msg {
@@ -51,11 +56,16 @@ fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
         }
         control_message::Msg::Abort(a) => {
             let reason = match a.reason.as_str() {
-                "timeout" => 1.0,
-                "rescheduled" => 3.0,
-                _ => 2.0,
+                "timeout" => AbortReasonCode::Timeout,
+                "rescheduled" => AbortReasonCode::Rescheduled,
+                _ => AbortReasonCode::Cancelled,
             };
-            inbox.events.extend_from_slice(&[EV_ABORT, a.input_id as f64, f64::from(a.attempt), reason]);
+            inbox.events.extend_from_slice(&[
+                EV_ABORT,
+                a.input_id as f64,
+                f64::from(a.attempt),
+                f64::from(reason as i32),
+            ]);
         }
         control_message::Msg::Stop(_) => inbox.events.push(EV_STOP),
     }
@@ -166,7 +176,7 @@ impl BindingContainer {
     }
 
     /// Outputs of finished executions, packed: `meta` is `[execId, retryable, n, (kind, offset, len) * n] * m`
-    /// over `bytes`; kind 0 is a CBOR value, kind 1 an error as UTF-8 `name\0message\0stack`.
+    /// over `bytes`; kind an `OutputKind`: a CBOR value, or an error as UTF-8 `name\0message\0stack`.
     #[napi]
     pub fn outputs(&self, meta: Float64ArraySlice, bytes: Buffer) {
         let mut i = 0;
@@ -183,7 +193,7 @@ impl BindingContainer {
                 let (kind, at, len) = (m[i], m[i + 1] as usize, m[i + 2] as usize);
                 i += 3;
                 let slice = bytes.get(at..at + len).unwrap_or_default();
-                let outcome = if kind == 0.0 {
+                let outcome = if kind == f64::from(OutputKind::Value as i32) {
                     Outcome::Value(slice.to_vec())
                 } else {
                     let text = String::from_utf8_lossy(slice);

@@ -25,17 +25,26 @@ use napi_derive::napi;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
+use crate::codes::{ExecStatusCode, OutcomeCode, RuntimeEvent};
 use crate::mailbox::Mailbox;
 
-/// Event tags of the packed buffer (mirrored in src/runtime.ts).
-const EV_RUN: f64 = 1.0; // execId, poolId, containerId, method, n, (inputId, attempt) * n
-const EV_HOOK: f64 = 2.0; // poolId, containerId, phase
-const EV_ABORT: f64 = 3.0; // inputId, attempt, reason
-const EV_ABANDONED: f64 = 4.0; // poolId, containerId, phase
-const EV_STOPPED: f64 = 5.0; // poolId, containerId
-const EV_DONE: f64 = 6.0; // inputId, attempt, outcome, aux
-const EV_FINISHED: f64 = 7.0; // the scheduler has stopped
-const EV_REPLACED: f64 = 8.0; // poolId, containerId, inputId: its container is replaced (see `Invoker::replaced`)
+// Event tags of the packed buffer (crates/berth-node/src/codes.rs, read by src/shared/codes.ts).
+/// execId, poolId, containerId, method, n, (inputId, attempt) * n
+const EV_RUN: f64 = RuntimeEvent::Run as i32 as f64;
+/// poolId, containerId, phase
+const EV_HOOK: f64 = RuntimeEvent::Hook as i32 as f64;
+/// inputId, attempt, reason
+const EV_ABORT: f64 = RuntimeEvent::Abort as i32 as f64;
+/// poolId, containerId, phase
+const EV_ABANDONED: f64 = RuntimeEvent::Abandoned as i32 as f64;
+/// poolId, containerId
+const EV_STOPPED: f64 = RuntimeEvent::Stopped as i32 as f64;
+/// inputId, attempt, outcome, aux
+const EV_DONE: f64 = RuntimeEvent::Done as i32 as f64;
+/// The scheduler has stopped.
+const EV_FINISHED: f64 = RuntimeEvent::Finished as i32 as f64;
+/// poolId, containerId, inputId: its container is replaced (see `Invoker::replaced`)
+const EV_REPLACED: f64 = RuntimeEvent::Replaced as i32 as f64;
 
 pub(crate) type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, false, true>;
 
@@ -46,6 +55,7 @@ pub(crate) type Doorbell = ThreadsafeFunction<(), Unknown<'static>, (), Status, 
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod client;
+mod codes;
 mod container;
 mod mailbox;
 mod serve;
@@ -101,15 +111,15 @@ impl Invoker for Host {
 impl ResultSink for Host {
     fn done(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
         let (code, aux) = match outcome {
-            Outcome::Ok => (0.0, 0.0),
-            Outcome::Failed => (1.0, 0.0),
-            Outcome::Timeout => (2.0, 0.0),
-            Outcome::Cancelled => (3.0, 0.0),
-            Outcome::Init(c) => (4.0, f64::from(c)),
-            Outcome::Lost => (5.0, 0.0),
-            Outcome::Rejected => (6.0, 0.0),
+            Outcome::Ok => (OutcomeCode::Ok, 0.0),
+            Outcome::Failed => (OutcomeCode::Failed, 0.0),
+            Outcome::Timeout => (OutcomeCode::Timeout, 0.0),
+            Outcome::Cancelled => (OutcomeCode::Cancelled, 0.0),
+            Outcome::Init(c) => (OutcomeCode::Init, f64::from(c)),
+            Outcome::Lost => (OutcomeCode::Lost, 0.0),
+            Outcome::Rejected => (OutcomeCode::Rejected, 0.0),
         };
-        self.staged.extend_from_slice(&[EV_DONE, input as f64, f64::from(attempt), code, aux]);
+        self.staged.extend_from_slice(&[EV_DONE, input as f64, f64::from(attempt), f64::from(code as i32), aux]);
     }
     fn flush(&mut self) {
         publish(&self.shared, &mut self.staged);
@@ -374,17 +384,20 @@ impl BindingRuntime {
         self.driver.drive([Command::Cancel(inputs.iter().map(|i| *i as InputId).collect())])
     }
 
-    /// `[execId, status] * n`, status 0 ok, 1 failed (retryable), 2 failed (final),
-    /// 3 ok and already delivered to the caller.
+    /// `[execId, status] * n`, status an `ExecStatusCode`: ok, failed (retryable), failed
+    /// (final), or ok and already delivered to the caller.
     #[napi]
     pub fn complete(&self, batch: Float64ArraySlice) -> Option<Float64Array> {
+        const OK: i32 = ExecStatusCode::Ok as i32;
+        const FAILED: i32 = ExecStatusCode::Failed as i32;
+        const DELIVERED: i32 = ExecStatusCode::Delivered as i32;
         let done = batch
             .chunks_exact(2)
             .map(|c| {
-                let status = match c[1] as u8 {
-                    0 => ExecStatus::Ok,
-                    1 => ExecStatus::Failed,
-                    3 => ExecStatus::Delivered,
+                let status = match c[1] as i32 {
+                    OK => ExecStatus::Ok,
+                    FAILED => ExecStatus::Failed,
+                    DELIVERED => ExecStatus::Delivered,
                     _ => ExecStatus::FailedFinal,
                 };
                 (c[0] as ExecId, status)

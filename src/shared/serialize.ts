@@ -82,10 +82,7 @@ const TYPED: Record<string, new (src: ArrayLike<number> & ArrayLike<bigint>) => 
   BigInt64Array,
 } as never
 
-const typedArrayTag = Object.getOwnPropertyDescriptor(
-  Object.getPrototypeOf(Uint8Array.prototype),
-  Symbol.toStringTag,
-)!.get!
+const typedArrayTag = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype), Symbol.toStringTag)!.get!
 
 function describe(v: object): [problem: string, hint: string] {
   if (v instanceof Promise) return ['a Promise', 'Await it first. ']
@@ -241,7 +238,12 @@ export function checkAndCopyArgs(args: readonly unknown[], what: string): unknow
   for (let i = 0; i < n; i++) {
     const x = args[i]
     const t = typeof x
-    out[i] = t !== 'object' && t !== 'function' && t !== 'symbol' && (t !== 'string' || wellFormed(x as string)) ? x : x === null ? x : copyValue(x, new Walk(`argument ${i} of ${what}`))
+    out[i] =
+      t !== 'object' && t !== 'function' && t !== 'symbol' && (t !== 'string' || wellFormed(x as string))
+        ? x
+        : x === null
+          ? x
+          : copyValue(x, new Walk(`argument ${i} of ${what}`))
   }
   return out
 }
@@ -252,7 +254,8 @@ export function checkAndCopyArgsInPlace(args: unknown[], what: string): unknown[
   for (let i = 0; i < n; i++) {
     const x = args[i]
     const t = typeof x
-    if (t === 'object' ? x !== null : t === 'function' || t === 'symbol' || (t === 'string' && !wellFormed(x as string))) args[i] = copyValue(x, new Walk(`argument ${i} of ${what}`))
+    if (t === 'object' ? x !== null : t === 'function' || t === 'symbol' || (t === 'string' && !wellFormed(x as string)))
+      args[i] = copyValue(x, new Walk(`argument ${i} of ${what}`))
   }
   return args
 }

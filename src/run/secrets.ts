@@ -6,7 +6,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileS
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
 const KEY = /^[A-Za-z_][A-Za-z0-9_]*$/
@@ -54,10 +54,14 @@ function readSecretFile(file: string, name: string): Record<string, string> {
   try {
     parsed = JSON.parse(readFileSync(file, 'utf8'))
   } catch (e) {
-    throw new InvalidError(`secret '${name}' (${file}) is not readable JSON (${(e as Error).message}); write it again with: npx berth secret create ${name} KEY=VALUE`)
+    throw new InvalidError(
+      `secret '${name}' (${file}) is not readable JSON (${(e as Error).message}); write it again with: npx berth secret create ${name} KEY=VALUE`,
+    )
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || Object.values(parsed).some((v) => typeof v !== 'string')) {
-    throw new InvalidError(`secret '${name}' (${file}) must be a JSON object of strings; write it again with: npx berth secret create ${name} KEY=VALUE`)
+    throw new InvalidError(
+      `secret '${name}' (${file}) must be a JSON object of strings; write it again with: npx berth secret create ${name} KEY=VALUE`,
+    )
   }
   return parsed as Record<string, string>
 }
@@ -71,7 +75,9 @@ export function containerEnv(who: string, secrets: string[], env: Record<string,
   for (const name of secrets) {
     const file = fileOf(name)
     if (!existsSync(file)) {
-      throw new InvalidError(`${who} uses secret '${name}', which does not exist in ${secretsDir()}; create it with: npx berth secret create ${name} KEY=VALUE`)
+      throw new InvalidError(
+        `${who} uses secret '${name}', which does not exist in ${secretsDir()}; create it with: npx berth secret create ${name} KEY=VALUE`,
+      )
     }
     Object.assign(out, readSecretFile(file, name))
   }

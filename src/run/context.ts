@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 
 export interface InputContext {
   inputId: string
@@ -124,7 +124,7 @@ export function currentInput(): { readonly inputId: string; readonly functionCal
       'currentInput() was called outside of an input. Call it from a @method(), @batched() or app.function body ' +
         'reached through .remote(), .spawn() or .map() (not from @enter/@exit hooks, top-level code or a .local() call), ' +
         'or use currentInputId(), which returns undefined there.' +
-        (asyncMode ? '' : ' BERTH_ASYNC_CONTEXT=0 is set: the input is only known before the code\'s first await.'),
+        (asyncMode ? '' : " BERTH_ASYNC_CONTEXT=0 is set: the input is only known before the code's first await."),
     )
   }
   return ctx

@@ -1,15 +1,17 @@
 // The `berth` command. It loads the user's TypeScript with tsx and drives the app through the
-// same module instance the user's file imports (dist/index.cjs), never a bundled copy.
+// same module instance the user's file imports (dist/index.cjs), never a bundled copy. It runs
+// as the bundle dist/cli.cjs (bin/berth.mjs): the paths it requires are relative to dist/.
 import { createRequire } from 'node:module'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 
-import { arityOf, arityText, skipString } from './arity.ts'
-import { containerCommand } from './command.ts'
-import { closest } from './options.ts'
-import { createSecret, listSecrets } from './secrets.ts'
+import { arityOf, arityText, skipString } from '../shared/arity.ts'
+import { containerCommand } from '../command.ts'
+import { binding, type BindingFunctionDef } from '../native.ts'
+import { closest } from '../define/options.ts'
+import { createSecret, listSecrets } from '../run/secrets.ts'
 
-type Api = typeof import('./index.ts') & { allApps(): import('./app.ts').App[] }
+type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
 
 const HELP = `berth: run TypeScript classes the way Modal runs Python
 
@@ -126,7 +128,7 @@ export async function main(argv: string[]): Promise<number> {
  * for a Node start.
  */
 function prestartContainer(file: string): void {
-  createRequire(__filename)('../binding.cjs').prestartContainer(containerCommand(), resolve(file))
+  binding().prestartContainer(containerCommand(), resolve(file))
 }
 
 // Who started this process, read before anything else could take long.
@@ -139,7 +141,7 @@ const startParent = process.ppid
  * running with nobody to stop them. Linux: the kernel's parent-death signal; elsewhere a poll.
  */
 function watchParent(): void {
-  if (createRequire(__filename)('../binding.cjs').watchParent(startParent)) return
+  if (binding().watchParent(startParent)) return
   const parent = startParent
   setInterval(() => {
     if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM')
@@ -158,7 +160,10 @@ const FORCED = "berth: stopping now: in-flight inputs are cancelled and the cont
  * `sigtermStatus` for SIGTERM, instead of killing it by the signal (which a parent sees as no
  * exit status at all).
  */
-function stopSignals(sigtermStatus: number, drain: () => void): { readonly interrupted: boolean; readonly terminated: boolean; force: () => void; finished(): void } {
+function stopSignals(
+  sigtermStatus: number,
+  drain: () => void,
+): { readonly interrupted: boolean; readonly terminated: boolean; force: () => void; finished(): void } {
   let stopping = false
   let done = false
   const state = {
@@ -208,7 +213,7 @@ async function registerTsx(): Promise<void> {
 }
 
 /** Loads the user's file with tsx; returns its apps, or an exit status after printing why not. */
-async function loadApps(cmd: string, file: string): Promise<import('./app.ts').App[] | number> {
+async function loadApps(cmd: string, file: string): Promise<import('../define/app.ts').App[] | number> {
   const berth = api()
   await registerTsx()
   try {
@@ -280,7 +285,9 @@ async function serve(args: string[]): Promise<number> {
   }
   const maxConnections = values.has('max-connections') ? Number(values.get('max-connections')) : undefined
   if (maxConnections !== undefined && (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 2 ** 31 - 1)) {
-    process.stderr.write(`berth serve: --max-connections must be a whole number from 1 up, e.g. 16384 (raise the open-file limit, ulimit -n, to match)\n`)
+    process.stderr.write(
+      `berth serve: --max-connections must be a whole number from 1 up, e.g. 16384 (raise the open-file limit, ulimit -n, to match)\n`,
+    )
     return 2
   }
   const resultTtl = values.has('result-ttl') ? Number(values.get('result-ttl')) : undefined
@@ -295,12 +302,11 @@ async function serve(args: string[]): Promise<number> {
   }
   const apps = await loadApps('serve', positional[0])
   if (typeof apps === 'number') return apps
-  const { BindingServer } = createRequire(__filename)('../binding.cjs')
   let server
-  let served: Served[]
+  let served: BindingFunctionDef[]
   try {
-    served = api().__berthRegistryOf(apps) as Served[]
-    server = BindingServer.start(served, {
+    served = api().__berthRegistryOf(apps) as BindingFunctionDef[]
+    server = binding().BindingServer.start(served, {
       host: values.get('host') ?? '127.0.0.1',
       grpcPort: port,
       httpPort,
@@ -336,7 +342,7 @@ async function serve(args: string[]): Promise<number> {
   return signals.interrupted ? 130 : 0
 }
 
-/** One entry of what `berth serve` serves (src/process.ts registryOf). */
+/** One entry of what `berth serve` serves (src/define/served.ts registryOf). */
 interface Served {
   app: string
   name: string
@@ -367,7 +373,9 @@ function endpoints(served: Served[], http: string): string {
   const lines = shown.map((r) => `  ${r.label.padEnd(w1)}  gRPC ${r.grpc.padEnd(w2)}  POST ${r.path}`)
   if (shown.length < rows.length) {
     const apps = [...new Set(rows.map((r) => r.app))]
-    lines.push(`  … and ${rows.length - shown.length} more: GET ${apps.map((a) => `${http}/${encodeURIComponent(a)}`).join(', ')} lists them all`)
+    lines.push(
+      `  … and ${rows.length - shown.length} more: GET ${apps.map((a) => `${http}/${encodeURIComponent(a)}`).join(', ')} lists them all`,
+    )
   }
   return lines.join('\n')
 }
@@ -383,7 +391,7 @@ async function container(): Promise<number> {
   // needs, then wait for who we are, set it in the environment, and only then load the user's
   // module, so that its top level and native libraries (CUDA_VISIBLE_DEVICES) see it.
   api()
-  createRequire(__filename)('../binding.cjs')
+  binding()
   await registerTsx()
   const identity = await readIdentity()
   if (identity === null) process.exit(0) // the control plane stopped before it needed us
@@ -524,7 +532,9 @@ async function run(args: string[]): Promise<number> {
     return 2
   }
   if (parsed.positional.length !== 1) {
-    process.stderr.write(`berth run: expected one file, got ${parsed.positional.length === 0 ? 'none' : parsed.positional.join(' ')}.\n\n${RUN_HELP}`)
+    process.stderr.write(
+      `berth run: expected one file, got ${parsed.positional.length === 0 ? 'none' : parsed.positional.join(' ')}.\n\n${RUN_HELP}`,
+    )
     return 2
   }
   const [spec] = parsed.positional
@@ -540,13 +550,15 @@ async function run(args: string[]): Promise<number> {
       // not JSON: said below
     }
     if (params === null || typeof params !== 'object' || Array.isArray(params)) {
-      process.stderr.write(`berth run: --params takes a JSON object of the class's @parameter values, e.g. --params '{"variant":"large"}'; got ${text}\n`)
+      process.stderr.write(
+        `berth run: --params takes a JSON object of the class's @parameter values, e.g. --params '{"variant":"large"}'; got ${text}\n`,
+      )
       return 2
     }
   }
 
   // Until the app runs there is nothing to drain: a signal ends the process.
-  let running: import('./app.ts').AppRun | undefined
+  let running: import('../define/app.ts').AppRun | undefined
   const signals = stopSignals(143, () => {
     if (running === undefined) process.exit(signals.interrupted ? 130 : 143)
     process.stderr.write(DRAINING)
@@ -563,7 +575,7 @@ async function run(args: string[]): Promise<number> {
   }
   const { app, call } = found
   if (containers === 'process') app.sourceFile = resolve(file)
-  let started: import('./app.ts').AppRun
+  let started: import('../define/app.ts').AppRun
   try {
     started = await app.run({ containers })
   } catch (e) {
@@ -592,7 +604,7 @@ async function run(args: string[]): Promise<number> {
   return signals.interrupted ? 130 : signals.terminated ? 143 : code
 }
 
-type Apps = import('./app.ts').App[]
+type Apps = import('../define/app.ts').App[]
 
 /** What `berth run file.ts[::name]` runs, its arguments checked; or why not, in one line. */
 function findTarget(
@@ -747,7 +759,12 @@ function paramNames(fn: Function): string[] {
     cur += c
   }
   return raw
-    .map((p) => p.replace(/\/\*[^]*?\*\//g, '').replace(/\/\/.*$/gm, '').trim())
+    .map((p) =>
+      p
+        .replace(/\/\*[^]*?\*\//g, '')
+        .replace(/\/\/.*$/gm, '')
+        .trim(),
+    )
     .filter((p) => p.length > 0)
     .map((p, i) => {
       const m = /^(\.\.\.)?\s*([A-Za-z_$][\w$]*)/.exec(p)
@@ -765,7 +782,7 @@ function parseValue(s: string): unknown {
 
 /**
  * The arguments after `--` for a function or method: `--name value` pairs and positional
- * values, JSON where they parse. Checked as a call is (src/arity.ts: as many as it takes, no
+ * values, JSON where they parse. Checked as a call is (src/shared/arity.ts: as many as it takes, no
  * unknown names) before anything starts; returns the one-line reason when they do not fit.
  */
 function functionArgs(fn: Function, label: string, argv: string[], target: string): unknown[] | string {
@@ -775,8 +792,16 @@ function functionArgs(fn: Function, label: string, argv: string[], target: strin
   const arity = arityOf(fn)
   const listed = params.length ? params.join(', ') : 'none'
   const example = (n: number) =>
-    `berth run ${shellWord(target)} -- ${names.slice(0, n).map((p) => `--${p} <${p}>`).join(' ')}` +
-    (n > 0 ? ` (or in order: -- ${names.slice(0, n).map((p) => `<${p}>`).join(' ')})` : '')
+    `berth run ${shellWord(target)} -- ${names
+      .slice(0, n)
+      .map((p) => `--${p} <${p}>`)
+      .join(' ')}` +
+    (n > 0
+      ? ` (or in order: -- ${names
+          .slice(0, n)
+          .map((p) => `<${p}>`)
+          .join(' ')})`
+      : '')
   const named = new Map<number, unknown>()
   const positional: unknown[] = []
   for (let i = 0; i < argv.length; i++) {
@@ -789,7 +814,10 @@ function functionArgs(fn: Function, label: string, argv: string[], target: strin
     const key = eq === -1 ? a.slice(2) : a.slice(2, eq)
     const at = names.indexOf(key)
     if (at === -1 || at === restAt) {
-      const guess = closest(key, names.filter((_, j) => j !== restAt))
+      const guess = closest(
+        key,
+        names.filter((_, j) => j !== restAt),
+      )
       return (
         `${label} has no parameter '${key}'.${guess ? ` Did you mean --${guess}?` : ''} Its parameters: ${listed}. ` +
         `Pass arguments after \`--\` by name or in order: ${example(Math.max(arity.min, 1))}`

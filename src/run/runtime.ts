@@ -5,79 +5,44 @@
 // results stay here, keyed by input id, and only packed ids cross N-API, in batches both ways
 // (see crates/berth-node): each call into the core returns the events it caused, and events
 // from timers arrive through one weak doorbell.
-import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
-import { join } from 'node:path'
-
-import { batchArityError, type Arity } from './arity.ts'
-import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
-import type { ClassMeta } from './decorators.ts'
-import { applyParams } from './decorators.ts'
+import { binding, type BindingRuntime } from '../native.ts'
+import { batchArityError } from '../shared/arity.ts'
 import {
-  FunctionTimeoutError,
-  InputCancelledError,
-  InvalidError,
-  RemoteError,
-  initError,
-  inputError,
-} from './errors.ts'
-import type { NormalizedOptions } from './options.ts'
-import { checkAndCopy } from './serialize.ts'
+  AbortReasonCode,
+  ExecStatusCode,
+  MAX_RESCHEDULES,
+  OVERDUE_GRACE_SECONDS,
+  OutcomeCode,
+  PhaseCode,
+  RuntimeEvent,
+} from '../shared/codes.ts'
+import { FunctionTimeoutError, InputCancelledError, InvalidError, RemoteError, initError, inputError } from '../shared/errors.ts'
+import { checkAndCopy } from '../shared/serialize.ts'
+import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
+import { applyParams, batchResultError, bindingSpec, describe, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
 
-/** Each call drives the scheduler and returns the events that follow (null: none). */
-interface BindingRuntime {
-  addPool(spec: object): number
-  submit(batch: Float64Array): Float64Array | null
-  cancel(inputs: Float64Array): Float64Array | null
-  complete(batch: Float64Array): Float64Array | null
-  hookDone(container: number, phase: number, ok: boolean): Float64Array | null
-  shutdown(): Float64Array | null
-  kill(): Float64Array | null
-  drain(): Float64Array | null
+// The packed buffers' numbers (crates/berth-node/src/codes.rs), as module constants.
+const {
+  Run: EV_RUN,
+  Hook: EV_HOOK,
+  Abort: EV_ABORT,
+  Abandoned: EV_ABANDONED,
+  Stopped: EV_STOPPED,
+  Done: EV_DONE,
+  Finished: EV_FINISHED,
+  Replaced: EV_REPLACED,
+} = RuntimeEvent
+const { Ok: ST_OK, Failed: ST_FAILED, FailedFinal: ST_FINAL, Delivered: ST_DELIVERED } = ExecStatusCode
+const { Build: PHASE_BUILD, SnapEnter: PHASE_SNAP_ENTER, Exit: PHASE_EXIT } = PhaseCode
+const PHASE_NAMES: Record<number, string> = {
+  [PhaseCode.Build]: 'build',
+  [PhaseCode.SnapEnter]: 'enter (snap)',
+  [PhaseCode.Enter]: 'enter',
+  [PhaseCode.Exit]: 'exit',
 }
-
-let binding: { BindingRuntime: new (doorbell: () => void) => BindingRuntime } | undefined
-function loadBinding() {
-  // Relative to dist/ (bundled) and to src/ (tests through tsx): both sit beside binding.cjs.
-  binding ??= createRequire(__filename)('../binding.cjs')
-  return binding!
-}
-
-// Event tags and codes of the packed buffer (crates/berth-node/src/lib.rs).
-const EV_RUN = 1
-const EV_HOOK = 2
-const EV_ABORT = 3
-const EV_ABANDONED = 4
-const EV_STOPPED = 5
-const EV_DONE = 6
-const EV_FINISHED = 7
-const EV_REPLACED = 8
-/** crates/berth-core's MAX_RESCHEDULES and OVERDUE_GRACE, for messages. */
-const MAX_RESCHEDULES = 3
-const OVERDUE_GRACE_S = 5
-const PHASE_NAMES = ['build', 'enter (snap)', 'enter', 'exit']
-const ST_OK = 0
-const ST_FAILED = 1
-const ST_FINAL = 2
-const ST_DELIVERED = 3
+const { Ok: OUT_OK, Failed: OUT_FAILED, Timeout: OUT_TIMEOUT, Cancelled: OUT_CANCELLED, Init: OUT_INIT, Lost: OUT_LOST } = OutcomeCode
+const { Timeout: ABORT_TIMEOUT, Rescheduled: ABORT_RESCHEDULED } = AbortReasonCode
 const MICRO_FLUSHES = 64
-
-/** What the runtime needs to serve one function or one class with one parameter set. */
-export interface PoolDef {
-  /** Unique per callable and parameter set. */
-  key: string
-  /** For messages: `square`, `Embedder`. */
-  name: string
-  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; arity: Arity }[]
-  options: NormalizedOptions
-  maxInputs: number
-  targetInputs: number
-  fn?: (...args: any[]) => unknown
-  cls?: new () => any
-  meta?: ClassMeta
-  params?: Record<string, unknown>
-}
 
 export interface Pool {
   id: number
@@ -231,7 +196,14 @@ function ctxOf(rec: InputRec): Ctx {
 }
 setSyncContextSource(() => curCtx ?? (curRec === undefined ? undefined : ctxOf(curRec)))
 
-function runOneIn(rt: EmbeddedRuntime, exec: number, rec: InputRec, attempt: number, target: (...a: unknown[]) => unknown, inst: unknown): void {
+function runOneIn(
+  rt: EmbeddedRuntime,
+  exec: number,
+  rec: InputRec,
+  attempt: number,
+  target: (...a: unknown[]) => unknown,
+  inst: unknown,
+): void {
   rt.runOne(exec, rec, attempt, target, inst)
 }
 
@@ -245,36 +217,6 @@ function capture(resolve: (v: any) => void, reject: (e: unknown) => void): void 
 let nextFc = 0
 export function newFunctionCallId(): number {
   return ++nextFc
-}
-
-function cacheDir(): string {
-  return process.env.BERTH_CACHE_DIR ?? join(process.cwd(), 'node_modules', '.cache', 'berth')
-}
-
-/** `@build` output is keyed by class name and a hash of its source: edit the class, rebuild. */
-export function buildMarker(cls: Function): string {
-  const hash = createHash('sha256').update(cls.toString()).digest('hex').slice(0, 16)
-  return join(cacheDir(), `build-${cls.name || 'anonymous'}-${hash}.done`)
-}
-
-const buildsInProcess = new Map<string, Promise<void>>()
-
-/** Runs the class's `@build` hooks unless their marker says an earlier run did. */
-export function runBuildHooks(cls: Function, meta: ClassMeta, instance: any): Promise<void> {
-  if (meta.build.length === 0) return Promise.resolve()
-  const marker = buildMarker(cls)
-  let p = buildsInProcess.get(marker)
-  if (!p) {
-    p = (async () => {
-      if (existsSync(marker)) return
-      for (const name of meta.build) await instance[name]()
-      mkdirSync(cacheDir(), { recursive: true })
-      writeFileSync(marker, JSON.stringify({ class: cls.name, builtAt: new Date().toISOString() }) + '\n')
-    })()
-    p.catch(() => buildsInProcess.delete(marker))
-    buildsInProcess.set(marker, p)
-  }
-  return p
 }
 
 /** How many numbers the event at `i` spans; 0 for an unknown tag. */
@@ -298,7 +240,6 @@ function eventLength(ev: Float64Array, i: number): number {
   }
 }
 
-/** The pool settings the core takes (crates/berth-node `BindingPoolSpec`). */
 /**
  * env, secrets and gpu shape a container's process; embedded containers share the host's, so
  * they are not applied there. Said once per function, not silently dropped.
@@ -311,65 +252,6 @@ function warnProcessOnly(def: PoolDef): void {
     `berth: ${def.name} sets ${set.join(', ')}, which apply to container processes; embedded containers share this ` +
       `process's environment and devices. Run with containers as processes to apply them: \`npx berth run\` or app.run({ containers: 'process' }).`,
   )
-}
-
-export function bindingSpec(def: PoolDef, maxContainers: number): object {
-  const o = def.options
-  const hooks = def.meta
-  return {
-    name: def.name,
-    methods: def.methods.map((m) => ({ maxBatchSize: m.batched?.maxBatchSize, waitMs: m.batched?.waitMs })),
-    hasBuild: (hooks?.build.length ?? 0) > 0,
-    hasSnapEnter: (hooks?.snapEnter.length ?? 0) > 0,
-    hasEnter: (hooks?.enter.length ?? 0) > 0,
-    hasExit: (hooks?.exit.length ?? 0) > 0,
-    maxInputs: def.maxInputs,
-    targetInputs: def.targetInputs,
-    timeoutMs: o.timeoutMs,
-    startupTimeoutMs: o.startupTimeoutMs,
-    retries: {
-      maxRetries: o.retries.maxRetries,
-      backoffCoefficient: o.retries.backoffCoefficient,
-      initialDelayMs: o.retries.initialDelay * 1000,
-      maxDelayMs: o.retries.maxDelay * 1000,
-    },
-    minContainers: Math.min(o.minContainers, maxContainers),
-    maxContainers,
-    bufferContainers: o.bufferContainers,
-    scaledownWindowMs: o.scaledownWindowMs,
-    exitGraceMs: o.exitGracePeriodMs,
-    singleUse: o.singleUseContainers,
-  }
-}
-
-function describe(err: unknown): string {
-  return err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`) : String(err)
-}
-
-/** A `@batched` body that did not return one result per input: the error each input fails with. */
-export function batchResultError(label: string, k: number, value: unknown): InvalidError {
-  const got = Array.isArray(value) ? `an array of ${value.length}` : value === null ? 'null' : typeof value
-  return new InvalidError(
-    `${label} is @batched: it got ${k} inputs and must return an array of ${k} results (one per input, in order), but returned ${got}`,
-  )
-}
-
-/**
- * Runs a container's `@exit` hooks in order. As in Modal, a hook that throws ends them: the ones
- * after it are skipped, and the log names the hook that threw, the ones skipped, and its stack.
- * `call` runs one hook by member name; `cls` names the class for the log.
- */
-export async function runExitHooks(cls: string, names: readonly string[], call: (name: string) => unknown): Promise<void> {
-  for (let i = 0; i < names.length; i++) {
-    try {
-      await call(names[i])
-    } catch (e) {
-      const rest = names.slice(i + 1).map((n) => `${cls}.${n}`)
-      const skipped = rest.length === 0 ? '' : `; the remaining exit hooks (${rest.join(', ')}) are skipped`
-      console.error(`berth: @exit hook ${cls}.${names[i]} threw${skipped}: ${describe(e)}`)
-      return
-    }
-  }
 }
 
 export class EmbeddedRuntime {
@@ -389,8 +271,7 @@ export class EmbeddedRuntime {
   private finished = false
 
   constructor() {
-    const { BindingRuntime } = loadBinding()
-    this.native = new BindingRuntime(() => this.process(this.native.drain()))
+    this.native = new (binding().BindingRuntime)(() => this.process(this.native.drain()))
   }
 
   get running(): boolean {
@@ -430,8 +311,19 @@ export class EmbeddedRuntime {
     }
     const id = ++this.nextInput
     this.inputs.set(id, {
-      id, pending: true, pool, method, args, fc, resolve, reject,
-      attempt: 0, outcome: undefined, outcomeAttempt: 0, outcomeOk: false, ctx: undefined,
+      id,
+      pending: true,
+      pool,
+      method,
+      args,
+      fc,
+      resolve,
+      reject,
+      attempt: 0,
+      outcome: undefined,
+      outcomeAttempt: 0,
+      outcomeOk: false,
+      ctx: undefined,
     })
     if (this.inputs.size === 1) this.hold()
     this.submits.push3(pool.id, method, id)
@@ -749,7 +641,7 @@ export class EmbeddedRuntime {
       for (let j = 0; j < k; j++) {
         const rec = this.inputs.get(ids[j])
         if (rec === undefined || rec.attempt !== attempts[j]) continue
-        if (rec.ctx !== undefined && rec.ctx.aborted) {
+        if (rec.ctx?.aborted) {
           status = ST_OK
           this.record(ids[j], attempts[j], true, value[j])
           continue
@@ -772,9 +664,9 @@ export class EmbeddedRuntime {
     if (rec === undefined || rec.attempt !== attempt) return
     const ctx = ctxOf(rec)
     const name = this.label(rec)
-    if (reason === 1) {
+    if (reason === ABORT_TIMEOUT) {
       ctx.abort(new FunctionTimeoutError(`${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s (attempt ${attempt})`))
-    } else if (reason === 3) {
+    } else if (reason === ABORT_RESCHEDULED) {
       if (--ctx.live <= 0) ctx.abort(new InputCancelledError(`${name}: its container is being replaced; the input runs again on a new one`))
     } else if (--ctx.live <= 0) {
       ctx.abort(new InputCancelledError(`${name} was cancelled`))
@@ -792,8 +684,8 @@ export class EmbeddedRuntime {
     this.inputs.delete(id)
     const name = this.label(rec)
     switch (code) {
-      case 0:
-      case 1:
+      case OUT_OK:
+      case OUT_FAILED:
         if (rec.outcomeAttempt === attempt) {
           if (rec.outcomeOk) rec.resolve(rec.outcome)
           else rec.reject(rec.outcome)
@@ -801,21 +693,32 @@ export class EmbeddedRuntime {
           rec.reject(new RemoteError('Error', `${name}: the result of attempt ${attempt} was lost`, undefined))
         }
         break
-      case 2:
-        rec.reject(new FunctionTimeoutError(`${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s` +
-          (attempt > 1 ? ` on each of ${attempt} attempts` : '') + '; raise `timeout` in its options if it needs longer'))
+      case OUT_TIMEOUT:
+        rec.reject(
+          new FunctionTimeoutError(
+            `${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s` +
+              (attempt > 1 ? ` on each of ${attempt} attempts` : '') +
+              '; raise `timeout` in its options if it needs longer',
+          ),
+        )
         break
-      case 3:
+      case OUT_CANCELLED:
         rec.reject(new InputCancelledError(`${name} was cancelled`))
         break
-      case 4: {
+      case OUT_INIT: {
         const cause = this.initErrors.get(aux)
         rec.reject(initError(cause ?? new Error(`${rec.pool.def.name}: the container failed to start`)))
         break
       }
-      case 5:
-        rec.reject(new RemoteError('ContainerLost', `${name}: the container running it stopped unexpectedly, ${MAX_RESCHEDULES + 1} times in a row ` +
-          '(each time it ran again on a new container, without spending retries): the input itself may be what ends them', undefined))
+      case OUT_LOST:
+        rec.reject(
+          new RemoteError(
+            'ContainerLost',
+            `${name}: the container running it stopped unexpectedly, ${MAX_RESCHEDULES + 1} times in a row ` +
+              '(each time it ran again on a new container, without spending retries): the input itself may be what ends them',
+            undefined,
+          ),
+        )
         break
       default:
         rec.reject(new InvalidError(`${name}: the app is stopping or stopped; call it inside app.run()`))
@@ -829,12 +732,12 @@ export class EmbeddedRuntime {
     let ok = true
     try {
       const inst = this.instance(pool, cid)
-      if (phase === 0) {
+      if (phase === PHASE_BUILD) {
         await runAsHook(() => runBuildHooks(pool.def.cls!, meta, inst))
-      } else if (phase === 3) {
+      } else if (phase === PHASE_EXIT) {
         await runExitHooks(pool.def.name, meta.exit, (name) => runAsHook(() => inst[name]()))
       } else {
-        const names = phase === 1 ? meta.snapEnter : meta.enter
+        const names = phase === PHASE_SNAP_ENTER ? meta.snapEnter : meta.enter
         for (const name of names) await runAsHook(() => inst[name]())
       }
     } catch (e) {
@@ -847,10 +750,11 @@ export class EmbeddedRuntime {
   private abandoned(poolId: number, cid: number, phase: number): void {
     const pool = this.pools[poolId]
     const o = pool.def.options
-    const bound = phase === 3 ? `exitGracePeriod (${o.exitGracePeriodMs / 1000}s)` : `startupTimeout (${o.startupTimeoutMs / 1000}s)`
+    const bound =
+      phase === PHASE_EXIT ? `exitGracePeriod (${o.exitGracePeriodMs / 1000}s)` : `startupTimeout (${o.startupTimeoutMs / 1000}s)`
     const msg = `berth: the ${PHASE_NAMES[phase]} hooks of ${pool.def.name} (container ${cid}) ran past ${bound} and were abandoned`
     console.error(msg)
-    if (phase !== 3 && !this.initErrors.has(cid)) this.initErrors.set(cid, new FunctionTimeoutError(msg))
+    if (phase !== PHASE_EXIT && !this.initErrors.has(cid)) this.initErrors.set(cid, new FunctionTimeoutError(msg))
   }
 
   // Code cannot be stopped in-process: its instance is dropped (no @exit: like a process that
@@ -858,7 +762,7 @@ export class EmbeddedRuntime {
   private replaced(poolId: number, cid: number, input: number): void {
     const pool = this.pools[poolId]
     console.error(
-      `berth: ${pool?.def.name ?? 'a function'} (input in-${input}) kept running ${OVERDUE_GRACE_S}s after it was aborted ` +
+      `berth: ${pool?.def.name ?? 'a function'} (input in-${input}) kept running ${OVERDUE_GRACE_SECONDS}s after it was aborted ` +
         `(timed out) and ignores its AbortSignal: container ${cid} is replaced by a new one (no @exit for it); its other ` +
         'inputs run again on another. Check signal.aborted (or pass the signal on) in long-running code.',
     )
@@ -872,4 +776,3 @@ export class EmbeddedRuntime {
     this.onFinished?.()
   }
 }
-

@@ -1,39 +1,17 @@
-// Handles on an app served elsewhere (`berth serve`): Function.fromName, Cls.fromName,
-// App.lookup. Calls go through the native gRPC client; values cross as CBOR.
-import { createRequire } from 'node:module'
+// The control plane client: calls to an app served elsewhere (`berth serve`), or to this
+// process's own control plane when its app runs with process containers. Calls go through the
+// native gRPC client (crates/berth-node/src/client.rs); values cross as CBOR.
+import { binding, type BindingClient } from '../native.ts'
+import { decodeValue, encodeValue } from '../shared/cbor.ts'
+import { ClientEvent } from '../shared/codes.ts'
+import { BerthError, InvalidError, errorFromData } from '../shared/errors.ts'
+import { checkAndCopyArgs } from '../shared/serialize.ts'
+import { MAP_WINDOW } from './map.ts'
+import { HeldOutcome, type CallSource, type MapSink, type MapStream, type Settled, type Spawned, type Transport } from './transport.ts'
 
-import { FunctionCall, isSyncIterable, splitOptions, toAsync, zipInputs } from './app.ts'
-import { decodeValue, encodeValue } from './cbor.ts'
-import { BerthError, InvalidError, errorFromData } from './errors.ts'
-import { checkAndCopyArgs } from './serialize.ts'
-import type { ClsHandle, MapOptions, RemoteFunctionHandle } from './types.ts'
-
-interface BindingClient {
-  invoke(id: number, app: string, fn: string, method: string, params: Buffer, args: Buffer): void
-  spawn(id: number, app: string, fn: string, method: string, params: Buffer, args: Buffer): void
-  getResult(id: number, call: string, timeout: number): void
-  cancel(id: number, call: string): void
-  mapOpen(id: number, app: string, fn: string, method: string, params: Buffer): void
-  mapPush(id: number, meta: Float64Array, bytes: Buffer): void
-  mapClose(id: number): void
-  mapFinish(id: number, cancel: boolean): void
-  drain(): { events: Float64Array; bytes: Buffer } | null
-}
-
-interface MapHandler {
-  item(index: number, ok: boolean, value: unknown): void
-  end(): void
-  fail(error: unknown): void
-}
-
-const K_VALUE = 0
-const K_ERROR = 1
-const K_STATUS = 2
-const K_TEXT = 3
-const K_PENDING = 4
-const K_MAP_END = 6
+// The kinds of the client's events (crates/berth-node/src/codes.rs), as module constants.
+const { Value: K_VALUE, Error: K_ERROR, Status: K_STATUS, Text: K_TEXT, Pending: K_PENDING, MapEnd: K_MAP_END } = ClientEvent
 const PENDING = Symbol('pending')
-const EMPTY = Buffer.alloc(0)
 const utf8 = new TextDecoder()
 
 /**
@@ -51,12 +29,14 @@ function statusError(server: string, code: number, message: string): Error {
   const hint: Record<number, string> = {
     3: '', // INVALID_ARGUMENT: the server's message says what
     5: '', // NOT_FOUND: the server's message names what exists
-    8: ' (the request is over the server\'s message size cap)',
-    14: ` (no berth server answers at ${where}: start one with \`npx berth serve app.ts\`, or point ` +
+    8: " (the request is over the server's message size cap)",
+    14:
+      ` (no berth server answers at ${where}: start one with \`npx berth serve app.ts\`, or point ` +
       `BERTH_SERVER=http://host:port, or App.lookup(app, { server }), at the one you mean)`,
-    16: ' (pass the server\'s token: App.lookup(name, { server, token }) or BERTH_TOKEN)',
+    16: " (pass the server's token: App.lookup(name, { server, token }) or BERTH_TOKEN)",
   }
-  const e = code in hint ? new InvalidError(`${message}${hint[code]}`) : new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
+  const e =
+    code in hint ? new InvalidError(`${message}${hint[code]}`) : new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
   statusErrors.add(e)
   return e
 }
@@ -64,25 +44,19 @@ function statusError(server: string, code: number, message: string): Error {
 class Client {
   private readonly native: BindingClient
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>()
-  private readonly maps = new Map<number, MapHandler>()
+  private readonly maps = new Map<number, MapSink>()
   private next = 0
   private keepAlive: ReturnType<typeof setInterval> | undefined
 
-  constructor(readonly server: string, token: string | undefined) {
-    const { BindingClient } = createRequire(__filename)('../binding.cjs') as {
-      BindingClient: new (server: string, token: string | undefined, doorbell: () => void) => BindingClient
-    }
-    this.native = new BindingClient(server, token, () => this.pump())
+  constructor(
+    readonly server: string,
+    token: string | undefined,
+  ) {
+    this.native = new (binding().BindingClient)(server, token, () => this.pump())
   }
 
   /** Opens a Map stream; push inputs (CBOR args, batched per microtask), then close. */
-  openMap(
-    app: string,
-    fn: string,
-    method: string,
-    params: Buffer,
-    handler: MapHandler,
-  ): { push(index: number, args: unknown[]): void; close(): void; finish(cancel: boolean): void } {
+  openMap(app: string, fn: string, method: string, params: Buffer, handler: MapSink): MapStream {
     const id = ++this.next
     this.maps.set(id, handler)
     this.keepAlive ??= setInterval(() => {}, 1 << 30)
@@ -173,7 +147,7 @@ class Client {
     return statusError(this.server, Number(text.slice(0, cut)), text.slice(cut + 1))
   }
 
-  private mapEvent(id: number, h: MapHandler, kind: number, data: Uint8Array, index: number): void {
+  private mapEvent(id: number, h: MapSink, kind: number, data: Uint8Array, index: number): void {
     if (kind === K_VALUE) h.item(index, true, decodeValue(data))
     else if (kind === K_ERROR) h.item(index, false, this.decodeError(kind, data))
     else {
@@ -239,13 +213,19 @@ function clientAt(server: string | undefined, token: string | undefined): Client
 
 /** Where `Function.fromName` / `Cls.fromName` find the app named `name`. */
 export function lookupApp(name: string, opts: { server: string; token?: string }): { name: string; server: string } {
-  if (typeof opts?.server !== 'string') throw new InvalidError(`App.lookup('${name}', { server }): pass the server's URL, e.g. http://127.0.0.1:7450`)
+  if (typeof opts?.server !== 'string')
+    throw new InvalidError(`App.lookup('${name}', { server }): pass the server's URL, e.g. http://127.0.0.1:7450`)
   lookedUp.set(name, { server: opts.server, token: opts.token })
   return { name, server: opts.server }
 }
 
-/** The six calls, over the network. Connects at the first call. */
-export class RemoteInvocable {
+/** The calls of one function or method, over the network. Connects at the first call. */
+export class RemoteTransport implements Transport {
+  readonly syncInputs = true
+  // Refill only once half the window is consumed: inputs then go out thousands per push, not
+  // one per result taken (each push is a native call and a wake of the sender).
+  readonly mapLowWater = MAP_WINDOW / 2
+
   constructor(
     private readonly app: string,
     private readonly fn: string,
@@ -258,101 +238,25 @@ export class RemoteInvocable {
     return clientFor(this.app)
   }
 
-  async remote(...args: unknown[]): Promise<unknown> {
+  async remote(args: unknown[]): Promise<unknown> {
     checkAndCopyArgs(args, `${this.label}.remote`)
     return this.client().invoke(this.app, this.fn, this.method, this.params, args)
   }
 
-  async local(): Promise<never> {
-    throw new InvalidError(`${this.label}.local(): a handle from fromName runs on the server; call .remote()`)
-  }
-
-  async spawn(...args: unknown[]): Promise<FunctionCall<unknown>> {
+  async spawn(args: unknown[]): Promise<Spawned> {
     checkAndCopyArgs(args, `${this.label}.spawn`)
     const client = this.client()
     const id = await client.spawn(this.app, this.fn, this.method, this.params, args)
-    return new FunctionCall(id, waitResult(client, id), () => client.cancel(id))
+    return { id, source: new HeldOutcome(waitResult(client, id), () => client.cancel(id)) }
   }
 
-  map(...inputs: unknown[]): AsyncIterable<unknown> {
-    const { iterables, opts } = splitOptions(inputs, 'map')
-    return this.run(zipInputs(iterables), opts)
-  }
-
-  starmap(argTuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions = {}): AsyncIterable<unknown> {
-    return this.run(isSyncIterable(argTuples) ? argTuples : toAsync(argTuples), opts)
-  }
-
-  async forEach(...inputs: unknown[]): Promise<void> {
-    const { iterables, opts } = splitOptions(inputs, 'forEach')
-    for await (const _ of this.run(zipInputs(iterables), { ...opts, orderOutputs: false })) {
-      // results dropped; a failure throws
-    }
-  }
-
-  /** One Map stream; up to WINDOW inputs ahead of the consumer; input order unless told. */
-  private async *run(tuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions): AsyncGenerator<unknown> {
-    const WINDOW = 10_000
-    const ordered = opts.orderOutputs ?? true
-    const results = new Map<number, { ok: boolean; v: unknown }>()
-    const arrivals: number[] = []
-    let wake: (() => void) | undefined
-    let failure: { e: unknown } | undefined
-    const poke = () => {
-      wake?.()
-      wake = undefined
-    }
-    const stream = this.client().openMap(this.app, this.fn, this.method, this.params, {
-      item: (index, ok, v) => {
-        results.set(index, { ok, v })
-        arrivals.push(index)
-        poke()
-      },
-      end: poke,
-      fail: (e) => {
-        failure = { e }
-        poke()
-      },
-    })
-    let submitted = 0
-    let taken = 0
-    let exhausted = false
-    // Plain iterables are read without an await per input, so one microtask's flush carries
-    // up to WINDOW inputs in one push.
-    const syncIt = Symbol.iterator in tuples ? (tuples as Iterable<unknown[]>)[Symbol.iterator]() : undefined
-    const asyncIt = syncIt ? undefined : (tuples as AsyncIterable<unknown[]>)[Symbol.asyncIterator]()
-    try {
-      for (;;) {
-        // Refill only once half the window is consumed: inputs then go out thousands per push,
-        // not one per result taken (each push is a native call and a wake of the sender).
-        if (!exhausted && submitted - taken <= WINDOW / 2) while (!exhausted && submitted - taken < WINDOW) {
-          const r = syncIt ? syncIt.next() : await asyncIt!.next()
-          if (r.done) {
-            exhausted = true
-            stream.close()
-            break
-          }
-          stream.push(submitted++, checkAndCopyArgs(r.value, `${this.label}.map (input ${submitted - 1})`))
-        }
-        if (exhausted && taken === submitted) return
-        const next = ordered ? (results.has(taken) ? taken : undefined) : arrivals.shift()
-        if (next === undefined) {
-          if (failure) throw failure.e
-          await new Promise<void>((r) => (wake = r))
-          continue
-        }
-        const s = results.get(next)!
-        results.delete(next)
-        taken++
-        if (s.ok) yield s.v
-        else if (opts.returnExceptions) yield s.v
-        else throw s.v
-      }
-    } finally {
-      if (!exhausted) stream.close()
-      // Left before the last result (a break, a failure): the inputs still running or queued
-      // are cancelled on the server rather than run for nobody.
-      stream.finish(!(exhausted && taken === submitted))
+  /** One Map stream: inputs in order, results as they come. */
+  openMap(_what: string, sink: MapSink): MapStream {
+    const stream = this.client().openMap(this.app, this.fn, this.method, this.params, sink)
+    return {
+      push: (i, tuple) => stream.push(i, checkAndCopyArgs(tuple, `${this.label}.map (input ${i})`)),
+      close: stream.close,
+      finish: stream.finish,
     }
   }
 }
@@ -371,14 +275,14 @@ async function waitResult(client: Client, id: string): Promise<unknown> {
  * called, so a handle nobody reads holds nothing open; a get() that gives up (`timeout`) stops
  * asking.
  */
-export function remoteFunctionCall(id: string, opts: { server?: string; token?: string } = {}): FunctionCall<unknown> {
+export function serverCallSource(id: string, opts: { server?: string; token?: string } = {}): CallSource {
   const client = clientAt(opts.server, opts.token)
   const named = (e: unknown) => {
     if (!(e instanceof Error && statusErrors.has(e))) return e
     const message = `FunctionCall.fromId('${id}'): not a call of this process, and the server at ${client.server} says: ${e.message}`
     return e instanceof InvalidError ? new InvalidError(message) : new BerthError(message)
   }
-  const fetch = async (timeout: number | undefined): Promise<{ ok: true; value: unknown } | { ok: false; error: unknown } | undefined> => {
+  const fetch = async (timeout: number | undefined): Promise<Settled | undefined> => {
     try {
       const r = timeout === undefined ? await waitResult(client, id) : await client.getResult(id, Math.max(0, timeout))
       return r === PENDING ? undefined : { ok: true, value: r }
@@ -387,29 +291,13 @@ export function remoteFunctionCall(id: string, opts: { server?: string; token?: 
       return { ok: false, error: e }
     }
   }
-  return new FunctionCall(id, fetch, () => client.cancel(id).catch((e) => Promise.reject(named(e))))
-}
-
-export const Function = {
-  /** A handle on a function of a served app; connects at the first call. */
-  fromName<T = (...args: any[]) => any>(app: string, name: string): RemoteFunctionHandle<T> {
-    return new RemoteInvocable(app, name, '', EMPTY, `${app}/${name}`) as unknown as RemoteFunctionHandle<T>
-  },
-}
-
-/** A handle on a class of a served app: each property is that method's handle. */
-export function clsFromName<T>(app: string, name: string, params?: Record<string, unknown>): ClsHandle<T> {
-  const encoded = params === undefined ? EMPTY : Buffer.from(encodeValue(params))
-  const handles = new Map<string, RemoteInvocable>()
-  return new Proxy({} as ClsHandle<T>, {
-    get(_, prop) {
-      if (typeof prop !== 'string' || prop === 'then') return undefined
-      let h = handles.get(prop)
-      if (!h) {
-        h = new RemoteInvocable(app, name, prop, encoded, `${app}/${name}.${prop}`)
-        handles.set(prop, h)
-      }
-      return h
+  let fetched: Settled | undefined
+  return {
+    get settled() {
+      return fetched !== undefined
     },
-  })
+    // Asked again at each get() until the server has the result; kept once it has.
+    outcome: async (timeout) => (fetched ??= await fetch(timeout)),
+    cancel: () => client.cancel(id).catch((e) => Promise.reject(named(e))),
+  }
 }

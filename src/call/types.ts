@@ -94,9 +94,11 @@ export type MethodHandle<F> = F extends (...a: infer A) => infer R
 export type ClsParams<T> = unknown extends T
   ? Record<string, unknown>
   : {
-      [K in keyof T as K extends string ? (T[K] extends string | number | boolean | Uint8Array | undefined ? K : never) : never]?: T[K] extends Uint8Array
-        ? Uint8Array
-        : T[K]
+      [K in keyof T as K extends string
+        ? T[K] extends string | number | boolean | Uint8Array | undefined
+          ? K
+          : never
+        : never]?: T[K] extends Uint8Array ? Uint8Array : T[K]
     }
 
 /**

@@ -23,10 +23,11 @@ export function arityOf(fn: Function): Arity {
 /** Throws InvalidError when `n` arguments do not fit. `label`: `square`, `Embedder.embed`. */
 export function checkArity(arity: Arity, n: number, label: string): void {
   if (n >= arity.min && (arity.max === undefined || n <= arity.max)) return
-  const hint = n < arity.min
-    ? '. A parameter without a default is required: TypeScript\'s `x?` does not exist at run time, so give an ' +
-      'optional parameter a default (`x = 0`, or `x: T | undefined = undefined`)'
-    : ''
+  const hint =
+    n < arity.min
+      ? ". A parameter without a default is required: TypeScript's `x?` does not exist at run time, so give an " +
+        'optional parameter a default (`x = 0`, or `x: T | undefined = undefined`)'
+      : ''
   throw new InvalidError(`${label} takes ${arityText(arity)}; the call passes ${n}${hint}`)
 }
 

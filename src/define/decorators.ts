@@ -1,6 +1,6 @@
-(Symbol as any).metadata ??= Symbol.for('Symbol.metadata')
+;(Symbol as any).metadata ??= Symbol.for('Symbol.metadata')
 
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 import { closest, validateBatched, validateConcurrent, type BatchedOptions, type ConcurrentOptions } from './options.ts'
 
 // Every decorator records into `context.metadata` under META. Metadata objects of subclasses
@@ -76,9 +76,7 @@ function looksLikeDecoratorCall(args: readonly unknown[]): boolean {
 
 function noParens(label: string, example: string, args: readonly unknown[]): InvalidError {
   const legacy = !(args.length >= 2 && isContext(args[1]))
-  return new InvalidError(
-    `${label} is a decorator factory: call it. Suggestion: ${example}` + (legacy ? `. Also, ${LEGACY}` : ''),
-  )
+  return new InvalidError(`${label} is a decorator factory: call it. Suggestion: ${example}` + (legacy ? `. Also, ${LEGACY}` : ''))
 }
 
 function legacyError(label: string): InvalidError {
@@ -155,7 +153,9 @@ function memberDecorator(role: Role, record: (m: OwnMeta, name: string) => void)
       throw new InvalidError(`${label} cannot be used on private member '${shown}': berth reaches it by name. Drop the '#'.`)
     }
     if (member.static) {
-      throw new InvalidError(`${label} cannot be used on static member '${shown}': berth calls it on the container's instance. Drop 'static'.`)
+      throw new InvalidError(
+        `${label} cannot be used on static member '${shown}': berth calls it on the container's instance. Drop 'static'.`,
+      )
     }
     if (typeof name !== 'string') {
       throw new InvalidError(`${label} cannot be used on symbol-named member ${shown}: berth reaches it by name. Use a string name.`)
@@ -174,7 +174,8 @@ function rejectExtraOptions(label: string, opts: Record<string, unknown>, known:
     if (known.includes(key)) continue
     const guess = closest(key, known)
     throw new InvalidError(
-      `${label}: unknown option '${key}'.` + (guess ? ` Did you mean '${guess}'?` : '') +
+      `${label}: unknown option '${key}'.` +
+        (guess ? ` Did you mean '${guess}'?` : '') +
         (known.length ? ` Valid options: ${known.join(', ')}.` : ' It takes no options.'),
     )
   }
@@ -241,7 +242,9 @@ type BatchArgs = [ReadonlyArray<unknown>, ...ReadonlyArray<unknown>[]]
  * Dynamic batching: callers pass ONE item's arguments and get ONE result; the body receives one
  * array per argument and must return an array as long as its inputs.
  */
-export function batched(opts: BatchedOptions): <This, A extends BatchArgs, R extends ReadonlyArray<unknown> | Promise<ReadonlyArray<unknown>>>(
+export function batched(
+  opts: BatchedOptions,
+): <This, A extends BatchArgs, R extends ReadonlyArray<unknown> | Promise<ReadonlyArray<unknown>>>(
   value: (this: This, ...args: A) => R,
   context: ClassMethodDecoratorContext<This, (this: This, ...args: A) => R>,
 ) => void {
@@ -262,17 +265,17 @@ export interface ParameterDecorator {
 }
 
 export function parameter(opts?: Record<string, never>): ParameterDecorator {
-  if (looksLikeDecoratorCall(arguments as unknown as unknown[])) throw noParens('@parameter', "@parameter() name = 'default'", arguments as unknown as unknown[])
+  if (looksLikeDecoratorCall(arguments as unknown as unknown[]))
+    throw noParens('@parameter', "@parameter() name = 'default'", arguments as unknown as unknown[])
   const o = checkOptionsObject('@parameter()', opts)
   if (o) rejectExtraOptions('@parameter()', o, [])
   return memberDecorator('parameter', (m, n) => m.params.push(n)) as ParameterDecorator
 }
 
 /** Class decorator: up to `maxInputs` inputs in flight per container; autoscaling aims at `targetInputs`. */
-export function concurrent(opts: ConcurrentOptions): <C extends abstract new (...args: any) => any>(
-  value: C,
-  context: ClassDecoratorContext<C>,
-) => void {
+export function concurrent(
+  opts: ConcurrentOptions,
+): <C extends abstract new (...args: any) => any>(value: C, context: ClassDecoratorContext<C>) => void {
   if (looksLikeDecoratorCall(arguments as unknown as unknown[])) {
     throw noParens('@concurrent', '@concurrent({ maxInputs: 32 })', arguments as unknown as unknown[])
   }
@@ -497,9 +500,4 @@ export function validateParams(
     out[name] = v instanceof Uint8Array ? new Uint8Array(v) : v
   }
   return out
-}
-
-/** Sets validated parameters on a freshly constructed instance (before any @enter hook). */
-export function applyParams(instance: object, params: Record<string, unknown>): void {
-  for (const key of Object.keys(params)) (instance as Record<string, unknown>)[key] = params[key]
 }

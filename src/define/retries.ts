@@ -1,4 +1,4 @@
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 
 /** The shortest wait between two attempts, in seconds (crates/berth-core MIN_RETRY_DELAY). */
 const MIN_DELAY = 1

@@ -21,7 +21,19 @@ const PASSED = new Set<object | null>([
   Set.prototype,
   ArrayBuffer.prototype,
   Buffer.prototype,
-  ...[Uint8Array, Int8Array, Uint8ClampedArray, Uint16Array, Int16Array, Uint32Array, Int32Array, Float32Array, Float64Array, BigUint64Array, BigInt64Array].map((c) => c.prototype),
+  ...[
+    Uint8Array,
+    Int8Array,
+    Uint8ClampedArray,
+    Uint16Array,
+    Int16Array,
+    Uint32Array,
+    Int32Array,
+    Float32Array,
+    Float64Array,
+    BigUint64Array,
+    BigInt64Array,
+  ].map((c) => c.prototype),
 ])
 
 class NotPassed extends Error {}

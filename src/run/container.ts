@@ -1,56 +1,28 @@
-// Process containers: what `berth serve` registers with the control plane, and the loop a
-// container process runs. Internal: reached through the package entry, so that the user's
-// module and this code share one instance of berth (context, registries).
-import { createRequire } from 'node:module'
-
-import type { App } from './app.ts'
-import { decodeValue, encodeValue } from './cbor.ts'
+// The loop a container process runs (`berth serve` and `app.run({ containers: 'process' })`
+// start it): attached to the control plane, it runs the inputs it is sent and sends back their
+// outputs. Reached through the package entry, so that the user's module and this code share one
+// instance of berth (context, registries).
+import { binding, type BindingContainer } from '../native.ts'
+import { batchArityError } from '../shared/arity.ts'
+import { decodeValue, encodeValue } from '../shared/cbor.ts'
+import { AbortReasonCode, ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
+import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
+import { checkAndCopy } from '../shared/serialize.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
-import { batchArityError } from './arity.ts'
-import { applyParams, getParamSpecs } from './decorators.ts'
-import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from './errors.ts'
-import { batchResultError, bindingSpec, runBuildHooks, runExitHooks, type PoolDef } from './runtime.ts'
-import { checkAndCopy } from './serialize.ts'
-import { containerEnv } from './secrets.ts'
+import { applyParams, batchResultError, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
 
-/**
- * A class's @parameter() fields, for the control plane to check callers' parameters with
- * (crates/berth-server/src/params.rs, the same rules as validateParams) and fill in defaults.
- */
-function paramsOf(cls: new () => unknown): { name: string; kind: string; default?: Buffer }[] {
-  return [...getParamSpecs(cls)].map(([name, spec]) =>
-    spec.required ? { name, kind: spec.type } : { name, kind: spec.type, default: Buffer.from(encodeValue(spec.default)) },
-  )
+/** What a container process needs of an app its file defines: the pool it is to serve. */
+export interface ContainerApp {
+  readonly name: string
+  /** The pool definition of function or class `name`, with the class's parameters. */
+  containerDef(name: string, params: Record<string, unknown> | undefined): PoolDef
 }
 
-/** What the control plane runs: a function, or a class with its method table. */
-export function registryOf(apps: App[]): object[] {
-  return apps.flatMap((app) =>
-    app.servedDefs().map(({ def, isClass }) => ({
-      app: app.name,
-      name: def.name,
-      methods: def.methods.map((m) => m.name),
-      isClass,
-      // Process containers scale out by default, as Modal's do; maxContainers caps them.
-      spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
-      env: containerEnv(def.name, def.options.secrets, def.options.env),
-      gpu: def.options.gpu,
-      arity: def.methods.map((m) => m.arity),
-      params: isClass ? paramsOf(def.cls!) : [],
-      // What a call naming a hook, a parameter or an undecorated method is told.
-      notCallable: isClass
-        ? [...app.classes.get(def.name)!.notCallable((n) => `with the class parameters (Cls.fromName('${app.name}', '${def.name}', { ${n}: ... }), or "params" over HTTP)`)].map(([name, what]) => ({ name, what }))
-        : [],
-    })),
-  )
-}
-
-// Event tags from crates/berth-node/src/container.rs.
-const EV_HOOK = 1
-const EV_EXECUTE = 2
-const EV_ABORT = 3
-const EV_STOP = 4
-const EV_CLOSED = 5
+// The packed buffers' numbers (crates/berth-node/src/codes.rs), as module constants.
+const { Hook: EV_HOOK, Execute: EV_EXECUTE, Abort: EV_ABORT, Stop: EV_STOP, Closed: EV_CLOSED } = ContainerEvent
+const { Value: OUT_VALUE, Error: OUT_ERROR } = OutputKind
+const { Timeout: ABORT_TIMEOUT, Rescheduled: ABORT_RESCHEDULED } = AbortReasonCode
+const { Build: PHASE_BUILD, SnapEnter: PHASE_SNAP_ENTER, Enter: PHASE_ENTER, Exit: PHASE_EXIT } = PhaseCode
 
 interface ExecInput {
   id: number
@@ -62,18 +34,13 @@ interface ExecInput {
 /** How often a container tells the control plane its event loop runs (crates/berth-server/src/plane.rs: HUNG_AFTER). */
 const HEARTBEAT_MS = 1000
 
-interface BindingContainer {
-  heartbeat(): void
-  drain(): { events: Float64Array; bytes: Buffer } | null
-  hookDone(phase: number, ok: boolean, name?: string, message?: string, stack?: string): void
-  leave(interrupted: boolean): void
-  outputs(meta: Float64Array, bytes: Buffer): void
-}
-
 class ContainerCtx implements InputContext {
   private ctrl: AbortController | undefined
   private reason: unknown
-  constructor(readonly inputId: string, readonly functionCallId: string) {}
+  constructor(
+    readonly inputId: string,
+    readonly functionCallId: string,
+  ) {}
   get signal(): AbortSignal {
     if (!this.ctrl) {
       this.ctrl = new AbortController()
@@ -90,10 +57,13 @@ class ContainerCtx implements InputContext {
 
 const utf8 = new TextDecoder()
 
-/** What an input's `signal.reason` says, by the control plane's abort reason (1, 2, 3). */
+/** What an input's `signal.reason` says, by the control plane's abort reason. */
 function abortReason(name: string, reason: number): Error {
-  if (reason === 1) return new FunctionTimeoutError(`${name} timed out`)
-  if (reason === 3) return new InputCancelledError(`${name}: its container is stopping (interrupted or replaced); the input runs again on another container`)
+  if (reason === ABORT_TIMEOUT) return new FunctionTimeoutError(`${name} timed out`)
+  if (reason === ABORT_RESCHEDULED)
+    return new InputCancelledError(
+      `${name}: its container is stopping (interrupted or replaced); the input runs again on another container`,
+    )
   return new InputCancelledError(`${name} was cancelled`)
 }
 
@@ -101,7 +71,7 @@ function abortReason(name: string, reason: number): Error {
  * Runs this process as the container the environment names, until the control plane stops it.
  * Resolves with the exit status.
  */
-export function containerMain(apps: App[]): Promise<number> {
+export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
   const env = process.env
   const need = (k: string) => {
     const v = env[k]
@@ -115,9 +85,6 @@ export function containerMain(apps: App[]): Promise<number> {
   const paramsHex = env.BERTH_PARAMS ?? ''
   const params = paramsHex ? (decodeValue(Buffer.from(paramsHex, 'hex')) as Record<string, unknown>) : undefined
   const def: PoolDef = app.containerDef(need('BERTH_FUNCTION'), params)
-  const { BindingContainer } = createRequire(__filename)('../binding.cjs') as {
-    BindingContainer: new (endpoint: string, id: number, token: string, slots: number, maxMessageBytes: number, doorbell: () => void) => BindingContainer
-  }
   // The server's message cap: a larger result fails its input here instead of the stream.
   const maxResultBytes = Number(env.BERTH_MAX_MESSAGE_BYTES ?? 16 * 1024 * 1024)
 
@@ -137,7 +104,14 @@ export function containerMain(apps: App[]): Promise<number> {
   const keepAlive = setInterval(() => {}, 1 << 30)
 
   return new Promise<number>((resolveExit) => {
-    const link = new BindingContainer(need('BERTH_ENDPOINT'), Number(need('BERTH_CONTAINER_ID')), need('BERTH_CONTAINER_TOKEN'), def.maxInputs, maxResultBytes, () => pump())
+    const link: BindingContainer = new (binding().BindingContainer)(
+      need('BERTH_ENDPOINT'),
+      Number(need('BERTH_CONTAINER_ID')),
+      need('BERTH_CONTAINER_TOKEN'),
+      def.maxInputs,
+      maxResultBytes,
+      () => pump(),
+    )
     // Sent from this event loop, so a loop blocked by synchronous code (or a stopped process)
     // goes quiet and the control plane can tell.
     const beat = setInterval(() => link.heartbeat(), HEARTBEAT_MS)
@@ -180,7 +154,7 @@ export function containerMain(apps: App[]): Promise<number> {
     }
     const addError = (err: unknown) => {
       const d = wireError(err)
-      add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), 1)
+      add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), OUT_ERROR)
     }
     // `label` names the function or method in messages, as an embedded container names it.
     const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[], label = def.name) => {
@@ -195,7 +169,7 @@ export function containerMain(apps: App[]): Promise<number> {
           let bytes: Uint8Array
           const what = values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`
           try {
-            // A class instance: the embedded container's SerializationError (src/cbor.ts).
+            // A class instance: the embedded container's SerializationError (src/shared/cbor.ts).
             bytes = encodeValue(v.value, what)
           } catch (e) {
             // A value that cannot cross (a function, a symbol): the SerializationError an
@@ -209,7 +183,7 @@ export function containerMain(apps: App[]): Promise<number> {
                 'return less (e.g. write large outputs to a file or Volume and return where), or start `berth serve` with a larger --max-message-bytes',
             )
           }
-          add(bytes, 0)
+          add(bytes, OUT_VALUE)
         } catch (e) {
           addError(e)
         }
@@ -235,10 +209,10 @@ export function containerMain(apps: App[]): Promise<number> {
         const inst = getInstance()
         const m = def.meta
         if (m) {
-          if (phase === 0) await runBuildHooks(def.cls!, m, inst)
-          else if (phase === 1) for (const n of m.snapEnter) await inst[n]()
-          else if (phase === 2) for (const n of m.enter) await inst[n]()
-          else if (phase === 3) await runExitHooks(def.name, m.exit, (n) => inst[n]())
+          if (phase === PHASE_BUILD) await runBuildHooks(def.cls!, m, inst)
+          else if (phase === PHASE_SNAP_ENTER) for (const n of m.snapEnter) await inst[n]()
+          else if (phase === PHASE_ENTER) for (const n of m.enter) await inst[n]()
+          else if (phase === PHASE_EXIT) await runExitHooks(def.name, m.exit, (n) => inst[n]())
         }
         link.hookDone(phase, true)
       } catch (e) {
@@ -274,20 +248,35 @@ export function containerMain(apps: App[]): Promise<number> {
       const output = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) =>
         outputRaw(exec, retryable, merge === undefined ? values : merge(values), label)
       if (!m) {
-        output(exec, false, inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })))
+        output(
+          exec,
+          false,
+          inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })),
+        )
         return
       }
       let inst: any
       try {
         inst = getInstance()
       } catch (e) {
-        output(exec, true, inputs.map(() => ({ ok: false, value: e })))
+        output(
+          exec,
+          true,
+          inputs.map(() => ({ ok: false, value: e })),
+        )
         return
       }
       if (m.batched) {
-        const mixed = batchArityError(label, inputs.map((i) => i.args.length))
+        const mixed = batchArityError(
+          label,
+          inputs.map((i) => i.args.length),
+        )
         if (mixed !== undefined) {
-          output(exec, false, inputs.map(() => ({ ok: false, value: mixed })))
+          output(
+            exec,
+            false,
+            inputs.map(() => ({ ok: false, value: mixed })),
+          )
           return
         }
       }
@@ -308,12 +297,21 @@ export function containerMain(apps: App[]): Promise<number> {
           const out = await target.apply(inst, columns)
           if (!Array.isArray(out) || out.length !== inputs.length) {
             const err = batchResultError(label, inputs.length, out)
-            done(true, inputs.map(() => ({ ok: false, value: err })))
+            done(
+              true,
+              inputs.map(() => ({ ok: false, value: err })),
+            )
             return
           }
-          done(false, out.map((value) => ({ ok: true, value })))
+          done(
+            false,
+            out.map((value) => ({ ok: true, value })),
+          )
         } catch (e) {
-          done(true, inputs.map(() => ({ ok: false, value: e })))
+          done(
+            true,
+            inputs.map(() => ({ ok: false, value: e })),
+          )
         }
       }
       void runInContext(ctx, call)
@@ -375,7 +373,12 @@ export function containerMain(apps: App[]): Promise<number> {
               args = decodeValue(bytes.subarray(ev[i + 2], ev[i + 2] + ev[i + 3]))
               if (!Array.isArray(args)) throw new Error('the arguments are not an array')
             } catch (e) {
-              ;(bad ??= new Map()).set(j, new SerializationError(`input in-${ev[i]} of ${def.name}: its arguments could not be decoded (${(e as Error)?.message ?? e})`))
+              ;(bad ??= new Map()).set(
+                j,
+                new SerializationError(
+                  `input in-${ev[i]} of ${def.name}: its arguments could not be decoded (${(e as Error)?.message ?? e})`,
+                ),
+              )
             }
             inputs.push({ id: ev[i], attempt: ev[i + 1], args: args as unknown[], fc })
           }

@@ -1,4 +1,4 @@
-import { InvalidError } from './errors.ts'
+import { InvalidError } from '../shared/errors.ts'
 import { Retries, type RetriesOptions } from './retries.ts'
 
 export interface BatchedOptions {
@@ -87,20 +87,48 @@ export const DEFAULT_EXIT_GRACE_PERIOD_S = 30
 export const MAX_SECONDS = 86_400
 
 const CLS_KEYS = [
-  'name', 'timeout', 'startupTimeout', 'retries', 'minContainers', 'maxContainers', 'bufferContainers',
-  'scaledownWindow', 'singleUseContainers', 'exitGracePeriod', 'env', 'secrets', 'gpu', 'cpu', 'memory',
+  'name',
+  'timeout',
+  'startupTimeout',
+  'retries',
+  'minContainers',
+  'maxContainers',
+  'bufferContainers',
+  'scaledownWindow',
+  'singleUseContainers',
+  'exitGracePeriod',
+  'env',
+  'secrets',
+  'gpu',
+  'cpu',
+  'memory',
 ] as const
 const FUNCTION_KEYS = [...CLS_KEYS, 'concurrent', 'batched'] as const
 
 // Names users coming from Modal (or typos) reach for, mapped to ours.
 const ALIASES: Record<string, string> = {
-  startup_timeout: 'startupTimeout', min_containers: 'minContainers', max_containers: 'maxContainers',
-  buffer_containers: 'bufferContainers', scaledown_window: 'scaledownWindow', container_idle_timeout:
-  'scaledownWindow', single_use_containers: 'singleUseContainers', exit_grace_period: 'exitGracePeriod',
-  keep_warm: 'minContainers', keepWarm: 'minContainers', concurrency_limit: 'maxContainers',
-  concurrencyLimit: 'maxContainers', allow_concurrent_inputs: 'concurrent', allowConcurrentInputs: 'concurrent',
-  max_inputs: 'concurrent', maxInputs: 'concurrent', maxBatchSize: 'batched', max_batch_size: 'batched',
-  waitMs: 'batched', wait_ms: 'batched', secret: 'secrets', environment: 'env',
+  startup_timeout: 'startupTimeout',
+  min_containers: 'minContainers',
+  max_containers: 'maxContainers',
+  buffer_containers: 'bufferContainers',
+  scaledown_window: 'scaledownWindow',
+  container_idle_timeout: 'scaledownWindow',
+  single_use_containers: 'singleUseContainers',
+  exit_grace_period: 'exitGracePeriod',
+  keep_warm: 'minContainers',
+  keepWarm: 'minContainers',
+  concurrency_limit: 'maxContainers',
+  concurrencyLimit: 'maxContainers',
+  allow_concurrent_inputs: 'concurrent',
+  allowConcurrentInputs: 'concurrent',
+  max_inputs: 'concurrent',
+  maxInputs: 'concurrent',
+  maxBatchSize: 'batched',
+  max_batch_size: 'batched',
+  waitMs: 'batched',
+  wait_ms: 'batched',
+  secret: 'secrets',
+  environment: 'env',
 }
 
 function editDistance(a: string, b: string): number {
@@ -236,10 +264,14 @@ export function normalizeOptions(
   const o = opts as Record<string, unknown>
   if (cls) {
     if ('concurrent' in o) {
-      throw new InvalidError(`${where}: a class sets concurrency with the @concurrent({ maxInputs }) class decorator, not the 'concurrent' option.`)
+      throw new InvalidError(
+        `${where}: a class sets concurrency with the @concurrent({ maxInputs }) class decorator, not the 'concurrent' option.`,
+      )
     }
     if ('batched' in o) {
-      throw new InvalidError(`${where}: a class batches per method: put @batched({ maxBatchSize, waitMs }) on the method instead of the 'batched' option.`)
+      throw new InvalidError(
+        `${where}: a class batches per method: put @batched({ maxBatchSize, waitMs }) on the method instead of the 'batched' option.`,
+      )
     }
   }
   rejectUnknown(o, cls ? CLS_KEYS : FUNCTION_KEYS, where)
@@ -334,7 +366,5 @@ function strings(where: string, key: string, v: unknown, single: boolean): strin
   if (v === undefined) return []
   if (single && typeof v === 'string' && v !== '') return [v]
   if (Array.isArray(v) && v.every((s) => typeof s === 'string' && s !== '')) return [...v]
-  throw new InvalidError(
-    `${where}: ${key} must be ${single ? "a string or " : ''}an array of non-empty strings, got ${show(v)}.`,
-  )
+  throw new InvalidError(`${where}: ${key} must be ${single ? 'a string or ' : ''}an array of non-empty strings, got ${show(v)}.`)
 }

@@ -1,0 +1,59 @@
+// What the control plane serves (`berth serve`, `app.run({ containers: 'process' })`): each
+// function and class of the apps, with its pool settings, environment, arity and parameters,
+// as crates/berth-node's `BindingFunctionDef` takes them.
+import type { BindingFunctionDef, BindingParam } from '../native.ts'
+import { encodeValue } from '../shared/cbor.ts'
+import { bindingSpec, type PoolDef } from '../run/pool.ts'
+import { containerEnv } from '../run/secrets.ts'
+import type { ClassDef } from './class-def.ts'
+import { getParamSpecs } from './decorators.ts'
+
+/** What is served of an app (define/app.ts App). */
+export interface ServedApp {
+  readonly name: string
+  readonly classes: ReadonlyMap<string, ClassDef>
+  /** Every function and class of the app (a class with no parameters set). */
+  servedDefs(): { def: PoolDef; isClass: boolean }[]
+}
+
+/**
+ * A class's @parameter() fields, for the control plane to check callers' parameters with
+ * (crates/berth-server/src/params.rs, the same rules as validateParams) and fill in defaults.
+ */
+function paramsOf(cls: new () => unknown): BindingParam[] {
+  return [...getParamSpecs(cls)].map(([name, spec]) =>
+    spec.required ? { name, kind: spec.type } : { name, kind: spec.type, default: Buffer.from(encodeValue(spec.default)) },
+  )
+}
+
+/** What the control plane runs: a function, or a class with its method table (`BindingFunctionDef`s). */
+export function registryOf(apps: ServedApp[]): object[] {
+  return servedFunctions(apps)
+}
+
+export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
+  return apps.flatMap((app) =>
+    app.servedDefs().map(({ def, isClass }) => ({
+      app: app.name,
+      name: def.name,
+      methods: def.methods.map((m) => m.name),
+      isClass,
+      // Process containers scale out by default, as Modal's do; maxContainers caps them.
+      spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
+      env: containerEnv(def.name, def.options.secrets, def.options.env),
+      gpu: def.options.gpu,
+      arity: def.methods.map((m) => m.arity),
+      params: isClass ? paramsOf(def.cls!) : [],
+      // What a call naming a hook, a parameter or an undecorated method is told.
+      notCallable: isClass
+        ? [
+            ...app.classes
+              .get(def.name)!
+              .notCallable(
+                (n) => `with the class parameters (Cls.fromName('${app.name}', '${def.name}', { ${n}: ... }), or "params" over HTTP)`,
+              ),
+          ].map(([name, what]) => ({ name, what }))
+        : [],
+    })),
+  )
+}
