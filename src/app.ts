@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 
-import { RemoteInvocable, clsFromName, lookupApp, remoteFunctionCall } from './client.ts'
+import { RemoteInvocable, clsFromName, lookupApp, remoteFunctionCall, serveHere } from './client.ts'
 import { encodeValue } from './cbor.ts'
 import { containerCommand } from './command.ts'
 import { registryOf } from './process.ts'
@@ -315,6 +315,7 @@ export class App {
       appFile: file,
     })
     const appId = `ap-${process.pid}-${++nextAppId}`
+    serveHere(`http://${server.address}`, server)
     for (const app of apps) {
       app.processServer = server
       app._appId = appId

@@ -16,6 +16,7 @@ use napi::bindgen_prelude::{AsyncTask, Buffer};
 use napi::{Env, Error, Result, Task};
 use napi_derive::napi;
 
+use crate::client::BindingClient;
 use crate::BindingPoolSpec;
 
 #[napi(object)]
@@ -468,6 +469,8 @@ pub struct BindingServer {
     address: String,
     http_address: Option<String>,
     procs: Arc<Mutex<Procs>>,
+    /// How callers in this process reach the control plane, without gRPC.
+    local: berth_server::Client,
 }
 
 #[napi]
@@ -577,7 +580,8 @@ impl BindingServer {
         let address = plane.local_addr().to_string();
         let http_address = plane.http_addr().map(|a| a.to_string());
         let killer = plane.killer();
-        Ok(Self { running: Mutex::new(Some((rt, plane))), killer, address, http_address, procs })
+        let local = plane.client();
+        Ok(Self { running: Mutex::new(Some((rt, plane))), killer, address, http_address, procs, local })
     }
 
     #[napi(getter)]
@@ -589,6 +593,24 @@ impl BindingServer {
     #[napi(getter)]
     pub fn http_address(&self) -> Option<String> {
         self.http_address.clone()
+    }
+
+    /// A client of this control plane for callers in this process: the same calls as a
+    /// `BindingClient` of `address`, made directly instead of over a loopback connection.
+    /// Null once `shutdown()` has begun: new callers then go over gRPC, as to any server.
+    #[napi]
+    pub fn client(&self, doorbell: crate::Doorbell) -> Result<Option<BindingClient>> {
+        if self.running.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Ok(None);
+        }
+        BindingClient::with_client(self.local.clone(), doorbell).map(Some)
+    }
+
+    /// How many `berth.v1.Functions` requests came over gRPC (none come from [`client`](Self::client)).
+    #[napi(getter)]
+    pub fn grpc_function_calls(&self) -> f64 {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.as_ref().map_or(0.0, |(_, plane)| plane.counters().grpc_function_calls as f64)
     }
 
     /// The forced stop (a second Ctrl-C): kills every container process now, without exit

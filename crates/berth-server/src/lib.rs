@@ -8,6 +8,7 @@
 //! ingress (`ServeOptions::http_addr`) makes the same calls as `Invoke`.
 
 mod auth;
+mod client;
 mod conn;
 mod containers;
 mod functions;
@@ -21,6 +22,7 @@ mod params;
 mod plane;
 mod server;
 
+pub use client::{Client, ConnectError, MapResults};
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner};
 pub use server::{ControlPlane, Killer, ServeOptions};

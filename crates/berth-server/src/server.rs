@@ -8,11 +8,12 @@ use std::time::Duration;
 use berth_core::{Command, Scheduler};
 use berth_proto::v1::{containers_server::ContainersServer, functions_server::FunctionsServer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::Request;
 
 use crate::auth::check_token;
+use crate::client::{Client, InProcess};
 use crate::conn::{ConnCounters, CountRequestsLayer, Counters, Framing, Limits, Listener};
 use crate::containers::ContainersSvc;
 use crate::functions::FunctionsSvc;
@@ -97,6 +98,9 @@ pub struct ControlPlane {
     server: tokio::task::JoinHandle<()>,
     http: Option<crate::http::Ingress>,
     counters: Arc<Counters>,
+    /// What in-process clients watch: false once calls are no longer taken, closed when this
+    /// control plane is dropped.
+    serving: watch::Sender<bool>,
 }
 
 impl ControlPlane {
@@ -199,15 +203,15 @@ impl ControlPlane {
             .build_v1()
             .map_err(io::Error::other)?;
         let (stop_server, stopped) = oneshot::channel::<()>();
+        let counters = Arc::new(Counters::default());
         let router = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted::<tonic::body::Body>))
-            .layer(CountRequestsLayer)
+            .layer(CountRequestsLayer(counters.clone()))
             .add_service(InterceptedService::new(functions, auth))
             .add_service(containers)
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(reflection_v1alpha);
-        let counters = Arc::new(Counters::default());
         let limits = Limits {
             handshake_timeout: opts.handshake_timeout,
             idle_timeout: opts.idle_timeout,
@@ -238,13 +242,25 @@ impl ControlPlane {
             )),
             None => None,
         };
-        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server, http, counters })
+        let (serving, _) = watch::channel(true);
+        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server, http, counters, serving })
     }
 
     /// What the listeners have dropped so far: connections that never handshook, sat
     /// idle, or came over the cap, and HTTP bodies that stalled.
     pub fn counters(&self) -> ConnCounters {
         self.counters.snapshot()
+    }
+
+    /// A client that calls this control plane directly, without gRPC: for callers in the
+    /// process that runs it. Requests get the same checks and answers as over gRPC (but no
+    /// token is asked); once the control plane has stopped, calls fail UNAVAILABLE.
+    pub fn client(&self) -> Client {
+        Client::in_process(InProcess {
+            shared: Arc::downgrade(&self.shared),
+            serving: self.serving.subscribe(),
+            max_message_bytes: self.shared.max_message_bytes,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -267,6 +283,9 @@ impl ControlPlane {
         if self.shared.commands.send(Command::Shutdown(Some(tx))).is_ok() {
             let _ = rx.await;
         }
+        // In-process callers are refused from here on, as gRPC callers are once the listener
+        // stops.
+        self.serving.send_replace(false);
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
