@@ -47,6 +47,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod client;
 mod container;
+mod log;
 mod mailbox;
 mod serve;
 

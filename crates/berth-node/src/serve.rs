@@ -478,6 +478,7 @@ impl BindingServer {
     /// Binds and starts serving; throws with a message naming the fix when it cannot.
     #[napi(factory)]
     pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingServeOptions) -> Result<Self> {
+        crate::log::install();
         let mut defs = Vec::with_capacity(functions.len());
         let mut placement = HashMap::new();
         let mut gpus: Option<GpuPool> = None;

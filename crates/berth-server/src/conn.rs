@@ -169,10 +169,11 @@ impl Listener {
                         self.counters.refused_over_cap.fetch_add(1, Relaxed);
                         drop(stream);
                         if let Some(n) = self.refusals.note(Instant::now()) {
-                            eprintln!(
+                            tracing::warn!(
                                 "berth: refused {n} {} connection(s): {} are open, the cap; raise it with \
                                  --max-connections",
-                                self.what, self.limits.max_connections
+                                self.what,
+                                self.limits.max_connections
                             );
                         }
                         continue;
@@ -185,7 +186,7 @@ impl Listener {
                     // Out of file descriptors (EMFILE) and the like: the pending connection
                     // stays in the backlog, so accepting again at once would spin.
                     if let Some(n) = self.accept_errors.note(Instant::now()) {
-                        eprintln!(
+                        tracing::error!(
                             "berth: {} listener: accept failed {n} time(s), last: {e}; if it says too many \
                              open files, raise the limit (ulimit -n) or lower --max-connections",
                             self.what

@@ -225,7 +225,7 @@ impl ControlPlane {
                 })
                 .await
             {
-                eprintln!("berth: control plane stopped: {e}");
+                tracing::error!("berth: control plane stopped: {e}");
             }
         });
         let http = match http_listener {
