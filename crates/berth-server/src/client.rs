@@ -39,6 +39,8 @@ pub(crate) struct InProcess {
     /// False once the control plane takes no more calls; closed once it is gone.
     pub serving: watch::Receiver<bool>,
     pub max_message_bytes: usize,
+    /// The control plane's runtime.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Why [`Client::grpc`] cannot make a client.
@@ -166,7 +168,8 @@ impl InProcess {
     where
         M: prost::Message,
         F: FnOnce(FunctionsSvc, Request<M>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>> + Send + 'static,
+        T: Send + 'static,
     {
         let len = req.encoded_len();
         if len > self.max_message_bytes {
@@ -175,23 +178,34 @@ impl InProcess {
         self.run(|svc| handler(svc, Request::new(req))).await.map(tonic::Response::into_inner)
     }
 
-    /// Runs `handler` on the control plane while it serves; a call under way when it goes is
-    /// answered as a broken connection would be.
+    /// Runs `handler` on the control plane's runtime while it serves, as a gRPC request's
+    /// handler runs there: the tasks it starts (a Map call's reader) work beside the caller's
+    /// thread, not on it. A call under way when the control plane goes is answered as a broken
+    /// connection would be; one whose caller goes away stops, as a reset stream's handler does.
     async fn run<F, Fut, T>(&self, handler: F) -> Result<T, Status>
     where
         F: FnOnce(FunctionsSvc) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
+        Fut: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
     {
         let shared = match self.shared.upgrade() {
             Some(shared) if *self.serving.borrow() => shared,
             _ => return Err(stopped()),
         };
-        let work = handler(FunctionsSvc { shared });
+        let mut task = AbortOnDrop(self.runtime.spawn(handler(FunctionsSvc { shared })));
         tokio::select! {
             biased;
-            r = work => r,
+            r = &mut task.0 => r.unwrap_or_else(|_| Err(stopped())),
             () = gone(self.serving.clone()) => Err(stopped()),
         }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -101,6 +101,7 @@ pub struct ControlPlane {
     /// What in-process clients watch: false once calls are no longer taken, closed when this
     /// control plane is dropped.
     serving: watch::Sender<bool>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl ControlPlane {
@@ -243,7 +244,8 @@ impl ControlPlane {
             None => None,
         };
         let (serving, _) = watch::channel(true);
-        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server, http, counters, serving })
+        let runtime = tokio::runtime::Handle::current();
+        Ok(Self { shared, local_addr, stop_server: Some(stop_server), server, http, counters, serving, runtime })
     }
 
     /// What the listeners have dropped so far: connections that never handshook, sat
@@ -260,6 +262,7 @@ impl ControlPlane {
             shared: Arc::downgrade(&self.shared),
             serving: self.serving.subscribe(),
             max_message_bytes: self.shared.max_message_bytes,
+            runtime: self.runtime.clone(),
         })
     }
 
