@@ -28,4 +28,6 @@ test('remote, map, spawn, parameters, cancel and FunctionCall.fromId(id).cancel(
   }
   t.regex(got.local[0].message, /perhaps you mean 'square'/)
   t.regex(got.local[4].message, /message size cap/)
+  t.is(got.afterStop.class, 'InvalidError')
+  t.regex(got.afterStop.message, /no berth server answers at http:\/\/127\.0\.0\.1:\d+/)
 })

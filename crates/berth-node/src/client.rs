@@ -67,6 +67,19 @@ impl Shared {
     }
 }
 
+/// A request whose task was dropped before it answered (the control plane's runtime, which
+/// runs an in-process client's requests, shut down under it): answered UNAVAILABLE, as a call
+/// whose connection broke is, rather than left for JavaScript to wait on forever.
+struct Unanswered(Option<(f64, Arc<Shared>)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((id, out)) = self.0.take() {
+            out.status(id, &tonic::Status::unavailable("the control plane in this process has stopped"));
+        }
+    }
+}
+
 #[napi(object)]
 pub struct ClientEvents {
     pub events: Float64Array,
@@ -81,7 +94,7 @@ pub struct BindingClient {
     shared: Arc<Shared>,
     maps: Mutex<std::collections::HashMap<u64, MapLink>>,
     /// Dropped with this object: the client thread then ends, and its requests with it.
-    _stop: oneshot::Sender<()>,
+    _stop: Option<oneshot::Sender<()>>,
 }
 
 fn function_ref(app: String, name: String, method: String, params: Buffer) -> pb::FunctionRef {
@@ -103,9 +116,17 @@ impl BindingClient {
         })
     }
 
-    /// A client of `client`'s control plane (one in this process: `BindingServer.client`).
-    pub(crate) fn with_client(client: Client, doorbell: Doorbell) -> Result<Self> {
-        Self::start(doorbell, || Ok(client))
+    /// A client of the control plane in this process (`BindingServer.client`): its requests
+    /// run on the control plane's runtime, beside the handlers they call, instead of on a
+    /// thread of their own that would wake for every result.
+    pub(crate) fn in_process(client: Client, runtime: tokio::runtime::Handle, doorbell: Doorbell) -> Self {
+        Self {
+            rt: runtime,
+            client,
+            shared: Arc::new(Shared(Mailbox::new(doorbell))),
+            maps: Mutex::new(std::collections::HashMap::new()),
+            _stop: None,
+        }
     }
 
     /// Requests run on a thread of their own; `make` runs within its runtime.
@@ -133,17 +154,23 @@ impl BindingClient {
             client,
             shared: Arc::new(Shared(Mailbox::new(doorbell))),
             maps: Mutex::new(std::collections::HashMap::new()),
-            _stop: stop,
+            _stop: Some(stop),
         })
     }
 
-    /// Runs one request on the client thread; `f` gets the client and the mailbox.
-    fn run<F, Fut>(&self, f: F)
+    /// Runs request `id` as a task of its own; `f` gets the client and the mailbox.
+    fn run<F, Fut>(&self, id: f64, f: F)
     where
         F: FnOnce(Client, Arc<Shared>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f(self.client.clone(), self.shared.clone()));
+        let request = f(self.client.clone(), self.shared.clone());
+        let unanswered = Unanswered(Some((id, self.shared.clone())));
+        self.rt.spawn(async move {
+            let mut unanswered = unanswered;
+            request.await;
+            unanswered.0 = None;
+        });
     }
 
     #[napi]
@@ -157,7 +184,7 @@ impl BindingClient {
         args: Buffer,
     ) -> Result<()> {
         let (function, args) = (function_ref(app, name, method, params), args.to_vec());
-        self.run(|client, out| async move {
+        self.run(id, |client, out| async move {
             match client.invoke(function, args).await {
                 Ok(r) => out.result(id, r.result),
                 Err(s) => out.status(id, &s),
@@ -177,7 +204,7 @@ impl BindingClient {
         args: Buffer,
     ) -> Result<()> {
         let (function, args) = (function_ref(app, name, method, params), args.to_vec());
-        self.run(|client, out| async move {
+        self.run(id, |client, out| async move {
             match client.spawn(function, args).await {
                 Ok(r) => out.push(id, K_TEXT, r.function_call_id.as_bytes()),
                 Err(s) => out.status(id, &s),
@@ -188,7 +215,7 @@ impl BindingClient {
 
     #[napi]
     pub fn get_result(&self, id: f64, call: String, timeout: f64) -> Result<()> {
-        self.run(|client, out| async move {
+        self.run(id, |client, out| async move {
             match client.get_result(call, timeout).await {
                 Ok(r) if r.ready => out.result(id, r.result),
                 Ok(_) => out.push(id, K_PENDING, &[]),
@@ -200,7 +227,7 @@ impl BindingClient {
 
     #[napi]
     pub fn cancel(&self, id: f64, call: String) -> Result<()> {
-        self.run(|client, out| async move {
+        self.run(id, |client, out| async move {
             match client.cancel(call).await {
                 Ok(()) => out.push(id, K_NONE, &[]),
                 Err(s) => out.status(id, &s),
@@ -220,7 +247,7 @@ impl BindingClient {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id as u64, MapLink { inputs: Some(tx), cancel: cancel_tx });
         let function = function_ref(app, name, method, params);
-        self.run(|client, out| async move {
+        self.run(id, |client, out| async move {
             let mut stream = match client.map(function, inputs).await {
                 Ok(stream) => stream,
                 Err(s) => return out.status(id, &s),

@@ -471,6 +471,7 @@ pub struct BindingServer {
     procs: Arc<Mutex<Procs>>,
     /// How callers in this process reach the control plane, without gRPC.
     local: berth_server::Client,
+    runtime: tokio::runtime::Handle,
 }
 
 #[napi]
@@ -581,8 +582,8 @@ impl BindingServer {
         let address = plane.local_addr().to_string();
         let http_address = plane.http_addr().map(|a| a.to_string());
         let killer = plane.killer();
-        let local = plane.client();
-        Ok(Self { running: Mutex::new(Some((rt, plane))), killer, address, http_address, procs, local })
+        let (local, runtime) = (plane.client(), rt.handle().clone());
+        Ok(Self { running: Mutex::new(Some((rt, plane))), killer, address, http_address, procs, local, runtime })
     }
 
     #[napi(getter)]
@@ -604,7 +605,7 @@ impl BindingServer {
         if self.running.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
             return Ok(None);
         }
-        BindingClient::with_client(self.local.clone(), doorbell).map(Some)
+        Ok(Some(BindingClient::in_process(self.local.clone(), self.runtime.clone(), doorbell)))
     }
 
     /// How many `berth.v1.Functions` requests came over gRPC (none come from [`client`](Self::client)).

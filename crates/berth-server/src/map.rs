@@ -49,8 +49,9 @@ impl FunctionsSvc {
             let mut stopping = false;
             loop {
                 // Backpressure: a caller that does not read its results stops being read
-                // (HTTP/2 flow control then stops its sender) instead of the server holding
-                // every result it has not taken.
+                // (HTTP/2 flow control then stops a gRPC caller's sender; an in-process
+                // caller's inputs wait in its channel) instead of the server holding every
+                // result it has not taken.
                 if !stopping && !call.has_room() {
                     let room = call.room.notified();
                     tokio::pin!(room);
