@@ -21,8 +21,10 @@ mod map;
 mod params;
 mod plane;
 mod server;
+pub mod supervisor;
 
 pub use client::{Client, ConnectError, MapResults};
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner};
 pub use server::{ControlPlane, Killer, ServeOptions};
+pub use supervisor::{Supervisor, SupervisorHandle, SupervisorOptions};

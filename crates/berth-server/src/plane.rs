@@ -106,6 +106,11 @@ pub struct Registry {
 pub struct ExitReporter(Box<dyn Fn(String) + Send + Sync>);
 
 impl ExitReporter {
+    /// A reporter that calls `report`; for spawners driven without a control plane (tests).
+    pub fn new(report: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Self(Box::new(report))
+    }
+
     /// `why` says how the process ended, e.g. "exited with signal 9".
     pub fn exited(&self, why: String) {
         (self.0)(why)

@@ -1,0 +1,299 @@
+//! The scheduler actor: container lifecycle, per-method queues, concurrency slots, dynamic
+//! batching, per-attempt timeouts, retries with backoff, cancellation, autoscaling and drain.
+//!
+//! All state lives on one task; commands arrive from an [`InputSource`], work leaves through an
+//! [`Invoker`], and each input's single final outcome leaves through a [`ResultSink`]. Timers are
+//! a heap of deadlines checked lazily: a timer whose subject has moved on is simply ignored.
+//!
+//! This file holds the state and the turn (`handle` a command, `tick`); the rules live beside it:
+//! `types` what a host sees, `lifecycle` a container's life, `dispatch` an input's way through
+//! queues and slots, `autoscale` how many containers, `timers` every deadline.
+
+mod autoscale;
+mod dispatch;
+mod lifecycle;
+mod timers;
+mod types;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::{sleep_until, Instant};
+
+use crate::spec::PoolSpec;
+use timers::Timer;
+pub use types::{
+    AbortReason, Command, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, IdHasher, IdMap, InputId, InputSource,
+    Invoker, Outcome, Phase, PoolId, ResultSink, Submission, MAX_RESCHEDULES, MAX_RESTART_BACKOFF, OVERDUE_GRACE,
+};
+
+/// Commands handled in one turn before timers get their look: keeps timeouts on time under load.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CState {
+    Starting(Phase),
+    Serving,
+    Draining,
+    Exiting,
+}
+
+struct Container {
+    pool: PoolId,
+    state: CState,
+    /// Which startup deadline is current (an older one firing is ignored).
+    startup_gen: u32,
+    in_flight: u32,
+    idle_since: Instant,
+    /// When it was created: its startup time is measured to Serving.
+    created: Instant,
+}
+
+struct Queued {
+    input: InputId,
+    attempt: u32,
+    at: Instant,
+    /// Arrival order across methods (instants can tie).
+    seq: u64,
+}
+
+struct Pool {
+    spec: PoolSpec,
+    queues: Vec<VecDeque<Queued>>,
+    containers: Vec<ContainerId>,
+    built: bool,
+    failures: u32,
+    restart_at: Option<Instant>,
+    /// Inputs accepted and not yet finished (queued, running or waiting to retry).
+    pending: u32,
+    /// Earliest deadline already in the timer heap, so waits do not pile up timers.
+    wake_at: Option<Instant>,
+    /// Exec deadlines in start order. One timeout per pool and a monotonic clock keep them
+    /// sorted, so this is a queue, not a tree. Entries of completed execs are dropped from the
+    /// front as they surface, and the queue is compacted when they outnumber the live ones.
+    deadlines: VecDeque<(Instant, ExecId)>,
+    dead_deadlines: usize,
+    dirty: bool,
+    /// How long a container takes to start (to Serving), and an execution to complete: moving
+    /// averages, unknown until measured. The autoscaler weighs them (see `absorbable`).
+    startup_avg: Option<Duration>,
+    exec_avg: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IState {
+    Queued,
+    Running(ExecId),
+    Backoff,
+}
+
+struct InputState {
+    pool: PoolId,
+    method: u32,
+    /// Every run of the input is a new attempt (so a late answer of an earlier one is told
+    /// apart), whether it is a retry or a reschedule.
+    attempt: u32,
+    /// Attempts that failed and were retried: what `retries` bounds.
+    retried: u32,
+    /// Runs lost with their container: what [`MAX_RESCHEDULES`] bounds.
+    lost: u32,
+    state: IState,
+}
+
+struct ExecState {
+    pool: PoolId,
+    container: ContainerId,
+    /// Inputs whose outcome this execution still decides (cancelled ones leave early).
+    inputs: ExecInputs,
+    /// Past its timeout, or interrupted: its inputs are decided (or run again elsewhere), but
+    /// its slot is held until the code settles, so in-flight work never exceeds `maxInputs`;
+    /// past [`OVERDUE_GRACE`] its container is replaced.
+    timed_out: bool,
+    /// Its first input, to name it when its container is replaced.
+    first: InputId,
+    started: Instant,
+}
+/// The scheduler. Build one, add pools with [`Command::AddPool`], and `run` it on a task.
+pub struct Scheduler<I: Invoker, R: ResultSink> {
+    invoker: I,
+    results: R,
+    pools: IdMap<PoolId, Pool>,
+    containers: IdMap<ContainerId, Container>,
+    inputs: IdMap<InputId, InputState>,
+    execs: IdMap<ExecId, ExecState>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    next_container: ContainerId,
+    next_exec: ExecId,
+    next_seq: u64,
+    dirty: Vec<PoolId>,
+    /// The clock, read once per command and per tick: everything one command causes happens at
+    /// one instant (and a thousand inputs cost one clock read, not two thousand).
+    now: Instant,
+    stopping: bool,
+    killed: bool,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
+    pub fn new(invoker: I, results: R) -> Self {
+        Self {
+            invoker,
+            results,
+            pools: IdMap::default(),
+            containers: IdMap::default(),
+            inputs: IdMap::default(),
+            execs: IdMap::default(),
+            timers: BinaryHeap::new(),
+            next_container: 1,
+            next_exec: 1,
+            next_seq: 0,
+            dirty: Vec::new(),
+            now: Instant::now(),
+            stopping: false,
+            killed: false,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Runs until a shutdown completes, a kill, or every sender of the source is gone.
+    pub async fn run<S: InputSource>(mut self, mut source: S) {
+        loop {
+            let received = match self.next_deadline() {
+                Some(at) => tokio::select! {
+                    biased;
+                    cmd = source.recv() => Some(cmd),
+                    () = sleep_until(at) => None,
+                },
+                None => Some(source.recv().await),
+            };
+            match received {
+                Some(None) => {
+                    self.handle(Command::Kill);
+                    break;
+                }
+                Some(Some(cmd)) => {
+                    self.handle(cmd);
+                    let mut n = 1;
+                    while n < MAX_COMMANDS_PER_TURN {
+                        let Some(cmd) = source.try_recv() else { break };
+                        self.handle(cmd);
+                        n += 1;
+                    }
+                }
+                None => {}
+            }
+            if self.tick() {
+                break;
+            }
+        }
+    }
+
+    /// The earliest timer, if any: call [`tick`](Self::tick) once it has passed.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let exec = self.pools.values().filter_map(|p| p.deadlines.front().map(|(at, _)| *at)).min();
+        match (timer, exec) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends a turn: fires due timers, hands ready work to free slots, scales, and flushes the
+    /// invoker and the sink. Returns true once a shutdown or kill has completed.
+    pub fn tick(&mut self) -> bool {
+        if self.killed {
+            return true;
+        }
+        self.now = Instant::now();
+        self.fire_timers();
+        self.dispatch_dirty();
+        let finished = self.stopping && self.pools.values().all(|p| p.pending == 0) && self.containers.is_empty();
+        self.invoker.flush();
+        self.results.flush();
+        if finished {
+            for w in self.waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+        finished
+    }
+
+    /// Applies one command; call [`tick`](Self::tick) after a batch of them.
+    pub fn handle(&mut self, cmd: Command) {
+        self.now = Instant::now();
+        match cmd {
+            Command::AddPool(id, spec) => self.add_pool(id, spec),
+            Command::Submit(subs) => {
+                for s in subs {
+                    self.submit(s);
+                }
+            }
+            Command::Cancel(ids) => {
+                for id in ids {
+                    self.cancel(id);
+                }
+            }
+            Command::Complete(done) => {
+                for (exec, status) in done {
+                    self.complete(exec, status);
+                }
+            }
+            Command::HookDone { container, phase, ok } => self.hook_done(container, phase, ok),
+            Command::ContainerLost(cid) => self.container_lost(cid),
+            Command::DrainContainer(cid) => self.leave(cid, false),
+            Command::InterruptContainer(cid) => self.leave(cid, true),
+            Command::Shutdown(waiter) => {
+                self.stopping = true;
+                self.waiters.extend(waiter);
+                let ids: Vec<PoolId> = self.pools.keys().copied().collect();
+                for id in ids {
+                    self.mark_dirty(id);
+                }
+            }
+            Command::Kill => self.kill(),
+        }
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn add_pool(&mut self, id: PoolId, spec: PoolSpec) {
+        let queues = spec.methods.iter().map(|_| VecDeque::new()).collect();
+        let built = !spec.hooks.build;
+        self.pools.insert(
+            id,
+            Pool {
+                spec,
+                queues,
+                containers: Vec::new(),
+                built,
+                failures: 0,
+                restart_at: None,
+                pending: 0,
+                wake_at: None,
+                deadlines: VecDeque::new(),
+                dead_deadlines: 0,
+                dirty: false,
+                startup_avg: None,
+                exec_avg: None,
+            },
+        );
+        // minContainers are started right away, as Modal keeps them warm.
+        self.mark_dirty(id);
+    }
+
+    fn mark_dirty(&mut self, pool: PoolId) {
+        if let Some(p) = self.pools.get_mut(&pool) {
+            if !p.dirty {
+                p.dirty = true;
+                self.dirty.push(pool);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
