@@ -52,7 +52,7 @@ class Client {
     readonly server: string,
     token: string | undefined,
   ) {
-    this.native = new (binding().BindingClient)(server, token, () => this.pump())
+    this.native = servedHere.get(server)?.client(() => this.pump()) ?? new (binding().BindingClient)(server, token, () => this.pump())
   }
 
   /** Opens a Map stream; push inputs (CBOR args, batched per microtask), then close. */
@@ -191,6 +191,8 @@ class Client {
 }
 
 const clients = new Map<string, Client>()
+/** Control planes this process runs (process containers), by address: called directly, not over gRPC. */
+const servedHere = new Map<string, { client(doorbell: () => void): BindingClient | null }>()
 const lookedUp = new Map<string, { server: string; token?: string }>()
 
 function clientFor(app: string): Client {
@@ -209,6 +211,12 @@ function clientAt(server: string | undefined, token: string | undefined): Client
     clients.set(key, c)
   }
   return c
+}
+
+/** @internal `server` is a control plane of this process (app.run with process containers). */
+export function serveHere(server: string, plane: { client(doorbell: () => void): BindingClient | null }): void {
+  servedHere.set(server, plane)
+  for (const [key, c] of clients) if (c.server === server) clients.delete(key)
 }
 
 /** Where `Function.fromName` / `Cls.fromName` find the app named `name`. */

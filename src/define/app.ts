@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
 import { localApps, registerApp } from '../call/app-target.ts'
-import { lookupApp } from '../call/remote.ts'
+import { lookupApp, serveHere } from '../call/remote.ts'
 import type { BatchItem, FunctionHandle, Invocable as InvocableType } from '../call/types.ts'
 import { containerCommand } from '../command.ts'
 import { binding } from '../native.ts'
@@ -293,6 +293,7 @@ export class App {
       appFile: file,
     })
     const appId = `ap-${process.pid}-${++nextAppId}`
+    serveHere(`http://${server.address}`, server)
     for (const app of apps) {
       app.processServer = server
       app._appId = appId

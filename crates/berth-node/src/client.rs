@@ -1,15 +1,16 @@
-//! A caller of a served app (`Function.fromName`, `Cls.fromName`): requests are queued with a
-//! synchronous call and run on a thread of its own; their results come back to JavaScript in
-//! packed batches behind one weak doorbell, as everywhere else in this binding.
+//! A caller of a served app (`Function.fromName`, `Cls.fromName`, and the handles of an app
+//! run with process containers): requests are queued with a synchronous call and run by
+//! berth_server's client on a thread of its own, over gRPC or, for the control plane in this
+//! process, directly; their results come back to JavaScript in packed batches behind one weak
+//! doorbell, as everywhere else in this binding.
 use std::sync::{Arc, Mutex};
 
-use berth_proto::v1::{self as pb, functions_client::FunctionsClient, result::Outcome};
+use berth_proto::v1::{self as pb, result::Outcome};
+use berth_server::{Client, ConnectError};
 use napi::bindgen_prelude::{Buffer, Float64Array, Float64ArraySlice};
 use napi::{Error, Result};
 use napi_derive::napi;
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::mailbox::Mailbox;
 use crate::Doorbell;
@@ -23,41 +24,12 @@ const K_PENDING: f64 = 4.0; // GetResult: not ready yet
 const K_NONE: f64 = 5.0; // Cancel: done
 const K_MAP_END: f64 = 6.0; // a Map stream delivered its last result
 
-enum Req {
-    Invoke {
-        id: f64,
-        function: pb::FunctionRef,
-        args: Vec<u8>,
-    },
-    Spawn {
-        id: f64,
-        function: pb::FunctionRef,
-        args: Vec<u8>,
-    },
-    Get {
-        id: f64,
-        call: String,
-        timeout: f64,
-    },
-    Cancel {
-        id: f64,
-        call: String,
-    },
-    Map {
-        id: f64,
-        function: pb::FunctionRef,
-        inputs: mpsc::UnboundedReceiver<Vec<pb::MapRequest>>,
-        /// Fires when the caller abandons the map; dropped unfired when it read every result.
-        cancel: tokio::sync::oneshot::Receiver<()>,
-    },
-}
-
 /// The JavaScript side's hold on one Map stream.
 struct MapLink {
     /// None once the caller has no more inputs.
     /// One send per `mapPush` batch: one wake of the sending task, not one per input.
-    inputs: Option<mpsc::UnboundedSender<Vec<pb::MapRequest>>>,
-    cancel: tokio::sync::oneshot::Sender<()>,
+    inputs: Option<mpsc::UnboundedSender<Vec<pb::MapInput>>>,
+    cancel: oneshot::Sender<()>,
 }
 
 /// The client's mailbox: each event is `[id, kind, offset, len, index]` over the bytes.
@@ -95,38 +67,15 @@ impl Shared {
     }
 }
 
-type Token = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+/// A request whose task was dropped before it answered (the control plane's runtime, which
+/// runs an in-process client's requests, shut down under it): answered UNAVAILABLE, as a call
+/// whose connection broke is, rather than left for JavaScript to wait on forever.
+struct Unanswered(Option<(f64, Arc<Shared>)>);
 
-fn authed<T>(message: T, token: Option<&Token>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    if let Some(t) = token {
-        r.metadata_mut().insert("authorization", t.clone());
-    }
-    r
-}
-
-/// The Map requests of a channel of batches, one by one.
-struct Flatten {
-    rx: mpsc::UnboundedReceiver<Vec<pb::MapRequest>>,
-    buf: std::vec::IntoIter<pb::MapRequest>,
-}
-
-impl tokio_stream::Stream for Flatten {
-    type Item = pb::MapRequest;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        loop {
-            if let Some(r) = self.buf.next() {
-                return std::task::Poll::Ready(Some(r));
-            }
-            match self.rx.poll_recv(cx) {
-                std::task::Poll::Ready(Some(batch)) => self.buf = batch.into_iter(),
-                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
-                std::task::Poll::Pending => return std::task::Poll::Pending,
-            }
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((id, out)) = self.0.take() {
+            out.status(id, &tonic::Status::unavailable("the control plane in this process has stopped"));
         }
     }
 }
@@ -139,9 +88,13 @@ pub struct ClientEvents {
 
 #[napi]
 pub struct BindingClient {
-    tx: mpsc::UnboundedSender<Req>,
+    /// The client thread's runtime, which runs each request as a task of its own.
+    rt: tokio::runtime::Handle,
+    client: Client,
     shared: Arc<Shared>,
     maps: Mutex<std::collections::HashMap<u64, MapLink>>,
+    /// Dropped with this object: the client thread then ends, and its requests with it.
+    _stop: Option<oneshot::Sender<()>>,
 }
 
 fn function_ref(app: String, name: String, method: String, params: Buffer) -> pb::FunctionRef {
@@ -153,136 +106,71 @@ impl BindingClient {
     /// Connects lazily (at the first call) to `server`, e.g. `http://127.0.0.1:7450`.
     #[napi(constructor)]
     pub fn new(server: String, token: Option<String>, doorbell: Doorbell) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(server.clone()).map_err(|e| {
-            Error::from_reason(format!("berth: BERTH_SERVER '{server}' is not a URL like http://127.0.0.1:7450 ({e})"))
-        })?;
-        let shared = Arc::new(Shared(Mailbox::new(doorbell)));
-        let (tx, mut rx) = mpsc::unbounded_channel::<Req>();
+        Self::start(doorbell, || {
+            Client::grpc(&server, token.as_deref()).map_err(|e| match e {
+                ConnectError::NotAUrl(e) => Error::from_reason(format!(
+                    "berth: BERTH_SERVER '{server}' is not a URL like http://127.0.0.1:7450 ({e})"
+                )),
+                ConnectError::TokenNotAscii => Error::from_reason("berth: the token must be ASCII"),
+            })
+        })
+    }
+
+    /// A client of the control plane in this process (`BindingServer.client`): its requests
+    /// run on the control plane's runtime, beside the handlers they call, instead of on a
+    /// thread of their own that would wake for every result.
+    pub(crate) fn in_process(client: Client, runtime: tokio::runtime::Handle, doorbell: Doorbell) -> Self {
+        Self {
+            rt: runtime,
+            client,
+            shared: Arc::new(Shared(Mailbox::new(doorbell))),
+            maps: Mutex::new(std::collections::HashMap::new()),
+            _stop: None,
+        }
+    }
+
+    /// Requests run on a thread of their own; `make` runs within its runtime.
+    fn start(doorbell: Doorbell, make: impl FnOnce() -> Result<Client>) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::from_reason(format!("berth: cannot start the client runtime: {e}")))?;
-        let out = shared.clone();
-        let auth: Option<Token> = match token {
-            Some(t) => {
-                Some(format!("Bearer {t}").parse().map_err(|_| Error::from_reason("berth: the token must be ASCII"))?)
-            }
-            None => None,
+        let client = {
+            let _in_runtime = rt.enter();
+            make()?
         };
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("berth-client".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    let channel: Channel = endpoint.connect_lazy();
-                    let client = FunctionsClient::new(channel).max_decoding_message_size(usize::MAX);
-                    while let Some(req) = rx.recv().await {
-                        let mut client = client.clone();
-                        let (out, auth) = (out.clone(), auth.clone());
-                        tokio::spawn(async move {
-                            match req {
-                                Req::Invoke { id, function, args } => {
-                                    match client
-                                        .invoke(authed(
-                                            pb::InvokeRequest { function: Some(function), args },
-                                            auth.as_ref(),
-                                        ))
-                                        .await
-                                    {
-                                        Ok(r) => out.result(id, r.into_inner().result),
-                                        Err(s) => out.status(id, &s),
-                                    }
-                                }
-                                Req::Spawn { id, function, args } => {
-                                    match client
-                                        .spawn(authed(
-                                            pb::InvokeRequest { function: Some(function), args },
-                                            auth.as_ref(),
-                                        ))
-                                        .await
-                                    {
-                                        Ok(r) => out.push(id, K_TEXT, r.into_inner().function_call_id.as_bytes()),
-                                        Err(s) => out.status(id, &s),
-                                    }
-                                }
-                                Req::Get { id, call, timeout } => {
-                                    match client
-                                        .get_result(authed(
-                                            pb::GetResultRequest { function_call_id: call, timeout },
-                                            auth.as_ref(),
-                                        ))
-                                        .await
-                                    {
-                                        Ok(r) => {
-                                            let r = r.into_inner();
-                                            if r.ready {
-                                                out.result(id, r.result);
-                                            } else {
-                                                out.push(id, K_PENDING, &[]);
-                                            }
-                                        }
-                                        Err(s) => out.status(id, &s),
-                                    }
-                                }
-                                Req::Map { id, function, inputs, cancel } => {
-                                    let first =
-                                        pb::MapRequest { item: Some(pb::map_request::Item::Function(function)) };
-                                    let requests = tokio_stream::once(first)
-                                        .chain(Flatten { rx: inputs, buf: Vec::new().into_iter() });
-                                    match client.map(authed(requests, auth.as_ref())).await {
-                                        Ok(r) => {
-                                            let mut stream = r.into_inner();
-                                            let mut cancel = Some(cancel);
-                                            loop {
-                                                let next = match cancel.as_mut() {
-                                                    Some(c) => tokio::select! {
-                                                        m = stream.message() => m,
-                                                        fired = c => {
-                                                            if fired.is_ok() {
-                                                                // Dropping the stream resets it: the
-                                                                // server cancels what has not finished.
-                                                                out.push(id, K_MAP_END, &[]);
-                                                                break;
-                                                            }
-                                                            cancel = None;
-                                                            continue;
-                                                        }
-                                                    },
-                                                    None => stream.message().await,
-                                                };
-                                                match next {
-                                                    Ok(Some(m)) => out.result_at(id, m.result, m.index as f64),
-                                                    Ok(None) => {
-                                                        out.push(id, K_MAP_END, &[]);
-                                                        break;
-                                                    }
-                                                    Err(s) => {
-                                                        out.status(id, &s);
-                                                        break;
-                                                    }
-                                                }
-                                            }
-                                        }
-                                        Err(s) => out.status(id, &s),
-                                    }
-                                }
-                                Req::Cancel { id, call } => match client
-                                    .cancel(authed(pb::CancelRequest { function_call_id: call }, auth.as_ref()))
-                                    .await
-                                {
-                                    Ok(_) => out.push(id, K_NONE, &[]),
-                                    Err(s) => out.status(id, &s),
-                                },
-                            }
-                        });
-                    }
+                    let _ = stopped.await;
                 });
             })
             .map_err(|e| Error::from_reason(format!("berth: cannot start the client thread: {e}")))?;
-        Ok(Self { tx, shared, maps: Mutex::new(std::collections::HashMap::new()) })
+        Ok(Self {
+            rt: handle,
+            client,
+            shared: Arc::new(Shared(Mailbox::new(doorbell))),
+            maps: Mutex::new(std::collections::HashMap::new()),
+            _stop: Some(stop),
+        })
     }
 
-    fn send(&self, req: Req) -> Result<()> {
-        self.tx.send(req).map_err(|_| Error::from_reason("berth: the client has stopped"))
+    /// Runs request `id` as a task of its own; `f` gets the client and the mailbox.
+    fn run<F, Fut>(&self, id: f64, f: F)
+    where
+        F: FnOnce(Client, Arc<Shared>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let request = f(self.client.clone(), self.shared.clone());
+        let unanswered = Unanswered(Some((id, self.shared.clone())));
+        self.rt.spawn(async move {
+            let mut unanswered = unanswered;
+            request.await;
+            unanswered.0 = None;
+        });
     }
 
     #[napi]
@@ -295,7 +183,14 @@ impl BindingClient {
         params: Buffer,
         args: Buffer,
     ) -> Result<()> {
-        self.send(Req::Invoke { id, function: function_ref(app, name, method, params), args: args.to_vec() })
+        let (function, args) = (function_ref(app, name, method, params), args.to_vec());
+        self.run(id, |client, out| async move {
+            match client.invoke(function, args).await {
+                Ok(r) => out.result(id, r.result),
+                Err(s) => out.status(id, &s),
+            }
+        });
+        Ok(())
     }
 
     #[napi]
@@ -308,17 +203,37 @@ impl BindingClient {
         params: Buffer,
         args: Buffer,
     ) -> Result<()> {
-        self.send(Req::Spawn { id, function: function_ref(app, name, method, params), args: args.to_vec() })
+        let (function, args) = (function_ref(app, name, method, params), args.to_vec());
+        self.run(id, |client, out| async move {
+            match client.spawn(function, args).await {
+                Ok(r) => out.push(id, K_TEXT, r.function_call_id.as_bytes()),
+                Err(s) => out.status(id, &s),
+            }
+        });
+        Ok(())
     }
 
     #[napi]
     pub fn get_result(&self, id: f64, call: String, timeout: f64) -> Result<()> {
-        self.send(Req::Get { id, call, timeout })
+        self.run(id, |client, out| async move {
+            match client.get_result(call, timeout).await {
+                Ok(r) if r.ready => out.result(id, r.result),
+                Ok(_) => out.push(id, K_PENDING, &[]),
+                Err(s) => out.status(id, &s),
+            }
+        });
+        Ok(())
     }
 
     #[napi]
     pub fn cancel(&self, id: f64, call: String) -> Result<()> {
-        self.send(Req::Cancel { id, call })
+        self.run(id, |client, out| async move {
+            match client.cancel(call).await {
+                Ok(()) => out.push(id, K_NONE, &[]),
+                Err(s) => out.status(id, &s),
+            }
+        });
+        Ok(())
     }
 
     /// Opens a Map stream as request `id`: its results arrive as events of that id with their
@@ -326,12 +241,49 @@ impl BindingClient {
     #[napi]
     pub fn map_open(&self, id: f64, app: String, name: String, method: String, params: Buffer) -> Result<()> {
         let (tx, inputs) = mpsc::unbounded_channel();
-        let (cancel_tx, cancel) = tokio::sync::oneshot::channel();
+        let (cancel_tx, cancel) = oneshot::channel();
         self.maps
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id as u64, MapLink { inputs: Some(tx), cancel: cancel_tx });
-        self.send(Req::Map { id, function: function_ref(app, name, method, params), inputs, cancel })
+        let function = function_ref(app, name, method, params);
+        self.run(id, |client, out| async move {
+            let mut stream = match client.map(function, inputs).await {
+                Ok(stream) => stream,
+                Err(s) => return out.status(id, &s),
+            };
+            let mut cancel = Some(cancel);
+            loop {
+                let next = match cancel.as_mut() {
+                    Some(c) => tokio::select! {
+                        m = stream.message() => m,
+                        fired = c => {
+                            if fired.is_ok() {
+                                // Dropping the stream ends the call: the server cancels what
+                                // has not finished.
+                                out.push(id, K_MAP_END, &[]);
+                                break;
+                            }
+                            cancel = None;
+                            continue;
+                        }
+                    },
+                    None => stream.message().await,
+                };
+                match next {
+                    Ok(Some(m)) => out.result_at(id, m.result, m.index as f64),
+                    Ok(None) => {
+                        out.push(id, K_MAP_END, &[]);
+                        break;
+                    }
+                    Err(s) => {
+                        out.status(id, &s);
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Inputs for Map stream `id`: `meta` is `[index, offset, len] * n` over `bytes` (CBOR args).
@@ -344,7 +296,7 @@ impl BindingClient {
             .map(|c| {
                 let (at, len) = (c[1] as usize, c[2] as usize);
                 let args = bytes.get(at..at + len).unwrap_or_default().to_vec();
-                pb::MapRequest { item: Some(pb::map_request::Item::Input(pb::MapInput { index: c[0] as u64, args })) }
+                pb::MapInput { index: c[0] as u64, args }
             })
             .collect();
         let _ = tx.send(batch);

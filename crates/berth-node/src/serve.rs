@@ -14,6 +14,7 @@ use napi::bindgen_prelude::{AsyncTask, Buffer};
 use napi::{Env, Error, Result, Task};
 use napi_derive::napi;
 
+use crate::client::BindingClient;
 use crate::BindingPoolSpec;
 
 #[napi(object)]
@@ -104,6 +105,9 @@ pub struct BindingServer {
     address: String,
     http_address: Option<String>,
     supervisor: SupervisorHandle,
+    /// How callers in this process reach the control plane, without gRPC.
+    local: berth_server::Client,
+    runtime: tokio::runtime::Handle,
 }
 
 #[napi]
@@ -111,6 +115,7 @@ impl BindingServer {
     /// Binds and starts serving; throws with a message naming the fix when it cannot.
     #[napi(factory)]
     pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingServeOptions) -> Result<Self> {
+        crate::log::install();
         let mut defs = Vec::with_capacity(functions.len());
         let mut placements = Placements::default();
         for f in functions {
@@ -187,7 +192,8 @@ impl BindingServer {
         let address = plane.local_addr().to_string();
         let http_address = plane.http_addr().map(|a| a.to_string());
         let killer = plane.killer();
-        Ok(Self { running: Mutex::new(Some((rt, plane))), killer, address, http_address, supervisor })
+        let (local, runtime) = (plane.client(), rt.handle().clone());
+        Ok(Self { running: Mutex::new(Some((rt, plane))), killer, address, http_address, supervisor, local, runtime })
     }
 
     #[napi(getter)]
@@ -199,6 +205,24 @@ impl BindingServer {
     #[napi(getter)]
     pub fn http_address(&self) -> Option<String> {
         self.http_address.clone()
+    }
+
+    /// A client of this control plane for callers in this process: the same calls as a
+    /// `BindingClient` of `address`, made directly instead of over a loopback connection.
+    /// Null once `shutdown()` has begun: new callers then go over gRPC, as to any server.
+    #[napi]
+    pub fn client(&self, doorbell: crate::Doorbell) -> Result<Option<BindingClient>> {
+        if self.running.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(BindingClient::in_process(self.local.clone(), self.runtime.clone(), doorbell)))
+    }
+
+    /// How many `berth.v1.Functions` requests came over gRPC (none come from [`client`](Self::client)).
+    #[napi(getter)]
+    pub fn grpc_function_calls(&self) -> f64 {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.as_ref().map_or(0.0, |(_, plane)| plane.counters().grpc_function_calls as f64)
     }
 
     /// The forced stop (a second Ctrl-C): kills every container process now, without exit

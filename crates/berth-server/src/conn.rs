@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     idle_closes: AtomicU64,
     refused_over_cap: AtomicU64,
     stalled_bodies: AtomicU64,
+    grpc_function_calls: AtomicU64,
 }
 
 /// A snapshot of [`ControlPlane::counters`](crate::ControlPlane::counters), both listeners
@@ -43,6 +44,9 @@ pub struct ConnCounters {
     pub refused_over_cap: u64,
     /// HTTP requests answered 408 because their body made no progress within `body_timeout`.
     pub stalled_bodies: u64,
+    /// `berth.v1.Functions` requests that came over gRPC (a caller using
+    /// [`ControlPlane::client`](crate::ControlPlane::client) makes none).
+    pub grpc_function_calls: u64,
 }
 
 impl Counters {
@@ -52,6 +56,7 @@ impl Counters {
             idle_closes: self.idle_closes.load(Relaxed),
             refused_over_cap: self.refused_over_cap.load(Relaxed),
             stalled_bodies: self.stalled_bodies.load(Relaxed),
+            grpc_function_calls: self.grpc_function_calls.load(Relaxed),
         }
     }
 
@@ -164,10 +169,11 @@ impl Listener {
                         self.counters.refused_over_cap.fetch_add(1, Relaxed);
                         drop(stream);
                         if let Some(n) = self.refusals.note(Instant::now()) {
-                            eprintln!(
+                            tracing::warn!(
                                 "berth: refused {n} {} connection(s): {} are open, the cap; raise it with \
                                  --max-connections",
-                                self.what, self.limits.max_connections
+                                self.what,
+                                self.limits.max_connections
                             );
                         }
                         continue;
@@ -180,7 +186,7 @@ impl Listener {
                     // Out of file descriptors (EMFILE) and the like: the pending connection
                     // stays in the backlog, so accepting again at once would spin.
                     if let Some(n) = self.accept_errors.note(Instant::now()) {
-                        eprintln!(
+                        tracing::error!(
                             "berth: {} listener: accept failed {n} time(s), last: {e}; if it says too many \
                              open files, raise the limit (ulimit -n) or lower --max-connections",
                             self.what
@@ -443,19 +449,20 @@ impl tonic::transport::server::Connected for Conn {
 
 /// Keeps each gRPC request's connection busy from its arrival until its response body ends
 /// or is dropped: a Map stream waiting minutes for a slow input is never idle.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct CountRequestsLayer;
+/// It also counts the requests to `berth.v1.Functions`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CountRequestsLayer(pub Arc<Counters>);
 
 impl<S> tower::Layer<S> for CountRequestsLayer {
     type Service = CountRequests<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CountRequests(inner)
+        CountRequests(inner, self.0.clone())
     }
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct CountRequests<S>(S);
+pub(crate) struct CountRequests<S>(S, Arc<Counters>);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -474,6 +481,9 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let guard = req.extensions().get::<Arc<ConnState>>().map(ConnState::request);
+        if req.uri().path().starts_with("/berth.v1.Functions/") {
+            self.1.grpc_function_calls.fetch_add(1, Relaxed);
+        }
         let response = self.0.call(req);
         Box::pin(async move {
             let res = response.await?;

@@ -9,21 +9,22 @@ use berth_core::{Command, ContainerId, MethodSpec, PoolSpec, Scheduler};
 use berth_proto::v1::{self as pb, functions_server::Functions, ControlMessage};
 use tokio::sync::mpsc;
 
+use crate::containers::{attach_link, detached, handle_container_message};
+use crate::functions::FunctionsSvc;
 use crate::plane::{Host, Shared, State};
-use crate::service::{attach_link, detached, handle_container_message, FunctionsSvc};
 use crate::{FunctionDef, Registry, Spawner};
 
 /// What the HTTP ingress makes of a request body: the CBOR arguments and params, or the
 /// message of its 400 answer.
 pub fn parse_body(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
-    crate::http::parse_body(body)
+    crate::http::json::parse_body(body)
 }
 
 /// What the HTTP ingress makes of a function's result: the JSON body of its 200 answer, or
 /// None where it answers "the function's result is not valid CBOR".
 pub fn result_json(cbor: &[u8]) -> Option<Vec<u8>> {
     let v = ciborium::from_reader::<ciborium::Value, _>(cbor).ok()?;
-    Some(serde_json::to_vec(&crate::http::cbor_to_json(&v)).unwrap_or_default())
+    Some(serde_json::to_vec(&crate::http::json::cbor_to_json(&v)).unwrap_or_default())
 }
 
 type Started = Arc<Mutex<Vec<(ContainerId, String)>>>;

@@ -7,18 +7,24 @@
 //! container's process is started is a [`Spawner`]'s business. An optional HTTP/1.1 JSON
 //! ingress (`ServeOptions::http_addr`) makes the same calls as `Invoke`.
 
+mod auth;
+mod client;
 mod conn;
+mod containers;
+mod functions;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gpu;
 mod http;
+mod map;
 mod params;
 mod plane;
-mod service;
+mod server;
 pub mod supervisor;
 
+pub use client::{Client, ConnectError, MapResults};
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner};
-pub use service::{ControlPlane, Killer, ServeOptions};
+pub use server::{ControlPlane, Killer, ServeOptions};
 pub use supervisor::{Supervisor, SupervisorHandle, SupervisorOptions};

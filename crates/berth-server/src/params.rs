@@ -4,8 +4,8 @@
 //! INVALID_ARGUMENT (HTTP 400) instead of a container that exits at its start.
 use berth_proto::values::{self, ParamValue};
 
+use crate::functions::shown;
 use crate::plane::{FunctionDef, ParamKind, ParamSpec};
-use crate::service::shown;
 
 /// What a call to `def` with these parameters (CBOR, as sent; empty: none) runs with: every
 /// parameter of the class in declaration order, defaults filled in, as one CBOR map. Pools are

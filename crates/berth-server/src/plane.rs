@@ -469,7 +469,7 @@ pub(crate) fn start_failed(shared: &Shared, cid: ContainerId, phase: Phase, erro
         };
         let stack =
             if error.stack.is_empty() { format!("{}: {}", error.name, error.message) } else { error.stack.clone() };
-        eprintln!(
+        tracing::error!(
             "berth: {what}{hook} threw in container {cid}; callers get InitError, and containers restart with backoff \
              (up to {} s apart) while calls come. Logged once:\n{stack}",
             berth_core::MAX_RESTART_BACKOFF.as_secs()
@@ -599,7 +599,7 @@ impl Invoker for Host {
             Phase::Exit => "exit hooks ran past exitGracePeriod",
             _ => "enter hooks ran past startupTimeout",
         };
-        eprintln!("berth: container {container}: {what}; abandoned");
+        tracing::warn!("berth: container {container}: {what}; abandoned");
         if phase != Phase::Exit {
             self.0.lock().init_errors.entry(container).or_insert_with(|| pb::Error {
                 name: "FunctionTimeoutError".into(),
@@ -610,7 +610,7 @@ impl Invoker for Host {
     }
 
     fn replaced(&mut self, _pool: PoolId, container: ContainerId, input: InputId) {
-        eprintln!(
+        tracing::warn!(
             "berth: container {container}: input in-{input} kept running {}s after it was aborted (timed out or \
              interrupted) and ignores its AbortSignal: replacing the container (no exit hooks); its other inputs \
              run again on another one",
@@ -736,7 +736,7 @@ fn replace_hung_containers(shared: &Shared, now: Instant) {
         }
     }
     for (id, input, quiet) in hung {
-        eprintln!(
+        tracing::warn!(
             "berth: container {id} stopped answering (nothing for {:.1} s, its event loop is blocked or the process \
                  is stopped) while input in-{input} ran past its timeout: replacing it",
             quiet.as_secs_f64()

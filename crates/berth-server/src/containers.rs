@@ -1,0 +1,256 @@
+//! `berth.v1.Containers`: a container's Attach stream, and what its messages do (credits,
+//! hooks done, outputs, draining, heartbeats).
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+
+use berth_core::{Command, Phase};
+use berth_proto::v1::{self as pb, container_message, containers_server::Containers, ControlMessage};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::functions::bad;
+use crate::plane::{error, Shared};
+
+type Stream<T> = UnboundedReceiverStream<Result<T, Status>>;
+
+pub(crate) struct ContainersSvc {
+    pub(crate) shared: Arc<Shared>,
+}
+
+fn phase_from_pb(p: i32) -> Phase {
+    match pb::Phase::try_from(p) {
+        Ok(pb::Phase::Build) => Phase::Build,
+        Ok(pb::Phase::SnapEnter) => Phase::SnapEnter,
+        Ok(pb::Phase::Exit) => Phase::Exit,
+        _ => Phase::Enter,
+    }
+}
+
+#[tonic::async_trait]
+impl Containers for ContainersSvc {
+    type AttachStream = Stream<ControlMessage>;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::ContainerMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.next().await.ok_or_else(|| bad("empty Attach stream: say hello first"))??;
+        let Some(container_message::Msg::Hello(hello)) = first.msg else {
+            return Err(bad("the first Attach message must be hello { container_id, token }"));
+        };
+        let cid = hello.container_id;
+        let (out, rx) = mpsc::unbounded_channel();
+        attach_link(&self.shared, cid, &hello.token, out)?;
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = inbound.next().await {
+                handle_container_message(&shared, cid, msg.msg);
+            }
+            detached(&shared, cid);
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+/// A container's hello: its link (found by id and token) gets the stream's sender and sends
+/// what waited for the attach; the scheduler learns that the spawn is done.
+pub(crate) fn attach_link(
+    shared: &Shared,
+    cid: u32,
+    token: &str,
+    out: mpsc::UnboundedSender<Result<ControlMessage, Status>>,
+) -> Result<(), Status> {
+    {
+        let mut st = shared.lock();
+        // One answer for an unknown id and a wrong token: telling them apart would show
+        // an unauthenticated caller which container ids exist.
+        let link = st.links.get_mut(&cid).filter(|link| link.token == token).ok_or_else(|| {
+            Status::unauthenticated(
+                "unknown container or wrong token: attach with the container id and token the server \
+                 gave this container when it started it",
+            )
+        })?;
+        if link.tx.is_some() {
+            return Err(Status::already_exists(format!("container {cid} is already attached")));
+        }
+        link.tx = Some(out);
+        link.flush();
+    }
+    let _ = shared.commands.send(Command::HookDone { container: cid, phase: Phase::Spawn, ok: true });
+    Ok(())
+}
+
+/// A container's Attach stream ended: a container that was stopped is gone already; any other
+/// died.
+pub(crate) fn detached(shared: &Shared, cid: u32) {
+    let known = shared.lock().links.remove(&cid).is_some();
+    if known {
+        let _ = shared.commands.send(Command::ContainerLost(cid));
+        shared.spawner.stop(cid);
+    }
+}
+
+/// Finished executions: their results wait for the scheduler's decision, their credits return.
+fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
+    let mut done = Vec::with_capacity(outputs.len());
+    let mut answered = Vec::new();
+    let mut st = shared.lock();
+    let overdue = st.links.get(&cid).is_some_and(|l| !l.overdue.is_empty());
+    for o in outputs {
+        // Only the container running an execution answers it: another's output for it (a
+        // bug in that container) would take its result and its slot's credit.
+        let Entry::Occupied(exec) = st.execs.entry(o.exec_id) else {
+            continue;
+        };
+        if exec.get().0 != cid {
+            continue;
+        }
+        let (_, inputs) = exec.remove();
+        if overdue {
+            answered.extend(inputs.iter().map(|(i, _)| *i));
+        }
+        let mut results = o.results.into_iter();
+        for (input, attempt) in inputs {
+            let r =
+                results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
+            // An input answered already (cancelled while it ran) needs its result no more.
+            // A late result of an earlier attempt never replaces a later one's.
+            if st.inputs.contains_key(&input) && st.outputs.get(&input).is_none_or(|(a, _)| *a <= attempt) {
+                st.outputs.insert(input, (attempt, r));
+            }
+        }
+        let status = if o.retryable_failure { berth_core::ExecStatus::Failed } else { berth_core::ExecStatus::Ok };
+        done.push((o.exec_id, status));
+    }
+    // Each output acknowledges its execution: the slot's credit comes back.
+    if let Some(link) = st.links.get_mut(&cid) {
+        link.last_heard = std::time::Instant::now();
+        if !link.overdue.is_empty() {
+            link.overdue.retain(|i| !answered.contains(i));
+            if link.overdue.is_empty() {
+                link.overdue_since = None;
+            }
+        }
+        link.credits = link.credits.saturating_add(u32::try_from(done.len()).unwrap_or(u32::MAX));
+        link.flush();
+    }
+    drop(st);
+    if !done.is_empty() {
+        let _ = shared.commands.send(Command::Complete(done));
+    }
+}
+
+/// Any message from a container is a sign of life (outputs note it under their own lock).
+fn heard(shared: &Shared, cid: u32) {
+    if let Some(link) = shared.lock().links.get_mut(&cid) {
+        link.last_heard = std::time::Instant::now();
+    }
+}
+
+pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<container_message::Msg>) {
+    match msg {
+        Some(container_message::Msg::Credit(c)) => {
+            let mut st = shared.lock();
+            if let Some(link) = st.links.get_mut(&cid) {
+                link.last_heard = std::time::Instant::now();
+                // A container states its own slots; any number it sends must not overflow.
+                link.credits = link.credits.saturating_add(c.slots);
+                link.flush();
+            }
+        }
+        Some(container_message::Msg::HookDone(h)) => {
+            heard(shared, cid);
+            let phase = phase_from_pb(h.phase);
+            if !h.ok && phase != Phase::Exit {
+                if let Some(e) = h.error {
+                    crate::plane::start_failed(shared, cid, phase, e);
+                }
+            }
+            let _ = shared.commands.send(Command::HookDone { container: cid, phase, ok: h.ok });
+        }
+        Some(container_message::Msg::Output(o)) => outputs(shared, cid, vec![o]),
+        Some(container_message::Msg::OutputBatch(b)) => outputs(shared, cid, b.outputs),
+        Some(container_message::Msg::Draining(d)) => {
+            heard(shared, cid);
+            let cmd = if d.interrupted { Command::InterruptContainer(cid) } else { Command::DrainContainer(cid) };
+            let _ = shared.commands.send(cmd);
+        }
+        Some(container_message::Msg::Heartbeat(_)) => heard(shared, cid),
+        Some(container_message::Msg::Hello(_)) | None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_proto::v1::{self as pb, container_message::Msg};
+
+    use crate::fuzzing::Plane;
+
+    fn output(exec_id: u64) -> pb::ContainerMessage {
+        let result = pb::Result { outcome: Some(pb::result::Outcome::Value(vec![0x01])) };
+        pb::ContainerMessage {
+            msg: Some(Msg::Output(pb::Output { exec_id, results: vec![result], ..Default::default() })),
+        }
+    }
+
+    #[test]
+    fn credits_saturate() {
+        // Found by fuzz/ (attach_frames): credits are the container's to state, and two
+        // credits of u32::MAX overflowed the count (a panic in debug builds, which ended the
+        // task reading the container's stream; a wrapped, near-zero count in release).
+        let mut plane = Plane::new(1);
+        plane.spawn(vec![0x80]);
+        let (cid, token) = plane.started()[0].clone();
+        assert!(plane.hello(cid, &token));
+        let credit = || pb::ContainerMessage { msg: Some(Msg::Credit(pb::Credit { slots: u32::MAX })) };
+        plane.message(cid, credit());
+        // One went to the waiting input.
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX - 1)]);
+        plane.message(cid, credit());
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX)]);
+        let exec = plane.execs()[0].0;
+        plane.message(cid, output(exec));
+        assert_eq!(plane.credits(), vec![(cid, u32::MAX)]);
+    }
+
+    #[test]
+    fn a_container_answers_its_own_executions_only() {
+        // Found by fuzz/ (attach_frames): an output from container 1 for an execution running
+        // in container 2 completed it, and gave container 1 the credit.
+        // Two containers kept: a cold pool starts one for its queue until it has measured.
+        let mut plane = Plane::with_min_containers(1, 2);
+        plane.spawn(vec![0x81, 0x01]);
+        plane.spawn(vec![0x81, 0x02]);
+        let started = plane.started();
+        assert_eq!(started.len(), 2, "two containers for two inputs");
+        for (cid, token) in &started {
+            assert!(plane.hello(*cid, token));
+            plane.message(*cid, pb::ContainerMessage { msg: Some(Msg::Credit(pb::Credit { slots: 1 })) });
+        }
+        let execs = plane.execs();
+        assert_eq!(execs.iter().map(|e| e.1).collect::<Vec<_>>(), vec![started[0].0, started[1].0]);
+        let (mine, theirs) = (execs[0].0, execs[1].0);
+        let credits = plane.credits();
+        plane.message(started[0].0, output(theirs));
+        assert_eq!(plane.execs(), execs, "another container's output is ignored");
+        assert_eq!(plane.credits(), credits, "and brings no credit");
+        plane.message(started[0].0, output(mine));
+        assert_eq!(plane.execs(), vec![execs[1]]);
+    }
+
+    #[test]
+    fn a_lost_containers_unanswered_executions_are_forgotten() {
+        // They used to stay in the execution table for the server's lifetime.
+        let mut plane = Plane::new(1);
+        plane.spawn(vec![0x81, 0x01]);
+        let (cid, token) = plane.started()[0].clone();
+        assert!(plane.hello(cid, &token));
+        plane.message(cid, pb::ContainerMessage { msg: Some(Msg::Credit(pb::Credit { slots: 1 })) });
+        assert_eq!(plane.execs().len(), 1);
+        plane.detach(cid);
+        assert!(plane.execs().iter().all(|e| e.1 != cid), "{:?}", plane.execs());
+    }
+}

@@ -1,0 +1,336 @@
+//! `berth.v1.Functions` for callers: what a request names (resolved, its arguments checked),
+//! Invoke, Spawn, GetResult and Cancel, and the not-found messages that name what exists.
+//! Map's stream lives in `map.rs`.
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::{Command, PoolId, Submission};
+use berth_proto::v1::{self as pb, functions_server::Functions};
+use berth_proto::values;
+use tokio::sync::{oneshot, Notify};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::map::MapResponses;
+use crate::plane::{cancel_map, cancelled, error, CallSlot, Input, Registry, Shared, State, Waiter};
+
+pub(crate) fn bad(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+/// A name or id a caller sent, as echoed in an error: long ones are cut, so that an answer
+/// (and its `grpc-message` header) stays small whatever the caller sent.
+pub(crate) fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = 48;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+/// What a request named, resolved: the pool and method to submit to, and what its arguments
+/// must look like.
+pub(crate) struct Target {
+    pub pool: PoolId,
+    pub method: u32,
+    arity: Option<crate::plane::Arity>,
+    /// `square`, `Embedder.embed`: for messages.
+    label: String,
+}
+
+impl Target {
+    /// Arguments must be what a container decodes (berth_proto::values) and as many as the
+    /// method takes. `what` names them in the message, e.g. "args of input 3".
+    pub fn check_args(&self, args: &[u8], what: &str) -> Result<(), Status> {
+        let n = values::check_args(args)
+            .map_err(|e| bad(format!("{what} are not a value berth can pass to {}: {e}", self.label)))?;
+        match self.arity.and_then(|a| a.refuses(n)) {
+            Some(takes) => Err(bad(format!("{} takes {takes}; {what} hold {n}", self.label))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct FunctionsSvc {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl FunctionsSvc {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// The response header that carries a Map call's function call id (what `Cancel` takes).
+pub(crate) const MAP_CALL_ID_HEADER: &str = "berth-function-call-id";
+
+impl FunctionsSvc {
+    /// The pool and method index a request names, creating the pool for new parameters.
+    /// NOT_FOUND names what exists; INVALID_ARGUMENT says what to fix.
+    pub(crate) fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<Target, Status> {
+        let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
+        let reg = &self.shared.registry;
+        let (index, def) = reg
+            .functions
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.app == f.app && d.name == f.function)
+            .ok_or_else(|| unknown_function(reg, &f.app, &f.function))?;
+        if let Some(what) = def.not_a_method(&f.method) {
+            return Err(Status::not_found(what));
+        }
+        let method = if def.is_class {
+            def.methods.iter().position(|m| *m == f.method).ok_or_else(|| {
+                Status::not_found(format!(
+                    "class '{}' has no method '{}'{}; its methods: {}",
+                    def.name,
+                    shown(&f.method),
+                    did_you_mean(&f.method, &def.methods),
+                    def.methods.join(", ")
+                ))
+            })? as u32
+        } else {
+            if !(f.method.is_empty() || f.method == def.name) {
+                return Err(bad(format!("'{}' is a function, not a class: leave `method` empty", def.name)));
+            }
+            if !f.params.is_empty() {
+                return Err(bad(format!("'{}' is a function: it takes no class parameters", def.name)));
+            }
+            0
+        };
+        // Checked here, before any container starts; the pool is keyed by the full set.
+        let params = crate::params::canonical(def, &f.params).map_err(bad)?;
+        let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };
+        let arity = def.arity.get(method as usize).copied();
+        let pool = self.shared.pool(index, &params);
+        Ok(Target { pool, method, arity, label })
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// One call, as Invoke makes it: submitted with its own function call id, awaited.
+    pub(crate) async fn call(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (pb::Result, String) {
+        let fc = self.new_call_id();
+        let (tx, rx) = oneshot::channel();
+        self.submit(pool, method, args, fc.clone(), Waiter::Call(tx));
+        let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
+        (result, fc)
+    }
+
+    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) {
+        self.submit_many(pool, method, fc, vec![(args, waiter)])
+    }
+
+    /// Many inputs, one lock and one command. The inputs of a cancelled Map call are answered
+    /// `InputCancelledError` instead.
+    pub(crate) fn submit_many(&self, pool: PoolId, method: u32, fc: String, inputs: Vec<(Vec<u8>, Waiter)>) {
+        let mut subs = Vec::with_capacity(inputs.len());
+        let mut st = self.shared.lock();
+        if st.maps.get(&fc).is_some_and(|m| m.is_cancelled()) {
+            drop(st);
+            for (_, waiter) in inputs {
+                waiter.send(cancelled());
+            }
+            return;
+        }
+        for (args, waiter) in inputs {
+            st.next_input += 1;
+            let input = st.next_input;
+            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter });
+            subs.push(Submission { input, pool, method });
+        }
+        let last = subs.last().map_or(0, |s| s.input);
+        // A spawned call's slot learns its input before anything can cancel or answer it.
+        if let Some(slot) = st.calls.get_mut(&fc) {
+            slot.input = last;
+        }
+        // Sent under the lock, so a Cancel of these inputs always follows their submission.
+        let _ = self.shared.commands.send(Command::Submit(subs));
+    }
+
+    /// The status a caller gets for a request message the server could not read: tonic's
+    /// OUT_OF_RANGE for a message over the cap becomes RESOURCE_EXHAUSTED, naming the cap.
+    pub(crate) fn inbound_status(&self, status: Status) -> Status {
+        if status.code() != tonic::Code::OutOfRange {
+            return status;
+        }
+        Status::resource_exhausted(format!(
+            "a Map message is over this server's message size cap of {} bytes ({}): send smaller inputs, \
+             or start the server with a larger max_message_bytes",
+            self.shared.max_message_bytes,
+            status.message()
+        ))
+    }
+
+    pub(crate) fn new_call_id(&self) -> String {
+        let mut st = self.shared.lock();
+        st.next_call += 1;
+        format!("fc-{}", st.next_call)
+    }
+}
+
+#[tonic::async_trait]
+impl Functions for FunctionsSvc {
+    async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let req = req.into_inner();
+        let target = self.resolve(req.function.as_ref())?;
+        target.check_args(&req.args, "args")?;
+        let (result, fc) = self.call(target.pool, target.method, req.args).await;
+        Ok(Response::new(pb::InvokeResponse { result: Some(result), function_call_id: fc }))
+    }
+
+    type MapStream = MapResponses;
+
+    async fn map(&self, req: Request<Streaming<pb::MapRequest>>) -> Result<Response<Self::MapStream>, Status> {
+        let (responses, fc) = self.open_map(req.into_inner()).await?;
+        let mut response = Response::new(responses);
+        if let Ok(v) = fc.parse() {
+            response.metadata_mut().insert(MAP_CALL_ID_HEADER, v);
+        }
+        Ok(response)
+    }
+
+    async fn spawn(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
+        let req = req.into_inner();
+        let target = self.resolve(req.function.as_ref())?;
+        target.check_args(&req.args, "args")?;
+        let (pool, method) = (target.pool, target.method);
+        let fc = self.new_call_id();
+        // The slot exists before the input, so a fast result always finds it.
+        let ready = Arc::new(Notify::new());
+        self.shared.lock().calls.insert(fc.clone(), CallSlot { input: 0, result: None, ready });
+        // The slot learns its input in `submit`, under the same lock.
+        self.submit(pool, method, req.args, fc.clone(), Waiter::None);
+        Ok(Response::new(pb::SpawnResponse { function_call_id: fc }))
+    }
+
+    async fn get_result(&self, req: Request<pb::GetResultRequest>) -> Result<Response<pb::GetResultResponse>, Status> {
+        let req = req.into_inner();
+        let ready = {
+            let st = self.shared.lock();
+            let Some(slot) = st.calls.get(&req.function_call_id) else {
+                return Err(gone_or_unknown(&st, &req.function_call_id, self.shared.result_ttl));
+            };
+            slot.ready.clone()
+        };
+        let notified = ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // A delivered result is forgotten: slots must not pile up on a long-running server.
+        let take = |shared: &Shared| {
+            let mut st = shared.lock();
+            let ready = st.calls.get(&req.function_call_id).is_some_and(|s| s.result.is_some());
+            if ready {
+                st.calls.remove(&req.function_call_id).and_then(|s| s.result)
+            } else {
+                None
+            }
+        };
+        let mut result = take(&self.shared);
+        if result.is_none() && req.timeout > 0.0 {
+            let wait = Duration::from_secs_f64(req.timeout.min(86_400.0));
+            let _ = tokio::time::timeout(wait, notified).await;
+            result = take(&self.shared);
+        }
+        Ok(Response::new(pb::GetResultResponse { ready: result.is_some(), result }))
+    }
+
+    /// A spawned call's input, or every input of a Map call not answered yet.
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let fc = req.into_inner().function_call_id;
+        let st = self.shared.lock();
+        if let Some(call) = st.maps.get(&fc).cloned() {
+            drop(st);
+            cancel_map(&self.shared, &fc, &call);
+            return Ok(Response::new(pb::CancelResponse {}));
+        }
+        let input = st.calls.get(&fc).map(|s| s.input).ok_or_else(|| not_a_call(&fc))?;
+        // Under the lock: after the input's submission.
+        let _ = self.shared.commands.send(Command::Cancel(vec![input]));
+        Ok(Response::new(pb::CancelResponse {}))
+    }
+}
+
+/// A call id GetResult does not find: one this server issued (its result was delivered, or
+/// expired), or none it knows.
+fn gone_or_unknown(st: &State, fc: &str, ttl: Duration) -> Status {
+    let issued =
+        fc.strip_prefix("fc-").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 1 && n <= st.next_call);
+    if !issued {
+        return not_a_call(fc);
+    }
+    Status::not_found(format!(
+        "the result of {fc} is no longer kept: a spawned call's result is delivered once, and kept for {} s after it \
+         finishes (berth serve --result-ttl); collect it sooner",
+        ttl.as_secs()
+    ))
+}
+
+fn not_a_call(fc: &str) -> Status {
+    let fc = shown(fc);
+    Status::not_found(format!(
+        "no spawned call or open Map call '{fc}' on this server (Spawn returns the ids GetResult and Cancel \
+         take; Map sends its id in the `{MAP_CALL_ID_HEADER}` response header)"
+    ))
+}
+
+/// NOT_FOUND for a function or class the registry does not have: what the app has, or, for
+/// an app not served here, the apps that are (README "CLI": an unknown name is answered naming
+/// what exists).
+fn unknown_function(reg: &Registry, app: &str, function: &str) -> Status {
+    let known: Vec<String> = reg.functions.iter().filter(|d| d.app == app).map(|d| d.name.clone()).collect();
+    if known.is_empty() {
+        return Status::not_found(unknown_app(reg, app));
+    }
+    Status::not_found(format!(
+        "app '{}' has no function or class '{}'{}; it has: {}",
+        shown(app),
+        shown(function),
+        did_you_mean(function, &known),
+        known.join(", ")
+    ))
+}
+
+/// `no app named 'x' is served here`, with the apps that are (and the one meant, if close).
+pub(crate) fn unknown_app(reg: &Registry, app: &str) -> String {
+    let mut apps: Vec<String> = Vec::new();
+    for d in &reg.functions {
+        if !apps.contains(&d.app) {
+            apps.push(d.app.clone());
+        }
+    }
+    if apps.is_empty() {
+        return format!("no app named '{}' is served here: this server serves no app", shown(app));
+    }
+    format!("no app named '{}' is served here{}; served: {}", shown(app), did_you_mean(app, &apps), apps.join(", "))
+}
+
+/// ` (perhaps you mean 'square')` when one candidate is plausibly what `name` meant
+/// (`params::closest`), else empty. No `?`: tonic sends it in `grpc-message` as `%3F`, which
+/// @grpc/grpc-js (decodeURI) leaves as is.
+fn did_you_mean(name: &str, candidates: &[String]) -> String {
+    crate::params::closest(name, candidates).map_or_else(String::new, |c| format!(" (perhaps you mean '{c}')"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn not_found_suggests_what_was_meant() {
+        let names = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let apps = names(&["tinyml", "embeddings"]);
+        assert_eq!(crate::params::closest("tinyml2", &apps), Some("tinyml"), "a prefix");
+        assert_eq!(crate::params::closest("embedings", &apps), Some("embeddings"), "a typo");
+        assert_eq!(crate::params::closest("Embeddings", &apps), Some("embeddings"), "case");
+        assert_eq!(crate::params::closest("billing", &apps), None, "nothing close");
+        assert_eq!(crate::params::closest(&"x".repeat(10_000), &apps), None);
+        assert_eq!(super::did_you_mean("sqare", &names(&["square", "cube"])), " (perhaps you mean 'square')");
+        assert_eq!(super::did_you_mean("zzz", &names(&["square"])), "");
+    }
+}

@@ -1,0 +1,397 @@
+//! The HTTP/1.1 JSON ingress (`berth serve --http-port`): the same calls as gRPC `Invoke`,
+//! with JSON in and out.
+//!
+//! | request                                   | answer                                        |
+//! |-------------------------------------------|-----------------------------------------------|
+//! | `GET /healthz`                            | 200 `ok` (no token needed)                    |
+//! | `GET /{app}`, `GET /`                      | 200 what the app (every app) serves, as JSON  |
+//! | `POST /{app}/{function}`                  | 200 JSON result                               |
+//! | `POST /{app}/{Class}/{method}`            | 200 JSON result                               |
+//! | the function threw, timed out, cancelled  | 500 `{"error":{"name","message","stack"}}`    |
+//! | malformed JSON, wrong shape               | 400 `{"error":{"name":"InvalidArgument",..}}` |
+//! | no token / wrong token (when configured)  | 401                                           |
+//! | unknown app, function, class or method    | 404 naming what exists                        |
+//! | another path                              | 404; another method on a route: 405           |
+//! | body over `max_message_bytes`             | 413                                           |
+//! | body silent for `body_timeout`            | 408, and the connection closes                |
+//!
+//! The body is a JSON array of positional arguments, or `{"args": [...], "params": {...}}`
+//! (params: a class's parameters); an empty body means no arguments. Arguments cross to the
+//! container as a CBOR array and params as a CBOR map, exactly as a gRPC caller sends them.
+//! Answers to calls carry the call's id in `x-berth-function-call-id`.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::v1::{self as pb, result::Outcome};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Value as Json};
+use tokio::sync::oneshot;
+
+use self::json::{cbor_to_json, parse_body};
+use crate::auth::token_rule;
+use crate::conn::{Counters, Listener};
+use crate::functions::FunctionsSvc;
+
+pub(crate) mod json;
+
+/// A running HTTP ingress.
+pub(crate) struct Ingress {
+    pub local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Ctx {
+    svc: FunctionsSvc,
+    token: Option<String>,
+    max_body: usize,
+    body_timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+impl Ingress {
+    pub fn start(
+        local_addr: SocketAddr,
+        svc: FunctionsSvc,
+        token: Option<String>,
+        max_body: usize,
+        body_timeout: Duration,
+        mut incoming: Listener,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let ctx = Arc::new(Ctx { svc, token, max_body, body_timeout, counters });
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            let mut http1 = hyper::server::conn::http1::Builder::new();
+            // The connection's IO times the request heads (handshake_timeout): hyper's timer
+            // would also close keep-alive connections waiting for their next request, which
+            // is idle_timeout's to decide.
+            http1.header_read_timeout(None);
+            loop {
+                let conn = tokio::select! {
+                    _ = &mut stopped => break,
+                    conn = incoming.accept() => conn,
+                };
+                let state = conn.state();
+                let ctx = ctx.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    // Busy from the head until the answer is ready: the body and the call
+                    // have deadlines of their own.
+                    let open = state.request();
+                    async move {
+                        let res = handle(&ctx, req).await;
+                        drop(open);
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+                let conn = graceful.watch(http1.serve_connection(TokioIo::new(conn), service));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            // Stop accepting; requests in flight finish, idle connections close.
+            drop(incoming);
+            graceful.shutdown().await;
+        });
+        Self { local_addr, stop, task }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Answer {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+fn json_answer(status: StatusCode, body: &Json) -> Answer {
+    answer(status, "application/json", serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// Every failure that is not the function's own: `{"error": {"name", "message"}}`.
+fn fail(status: StatusCode, name: &str, message: impl Into<String>) -> Answer {
+    json_answer(status, &json!({ "error": { "name": name, "message": message.into() } }))
+}
+
+const ROUTES: &str =
+    "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET / or GET /healthz";
+
+async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path();
+    if path == "/healthz" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => answer(StatusCode::OK, "text/plain; charset=utf-8", b"ok".to_vec()),
+            _ => not_allowed("GET"),
+        };
+    }
+    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(message) = token_rule(ctx.token.as_deref(), authorization) {
+        let mut res = fail(StatusCode::UNAUTHORIZED, "Unauthenticated", message);
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return res;
+    }
+    let segments: Option<Vec<String>> = path.strip_prefix('/').unwrap_or(path).split('/').map(percent_decode).collect();
+    // GET / and GET /{app} (a trailing slash or not): what is served.
+    let listed = path.trim_end_matches('/');
+    if matches!(*req.method(), Method::GET | Method::HEAD) && !listed.get(1..).unwrap_or("").contains('/') {
+        match listed.get(1..).map(percent_decode) {
+            None => return listing(ctx, None),
+            Some(Some(app)) => return listing(ctx, Some(&app)),
+            Some(None) => {} // a malformed escape: the 404 below says what this server answers
+        }
+    }
+    let Some(segments) = segments.filter(|s| (2..=3).contains(&s.len()) && s.iter().all(|s| !s.is_empty())) else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no route {}: this server answers {ROUTES}", crate::functions::shown(path)),
+        );
+    };
+    if req.method() != Method::POST {
+        return not_allowed("POST");
+    }
+    let (app, function) = (segments[0].as_str(), segments[1].as_str());
+    let method = segments.get(2).map_or("", String::as_str);
+    if let Some(res) = wrong_shape(ctx, app, function, method) {
+        return res;
+    }
+
+    let too_large = || {
+        fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ResourceExhausted",
+            format!("the body is over this server's limit of {} bytes", ctx.max_body),
+        )
+    };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > ctx.max_body as u64) {
+        return too_large();
+    }
+    let body = match read_body(req.into_body(), ctx.max_body, ctx.body_timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Stalled) => {
+            ctx.counters.stalled_body();
+            let mut res = fail(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                format!(
+                    "the request body brought no bytes for {:?} (the server's body_timeout): send the whole \
+                     body without pausing, and a Content-Length no longer than the body",
+                    ctx.body_timeout
+                ),
+            );
+            // The rest of the body may still come; this connection cannot take another request.
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return res;
+        }
+        Err(BodyError::Other(e)) => {
+            return fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}"))
+        }
+    };
+    let (args, params) = match parse_body(&body) {
+        Ok(v) => v,
+        Err(message) => return fail(StatusCode::BAD_REQUEST, "InvalidArgument", message),
+    };
+
+    let f = pb::FunctionRef { app: app.into(), function: function.into(), method: method.into(), params };
+    let checked = ctx.svc.resolve(Some(&f)).and_then(|t| t.check_args(&args, "the arguments").map(|()| t));
+    let target = match checked {
+        Ok(t) => t,
+        Err(status) => {
+            let (code, name) = match status.code() {
+                tonic::Code::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
+                tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "Error"),
+            };
+            return fail(code, name, status.message());
+        }
+    };
+    let (result, fc) = ctx.svc.call(target.pool, target.method, args).await;
+    let mut res = match result.outcome {
+        Some(Outcome::Value(bytes)) => match ciborium::from_reader::<ciborium::Value, _>(bytes.as_slice()) {
+            Ok(v) => json_answer(StatusCode::OK, &cbor_to_json(&v)),
+            Err(e) => fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "SerializationError",
+                format!("the function's result is not valid CBOR: {e}"),
+            ),
+        },
+        Some(Outcome::Error(pb::Error { name, message, stack })) => json_answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({ "error": { "name": name, "message": message, "stack": stack } }),
+        ),
+        None => fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", "the container sent an empty result"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&fc) {
+        res.headers_mut().insert("x-berth-function-call-id", v);
+    }
+    res
+}
+
+enum BodyError {
+    TooLarge,
+    /// No frame within the body timeout, counted from the head or from the last frame.
+    Stalled,
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The whole body, unless it is over `max` or a frame is slower than `timeout` to come: a
+/// caller trickling a byte a minute, or declaring more than it sends, would otherwise hold
+/// the connection and this task for as long as it likes.
+async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
+    let mut body = Limited::new(body, max);
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => return Ok(out),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => return Err(BodyError::TooLarge),
+            Ok(Some(Err(e))) => return Err(BodyError::Other(e)),
+        }
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Answer {
+    let mut res = fail(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("use {allow} here; this server answers {ROUTES}"),
+    );
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
+/// `GET /{app}`: what the app serves, each function and class method with the path that calls
+/// it (a gRPC caller sends the same names in `FunctionRef`); `GET /`: every app. An app not
+/// served here is 404 naming those that are.
+fn listing(ctx: &Ctx, app: Option<&str>) -> Answer {
+    let reg = ctx.svc.registry();
+    let mut apps: Vec<&str> = Vec::new();
+    for d in &reg.functions {
+        if !apps.contains(&d.app.as_str()) {
+            apps.push(&d.app);
+        }
+    }
+    let describe = |app: &str| {
+        let mut functions = Vec::new();
+        for d in reg.functions.iter().filter(|d| d.app == app) {
+            if d.is_class {
+                for m in &d.methods {
+                    let path = format!("/{}/{}/{}", path_segment(app), path_segment(&d.name), path_segment(m));
+                    functions.push(json!({ "function": d.name, "method": m, "path": path }));
+                }
+            } else {
+                let path = format!("/{}/{}", path_segment(app), path_segment(&d.name));
+                functions.push(json!({ "function": d.name, "path": path }));
+            }
+        }
+        json!({ "app": app, "functions": functions })
+    };
+    const CALL: &str = concat!(
+        r#"POST a path with a JSON array of arguments, or {"args": [...], "params": {...}} for a class's parameters; "#,
+        "over gRPC, berth.v1.Functions with function {app, function, method}",
+    );
+    match app {
+        None => json_answer(
+            StatusCode::OK,
+            &json!({ "apps": apps.iter().map(|a| describe(a)).collect::<Vec<_>>(), "call": CALL }),
+        ),
+        Some(app) if apps.contains(&app) => {
+            let mut body = describe(app);
+            body["call"] = json!(CALL);
+            json_answer(StatusCode::OK, &body)
+        }
+        Some(app) => fail(StatusCode::NOT_FOUND, "NotFound", crate::functions::unknown_app(reg, app)),
+    }
+}
+
+/// A name as one path segment: `%XX` for every byte but the unreserved ones (RFC 3986).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A class called without a method, or a function called with one: the path's shape is
+/// wrong, and the answer says which path to use. Unknown names are `resolve`'s to report.
+fn wrong_shape(ctx: &Ctx, app: &str, function: &str, method: &str) -> Option<Answer> {
+    let def = ctx.svc.registry().functions.iter().find(|d| d.app == app && d.name == function)?;
+    let message = match (def.is_class, method.is_empty()) {
+        (true, true) => format!(
+            "'{function}' is a class: call one of its methods, POST /{app}/{function}/{{method}}; its methods: {}",
+            def.methods.join(", ")
+        ),
+        (false, false) => format!("'{function}' is a function, not a class: POST /{app}/{function}"),
+        _ => return None,
+    };
+    Some(fail(StatusCode::NOT_FOUND, "NotFound", message))
+}
+
+/// `%XX` escapes in a path segment; None if one is malformed or the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::json::base64;
+    use super::*;
+
+    #[test]
+    fn base64_and_percent_decoding() {
+        for (raw, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")] {
+            assert_eq!(base64(raw.as_bytes()), want);
+        }
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
+        assert_eq!(percent_decode("my%20app").as_deref(), Some("my app"));
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%+f"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,317 @@
+#![allow(clippy::unwrap_used)]
+//! `ControlPlane::client`: a caller in the control plane's own process gets the same answers
+//! as a gRPC caller (the same handlers run), Map's window holds its inputs back the same way,
+//! and no request goes over the gRPC listener.
+mod common;
+
+use common::{bounded, cbor};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::{MethodSpec, PoolSpec};
+use berth_proto::v1::{self as pb, result::Outcome};
+use berth_server::{
+    Arity, Client, ControlPlane, ExitReporter, FunctionDef, MapResults, Registry, ServeOptions, Spawner,
+};
+use ciborium::Value as C;
+use tokio::sync::mpsc;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn args(x: i64) -> Vec<u8> {
+    cbor(&C::Array(vec![C::Integer(x.into())]))
+}
+
+fn int(r: &pb::Result) -> i64 {
+    match &r.outcome {
+        Some(Outcome::Value(v)) => {
+            let v: C = ciborium::from_reader(v.as_slice()).unwrap();
+            i64::try_from(v.as_integer().unwrap()).unwrap()
+        }
+        other => panic!("expected a value, got {other:?}"),
+    }
+}
+
+fn err_name(r: &pb::Result) -> String {
+    match &r.outcome {
+        Some(Outcome::Error(e)) => e.name.clone(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Containers that square their input after `delay`, counting what they execute.
+#[derive(Default)]
+struct Squares {
+    delay: Duration,
+    executed: Arc<AtomicUsize>,
+    tasks: common::Tasks,
+}
+
+impl Spawner for Squares {
+    fn spawn(&self, _: &FunctionDef, _: &[u8], container: u32, token: &str, endpoint: &str, _: ExitReporter) {
+        let (delay, executed) = (self.delay, self.executed.clone());
+        let serve = common::attach_and_serve(endpoint.to_string(), container, token.to_string(), move |e| {
+            let executed = executed.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                executed.fetch_add(e.inputs.len(), Ordering::Relaxed);
+                e.inputs
+                    .iter()
+                    .map(|i| {
+                        let v: C = ciborium::from_reader(i.args.as_slice()).unwrap();
+                        let x = i64::try_from(v.as_array().unwrap()[0].as_integer().unwrap()).unwrap();
+                        pb::Result { outcome: Some(Outcome::Value(cbor(&C::Integer((x * x).into())))) }
+                    })
+                    .collect()
+            }
+        });
+        self.tasks.start(container, serve);
+    }
+
+    fn stop(&self, container: u32) {
+        self.tasks.stop(container);
+    }
+}
+
+fn app() -> Registry {
+    let mut spec = PoolSpec::new("square", vec![MethodSpec::default()]);
+    spec.max_inputs = 4;
+    spec.target_inputs = 4;
+    spec.max_containers = 1;
+    Registry {
+        functions: vec![FunctionDef {
+            app: "demo".into(),
+            name: "square".into(),
+            methods: vec!["square".into()],
+            is_class: false,
+            spec,
+            arity: vec![Arity { min: 1, max: Some(1) }],
+            params: Vec::new(),
+            not_callable: Vec::new(),
+        }],
+    }
+}
+
+fn opts() -> ServeOptions {
+    ServeOptions { addr: "127.0.0.1:0".parse().unwrap(), max_message_bytes: 1024, ..ServeOptions::default() }
+}
+
+async fn start(spawner: Squares, opts: ServeOptions) -> ControlPlane {
+    ControlPlane::start(app(), spawner, opts).await.unwrap()
+}
+
+fn square() -> pb::FunctionRef {
+    pb::FunctionRef { app: "demo".into(), function: "square".into(), ..Default::default() }
+}
+
+fn grpc(plane: &ControlPlane) -> Client {
+    Client::grpc(&format!("http://{}", plane.local_addr()), None).unwrap()
+}
+
+/// A Map call over `inputs`, its sender kept open until `close`.
+async fn map(
+    client: &Client,
+    inputs: impl IntoIterator<Item = u64>,
+) -> (MapResults, mpsc::UnboundedSender<Vec<pb::MapInput>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(inputs.into_iter().map(|i| pb::MapInput { index: i, args: args(i as i64) }).collect()).unwrap();
+    (client.map(square(), rx).await.unwrap(), tx)
+}
+
+/// Reads a Map call to its end: each index's result (once), then how the call ended.
+async fn drain(results: &mut MapResults, got: &mut HashMap<u64, pb::Result>) -> Result<(), tonic::Status> {
+    while let Some(m) = results.message().await? {
+        assert!(got.insert(m.index, m.result.unwrap()).is_none(), "index {} twice", m.index);
+    }
+    Ok(())
+}
+
+/// Every way a request can be refused, asked both ways: the same code and the same words.
+#[tokio::test]
+async fn refusals_read_the_same_as_over_grpc() {
+    bounded(LIMIT, async {
+        let plane = start(Squares::default(), opts()).await;
+        let (local, remote) = (plane.client(), grpc(&plane));
+        assert!(local.is_in_process() && !remote.is_in_process());
+        let named = |app: &str, function: &str, method: &str| pb::FunctionRef {
+            app: app.into(),
+            function: function.into(),
+            method: method.into(),
+            ..Default::default()
+        };
+        let big = cbor(&C::Array(vec![C::Bytes(vec![7; 4096])]));
+        let cases: Vec<(pb::FunctionRef, Vec<u8>)> = vec![
+            (named("demo", "sqare", ""), args(1)),
+            (named("nope", "square", ""), args(1)),
+            (named("demo", "square", "m"), args(1)),
+            (square(), vec![0xff, 0x00]),
+            (square(), cbor(&C::Array(vec![]))),
+            (square(), cbor(&C::Integer(3.into()))),
+            (square(), big),
+        ];
+        for (function, a) in cases {
+            let want = remote.invoke(function.clone(), a.clone()).await.unwrap_err();
+            let got = local.invoke(function.clone(), a.clone()).await.unwrap_err();
+            assert_eq!((got.code(), got.message()), (want.code(), want.message()), "invoke {function:?}");
+            let want = remote.spawn(function.clone(), a.clone()).await.unwrap_err();
+            let got = local.spawn(function.clone(), a).await.unwrap_err();
+            assert_eq!((got.code(), got.message()), (want.code(), want.message()), "spawn {function:?}");
+        }
+        for id in ["fc-999", "nonsense", &"y".repeat(10_000)] {
+            let want = remote.get_result(id.into(), 0.0).await.unwrap_err();
+            let got = local.get_result(id.into(), 0.0).await.unwrap_err();
+            assert_eq!((got.code(), got.message()), (want.code(), want.message()), "get_result {id}");
+            let want = remote.cancel(id.into()).await.unwrap_err();
+            let got = local.cancel(id.into()).await.unwrap_err();
+            assert_eq!((got.code(), got.message()), (want.code(), want.message()), "cancel {id}");
+        }
+        // A Map input over the cap: the inputs before it are answered, then the same status.
+        let oversized = pb::MapInput { index: 2, args: cbor(&C::Array(vec![C::Bytes(vec![7; 4096])])) };
+        let mut ends = Vec::new();
+        for client in [&remote, &local] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tx.send(vec![pb::MapInput { index: 0, args: args(0) }, pb::MapInput { index: 1, args: args(1) }]).unwrap();
+            tx.send(vec![oversized.clone(), pb::MapInput { index: 3, args: args(3) }]).unwrap();
+            let mut results = client.map(square(), rx).await.unwrap();
+            let mut got = HashMap::new();
+            let end = drain(&mut results, &mut got).await.unwrap_err();
+            assert_eq!(got.keys().copied().collect::<std::collections::BTreeSet<_>>(), [0, 1].into());
+            ends.push((end.code(), end.message().to_string()));
+        }
+        assert_eq!(ends[0], ends[1]);
+        assert_eq!(ends[0].0, tonic::Code::ResourceExhausted);
+        let calls = plane.counters().grpc_function_calls;
+        assert_eq!(calls, 21, "each gRPC call is counted");
+        local.invoke(square(), args(3)).await.unwrap();
+        assert_eq!(plane.counters().grpc_function_calls, calls, "in-process calls do not go over gRPC");
+        plane.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invoke_spawn_get_result_and_cancel() {
+    bounded(LIMIT, async {
+        let plane = start(Squares { delay: Duration::from_millis(300), ..Squares::default() }, opts()).await;
+        let c = plane.client();
+        let r = c.invoke(square(), args(7)).await.unwrap();
+        assert_eq!(int(r.result.as_ref().unwrap()), 49);
+        assert!(r.function_call_id.starts_with("fc-"), "{}", r.function_call_id);
+
+        let fc = c.spawn(square(), args(6)).await.unwrap().function_call_id;
+        let r = c.get_result(fc.clone(), 0.0).await.unwrap();
+        assert!(!r.ready, "not finished yet");
+        let r = c.get_result(fc.clone(), 10.0).await.unwrap();
+        assert_eq!(int(r.result.as_ref().unwrap()), 36);
+        let e = c.get_result(fc, 0.0).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "delivered once: {e:?}");
+
+        // Four slots busy for 300 ms: the fifth input waits in the queue, where Cancel finds it.
+        let busy: Vec<String> = spawn_n(&c, 4).await;
+        let fc = c.spawn(square(), args(5)).await.unwrap().function_call_id;
+        c.cancel(fc.clone()).await.unwrap();
+        let r = c.get_result(fc, 10.0).await.unwrap();
+        assert_eq!(err_name(r.result.as_ref().unwrap()), "InputCancelledError");
+        for fc in busy {
+            assert!(c.get_result(fc, 10.0).await.unwrap().ready);
+        }
+        assert_eq!(plane.counters().grpc_function_calls, 0);
+        plane.shutdown().await;
+    })
+    .await;
+}
+
+/// Spawns `n` calls, their ids.
+async fn spawn_n(c: &Client, n: i64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(c.spawn(square(), args(i)).await.unwrap().function_call_id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_map_that_reads_nothing_holds_its_inputs_back_then_gets_every_result() {
+    bounded(LIMIT, async {
+        const WINDOW: usize = 100;
+        let squares = Squares::default();
+        let executed = squares.executed.clone();
+        let plane = start(squares, ServeOptions { map_window: WINDOW, ..opts() }).await;
+        let c = plane.client();
+        let n = 20 * WINDOW as u64;
+        let (mut results, tx) = map(&c, 0..n).await;
+        drop(tx);
+        let mut last = usize::MAX;
+        while executed.load(Ordering::Relaxed) != last {
+            last = executed.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // No transport buffers results in process: the window is all that runs.
+        assert!(last <= WINDOW, "{last} of {n} inputs ran for a caller that read none");
+        assert!(last >= WINDOW / 2, "the window was used: {last}");
+        let mut got = HashMap::new();
+        drain(&mut results, &mut got).await.unwrap();
+        assert_eq!(got.len(), n as usize);
+        assert!((0..n).all(|i| int(&got[&i]) == (i * i) as i64));
+        assert_eq!(plane.counters().grpc_function_calls, 0);
+        plane.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_map_answers_each_unfinished_input_cancelled_and_dropping_it_cancels_too() {
+    bounded(LIMIT, async {
+        let squares = Squares { delay: Duration::from_millis(100), ..Squares::default() };
+        let executed = squares.executed.clone();
+        let plane = start(squares, opts()).await;
+        let c = plane.client();
+        let n = 40;
+        let (mut results, tx) = map(&c, 0..n).await;
+        let fc = results.function_call_id().unwrap().to_string();
+        let first = results.message().await.unwrap().unwrap();
+        c.cancel(fc.clone()).await.unwrap();
+        let mut got = HashMap::from([(first.index, first.result.unwrap())]);
+        drain(&mut results, &mut got).await.unwrap();
+        assert_eq!(got.len(), n as usize, "every input answered");
+        let cancelled = got.values().filter(|r| matches!(r.outcome, Some(Outcome::Error(_)))).count();
+        assert!(cancelled >= n as usize - 8, "the unfinished inputs are cancelled: {cancelled} of {n}");
+        assert!(got
+            .values()
+            .filter(|r| matches!(r.outcome, Some(Outcome::Error(_))))
+            .all(|r| err_name(r) == "InputCancelledError"));
+        let e = c.cancel(fc).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "an ended Map is forgotten");
+        drop(tx);
+
+        // A caller that drops its results leaves nothing to run for nobody.
+        let before = executed.load(Ordering::Relaxed);
+        let (mut results, tx) = map(&c, 0..n).await;
+        results.message().await.unwrap().unwrap();
+        drop(results);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let ran = executed.load(Ordering::Relaxed) - before;
+        assert!(ran < 12, "queued inputs were dropped, not run: {ran} of {n} ran");
+        drop(tx);
+        plane.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_after_the_control_plane_stopped_are_unavailable() {
+    bounded(LIMIT, async {
+        let plane = start(Squares::default(), opts()).await;
+        let c = plane.client();
+        assert_eq!(int(c.invoke(square(), args(2)).await.unwrap().result.as_ref().unwrap()), 4);
+        plane.shutdown().await;
+        let e = c.invoke(square(), args(2)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        let (_, rx) = mpsc::unbounded_channel();
+        assert_eq!(c.map(square(), rx).await.err().unwrap().code(), tonic::Code::Unavailable);
+    })
+    .await;
+}
