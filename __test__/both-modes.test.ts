@@ -86,3 +86,25 @@ test.serial('an error from user code reaches the caller with the same class, nam
     ok || error?.remoteName !== undefined ? { ok, error } : { ok, error: { ...error, remoteStack: undefined } }
   for (const k of Object.keys(e)) t.deepEqual(seen(proc.result[k]), seen(e[k]), `${k}: process containers vs embedded`)
 })
+
+test.serial('failures berth reports itself (timeouts with and without retries, a cancelled call) read the same in both modes and name the function or method, for the caller and in the input\'s AbortSignal', async (t) => {
+  const runs = await both('failures')
+  const reasons = runs.map((r) => r.stdout.split('\n').filter((l) => l.startsWith('[reason] ')))
+  for (const [i, r] of runs.entries()) t.is(r.code, 0, `${MODES[i]}\n${r.stdout}\n${r.stderr}`)
+  const hint = '; raise `timeout` in its options if it needs longer'
+  t.deepEqual(runs[0].result, {
+    timeout: { ok: false, error: { class: 'FunctionTimeoutError', name: 'FunctionTimeoutError', message: `stuck timed out after 0.5s${hint}` } },
+    timeoutRetried: { ok: false, error: { class: 'FunctionTimeoutError', name: 'FunctionTimeoutError', message: `stuckTwice timed out after 0.5s on each of 2 attempts${hint}` } },
+    method: { ok: false, error: { class: 'FunctionTimeoutError', name: 'FunctionTimeoutError', message: `Stuck.wait timed out after 0.5s${hint}` } },
+    cancelled: { ok: false, error: { class: 'InputCancelledError', name: 'InputCancelledError', message: 'held was cancelled' } },
+  })
+  t.deepEqual(runs[1].result, runs[0].result, 'the caller reads the same with container processes')
+  t.deepEqual(reasons[0], [
+    '[reason] InputCancelledError: held was cancelled',
+    '[reason] FunctionTimeoutError: stuck timed out after 0.5s (attempt 1)',
+    '[reason] FunctionTimeoutError: stuckTwice timed out after 0.5s (attempt 1)',
+    '[reason] FunctionTimeoutError: stuckTwice timed out after 0.5s (attempt 2)',
+    '[reason] FunctionTimeoutError: Stuck.wait timed out after 0.5s (attempt 1)',
+  ])
+  t.deepEqual(reasons[1], reasons[0], 'the input\'s signal says the same inside a container process')
+})
