@@ -5,8 +5,8 @@
 import { binding, type BindingContainer } from '../native.ts'
 import { batchArityError } from '../shared/arity.ts'
 import { decodeValue, encodeValue } from '../shared/cbor.ts'
-import { AbortReasonCode, ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
-import { FunctionTimeoutError, InputCancelledError, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
+import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
+import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { applyParams, batchResultError, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
@@ -21,7 +21,6 @@ export interface ContainerApp {
 // The packed buffers' numbers (crates/berth-node/src/codes.rs), as module constants.
 const { Hook: EV_HOOK, Execute: EV_EXECUTE, Abort: EV_ABORT, Stop: EV_STOP, Closed: EV_CLOSED } = ContainerEvent
 const { Value: OUT_VALUE, Error: OUT_ERROR } = OutputKind
-const { Timeout: ABORT_TIMEOUT, Rescheduled: ABORT_RESCHEDULED } = AbortReasonCode
 const { Build: PHASE_BUILD, SnapEnter: PHASE_SNAP_ENTER, Enter: PHASE_ENTER, Exit: PHASE_EXIT } = PhaseCode
 
 interface ExecInput {
@@ -40,6 +39,8 @@ class ContainerCtx implements InputContext {
   constructor(
     readonly inputId: string,
     readonly functionCallId: string,
+    /** The function, or `Class.method`, as messages name it. */
+    readonly label: string,
   ) {}
   get signal(): AbortSignal {
     if (!this.ctrl) {
@@ -57,14 +58,18 @@ class ContainerCtx implements InputContext {
 
 const utf8 = new TextDecoder()
 
-/** What an input's `signal.reason` says, by the control plane's abort reason. */
-function abortReason(name: string, reason: number): Error {
-  if (reason === ABORT_TIMEOUT) return new FunctionTimeoutError(`${name} timed out`)
-  if (reason === ABORT_RESCHEDULED)
-    return new InputCancelledError(
-      `${name}: its container is stopping (interrupted or replaced); the input runs again on another container`,
-    )
-  return new InputCancelledError(`${name} was cancelled`)
+// Failures berth reports itself, worded once for both container modes (crates/berth-core/src/failure.rs).
+const { describeAbort } = binding()
+
+/**
+ * The control plane sent a method index this container's class does not have: its registry was
+ * made from another version of the file than the one this container loaded.
+ */
+function noSuchMethod(def: PoolDef, index: number): string {
+  return (
+    `${def.name}: the control plane asked for method ${index + 1} of ${def.name}, which has ${def.methods.length} here ` +
+    `(${def.methods.map((m) => m.name).join(', ')}): the file changed since the server started; restart it`
+  )
 }
 
 /**
@@ -251,7 +256,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         output(
           exec,
           false,
-          inputs.map(() => ({ ok: false, value: new InvalidError(`${def.name} has no method #${method}`) })),
+          inputs.map(() => ({ ok: false, value: new InvalidError(noSuchMethod(def, method)) })),
         )
         return
       }
@@ -281,7 +286,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         }
       }
       const target: (...a: unknown[]) => unknown = def.fn ?? inst[m.name]
-      const ctx = new ContainerCtx(`in-${inputs[0].id}`, inputs[0].fc)
+      const ctx = new ContainerCtx(`in-${inputs[0].id}`, inputs[0].fc, label)
       for (const i of inputs) running.set(i.id, ctx)
       const done = (retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
         for (const i of inputs) running.delete(i.id)
@@ -386,7 +391,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           execute(exec, method, inputs, bad)
         } else if (tag === EV_ABORT) {
           const ctx = running.get(ev[i + 1])
-          ctx?.abort(abortReason(def.name, ev[i + 3]))
+          if (ctx !== undefined) ctx.abort(errorFromData(describeAbort(ctx.label, ev[i + 3], ev[i + 2], def.options.timeoutMs)))
           i += 4
         } else if (tag === EV_STOP) {
           finish(0)

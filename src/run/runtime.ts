@@ -7,16 +7,8 @@
 // from timers arrive through one weak doorbell.
 import { binding, type BindingRuntime } from '../native.ts'
 import { batchArityError } from '../shared/arity.ts'
-import {
-  AbortReasonCode,
-  ExecStatusCode,
-  MAX_RESCHEDULES,
-  OVERDUE_GRACE_SECONDS,
-  OutcomeCode,
-  PhaseCode,
-  RuntimeEvent,
-} from '../shared/codes.ts'
-import { FunctionTimeoutError, InputCancelledError, InvalidError, RemoteError, initError, inputError } from '../shared/errors.ts'
+import { AbortReasonCode, ExecStatusCode, OutcomeCode, PhaseCode, RuntimeEvent } from '../shared/codes.ts'
+import { errorFromData, InputCancelledError, InvalidError, initError, inputError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import { applyParams, batchResultError, bindingSpec, describe, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
@@ -34,14 +26,10 @@ const {
 } = RuntimeEvent
 const { Ok: ST_OK, Failed: ST_FAILED, FailedFinal: ST_FINAL, Delivered: ST_DELIVERED } = ExecStatusCode
 const { Build: PHASE_BUILD, SnapEnter: PHASE_SNAP_ENTER, Exit: PHASE_EXIT } = PhaseCode
-const PHASE_NAMES: Record<number, string> = {
-  [PhaseCode.Build]: 'build',
-  [PhaseCode.SnapEnter]: 'enter (snap)',
-  [PhaseCode.Enter]: 'enter',
-  [PhaseCode.Exit]: 'exit',
-}
-const { Ok: OUT_OK, Failed: OUT_FAILED, Timeout: OUT_TIMEOUT, Cancelled: OUT_CANCELLED, Init: OUT_INIT, Lost: OUT_LOST } = OutcomeCode
-const { Timeout: ABORT_TIMEOUT, Rescheduled: ABORT_RESCHEDULED } = AbortReasonCode
+const { Ok: OUT_OK, Failed: OUT_FAILED, Init: OUT_INIT } = OutcomeCode
+const { Timeout: ABORT_TIMEOUT } = AbortReasonCode
+// Failures berth reports itself, worded once for both container modes (crates/berth-core/src/failure.rs).
+const { describeAbandoned, describeAbort, describeOutcome, describeReplaced } = binding()
 const MICRO_FLUSHES = 64
 
 export interface Pool {
@@ -663,14 +651,10 @@ export class EmbeddedRuntime {
     const rec = this.inputs.get(id)
     if (rec === undefined || rec.attempt !== attempt) return
     const ctx = ctxOf(rec)
-    const name = this.label(rec)
-    if (reason === ABORT_TIMEOUT) {
-      ctx.abort(new FunctionTimeoutError(`${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s (attempt ${attempt})`))
-    } else if (reason === ABORT_RESCHEDULED) {
-      if (--ctx.live <= 0) ctx.abort(new InputCancelledError(`${name}: its container is being replaced; the input runs again on a new one`))
-    } else if (--ctx.live <= 0) {
-      ctx.abort(new InputCancelledError(`${name} was cancelled`))
-    }
+    // A batch's signal aborts once all its inputs are cancelled or rescheduled; a timeout ends
+    // the whole execution at once.
+    if (reason !== ABORT_TIMEOUT && --ctx.live > 0) return
+    ctx.abort(errorFromData(describeAbort(this.label(rec), reason, attempt, rec.pool.def.options.timeoutMs)))
   }
 
   private label(rec: InputRec): string {
@@ -690,38 +674,16 @@ export class EmbeddedRuntime {
           if (rec.outcomeOk) rec.resolve(rec.outcome)
           else rec.reject(rec.outcome)
         } else {
-          rec.reject(new RemoteError('Error', `${name}: the result of attempt ${attempt} was lost`, undefined))
+          rec.reject(errorFromData(describeOutcome(name, code, attempt, 0)))
         }
-        break
-      case OUT_TIMEOUT:
-        rec.reject(
-          new FunctionTimeoutError(
-            `${name} timed out after ${rec.pool.def.options.timeoutMs / 1000}s` +
-              (attempt > 1 ? ` on each of ${attempt} attempts` : '') +
-              '; raise `timeout` in its options if it needs longer',
-          ),
-        )
-        break
-      case OUT_CANCELLED:
-        rec.reject(new InputCancelledError(`${name} was cancelled`))
         break
       case OUT_INIT: {
         const cause = this.initErrors.get(aux)
-        rec.reject(initError(cause ?? new Error(`${rec.pool.def.name}: the container failed to start`)))
+        rec.reject(cause === undefined ? errorFromData(describeOutcome(rec.pool.def.name, code, attempt, 0)) : initError(cause))
         break
       }
-      case OUT_LOST:
-        rec.reject(
-          new RemoteError(
-            'ContainerLost',
-            `${name}: the container running it stopped unexpectedly, ${MAX_RESCHEDULES + 1} times in a row ` +
-              '(each time it ran again on a new container, without spending retries): the input itself may be what ends them',
-            undefined,
-          ),
-        )
-        break
       default:
-        rec.reject(new InvalidError(`${name}: the app is stopping or stopped; call it inside app.run()`))
+        rec.reject(errorFromData(describeOutcome(name, code, attempt, rec.pool.def.options.timeoutMs)))
     }
     if (this.inputs.size === 0) this.release()
   }
@@ -748,24 +710,17 @@ export class EmbeddedRuntime {
   }
 
   private abandoned(poolId: number, cid: number, phase: number): void {
-    const pool = this.pools[poolId]
-    const o = pool.def.options
-    const bound =
-      phase === PHASE_EXIT ? `exitGracePeriod (${o.exitGracePeriodMs / 1000}s)` : `startupTimeout (${o.startupTimeoutMs / 1000}s)`
-    const msg = `berth: the ${PHASE_NAMES[phase]} hooks of ${pool.def.name} (container ${cid}) ran past ${bound} and were abandoned`
-    console.error(msg)
-    if (phase !== PHASE_EXIT && !this.initErrors.has(cid)) this.initErrors.set(cid, new FunctionTimeoutError(msg))
+    const { def } = this.pools[poolId]
+    const bound = phase === PHASE_EXIT ? def.options.exitGracePeriodMs : def.options.startupTimeoutMs
+    const f = describeAbandoned(def.name, cid, phase, bound)
+    console.error(`berth: ${f.message}`)
+    if (phase !== PHASE_EXIT && !this.initErrors.has(cid)) this.initErrors.set(cid, errorFromData(f))
   }
 
   // Code cannot be stopped in-process: its instance is dropped (no @exit: like a process that
   // is ended) and a new one serves, while the old code runs on unanswered until it settles.
   private replaced(poolId: number, cid: number, input: number): void {
-    const pool = this.pools[poolId]
-    console.error(
-      `berth: ${pool?.def.name ?? 'a function'} (input in-${input}) kept running ${OVERDUE_GRACE_SECONDS}s after it was aborted ` +
-        `(timed out) and ignores its AbortSignal: container ${cid} is replaced by a new one (no @exit for it); its other ` +
-        'inputs run again on another. Check signal.aborted (or pass the signal on) in long-running code.',
-    )
+    console.error(describeReplaced(this.pools[poolId]?.def.name ?? 'a function', cid, input))
   }
 
   private finish(): void {

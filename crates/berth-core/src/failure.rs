@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use crate::scheduler::{ContainerId, InputId, Outcome, Phase};
-use crate::{MAX_RESCHEDULES, OVERDUE_GRACE};
+use crate::{AbortReason, ContainerId, InputId, Outcome, Phase, PoolSpec, MAX_RESCHEDULES, OVERDUE_GRACE};
 
 /// An error as callers receive it: the name of its class (src/errors.ts maps it back to
 /// `FunctionTimeoutError`, `InputCancelledError`, …) and its message.
@@ -54,6 +53,24 @@ pub fn outcome(label: &str, outcome: Outcome, attempt: u32, timeout: Duration) -
     })
 }
 
+/// The reason a running attempt's AbortSignal carries (`signal.reason` in user code).
+pub fn aborted(label: &str, reason: AbortReason, attempt: u32, timeout: Duration) -> Failure {
+    match reason {
+        AbortReason::Timeout => Failure::new(
+            "FunctionTimeoutError",
+            format!("{label} timed out after {} (attempt {attempt})", seconds(timeout)),
+        ),
+        AbortReason::Cancelled => cancelled(label),
+        AbortReason::Rescheduled => Failure::new(
+            "InputCancelledError",
+            format!(
+                "{label}: its container is stopping (interrupted, or replaced); the input runs again on another \
+                 container"
+            ),
+        ),
+    }
+}
+
 /// A cancelled input: by its caller, or by a forced stop.
 pub fn cancelled(label: &str) -> Failure {
     Failure::new("InputCancelledError", format!("{label} was cancelled"))
@@ -66,8 +83,10 @@ pub fn result_lost(label: &str, attempt: u32) -> Failure {
 }
 
 /// `Outcome::Init` when the container left no error of its own (it was stopped while starting).
-pub fn start_failed(label: &str) -> Failure {
-    Failure::new("InitError", format!("{label}: the container failed to start"))
+/// No `": "` in it: callers read an InitError's message up to the first one as the name of the
+/// hook's error (src/shared/errors.ts, `errorFromData`).
+pub fn start_failed(name: &str) -> Failure {
+    Failure::new("InitError", format!("the container of {name} failed to start"))
 }
 
 /// A container whose start (or exit) hooks ran past their bound: the log line, and for a start
@@ -83,6 +102,16 @@ pub fn hook_abandoned(name: &str, container: ContainerId, phase: Phase, bound: D
         }
     };
     Failure::new("FunctionTimeoutError", format!("{name} (container {container}): {what}"))
+}
+
+/// The bound a phase's hooks ran past when they are abandoned: `exit_grace` for exit hooks,
+/// `startup_timeout` for the rest.
+pub fn hook_bound(spec: &PoolSpec, phase: Phase) -> Duration {
+    if phase == Phase::Exit {
+        spec.exit_grace
+    } else {
+        spec.startup_timeout
+    }
 }
 
 /// The log line when code ignored its AbortSignal past [`OVERDUE_GRACE`] and its container is
@@ -130,6 +159,19 @@ mod tests {
         assert_eq!(outcome("f", Outcome::Cancelled, 1, Duration::from_secs(1)), Some(cancelled("f")));
         let lost = outcome("f", Outcome::Lost, 1, Duration::from_secs(1)).unwrap();
         assert!(lost.message.contains(&format!("{} times in a row", MAX_RESCHEDULES + 1)), "{}", lost.message);
+    }
+
+    #[test]
+    fn abort_reasons_name_the_function_and_the_attempt() {
+        let t = aborted("Model.embed", AbortReason::Timeout, 2, Duration::from_secs(60));
+        assert_eq!(
+            (t.name, t.message.as_str()),
+            ("FunctionTimeoutError", "Model.embed timed out after 60s (attempt 2)")
+        );
+        assert_eq!(aborted("f", AbortReason::Cancelled, 1, Duration::ZERO), cancelled("f"));
+        assert!(aborted("f", AbortReason::Rescheduled, 1, Duration::ZERO)
+            .message
+            .starts_with("f: its container is stopping"));
     }
 
     #[test]

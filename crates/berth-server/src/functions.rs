@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::{Command, PoolId, Submission};
+use berth_core::{failure, Command, PoolId, Submission};
 use berth_proto::v1::{self as pb, functions_server::Functions};
 use berth_proto::values;
 use tokio::sync::{oneshot, Notify};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::map::MapResponses;
-use crate::plane::{cancel_map, cancelled, error, CallSlot, Input, Registry, Shared, State, Waiter};
+use crate::plane::{cancel_map, error, failed, CallSlot, Input, Registry, Shared, State, Waiter};
 
 pub(crate) fn bad(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
@@ -135,15 +135,16 @@ impl FunctionsSvc {
         let mut st = self.shared.lock();
         if st.maps.get(&fc).is_some_and(|m| m.is_cancelled()) {
             drop(st);
+            let label = self.label(pool, method);
             for (_, waiter) in inputs {
-                waiter.send(cancelled());
+                waiter.send(failed(failure::cancelled(&label)));
             }
             return;
         }
         for (args, waiter) in inputs {
             st.next_input += 1;
             let input = st.next_input;
-            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter });
+            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter, pool, method });
             subs.push(Submission { input, pool, method });
         }
         let last = subs.last().map_or(0, |s| s.input);
@@ -153,6 +154,13 @@ impl FunctionsSvc {
         }
         // Sent under the lock, so a Cancel of these inputs always follows their submission.
         let _ = self.shared.commands.send(Command::Submit(subs));
+    }
+
+    /// How messages name what `pool` serves at `method` (crates/berth-core/src/failure.rs).
+    fn label(&self, pool: PoolId, method: u32) -> String {
+        let def = self.shared.lock().pools.get(&pool).map(|p| p.def);
+        def.and_then(|d| self.shared.registry.functions.get(d))
+            .map_or_else(|| "a function".to_owned(), |d| d.label(method))
     }
 
     /// The status a caller gets for a request message the server could not read: tonic's

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use berth_core::{
-    AbortReason, Command, ContainerId, Exec, ExecId, IdMap, InputId, Invoker, Outcome, Phase, PoolId, PoolSpec,
-    ResultSink,
+    failure, AbortReason, Command, ContainerId, Exec, ExecId, IdMap, InputId, Invoker, Outcome, Phase, PoolId,
+    PoolSpec, ResultSink,
 };
 use berth_proto::v1::{self as pb, control_message, result::Outcome as PbOutcome, ControlMessage};
 use prost::Message;
@@ -40,6 +40,14 @@ pub struct FunctionDef {
 }
 
 impl FunctionDef {
+    /// How messages name method `method` of it: `name`, or `Class.method` for a class.
+    pub(crate) fn label(&self, method: u32) -> String {
+        match self.methods.get(method as usize) {
+            Some(m) if self.is_class => format!("{}.{m}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+
     /// What a caller naming `member` of this class is told when it is no method.
     pub(crate) fn not_a_method(&self, member: &str) -> Option<String> {
         let (name, what) = self.not_callable.iter().find(|(n, _)| n == member)?;
@@ -145,9 +153,9 @@ pub(crate) fn error(name: &str, message: impl Into<String>) -> pb::Result {
     }
 }
 
-/// What a cancelled input is answered with.
-pub(crate) fn cancelled() -> pb::Result {
-    error("InputCancelledError", "the call was cancelled")
+/// A failure berth reports itself (crates/berth-core/src/failure.rs words them all).
+pub(crate) fn failed(f: failure::Failure) -> pb::Result {
+    error(f.name, f.message)
 }
 
 pub(crate) struct PoolEntry {
@@ -380,6 +388,9 @@ pub(crate) struct Input {
     pub args: Vec<u8>,
     pub fc: String,
     pub waiter: Waiter,
+    /// What it calls: failures berth reports name the function or method.
+    pub pool: PoolId,
+    pub method: u32,
 }
 
 #[derive(Default)]
@@ -593,29 +604,28 @@ impl Invoker for Host {
         }
     }
 
-    fn hook_abandoned(&mut self, _pool: PoolId, container: ContainerId, phase: Phase) {
-        let what = match phase {
-            Phase::Spawn => "did not attach within startupTimeout",
-            Phase::Exit => "exit hooks ran past exitGracePeriod",
-            _ => "enter hooks ran past startupTimeout",
+    fn hook_abandoned(&mut self, pool: PoolId, container: ContainerId, phase: Phase) {
+        let mut st = self.0.lock();
+        let def = st.pools.get(&pool).and_then(|p| self.0.registry.functions.get(p.def));
+        let f = match def {
+            Some(d) => failure::hook_abandoned(&d.name, container, phase, failure::hook_bound(&d.spec, phase)),
+            None => failure::hook_abandoned("a function", container, phase, Duration::ZERO),
         };
-        tracing::warn!("berth: container {container}: {what}; abandoned");
+        tracing::warn!("berth: {}", f.message);
         if phase != Phase::Exit {
-            self.0.lock().init_errors.entry(container).or_insert_with(|| pb::Error {
-                name: "FunctionTimeoutError".into(),
-                message: format!("the container {what}"),
+            st.init_errors.entry(container).or_insert_with(|| pb::Error {
+                name: f.name.into(),
+                message: f.message,
                 stack: String::new(),
             });
         }
     }
 
-    fn replaced(&mut self, _pool: PoolId, container: ContainerId, input: InputId) {
-        tracing::warn!(
-            "berth: container {container}: input in-{input} kept running {}s after it was aborted (timed out or \
-             interrupted) and ignores its AbortSignal: replacing the container (no exit hooks); its other inputs \
-             run again on another one",
-            berth_core::OVERDUE_GRACE.as_secs()
-        );
+    fn replaced(&mut self, pool: PoolId, container: ContainerId, input: InputId) {
+        let st = self.0.lock();
+        let name = st.pools.get(&pool).and_then(|p| self.0.registry.functions.get(p.def)).map(|d| d.name.clone());
+        drop(st);
+        tracing::warn!("{}", failure::replaced(name.as_deref().unwrap_or("a function"), container, input));
     }
 
     fn container_stopped(&mut self, _pool: PoolId, container: ContainerId) {
@@ -637,37 +647,30 @@ impl ResultSink for Host {
         st.running.remove(&input);
         // Whatever attempt reported last goes; only this attempt's result counts.
         let output = st.outputs.remove(&input).filter(|(a, _)| *a == attempt).map(|(_, r)| r);
-        let result = match outcome {
-            Outcome::Ok | Outcome::Failed => {
-                output.unwrap_or_else(|| error("Error", "the container's result was lost"))
-            }
-            Outcome::Timeout => error("FunctionTimeoutError", format!("input timed out on attempt {attempt}")),
-            Outcome::Cancelled => cancelled(),
-            Outcome::Init(cid) => {
-                let cause = st.init_errors.get(&cid).cloned();
-                pb::Result {
-                    outcome: Some(PbOutcome::Error(pb::Error {
-                        name: "InitError".into(),
-                        message: cause
-                            .as_ref()
-                            .map_or("the container failed to start".into(), |c| format!("{}: {}", c.name, c.message)),
-                        stack: cause.map(|c| c.stack).unwrap_or_default(),
-                    })),
-                }
-            }
-            Outcome::Lost => error(
-                "ContainerLost",
-                format!(
-                    "the container running the input stopped unexpectedly, {} times in a row (each time it ran \
-                     again on a new container, without spending retries): the input itself may be what ends them. \
-                     The server's log has each container's exit status",
-                    berth_core::MAX_RESCHEDULES + 1
-                ),
-            ),
-            Outcome::Rejected => error("InvalidError", "the app is stopping; the call was not accepted"),
-        };
         let Some(rec) = st.inputs.remove(&input) else {
             return;
+        };
+        let def = st.pools.get(&rec.pool).and_then(|p| self.0.registry.functions.get(p.def));
+        let result = match (outcome, output) {
+            (Outcome::Ok | Outcome::Failed, Some(output)) => output,
+            (Outcome::Init(cid), _) => match st.init_errors.get(&cid).cloned() {
+                Some(cause) => pb::Result {
+                    outcome: Some(PbOutcome::Error(pb::Error {
+                        name: "InitError".into(),
+                        message: format!("{}: {}", cause.name, cause.message),
+                        stack: cause.stack,
+                    })),
+                },
+                None => failed(failure::start_failed(def.map_or("a function", |d| d.name.as_str()))),
+            },
+            (outcome, _) => {
+                let label = def.map_or_else(|| "a function".to_owned(), |d| d.label(rec.method));
+                let timeout = def.map_or(Duration::ZERO, |d| d.spec.timeout);
+                failed(
+                    failure::outcome(&label, outcome, attempt, timeout)
+                        .unwrap_or_else(|| failure::result_lost(&label, attempt)),
+                )
+            }
         };
         let spawned = match st.calls.get_mut(&rec.fc) {
             Some(slot) if slot.input == input => {
