@@ -1,4 +1,4 @@
-// SPEC §2/§3 calling and running, from the user's view: remote/local/spawn/map/starmap/forEach on
+// Calling and running (README "API"), from the user's view: remote/local/spawn/map/starmap/forEach on
 // functions and class methods, FunctionCall get/cancel/fromId, the input context, Cls.of per
 // parameter set, app.run(fn) and `await using`, run.stop(), calls on a stopped app.
 import test from 'ava'

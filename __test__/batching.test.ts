@@ -1,4 +1,4 @@
-// SPEC §4 Batching, from the user's view: one item in, one result out; the body gets one array
+// Batching (README "API"), from the user's view: one item in, one result out; the body gets one array
 // per argument; a batch goes when full (without waiting) or when waitMs has passed since its
 // oldest input; work-conserving growth while busy; wrong-length and throwing batches fail every
 // input of that batch; several @batched and @method members side by side.

@@ -1,4 +1,4 @@
-// `berth run file.ts::name` and the CLI's small answers (issue 9, "The CLI"; README "CLI"):
+// `berth run file.ts::name` and the CLI's small answers (README "CLI"):
 // arguments go after `--` and are checked as a call is before anything starts, a class method
 // runs as `::Class.method` with `--params`, every subcommand answers --help, --version, and a
 // build with nothing to build says so. Each case runs `berth` as a user does.

@@ -1,4 +1,4 @@
-// SPEC §4 Concurrency, from the user's view: in-flight inputs per container never exceed
+// Concurrency (README "API"), from the user's view: in-flight inputs per container never exceed
 // maxInputs (a live counter inside the method), default one at a time, the `concurrent` option
 // of app.function, and targetInputs > maxInputs rejected.
 import test from 'ava'

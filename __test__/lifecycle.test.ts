@@ -1,4 +1,4 @@
-// SPEC §4 Lifecycle, from the user's view: @enter (snap first, base class first), enter once per
+// Lifecycle (README "API"), from the user's view: @enter (snap first, base class first), enter once per
 // container and per parameter set, @enter failures (InitError, no @exit, restart with backoff),
 // @exit on stop after in-flight inputs finish, exit grace.
 import test from 'ava'

@@ -1,4 +1,4 @@
-// SPEC §4 Results and errors, from the user's view: RemoteError keeps name, message and stack;
+// Results and errors (README "API"), from the user's view: RemoteError keeps name, message and stack;
 // SerializationError at the caller before anything is sent; CBOR value types cross intact;
 // caller and container never share references; every input gets exactly one result.
 import test from 'ava'

@@ -1,4 +1,4 @@
-// What `berth serve` tells a caller about what it serves (issue 9, "The CLI"; README "CLI"):
+// What `berth serve` tells a caller about what it serves (README "CLI"):
 // the banner lists each endpoint, GET /<app> lists them as JSON, an unknown app or function is
 // answered with what exists; and callers in another process find the server without
 // BERTH_SERVER (the default http://127.0.0.1:7450) and read a spawned call by its id. Through

@@ -1,4 +1,4 @@
-// SPEC §4 Timeouts, retries, cancellation, from the user's view.
+// Timeouts, retries, cancellation (README "API"), from the user's view.
 import test from 'ava'
 import { App, Cls, FunctionTimeoutError, InputCancelledError, RemoteError, Retries, batched, concurrent, currentInput, method } from 'berth'
 import { abortedWithin, deferred, sleep, until, within } from './_util.ts'

@@ -110,7 +110,7 @@ type AnyHandle = MethodHandle<(...a: any[]) => any>
 declare const anyHandle: AnyHandle
 void anyHandle.remote(1, 'x', {})
 
-// Function.fromName<T>: T is the function's type or its handle's (`typeof square`, SPEC §3).
+// Function.fromName<T>: T is the function's type or its handle's (`typeof square`, README "API").
 import { Function as BerthFunction } from '../src/call/from-name.ts'
 async function fromNameCalls(): Promise<void> {
   const byHandle = BerthFunction.fromName<typeof square>('embeddings', 'square')

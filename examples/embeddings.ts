@@ -1,4 +1,4 @@
-// The app of SPEC §1, as the commands use it:
+// The app README "CLI" runs, and examples/caller.ts calls:
 //   npx berth run examples/embeddings.ts                   # the local entrypoint; containers are child processes
 //   npx berth run examples/embeddings.ts::square -- --x 3
 //   npx berth serve examples/embeddings.ts                 # gRPC on 127.0.0.1:7450, HTTP on :7451

@@ -1,11 +1,11 @@
 // Differential check of the value contract (crates/berth-proto/src/values.rs, which the control
-// plane applies to every request) against cbor-x, which containers decode with (src/cbor.ts).
+// plane applies to every request) against cbor-x, which containers decode with (src/shared/cbor.ts).
 //
 //   npx tsx scripts/fuzz-values.ts [iterations] [seed]     (default 200000, ~15 s; needs the binding)
 //
 // Each iteration makes a random argument list of JavaScript values (every type berth sends,
 // nested, near the depth limit at times), then:
-//   (a) if checkAndCopyArgs (src/serialize.ts) accepts it, berth's encoder's bytes must pass the
+//   (a) if checkAndCopyArgs (src/shared/serialize.ts) accepts it, berth's encoder's bytes must pass the
 //       Rust check: the server never refuses what the client lets through;
 //   (b) for those bytes, byte-level mutations of them, raw CBOR from the grammar (every head
 //       width, indefinite lengths, simple values, any tag) and random bytes: whatever the Rust

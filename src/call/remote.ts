@@ -105,14 +105,10 @@ class Client {
     })
   }
 
-  invoke(app: string, fn: string, method: string, params: Buffer, args: unknown[]): Promise<unknown> {
+  /** Calls the function (its result) or, with `spawn`, spawns it (its function call id). */
+  call(spawn: boolean, app: string, fn: string, method: string, params: Buffer, args: unknown[]): Promise<unknown> {
     const bytes = Buffer.from(encodeValue(args))
-    return this.request((id) => this.native.invoke(id, app, fn, method, params, bytes))
-  }
-
-  spawn(app: string, fn: string, method: string, params: Buffer, args: unknown[]): Promise<string> {
-    const bytes = Buffer.from(encodeValue(args))
-    return this.request((id) => this.native.spawn(id, app, fn, method, params, bytes)) as Promise<string>
+    return this.request((id) => this.native.call(id, spawn, app, fn, method, params, bytes))
   }
 
   getResult(call: string, timeout: number): Promise<unknown> {
@@ -248,13 +244,13 @@ export class RemoteTransport implements Transport {
 
   async remote(args: unknown[]): Promise<unknown> {
     checkAndCopyArgs(args, `${this.label}.remote`)
-    return this.client().invoke(this.app, this.fn, this.method, this.params, args)
+    return this.client().call(false, this.app, this.fn, this.method, this.params, args)
   }
 
   async spawn(args: unknown[]): Promise<Spawned> {
     checkAndCopyArgs(args, `${this.label}.spawn`)
     const client = this.client()
-    const id = await client.spawn(this.app, this.fn, this.method, this.params, args)
+    const id = (await client.call(true, this.app, this.fn, this.method, this.params, args)) as string
     return { id, source: new HeldOutcome(waitResult(client, id), () => client.cancel(id)) }
   }
 

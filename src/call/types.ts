@@ -58,7 +58,7 @@ export type FunctionHandle<F extends (...a: any[]) => any> = Invocable<Parameter
 
 /**
  * What `Function.fromName<T>` returns: `T` is the function's type, or the type of its handle
- * (`typeof square`, where `square = app.function(...)`), as SPEC §3 writes it.
+ * (`typeof square`, where `square = app.function(...)`), as README "API" writes it.
  */
 export type RemoteFunctionHandle<T> =
   T extends Invocable<infer A, infer R> ? Invocable<A, R> : T extends (...a: any[]) => any ? FunctionHandle<T> : never

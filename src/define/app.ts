@@ -112,7 +112,7 @@ export class App {
     return this
   }
 
-  /** A batched function is called with one item and resolves to one result (SPEC §2). */
+  /** A batched function is called with one item and resolves to one result (README "API"). */
   function<F extends (...args: any[][]) => unknown[] | Promise<unknown[]>>(
     options: FunctionOptions & { batched: BatchedOptions },
     fn: F,

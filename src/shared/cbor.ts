@@ -1,8 +1,8 @@
-// The wire encoding of arguments and results (SPEC §4): CBOR with JavaScript's types kept —
+// The wire encoding of arguments and results (README "What you can rely on in the embedded runtime"): CBOR with JavaScript's types kept —
 // Map as tag 259, Set, Date, bigint, typed arrays, undefined; plain objects stay plain objects.
 import { Encoder, addExtension } from 'cbor-x'
 
-import { checkAndCopy } from './serialize.ts'
+import { checkAndCopy, TYPED } from './serialize.ts'
 
 const codec = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false })
 
@@ -21,19 +21,7 @@ const PASSED = new Set<object | null>([
   Set.prototype,
   ArrayBuffer.prototype,
   Buffer.prototype,
-  ...[
-    Uint8Array,
-    Int8Array,
-    Uint8ClampedArray,
-    Uint16Array,
-    Int16Array,
-    Uint32Array,
-    Int32Array,
-    Float32Array,
-    Float64Array,
-    BigUint64Array,
-    BigInt64Array,
-  ].map((c) => c.prototype),
+  ...Object.values(TYPED).map((c) => c.prototype),
 ])
 
 class NotPassed extends Error {}

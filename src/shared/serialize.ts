@@ -68,7 +68,8 @@ function keyText(k: unknown): string {
   return String(k)
 }
 
-const TYPED: Record<string, new (src: ArrayLike<number> & ArrayLike<bigint>) => ArrayBufferView> = {
+/** The typed array classes, by name. */
+export const TYPED: Record<string, new (src: ArrayLike<number> & ArrayLike<bigint>) => ArrayBufferView> = {
   Uint8Array,
   Int8Array,
   Uint8ClampedArray,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::{AbortReason, ContainerId, InputId, Outcome, Phase, PoolSpec, MAX_RESCHEDULES, OVERDUE_GRACE};
 
-/// An error as callers receive it: the name of its class (src/errors.ts maps it back to
+/// An error as callers receive it: the name of its class (src/shared/errors.ts maps it back to
 /// `FunctionTimeoutError`, `InputCancelledError`, …) and its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

@@ -12,17 +12,18 @@ use napi::{Error, Result};
 use napi_derive::napi;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::codes::ClientEvent;
 use crate::mailbox::Mailbox;
 use crate::Doorbell;
 
-// Result kinds (mirrored in src/client.ts).
-const K_VALUE: f64 = 0.0; // CBOR bytes
-const K_ERROR: f64 = 1.0; // name\0message\0stack
-const K_STATUS: f64 = 2.0; // gRPC status: code\0message
-const K_TEXT: f64 = 3.0; // a function call id (Spawn)
-const K_PENDING: f64 = 4.0; // GetResult: not ready yet
-const K_NONE: f64 = 5.0; // Cancel: done
-const K_MAP_END: f64 = 6.0; // a Map stream delivered its last result
+// Result kinds (crates/berth-node/src/codes.rs, read by src/shared/codes.ts).
+const K_VALUE: f64 = ClientEvent::Value as i32 as f64;
+const K_ERROR: f64 = ClientEvent::Error as i32 as f64;
+const K_STATUS: f64 = ClientEvent::Status as i32 as f64;
+const K_TEXT: f64 = ClientEvent::Text as i32 as f64;
+const K_PENDING: f64 = ClientEvent::Pending as i32 as f64;
+const K_NONE: f64 = ClientEvent::None as i32 as f64;
+const K_MAP_END: f64 = ClientEvent::MapEnd as i32 as f64;
 
 /// The JavaScript side's hold on one Map stream.
 struct MapLink {
@@ -173,10 +174,15 @@ impl BindingClient {
         });
     }
 
+    /// Calls a function (`spawn` false: its result comes back) or spawns it (`spawn` true: its
+    /// function call id comes back).
+    // Flat arguments: an object would be built and read field by field on every call.
+    #[allow(clippy::too_many_arguments)]
     #[napi]
-    pub fn invoke(
+    pub fn call(
         &self,
         id: f64,
+        spawn: bool,
         app: String,
         name: String,
         method: String,
@@ -184,30 +190,14 @@ impl BindingClient {
         args: Buffer,
     ) -> Result<()> {
         let (function, args) = (function_ref(app, name, method, params), args.to_vec());
-        self.run(id, |client, out| async move {
-            match client.invoke(function, args).await {
-                Ok(r) => out.result(id, r.result),
-                Err(s) => out.status(id, &s),
-            }
-        });
-        Ok(())
-    }
-
-    #[napi]
-    pub fn spawn(
-        &self,
-        id: f64,
-        app: String,
-        name: String,
-        method: String,
-        params: Buffer,
-        args: Buffer,
-    ) -> Result<()> {
-        let (function, args) = (function_ref(app, name, method, params), args.to_vec());
-        self.run(id, |client, out| async move {
-            match client.spawn(function, args).await {
-                Ok(r) => out.push(id, K_TEXT, r.function_call_id.as_bytes()),
-                Err(s) => out.status(id, &s),
+        self.run(id, move |client, out| async move {
+            let answer = if spawn {
+                client.spawn(function, args).await.map(|r| out.push(id, K_TEXT, r.function_call_id.as_bytes()))
+            } else {
+                client.invoke(function, args).await.map(|r| out.result(id, r.result))
+            };
+            if let Err(s) = answer {
+                out.status(id, &s);
             }
         });
         Ok(())

@@ -8,7 +8,7 @@ use berth_core::{failure, AbortReason, Outcome, Phase};
 use napi::{Error, Result};
 use napi_derive::napi;
 
-use crate::codes::{AbortReasonCode, OutcomeCode, PhaseCode};
+use crate::codes::OutcomeCode;
 
 /// An error as the caller receives it: the name of its class and its message.
 #[napi(object)]
@@ -54,12 +54,8 @@ pub fn describe_outcome(label: String, outcome: u32, attempt: u32, timeout_ms: f
 /// The reason a running attempt's AbortSignal carries, by `AbortReasonCode`.
 #[napi]
 pub fn describe_abort(label: String, reason: u32, attempt: u32, timeout_ms: f64) -> Result<BindingFailure> {
-    let reason = match reason {
-        c if c == AbortReasonCode::Timeout as u32 => AbortReason::Timeout,
-        c if c == AbortReasonCode::Cancelled as u32 => AbortReason::Cancelled,
-        c if c == AbortReasonCode::Rescheduled as u32 => AbortReason::Rescheduled,
-        c => return Err(unknown("abort reason", c)),
-    };
+    let reason =
+        u8::try_from(reason).ok().and_then(AbortReason::from_u8).ok_or_else(|| unknown("abort reason", reason))?;
     Ok(failure::aborted(&label, reason, attempt, ms(timeout_ms)).into())
 }
 
@@ -67,14 +63,7 @@ pub fn describe_abort(label: String, reason: u32, attempt: u32, timeout_ms: f64)
 /// "berth: ") and, for a start, the error its waiting inputs get.
 #[napi]
 pub fn describe_abandoned(name: String, container: u32, phase: u32, bound_ms: f64) -> Result<BindingFailure> {
-    let phase = match phase {
-        c if c == PhaseCode::Build as u32 => Phase::Build,
-        c if c == PhaseCode::SnapEnter as u32 => Phase::SnapEnter,
-        c if c == PhaseCode::Enter as u32 => Phase::Enter,
-        c if c == PhaseCode::Exit as u32 => Phase::Exit,
-        c if c == PhaseCode::Spawn as u32 => Phase::Spawn,
-        c => return Err(unknown("phase", c)),
-    };
+    let phase = u8::try_from(phase).ok().and_then(Phase::from_u8).ok_or_else(|| unknown("phase", phase))?;
     Ok(failure::hook_abandoned(&name, container, phase, ms(bound_ms)).into())
 }
 

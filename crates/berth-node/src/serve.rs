@@ -45,7 +45,7 @@ pub struct BindingMember {
 #[napi(object)]
 pub struct BindingParam {
     pub name: String,
-    /// `ParamSpec.type` in src/decorators.ts: 'string', 'number' (an integer), 'boolean',
+    /// `ParamSpec.type` in src/define/decorators.ts: 'string', 'number' (an integer), 'boolean',
     /// 'bytes', or 'any' (a required parameter).
     pub kind: String,
     /// CBOR of the default value; unset for a required parameter.

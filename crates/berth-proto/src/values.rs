@@ -1,7 +1,7 @@
 //! The value contract: which CBOR a container decodes.
 //!
 //! Arguments, class parameters and results cross as CBOR, and a container decodes them with
-//! cbor-x (`src/cbor.ts`). cbor-x accepts some CBOR that berth cannot use (tags it turns into
+//! cbor-x (`src/shared/cbor.ts`). cbor-x accepts some CBOR that berth cannot use (tags it turns into
 //! shared references, packed values, `Error` objects; simple values it throws on) and throws on
 //! some well-formed CBOR (indefinite-length strings, map keys that are arrays, nesting deep
 //! enough to overflow its recursion). The control plane checks every request against this one
@@ -31,7 +31,7 @@ pub const MAX_TAGS_IN_A_ROW: usize = 16;
 
 /// Arrays and maps nested deeper than this (inside the arguments array) are refused; cbor-x
 /// decodes recursively, and at a few hundred levels of `Map`s it overflows the stack. The
-/// TypeScript caller applies the same bound (`src/serialize.ts`).
+/// TypeScript caller applies the same bound (`src/shared/serialize.ts`).
 pub const MAX_DEPTH: usize = 128;
 
 /// Why bytes are not a value berth passes on, and where.
@@ -95,7 +95,7 @@ pub struct ParamEntry<'a> {
 }
 
 /// What a parameter's value is to JavaScript (cbor-x), as far as `@parameter()` types care:
-/// `string | integer | boolean | Uint8Array` (src/decorators.ts).
+/// `string | integer | boolean | Uint8Array` (src/define/decorators.ts).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamValue<'a> {
     Text(&'a str),
@@ -107,7 +107,7 @@ pub enum ParamValue<'a> {
     Null,
     /// A parameter passed as `undefined` is one not passed.
     Undefined,
-    /// Anything else, in the words src/decorators.ts uses for it ("an array", "a bigint",
+    /// Anything else, in the words src/define/decorators.ts uses for it ("an array", "a bigint",
     /// "an object (Date)").
     Other(&'static str),
 }

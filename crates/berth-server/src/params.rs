@@ -1,5 +1,5 @@
 //! A class's parameters, checked in the control plane before any container starts: the same
-//! rules, in the same words, as `validateParams` in src/decorators.ts (which an embedded
+//! rules, in the same words, as `validateParams` in src/define/decorators.ts (which an embedded
 //! `Cls.of` and each container apply), so that a remote caller's mistake reaches the caller as
 //! INVALID_ARGUMENT (HTTP 400) instead of a container that exits at its start.
 use berth_proto::values::{self, ParamValue};
@@ -86,7 +86,7 @@ fn kind_text(k: ParamKind) -> &'static str {
     }
 }
 
-/// describeValue in src/decorators.ts.
+/// describeValue in src/define/decorators.ts.
 fn describe(v: &ParamValue<'_>) -> String {
     match v {
         ParamValue::Null => "null".into(),
@@ -142,7 +142,7 @@ fn head(out: &mut Vec<u8>, major: u8, n: u64) {
 }
 
 /// The candidate closest to `key`, or none when nothing is plausibly meant: a prefix either way
-/// (3 characters or more), or a few typos, case aside (`closest` in src/options.ts, so that the
+/// (3 characters or more), or a few typos, case aside (`closest` in src/define/options.ts, so that the
 /// CLI, the embedded checks and the server suggest alike).
 pub(crate) fn closest<'a, S: AsRef<str>>(key: &str, candidates: &'a [S]) -> Option<&'a str> {
     if key.len() > 256 {

@@ -59,7 +59,7 @@ impl FunctionDef {
     }
 }
 
-/// A class parameter: an `@parameter()` field (src/decorators.ts `getParamSpecs`).
+/// A class parameter: an `@parameter()` field (src/define/decorators.ts `getParamSpecs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
     pub name: String,
@@ -689,7 +689,7 @@ impl ResultSink for Host {
 
 /// A container that has not been heard from for this long while an input it holds is past
 /// its timeout is taken for hung (blocked event loop, stopped process) and replaced. Containers
-/// send a heartbeat every second (src/process.ts, HEARTBEAT_MS).
+/// send a heartbeat every second (src/run/container.ts, HEARTBEAT_MS).
 pub(crate) const HUNG_AFTER: Duration = Duration::from_secs(4);
 
 /// What the control plane checks on a clock, every 250 ms until it is gone: results of spawned

@@ -189,18 +189,7 @@ fn square_app(retries: u32, max_containers: u32) -> Registry {
     spec.retries = RetryPolicy::new(retries, 1.0, Duration::ZERO, Duration::from_secs(1)).unwrap();
     spec.hooks = HookSet { enter: true, exit: true, ..HookSet::default() };
     spec.startup_timeout = Duration::from_secs(10);
-    Registry {
-        functions: vec![FunctionDef {
-            app: "embeddings".into(),
-            name: "square".into(),
-            methods: vec!["square".into()],
-            is_class: false,
-            spec,
-            arity: vec![Arity { min: 1, max: Some(1) }],
-            params: Vec::new(),
-            not_callable: Vec::new(),
-        }],
-    }
+    Registry { functions: vec![common::function("embeddings", "square", spec, vec![Arity { min: 1, max: Some(1) }])] }
 }
 
 async fn start(registry: Registry, behaviour: Behaviour, opts: ServeOptions) -> (ControlPlane, Arc<Mutex<Seen>>) {

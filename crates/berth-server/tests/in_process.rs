@@ -58,14 +58,7 @@ impl Spawner for Squares {
             async move {
                 tokio::time::sleep(delay).await;
                 executed.fetch_add(e.inputs.len(), Ordering::Relaxed);
-                e.inputs
-                    .iter()
-                    .map(|i| {
-                        let v: C = ciborium::from_reader(i.args.as_slice()).unwrap();
-                        let x = i64::try_from(v.as_array().unwrap()[0].as_integer().unwrap()).unwrap();
-                        pb::Result { outcome: Some(Outcome::Value(cbor(&C::Integer((x * x).into())))) }
-                    })
-                    .collect()
+                common::squares(&e)
             }
         });
         self.tasks.start(container, serve);
@@ -81,18 +74,7 @@ fn app() -> Registry {
     spec.max_inputs = 4;
     spec.target_inputs = 4;
     spec.max_containers = 1;
-    Registry {
-        functions: vec![FunctionDef {
-            app: "demo".into(),
-            name: "square".into(),
-            methods: vec!["square".into()],
-            is_class: false,
-            spec,
-            arity: vec![Arity { min: 1, max: Some(1) }],
-            params: Vec::new(),
-            not_callable: Vec::new(),
-        }],
-    }
+    Registry { functions: vec![common::function("demo", "square", spec, vec![Arity { min: 1, max: Some(1) }])] }
 }
 
 fn opts() -> ServeOptions {

@@ -4,6 +4,8 @@
 //! environment variable), so a test sees when a process started and what it was told.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
@@ -85,16 +87,7 @@ fn alive(pid: u32) -> bool {
 }
 
 fn def(name: &str) -> FunctionDef {
-    FunctionDef {
-        app: "app".into(),
-        name: name.into(),
-        methods: vec![name.into()],
-        is_class: false,
-        spec: PoolSpec::new(name, vec![MethodSpec::default()]),
-        arity: Vec::new(),
-        params: Vec::new(),
-        not_callable: Vec::new(),
-    }
+    common::function("app", name, PoolSpec::new(name, vec![MethodSpec::default()]), Vec::new())
 }
 
 fn reporter() -> (ExitReporter, Receiver<String>) {

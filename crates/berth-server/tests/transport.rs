@@ -64,14 +64,7 @@ impl Spawner for FakeSpawner {
                 if slow {
                     tokio::time::sleep(Duration::from_millis(2500)).await;
                 }
-                e.inputs
-                    .iter()
-                    .map(|i| {
-                        let v: C = ciborium::from_reader(i.args.as_slice()).unwrap();
-                        let x = i64::try_from(v.as_array().unwrap()[0].as_integer().unwrap()).unwrap();
-                        pb::Result { outcome: Some(Outcome::Value(cbor(&C::Integer((x * x).into())))) }
-                    })
-                    .collect()
+                common::squares(&e)
             }
         });
         self.tasks.start(container, serve);
@@ -83,16 +76,7 @@ impl Spawner for FakeSpawner {
 }
 
 fn app() -> Registry {
-    let def = |name: &str| FunctionDef {
-        app: "demo".into(),
-        name: name.into(),
-        methods: vec![name.into()],
-        is_class: false,
-        spec: PoolSpec::new(name, vec![MethodSpec::default()]),
-        arity: Vec::new(),
-        params: Vec::new(),
-        not_callable: Vec::new(),
-    };
+    let def = |name: &str| common::function("demo", name, PoolSpec::new(name, vec![MethodSpec::default()]), Vec::new());
     Registry { functions: vec![def("square"), def("slow")] }
 }
 

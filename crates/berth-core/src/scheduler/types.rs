@@ -51,6 +51,12 @@ pub enum AbortReason {
     Rescheduled = 3,
 }
 
+impl AbortReason {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        [Self::Timeout, Self::Cancelled, Self::Rescheduled].into_iter().find(|r| *r as u8 == v)
+    }
+}
+
 /// The final outcome of an input, delivered exactly once per input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use berth_core::PoolSpec;
 use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message};
+use berth_server::{Arity, FunctionDef};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -70,4 +72,30 @@ impl Tasks {
             t.abort();
         }
     }
+}
+
+/// A function of app `app` as the tests declare them: one method, named as the function.
+pub fn function(app: &str, name: &str, spec: PoolSpec, arity: Vec<Arity>) -> FunctionDef {
+    FunctionDef {
+        app: app.into(),
+        name: name.into(),
+        methods: vec![name.into()],
+        is_class: false,
+        spec,
+        arity,
+        params: Vec::new(),
+        not_callable: Vec::new(),
+    }
+}
+
+/// The fake containers' work: each input's one integer argument, squared.
+pub fn squares(e: &pb::Execute) -> Vec<pb::Result> {
+    e.inputs
+        .iter()
+        .map(|i| {
+            let v: ciborium::Value = ciborium::from_reader(i.args.as_slice()).unwrap();
+            let x = i64::try_from(v.as_array().unwrap()[0].as_integer().unwrap()).unwrap();
+            pb::Result { outcome: Some(pb::result::Outcome::Value(cbor(&ciborium::Value::Integer((x * x).into())))) }
+        })
+        .collect()
 }
