@@ -119,7 +119,7 @@ test.serial('code that ignores its AbortSignal past its timeout: after a grace t
   // maxContainers 1, one slot: this input waits for the slot the stuck code holds.
   const pid = await call(client, 'stubborn', '', ['quick'])
   t.not(pid, hung, 'a new container')
-  t.regex(s.stdout(), /input in-\d+ kept running 5s after it was aborted .* replacing the container/)
+  t.regex(s.stdout(), /stubborn \(input in-\d+\) kept running 5s after it was aborted .* container \d+ is replaced by a new one/)
   await until(() => !alive(hung), 15_000, 'the stuck container process ended')
   await stopsCleanly(t, s)
 })
