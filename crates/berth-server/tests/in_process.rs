@@ -21,20 +21,6 @@ use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn args(x: i64) -> Vec<u8> {
-    cbor(&C::Array(vec![C::Integer(x.into())]))
-}
-
-fn int(r: &pb::Result) -> i64 {
-    match &r.outcome {
-        Some(Outcome::Value(v)) => {
-            let v: C = ciborium::from_reader(v.as_slice()).unwrap();
-            i64::try_from(v.as_integer().unwrap()).unwrap()
-        }
-        other => panic!("expected a value, got {other:?}"),
-    }
-}
-
 fn err_name(r: &pb::Result) -> String {
     match &r.outcome {
         Some(Outcome::Error(e)) => e.name.clone(),
@@ -99,7 +85,7 @@ async fn map(
     inputs: impl IntoIterator<Item = u64>,
 ) -> (MapResults, mpsc::UnboundedSender<Vec<pb::MapInput>>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(inputs.into_iter().map(|i| pb::MapInput { index: i, args: args(i as i64) }).collect()).unwrap();
+    tx.send(inputs.into_iter().map(|i| pb::MapInput { index: i, args: common::args(i as i64) }).collect()).unwrap();
     (client.map(square(), rx).await.unwrap(), tx)
 }
 
@@ -126,9 +112,9 @@ async fn refusals_read_the_same_as_over_grpc() {
         };
         let big = cbor(&C::Array(vec![C::Bytes(vec![7; 4096])]));
         let cases: Vec<(pb::FunctionRef, Vec<u8>)> = vec![
-            (named("demo", "sqare", ""), args(1)),
-            (named("nope", "square", ""), args(1)),
-            (named("demo", "square", "m"), args(1)),
+            (named("demo", "sqare", ""), common::args(1)),
+            (named("nope", "square", ""), common::args(1)),
+            (named("demo", "square", "m"), common::args(1)),
             (square(), vec![0xff, 0x00]),
             (square(), cbor(&C::Array(vec![]))),
             (square(), cbor(&C::Integer(3.into()))),
@@ -155,8 +141,12 @@ async fn refusals_read_the_same_as_over_grpc() {
         let mut ends = Vec::new();
         for client in [&remote, &local] {
             let (tx, rx) = mpsc::unbounded_channel();
-            tx.send(vec![pb::MapInput { index: 0, args: args(0) }, pb::MapInput { index: 1, args: args(1) }]).unwrap();
-            tx.send(vec![oversized.clone(), pb::MapInput { index: 3, args: args(3) }]).unwrap();
+            tx.send(vec![
+                pb::MapInput { index: 0, args: common::args(0) },
+                pb::MapInput { index: 1, args: common::args(1) },
+            ])
+            .unwrap();
+            tx.send(vec![oversized.clone(), pb::MapInput { index: 3, args: common::args(3) }]).unwrap();
             let mut results = client.map(square(), rx).await.unwrap();
             let mut got = HashMap::new();
             let end = drain(&mut results, &mut got).await.unwrap_err();
@@ -167,7 +157,7 @@ async fn refusals_read_the_same_as_over_grpc() {
         assert_eq!(ends[0].0, tonic::Code::ResourceExhausted);
         let calls = plane.counters().grpc_function_calls;
         assert_eq!(calls, 21, "each gRPC call is counted");
-        local.invoke(square(), args(3)).await.unwrap();
+        local.invoke(square(), common::args(3)).await.unwrap();
         assert_eq!(plane.counters().grpc_function_calls, calls, "in-process calls do not go over gRPC");
         plane.shutdown().await;
     })
@@ -179,21 +169,21 @@ async fn invoke_spawn_get_result_and_cancel() {
     bounded(LIMIT, async {
         let plane = start(Squares { delay: Duration::from_millis(300), ..Squares::default() }, opts()).await;
         let c = plane.client();
-        let r = c.invoke(square(), args(7)).await.unwrap();
-        assert_eq!(int(r.result.as_ref().unwrap()), 49);
+        let r = c.invoke(square(), common::args(7)).await.unwrap();
+        assert_eq!(common::int(r.result.as_ref().unwrap()), 49);
         assert!(r.function_call_id.starts_with("fc-"), "{}", r.function_call_id);
 
-        let fc = c.spawn(square(), args(6)).await.unwrap().function_call_id;
+        let fc = c.spawn(square(), common::args(6)).await.unwrap().function_call_id;
         let r = c.get_result(fc.clone(), 0.0).await.unwrap();
         assert!(!r.ready, "not finished yet");
         let r = c.get_result(fc.clone(), 10.0).await.unwrap();
-        assert_eq!(int(r.result.as_ref().unwrap()), 36);
+        assert_eq!(common::int(r.result.as_ref().unwrap()), 36);
         let e = c.get_result(fc, 0.0).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound, "delivered once: {e:?}");
 
         // Four slots busy for 300 ms: the fifth input waits in the queue, where Cancel finds it.
         let busy: Vec<String> = spawn_n(&c, 4).await;
-        let fc = c.spawn(square(), args(5)).await.unwrap().function_call_id;
+        let fc = c.spawn(square(), common::args(5)).await.unwrap().function_call_id;
         c.cancel(fc.clone()).await.unwrap();
         let r = c.get_result(fc, 10.0).await.unwrap();
         assert_eq!(err_name(r.result.as_ref().unwrap()), "InputCancelledError");
@@ -210,7 +200,7 @@ async fn invoke_spawn_get_result_and_cancel() {
 async fn spawn_n(c: &Client, n: i64) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(c.spawn(square(), args(i)).await.unwrap().function_call_id);
+        ids.push(c.spawn(square(), common::args(i)).await.unwrap().function_call_id);
     }
     ids
 }
@@ -237,7 +227,7 @@ async fn a_map_that_reads_nothing_holds_its_inputs_back_then_gets_every_result()
         let mut got = HashMap::new();
         drain(&mut results, &mut got).await.unwrap();
         assert_eq!(got.len(), n as usize);
-        assert!((0..n).all(|i| int(&got[&i]) == (i * i) as i64));
+        assert!((0..n).all(|i| common::int(&got[&i]) == (i * i) as i64));
         assert_eq!(plane.counters().grpc_function_calls, 0);
         plane.shutdown().await;
     })
@@ -288,9 +278,9 @@ async fn calls_after_the_control_plane_stopped_are_unavailable() {
     bounded(LIMIT, async {
         let plane = start(Squares::default(), opts()).await;
         let c = plane.client();
-        assert_eq!(int(c.invoke(square(), args(2)).await.unwrap().result.as_ref().unwrap()), 4);
+        assert_eq!(common::int(c.invoke(square(), common::args(2)).await.unwrap().result.as_ref().unwrap()), 4);
         plane.shutdown().await;
-        let e = c.invoke(square(), args(2)).await.unwrap_err();
+        let e = c.invoke(square(), common::args(2)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         let (_, rx) = mpsc::unbounded_channel();
         assert_eq!(c.map(square(), rx).await.err().unwrap().code(), tonic::Code::Unavailable);

@@ -5,7 +5,7 @@
 //! ServeOptions; and the gRPC surface that must not leak (reflection v1alpha, Attach).
 mod common;
 
-use common::{bounded, cbor};
+use common::bounded;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 use berth_core::{MethodSpec, PoolSpec};
 use berth_proto::v1::{
     self as pb, container_message, containers_client::ContainersClient, functions_client::FunctionsClient, map_request,
-    result::Outcome,
 };
 use berth_server::{ConnCounters, ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner};
-use ciborium::Value as C;
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,20 +25,6 @@ use tokio_stream::StreamExt;
 
 /// Every test runs within this.
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn args(x: i64) -> Vec<u8> {
-    cbor(&C::Array(vec![C::Integer(x.into())]))
-}
-
-fn int(r: &pb::Result) -> i64 {
-    match &r.outcome {
-        Some(Outcome::Value(v)) => {
-            let v: C = ciborium::from_reader(v.as_slice()).unwrap();
-            i64::try_from(v.as_integer().unwrap()).unwrap()
-        }
-        other => panic!("expected a value, got {other:?}"),
-    }
-}
 
 /// Containers that square their input; `slow` takes 2.5 s. With `attach` off they never
 /// attach, and only say which id and token they were given.
@@ -269,7 +253,10 @@ async fn idle_connections_close_but_open_calls_never_do() {
         let mut results = c.map(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
         let mut other = c.clone();
         let slow = tokio::spawn(async move {
-            other.invoke(pb::InvokeRequest { function: func("slow"), args: args(5) }).await.map(|r| r.into_inner())
+            other
+                .invoke(pb::InvokeRequest { function: func("slow"), args: common::args(5) })
+                .await
+                .map(|r| r.into_inner())
         });
         let slow_http = tokio::spawn(async move {
             let mut s = TcpStream::connect(http).await.unwrap();
@@ -277,17 +264,17 @@ async fn idle_connections_close_but_open_calls_never_do() {
             read_reply(&mut s).await
         });
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let input = pb::MapInput { index: 0, args: args(7) };
+        let input = pb::MapInput { index: 0, args: common::args(7) };
         tx.send(pb::MapRequest { item: Some(map_request::Item::Input(input)) }).unwrap();
         let m = results.message().await.expect("the Map's connection is still open").unwrap();
-        assert_eq!(int(m.result.as_ref().unwrap()), 49);
+        assert_eq!(common::int(m.result.as_ref().unwrap()), 49);
         drop(tx);
         assert!(results.message().await.unwrap().is_none());
         let r = slow
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("a 2.5 s call outlives a 1 s idle timeout: {e:?} {:?}", plane.counters()));
-        assert_eq!(int(r.result.as_ref().unwrap()), 25);
+        assert_eq!(common::int(r.result.as_ref().unwrap()), 25);
         let r = slow_http.await.unwrap();
         assert_eq!((r.status, r.json()), (200, serde_json::json!(36)));
 
@@ -465,7 +452,7 @@ async fn attach_does_not_reveal_which_container_ids_exist() {
         let plane = ControlPlane::start(app(), spawner, opts()).await.unwrap();
         let url = format!("http://{}", plane.local_addr());
         let mut f = FunctionsClient::connect(url.clone()).await.unwrap();
-        f.spawn(pb::InvokeRequest { function: func("square"), args: args(2) }).await.unwrap();
+        f.spawn(pb::InvokeRequest { function: func("square"), args: common::args(2) }).await.unwrap();
         let (id, token) = loop {
             if let Some(g) = given.lock().unwrap().first().cloned() {
                 break g;

@@ -99,3 +99,19 @@ pub fn squares(e: &pb::Execute) -> Vec<pb::Result> {
         })
         .collect()
 }
+
+/// The CBOR arguments of a call with one integer.
+pub fn args(x: i64) -> Vec<u8> {
+    cbor(&ciborium::Value::Array(vec![ciborium::Value::Integer(x.into())]))
+}
+
+/// The integer a result holds.
+pub fn int(r: &pb::Result) -> i64 {
+    match &r.outcome {
+        Some(pb::result::Outcome::Value(v)) => {
+            let v: ciborium::Value = ciborium::from_reader(v.as_slice()).unwrap();
+            i64::try_from(v.as_integer().unwrap()).unwrap()
+        }
+        other => panic!("expected a value, got {other:?}"),
+    }
+}
