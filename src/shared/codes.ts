@@ -1,6 +1,5 @@
 // The numbers the binding and this layer agree on (crates/berth-node/src/codes.rs): tags of
-// the packed event buffers, outcome and status codes, phases, abort reasons, and the
-// scheduler's limits that messages quote. Read from the binding once, when berth loads; each
+// the packed event buffers, outcome and status codes, phases, abort reasons. Read from the binding once, when berth loads; each
 // consumer copies the values it needs into module constants, so the hot path compares numbers
 // without a property lookup.
 import { binding } from '../native.ts'
@@ -23,7 +22,3 @@ export const ContainerEvent = b.ContainerEvent
 export const OutputKind = b.OutputKind
 /** The kinds of `BindingClient`'s events. */
 export const ClientEvent = b.ClientEvent
-/** berth-core's MAX_RESCHEDULES: how many times in a row an input may lose its container. */
-export const MAX_RESCHEDULES = b.MAX_RESCHEDULES
-/** berth-core's OVERDUE_GRACE, in seconds: how long code may ignore its abort. */
-export const OVERDUE_GRACE_SECONDS = b.OVERDUE_GRACE_SECONDS

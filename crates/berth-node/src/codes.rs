@@ -1,8 +1,9 @@
 //! The numbers this binding and the TypeScript layer agree on, defined once: the tags of the
-//! packed event buffers, the codes inside them (outcomes, statuses, phases, abort reasons) and
-//! the scheduler's limits that messages quote. Each is exported to JavaScript (napi-rs makes a
-//! numeric `#[napi]` enum a plain object); src/shared/codes.ts reads them once, and its users
-//! copy them into module constants, so the hot path compares numbers without a property lookup.
+//! packed event buffers and the codes inside them (outcomes, statuses, phases, abort reasons;
+//! messages that quote the scheduler's limits are worded in crates/berth-core/src/failure.rs).
+//! Each is exported to JavaScript (napi-rs makes a numeric `#[napi]` enum a plain object);
+//! src/shared/codes.ts reads them once, and its users copy them into module constants, so the
+//! hot path compares numbers without a property lookup.
 //!
 //! napi-rs takes only literal discriminants; where berth-core has the type, the `const` block at
 //! the end fails the build if a value here drifts from it.
@@ -103,14 +104,6 @@ pub enum ClientEvent {
     /// A Map stream delivered its last result.
     MapEnd = 6,
 }
-
-/// How many times in a row an input may lose its container before it fails (`ContainerLost`).
-#[napi]
-pub const MAX_RESCHEDULES: u32 = berth_core::MAX_RESCHEDULES;
-
-/// How long code may ignore its abort before its container is replaced, in seconds.
-#[napi]
-pub const OVERDUE_GRACE_SECONDS: f64 = berth_core::OVERDUE_GRACE.as_secs_f64();
 
 const _: () = {
     use berth_core::{AbortReason, ExecStatus, Phase};

@@ -99,6 +99,7 @@ impl BindingContainer {
         max_message_bytes: f64,
         doorbell: Doorbell,
     ) -> Result<Self> {
+        crate::log::install();
         let shared = Arc::new(Mailbox::new(doorbell));
         let (out, rx) = mpsc::unbounded_channel();
         let send = |m: container_message::Msg| out.send(pb::ContainerMessage { msg: Some(m) });
@@ -131,7 +132,7 @@ impl BindingContainer {
                                 }
                             }
                         }
-                        Err(e) => eprintln!("berth container {container_id}: cannot attach: {e}"),
+                        Err(e) => tracing::error!("berth container {container_id}: cannot attach: {e}"),
                     }
                     link.push(|inbox| inbox.events.push(EV_CLOSED));
                 });

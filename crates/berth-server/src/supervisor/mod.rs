@@ -91,17 +91,6 @@ fn lock(procs: &Mutex<Procs>) -> MutexGuard<'_, Procs> {
     procs.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Until the binding installs a `tracing` subscriber, a line goes to stderr as it always did.
-macro_rules! log_warn {
-    ($($arg:tt)*) => {
-        if tracing::dispatcher::has_been_set() {
-            tracing::warn!($($arg)*);
-        } else {
-            eprintln!($($arg)*);
-        }
-    };
-}
-
 /// Starts container processes with the command and passes who they are in the environment.
 /// One supervisor thread watches them all: a process that ends without being stopped is
 /// reported lost (at any stage, before it attached too), one that does not end after a stop
@@ -190,7 +179,7 @@ impl SupervisorHandle {
                         } else {
                             describe_exit(status)
                         };
-                        log_warn!("berth: container {id} of {} (pid {}) {how}", p.label, p.child.id());
+                        tracing::warn!("berth: container {id} of {} (pid {}) {how}", p.label, p.child.id());
                     }
                     if p.kill_at.is_none() && !g.closed {
                         lost.push((p.exited, status));
