@@ -64,9 +64,13 @@ test('process containers scale up under load and down after scaledownWindow, run
   t.true(pids.length >= 2 && pids.length <= 3, `scaled up to between 2 and maxContainers (3) processes: ${pids.length}`)
   const rows = r.marker.map((l) => l.split(' ')).map(([what, pid, at]) => ({ what, pid: Number(pid), at: Number(at) }))
   const exits = rows.filter((e) => e.what === 'exit')
-  t.deepEqual(exits.map((e) => e.pid).sort(), [...pids].sort(), 'every container ran @exit once')
+  // A container the autoscaler added as the queue emptied may have served nothing: it exits too.
+  const exited = exits.map((e) => e.pid)
+  t.is(new Set(exited).size, exited.length, `no container ran @exit twice: ${JSON.stringify(rows)}`)
+  t.true(exited.length <= 3, `at most maxContainers (3) containers: ${JSON.stringify(rows)}`)
+  for (const pid of pids) t.true(exited.includes(pid), `container ${pid}, which served inputs, ran @exit: ${JSON.stringify(rows)}`)
   const scaledDown = exits.filter((e) => e.at < stoppingAt)
-  t.true(scaledDown.length >= pids.length - 1, `idle containers past the window exited before the app stopped: ${JSON.stringify(rows)}`)
+  t.true(scaledDown.length >= exited.length - 1, `idle containers past the window exited before the app stopped: ${JSON.stringify(rows)}`)
   for (const e of scaledDown) {
     const lastDone = Math.max(...rows.filter((d) => d.what === 'done' && d.pid === e.pid).map((d) => d.at))
     t.true(e.at - lastDone >= 950, `container ${e.pid} exited ${e.at - lastDone} ms after its last input: not before the 1 s window`)
