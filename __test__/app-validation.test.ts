@@ -58,6 +58,20 @@ test('app.function needs a function, a name, and a name not used yet', (t) => {
   t.throws(() => app.function({}, async function once() {}), { instanceOf: InvalidError, message: /already has a function named 'once'.*`name` option/ })
 })
 
+test('app.run with its arguments swapped, or with options it does not have, says what it takes', async (t) => {
+  let ran = false
+  const body = async () => {
+    ran = true
+  }
+  await t.throwsAsync(app.run({ containers: 'embedded' } as any, body as any), {
+    instanceOf: InvalidError,
+    message: /^app\.run\(options, fn\): the function comes first, as app\.run\(async \(\) => \{ \.\.\. \}, \{ containers: 'process' \}\)/,
+  })
+  await t.throwsAsync(app.run(body, { container: 'process' } as any), { instanceOf: InvalidError, message: /options is \{ containers\?: 'embedded' \| 'process' \}; it has no 'container'$/ })
+  await t.throwsAsync(app.run(body, 'process' as any), { instanceOf: InvalidError, message: /options is .*, got process$/ })
+  t.false(ran, 'nothing ran')
+})
+
 test('app.run rejects containers modes it does not have, and a second run while running', async (t) => {
   await t.throwsAsync(app.run({ containers: 'k8s' as any }), { instanceOf: InvalidError, message: /'embedded' \(default\) or 'process'/ })
   const other = new App('app-validation-twice')

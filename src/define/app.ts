@@ -174,7 +174,20 @@ export class App {
   run(opts?: RunOptions): Promise<AppRun>
   run<T>(fn: (run: AppRun) => Promise<T> | T, opts?: RunOptions): Promise<T>
   async run(a?: any, b?: any): Promise<any> {
+    if (typeof a !== 'function' && b !== undefined) {
+      throw new InvalidError(
+        `app.run(options, fn): the function comes first, as app.run(async () => { ... }, { containers: 'process' }); ` +
+          'or, without a function, const run = await app.run(options)',
+      )
+    }
     const [fn, opts] = typeof a === 'function' ? [a, b as RunOptions | undefined] : [undefined, a as RunOptions | undefined]
+    if (opts !== undefined && (typeof opts !== 'object' || opts === null || Object.keys(opts).some((k) => k !== 'containers'))) {
+      const extra = opts !== null && typeof opts === 'object' ? Object.keys(opts).filter((k) => k !== 'containers') : []
+      throw new InvalidError(
+        `app.run(fn, options): options is { containers?: 'embedded' | 'process' }` +
+          (extra.length > 0 ? `; it has no ${extra.map((k) => `'${k}'`).join(', ')}` : `, got ${String(opts)}`),
+      )
+    }
     const mode = opts?.containers ?? 'embedded'
     if (mode !== 'embedded' && mode !== 'process') {
       throw new InvalidError(`app.run({ containers: '${String(mode)}' }): containers are 'embedded' (default) or 'process'`)
