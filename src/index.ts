@@ -15,6 +15,7 @@ export {
   InitError,
   InputCancelledError,
   InvalidError,
+  QueueFullError,
   RemoteError,
   SerializationError,
 } from './shared/errors.ts'

@@ -92,6 +92,8 @@ export class EmbeddedTransport implements Transport {
             live.delete(i)
             sink.item(i, false, error)
           },
+          // A map's inputs wait for room under maxPendingInputs (README "API").
+          true,
         )
         live.set(i, id)
       },

@@ -4,7 +4,7 @@
 import { binding, type BindingClient } from '../native.ts'
 import { decodeValue, encodeValue } from '../shared/cbor.ts'
 import { ClientEvent } from '../shared/codes.ts'
-import { BerthError, InvalidError, errorFromData } from '../shared/errors.ts'
+import { BerthError, InvalidError, QueueFullError, errorFromData } from '../shared/errors.ts'
 import { checkAndCopyArgs } from '../shared/serialize.ts'
 import { MAP_WINDOW } from './map.ts'
 import { HeldOutcome, type CallSource, type MapSink, type MapStream, type Settled, type Spawned, type Transport } from './transport.ts'
@@ -35,8 +35,14 @@ function statusError(server: string, code: number, message: string): Error {
       `BERTH_SERVER=http://host:port, or App.lookup(app, { server }), at the one you mean)`,
     16: " (pass the server's token: App.lookup(name, { server, token }) or BERTH_TOKEN)",
   }
+  // RESOURCE_EXHAUSTED for a full queue (crates/berth-core/src/failure.rs, `queue_full`, which
+  // names maxPendingInputs; the message size cap never does).
   const e =
-    code in hint ? new InvalidError(`${message}${hint[code]}`) : new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
+    code === 8 && message.includes('maxPendingInputs')
+      ? new QueueFullError(message)
+      : code in hint
+        ? new InvalidError(`${message}${hint[code]}`)
+        : new BerthError(`berth server ${server}: gRPC status ${code}: ${message}`)
   statusErrors.add(e)
   return e
 }

@@ -35,6 +35,12 @@ export interface ClsOptions {
   scaledownWindow?: number
   /** Stop each container after one input. */
   singleUseContainers?: boolean
+  /**
+   * Most inputs that may wait in its queue (accepted, not yet running); past it a call fails at
+   * once with QueueFullError (HTTP 429, gRPC RESOURCE_EXHAUSTED). `.map()` inputs wait for room
+   * instead. Default: no bound.
+   */
+  maxPendingInputs?: number
   /** Seconds `@exit` hooks get at stop (default 30). */
   exitGracePeriod?: number
   /** Environment variables set in each container process (over the secrets' keys). */
@@ -68,6 +74,7 @@ export interface NormalizedOptions {
   bufferContainers: number
   scaledownWindowMs: number
   singleUseContainers: boolean
+  maxPendingInputs: number | undefined
   exitGracePeriodMs: number
   env: Record<string, string>
   secrets: string[]
@@ -96,6 +103,7 @@ const CLS_KEYS = [
   'bufferContainers',
   'scaledownWindow',
   'singleUseContainers',
+  'maxPendingInputs',
   'exitGracePeriod',
   'env',
   'secrets',
@@ -114,6 +122,9 @@ const ALIASES: Record<string, string> = {
   scaledown_window: 'scaledownWindow',
   container_idle_timeout: 'scaledownWindow',
   single_use_containers: 'singleUseContainers',
+  max_pending_inputs: 'maxPendingInputs',
+  maxPending: 'maxPendingInputs',
+  maxQueueSize: 'maxPendingInputs',
   exit_grace_period: 'exitGracePeriod',
   keep_warm: 'minContainers',
   keepWarm: 'minContainers',
@@ -310,6 +321,16 @@ export function normalizeOptions(
     throw new InvalidError(`${where}: singleUseContainers must be true or false, got ${show(singleUseContainers)}.`)
   }
 
+  const maxPendingInputs = o.maxPendingInputs
+  if (
+    maxPendingInputs !== undefined &&
+    (typeof maxPendingInputs !== 'number' || !Number.isInteger(maxPendingInputs) || maxPendingInputs < 1 || maxPendingInputs > 0xffff_ffff)
+  ) {
+    throw new InvalidError(
+      `${where}: maxPendingInputs must be a positive integer (the most inputs that may wait in its queue), got ${show(maxPendingInputs)}. Leave it out for no bound.`,
+    )
+  }
+
   const env: Record<string, string> = {}
   if (o.env !== undefined) {
     if (!isPlainObject(o.env)) throw new InvalidError(`${where}: env must be an object of strings, e.g. { LOG_LEVEL: 'debug' }.`)
@@ -351,6 +372,7 @@ export function normalizeOptions(
     bufferContainers,
     scaledownWindowMs,
     singleUseContainers,
+    maxPendingInputs: maxPendingInputs as number | undefined,
     exitGracePeriodMs,
     env,
     secrets,

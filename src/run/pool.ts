@@ -28,6 +28,7 @@ export interface PoolOptions {
   scaledownWindowMs: number
   exitGracePeriodMs: number
   singleUseContainers: boolean
+  maxPendingInputs: number | undefined
   env: Record<string, string>
   secrets: string[]
   gpu: string[]
@@ -81,6 +82,7 @@ export function bindingSpec(def: PoolDef, maxContainers: number): BindingPoolSpe
     scaledownWindowMs: o.scaledownWindowMs,
     exitGraceMs: o.exitGracePeriodMs,
     singleUse: o.singleUseContainers,
+    maxPending: o.maxPendingInputs,
   }
 }
 

@@ -291,8 +291,19 @@ export class EmbeddedRuntime {
     return p
   }
 
-  /** Queues one input; `args` must already be checked and copied. Returns its id. */
-  submit(pool: Pool, method: number, args: unknown[], fc: number, resolve: (v: any) => void, reject: (e: unknown) => void): number {
+  /**
+   * Queues one input; `args` must already be checked and copied. Returns its id. `waits`: past
+   * maxPendingInputs it waits for room instead of being refused (a map's input).
+   */
+  submit(
+    pool: Pool,
+    method: number,
+    args: unknown[],
+    fc: number,
+    resolve: (v: any) => void,
+    reject: (e: unknown) => void,
+    waits = false,
+  ): number {
     if (this.stopping) {
       reject(new InvalidError(`${pool.def.name}: the app is stopping or stopped; call it inside app.run()`))
       return 0
@@ -314,7 +325,8 @@ export class EmbeddedRuntime {
       ctx: undefined,
     })
     if (this.inputs.size === 1) this.hold()
-    this.submits.push3(pool.id, method, id)
+    // A waiting input's method goes as -1 - method (crates/berth-node/src/lib.rs, `submit`).
+    this.submits.push3(pool.id, waits ? -1 - method : method, id)
     this.scheduleFlush()
     return id
   }
@@ -683,7 +695,7 @@ export class EmbeddedRuntime {
         break
       }
       default:
-        rec.reject(errorFromData(describeOutcome(name, code, attempt, rec.pool.def.options.timeoutMs)))
+        rec.reject(errorFromData(describeOutcome(name, code, attempt, rec.pool.def.options.timeoutMs, aux)))
     }
     if (this.inputs.size === 0) this.release()
   }

@@ -49,6 +49,12 @@ export class InputCancelledError extends BerthError {}
 /** A value cannot cross as CBOR; thrown at the caller before anything is sent. */
 export class SerializationError extends BerthError {}
 
+/**
+ * The function's queue already held `maxPendingInputs` waiting inputs: the call was refused at
+ * once and never ran. Retry later, or raise maxPendingInputs or maxContainers.
+ */
+export class QueueFullError extends BerthError {}
+
 const CLASSES = {
   BerthError,
   InvalidError,
@@ -57,6 +63,7 @@ const CLASSES = {
   FunctionTimeoutError,
   InputCancelledError,
   SerializationError,
+  QueueFullError,
 } as const
 for (const [name, cls] of Object.entries(CLASSES)) {
   Object.defineProperty(cls.prototype, 'name', { value: name, writable: true, configurable: true })
@@ -162,6 +169,7 @@ export function errorFromData(data: ErrorData): BerthError {
     case 'FunctionTimeoutError':
     case 'InputCancelledError':
     case 'SerializationError':
+    case 'QueueFullError':
     case 'BerthError': {
       const err = new CLASSES[name](message)
       if (data.stack !== undefined) Object.defineProperty(err, 'remoteStack', { value: data.stack, enumerable: false })

@@ -38,7 +38,9 @@ fn main() {
     let mut next = 1;
     let mut execs = Vec::with_capacity(per as usize);
     for _ in 0..rounds {
-        s.handle(Command::Submit((next..next + per).map(|input| Submission { input, pool: 1, method: 0 }).collect()));
+        s.handle(Command::Submit(
+            (next..next + per).map(|input| Submission { input, pool: 1, method: 0, waits: false }).collect(),
+        ));
         next += per;
         s.tick();
         // the sink is private to the scheduler; ids are dense, so rebuild them

@@ -50,7 +50,24 @@ pub fn outcome(label: &str, outcome: Outcome, attempt: u32, timeout: Duration) -
         Outcome::Rejected => {
             Failure::new("InvalidError", format!("{label}: the app is stopping or stopped; the call was not accepted"))
         }
+        Outcome::QueueFull(bound) => queue_full(label, bound),
     })
+}
+
+/// The name of [`queue_full`]'s failure: hosts answer it with their protocol's own status.
+pub const QUEUE_FULL: &str = "QueueFullError";
+
+/// A call refused at admission because `bound` (`maxPendingInputs`) inputs already wait in the
+/// queue. gRPC callers get it as RESOURCE_EXHAUSTED, HTTP callers as 429 (crates/berth-server).
+pub fn queue_full(label: &str, bound: u32) -> Failure {
+    Failure::new(
+        QUEUE_FULL,
+        format!(
+            "{label}: its queue is full ({bound} input{} already waiting, its maxPendingInputs); the call was not \
+             accepted. Retry later, or raise maxPendingInputs or maxContainers in its options",
+            if bound == 1 { "" } else { "s" }
+        ),
+    )
 }
 
 /// The reason a running attempt's AbortSignal carries (`signal.reason` in user code).
@@ -172,6 +189,18 @@ mod tests {
         assert!(aborted("f", AbortReason::Rescheduled, 1, Duration::ZERO)
             .message
             .starts_with("f: its container is stopping"));
+    }
+
+    #[test]
+    fn a_full_queue_names_the_function_the_bound_and_the_fixes() {
+        let f = outcome("Model.embed", Outcome::QueueFull(8), 1, Duration::ZERO).unwrap();
+        assert_eq!(f.name, "QueueFullError");
+        assert_eq!(
+            f.message,
+            "Model.embed: its queue is full (8 inputs already waiting, its maxPendingInputs); the call was not \
+             accepted. Retry later, or raise maxPendingInputs or maxContainers in its options"
+        );
+        assert!(!f.message.contains('?'), "sent in grpc-message");
     }
 
     #[test]

@@ -143,6 +143,10 @@ pub struct PoolSpec {
     pub scaledown_window: Duration,
     pub exit_grace: Duration,
     pub single_use: bool,
+    /// `maxPendingInputs`: at most this many inputs wait in the queue (accepted, not yet
+    /// running); past it a new call is refused with [`Outcome::QueueFull`](crate::Outcome).
+    /// `None`: unbounded.
+    pub max_pending: Option<u32>,
 }
 
 impl PoolSpec {
@@ -163,6 +167,7 @@ impl PoolSpec {
             scaledown_window: Duration::from_secs(60),
             exit_grace: Duration::from_secs(30),
             single_use: false,
+            max_pending: None,
         }
     }
 
@@ -189,6 +194,9 @@ impl PoolSpec {
                 "{n}: minContainers ({}) is above maxContainers ({}); lower minContainers or raise maxContainers",
                 self.min_containers, self.max_containers
             ));
+        }
+        if self.max_pending == Some(0) {
+            return err(format!("{n}: maxPendingInputs must be at least 1 (leave it out for no bound)"));
         }
         if self.timeout.is_zero() {
             return err(format!("{n}: timeout must be above 0 seconds"));

@@ -36,7 +36,7 @@ pub enum ExecStatusCode {
 }
 
 /// An input's final outcome in a `Done` event (`berth_core::Outcome`; `Init` carries the
-/// container whose start failed).
+/// container whose start failed, `QueueFull` the bound, maxPendingInputs).
 #[napi]
 pub enum OutcomeCode {
     Ok = 0,
@@ -46,6 +46,7 @@ pub enum OutcomeCode {
     Init = 4,
     Lost = 5,
     Rejected = 6,
+    QueueFull = 7,
 }
 
 /// A container's lifecycle phase (`berth_core::Phase`).

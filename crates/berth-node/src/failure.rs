@@ -33,9 +33,16 @@ fn unknown(what: &str, code: u32) -> Error {
 
 /// What an input whose final outcome is `outcome` (an `OutcomeCode`) fails with, when it has no
 /// result or error of its own: `label` names the function or `Class.method`, `attempt` is the
-/// attempt that decided it. `Init` without the container's own error reads "failed to start".
+/// attempt that decided it, `aux` the number its `Done` event carried (`QueueFull`'s bound).
+/// `Init` without the container's own error reads "failed to start".
 #[napi]
-pub fn describe_outcome(label: String, outcome: u32, attempt: u32, timeout_ms: f64) -> Result<BindingFailure> {
+pub fn describe_outcome(
+    label: String,
+    outcome: u32,
+    attempt: u32,
+    timeout_ms: f64,
+    aux: Option<f64>,
+) -> Result<BindingFailure> {
     let outcome = match outcome {
         c if c == OutcomeCode::Ok as u32 => Outcome::Ok,
         c if c == OutcomeCode::Failed as u32 => Outcome::Failed,
@@ -44,6 +51,7 @@ pub fn describe_outcome(label: String, outcome: u32, attempt: u32, timeout_ms: f
         c if c == OutcomeCode::Init as u32 => return Ok(failure::start_failed(&label).into()),
         c if c == OutcomeCode::Lost as u32 => Outcome::Lost,
         c if c == OutcomeCode::Rejected as u32 => Outcome::Rejected,
+        c if c == OutcomeCode::QueueFull as u32 => Outcome::QueueFull(aux.unwrap_or(0.0) as u32),
         c => return Err(unknown("outcome", c)),
     };
     let f = failure::outcome(&label, outcome, attempt, ms(timeout_ms))

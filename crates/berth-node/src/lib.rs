@@ -120,6 +120,7 @@ impl ResultSink for Host {
             Outcome::Init(c) => (OutcomeCode::Init, f64::from(c)),
             Outcome::Lost => (OutcomeCode::Lost, 0.0),
             Outcome::Rejected => (OutcomeCode::Rejected, 0.0),
+            Outcome::QueueFull(bound) => (OutcomeCode::QueueFull, f64::from(bound)),
         };
         self.staged.extend_from_slice(&[EV_DONE, input as f64, f64::from(attempt), f64::from(code as i32), aux]);
     }
@@ -162,6 +163,8 @@ pub struct BindingPoolSpec {
     pub scaledown_window_ms: f64,
     pub exit_grace_ms: f64,
     pub single_use: bool,
+    /// `maxPendingInputs`; absent: unbounded.
+    pub max_pending: Option<u32>,
 }
 
 fn millis(ms: f64, what: &str) -> Result<Duration> {
@@ -221,6 +224,7 @@ impl BindingPoolSpec {
             scaledown_window: millis(self.scaledown_window_ms, "scaledownWindow")?,
             exit_grace: millis(self.exit_grace_ms, "exitGracePeriod")?,
             single_use: self.single_use,
+            max_pending: self.max_pending,
             name: self.name,
         };
         spec.validate().map_err(invalid)?;
@@ -370,12 +374,18 @@ impl BindingRuntime {
         Ok(id)
     }
 
-    /// `[poolId, method, inputId] * n`; returns the events that follow.
+    /// `[poolId, method, inputId] * n`; returns the events that follow. A map's input, which
+    /// waits for room under maxPendingInputs instead of being refused, is sent as method
+    /// `-1 - method` (src/run/runtime.ts).
     #[napi]
     pub fn submit(&self, batch: Float64ArraySlice) -> Option<Float64Array> {
         let subs = batch
             .chunks_exact(3)
-            .map(|c| Submission { pool: c[0] as PoolId, method: c[1] as u32, input: c[2] as InputId })
+            .map(|c| {
+                let waits = c[1] < 0.0;
+                let method = if waits { (-1.0 - c[1]) as u32 } else { c[1] as u32 };
+                Submission { pool: c[0] as PoolId, method, input: c[2] as InputId, waits }
+            })
             .collect();
         self.driver.drive([Command::Submit(subs)])
     }

@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, Notify};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::map::MapResponses;
-use crate::plane::{cancel_map, error, failed, CallSlot, Input, Registry, Shared, State, Waiter};
+use crate::plane::{cancel_map, error, failed, queue_full, CallSlot, Input, Registry, Shared, State, Waiter};
 
 pub(crate) fn bad(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
@@ -125,12 +125,20 @@ impl FunctionsSvc {
     }
 
     fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) {
-        self.submit_many(pool, method, fc, vec![(args, waiter)])
+        self.submit_many(pool, method, fc, vec![(args, waiter)], false)
     }
 
     /// Many inputs, one lock and one command. The inputs of a cancelled Map call are answered
-    /// `InputCancelledError` instead.
-    pub(crate) fn submit_many(&self, pool: PoolId, method: u32, fc: String, inputs: Vec<(Vec<u8>, Waiter)>) {
+    /// `InputCancelledError` instead. `waits`: past maxPendingInputs they wait for room instead
+    /// of being refused (a Map call's: README "API", load shedding).
+    pub(crate) fn submit_many(
+        &self,
+        pool: PoolId,
+        method: u32,
+        fc: String,
+        inputs: Vec<(Vec<u8>, Waiter)>,
+        waits: bool,
+    ) {
         let mut subs = Vec::with_capacity(inputs.len());
         let mut st = self.shared.lock();
         if st.maps.get(&fc).is_some_and(|m| m.is_cancelled()) {
@@ -145,7 +153,7 @@ impl FunctionsSvc {
             st.next_input += 1;
             let input = st.next_input;
             st.inputs.insert(input, Input { args, fc: fc.clone(), waiter, pool, method });
-            subs.push(Submission { input, pool, method });
+            subs.push(Submission { input, pool, method, waits });
         }
         let last = subs.last().map_or(0, |s| s.input);
         // A spawned call's slot learns its input before anything can cancel or answer it.
@@ -191,6 +199,9 @@ impl Functions for FunctionsSvc {
         let target = self.resolve(req.function.as_ref())?;
         target.check_args(&req.args, "args")?;
         let (result, fc) = self.call(target.pool, target.method, req.args).await;
+        if let Some(message) = queue_full(&result) {
+            return Err(Status::resource_exhausted(message));
+        }
         Ok(Response::new(pb::InvokeResponse { result: Some(result), function_call_id: fc }))
     }
 

@@ -116,7 +116,7 @@ impl FunctionsSvc {
                 // stream ends with the status after them.
                 if !batch.is_empty() {
                     call.accepted(batch.len());
-                    svc.submit_many(pool, method, id.clone(), batch);
+                    svc.submit_many(pool, method, id.clone(), batch, true);
                 }
                 if let Some(status) = end {
                     *call.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);

@@ -158,6 +158,15 @@ pub(crate) fn failed(f: failure::Failure) -> pb::Result {
     error(f.name, f.message)
 }
 
+/// The message of a call refused because its function's queue was full (maxPendingInputs,
+/// `failure::queue_full`): Invoke answers it as RESOURCE_EXHAUSTED, HTTP as 429.
+pub(crate) fn queue_full(result: &pb::Result) -> Option<&str> {
+    match &result.outcome {
+        Some(PbOutcome::Error(e)) if e.name == failure::QUEUE_FULL => Some(&e.message),
+        _ => None,
+    }
+}
+
 pub(crate) struct PoolEntry {
     pub def: usize,
     pub params: Vec<u8>,

@@ -24,22 +24,43 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             }
             return;
         };
-        match self.inputs.entry(s.input) {
+        let Entry::Vacant(v) = self.inputs.entry(s.input) else {
             // The same input id twice is a duplicate delivery: the first one stands.
-            Entry::Occupied(_) => return,
-            Entry::Vacant(v) => {
-                v.insert(InputState {
-                    pool: s.pool,
-                    method: s.method,
-                    attempt: 1,
-                    retried: 0,
-                    lost: 0,
-                    state: IState::Queued,
-                });
+            return;
+        };
+        let mut held = false;
+        if let Some(max) = p.spec.max_pending {
+            // One compare per input: the room is counted once per turn (see `room`).
+            if p.admit_gen != self.gen {
+                p.admit = room(p, &self.containers, max);
+                p.admit_gen = self.gen;
+            }
+            if s.waits && !p.held.is_empty() {
+                held = true;
+            } else if p.admit == 0 {
+                if !s.waits {
+                    self.results.done(s.input, 1, Outcome::QueueFull(max));
+                    return;
+                }
+                held = true;
+            } else {
+                p.admit -= 1;
             }
         }
-        self.next_seq += 1;
+        v.insert(InputState {
+            pool: s.pool,
+            method: s.method,
+            attempt: 1,
+            retried: 0,
+            lost: 0,
+            state: if held { IState::Held } else { IState::Queued },
+        });
         p.pending += 1;
+        if held {
+            p.held.push_back((s.input, s.method));
+            return;
+        }
+        self.next_seq += 1;
         p.queues[s.method as usize].push_back(Queued { input: s.input, attempt: 1, at: self.now, seq: self.next_seq });
         if !p.dirty {
             p.dirty = true;
@@ -47,13 +68,44 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         }
     }
 
+    /// Moves held inputs into the queue while it has room; true if any moved.
+    fn admit_held(&mut self, pool_id: PoolId) -> bool {
+        let Some(p) = self.pools.get_mut(&pool_id) else { return false };
+        let Some(max) = p.spec.max_pending else { return false };
+        if p.held.is_empty() {
+            return false;
+        }
+        let n = (room(p, &self.containers, max) as usize).min(p.held.len());
+        for (input, method) in p.held.drain(..n) {
+            self.next_seq += 1;
+            p.queues[method as usize].push_back(Queued { input, attempt: 1, at: self.now, seq: self.next_seq });
+            if let Some(st) = self.inputs.get_mut(&input) {
+                st.state = IState::Queued;
+            }
+        }
+        // The count taken for this turn's submissions is stale now.
+        p.admit_gen = 0;
+        n > 0
+    }
+
     pub(super) fn cancel(&mut self, input: InputId) {
         let Some(st) = self.inputs.get(&input) else { return };
         let (pool, method, attempt, state) = (st.pool, st.method, st.attempt, st.state);
         match state {
             IState::Queued => {
+                let mut held = false;
                 if let Some(p) = self.pools.get_mut(&pool) {
                     p.queues[method as usize].retain(|q| q.input != input);
+                    held = !p.held.is_empty();
+                }
+                // Its place in the queue is room for a held input.
+                if held {
+                    self.mark_dirty(pool);
+                }
+            }
+            IState::Held => {
+                if let Some(p) = self.pools.get_mut(&pool) {
+                    p.held.retain(|(i, _)| *i != input);
                 }
             }
             IState::Running(exec) => {
@@ -179,6 +231,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 p.dirty = false;
             }
             self.dispatch(pool);
+            if self.admit_held(pool) {
+                self.dispatch(pool);
+            }
             self.autoscale(pool);
         }
     }
@@ -276,4 +331,20 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let state = ExecState { pool: pool_id, container: cid, inputs: exec.inputs, timed_out: false, first, started };
         self.execs.insert(id, state);
     }
+}
+
+/// How many more inputs `p` may accept under `max`: the free slots of its serving containers
+/// (an input there starts this turn, so it never waits) plus `max`, less what already waits in
+/// its queues. A batched method's free slot is counted as room for one input, so its inputs
+/// waiting to fill a batch count as waiting. Retries and reschedules re-enter the queue without
+/// this check: an accepted input is never refused.
+fn room(p: &super::Pool, containers: &super::IdMap<ContainerId, super::Container>, max: u32) -> u32 {
+    let mut free = 0u32;
+    for c in p.containers.iter().filter_map(|id| containers.get(id)) {
+        if c.state == CState::Serving {
+            free += p.spec.max_inputs.saturating_sub(c.in_flight);
+        }
+    }
+    let queued: usize = p.queues.iter().map(std::collections::VecDeque::len).sum();
+    (u64::from(max) + u64::from(free)).saturating_sub(queued as u64).min(u64::from(u32::MAX)) as u32
 }

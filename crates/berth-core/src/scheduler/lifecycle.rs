@@ -100,8 +100,10 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             .iter()
             .any(|id| self.containers.get(id).is_some_and(|c| matches!(c.state, CState::Serving | CState::Draining)));
         if !any_serving {
-            let failed: Vec<(InputId, u32)> =
+            // Held inputs too: they would only reach the queue to fail there one start later.
+            let mut failed: Vec<(InputId, u32)> =
                 p.queues.iter_mut().flat_map(|q| q.drain(..)).map(|q| (q.input, q.attempt)).collect();
+            failed.extend(p.held.drain(..).map(|(input, _)| (input, 1)));
             for (input, attempt) in failed {
                 self.finish(input, attempt, Outcome::Init(cid));
             }
@@ -244,6 +246,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         }
         for p in self.pools.values_mut() {
             p.queues.iter_mut().for_each(VecDeque::clear);
+            p.held.clear();
         }
         self.execs.clear();
         for p in self.pools.values_mut() {

@@ -80,6 +80,12 @@ struct Pool {
     /// averages, unknown until measured. The autoscaler weighs them (see `absorbable`).
     startup_avg: Option<Duration>,
     exec_avg: Option<Duration>,
+    /// Admission under `max_pending` (see dispatch.rs, `admit`): how many more inputs may be
+    /// accepted, valid while `admit_gen` is the scheduler's `gen`.
+    admit: u32,
+    admit_gen: u64,
+    /// Accepted inputs that wait for room in the queue (`Submission::waits`), oldest first.
+    held: VecDeque<(InputId, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +93,8 @@ enum IState {
     Queued,
     Running(ExecId),
     Backoff,
+    /// Accepted, waiting for room under `max_pending` (not yet in the queue).
+    Held,
 }
 
 struct InputState {
@@ -134,6 +142,9 @@ pub struct Scheduler<I: Invoker, R: ResultSink> {
     stopping: bool,
     killed: bool,
     waiters: Vec<oneshot::Sender<()>>,
+    /// Bumped by everything that can change a pool's room under `max_pending` (every command
+    /// but a submission, and each tick), so consecutive submissions share one count.
+    gen: u64,
 }
 impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     pub fn new(invoker: I, results: R) -> Self {
@@ -153,6 +164,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             stopping: false,
             killed: false,
             waiters: Vec::new(),
+            gen: 1,
         }
     }
 
@@ -211,6 +223,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let finished = self.stopping && self.pools.values().all(|p| p.pending == 0) && self.containers.is_empty();
         self.invoker.flush();
         self.results.flush();
+        self.gen += 1;
         if finished {
             for w in self.waiters.drain(..) {
                 let _ = w.send(());
@@ -222,6 +235,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     /// Applies one command; call [`tick`](Self::tick) after a batch of them.
     pub fn handle(&mut self, cmd: Command) {
         self.now = Instant::now();
+        if !matches!(cmd, Command::Submit(_)) {
+            self.gen += 1;
+        }
         match cmd {
             Command::AddPool(id, spec) => self.add_pool(id, spec),
             Command::Submit(subs) => {
@@ -279,6 +295,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 dirty: false,
                 startup_avg: None,
                 exec_avg: None,
+                admit: 0,
+                admit_gen: 0,
+                held: VecDeque::new(),
             },
         );
         // minContainers are started right away, as Modal keeps them warm.

@@ -72,7 +72,9 @@ impl World {
         self.cmd.send(c).expect("scheduler alive");
     }
     fn submit(&self, ids: impl IntoIterator<Item = u64>, method: u32) {
-        self.send(Command::Submit(ids.into_iter().map(|input| Submission { input, pool: POOL, method }).collect()));
+        self.send(Command::Submit(
+            ids.into_iter().map(|input| Submission { input, pool: POOL, method, waits: false }).collect(),
+        ));
     }
     async fn next(&mut self) -> Ev {
         tokio::time::timeout(Duration::from_secs(3600), self.ev.recv())
@@ -488,7 +490,7 @@ async fn duplicates_and_stale_completions_are_ignored() {
 #[tokio::test(start_paused = true)]
 async fn unknown_pool_or_method_is_rejected() {
     let mut w = World::new(spec());
-    w.send(Command::Submit(vec![Submission { input: 1, pool: 99, method: 0 }]));
+    w.send(Command::Submit(vec![Submission { input: 1, pool: 99, method: 0, waits: false }]));
     assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Rejected));
     w.submit([2], 5);
     assert_eq!(w.next().await, Ev::Done(2, 1, Outcome::Rejected));
@@ -762,7 +764,7 @@ async fn sync_drive_runs_work_and_keeps_no_stale_deadlines() {
     let mut next = 1u64;
     for _round in 0..50 {
         s.handle(Command::Submit(
-            (next..next + 100).map(|input| Submission { input, pool: POOL, method: 0 }).collect(),
+            (next..next + 100).map(|input| Submission { input, pool: POOL, method: 0, waits: false }).collect(),
         ));
         next += 100;
         assert!(!s.tick());
@@ -811,7 +813,9 @@ async fn out_of_order_completions_compact_deadlines_and_keep_timeouts() {
     spec.target_inputs = 500;
     spec.timeout = Duration::from_secs(10);
     s.handle(Command::AddPool(POOL, spec));
-    s.handle(Command::Submit((1..=500).map(|input| Submission { input, pool: POOL, method: 0 }).collect()));
+    s.handle(Command::Submit(
+        (1..=500).map(|input| Submission { input, pool: POOL, method: 0, waits: false }).collect(),
+    ));
     s.tick();
     let mut runs: Vec<ExecId> = std::iter::from_fn(|| ev.try_recv().ok())
         .filter_map(|e| if let Ev::Run(x) = e { Some(x.id) } else { None })
@@ -984,4 +988,115 @@ async fn slow_inputs_scale_out_once_the_first_container_has_measured() {
     assert!(started[1..].iter().all(|t| *t >= 1000 && *t < 1100), "started once the first had measured: {started:?}");
     assert_eq!(runs.len(), 4);
     assert!(runs.values().all(|n| *n >= 4), "each did a share: {runs:?}");
+}
+
+fn bounded(max_pending: u32) -> PoolSpec {
+    let mut s = spec();
+    s.max_pending = Some(max_pending);
+    s
+}
+
+fn outcomes(log: &[(u128, Ev)]) -> HashMap<InputId, Outcome> {
+    log.iter().filter_map(|(_, e)| if let Ev::Done(i, _, o) = e { Some((*i, *o)) } else { None }).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_pending_refuses_at_once_past_the_bound_and_finishes_what_it_accepted() {
+    let mut w = World::new(bounded(2));
+    // Cold: no container serves yet, so every accepted input waits; two may.
+    w.submit(1..=5, 0);
+    let log = w.serve(5, |_| (10 * MS, ExecStatus::Ok)).await;
+    let got = outcomes(&log);
+    for i in [1, 2] {
+        assert_eq!(got[&i], Outcome::Ok, "input {i}");
+    }
+    for i in [3, 4, 5] {
+        assert_eq!(got[&i], Outcome::QueueFull(2), "input {i}");
+    }
+    // The refusals come at once, before anything ran.
+    let first_run = log.iter().position(|(_, e)| matches!(e, Ev::Run(_))).expect("a run");
+    let refusals = log.iter().position(|(_, e)| matches!(e, Ev::Done(_, _, Outcome::QueueFull(_)))).expect("refused");
+    assert!(refusals < first_run, "{log:?}");
+    assert!(log.iter().all(|(t, e)| !matches!(e, Ev::Done(_, _, Outcome::QueueFull(_))) || *t == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_pending_counts_free_slots_as_room_not_as_waiting() {
+    let mut s = bounded(2);
+    s.max_inputs = 2;
+    s.target_inputs = 2;
+    let mut w = World::new(s);
+    w.submit([1], 0);
+    w.serve(1, |_| (MS, ExecStatus::Ok)).await;
+    // A warm container with 2 free slots: 2 start now, 2 wait, the fifth is refused, exactly.
+    w.submit(11..=15, 0);
+    let log = w.serve(5, |_| (10 * MS, ExecStatus::Ok)).await;
+    let got = outcomes(&log);
+    let refused: Vec<InputId> = (11..=15).filter(|i| got[i] == Outcome::QueueFull(2)).collect();
+    assert_eq!(refused, vec![15]);
+    assert!((11..=14).all(|i| got[&i] == Outcome::Ok));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_submissions_wait_for_room_in_order_and_plain_ones_are_refused_meanwhile() {
+    let mut w = World::new(bounded(1));
+    w.send(Command::Submit((1..=6).map(|input| Submission { input, pool: POOL, method: 0, waits: true }).collect()));
+    w.submit([100], 0);
+    let log = w.serve(7, |_| (10 * MS, ExecStatus::Ok)).await;
+    let got = outcomes(&log);
+    assert_eq!(got[&100], Outcome::QueueFull(1));
+    assert!((1..=6).all(|i| got[&i] == Outcome::Ok), "{got:?}");
+    let order: Vec<InputId> =
+        log.iter().filter_map(|(_, e)| if let Ev::Run(e) = e { Some(e.inputs[0].0) } else { None }).collect();
+    assert_eq!(order, vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_inputs_can_be_cancelled_and_fail_with_their_pool_start() {
+    let mut w = World::new(bounded(1));
+    w.send(Command::Submit((1..=3).map(|input| Submission { input, pool: POOL, method: 0, waits: true }).collect()));
+    w.send(Command::Cancel(vec![3]));
+    let log = w.serve(3, |_| (10 * MS, ExecStatus::Ok)).await;
+    let got = outcomes(&log);
+    assert_eq!(got[&3], Outcome::Cancelled);
+    assert_eq!((got[&1], got[&2]), (Outcome::Ok, Outcome::Ok));
+
+    let mut s = bounded(1);
+    s.hooks.enter = true;
+    let mut w = World::new(s);
+    w.send(Command::Submit((1..=3).map(|input| Submission { input, pool: POOL, method: 0, waits: true }).collect()));
+    let mut done = HashMap::new();
+    while done.len() < 3 {
+        match w.next().await {
+            Ev::Hook(c, p) => w.send(Command::HookDone { container: c, phase: p, ok: false }),
+            Ev::Done(i, _, o) => {
+                done.insert(i, o);
+            }
+            _ => {}
+        }
+    }
+    assert!(done.values().all(|o| matches!(o, Outcome::Init(_))), "{done:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_of_accepted_inputs_are_never_refused() {
+    let mut s = bounded(1);
+    s.retries = RetryPolicy::fixed(2).expect("ok");
+    let mut w = World::new(s);
+    w.submit([9], 0);
+    w.serve(1, |_| (MS, ExecStatus::Ok)).await;
+    // Warm: input 1 starts, 2 waits (the bound). 1 fails twice; its retries re-enter the queue
+    // without the admission check: both finish.
+    w.submit([1, 2], 0);
+    let log = w
+        .serve(2, |e| {
+            if e.inputs[0].0 == 1 && e.inputs[0].1 < 3 {
+                (MS, ExecStatus::Failed)
+            } else {
+                (5 * MS, ExecStatus::Ok)
+            }
+        })
+        .await;
+    let got = outcomes(&log);
+    assert_eq!((got[&1], got[&2]), (Outcome::Ok, Outcome::Ok));
 }

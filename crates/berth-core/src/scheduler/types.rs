@@ -75,6 +75,9 @@ pub enum Outcome {
     Lost,
     /// Refused: unknown pool or method, or the scheduler is stopping.
     Rejected,
+    /// Refused at admission: the pool's queue already held its `max_pending` (the bound,
+    /// carried for the message) waiting inputs. Never given to an input once accepted.
+    QueueFull(u32),
 }
 
 /// How an execution ended, as the host reports it.
@@ -110,6 +113,9 @@ pub struct Submission {
     pub input: InputId,
     pub pool: PoolId,
     pub method: u32,
+    /// Past the pool's `max_pending`, wait for room instead of being refused (a map's inputs:
+    /// README "API", load shedding). At most a map window of them wait at once per map.
+    pub waits: bool,
 }
 
 #[derive(Debug)]

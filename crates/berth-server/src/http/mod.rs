@@ -224,6 +224,12 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         }
     };
     let (result, fc) = ctx.svc.call(target.pool, target.method, args).await;
+    if let Some(message) = crate::plane::queue_full(&result) {
+        let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
+        // The queue drains as inputs finish; a second is the shortest wait worth advising.
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return res;
+    }
     let mut res = match result.outcome {
         Some(Outcome::Value(bytes)) => match ciborium::from_reader::<ciborium::Value, _>(bytes.as_slice()) {
             Ok(v) => json_answer(StatusCode::OK, &cbor_to_json(&v)),
