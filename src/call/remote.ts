@@ -6,6 +6,7 @@ import { decodeValue, encodeValue } from '../shared/cbor.ts'
 import { ClientEvent } from '../shared/codes.ts'
 import { BerthError, InvalidError, errorFromData } from '../shared/errors.ts'
 import { checkAndCopyArgs } from '../shared/serialize.ts'
+import type { GenSource, ItemSink } from './gen-stream.ts'
 import { MAP_WINDOW } from './map.ts'
 import { HeldOutcome, type CallSource, type MapSink, type MapStream, type Settled, type Spawned, type Transport } from './transport.ts'
 
@@ -252,6 +253,12 @@ export class RemoteTransport implements Transport {
     const client = this.client()
     const id = (await client.call(true, this.app, this.fn, this.method, this.params, args)) as string
     return { id, source: new HeldOutcome(waitResult(client, id), () => client.cancel(id)) }
+  }
+
+  remoteGen(_args: unknown[], _sink: ItemSink): GenSource {
+    throw new InvalidError(
+      `${this.label}.remoteGen(): generators are not served by the control plane yet; run the app embedded (app.run())`,
+    )
   }
 
   /** One Map stream: inputs in order, results as they come. */

@@ -39,7 +39,8 @@ export interface PoolDef {
   key: string
   /** For messages: `square`, `Embedder`. */
   name: string
-  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; arity: Arity }[]
+  /** `gen`: an `async function*` (or `function*`) whose items stream to the caller (remoteGen). */
+  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; gen?: boolean; arity: Arity }[]
   options: PoolOptions
   maxInputs: number
   targetInputs: number
