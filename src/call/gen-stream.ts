@@ -3,10 +3,10 @@
 // Backpressure is by credit: the producer may send GEN_WINDOW items before the reader takes any,
 // and one more for each item the reader takes, so a slow reader pauses the generator and
 // holds at most GEN_WINDOW items here.
+import { GEN_WINDOW } from '../run/pool.ts'
 import { InvalidError } from '../shared/errors.ts'
 
-/** How many items a generator may run ahead of its reader. */
-export const GEN_WINDOW = 16
+export { GEN_WINDOW }
 
 /** Where a generator call's items go, in order; then `end` or `fail`, once. */
 export interface ItemSink {

@@ -50,6 +50,12 @@ export interface PoolDef {
   params?: Record<string, unknown>
 }
 
+/**
+ * How many items a generator may yield ahead of its reader (README "API"), in both container
+ * modes; proto/berth/v1/containers.proto `Items` says the same to other containers.
+ */
+export const GEN_WINDOW = 16
+
 /** Sets validated parameters on a freshly constructed instance (before any @enter hook). */
 export function applyParams(instance: object, params: Record<string, unknown>): void {
   for (const key of Object.keys(params)) (instance as Record<string, unknown>)[key] = params[key]
