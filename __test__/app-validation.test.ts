@@ -1,6 +1,6 @@
 // Mistakes in defining or running an app fail where they are made, with InvalidError naming the fix.
 import test from 'ava'
-import { App, Cls, InvalidError, method } from 'berth'
+import { App, Cls, InvalidError, batched, method } from 'berth'
 
 const app = new App('app-validation')
 
@@ -82,4 +82,22 @@ test('app.run rejects containers modes it does not have, and a second run while 
 
 test('new App needs a name', (t) => {
   t.throws(() => new App(''), { instanceOf: InvalidError, message: /non-empty string/ })
+})
+
+test('a generator cannot be batched: @batched() on an async * method and app.function({ batched }) on an async function* say so', (t) => {
+  t.throws(
+    () => {
+      class Batches {
+        // @ts-expect-error: a generator is no batched method, on purpose
+        @batched({ maxBatchSize: 4, waitMs: 1 }) async *items(xs: number[]) {
+          yield* xs
+        }
+      }
+      return Batches
+    },
+    { instanceOf: InvalidError, message: /^@batched\(\) cannot be used on generator 'items'.*Use @method\(\) for the generator/ },
+  )
+  t.throws(() => app.function({ batched: { maxBatchSize: 4, waitMs: 1 } } as any, async function* gens(xs: number[]) {
+    yield* xs
+  }), { instanceOf: InvalidError, message: /^app\.function\('gens'\): a generator cannot be batched.*Drop the batched option/ })
 })

@@ -143,3 +143,33 @@ function clsParams(): void {
   Cls.fromName('app', 'Embedder', { modle: 'big' })
 }
 void clsParams
+
+// Generators: `remoteGen` yields the item type; `.remote()` is no call of theirs.
+class Streams {
+  @method() async *tokens(prompt: string): AsyncGenerator<string> {
+    yield prompt
+  }
+  @method() async *numbers(n: number) {
+    for (let i = 0; i < n; i++) yield i
+  }
+}
+declare const streams: ClsHandle<Streams>
+declare const letters: FunctionHandle<(word: string) => AsyncGenerator<string>>
+async function genCalls(): Promise<void> {
+  for await (const t of streams.tokens.remoteGen('hi')) expectType<string>(t)
+  for await (const n of streams.numbers.remoteGen(3)) expectType<number>(n)
+  // @ts-expect-error wrong argument type
+  streams.numbers.remoteGen('3')
+  // @ts-expect-error a generator has no single result
+  void streams.tokens.remote('hi')
+  for await (const c of letters.remoteGen('abc')) expectType<string>(c)
+  // @ts-expect-error a generator has no single result
+  void letters.remote('abc')
+  // @ts-expect-error a plain function has no remoteGen
+  square.remoteGen(1)
+  const byHandle = BerthFunction.fromName<typeof letters>('a', 'letters')
+  for await (const c of byHandle.remoteGen('abc')) expectType<string>(c)
+  const byFn = BerthFunction.fromName<(n: number) => AsyncGenerator<number>>('a', 'numbers')
+  for await (const n of byFn.remoteGen(1)) expectType<number>(n)
+}
+void genCalls

@@ -20,7 +20,7 @@ export {
   SerializationError,
 } from './shared/errors.ts'
 export type { ClsOptions, FunctionOptions } from './define/options.ts'
-export type { ClsHandle, ClsParams, FunctionHandle, MapOptions, MethodHandle } from './call/types.ts'
+export type { ClsHandle, ClsParams, FunctionHandle, GeneratorInvocable, MapOptions, MethodHandle } from './call/types.ts'
 
 /** @internal For the `berth` CLI: process containers and serving, on this module instance. */
 export { containerMain as __berthContainerMain } from './run/container.ts'

@@ -35,6 +35,7 @@ export function runsAnApp(): boolean {
 
 export class AppTarget implements HandleTarget {
   private readonly embedded: EmbeddedTransport
+  readonly gen: boolean
   /** The same target through the control plane, made at the first call with process containers. */
   private remote: RemoteTransport | undefined
 
@@ -47,6 +48,7 @@ export class AppTarget implements HandleTarget {
     readonly arity: Arity,
     readonly local: (args: unknown[]) => Promise<unknown>,
   ) {
+    this.gen = def.methods[method].gen === true
     this.embedded = new EmbeddedTransport(this)
   }
 

@@ -5,6 +5,7 @@ import { newFunctionCallId } from '../run/runtime.ts'
 import type { PoolDef } from '../run/pool.ts'
 import { checkArity, type Arity } from '../shared/arity.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from '../shared/serialize.ts'
+import { GEN_WINDOW, type GenSource, type ItemSink } from './gen-stream.ts'
 import { MAP_WINDOW } from './map.ts'
 import { HeldOutcome, type MapSink, type MapStream, type Spawned, type Transport } from './transport.ts'
 
@@ -67,6 +68,13 @@ export class EmbeddedTransport implements Transport {
       input = rt.submit(pool, t.method, checked, fc, resolve, reject)
     })
     return { id: `fc-${fc}`, source: new HeldOutcome(result, () => rt.cancel([input])) }
+  }
+
+  remoteGen(args: unknown[], sink: ItemSink): GenSource {
+    const { rt, pool } = this.prepare('remoteGen')
+    const t = this.target
+    checkAndCopyArgsInPlace(args, `${t.label}.remoteGen`)
+    return rt.submitGen(pool, t.method, args, newFunctionCallId(), sink, GEN_WINDOW)
   }
 
   openMap(what: string, sink: MapSink): MapStream {

@@ -14,6 +14,7 @@ function served(app: string, name: string, method: string, params: Buffer, label
   const target: HandleTarget = {
     label,
     arity: undefined,
+    gen: undefined,
     transport: () => transport,
     local: async () => {
       throw new InvalidError(`${label}.local(): a handle from fromName runs on the server; call .remote()`)

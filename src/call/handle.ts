@@ -2,16 +2,18 @@
 // starmap, forEach), written once over the transport its target picks (transport.ts).
 import { checkArity } from '../shared/arity.ts'
 import { FunctionCall } from './function-call.ts'
+import { generatorCallError, GenStream, notGeneratorError } from './gen-stream.ts'
 import { isSyncIterable, mapLoop, splitOptions, toAsync, zip, zipInputs } from './map.ts'
 import type { HandleTarget } from './transport.ts'
 import type { MapOptions } from './types.ts'
 
-/** remote / local / spawn / map / starmap / forEach over one target. */
+/** remote / remoteGen / local / spawn / map / starmap / forEach over one target. */
 export class Invocable {
   constructor(protected readonly target: HandleTarget) {}
 
   remote(...args: unknown[]): Promise<unknown> {
     const t = this.target
+    if (t.gen === true) return Promise.reject(generatorCallError(t.label, 'remote'))
     if (t.arity !== undefined) {
       try {
         checkArity(t.arity, args.length, t.label)
@@ -20,6 +22,19 @@ export class Invocable {
       }
     }
     return t.transport().remote(args)
+  }
+
+  /**
+   * A generator's items, read with for await (Modal's `remote_gen`). The call starts at the
+   * first read; leaving the loop early cancels it.
+   */
+  remoteGen(...args: unknown[]): AsyncIterable<unknown> {
+    const t = this.target
+    return new GenStream((sink) => {
+      if (t.gen === false) throw notGeneratorError(t.label)
+      if (t.arity !== undefined) checkArity(t.arity, args.length, t.label)
+      return t.transport().remoteGen(args, sink)
+    })
   }
 
   local(...args: unknown[]): Promise<unknown> {
@@ -34,29 +49,37 @@ export class Invocable {
 
   async spawn(...args: unknown[]): Promise<FunctionCall<unknown>> {
     const t = this.target
+    if (t.gen === true) throw generatorCallError(t.label, 'spawn')
     if (t.arity !== undefined) checkArity(t.arity, args.length, t.label)
     const { id, source } = await t.transport().spawn(args)
     return new FunctionCall(id, source)
   }
 
   map(...inputs: unknown[]): AsyncIterable<unknown> {
+    this.notGenerator('map')
     const transport = this.target.transport()
     const { iterables, opts } = splitOptions(inputs, 'map')
     return mapLoop(transport, 'map', transport.syncInputs ? zipInputs(iterables) : zip(iterables), opts)
   }
 
   starmap(argTuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions = {}): AsyncIterable<unknown> {
+    this.notGenerator('starmap')
     const transport = this.target.transport()
     const tuples = transport.syncInputs && isSyncIterable(argTuples) ? argTuples : toAsync(argTuples)
     return mapLoop(transport, 'starmap', tuples, opts)
   }
 
   async forEach(...inputs: unknown[]): Promise<void> {
+    this.notGenerator('forEach')
     const transport = this.target.transport()
     const { iterables, opts } = splitOptions(inputs, 'forEach')
     const tuples = transport.syncInputs ? zipInputs(iterables) : zip(iterables)
     for await (const _ of mapLoop(transport, 'forEach', tuples, { ...opts, orderOutputs: false })) {
       // results are dropped; a failure throws out of the loop
     }
+  }
+
+  private notGenerator(what: string): void {
+    if (this.target.gen === true) throw generatorCallError(this.target.label, what)
   }
 }

@@ -6,11 +6,20 @@ import { decodeValue, encodeValue } from '../shared/cbor.ts'
 import { ClientEvent } from '../shared/codes.ts'
 import { BerthError, InvalidError, QueueFullError, errorFromData } from '../shared/errors.ts'
 import { checkAndCopyArgs } from '../shared/serialize.ts'
+import { GEN_WINDOW, type GenSource, type ItemSink } from './gen-stream.ts'
 import { MAP_WINDOW } from './map.ts'
 import { HeldOutcome, type CallSource, type MapSink, type MapStream, type Settled, type Spawned, type Transport } from './transport.ts'
 
 // The kinds of the client's events (crates/berth-node/src/codes.rs), as module constants.
-const { Value: K_VALUE, Error: K_ERROR, Status: K_STATUS, Text: K_TEXT, Pending: K_PENDING, MapEnd: K_MAP_END } = ClientEvent
+const {
+  Value: K_VALUE,
+  Error: K_ERROR,
+  Status: K_STATUS,
+  Text: K_TEXT,
+  Pending: K_PENDING,
+  MapEnd: K_MAP_END,
+  StreamEnd: K_STREAM_END,
+} = ClientEvent
 const PENDING = Symbol('pending')
 const utf8 = new TextDecoder()
 
@@ -51,6 +60,7 @@ class Client {
   private readonly native: BindingClient
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>()
   private readonly maps = new Map<number, MapSink>()
+  private readonly streams = new Map<number, ItemSink>()
   private next = 0
   private keepAlive: ReturnType<typeof setInterval> | undefined
 
@@ -98,6 +108,32 @@ class Client {
     }
   }
 
+  /**
+   * Calls a generator: its items go to `sink` as the reader makes room. Credit goes back in
+   * batches of half the window (one native call per few items, not per item).
+   */
+  openStream(app: string, fn: string, method: string, params: Buffer, args: unknown[], sink: ItemSink): GenSource {
+    const bytes = Buffer.from(encodeValue(args))
+    const id = ++this.next
+    this.streams.set(id, sink)
+    this.keepAlive ??= setInterval(() => {}, 1 << 30)
+    this.native.streamOpen(id, app, fn, method, params, bytes, GEN_WINDOW)
+    let owed = 0
+    return {
+      more: (n) => {
+        owed += n
+        if (owed < GEN_WINDOW / 2 || !this.streams.has(id)) return
+        this.native.streamMore(id, owed)
+        owed = 0
+      },
+      close: () => {
+        if (!this.streams.delete(id)) return
+        this.native.streamClose(id, true)
+        this.idle()
+      },
+    }
+  }
+
   request(send: (id: number) => void): Promise<unknown> {
     const id = ++this.next
     return new Promise((resolve, reject) => {
@@ -133,7 +169,7 @@ class Client {
   }
 
   private idle(): void {
-    if (this.pending.size === 0 && this.maps.size === 0 && this.keepAlive !== undefined) {
+    if (this.pending.size === 0 && this.maps.size === 0 && this.streams.size === 0 && this.keepAlive !== undefined) {
       clearInterval(this.keepAlive)
       this.keepAlive = undefined
     }
@@ -160,6 +196,18 @@ class Client {
     }
   }
 
+  private streamEvent(id: number, sink: ItemSink, kind: number, data: Uint8Array): void {
+    if (kind === K_VALUE) {
+      sink.item(decodeValue(data))
+      return
+    }
+    this.streams.delete(id)
+    this.native.streamClose(id, false)
+    this.idle()
+    if (kind === K_STREAM_END) sink.end()
+    else sink.fail(this.decodeError(kind, data))
+  }
+
   private pump(): void {
     const got = this.native.drain()
     if (got === null) return
@@ -174,6 +222,18 @@ class Client {
           this.mapEvent(id, map, kind, data, events[i + 4])
         } catch (e) {
           map.fail(e)
+        }
+        continue
+      }
+      const stream = this.streams.get(id)
+      if (stream) {
+        try {
+          this.streamEvent(id, stream, kind, data)
+        } catch (e) {
+          this.streams.delete(id)
+          this.native.streamClose(id, true)
+          this.idle()
+          stream.fail(e)
         }
         continue
       }
@@ -258,6 +318,11 @@ export class RemoteTransport implements Transport {
     const client = this.client()
     const id = (await client.call(true, this.app, this.fn, this.method, this.params, args)) as string
     return { id, source: new HeldOutcome(waitResult(client, id), () => client.cancel(id)) }
+  }
+
+  remoteGen(args: unknown[], sink: ItemSink): GenSource {
+    checkAndCopyArgs(args, `${this.label}.remoteGen`)
+    return this.client().openStream(this.app, this.fn, this.method, this.params, args, sink)
   }
 
   /** One Map stream: inputs in order, results as they come. */

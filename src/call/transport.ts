@@ -3,6 +3,7 @@
 // from-name.ts) picks the transport; the calls themselves (handle.ts) and the map loop
 // (map.ts) are written once, over this interface.
 import type { Arity } from '../shared/arity.ts'
+import type { GenSource, ItemSink } from './gen-stream.ts'
 
 /** A call's outcome: its value, or what it threw. */
 export type Settled = { ok: true; value: unknown } | { ok: false; error: unknown }
@@ -46,6 +47,12 @@ export interface Transport {
   remote(args: unknown[]): Promise<unknown>
   /** One call whose outcome is read later; it is under way when this returns. */
   spawn(args: unknown[]): Spawned | Promise<Spawned>
+  /**
+   * Starts one generator call: its items go to `sink` in order, no more than the credit the
+   * reader gave (`GenSource.more`, GEN_WINDOW at the start) ahead of it. Throws what the caller
+   * must see before anything runs.
+   */
+  remoteGen(args: unknown[], sink: ItemSink): GenSource
   /** Opens a map stream; `what` names the call in messages (map, starmap, forEach). */
   openMap(what: string, sink: MapSink): MapStream
   /** Plain (sync) iterables are read without an await per input. */
@@ -60,6 +67,8 @@ export interface HandleTarget {
   readonly label: string
   /** How many arguments a call may pass; undefined where the server checks. */
   readonly arity: Arity | undefined
+  /** Whether it is a generator (remoteGen only); undefined where the server knows. */
+  readonly gen: boolean | undefined
   /** The transport of the next call. */
   transport(): Transport
   /** Runs the call here, as `.local()`. */

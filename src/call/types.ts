@@ -54,14 +54,39 @@ export interface Invocable<A extends unknown[], R> {
   forEach(...inputs: ParallelIterables<A> | [...ParallelIterables<A>, ForEachOptions]): Promise<void>
 }
 
-export type FunctionHandle<F extends (...a: any[]) => any> = Invocable<Parameters<F>, Awaited<ReturnType<F>>>
+/**
+ * The handle of an `async function*` function or `async *` method: `remoteGen` streams its
+ * items (Modal's `remote_gen`); `.remote()`, `.spawn()` and `.map()` throw InvalidError, as a
+ * stream has no single result. `.local()` runs it here and resolves to the generator itself.
+ */
+export interface GeneratorInvocable<A extends unknown[], Y, G = AsyncGenerator<Y>> {
+  /** The items in order, read with for await; leaving the loop early cancels the call. */
+  remoteGen(...args: A): AsyncIterable<Y>
+  local(...args: A): Promise<G>
+}
+
+/** The item type of a generator, or never. */
+type Yielded<R> = R extends AsyncGenerator<infer Y, any, any> ? Y : R extends Generator<infer Y, any, any> ? Y : never
+
+export type FunctionHandle<F extends (...a: any[]) => any> =
+  IsAny<ReturnType<F>> extends true
+    ? Invocable<Parameters<F>, any>
+    : [Yielded<ReturnType<F>>] extends [never]
+      ? Invocable<Parameters<F>, Awaited<ReturnType<F>>>
+      : GeneratorInvocable<Parameters<F>, Yielded<ReturnType<F>>, ReturnType<F>>
 
 /**
  * What `Function.fromName<T>` returns: `T` is the function's type, or the type of its handle
  * (`typeof square`, where `square = app.function(...)`), as README "API" writes it.
  */
 export type RemoteFunctionHandle<T> =
-  T extends Invocable<infer A, infer R> ? Invocable<A, R> : T extends (...a: any[]) => any ? FunctionHandle<T> : never
+  T extends GeneratorInvocable<infer A, infer Y, infer G>
+    ? GeneratorInvocable<A, Y, G>
+    : T extends Invocable<infer A, infer R>
+      ? Invocable<A, R>
+      : T extends (...a: any[]) => any
+        ? FunctionHandle<T>
+        : never
 
 type IsAny<T> = 0 extends 1 & T ? true : false
 
@@ -76,14 +101,21 @@ export type BatchItem<A extends readonly unknown[]> = { -readonly [K in keyof A]
  * overload for a plain `@method()` that happens to take and return arrays.
  */
 export type MethodHandle<F> = F extends (...a: infer A) => infer R
-  ? IsAny<A[number]> extends true
+  ? IsAny<R> extends false
+    ? [Yielded<R>] extends [never]
+      ? PlainMethodHandle<A, R>
+      : GeneratorInvocable<A, Yielded<R>, R>
+    : PlainMethodHandle<A, R>
+  : never
+
+type PlainMethodHandle<A extends unknown[], R> =
+  IsAny<A[number]> extends true
     ? Invocable<A, Awaited<R>>
     : A extends [readonly unknown[], ...(readonly unknown[])[]]
       ? Awaited<R> extends readonly (infer E)[]
         ? Invocable<BatchItem<A>, E> & Invocable<A, Awaited<R>>
         : Invocable<A, Awaited<R>>
       : Invocable<A, Awaited<R>>
-  : never
 
 /**
  * `Cls.of(C, params)`, `Cls.fromName<C>(app, name, params)`: the fields of `C` whose type a

@@ -66,7 +66,7 @@ export class ClassDef {
     return {
       key: `cls:${this.name}:${paramsKey(params)}`,
       name: this.name,
-      methods: meta.methods.map((m) => ({ name: m.name, batched: m.batched, arity: arityOf(this.cls.prototype[m.name]) })),
+      methods: meta.methods.map((m) => ({ name: m.name, batched: m.batched, gen: m.gen, arity: arityOf(this.cls.prototype[m.name]) })),
       options: this.opts,
       maxInputs: c?.maxInputs ?? 1,
       targetInputs: c?.targetInputs ?? c?.maxInputs ?? 1,

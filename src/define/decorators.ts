@@ -24,6 +24,17 @@ const LABEL: Record<Role, string> = {
 interface MethodEntry {
   name: string
   batched?: BatchedOptions
+  gen?: true
+}
+
+/**
+ * An `async function*` (or `function*`): its calls stream items (remoteGen, README "API"). Read
+ * from the function itself, at definition: a generator function's constructor says so.
+ */
+export function isGeneratorFunction(fn: unknown): boolean {
+  if (typeof fn !== 'function') return false
+  const kind = Object.getPrototypeOf(fn)?.constructor?.name
+  return kind === 'AsyncGeneratorFunction' || kind === 'GeneratorFunction'
 }
 
 interface OwnMeta {
@@ -44,8 +55,8 @@ export interface ClassMeta {
   enter: string[]
   exit: string[]
   build: string[]
-  /** `@method` and `@batched` members; a subclass override keeps the base position. */
-  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number } }[]
+  /** `@method` and `@batched` members; a subclass override keeps the base position. `gen`: a generator. */
+  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; gen?: true }[]
   /** `@parameter` field names. */
   params: string[]
   concurrent?: { maxInputs: number; targetInputs: number }
@@ -129,10 +140,10 @@ function article(kind: string): string {
   return /^[aeiou]/.test(kind) ? `an ${kind}` : `a ${kind}`
 }
 
-function memberDecorator(role: Role, record: (m: OwnMeta, name: string) => void) {
+function memberDecorator(role: Role, record: (m: OwnMeta, name: string, value: unknown) => void) {
   const label = LABEL[role]
   const wantsField = role === 'parameter'
-  return function decorate(_value: unknown, context: unknown): void {
+  return function decorate(value: unknown, context: unknown): void {
     if (!isContext(context)) throw legacyError(label)
     const kind = context.kind
     const name = (context as { name: unknown }).name
@@ -165,7 +176,7 @@ function memberDecorator(role: Role, record: (m: OwnMeta, name: string) => void)
     checkCombination(name, roles, role)
     roles.push(role)
     m.roles.set(name, roles)
-    record(m, name)
+    record(m, name, value)
   }
 }
 
@@ -232,7 +243,7 @@ export function method(): <This, F extends (this: This, ...args: any[]) => any>(
     if (looksLikeDecoratorCall(arguments as unknown as unknown[])) throw noParens('@method', '@method()', arguments as unknown as unknown[])
     throw new InvalidError('@method() takes no options. For batching use @batched({ maxBatchSize, waitMs }).')
   }
-  return memberDecorator('method', (m, n) => m.methods.push({ name: n }))
+  return memberDecorator('method', (m, n, v) => m.methods.push(isGeneratorFunction(v) ? { name: n, gen: true } : { name: n }))
 }
 
 /** A non-empty list of array parameters: what a batched method body receives. */
@@ -252,7 +263,15 @@ export function batched(
     throw noParens('@batched', '@batched({ maxBatchSize: 64, waitMs: 10 })', arguments as unknown as unknown[])
   }
   const b = validateBatched(opts, '@batched()')
-  return memberDecorator('batched', (m, n) => m.methods.push({ name: n, batched: b }))
+  return memberDecorator('batched', (m, n, v) => {
+    if (isGeneratorFunction(v)) {
+      throw new InvalidError(
+        `@batched() cannot be used on generator '${n}': a batch returns one array of results, a generator streams items. ` +
+          'Use @method() for the generator, or make the batched method a plain async method.',
+      )
+    }
+    m.methods.push({ name: n, batched: b })
+  })
 }
 
 /** Declares a class parameter (`Cls.of(C, { name: value })`): string, integer, boolean or Uint8Array. */
@@ -332,7 +351,7 @@ export function getClassMeta(clsOrMetadata: Function | DecoratorMetadataObject):
     }
     for (const e of m.methods) {
       const i = meta.methods.findIndex((x) => x.name === e.name)
-      const entry = e.batched ? { name: e.name, batched: { ...e.batched } } : { name: e.name }
+      const entry = e.batched ? { name: e.name, batched: { ...e.batched } } : e.gen ? { name: e.name, gen: e.gen } : { name: e.name }
       if (i === -1) meta.methods.push(entry)
       else meta.methods[i] = entry
     }

@@ -9,7 +9,7 @@ import type { PoolDef } from '../run/pool.ts'
 import { arityOf } from '../shared/arity.ts'
 import { InvalidError } from '../shared/errors.ts'
 import { classDefs } from './class-def.ts'
-import { validateParams } from './decorators.ts'
+import { isGeneratorFunction, validateParams } from './decorators.ts'
 import { validateBatched, validateConcurrent, type NormalizedOptions } from './options.ts'
 
 export class FunctionHandleImpl extends Invocable {
@@ -22,10 +22,17 @@ export class FunctionHandleImpl extends Invocable {
   ) {
     const batched = opts.batched ? validateBatched(opts.batched, `app.function('${name}')`) : undefined
     const conc = opts.concurrent ? validateConcurrent(opts.concurrent, `app.function('${name}')`) : undefined
+    const gen = isGeneratorFunction(fn)
+    if (gen && batched) {
+      throw new InvalidError(
+        `app.function('${name}'): a generator cannot be batched: a batch returns one array of results, a generator streams items. ` +
+          'Drop the batched option, or make the function a plain async function.',
+      )
+    }
     const def: PoolDef = {
       key: `fn:${name}`,
       name,
-      methods: [{ name, batched, arity: arityOf(fn) }],
+      methods: [{ name, batched, gen, arity: arityOf(fn) }],
       options: opts,
       maxInputs: conc?.maxInputs ?? 1,
       targetInputs: conc?.targetInputs ?? 1,

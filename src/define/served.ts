@@ -43,6 +43,7 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
       env: containerEnv(def.name, def.options.secrets, def.options.env),
       gpu: def.options.gpu,
       arity: def.methods.map((m) => m.arity),
+      generators: def.methods.map((m) => m.gen === true),
       params: isClass ? paramsOf(def.cls!) : [],
       // What a call naming a hook, a parameter or an undecorated method is told.
       notCallable: isClass

@@ -9,7 +9,7 @@ import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
-import { applyParams, batchResultError, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
+import { applyParams, batchResultError, describe, GEN_WINDOW, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
 
 /** What a container process needs of an app its file defines: the pool it is to serve. */
 export interface ContainerApp {
@@ -19,7 +19,7 @@ export interface ContainerApp {
 }
 
 // The packed buffers' numbers (crates/berth-node/src/codes.rs), as module constants.
-const { Hook: EV_HOOK, Execute: EV_EXECUTE, Abort: EV_ABORT, Stop: EV_STOP, Closed: EV_CLOSED } = ContainerEvent
+const { Hook: EV_HOOK, Execute: EV_EXECUTE, Abort: EV_ABORT, Stop: EV_STOP, Closed: EV_CLOSED, Credit: EV_CREDIT } = ContainerEvent
 const { Value: OUT_VALUE, Error: OUT_ERROR } = OutputKind
 const { Build: PHASE_BUILD, SnapEnter: PHASE_SNAP_ENTER, Enter: PHASE_ENTER, Exit: PHASE_EXIT } = PhaseCode
 
@@ -49,11 +49,31 @@ class ContainerCtx implements InputContext {
     }
     return this.ctrl.signal
   }
+  /** Set once the control plane aborted this input (timeout, cancel, reschedule). */
+  get aborted(): boolean {
+    return this.reason !== undefined
+  }
   abort(reason: unknown): void {
     if (this.reason !== undefined) return
     this.reason = reason
     this.ctrl?.abort(reason)
+    wakeGen(this.gen)
   }
+  /** Set for a generator input: its credit, and the pull loop waiting for more. */
+  gen: GenState | undefined
+}
+
+/** A generator input's credit (proto/berth/v1/containers.proto `Items`). */
+interface GenState {
+  credit: number
+  wake: (() => void) | undefined
+}
+
+function wakeGen(st: GenState | undefined): void {
+  const w = st?.wake
+  if (w === undefined) return
+  st!.wake = undefined
+  w()
 }
 
 const utf8 = new TextDecoder()
@@ -105,6 +125,10 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
   let meta: number[] = []
   let chunks: Buffer[] = []
   let size = 0
+  // Generator items waiting to be sent: `[inputId, attempt, offset, len]` over itemChunks.
+  let itemMeta: number[] = []
+  let itemChunks: Buffer[] = []
+  let itemSize = 0
   let flushing = false
   const keepAlive = setInterval(() => {}, 1 << 30)
 
@@ -144,6 +168,15 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
 
     const flush = () => {
       flushing = false
+      // Items first: a generator's Output follows its last items.
+      if (itemMeta.length > 0) {
+        const m = new Float64Array(itemMeta)
+        const b = Buffer.concat(itemChunks, itemSize)
+        itemMeta = []
+        itemChunks = []
+        itemSize = 0
+        link.items(m, b)
+      }
       if (meta.length === 0) return
       const m = new Float64Array(meta)
       const b = Buffer.concat(chunks, size)
@@ -292,6 +325,10 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         for (const i of inputs) running.delete(i.id)
         output(exec, retryable, values)
       }
+      if (m.gen) {
+        void runInContext(ctx, () => runGen(inputs[0], ctx, () => target.apply(inst, inputs[0].args) as AsyncIterator<unknown>, done))
+        return
+      }
       const call = async (): Promise<void> => {
         try {
           if (!m.batched) {
@@ -320,6 +357,73 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         }
       }
       void runInContext(ctx, call)
+    }
+
+    // A generator input: items are pulled while the caller has credit (a slow caller pauses it
+    // at its `yield`), each sent as it comes; an abort stops the pulling and calls return().
+    // As in the embedded runtime (src/run/runtime.ts runGen), a failure before the first item
+    // may be retried, one after is final.
+    const runGen = async (
+      input: ExecInput,
+      ctx: ContainerCtx,
+      start: () => AsyncIterator<unknown>,
+      done: (retryable: boolean, values: { ok: boolean; value: unknown }[]) => void,
+    ) => {
+      const st: GenState = { credit: GEN_WINDOW, wake: undefined }
+      ctx.gen = st
+      let it: AsyncIterator<unknown> | undefined
+      let open = false
+      let sent = 0
+      let result: { retryable: boolean; ok: boolean; value: unknown } = { retryable: false, ok: true, value: null }
+      try {
+        it = start()
+        open = true
+        for (;;) {
+          while (st.credit <= 0 && !ctx.aborted) await new Promise<void>((r) => (st.wake = r))
+          if (ctx.aborted) break
+          const r = await it.next()
+          if (r.done) {
+            open = false
+            break
+          }
+          if (ctx.aborted) break
+          const what = `item ${sent} of ${ctx.label}`
+          let bytes: Uint8Array
+          try {
+            bytes = encodeValue(r.value, what)
+          } catch (e) {
+            checkAndCopy(r.value, what)
+            throw e
+          }
+          if (bytes.length > maxResultBytes) {
+            throw new SerializationError(
+              `${what} is ${bytes.length} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: yield less`,
+            )
+          }
+          st.credit--
+          sent++
+          itemMeta.push(input.id, input.attempt, itemSize, bytes.length)
+          itemChunks.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length))
+          itemSize += bytes.length
+          if (!flushing) {
+            flushing = true
+            queueMicrotask(flush)
+          }
+        }
+      } catch (e) {
+        // From it.next(), the generator has ended; from encoding, it waits at its yield.
+        if (!(e instanceof SerializationError)) open = false
+        result = { retryable: sent === 0 && !(e instanceof SerializationError), ok: false, value: e }
+      }
+      if (open) {
+        try {
+          await it!.return?.(undefined)
+        } catch (e) {
+          console.error(`berth: ${ctx.label}: the generator's return() threw: ${describe(e)}`)
+        }
+      }
+      ctx.gen = undefined
+      done(result.retryable, [{ ok: result.ok, value: result.value }])
     }
 
     // What a drain returned and how far it is handled: at most CHUNK inputs start per macrotask,
@@ -393,6 +497,13 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           const ctx = running.get(ev[i + 1])
           if (ctx !== undefined) ctx.abort(errorFromData(describeAbort(ctx.label, ev[i + 3], ev[i + 2], def.options.timeoutMs)))
           i += 4
+        } else if (tag === EV_CREDIT) {
+          const st = running.get(ev[i + 1])?.gen
+          if (st !== undefined) {
+            st.credit += ev[i + 2]
+            wakeGen(st)
+          }
+          i += 3
         } else if (tag === EV_STOP) {
           finish(0)
           return

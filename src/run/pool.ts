@@ -40,7 +40,8 @@ export interface PoolDef {
   key: string
   /** For messages: `square`, `Embedder`. */
   name: string
-  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; arity: Arity }[]
+  /** `gen`: an `async function*` (or `function*`) whose items stream to the caller (remoteGen). */
+  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; gen?: boolean; arity: Arity }[]
   options: PoolOptions
   maxInputs: number
   targetInputs: number
@@ -49,6 +50,12 @@ export interface PoolDef {
   meta?: ClassHooks
   params?: Record<string, unknown>
 }
+
+/**
+ * How many items a generator may yield ahead of its reader (README "API"), in both container
+ * modes; proto/berth/v1/containers.proto `Items` says the same to other containers.
+ */
+export const GEN_WINDOW = 16
 
 /** Sets validated parameters on a freshly constructed instance (before any @enter hook). */
 export function applyParams(instance: object, params: Record<string, unknown>): void {

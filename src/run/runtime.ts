@@ -8,7 +8,7 @@
 import { binding, type BindingRuntime } from '../native.ts'
 import { batchArityError } from '../shared/arity.ts'
 import { AbortReasonCode, ExecStatusCode, OutcomeCode, PhaseCode, RuntimeEvent } from '../shared/codes.ts'
-import { errorFromData, InputCancelledError, InvalidError, initError, inputError } from '../shared/errors.ts'
+import { errorFromData, InputCancelledError, InvalidError, initError, inputError, SerializationError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import { applyParams, batchResultError, bindingSpec, describe, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
@@ -54,6 +54,31 @@ interface InputRec {
   outcomeAttempt: number
   outcomeOk: boolean
   ctx: Ctx | undefined
+  /** Set for a generator call (remoteGen): where its items go and how far it may run ahead. */
+  stream: GenState | undefined
+}
+
+/** Where a generator call's items go (call/gen-stream.ts ItemSink). */
+export interface GenSink {
+  item(value: unknown): void
+  end(): void
+  fail(error: unknown): void
+}
+
+/** A generator call's producer state: the reader's credit, and the pump waiting for it. */
+interface GenState {
+  sink: GenSink
+  /** Items the generator may still yield before the reader takes more. */
+  credit: number
+  /** Resumes a pump that waits for credit, an abort, or the input's end. */
+  wake: (() => void) | undefined
+}
+
+function wake(st: GenState | undefined): void {
+  const w = st?.wake
+  if (w === undefined) return
+  st!.wake = undefined
+  w()
 }
 
 /**
@@ -323,12 +348,46 @@ export class EmbeddedRuntime {
       outcomeAttempt: 0,
       outcomeOk: false,
       ctx: undefined,
+      stream: undefined,
     })
     if (this.inputs.size === 1) this.hold()
     // A waiting input's method goes as -1 - method (crates/berth-node/src/lib.rs, `submit`).
     this.submits.push3(pool.id, waits ? -1 - method : method, id)
     this.scheduleFlush()
     return id
+  }
+
+  /**
+   * Queues one generator call; `args` must already be checked and copied. Its items go to
+   * `sink`, at most `window` ahead of what the reader took (`more`); `close` cancels it.
+   */
+  submitGen(
+    pool: Pool,
+    method: number,
+    args: unknown[],
+    fc: number,
+    sink: GenSink,
+    window: number,
+  ): { more(n: number): void; close(): void } {
+    const id = this.submit(
+      pool,
+      method,
+      args,
+      fc,
+      () => sink.end(),
+      (e) => sink.fail(e),
+    )
+    const st: GenState = { sink, credit: window, wake: undefined }
+    const rec = this.inputs.get(id)
+    if (rec !== undefined) rec.stream = st
+    return {
+      more: (n) => {
+        st.credit += n
+        wake(st)
+      },
+      // The core aborts a running generator (its signal, then the pump ends it) or drops a queued one.
+      close: () => this.cancel([id]),
+    }
   }
 
   cancel(ids: number[]): void {
@@ -560,6 +619,10 @@ export class EmbeddedRuntime {
   // The user's promise settles straight into settleOne: no extra async frame per input.
   /** @internal */
   runOne(exec: number, rec: InputRec, attempt: number, target: (...a: unknown[]) => unknown, inst: unknown): void {
+    if (rec.stream !== undefined) {
+      void this.runGen(exec, rec, attempt, target, inst, rec.stream)
+      return
+    }
     let ret: unknown
     try {
       ret = target.apply(inst, rec.args)
@@ -580,6 +643,75 @@ export class EmbeddedRuntime {
     } else {
       queueMicrotask(() => this.settleOne(exec, rec, attempt, true, ret))
     }
+  }
+
+  /**
+   * Runs a generator, pulling one item at a time while the reader has credit: a slow reader
+   * pauses it at its `yield`. An abort (timeout, cancel, a reader that left) or the end of the
+   * input stops the pulling and calls the generator's return(), so its finally blocks run.
+   * A failure before the first item may be retried; after one, the reader has seen part of the
+   * stream and a new attempt would repeat it, so the failure is final.
+   */
+  private async runGen(
+    exec: number,
+    rec: InputRec,
+    attempt: number,
+    target: (...a: unknown[]) => unknown,
+    inst: unknown,
+    st: GenState,
+  ): Promise<void> {
+    const live = () => rec.pending && rec.attempt === attempt && rec.ctx?.aborted !== true
+    let it: AsyncIterator<unknown> | Iterator<unknown> | undefined
+    let sent = 0
+    let open = false
+    let status = ST_OK
+    try {
+      it = target.apply(inst, rec.args) as AsyncIterator<unknown>
+      open = true
+      for (;;) {
+        while (st.credit <= 0 && live()) await new Promise<void>((r) => (st.wake = r))
+        if (!live()) break
+        const r = await it.next()
+        if (r.done) {
+          open = false
+          if (live()) status = ST_DELIVERED
+          break
+        }
+        if (!live()) break
+        let value = r.value
+        const t = typeof value
+        if (t === 'object' ? value !== null : t === 'function' || t === 'symbol') {
+          value = checkAndCopy(value, `item ${sent} of ${this.label(rec)}`)
+        }
+        st.credit--
+        sent++
+        st.sink.item(value)
+      }
+    } catch (e) {
+      // From it.next(), the generator has ended; from checkAndCopy, it waits at its yield.
+      if (e instanceof SerializationError) {
+        status = ST_FINAL
+        this.record(rec.id, attempt, false, e)
+      } else {
+        open = false
+        status = sent === 0 ? ST_FAILED : ST_FINAL
+        this.record(rec.id, attempt, false, inputError(e))
+      }
+    }
+    if (open) {
+      try {
+        await it!.return?.(undefined)
+      } catch (e) {
+        console.error(`berth: ${this.label(rec)}: the generator's return() threw: ${describe(e)}`)
+      }
+    }
+    if (status === ST_DELIVERED) {
+      this.inputs.delete(rec.id)
+      rec.resolve(undefined)
+      if (this.inputs.size === 0) this.release()
+    }
+    this.completes.push2(exec, status)
+    this.scheduleFlush()
   }
 
   private record(id: number, attempt: number, ok: boolean, value: unknown): void {
@@ -667,6 +799,7 @@ export class EmbeddedRuntime {
     // the whole execution at once.
     if (reason !== ABORT_TIMEOUT && --ctx.live > 0) return
     ctx.abort(errorFromData(describeAbort(this.label(rec), reason, attempt, rec.pool.def.options.timeoutMs)))
+    wake(rec.stream)
   }
 
   private label(rec: InputRec): string {
@@ -678,6 +811,7 @@ export class EmbeddedRuntime {
     const rec = this.inputs.get(id)
     if (rec === undefined) return
     this.inputs.delete(id)
+    wake(rec.stream)
     const name = this.label(rec)
     switch (code) {
       case OUT_OK:
@@ -737,8 +871,12 @@ export class EmbeddedRuntime {
 
   private finish(): void {
     this.finished = true
-    for (const rec of this.inputs.values()) rec.reject(new InputCancelledError(`${this.label(rec)}: the app stopped`))
+    const recs = this.inputs.values()
     this.inputs.clear()
+    for (const rec of recs) {
+      rec.reject(new InputCancelledError(`${this.label(rec)}: the app stopped`))
+      wake(rec.stream)
+    }
     this.release()
     this.onFinished?.()
   }

@@ -24,6 +24,14 @@ const K_TEXT: f64 = ClientEvent::Text as i32 as f64;
 const K_PENDING: f64 = ClientEvent::Pending as i32 as f64;
 const K_NONE: f64 = ClientEvent::None as i32 as f64;
 const K_MAP_END: f64 = ClientEvent::MapEnd as i32 as f64;
+const K_STREAM_END: f64 = ClientEvent::StreamEnd as i32 as f64;
+
+/// The JavaScript side's hold on one generator call.
+struct StreamLink {
+    /// Items JavaScript may be sent before it reads more: one permit per item.
+    credit: Arc<tokio::sync::Semaphore>,
+    cancel: oneshot::Sender<()>,
+}
 
 /// The JavaScript side's hold on one Map stream.
 struct MapLink {
@@ -94,6 +102,7 @@ pub struct BindingClient {
     client: Client,
     shared: Arc<Shared>,
     maps: Mutex<std::collections::HashMap<u64, MapLink>>,
+    streams: Mutex<std::collections::HashMap<u64, StreamLink>>,
     /// Dropped with this object: the client thread then ends, and its requests with it.
     _stop: Option<oneshot::Sender<()>>,
 }
@@ -126,6 +135,7 @@ impl BindingClient {
             client,
             shared: Arc::new(Shared(Mailbox::new(doorbell))),
             maps: Mutex::new(std::collections::HashMap::new()),
+            streams: Mutex::new(std::collections::HashMap::new()),
             _stop: None,
         }
     }
@@ -155,6 +165,7 @@ impl BindingClient {
             client,
             shared: Arc::new(Shared(Mailbox::new(doorbell))),
             maps: Mutex::new(std::collections::HashMap::new()),
+            streams: Mutex::new(std::collections::HashMap::new()),
             _stop: Some(stop),
         })
     }
@@ -306,6 +317,86 @@ impl BindingClient {
     #[napi]
     pub fn map_finish(&self, id: f64, cancel: bool) {
         let link = self.maps.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id as u64));
+        if let (Some(link), true) = (link, cancel) {
+            let _ = link.cancel.send(());
+        }
+    }
+
+    /// Calls generator `name` as request `id`: its items arrive as value events of that id, at
+    /// most `window` before JavaScript reads more (`stream_more`), then a stream-end event, or
+    /// an error (the generator's) or a status (the request's) event.
+    // Flat arguments, as `call`'s.
+    #[allow(clippy::too_many_arguments)]
+    #[napi]
+    pub fn stream_open(
+        &self,
+        id: f64,
+        app: String,
+        name: String,
+        method: String,
+        params: Buffer,
+        args: Buffer,
+        window: u32,
+    ) -> Result<()> {
+        let credit = Arc::new(tokio::sync::Semaphore::new(window as usize));
+        let (cancel_tx, mut cancel) = oneshot::channel();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id as u64, StreamLink { credit: credit.clone(), cancel: cancel_tx });
+        let (function, args) = (function_ref(app, name, method, params), args.to_vec());
+        self.run(id, move |client, out| async move {
+            let mut items = match client.invoke_stream(function, args).await {
+                Ok(items) => items,
+                Err(s) => return out.status(id, &s),
+            };
+            loop {
+                // An item is read only when JavaScript has room for it: a reader that stops
+                // stops this read, and so the server's stream and the generator. A cancel (the
+                // reader left) drops the stream, which cancels the call.
+                tokio::select! {
+                    biased;
+                    _ = &mut cancel => return,
+                    permit = credit.acquire() => match permit {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    },
+                }
+                let next = tokio::select! {
+                    biased;
+                    _ = &mut cancel => return,
+                    m = items.message() => m,
+                };
+                match next {
+                    Ok(Some(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) })) => {
+                        out.push(id, K_VALUE, &v)
+                    }
+                    Ok(Some(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) })) => {
+                        out.result(id, Some(pb::Result { outcome: Some(Outcome::Error(e)) }));
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return out.push(id, K_STREAM_END, &[]),
+                    Err(s) => return out.status(id, &s),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The reader of generator call `id` took `n` items: `n` more may come.
+    #[napi]
+    pub fn stream_more(&self, id: f64, n: u32) {
+        if let Some(link) = self.streams.lock().unwrap_or_else(|e| e.into_inner()).get(&(id as u64)) {
+            link.credit.add_permits(n as usize);
+        }
+    }
+
+    /// JavaScript is done with generator call `id`; with `cancel` (the reader left before the
+    /// end), the call is cancelled.
+    #[napi]
+    pub fn stream_close(&self, id: f64, cancel: bool) {
+        let link = self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id as u64));
         if let (Some(link), true) = (link, cancel) {
             let _ = link.cancel.send(());
         }

@@ -76,6 +76,8 @@ pub enum ContainerEvent {
     Stop = 4,
     /// The control plane went away.
     Closed = 5,
+    /// The caller took items of a generator input: it may yield that many more.
+    Credit = 6,
 }
 
 /// What one result of `BindingContainer::outputs` holds.
@@ -104,6 +106,8 @@ pub enum ClientEvent {
     None = 5,
     /// A Map stream delivered its last result.
     MapEnd = 6,
+    /// A generator call yielded its last item.
+    StreamEnd = 7,
 }
 
 const _: () = {

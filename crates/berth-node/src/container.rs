@@ -28,6 +28,8 @@ const EV_ABORT: f64 = ContainerEvent::Abort as i32 as f64;
 const EV_STOP: f64 = ContainerEvent::Stop as i32 as f64;
 /// The control plane went away.
 const EV_CLOSED: f64 = ContainerEvent::Closed as i32 as f64;
+/// inputId, items
+const EV_CREDIT: f64 = ContainerEvent::Credit as i32 as f64;
 
 fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
     match msg {
@@ -68,6 +70,9 @@ fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
             ]);
         }
         control_message::Msg::Stop(_) => inbox.events.push(EV_STOP),
+        control_message::Msg::StreamCredit(c) => {
+            inbox.events.extend_from_slice(&[EV_CREDIT, c.input_id as f64, f64::from(c.items)])
+        }
     }
 }
 
@@ -225,6 +230,31 @@ impl BindingContainer {
         self.send_outputs(message);
     }
 
+    /// Values generator inputs yielded, packed: `meta` is `[inputId, attempt, offset, len] * n`
+    /// over `bytes` (CBOR each), in the order yielded. Sent before any output pushed after them.
+    #[napi]
+    pub fn items(&self, meta: Float64ArraySlice, bytes: Buffer) {
+        let mut current: Option<pb::Items> = None;
+        let mut size = 0usize;
+        for c in meta.chunks_exact(4) {
+            let (input_id, attempt) = (c[0] as u64, c[1] as u32);
+            let value = bytes.get(c[2] as usize..(c[2] + c[3]) as usize).unwrap_or_default().to_vec();
+            let same = current.as_ref().is_some_and(|m| m.input_id == input_id && m.attempt == attempt);
+            // One message per run of one input's items, within the message cap.
+            if !same || size + value.len() > self.max_message_bytes {
+                if let Some(m) = current.take() {
+                    self.send_items(m);
+                }
+                size = 0;
+            }
+            size += value.len();
+            current.get_or_insert_with(|| pb::Items { input_id, attempt, values: Vec::new() }).values.push(value);
+        }
+        if let Some(m) = current {
+            self.send_items(m);
+        }
+    }
+
     /// This container's event loop is alive (a timer fired): the control plane replaces a
     /// container that stops saying so while an input of it is past its timeout.
     #[napi]
@@ -234,6 +264,10 @@ impl BindingContainer {
 }
 
 impl BindingContainer {
+    fn send_items(&self, items: pb::Items) {
+        let _ = self.out.send(pb::ContainerMessage { msg: Some(container_message::Msg::Items(items)) });
+    }
+
     fn send_outputs(&self, mut outputs: Vec<pb::Output>) {
         let msg = match outputs.len() {
             0 => return,

@@ -34,6 +34,8 @@ pub struct BindingFunctionDef {
     pub params: Option<Vec<BindingParam>>,
     /// `FunctionDef::not_callable`.
     pub not_callable: Option<Vec<BindingMember>>,
+    /// `FunctionDef::generators`.
+    pub generators: Option<Vec<bool>>,
 }
 
 #[napi(object)]
@@ -150,6 +152,7 @@ impl BindingServer {
                 arity,
                 params,
                 not_callable: f.not_callable.unwrap_or_default().into_iter().map(|m| (m.name, m.what)).collect(),
+                generators: f.generators.unwrap_or_default(),
             });
         }
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {

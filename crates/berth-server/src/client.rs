@@ -17,7 +17,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 
-use crate::functions::{FunctionsSvc, MAP_CALL_ID_HEADER};
+use crate::functions::{FunctionsSvc, StreamItems, MAP_CALL_ID_HEADER};
 use crate::map::MapResponses;
 use crate::plane::Shared;
 
@@ -104,6 +104,23 @@ impl Client {
         match &self.0 {
             Transport::Grpc { grpc, auth } => grpc.clone().cancel(authed(req, auth)).await.map(drop),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.cancel(req).await }).await.map(drop),
+        }
+    }
+
+    /// One call of a generator: its items as they come. Read them as far as the caller reads:
+    /// the generator runs a small window ahead (README "API"); dropping the items before their
+    /// end cancels the call.
+    pub async fn invoke_stream(&self, function: pb::FunctionRef, args: Vec<u8>) -> Result<GenItems, Status> {
+        let req = pb::InvokeRequest { function: Some(function), args };
+        match &self.0 {
+            Transport::Grpc { grpc, auth } => {
+                Ok(GenItems::Grpc(grpc.clone().invoke_stream(authed(req, auth)).await?.into_inner()))
+            }
+            Transport::InProcess(p) => {
+                let serving = p.serving.clone();
+                let items = p.call(req, |svc, req| async move { svc.invoke_stream(req).await }).await?;
+                Ok(GenItems::InProcess { items, serving })
+            }
         }
     }
 
@@ -234,6 +251,26 @@ impl MapResults {
             Results::InProcess { responses, serving } => tokio::select! {
                 biased;
                 m = responses.next() => m.transpose(),
+                () = gone(serving.clone()) => Err(stopped()),
+            },
+        }
+    }
+}
+
+/// A generator call's items (`Client::invoke_stream`).
+pub enum GenItems {
+    Grpc(Streaming<pb::StreamItem>),
+    InProcess { items: StreamItems, serving: watch::Receiver<bool> },
+}
+
+impl GenItems {
+    /// The next item; `None` at the end. A failed generator's error is its last item.
+    pub async fn message(&mut self) -> Result<Option<pb::StreamItem>, Status> {
+        match self {
+            GenItems::Grpc(stream) => stream.message().await,
+            GenItems::InProcess { items, serving } => tokio::select! {
+                biased;
+                m = items.next() => m.transpose(),
                 () = gone(serving.clone()) => Err(stopped()),
             },
         }

@@ -11,7 +11,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::functions::bad;
-use crate::plane::{error, Shared};
+use crate::plane::{error, Input, Shared, Waiter};
 
 type Stream<T> = UnboundedReceiverStream<Result<T, Status>>;
 
@@ -143,6 +143,23 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     }
 }
 
+/// Items a generator input yielded go to its caller's stream, if this container runs it.
+fn yielded(shared: &Shared, cid: u32, items: pb::Items) {
+    let mut st = shared.lock();
+    if let Some(link) = st.links.get_mut(&cid) {
+        link.last_heard = std::time::Instant::now();
+    }
+    if st.running.get(&items.input_id) != Some(&cid) {
+        return;
+    }
+    let Some(Input { waiter: Waiter::Stream(out), .. }) = st.inputs.get(&items.input_id) else {
+        return;
+    };
+    for value in items.values {
+        let _ = out.send(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(value)) }));
+    }
+}
+
 /// Any message from a container is a sign of life (outputs note it under their own lock).
 fn heard(shared: &Shared, cid: u32) {
     if let Some(link) = shared.lock().links.get_mut(&cid) {
@@ -179,6 +196,7 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
             let _ = shared.commands.send(cmd);
         }
         Some(container_message::Msg::Heartbeat(_)) => heard(shared, cid),
+        Some(container_message::Msg::Items(items)) => yielded(shared, cid, items),
         Some(container_message::Msg::Hello(_)) | None => {}
     }
 }

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_core::{failure, Command, PoolId, Submission};
+use berth_core::{failure, Command, InputId, PoolId, Submission};
 use berth_proto::v1::{self as pb, functions_server::Functions};
 use berth_proto::values;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::map::MapResponses;
@@ -39,6 +39,8 @@ pub(crate) struct Target {
     arity: Option<crate::plane::Arity>,
     /// `square`, `Embedder.embed`: for messages.
     label: String,
+    /// A generator: InvokeStream only.
+    gen: bool,
 }
 
 impl Target {
@@ -51,6 +53,30 @@ impl Target {
             Some(takes) => Err(bad(format!("{} takes {takes}; {what} hold {n}", self.label))),
             None => Ok(()),
         }
+    }
+
+    /// Invoke, Spawn, Map and HTTP calls wait for one result, which a generator has not.
+    pub fn not_generator(&self, call: &str) -> Result<(), Status> {
+        if !self.gen {
+            return Ok(());
+        }
+        Err(bad(format!(
+            "{} is a generator (async function*): {call} would have no single result. Call it with InvokeStream \
+             (in TypeScript, .remoteGen(...args) and read the items with for await)",
+            self.label
+        )))
+    }
+
+    /// InvokeStream streams a generator's items; anything else has one result.
+    fn generator(&self) -> Result<(), Status> {
+        if self.gen {
+            return Ok(());
+        }
+        Err(bad(format!(
+            "{} is not a generator: call it with Invoke (in TypeScript, .remote(...args)). InvokeStream is for \
+             async function* functions and async * methods",
+            self.label
+        )))
     }
 }
 
@@ -108,7 +134,7 @@ impl FunctionsSvc {
         let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };
         let arity = def.arity.get(method as usize).copied();
         let pool = self.shared.pool(index, &params);
-        Ok(Target { pool, method, arity, label })
+        Ok(Target { pool, method, arity, label, gen: def.is_generator(method) })
     }
 
     pub(crate) fn registry(&self) -> &Registry {
@@ -125,12 +151,13 @@ impl FunctionsSvc {
     }
 
     fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) {
-        self.submit_many(pool, method, fc, vec![(args, waiter)], false)
+        self.submit_many(pool, method, fc, vec![(args, waiter)], false);
     }
 
-    /// Many inputs, one lock and one command. The inputs of a cancelled Map call are answered
-    /// `InputCancelledError` instead. `waits`: past maxPendingInputs they wait for room instead
-    /// of being refused (a Map call's: README "API", load shedding).
+    /// Many inputs, one lock and one command; returns the id of the last. The inputs of a
+    /// cancelled Map call are answered `InputCancelledError` instead (and 0 returned).
+    /// `waits`: past maxPendingInputs they wait for room instead of being refused (a Map
+    /// call's: README "API", load shedding).
     pub(crate) fn submit_many(
         &self,
         pool: PoolId,
@@ -138,7 +165,7 @@ impl FunctionsSvc {
         fc: String,
         inputs: Vec<(Vec<u8>, Waiter)>,
         waits: bool,
-    ) {
+    ) -> InputId {
         let mut subs = Vec::with_capacity(inputs.len());
         let mut st = self.shared.lock();
         if st.maps.get(&fc).is_some_and(|m| m.is_cancelled()) {
@@ -147,7 +174,7 @@ impl FunctionsSvc {
             for (_, waiter) in inputs {
                 waiter.send(failed(failure::cancelled(&label)));
             }
-            return;
+            return 0;
         }
         for (args, waiter) in inputs {
             st.next_input += 1;
@@ -162,6 +189,15 @@ impl FunctionsSvc {
         }
         // Sent under the lock, so a Cancel of these inputs always follows their submission.
         let _ = self.shared.commands.send(Command::Submit(subs));
+        last
+    }
+
+    /// One generator call: its items as they come, and its end.
+    pub(crate) fn open_stream(&self, pool: PoolId, method: u32, args: Vec<u8>) -> StreamItems {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fc = self.new_call_id();
+        let input = self.submit_many(pool, method, fc, vec![(args, Waiter::Stream(tx))], false);
+        StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false }
     }
 
     /// How messages name what `pool` serves at `method` (crates/berth-core/src/failure.rs).
@@ -197,6 +233,7 @@ impl Functions for FunctionsSvc {
     async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
         let req = req.into_inner();
         let target = self.resolve(req.function.as_ref())?;
+        target.not_generator("Invoke")?;
         target.check_args(&req.args, "args")?;
         let (result, fc) = self.call(target.pool, target.method, req.args).await;
         if let Some(message) = queue_full(&result) {
@@ -219,6 +256,7 @@ impl Functions for FunctionsSvc {
     async fn spawn(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
         let req = req.into_inner();
         let target = self.resolve(req.function.as_ref())?;
+        target.not_generator("Spawn")?;
         target.check_args(&req.args, "args")?;
         let (pool, method) = (target.pool, target.method);
         let fc = self.new_call_id();
@@ -261,6 +299,16 @@ impl Functions for FunctionsSvc {
         Ok(Response::new(pb::GetResultResponse { ready: result.is_some(), result }))
     }
 
+    type InvokeStreamStream = StreamItems;
+
+    async fn invoke_stream(&self, req: Request<pb::InvokeRequest>) -> Result<Response<StreamItems>, Status> {
+        let req = req.into_inner();
+        let target = self.resolve(req.function.as_ref())?;
+        target.generator()?;
+        target.check_args(&req.args, "args")?;
+        Ok(Response::new(self.open_stream(target.pool, target.method, req.args)))
+    }
+
     /// A spawned call's input, or every input of a Map call not answered yet.
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let fc = req.into_inner().function_call_id;
@@ -274,6 +322,75 @@ impl Functions for FunctionsSvc {
         // Under the lock: after the input's submission.
         let _ = self.shared.commands.send(Command::Cancel(vec![input]));
         Ok(Response::new(pb::CancelResponse {}))
+    }
+}
+
+/// The caller's stream takes this many items before the generator is given credit for them:
+/// one StreamCredit message per few items, not per item.
+const CREDIT_BATCH: u32 = 8;
+
+/// A generator call's items, as InvokeStream answers them. Each item the caller's stream takes
+/// gives the generator credit for one more (a caller that stops reading stops it, README
+/// "API"); dropping the stream before its end (a reset, an in-process caller gone) cancels the
+/// call.
+pub struct StreamItems {
+    rx: mpsc::UnboundedReceiver<Result<pb::StreamItem, Status>>,
+    shared: Arc<Shared>,
+    input: InputId,
+    taken: u32,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for StreamItems {
+    type Item = Result<pb::StreamItem, Status>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                if matches!(&item, Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(_)) })) {
+                    this.taken += 1;
+                    if this.taken >= CREDIT_BATCH {
+                        grant(&this.shared, this.input, this.taken);
+                        this.taken = 0;
+                    }
+                }
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for StreamItems {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let st = self.shared.lock();
+        if st.inputs.contains_key(&self.input) {
+            // Under the lock: after the input's submission.
+            let _ = self.shared.commands.send(Command::Cancel(vec![self.input]));
+        }
+    }
+}
+
+/// Credit for `n` more items to the container running generator input `input`. Sent at once,
+/// not queued behind executions waiting for a slot: the generator holds its slot until it ends.
+fn grant(shared: &Shared, input: InputId, n: u32) {
+    let st = shared.lock();
+    let Some(cid) = st.running.get(&input) else { return };
+    if let Some(tx) = st.links.get(cid).and_then(|l| l.tx.as_ref()) {
+        let credit = pb::StreamCredit { input_id: input, items: n };
+        let _ = tx.send(Ok(pb::ControlMessage { msg: Some(pb::control_message::Msg::StreamCredit(credit)) }));
     }
 }
 

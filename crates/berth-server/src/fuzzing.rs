@@ -81,6 +81,7 @@ impl Plane {
                 arity: Vec::new(),
                 params: Vec::new(),
                 not_callable: Vec::new(),
+                generators: Vec::new(),
             }],
         };
         let started = Started::default();

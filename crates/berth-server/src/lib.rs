@@ -23,7 +23,7 @@ mod plane;
 mod server;
 pub mod supervisor;
 
-pub use client::{Client, ConnectError, MapResults};
+pub use client::{Client, ConnectError, GenItems, MapResults};
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner};
 pub use server::{ControlPlane, Killer, ServeOptions};

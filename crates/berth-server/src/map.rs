@@ -34,6 +34,7 @@ impl FunctionsSvc {
             return Err(bad("the first Map message must name the function (`function`), then inputs follow"));
         };
         let target = self.resolve(Some(&f))?;
+        target.not_generator("Map")?;
         let (pool, method) = (target.pool, target.method);
         let fc = self.new_call_id();
         let call = Arc::new(MapCall::new(self.shared.map_window));

@@ -225,6 +225,7 @@ mod tests {
             arity: Vec::new(),
             params,
             not_callable: Vec::new(),
+            generators: Vec::new(),
         }
     }
 

@@ -37,6 +37,9 @@ pub struct FunctionDef {
     /// A class's members that callers cannot call (lifecycle hooks, parameters, undecorated
     /// methods), each with what it is, e.g. `("load", "an @enter() hook: ...")`.
     pub not_callable: Vec<(String, String)>,
+    /// Which methods are generators (`async function*`, `async *`), in `methods` order: they
+    /// are called with InvokeStream only. A method without an entry is none.
+    pub generators: Vec<bool>,
 }
 
 impl FunctionDef {
@@ -46,6 +49,11 @@ impl FunctionDef {
             Some(m) if self.is_class => format!("{}.{m}", self.name),
             _ => self.name.clone(),
         }
+    }
+
+    /// Whether method `method` is a generator.
+    pub(crate) fn is_generator(&self, method: u32) -> bool {
+        self.generators.get(method as usize).copied().unwrap_or(false)
     }
 
     /// What a caller naming `member` of this class is told when it is no method.
@@ -291,6 +299,9 @@ pub(crate) enum Waiter {
     Call(oneshot::Sender<pb::Result>),
     /// One input of a Map stream; the stream ends when every input's sender is gone.
     Map(mpsc::UnboundedSender<Result<pb::MapResponse, tonic::Status>>, u64, Arc<MapCall>),
+    /// A generator's InvokeStream: its items go here as they come (`containers.rs`), and its
+    /// result ends the stream, with an error item if it failed.
+    Stream(mpsc::UnboundedSender<Result<pb::StreamItem, tonic::Status>>),
 }
 
 impl Waiter {
@@ -304,6 +315,11 @@ impl Waiter {
             Waiter::Map(out, index, call) => {
                 call.finished(&result);
                 let _ = out.send(Ok(pb::MapResponse { index, result: Some(result) }));
+            }
+            Waiter::Stream(out) => {
+                if let Some(PbOutcome::Error(e)) = result.outcome {
+                    let _ = out.send(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }));
+                }
             }
         }
     }

@@ -134,6 +134,7 @@ fn app() -> Registry {
         } else {
             Vec::new()
         },
+        generators: Vec::new(),
     };
     Registry {
         functions: vec![

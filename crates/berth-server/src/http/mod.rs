@@ -211,7 +211,11 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     };
 
     let f = pb::FunctionRef { app: app.into(), function: function.into(), method: method.into(), params };
-    let checked = ctx.svc.resolve(Some(&f)).and_then(|t| t.check_args(&args, "the arguments").map(|()| t));
+    // A generator's items are not served over HTTP yet: refused, not answered with no items.
+    let checked = ctx.svc.resolve(Some(&f)).and_then(|t| {
+        t.not_generator("a JSON request")?;
+        t.check_args(&args, "the arguments").map(|()| t)
+    });
     let target = match checked {
         Ok(t) => t,
         Err(status) => {

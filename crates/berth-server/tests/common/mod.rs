@@ -85,6 +85,7 @@ pub fn function(app: &str, name: &str, spec: PoolSpec, arity: Vec<Arity>) -> Fun
         arity,
         params: Vec::new(),
         not_callable: Vec::new(),
+        generators: Vec::new(),
     }
 }
 
