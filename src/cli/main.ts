@@ -348,6 +348,8 @@ interface Served {
   name: string
   methods: string[]
   isClass: boolean
+  /** The web endpoints among `methods`, by index. */
+  web?: { index: number; method: string; label?: string; requiresAuth: boolean }[]
 }
 
 /** Past this many endpoints the banner stops listing; GET /<app> lists them all. */
@@ -359,18 +361,26 @@ const BANNER_ENDPOINTS = 20
  */
 function endpoints(served: Served[], http: string): string {
   const rows = served.flatMap((d) =>
-    (d.isClass ? d.methods : [undefined]).map((m) => ({
-      app: d.app,
-      label: m === undefined ? d.name : `${d.name}.${m}`,
-      grpc: `{app: '${d.app}', function: '${d.name}'${m === undefined ? '' : `, method: '${m}'`}}`,
-      path: '/' + [d.app, d.name, ...(m === undefined ? [] : [m])].map(encodeURIComponent).join('/'),
-    })),
+    (d.isClass ? d.methods : [undefined]).map((m, i) => {
+      // A web endpoint is reached at its own path, with its own method (src/define/web.ts).
+      const web = d.web?.find((w) => w.index === i)
+      const segments = web?.label !== undefined ? [d.app, web.label] : [d.app, d.name, ...(m === undefined ? [] : [m])]
+      return {
+        app: d.app,
+        label: m === undefined ? d.name : `${d.name}.${m}`,
+        grpc: `{app: '${d.app}', function: '${d.name}'${m === undefined ? '' : `, method: '${m}'`}}`,
+        // A web endpoint's whole URL, to open or curl as it is; the RPC routes' paths follow the
+        // address in the line above.
+        path: `${web?.method ?? 'POST'} ${web ? http : ''}/${segments.map(encodeURIComponent).join('/')}`,
+        web: web === undefined ? '' : `  web endpoint${web.requiresAuth ? ', token required' : ''}`,
+      }
+    }),
   )
   if (rows.length === 0) return '  nothing yet: add app.function(...) or an @app.cls() class with @method()s'
   const shown = rows.length > BANNER_ENDPOINTS ? rows.slice(0, BANNER_ENDPOINTS - 1) : rows
   const w1 = Math.max(...shown.map((r) => r.label.length))
   const w2 = Math.max(...shown.map((r) => r.grpc.length))
-  const lines = shown.map((r) => `  ${r.label.padEnd(w1)}  gRPC ${r.grpc.padEnd(w2)}  POST ${r.path}`)
+  const lines = shown.map((r) => `  ${r.label.padEnd(w1)}  gRPC ${r.grpc.padEnd(w2)}  ${r.path}${r.web}`)
   if (shown.length < rows.length) {
     const apps = [...new Set(rows.map((r) => r.app))]
     lines.push(

@@ -6,6 +6,7 @@ import { InvalidError } from '../shared/errors.ts'
 import { runBuildHooks, type PoolDef } from '../run/pool.ts'
 import { getClassMeta, type ClassMeta } from './decorators.ts'
 import type { NormalizedOptions } from './options.ts'
+import { takesRequest, WEB_ARITY } from './web.ts'
 
 export class ClassDef {
   private readonly locals = new Map<string, Promise<any>>()
@@ -66,7 +67,12 @@ export class ClassDef {
     return {
       key: `cls:${this.name}:${paramsKey(params)}`,
       name: this.name,
-      methods: meta.methods.map((m) => ({ name: m.name, batched: m.batched, gen: m.gen, arity: arityOf(this.cls.prototype[m.name]) })),
+      methods: meta.methods.map((m) => {
+        const fn = this.cls.prototype[m.name]
+        if (m.web === undefined) return { name: m.name, batched: m.batched, gen: m.gen, arity: arityOf(fn) }
+        const web = { ...m.web, takesRequest: takesRequest(fn, `@webEndpoint() on ${this.name}.${m.name}`) }
+        return { name: m.name, web, arity: WEB_ARITY }
+      }),
       options: this.opts,
       maxInputs: c?.maxInputs ?? 1,
       targetInputs: c?.targetInputs ?? c?.maxInputs ?? 1,

@@ -1,7 +1,9 @@
 ;(Symbol as any).metadata ??= Symbol.for('Symbol.metadata')
 
 import { InvalidError } from '../shared/errors.ts'
+import type { WebSpec } from '../run/pool.ts'
 import { closest, validateBatched, validateConcurrent, type BatchedOptions, type ConcurrentOptions } from './options.ts'
+import { takesRequest, validateWebEndpoint, type WebEndpointOptions } from './web.ts'
 
 // Every decorator records into `context.metadata` under META. Metadata objects of subclasses
 // inherit from their parent's through the prototype chain, so each class writes into its own
@@ -9,7 +11,7 @@ import { closest, validateBatched, validateConcurrent, type BatchedOptions, type
 
 const META = Symbol('berth.meta')
 
-type Role = 'enter' | 'snapEnter' | 'exit' | 'build' | 'method' | 'batched' | 'parameter'
+type Role = 'enter' | 'snapEnter' | 'exit' | 'build' | 'method' | 'batched' | 'webEndpoint' | 'parameter'
 
 const LABEL: Record<Role, string> = {
   enter: '@enter()',
@@ -18,6 +20,7 @@ const LABEL: Record<Role, string> = {
   build: '@build()',
   method: '@method()',
   batched: '@batched()',
+  webEndpoint: '@webEndpoint()',
   parameter: '@parameter()',
 }
 
@@ -25,6 +28,8 @@ interface MethodEntry {
   name: string
   batched?: BatchedOptions
   gen?: true
+  /** A @webEndpoint(): its options (takesRequest is read when the class is served). */
+  web?: Omit<WebSpec, 'takesRequest'>
 }
 
 /**
@@ -56,7 +61,7 @@ export interface ClassMeta {
   exit: string[]
   build: string[]
   /** `@method` and `@batched` members; a subclass override keeps the base position. `gen`: a generator. */
-  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; gen?: true }[]
+  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; gen?: true; web?: Omit<WebSpec, 'takesRequest'> }[]
   /** `@parameter` field names. */
   params: string[]
   concurrent?: { maxInputs: number; targetInputs: number }
@@ -109,11 +114,17 @@ function own(metadata: DecoratorMetadataObject | undefined, label: string): OwnM
 }
 
 const LIFECYCLE: ReadonlySet<Role> = new Set(['enter', 'snapEnter', 'exit', 'build'])
-const CALLABLE: ReadonlySet<Role> = new Set(['method', 'batched'])
+const CALLABLE: ReadonlySet<Role> = new Set(['method', 'batched', 'webEndpoint'])
 
 function checkCombination(name: string, existing: readonly Role[], role: Role): void {
   for (const other of existing) {
     if (other === role) throw new InvalidError(`${LABEL[role]} is applied twice to '${name}'. Remove one.`)
+    if (CALLABLE.has(role) && CALLABLE.has(other) && (role === 'webEndpoint' || other === 'webEndpoint')) {
+      throw new InvalidError(
+        `'${name}' has both ${LABEL[other]} and ${LABEL[role]}. A @webEndpoint() is callable already (as .remote(value) too) ` +
+          'and is not batched: keep @webEndpoint() alone, or move the shared code into a helper called from two methods.',
+      )
+    }
     if (CALLABLE.has(role) && CALLABLE.has(other)) {
       throw new InvalidError(
         `'${name}' has both @method() and @batched(). Use @batched({ maxBatchSize, waitMs }) alone for a batched method, or @method() alone.`,
@@ -246,6 +257,31 @@ export function method(): <This, F extends (this: This, ...args: any[]) => any>(
   return memberDecorator('method', (m, n, v) => m.methods.push(isGeneratorFunction(v) ? { name: n, gen: true } : { name: n }))
 }
 
+/**
+ * A web endpoint (Modal's `fastapi_endpoint`): `POST /{app}/{Class}/{method}` (or `/{app}/{label}`)
+ * on the HTTP port calls it with the JSON body (the query's object of strings for GET and
+ * DELETE) and, if it declares a second parameter, the web `Request`. It returns a JSON value or
+ * a `Response`. README "API", web endpoints.
+ */
+export function webEndpoint(
+  opts?: WebEndpointOptions,
+): <This, F extends (this: This, ...args: any[]) => any>(value: F, context: ClassMethodDecoratorContext<This, F>) => void {
+  if (looksLikeDecoratorCall(arguments as unknown as unknown[])) {
+    throw noParens('@webEndpoint', "@webEndpoint({ method: 'POST' })", arguments as unknown as unknown[])
+  }
+  const web = validateWebEndpoint(opts, '@webEndpoint()')
+  return memberDecorator('webEndpoint', (m, n, v) => {
+    if (isGeneratorFunction(v)) {
+      throw new InvalidError(
+        `@webEndpoint() cannot be used on generator '${n}' yet: its answer is one JSON value or Response. ` +
+          'Make it a plain async method, or use @method() and call it with remoteGen.',
+      )
+    }
+    takesRequest(v as Function, `@webEndpoint() on '${n}'`)
+    m.methods.push({ name: n, web })
+  })
+}
+
 /** A non-empty list of array parameters: what a batched method body receives. */
 type BatchArgs = [ReadonlyArray<unknown>, ...ReadonlyArray<unknown>[]]
 
@@ -351,7 +387,13 @@ export function getClassMeta(clsOrMetadata: Function | DecoratorMetadataObject):
     }
     for (const e of m.methods) {
       const i = meta.methods.findIndex((x) => x.name === e.name)
-      const entry = e.batched ? { name: e.name, batched: { ...e.batched } } : e.gen ? { name: e.name, gen: e.gen } : { name: e.name }
+      const entry = e.batched
+        ? { name: e.name, batched: { ...e.batched } }
+        : e.gen
+          ? { name: e.name, gen: e.gen }
+          : e.web
+            ? { name: e.name, web: { ...e.web } }
+            : { name: e.name }
       if (i === -1) meta.methods.push(entry)
       else meta.methods[i] = entry
     }

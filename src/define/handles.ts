@@ -5,12 +5,13 @@ import { clsFromName } from '../call/from-name.ts'
 import { Invocable } from '../call/handle.ts'
 import type { ClsHandle, ClsParams } from '../call/types.ts'
 import { runAsLocal } from '../run/context.ts'
-import type { PoolDef } from '../run/pool.ts'
+import type { PoolDef, WebSpec } from '../run/pool.ts'
 import { arityOf } from '../shared/arity.ts'
 import { InvalidError } from '../shared/errors.ts'
 import { classDefs } from './class-def.ts'
 import { isGeneratorFunction, validateParams } from './decorators.ts'
 import { validateBatched, validateConcurrent, type NormalizedOptions } from './options.ts'
+import { takesRequest, validateWebEndpoint, WEB_ARITY } from './web.ts'
 
 export class FunctionHandleImpl extends Invocable {
   readonly def: PoolDef
@@ -29,10 +30,21 @@ export class FunctionHandleImpl extends Invocable {
           'Drop the batched option, or make the function a plain async function.',
       )
     }
+    const where = `app.function('${name}')`
+    let web: WebSpec | undefined
+    if (opts.webEndpoint !== undefined) {
+      if (gen || batched) {
+        throw new InvalidError(
+          `${where}: a web endpoint answers one JSON value or Response, so it cannot be ${gen ? 'a generator' : 'batched'} ` +
+            `(yet). ${gen ? 'Make it a plain async function' : 'Drop the batched option'}, or drop webEndpoint.`,
+        )
+      }
+      web = { ...validateWebEndpoint(opts.webEndpoint, where), takesRequest: takesRequest(fn, where) }
+    }
     const def: PoolDef = {
       key: `fn:${name}`,
       name,
-      methods: [{ name, batched, gen, arity: arityOf(fn) }],
+      methods: [web ? { name, web, arity: WEB_ARITY } : { name, batched, gen, arity: arityOf(fn) }],
       options: opts,
       maxInputs: conc?.maxInputs ?? 1,
       targetInputs: conc?.targetInputs ?? 1,

@@ -58,10 +58,21 @@ export interface ClsOptions {
   memory?: number
 }
 
+export interface WebEndpointOptions {
+  /** The HTTP method it answers; default 'POST'. */
+  method?: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE'
+  /** Its path under the app, `/{app}/{label}`; default the function's name, or `Class/method`. */
+  label?: string
+  /** Demand the server's token (`authorization: Bearer <token>`); default false. */
+  requiresAuth?: boolean
+}
+
 /** Options of `app.function(...)`: those of a class plus concurrency and batching. */
 export interface FunctionOptions extends ClsOptions {
   concurrent?: ConcurrentOptions
   batched?: BatchedOptions
+  /** Serve it at a URL of its own (README "API", web endpoints); checked in src/define/web.ts. */
+  webEndpoint?: WebEndpointOptions
 }
 
 export interface NormalizedOptions {
@@ -85,6 +96,8 @@ export interface NormalizedOptions {
   memory: number | undefined
   concurrent: Required<ConcurrentOptions> | undefined
   batched: BatchedOptions | undefined
+  /** Unchecked here: src/define/handles.ts checks it with the function in hand. */
+  webEndpoint: unknown
 }
 
 export const DEFAULT_TIMEOUT_S = 300
@@ -111,7 +124,7 @@ const CLS_KEYS = [
   'cpu',
   'memory',
 ] as const
-const FUNCTION_KEYS = [...CLS_KEYS, 'concurrent', 'batched'] as const
+const FUNCTION_KEYS = [...CLS_KEYS, 'concurrent', 'batched', 'webEndpoint'] as const
 
 // Names users coming from Modal (or typos) reach for, mapped to ours.
 const ALIASES: Record<string, string> = {
@@ -279,6 +292,9 @@ export function normalizeOptions(
         `${where}: a class sets concurrency with the @concurrent({ maxInputs }) class decorator, not the 'concurrent' option.`,
       )
     }
+    if ('webEndpoint' in o) {
+      throw new InvalidError(`${where}: a class serves web endpoints per method: put @webEndpoint({ method, label }) on the method.`)
+    }
     if ('batched' in o) {
       throw new InvalidError(
         `${where}: a class batches per method: put @batched({ maxBatchSize, waitMs }) on the method instead of the 'batched' option.`,
@@ -381,6 +397,7 @@ export function normalizeOptions(
     memory: memory as number | undefined,
     concurrent,
     batched,
+    webEndpoint: o.webEndpoint,
   }
 }
 

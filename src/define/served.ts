@@ -3,6 +3,7 @@
 // as crates/berth-node's `BindingFunctionDef` takes them.
 import type { BindingFunctionDef, BindingParam } from '../native.ts'
 import { encodeValue } from '../shared/cbor.ts'
+import { InvalidError } from '../shared/errors.ts'
 import { bindingSpec, type PoolDef } from '../run/pool.ts'
 import { containerEnv } from '../run/secrets.ts'
 import type { ClassDef } from './class-def.ts'
@@ -32,7 +33,7 @@ export function registryOf(apps: ServedApp[]): object[] {
 }
 
 export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
-  return apps.flatMap((app) =>
+  const defs = apps.flatMap((app) =>
     app.servedDefs().map(({ def, isClass }) => ({
       app: app.name,
       name: def.name,
@@ -44,6 +45,12 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
       gpu: def.options.gpu,
       arity: def.methods.map((m) => m.arity),
       generators: def.methods.map((m) => m.gen === true),
+      // The web endpoints among the methods, by index (crates/berth-server/src/web.rs routes them).
+      web: def.methods.flatMap((m, index) =>
+        m.web
+          ? [{ index, method: m.web.method, label: m.web.label, requiresAuth: m.web.requiresAuth, takesRequest: m.web.takesRequest }]
+          : [],
+      ),
       params: isClass ? paramsOf(def.cls!) : [],
       // What a call naming a hook, a parameter or an undecorated method is told.
       notCallable: isClass
@@ -57,4 +64,22 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
         : [],
     })),
   )
+  checkWebPaths(defs)
+  return defs
+}
+
+/** Two web endpoints at one path: refused at start, naming both (README "API", web endpoints). */
+function checkWebPaths(defs: BindingFunctionDef[]): void {
+  const seen = new Map<string, string>()
+  for (const d of defs) {
+    for (const w of d.web ?? []) {
+      const member = d.isClass ? `${d.name}.${d.methods[w.index]}` : d.name
+      const path = `/${d.app}/${w.label ?? (d.isClass ? `${d.name}/${d.methods[w.index]}` : d.name)}`
+      const other = seen.get(path)
+      if (other !== undefined) {
+        throw new InvalidError(`web endpoints ${other} and ${member} are both at ${path}: give one of them another label`)
+      }
+      seen.set(path, member)
+    }
+  }
 }

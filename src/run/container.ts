@@ -10,6 +10,7 @@ import { errorFromData, InvalidError, SerializationError, wireError } from '../s
 import { checkAndCopy } from '../shared/serialize.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { applyParams, batchResultError, describe, GEN_WINDOW, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
+import { toRequest, toWire } from './web.ts'
 
 /** What a container process needs of an app its file defines: the pool it is to serve. */
 export interface ContainerApp {
@@ -331,6 +332,15 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       }
       const call = async (): Promise<void> => {
         try {
+          if (m.web !== undefined) {
+            // The control plane adds the request's head and body as a second argument only
+            // for endpoints that take a Request (src/run/web.ts); callers pass one value.
+            const args = inputs[0].args
+            if (m.web.takesRequest && args.length === 2) args[1] = toRequest(args[1])
+            const value = await target.apply(inst, args)
+            done(false, [{ ok: true, value: value instanceof Response ? await toWire(value) : value }])
+            return
+          }
           if (!m.batched) {
             done(false, [{ ok: true, value: await target.apply(inst, inputs[0].args) }])
             return

@@ -34,6 +34,16 @@ export interface PoolOptions {
   gpu: string[]
 }
 
+/** A web endpoint (`@webEndpoint`, `app.function({ webEndpoint })`; src/define/web.ts). */
+export interface WebSpec {
+  /** Upper case: 'GET', 'POST', 'PUT', 'PATCH', 'DELETE'. */
+  method: string
+  label: string | undefined
+  requiresAuth: boolean
+  /** It declares a second parameter: the control plane sends the request's head and body. */
+  takesRequest: boolean
+}
+
 /** What the runtime needs to serve one function or one class with one parameter set. */
 export interface PoolDef {
   /** Unique per callable and parameter set. */
@@ -41,7 +51,7 @@ export interface PoolDef {
   /** For messages: `square`, `Embedder`. */
   name: string
   /** `gen`: an `async function*` (or `function*`) whose items stream to the caller (remoteGen). */
-  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; gen?: boolean; arity: Arity }[]
+  methods: { name: string; batched?: { maxBatchSize: number; waitMs: number }; gen?: boolean; web?: WebSpec; arity: Arity }[]
   options: PoolOptions
   maxInputs: number
   targetInputs: number

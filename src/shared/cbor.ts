@@ -6,6 +6,22 @@ import { checkAndCopy, TYPED } from './serialize.ts'
 
 const codec = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false })
 
+/**
+ * A web `Response` a web endpoint returned, read to its end (README "API", web endpoints): it
+ * crosses as CBOR tag WEB_RESPONSE_TAG over `[status, [[name, value], ...], body bytes]`, which
+ * the control plane answers the HTTP request with (crates/berth-server/src/web.rs), and which a
+ * `.remote()` caller decodes back into a `Response`.
+ */
+export class WireResponse {
+  constructor(
+    readonly status: number,
+    readonly headers: [string, string][],
+    readonly body: Uint8Array,
+  ) {}
+}
+/** berth's own tag ('bert'); crates/berth-server/src/web.rs WEB_RESPONSE_TAG. */
+export const WEB_RESPONSE_TAG = 0x62657274
+
 // One rule for what crosses, the embedded one (serialize.ts): cbor-x alone would write a class
 // instance as a plain map of its fields (`new Point(1, 2)` arriving as `{ x: 1, y: 2 }`), an
 // Error or a RegExp as tags berth does not decode. cbor-x handles plain objects, arrays and Maps
@@ -20,6 +36,7 @@ const PASSED = new Set<object | null>([
   Date.prototype,
   Set.prototype,
   ArrayBuffer.prototype,
+  WireResponse.prototype,
   Buffer.prototype,
   ...Object.values(TYPED).map((c) => c.prototype),
 ])
@@ -33,6 +50,20 @@ addExtension({
   Class: { [Symbol.hasInstance]: (v: object) => checking && !PASSED.has(Object.getPrototypeOf(v)) },
   encode() {
     throw new NotPassed()
+  },
+} as never)
+
+// After the check above, which lets a WireResponse through.
+addExtension({
+  Class: WireResponse,
+  tag: WEB_RESPONSE_TAG,
+  encode(r: WireResponse, encode: (v: unknown) => void) {
+    encode([r.status, r.headers, Buffer.from(r.body.buffer, r.body.byteOffset, r.body.length)])
+  },
+  decode([status, headers, body]: [number, [string, string][], Uint8Array]) {
+    // A null-body status (204, 304...) takes no body, not even an empty one.
+    const empty = status === 101 || status === 204 || status === 205 || status === 304
+    return new Response(empty ? null : body, { status, headers })
   },
 } as never)
 

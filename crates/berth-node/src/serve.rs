@@ -8,7 +8,7 @@ use std::time::Duration;
 use berth_server::supervisor::{self, warm_spare_from_env, Placements};
 use berth_server::{
     Arity, ControlPlane, FunctionDef, Killer, ParamKind, ParamSpec, Registry, ServeOptions, Supervisor,
-    SupervisorHandle, SupervisorOptions,
+    SupervisorHandle, SupervisorOptions, WebSpec,
 };
 use napi::bindgen_prelude::{AsyncTask, Buffer};
 use napi::{Env, Error, Result, Task};
@@ -36,6 +36,19 @@ pub struct BindingFunctionDef {
     pub not_callable: Option<Vec<BindingMember>>,
     /// `FunctionDef::generators`.
     pub generators: Option<Vec<bool>>,
+    /// `FunctionDef::web`: its web endpoints.
+    pub web: Option<Vec<BindingWeb>>,
+}
+
+/// `berth_server::WebSpec`, from src/define/served.ts.
+#[napi(object)]
+pub struct BindingWeb {
+    /// Which of `methods`.
+    pub index: u32,
+    pub method: String,
+    pub label: Option<String>,
+    pub requires_auth: bool,
+    pub takes_request: bool,
 }
 
 #[napi(object)]
@@ -153,6 +166,18 @@ impl BindingServer {
                 params,
                 not_callable: f.not_callable.unwrap_or_default().into_iter().map(|m| (m.name, m.what)).collect(),
                 generators: f.generators.unwrap_or_default(),
+                web: f
+                    .web
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|w| WebSpec {
+                        index: w.index,
+                        method: w.method,
+                        label: w.label,
+                        requires_auth: w.requires_auth,
+                        takes_request: w.takes_request,
+                    })
+                    .collect(),
             });
         }
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {

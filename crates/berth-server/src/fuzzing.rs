@@ -82,6 +82,7 @@ impl Plane {
                 params: Vec::new(),
                 not_callable: Vec::new(),
                 generators: Vec::new(),
+                web: Vec::new(),
             }],
         };
         let started = Started::default();

@@ -25,6 +25,6 @@ pub mod supervisor;
 
 pub use client::{Client, ConnectError, GenItems, MapResults};
 pub use conn::ConnCounters;
-pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner};
+pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner, WebSpec};
 pub use server::{ControlPlane, Killer, ServeOptions};
 pub use supervisor::{Supervisor, SupervisorHandle, SupervisorOptions};

@@ -226,6 +226,7 @@ mod tests {
             params,
             not_callable: Vec::new(),
             generators: Vec::new(),
+            web: Vec::new(),
         }
     }
 

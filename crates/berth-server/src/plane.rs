@@ -40,6 +40,24 @@ pub struct FunctionDef {
     /// Which methods are generators (`async function*`, `async *`), in `methods` order: they
     /// are called with InvokeStream only. A method without an entry is none.
     pub generators: Vec<bool>,
+    /// Its web endpoints (`@webEndpoint`, `app.function({ webEndpoint })`): which methods are
+    /// served at a URL of their own, and how (crates/berth-server/src/web.rs).
+    pub web: Vec<WebSpec>,
+}
+
+/// A web endpoint: method `index` of a [`FunctionDef`], served at `/{app}/{label}` (the label
+/// defaults to the function's name, or `Class/method`) for HTTP method `method`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSpec {
+    pub index: u32,
+    /// Upper case: `GET`, `POST`, `PUT`, `PATCH`, `DELETE`.
+    pub method: String,
+    pub label: Option<String>,
+    /// Demand the server's token (auth.rs's rule); an endpoint without it is public, even on a
+    /// server started with a token.
+    pub requires_auth: bool,
+    /// The function declares a second parameter: it gets the request's head and body.
+    pub takes_request: bool,
 }
 
 impl FunctionDef {

@@ -135,6 +135,7 @@ fn app() -> Registry {
             Vec::new()
         },
         generators: Vec::new(),
+        web: Vec::new(),
     };
     Registry {
         functions: vec![

@@ -40,6 +40,10 @@ use crate::conn::{Counters, Listener};
 use crate::functions::FunctionsSvc;
 
 pub(crate) mod json;
+// Web endpoints live in src/web.rs (ARCHITECTURE.md), as a child of this module: they answer
+// with this module's helpers and read bodies with its bounds.
+#[path = "../web.rs"]
+pub(crate) mod web;
 
 /// A running HTTP ingress.
 pub(crate) struct Ingress {
@@ -54,6 +58,7 @@ struct Ctx {
     max_body: usize,
     body_timeout: Duration,
     counters: Arc<Counters>,
+    web: web::Routes,
 }
 
 impl Ingress {
@@ -66,7 +71,8 @@ impl Ingress {
         mut incoming: Listener,
         counters: Arc<Counters>,
     ) -> Self {
-        let ctx = Arc::new(Ctx { svc, token, max_body, body_timeout, counters });
+        let web = web::Routes::new(svc.registry());
+        let ctx = Arc::new(Ctx { svc, token, max_body, body_timeout, counters, web });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
@@ -133,6 +139,11 @@ const ROUTES: &str =
     "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET / or GET /healthz";
 
 async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
+    // Web endpoints first: each has its own method and token rule (web.rs).
+    let req = match web::serve(ctx, req).await {
+        Ok(res) => return res,
+        Err(req) => req,
+    };
     let path = req.uri().path();
     if path == "/healthz" {
         return match *req.method() {

@@ -86,6 +86,7 @@ pub fn function(app: &str, name: &str, spec: PoolSpec, arity: Vec<Arity>) -> Fun
         params: Vec::new(),
         not_callable: Vec::new(),
         generators: Vec::new(),
+        web: Vec::new(),
     }
 }
 
