@@ -1,6 +1,7 @@
 // Web endpoints (README "API", web endpoints) against `npx berth serve`, through fetch: a class
 // whose @enter loads before the first request, JSON in and out, a query, a Response passed
 // through, requiresAuth, wrong method, unknown path, malformed JSON, timeout.
+import { existsSync, readFileSync } from 'node:fs'
 import test from 'ava'
 
 import { lines } from './_cli.ts'
@@ -13,8 +14,8 @@ async function served(t: any, extra: string[] = []): Promise<Served> {
   return s
 }
 
-const post = (url: string, body: string, headers: Record<string, string> = {}) =>
-  fetch(url, { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers } })
+const post = (url: string, body: string, headers: Record<string, string> = {}, signal?: AbortSignal) =>
+  fetch(url, { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers }, signal })
 
 test.serial('a @webEndpoint answers JSON with what @enter loaded; GET gets the query; a Response passes through; the banner prints each URL', async (t) => {
   const s = await served(t)
@@ -54,7 +55,7 @@ test.serial('a @webEndpoint answers JSON with what @enter loaded; GET gets the q
   await stopsCleanly(t, s)
 })
 
-test.serial('wrong method 405 with Allow, unknown path 404 naming the endpoints, malformed JSON 400, timeout 504', async (t) => {
+test.serial('wrong method 405 with Allow, unknown path 404 naming the endpoints, malformed JSON 400, a throw 500 not retried, timeout 504', async (t) => {
   const s = await served(t)
   const base = `http://${s.http}/shop`
   const wrong = await fetch(`${base}/search`, { method: 'POST', body: '{}' })
@@ -72,6 +73,11 @@ test.serial('wrong method 405 with Allow, unknown path 404 naming the endpoints,
   const bad = await post(`${base}/Model/predict`, '{"text":')
   t.is(bad.status, 400)
   t.regex(((await bad.json()) as any).error.message, /the body is not valid JSON .*: send a JSON body/)
+
+  const flaky = await post(`${base}/flaky`, '')
+  t.is(flaky.status, 500)
+  t.like(((await flaky.json()) as any).error, { name: 'RangeError', message: 'flaky failed' })
+  t.is(readFileSync(s.marker, 'utf8').match(/flaky attempt/g)?.length, 1, 'not retried, though the class has retries: 2')
 
   const late = await post(`${base}/sleep`, '5000')
   t.is(late.status, 504)
@@ -95,5 +101,17 @@ test.serial('requiresAuth: 401 without the token, 200 with it; other endpoints s
   t.deepEqual(await (await post(`${base}/Model/predict`, '{"text":"a"}')).json(), { label: 'a:loaded' })
   // The RPC routes keep the server's token rule.
   t.is((await post(`${base}/square`, '[3]')).status, 401)
+  await stopsCleanly(t, s)
+})
+
+test.serial('a client that goes away cancels its request: the input signal aborts', async (t) => {
+  const s = await served(t)
+  const gone = new AbortController()
+  const pending = post(`http://${s.http}/shop/hang`, '', {}, gone.signal).catch((e) => e)
+  void pending
+  await until(() => existsSync(s.marker) && readFileSync(s.marker, 'utf8').includes('started'), 10_000, 'the request to start')
+  gone.abort()
+  await until(() => readFileSync(s.marker, 'utf8').includes('aborted'), 10_000, 'the abort')
+  t.regex(readFileSync(s.marker, 'utf8'), /aborted: InputCancelledError/)
   await stopsCleanly(t, s)
 })

@@ -78,7 +78,8 @@ export function bindingSpec(def: PoolDef, maxContainers: number): BindingPoolSpe
   const hooks = def.meta
   return {
     name: def.name,
-    methods: def.methods.map((m) => ({ maxBatchSize: m.batched?.maxBatchSize, waitMs: m.batched?.waitMs })),
+    // Retries do not apply to web requests (README "API", web endpoints).
+    methods: def.methods.map((m) => ({ maxBatchSize: m.batched?.maxBatchSize, waitMs: m.batched?.waitMs, noRetries: m.web !== undefined })),
     hasBuild: (hooks?.build.length ?? 0) > 0,
     hasSnapEnter: (hooks?.snapEnter.length ?? 0) > 0,
     hasEnter: (hooks?.enter.length ?? 0) > 0,

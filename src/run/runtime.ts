@@ -739,8 +739,13 @@ export class EmbeddedRuntime {
         try {
           value = checkAndCopy(value, `the result of ${this.label(rec)}`)
         } catch (e) {
-          status = ST_FINAL
-          this.record(id, attempt, false, e)
+          // A web endpoint's Response reaches a .remote() caller as a Response, as it does from
+          // a container process (src/shared/cbor.ts WireResponse); checked only here, off the
+          // path of values that copy.
+          if (!(value instanceof Response && rec.pool.def.methods[rec.method].web)) {
+            status = ST_FINAL
+            this.record(id, attempt, false, e)
+          }
         }
       }
       if (status === ST_OK && (rec.ctx === undefined || !rec.ctx.aborted)) {

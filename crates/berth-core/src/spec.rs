@@ -109,6 +109,9 @@ impl Batching {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MethodSpec {
     pub batching: Option<Batching>,
+    /// A failed attempt is final, whatever the pool's retries say: a web endpoint's (a
+    /// request's client waits for its answer; README "API", web endpoints).
+    pub no_retries: bool,
 }
 
 /// Which lifecycle phases have hooks; phases without hooks are skipped without a round trip.

@@ -142,6 +142,8 @@ pub struct BindingMethod {
     /// Present for a `@batched` method.
     pub max_batch_size: Option<u32>,
     pub wait_ms: Option<f64>,
+    /// A web endpoint: no retries (`MethodSpec::no_retries`).
+    pub no_retries: Option<bool>,
 }
 
 #[napi(object)]
@@ -193,7 +195,7 @@ impl BindingPoolSpec {
                     }
                     None => None,
                 };
-                Ok(MethodSpec { batching })
+                Ok(MethodSpec { batching, no_retries: m.no_retries.unwrap_or(false) })
             })
             .collect::<Result<Vec<_>>>()?;
         let r = &self.retries;

@@ -948,8 +948,10 @@ async fn a_kill_ends_a_shutdown_that_waits_for_queued_inputs() {
 #[tokio::test]
 async fn a_batch_of_large_results_fits_through_however_the_cap_compares_to_their_sum() {
     let mut registry = square_app(0, 1);
-    registry.functions[0].spec.methods =
-        vec![MethodSpec { batching: Some(berth_core::Batching::new(8, Duration::from_millis(200)).unwrap()) }];
+    registry.functions[0].spec.methods = vec![MethodSpec {
+        batching: Some(berth_core::Batching::new(8, Duration::from_millis(200)).unwrap()),
+        ..MethodSpec::default()
+    }];
     let b = Behaviour { result_bytes: Some(600 << 10), ..Behaviour::default() };
     let (plane, seen) = start(registry, b, ServeOptions { max_message_bytes: 1 << 20, ..local() }).await;
     let mut c = client(&plane).await;

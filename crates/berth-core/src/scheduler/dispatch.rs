@@ -171,7 +171,8 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             return;
         }
         let Some(pool) = self.pools.get(&st.pool) else { return };
-        if st.retried < pool.spec.retries.max_retries {
+        let retries = pool.spec.methods.get(st.method as usize).is_none_or(|m| !m.no_retries);
+        if retries && st.retried < pool.spec.retries.max_retries {
             st.retried += 1;
             let delay = pool.spec.retries.delay_for(st.retried);
             st.state = IState::Backoff;

@@ -152,7 +152,10 @@ fn spec() -> PoolSpec {
 fn batched(max: u32, wait_ms: u64) -> PoolSpec {
     PoolSpec::new(
         "b",
-        vec![MethodSpec { batching: Some(Batching::new(max, Duration::from_millis(wait_ms)).expect("ok")) }],
+        vec![MethodSpec {
+            batching: Some(Batching::new(max, Duration::from_millis(wait_ms)).expect("ok")),
+            ..MethodSpec::default()
+        }],
     )
 }
 
@@ -376,7 +379,10 @@ async fn cancelled_inputs_leave_a_forming_batch() {
 async fn several_methods_share_slots_oldest_first() {
     let mut s = PoolSpec::new(
         "c",
-        vec![MethodSpec::default(), MethodSpec { batching: Some(Batching::new(2, Duration::ZERO).expect("ok")) }],
+        vec![
+            MethodSpec::default(),
+            MethodSpec { batching: Some(Batching::new(2, Duration::ZERO).expect("ok")), ..MethodSpec::default() },
+        ],
     );
     s.max_inputs = 1;
     s.target_inputs = 1;
@@ -432,6 +438,23 @@ async fn retries_follow_the_backoff_and_count_attempts() {
     };
     assert_eq!(starts, vec![(0, 1), (1000, 2), (3000, 3)]);
     assert_eq!(ev, Ev::Done(1, 3, Outcome::Ok));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_method_without_retries_fails_at_once_while_its_pool_retries_others() {
+    let mut s =
+        PoolSpec::new("c", vec![MethodSpec::default(), MethodSpec { no_retries: true, ..MethodSpec::default() }]);
+    s.retries = RetryPolicy::fixed(2).expect("ok");
+    let mut w = World::new(s);
+    w.submit([1], 1);
+    let e = w.run_ev().await;
+    w.complete(&e, ExecStatus::Failed);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Failed));
+    w.submit([2], 0);
+    let e = w.run_ev().await;
+    w.complete(&e, ExecStatus::Failed);
+    let e = w.run_ev().await;
+    assert_eq!(e.inputs.to_vec(), vec![(2, 2)], "method 0 is retried");
 }
 
 #[tokio::test(start_paused = true)]
