@@ -2,7 +2,7 @@
 // fix, and a web endpoint is still a function its app calls with .remote(value), in both
 // container modes.
 import test from 'ava'
-import { App, InvalidError, batched, method, webEndpoint } from 'berth'
+import { App, InvalidError, __berthRegistryOf, batched, method, webEndpoint } from 'berth'
 
 import { inBothModes, MODES } from './_modes.ts'
 
@@ -92,4 +92,18 @@ test('.remote(value) calls a web endpoint with the value (no Request) and a retu
     // The Request is the server's to pass: a caller passes the one value.
     t.regex(run.result.two, /^InvalidError: hello takes (0 to 1|at most 1) argument/, MODES[i])
   }
+})
+
+test('two web endpoints at one path are refused when the app is served, naming both', (t) => {
+  const twice = new App('web-twice')
+  twice.function({ webEndpoint: { label: 'hello' } }, async function a() {})
+  @twice.cls()
+  class B {
+    @webEndpoint({ method: 'GET', label: 'hello' }) async b() {}
+  }
+  void B
+  t.throws(() => __berthRegistryOf([twice]), {
+    instanceOf: InvalidError,
+    message: 'web endpoints a and B.b are both at /web-twice/hello: give one of them another label',
+  })
 })

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import test from 'ava'
 
-import { lines } from './_cli.ts'
+import { berth, lines } from './_cli.ts'
 import { serve, stopsCleanly, type Served } from './_served.ts'
 import { until } from './_util.ts'
 
@@ -114,4 +114,14 @@ test.serial('a client that goes away cancels its request: the input signal abort
   await until(() => readFileSync(s.marker, 'utf8').includes('aborted'), 10_000, 'the abort')
   t.regex(readFileSync(s.marker, 'utf8'), /aborted: InputCancelledError/)
   await stopsCleanly(t, s)
+})
+
+test.serial('berth run prints each web endpoint URL while it runs (process containers serve them on a free HTTP port)', async (t) => {
+  const r = await berth(['run', '__test__/fixtures/web.ts::square', '--', '7'])
+  t.is(r.code, 0, r.stderr)
+  t.regex(r.stdout, /49/)
+  t.regex(r.stderr, /berth: web endpoints while this runs:\n/)
+  t.regex(r.stderr, /Model\.predict\s+gRPC .*\s+POST http:\/\/127\.0\.0\.1:\d+\/shop\/Model\/predict\s+web endpoint\n/)
+  t.regex(r.stderr, /echo\s+gRPC .*\s+DELETE http:\/\/127\.0\.0\.1:\d+\/shop\/echo\s+web endpoint\n/)
+  t.notRegex(r.stderr, /\/shop\/square/)
 })

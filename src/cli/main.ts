@@ -51,7 +51,8 @@ the gRPC FunctionRef and the HTTP path that call it. --http-port serves them as 
   curl -X POST http://127.0.0.1:7451/<app>/<Class>/<method> -d '{"args":["hi"],"params":{"model":"mini"}}'
 
 answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
-throws, 400/404/413 for a malformed body, an unknown name, an oversized body. GET /<app>
+throws, 400/404/413 for a malformed body, an unknown name, an oversized body. Web endpoints
+(@webEndpoint) answer at the URLs the banner prints, each with its own method. GET /<app>
 lists what the app serves (GET /, every app); GET /healthz answers ok. Callers in Node
 (Function.fromName, Cls.fromName, FunctionCall.fromId) find the server at
 http://127.0.0.1:7450 unless BERTH_SERVER (or App.lookup) names another.
@@ -359,8 +360,8 @@ const BANNER_ENDPOINTS = 20
  * The banner's list of what is served: each function and class method with the gRPC function
  * reference (`berth.v1.FunctionRef`) and the HTTP path that call it.
  */
-function endpoints(served: Served[], http: string): string {
-  const rows = served.flatMap((d) =>
+function endpoints(served: Served[], http: string, webOnly = false): string {
+  const all = served.flatMap((d) =>
     (d.isClass ? d.methods : [undefined]).map((m, i) => {
       // A web endpoint is reached at its own path, with its own method (src/define/web.ts).
       const web = d.web?.find((w) => w.index === i)
@@ -376,6 +377,7 @@ function endpoints(served: Served[], http: string): string {
       }
     }),
   )
+  const rows = webOnly ? all.filter((r) => r.web !== '') : all
   if (rows.length === 0) return '  nothing yet: add app.function(...) or an @app.cls() class with @method()s'
   const shown = rows.length > BANNER_ENDPOINTS ? rows.slice(0, BANNER_ENDPOINTS - 1) : rows
   const w1 = Math.max(...shown.map((r) => r.label.length))
@@ -595,6 +597,12 @@ async function run(args: string[]): Promise<number> {
     return 2
   }
   running = started
+  // Web endpoints are served while the entrypoint runs (with process containers): say where.
+  const http = app.processServer?.httpAddress
+  if (http) {
+    const web = endpoints(api().__berthRegistryOf(apps) as BindingFunctionDef[], `http://${http}`, true)
+    process.stderr.write(`berth: web endpoints while this runs:\n${web}\n`)
+  }
   // Embedded, the process exiting is the forced stop; with process containers they go first.
   signals.force = () => app.processServer?.kill()
   let code = 0

@@ -84,7 +84,7 @@ export class App {
   /** @internal The module that created this app: what process containers load. */
   sourceFile: string | undefined
   /** @internal Set while the app runs with process containers. */
-  processServer: { shutdown(): Promise<void>; kill(): void; address: string } | undefined
+  processServer: { shutdown(): Promise<void>; kill(): void; address: string; httpAddress?: string | null } | undefined
 
   /**
    * Where a served app lives, for `Function.fromName` / `Cls.fromName` in this process
@@ -299,9 +299,12 @@ export class App {
         `app.run({ containers: 'process' }): cannot tell which file defines app '${this.name}' (containers load it); run it with \`npx berth run <file.ts> --containers process\``,
       )
     }
-    const server = binding().BindingServer.start(servedFunctions(apps), {
+    const served = servedFunctions(apps)
+    const server = binding().BindingServer.start(served, {
       host: '127.0.0.1',
       grpcPort: 0,
+      // Web endpoints are reached over HTTP: a free port, which `berth run` prints.
+      httpPort: served.some((d) => (d.web?.length ?? 0) > 0) ? 0 : undefined,
       containerCommand: containerCommand(),
       appFile: file,
     })
