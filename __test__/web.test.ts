@@ -52,6 +52,16 @@ test.serial('a @webEndpoint answers JSON with what @enter loaded; GET gets the q
   t.deepEqual(await echo.json(), { deleted: '42' })
   // The RPC routes of the app still answer.
   t.is(await (await post(`${base}/square`, '[3]')).json(), 9)
+  // GET /<app> lists each endpoint with its path and method.
+  const listing = ((await (await fetch(base)).json()) as any).functions
+  t.deepEqual(listing.find((f: any) => f.method === 'search'), {
+    function: 'Model',
+    method: 'search',
+    path: '/shop/search',
+    web: { method: 'GET', takes: 'the query', requiresAuth: false },
+  })
+  t.deepEqual(listing.find((f: any) => f.method === 'info'), { function: 'Model', method: 'info', path: '/shop/Model/info' })
+  t.like(listing.find((f: any) => f.function === 'echo'), { path: '/shop/echo', web: { method: 'DELETE' } })
   await stopsCleanly(t, s)
 })
 

@@ -95,6 +95,22 @@ impl Routes {
         routes
     }
 
+    /// A listing's entry (`GET /{app}`, http/mod.rs) for a web endpoint: its own path, and the
+    /// method and body it takes instead of a JSON array of arguments.
+    pub(crate) fn listed(&self, app: &str, mut entry: serde_json::Value) -> serde_json::Value {
+        if !self.apps.contains_key(app) {
+            return entry;
+        }
+        let name = |k: &str| entry.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
+        let (function, method) = (name("function"), name("method"));
+        if let Some(r) = self.by_path.values().find(|r| r.app == app && r.function == function && r.method == method) {
+            let takes = if matches!(r.http, Method::GET | Method::DELETE) { "the query" } else { "a JSON body" };
+            entry["path"] = json!(r.path);
+            entry["web"] = json!({ "method": r.http.as_str(), "takes": takes, "requiresAuth": r.requires_auth });
+        }
+        entry
+    }
+
     /// The endpoint at `path`, or whether the path is under an app with endpoints.
     fn find(&self, path: &str) -> Found<'_> {
         if self.by_path.is_empty() {

@@ -321,11 +321,11 @@ fn listing(ctx: &Ctx, app: Option<&str>) -> Answer {
             if d.is_class {
                 for m in &d.methods {
                     let path = format!("/{}/{}/{}", path_segment(app), path_segment(&d.name), path_segment(m));
-                    functions.push(json!({ "function": d.name, "method": m, "path": path }));
+                    functions.push(ctx.web.listed(app, json!({ "function": d.name, "method": m, "path": path })));
                 }
             } else {
                 let path = format!("/{}/{}", path_segment(app), path_segment(&d.name));
-                functions.push(json!({ "function": d.name, "path": path }));
+                functions.push(ctx.web.listed(app, json!({ "function": d.name, "path": path })));
             }
         }
         json!({ "app": app, "functions": functions })
