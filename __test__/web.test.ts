@@ -65,8 +65,8 @@ test.serial('a @webEndpoint answers JSON with what @enter loaded; GET gets the q
   await stopsCleanly(t, s)
 })
 
-test.serial('wrong method 405 with Allow, unknown path 404 naming the endpoints, malformed JSON 400, a throw 500 not retried, timeout 504', async (t) => {
-  const s = await served(t)
+test.serial('wrong method 405 with Allow, unknown path 404 naming the endpoints, malformed JSON 400, a body over the cap 413, a throw 500 not retried, timeout 504', async (t) => {
+  const s = await served(t, ['--max-message-bytes', '100000'])
   const base = `http://${s.http}/shop`
   const wrong = await fetch(`${base}/search`, { method: 'POST', body: '{}' })
   t.is(wrong.status, 405)
@@ -83,6 +83,10 @@ test.serial('wrong method 405 with Allow, unknown path 404 naming the endpoints,
   const bad = await post(`${base}/Model/predict`, '{"text":')
   t.is(bad.status, 400)
   t.regex(((await bad.json()) as any).error.message, /the body is not valid JSON .*: send a JSON body/)
+
+  const big = await post(`${base}/Model/predict`, JSON.stringify({ text: 'x'.repeat(200_000) }))
+  t.is(big.status, 413)
+  t.regex(((await big.json()) as any).error.message, /over this server's limit of 100000 bytes/)
 
   const flaky = await post(`${base}/flaky`, '')
   t.is(flaky.status, 500)
@@ -134,4 +138,10 @@ test.serial('berth run prints each web endpoint URL while it runs (process conta
   t.regex(r.stderr, /Model\.predict\s+gRPC .*\s+POST http:\/\/127\.0\.0\.1:\d+\/shop\/Model\/predict\s+web endpoint\n/)
   t.regex(r.stderr, /echo\s+gRPC .*\s+DELETE http:\/\/127\.0\.0\.1:\d+\/shop\/echo\s+web endpoint\n/)
   t.notRegex(r.stderr, /\/shop\/square/)
+})
+
+test.serial('berth run --containers embedded says where web endpoints are served instead', async (t) => {
+  const r = await berth(['run', '__test__/fixtures/web.ts::square', '--containers', 'embedded', '--', '7'])
+  t.is(r.code, 0, r.stderr)
+  t.regex(r.stderr, /web endpoints are served over HTTP with process containers \(the default\) or by berth serve/)
 })

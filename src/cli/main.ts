@@ -599,6 +599,10 @@ async function run(args: string[]): Promise<number> {
   running = started
   // Web endpoints are served while the entrypoint runs (with process containers): say where.
   const http = app.processServer?.httpAddress
+  const hasWeb = (api().__berthRegistryOf(apps) as BindingFunctionDef[]).some((d) => (d.web?.length ?? 0) > 0)
+  if (containers === 'embedded' && hasWeb) {
+    process.stderr.write('berth run: web endpoints are served over HTTP with process containers (the default) or by berth serve\n')
+  }
   if (http) {
     const web = endpoints(api().__berthRegistryOf(apps) as BindingFunctionDef[], `http://${http}`, true)
     process.stderr.write(`berth: web endpoints while this runs:\n${web}\n`)
