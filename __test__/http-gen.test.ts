@@ -127,6 +127,39 @@ test.serial('a slow reader pauses the generator; reading on resumes it', async (
   await lines.cancel()
 })
 
+test.serial('a generator past maxPendingInputs is 429 with Retry-After; a caller gone before its first item is cancelled', async (t) => {
+  const running = new AbortController()
+  const res = await fetch(`http://${s.http}/httpgen/single`, { method: 'POST', body: '[]', signal: running.signal })
+  t.is(await reader(res).next(), '0')
+  // Queued behind it: no head until its first item.
+  const queued = new AbortController()
+  const waiting = fetch(`http://${s.http}/httpgen/single`, { method: 'POST', body: '[]', signal: queued.signal }).catch((e) => e)
+  let full: Response | undefined
+  for (let i = 0; i < 100; i++) {
+    full = await post('single', [])
+    if (full.status === 429) break
+    await full.body?.cancel()
+    await sleep(50)
+  }
+  t.is(full!.status, 429)
+  t.is(full!.headers.get('retry-after'), '1')
+  t.like(await full!.json(), { error: { name: 'QueueFullError' } })
+  // The waiting caller leaves before its head, then the running one: the queue is empty again.
+  queued.abort()
+  t.is(((await waiting) as Error).name, 'AbortError')
+  running.abort()
+  let next: Response | undefined
+  for (let i = 0; i < 100; i++) {
+    next = await post('single', [])
+    if (next.status === 200) break
+    await sleep(50)
+  }
+  t.is(next!.status, 200)
+  const lines = reader(next!)
+  t.is(await lines.next(), '0')
+  await lines.cancel()
+})
+
 test.serial('a plain function still answers one JSON value; bad arguments to a generator are 400', async (t) => {
   const res = await post('double', [21])
   t.is(res.status, 200)
