@@ -131,27 +131,28 @@ test.serial('a generator past maxPendingInputs is 429 with Retry-After; a caller
   const running = new AbortController()
   const res = await fetch(`http://${s.http}/httpgen/single`, { method: 'POST', body: '[]', signal: running.signal })
   t.is(await reader(res).next(), '0')
-  // Queued behind it: no head until its first item.
-  const queued = new AbortController()
-  const waiting = fetch(`http://${s.http}/httpgen/single`, { method: 'POST', body: '[]', signal: queued.signal }).catch((e) => e)
-  let full: Response | undefined
-  for (let i = 0; i < 100; i++) {
-    full = await post('single', [])
-    if (full.status === 429) break
-    await full.body?.cancel()
-    await sleep(50)
-  }
-  t.is(full!.status, 429)
-  t.is(full!.headers.get('retry-after'), '1')
-  t.like(await full!.json(), { error: { name: 'QueueFullError' } })
+  // Two more: whichever the server takes second is refused at once; the other waits in the
+  // queue, with no head until its first item.
+  const controllers = [new AbortController(), new AbortController()]
+  const calls = controllers.map((c, i) =>
+    fetch(`http://${s.http}/httpgen/single`, { method: 'POST', body: '[]', signal: c.signal }).then(
+      (res) => ({ i, res, error: undefined }),
+      (error: Error) => ({ i, res: undefined, error }),
+    ),
+  )
+  const full = await Promise.race(calls)
+  t.is(full.res?.status, 429)
+  t.is(full.res?.headers.get('retry-after'), '1')
+  t.like(await full.res?.json(), { error: { name: 'QueueFullError' } })
   // The waiting caller leaves before its head, then the running one: the queue is empty again.
-  queued.abort()
-  t.is(((await waiting) as Error).name, 'AbortError')
+  controllers[1 - full.i].abort()
+  t.is((await calls[1 - full.i]).error?.name, 'AbortError')
   running.abort()
   let next: Response | undefined
   for (let i = 0; i < 100; i++) {
     next = await post('single', [])
     if (next.status === 200) break
+    await next.body?.cancel()
     await sleep(50)
   }
   t.is(next!.status, 200)
