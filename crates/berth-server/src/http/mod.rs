@@ -258,7 +258,8 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
             format!("the body is over this server's limit of {} bytes", ctx.max_body),
         )
     };
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    // Read now (the body takes the request); used only if the target is a generator.
+    let sse = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(accepts_event_stream);
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > ctx.max_body as u64) {
         return too_large();
@@ -304,7 +305,6 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         }
     };
     if target.is_generator() {
-        let sse = accepts_event_stream(&accept);
         let (items, fc) = ctx.svc.open_stream(target.pool, target.method, args);
         return with_call_id(stream_items(items, sse).await, &fc);
     }
