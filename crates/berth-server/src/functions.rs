@@ -67,6 +67,11 @@ impl Target {
         )))
     }
 
+    /// A generator: its items stream (InvokeStream, or HTTP as NDJSON/SSE).
+    pub fn is_generator(&self) -> bool {
+        self.gen
+    }
+
     /// InvokeStream streams a generator's items; anything else has one result.
     fn generator(&self) -> Result<(), Status> {
         if self.gen {
@@ -192,12 +197,12 @@ impl FunctionsSvc {
         last
     }
 
-    /// One generator call: its items as they come, and its end.
-    pub(crate) fn open_stream(&self, pool: PoolId, method: u32, args: Vec<u8>) -> StreamItems {
+    /// One generator call: its items as they come, and its end; and its function call id.
+    pub(crate) fn open_stream(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
         let (tx, rx) = mpsc::unbounded_channel();
         let fc = self.new_call_id();
-        let input = self.submit_many(pool, method, fc, vec![(args, Waiter::Stream(tx))], false);
-        StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false }
+        let input = self.submit_many(pool, method, fc.clone(), vec![(args, Waiter::Stream(tx))], false);
+        (StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false }, fc)
     }
 
     /// How messages name what `pool` serves at `method` (crates/berth-core/src/failure.rs).
@@ -306,7 +311,7 @@ impl Functions for FunctionsSvc {
         let target = self.resolve(req.function.as_ref())?;
         target.generator()?;
         target.check_args(&req.args, "args")?;
-        Ok(Response::new(self.open_stream(target.pool, target.method, req.args)))
+        Ok(Response::new(self.open_stream(target.pool, target.method, req.args).0))
     }
 
     /// A spawned call's input, or every input of a Map call not answered yet.

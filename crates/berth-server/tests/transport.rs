@@ -42,11 +42,14 @@ impl Spawner for FakeSpawner {
             return;
         }
         let name = def.name.clone();
-        let serve = common::attach_and_serve(endpoint.to_string(), container, token.to_string(), move |e| {
-            let slow = name == "slow";
+        let serve = common::attach_and_stream(endpoint.to_string(), container, token.to_string(), move |e, out| {
+            let (slow, ticks) = (name == "slow", name == "ticks");
             async move {
                 if slow {
                     tokio::time::sleep(Duration::from_millis(2500)).await;
+                }
+                if ticks {
+                    return tick(&e, &out).await;
                 }
                 common::squares(&e)
             }
@@ -59,9 +62,25 @@ impl Spawner for FakeSpawner {
     }
 }
 
+/// Generator `ticks`: yields 0, 1, 2, each after 1.5 s of silence, then ends.
+async fn tick(e: &pb::Execute, out: &common::Outbox) -> Vec<pb::Result> {
+    for input in &e.inputs {
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let value = common::cbor(&ciborium::Value::Integer(i.into()));
+            let items = pb::Items { input_id: input.input_id, attempt: input.attempt, values: vec![value] };
+            let _ = out.send(pb::ContainerMessage { msg: Some(container_message::Msg::Items(items)) });
+        }
+    }
+    let end = common::cbor(&ciborium::Value::Null);
+    e.inputs.iter().map(|_| pb::Result { outcome: Some(pb::result::Outcome::Value(end.clone())) }).collect()
+}
+
 fn app() -> Registry {
     let def = |name: &str| common::function("demo", name, PoolSpec::new(name, vec![MethodSpec::default()]), Vec::new());
-    Registry { functions: vec![def("square"), def("slow")] }
+    let mut ticks = def("ticks");
+    ticks.generators = vec![true];
+    Registry { functions: vec![def("square"), def("slow"), ticks] }
 }
 
 fn opts() -> ServeOptions {
@@ -284,6 +303,39 @@ async fn idle_connections_close_but_open_calls_never_do() {
         }
         let c = counters_reach(&plane, |c| c.idle_closes >= 2).await;
         assert_eq!((c.handshake_timeouts, c.refused_over_cap), (0, 0), "{c:?}");
+        plane.shutdown().await;
+    })
+    .await
+}
+
+/// A generator's HTTP answer is an open request until its last item: items further apart than
+/// `idle_timeout` keep flowing on the same connection, which closes for idleness only after.
+#[tokio::test]
+async fn an_http_stream_with_items_further_apart_than_idle_timeout_is_not_cut() {
+    bounded(LIMIT, async {
+        let opts =
+            ServeOptions { idle_timeout: Duration::from_secs(1), handshake_timeout: Duration::from_secs(5), ..opts() };
+        let plane = start(opts).await;
+        let mut s = TcpStream::connect(plane.http_addr().unwrap()).await.unwrap();
+        s.write_all(b"POST /demo/ticks HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]").await.unwrap();
+        // Chunked: the head, then each line in its own chunk, then the last chunk.
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !raw.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream was cut: {} {:?}", String::from_utf8_lossy(&raw), plane.counters());
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(raw).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("content-type: application/x-ndjson\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        assert_eq!(body, "2\r\n0\n\r\n2\r\n1\n\r\n2\r\n2\n\r\n0\r\n\r\n");
+        assert_eq!(plane.counters().idle_closes, 0);
+        // After its end the connection is idle like any other.
+        closed_by_server(s, Duration::from_secs(10)).await;
+        counters_reach(&plane, |c| c.idle_closes == 1).await;
         plane.shutdown().await;
     })
     .await

@@ -7,6 +7,7 @@
 //! | `GET /{app}`, `GET /`                      | 200 what the app (every app) serves, as JSON  |
 //! | `POST /{app}/{function}`                  | 200 JSON result                               |
 //! | `POST /{app}/{Class}/{method}`            | 200 JSON result                               |
+//! | the same on a generator                   | 200 its items as NDJSON, or SSE (see below)   |
 //! | the function threw, timed out, cancelled  | 500 `{"error":{"name","message","stack"}}`    |
 //! | malformed JSON, wrong shape               | 400 `{"error":{"name":"InvalidArgument",..}}` |
 //! | no token / wrong token (when configured)  | 401                                           |
@@ -19,25 +20,37 @@
 //! (params: a class's parameters); an empty body means no arguments. Arguments cross to the
 //! container as a CBOR array and params as a CBOR map, exactly as a gRPC caller sends them.
 //! Answers to calls carry the call's id in `x-berth-function-call-id`.
+//!
+//! A generator's items stream (README "API", Generators): `application/x-ndjson`, one JSON
+//! value per line, or `text/event-stream` (one `data:` event per item) when `Accept` asks for
+//! it. Each item is written as it comes; the body is polled only as the socket drains, so a
+//! slow reader pauses the generator (its credit is given as the body takes items). A throw after
+//! items ends the body with the error (`{"error":{..}}` as the last line, or an `event: error`);
+//! a client that goes away drops the body, which cancels the call. The head waits for the first
+//! item, so that a full queue is still 429 and a generator that fails before yielding anything
+//! is 500 with the error, as for a function.
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth_proto::v1::{self as pb, result::Outcome};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value as Json};
 use tokio::sync::oneshot;
+use tokio_stream::{Stream, StreamExt};
 
 use self::json::{cbor_to_json, parse_body};
 use crate::auth::token_rule;
-use crate::conn::{Counters, Listener};
-use crate::functions::FunctionsSvc;
+use crate::conn::{Counters, Listener, RequestGuard};
+use crate::functions::{FunctionsSvc, StreamItems};
 
 pub(crate) mod json;
 // Web endpoints live in src/web.rs (ARCHITECTURE.md), as a child of this module: they answer
@@ -94,8 +107,10 @@ impl Ingress {
                     // have deadlines of their own.
                     let open = state.request();
                     async move {
-                        let res = handle(&ctx, req).await;
-                        drop(open);
+                        let mut res = handle(&ctx, req).await;
+                        // A streaming answer stays open until its body ends: the connection
+                        // is busy, not idle, while items a minute apart keep flowing (conn.rs).
+                        res.body_mut().hold(open);
                         Ok::<_, Infallible>(res)
                     }
                 });
@@ -117,10 +132,74 @@ impl Ingress {
     }
 }
 
-type Answer = Response<Full<Bytes>>;
+type Answer = Response<AnswerBody>;
+
+/// An answer's body: all of it at once, or chunks written as they come.
+pub(crate) struct AnswerBody(Inner);
+
+/// The chunks of a streaming answer; each is written (and flushed) as it comes.
+pub(crate) type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+
+enum Inner {
+    Full(Option<Bytes>),
+    /// `open`: the request's guard, held until the last chunk (see `hold`).
+    Stream {
+        chunks: Chunks,
+        open: Option<RequestGuard>,
+    },
+}
+
+impl AnswerBody {
+    /// Keeps a streaming answer's request open until its body ends or is dropped; a whole
+    /// answer lets it go now (its bytes are written at once).
+    fn hold(&mut self, guard: RequestGuard) {
+        if let Inner::Stream { open, .. } = &mut self.0 {
+            *open = Some(guard);
+        }
+    }
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match &mut self.get_mut().0 {
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Stream { chunks, open } => match chunks.as_mut().poll_next(cx) {
+                Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(None) => {
+                    *open = None;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.0, Inner::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// A streaming answer: `chunks` are written as they come (chunked transfer encoding), and
+/// the connection counts as busy until the last one.
+pub(crate) fn streaming(status: StatusCode, content_type: &'static str, chunks: Chunks) -> Answer {
+    let mut res = Response::new(AnswerBody(Inner::Stream { chunks, open: None }));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
 
 fn answer(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Answer {
-    let mut res = Response::new(Full::new(Bytes::from(body)));
+    let mut res = Response::new(AnswerBody(Inner::Full(Some(Bytes::from(body)))));
     *res.status_mut() = status;
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
@@ -190,6 +269,8 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
             format!("the body is over this server's limit of {} bytes", ctx.max_body),
         )
     };
+    // Read now (the body takes the request); used only if the target is a generator.
+    let sse = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(accepts_event_stream);
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > ctx.max_body as u64) {
         return too_large();
@@ -222,11 +303,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     };
 
     let f = pb::FunctionRef { app: app.into(), function: function.into(), method: method.into(), params };
-    // A generator's items are not served over HTTP yet: refused, not answered with no items.
-    let checked = ctx.svc.resolve(Some(&f)).and_then(|t| {
-        t.not_generator("a JSON request")?;
-        t.check_args(&args, "the arguments").map(|()| t)
-    });
+    let checked = ctx.svc.resolve(Some(&f)).and_then(|t| t.check_args(&args, "the arguments").map(|()| t));
     let target = match checked {
         Ok(t) => t,
         Err(status) => {
@@ -238,6 +315,10 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
             return fail(code, name, status.message());
         }
     };
+    if target.is_generator() {
+        let (items, fc) = ctx.svc.open_stream(target.pool, target.method, args);
+        return with_call_id(stream_items(items, sse).await, &fc);
+    }
     let (result, fc) = ctx.svc.call(target.pool, target.method, args).await;
     if let Some(message) = crate::plane::queue_full(&result) {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
@@ -245,7 +326,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return res;
     }
-    let mut res = match result.outcome {
+    let res = match result.outcome {
         Some(Outcome::Value(bytes)) => match ciborium::from_reader::<ciborium::Value, _>(bytes.as_slice()) {
             Ok(v) => json_answer(StatusCode::OK, &cbor_to_json(&v)),
             Err(e) => fail(
@@ -254,16 +335,85 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
                 format!("the function's result is not valid CBOR: {e}"),
             ),
         },
-        Some(Outcome::Error(pb::Error { name, message, stack })) => json_answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({ "error": { "name": name, "message": message, "stack": stack } }),
-        ),
+        Some(Outcome::Error(e)) => json_answer(StatusCode::INTERNAL_SERVER_ERROR, &error_json(e)),
         None => fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", "the container sent an empty result"),
     };
-    if let Ok(v) = HeaderValue::from_str(&fc) {
+    with_call_id(res, &fc)
+}
+
+fn with_call_id(mut res: Answer, fc: &str) -> Answer {
+    if let Ok(v) = HeaderValue::from_str(fc) {
         res.headers_mut().insert("x-berth-function-call-id", v);
     }
     res
+}
+
+/// The function's own failure, as every HTTP answer shows it.
+fn error_json(pb::Error { name, message, stack }: pb::Error) -> Json {
+    json!({ "error": { "name": name, "message": message, "stack": stack } })
+}
+
+/// `Accept: text/event-stream` (alone or among others) asks for SSE; anything else gets NDJSON.
+fn accepts_event_stream(accept: &str) -> bool {
+    accept.split(',').any(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream")))
+}
+
+/// A generator's answer. The head waits for the first event: a full queue is 429 and a failure
+/// before any item is 500 with the error, as for a function; after that the items stream.
+async fn stream_items(mut items: StreamItems, sse: bool) -> Answer {
+    let first = match items.next().await {
+        None => None,
+        Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) })) => {
+            if e.name == berth_core::failure::QUEUE_FULL {
+                let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, e.message);
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return res;
+            }
+            return json_answer(StatusCode::INTERNAL_SERVER_ERROR, &error_json(e));
+        }
+        Some(event) => Some(event),
+    };
+    let mut ended = first.is_none();
+    let framed = tokio_stream::iter(first).chain(items).map_while(move |event| {
+        if ended {
+            return None;
+        }
+        let (line, last) = frame_item(event, sse);
+        ended = last;
+        Some(line)
+    });
+    let content_type = if sse { "text/event-stream" } else { "application/x-ndjson" };
+    let mut res = streaming(StatusCode::OK, content_type, Box::pin(framed));
+    // Proxies and browsers must pass events on as they come, not keep them.
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// One event of a generator's stream as NDJSON or SSE bytes, and whether it is the last.
+fn frame_item(event: Result<pb::StreamItem, tonic::Status>, sse: bool) -> (Bytes, bool) {
+    let (json, error) = match event {
+        Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(bytes)) }) => {
+            match ciborium::from_reader::<ciborium::Value, _>(bytes.as_slice()) {
+                Ok(v) => (cbor_to_json(&v), false),
+                Err(e) => (
+                    json!({ "error": { "name": "SerializationError", "message": format!("an item is not valid CBOR: {e}") } }),
+                    true,
+                ),
+            }
+        }
+        Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }) => (error_json(e), true),
+        Ok(pb::StreamItem { item: None }) => {
+            (json!({ "error": { "name": "Error", "message": "the container sent an empty item" } }), true)
+        }
+        Err(status) => (json!({ "error": { "name": "Error", "message": status.message() } }), true),
+    };
+    let text = serde_json::to_string(&json).unwrap_or_default();
+    let framed = match (sse, error) {
+        (false, _) => format!("{text}\n"),
+        (true, false) => format!("data: {text}\n\n"),
+        (true, true) => format!("event: error\ndata: {text}\n\n"),
+    };
+    (Bytes::from(framed), error)
 }
 
 enum BodyError {

@@ -31,6 +31,18 @@ where
     F: FnMut(pb::Execute) -> Fut,
     Fut: Future<Output = Vec<pb::Result>>,
 {
+    attach_and_stream(endpoint, container, token, move |e, _| answer(e)).await
+}
+
+/// What a fake container sends on its Attach stream (a generator's Items, before its Output).
+pub type Outbox = mpsc::UnboundedSender<pb::ContainerMessage>;
+
+/// As `attach_and_serve`, with the stream's sender for `answer` to send Items on.
+pub async fn attach_and_stream<F, Fut>(endpoint: String, container: u32, token: String, mut answer: F)
+where
+    F: FnMut(pb::Execute, Outbox) -> Fut,
+    Fut: Future<Output = Vec<pb::Result>>,
+{
     let mut client = ContainersClient::connect(endpoint).await.unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let send = |m: container_message::Msg| {
@@ -52,7 +64,7 @@ where
         };
         for e in executions {
             let exec_id = e.exec_id;
-            let results = answer(e).await;
+            let results = answer(e, tx.clone()).await;
             send(container_message::Msg::Output(pb::Output { exec_id, results, retryable_failure: false }));
         }
     }
