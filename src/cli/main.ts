@@ -599,8 +599,9 @@ async function run(args: string[]): Promise<number> {
   running = started
   // Web endpoints are served while the entrypoint runs (with process containers): say where.
   const http = app.processServer?.httpAddress
-  const hasWeb = (api().__berthRegistryOf(apps) as BindingFunctionDef[]).some((d) => (d.web?.length ?? 0) > 0)
-  if (containers === 'embedded' && hasWeb) {
+  // Not from the served registry: that resolves secrets, which embedded containers never use.
+  const hasWeb = () => apps.some((a) => a.servedDefs().some(({ def }) => def.methods.some((m) => m.web !== undefined)))
+  if (containers === 'embedded' && hasWeb()) {
     process.stderr.write('berth run: web endpoints are served over HTTP with process containers (the default) or by berth serve\n')
   }
   if (http) {
