@@ -33,7 +33,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::json::{cbor_to_json, json_to_cbor};
-use super::{answer, fail, json_answer, percent_decode, read_body, Answer, BodyError, Ctx};
+use super::{answer, fail, json_answer, percent_decode, read_body, refused, Answer, BodyError, Ctx};
 use crate::auth::token_rule;
 use crate::plane::{Registry, Shared, Waiter};
 
@@ -269,14 +269,7 @@ async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
     };
     let target = match ctx.svc.resolve(Some(&f)) {
         Ok(t) => t,
-        Err(status) => {
-            let (code, name) = match status.code() {
-                tonic::Code::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
-                tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "InvalidArgument"),
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "Error"),
-            };
-            return fail(code, name, status.message());
-        }
+        Err(status) => return refused(&status),
     };
     let fc = ctx.svc.new_call_id();
     let (tx, rx) = oneshot::channel();

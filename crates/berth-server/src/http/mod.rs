@@ -210,6 +210,16 @@ fn json_answer(status: StatusCode, body: &Json) -> Answer {
 }
 
 /// Every failure that is not the function's own: `{"error": {"name", "message"}}`.
+/// A call the control plane refused before running it (unknown name, bad arguments), as HTTP.
+fn refused(status: &tonic::Status) -> Answer {
+    let (code, name) = match status.code() {
+        tonic::Code::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
+        tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "Error"),
+    };
+    fail(code, name, status.message())
+}
+
 fn fail(status: StatusCode, name: &str, message: impl Into<String>) -> Answer {
     json_answer(status, &json!({ "error": { "name": name, "message": message.into() } }))
 }
@@ -306,14 +316,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     let checked = ctx.svc.resolve(Some(&f)).and_then(|t| t.check_args(&args, "the arguments").map(|()| t));
     let target = match checked {
         Ok(t) => t,
-        Err(status) => {
-            let (code, name) = match status.code() {
-                tonic::Code::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
-                tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "InvalidArgument"),
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "Error"),
-            };
-            return fail(code, name, status.message());
-        }
+        Err(status) => return refused(&status),
     };
     if target.is_generator() {
         let (items, fc) = ctx.svc.open_stream(target.pool, target.method, args);
