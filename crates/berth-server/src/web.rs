@@ -33,7 +33,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::json::{cbor_to_json, json_to_cbor};
-use super::{answer, fail, json_answer, percent_decode, read_body, refused, Answer, BodyError, Ctx};
+use super::{answer, fail, json_answer, percent_decode, refused, request_body, Answer, Ctx};
 use crate::auth::token_rule;
 use crate::plane::{Registry, Shared, Waiter};
 
@@ -213,33 +213,9 @@ async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
     let (head, body) = req.into_parts();
     let has_body = !matches!(head.method, Method::GET | Method::HEAD | Method::DELETE);
     let body = if has_body || route.takes_request && head.method != Method::GET && head.method != Method::HEAD {
-        let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let too_large = || {
-            fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "ResourceExhausted",
-                format!("the body is over this server's limit of {} bytes", ctx.max_body),
-            )
-        };
-        if declared.is_some_and(|n| n > ctx.max_body as u64) {
-            return too_large();
-        }
-        match read_body(body, ctx.max_body, ctx.body_timeout).await {
+        match request_body(ctx, &head.headers, body).await {
             Ok(b) => b,
-            Err(BodyError::TooLarge) => return too_large(),
-            Err(BodyError::Stalled) => {
-                ctx.counters.stalled_body();
-                let mut res = fail(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "RequestTimeout",
-                    format!("the request body brought no bytes for {:?}", ctx.body_timeout),
-                );
-                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return res;
-            }
-            Err(BodyError::Other(e)) => {
-                return fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}"))
-            }
+            Err(res) => return res,
         }
     } else {
         Vec::new()

@@ -210,6 +210,44 @@ fn json_answer(status: StatusCode, body: &Json) -> Answer {
 }
 
 /// Every failure that is not the function's own: `{"error": {"name", "message"}}`.
+/// A request's body, read within the server's cap and `body_timeout` (web endpoints and the
+/// RPC route alike), or the answer that refuses it: 413 over the cap (declared or sent), 408 for
+/// a body that stalls (and the connection closed: the rest may still come), 400 otherwise.
+async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> Result<Vec<u8>, Answer> {
+    let too_large = || {
+        fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ResourceExhausted",
+            format!("the body is over this server's limit of {} bytes", ctx.max_body),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > ctx.max_body as u64) {
+        return Err(too_large());
+    }
+    match read_body(body, ctx.max_body, ctx.body_timeout).await {
+        Ok(b) => Ok(b),
+        Err(BodyError::TooLarge) => Err(too_large()),
+        Err(BodyError::Stalled) => {
+            ctx.counters.stalled_body();
+            let mut res = fail(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                format!(
+                    "the request body brought no bytes for {:?} (the server's body_timeout): send the whole \
+                     body without pausing, and a Content-Length no longer than the body",
+                    ctx.body_timeout
+                ),
+            );
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(res)
+        }
+        Err(BodyError::Other(e)) => {
+            Err(fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}")))
+        }
+    }
+}
+
 /// A call the control plane refused before running it (unknown name, bad arguments), as HTTP.
 fn refused(status: &tonic::Status) -> Answer {
     let (code, name) = match status.code() {
@@ -272,40 +310,12 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         return res;
     }
 
-    let too_large = || {
-        fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "ResourceExhausted",
-            format!("the body is over this server's limit of {} bytes", ctx.max_body),
-        )
-    };
     // Read now (the body takes the request); used only if the target is a generator.
     let sse = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(accepts_event_stream);
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > ctx.max_body as u64) {
-        return too_large();
-    }
-    let body = match read_body(req.into_body(), ctx.max_body, ctx.body_timeout).await {
+    let (head, body) = req.into_parts();
+    let body = match request_body(ctx, &head.headers, body).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => return too_large(),
-        Err(BodyError::Stalled) => {
-            ctx.counters.stalled_body();
-            let mut res = fail(
-                StatusCode::REQUEST_TIMEOUT,
-                "RequestTimeout",
-                format!(
-                    "the request body brought no bytes for {:?} (the server's body_timeout): send the whole \
-                     body without pausing, and a Content-Length no longer than the body",
-                    ctx.body_timeout
-                ),
-            );
-            // The rest of the body may still come; this connection cannot take another request.
-            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return res;
-        }
-        Err(BodyError::Other(e)) => {
-            return fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}"))
-        }
+        Err(res) => return res,
     };
     let (args, params) = match parse_body(&body) {
         Ok(v) => v,
