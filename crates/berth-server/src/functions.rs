@@ -10,8 +10,11 @@ use berth_proto::values;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::catalog::Catalog;
 use crate::map::MapResponses;
-use crate::plane::{cancel_map, error, failed, queue_full, CallSlot, Input, Registry, Shared, State, Waiter};
+use crate::plane::{
+    cancel_map, error, failed, queue_full, CallSlot, FunctionDef, Input, Registry, Shared, State, Waiter,
+};
 
 pub(crate) fn bad(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
@@ -105,13 +108,18 @@ impl FunctionsSvc {
     /// NOT_FOUND names what exists; INVALID_ARGUMENT says what to fix.
     pub(crate) fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<Target, Status> {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
-        let reg = &self.shared.registry;
-        let (index, def) = reg
-            .functions
-            .iter()
-            .enumerate()
-            .find(|(_, d)| d.app == f.app && d.name == f.function)
-            .ok_or_else(|| unknown_function(reg, &f.app, &f.function))?;
+        loop {
+            let catalog = self.shared.catalog();
+            let (index, def) =
+                catalog.find(&f.app, &f.function).ok_or_else(|| unknown_function(&catalog, &f.app, &f.function))?;
+            if let Some(target) = self.target(f, index, def)? {
+                return Ok(target);
+            }
+            // Replaced since the catalog was read (a reload): the new definition takes it.
+        }
+    }
+
+    fn target(&self, f: &pb::FunctionRef, index: usize, def: &FunctionDef) -> Result<Option<Target>, Status> {
         if let Some(what) = def.not_a_method(&f.method) {
             return Err(Status::not_found(what));
         }
@@ -138,12 +146,13 @@ impl FunctionsSvc {
         let params = crate::params::canonical(def, &f.params).map_err(bad)?;
         let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };
         let arity = def.arity.get(method as usize).copied();
-        let pool = self.shared.pool(index, &params);
-        Ok(Target { pool, method, arity, label, gen: def.is_generator(method) })
+        let Some(pool) = self.shared.pool(index, &params) else { return Ok(None) };
+        Ok(Some(Target { pool, method, arity, label, gen: def.is_generator(method) }))
     }
 
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.shared.registry
+    /// What is served now (it changes when an app is replaced: catalog.rs).
+    pub(crate) fn registry(&self) -> Arc<Catalog> {
+        self.shared.catalog()
     }
 
     /// One call, as Invoke makes it: submitted with its own function call id, awaited.
@@ -208,8 +217,7 @@ impl FunctionsSvc {
     /// How messages name what `pool` serves at `method` (crates/berth-core/src/failure.rs).
     fn label(&self, pool: PoolId, method: u32) -> String {
         let def = self.shared.lock().pools.get(&pool).map(|p| p.def);
-        def.and_then(|d| self.shared.registry.functions.get(d))
-            .map_or_else(|| "a function".to_owned(), |d| d.label(method))
+        def.and_then(|d| self.shared.def(d)).map_or_else(|| "a function".to_owned(), |d| d.label(method))
     }
 
     /// The status a caller gets for a request message the server could not read: tonic's

@@ -89,7 +89,7 @@ impl Plane {
         let (tx, commands) = mpsc::unbounded_channel();
         let cap = 1 << 20;
         let shared = Arc::new(Shared {
-            registry,
+            catalog: std::sync::RwLock::new(Arc::new(crate::catalog::Catalog::new(registry))),
             state: Mutex::new(State { next_pool: 1, ..State::default() }),
             commands: tx,
             spawner: Box::new(NoProcesses(started.clone())),

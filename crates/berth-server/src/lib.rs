@@ -8,6 +8,7 @@
 //! ingress (`ServeOptions::http_addr`) makes the same calls as `Invoke`.
 
 mod auth;
+mod catalog;
 mod client;
 mod conn;
 mod containers;
@@ -23,6 +24,7 @@ mod plane;
 mod server;
 pub mod supervisor;
 
+pub use catalog::Replaced;
 pub use client::{Client, ConnectError, GenItems, MapResults};
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner, WebSpec};

@@ -1,7 +1,7 @@
 //! The control plane's state, shared by the gRPC handlers and the scheduler's host side.
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use berth_core::{
@@ -11,6 +11,8 @@ use berth_core::{
 use berth_proto::v1::{self as pb, control_message, result::Outcome as PbOutcome, ControlMessage};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::catalog::Catalog;
 
 /// One callable the app serves: an `app.function`, or a class (whose methods share a pool
 /// per parameter set).
@@ -461,7 +463,9 @@ pub(crate) struct State {
 }
 
 pub(crate) struct Shared {
-    pub registry: Registry,
+    /// What is served, swapped whole when an app is replaced (catalog.rs). Taken after the
+    /// state lock when both are held.
+    pub catalog: RwLock<Arc<Catalog>>,
     pub state: Mutex<State>,
     pub commands: mpsc::UnboundedSender<Command>,
     pub spawner: Box<dyn Spawner>,
@@ -477,23 +481,38 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The pool serving function `def` (an index into the registry) with these parameters,
-    /// created on first use.
-    pub fn pool(&self, def: usize, params: &[u8]) -> PoolId {
+    /// What is served now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Definition `def` (an index into the catalog's `defs`), current or replaced.
+    pub fn def(&self, def: usize) -> Option<Arc<FunctionDef>> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner()).defs.get(def).cloned()
+    }
+
+    /// The pool serving function `def` (an index into the catalog's `defs`) with these
+    /// parameters, created on first use; `None` when `def` was replaced since the caller read
+    /// the catalog (it reads it again).
+    pub fn pool(&self, def: usize, params: &[u8]) -> Option<PoolId> {
         let mut st = self.lock();
         let key = (def, params.to_vec());
         if let Some(&pool) = st.pools_by_key.get(&key) {
-            return pool;
+            return Some(pool);
+        }
+        let catalog = self.catalog();
+        if !catalog.is_current(def) {
+            return None;
         }
         let id = st.next_pool;
         st.next_pool += 1;
         st.pools_by_key.insert(key, id);
         st.pools.insert(id, PoolEntry { def, params: params.to_vec() });
-        drop(st);
-        let mut spec = self.registry.functions[def].spec.clone();
+        // Sent under the lock: a replacement retiring this pool comes after it.
+        let mut spec = catalog.defs[def].spec.clone();
         spec.hooks.spawn = true;
         let _ = self.commands.send(Command::AddPool(id, spec));
-        id
+        Some(id)
     }
 }
 
@@ -507,15 +526,14 @@ const MAX_LOGGED_FAILURES: usize = 1024;
 pub(crate) fn start_failed(shared: &Shared, cid: ContainerId, phase: Phase, error: pb::Error) {
     let mut st = shared.lock();
     let def = st.links.get(&cid).and_then(|l| l.def);
+    let function = def.and_then(|d| shared.def(d));
     let key = (def.unwrap_or(usize::MAX), error.name.clone(), error.message.clone());
     let first = !st.logged_failures.contains(&key);
     if first && st.logged_failures.len() < MAX_LOGGED_FAILURES {
         st.logged_failures.insert(key);
     }
     if first {
-        let what = def
-            .and_then(|d| shared.registry.functions.get(d))
-            .map_or_else(String::new, |f| format!("{}/{}: ", f.app, f.name));
+        let what = function.map_or_else(String::new, |f| format!("{}/{}: ", f.app, f.name));
         let hook = match phase {
             Phase::Build => "a @build() hook",
             Phase::SnapEnter => "an @enter({ snap: true }) hook",
@@ -590,7 +608,9 @@ impl Invoker for Host {
                 drop(st);
                 let _ = shared.commands.send(Command::ContainerLost(container));
             }));
-            shared.spawner.spawn(&shared.registry.functions[def], &params, container, &token, &endpoint, exited);
+            if let Some(def) = shared.def(def) {
+                shared.spawner.spawn(&def, &params, container, &token, &endpoint, exited);
+            }
             return;
         }
         let msg = ControlMessage {
@@ -649,7 +669,7 @@ impl Invoker for Host {
 
     fn hook_abandoned(&mut self, pool: PoolId, container: ContainerId, phase: Phase) {
         let mut st = self.0.lock();
-        let def = st.pools.get(&pool).and_then(|p| self.0.registry.functions.get(p.def));
+        let def = st.pools.get(&pool).and_then(|p| self.0.def(p.def));
         let f = match def {
             Some(d) => failure::hook_abandoned(&d.name, container, phase, failure::hook_bound(&d.spec, phase)),
             None => failure::hook_abandoned("a function", container, phase, Duration::ZERO),
@@ -666,7 +686,7 @@ impl Invoker for Host {
 
     fn replaced(&mut self, pool: PoolId, container: ContainerId, input: InputId) {
         let st = self.0.lock();
-        let name = st.pools.get(&pool).and_then(|p| self.0.registry.functions.get(p.def)).map(|d| d.name.clone());
+        let name = st.pools.get(&pool).and_then(|p| self.0.def(p.def)).map(|d| d.name.clone());
         drop(st);
         tracing::warn!("{}", failure::replaced(name.as_deref().unwrap_or("a function"), container, input));
     }
@@ -693,7 +713,8 @@ impl ResultSink for Host {
         let Some(rec) = st.inputs.remove(&input) else {
             return;
         };
-        let def = st.pools.get(&rec.pool).and_then(|p| self.0.registry.functions.get(p.def));
+        // Only a failure berth words itself needs the definition.
+        let def = || st.pools.get(&rec.pool).and_then(|p| self.0.def(p.def));
         let result = match (outcome, output) {
             (Outcome::Ok | Outcome::Failed, Some(output)) => output,
             (Outcome::Init(cid), _) => match st.init_errors.get(&cid).cloned() {
@@ -704,11 +725,12 @@ impl ResultSink for Host {
                         stack: cause.stack,
                     })),
                 },
-                None => failed(failure::start_failed(def.map_or("a function", |d| d.name.as_str()))),
+                None => failed(failure::start_failed(def().as_ref().map_or("a function", |d| d.name.as_str()))),
             },
             (outcome, _) => {
-                let label = def.map_or_else(|| "a function".to_owned(), |d| d.label(rec.method));
-                let timeout = def.map_or(Duration::ZERO, |d| d.spec.timeout);
+                let def = def();
+                let label = def.as_ref().map_or_else(|| "a function".to_owned(), |d| d.label(rec.method));
+                let timeout = def.as_ref().map_or(Duration::ZERO, |d| d.spec.timeout);
                 failed(
                     failure::outcome(&label, outcome, attempt, timeout)
                         .unwrap_or_else(|| failure::result_lost(&label, attempt)),

@@ -13,6 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::Request;
 
 use crate::auth::check_token;
+use crate::catalog::{Catalog, Replaced};
 use crate::client::{Client, InProcess};
 use crate::conn::{ConnCounters, CountRequestsLayer, Counters, Framing, Limits, Listener};
 use crate::containers::ContainersSvc;
@@ -145,8 +146,16 @@ impl ControlPlane {
             None => None,
         };
         let (commands, source) = mpsc::unbounded_channel();
+        let count = registry.functions.len();
+        let largest_batch = registry
+            .functions
+            .iter()
+            .flat_map(|f| &f.spec.methods)
+            .filter_map(|m| m.batching.map(|b| b.max_batch_size as usize))
+            .max()
+            .unwrap_or(1);
         let shared = Arc::new(Shared {
-            registry,
+            catalog: std::sync::RwLock::new(Arc::new(Catalog::new(registry))),
             state: Mutex::new(State { next_pool: 1, ..State::default() }),
             commands,
             spawner: Box::new(spawner),
@@ -157,12 +166,7 @@ impl ControlPlane {
         });
         tokio::spawn(Scheduler::new(Host(shared.clone()), Host(shared.clone())).run(source));
         // Pools that keep containers warm start now, not with their first call (as in Modal).
-        for (index, def) in shared.registry.functions.iter().enumerate() {
-            // (Those whose parameters all have a default: a call without any uses that pool.)
-            if let (Ok(params), true) = (crate::params::canonical(def, &[]), def.spec.min_containers > 0) {
-                shared.pool(index, &params);
-            }
-        }
+        shared.warm(&(0..count).collect::<Vec<_>>());
         tokio::spawn(crate::plane::housekeeping(Arc::downgrade(&shared)));
 
         let token = opts.token.clone();
@@ -171,15 +175,8 @@ impl ControlPlane {
         // One cap, every hop: a caller's request, each input's arguments, each result. Answers
         // carry a result of up to the cap plus framing; containers split their outputs at the
         // cap and refuse larger results themselves, but one execution's output is one message:
-        // a @batched one carries up to maxBatchSize results of up to the cap each.
-        let largest_batch = shared
-            .registry
-            .functions
-            .iter()
-            .flat_map(|f| &f.spec.methods)
-            .filter_map(|m| m.batching.map(|b| b.max_batch_size as usize))
-            .max()
-            .unwrap_or(1);
+        // a @batched one carries up to maxBatchSize results of up to the cap each (of the
+        // definitions served at the start: see `replace_apps`).
         let functions = FunctionsServer::new(FunctionsSvc { shared: shared.clone() })
             .max_decoding_message_size(cap)
             .max_encoding_message_size(cap.saturating_add(FRAMING_BYTES));
@@ -273,6 +270,16 @@ impl ControlPlane {
     /// Where the HTTP ingress listens, if [`ServeOptions::http_addr`] asked for one.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|h| h.local_addr)
+    }
+
+    /// Replaces apps `apps` with `registry`'s functions while serving (`berth serve` reloading
+    /// a saved edit; a redeploy): calls from now on go to new pools with the new definitions
+    /// (and web endpoints follow the new routes); the pools of the replaced definitions finish
+    /// the inputs they accepted, then drain (exit hooks run) and stop. Other apps are untouched.
+    /// A @batched method's results are still read under the message cap of the largest batch
+    /// served at the start.
+    pub fn replace_apps(&self, apps: &[String], registry: Registry) -> io::Result<Replaced> {
+        self.shared.replace_apps(apps, registry)
     }
 
     /// What stops this control plane at once, usable while [`shutdown`](Self::shutdown) runs.

@@ -54,8 +54,9 @@ pub(crate) struct Route {
     path: String,
 }
 
-/// Every endpoint, by app and the decoded path after the app, built once when the ingress
-/// starts: a request to an app without endpoints costs one map lookup.
+/// Every endpoint, by app and the decoded path after the app, built when the ingress starts
+/// and again after an app is replaced (http/mod.rs `Ctx::web`): a request to an app without
+/// endpoints costs one map lookup.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
     by_path: HashMap<(String, String), Route>,
@@ -138,12 +139,13 @@ enum Found<'a> {
 
 /// Answers a request for a web endpoint; hands any other back for the RPC routes.
 pub(super) async fn serve(ctx: &Ctx, req: Request<Incoming>) -> Result<Answer, Request<Incoming>> {
-    let route = match ctx.web.find(req.uri().path()) {
+    let routes = ctx.web();
+    let route = match routes.find(req.uri().path()) {
         Found::Nothing => return Err(req),
         Found::UnderApp(endpoints) => {
             // An RPC route of the app (`POST /app/function`) is still served; anything else
             // is unknown, and the answer names what the app has.
-            if rpc_route(ctx.svc.registry(), req.uri().path()) {
+            if rpc_route(&ctx.svc.registry(), req.uri().path()) {
                 return Err(req);
             }
             let path = crate::functions::shown(req.uri().path());

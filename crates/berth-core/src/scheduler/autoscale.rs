@@ -64,7 +64,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         if queued + in_flight > 0 {
             desired += spec.buffer_containers;
         }
-        let floor = if self.stopping { 0 } else { spec.min_containers };
+        // Stopping, or replaced: nothing kept warm, idle containers drain at once.
+        let stopping = self.stopping || pool.retiring;
+        let floor = if stopping { 0 } else { spec.min_containers };
         desired = desired.clamp(floor, spec.max_containers);
         if !pool.built {
             // One container builds; the others start once the build is cached.
@@ -96,7 +98,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 }
             }
         } else if live > desired {
-            let window = if self.stopping { Duration::ZERO } else { spec.scaledown_window };
+            let window = if stopping { Duration::ZERO } else { spec.scaledown_window };
             let mut idle: Vec<(Instant, ContainerId)> = pool
                 .containers
                 .iter()

@@ -86,6 +86,8 @@ struct Pool {
     admit_gen: u64,
     /// Accepted inputs that wait for room in the queue (`Submission::waits`), oldest first.
     held: VecDeque<(InputId, u32)>,
+    /// Replaced ([`Command::RetirePool`]): it scales as on shutdown, to nothing once idle.
+    retiring: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +261,12 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             Command::ContainerLost(cid) => self.container_lost(cid),
             Command::DrainContainer(cid) => self.leave(cid, false),
             Command::InterruptContainer(cid) => self.leave(cid, true),
+            Command::RetirePool(id) => {
+                if let Some(p) = self.pools.get_mut(&id) {
+                    p.retiring = true;
+                }
+                self.mark_dirty(id);
+            }
             Command::Shutdown(waiter) => {
                 self.stopping = true;
                 self.waiters.extend(waiter);
@@ -298,6 +306,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 admit: 0,
                 admit_gen: 0,
                 held: VecDeque::new(),
+                retiring: false,
             },
         );
         // minContainers are started right away, as Modal keeps them warm.

@@ -1123,3 +1123,31 @@ async fn retries_of_accepted_inputs_are_never_refused() {
     let got = outcomes(&log);
     assert_eq!((got[&1], got[&2]), (Outcome::Ok, Outcome::Ok));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_pool_finishes_what_it_accepted_then_drains_with_exit_hooks() {
+    // A reload replaces a pool: what it accepted still runs there, then its containers drain
+    // (exit hooks run) although minContainers asked to keep one warm.
+    let mut s = spec();
+    s.hooks.exit = true;
+    s.min_containers = 1;
+    s.scaledown_window = Duration::from_secs(600);
+    let mut w = World::new(s);
+    w.submit([1, 2], 0);
+    let e1 = w.run_ev().await;
+    w.send(Command::RetirePool(POOL));
+    tokio::time::sleep(50 * MS).await;
+    assert!(w.ev.try_recv().is_err(), "a running input is not cut short by the retirement");
+    w.complete(&e1, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Ok));
+    let e2 = w.run_ev().await;
+    assert_eq!(e2.container, e1.container, "the queued input runs where it was accepted");
+    w.complete(&e2, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(2, 1, Outcome::Ok));
+    assert_eq!(w.next().await, Ev::Hook(e1.container, Phase::Exit));
+    w.send(Command::HookDone { container: e1.container, phase: Phase::Exit, ok: true });
+    assert_eq!(w.next().await, Ev::Stopped(e1.container));
+    assert_eq!(w.ms(), 50, "drained at once, not after the scale-down window");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(w.ev.try_recv().is_err(), "no container is kept warm for a retired pool");
+}

@@ -140,6 +140,10 @@ pub enum Command {
     /// and run again elsewhere without spending retries, then it drains as for
     /// [`DrainContainer`](Self::DrainContainer).
     InterruptContainer(ContainerId),
+    /// The pool's code was replaced (a reload, a redeploy): its accepted inputs still run
+    /// there, then its containers drain as on shutdown (in-flight inputs finish, exit hooks
+    /// run) and it keeps none warm. Callers' new inputs go to the pool that replaced it.
+    RetirePool(PoolId),
     /// Stop taking inputs, finish every accepted one, run exit hooks, then answer.
     Shutdown(Option<oneshot::Sender<()>>),
     /// Stop now: running inputs are aborted and everything pending is cancelled.

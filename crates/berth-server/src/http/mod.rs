@@ -49,6 +49,7 @@ use tokio_stream::{Stream, StreamExt};
 
 use self::json::{cbor_to_json, parse_body};
 use crate::auth::token_rule;
+use crate::catalog::Catalog;
 use crate::conn::{Counters, Listener, RequestGuard};
 use crate::functions::{FunctionsSvc, StreamItems};
 
@@ -71,7 +72,21 @@ struct Ctx {
     max_body: usize,
     body_timeout: Duration,
     counters: Arc<Counters>,
-    web: web::Routes,
+    /// The web endpoints of the catalog they were built from (see [`Ctx::web`]).
+    web: std::sync::Mutex<(Arc<Catalog>, Arc<web::Routes>)>,
+}
+
+impl Ctx {
+    /// The web endpoints of what is served now: rebuilt once after an app is replaced.
+    fn web(&self) -> Arc<web::Routes> {
+        let catalog = self.svc.registry();
+        let mut cached = self.web.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&cached.0, &catalog) {
+            let routes = Arc::new(web::Routes::new(&catalog));
+            *cached = (catalog, routes);
+        }
+        Arc::clone(&cached.1)
+    }
 }
 
 impl Ingress {
@@ -84,7 +99,8 @@ impl Ingress {
         mut incoming: Listener,
         counters: Arc<Counters>,
     ) -> Self {
-        let web = web::Routes::new(svc.registry());
+        let catalog = svc.registry();
+        let web = std::sync::Mutex::new((Arc::clone(&catalog), Arc::new(web::Routes::new(&catalog))));
         let ctx = Arc::new(Ctx { svc, token, max_body, body_timeout, counters, web });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -472,6 +488,7 @@ fn not_allowed(allow: &'static str) -> Answer {
 /// served here is 404 naming those that are.
 fn listing(ctx: &Ctx, app: Option<&str>) -> Answer {
     let reg = ctx.svc.registry();
+    let web = ctx.web();
     let mut apps: Vec<&str> = Vec::new();
     for d in &reg.functions {
         if !apps.contains(&d.app.as_str()) {
@@ -484,11 +501,11 @@ fn listing(ctx: &Ctx, app: Option<&str>) -> Answer {
             if d.is_class {
                 for m in &d.methods {
                     let path = format!("/{}/{}/{}", path_segment(app), path_segment(&d.name), path_segment(m));
-                    functions.push(ctx.web.listed(app, json!({ "function": d.name, "method": m, "path": path })));
+                    functions.push(web.listed(app, json!({ "function": d.name, "method": m, "path": path })));
                 }
             } else {
                 let path = format!("/{}/{}", path_segment(app), path_segment(&d.name));
-                functions.push(ctx.web.listed(app, json!({ "function": d.name, "path": path })));
+                functions.push(web.listed(app, json!({ "function": d.name, "path": path })));
             }
         }
         json!({ "app": app, "functions": functions })
@@ -507,7 +524,7 @@ fn listing(ctx: &Ctx, app: Option<&str>) -> Answer {
             body["call"] = json!(CALL);
             json_answer(StatusCode::OK, &body)
         }
-        Some(app) => fail(StatusCode::NOT_FOUND, "NotFound", crate::functions::unknown_app(reg, app)),
+        Some(app) => fail(StatusCode::NOT_FOUND, "NotFound", crate::functions::unknown_app(&reg, app)),
     }
 }
 
@@ -527,7 +544,8 @@ fn path_segment(s: &str) -> String {
 /// A class called without a method, or a function called with one: the path's shape is
 /// wrong, and the answer says which path to use. Unknown names are `resolve`'s to report.
 fn wrong_shape(ctx: &Ctx, app: &str, function: &str, method: &str) -> Option<Answer> {
-    let def = ctx.svc.registry().functions.iter().find(|d| d.app == app && d.name == function)?;
+    let reg = ctx.svc.registry();
+    let def = reg.functions.iter().find(|d| d.app == app && d.name == function)?;
     let message = match (def.is_class, method.is_empty()) {
         (true, true) => format!(
             "'{function}' is a class: call one of its methods, POST /{app}/{function}/{{method}}; its methods: {}",

@@ -77,6 +77,8 @@ struct Proc {
 #[derive(Default)]
 struct Procs {
     live: HashMap<u32, Proc>,
+    /// Each function's env and GPU choices, by app and name.
+    placement: HashMap<(String, String), Placement>,
     gpus: GpuPool,
     /// Set when the server is done with containers (stopped, or `kill()`ed): nothing more
     /// starts, and processes that end are no longer reported lost.
@@ -98,7 +100,6 @@ fn lock(procs: &Mutex<Procs>) -> MutexGuard<'_, Procs> {
 pub struct Supervisor {
     command: Vec<String>,
     app_file: String,
-    placement: HashMap<(String, String), Placement>,
     keep_spare: bool,
     max_message_bytes: usize,
     handle: SupervisorHandle,
@@ -117,13 +118,12 @@ impl Supervisor {
     /// [`prestart_container`] started for the same command and file, if any).
     pub fn start(opts: SupervisorOptions) -> Self {
         let (placement, gpus) = opts.placements.into_parts();
-        let procs = Arc::new(Mutex::new(Procs { gpus, ..Procs::default() }));
+        let procs = Arc::new(Mutex::new(Procs { placement, gpus, ..Procs::default() }));
         let handle = SupervisorHandle { procs, stop_grace: opts.stop_grace };
         handle.start_thread();
         let supervisor = Self {
             command: opts.command,
             app_file: opts.app_file,
-            placement,
             keep_spare: opts.warm_spare,
             max_message_bytes: opts.max_message_bytes,
             handle,
@@ -194,6 +194,19 @@ impl SupervisorHandle {
             .expect("berth: cannot start the container supervisor thread");
     }
 
+    /// Places functions served from now on (an app replaced while serving: `ControlPlane::
+    /// replace_apps`): containers started from here on get their env and GPU choices. The GPUs
+    /// in use stay accounted; a machine whose GPUs were not looked for at the start takes the
+    /// ones `placements` found.
+    pub fn add_placements(&self, placements: Placements) {
+        let (by_function, gpus) = placements.into_parts();
+        let mut g = lock(&self.procs);
+        g.placement.extend(by_function);
+        if g.gpus.devices().is_empty() {
+            g.gpus = gpus;
+        }
+    }
+
     /// The forced stop: kills every container process and the spare now, and starts no more.
     pub fn kill_all(&self) {
         let mut g = lock(&self.procs);
@@ -249,14 +262,17 @@ impl Spawner for Supervisor {
         endpoint: &str,
         exited: ExitReporter,
     ) {
-        let placement = self.placement.get(&(def.app.clone(), def.name.clone()));
         let mut g = lock(&self.handle.procs);
         if g.closed {
             return;
         }
+        let (env, choices) = g
+            .placement
+            .get(&(def.app.clone(), def.name.clone()))
+            .map(|p| (p.env.clone(), p.gpu.clone()))
+            .unwrap_or_default();
         // The function's env first, so that who the container is (and its GPUs) always wins.
-        let mut identity: Vec<(&str, String)> =
-            placement.map(|p| p.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect()).unwrap_or_default();
+        let mut identity: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         identity.extend([
             ("BERTH_ENDPOINT", endpoint.to_string()),
             ("BERTH_CONTAINER_ID", container.to_string()),
@@ -268,16 +284,14 @@ impl Spawner for Supervisor {
             ("BERTH_MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
         ]);
         let mut gpus = Vec::new();
-        if let Some(p) = placement {
-            if !p.gpu.is_empty() {
-                let Some((visible, slots)) = g.gpus.take(&p.gpu) else {
-                    drop(g);
-                    exited.exited("could not start: every matching GPU is held by another container".into());
-                    return;
-                };
-                identity.push(("CUDA_VISIBLE_DEVICES", visible));
-                gpus = slots;
-            }
+        if !choices.is_empty() {
+            let Some((visible, slots)) = g.gpus.take(&choices) else {
+                drop(g);
+                exited.exited("could not start: every matching GPU is held by another container".into());
+                return;
+            };
+            identity.push(("CUDA_VISIBLE_DEVICES", visible));
+            gpus = slots;
         }
         // The warm spare if it is still alive, else a new process; either way it learns who it
         // is from one line on stdin and sets it in its environment before loading the module.

@@ -1,0 +1,245 @@
+#![allow(clippy::unwrap_used)]
+//! Replacing an app while serving (`ControlPlane::replace_apps`: `berth serve` reloading a
+//! saved edit): new calls go to new pools with the new definitions, over gRPC, the HTTP RPC
+//! route and web endpoints; the old pools finish what they accepted, run their exit hooks and
+//! stop; other apps are untouched.
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_core::{HookSet, MethodSpec, PoolSpec};
+use berth_proto::v1::functions_client::FunctionsClient;
+use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message};
+use berth_server::{
+    Arity, ControlPlane, ExitReporter, FunctionDef, Registry, Replaced, ServeOptions, Spawner, WebSpec,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+
+use common::{args, bounded, cbor, int};
+
+/// What the fake containers did: which version each container runs (from its pool's name,
+/// `f@v2`), which ran their exit hook, which were stopped.
+#[derive(Default)]
+struct Seen {
+    version: HashMap<u32, i64>,
+    exits: Vec<u32>,
+    stopped: Vec<u32>,
+    started_slow: bool,
+}
+
+/// Containers answer `x + 100 * version`; x = 7 takes 800 ms.
+#[derive(Clone, Default)]
+struct Fake {
+    seen: Arc<Mutex<Seen>>,
+    tasks: Arc<common::Tasks>,
+}
+
+impl Spawner for Fake {
+    fn spawn(&self, def: &FunctionDef, _: &[u8], container: u32, token: &str, endpoint: &str, _: ExitReporter) {
+        let version: i64 = def.spec.name.rsplit_once("@v").map_or(1, |(_, v)| v.parse().unwrap());
+        self.seen.lock().unwrap().version.insert(container, version);
+        let (seen, token, endpoint) = (self.seen.clone(), token.to_string(), endpoint.to_string());
+        self.tasks.start(container, async move {
+            let mut client = ContainersClient::connect(endpoint).await.unwrap();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let send = move |m: container_message::Msg| {
+                let _ = tx.send(pb::ContainerMessage { msg: Some(m) });
+            };
+            send(container_message::Msg::Hello(pb::Hello { container_id: container, token }));
+            send(container_message::Msg::Credit(pb::Credit { slots: 8 }));
+            let mut inbound = client.attach(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+            while let Some(Ok(msg)) = inbound.next().await {
+                let executions = match msg.msg {
+                    Some(control_message::Msg::RunHook(h)) => {
+                        if h.phase == pb::Phase::Exit as i32 {
+                            seen.lock().unwrap().exits.push(container);
+                        }
+                        send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: true, error: None }));
+                        continue;
+                    }
+                    Some(control_message::Msg::Execute(e)) => vec![e],
+                    Some(control_message::Msg::ExecuteBatch(b)) => b.executions,
+                    Some(control_message::Msg::Stop(_)) => return,
+                    _ => continue,
+                };
+                for e in executions {
+                    let (send, seen) = (send.clone(), seen.clone());
+                    tokio::spawn(async move {
+                        let mut results = Vec::new();
+                        for i in &e.inputs {
+                            let v: ciborium::Value = ciborium::from_reader(i.args.as_slice()).unwrap();
+                            let x = i64::try_from(v.as_array().unwrap()[0].as_integer().unwrap()).unwrap();
+                            if x == 7 {
+                                seen.lock().unwrap().started_slow = true;
+                                tokio::time::sleep(Duration::from_millis(800)).await;
+                            }
+                            let value = cbor(&ciborium::Value::Integer((x + 100 * version).into()));
+                            results.push(pb::Result { outcome: Some(pb::result::Outcome::Value(value)) });
+                        }
+                        send(container_message::Msg::Output(pb::Output {
+                            exec_id: e.exec_id,
+                            results,
+                            retryable_failure: false,
+                        }));
+                    });
+                }
+            }
+        });
+    }
+
+    fn stop(&self, container: u32) {
+        self.seen.lock().unwrap().stopped.push(container);
+        self.tasks.stop(container);
+    }
+}
+
+/// Function `name` of app `app`, version `version`, with exit hooks, one warm container, and a
+/// web endpoint at `/{app}/{label}`.
+fn function(app: &str, name: &str, version: u32, label: &str) -> FunctionDef {
+    let mut spec = PoolSpec::new(format!("{name}@v{version}"), vec![MethodSpec::default()]);
+    spec.max_inputs = 4;
+    spec.target_inputs = 4;
+    spec.min_containers = 1;
+    spec.max_containers = 1;
+    spec.hooks = HookSet { exit: true, ..HookSet::default() };
+    let mut def = common::function(app, name, spec, vec![Arity { min: 1, max: Some(1) }]);
+    def.web = vec![WebSpec {
+        index: 0,
+        method: "POST".into(),
+        label: Some(label.into()),
+        requires_auth: false,
+        takes_request: false,
+    }];
+    def
+}
+
+async fn invoke(c: &mut FunctionsClient<tonic::transport::Channel>, app: &str, f: &str, x: i64) -> i64 {
+    let function = Some(pb::FunctionRef { app: app.into(), function: f.into(), ..Default::default() });
+    let r = c.invoke(pb::InvokeRequest { function, args: args(x) }).await.unwrap().into_inner();
+    int(r.result.as_ref().unwrap())
+}
+
+/// POSTs `body` to `path`; the status and the body.
+async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} within 5 s");
+}
+
+#[tokio::test]
+async fn a_replaced_app_serves_new_calls_with_the_new_code_and_drains_the_old() {
+    bounded(Duration::from_secs(30), async {
+        let fake = Fake::default();
+        let registry = Registry { functions: vec![function("a", "f", 1, "v1"), function("b", "g", 1, "g")] };
+        let opts = ServeOptions {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeOptions::default()
+        };
+        let plane = ControlPlane::start(registry, fake.clone(), opts).await.unwrap();
+        let http = plane.http_addr().unwrap();
+        let mut c = FunctionsClient::connect(format!("http://{}", plane.local_addr())).await.unwrap();
+        assert_eq!(invoke(&mut c, "a", "f", 3).await, 103);
+        assert_eq!(invoke(&mut c, "b", "g", 3).await, 103);
+        assert_eq!(post(http, "/a/v1", "3").await, (200, "103".into()));
+
+        // A slow call of the old version is running when the app is replaced.
+        let mut slow_client = c.clone();
+        let slow = tokio::spawn(async move { invoke(&mut slow_client, "a", "f", 7).await });
+        until("the slow call started", || fake.seen.lock().unwrap().started_slow).await;
+        let version_of = |seen: &Seen, v: i64| -> Vec<u32> {
+            let mut ids: Vec<u32> = seen.version.iter().filter(|(_, &x)| x == v).map(|(&id, _)| id).collect();
+            ids.sort_unstable();
+            ids
+        };
+        let old = version_of(&fake.seen.lock().unwrap(), 1);
+        assert_eq!(old.len(), 2, "one warm container of each app");
+
+        let replaced = plane.replace_apps(&["a".into()], Registry { functions: vec![function("a", "f", 2, "v2")] });
+        assert_eq!(replaced.unwrap(), Replaced { functions: 1, retired_pools: 1 });
+
+        // Calls after the swap get the new code, over gRPC and HTTP; the web endpoint moved.
+        assert_eq!(invoke(&mut c, "a", "f", 3).await, 203);
+        assert_eq!(post(http, "/a/f", "[4]").await, (200, "204".into()));
+        assert_eq!(post(http, "/a/v2", "5").await, (200, "205".into()));
+        let (status, body) = post(http, "/a/v1", "5").await;
+        assert_eq!(status, 404, "{body}");
+        assert!(body.contains("POST /a/v2"), "the 404 names the endpoints there now: {body}");
+        // The call in flight finishes on the old version.
+        assert_eq!(slow.await.unwrap(), 107);
+        // Then the old container runs its exit hook and stops; the other app's stays.
+        let seen = fake.seen.clone();
+        until("the old container ran its exit hook and stopped", || {
+            let s = seen.lock().unwrap();
+            s.exits.len() == 1 && s.stopped.len() == 1
+        })
+        .await;
+        {
+            let s = fake.seen.lock().unwrap();
+            assert!(old.contains(&s.exits[0]), "the exit hook ran in an old container");
+            assert_eq!(s.stopped, s.exits, "and that container was stopped");
+            assert_eq!(version_of(&s, 2).len(), 1, "one container of the new version");
+        }
+        assert_eq!(invoke(&mut c, "b", "g", 3).await, 103, "app b is untouched");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fake.seen.lock().unwrap().exits.len(), 1, "no other container drained");
+
+        // A second replacement drains the second version the same way.
+        let replaced = plane.replace_apps(&["a".into()], Registry { functions: vec![function("a", "f", 3, "v3")] });
+        assert_eq!(replaced.unwrap().retired_pools, 1);
+        assert_eq!(invoke(&mut c, "a", "f", 1).await, 301);
+        until("the second version drained", || fake.seen.lock().unwrap().exits.len() == 2).await;
+
+        bounded(Duration::from_secs(10), plane.shutdown()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replacement_naming_another_app_or_an_invalid_spec_is_refused_and_changes_nothing() {
+    bounded(Duration::from_secs(20), async {
+        let fake = Fake::default();
+        let registry = Registry { functions: vec![function("a", "f", 1, "v1")] };
+        let opts = ServeOptions { addr: "127.0.0.1:0".parse().unwrap(), ..ServeOptions::default() };
+        let plane = ControlPlane::start(registry, fake.clone(), opts).await.unwrap();
+        let e = plane.replace_apps(&["a".into()], Registry { functions: vec![function("b", "g", 2, "g")] });
+        let message = e.unwrap_err().to_string();
+        assert!(message.contains("b/g: its app 'b' is not among the apps replaced (a)"), "{message}");
+        let mut bad = function("a", "f", 2, "v2");
+        bad.spec.max_inputs = 0;
+        assert!(plane.replace_apps(&["a".into()], Registry { functions: vec![bad] }).is_err());
+        let twice = Registry { functions: vec![function("a", "f", 2, "x"), function("a", "f", 2, "y")] };
+        let message = plane.replace_apps(&["a".into()], twice).unwrap_err().to_string();
+        assert!(message.contains("a/f is defined twice"), "{message}");
+        let mut c = FunctionsClient::connect(format!("http://{}", plane.local_addr())).await.unwrap();
+        assert_eq!(invoke(&mut c, "a", "f", 3).await, 103, "still the first version");
+        assert!(fake.seen.lock().unwrap().exits.is_empty());
+        bounded(Duration::from_secs(10), plane.shutdown()).await;
+    })
+    .await;
+}
