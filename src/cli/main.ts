@@ -1,15 +1,18 @@
 // The `berth` command. It loads the user's TypeScript with tsx and drives the app through the
 // same module instance the user's file imports (dist/index.cjs), never a bundled copy. It runs
 // as the bundle dist/cli.cjs (bin/berth.mjs): the paths it requires are relative to dist/.
+import { writeSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
+import { serialize } from 'node:v8'
 
 import { arityOf, arityText, skipString } from '../shared/arity.ts'
 import { containerCommand } from '../command.ts'
 import { binding, type BindingFunctionDef } from '../native.ts'
 import { closest } from '../define/options.ts'
 import { createSecret, listSecrets } from '../run/secrets.ts'
+import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndReload } from './reload.ts'
 
 type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
 
@@ -19,7 +22,8 @@ Usage:
   berth run <file.ts>[::name] [--containers process|embedded] [--params JSON] [-- args...]
                                              run the local entrypoint, a function or a class method
   berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
-                                             serve the app over gRPC and HTTP, containers as processes
+              [--no-reload]                  serve the app over gRPC and HTTP, containers as processes,
+                                             reloading it when a file of it is saved
   berth build <file.ts>                      run @build hooks not yet cached
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
@@ -33,7 +37,8 @@ Commands:
          gets its arguments after \`--\`, as \`--name value\` pairs or positional values
          (JSON where it parses), a class its parameters from --params '{"name": value}'.
   serve  Keep the app up behind gRPC (default 127.0.0.1:7450) and HTTP (:7451); callers find
-         it at http://127.0.0.1:7450 unless BERTH_SERVER says otherwise.
+         it at http://127.0.0.1:7450 unless BERTH_SERVER says otherwise. A saved edit of the
+         file, or of a local module it imports, is served by new containers (--no-reload: not).
   build  Run the @build hooks of every class in the file, unless a marker in the cache
          (BERTH_CACHE_DIR, default node_modules/.cache/berth) says an earlier build of the same
          class source already did. Containers skip cached builds the same way.
@@ -41,6 +46,7 @@ Commands:
 
 const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
                    [--max-message-bytes 16777216] [--max-connections 4096] [--result-ttl 3600]
+                   [--no-reload]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
 grpc.health.v1.Health, server reflection) on --host:--grpc-port and runs each container as a
@@ -56,6 +62,13 @@ throws, 400/404/413 for a malformed body, an unknown name, an oversized body. We
 lists what the app serves (GET /, every app); GET /healthz answers ok. Callers in Node
 (Function.fromName, Cls.fromName, FunctionCall.fromId) find the server at
 http://127.0.0.1:7450 unless BERTH_SERVER (or App.lookup) names another.
+
+Reload (on unless --no-reload): when <file.ts>, or a local module it imports (not a package in
+node_modules), is saved, berth loads it again in a separate process; if it loads, calls from then
+on go to new containers running the new code, while the old containers finish the inputs they
+took, run their @exit hooks and stop; stderr says "berth: reloaded 'app' (N functions) after a
+change to FILE". If it fails to load (a syntax error, a throw at import), the previous version
+keeps serving and stderr says why in one line.
 
 A request larger than --max-message-bytes (default 16 MiB) is refused:
 RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires
@@ -119,6 +132,7 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === 'serve') return serve(rest)
   if (cmd === 'secret') return secret(rest)
   if (cmd === '__container') return container()
+  if (cmd === '__registry') return registry(rest[0])
   process.stderr.write(`berth: unknown command '${cmd}'.\n\n${HELP}`)
   return 2
 }
@@ -199,6 +213,8 @@ function api(): Api {
 }
 
 let tsxRegistered = false
+/** Every module tsx's ESM hooks loaded: with require.cache, the files the user's app came from. */
+const imported = new Set<string>()
 
 /**
  * A global registration, not tsImport: tsImport namespaces every module it loads, and the
@@ -209,7 +225,7 @@ async function registerTsx(): Promise<void> {
   if (tsxRegistered) return
   tsxRegistered = true
   const { register } = await import('tsx/esm/api')
-  register()
+  register({ onImport: (url) => imported.add(url) })
   createRequire(__filename)('tsx/cjs/api').register()
 }
 
@@ -229,6 +245,44 @@ async function loadApps(cmd: string, file: string): Promise<import('../define/ap
     return 2
   }
   return apps
+}
+
+/** The local files the loaded app came from (what `berth serve` watches to reload). */
+function appFiles(file: string): string[] {
+  return localFiles([resolve(file), ...imported, ...Object.keys(createRequire(__filename).cache)], __dirname)
+}
+
+/**
+ * `berth __registry <file>`, started by `berth serve` to reload: loads the file in this fresh
+ * process and sends what it serves (or why it could not) on fd 3 (src/cli/reload.ts).
+ */
+async function registry(file: string | undefined): Promise<never> {
+  const send: (v: Loaded) => never = (v) => {
+    try {
+      writeSync(REGISTRY_FD, serialize(v))
+    } catch {
+      process.stderr.write('berth __registry is started by `berth serve` to reload, not by hand\n')
+    }
+    // The user's module may hold the process open (timers, sockets): this one is done.
+    process.exit(0)
+  }
+  if (!file) return send({ error: 'no file named' })
+  const berth = api()
+  await registerTsx()
+  try {
+    await import(pathToFileURL(resolve(file)).href)
+  } catch (e) {
+    send({ error: oneLine(e) })
+  }
+  const apps = berth.allApps()
+  if (apps.length === 0) send({ error: `${file} creates no App. Add: export const app = new App('name')` })
+  let functions: BindingFunctionDef[]
+  try {
+    functions = berth.__berthRegistryOf(apps) as BindingFunctionDef[]
+  } catch (e) {
+    send({ error: oneLine(e) })
+  }
+  return send({ apps: apps.map((a) => a.name), functions, files: appFiles(file) })
 }
 
 /** `--name value` and `--name=value` flags; the rest are positional. */
@@ -256,6 +310,9 @@ async function serve(args: string[]): Promise<number> {
     process.stdout.write(SERVE_HELP)
     return 0
   }
+  // The one flag without a value.
+  const reload = !args.includes('--no-reload')
+  args = args.filter((a) => a !== '--no-reload')
   let parsed
   try {
     parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes', 'max-connections', 'result-ttl'])
@@ -329,12 +386,24 @@ async function serve(args: string[]): Promise<number> {
   )
   const keepAlive = setInterval(() => {}, 1 << 30)
   signals.force = () => server.kill()
+  const watcher = reload
+    ? watchAndReload({
+        file,
+        shown: positional[0],
+        apps: apps.map((a) => a.name),
+        files: appFiles(file),
+        load: () => loadInChild([process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__registry', file]),
+        replace: (names, functions) => server.replaceApps(names, functions),
+        log: (line) => process.stderr.write(`${line}\n`),
+      })
+    : undefined
   await new Promise<void>((stop) => {
     drain = () => {
       process.stderr.write(DRAINING)
       stop()
     }
   })
+  watcher?.close()
   await server.shutdown()
   signals.finished()
   clearInterval(keepAlive)

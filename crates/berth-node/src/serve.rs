@@ -131,55 +131,8 @@ impl BindingServer {
     #[napi(factory)]
     pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingServeOptions) -> Result<Self> {
         crate::log::install();
-        let mut defs = Vec::with_capacity(functions.len());
         let mut placements = Placements::default();
-        for f in functions {
-            let mut spec = f.spec.into_spec()?;
-            placements
-                .add(&f.app, &f.name, f.env.unwrap_or_default(), &f.gpu.unwrap_or_default(), &mut spec)
-                .map_err(Error::from_reason)?;
-            let arity = f.arity.unwrap_or_default().into_iter().map(|a| Arity { min: a.min, max: a.max }).collect();
-            let mut params = Vec::new();
-            for p in f.params.unwrap_or_default() {
-                let kind = match p.kind.as_str() {
-                    "string" => ParamKind::String,
-                    "number" => ParamKind::Integer,
-                    "boolean" => ParamKind::Boolean,
-                    "bytes" => ParamKind::Bytes,
-                    "any" => ParamKind::Any,
-                    other => {
-                        return Err(Error::from_reason(format!(
-                            "berth: {}.{}: unknown parameter type '{other}'",
-                            f.name, p.name
-                        )))
-                    }
-                };
-                params.push(ParamSpec { name: p.name, kind, default: p.default.map(|b| b.to_vec()) });
-            }
-            defs.push(FunctionDef {
-                app: f.app,
-                name: f.name,
-                methods: f.methods,
-                is_class: f.is_class,
-                spec,
-                arity,
-                params,
-                not_callable: f.not_callable.unwrap_or_default().into_iter().map(|m| (m.name, m.what)).collect(),
-                generators: f.generators.unwrap_or_default(),
-                web: f
-                    .web
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|w| WebSpec {
-                        index: w.index,
-                        method: w.method,
-                        label: w.label,
-                        requires_auth: w.requires_auth,
-                        takes_request: w.takes_request,
-                    })
-                    .collect(),
-            });
-        }
+        let defs = function_defs(functions, &mut placements)?;
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {
             Error::from_reason(format!("--host {} --grpc-port {}: not an address ({e})", opts.host, opts.grpc_port))
         })?;
@@ -246,6 +199,26 @@ impl BindingServer {
         Ok(Some(BindingClient::in_process(self.local.clone(), self.runtime.clone(), doorbell)))
     }
 
+    /// Replaces apps `apps` with `functions` while serving (`berth serve` reloading a saved
+    /// edit): new calls go to new containers running the new definitions, and the old ones
+    /// finish what they accepted, run their exit hooks and stop (`ControlPlane::replace_apps`).
+    /// Returns how many pools of the previous version drain. Throws, changing nothing, when the
+    /// definitions are refused, or once the server is stopping.
+    #[napi]
+    pub fn replace_apps(&self, apps: Vec<String>, functions: Vec<BindingFunctionDef>) -> Result<u32> {
+        let mut placements = Placements::default();
+        let defs = function_defs(functions, &mut placements)?;
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_, plane)) = running.as_ref() else {
+            return Err(Error::from_reason("berth: the server is stopping; nothing was replaced"));
+        };
+        self.supervisor.add_placements(placements);
+        let replaced = plane
+            .replace_apps(&apps, Registry { functions: defs })
+            .map_err(|e| Error::from_reason(format!("berth: {e}")))?;
+        Ok(u32::try_from(replaced.retired_pools).unwrap_or(u32::MAX))
+    }
+
     /// How many `berth.v1.Functions` requests came over gRPC (none come from [`client`](Self::client)).
     #[napi(getter)]
     pub fn grpc_function_calls(&self) -> f64 {
@@ -272,6 +245,59 @@ impl BindingServer {
             supervisor: self.supervisor.clone(),
         })
     }
+}
+
+/// The control plane's definitions of `functions`, each placed (env, GPUs) in `placements`.
+fn function_defs(functions: Vec<BindingFunctionDef>, placements: &mut Placements) -> Result<Vec<FunctionDef>> {
+    let mut defs = Vec::with_capacity(functions.len());
+    for f in functions {
+        let mut spec = f.spec.into_spec()?;
+        placements
+            .add(&f.app, &f.name, f.env.unwrap_or_default(), &f.gpu.unwrap_or_default(), &mut spec)
+            .map_err(Error::from_reason)?;
+        let arity = f.arity.unwrap_or_default().into_iter().map(|a| Arity { min: a.min, max: a.max }).collect();
+        let mut params = Vec::new();
+        for p in f.params.unwrap_or_default() {
+            let kind = match p.kind.as_str() {
+                "string" => ParamKind::String,
+                "number" => ParamKind::Integer,
+                "boolean" => ParamKind::Boolean,
+                "bytes" => ParamKind::Bytes,
+                "any" => ParamKind::Any,
+                other => {
+                    return Err(Error::from_reason(format!(
+                        "berth: {}.{}: unknown parameter type '{other}'",
+                        f.name, p.name
+                    )))
+                }
+            };
+            params.push(ParamSpec { name: p.name, kind, default: p.default.map(|b| b.to_vec()) });
+        }
+        defs.push(FunctionDef {
+            app: f.app,
+            name: f.name,
+            methods: f.methods,
+            is_class: f.is_class,
+            spec,
+            arity,
+            params,
+            not_callable: f.not_callable.unwrap_or_default().into_iter().map(|m| (m.name, m.what)).collect(),
+            generators: f.generators.unwrap_or_default(),
+            web: f
+                .web
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| WebSpec {
+                    index: w.index,
+                    method: w.method,
+                    label: w.label,
+                    requires_auth: w.requires_auth,
+                    takes_request: w.takes_request,
+                })
+                .collect(),
+        });
+    }
+    Ok(defs)
 }
 
 pub struct Shutdown {
