@@ -135,9 +135,18 @@ test.serial('berth serve reloads a saved edit: new calls get the new code, a cal
   await until(() => s.out().includes('still serving the previous version: Error: no model file here'), 20_000, `the throw was said:\n${s.out()}`)
   t.is(await call(s, 'version'), 'two')
 
-  // Fixed: served again.
-  saveByRename(app, source.replace("const VERSION = 'one'", "const VERSION = 'three'"))
+  // Fixed, with a web endpoint added: served again, at its new URL too, and the listing of
+  // what is served printed again.
+  t.not((await fetch(`http://${s.http}/reload/hi?name=ada`)).status, 200, 'no endpoint there yet')
+  const greet = `
+export const greet = app.function({ webEndpoint: { method: 'GET', label: 'hi' } }, async function greet(query: Record<string, string>) {
+  return \`hi \${query.name} from \${VERSION}\`
+})
+`
+  saveByRename(app, source.replace("const VERSION = 'one'", "const VERSION = 'three'") + greet)
   await untilAnswer(s, 'version', 'three', 'two')
+  t.is(await (await fetch(`http://${s.http}/reload/hi?name=ada`)).json(), 'hi ada from three')
+  t.regex(s.out(), /berth: reloaded 'reload' \(4 functions\) after a change to app\.ts\n( {2}.*\n)* {2}greet .*GET http:\/\/127\.0\.0\.1:\d+\/reload\/hi  web endpoint\n/)
   // Its container up, so that the answer below comes from the reload, not from a container
   // that starts afterwards and loads the edited files.
   t.is(await call(s, 'helper'), 'h1')
@@ -145,7 +154,7 @@ test.serial('berth serve reloads a saved edit: new calls get the new code, a cal
   // An edit of a local module the app imports reloads it too.
   writeFileSync(join(s.dir, 'helper.ts'), "export const HELPER = 'h2'\n")
   await untilAnswer(s, 'helper', 'h2', 'h1')
-  t.regex(s.out(), /berth: reloaded 'reload' \(3 functions\) after a change to helper\.ts\n/)
+  t.regex(s.out(), /berth: reloaded 'reload' \(4 functions\) after a change to helper\.ts\n/)
 
   // Stopped as a process manager stops it: nothing it started is left (containers, loaders).
   s.npx.kill('SIGTERM')

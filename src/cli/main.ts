@@ -379,10 +379,11 @@ async function serve(args: string[]): Promise<number> {
     process.stderr.write(`${(e as Error).message}\n`)
     return 2
   }
+  let listed = endpoints(served, `http://${server.httpAddress}`)
   console.log(
     `berth: serving ${apps.map((a) => `'${a.name}'`).join(', ')} on ${server.address} (gRPC berth.v1.Functions) ` +
       `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops\n` +
-      endpoints(served, `http://${server.httpAddress}`),
+      listed,
   )
   const keepAlive = setInterval(() => {}, 1 << 30)
   signals.force = () => server.kill()
@@ -393,7 +394,14 @@ async function serve(args: string[]): Promise<number> {
         apps: apps.map((a) => a.name),
         files: appFiles(file),
         load: () => loadInChild([process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__registry', file]),
-        replace: (names, functions) => server.replaceApps(names, functions),
+        replace: (names, functions) => {
+          server.replaceApps(names, functions)
+          // What is served, printed again when a function or endpoint came or went.
+          const now = endpoints(functions, `http://${server.httpAddress}`)
+          if (now === listed) return undefined
+          listed = now
+          return now
+        },
         log: (line) => process.stderr.write(`${line}\n`),
       })
     : undefined

@@ -20,14 +20,18 @@ export const REGISTRY_FD = 3
 /** Saves come as bursts of events (write, rename, chmod): one reload per burst. */
 const DEBOUNCE_MS = 150
 
-/** The files a loaded app came from: not packages (node_modules), nor berth itself. */
+/**
+ * The files a loaded app came from: not packages (node_modules), nor berth itself (its bundle
+ * in `berthDir`, dist/, and the binding's loader beside it).
+ */
 export function localFiles(candidates: Iterable<string>, berthDir: string): string[] {
+  const binding = resolve(berthDir, '..', 'binding.cjs')
   const out = new Set<string>()
   for (let f of candidates) {
     if (f.startsWith('file://')) f = decodeURIComponent(new URL(f).pathname)
     if (!f.startsWith('/') && !/^[A-Za-z]:[\\/]/.test(f)) continue
     f = f.replace(/\?.*$/, '')
-    if (f.includes(`${sep}node_modules${sep}`) || f.startsWith(berthDir + sep) || f.endsWith('.node')) continue
+    if (f.includes(`${sep}node_modules${sep}`) || f.startsWith(berthDir + sep) || f === binding || f.endsWith('.node')) continue
     out.add(f)
   }
   return [...out]
@@ -83,8 +87,11 @@ export interface ReloadOptions {
   files: string[]
   /** Loads the file afresh, in another process. */
   load(): Promise<Loaded>
-  /** Replaces `apps` with `functions` in the control plane. */
-  replace(apps: string[], functions: BindingFunctionDef[]): void
+  /**
+   * Replaces `apps` with `functions` in the control plane; returns what to print after the
+   * reload's line (what is served, when that changed).
+   */
+  replace(apps: string[], functions: BindingFunctionDef[]): string | undefined
   /** Where the reload lines go (stderr). */
   log(line: string): void
 }
@@ -157,8 +164,9 @@ export function watchAndReload(o: ReloadOptions): { close(): void } {
         return
       }
       const replaced = [...new Set([...apps, ...loaded.apps])]
+      let more: string | undefined
       try {
-        o.replace(replaced, loaded.functions)
+        more = o.replace(replaced, loaded.functions)
       } catch (e) {
         o.log(`berth: ${o.shown} failed to load, still serving the previous version: ${oneLine(e)}`)
         last = now
@@ -170,7 +178,8 @@ export function watchAndReload(o: ReloadOptions): { close(): void } {
       rewatch()
       const n = loaded.functions.length
       o.log(
-        `berth: reloaded ${loaded.apps.map((a) => `'${a}'`).join(', ')} (${n} function${n === 1 ? '' : 's'}) after a change to ${shown}`,
+        `berth: reloaded ${loaded.apps.map((a) => `'${a}'`).join(', ')} (${n} function${n === 1 ? '' : 's'}) after a change to ${shown}` +
+          (more === undefined ? '' : `\n${more}`),
       )
     } finally {
       running = false
