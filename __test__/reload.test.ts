@@ -146,7 +146,7 @@ export const greet = app.function({ webEndpoint: { method: 'GET', label: 'hi' } 
   saveByRename(app, source.replace("const VERSION = 'one'", "const VERSION = 'three'") + greet)
   await untilAnswer(s, 'version', 'three', 'two')
   t.is(await (await fetch(`http://${s.http}/reload/hi?name=ada`)).json(), 'hi ada from three')
-  t.regex(s.out(), /berth: reloaded 'reload' \(4 functions\) after a change to app\.ts\n( {2}.*\n)* {2}greet .*GET http:\/\/127\.0\.0\.1:\d+\/reload\/hi  web endpoint\n/)
+  t.regex(s.out(), /berth: reloaded 'reload' \(4 functions\) after a change to app\.ts\n( {2}.*\n)* {2}greet .*GET http:\/\/127\.0\.0\.1:\d+\/reload\/hi {2}web endpoint\n/)
   // Its container up, so that the answer below comes from the reload, not from a container
   // that starts afterwards and loads the edited files.
   t.is(await call(s, 'helper'), 'h1')
