@@ -111,7 +111,7 @@ test.serial('berth serve reloads a saved edit: new calls get the new code, a cal
 
   // A slow call of the first version is running when the file is saved.
   const slow = call(s, 'Slow/wait', [1500])
-  await until(() => marker(s).includes('wait one'), 20_000, 'the slow call started')
+  await until(() => marker(s).includes('wait one slow'), 20_000, 'the slow call started')
   saveByRename(app, source.replace("const VERSION = 'one'", "const VERSION = 'two'"))
   await untilAnswer(s, 'version', 'two', 'one')
   t.is(await slow, 'one', 'the call in flight finished on the version it started on')

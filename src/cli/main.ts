@@ -67,8 +67,9 @@ Reload (on unless --no-reload): when <file.ts>, or a local module it imports (no
 node_modules), is saved, berth loads it again in a separate process; if it loads, calls from then
 on go to new containers running the new code, while the old containers finish the inputs they
 took, run their @exit hooks and stop; stderr says "berth: reloaded 'app' (N functions) after a
-change to FILE". If it fails to load (a syntax error, a throw at import), the previous version
-keeps serving and stderr says why in one line.
+change to FILE". If it fails to load (a syntax error, a throw at import), stderr says why in one
+line and the containers running the previous version keep serving it (one that starts meanwhile
+loads the file on disk, and fails until the file is fixed).
 
 A request larger than --max-message-bytes (default 16 MiB) is refused:
 RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback requires
@@ -267,6 +268,8 @@ async function registry(file: string | undefined): Promise<never> {
     process.exit(0)
   }
   if (!file) return send({ error: 'no file named' })
+  // Gone with the server that started it, even mid-load.
+  watchParent()
   const berth = api()
   await registerTsx()
   try {

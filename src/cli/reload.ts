@@ -3,7 +3,7 @@
 // version it started with, and a file that fails to load must not touch what is served); its
 // definitions then replace the served apps' (BindingServer.replaceApps: new containers run the
 // new code, the old ones finish their inputs, run their exit hooks and stop).
-import { spawn } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { type FSWatcher, readFileSync, watch } from 'node:fs'
 import { basename, dirname, relative, resolve, sep } from 'node:path'
@@ -48,10 +48,18 @@ export function oneLine(e: unknown): string {
   return line.length > 600 ? `${line.slice(0, 597)}...` : line
 }
 
+/** A file whose import does not settle (a top-level await that never ends) is given up on. */
+const LOAD_TIMEOUT_MS = 120_000
+
+/** Loaders running now: `watchAndReload`'s `close()` ends them. */
+const loading = new Set<ChildProcess>()
+
 /** Runs `command` (berth __registry <file>) and reads what it sends on fd 3. */
 export function loadInChild(command: string[]): Promise<Loaded> {
   return new Promise((done) => {
     const child = spawn(command[0], command.slice(1), { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] })
+    loading.add(child)
+    const timer = setTimeout(() => child.kill('SIGKILL'), LOAD_TIMEOUT_MS)
     const chunks: Buffer[] = []
     let stderr = ''
     child.stderr!.setEncoding('utf8').on('data', (d: string) => {
@@ -60,6 +68,8 @@ export function loadInChild(command: string[]): Promise<Loaded> {
     ;(child.stdio[REGISTRY_FD] as NodeJS.ReadableStream).on('data', (d: Buffer) => chunks.push(d))
     child.on('error', (e) => done({ error: `cannot start ${command.join(' ')}: ${e.message}` }))
     child.on('close', (code, signal) => {
+      clearTimeout(timer)
+      loading.delete(child)
       if (chunks.length > 0) {
         try {
           const loaded = deserialize(Buffer.concat(chunks)) as Loaded
@@ -72,7 +82,10 @@ export function loadInChild(command: string[]): Promise<Loaded> {
           return done({ error: `unreadable answer from the loader (${(e as Error).message})` })
         }
       }
-      const why = stderr.trim().split('\n').slice(-3).join(' ') || `the loader exited ${signal ?? `with status ${code}`}`
+      const why =
+        signal === 'SIGKILL'
+          ? `it did not finish loading within ${LOAD_TIMEOUT_MS / 1000} s (a top-level await that never settles?)`
+          : stderr.trim().split('\n').slice(-3).join(' ') || `the loader exited with status ${code}`
       done({ error: why })
     })
   })
@@ -196,6 +209,7 @@ export function watchAndReload(o: ReloadOptions): { close(): void } {
       closed = true
       clearTimeout(timer)
       for (const w of dirs.values()) w.close()
+      for (const child of loading) child.kill('SIGKILL')
       dirs = new Map()
     },
   }
