@@ -349,8 +349,8 @@ interface Served {
   name: string
   methods: string[]
   isClass: boolean
-  /** The web endpoints among `methods`, by index. */
-  web?: { index: number; method: string; label?: string; requiresAuth: boolean }[]
+  /** The web endpoints and web apps among `methods`, by index. */
+  web?: { index: number; method: string; label?: string; requiresAuth: boolean; app?: string | null }[]
 }
 
 /** Past this many endpoints the banner stops listing; GET /<app> lists them all. */
@@ -372,8 +372,13 @@ function endpoints(served: Served[], http: string, webOnly = false): string {
         grpc: `{app: '${d.app}', function: '${d.name}'${m === undefined ? '' : `, method: '${m}'`}}`,
         // A web endpoint's whole URL, to open or curl as it is; the RPC routes' paths follow the
         // address in the line above.
-        path: `${web?.method ?? 'POST'} ${web ? http : ''}/${segments.map(encodeURIComponent).join('/')}`,
-        web: web === undefined ? '' : `  web endpoint${web.requiresAuth ? ', token required' : ''}`,
+        // A web app answers every path under its own, with any method.
+        path:
+          web?.app != null
+            ? `ANY ${http}/${segments.map(encodeURIComponent).join('/')}/...`
+            : `${web?.method ?? 'POST'} ${web ? http : ''}/${segments.map(encodeURIComponent).join('/')}`,
+        web:
+          web === undefined ? '' : `  ${web.app == null ? 'web endpoint' : `@${web.app}()`}${web.requiresAuth ? ', token required' : ''}`,
       }
     }),
   )

@@ -48,7 +48,16 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
       // The web endpoints among the methods, by index (crates/berth-server/src/web.rs routes them).
       web: def.methods.flatMap((m, index) =>
         m.web
-          ? [{ index, method: m.web.method, label: m.web.label, requiresAuth: m.web.requiresAuth, takesRequest: m.web.takesRequest }]
+          ? [
+              {
+                index,
+                method: m.web.method,
+                label: m.web.label,
+                requiresAuth: m.web.requiresAuth,
+                takesRequest: m.web.takesRequest,
+                app: m.web.app,
+              },
+            ]
           : [],
       ),
       params: isClass ? paramsOf(def.cls!) : [],

@@ -104,6 +104,12 @@ impl FunctionsSvc {
     /// The pool and method index a request names, creating the pool for new parameters.
     /// NOT_FOUND names what exists; INVALID_ARGUMENT says what to fix.
     pub(crate) fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<Target, Status> {
+        self.resolve_as(f, false)
+    }
+
+    /// `resolve` for a caller (`web` false), or for the web ingress (web.rs), the one caller
+    /// that reaches a web app member: it is no call, so callers are told where it answers.
+    pub(crate) fn resolve_as(&self, f: Option<&pb::FunctionRef>, web: bool) -> Result<Target, Status> {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
         let reg = &self.shared.registry;
         let (index, def) = reg
@@ -134,6 +140,13 @@ impl FunctionsSvc {
             }
             0
         };
+        if let (false, Some((decorator, path))) = (web, def.web_app(method)) {
+            return Err(bad(format!(
+                "{}.{} is a @{decorator}(): it answers the HTTP requests under {path} on the server's HTTP port, \
+                 not calls; send them there",
+                def.name, f.method
+            )));
+        }
         // Checked here, before any container starts; the pool is keyed by the full set.
         let params = crate::params::canonical(def, &f.params).map_err(bad)?;
         let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };

@@ -58,6 +58,10 @@ pub struct WebSpec {
     pub requires_auth: bool,
     /// The function declares a second parameter: it gets the request's head and body.
     pub takes_request: bool,
+    /// A web app (`@fetchApp`, `@webServer`, `@nodeApp`: the decorator, for messages) rather
+    /// than an endpoint: every request under its path, with any method, goes to it, and it
+    /// answers as a stream, a head (status, headers) and then the body's chunks (web.rs).
+    pub app: Option<String>,
 }
 
 impl FunctionDef {
@@ -72,6 +76,23 @@ impl FunctionDef {
     /// Whether method `method` is a generator.
     pub(crate) fn is_generator(&self, method: u32) -> bool {
         self.generators.get(method as usize).copied().unwrap_or(false)
+    }
+
+    /// The web path of `method`, `/{app}/{label}` (the label defaults to the function's name,
+    /// or `Class/method`).
+    pub(crate) fn web_path(&self, w: &WebSpec) -> Option<String> {
+        let name = self.methods.get(w.index as usize)?;
+        Some(match (&w.label, self.is_class) {
+            (Some(label), _) => format!("/{}/{label}", self.app),
+            (None, true) => format!("/{}/{}/{name}", self.app, self.name),
+            (None, false) => format!("/{}/{}", self.app, self.name),
+        })
+    }
+
+    /// For a web app member (`@fetchApp`, ...): its decorator and path.
+    pub(crate) fn web_app(&self, method: u32) -> Option<(&str, String)> {
+        let w = self.web.iter().find(|w| w.index == method)?;
+        Some((w.app.as_deref()?, self.web_path(w)?))
     }
 
     /// What a caller naming `member` of this class is told when it is no method.
