@@ -52,7 +52,8 @@ the gRPC FunctionRef and the HTTP path that call it. --http-port serves them as 
 
 answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
 throws, 400/404/413 for a malformed body, an unknown name, an oversized body. Web endpoints
-(@webEndpoint) answer at the URLs the banner prints, each with its own method. GET /<app>
+(@webEndpoint) answer at the URLs the banner prints, each with its own method; web apps
+(@fetchApp, @webServer, @nodeApp) every request under theirs. GET /<app>
 lists what the app serves (GET /, every app); GET /healthz answers ok. Callers in Node
 (Function.fromName, Cls.fromName, FunctionCall.fromId) find the server at
 http://127.0.0.1:7450 unless BERTH_SERVER (or App.lookup) names another.
