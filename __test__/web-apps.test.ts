@@ -83,6 +83,17 @@ test.serial('@fetchApp serves a Hono app: routes, path params, query, status and
   const tokenEvents = await fetch(`${base}/tokens`, { method: 'POST', body: '{"text":"c"}', headers: { accept: 'text/event-stream' } })
   t.is(await tokenEvents.text(), 'data: {"token":"c/hello"}\n\n')
 
+  // A @webEndpoint's returned Response streams too: its first event arrives while its body waits.
+  const ticks = await fetch(`${base}/ticks`)
+  t.is(ticks.status, 202)
+  t.is(ticks.headers.get('x-ticks'), '2')
+  const ti = events(ticks)
+  t.deepEqual((await ti.next()).value, { event: 'message', data: 'tick 0' })
+  t.notRegex(marks(s), /ticks finished/)
+  await fetch(`${base}/api/release`, { method: 'POST' })
+  t.deepEqual((await ti.next()).value, { event: 'message', data: 'tick 1' })
+  t.true((await ti.next()).done)
+
   // A client that goes away ends an endless stream: its ReadableStream is cancelled.
   const forever = new AbortController()
   const f = await fetch(`${base}/api/forever`, { signal: forever.signal })

@@ -1,8 +1,8 @@
 // A web endpoint's request and response in a container, and the web apps a container runs
 // (README "API", web endpoints and web apps). The control plane sends what a `Request` needs
 // only to members that take one (building one costs microseconds), and answers the HTTP request
-// with a returned `Response`; an endpoint's Response is read here to its end, a web app's
-// streams: its head, then its body's chunks as they come (crates/berth-server/src/web.rs).
+// with a returned `Response` as it streams: its head, then its body's chunks as they come
+// (crates/berth-server/src/web.rs); a `.remote()` caller gets it whole.
 import { createServer, request as httpRequest, Agent, type IncomingMessage, type RequestListener, type Server } from 'node:http'
 import { connect } from 'node:net'
 
@@ -91,25 +91,33 @@ function fetchApp(where: string, app: unknown): WebApp {
       if (!(res instanceof Response)) {
         throw new InvalidError(`${where}: its fetch(request) returned ${describeValue(res)}, not a Response`)
       }
-      yield new WireResponse(res.status, [...res.headers], null)
-      if (res.body === null) return
-      const reader = res.body.getReader()
-      // A client that goes away aborts the input: cancelling the body ends a stream that waits
-      // for its next chunk (an SSE route between events) instead of at its next chunk.
-      const cancel = () => void reader.cancel(signal.reason).catch(() => {})
-      signal.addEventListener('abort', cancel, { once: true })
-      try {
-        for (;;) {
-          const { done, value } = await reader.read()
-          if (done) return
-          yield value
-        }
-      } finally {
-        signal.removeEventListener('abort', cancel)
-        cancel()
-      }
+      yield* streamed(res, signal)
     },
     async close() {},
+  }
+}
+
+/**
+ * A Response as the items of its HTTP answer (crates/berth-server/src/web.rs `web_answer`):
+ * its head (a null body), then each chunk of its body as it comes.
+ */
+export async function* streamed(res: Response, signal: AbortSignal): AsyncGenerator<unknown> {
+  yield new WireResponse(res.status, [...res.headers], null)
+  if (res.body === null) return
+  const reader = res.body.getReader()
+  // A client that goes away aborts the input: cancelling the body ends a stream that waits for
+  // its next chunk (an SSE route between events) at once, not when that chunk comes.
+  const cancel = () => void reader.cancel(signal.reason).catch(() => {})
+  signal.addEventListener('abort', cancel, { once: true })
+  try {
+    for (;;) {
+      const { done, value } = await reader.read()
+      if (done) return
+      yield value
+    }
+  } finally {
+    signal.removeEventListener('abort', cancel)
+    cancel()
   }
 }
 

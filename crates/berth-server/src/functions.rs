@@ -212,9 +212,25 @@ impl FunctionsSvc {
 
     /// One generator call: its items as they come, and its end; and its function call id.
     pub(crate) fn open_stream(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
+        self.open(pool, method, args, Waiter::Stream)
+    }
+
+    /// One web endpoint request (web.rs): a stream of the items of a streamed Response, or of
+    /// its result alone.
+    pub(crate) fn open_web(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
+        self.open(pool, method, args, Waiter::Web)
+    }
+
+    fn open(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        waiter: fn(mpsc::UnboundedSender<Result<pb::StreamItem, Status>>) -> Waiter,
+    ) -> (StreamItems, String) {
         let (tx, rx) = mpsc::unbounded_channel();
         let fc = self.new_call_id();
-        let input = self.submit_many(pool, method, fc.clone(), vec![(args, Waiter::Stream(tx))], false);
+        let input = self.submit_many(pool, method, fc.clone(), vec![(args, waiter(tx))], false);
         (StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false }, fc)
     }
 

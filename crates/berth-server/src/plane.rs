@@ -341,6 +341,9 @@ pub(crate) enum Waiter {
     /// A generator's InvokeStream: its items go here as they come (`containers.rs`), and its
     /// result ends the stream, with an error item if it failed.
     Stream(mpsc::UnboundedSender<Result<pb::StreamItem, tonic::Status>>),
+    /// A web endpoint's request (web.rs): as a stream, whose items are a streamed Response's
+    /// head and chunks, and whose result goes on it too, a value or an error.
+    Web(mpsc::UnboundedSender<Result<pb::StreamItem, tonic::Status>>),
 }
 
 impl Waiter {
@@ -359,6 +362,14 @@ impl Waiter {
                 if let Some(PbOutcome::Error(e)) = result.outcome {
                     let _ = out.send(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }));
                 }
+            }
+            Waiter::Web(out) => {
+                let item = match result.outcome {
+                    Some(PbOutcome::Error(e)) => pb::stream_item::Item::Error(e),
+                    Some(PbOutcome::Value(v)) => pb::stream_item::Item::Value(v),
+                    None => return,
+                };
+                let _ = out.send(Ok(pb::StreamItem { item: Some(item) }));
             }
         }
     }

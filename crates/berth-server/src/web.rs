@@ -6,7 +6,7 @@
 //! |-------------------------------------------------|---------------------------------------------|
 //! | `{METHOD} /{app}/{label}` (label: the endpoint's, else the function's name, or `{Class}/{method}`) | the function's answer |
 //! | a JSON value returned                           | 200 `application/json`                      |
-//! | a `Response` returned                           | its status, headers and body (buffered)     |
+//! | a `Response` returned                           | its status, headers and body, streamed      |
 //! | an `async *` endpoint                           | its items, NDJSON or SSE (`Accept`)         |
 //! | `ANY /{app}/{label}/...` of a web app           | its Response, streamed ([`app_request`])    |
 //! | another method on an endpoint's path            | 405 with `Allow`                            |
@@ -17,31 +17,33 @@
 //! | `requiresAuth` without the server's token       | 401                                         |
 //! | its container could not start (`@enter`, a `@webServer` that never listened) | 503          |
 //!
-//! Wire (one design for every caller): the value is the one argument, `[value]`: the JSON body
-//! (POST, PUT, PATCH) or the query string as a map of strings (GET, DELETE, HEAD). A function
-//! that declares a second parameter also gets the request, `[value, {method, url, headers,
-//! body}]` (src/run/web.ts builds the `Request` from it); callers cannot pass a second argument
-//! (its arity is at most 1), so the container knows it came from here. A returned `Response`
-//! comes back as CBOR tag [`WEB_RESPONSE_TAG`] over `[status, [[name, value], ...], body]`
-//! (src/shared/cbor.ts `WireResponse`).
+//! Wire (one design for every caller): the value is the first argument: the JSON body (POST,
+//! PUT, PATCH) or the query string as a map of strings (GET, DELETE, HEAD). The second is the
+//! request, `{method, url, headers, body}`, for a function that declares a second parameter
+//! (src/run/web.ts builds the `Request` from it), else null; callers cannot pass a second
+//! argument (its arity is at most 1), so the container knows it came from here, and only then
+//! streams a returned `Response`. The answer is read off the input's stream ([`web_answer`]):
+//! a value, or a `Response` as CBOR tag [`WEB_RESPONSE_TAG`] over `[status, [[name, value],
+//! ...], body]` (src/shared/cbor.ts `WireResponse`), whose body is bytes, or null when its
+//! chunks follow as items. An `async *` endpoint's items are NDJSON or SSE, as over the RPC
+//! route; a web app gets `[null, request]` and answers with a streamed `Response`.
 use std::collections::HashMap;
 
-use berth_core::{Command, InputId};
-use berth_proto::v1::{self as pb, result::Outcome};
+use berth_proto::v1 as pb;
 use ciborium::Value as Cbor;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use super::json::{cbor_to_json, json_to_cbor};
 use super::{
     accepts_event_stream, answer, fail, json_answer, percent_decode, refused, request_body, stream_items, streaming,
-    with_call_id, Answer, Ctx,
+    with_call_id, Answer, Chunks, Ctx,
 };
 use crate::auth::token_rule;
-use crate::plane::{Registry, Shared, Waiter};
+use crate::functions::StreamItems;
+use crate::plane::Registry;
 use hyper::body::Bytes;
 use tokio_stream::StreamExt;
 
@@ -239,21 +241,6 @@ fn rpc_route(reg: &Registry, path: &str) -> bool {
     }
 }
 
-/// Tells the scheduler to cancel the input when the request is dropped before its answer (the
-/// client went away): its signal aborts, as for a cancelled call.
-struct CancelOnDrop<'a> {
-    shared: &'a Shared,
-    input: Option<InputId>,
-}
-
-impl Drop for CancelOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(input) = self.input {
-            let _ = self.shared.commands.send(Command::Cancel(vec![input]));
-        }
-    }
-}
-
 async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
     let (head, body) = req.into_parts();
     let has_body = !matches!(head.method, Method::GET | Method::HEAD | Method::DELETE);
@@ -278,6 +265,10 @@ async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
     if route.takes_request {
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         args.push(request_meta(&head, &path, body));
+    } else if !route.gen {
+        // A second argument, even without a Request, says the call came from here: only then
+        // may a returned Response stream (src/run/container.ts); callers pass one value.
+        args.push(Cbor::Null);
     }
     let mut bytes = Vec::new();
     // Writing a Value to a Vec does not fail.
@@ -292,14 +283,8 @@ async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
         let (items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes);
         return with_call_id(stream_items(items, sse).await, &fc);
     }
-    let fc = ctx.svc.new_call_id();
-    let (tx, rx) = oneshot::channel();
-    let input = ctx.svc.submit_many(target.pool, target.method, fc.clone(), vec![(bytes, Waiter::Call(tx))], false);
-    let mut guard = CancelOnDrop { shared: &ctx.svc.shared, input: Some(input) };
-    let result =
-        rx.await.unwrap_or_else(|_| crate::plane::error("Error", "the control plane stopped before the result"));
-    guard.input = None;
-    with_call_id(answer_result(result), &fc)
+    let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes);
+    with_call_id(web_answer(items, &route.path).await, &fc)
 }
 
 /// What a route calls: resolved as for a caller, except that a web app member is reachable here.
@@ -345,77 +330,92 @@ async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incomin
     let mut bytes = Vec::new();
     // Writing a Value to a Vec does not fail.
     let _ = ciborium::into_writer(&Cbor::Array(vec![Cbor::Null, request_meta(&head, &path, body)]), &mut bytes);
-    let (mut items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes);
+    let (items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes);
+    with_call_id(web_answer(items, &route.path).await, &fc)
+}
+
+/// The answer to a web request from its input's stream (`path` names it in messages). The
+/// first event decides: a JSON value, a whole Response, the head of a streamed Response (a
+/// null body: its chunks follow, each written as it comes, the generator credits of
+/// functions.rs its backpressure), or a failure, answered as a function's. A failure after a
+/// streamed head ends the body short, so the client sees a truncated answer, not a whole one.
+async fn web_answer(mut items: StreamItems, path: &str) -> Answer {
     let first = match items.next().await {
         Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) })) => v,
         Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) })) => {
-            return with_call_id(answer_result(pb::Result { outcome: Some(Outcome::Error(e)) }), &fc);
+            return answer_error(e);
         }
-        _ => {
-            let message = format!("{} ended without a response", route.path);
-            return with_call_id(fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", message), &fc);
-        }
+        _ => return fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", format!("{path} ended without a response")),
     };
-    let res = match ciborium::from_reader::<Cbor, _>(first.as_slice()) {
+    let parts = match ciborium::from_reader::<Cbor, _>(first.as_slice()) {
         Ok(Cbor::Tag(WEB_RESPONSE_TAG, inner)) => match response_parts(*inner) {
-            Ok(ResponseParts { status, headers, .. }) => {
-                let chunks = items.map(|item| match item {
-                    Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) }) => {
-                        match ciborium::from_reader::<Cbor, _>(v.as_slice()) {
-                            Ok(Cbor::Bytes(b)) => Ok(Bytes::from(b)),
-                            _ => Err(std::io::Error::other("a chunk of the response body is not bytes")),
-                        }
-                    }
-                    Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }) => {
-                        Err(std::io::Error::other(format!("{}: {}", e.name, e.message)))
-                    }
-                    Ok(pb::StreamItem { item: None }) => Err(std::io::Error::other("an empty item")),
-                    Err(status) => Err(std::io::Error::other(status.message().to_owned())),
-                });
-                let mut res = streaming(status, "application/octet-stream", Box::pin(chunks));
-                with_headers(&mut res, headers);
-                res
-            }
-            Err(what) => bad_response(what),
+            Ok(parts) => parts,
+            Err(what) => return bad_response(what),
         },
-        _ => fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "SerializationError",
-            "the web app's first item is not a Response head",
-        ),
+        Ok(v) => return json_answer(StatusCode::OK, &cbor_to_json(&v)),
+        Err(e) => {
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "SerializationError",
+                format!("the function's result is not valid CBOR: {e}"),
+            )
+        }
     };
-    with_call_id(res, &fc)
+    response(parts, move || {
+        let mut ended = false;
+        Box::pin(items.map_while(move |item| {
+            if ended {
+                return None;
+            }
+            let chunk = match item {
+                Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) }) => {
+                    match ciborium::from_reader::<Cbor, _>(v.as_slice()) {
+                        Ok(Cbor::Bytes(b)) => Ok(Bytes::from(b)),
+                        // An endpoint's result (null) after its streamed body: the end.
+                        Ok(Cbor::Null) => return None,
+                        _ => Err(std::io::Error::other("a chunk of the response body is not bytes")),
+                    }
+                }
+                Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }) => {
+                    Err(std::io::Error::other(format!("{}: {}", e.name, e.message)))
+                }
+                Ok(pb::StreamItem { item: None }) => Err(std::io::Error::other("an empty item")),
+                Err(status) => Err(std::io::Error::other(status.message().to_owned())),
+            };
+            ended = chunk.is_err();
+            Some(chunk)
+        }))
+    })
 }
 
-fn answer_result(result: pb::Result) -> Answer {
-    if let Some(message) = crate::plane::queue_full(&result) {
+/// A Response as the answer: its status, its headers, and its body, whole or (a null body in
+/// the head) the `chunks` that follow.
+fn response(parts: ResponseParts, chunks: impl FnOnce() -> Chunks) -> Answer {
+    let mut res = match parts.body {
+        Cbor::Null => streaming(parts.status, "application/octet-stream", chunks()),
+        Cbor::Bytes(b) => answer(parts.status, "application/octet-stream", b),
+        _ => return bad_response("body is not bytes"),
+    };
+    with_headers(&mut res, parts.headers);
+    res
+}
+
+/// A function's failure as a web answer.
+fn answer_error(pb::Error { name, message, stack }: pb::Error) -> Answer {
+    if name == berth_core::failure::QUEUE_FULL {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
         res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return res;
     }
-    match result.outcome {
-        Some(Outcome::Value(bytes)) => match ciborium::from_reader::<Cbor, _>(bytes.as_slice()) {
-            Ok(Cbor::Tag(WEB_RESPONSE_TAG, inner)) => passthrough(*inner),
-            Ok(v) => json_answer(StatusCode::OK, &cbor_to_json(&v)),
-            Err(e) => fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "SerializationError",
-                format!("the function's result is not valid CBOR: {e}"),
-            ),
-        },
-        Some(Outcome::Error(pb::Error { name, message, stack })) => {
-            // A request past its timeout is the gateway's timeout, not the function's error; a
-            // container that could not start (its @enter, a @webServer that never listened)
-            // leaves the service unavailable.
-            let status = match name.as_str() {
-                "FunctionTimeoutError" => StatusCode::GATEWAY_TIMEOUT,
-                "InitError" => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            json_answer(status, &json!({ "error": { "name": name, "message": message, "stack": stack } }))
-        }
-        None => fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", "the container sent an empty result"),
-    }
+    // A request past its timeout is the gateway's timeout, not the function's error; a
+    // container that could not start (its @enter, a @webServer that never listened) leaves
+    // the service unavailable.
+    let status = match name.as_str() {
+        "FunctionTimeoutError" => StatusCode::GATEWAY_TIMEOUT,
+        "InitError" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_answer(status, &json!({ "error": { "name": name, "message": message, "stack": stack } }))
 }
 
 /// The function's value from a request body: JSON, or nothing (`null`) for an empty body, or
@@ -475,22 +475,6 @@ fn request_meta(head: &hyper::http::request::Parts, path: &str, body: Vec<u8>) -
         text("headers", Cbor::Array(headers)),
         text("body", if body.is_empty() { Cbor::Null } else { Cbor::Bytes(body) }),
     ])
-}
-
-/// A returned `Response`, `[status, [[name, value], ...], body]`, as the HTTP answer.
-fn passthrough(inner: Cbor) -> Answer {
-    let parts = match response_parts(inner) {
-        Ok(parts) => parts,
-        Err(what) => return bad_response(what),
-    };
-    let body = match parts.body {
-        Cbor::Bytes(b) => b,
-        Cbor::Null => Vec::new(),
-        _ => return bad_response("body is not bytes"),
-    };
-    let mut res = answer(parts.status, "application/octet-stream", body);
-    with_headers(&mut res, parts.headers);
-    res
 }
 
 fn bad_response(what: &str) -> Answer {
@@ -651,7 +635,7 @@ mod tests {
 
     #[test]
     fn returned_responses_pass_through() {
-        let res = passthrough(Cbor::Array(vec![
+        let parts = response_parts(Cbor::Array(vec![
             Cbor::Integer(201.into()),
             Cbor::Array(vec![
                 Cbor::Array(vec![Cbor::Text("x-made-by".into()), Cbor::Text("berth".into())]),
@@ -659,19 +643,21 @@ mod tests {
                 Cbor::Array(vec![Cbor::Text("content-length".into()), Cbor::Text("99".into())]),
             ]),
             Cbor::Bytes(b"x".to_vec()),
-        ]));
+        ]))
+        .unwrap();
+        let res = response(parts, || unreachable!("a whole body has no chunks"));
         assert_eq!(res.status(), StatusCode::CREATED);
         assert_eq!(res.headers()["x-made-by"], "berth");
         assert_eq!(res.headers()[header::CONTENT_TYPE], "text/plain");
         assert!(res.headers().get(header::CONTENT_LENGTH).is_none());
-        assert_eq!(passthrough(Cbor::Null).status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let timeout = answer_result(pb::Result {
-            outcome: Some(Outcome::Error(pb::Error {
-                name: "FunctionTimeoutError".into(),
-                message: "past 1s".into(),
-                stack: String::new(),
-            })),
+        assert!(response_parts(Cbor::Null).is_err());
+        let timeout = answer_error(pb::Error {
+            name: "FunctionTimeoutError".into(),
+            message: "past 1s".into(),
+            stack: String::new(),
         });
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        let init = answer_error(pb::Error { name: "InitError".into(), message: "x".into(), stack: String::new() });
+        assert_eq!(init.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }
