@@ -98,6 +98,16 @@ test('@fetchApp(), @webServer(), @nodeApp(): options checked with the fix named,
     },
     { instanceOf: InvalidError, message: /^@nodeApp\(\) on 'm': the member runs once per container and returns the app; make it a plain method/ },
   )
+  const fixed = new App('web-apps-port')
+  @fixed.cls()
+  class Port {
+    @webServer({ port: 18080 }) start() {}
+  }
+  void Port
+  t.throws(() => __berthRegistryOf([fixed]), {
+    instanceOf: InvalidError,
+    message: /^@webServer\(\{ port: 18080 \}\) on Port\.start: every container would listen on port 18080\. Set maxContainers: 1 on Port, or leave port out/,
+  })
   const webApps = new App('web-apps-define')
   @webApps.cls()
   class Site {

@@ -74,7 +74,19 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
     })),
   )
   checkWebPaths(defs)
+  for (const app of apps) for (const { def } of app.servedDefs()) checkFixedPorts(def)
   return defs
+}
+
+/** A @webServer on a fixed port serves from one container: two would both listen on it. */
+function checkFixedPorts(def: PoolDef): void {
+  for (const m of def.methods) {
+    if (m.web?.port === undefined || def.options.maxContainers === 1) continue
+    throw new InvalidError(
+      `@webServer({ port: ${m.web.port} }) on ${def.name}.${m.name}: every container would listen on port ${m.web.port}. ` +
+        `Set maxContainers: 1 on ${def.name}, or leave port out: each container then gets a free port of its own.`,
+    )
+  }
 }
 
 /** Two web endpoints at one path: refused at start, naming both (README "API", web endpoints). */
