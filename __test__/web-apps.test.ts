@@ -143,6 +143,17 @@ test.serial('@webServer proxies a fastify server on the port berth gives it; @no
   t.is(added.headers.get('x-made-by'), 'express')
   t.deepEqual(await added.json(), { added: { name: 'alan' } })
 
+  // A proxied body that streams: the client leaves after the first chunk; the app's response
+  // closes, and the same container serves on.
+  const before = ((await (await fetch(`${base}/Ex/listener/pid`)).json()) as any).pid
+  const leave = new AbortController()
+  const drip = await fetch(`${base}/Ex/listener/drip`, { signal: leave.signal })
+  const reader = drip.body!.getReader()
+  t.is(new TextDecoder().decode((await reader.read()).value).split('\n')[0], 'drop')
+  leave.abort()
+  await until(() => marks(s).includes('drip closed'), 10_000, 'the proxied response closed after the client left')
+  t.is(((await (await fetch(`${base}/Ex/listener/pid`)).json()) as any).pid, before)
+
   await stopsCleanly(t, s)
   t.regex(marks(s), /fast exit/)
   t.regex(marks(s), /ex exit/)

@@ -201,7 +201,9 @@ function proxy(port: number, close: () => Promise<void>): WebApp {
       const req = httpRequest({ host: '127.0.0.1', port, method: meta.method, path: url.pathname + url.search, headers, agent, signal })
       const res = await new Promise<IncomingMessage>((resolve, reject) => {
         req.once('response', resolve)
-        req.once('error', reject)
+        // Also after the head: a request destroyed mid-body (the client left) reports its
+        // error here, not as an uncaught one that would end the container.
+        req.on('error', reject)
         req.end(meta.body ?? undefined)
       })
       let done = false
