@@ -2,7 +2,7 @@
 // fix, and a web endpoint is still a function its app calls with .remote(value), in both
 // container modes.
 import test from 'ava'
-import { App, InvalidError, __berthRegistryOf, batched, method, webEndpoint } from 'berth'
+import { App, Cls, InvalidError, __berthRegistryOf, batched, fetchApp, method, nodeApp, webEndpoint, webServer } from 'berth'
 
 import { inBothModes, MODES } from './_modes.ts'
 
@@ -25,7 +25,7 @@ test('@webEndpoint() options are checked: unknown keys, a bad method, a label wi
   })
 })
 
-test('@webEndpoint() goes alone, on a plain method: not with @method() or @batched(), not on a generator, not as a class option', (t) => {
+test('@webEndpoint() goes alone: not with @method() or @batched(), not as a class option', (t) => {
   t.throws(
     () => {
       class Both {
@@ -33,7 +33,7 @@ test('@webEndpoint() goes alone, on a plain method: not with @method() or @batch
       }
       return Both
     },
-    { instanceOf: InvalidError, message: /'m' has both @webEndpoint\(\) and @method\(\)\. A @webEndpoint\(\) is callable already/ },
+    { instanceOf: InvalidError, message: /'m' has both @webEndpoint\(\) and @method\(\)\. @webEndpoint\(\) is a member of its own \(callable as \.remote\(value\) too/ },
   )
   t.throws(
     () => {
@@ -45,17 +45,6 @@ test('@webEndpoint() goes alone, on a plain method: not with @method() or @batch
       return Batch
     },
     { instanceOf: InvalidError, message: /has both @batched\(\) and @webEndpoint\(\)/ },
-  )
-  t.throws(
-    () => {
-      class Gen {
-        @webEndpoint() async *items() {
-          yield 1
-        }
-      }
-      return Gen
-    },
-    { instanceOf: InvalidError, message: /^@webEndpoint\(\) cannot be used on generator 'items' yet.*use @method\(\) and call it with remoteGen/ },
   )
   t.throws(
     () => {
@@ -78,7 +67,60 @@ test('@webEndpoint() goes alone, on a plain method: not with @method() or @batch
   )
   t.throws(() => app.function({ webEndpoint: {}, batched: { maxBatchSize: 2, waitMs: 1 } } as any, async function b(xs: number[]) { return xs }), {
     instanceOf: InvalidError,
-    message: /^app\.function\('b'\): a web endpoint answers one JSON value or Response, so it cannot be batched/,
+    message: /^app\.function\('b'\): a web endpoint is one request, one input, so it cannot be batched itself/,
+  })
+})
+
+test('@fetchApp(), @webServer(), @nodeApp(): options checked with the fix named, one per member, no generator; a handle says where they answer', (t) => {
+  t.throws(() => (fetchApp as any)(class {}.prototype, { kind: 'method', name: 'x' }), { instanceOf: InvalidError, message: /^@fetchApp is a decorator factory: call it\. Suggestion: @fetchApp\(\{ label: 'api' \}\)/ })
+  t.throws(() => webServer({ startupTimout: 3 } as any), { instanceOf: InvalidError, message: "@webServer(): unknown option 'startupTimout'. Did you mean 'startupTimeout'? Valid options: label, requiresAuth, port, startupTimeout." })
+  t.throws(() => webServer({ port: 70000 }), { instanceOf: InvalidError, message: /port must be a whole number from 1 to 65535/ })
+  t.throws(() => webServer({ startupTimeout: 0 }), { instanceOf: InvalidError, message: /startupTimeout is in seconds, a number above 0/ })
+  t.throws(() => nodeApp({ port: 1 } as any), { instanceOf: InvalidError, message: /^@nodeApp\(\): unknown option 'port'\. Valid options: label, requiresAuth\./ })
+  t.throws(() => fetchApp({ label: 'a/b' }), { instanceOf: InvalidError, message: /label is one path segment/ })
+  t.throws(
+    () => {
+      class Both {
+        @method() @fetchApp() m() {
+          return { fetch: () => new Response('') }
+        }
+      }
+      return Both
+    },
+    { instanceOf: InvalidError, message: /'m' has both @fetchApp\(\) and @method\(\)\. @fetchApp\(\) is a member of its own \(it answers HTTP requests, not calls\)/ },
+  )
+  t.throws(
+    () => {
+      class Gen {
+        @nodeApp() *m() {}
+      }
+      return Gen
+    },
+    { instanceOf: InvalidError, message: /^@nodeApp\(\) on 'm': the member runs once per container and returns the app; make it a plain method/ },
+  )
+  const fixed = new App('web-apps-port')
+  @fixed.cls()
+  class Port {
+    @webServer({ port: 18080 }) start() {}
+  }
+  void Port
+  t.throws(() => __berthRegistryOf([fixed]), {
+    instanceOf: InvalidError,
+    message: /^@webServer\(\{ port: 18080 \}\) on Port\.start: every container would listen on port 18080\. Set maxContainers: 1 on Port, or leave port out/,
+  })
+  const webApps = new App('web-apps-define')
+  @webApps.cls()
+  class Site {
+    @fetchApp() serve() {
+      return { fetch: () => new Response('') }
+    }
+    @method() ping() {
+      return 'pong'
+    }
+  }
+  t.throws(() => (Cls.of(Site) as any).serve, {
+    instanceOf: InvalidError,
+    message: "Cls.of(Site).serve: 'serve' is a @fetchApp(): it answers HTTP requests under its path on the server's HTTP port, not calls; a handle calls methods only. Callable methods of Site: ping.",
   })
 })
 

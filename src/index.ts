@@ -6,8 +6,21 @@ export { App, allApps, type AppRun, type RunOptions } from './define/app.ts'
 export { Cls } from './define/handles.ts'
 export { FunctionCall } from './call/function-call.ts'
 export { Function } from './call/from-name.ts'
-export { batched, build, concurrent, enter, exit, method, parameter, webEndpoint } from './define/decorators.ts'
-export type { WebEndpointOptions } from './define/options.ts'
+export {
+  batched,
+  build,
+  concurrent,
+  enter,
+  exit,
+  fetchApp,
+  method,
+  nodeApp,
+  parameter,
+  webEndpoint,
+  webServer,
+} from './define/decorators.ts'
+export type { FetchHandler } from './define/decorators.ts'
+export type { WebAppOptions, WebEndpointOptions, WebServerOptions } from './define/options.ts'
 export { Retries, type RetriesOptions } from './define/retries.ts'
 export { currentFunctionCallId, currentInput, currentInputId, isLocal } from './run/context.ts'
 export {

@@ -58,7 +58,8 @@ the gRPC FunctionRef and the HTTP path that call it. --http-port serves them as 
 
 answering 200 with the result as JSON, 500 with {"error":{name,message,stack}} when the code
 throws, 400/404/413 for a malformed body, an unknown name, an oversized body. Web endpoints
-(@webEndpoint) answer at the URLs the banner prints, each with its own method. GET /<app>
+(@webEndpoint) answer at the URLs the banner prints, each with its own method; web apps
+(@fetchApp, @webServer, @nodeApp) every request under theirs. GET /<app>
 lists what the app serves (GET /, every app); GET /healthz answers ok. Callers in Node
 (Function.fromName, Cls.fromName, FunctionCall.fromId) find the server at
 http://127.0.0.1:7450 unless BERTH_SERVER (or App.lookup) names another.
@@ -429,8 +430,8 @@ interface Served {
   name: string
   methods: string[]
   isClass: boolean
-  /** The web endpoints among `methods`, by index. */
-  web?: { index: number; method: string; label?: string; requiresAuth: boolean }[]
+  /** The web endpoints and web apps among `methods`, by index. */
+  web?: { index: number; method: string; label?: string; requiresAuth: boolean; app?: string | null }[]
 }
 
 /** Past this many endpoints the banner stops listing; GET /<app> lists them all. */
@@ -452,8 +453,13 @@ function endpoints(served: Served[], http: string, webOnly = false): string {
         grpc: `{app: '${d.app}', function: '${d.name}'${m === undefined ? '' : `, method: '${m}'`}}`,
         // A web endpoint's whole URL, to open or curl as it is; the RPC routes' paths follow the
         // address in the line above.
-        path: `${web?.method ?? 'POST'} ${web ? http : ''}/${segments.map(encodeURIComponent).join('/')}`,
-        web: web === undefined ? '' : `  web endpoint${web.requiresAuth ? ', token required' : ''}`,
+        // A web app answers every path under its own, with any method.
+        path:
+          web?.app != null
+            ? `ANY ${http}/${segments.map(encodeURIComponent).join('/')}/...`
+            : `${web?.method ?? 'POST'} ${web ? http : ''}/${segments.map(encodeURIComponent).join('/')}`,
+        web:
+          web === undefined ? '' : `  ${web.app == null ? 'web endpoint' : `@${web.app}()`}${web.requiresAuth ? ', token required' : ''}`,
       }
     }),
   )

@@ -49,13 +49,23 @@ export class ClassDef {
     for (const n of meta.params) what.set(n, `a @parameter(): pass it ${pass(n)}`)
     return what
   }
-  /** What reaching each member of `notCallable` through a `Cls.of` handle throws. */
+  /**
+   * What reaching each member of `notCallable`, or a web app member, through a `Cls.of` handle
+   * throws (the control plane tells other callers the same: crates/berth-server/src/functions.rs).
+   */
   get handleErrors(): Map<string, string> {
-    const methods = this.classMeta.methods.map((m) => m.name).join(', ')
+    const meta = this.classMeta
+    const methods = meta.methods.filter((m) => m.web?.app === undefined).map((m) => m.name)
+    const members: [string, string][] = [...this.notCallable((n) => `when making the handle, Cls.of(${this.name}, { ${n}: ... })`)]
+    for (const m of meta.methods) {
+      if (m.web?.app !== undefined) {
+        members.push([m.name, `a @${m.web.app}(): it answers HTTP requests under its path on the server's HTTP port, not calls`])
+      }
+    }
     this._handleErrors ??= new Map(
-      [...this.notCallable((n) => `when making the handle, Cls.of(${this.name}, { ${n}: ... })`)].map(([n, text]) => [
+      members.map(([n, text]) => [
         n,
-        `Cls.of(${this.name}).${n}: '${n}' is ${text}; a handle calls methods only. Callable methods of ${this.name}: ${methods}.`,
+        `Cls.of(${this.name}).${n}: '${n}' is ${text}; a handle calls methods only. Callable methods of ${this.name}: ${methods.join(', ')}.`,
       ]),
     )
     return this._handleErrors
@@ -70,8 +80,10 @@ export class ClassDef {
       methods: meta.methods.map((m) => {
         const fn = this.cls.prototype[m.name]
         if (m.web === undefined) return { name: m.name, batched: m.batched, gen: m.gen, arity: arityOf(fn) }
+        // A web app's requests stream back (a head, then its body's chunks) as a generator's items.
+        if (m.web.app !== undefined) return { name: m.name, web: { ...m.web, takesRequest: true }, gen: true, arity: WEB_ARITY }
         const web = { ...m.web, takesRequest: takesRequest(fn, `@webEndpoint() on ${this.name}.${m.name}`) }
-        return { name: m.name, web, arity: WEB_ARITY }
+        return { name: m.name, web, gen: m.gen, arity: WEB_ARITY }
       }),
       options: this.opts,
       maxInputs: c?.maxInputs ?? 1,

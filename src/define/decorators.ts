@@ -3,7 +3,14 @@
 import { InvalidError } from '../shared/errors.ts'
 import type { WebSpec } from '../run/pool.ts'
 import { closest, validateBatched, validateConcurrent, type BatchedOptions, type ConcurrentOptions } from './options.ts'
-import { takesRequest, validateWebEndpoint, type WebEndpointOptions } from './web.ts'
+import {
+  takesRequest,
+  validateWebApp,
+  validateWebEndpoint,
+  type WebAppOptions,
+  type WebEndpointOptions,
+  type WebServerOptions,
+} from './web.ts'
 
 // Every decorator records into `context.metadata` under META. Metadata objects of subclasses
 // inherit from their parent's through the prototype chain, so each class writes into its own
@@ -11,7 +18,8 @@ import { takesRequest, validateWebEndpoint, type WebEndpointOptions } from './we
 
 const META = Symbol('berth.meta')
 
-type Role = 'enter' | 'snapEnter' | 'exit' | 'build' | 'method' | 'batched' | 'webEndpoint' | 'parameter'
+type Role = 'enter' | 'snapEnter' | 'exit' | 'build' | 'method' | 'batched' | 'webEndpoint' | WebAppKind | 'parameter'
+type WebAppKind = 'fetchApp' | 'webServer' | 'nodeApp'
 
 const LABEL: Record<Role, string> = {
   enter: '@enter()',
@@ -21,6 +29,9 @@ const LABEL: Record<Role, string> = {
   method: '@method()',
   batched: '@batched()',
   webEndpoint: '@webEndpoint()',
+  fetchApp: '@fetchApp()',
+  webServer: '@webServer()',
+  nodeApp: '@nodeApp()',
   parameter: '@parameter()',
 }
 
@@ -114,15 +125,18 @@ function own(metadata: DecoratorMetadataObject | undefined, label: string): OwnM
 }
 
 const LIFECYCLE: ReadonlySet<Role> = new Set(['enter', 'snapEnter', 'exit', 'build'])
-const CALLABLE: ReadonlySet<Role> = new Set(['method', 'batched', 'webEndpoint'])
+const CALLABLE: ReadonlySet<Role> = new Set(['method', 'batched', 'webEndpoint', 'fetchApp', 'webServer', 'nodeApp'])
+const WEB: ReadonlySet<Role> = new Set(['webEndpoint', 'fetchApp', 'webServer', 'nodeApp'])
 
 function checkCombination(name: string, existing: readonly Role[], role: Role): void {
   for (const other of existing) {
     if (other === role) throw new InvalidError(`${LABEL[role]} is applied twice to '${name}'. Remove one.`)
-    if (CALLABLE.has(role) && CALLABLE.has(other) && (role === 'webEndpoint' || other === 'webEndpoint')) {
+    if (CALLABLE.has(role) && CALLABLE.has(other) && (WEB.has(role) || WEB.has(other))) {
+      const web = WEB.has(role) ? role : other
       throw new InvalidError(
-        `'${name}' has both ${LABEL[other]} and ${LABEL[role]}. A @webEndpoint() is callable already (as .remote(value) too) ` +
-          'and is not batched: keep @webEndpoint() alone, or move the shared code into a helper called from two methods.',
+        `'${name}' has both ${LABEL[other]} and ${LABEL[role]}. ${LABEL[web]} is a member of its own` +
+          (web === 'webEndpoint' ? ' (callable as .remote(value) too, and not batched)' : ' (it answers HTTP requests, not calls)') +
+          `: keep ${LABEL[web]} alone, or move the shared code into a helper called from two methods.`,
       )
     }
     if (CALLABLE.has(role) && CALLABLE.has(other)) {
@@ -271,15 +285,63 @@ export function webEndpoint(
   }
   const web = validateWebEndpoint(opts, '@webEndpoint()')
   return memberDecorator('webEndpoint', (m, n, v) => {
+    takesRequest(v as Function, `@webEndpoint() on '${n}'`)
+    // An `async *` endpoint streams its items: NDJSON, or SSE with Accept: text/event-stream.
+    m.methods.push(isGeneratorFunction(v) ? { name: n, gen: true, web } : { name: n, web })
+  })
+}
+
+/** The object a `@fetchApp()` member returns: a Hono app, an itty-router, a hand-written handler. */
+export interface FetchHandler {
+  fetch(request: Request): Response | Promise<Response>
+}
+
+function webAppDecorator(kind: WebAppKind, opts: unknown, args: unknown[], example: string) {
+  if (looksLikeDecoratorCall(args)) throw noParens(`@${kind}`, example, args)
+  const web = validateWebApp(kind, opts, `@${kind}()`)
+  return memberDecorator(kind, (m, n, v) => {
     if (isGeneratorFunction(v)) {
       throw new InvalidError(
-        `@webEndpoint() cannot be used on generator '${n}' yet: its answer is one JSON value or Response. ` +
-          'Make it a plain async method, or use @method() and call it with remoteGen.',
+        `@${kind}() on '${n}': the member runs once per container and returns the app; make it a plain method, not a generator.`,
       )
     }
-    takesRequest(v as Function, `@webEndpoint() on '${n}'`)
     m.methods.push({ name: n, web })
   })
+}
+
+/**
+ * A web app (Modal's `asgi_app`): the member runs once per container, after `@enter`, and
+ * returns an object with `fetch(request)` (a Hono app, for one). Every request under
+ * `/{app}/{Class}/{method}` (or `/{app}/{label}`) goes to it, with the path under that prefix;
+ * its Response streams back as it is written. README "API", web apps.
+ */
+export function fetchApp(
+  opts?: WebAppOptions,
+): <This, F extends (this: This) => FetchHandler | Promise<FetchHandler>>(value: F, context: ClassMethodDecoratorContext<This, F>) => void {
+  return webAppDecorator('fetchApp', opts, arguments as unknown as unknown[], "@fetchApp({ label: 'api' })")
+}
+
+/**
+ * A web server (Modal's `web_server`): the member starts any Node HTTP server (fastify,
+ * express, node:http) on the port it is passed (also `process.env.PORT`) and returns; berth
+ * waits until the port accepts connections (`startupTimeout`, seconds, default 5), then
+ * proxies every request under the member's path to it. README "API", web apps.
+ */
+export function webServer(
+  opts?: WebServerOptions,
+): <This, F extends (this: This, port: number) => unknown>(value: F, context: ClassMethodDecoratorContext<This, F>) => void {
+  return webAppDecorator('webServer', opts, arguments as unknown as unknown[], '@webServer({ startupTimeout: 10 })')
+}
+
+/**
+ * A Node request listener (the Node counterpart of Modal's `wsgi_app`): the member returns a
+ * `(req, res)` listener (an Express app, Koa's `app.callback()`, connect) and berth serves it
+ * in the container, every request under the member's path. README "API", web apps.
+ */
+export function nodeApp(
+  opts?: WebAppOptions,
+): <This, F extends (this: This) => unknown>(value: F, context: ClassMethodDecoratorContext<This, F>) => void {
+  return webAppDecorator('nodeApp', opts, arguments as unknown as unknown[], '@nodeApp()')
 }
 
 /** A non-empty list of array parameters: what a batched method body receives. */
@@ -387,13 +449,9 @@ export function getClassMeta(clsOrMetadata: Function | DecoratorMetadataObject):
     }
     for (const e of m.methods) {
       const i = meta.methods.findIndex((x) => x.name === e.name)
-      const entry = e.batched
-        ? { name: e.name, batched: { ...e.batched } }
-        : e.gen
-          ? { name: e.name, gen: e.gen }
-          : e.web
-            ? { name: e.name, web: { ...e.web } }
-            : { name: e.name }
+      const entry: ClassMeta['methods'][number] = e.batched ? { name: e.name, batched: { ...e.batched } } : { name: e.name }
+      if (e.gen) entry.gen = e.gen
+      if (e.web) entry.web = { ...e.web }
       if (i === -1) meta.methods.push(entry)
       else meta.methods[i] = entry
     }

@@ -33,10 +33,10 @@ export class FunctionHandleImpl extends Invocable {
     const where = `app.function('${name}')`
     let web: WebSpec | undefined
     if (opts.webEndpoint !== undefined) {
-      if (gen || batched) {
+      if (batched) {
         throw new InvalidError(
-          `${where}: a web endpoint answers one JSON value or Response, so it cannot be ${gen ? 'a generator' : 'batched'} ` +
-            `(yet). ${gen ? 'Make it a plain async function' : 'Drop the batched option'}, or drop webEndpoint.`,
+          `${where}: a web endpoint is one request, one input, so it cannot be batched itself. Drop the batched option and call a ` +
+            'batched function from the endpoint, or drop webEndpoint.',
         )
       }
       web = { ...validateWebEndpoint(opts.webEndpoint, where), takesRequest: takesRequest(fn, where) }
@@ -44,7 +44,7 @@ export class FunctionHandleImpl extends Invocable {
     const def: PoolDef = {
       key: `fn:${name}`,
       name,
-      methods: [web ? { name, web, arity: WEB_ARITY } : { name, batched, gen, arity: arityOf(fn) }],
+      methods: [web ? { name, web, gen, arity: WEB_ARITY } : { name, batched, gen, arity: arityOf(fn) }],
       options: opts,
       maxInputs: conc?.maxInputs ?? 1,
       targetInputs: conc?.targetInputs ?? 1,
@@ -89,6 +89,7 @@ export const Cls = {
     const pd = def.poolDef(full)
     const handle: Record<string, Invocable> = {}
     meta.methods.forEach((m, i) => {
+      if (m.web?.app !== undefined) return
       const batched = m.batched !== undefined
       handle[m.name] = new Invocable(
         new AppTarget(def.app, pd, i, `${def.name}.${m.name}`, pd.methods[i].arity, async (args) => {

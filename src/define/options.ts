@@ -67,6 +67,22 @@ export interface WebEndpointOptions {
   requiresAuth?: boolean
 }
 
+/** Options of `@fetchApp()` and `@nodeApp()`: where the app answers. */
+export interface WebAppOptions {
+  /** Its path under the app, `/{app}/{label}`; every request under it goes to the app. Default `Class/method`. */
+  label?: string
+  /** Demand the server's token (`authorization: Bearer <token>`); default false. */
+  requiresAuth?: boolean
+}
+
+/** Options of `@webServer()`. */
+export interface WebServerOptions extends WebAppOptions {
+  /** The port the member starts its server on; default a free port, passed to the member (and in process.env.PORT). */
+  port?: number
+  /** Seconds the server has to accept connections after the member returns; default 5. */
+  startupTimeout?: number
+}
+
 /** Options of `app.function(...)`: those of a class plus concurrency and batching. */
 export interface FunctionOptions extends ClsOptions {
   concurrent?: ConcurrentOptions

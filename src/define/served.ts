@@ -48,7 +48,16 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
       // The web endpoints among the methods, by index (crates/berth-server/src/web.rs routes them).
       web: def.methods.flatMap((m, index) =>
         m.web
-          ? [{ index, method: m.web.method, label: m.web.label, requiresAuth: m.web.requiresAuth, takesRequest: m.web.takesRequest }]
+          ? [
+              {
+                index,
+                method: m.web.method,
+                label: m.web.label,
+                requiresAuth: m.web.requiresAuth,
+                takesRequest: m.web.takesRequest,
+                app: m.web.app,
+              },
+            ]
           : [],
       ),
       params: isClass ? paramsOf(def.cls!) : [],
@@ -65,7 +74,19 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
     })),
   )
   checkWebPaths(defs)
+  for (const app of apps) for (const { def } of app.servedDefs()) checkFixedPorts(def)
   return defs
+}
+
+/** A @webServer on a fixed port serves from one container: two would both listen on it. */
+function checkFixedPorts(def: PoolDef): void {
+  for (const m of def.methods) {
+    if (m.web?.port === undefined || def.options.maxContainers === 1) continue
+    throw new InvalidError(
+      `@webServer({ port: ${m.web.port} }) on ${def.name}.${m.name}: every container would listen on port ${m.web.port}. ` +
+        `Set maxContainers: 1 on ${def.name}, or leave port out: each container then gets a free port of its own.`,
+    )
+  }
 }
 
 /** Two web endpoints at one path: refused at start, naming both (README "API", web endpoints). */

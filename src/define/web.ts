@@ -4,9 +4,9 @@
 import { arityOf } from '../shared/arity.ts'
 import { InvalidError } from '../shared/errors.ts'
 import type { WebSpec } from '../run/pool.ts'
-import { closest, type WebEndpointOptions } from './options.ts'
+import { closest, type WebAppOptions, type WebEndpointOptions, type WebServerOptions } from './options.ts'
 
-export type { WebEndpointOptions }
+export type { WebAppOptions, WebEndpointOptions, WebServerOptions }
 
 const KEYS = ['method', 'label', 'requiresAuth'] as const
 const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE']
@@ -43,6 +43,47 @@ export function validateWebEndpoint(opts: unknown, where: string): Omit<WebSpec,
     throw new InvalidError(`${where}: webEndpoint requiresAuth must be true or false, got ${typeof requiresAuth}.`)
   }
   return { method: method.toUpperCase(), label: label as string | undefined, requiresAuth }
+}
+
+const APP_KEYS = ['label', 'requiresAuth'] as const
+const SERVER_KEYS = ['label', 'requiresAuth', 'port', 'startupTimeout'] as const
+
+/**
+ * Validates the options of a web app member (`@fetchApp()`, `@webServer()`, `@nodeApp()`):
+ * every request under its path, with any method, goes to it.
+ */
+export function validateWebApp(app: 'fetchApp' | 'webServer' | 'nodeApp', opts: unknown, where: string): Omit<WebSpec, 'takesRequest'> {
+  if (opts === undefined) opts = {}
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) {
+    throw new InvalidError(`${where}: options must be an object, e.g. { label: 'api' }, got ${opts === null ? 'null' : typeof opts}.`)
+  }
+  const o = opts as Record<string, unknown>
+  const keys: readonly string[] = app === 'webServer' ? SERVER_KEYS : APP_KEYS
+  for (const key of Object.keys(o)) {
+    if (keys.includes(key)) continue
+    const guess = closest(key, keys)
+    throw new InvalidError(
+      `${where}: unknown option '${key}'.` + (guess ? ` Did you mean '${guess}'?` : '') + ` Valid options: ${keys.join(', ')}.`,
+    )
+  }
+  // The label and requiresAuth rules are an endpoint's.
+  const { label, requiresAuth } = validateWebEndpoint({ label: o.label, requiresAuth: o.requiresAuth }, where)
+  const spec: Omit<WebSpec, 'takesRequest'> = { method: '*', label, requiresAuth, app }
+  if (o.port !== undefined) {
+    if (typeof o.port !== 'number' || !Number.isInteger(o.port) || o.port < 1 || o.port > 65535) {
+      throw new InvalidError(
+        `${where}: port must be a whole number from 1 to 65535 (or leave it out for a free port), got ${JSON.stringify(o.port)}.`,
+      )
+    }
+    spec.port = o.port
+  }
+  if (o.startupTimeout !== undefined) {
+    if (typeof o.startupTimeout !== 'number' || !(o.startupTimeout > 0) || !Number.isFinite(o.startupTimeout)) {
+      throw new InvalidError(`${where}: startupTimeout is in seconds, a number above 0, e.g. 10; got ${JSON.stringify(o.startupTimeout)}.`)
+    }
+    spec.startupTimeoutMs = o.startupTimeout * 1000
+  }
+  return spec
 }
 
 /**

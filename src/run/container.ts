@@ -10,7 +10,7 @@ import { errorFromData, InvalidError, SerializationError, wireError } from '../s
 import { checkAndCopy } from '../shared/serialize.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { applyParams, batchResultError, describe, GEN_WINDOW, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
-import { toRequest, toWire } from './web.ts'
+import { respond, startWebApps, stopWebApps, streamed, toRequest, toWire } from './web.ts'
 
 /** What a container process needs of an app its file defines: the pool it is to serve. */
 export interface ContainerApp {
@@ -250,8 +250,13 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         if (m) {
           if (phase === PHASE_BUILD) await runBuildHooks(def.cls!, m, inst)
           else if (phase === PHASE_SNAP_ENTER) for (const n of m.snapEnter) await inst[n]()
-          else if (phase === PHASE_ENTER) for (const n of m.enter) await inst[n]()
-          else if (phase === PHASE_EXIT) await runExitHooks(def.name, m.exit, (n) => inst[n]())
+          else if (phase === PHASE_ENTER) {
+            for (const n of m.enter) await inst[n]()
+            await startWebApps(def, inst)
+          } else if (phase === PHASE_EXIT) {
+            await runExitHooks(def.name, m.exit, (n) => inst[n]())
+            await stopWebApps(inst)
+          }
         }
         link.hookDone(phase, true)
       } catch (e) {
@@ -327,18 +332,34 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         output(exec, retryable, values)
       }
       if (m.gen) {
-        void runInContext(ctx, () => runGen(inputs[0], ctx, () => target.apply(inst, inputs[0].args) as AsyncIterator<unknown>, done))
+        const args = inputs[0].args
+        // A web app's request (src/run/web.ts), or a generator endpoint's second argument.
+        const start =
+          m.web?.app !== undefined
+            ? () => respond(inst, m.name, args[1], ctx.signal)
+            : () => {
+                if (m.web?.takesRequest && args.length === 2) args[1] = toRequest(args[1], ctx.signal)
+                return target.apply(inst, args) as AsyncIterator<unknown>
+              }
+        void runInContext(ctx, () => runGen(inputs[0], ctx, start, done))
         return
       }
       const call = async (): Promise<void> => {
         try {
           if (m.web !== undefined) {
-            // The control plane adds the request's head and body as a second argument only
-            // for endpoints that take a Request (src/run/web.ts); callers pass one value.
+            // A request from the HTTP ingress has a second argument: what a Request is built
+            // from, for endpoints that take one, else null (crates/berth-server/src/web.rs).
+            // Callers pass one value, and get a returned Response whole.
             const args = inputs[0].args
-            if (m.web.takesRequest && args.length === 2) args[1] = toRequest(args[1])
+            const fromHttp = args.length === 2
+            if (fromHttp) {
+              if (m.web.takesRequest) args[1] = toRequest(args[1], ctx.signal)
+              else args.length = 1
+            }
             const value = await target.apply(inst, args)
-            done(false, [{ ok: true, value: value instanceof Response ? await toWire(value) : value }])
+            if (!(value instanceof Response)) done(false, [{ ok: true, value }])
+            else if (fromHttp && value.body !== null) void runGen(inputs[0], ctx, () => streamed(value, ctx.signal), done)
+            else done(false, [{ ok: true, value: await toWire(value) }])
             return
           }
           if (!m.batched) {

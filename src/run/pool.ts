@@ -42,6 +42,14 @@ export interface WebSpec {
   requiresAuth: boolean
   /** It declares a second parameter: the control plane sends the request's head and body. */
   takesRequest: boolean
+  /**
+   * A web app rather than an endpoint (src/run/web.ts): every request under its path goes to
+   * what the member returned, or to the server it started; `method` is then '*'.
+   */
+  app?: 'fetchApp' | 'webServer' | 'nodeApp'
+  /** A @webServer's fixed port (else a free one) and how long it may take to accept connections. */
+  port?: number
+  startupTimeoutMs?: number
 }
 
 /** What the runtime needs to serve one function or one class with one parameter set. */
@@ -82,7 +90,8 @@ export function bindingSpec(def: PoolDef, maxContainers: number): BindingPoolSpe
     methods: def.methods.map((m) => ({ maxBatchSize: m.batched?.maxBatchSize, waitMs: m.batched?.waitMs, noRetries: m.web !== undefined })),
     hasBuild: (hooks?.build.length ?? 0) > 0,
     hasSnapEnter: (hooks?.snapEnter.length ?? 0) > 0,
-    hasEnter: (hooks?.enter.length ?? 0) > 0,
+    // A web app starts after the @enter hooks, in the same phase (src/run/web.ts).
+    hasEnter: (hooks?.enter.length ?? 0) > 0 || def.methods.some((m) => m.web?.app !== undefined),
     hasExit: (hooks?.exit.length ?? 0) > 0,
     maxInputs: def.maxInputs,
     targetInputs: def.targetInputs,

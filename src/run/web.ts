@@ -1,8 +1,14 @@
-// A web endpoint's request and response in a container (README "API", web endpoints). The
-// control plane sends what a `Request` needs only to endpoints that declare a second parameter
-// (building one costs microseconds), and answers the HTTP request with a returned `Response`,
-// read here to its end (streaming bodies are buffered for now).
+// A web endpoint's request and response in a container, and the web apps a container runs
+// (README "API", web endpoints and web apps). The control plane sends what a `Request` needs
+// only to members that take one (building one costs microseconds), and answers the HTTP request
+// with a returned `Response` as it streams: its head, then its body's chunks as they come
+// (crates/berth-server/src/web.rs); a `.remote()` caller gets it whole.
+import { createServer, request as httpRequest, Agent, type IncomingMessage, type RequestListener, type Server } from 'node:http'
+import { connect } from 'node:net'
+
 import { WireResponse } from '../shared/cbor.ts'
+import { InvalidError } from '../shared/errors.ts'
+import type { PoolDef, WebSpec } from './pool.ts'
 
 /** The second argument the control plane sends: crates/berth-server/src/web.rs `request_meta`. */
 interface RequestMeta {
@@ -12,14 +18,215 @@ interface RequestMeta {
   body: Uint8Array | null
 }
 
-export function toRequest(meta: unknown): unknown {
-  if (typeof meta !== 'object' || meta === null || !('url' in meta)) return meta
-  const m = meta as RequestMeta
-  const body = m.method === 'GET' || m.method === 'HEAD' || m.body === null || m.body.length === 0 ? undefined : m.body
-  return new Request(m.url, { method: m.method, headers: m.headers, body })
+function isMeta(meta: unknown): meta is RequestMeta {
+  return typeof meta === 'object' && meta !== null && 'url' in meta
+}
+
+export function toRequest(meta: unknown, signal?: AbortSignal): unknown {
+  if (!isMeta(meta)) return meta
+  const body = meta.method === 'GET' || meta.method === 'HEAD' || meta.body === null || meta.body.length === 0 ? undefined : meta.body
+  return new Request(meta.url, { method: meta.method, headers: meta.headers, body, signal })
 }
 
 export async function toWire(res: Response): Promise<WireResponse> {
   const body = new Uint8Array(await res.arrayBuffer())
   return new WireResponse(res.status, [...res.headers], body)
+}
+
+/** A web app a container runs: how it answers one request, and how it stops. */
+interface WebApp {
+  respond(meta: RequestMeta, signal: AbortSignal): AsyncGenerator<unknown>
+  close(): Promise<void>
+}
+
+const running = new WeakMap<object, Map<string, WebApp>>()
+
+/**
+ * Starts the web apps of a container's instance, after its @enter hooks (`@fetchApp`,
+ * `@webServer`, `@nodeApp` members): each runs once per container. A @webServer that does not
+ * accept connections within its startupTimeout fails the container's start, as an @enter that
+ * throws does.
+ */
+export async function startWebApps(def: PoolDef, inst: any): Promise<void> {
+  for (const m of def.methods) {
+    const web = m.web
+    if (web?.app === undefined) continue
+    const where = `@${web.app}() ${def.name}.${m.name}`
+    let app: WebApp
+    if (web.app === 'fetchApp') app = await fetchApp(where, await inst[m.name]())
+    else if (web.app === 'nodeApp') app = await nodeApp(where, await inst[m.name]())
+    else app = await webServer(where, web, (port) => inst[m.name](port))
+    let apps = running.get(inst)
+    if (apps === undefined) running.set(inst, (apps = new Map()))
+    apps.set(m.name, app)
+  }
+}
+
+/** Stops what startWebApps started (the servers berth made; a @webServer's own is the user's). */
+export async function stopWebApps(inst: any): Promise<void> {
+  const apps = running.get(inst)
+  running.delete(inst)
+  for (const app of apps?.values() ?? []) await app.close()
+}
+
+/** One request to web app member `name` of `inst`: the head, then the body's chunks. */
+export function respond(inst: any, name: string, meta: unknown, signal: AbortSignal): AsyncGenerator<unknown> {
+  const app = running.get(inst)?.get(name)
+  if (app === undefined) throw new InvalidError(`the web app ${name} is not running in this container`)
+  if (!isMeta(meta)) throw new InvalidError(`${name} is a web app: it answers HTTP requests, not calls`)
+  return app.respond(meta, signal)
+}
+
+function fetchApp(where: string, app: unknown): WebApp {
+  const f = (app as { fetch?: unknown } | null)?.fetch
+  if (typeof f !== 'function') {
+    throw new InvalidError(
+      `${where} returned ${describeValue(app)}: return an object with fetch(request) => Response, e.g. a Hono app (new Hono()).`,
+    )
+  }
+  const fetch = f.bind(app) as (r: Request) => Response | Promise<Response>
+  return {
+    async *respond(meta, signal) {
+      const res = await fetch(toRequest(meta, signal) as Request)
+      if (!(res instanceof Response)) {
+        throw new InvalidError(`${where}: its fetch(request) returned ${describeValue(res)}, not a Response`)
+      }
+      yield* streamed(res, signal)
+    },
+    async close() {},
+  }
+}
+
+/**
+ * A Response as the items of its HTTP answer (crates/berth-server/src/web.rs `web_answer`):
+ * its head (a null body), then each chunk of its body as it comes.
+ */
+export async function* streamed(res: Response, signal: AbortSignal): AsyncGenerator<unknown> {
+  yield new WireResponse(res.status, [...res.headers], null)
+  if (res.body === null) return
+  const reader = res.body.getReader()
+  // A client that goes away aborts the input: cancelling the body ends a stream that waits for
+  // its next chunk (an SSE route between events) at once, not when that chunk comes.
+  const cancel = () => void reader.cancel(signal.reason).catch(() => {})
+  signal.addEventListener('abort', cancel, { once: true })
+  try {
+    for (;;) {
+      const { done, value } = await reader.read()
+      if (done) return
+      yield value
+    }
+  } finally {
+    signal.removeEventListener('abort', cancel)
+    cancel()
+  }
+}
+
+async function nodeApp(where: string, listener: unknown): Promise<WebApp> {
+  if (typeof listener !== 'function') {
+    throw new InvalidError(
+      `${where} returned ${describeValue(listener)}: return a (req, res) request listener, e.g. an Express app (express()) or Koa's app.callback().`,
+    )
+  }
+  const server = createServer(listener as RequestListener)
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => resolve())
+  })
+  const port = (server.address() as { port: number }).port
+  return proxy(port, () => closeServer(server))
+}
+
+/** How long a @webServer has to accept connections, unless it says (Modal's default). */
+export const WEB_SERVER_STARTUP_MS = 5000
+
+async function webServer(where: string, web: WebSpec, start: (port: number) => unknown): Promise<WebApp> {
+  const port = web.port ?? (await freePort())
+  process.env.PORT = String(port)
+  await start(port)
+  const timeoutMs = web.startupTimeoutMs ?? WEB_SERVER_STARTUP_MS
+  const deadline = Date.now() + timeoutMs
+  while (!(await accepts(port))) {
+    if (Date.now() >= deadline) {
+      const message =
+        `${where}: nothing accepted connections on 127.0.0.1:${port} within startupTimeout (${timeoutMs / 1000} s). ` +
+        `Start the server on the port berth passes (the member's argument, also process.env.PORT), e.g. app.listen({ port, host: '127.0.0.1' }), ` +
+        `or raise @webServer({ startupTimeout }) if it takes longer to start.`
+      console.error(`berth: ${message}`)
+      throw new InvalidError(message)
+    }
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  return proxy(port, async () => {})
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ port, host: '127.0.0.1' })
+    s.once('connect', () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.once('error', () => resolve(false))
+  })
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+function closeServer(server: Server): Promise<void> {
+  server.closeAllConnections()
+  return new Promise((resolve) => server.close(() => resolve()))
+}
+
+/** Headers that describe one connection, not the request: not passed on. */
+const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer', 'content-length'])
+
+/** A web app reached over HTTP on 127.0.0.1:`port` (a @webServer, or the server of a @nodeApp). */
+function proxy(port: number, close: () => Promise<void>): WebApp {
+  const agent = new Agent({ keepAlive: true })
+  return {
+    async *respond(meta, signal) {
+      const url = new URL(meta.url)
+      const headers: string[] = []
+      for (const [k, v] of meta.headers) if (!HOP.has(k)) headers.push(k, v)
+      if (meta.body !== null) headers.push('content-length', String(meta.body.length))
+      const req = httpRequest({ host: '127.0.0.1', port, method: meta.method, path: url.pathname + url.search, headers, agent, signal })
+      const res = await new Promise<IncomingMessage>((resolve, reject) => {
+        req.once('response', resolve)
+        // Also after the head: a request destroyed mid-body (the client left) reports its
+        // error here, not as an uncaught one that would end the container.
+        req.on('error', reject)
+        req.end(meta.body ?? undefined)
+      })
+      let done = false
+      try {
+        const pairs: [string, string][] = []
+        for (let i = 0; i < res.rawHeaders.length; i += 2) pairs.push([res.rawHeaders[i], res.rawHeaders[i + 1]])
+        yield new WireResponse(res.statusCode ?? 502, pairs, null)
+        for await (const chunk of res) yield chunk as Uint8Array
+        done = true
+      } finally {
+        if (!done) req.destroy()
+      }
+    },
+    async close() {
+      agent.destroy()
+      await close()
+    },
+  }
+}
+
+function describeValue(v: unknown): string {
+  if (v === null) return 'null'
+  if (v === undefined) return 'undefined'
+  if (typeof v === 'object') return `an object without fetch (${Object.keys(v).slice(0, 5).join(', ') || 'no keys'})`
+  return typeof v
 }

@@ -16,7 +16,8 @@ export class WireResponse {
   constructor(
     readonly status: number,
     readonly headers: [string, string][],
-    readonly body: Uint8Array,
+    /** null in the head of a streamed body (a web app's, src/run/web.ts), whose chunks follow as items. */
+    readonly body: Uint8Array | null,
   ) {}
 }
 /** berth's own tag ('bert'); crates/berth-server/src/web.rs WEB_RESPONSE_TAG. */
@@ -58,7 +59,7 @@ addExtension({
   Class: WireResponse,
   tag: WEB_RESPONSE_TAG,
   encode(r: WireResponse, encode: (v: unknown) => void) {
-    encode([r.status, r.headers, Buffer.from(r.body.buffer, r.body.byteOffset, r.body.length)])
+    encode([r.status, r.headers, r.body === null ? null : Buffer.from(r.body.buffer, r.body.byteOffset, r.body.length)])
   },
   decode([status, headers, body]: [number, [string, string][], Uint8Array]) {
     // A null-body status (204, 304...) takes no body, not even an empty one.

@@ -49,6 +49,8 @@ pub struct BindingWeb {
     pub label: Option<String>,
     pub requires_auth: bool,
     pub takes_request: bool,
+    /// `WebSpec::app`: the decorator of a web app member.
+    pub app: Option<String>,
 }
 
 #[napi(object)]
@@ -293,6 +295,7 @@ fn function_defs(functions: Vec<BindingFunctionDef>, placements: &mut Placements
                     label: w.label,
                     requires_auth: w.requires_auth,
                     takes_request: w.takes_request,
+                    app: w.app,
                 })
                 .collect(),
         });

@@ -107,19 +107,31 @@ impl FunctionsSvc {
     /// The pool and method index a request names, creating the pool for new parameters.
     /// NOT_FOUND names what exists; INVALID_ARGUMENT says what to fix.
     pub(crate) fn resolve(&self, f: Option<&pb::FunctionRef>) -> Result<Target, Status> {
+        self.resolve_as(f, false)
+    }
+
+    /// `resolve` for a caller (`web` false), or for the web ingress (web.rs), the one caller
+    /// that reaches a web app member: it is no call, so callers are told where it answers.
+    pub(crate) fn resolve_as(&self, f: Option<&pb::FunctionRef>, web: bool) -> Result<Target, Status> {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
         loop {
             let catalog = self.shared.catalog();
             let (index, def) =
                 catalog.find(&f.app, &f.function).ok_or_else(|| unknown_function(&catalog, &f.app, &f.function))?;
-            if let Some(target) = self.target(f, index, def)? {
+            if let Some(target) = self.target(f, index, def, web)? {
                 return Ok(target);
             }
             // Replaced since the catalog was read (a reload): the new definition takes it.
         }
     }
 
-    fn target(&self, f: &pb::FunctionRef, index: usize, def: &FunctionDef) -> Result<Option<Target>, Status> {
+    fn target(
+        &self,
+        f: &pb::FunctionRef,
+        index: usize,
+        def: &FunctionDef,
+        web: bool,
+    ) -> Result<Option<Target>, Status> {
         if let Some(what) = def.not_a_method(&f.method) {
             return Err(Status::not_found(what));
         }
@@ -142,6 +154,13 @@ impl FunctionsSvc {
             }
             0
         };
+        if let (false, Some((decorator, path))) = (web, def.web_app(method)) {
+            return Err(bad(format!(
+                "{}.{} is a @{decorator}(): it answers the HTTP requests under {path} on the server's HTTP port, \
+                 not calls; send them there",
+                def.name, f.method
+            )));
+        }
         // Checked here, before any container starts; the pool is keyed by the full set.
         let params = crate::params::canonical(def, &f.params).map_err(bad)?;
         let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };
@@ -208,9 +227,25 @@ impl FunctionsSvc {
 
     /// One generator call: its items as they come, and its end; and its function call id.
     pub(crate) fn open_stream(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
+        self.open(pool, method, args, Waiter::Stream)
+    }
+
+    /// One web endpoint request (web.rs): a stream of the items of a streamed Response, or of
+    /// its result alone.
+    pub(crate) fn open_web(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
+        self.open(pool, method, args, Waiter::Web)
+    }
+
+    fn open(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        waiter: fn(mpsc::UnboundedSender<Result<pb::StreamItem, Status>>) -> Waiter,
+    ) -> (StreamItems, String) {
         let (tx, rx) = mpsc::unbounded_channel();
         let fc = self.new_call_id();
-        let input = self.submit_many(pool, method, fc.clone(), vec![(args, Waiter::Stream(tx))], false);
+        let input = self.submit_many(pool, method, fc.clone(), vec![(args, waiter(tx))], false);
         (StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false }, fc)
     }
 

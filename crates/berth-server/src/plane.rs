@@ -60,6 +60,10 @@ pub struct WebSpec {
     pub requires_auth: bool,
     /// The function declares a second parameter: it gets the request's head and body.
     pub takes_request: bool,
+    /// A web app (`@fetchApp`, `@webServer`, `@nodeApp`: the decorator, for messages) rather
+    /// than an endpoint: every request under its path, with any method, goes to it, and it
+    /// answers as a stream, a head (status, headers) and then the body's chunks (web.rs).
+    pub app: Option<String>,
 }
 
 impl FunctionDef {
@@ -74,6 +78,23 @@ impl FunctionDef {
     /// Whether method `method` is a generator.
     pub(crate) fn is_generator(&self, method: u32) -> bool {
         self.generators.get(method as usize).copied().unwrap_or(false)
+    }
+
+    /// The web path of `method`, `/{app}/{label}` (the label defaults to the function's name,
+    /// or `Class/method`).
+    pub(crate) fn web_path(&self, w: &WebSpec) -> Option<String> {
+        let name = self.methods.get(w.index as usize)?;
+        Some(match (&w.label, self.is_class) {
+            (Some(label), _) => format!("/{}/{label}", self.app),
+            (None, true) => format!("/{}/{}/{name}", self.app, self.name),
+            (None, false) => format!("/{}/{}", self.app, self.name),
+        })
+    }
+
+    /// For a web app member (`@fetchApp`, ...): its decorator and path.
+    pub(crate) fn web_app(&self, method: u32) -> Option<(&str, String)> {
+        let w = self.web.iter().find(|w| w.index == method)?;
+        Some((w.app.as_deref()?, self.web_path(w)?))
     }
 
     /// What a caller naming `member` of this class is told when it is no method.
@@ -322,6 +343,9 @@ pub(crate) enum Waiter {
     /// A generator's InvokeStream: its items go here as they come (`containers.rs`), and its
     /// result ends the stream, with an error item if it failed.
     Stream(mpsc::UnboundedSender<Result<pb::StreamItem, tonic::Status>>),
+    /// A web endpoint's request (web.rs): as a stream, whose items are a streamed Response's
+    /// head and chunks, and whose result goes on it too, a value or an error.
+    Web(mpsc::UnboundedSender<Result<pb::StreamItem, tonic::Status>>),
 }
 
 impl Waiter {
@@ -340,6 +364,14 @@ impl Waiter {
                 if let Some(PbOutcome::Error(e)) = result.outcome {
                     let _ = out.send(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }));
                 }
+            }
+            Waiter::Web(out) => {
+                let item = match result.outcome {
+                    Some(PbOutcome::Error(e)) => pb::stream_item::Item::Error(e),
+                    Some(PbOutcome::Value(v)) => pb::stream_item::Item::Value(v),
+                    None => return,
+                };
+                let _ = out.send(Ok(pb::StreamItem { item: Some(item) }));
             }
         }
     }

@@ -1,41 +1,51 @@
-//! Web endpoints (`@webEndpoint`, `app.function({ webEndpoint })`; README "API", web
-//! endpoints): URLs the user designs, on the HTTP port beside the JSON RPC routes of
+//! Web endpoints (`@webEndpoint`, `app.function({ webEndpoint })`) and web apps (`@fetchApp`,
+//! `@webServer`, `@nodeApp`; README "API", web endpoints and web apps): URLs the user designs, on the HTTP port beside the JSON RPC routes of
 //! `http/mod.rs`, which hands every request to [`serve`] first.
 //!
 //! | request                                         | answer                                      |
 //! |-------------------------------------------------|---------------------------------------------|
 //! | `{METHOD} /{app}/{label}` (label: the endpoint's, else the function's name, or `{Class}/{method}`) | the function's answer |
 //! | a JSON value returned                           | 200 `application/json`                      |
-//! | a `Response` returned                           | its status, headers and body (buffered)     |
+//! | a `Response` returned                           | its status, headers and body, streamed      |
+//! | an `async *` endpoint                           | its items, NDJSON or SSE (`Accept`)         |
+//! | `ANY /{app}/{label}/...` of a web app           | its Response, streamed ([`app_request`])    |
 //! | another method on an endpoint's path            | 405 with `Allow`                            |
 //! | a path under an app with endpoints, unknown     | 404 naming its endpoints and functions      |
 //! | a body that is not JSON                         | 400 naming the problem                      |
 //! | past the function's `timeout`                   | 504 `{"error": {...}}`                      |
 //! | the function threw                              | 500 `{"error": {...}}`                      |
 //! | `requiresAuth` without the server's token       | 401                                         |
+//! | its container could not start (`@enter`, a `@webServer` that never listened) | 503          |
 //!
-//! Wire (one design for every caller): the value is the one argument, `[value]`: the JSON body
-//! (POST, PUT, PATCH) or the query string as a map of strings (GET, DELETE, HEAD). A function
-//! that declares a second parameter also gets the request, `[value, {method, url, headers,
-//! body}]` (src/run/web.ts builds the `Request` from it); callers cannot pass a second argument
-//! (its arity is at most 1), so the container knows it came from here. A returned `Response`
-//! comes back as CBOR tag [`WEB_RESPONSE_TAG`] over `[status, [[name, value], ...], body]`
-//! (src/shared/cbor.ts `WireResponse`).
+//! Wire (one design for every caller): the value is the first argument: the JSON body (POST,
+//! PUT, PATCH) or the query string as a map of strings (GET, DELETE, HEAD). The second is the
+//! request, `{method, url, headers, body}`, for a function that declares a second parameter
+//! (src/run/web.ts builds the `Request` from it), else null; callers cannot pass a second
+//! argument (its arity is at most 1), so the container knows it came from here, and only then
+//! streams a returned `Response`. The answer is read off the input's stream ([`web_answer`]):
+//! a value, or a `Response` as CBOR tag [`WEB_RESPONSE_TAG`] over `[status, [[name, value],
+//! ...], body]` (src/shared/cbor.ts `WireResponse`), whose body is bytes, or null when its
+//! chunks follow as items. An `async *` endpoint's items are NDJSON or SSE, as over the RPC
+//! route; a web app gets `[null, request]` and answers with a streamed `Response`.
 use std::collections::HashMap;
 
-use berth_core::{Command, InputId};
-use berth_proto::v1::{self as pb, result::Outcome};
+use berth_proto::v1 as pb;
 use ciborium::Value as Cbor;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use super::json::{cbor_to_json, json_to_cbor};
-use super::{answer, fail, json_answer, percent_decode, refused, request_body, Answer, Ctx};
+use super::{
+    accepts_event_stream, answer, fail, json_answer, percent_decode, refused, request_body, stream_items, streaming,
+    with_call_id, Answer, Chunks, Ctx,
+};
 use crate::auth::token_rule;
-use crate::plane::{Registry, Shared, Waiter};
+use crate::functions::StreamItems;
+use crate::plane::Registry;
+use hyper::body::Bytes;
+use tokio_stream::StreamExt;
 
 /// berth's own CBOR tag for a returned `Response` ('bert'; src/shared/cbor.ts WEB_RESPONSE_TAG).
 pub(crate) const WEB_RESPONSE_TAG: u64 = 0x6265_7274;
@@ -50,6 +60,10 @@ pub(crate) struct Route {
     http: Method,
     requires_auth: bool,
     takes_request: bool,
+    /// An `async *` endpoint: its items stream as NDJSON, or SSE (http/mod.rs `stream_items`).
+    gen: bool,
+    /// A web app (`@fetchApp`, `@webServer`, `@nodeApp`): every request under `path`.
+    app_kind: Option<String>,
     /// The path as printed: `/{app}/{label}`.
     path: String,
 }
@@ -61,6 +75,8 @@ pub(crate) struct Route {
 pub(crate) struct Routes {
     by_path: HashMap<(String, String), Route>,
     apps: HashMap<String, Vec<String>>,
+    /// Whether any route is a web app, whose paths are prefixes.
+    prefixes: bool,
 }
 
 impl Routes {
@@ -68,14 +84,9 @@ impl Routes {
         let mut routes = Self::default();
         for d in &reg.functions {
             for w in &d.web {
-                let Some(name) = d.methods.get(w.index as usize) else { continue };
-                let rest = match (&w.label, d.is_class) {
-                    (Some(label), _) => label.clone(),
-                    (None, true) => format!("{}/{name}", d.name),
-                    (None, false) => d.name.clone(),
-                };
+                let (Some(name), Some(path)) = (d.methods.get(w.index as usize), d.web_path(w)) else { continue };
                 let Ok(http) = Method::from_bytes(w.method.as_bytes()) else { continue };
-                let path = format!("/{}/{rest}", d.app);
+                let rest = path[d.app.len() + 2..].to_owned();
                 let route = Route {
                     app: d.app.clone(),
                     function: d.name.clone(),
@@ -83,12 +94,19 @@ impl Routes {
                     http,
                     requires_auth: w.requires_auth,
                     takes_request: w.takes_request,
+                    gen: d.is_generator(w.index),
+                    app_kind: w.app.clone(),
                     path,
                 };
                 // Two endpoints at one path are refused when the app is served
                 // (src/define/served.ts); the first one wins here.
                 if let std::collections::hash_map::Entry::Vacant(v) = routes.by_path.entry((d.app.clone(), rest)) {
-                    routes.apps.entry(d.app.clone()).or_default().push(format!("{} {}", route.http, route.path));
+                    let shown = match &route.app_kind {
+                        Some(_) => format!("ANY {}/...", route.path),
+                        None => format!("{} {}", route.http, route.path),
+                    };
+                    routes.apps.entry(d.app.clone()).or_default().push(shown);
+                    routes.prefixes |= route.app_kind.is_some();
                     v.insert(route);
                 }
             }
@@ -105,14 +123,23 @@ impl Routes {
         let name = |k: &str| entry.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
         let (function, method) = (name("function"), name("method"));
         if let Some(r) = self.by_path.values().find(|r| r.app == app && r.function == function && r.method == method) {
-            let takes = if matches!(r.http, Method::GET | Method::DELETE) { "the query" } else { "a JSON body" };
             entry["path"] = json!(r.path);
-            entry["web"] = json!({ "method": r.http.as_str(), "takes": takes, "requiresAuth": r.requires_auth });
+            entry["web"] = match &r.app_kind {
+                Some(kind) => {
+                    json!({ "app": kind, "takes": "every request under the path", "requiresAuth": r.requires_auth })
+                }
+                None => {
+                    let takes =
+                        if matches!(r.http, Method::GET | Method::DELETE) { "the query" } else { "a JSON body" };
+                    json!({ "method": r.http.as_str(), "takes": takes, "requiresAuth": r.requires_auth })
+                }
+            };
         }
         entry
     }
 
-    /// The endpoint at `path`, or whether the path is under an app with endpoints.
+    /// The endpoint at `path`, or whether the path is under an app with endpoints. A web app
+    /// also answers every path under its own: the longest such prefix wins.
     fn find(&self, path: &str) -> Found<'_> {
         if self.by_path.is_empty() {
             return Found::Nothing;
@@ -122,16 +149,29 @@ impl Routes {
         };
         let Some(app) = percent_decode(app) else { return Found::Nothing };
         let Some(list) = self.apps.get(&app) else { return Found::Nothing };
-        let rest: Option<Vec<String>> = rest.split('/').map(percent_decode).collect();
-        match rest.and_then(|r| self.by_path.get(&(app, r.join("/")))) {
-            Some(route) => Found::Route(route),
-            None => Found::UnderApp(list),
+        let Some(segments) = rest.split('/').map(percent_decode).collect::<Option<Vec<String>>>() else {
+            return Found::UnderApp(list);
+        };
+        let mut key = (app, segments.join("/"));
+        if let Some(route) = self.by_path.get(&key) {
+            return Found::Route(route, String::new());
         }
+        if self.prefixes {
+            let raw: Vec<&str> = rest.split('/').collect();
+            for k in (1..segments.len()).rev() {
+                key.1 = segments[..k].join("/");
+                if let Some(route) = self.by_path.get(&key).filter(|r| r.app_kind.is_some()) {
+                    return Found::Route(route, format!("/{}", raw[k..].join("/")));
+                }
+            }
+        }
+        Found::UnderApp(list)
     }
 }
 
 enum Found<'a> {
-    Route(&'a Route),
+    /// The route, and for a web app the path under its own (`/users/1` of `/app/api/users/1`).
+    Route(&'a Route, String),
     /// No endpoint at the path, in an app with these (`GET /app/health`, ...).
     UnderApp(&'a [String]),
     Nothing,
@@ -159,9 +199,13 @@ pub(super) async fn serve(ctx: &Ctx, req: Request<Incoming>) -> Result<Answer, R
                 ),
             ));
         }
-        Found::Route(route) => route,
+        Found::Route(route, under) => (route, under),
     };
-    if req.method() != route.http && !(route.http == Method::GET && req.method() == Method::HEAD) {
+    let (route, under) = route;
+    if route.app_kind.is_none()
+        && req.method() != route.http
+        && !(route.http == Method::GET && req.method() == Method::HEAD)
+    {
         let mut res = fail(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -180,6 +224,9 @@ pub(super) async fn serve(ctx: &Ctx, req: Request<Incoming>) -> Result<Answer, R
             return Ok(res);
         }
     }
+    if route.app_kind.is_some() {
+        return Ok(app_request(ctx, route, &under, req).await);
+    }
     Ok(call(ctx, route, req).await)
 }
 
@@ -193,21 +240,6 @@ fn rpc_route(reg: &Registry, path: &str) -> bool {
             reg.functions.iter().any(|d| d.app == *app && d.name == *c && d.is_class && d.methods.contains(m))
         }
         _ => false,
-    }
-}
-
-/// Tells the scheduler to cancel the input when the request is dropped before its answer (the
-/// client went away): its signal aborts, as for a cancelled call.
-struct CancelOnDrop<'a> {
-    shared: &'a Shared,
-    input: Option<InputId>,
-}
-
-impl Drop for CancelOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(input) = self.input {
-            let _ = self.shared.commands.send(Command::Cancel(vec![input]));
-        }
     }
 }
 
@@ -233,64 +265,159 @@ async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
     };
     let mut args = vec![value];
     if route.takes_request {
-        args.push(request_meta(&head, body));
+        let path = head.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        args.push(request_meta(&head, &path, body));
+    } else if !route.gen {
+        // A second argument, even without a Request, says the call came from here: only then
+        // may a returned Response stream (src/run/container.ts); callers pass one value.
+        args.push(Cbor::Null);
     }
     let mut bytes = Vec::new();
     // Writing a Value to a Vec does not fail.
     let _ = ciborium::into_writer(&Cbor::Array(args), &mut bytes);
 
+    let target = match target(ctx, route) {
+        Ok(t) => t,
+        Err(status) => return refused(&status),
+    };
+    if route.gen {
+        let sse = accepts_event_stream(head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or(""));
+        let (items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes);
+        return with_call_id(stream_items(items, sse).await, &fc);
+    }
+    let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes);
+    with_call_id(web_answer(items, &route.path).await, &fc)
+}
+
+/// What a route calls: resolved as for a caller, except that a web app member is reachable here.
+fn target(ctx: &Ctx, route: &Route) -> Result<crate::functions::Target, tonic::Status> {
     let f = pb::FunctionRef {
         app: route.app.clone(),
         function: route.function.clone(),
         method: route.method.clone(),
         params: Vec::new(),
     };
-    let target = match ctx.svc.resolve(Some(&f)) {
+    ctx.svc.resolve_as(Some(&f), true)
+}
+
+/// A request for a web app (`@fetchApp`, `@webServer`, `@nodeApp`): an input of its member
+/// with arguments `[null, request]`, the request's URL being the path under the app's own
+/// (`under`; the app's path goes in `x-forwarded-prefix`). Its answer is a stream: the head
+/// (CBOR tag [`WEB_RESPONSE_TAG`] over `[status, headers, null]`), then the body's chunks as
+/// CBOR byte strings, each written as it comes; the generator credits of functions.rs are its
+/// backpressure. A failure before the head is answered as a function's; one after it ends
+/// the body short, so the client sees a truncated answer rather than a complete one.
+async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incoming>) -> Answer {
+    let (mut head, body) = req.into_parts();
+    let body = if matches!(head.method, Method::GET | Method::HEAD) {
+        Vec::new()
+    } else {
+        match request_body(ctx, &head.headers, body).await {
+            Ok(b) => b,
+            Err(res) => return res,
+        }
+    };
+    let target = match target(ctx, route) {
         Ok(t) => t,
         Err(status) => return refused(&status),
     };
-    let fc = ctx.svc.new_call_id();
-    let (tx, rx) = oneshot::channel();
-    let input = ctx.svc.submit_many(target.pool, target.method, fc.clone(), vec![(bytes, Waiter::Call(tx))], false);
-    let mut guard = CancelOnDrop { shared: &ctx.svc.shared, input: Some(input) };
-    let result =
-        rx.await.unwrap_or_else(|_| crate::plane::error("Error", "the control plane stopped before the result"));
-    guard.input = None;
-
-    let mut res = answer_result(result);
-    if let Ok(v) = HeaderValue::from_str(&fc) {
-        res.headers_mut().insert("x-berth-function-call-id", v);
+    if let Ok(prefix) = HeaderValue::from_str(&route.path) {
+        head.headers.insert("x-forwarded-prefix", prefix);
     }
+    let under = if under.is_empty() { "/" } else { under };
+    let path = match head.uri.query() {
+        Some(q) => format!("{under}?{q}"),
+        None => under.to_owned(),
+    };
+    let mut bytes = Vec::new();
+    // Writing a Value to a Vec does not fail.
+    let _ = ciborium::into_writer(&Cbor::Array(vec![Cbor::Null, request_meta(&head, &path, body)]), &mut bytes);
+    let (items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes);
+    with_call_id(web_answer(items, &route.path).await, &fc)
+}
+
+/// The answer to a web request from its input's stream (`path` names it in messages). The
+/// first event decides: a JSON value, a whole Response, the head of a streamed Response (a
+/// null body: its chunks follow, each written as it comes, the generator credits of
+/// functions.rs its backpressure), or a failure, answered as a function's. A failure after a
+/// streamed head ends the body short, so the client sees a truncated answer, not a whole one.
+async fn web_answer(mut items: StreamItems, path: &str) -> Answer {
+    let first = match items.next().await {
+        Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) })) => v,
+        Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) })) => {
+            return answer_error(e);
+        }
+        _ => return fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", format!("{path} ended without a response")),
+    };
+    let parts = match ciborium::from_reader::<Cbor, _>(first.as_slice()) {
+        Ok(Cbor::Tag(WEB_RESPONSE_TAG, inner)) => match response_parts(*inner) {
+            Ok(parts) => parts,
+            Err(what) => return bad_response(what),
+        },
+        Ok(v) => return json_answer(StatusCode::OK, &cbor_to_json(&v)),
+        Err(e) => {
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "SerializationError",
+                format!("the function's result is not valid CBOR: {e}"),
+            )
+        }
+    };
+    response(parts, move || {
+        let mut ended = false;
+        Box::pin(items.map_while(move |item| {
+            if ended {
+                return None;
+            }
+            let chunk = match item {
+                Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) }) => {
+                    match ciborium::from_reader::<Cbor, _>(v.as_slice()) {
+                        Ok(Cbor::Bytes(b)) => Ok(Bytes::from(b)),
+                        // An endpoint's result (null) after its streamed body: the end.
+                        Ok(Cbor::Null) => return None,
+                        _ => Err(std::io::Error::other("a chunk of the response body is not bytes")),
+                    }
+                }
+                Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }) => {
+                    Err(std::io::Error::other(format!("{}: {}", e.name, e.message)))
+                }
+                Ok(pb::StreamItem { item: None }) => Err(std::io::Error::other("an empty item")),
+                Err(status) => Err(std::io::Error::other(status.message().to_owned())),
+            };
+            ended = chunk.is_err();
+            Some(chunk)
+        }))
+    })
+}
+
+/// A Response as the answer: its status, its headers, and its body, whole or (a null body in
+/// the head) the `chunks` that follow.
+fn response(parts: ResponseParts, chunks: impl FnOnce() -> Chunks) -> Answer {
+    let mut res = match parts.body {
+        Cbor::Null => streaming(parts.status, "application/octet-stream", chunks()),
+        Cbor::Bytes(b) => answer(parts.status, "application/octet-stream", b),
+        _ => return bad_response("body is not bytes"),
+    };
+    with_headers(&mut res, parts.headers);
     res
 }
 
-fn answer_result(result: pb::Result) -> Answer {
-    if let Some(message) = crate::plane::queue_full(&result) {
+/// A function's failure as a web answer.
+fn answer_error(pb::Error { name, message, stack }: pb::Error) -> Answer {
+    if name == berth_core::failure::QUEUE_FULL {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
         res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return res;
     }
-    match result.outcome {
-        Some(Outcome::Value(bytes)) => match ciborium::from_reader::<Cbor, _>(bytes.as_slice()) {
-            Ok(Cbor::Tag(WEB_RESPONSE_TAG, inner)) => passthrough(*inner),
-            Ok(v) => json_answer(StatusCode::OK, &cbor_to_json(&v)),
-            Err(e) => fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "SerializationError",
-                format!("the function's result is not valid CBOR: {e}"),
-            ),
-        },
-        Some(Outcome::Error(pb::Error { name, message, stack })) => {
-            // A request past its timeout is the gateway's timeout, not the function's error.
-            let status = if name == "FunctionTimeoutError" {
-                StatusCode::GATEWAY_TIMEOUT
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            json_answer(status, &json!({ "error": { "name": name, "message": message, "stack": stack } }))
-        }
-        None => fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", "the container sent an empty result"),
-    }
+    // A request past its timeout is the gateway's timeout, not the function's error; a
+    // container that could not start (its @enter, a @webServer that never listened) leaves
+    // the service unavailable.
+    let status = match name.as_str() {
+        "FunctionTimeoutError" => StatusCode::GATEWAY_TIMEOUT,
+        "InitError" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_answer(status, &json!({ "error": { "name": name, "message": message, "stack": stack } }))
 }
 
 /// The function's value from a request body: JSON, or nothing (`null`) for an empty body, or
@@ -332,10 +459,10 @@ fn query_value(query: &str) -> Cbor {
     Cbor::Map(pairs.into_iter().map(|(k, v)| (Cbor::Text(k), Cbor::Text(v))).collect())
 }
 
-/// What src/run/web.ts builds the `Request` from: method, absolute URL, headers, body bytes.
-fn request_meta(head: &hyper::http::request::Parts, body: Vec<u8>) -> Cbor {
+/// What src/run/web.ts builds the `Request` from: method, absolute URL (with `path`),
+/// headers, body bytes.
+fn request_meta(head: &hyper::http::request::Parts, path: &str, body: Vec<u8>) -> Cbor {
     let host = head.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
     let headers = head
         .headers
         .iter()
@@ -352,38 +479,51 @@ fn request_meta(head: &hyper::http::request::Parts, body: Vec<u8>) -> Cbor {
     ])
 }
 
-/// A returned `Response`, `[status, [[name, value], ...], body]`, as the HTTP answer.
-fn passthrough(inner: Cbor) -> Answer {
-    let bad = |what: &str| {
-        fail(StatusCode::INTERNAL_SERVER_ERROR, "SerializationError", format!("the returned Response {what}"))
-    };
-    let Cbor::Array(parts) = inner else { return bad("is not [status, headers, body]") };
+fn bad_response(what: &str) -> Answer {
+    fail(StatusCode::INTERNAL_SERVER_ERROR, "SerializationError", format!("the returned Response {what}"))
+}
+
+/// A Response as the container sent it (CBOR tag [`WEB_RESPONSE_TAG`]).
+struct ResponseParts {
+    status: StatusCode,
+    /// Those that are valid HTTP.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Bytes, or null in the head of a streamed body.
+    body: Cbor,
+}
+
+/// `[status, [[name, value], ...], body]`, or what is wrong with it.
+fn response_parts(inner: Cbor) -> Result<ResponseParts, &'static str> {
+    let Cbor::Array(parts) = inner else { return Err("is not [status, headers, body]") };
     let [Cbor::Integer(status), Cbor::Array(headers), body] =
         <[Cbor; 3]>::try_from(parts).unwrap_or([Cbor::Null, Cbor::Null, Cbor::Null])
     else {
-        return bad("is not [status, headers, body]");
+        return Err("is not [status, headers, body]");
     };
     let Some(status) = u16::try_from(status).ok().and_then(|s| StatusCode::from_u16(s).ok()) else {
-        return bad("has a status outside 100..999");
+        return Err("has a status outside 100..999");
     };
-    let body = match body {
-        Cbor::Bytes(b) => b,
-        Cbor::Null => Vec::new(),
-        _ => return bad("body is not bytes"),
-    };
-    let mut res = answer(status, "application/octet-stream", body);
+    let headers = headers
+        .into_iter()
+        .filter_map(|h| {
+            let Cbor::Array(kv) = h else { return None };
+            let [Cbor::Text(k), Cbor::Text(v)] = kv.as_slice() else { return None };
+            Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
+        })
+        .collect();
+    Ok(ResponseParts { status, headers, body })
+}
+
+/// Sets a Response's headers on the answer in place of its content type. hyper frames the body
+/// and sets its length itself, so the Response's own framing headers are dropped.
+fn with_headers(res: &mut Answer, headers: Vec<(HeaderName, HeaderValue)>) {
     res.headers_mut().remove(header::CONTENT_TYPE);
-    for h in headers {
-        let Cbor::Array(kv) = h else { continue };
-        let [Cbor::Text(k), Cbor::Text(v)] = kv.as_slice() else { continue };
-        // The body is whole here: hyper frames it and sets its length itself.
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) else { continue };
+    for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             continue;
         }
         res.headers_mut().append(name, value);
     }
-    res
 }
 
 #[cfg(test)]
@@ -414,6 +554,7 @@ mod tests {
             label: label.map(Into::into),
             requires_auth: false,
             takes_request: false,
+            app: None,
         }
     }
 
@@ -428,12 +569,12 @@ mod tests {
             ],
         };
         let routes = Routes::new(&reg);
-        let Found::Route(r) = routes.find("/shop/Model/predict") else { panic!("no route") };
+        let Found::Route(r, _) = routes.find("/shop/Model/predict") else { panic!("no route") };
         assert_eq!((r.function.as_str(), r.method.as_str(), &r.http), ("Model", "predict", &Method::POST));
-        let Found::Route(r) = routes.find("/shop/healthy") else { panic!("no route") };
+        let Found::Route(r, _) = routes.find("/shop/healthy") else { panic!("no route") };
         assert_eq!((r.function.as_str(), r.method.as_str(), &r.http), ("health", "", &Method::GET));
         // An escaped path finds the same endpoint.
-        assert!(matches!(routes.find("/sh%6Fp/healthy"), Found::Route(_)));
+        assert!(matches!(routes.find("/sh%6Fp/healthy"), Found::Route(..)));
         let Found::UnderApp(list) = routes.find("/shop/nope") else { panic!("not under the app") };
         assert_eq!(list, ["POST /shop/Model/predict", "GET /shop/healthy"]);
         assert!(matches!(routes.find("/other/f"), Found::Nothing));
@@ -441,6 +582,33 @@ mod tests {
         assert!(rpc_route(&reg, "/shop/square") && rpc_route(&reg, "/shop/Model/load_info"));
         assert!(!rpc_route(&reg, "/shop/nope") && !rpc_route(&reg, "/shop/Model"));
         assert!(matches!(Routes::new(&Registry { functions: Vec::new() }).find("/a/b"), Found::Nothing));
+    }
+
+    #[test]
+    fn web_apps_answer_every_path_under_their_own() {
+        let app = |index, label: Option<&str>| WebSpec { app: Some("fetchApp".into()), ..web(index, "*", label) };
+        let reg = Registry {
+            functions: vec![
+                def("site", "Api", &["serve"], true, vec![app(0, Some("api"))]),
+                def("site", "Docs", &["serve"], true, vec![app(0, None)]),
+                def("site", "health", &["health"], false, vec![web(0, "GET", Some("api2"))]),
+            ],
+        };
+        let routes = Routes::new(&reg);
+        let under = |path: &str| match routes.find(path) {
+            Found::Route(r, under) => Some((r.function.clone(), under)),
+            _ => None,
+        };
+        assert_eq!(under("/site/api"), Some(("Api".into(), String::new())));
+        assert_eq!(under("/site/api/"), Some(("Api".into(), "/".into())));
+        // The path under the app's own is passed on as it came, escapes included.
+        assert_eq!(under("/site/api/users/a%2Fb"), Some(("Api".into(), "/users/a%2Fb".into())));
+        assert_eq!(under("/site/Docs/serve/guide/intro"), Some(("Docs".into(), "/guide/intro".into())));
+        // An endpoint is no prefix, and a label that merely starts the same is another path.
+        assert!(matches!(routes.find("/site/api2/x"), Found::UnderApp(_)));
+        assert_eq!(under("/site/api2"), Some(("health".into(), String::new())));
+        let Found::UnderApp(list) = routes.find("/site/nope") else { panic!("not under the app") };
+        assert_eq!(list, ["ANY /site/api/...", "ANY /site/Docs/serve/...", "GET /site/api2"]);
     }
 
     #[test]
@@ -469,7 +637,7 @@ mod tests {
 
     #[test]
     fn returned_responses_pass_through() {
-        let res = passthrough(Cbor::Array(vec![
+        let parts = response_parts(Cbor::Array(vec![
             Cbor::Integer(201.into()),
             Cbor::Array(vec![
                 Cbor::Array(vec![Cbor::Text("x-made-by".into()), Cbor::Text("berth".into())]),
@@ -477,19 +645,21 @@ mod tests {
                 Cbor::Array(vec![Cbor::Text("content-length".into()), Cbor::Text("99".into())]),
             ]),
             Cbor::Bytes(b"x".to_vec()),
-        ]));
+        ]))
+        .unwrap();
+        let res = response(parts, || unreachable!("a whole body has no chunks"));
         assert_eq!(res.status(), StatusCode::CREATED);
         assert_eq!(res.headers()["x-made-by"], "berth");
         assert_eq!(res.headers()[header::CONTENT_TYPE], "text/plain");
         assert!(res.headers().get(header::CONTENT_LENGTH).is_none());
-        assert_eq!(passthrough(Cbor::Null).status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let timeout = answer_result(pb::Result {
-            outcome: Some(Outcome::Error(pb::Error {
-                name: "FunctionTimeoutError".into(),
-                message: "past 1s".into(),
-                stack: String::new(),
-            })),
+        assert!(response_parts(Cbor::Null).is_err());
+        let timeout = answer_error(pb::Error {
+            name: "FunctionTimeoutError".into(),
+            message: "past 1s".into(),
+            stack: String::new(),
         });
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        let init = answer_error(pb::Error { name: "InitError".into(), message: "x".into(), stack: String::new() });
+        assert_eq!(init.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -116,6 +116,7 @@ fn function(app: &str, name: &str, version: u32, label: &str) -> FunctionDef {
         label: Some(label.into()),
         requires_auth: false,
         takes_request: false,
+        app: None,
     }];
     def
 }

@@ -154,7 +154,9 @@ type Answer = Response<AnswerBody>;
 pub(crate) struct AnswerBody(Inner);
 
 /// The chunks of a streaming answer; each is written (and flushed) as it comes.
-pub(crate) type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+/// A chunk that is an error ends the answer short: hyper closes the connection without the
+/// last chunk, so the client sees a truncated body, not a whole one.
+pub(crate) type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 enum Inner {
     Full(Option<Bytes>),
@@ -177,13 +179,13 @@ impl AnswerBody {
 
 impl Body for AnswerBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().0 {
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Stream { chunks, open } => match chunks.as_mut().poll_next(cx) {
-                Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(Some(b)) => Poll::Ready(Some(b.map(Frame::data))),
                 Poll::Ready(None) => {
                     *open = None;
                     Poll::Ready(None)
@@ -409,7 +411,7 @@ async fn stream_items(mut items: StreamItems, sse: bool) -> Answer {
         }
         let (line, last) = frame_item(event, sse);
         ended = last;
-        Some(line)
+        Some(Ok(line))
     });
     let content_type = if sse { "text/event-stream" } else { "application/x-ndjson" };
     let mut res = streaming(StatusCode::OK, content_type, Box::pin(framed));

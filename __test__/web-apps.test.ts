@@ -1,0 +1,173 @@
+// Web apps (README "API", web apps) against `npx berth serve`, through fetch: a Hono app behind
+// @fetchApp (routes, path params, an SSE route read event by event), a fastify server behind
+// @webServer and an Express app behind @nodeApp (both proxied), each after @enter and before
+// @exit; a fetch handler that throws; a @webServer that never listens.
+import { readFileSync } from 'node:fs'
+import test from 'ava'
+
+import { serve, stopsCleanly, type Served } from './_served.ts'
+import { until } from './_util.ts'
+
+async function served(t: any): Promise<Served> {
+  const s = await serve([], {}, 'web-apps.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  return s
+}
+
+const marks = (s: Served) => {
+  try {
+    return readFileSync(s.marker, 'utf8')
+  } catch {
+    return ''
+  }
+}
+
+/** Reads SSE events off a response body as they come. */
+async function* events(res: Response): AsyncGenerator<{ event: string; data: string }> {
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader()
+  let buf = ''
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) return
+    buf += value
+    for (let i = buf.indexOf('\n\n'); i !== -1; i = buf.indexOf('\n\n')) {
+      const block = buf.slice(0, i)
+      buf = buf.slice(i + 2)
+      const ev = { event: 'message', data: '' }
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event: ')) ev.event = line.slice(7)
+        else if (line.startsWith('data: ')) ev.data += line.slice(6)
+      }
+      yield ev
+    }
+  }
+}
+
+test.serial('@fetchApp serves a Hono app: routes, path params, query, status and headers, the prefix; SSE event by event; a handler that throws is 500 and the container keeps serving', async (t) => {
+  const s = await served(t)
+  const base = `http://${s.http}/webapps`
+  await until(() => s.stdout().includes('Api.serve'), 10_000, 'the banner')
+  t.regex(s.stdout(), new RegExp(`ANY ${base.replace(/[.]/g, '\\.')}/api/\\.\\.\\.`))
+
+  const hello = await fetch(`${base}/api/hello/ada?q=x%20y`)
+  t.is(hello.status, 200)
+  const body = (await hello.json()) as any
+  t.like(body, { text: 'hello ada', q: 'x y' })
+  t.regex(marks(s), /api enter \d+\napi fetchApp\n/, '@enter ran, then the member, once')
+
+  const echo = await fetch(`${base}/api/echo`, { method: 'POST', body: '{"n":1}', headers: { 'content-type': 'application/json' } })
+  t.is(echo.status, 201)
+  t.is(echo.headers.get('x-echo'), 'yes')
+  t.deepEqual(await echo.json(), { got: { n: 1 }, prefix: '/webapps/api' })
+  // A path the Hono app does not have is its own 404, not berth's.
+  t.is((await fetch(`${base}/api/nope`)).status, 404)
+
+  // SSE: the first event arrives while the handler still waits (for POST /release, sent only
+  // after the client read it), then the rest.
+  const sse = await fetch(`${base}/api/sse`, { headers: { accept: 'text/event-stream' } })
+  t.is(sse.status, 200)
+  t.regex(sse.headers.get('content-type') ?? '', /^text\/event-stream/)
+  const it = events(sse)
+  t.deepEqual((await it.next()).value, { event: 'token', data: 'first' })
+  t.notRegex(marks(s), /sse finished/, 'the handler has not finished when the first event arrives')
+  t.is(await (await fetch(`${base}/api/release`, { method: 'POST' })).text(), 'released')
+  t.deepEqual((await it.next()).value, { event: 'token', data: 'second' })
+  t.deepEqual((await it.next()).value, { event: 'done', data: 'end' })
+  t.true((await it.next()).done)
+  t.regex(marks(s), /sse finished/)
+
+  // An async * @webEndpoint streams its items: NDJSON, or SSE.
+  const tokens = await fetch(`${base}/tokens`, { method: 'POST', body: '{"text":"a b"}', headers: { 'content-type': 'application/json' } })
+  t.regex(tokens.headers.get('content-type') ?? '', /^application\/x-ndjson/)
+  t.is(await tokens.text(), '{"token":"a/hello"}\n{"token":"b/hello"}\n')
+  const tokenEvents = await fetch(`${base}/tokens`, { method: 'POST', body: '{"text":"c"}', headers: { accept: 'text/event-stream' } })
+  t.is(await tokenEvents.text(), 'data: {"token":"c/hello"}\n\n')
+
+  // A @webEndpoint's returned Response streams too: its first event arrives while its body waits.
+  const ticks = await fetch(`${base}/ticks`)
+  t.is(ticks.status, 202)
+  t.is(ticks.headers.get('x-ticks'), '2')
+  const ti = events(ticks)
+  t.deepEqual((await ti.next()).value, { event: 'message', data: 'tick 0' })
+  t.notRegex(marks(s), /ticks finished/)
+  await fetch(`${base}/api/release`, { method: 'POST' })
+  t.deepEqual((await ti.next()).value, { event: 'message', data: 'tick 1' })
+  t.true((await ti.next()).done)
+
+  // A client that goes away ends an endless stream: its ReadableStream is cancelled.
+  const forever = new AbortController()
+  const f = await fetch(`${base}/api/forever`, { signal: forever.signal })
+  const fi = events(f)
+  t.is((await fi.next()).value?.data, '0')
+  forever.abort()
+  await until(() => marks(s).includes('forever aborted'), 10_000, 'the stream cancelled after the client left')
+
+  // A hand-written fetch handler that throws: 500 with the error as JSON; the container serves on.
+  const ok1 = await (await fetch(`${base}/raw/a/b?c=1`)).text()
+  t.regex(ok1, /^pid \d+ GET \/a\/b\?c=1$/)
+  const thrown = await fetch(`${base}/raw/throw`, { method: 'DELETE' })
+  t.is(thrown.status, 500)
+  t.like(((await thrown.json()) as any).error, { name: 'RangeError', message: 'the handler broke on DELETE /throw' })
+  const ok2 = await (await fetch(`${base}/raw/again`, { method: 'PUT', body: 'x' })).text()
+  t.is(ok2.split(' ')[1], ok1.split(' ')[1], 'the same container serves on')
+
+  // A web app member is no call: callers are told where it answers.
+  const rpc = await fetch(`${base}/Api/serve`, { method: 'POST', body: '[]', headers: { 'content-type': 'application/json' } })
+  t.regex(((await rpc.json()) as any).error.message, /Api\.serve is a @fetchApp\(\): it answers the HTTP requests under \/webapps\/api/)
+
+  await stopsCleanly(t, s)
+  t.regex(marks(s), /api exit/)
+})
+
+test.serial('@webServer proxies a fastify server on the port berth gives it; @nodeApp serves an Express app; both after @enter, with @exit at stop', async (t) => {
+  const s = await served(t)
+  const base = `http://${s.http}/webapps`
+  const item = await fetch(`${base}/fast/items/7`)
+  t.is(item.status, 200)
+  const got = (await item.json()) as any
+  t.is(got.id, 'item-7', '@enter ran before the server started')
+  t.is(String(got.port), got.env, 'the port is passed and in process.env.PORT')
+  const created = await fetch(`${base}/fast/items`, { method: 'POST', body: '{"a":[1,2]}', headers: { 'content-type': 'application/json' } })
+  t.is(created.status, 201)
+  t.is(created.headers.get('x-made-by'), 'fastify')
+  t.deepEqual(await created.json(), { created: { a: [1, 2] } })
+
+  const user = await fetch(`${base}/Ex/listener/users/2`)
+  t.is(user.status, 200)
+  t.deepEqual(await user.json(), { name: 'grace', path: '/users/2' })
+  const missing = await fetch(`${base}/Ex/listener/users/9`)
+  t.is(missing.status, 404)
+  t.deepEqual(await missing.json(), { missing: '9' })
+  const added = await fetch(`${base}/Ex/listener/users`, { method: 'POST', body: '{"name":"alan"}', headers: { 'content-type': 'application/json' } })
+  t.is(added.status, 201)
+  t.is(added.headers.get('x-made-by'), 'express')
+  t.deepEqual(await added.json(), { added: { name: 'alan' } })
+
+  // A proxied body that streams: the client leaves after the first chunk; the app's response
+  // closes, and the same container serves on.
+  const before = ((await (await fetch(`${base}/Ex/listener/pid`)).json()) as any).pid
+  const leave = new AbortController()
+  const drip = await fetch(`${base}/Ex/listener/drip`, { signal: leave.signal })
+  const reader = drip.body!.getReader()
+  t.is(new TextDecoder().decode((await reader.read()).value).split('\n')[0], 'drop')
+  leave.abort()
+  await until(() => marks(s).includes('drip closed'), 10_000, 'the proxied response closed after the client left')
+  t.is(((await (await fetch(`${base}/Ex/listener/pid`)).json()) as any).pid, before)
+
+  await stopsCleanly(t, s)
+  t.regex(marks(s), /fast exit/)
+  t.regex(marks(s), /ex exit/)
+})
+
+test.serial('a @webServer that never listens: its container fails to start with a clear log line, and callers get 503', async (t) => {
+  const s = await served(t)
+  const res = await fetch(`http://${s.http}/webapps/never/anything`)
+  t.is(res.status, 503)
+  const error = ((await res.json()) as any).error
+  t.is(error.name, 'InitError')
+  t.regex(error.message, /nothing accepted connections on 127\.0\.0\.1:\d+ within startupTimeout \(0\.5 s\)/)
+  t.regex(s.stdout(), /berth: @webServer\(\) Never\.start: nothing accepted connections/)
+  // The server keeps serving the other apps.
+  t.is((await fetch(`http://${s.http}/webapps/raw/x`)).status, 200)
+  await stopsCleanly(t, s)
+})
