@@ -29,8 +29,9 @@ export interface Prediction {
   batchSize: number
 }
 
-// One container serves every route: the endpoints wait on `predict` in the same container, so it
-// must take many inputs at once (a batch of `predict` is one of them).
+// One container serves every route: a request is an input of `classify`, which calls `predict`
+// through the class's handle as an input of its own (at the control plane, as any caller's), so
+// the container must take many inputs at once: the requests, and the batches they wait for.
 @app.cls({ minContainers: 1, timeout: 30 })
 @concurrent({ maxInputs: 256 })
 export class Classifier {
@@ -100,7 +101,7 @@ export class Classifier {
         { status: 400 },
       )
     }
-    return await classifier().predict.remote(text)
+    return await Cls.of(Classifier).predict.remote(text)
   }
 
   /**
@@ -115,7 +116,7 @@ export class Classifier {
     if (text === undefined) throw new TypeError(`stream takes a text, or {"text": "..."}; got ${JSON.stringify(input)}`)
     const words = tokenize(text)
     for (let i = 0; i < words.length; i++) {
-      const { label, probabilities } = await classifier().predict.remote(words.slice(0, i + 1).join(' '))
+      const { label, probabilities } = await Cls.of(Classifier).predict.remote(words.slice(0, i + 1).join(' '))
       yield { token: words[i], index: i, label, probabilities }
     }
   }
@@ -140,21 +141,6 @@ function textOf(value: unknown): string | undefined {
     return (value as { text: string }).text
   }
   return undefined
-}
-
-let handle: ReturnType<typeof Cls.of<Classifier>> | undefined
-/**
- * The class's handle, for a member calling `predict` as an input of its own (so it joins a batch).
- * In a container process an app's handles do not reach the control plane yet, so there it is
- * looked up by name at the control plane the container attached to (BERTH_ENDPOINT); embedded
- * containers (`app.run()`, `berth run --containers embedded`) use `Cls.of`.
- */
-function classifier() {
-  if (handle) return handle
-  const endpoint = process.env.BERTH_ENDPOINT
-  if (endpoint === undefined) return (handle = Cls.of(Classifier))
-  App.lookup(app.name, { server: endpoint, token: process.env.BERTH_TOKEN })
-  return (handle = Cls.fromName<Classifier>(app.name, 'Classifier'))
 }
 
 app.localEntrypoint(async (argv: string[]) => {
