@@ -108,7 +108,9 @@ export class Classifier {
    * The prediction as the text is read, one item per word: `{ token, index, label, probabilities }`
    * for the words so far. Over HTTP, `POST /sentiment/Classifier/stream` with `["text"]` (or
    * `[{"text": "..."}]`): NDJSON, or SSE with `accept: text/event-stream`, each item sent as it is
-   * yielded. Each step is an input of `predict`, batched with the other requests.
+   * yielded. Each step is an input of `predict`, batched with the other requests. (A generator
+   * cannot be a @webEndpoint yet; once it can, `@webEndpoint({ label: 'stream' })` here serves it
+   * at /sentiment/stream, taking the same {"text"} body as classify.)
    */
   @method()
   async *stream(input: string | { text: string }) {
