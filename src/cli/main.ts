@@ -274,6 +274,9 @@ async function serve(args: string[]): Promise<number> {
   let drain = (): void => process.exit(signals.interrupted ? 130 : 0)
   const signals = stopSignals(0, () => drain())
   watchParent()
+  // Containers inherit it: their calls to the app's functions (Cls.of(...) in a method) pass the token.
+  const token = values.get('token')
+  if (token) process.env.BERTH_TOKEN = token
   prestartContainer(file)
   const port = Number(values.get('grpc-port') ?? 7450)
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -312,7 +315,7 @@ async function serve(args: string[]): Promise<number> {
       host: values.get('host') ?? '127.0.0.1',
       grpcPort: port,
       httpPort,
-      token: values.get('token'),
+      token,
       maxMessageBytes,
       maxConnections,
       resultTtlSeconds: resultTtl,
