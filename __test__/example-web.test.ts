@@ -81,7 +81,7 @@ maybe('POST /sentiment/classify without {"text"}: 400 naming the shape to send',
 
 maybe('the streaming route: one SSE event per word, each the prediction so far, read as they come; NDJSON without the Accept', async (t) => {
   const { http } = await server()
-  const res = await post(`http://${http}/sentiment/Classifier/stream`, ['a good day'], { accept: 'text/event-stream' })
+  const res = await post(`http://${http}/sentiment/stream`, { text: 'a good day' }, { accept: 'text/event-stream' })
   t.is(res.status, 200)
   t.regex(res.headers.get('content-type') ?? '', /^text\/event-stream/)
   const reader = res.body!.getReader()
@@ -115,7 +115,7 @@ maybe('the streaming route: one SSE event per word, each the prediction so far, 
   }
   t.is(await next(), undefined, 'three words, three events')
 
-  const nd = await post(`http://${http}/sentiment/Classifier/stream`, [{ text: 'so boring' }])
+  const nd = await post(`http://${http}/sentiment/stream`, { text: 'so boring' })
   t.is(nd.headers.get('content-type'), 'application/x-ndjson')
   const items = (await nd.text()).trim().split('\n').map((l) => JSON.parse(l))
   t.deepEqual(items.map((i) => [i.token, i.label]), [['so', 'neutral'], ['boring', 'negative']])
@@ -138,7 +138,7 @@ maybe('MODEL_PATH serves another model file and MODEL_LABELS names its outputs; 
   const wrong = await serve([], { MODEL_PATH: path, MODEL_LABELS: 'a,b' }, EXAMPLE)
   t.teardown(() => wrong.child.kill('SIGKILL'))
   const failed = await post(`http://${wrong.http}/sentiment/classify`, { text: 'hi' })
-  t.is(failed.status, 500)
+  t.is(failed.status, 503, "its container could not start")
   t.regex(JSON.stringify(await failed.json()), /has 3 columns but 2 labels are named \(a,b\); set MODEL_LABELS to 3 comma-separated names/)
   await stopsCleanly(t, wrong)
 })

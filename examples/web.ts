@@ -5,7 +5,7 @@
 //   npm --prefix examples install                     # onnxruntime-node, once (~290 MB, not in berth's own install)
 //   npx berth serve examples/web.ts                   # or, in examples/: npm run web
 //   curl -X POST http://127.0.0.1:7451/sentiment/classify -d '{"text":"I love this, it is great"}'
-//   curl -N http://127.0.0.1:7451/sentiment/Classifier/stream -H 'accept: text/event-stream' -d '["good but slow"]'
+//   curl -N http://127.0.0.1:7451/sentiment/stream -H 'accept: text/event-stream' -d '{"text":"good but slow"}'
 //   curl http://127.0.0.1:7451/sentiment/model
 //   npx berth run examples/web.ts -- 'what a great day' 'so boring'   # the local entrypoint, no server
 //
@@ -106,13 +106,11 @@ export class Classifier {
 
   /**
    * The prediction as the text is read, one item per word: `{ token, index, label, probabilities }`
-   * for the words so far. Over HTTP, `POST /sentiment/Classifier/stream` with `["text"]` (or
-   * `[{"text": "..."}]`): NDJSON, or SSE with `accept: text/event-stream`, each item sent as it is
-   * yielded. Each step is an input of `predict`, batched with the other requests. (A generator
-   * cannot be a @webEndpoint yet; once it can, `@webEndpoint({ label: 'stream' })` here serves it
-   * at /sentiment/stream, taking the same {"text"} body as classify.)
+   * for the words so far. `POST /sentiment/stream` with `{"text": "..."}`: NDJSON, or SSE with
+   * `accept: text/event-stream`, each item sent as it is yielded. Each step is an input of
+   * `predict`, batched with the other requests.
    */
-  @method()
+  @webEndpoint({ label: 'stream' })
   async *stream(input: string | { text: string }) {
     const text = textOf(input)
     if (text === undefined) throw new TypeError(`stream takes a text, or {"text": "..."}; got ${JSON.stringify(input)}`)
