@@ -13,7 +13,7 @@
 // counts (model/features.ts), its output `probabilities` (else its first) one row of scores per
 // text; MODEL_LABELS=a,b,c names the columns.
 import { fileURLToPath } from 'node:url'
-import { App, Cls, batched, concurrent, enter, method, webEndpoint } from 'berth'
+import { App, Cls, batched, concurrent, enter, webEndpoint } from 'berth'
 import * as ort from 'onnxruntime-node'
 import { FEATURES, LABELS, featurize, tokenize } from './model/features.ts'
 
