@@ -8,6 +8,7 @@ import { pathToFileURL } from 'node:url'
 import { arityOf, arityText, skipString } from '../shared/arity.ts'
 import { containerCommand } from '../command.ts'
 import { binding, type BindingFunctionDef } from '../native.ts'
+import { isGeneratorFunction } from '../define/decorators.ts'
 import { closest } from '../define/options.ts'
 import { createSecret, listSecrets } from '../run/secrets.ts'
 
@@ -672,7 +673,7 @@ function findTarget(
     const handle = fnApp.functions.get(name)!
     const args = functionArgs(handle.fn, name, passed, `${file}::${name}`)
     if (typeof args === 'string') return args
-    return { app: fnApp, call: () => printResult(handle.remote(...args)) }
+    return { app: fnApp, call: () => printCall(handle, isGeneratorFunction(handle.fn), args) }
   }
   const dot = name.indexOf('.')
   const className = dot === -1 ? name : name.slice(0, dot)
@@ -689,14 +690,14 @@ function findTarget(
     }
     let cls
     try {
-      cls = api().Cls.of(def.cls, params) as unknown as Record<string, { remote(...a: unknown[]): Promise<unknown> }>
+      cls = api().Cls.of(def.cls, params) as unknown as Record<string, Callable>
     } catch (e) {
       return `${(e as Error).message} (class parameters come from --params '{"name": value}')`
     }
     const args = functionArgs(def.cls.prototype[methodName], `${className}.${methodName}`, passed, `${file}::${name}`)
     if (typeof args === 'string') return args
     const handle = cls[methodName]
-    return { app: clsApp, call: () => printResult(handle.remote(...args)) }
+    return { app: clsApp, call: () => printCall(handle, isGeneratorFunction(def.cls.prototype[methodName]), args) }
   }
   const guess = closest(name, runnable)
   return (
@@ -722,8 +723,18 @@ function methodNames(def: { classMeta: { methods: { name: string }[] } }): strin
   }
 }
 
-async function printResult(result: Promise<unknown>): Promise<void> {
-  const out = await result
+interface Callable {
+  remote(...a: unknown[]): Promise<unknown>
+  remoteGen(...a: unknown[]): AsyncIterable<unknown>
+}
+
+/** Prints a call's result, or a generator's items, one line each as they come. */
+async function printCall(handle: Callable, gen: boolean, args: unknown[]): Promise<void> {
+  if (!gen) return printValue(await handle.remote(...args))
+  for await (const item of handle.remoteGen(...args)) printValue(item)
+}
+
+function printValue(out: unknown): void {
   if (out !== undefined) console.log(typeof out === 'string' ? out : JSON.stringify(out, jsonReplacer))
 }
 
