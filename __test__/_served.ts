@@ -67,8 +67,9 @@ export function invoke(client: any, fn: string, args: unknown[], extra: Record<s
 
 /** The exit status of `berth serve` after a signal, or a failure that shows its output. */
 export async function exitOf(s: Served): Promise<number | null> {
-  const late = new Promise<never>((_, reject) =>
-    setTimeout(() => {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
       let children = ''
       try {
         children = execFileSync('ps', ['--ppid', String(s.child.pid), '-o', 'pid,stat,etime,args']).toString()
@@ -76,8 +77,9 @@ export async function exitOf(s: Served): Promise<number | null> {
         children = '(no children)'
       }
       reject(new Error(`berth serve did not exit within 30 s\n${s.stdout()}\nits processes:\n${children}`))
-    }, 30_000),
-  )
-  return Promise.race([s.exited, late])
+    }, 30_000)
+  })
+  // Cleared once it exits: a pending timer would hold the test process open for the rest of 30 s.
+  return Promise.race([s.exited, late]).finally(() => clearTimeout(timer))
 }
 

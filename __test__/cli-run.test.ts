@@ -82,6 +82,15 @@ test('::Class.method runs a class method; --params sets its @parameter values', 
   t.deepEqual(lines(batched.stdout), ['4'])
 })
 
+test('::name of a generator prints its items, one line each, in both container modes', async (t) => {
+  const gen = join('__test__', 'fixtures', 'generators.ts')
+  for (const containers of ['embedded', 'process']) {
+    const out = await berth(['run', `${gen}::letters`, '--containers', containers, '--', 'abc'])
+    t.is(out.code, 0, out.stderr)
+    t.deepEqual(lines(out.stdout), ['a', 'b', 'c'], containers)
+  }
+})
+
 test('--params mistakes and a class without its method are one line each, naming the fix', async (t) => {
   const typo = await run('Model.info', '--params', '{"varient":"large"}', '--', 'hi')
   t.is(typo.code, 2)

@@ -1,8 +1,9 @@
 // The target of a handle on an app defined in this process (define/app.ts): its calls go to the
 // embedded runtime while the app runs in this process, and through the app's own control plane
-// while it runs with process containers.
+// while it runs with process containers, and from inside one of its container processes.
 import type { PoolDef } from '../run/pool.ts'
 import type { Arity } from '../shared/arity.ts'
+import { inContainerProcess } from '../run/context.ts'
 import { encodeValue } from '../shared/cbor.ts'
 import { EmbeddedTransport, type EmbeddedApp } from './embedded.ts'
 import { RemoteTransport } from './remote.ts'
@@ -53,13 +54,17 @@ export class AppTarget implements HandleTarget {
   }
 
   transport(): Transport {
-    return this.app.processServer === undefined ? this.embedded : (this.remote ??= this.viaControlPlane())
+    return this.app.processServer === undefined && !inContainerProcess() ? this.embedded : (this.remote ??= this.viaControlPlane())
   }
 
   private viaControlPlane(): RemoteTransport {
     const d = this.def
     const method = d.cls ? d.methods[this.method].name : ''
     const params = d.params ? Buffer.from(encodeValue(d.params)) : Buffer.alloc(0)
-    return new RemoteTransport(this.app.name, d.name, method, params, this.label)
+    // In a container process (a method calling another function or method of its app): the
+    // control plane this container attached to, with the server's token if it has one (README "API").
+    const endpoint = this.app.processServer === undefined ? process.env.BERTH_ENDPOINT : undefined
+    const where = endpoint === undefined ? undefined : { server: endpoint, token: process.env.BERTH_TOKEN }
+    return new RemoteTransport(this.app.name, d.name, method, params, this.label, where)
   }
 }

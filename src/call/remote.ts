@@ -302,10 +302,12 @@ export class RemoteTransport implements Transport {
     private readonly method: string,
     private readonly params: Buffer,
     private readonly label: string,
+    /** The server to call; else the app's App.lookup, BERTH_SERVER or the default. */
+    private readonly where?: { server: string; token?: string },
   ) {}
 
   private client(): Client {
-    return clientFor(this.app)
+    return this.where === undefined ? clientFor(this.app) : clientAt(this.where.server, this.where.token)
   }
 
   async remote(args: unknown[]): Promise<unknown> {

@@ -10,6 +10,7 @@ import { serialize } from 'node:v8'
 import { arityOf, arityText, skipString } from '../shared/arity.ts'
 import { containerCommand } from '../command.ts'
 import { binding, type BindingFunctionDef } from '../native.ts'
+import { isGeneratorFunction } from '../define/decorators.ts'
 import { closest } from '../define/options.ts'
 import { createSecret, listSecrets } from '../run/secrets.ts'
 import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndReload } from './reload.ts'
@@ -334,6 +335,9 @@ async function serve(args: string[]): Promise<number> {
   let drain = (): void => process.exit(signals.interrupted ? 130 : 0)
   const signals = stopSignals(0, () => drain())
   watchParent()
+  // Containers inherit it: their calls to the app's functions (Cls.of(...) in a method) pass the token.
+  const token = values.get('token')
+  if (token) process.env.BERTH_TOKEN = token
   prestartContainer(file)
   const port = Number(values.get('grpc-port') ?? 7450)
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -372,7 +376,7 @@ async function serve(args: string[]): Promise<number> {
       host: values.get('host') ?? '127.0.0.1',
       grpcPort: port,
       httpPort,
-      token: values.get('token'),
+      token,
       maxMessageBytes,
       maxConnections,
       resultTtlSeconds: resultTtl,
@@ -749,7 +753,7 @@ function findTarget(
     const handle = fnApp.functions.get(name)!
     const args = functionArgs(handle.fn, name, passed, `${file}::${name}`)
     if (typeof args === 'string') return args
-    return { app: fnApp, call: () => printResult(handle.remote(...args)) }
+    return { app: fnApp, call: () => printCall(handle, isGeneratorFunction(handle.fn), args) }
   }
   const dot = name.indexOf('.')
   const className = dot === -1 ? name : name.slice(0, dot)
@@ -766,14 +770,14 @@ function findTarget(
     }
     let cls
     try {
-      cls = api().Cls.of(def.cls, params) as unknown as Record<string, { remote(...a: unknown[]): Promise<unknown> }>
+      cls = api().Cls.of(def.cls, params) as unknown as Record<string, Callable>
     } catch (e) {
       return `${(e as Error).message} (class parameters come from --params '{"name": value}')`
     }
     const args = functionArgs(def.cls.prototype[methodName], `${className}.${methodName}`, passed, `${file}::${name}`)
     if (typeof args === 'string') return args
     const handle = cls[methodName]
-    return { app: clsApp, call: () => printResult(handle.remote(...args)) }
+    return { app: clsApp, call: () => printCall(handle, isGeneratorFunction(def.cls.prototype[methodName]), args) }
   }
   const guess = closest(name, runnable)
   return (
@@ -799,8 +803,18 @@ function methodNames(def: { classMeta: { methods: { name: string }[] } }): strin
   }
 }
 
-async function printResult(result: Promise<unknown>): Promise<void> {
-  const out = await result
+interface Callable {
+  remote(...a: unknown[]): Promise<unknown>
+  remoteGen(...a: unknown[]): AsyncIterable<unknown>
+}
+
+/** Prints a call's result, or a generator's items, one line each as they come. */
+async function printCall(handle: Callable, gen: boolean, args: unknown[]): Promise<void> {
+  if (!gen) return printValue(await handle.remote(...args))
+  for await (const item of handle.remoteGen(...args)) printValue(item)
+}
+
+function printValue(out: unknown): void {
   if (out !== undefined) console.log(typeof out === 'string' ? out : JSON.stringify(out, jsonReplacer))
 }
 

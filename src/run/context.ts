@@ -67,6 +67,11 @@ export function markContainerProcess(): void {
   containerProcess = true
 }
 
+/** Whether this process is a container: there, an app's own handles call the control plane it attached to. */
+export function inContainerProcess(): boolean {
+  return containerProcess
+}
+
 /**
  * Runs a lifecycle hook of an embedded container as container code. With BERTH_ASYNC_CONTEXT=0
  * that is known during the hook's synchronous part only, as the input context is.
