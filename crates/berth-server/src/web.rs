@@ -265,7 +265,7 @@ async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
 fn answer_result(result: pb::Result) -> Answer {
     if let Some(message) = crate::plane::queue_full(&result) {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut().insert(header::RETRY_AFTER, super::retry_after());
         return res;
     }
     match result.outcome {

@@ -248,6 +248,15 @@ async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> R
     }
 }
 
+/// `Retry-After` of a 429 (a full queue, maxPendingInputs). Kept at 1 second on purpose: room
+/// opens as soon as one queued input starts, which depends on inputs already running that the
+/// server cannot time (a 10 ms call and a 10 minute one look the same until they end), and the
+/// header counts whole seconds, so 1 is the shortest wait it can advise. A longer guess would
+/// leave capacity idle while callers wait; a caller that is refused again backs off on its own.
+pub(crate) fn retry_after() -> HeaderValue {
+    HeaderValue::from_static("1")
+}
+
 /// A call the control plane refused before running it (unknown name, bad arguments), as HTTP.
 fn refused(status: &tonic::Status) -> Answer {
     let (code, name) = match status.code() {
@@ -335,8 +344,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     let (result, fc) = ctx.svc.call(target.pool, target.method, args).await;
     if let Some(message) = crate::plane::queue_full(&result) {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
-        // The queue drains as inputs finish; a second is the shortest wait worth advising.
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut().insert(header::RETRY_AFTER, retry_after());
         return res;
     }
     let res = match result.outcome {
@@ -379,7 +387,7 @@ async fn stream_items(mut items: StreamItems, sse: bool) -> Answer {
         Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) })) => {
             if e.name == berth_core::failure::QUEUE_FULL {
                 let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, e.message);
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res.headers_mut().insert(header::RETRY_AFTER, retry_after());
                 return res;
             }
             return json_answer(StatusCode::INTERNAL_SERVER_ERROR, &error_json(e));
