@@ -183,3 +183,32 @@ test.serial('slowloris on a web endpoint: headers without end and a body that st
   t.deepEqual(await res.json(), { echo: 'after' })
   await stopsCleanly(t, s)
 })
+
+test.serial('a web endpoint body over the cap is 413 whether it declares its length or streams it chunked; the server serves on', async (t) => {
+  const s = await serve(['--max-message-bytes', '100000'], {}, 'web-load.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const url = `http://${s.http}/webload/echo`
+  const big = JSON.stringify({ text: 'x'.repeat(200_000) })
+  const declared = await post(url, JSON.parse(big))
+  t.is(declared.status, 413)
+  // Chunked, with no Content-Length: refused once the bytes read pass the cap.
+  const bytes = new TextEncoder().encode(big)
+  const chunked = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: new ReadableStream({
+      start(c) {
+        for (let i = 0; i < bytes.length; i += 16_384) c.enqueue(bytes.subarray(i, i + 16_384))
+        c.close()
+      },
+    }),
+    duplex: 'half',
+  } as RequestInit).catch((e: Error) => e)
+  t.false(chunked instanceof Error, String(chunked))
+  const res = chunked as Response
+  t.is(res.status, 413)
+  t.deepEqual(await res.json(), { error: { name: 'ResourceExhausted', message: "the body is over this server's limit of 100000 bytes" } })
+  const after = await post(url, [1])
+  t.deepEqual(await after.json(), { echo: [1] })
+  await stopsCleanly(t, s)
+})

@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth_proto::v1::{self as pb, result::Outcome};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -223,6 +223,8 @@ async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> R
     };
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > ctx.max_body as u64) {
+        let mut body = body;
+        linger(&mut body, ctx.max_body).await;
         return Err(too_large());
     }
     match read_body(body, ctx.max_body, ctx.body_timeout).await {
@@ -447,8 +449,7 @@ enum BodyError {
 /// The whole body, unless it is over `max` or a frame is slower than `timeout` to come: a
 /// caller trickling a byte a minute, or declaring more than it sends, would otherwise hold
 /// the connection and this task for as long as it likes.
-async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
-    let mut body = Limited::new(body, max);
+async fn read_body(mut body: Incoming, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     loop {
         match tokio::time::timeout(timeout, body.frame()).await {
@@ -456,12 +457,35 @@ async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Vec<
             Ok(None) => return Ok(out),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > max {
+                        linger(&mut body, max).await;
+                        return Err(BodyError::TooLarge);
+                    }
                     out.extend_from_slice(&data);
                 }
             }
-            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => return Err(BodyError::TooLarge),
-            Ok(Some(Err(e))) => return Err(BodyError::Other(e)),
+            Ok(Some(Err(e))) => return Err(BodyError::Other(Box::new(e))),
         }
+    }
+}
+
+/// How long a body over the cap is still read (and discarded) before the 413 goes out.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads on, discarding, for up to [`LINGER`] and up to 4 × `max` bytes, a body refused for
+/// its size: the connection closes after the 413, and closing it with the client's bytes
+/// unread resets it, which can make the client lose the answer while it is still sending
+/// (what other servers call a lingering close). A client sending more than that, or slower,
+/// gets the reset.
+async fn linger(body: &mut Incoming, max: usize) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut left = max.saturating_mul(4);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+        let n = frame.data_ref().map_or(0, Bytes::len);
+        if n >= left {
+            return;
+        }
+        left -= n;
     }
 }
 
