@@ -94,6 +94,58 @@ test.serial('maxPendingInputs under berth serve: gRPC callers get RESOURCE_EXHAU
   await stopsCleanly(t, s)
 })
 
+test.serial('maxPendingInputs on a generator under berth serve: a gRPC InvokeStream refused is RESOURCE_EXHAUSTED (a status, as Invoke), remoteGen callers get QueueFullError; accepted streams all finish', async (t) => {
+  const { App, Function, QueueFullError } = await import('berth')
+  const s = await serve([], {}, 'shed.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const client = new Functions(s.address, grpc.credentials.createInsecure())
+  t.teardown(() => client.close())
+  const dir = mkdtempSync(join(tmpdir(), 'berth-shed-gen-'))
+  const at = (id: string) => join(dir, id)
+  // One InvokeStream call read to its end: its items (an error item as { error }), and its status.
+  const stream = (p: string, onItem: (v: unknown) => void = () => {}) =>
+    new Promise<{ items: unknown[]; code: number; details: string }>((resolve) => {
+      const items: unknown[] = []
+      const call = client.InvokeStream({ function: { app: 'shed', function: 'holdGen' }, args: cbor.encode([p]) }, deadline())
+      call.on('data', (m: any) => {
+        const v = m.error ? { error: m.error.name } : cbor.decode(m.value)
+        items.push(v)
+        onItem(v)
+      })
+      call.on('error', (e: any) => resolve({ items, code: e.code, details: e.details }))
+      call.on('end', () => resolve({ items, code: grpc.status.OK, details: '' }))
+    })
+
+  // a runs (it has yielded, so it holds the one slot); of b and c one waits and one is refused.
+  let started!: () => void
+  const aStarted = new Promise<void>((r) => (started = r))
+  const a = stream(at('a'), (v) => v === 'started' && started())
+  await aStarted
+  const bc = [stream(at('b')), stream(at('c'))]
+  const refused = await Promise.race(bc)
+  t.is(refused.code, grpc.status.RESOURCE_EXHAUSTED, JSON.stringify(refused))
+  t.deepEqual(refused.items, [], 'no item, not an error item')
+  t.regex(refused.details, /^holdGen: its queue is full \(1 inputs? already waiting, its maxPendingInputs\); the call was not accepted/)
+
+  App.lookup('shed', { server: `http://${s.address}` })
+  const holdGen = Function.fromName<(p: string) => AsyncGenerator<string>>('shed', 'holdGen')
+  const err = await t.throwsAsync(
+    (async () => {
+      for await (const _ of holdGen.remoteGen(at('f'))) t.fail('a refused stream yields nothing')
+    })(),
+    { instanceOf: QueueFullError },
+  )
+  t.regex(err?.message ?? '', /holdGen: its queue is full/)
+
+  writeFileSync(join(dir, 'go'), '')
+  t.deepEqual(await a, { items: ['started', 'a'], code: grpc.status.OK, details: '' })
+  const all = await Promise.all(bc)
+  const accepted = all.filter((r) => r.code === grpc.status.OK)
+  t.is(accepted.length, 1, JSON.stringify(all))
+  t.is(accepted[0].items.length, 2)
+  await stopsCleanly(t, s)
+})
+
 test('maxPendingInputs must be a positive integer: anything else is named with the fix, for functions and classes', async (t) => {
   const { App, InvalidError, QueueFullError, BerthError } = await import('berth')
   const app = new App('shed-validation')

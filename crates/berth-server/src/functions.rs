@@ -246,7 +246,7 @@ impl FunctionsSvc {
         let (tx, rx) = mpsc::unbounded_channel();
         let fc = self.new_call_id();
         let input = self.submit_many(pool, method, fc.clone(), vec![(args, waiter(tx))], false);
-        (StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false }, fc)
+        (StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false, first: None }, fc)
     }
 
     /// How messages name what `pool` serves at `method` (crates/berth-core/src/failure.rs).
@@ -354,7 +354,13 @@ impl Functions for FunctionsSvc {
         let target = self.resolve(req.function.as_ref())?;
         target.generator()?;
         target.check_args(&req.args, "args")?;
-        Ok(Response::new(self.open_stream(target.pool, target.method, req.args).0))
+        let mut items = self.open_stream(target.pool, target.method, req.args).0;
+        // Refused past maxPendingInputs: a status, as Invoke answers, not a stream whose one
+        // item is the error (the response waits for the first event to know).
+        if let Some(message) = items.refused().await {
+            return Err(Status::resource_exhausted(message));
+        }
+        Ok(Response::new(items))
     }
 
     /// A spawned call's input, or every input of a Map call not answered yet.
@@ -387,6 +393,42 @@ pub struct StreamItems {
     input: InputId,
     taken: u32,
     ended: bool,
+    /// The first event, read by [`StreamItems::refused`] and not yet taken.
+    first: Option<Option<Result<pb::StreamItem, Status>>>,
+}
+
+impl StreamItems {
+    /// Waits for the call's first event: a call refused at admission (its queue held
+    /// maxPendingInputs) ends there, with the refusal's message; any other event stays, to be
+    /// read first.
+    pub(crate) async fn refused(&mut self) -> Option<String> {
+        let first = self.rx.recv().await;
+        if let Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) })) = &first {
+            if e.name == failure::QUEUE_FULL {
+                // Never queued: nothing to cancel.
+                self.ended = true;
+                return Some(e.message.clone());
+            }
+        }
+        self.first = Some(first);
+        None
+    }
+
+    /// An event as the caller's stream takes it: a value gives credit, once per CREDIT_BATCH.
+    fn took(&mut self, event: Option<Result<pb::StreamItem, Status>>) -> Option<Result<pb::StreamItem, Status>> {
+        match &event {
+            Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(_)) })) => {
+                self.taken += 1;
+                if self.taken >= CREDIT_BATCH {
+                    grant(&self.shared, self.input, self.taken);
+                    self.taken = 0;
+                }
+            }
+            Some(_) => {}
+            None => self.ended = true,
+        }
+        event
+    }
 }
 
 impl tokio_stream::Stream for StreamItems {
@@ -398,21 +440,11 @@ impl tokio_stream::Stream for StreamItems {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(this.took(first));
+        }
         match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(item)) => {
-                if matches!(&item, Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(_)) })) {
-                    this.taken += 1;
-                    if this.taken >= CREDIT_BATCH {
-                        grant(&this.shared, this.input, this.taken);
-                        this.taken = 0;
-                    }
-                }
-                Poll::Ready(Some(item))
-            }
-            Poll::Ready(None) => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
+            Poll::Ready(event) => Poll::Ready(this.took(event)),
             Poll::Pending => Poll::Pending,
         }
     }

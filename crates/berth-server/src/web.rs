@@ -406,7 +406,7 @@ fn response(parts: ResponseParts, chunks: impl FnOnce() -> Chunks) -> Answer {
 fn answer_error(pb::Error { name, message, stack }: pb::Error) -> Answer {
     if name == berth_core::failure::QUEUE_FULL {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut().insert(header::RETRY_AFTER, super::retry_after());
         return res;
     }
     // A request past its timeout is the gateway's timeout, not the function's error; a

@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth_proto::v1::{self as pb, result::Outcome};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -241,6 +241,8 @@ async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> R
     };
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > ctx.max_body as u64) {
+        let mut body = body;
+        linger(&mut body, ctx.max_body).await;
         return Err(too_large());
     }
     match read_body(body, ctx.max_body, ctx.body_timeout).await {
@@ -264,6 +266,15 @@ async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> R
             Err(fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}")))
         }
     }
+}
+
+/// `Retry-After` of a 429 (a full queue, maxPendingInputs). Kept at 1 second on purpose: room
+/// opens as soon as one queued input starts, which depends on inputs already running that the
+/// server cannot time (a 10 ms call and a 10 minute one look the same until they end), and the
+/// header counts whole seconds, so 1 is the shortest wait it can advise. A longer guess would
+/// leave capacity idle while callers wait; a caller that is refused again backs off on its own.
+pub(crate) fn retry_after() -> HeaderValue {
+    HeaderValue::from_static("1")
 }
 
 /// A call the control plane refused before running it (unknown name, bad arguments), as HTTP.
@@ -353,8 +364,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     let (result, fc) = ctx.svc.call(target.pool, target.method, args).await;
     if let Some(message) = crate::plane::queue_full(&result) {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
-        // The queue drains as inputs finish; a second is the shortest wait worth advising.
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut().insert(header::RETRY_AFTER, retry_after());
         return res;
     }
     let res = match result.outcome {
@@ -397,7 +407,7 @@ async fn stream_items(mut items: StreamItems, sse: bool) -> Answer {
         Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) })) => {
             if e.name == berth_core::failure::QUEUE_FULL {
                 let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, e.message);
-                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res.headers_mut().insert(header::RETRY_AFTER, retry_after());
                 return res;
             }
             return json_answer(StatusCode::INTERNAL_SERVER_ERROR, &error_json(e));
@@ -457,8 +467,7 @@ enum BodyError {
 /// The whole body, unless it is over `max` or a frame is slower than `timeout` to come: a
 /// caller trickling a byte a minute, or declaring more than it sends, would otherwise hold
 /// the connection and this task for as long as it likes.
-async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
-    let mut body = Limited::new(body, max);
+async fn read_body(mut body: Incoming, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     loop {
         match tokio::time::timeout(timeout, body.frame()).await {
@@ -466,12 +475,35 @@ async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Vec<
             Ok(None) => return Ok(out),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > max {
+                        linger(&mut body, max).await;
+                        return Err(BodyError::TooLarge);
+                    }
                     out.extend_from_slice(&data);
                 }
             }
-            Ok(Some(Err(e))) if e.is::<LengthLimitError>() => return Err(BodyError::TooLarge),
-            Ok(Some(Err(e))) => return Err(BodyError::Other(e)),
+            Ok(Some(Err(e))) => return Err(BodyError::Other(Box::new(e))),
         }
+    }
+}
+
+/// How long a body over the cap is still read (and discarded) before the 413 goes out.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads on, discarding, for up to [`LINGER`] and up to 4 × `max` bytes, a body refused for
+/// its size: the connection closes after the 413, and closing it with the client's bytes
+/// unread resets it, which can make the client lose the answer while it is still sending
+/// (what other servers call a lingering close). A client sending more than that, or slower,
+/// gets the reset.
+async fn linger(body: &mut Incoming, max: usize) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut left = max.saturating_mul(4);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+        let n = frame.data_ref().map_or(0, Bytes::len);
+        if n >= left {
+            return;
+        }
+        left -= n;
     }
 }
 

@@ -70,6 +70,26 @@ where
     }
 }
 
+/// Attaches as `container` with `token` and grants `slots` credits; the test drives the rest:
+/// what the control plane sends comes on the returned stream, what the container says goes on
+/// the outbox.
+pub async fn attach(
+    endpoint: String,
+    container: u32,
+    token: String,
+    slots: u32,
+) -> (Outbox, tonic::Streaming<pb::ControlMessage>) {
+    let mut client = ContainersClient::connect(endpoint).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let send = |m: container_message::Msg| {
+        let _ = tx.send(pb::ContainerMessage { msg: Some(m) });
+    };
+    send(container_message::Msg::Hello(pb::Hello { container_id: container, token }));
+    send(container_message::Msg::Credit(pb::Credit { slots }));
+    let inbound = client.attach(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+    (tx, inbound)
+}
+
 /// The fake containers' tasks, by container id: a stop aborts the container's task.
 #[derive(Default)]
 pub struct Tasks(Mutex<HashMap<u32, tokio::task::JoinHandle<()>>>);
