@@ -78,7 +78,8 @@ RESOURCE_EXHAUSTED over gRPC, 413 over HTTP. Binding a host other than loopback 
 --token; callers then send \`authorization: Bearer <token>\` (both ports). Port 0 picks a free
 port. Each port holds at most --max-connections connections (default 4096; past it a new one is
 closed at once and logged); a connection that sends no request within 10 s, or sits idle with
-no call open for 10 minutes, is closed, and an HTTP body that pauses 30 s is answered 408.
+no call open for 10 minutes, is closed, and an HTTP body that pauses 30 s, or comes slower than
+500 bytes a second after its first 30 s, is answered 408.
 A Map caller that stops reading results stops being read. The result of a spawned call is
 kept until GetResult delivers it, or --result-ttl seconds (default 3600) after it finishes.
 On SIGTERM or Ctrl-C, in-flight inputs finish and containers run their @exit hooks; a second

@@ -47,6 +47,11 @@ pub struct ServeOptions {
     /// HTTP: a request body that brings no bytes for this long (from the head, or from its
     /// last bytes) is answered 408 and dropped.
     pub body_timeout: Duration,
+    /// HTTP: past its first `body_timeout`, a request body must have come at this many bytes a
+    /// second on average, or it is answered 408 and dropped: a slowloris client sending a byte
+    /// just within each `body_timeout` would otherwise hold its connection for ever. 500, as
+    /// Apache's mod_reqtimeout `MinRate`; any real client is far faster.
+    pub min_body_rate: u32,
     /// How long the result of a spawned call is kept for `GetResult` after it finishes
     /// (`--result-ttl`). A delivered result is forgotten at once. Modal keeps results for days
     /// in its storage; a local server keeps them in memory, so an hour.
@@ -69,6 +74,7 @@ impl Default for ServeOptions {
             idle_timeout: Duration::from_secs(600),
             max_connections: 4096,
             body_timeout: Duration::from_secs(30),
+            min_body_rate: 500,
             result_ttl: Duration::from_secs(3600),
             map_window: 16 * 1024,
         }
@@ -135,6 +141,12 @@ impl ControlPlane {
                     format!("{name} is 0, which closes every connection at once: give it a duration"),
                 ));
             }
+        }
+        if opts.min_body_rate == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "min_body_rate is 0, which lets a body come as slowly as it likes: give it bytes a second, e.g. 500",
+            ));
         }
         for f in &registry.functions {
             f.spec.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -233,6 +245,7 @@ impl ControlPlane {
                 opts.token.clone(),
                 opts.max_message_bytes,
                 opts.body_timeout,
+                opts.min_body_rate,
                 // A cap of its own: a flood of HTTP callers must not lock containers out of
                 // attaching over gRPC, nor the other way round.
                 Listener::new(listener, "HTTP", Framing::Http1, limits, counters.clone()),

@@ -405,12 +405,13 @@ async fn connections_over_the_cap_are_refused_and_counted() {
 
 /// HTTP bodies that stop (chunked and silent, shorter than their Content-Length, or a
 /// trickle whose next chunk is later than `body_timeout`) are answered 408 in the ingress's JSON
-/// error shape, the connection closes, and each is counted. A trickle that keeps within the
-/// timeout per chunk is served, however long it takes in all.
+/// error shape, the connection closes, and each is counted. So is a slowloris trickle that keeps
+/// within the timeout per chunk but comes slower than `min_body_rate` after it; a slow body
+/// above that rate is served.
 #[tokio::test]
 async fn stalled_http_bodies_are_answered_408_and_dropped() {
     bounded(LIMIT, async {
-        let opts = ServeOptions { body_timeout: Duration::from_secs(1), ..opts() };
+        let opts = ServeOptions { body_timeout: Duration::from_secs(1), min_body_rate: 4, ..opts() };
         let plane = start(opts).await;
         let http = plane.http_addr().unwrap();
         let chunked = "POST /demo/square HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -447,17 +448,39 @@ async fn stalled_http_bodies_are_answered_408_and_dropped() {
         let c = counters_reach(&plane, |c| c.stalled_bodies >= 60).await;
         assert_eq!(c.stalled_bodies, 60, "{c:?}");
 
-        // Chunks every 400 ms for 2 s: slow overall, never a second without progress.
+        // Chunks every 200 ms: slow, but above 4 bytes a second and never a second without progress.
         let mut s = TcpStream::connect(http).await.unwrap();
         s.write_all(chunked.as_bytes()).await.unwrap();
         for part in ["[", "1", "2", "]", ""] {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
             let chunk = if part.is_empty() { "0\r\n\r\n".to_string() } else { format!("1\r\n{part}\r\n") };
             s.write_all(chunk.as_bytes()).await.unwrap();
         }
         let r = read_reply(&mut s).await;
         assert_eq!((r.status, r.json()), (200, serde_json::json!(144)), "{r:?}");
         assert_eq!(plane.counters().stalled_bodies, 60);
+
+        // A byte every 800 ms: within body_timeout each time, but 1.25 bytes a second: once
+        // the first second has passed, the rate's deadline for the bytes so far comes first.
+        let s = TcpStream::connect(http).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        wr.write_all(chunked.as_bytes()).await.unwrap();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                if wr.write_all(b"1\r\n1\r\n").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(6), rd.read_to_end(&mut reply)).await;
+        assert!(read.is_ok(), "the slow body was dropped within 6 s");
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("slower than 4 bytes a second") && text.contains("min_body_rate"), "{text}");
+        trickle.abort();
+        assert_eq!(plane.counters().stalled_bodies, 61);
         plane.shutdown().await;
     })
     .await

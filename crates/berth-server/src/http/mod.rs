@@ -14,7 +14,7 @@
 //! | unknown app, function, class or method    | 404 naming what exists                        |
 //! | another path                              | 404; another method on a route: 405           |
 //! | body over `max_message_bytes`             | 413                                           |
-//! | body silent for `body_timeout`            | 408, and the connection closes                |
+//! | body silent for `body_timeout`, or slower than `min_body_rate` after it | 408, and the connection closes |
 //!
 //! The body is a JSON array of positional arguments, or `{"args": [...], "params": {...}}`
 //! (params: a class's parameters); an empty body means no arguments. Arguments cross to the
@@ -71,6 +71,7 @@ struct Ctx {
     token: Option<String>,
     max_body: usize,
     body_timeout: Duration,
+    min_body_rate: u32,
     counters: Arc<Counters>,
     /// The web endpoints of the catalog they were built from (see [`Ctx::web`]).
     web: std::sync::Mutex<(Arc<Catalog>, Arc<web::Routes>)>,
@@ -96,12 +97,13 @@ impl Ingress {
         token: Option<String>,
         max_body: usize,
         body_timeout: Duration,
+        min_body_rate: u32,
         mut incoming: Listener,
         counters: Arc<Counters>,
     ) -> Self {
         let catalog = svc.registry();
         let web = std::sync::Mutex::new((Arc::clone(&catalog), Arc::new(web::Routes::new(&catalog))));
-        let ctx = Arc::new(Ctx { svc, token, max_body, body_timeout, counters, web });
+        let ctx = Arc::new(Ctx { svc, token, max_body, body_timeout, min_body_rate, counters, web });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
@@ -245,20 +247,25 @@ async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> R
         linger(&mut body, ctx.max_body).await;
         return Err(too_large());
     }
-    match read_body(body, ctx.max_body, ctx.body_timeout).await {
+    match read_body(body, ctx.max_body, ctx.body_timeout, ctx.min_body_rate).await {
         Ok(b) => Ok(b),
         Err(BodyError::TooLarge) => Err(too_large()),
-        Err(BodyError::Stalled) => {
+        Err(e @ (BodyError::Stalled | BodyError::TooSlow)) => {
             ctx.counters.stalled_body();
-            let mut res = fail(
-                StatusCode::REQUEST_TIMEOUT,
-                "RequestTimeout",
+            let message = if matches!(e, BodyError::Stalled) {
                 format!(
                     "the request body brought no bytes for {:?} (the server's body_timeout): send the whole \
                      body without pausing, and a Content-Length no longer than the body",
                     ctx.body_timeout
-                ),
-            );
+                )
+            } else {
+                format!(
+                    "the request body came slower than {} bytes a second after its first {:?} (the server's \
+                     min_body_rate and body_timeout): send the body at once",
+                    ctx.min_body_rate, ctx.body_timeout
+                )
+            };
+            let mut res = fail(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", message);
             res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             Err(res)
         }
@@ -461,16 +468,25 @@ enum BodyError {
     TooLarge,
     /// No frame within the body timeout, counted from the head or from the last frame.
     Stalled,
+    /// Past the body timeout from the head, fewer bytes than the minimum rate asks.
+    TooSlow,
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The whole body, unless it is over `max` or a frame is slower than `timeout` to come: a
-/// caller trickling a byte a minute, or declaring more than it sends, would otherwise hold
-/// the connection and this task for as long as it likes.
-async fn read_body(mut body: Incoming, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
+/// The whole body, unless it is over `max`, a frame is slower than `timeout` to come, or the
+/// body slower than `min_rate` bytes a second once `timeout` has passed: a caller trickling a
+/// byte a minute, or a byte just within each `timeout`, or declaring more than it sends, would
+/// otherwise hold the connection and this task for as long as it likes.
+async fn read_body(mut body: Incoming, max: usize, timeout: Duration, min_rate: u32) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
+    let start = tokio::time::Instant::now();
     loop {
-        match tokio::time::timeout(timeout, body.frame()).await {
+        // The next frame within `timeout`, and, after a first `timeout` of grace, no later than
+        // the minimum rate allows for the bytes so far.
+        let by_rate = start + timeout + Duration::from_secs_f64(out.len() as f64 / f64::from(min_rate));
+        let by_gap = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout_at(by_gap.min(by_rate), body.frame()).await {
+            Err(_) if by_rate < by_gap => return Err(BodyError::TooSlow),
             Err(_) => return Err(BodyError::Stalled),
             Ok(None) => return Ok(out),
             Ok(Some(Ok(frame))) => {
