@@ -243,9 +243,11 @@ impl ControlPlane {
                 listener.local_addr()?,
                 FunctionsSvc { shared: shared.clone() },
                 opts.token.clone(),
-                opts.max_message_bytes,
-                opts.body_timeout,
-                opts.min_body_rate,
+                crate::http::BodyLimits {
+                    max: opts.max_message_bytes,
+                    timeout: opts.body_timeout,
+                    min_rate: opts.min_body_rate,
+                },
                 // A cap of its own: a flood of HTTP callers must not lock containers out of
                 // attaching over gRPC, nor the other way round.
                 Listener::new(listener, "HTTP", Framing::Http1, limits, counters.clone()),

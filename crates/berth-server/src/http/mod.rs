@@ -69,9 +69,7 @@ pub(crate) struct Ingress {
 struct Ctx {
     svc: FunctionsSvc,
     token: Option<String>,
-    max_body: usize,
-    body_timeout: Duration,
-    min_body_rate: u32,
+    body: BodyLimits,
     counters: Arc<Counters>,
     /// The web endpoints of the catalog they were built from (see [`Ctx::web`]).
     web: std::sync::Mutex<(Arc<Catalog>, Arc<web::Routes>)>,
@@ -95,15 +93,13 @@ impl Ingress {
         local_addr: SocketAddr,
         svc: FunctionsSvc,
         token: Option<String>,
-        max_body: usize,
-        body_timeout: Duration,
-        min_body_rate: u32,
+        body: BodyLimits,
         mut incoming: Listener,
         counters: Arc<Counters>,
     ) -> Self {
         let catalog = svc.registry();
         let web = std::sync::Mutex::new((Arc::clone(&catalog), Arc::new(web::Routes::new(&catalog))));
-        let ctx = Arc::new(Ctx { svc, token, max_body, body_timeout, min_body_rate, counters, web });
+        let ctx = Arc::new(Ctx { svc, token, body, counters, web });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
@@ -148,6 +144,15 @@ impl Ingress {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
+}
+
+/// How much of a request body the ingress reads, and how slowly (ServeOptions
+/// `max_message_bytes`, `body_timeout`, `min_body_rate`; see [`read_body`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    pub max: usize,
+    pub timeout: Duration,
+    pub min_rate: u32,
 }
 
 type Answer = Response<AnswerBody>;
@@ -238,16 +243,16 @@ async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> R
         fail(
             StatusCode::PAYLOAD_TOO_LARGE,
             "ResourceExhausted",
-            format!("the body is over this server's limit of {} bytes", ctx.max_body),
+            format!("the body is over this server's limit of {} bytes", ctx.body.max),
         )
     };
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > ctx.max_body as u64) {
+    if declared.is_some_and(|n| n > ctx.body.max as u64) {
         let mut body = body;
-        linger(&mut body, ctx.max_body).await;
+        linger(&mut body, ctx.body.max).await;
         return Err(too_large());
     }
-    match read_body(body, ctx.max_body, ctx.body_timeout, ctx.min_body_rate).await {
+    match read_body(body, &ctx.body).await {
         Ok(b) => Ok(b),
         Err(BodyError::TooLarge) => Err(too_large()),
         Err(e @ (BodyError::Stalled | BodyError::TooSlow)) => {
@@ -256,13 +261,13 @@ async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> R
                 format!(
                     "the request body brought no bytes for {:?} (the server's body_timeout): send the whole \
                      body without pausing, and a Content-Length no longer than the body",
-                    ctx.body_timeout
+                    ctx.body.timeout
                 )
             } else {
                 format!(
                     "the request body came slower than {} bytes a second after its first {:?} (the server's \
                      min_body_rate and body_timeout): send the body at once",
-                    ctx.min_body_rate, ctx.body_timeout
+                    ctx.body.min_rate, ctx.body.timeout
                 )
             };
             let mut res = fail(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", message);
@@ -477,7 +482,8 @@ enum BodyError {
 /// body slower than `min_rate` bytes a second once `timeout` has passed: a caller trickling a
 /// byte a minute, or a byte just within each `timeout`, or declaring more than it sends, would
 /// otherwise hold the connection and this task for as long as it likes.
-async fn read_body(mut body: Incoming, max: usize, timeout: Duration, min_rate: u32) -> Result<Vec<u8>, BodyError> {
+async fn read_body(mut body: Incoming, limits: &BodyLimits) -> Result<Vec<u8>, BodyError> {
+    let BodyLimits { max, timeout, min_rate } = *limits;
     let mut out = Vec::new();
     let start = tokio::time::Instant::now();
     loop {
