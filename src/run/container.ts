@@ -429,9 +429,11 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           itemMeta.push(input.id, input.attempt, itemSize, bytes.length)
           itemChunks.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length))
           itemSize += bytes.length
+          // Sent once this turn of the event loop is done: a web app's head, its body's chunks
+          // and its end, made in one turn, leave in one message instead of one each.
           if (!flushing) {
             flushing = true
-            queueMicrotask(flush)
+            setImmediate(flush)
           }
         }
       } catch (e) {
