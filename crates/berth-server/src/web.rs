@@ -359,7 +359,7 @@ async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incomin
     let res = match ciborium::from_reader::<Cbor, _>(first.as_slice()) {
         Ok(Cbor::Tag(WEB_RESPONSE_TAG, inner)) => match response_parts(*inner) {
             Ok(ResponseParts { status, headers, .. }) => {
-                let chunks = items.map(|item| match item {
+                let chunk = |item: Result<pb::StreamItem, tonic::Status>| match item {
                     Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) }) => {
                         match ciborium::from_reader::<Cbor, _>(v.as_slice()) {
                             Ok(Cbor::Bytes(b)) => Ok(Bytes::from(b)),
@@ -371,8 +371,25 @@ async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incomin
                     }
                     Ok(pb::StreamItem { item: None }) => Err(std::io::Error::other("an empty item")),
                     Err(status) => Err(std::io::Error::other(status.message().to_owned())),
-                });
-                let mut res = streaming(status, "application/octet-stream", Box::pin(chunks));
+                };
+                // What already came with the head: a body made whole in one turn of the
+                // container's event loop (a JSON answer) is answered with its length, in one
+                // write, instead of chunk by chunk; any other streams on from where it stands.
+                let mut came = Vec::new();
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let ended = loop {
+                    match tokio_stream::Stream::poll_next(std::pin::Pin::new(&mut items), &mut cx) {
+                        std::task::Poll::Ready(Some(item)) => came.push(chunk(item)),
+                        std::task::Poll::Ready(None) => break true,
+                        std::task::Poll::Pending => break false,
+                    }
+                };
+                let mut res = if ended && came.iter().all(Result::is_ok) {
+                    answer(status, "application/octet-stream", came.into_iter().flatten().flatten().collect())
+                } else {
+                    let chunks = tokio_stream::iter(came).chain(items.map(chunk));
+                    streaming(status, "application/octet-stream", Box::pin(chunks))
+                };
                 with_headers(&mut res, headers);
                 res
             }
