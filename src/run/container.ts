@@ -341,7 +341,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
                 if (m.web?.takesRequest && args.length === 2) args[1] = toRequest(args[1], ctx.signal)
                 return target.apply(inst, args) as AsyncIterator<unknown>
               }
-        void runInContext(ctx, () => runGen(inputs[0], ctx, start, done))
+        void runInContext(ctx, () => runGen(inputs[0], ctx, start, done, m.web?.app !== undefined))
         return
       }
       const call = async (): Promise<void> => {
@@ -392,6 +392,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       ctx: ContainerCtx,
       start: () => AsyncIterator<unknown>,
       done: (retryable: boolean, values: { ok: boolean; value: unknown }[]) => void,
+      webApp: boolean,
     ) => {
       const st: GenState = { credit: GEN_WINDOW, wake: undefined }
       ctx.gen = st
@@ -429,11 +430,12 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           itemMeta.push(input.id, input.attempt, itemSize, bytes.length)
           itemChunks.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length))
           itemSize += bytes.length
-          // Sent once this turn of the event loop is done: a web app's head, its body's chunks
-          // and its end, made in one turn, leave in one message instead of one each.
+          // A web app's items are sent once this turn of the event loop is done: its head, its
+          // body's chunks and its end, made in one turn, leave in one message instead of one each.
           if (!flushing) {
             flushing = true
-            setImmediate(flush)
+            if (webApp) setImmediate(flush)
+            else queueMicrotask(flush)
           }
         }
       } catch (e) {
