@@ -1,11 +1,19 @@
 // HTTP throughput of berth's routes against the Node servers people use, with the same load
 // generator (autocannon, 64 connections, POST of a JSON argument array) in one run, contenders
 // interleaved over rounds. Every server runs in a process of its own; berth's is `berth serve`
-// with one container process (two processes, as deployed). Run: npx tsx bench/http.ts
+// with one container process per class (two processes, as deployed): the RPC route, a
+// @webEndpoint, a Hono app behind @fetchApp, a fastify app behind @webServer. Then SSE
+// first-token latency: from the generator's yield (its time is in the event) to the client
+// reading it, for berth's async * @webEndpoint, a @fetchApp Hono streamSSE route and Hono's
+// streamSSE on its own server. A summary compares each with its goal (README "Performance").
+// Run: npx tsx bench/http.ts (BENCH_SECONDS, BENCH_ROUNDS, BENCH_SSE_EVENTS, BENCH_ONLY=a,b).
 import { type ChildProcess, spawn } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
+import { request } from 'node:http'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
+import { now } from './fixtures/http-servers.ts'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
@@ -37,16 +45,22 @@ const plain = (name: string): Contender => ({
   name,
   start: () => server(['--import', 'tsx', 'bench/fixtures/http-servers.ts', name], /listening (\d+)/, '/noop'),
 })
+const serve = (file: string, path: string) =>
+  server(
+    [join(root, 'bin/berth.mjs'), 'serve', file, '--grpc-port', '0', '--http-port', '0'],
+    /http:\/\/127\.0\.0\.1:(\d+)\//,
+    path,
+  )
 const berth = (fn: string): Contender => ({
   name: `berth RPC route (${fn})`,
-  start: () =>
-    server(
-      [join(root, 'bin/berth.mjs'), 'serve', 'bench/fixtures/http-app.ts', '--grpc-port', '0', '--http-port', '0'],
-      /http:\/\/127\.0\.0\.1:(\d+)\//,
-      `/bench-http/${fn}`,
-    ),
+  start: () => serve('bench/fixtures/http-app.ts', `/bench-http/${fn}`),
+})
+const web = (name: string, path: string): Contender => ({
+  name,
+  start: () => serve('bench/fixtures/http-web.ts', path),
 })
 
+const ONLY = process.env.BENCH_ONLY?.split(',')
 const contenders: Contender[] = [
   plain('node-http'),
   plain('fastify'),
@@ -54,15 +68,36 @@ const contenders: Contender[] = [
   berth('noop'),
   plain('fastify-batcher'),
   berth('batchedNoop'),
-]
+  web('berth @webEndpoint', '/bench-web/noop'),
+  web('berth @fetchApp (Hono)', '/bench-web/hono/noop'),
+  web('berth @webServer (fastify)', '/bench-web/fastify/noop'),
+].filter((c) => ONLY === undefined || ONLY.some((o) => c.name.includes(o)))
 
 interface Sample {
   rps: number
   p50: number
   p99: number
+  /** CPU time of the server's processes per request, in µs: steadier than req/s on a busy host. */
+  cpu: number
 }
 
-async function load(url: string, seconds: number): Promise<Sample> {
+/** CPU time (user + system) of `pid` and its descendants, in ms; 0 where /proc has none (not Linux). */
+function treeCpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    let ms = (Number(f[11]) + Number(f[12])) * 10 // utime, stime in clock ticks (100 Hz)
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      for (const c of readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ')) if (c !== '') ms += treeCpuMs(Number(c))
+    }
+    return ms
+  } catch {
+    return 0
+  }
+}
+
+async function load(url: string, seconds: number, pid: number): Promise<Sample> {
+  const cpu0 = treeCpuMs(pid)
   const r = await autocannon({
     url,
     connections: CONNECTIONS,
@@ -72,7 +107,7 @@ async function load(url: string, seconds: number): Promise<Sample> {
     body: '[1]',
   })
   if (r.errors > 0 || r.non2xx > 0) throw new Error(`${url}: ${r.errors} errors, ${r.non2xx} non-2xx answers`)
-  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99 }
+  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, cpu: ((treeCpuMs(pid) - cpu0) * 1000) / r.requests.total }
 }
 
 const samples = new Map<string, Sample[]>(contenders.map((c) => [c.name, []]))
@@ -80,8 +115,69 @@ for (let round = 0; round < ROUNDS; round++) {
   for (const c of contenders) {
     const { url, child } = await c.start()
     try {
-      await load(url, 1) // warm-up: JIT, the first container, connections
-      samples.get(c.name)!.push(await load(url, SECONDS))
+      // The first answer waits for the container (and the server a @webServer starts); then a
+      // warm-up: JIT, connections.
+      await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[1]' })
+      await load(url, 1, child.pid!)
+      samples.get(c.name)!.push(await load(url, SECONDS, child.pid!))
+    } finally {
+      child.kill('SIGTERM')
+      await new Promise((r) => child.once('exit', r))
+    }
+  }
+}
+
+// SSE first-token latency: STREAMS streams at once, each asking for its share of the events,
+// one every SSE_EVERY_MS; each event's latency is the client's now() at reading it minus the
+// time of its yield (both performance.timeOrigin + performance.now(), one machine clock).
+const SSE_EVENTS = Number(process.env.BENCH_SSE_EVENTS ?? 2000)
+const STREAMS = 4
+const SSE_EVERY_MS = 5
+const sseContenders: Contender[] = [
+  { name: 'hono', start: () => server(['--import', 'tsx', 'bench/fixtures/http-servers.ts', 'hono'], /listening (\d+)/, '/sse') },
+  web('berth async * @webEndpoint', '/bench-web/sse'),
+  web('berth @fetchApp (Hono)', '/bench-web/hono/sse'),
+].filter((c) => ONLY === undefined || ONLY.some((o) => c.name.includes(o) || o === 'sse'))
+
+/** One SSE stream of `n` events: the latency of each, in ms. */
+function sseStream(url: string, n: number): Promise<number[]> {
+  return new Promise((resolve, reject) => {
+    const out: number[] = []
+    const req = request(url, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'text/event-stream' } }, (res) => {
+      if (res.statusCode !== 200) reject(new Error(`${url}: ${res.statusCode}`))
+      let buf = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => {
+        const at = now()
+        buf += chunk
+        for (let end = buf.indexOf('\n\n'); end >= 0; end = buf.indexOf('\n\n')) {
+          const event = buf.slice(0, end)
+          buf = buf.slice(end + 2)
+          const data = event.split('\n').find((l) => l.startsWith('data:'))
+          if (data === undefined) continue
+          out.push(at - (JSON.parse(data.slice(5)) as { t: number }).t)
+        }
+      })
+      res.on('end', () => (out.length === n ? resolve(out) : reject(new Error(`${url}: ${out.length} of ${n} events`))))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end(JSON.stringify({ n, everyMs: SSE_EVERY_MS }))
+  })
+}
+
+async function sseLatency(url: string, events: number): Promise<number[]> {
+  const each = Math.ceil(events / STREAMS)
+  return (await Promise.all(Array.from({ length: STREAMS }, () => sseStream(url, each)))).flat()
+}
+
+const sse = new Map<string, number[]>(sseContenders.map((c) => [c.name, []]))
+for (let round = 0; round < ROUNDS; round++) {
+  for (const c of sseContenders) {
+    const { url, child } = await c.start()
+    try {
+      await sseLatency(url, 40) // warm-up: the first container, JIT
+      sse.get(c.name)!.push(...(await sseLatency(url, SSE_EVENTS)))
     } finally {
       child.kill('SIGTERM')
       await new Promise((r) => child.once('exit', r))
@@ -90,14 +186,51 @@ for (let round = 0; round < ROUNDS; round++) {
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))]
 const rps = new Map([...samples].map(([k, v]) => [k, median(v.map((s) => s.rps))]))
-const vs = (name: string, base: string) => (rps.get(name)! / rps.get(base)!).toFixed(2)
-console.log(`\nHTTP, POST /noop with [1], ${CONNECTIONS} connections, ${SECONDS} s x ${ROUNDS} interleaved rounds (median)`)
-console.log(`  ${'contender'.padEnd(30)} ${'req/s'.padStart(8)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)}   vs node:http  vs fastify`)
-for (const [name, s] of samples) {
-  const m = { rps: rps.get(name)!, p50: median(s.map((x) => x.p50)), p99: median(s.map((x) => x.p99)) }
+const ratio = (name: string, base: string) => rps.get(name)! / rps.get(base)!
+const vs = (name: string, base: string) => (rps.has(name) && rps.has(base) ? `${ratio(name, base).toFixed(2)}x` : '-')
+if (samples.size > 0) {
+  console.log(`\nHTTP, POST /noop with [1], ${CONNECTIONS} connections, ${SECONDS} s x ${ROUNDS} interleaved rounds (median)`)
   console.log(
-    `  ${name.padEnd(30)} ${Math.round(m.rps).toLocaleString('en-US').padStart(8)} ${String(m.p50).padStart(7)} ${String(m.p99).padStart(7)}   ${vs(name, 'node-http').padStart(11)}x ${vs(name, 'fastify').padStart(9)}x`,
+    `  ${'contender'.padEnd(30)} ${'req/s'.padStart(8)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)}   vs node:http  vs fastify   vs hono   server CPU µs/req`,
   )
+  for (const [name, s] of samples) {
+    const m = { rps: rps.get(name)!, p50: median(s.map((x) => x.p50)), p99: median(s.map((x) => x.p99)), cpu: median(s.map((x) => x.cpu)) }
+    console.log(
+      `  ${name.padEnd(30)} ${Math.round(m.rps).toLocaleString('en-US').padStart(8)} ${String(m.p50).padStart(7)} ${String(m.p99).padStart(7)}   ${vs(name, 'node-http').padStart(12)} ${vs(name, 'fastify').padStart(10)} ${vs(name, 'hono').padStart(9)}   ${m.cpu.toFixed(0).padStart(17)}`,
+    )
+  }
+  console.log(`  (the batched pair: berth @batched ${vs('berth RPC route (batchedNoop)', 'fastify-batcher')} fastify with a DataLoader batcher)`)
 }
-console.log(`  (the batched pair: berth @batched ${vs('berth RPC route (batchedNoop)', 'fastify-batcher')}x fastify with a DataLoader batcher)`)
+if (sse.size > 0) {
+  console.log(`\nSSE first-token latency, ${SSE_EVENTS} events x ${ROUNDS} rounds over ${STREAMS} concurrent streams, one event per ${SSE_EVERY_MS} ms each`)
+  console.log(`  ${'contender'.padEnd(30)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)} ${'max ms'.padStart(7)}`)
+  for (const [name, xs] of sse) {
+    console.log(`  ${name.padEnd(30)} ${pct(xs, 50).toFixed(3).padStart(7)} ${pct(xs, 99).toFixed(3).padStart(7)} ${pct(xs, 100).toFixed(3).padStart(7)}`)
+  }
+}
+
+// The goals of issue 11, each met or not, and by how much.
+console.log('\nGoals')
+const goal = (what: string, value: number | undefined, target: number, atLeast: boolean, unit: string) => {
+  if (value === undefined || Number.isNaN(value)) return
+  const met = atLeast ? value >= target : value <= target
+  const by = atLeast ? `${((value / target - 1) * 100).toFixed(0)}%` : `${(target - value).toFixed(2)} ${unit}`
+  console.log(`  ${met ? 'met    ' : 'MISSED '} ${what.padEnd(52)} ${value.toFixed(2)}${unit} (goal ${atLeast ? '>=' : '<='} ${target}${unit}; ${met ? 'margin' : 'short by'} ${by.replace('-', '')})`)
+}
+const r = (a: string, b: string) => (rps.has(a) && rps.has(b) ? ratio(a, b) : undefined)
+// The same ratio by CPU time per request (the contender's over berth's): what req/s would be
+// with a core to spare for each process; on a busy host, req/s favours the side with more processes.
+const cpuOf = (name: string) => median(samples.get(name)?.map((x) => x.cpu) ?? [Number.NaN])
+const byCpu = (a: string, b: string) => (samples.has(a) && samples.has(b) ? `; by CPU per request ${(cpuOf(b) / cpuOf(a)).toFixed(2)}x` : '')
+const pair = (what: string, a: string, b: string, target: number) => {
+  goal(what, r(a, b), target, true, 'x')
+  if (byCpu(a, b) !== '') console.log(`          ${byCpu(a, b).slice(2)}`)
+}
+pair('@webEndpoint vs fastify', 'berth @webEndpoint', 'fastify', 1.2)
+pair('@webEndpoint vs node:http', 'berth @webEndpoint', 'node-http', 0.9)
+pair('@fetchApp (Hono) vs Hono on @hono/node-server', 'berth @fetchApp (Hono)', 'hono', 1.0)
+pair('@webServer (fastify) vs the same fastify directly', 'berth @webServer (fastify)', 'fastify', 0.8)
+for (const [name, xs] of sse) if (name !== 'hono') goal(`SSE p99, ${name}`, pct(xs, 99), 2, false, ' ms')
+goal('SSE p99, Hono streamSSE on its own server (reference)', sse.has('hono') ? pct(sse.get('hono')!, 99) : undefined, 2, false, ' ms')

@@ -341,7 +341,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
                 if (m.web?.takesRequest && args.length === 2) args[1] = toRequest(args[1], ctx.signal)
                 return target.apply(inst, args) as AsyncIterator<unknown>
               }
-        void runInContext(ctx, () => runGen(inputs[0], ctx, start, done))
+        void runInContext(ctx, () => runGen(inputs[0], ctx, start, done, m.web?.app !== undefined))
         return
       }
       const call = async (): Promise<void> => {
@@ -358,7 +358,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
             }
             const value = await target.apply(inst, args)
             if (!(value instanceof Response)) done(false, [{ ok: true, value }])
-            else if (fromHttp && value.body !== null) void runGen(inputs[0], ctx, () => streamed(value, ctx.signal), done)
+            else if (fromHttp && value.body !== null) void runGen(inputs[0], ctx, () => streamed(value, ctx.signal), done, true)
             else done(false, [{ ok: true, value: await toWire(value) }])
             return
           }
@@ -399,6 +399,8 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       ctx: ContainerCtx,
       start: () => AsyncIterator<unknown>,
       done: (retryable: boolean, values: { ok: boolean; value: unknown }[]) => void,
+      /** A web Response's head and body chunks (src/run/web.ts `streamed`), not a generator's items. */
+      webApp: boolean,
     ) => {
       const st: GenState = { credit: GEN_WINDOW, wake: undefined }
       ctx.gen = st
@@ -436,9 +438,13 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           itemMeta.push(input.id, input.attempt, itemSize, bytes.length)
           itemChunks.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length))
           itemSize += bytes.length
+          // A web Response's items (a web app's, a streamed endpoint's) are sent once this turn
+          // of the event loop is done: its head, its body's chunks and its end, made in one
+          // turn, leave in one message instead of one each.
           if (!flushing) {
             flushing = true
-            queueMicrotask(flush)
+            if (webApp) setImmediate(flush)
+            else queueMicrotask(flush)
           }
         }
       } catch (e) {

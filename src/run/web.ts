@@ -8,15 +8,8 @@ import { connect } from 'node:net'
 
 import { WireResponse } from '../shared/cbor.ts'
 import { InvalidError } from '../shared/errors.ts'
+import { cheapRequest, type RequestMeta } from './light-request.ts'
 import type { PoolDef, WebSpec } from './pool.ts'
-
-/** The second argument the control plane sends: crates/berth-server/src/web.rs `request_meta`. */
-interface RequestMeta {
-  method: string
-  url: string
-  headers: [string, string][]
-  body: Uint8Array | null
-}
 
 function isMeta(meta: unknown): meta is RequestMeta {
   return typeof meta === 'object' && meta !== null && 'url' in meta
@@ -24,8 +17,7 @@ function isMeta(meta: unknown): meta is RequestMeta {
 
 export function toRequest(meta: unknown, signal?: AbortSignal): unknown {
   if (!isMeta(meta)) return meta
-  const body = meta.method === 'GET' || meta.method === 'HEAD' || meta.body === null || meta.body.length === 0 ? undefined : meta.body
-  return new Request(meta.url, { method: meta.method, headers: meta.headers, body, signal })
+  return cheapRequest(meta, signal)
 }
 
 export async function toWire(res: Response): Promise<WireResponse> {

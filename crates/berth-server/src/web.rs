@@ -363,43 +363,65 @@ async fn web_answer(mut items: StreamItems, path: &str) -> Answer {
             )
         }
     };
-    response(parts, move || {
-        let mut ended = false;
-        Box::pin(items.map_while(move |item| {
-            if ended {
-                return None;
+    response(parts, move || body_chunks(items))
+}
+
+/// A streamed body's chunks, from the items after its head.
+fn body_chunks(items: StreamItems) -> Chunks {
+    let mut ended = false;
+    Box::pin(items.map_while(move |item| {
+        if ended {
+            return None;
+        }
+        let chunk = match item {
+            Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) }) => {
+                match ciborium::from_reader::<Cbor, _>(v.as_slice()) {
+                    Ok(Cbor::Bytes(b)) => Ok(Bytes::from(b)),
+                    // An endpoint's result (null) after its streamed body: the end.
+                    Ok(Cbor::Null) => return None,
+                    _ => Err(std::io::Error::other("a chunk of the response body is not bytes")),
+                }
             }
-            let chunk = match item {
-                Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) }) => {
-                    match ciborium::from_reader::<Cbor, _>(v.as_slice()) {
-                        Ok(Cbor::Bytes(b)) => Ok(Bytes::from(b)),
-                        // An endpoint's result (null) after its streamed body: the end.
-                        Ok(Cbor::Null) => return None,
-                        _ => Err(std::io::Error::other("a chunk of the response body is not bytes")),
-                    }
-                }
-                Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }) => {
-                    Err(std::io::Error::other(format!("{}: {}", e.name, e.message)))
-                }
-                Ok(pb::StreamItem { item: None }) => Err(std::io::Error::other("an empty item")),
-                Err(status) => Err(std::io::Error::other(status.message().to_owned())),
-            };
-            ended = chunk.is_err();
-            Some(chunk)
-        }))
-    })
+            Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }) => {
+                Err(std::io::Error::other(format!("{}: {}", e.name, e.message)))
+            }
+            Ok(pb::StreamItem { item: None }) => Err(std::io::Error::other("an empty item")),
+            Err(status) => Err(std::io::Error::other(status.message().to_owned())),
+        };
+        ended = chunk.is_err();
+        Some(chunk)
+    }))
 }
 
 /// A Response as the answer: its status, its headers, and its body, whole or (a null body in
 /// the head) the `chunks` that follow.
 fn response(parts: ResponseParts, chunks: impl FnOnce() -> Chunks) -> Answer {
     let mut res = match parts.body {
-        Cbor::Null => streaming(parts.status, "application/octet-stream", chunks()),
+        Cbor::Null => streamed(parts.status, chunks()),
         Cbor::Bytes(b) => answer(parts.status, "application/octet-stream", b),
         _ => return bad_response("body is not bytes"),
     };
     with_headers(&mut res, parts.headers);
     res
+}
+
+/// A streamed body's answer. What already came with the head, a body made whole in one turn
+/// of the container's event loop (as a JSON answer is), is answered with its length in one
+/// write instead of chunk by chunk; any other streams on from where it stands.
+fn streamed(status: StatusCode, mut chunks: Chunks) -> Answer {
+    let mut came = Vec::new();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let ended = loop {
+        match chunks.as_mut().poll_next(&mut cx) {
+            std::task::Poll::Ready(Some(chunk)) => came.push(chunk),
+            std::task::Poll::Ready(None) => break true,
+            std::task::Poll::Pending => break false,
+        }
+    };
+    if ended && came.iter().all(Result::is_ok) {
+        return answer(status, "application/octet-stream", came.into_iter().flatten().flatten().collect());
+    }
+    streaming(status, "application/octet-stream", Box::pin(tokio_stream::iter(came).chain(chunks)))
 }
 
 /// A function's failure as a web answer.
