@@ -2,7 +2,7 @@
 // model (onnxruntime-node) loaded in @enter, served by a @batched method that the web endpoint
 // calls once per request, so concurrent requests share a session.run; the streaming route read
 // event by event; MODEL_PATH and MODEL_LABELS; the local entrypoint under `berth run`.
-// onnxruntime-node is the examples' own dependency (examples/package.json; `npm test` and
+// onnxruntime-node is the examples' own dependency (examples/web/package.json; `npm test` and
 // .ci/run install it): without it these tests are skipped, saying so.
 import { copyFileSync, existsSync, mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -12,16 +12,16 @@ import test from 'ava'
 import { berth, root } from './_cli.ts'
 import { serve, stopsCleanly, type Served } from './_served.ts'
 
-const installed = existsSync(join(root, 'examples/node_modules/onnxruntime-node/package.json'))
+const installed = existsSync(join(root, 'examples/web/node_modules/onnxruntime-node/package.json'))
 if (!installed) {
-  console.log('example-web.test.ts: skipped, examples/node_modules/onnxruntime-node is missing: run `npm --prefix examples install`')
+  console.log('example-web.test.ts: skipped, examples/web/node_modules/onnxruntime-node is missing: run `npm --prefix examples/web install`')
 }
 const maybe = installed ? test.serial : test.skip
 
 const EXAMPLE = '../../examples/web.ts' // serve() takes a path under __test__/fixtures
 const LABELS = ['negative', 'neutral', 'positive']
 
-/** The shipped model's answer from its weights (examples/model/make-model.ts): each sentiment word adds 3 to its label's logit, 'neutral' has a bias of 1. */
+/** The shipped model's answer from its weights (examples/web/model/make-model.ts): each sentiment word adds 3 to its label's logit, 'neutral' has a bias of 1. */
 function answer(negative: number, positive: number) {
   const logits = [3 * negative, 1, 3 * positive]
   const e = logits.map((v) => Math.exp(v - Math.max(...logits)))
@@ -127,7 +127,7 @@ maybe('SIGTERM stops the served example cleanly', async (t) => {
 
 maybe('MODEL_PATH serves another model file and MODEL_LABELS names its outputs; a label count that does not fit fails @enter naming the fix', async (t) => {
   const path = join(mkdtempSync(join(tmpdir(), 'berth-model-')), 'mine.onnx')
-  copyFileSync(join(root, 'examples/model/tiny-classifier.onnx'), path)
+  copyFileSync(join(root, 'examples/web/model/tiny-classifier.onnx'), path)
   const other = await serve([], { MODEL_PATH: path, MODEL_LABELS: 'sad, meh, glad' }, EXAMPLE)
   t.teardown(() => other.child.kill('SIGKILL'))
   const res = await post(`http://${other.http}/sentiment/classify`, { text: 'so happy' })

@@ -1,4 +1,4 @@
-// Writes examples/model/tiny-classifier.onnx, the model examples/web.ts serves, and checks that
+// Writes examples/web/model/tiny-classifier.onnx, the model examples/web/web.ts serves, and checks that
 // onnxruntime gives what the weights say. Run from examples/: `npm run make-model` (or
 // `npx tsx model/make-model.ts`). The .onnx is committed, so running this is needed only after
 // changing it.

@@ -1,5 +1,5 @@
-// The text features of examples/model/tiny-classifier.onnx, shared by the script that makes the
-// model (make-model.ts) and the app that serves it (examples/web.ts): a text becomes a hashed
+// The text features of examples/web/model/tiny-classifier.onnx, shared by the script that makes the
+// model (make-model.ts) and the app that serves it (examples/web/web.ts): a text becomes a hashed
 // bag of words, FEATURES counts per row (FNV-1a of each lower-cased word, modulo FEATURES).
 // A model of your own (MODEL_PATH) takes the same rows, FEATURES wide unless its input says
 // otherwise (README "A model behind a URL").
