@@ -34,47 +34,49 @@ export function registryOf(apps: ServedApp[]): object[] {
 
 export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
   const defs = apps.flatMap((app) =>
-    app.servedDefs().map(({ def, isClass }) => ({
-      app: app.name,
-      name: def.name,
-      methods: def.methods.map((m) => m.name),
-      isClass,
-      // Process containers scale out by default, as Modal's do; maxContainers caps them.
-      spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
-      env: containerEnv(def.name, def.options.secrets, def.options.env),
-      gpu: def.options.gpu,
-      arity: def.methods.map((m) => m.arity),
-      generators: def.methods.map((m) => m.gen === true),
-      // The web endpoints among the methods, by index (crates/berth-server/src/web.rs routes them).
-      web: def.methods.flatMap((m, index) =>
-        m.web
+    app.servedDefs().map(({ def, isClass }) => {
+      checkFixedPorts(def)
+      return {
+        app: app.name,
+        name: def.name,
+        methods: def.methods.map((m) => m.name),
+        isClass,
+        // Process containers scale out by default, as Modal's do; maxContainers caps them.
+        spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
+        env: containerEnv(def.name, def.options.secrets, def.options.env),
+        gpu: def.options.gpu,
+        arity: def.methods.map((m) => m.arity),
+        generators: def.methods.map((m) => m.gen === true),
+        // The web endpoints among the methods, by index (crates/berth-server/src/web.rs routes them).
+        web: def.methods.flatMap((m, index) =>
+          m.web
+            ? [
+                {
+                  index,
+                  method: m.web.method,
+                  label: m.web.label,
+                  requiresAuth: m.web.requiresAuth,
+                  takesRequest: m.web.takesRequest,
+                  app: m.web.app,
+                },
+              ]
+            : [],
+        ),
+        params: isClass ? paramsOf(def.cls!) : [],
+        // What a call naming a hook, a parameter or an undecorated method is told.
+        notCallable: isClass
           ? [
-              {
-                index,
-                method: m.web.method,
-                label: m.web.label,
-                requiresAuth: m.web.requiresAuth,
-                takesRequest: m.web.takesRequest,
-                app: m.web.app,
-              },
-            ]
+              ...app.classes
+                .get(def.name)!
+                .notCallable(
+                  (n) => `with the class parameters (Cls.fromName('${app.name}', '${def.name}', { ${n}: ... }), or "params" over HTTP)`,
+                ),
+            ].map(([name, what]) => ({ name, what }))
           : [],
-      ),
-      params: isClass ? paramsOf(def.cls!) : [],
-      // What a call naming a hook, a parameter or an undecorated method is told.
-      notCallable: isClass
-        ? [
-            ...app.classes
-              .get(def.name)!
-              .notCallable(
-                (n) => `with the class parameters (Cls.fromName('${app.name}', '${def.name}', { ${n}: ... }), or "params" over HTTP)`,
-              ),
-          ].map(([name, what]) => ({ name, what }))
-        : [],
-    })),
+      }
+    }),
   )
   checkWebPaths(defs)
-  for (const app of apps) for (const { def } of app.servedDefs()) checkFixedPorts(def)
   return defs
 }
 

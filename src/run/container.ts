@@ -9,7 +9,17 @@ import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { markContainerProcess, runInContext, type InputContext } from './context.ts'
-import { applyParams, batchResultError, describe, GEN_WINDOW, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
+import {
+  applyParams,
+  batchResultError,
+  describe,
+  GEN_WINDOW,
+  type GenCredit,
+  runBuildHooks,
+  runExitHooks,
+  type PoolDef,
+  wakeGen,
+} from './pool.ts'
 import { respond, startWebApps, stopWebApps, streamed, toRequest, toWire } from './web.ts'
 
 /** What a container process needs of an app its file defines: the pool it is to serve. */
@@ -61,20 +71,7 @@ class ContainerCtx implements InputContext {
     wakeGen(this.gen)
   }
   /** Set for a generator input: its credit, and the pull loop waiting for more. */
-  gen: GenState | undefined
-}
-
-/** A generator input's credit (proto/berth/v1/containers.proto `Items`). */
-interface GenState {
-  credit: number
-  wake: (() => void) | undefined
-}
-
-function wakeGen(st: GenState | undefined): void {
-  const w = st?.wake
-  if (w === undefined) return
-  st!.wake = undefined
-  w()
+  gen: GenCredit | undefined
 }
 
 const utf8 = new TextDecoder()
@@ -400,9 +397,9 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       start: () => AsyncIterator<unknown>,
       done: (retryable: boolean, values: { ok: boolean; value: unknown }[]) => void,
       /** A web Response's head and body chunks (src/run/web.ts `streamed`), not a generator's items. */
-      webApp: boolean,
+      response: boolean,
     ) => {
-      const st: GenState = { credit: GEN_WINDOW, wake: undefined }
+      const st: GenCredit = { credit: GEN_WINDOW, wake: undefined }
       ctx.gen = st
       let it: AsyncIterator<unknown> | undefined
       let open = false
@@ -443,7 +440,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           // turn, leave in one message instead of one each.
           if (!flushing) {
             flushing = true
-            if (webApp) setImmediate(flush)
+            if (response) setImmediate(flush)
             else queueMicrotask(flush)
           }
         }

@@ -75,6 +75,24 @@ export interface PoolDef {
  */
 export const GEN_WINDOW = 16
 
+/**
+ * A generator's credit, in both container modes (proto/berth/v1/containers.proto `Items` says
+ * the same to other containers): items it may still yield, and the pull loop waiting for more.
+ */
+export interface GenCredit {
+  credit: number
+  /** Resumes a pull loop that waits for credit, an abort, or the input's end. */
+  wake: (() => void) | undefined
+}
+
+/** Resumes `st`'s pull loop, if it waits. */
+export function wakeGen(st: GenCredit | undefined): void {
+  const w = st?.wake
+  if (w === undefined) return
+  st!.wake = undefined
+  w()
+}
+
 /** Sets validated parameters on a freshly constructed instance (before any @enter hook). */
 export function applyParams(instance: object, params: Record<string, unknown>): void {
   for (const key of Object.keys(params)) (instance as Record<string, unknown>)[key] = params[key]

@@ -11,7 +11,17 @@ import { AbortReasonCode, ExecStatusCode, OutcomeCode, PhaseCode, RuntimeEvent }
 import { errorFromData, InputCancelledError, InvalidError, initError, inputError, SerializationError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
-import { applyParams, batchResultError, bindingSpec, describe, runBuildHooks, runExitHooks, type PoolDef } from './pool.ts'
+import {
+  applyParams,
+  batchResultError,
+  bindingSpec,
+  describe,
+  type GenCredit,
+  runBuildHooks,
+  runExitHooks,
+  type PoolDef,
+  wakeGen,
+} from './pool.ts'
 
 // The packed buffers' numbers (crates/berth-node/src/codes.rs), as module constants.
 const {
@@ -66,19 +76,8 @@ export interface GenSink {
 }
 
 /** A generator call's producer state: the reader's credit, and the pump waiting for it. */
-interface GenState {
+interface GenState extends GenCredit {
   sink: GenSink
-  /** Items the generator may still yield before the reader takes more. */
-  credit: number
-  /** Resumes a pump that waits for credit, an abort, or the input's end. */
-  wake: (() => void) | undefined
-}
-
-function wake(st: GenState | undefined): void {
-  const w = st?.wake
-  if (w === undefined) return
-  st!.wake = undefined
-  w()
 }
 
 /**
@@ -383,7 +382,7 @@ export class EmbeddedRuntime {
     return {
       more: (n) => {
         st.credit += n
-        wake(st)
+        wakeGen(st)
       },
       // The core aborts a running generator (its signal, then the pump ends it) or drops a queued one.
       close: () => this.cancel([id]),
@@ -804,7 +803,7 @@ export class EmbeddedRuntime {
     // the whole execution at once.
     if (reason !== ABORT_TIMEOUT && --ctx.live > 0) return
     ctx.abort(errorFromData(describeAbort(this.label(rec), reason, attempt, rec.pool.def.options.timeoutMs)))
-    wake(rec.stream)
+    wakeGen(rec.stream)
   }
 
   private label(rec: InputRec): string {
@@ -816,7 +815,7 @@ export class EmbeddedRuntime {
     const rec = this.inputs.get(id)
     if (rec === undefined) return
     this.inputs.delete(id)
-    wake(rec.stream)
+    wakeGen(rec.stream)
     const name = this.label(rec)
     switch (code) {
       case OUT_OK:
@@ -880,7 +879,7 @@ export class EmbeddedRuntime {
     this.inputs.clear()
     for (const rec of recs) {
       rec.reject(new InputCancelledError(`${this.label(rec)}: the app stopped`))
-      wake(rec.stream)
+      wakeGen(rec.stream)
     }
     this.release()
     this.onFinished?.()
