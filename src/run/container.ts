@@ -192,8 +192,27 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       const d = wireError(err)
       add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), OUT_ERROR)
     }
+    // A value as the CBOR sent to the control plane (a result, a generator's item). A class
+    // instance fails with the embedded container's SerializationError (src/shared/cbor.ts); a
+    // value that cannot cross (a function, a symbol) with the one checkAndCopy gives, naming
+    // what and where; the encoder's own words otherwise. Past the message limit: `tooLarge`.
+    const encodeOut = (value: unknown, what: string, tooLarge: (bytes: number) => string): Uint8Array => {
+      let bytes: Uint8Array
+      try {
+        bytes = encodeValue(value, what)
+      } catch (e) {
+        checkAndCopy(value, what)
+        throw e
+      }
+      if (bytes.length > maxResultBytes) throw new SerializationError(tooLarge(bytes.length))
+      return bytes
+    }
+
     // `label` names the function or method in messages, as an embedded container names it.
     const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[], label = def.name) => {
+      const resultTooLarge = (n: number) =>
+        `the result of ${label} is ${n} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: ` +
+        'return less (e.g. write large outputs to a file or Volume and return where), or start `berth serve` with a larger --max-message-bytes'
       meta.push(exec, retryable ? 1 : 0, values.length)
       for (let j = 0; j < values.length; j++) {
         const v = values[j]
@@ -202,24 +221,8 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           continue
         }
         try {
-          let bytes: Uint8Array
           const what = values.length === 1 ? `the result of ${label}` : `result ${j} of ${label}`
-          try {
-            // A class instance: the embedded container's SerializationError (src/shared/cbor.ts).
-            bytes = encodeValue(v.value, what)
-          } catch (e) {
-            // A value that cannot cross (a function, a symbol): the SerializationError an
-            // embedded container gives, naming what and where; the encoder's own words otherwise.
-            checkAndCopy(v.value, what)
-            throw e
-          }
-          if (bytes.length > maxResultBytes) {
-            throw new SerializationError(
-              `the result of ${label} is ${bytes.length} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: ` +
-                'return less (e.g. write large outputs to a file or Volume and return where), or start `berth serve` with a larger --max-message-bytes',
-            )
-          }
-          add(bytes, OUT_VALUE)
+          add(encodeOut(v.value, what, resultTooLarge), OUT_VALUE)
         } catch (e) {
           addError(e)
         }
@@ -404,6 +407,8 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       let it: AsyncIterator<unknown> | undefined
       let open = false
       let sent = 0
+      const itemTooLarge = (n: number) =>
+        `item ${sent} of ${ctx.label} is ${n} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: yield less`
       let result: { retryable: boolean; ok: boolean; value: unknown } = { retryable: false, ok: true, value: null }
       try {
         it = start()
@@ -418,18 +423,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           }
           if (ctx.aborted) break
           const what = `item ${sent} of ${ctx.label}`
-          let bytes: Uint8Array
-          try {
-            bytes = encodeValue(r.value, what)
-          } catch (e) {
-            checkAndCopy(r.value, what)
-            throw e
-          }
-          if (bytes.length > maxResultBytes) {
-            throw new SerializationError(
-              `${what} is ${bytes.length} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: yield less`,
-            )
-          }
+          const bytes = encodeOut(r.value, what, itemTooLarge)
           st.credit--
           sent++
           itemMeta.push(input.id, input.attempt, itemSize, bytes.length)
