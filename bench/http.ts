@@ -6,10 +6,15 @@
 // first-token latency: from the generator's yield (its time is in the event) to the client
 // reading it, for berth's async * @webEndpoint, a @fetchApp Hono streamSSE route and Hono's
 // streamSSE on its own server. A summary compares each with its goal (README "Performance").
-// Run: npx tsx bench/http.ts (BENCH_SECONDS, BENCH_ROUNDS, BENCH_SSE_EVENTS, BENCH_ONLY=a,b).
-import { type ChildProcess, spawn } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
+// The load generator is wrk when it is installed (`apt-get install wrk`): one C thread, it
+// leaves the servers most of the second core, where autocannon (Node) takes about as much CPU
+// per request as the servers it measures. BENCH_LOADGEN=autocannon forces autocannon.
+// Run: npx tsx bench/http.ts (BENCH_SECONDS, BENCH_ROUNDS, BENCH_SSE_EVENTS, BENCH_ONLY=a,b,
+// BENCH_LOADGEN=wrk|autocannon).
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
@@ -96,8 +101,52 @@ function treeCpuMs(pid: number): number {
   }
 }
 
+const hasWrk = (() => {
+  try {
+    execFileSync('wrk', ['--version'], { stdio: 'ignore' })
+    return true
+  } catch (e) {
+    // wrk --version exits 1 after printing its version; only a missing binary throws ENOENT.
+    return (e as NodeJS.ErrnoException).code !== 'ENOENT'
+  }
+})()
+const LOADGEN = process.env.BENCH_LOADGEN ?? (hasWrk ? 'wrk' : 'autocannon')
+const wrkScript = join(mkdtempSync(join(tmpdir(), 'berth-bench-')), 'post.lua')
+writeFileSync(wrkScript, 'wrk.method = "POST"\nwrk.body = "[1]"\nwrk.headers["Content-Type"] = "application/json"\n')
+
+/** wrk's figure `value` with its unit (us, ms, s; k, M) in the base unit (ms, or a count). */
+function wrkNumber(value: string): number {
+  const m = /^([\d.]+)(us|ms|s|k|M)?$/.exec(value)
+  if (m === null) throw new Error(`wrk printed ${value}`)
+  const scale: Record<string, number> = { us: 0.001, ms: 1, s: 1000, k: 1000, M: 1e6 }
+  return Number(m[1]) * (m[2] === undefined ? 1 : scale[m[2]])
+}
+
+/** One wrk run (one thread, CONNECTIONS connections): req/s, p50 and p99 in ms, requests. */
+function wrk(url: string, seconds: number): Promise<{ rps: number; p50: number; p99: number; total: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '--latency', '-s', wrkScript, url], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.on('error', reject)
+    child.on('exit', (code) => {
+      const bad = /Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)/.exec(out)
+      const p50 = /^\s+50%\s+(\S+)/m.exec(out)
+      const p99 = /^\s+99%\s+(\S+)/m.exec(out)
+      const total = /(\d+) requests in/.exec(out)
+      const rps = /Requests\/sec:\s+([\d.]+)/.exec(out)
+      if (code !== 0 || bad !== null || !p50 || !p99 || !total || !rps) return reject(new Error(`wrk ${url}:\n${out}`))
+      resolve({ rps: Number(rps[1]), p50: wrkNumber(p50[1]), p99: wrkNumber(p99[1]), total: Number(total[1]) })
+    })
+  })
+}
+
 async function load(url: string, seconds: number, pid: number): Promise<Sample> {
   const cpu0 = treeCpuMs(pid)
+  if (LOADGEN === 'wrk') {
+    const r = await wrk(url, seconds)
+    return { rps: r.rps, p50: r.p50, p99: r.p99, cpu: ((treeCpuMs(pid) - cpu0) * 1000) / r.total }
+  }
   const r = await autocannon({
     url,
     connections: CONNECTIONS,
@@ -191,7 +240,7 @@ const rps = new Map([...samples].map(([k, v]) => [k, median(v.map((s) => s.rps))
 const ratio = (name: string, base: string) => rps.get(name)! / rps.get(base)!
 const vs = (name: string, base: string) => (rps.has(name) && rps.has(base) ? `${ratio(name, base).toFixed(2)}x` : '-')
 if (samples.size > 0) {
-  console.log(`\nHTTP, POST /noop with [1], ${CONNECTIONS} connections, ${SECONDS} s x ${ROUNDS} interleaved rounds (median)`)
+  console.log(`\nHTTP, POST /noop with [1], ${LOADGEN}, ${CONNECTIONS} connections, ${SECONDS} s x ${ROUNDS} interleaved rounds (median)`)
   console.log(
     `  ${'contender'.padEnd(30)} ${'req/s'.padStart(8)} ${'p50 ms'.padStart(7)} ${'p99 ms'.padStart(7)}   vs node:http  vs fastify   vs hono   server CPU µs/req`,
   )
