@@ -2,7 +2,8 @@
 // endpoints), through fetch against `npx berth serve`: its body read as text, JSON, bytes or a
 // stream, once (a second read fails as Node's Request's does), cloned, and made into a new
 // Request (as a proxy does) with its method, headers and body; a URL Node normalises is
-// normalised.
+// normalised. The Responses a web app makes behave as Node's, whether they are made from a
+// string, bytes, nothing or a stream, read, cloned or changed before they are returned.
 import test from 'ava'
 
 import { serve, type Served } from './_served.ts'
@@ -36,4 +37,40 @@ test('a web app reads its Request every way, once, and can make another from it;
 
   const raw = await fetch(`${base}/raw?z=1`, { method: 'PUT', body: 'plain words', headers: { 'x-b': 'two', 'content-type': 'text/plain' } })
   t.deepEqual(await raw.json(), { text: 'plain words', method: 'PUT', url: `http://${s.http}/webreq/raw?z=1`, header: 'two' })
+})
+
+test("a web app's Responses behave as Node's: made, read, cloned, subclassed, refused; headers set late, bytes copied, no body, a stream", async (t) => {
+  const s = await served(t)
+  const get = (kind: string) => fetch(`http://${s.http}/webreq/app/resp/${kind}`)
+
+  t.deepEqual(await (await get('kinds')).json(), {
+    instance: true,
+    status: [201, true, '', 'default', 'text/plain;charset=UTF-8', '1'],
+    text: 'abc',
+    used: [false, 'abc', true, 'TypeError'],
+    stream: 'streamed',
+    json: { n: 1 },
+    bytes: [7, 8],
+    noBody: [204, null],
+    errors: ['TypeError', 'RangeError', 'TypeError'],
+    subclass: [true, true, true, 'm'],
+    error: 'error',
+    redirect: 'http://example.com/',
+  })
+
+  const late = await get('late-header')
+  t.is(await late.text(), 'late')
+  t.deepEqual([late.headers.get('x-a'), late.headers.get('x-late'), late.headers.get('content-type')], ['1', '2', 'text/plain;charset=UTF-8'])
+
+  const bytes = await get('bytes')
+  t.is(bytes.status, 202)
+  t.deepEqual([...new Uint8Array(await bytes.arrayBuffer())], [1, 2, 3])
+
+  const none = await get('no-content')
+  t.deepEqual([none.status, none.headers.get('x-empty'), await none.text()], [204, 'yes', ''])
+
+  const made = await get('status-text')
+  t.deepEqual([made.status, await made.text()], [201, 'made'])
+
+  t.is(await (await get('stream')).text(), 'one two three')
 })

@@ -4,7 +4,7 @@
 // instance of berth (context, registries).
 import { binding, type BindingContainer } from '../native.ts'
 import { batchArityError } from '../shared/arity.ts'
-import { decodeValue, encodeValue } from '../shared/cbor.ts'
+import { decodeValue, encodeValue, WireResponse } from '../shared/cbor.ts'
 import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
@@ -20,7 +20,8 @@ import {
   type PoolDef,
   wakeGen,
 } from './pool.ts'
-import { respond, startWebApps, stopWebApps, streamed, toRequest, toWire } from './web.ts'
+import { installLightResponse } from './light-response.ts'
+import { answer, respond, startWebApps, stopWebApps, toRequest, toWire } from './web.ts'
 
 /** What a container process needs of an app its file defines: the pool it is to serve. */
 export interface ContainerApp {
@@ -108,6 +109,8 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
   const paramsHex = env.BERTH_PARAMS ?? ''
   const params = paramsHex ? (decodeValue(Buffer.from(paramsHex, 'hex')) as Record<string, unknown>) : undefined
   const def: PoolDef = app.containerDef(need('BERTH_FUNCTION'), params)
+  // A container that answers HTTP makes its Responses light (src/run/light-response.ts).
+  if (def.methods.some((m) => m.web !== undefined)) installLightResponse()
   // The server's message cap: a larger result fails its input here instead of the stream.
   const maxResultBytes = Number(env.BERTH_MAX_MESSAGE_BYTES ?? 16 * 1024 * 1024)
 
@@ -331,17 +334,30 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         for (const i of inputs) running.delete(i.id)
         output(exec, retryable, values)
       }
+      const signal = () => ctx.signal
+      if (m.web?.app !== undefined) {
+        // A web app's request (src/run/web.ts): answered whole as the input's result, or as a
+        // stream of items (a head, then the body's chunks).
+        const reply = async () => {
+          try {
+            const a = await respond(inst, m.name, inputs[0].args[1], signal)
+            if (a instanceof WireResponse) done(false, [{ ok: true, value: a }])
+            else void runGen(inputs[0], ctx, () => a, done, true)
+          } catch (e) {
+            done(true, [{ ok: false, value: e }])
+          }
+        }
+        void runInContext(ctx, reply)
+        return
+      }
       if (m.gen) {
         const args = inputs[0].args
-        // A web app's request (src/run/web.ts), or a generator endpoint's second argument.
-        const start =
-          m.web?.app !== undefined
-            ? () => respond(inst, m.name, args[1], ctx.signal)
-            : () => {
-                if (m.web?.takesRequest && args.length === 2) args[1] = toRequest(args[1], ctx.signal)
-                return target.apply(inst, args) as AsyncIterator<unknown>
-              }
-        void runInContext(ctx, () => runGen(inputs[0], ctx, start, done, m.web?.app !== undefined))
+        // A generator endpoint's second argument: its Request.
+        const start = () => {
+          if (m.web?.takesRequest && args.length === 2) args[1] = toRequest(args[1], signal)
+          return target.apply(inst, args) as AsyncIterator<unknown>
+        }
+        void runInContext(ctx, () => runGen(inputs[0], ctx, start, done, false))
         return
       }
       const call = async (): Promise<void> => {
@@ -353,13 +369,17 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
             const args = inputs[0].args
             const fromHttp = args.length === 2
             if (fromHttp) {
-              if (m.web.takesRequest) args[1] = toRequest(args[1], ctx.signal)
+              if (m.web.takesRequest) args[1] = toRequest(args[1], signal)
               else args.length = 1
             }
             const value = await target.apply(inst, args)
             if (!(value instanceof Response)) done(false, [{ ok: true, value }])
-            else if (fromHttp && value.body !== null) void runGen(inputs[0], ctx, () => streamed(value, ctx.signal), done, true)
-            else done(false, [{ ok: true, value: await toWire(value) }])
+            else if (!fromHttp) done(false, [{ ok: true, value: await toWire(value) }])
+            else {
+              const a = answer(value, signal)
+              if (a instanceof WireResponse) done(false, [{ ok: true, value: a }])
+              else void runGen(inputs[0], ctx, () => a, done, true)
+            }
             return
           }
           if (!m.batched) {

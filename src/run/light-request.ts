@@ -24,13 +24,15 @@ const USED = Symbol('berth.bodyUsed')
 interface Light {
   [META]: RequestMeta
   [REAL]: Request | undefined
-  [SIGNAL]: AbortSignal | undefined
+  /** The input's signal, or how to get it (made only when read). */
+  [SIGNAL]: AbortSignal | (() => AbortSignal) | undefined
   [HEADERS]: Headers | undefined
   [USED]: boolean
 }
 
 /** The Request itself, with its body and signal. */
-export function fullRequest(meta: RequestMeta, signal?: AbortSignal, headers?: Headers): Request {
+export function fullRequest(meta: RequestMeta, signal?: AbortSignal | (() => AbortSignal), headers?: Headers): Request {
+  if (typeof signal === 'function') signal = signal()
   const body = meta.method === 'GET' || meta.method === 'HEAD' || meta.body === null || meta.body.length === 0 ? undefined : meta.body
   return new Request(meta.url, { method: meta.method, headers: headers ?? meta.headers, body, signal })
 }
@@ -83,7 +85,10 @@ const proto: object = Object.create(Request.prototype, {
   },
   signal: {
     get(this: Light) {
-      return this[REAL]?.signal ?? this[SIGNAL] ?? real(this).signal
+      if (this[REAL] !== undefined) return this[REAL].signal
+      const s = this[SIGNAL]
+      if (typeof s === 'function') return (this[SIGNAL] = s())
+      return s ?? real(this).signal
     },
   },
   bodyUsed: {
@@ -115,7 +120,7 @@ const PLAIN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 
 const PLAIN_URL = /^http:\/\/[a-z0-9.-]+(?::\d{1,5})?\/[!#$&-;=?-[\]_a-z~]*$/
 const DOT_SEGMENT = /\/\.\.?(?:[/?#]|$)/
 
-function light(meta: RequestMeta, signal: AbortSignal | undefined): Request {
+function light(meta: RequestMeta, signal: AbortSignal | (() => AbortSignal) | undefined): Request {
   const self = Object.create(proto) as Light
   self[META] = meta
   self[REAL] = undefined
@@ -148,7 +153,7 @@ const works = (() => {
   }
 })()
 
-export function cheapRequest(meta: RequestMeta, signal?: AbortSignal): Request {
+export function cheapRequest(meta: RequestMeta, signal?: AbortSignal | (() => AbortSignal)): Request {
   if (works && PLAIN_METHODS.has(meta.method) && PLAIN_URL.test(meta.url) && !DOT_SEGMENT.test(meta.url)) return light(meta, signal)
   return fullRequest(meta, signal)
 }

@@ -9,25 +9,77 @@ import { connect } from 'node:net'
 import { WireResponse } from '../shared/cbor.ts'
 import { InvalidError } from '../shared/errors.ts'
 import { cheapRequest, type RequestMeta } from './light-request.ts'
+import { lightParts } from './light-response.ts'
 import type { PoolDef, WebSpec } from './pool.ts'
 
 function isMeta(meta: unknown): meta is RequestMeta {
   return typeof meta === 'object' && meta !== null && 'url' in meta
 }
 
-export function toRequest(meta: unknown, signal?: AbortSignal): unknown {
+/** The Request of a request's `meta`; `signal` is called only if something reads its signal. */
+export function toRequest(meta: unknown, signal: () => AbortSignal): unknown {
   if (!isMeta(meta)) return meta
   return cheapRequest(meta, signal)
 }
 
 export async function toWire(res: Response): Promise<WireResponse> {
-  const body = new Uint8Array(await res.arrayBuffer())
-  return new WireResponse(res.status, [...res.headers], body)
+  return whole(res) ?? new WireResponse(res.status, [...res.headers], new Uint8Array(await res.arrayBuffer()))
+}
+
+/**
+ * The HTTP answer of a Response: whole (a WireResponse with its body: the input's result, one
+ * write) when its body is known whole, as most JSON and text answers are (`whole`); else its
+ * head and then its body's chunks as they come (`streamed`).
+ */
+export function answer(res: Response, signal: () => AbortSignal): WireResponse | AsyncGenerator<unknown> {
+  return whole(res) ?? streamed(res, signal())
+}
+
+/** A Response as one WireResponse, if its body is whole and unread: a light Response's, or none, or the string or bytes a Response was made with. */
+function whole(res: Response): WireResponse | undefined {
+  const light = lightParts(res)
+  if (light !== undefined) {
+    const b = light.body
+    return new WireResponse(
+      light.status,
+      [...light.headers],
+      b === null ? new Uint8Array(0) : typeof b === 'string' ? encoder.encode(b) : b,
+    )
+  }
+  const body = res.body === null ? new Uint8Array(0) : wholeBody(res)
+  return body === undefined ? undefined : new WireResponse(res.status, [...res.headers], body)
+}
+
+// Node's Response keeps the body it was made with (undici: a state slot whose body has the
+// stream and its `source`, the string or bytes given): reading that skips the stream, which
+// costs more than the rest of a small answer. Found and checked once; without it, bodies stream.
+const STATE = (() => {
+  try {
+    const probe = new Response('ok')
+    const slot = Object.getOwnPropertySymbols(probe).find((k) => k.description === 'state')
+    const body = slot === undefined ? undefined : (probe as any)[slot]?.body
+    return body?.source === 'ok' && body.stream === probe.body ? slot : undefined
+  } catch {
+    return undefined
+  }
+})()
+const encoder = new TextEncoder()
+
+/** The body a Response was made with, if it was whole (a string, bytes) and is unread; else undefined. */
+function wholeBody(res: Response): Uint8Array | undefined {
+  if (STATE === undefined || res.bodyUsed) return undefined
+  const body = (res as any)[STATE]?.body
+  if (body == null || body.stream?.locked !== false) return undefined
+  const source: unknown = body.source
+  if (typeof source === 'string') return encoder.encode(source)
+  if (source instanceof Uint8Array && source.byteLength === body.length) return source
+  return undefined
 }
 
 /** A web app a container runs: how it answers one request, and how it stops. */
 interface WebApp {
-  respond(meta: RequestMeta, signal: AbortSignal): AsyncGenerator<unknown>
+  /** Its answer (src/run/web.ts `answer`); `signal` is the input's, called when needed. */
+  respond(meta: RequestMeta, signal: () => AbortSignal): Promise<WireResponse | AsyncGenerator<unknown>>
   close(): Promise<void>
 }
 
@@ -61,8 +113,13 @@ export async function stopWebApps(inst: any): Promise<void> {
   for (const app of apps?.values() ?? []) await app.close()
 }
 
-/** One request to web app member `name` of `inst`: the head, then the body's chunks. */
-export function respond(inst: any, name: string, meta: unknown, signal: AbortSignal): AsyncGenerator<unknown> {
+/** One request to web app member `name` of `inst`: its answer, whole or streamed (`answer`). */
+export function respond(
+  inst: any,
+  name: string,
+  meta: unknown,
+  signal: () => AbortSignal,
+): Promise<WireResponse | AsyncGenerator<unknown>> {
   const app = running.get(inst)?.get(name)
   if (app === undefined) throw new InvalidError(`the web app ${name} is not running in this container`)
   if (!isMeta(meta)) throw new InvalidError(`${name} is a web app: it answers HTTP requests, not calls`)
@@ -78,12 +135,12 @@ function fetchApp(where: string, app: unknown): WebApp {
   }
   const fetch = f.bind(app) as (r: Request) => Response | Promise<Response>
   return {
-    async *respond(meta, signal) {
-      const res = await fetch(toRequest(meta, signal) as Request)
+    async respond(meta, signal) {
+      const res = await fetch(cheapRequest(meta, signal))
       if (!(res instanceof Response)) {
         throw new InvalidError(`${where}: its fetch(request) returned ${describeValue(res)}, not a Response`)
       }
-      yield* streamed(res, signal)
+      return answer(res, signal)
     },
     async close() {},
   }
@@ -185,34 +242,37 @@ const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade',
 function proxy(port: number, close: () => Promise<void>): WebApp {
   const agent = new Agent({ keepAlive: true })
   return {
-    async *respond(meta, signal) {
-      const url = new URL(meta.url)
-      const headers: string[] = []
-      for (const [k, v] of meta.headers) if (!HOP.has(k)) headers.push(k, v)
-      if (meta.body !== null) headers.push('content-length', String(meta.body.length))
-      const req = httpRequest({ host: '127.0.0.1', port, method: meta.method, path: url.pathname + url.search, headers, agent, signal })
-      const res = await new Promise<IncomingMessage>((resolve, reject) => {
-        req.once('response', resolve)
-        // Also after the head: a request destroyed mid-body (the client left) reports its
-        // error here, not as an uncaught one that would end the container.
-        req.on('error', reject)
-        req.end(meta.body ?? undefined)
-      })
-      let done = false
-      try {
-        const pairs: [string, string][] = []
-        for (let i = 0; i < res.rawHeaders.length; i += 2) pairs.push([res.rawHeaders[i], res.rawHeaders[i + 1]])
-        yield new WireResponse(res.statusCode ?? 502, pairs, null)
-        for await (const chunk of res) yield chunk as Uint8Array
-        done = true
-      } finally {
-        if (!done) req.destroy()
-      }
+    async respond(meta, signal) {
+      return exchange(meta, signal())
     },
     async close() {
       agent.destroy()
       await close()
     },
+  }
+  async function* exchange(meta: RequestMeta, signal: AbortSignal): AsyncGenerator<unknown> {
+    const url = new URL(meta.url)
+    const headers: string[] = []
+    for (const [k, v] of meta.headers) if (!HOP.has(k)) headers.push(k, v)
+    if (meta.body !== null) headers.push('content-length', String(meta.body.length))
+    const req = httpRequest({ host: '127.0.0.1', port, method: meta.method, path: url.pathname + url.search, headers, agent, signal })
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      req.once('response', resolve)
+      // Also after the head: a request destroyed mid-body (the client left) reports its
+      // error here, not as an uncaught one that would end the container.
+      req.on('error', reject)
+      req.end(meta.body ?? undefined)
+    })
+    let done = false
+    try {
+      const pairs: [string, string][] = []
+      for (let i = 0; i < res.rawHeaders.length; i += 2) pairs.push([res.rawHeaders[i], res.rawHeaders[i + 1]])
+      yield new WireResponse(res.statusCode ?? 502, pairs, null)
+      for await (const chunk of res) yield chunk as Uint8Array
+      done = true
+    } finally {
+      if (!done) req.destroy()
+    }
   }
 }
 

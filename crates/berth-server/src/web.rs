@@ -302,11 +302,12 @@ fn target(ctx: &Ctx, route: &Route) -> Result<crate::functions::Target, tonic::S
 
 /// A request for a web app (`@fetchApp`, `@webServer`, `@nodeApp`): an input of its member
 /// with arguments `[null, request]`, the request's URL being the path under the app's own
-/// (`under`; the app's path goes in `x-forwarded-prefix`). Its answer is a stream: the head
-/// (CBOR tag [`WEB_RESPONSE_TAG`] over `[status, headers, null]`), then the body's chunks as
-/// CBOR byte strings, each written as it comes; the generator credits of functions.rs are its
-/// backpressure. A failure before the head is answered as a function's; one after it ends
-/// the body short, so the client sees a truncated answer rather than a complete one.
+/// (`under`; the app's path goes in `x-forwarded-prefix`). Its answer is the input's result, a
+/// whole Response (CBOR tag [`WEB_RESPONSE_TAG`] over `[status, headers, body]`), or a stream:
+/// the head (a null body), then the body's chunks as CBOR byte strings, each written as it
+/// comes; the generator credits of functions.rs are its backpressure. A failure before the
+/// head is answered as a function's; one after it ends the body short, so the client sees a
+/// truncated answer rather than a complete one.
 async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incoming>) -> Answer {
     let (mut head, body) = req.into_parts();
     let body = if matches!(head.method, Method::GET | Method::HEAD) {
@@ -332,7 +333,7 @@ async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incomin
     let mut bytes = Vec::new();
     // Writing a Value to a Vec does not fail.
     let _ = ciborium::into_writer(&Cbor::Array(vec![Cbor::Null, request_meta(&head, &path, body)]), &mut bytes);
-    let (items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes);
+    let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes);
     with_call_id(web_answer(items, &route.path).await, &fc)
 }
 
