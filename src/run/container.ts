@@ -8,7 +8,7 @@ import { decodeValue, encodeValue, WireResponse } from '../shared/cbor.ts'
 import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
-import { markContainerProcess, runInContext, type InputContext } from './context.ts'
+import { InputAbort, markContainerProcess, runInContext, type InputContext } from './context.ts'
 import {
   applyParams,
   batchResultError,
@@ -45,31 +45,17 @@ interface ExecInput {
 /** How often a container tells the control plane its event loop runs (crates/berth-server/src/plane.rs: HUNG_AFTER). */
 const HEARTBEAT_MS = 1000
 
-class ContainerCtx implements InputContext {
-  private ctrl: AbortController | undefined
-  private reason: unknown
+class ContainerCtx extends InputAbort implements InputContext {
   constructor(
     readonly inputId: string,
     readonly functionCallId: string,
     /** The function, or `Class.method`, as messages name it. */
     readonly label: string,
-  ) {}
-  get signal(): AbortSignal {
-    if (!this.ctrl) {
-      this.ctrl = new AbortController()
-      if (this.reason !== undefined) this.ctrl.abort(this.reason)
-    }
-    return this.ctrl.signal
-  }
-  /** Set once the control plane aborted this input (timeout, cancel, reschedule). */
-  get aborted(): boolean {
-    return this.reason !== undefined
+  ) {
+    super()
   }
   abort(reason: unknown): void {
-    if (this.reason !== undefined) return
-    this.reason = reason
-    this.ctrl?.abort(reason)
-    wakeGen(this.gen)
+    if (this.abortWith(reason)) wakeGen(this.gen)
   }
   /** Set for a generator input: its credit, and the pull loop waiting for more. */
   gen: GenCredit | undefined

@@ -11,6 +11,33 @@ export interface InputContext {
 }
 
 /**
+ * An input's abort, for both container modes' contexts: its AbortController is made only if the
+ * code asks for the signal (most never do), and an abort before that is kept for it.
+ */
+export abstract class InputAbort {
+  private ctrl: AbortController | undefined
+  private reason: unknown
+  get signal(): AbortSignal {
+    if (!this.ctrl) {
+      this.ctrl = new AbortController()
+      if (this.reason !== undefined) this.ctrl.abort(this.reason)
+    }
+    return this.ctrl.signal
+  }
+  /** Set once the input was aborted (timeout, cancel, reschedule). */
+  get aborted(): boolean {
+    return this.reason !== undefined
+  }
+  /** Aborts with `reason`; false if it was aborted already. */
+  protected abortWith(reason: unknown): boolean {
+    if (this.reason !== undefined) return false
+    this.reason = reason
+    this.ctrl?.abort(reason)
+    return true
+  }
+}
+
+/**
  * What a `.local()` call runs in: local code that is no input of its own (Modal's `.local()` is
  * a plain call, and its `current_input_id()` is None there). Called from an input, it is part
  * of that input, `outer`.

@@ -10,7 +10,7 @@ import { batchArityError } from '../shared/arity.ts'
 import { AbortReasonCode, ExecStatusCode, OutcomeCode, PhaseCode, RuntimeEvent } from '../shared/codes.ts'
 import { errorFromData, InputCancelledError, InvalidError, initError, inputError, SerializationError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
-import { asyncContextEnabled, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
+import { asyncContextEnabled, InputAbort, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import {
   applyParams,
   batchResultError,
@@ -163,10 +163,8 @@ class PackBuffer {
   }
 }
 
-/** The context of one execution; the AbortController is made only if the code asks for it. */
-export class Ctx implements InputContext {
-  private ctrl: AbortController | undefined
-  private reason: unknown
+/** The context of one execution (its abort: InputAbort). */
+export class Ctx extends InputAbort implements InputContext {
   /** Inputs of this execution not yet aborted (a batch aborts when all of them are). */
   live: number
   constructor(
@@ -174,6 +172,7 @@ export class Ctx implements InputContext {
     private readonly fc: number,
     live = 1,
   ) {
+    super()
     this.live = live
   }
   get inputId(): string {
@@ -182,21 +181,8 @@ export class Ctx implements InputContext {
   get functionCallId(): string {
     return `fc-${this.fc}`
   }
-  get signal(): AbortSignal {
-    if (!this.ctrl) {
-      this.ctrl = new AbortController()
-      if (this.reason !== undefined) this.ctrl.abort(this.reason)
-    }
-    return this.ctrl.signal
-  }
-  /** The runtime has seen an abort for this attempt (timeout or cancel). */
-  get aborted(): boolean {
-    return this.reason !== undefined
-  }
   abort(reason: unknown): void {
-    if (this.reason !== undefined) return
-    this.reason = reason
-    this.ctrl?.abort(reason)
+    this.abortWith(reason)
   }
 }
 
