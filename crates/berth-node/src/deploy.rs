@@ -12,10 +12,10 @@ pub struct BindingBrokerNames {
     pub consumer: String,
 }
 
-/// The JetStream names of `function` (a function or a class) of `app` (crates/berth-core/src/broker.rs).
+/// The JetStream names of `name` (a function or a class) of `app` (crates/berth-core/src/broker.rs).
 #[napi]
-pub fn broker_names(app: String, function: String) -> BindingBrokerNames {
-    let n = berth_core::broker::names(&app, &function);
+pub fn broker_names(app: String, name: String) -> BindingBrokerNames {
+    let n = berth_core::broker::names(&app, &name);
     BindingBrokerNames { stream: n.stream, subject: n.subject, consumer: n.consumer }
 }
 
