@@ -662,7 +662,9 @@ async function deploy(args: string[]): Promise<number> {
   }
   const { positional, values } = parsed
   if (positional.length !== 1) {
-    process.stderr.write(`berth deploy: expected one file, got ${positional.length === 0 ? 'none' : positional.join(' ')}.\n\n${DEPLOY_HELP}`)
+    process.stderr.write(
+      `berth deploy: expected one file, got ${positional.length === 0 ? 'none' : positional.join(' ')}.\n\n${DEPLOY_HELP}`,
+    )
     return 2
   }
   const target = values.get('target')

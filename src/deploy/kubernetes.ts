@@ -169,9 +169,19 @@ function meta(name: string, l: Record<string, string>, annotations?: Record<stri
   return annotations ? { name, labels: l, annotations } : { name, labels: l }
 }
 
-function deployment(name: string, l: Record<string, string>, pod: PodSpec, replicas?: number, annotations?: Record<string, string>): Deployment {
+function deployment(
+  name: string,
+  l: Record<string, string>,
+  pod: PodSpec,
+  replicas?: number,
+  annotations?: Record<string, string>,
+): Deployment {
   const selector = { matchLabels: { 'app.kubernetes.io/instance': l['app.kubernetes.io/instance'] } }
-  const spec: DeploymentSpec = { ...(replicas === undefined ? {} : { replicas }), selector, template: { metadata: { labels: l }, spec: pod } }
+  const spec: DeploymentSpec = {
+    ...(replicas === undefined ? {} : { replicas }),
+    selector,
+    template: { metadata: { labels: l }, spec: pod },
+  }
   return { apiVersion: 'apps/v1', kind: 'Deployment', metadata: meta(name, l, annotations), spec }
 }
 
@@ -201,7 +211,7 @@ function gpuPlacement(
   if (counts.size > 1) {
     throw new Error(
       `${where}: gpu ${JSON.stringify(gpu)} asks for different counts, but a Deployment's pods have one nvidia.com/gpu limit: ` +
-        'give every choice the same count, e.g. [\'L4:2\', \'A10G:2\'].',
+        "give every choice the same count, e.g. ['L4:2', 'A10G:2'].",
     )
   }
   const tolerations: Toleration[] = [{ key: GPU_RESOURCE, operator: 'Exists', effect: 'NoSchedule' }]
@@ -264,7 +274,18 @@ export function kubernetesPlan(apps: DeployedApp[], o: KubernetesOptions, bindin
   const frontContainer: Container = {
     name: 'berth',
     image: o.image,
-    command: [...BERTH, 'serve', o.file, '--broker', `$(${NATS_URL_KEY})`, '--host', '0.0.0.0', '--token', `$(${TOKEN_KEY})`, '--no-reload'],
+    command: [
+      ...BERTH,
+      'serve',
+      o.file,
+      '--broker',
+      `$(${NATS_URL_KEY})`,
+      '--host',
+      '0.0.0.0',
+      '--token',
+      `$(${TOKEN_KEY})`,
+      '--no-reload',
+    ],
     ports: [
       { name: 'grpc', containerPort: GRPC_PORT },
       { name: 'http', containerPort: HTTP_PORT },

@@ -72,7 +72,8 @@ fn bounded(name: String) -> String {
     if name.len() <= MAX_NAME_BYTES {
         return name;
     }
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let hash =
+        name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     // The escaped name is ASCII: any byte index is a character boundary.
     format!("{}_h{hash:016x}", &name[..MAX_NAME_BYTES - 18])
 }
