@@ -11,6 +11,8 @@ import test from 'ava'
 import { parseAllDocuments } from 'yaml'
 
 import { SCALED_OBJECT_FIELDS } from '../src/deploy/keda.ts'
+import { gpuProducts, k8sName, lagThreshold } from '../src/deploy/kubernetes.ts'
+import type { PoolDef } from '../src/run/pool.ts'
 import { berth } from './_cli.ts'
 
 const FIXTURE = '__test__/fixtures/deploy-app.ts'
@@ -232,4 +234,25 @@ test('a list of gpu types is one node affinity term each, preferred in order; an
     [100, 90, 80],
   )
   t.is(dep.spec.template.spec.containers[0].resources.limits['nvidia.com/gpu'], '1')
+})
+
+test('lagThreshold counts a batch as its inputs; names and GPU products', (t) => {
+  const def = (targetInputs: number, sizes: (number | undefined)[]) =>
+    ({ targetInputs, methods: sizes.map((maxBatchSize) => (maxBatchSize ? { batched: { maxBatchSize, waitMs: 5 } } : {})) }) as unknown as PoolDef
+  t.is(lagThreshold(def(4, [undefined])), 4)
+  t.is(lagThreshold(def(2, [32, undefined, 8])), 64)
+  t.is(lagThreshold(def(1, [])), 1)
+
+  t.is(k8sName(['my-app', 'Embedder']), 'my-app-embedder')
+  t.is(k8sName(['9lives', 'f_x.y']), 'b-9lives-f-x-y')
+  t.not(k8sName(['a', 'Model'], true), k8sName(['a', 'model'], true))
+  const long = k8sName(['a'.repeat(40), 'b'.repeat(40)])
+  t.true(long.length <= 63 && /^[a-z][a-z0-9-]*[a-z0-9]$/.test(long), long)
+
+  // berth's rule for a GPU's name (crates/berth-server/src/gpu.rs is_kind): A10 is not A100.
+  t.deepEqual(gpuProducts('A10'), ['NVIDIA-A10'])
+  t.deepEqual(gpuProducts('T4'), ['Tesla-T4'])
+  t.deepEqual(gpuProducts('L40'), ['NVIDIA-L40'])
+  t.true(gpuProducts('H100').every((p) => p.includes('H100')))
+  t.deepEqual(gpuProducts('X9000'), [])
 })

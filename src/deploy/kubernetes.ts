@@ -244,6 +244,16 @@ function gpuPlacement(
   return { count, affinity, tolerations }
 }
 
+/**
+ * Pending inputs per worker KEDA aims at: what one container takes at once at its autoscaling
+ * target, `targetInputs` (of `@concurrent`, else `maxInputs`; 1 without either) executions, each
+ * up to the largest `maxBatchSize` of its `@batched` methods.
+ */
+export function lagThreshold(def: PoolDef): number {
+  const batch = Math.max(1, ...def.methods.map((m) => m.batched?.maxBatchSize ?? 1))
+  return def.targetInputs * batch
+}
+
 /** The objects for every pool of `apps`, loaded from `o.file`. Throws on what cannot be deployed. */
 export function kubernetesPlan(apps: DeployedApp[], o: KubernetesOptions, binding: DeployBinding): KubernetesPlan {
   const warnings: string[] = []
@@ -392,7 +402,7 @@ export function kubernetesPlan(apps: DeployedApp[], o: KubernetesOptions, bindin
           triggers: [
             {
               type: 'nats-jetstream',
-              metadata: { stream: names.stream, consumer: names.consumer, lagThreshold: String(def.targetInputs) },
+              metadata: { stream: names.stream, consumer: names.consumer, lagThreshold: String(lagThreshold(def)) },
               authenticationRef: { name: configMap },
             },
           ],
