@@ -180,11 +180,15 @@ test('refusals: unknown target, no file, no app, unwritable --out, no image, a g
   t.regex(missing.stderr, /no file nope\.ts/)
 
   const dir = mkdtempSync(join(tmpdir(), 'berth-deploy-'))
-  const empty = join(dir, 'empty.ts')
-  writeFileSync(empty, 'export const x = 1\n')
-  const noApp = await berth(['deploy', empty, '--target', 'kubernetes', '--image', 'x', '--out', join(dir, 'k8s')])
+  const noApp = await berth(['deploy', '__test__/fixtures/deploy-no-app.ts', '--target', 'kubernetes', '--image', 'x', '--out', join(dir, 'k8s')])
   t.is(noApp.code, 2)
   t.regex(noApp.stderr, /creates no App/)
+  // A file the image's working directory cannot hold at the path the manifests name.
+  const outside = join(dir, 'app.ts')
+  writeFileSync(outside, readFileSync(FIXTURE))
+  const far = await berth(['deploy', outside, '--target', 'kubernetes', '--image', 'x', '--out', join(dir, 'k8s')])
+  t.is(far.code, 2)
+  t.regex(far.stderr, /is outside this directory/)
 
   // A path under a file (root can write anywhere else), and a read-only directory for the rest.
   const file = join(dir, 'a-file')
@@ -217,6 +221,18 @@ test('refusals: unknown target, no file, no app, unwritable --out, no image, a g
   const counts = await deploy([], { FIXTURE_GPU: JSON.stringify(['L4:2', 'A10G']) })
   t.is(counts.code, 2)
   t.regex(counts.stderr, /different counts/)
+})
+
+test('a second run names the files it wrote before for pools the app no longer has, and leaves others alone', async (t) => {
+  const first = await deploy()
+  t.is(first.code, 0, first.stderr)
+  const old = join(first.out, 'deploy-demo-gone.yaml')
+  writeFileSync(old, readFileSync(join(first.out, 'deploy-demo-square.yaml')))
+  writeFileSync(join(first.out, 'mine.yaml'), 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: mine}\n')
+  const again = await berth(['deploy', FIXTURE, '--target', 'kubernetes', '--image', 'x', '--out', first.out])
+  t.is(again.code, 0, again.stderr)
+  t.regex(again.stderr, /deploy-demo-gone\.yaml was written by an earlier berth deploy .*kubectl delete -f/)
+  t.notRegex(again.stderr, /mine\.yaml/)
 })
 
 test('a list of gpu types is one node affinity term each, preferred in order; an unknown type is asked for as it is', async (t) => {

@@ -1,9 +1,9 @@
 // The `berth` command. It loads the user's TypeScript with tsx and drives the app through the
 // same module instance the user's file imports (dist/index.cjs), never a bundled copy. It runs
 // as the bundle dist/cli.cjs (bin/berth.mjs): the paths it requires are relative to dist/.
-import { existsSync, mkdirSync, writeFileSync, writeSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { join, relative, resolve, sep } from 'node:path'
+import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { serialize } from 'node:v8'
 
@@ -688,12 +688,18 @@ async function deploy(args: string[]): Promise<number> {
   }
   const file = positional[0]
   if (!existsSync(file)) return fail(`no file ${file}`)
+  // The path the containers load, relative to the image's working directory ('/' separated).
+  const shown = relative(process.cwd(), resolve(file)).split(sep).join('/')
+  if (shown.startsWith('../') || isAbsolute(shown)) {
+    return fail(
+      `${file} is outside this directory, so the image's working directory cannot hold it at that path: ` +
+        'run berth deploy from the directory the image copies (its WORKDIR), naming the file from there',
+    )
+  }
   const apps = await loadApps('deploy', file)
   if (typeof apps === 'number') return apps
-  // The path the containers load, relative to the image's working directory (as given, '/' separated).
-  const shown = relative(process.cwd(), resolve(file)).split(sep).join('/')
   // Loaded here: the YAML writer is for this command only.
-  const { kubernetesPlan, toYaml } = await import('../deploy/kubernetes.ts')
+  const { kubernetesPlan, toYaml, WRITTEN_BY } = await import('../deploy/kubernetes.ts')
   let plan
   try {
     plan = kubernetesPlan(
@@ -716,6 +722,21 @@ async function deploy(args: string[]): Promise<number> {
     return fail(`cannot write the manifests to ${out}: ${(e as Error).message}`, 1)
   }
   for (const w of plan.warnings) process.stderr.write(`berth deploy: ${w}\n`)
+  // Files an earlier run wrote for pools the app no longer has: kubectl apply would keep them.
+  const names = new Set(plan.files.map((f) => f.name))
+  for (const f of readdirSync(out)) {
+    if (names.has(f) || !f.endsWith('.yaml')) continue
+    let head = ''
+    try {
+      head = readFileSync(join(out, f), 'utf8').slice(0, WRITTEN_BY.length)
+    } catch {}
+    if (head === WRITTEN_BY) {
+      process.stderr.write(
+        `berth deploy: ${join(out, f)} was written by an earlier berth deploy for something the app no longer has: ` +
+          `kubectl delete -f ${join(out, f)}, then delete the file\n`,
+      )
+    }
+  }
   console.log(`berth deploy: wrote ${written.join(', ')}`)
   console.log(
     `Before kubectl apply -f ${out}: NATS with JetStream, KEDA 2.13 or later, and these Secrets:\n` +

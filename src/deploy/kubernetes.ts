@@ -153,7 +153,11 @@ export function k8sName(parts: string[], unique = false): string {
 
 /** A Kubernetes Secret's name for a berth secret (a DNS subdomain: lower case, '-', '.'). */
 export function k8sSecretName(berth: string): string {
-  return berth.toLowerCase().replace(/_/g, '-')
+  return berth
+    .toLowerCase()
+    .replace(/_/g, '-')
+    .replace(/[-.]+$/, '')
+    .slice(0, 253)
 }
 
 function labels(app: string, component: string, instance: string): Record<string, string> {
@@ -418,8 +422,11 @@ export function kubernetesPlan(apps: DeployedApp[], o: KubernetesOptions, bindin
   return { files, secrets: [...secrets].map(([name, berth]) => ({ name, berth })), token: `${front}-token`, warnings }
 }
 
+/** How every file `berth deploy` writes starts (how it knows its own files again). */
+export const WRITTEN_BY = '# Written by `berth deploy '
+
 /** One file's YAML: its objects as documents, under a line saying where they came from. */
 export function toYaml(file: ManifestFile, source: string): string {
   const docs = file.objects.map((obj) => stringify(obj, { lineWidth: 0, aliasDuplicateObjects: false })).join('---\n')
-  return `# Written by \`berth deploy ${source} --target kubernetes\`; run it again after changing the app.\n${docs}`
+  return `${WRITTEN_BY}${source} --target kubernetes\`; run it again after changing the app.\n${docs}`
 }
