@@ -48,9 +48,15 @@ export interface ScaledObjectSpec {
   idleReplicaCount?: number
   minReplicaCount?: number
   maxReplicaCount?: number
-  /** The HPA KEDA makes: its scale-up and scale-down behavior (autoscaling/v2). */
-  advanced?: { horizontalPodAutoscalerConfig?: { name?: string; behavior?: HorizontalPodAutoscalerBehavior } }
+  advanced?: ScaledObjectAdvanced
   triggers: NatsJetStreamTrigger[]
+}
+
+export interface ScaledObjectAdvanced {
+  /** The HPA KEDA makes: its scale-up and scale-down behavior (autoscaling/v2). */
+  horizontalPodAutoscalerConfig?: { name?: string; behavior?: HorizontalPodAutoscalerBehavior }
+  restoreToOriginalReplicaCount?: boolean
+  scalingModifiers?: { formula?: string; target?: string; activationTarget?: string; metricType?: string }
 }
 
 export interface ScaledObject {
@@ -104,3 +110,15 @@ export const SCALED_OBJECT_FIELDS = {
     useHttps: 'string',
   },
 } as const
+
+/** True when A and B are the same set of keys. */
+type SameKeys<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
+
+/** Compile-time: the field table above names exactly the fields of the interfaces (tsc fails otherwise). */
+export const FIELDS_MATCH_TYPES: [
+  SameKeys<keyof (typeof SCALED_OBJECT_FIELDS)['spec'], keyof ScaledObjectSpec>,
+  SameKeys<keyof (typeof SCALED_OBJECT_FIELDS)['scaleTargetRef'], keyof ScaleTargetRef>,
+  SameKeys<keyof (typeof SCALED_OBJECT_FIELDS)['advanced'], keyof ScaledObjectAdvanced>,
+  SameKeys<keyof (typeof SCALED_OBJECT_FIELDS)['trigger'], keyof NatsJetStreamTrigger>,
+  SameKeys<keyof (typeof SCALED_OBJECT_FIELDS)['natsJetStreamMetadata'], keyof NatsJetStreamMetadata>,
+] = [true, true, true, true, true]
