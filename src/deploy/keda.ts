@@ -49,6 +49,8 @@ export interface ScaledObjectSpec {
   minReplicaCount?: number
   maxReplicaCount?: number
   advanced?: ScaledObjectAdvanced
+  /** Replicas to keep when the trigger fails failureThreshold times in a row. */
+  fallback?: { failureThreshold: number; replicas: number }
   triggers: NatsJetStreamTrigger[]
 }
 
@@ -95,6 +97,7 @@ export const SCALED_OBJECT_FIELDS = {
     minReplicaCount: 'number',
     maxReplicaCount: 'number',
     advanced: 'object',
+    fallback: 'object',
     triggers: 'array',
   },
   advanced: { horizontalPodAutoscalerConfig: 'object', restoreToOriginalReplicaCount: 'boolean', scalingModifiers: 'object' },

@@ -400,7 +400,8 @@ export function kubernetesPlan(apps: DeployedApp[], o: KubernetesOptions, bindin
           cooldownPeriod: Math.ceil(o2.scaledownWindowMs / 1000),
           advanced: {
             horizontalPodAutoscalerConfig: {
-              behavior: { scaleDown: { stabilizationWindowSeconds: Math.ceil(o2.scaledownWindowMs / 1000) } },
+              // The HPA takes at most an hour here.
+              behavior: { scaleDown: { stabilizationWindowSeconds: Math.min(3600, Math.ceil(o2.scaledownWindowMs / 1000)) } },
             },
           },
           triggers: [
