@@ -135,11 +135,14 @@ test('every subcommand answers --help (and `berth help <command>`), doing nothin
     ['run', '--help'],
     ['serve', '--help'],
     ['build', '--help'],
+    ['deploy', '--help'],
+    ['deploy', 'app.ts', '--target', 'kubernetes', '-h'],
     ['secret', '--help'],
     ['secret', 'create', '--help'],
     ['secret', 'create', 'hf', '--help'],
     ['secret', 'list', '-h'],
     ['help', 'run'],
+    ['help', 'deploy'],
     ['help', 'secret'],
   ]) {
     const r = await berth(args, { BERTH_SECRETS_DIR: secrets })

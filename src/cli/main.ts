@@ -1,9 +1,9 @@
 // The `berth` command. It loads the user's TypeScript with tsx and drives the app through the
 // same module instance the user's file imports (dist/index.cjs), never a bundled copy. It runs
 // as the bundle dist/cli.cjs (bin/berth.mjs): the paths it requires are relative to dist/.
-import { writeSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { resolve } from 'node:path'
+import { isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { serialize } from 'node:v8'
 
@@ -26,6 +26,9 @@ Usage:
               [--no-reload]                  serve the app over gRPC and HTTP, containers as processes,
                                              reloading it when a file of it is saved
   berth build <file.ts>                      run @build hooks not yet cached
+  berth deploy <file.ts> --target kubernetes --image IMAGE [--out k8s/] [--nats nats://nats:4222]
+                                             write Kubernetes manifests (Deployments, Service, KEDA
+                                             ScaledObjects) for the app's functions and classes
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
   berth --version                            the installed berth's version
@@ -43,6 +46,9 @@ Commands:
   build  Run the @build hooks of every class in the file, unless a marker in the cache
          (BERTH_CACHE_DIR, default node_modules/.cache/berth) says an earlier build of the same
          class source already did. Containers skip cached builds the same way.
+  deploy Write the manifests that run the app on Kubernetes: a front (berth serve) and a
+         worker Deployment per function and class, each scaled by KEDA on its NATS
+         JetStream consumer (berth deploy --help).
 `
 
 const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
@@ -94,6 +100,36 @@ its source in BERTH_CACHE_DIR (default node_modules/.cache/berth). Edit the clas
 A file whose classes have no @build hooks has nothing to build, and says so.
 `
 
+/** Where `berth deploy` can deploy to. */
+const DEPLOY_TARGETS = ['kubernetes']
+
+const DEPLOY_HELP = `Usage: berth deploy <file.ts> --target kubernetes --image IMAGE [--out k8s/]
+                    [--nats nats://nats:4222] [--nats-monitoring HOST:8222] [--nats-account '$G']
+
+Writes, into --out (default k8s/), the manifests that run every function and class of the app
+file on Kubernetes, inputs going through NATS JetStream (worker/broker mode comes with issue 12):
+
+  nats.yaml          a ConfigMap with the NATS reference (the one place it is set) and the KEDA
+                     TriggerAuthentication that reads it
+  front.yaml         a Deployment and Service running \`berth serve <file> --broker\` (gRPC
+                     7450, HTTP 7451)
+  <app>-<name>.yaml  per function and class: a Deployment running \`berth worker <file>
+                     --function <name>\` (gpu, cpu, memory, env, secrets from its options) and a
+                     KEDA ScaledObject on its JetStream consumer (min/maxContainers,
+                     scaledownWindow, targetInputs)
+
+  --target           where to deploy; targets: ${DEPLOY_TARGETS.join(', ')}
+  --image            the image holding the app, its package.json and node_modules (berth too),
+                     with the app file at the path given here, relative to its working directory
+  --nats             NATS's client URL (default nats://nats:4222, the NATS Helm chart's Service)
+  --nats-monitoring  host:port of NATS's monitoring port, which KEDA reads (default: --nats's
+                     host, port 8222)
+  --nats-account     the JetStream account of the streams (default $G, NATS without accounts)
+
+Each berth secret (the secrets option) is a Kubernetes Secret of the same name, lower case,
+'_' as '-', which you create; so is <app>-token, key BERTH_TOKEN, the front's --token.
+`
+
 const RUN_HELP = `Usage: berth run <file.ts>[::name] [--containers embedded|process] [--params JSON] [-- args...]
 
   <file.ts>    a module that creates an App (new App(...)) and registers
@@ -135,6 +171,7 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === 'build') return build(rest)
   if (cmd === 'serve') return serve(rest)
   if (cmd === 'secret') return secret(rest)
+  if (cmd === 'deploy') return deploy(rest)
   if (cmd === '__container') return container()
   if (cmd === '__registry') return registry(rest[0])
   process.stderr.write(`berth: unknown command '${cmd}'.\n\n${HELP}`)
@@ -539,6 +576,7 @@ const COMMAND_HELP: Record<string, string> = {
   run: RUN_HELP,
   serve: SERVE_HELP,
   build: BUILD_HELP,
+  deploy: DEPLOY_HELP,
   secret: SECRET_HELP,
 }
 
@@ -592,6 +630,121 @@ async function build(args: string[]): Promise<number> {
     return 1
   }
   if (hooks === 0) console.log(`berth build: no @build hooks in ${args[0]}: nothing to build (a class method marked @build() runs here)`)
+  return 0
+}
+
+/** `nats://host:port` (or tls://; the first of a comma-separated list): host:8222, NATS's monitoring port. */
+function natsMonitoring(url: string): string | undefined {
+  try {
+    const u = new URL(url.split(',')[0].trim())
+    if (!['nats:', 'tls:', 'ws:', 'wss:'].includes(u.protocol) || u.hostname === '') return undefined
+    return `${u.hostname}:8222`
+  } catch {
+    return undefined
+  }
+}
+
+async function deploy(args: string[]): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(DEPLOY_HELP)
+    return 0
+  }
+  const fail = (message: string, status = 2): number => {
+    process.stderr.write(`berth deploy: ${message}\n`)
+    return status
+  }
+  let parsed
+  try {
+    parsed = flags(args, ['target', 'out', 'image', 'nats', 'nats-monitoring', 'nats-account'])
+  } catch (e) {
+    process.stderr.write(`berth deploy: ${(e as Error).message}\n\n${DEPLOY_HELP}`)
+    return 2
+  }
+  const { positional, values } = parsed
+  if (positional.length !== 1) {
+    process.stderr.write(
+      `berth deploy: expected one file, got ${positional.length === 0 ? 'none' : positional.join(' ')}.\n\n${DEPLOY_HELP}`,
+    )
+    return 2
+  }
+  const target = values.get('target')
+  if (target === undefined) return fail(`--target is required; targets: ${DEPLOY_TARGETS.join(', ')}`)
+  if (!DEPLOY_TARGETS.includes(target)) return fail(`unknown target '${target}'; targets: ${DEPLOY_TARGETS.join(', ')}`)
+  // Required: a placeholder would apply, and fail later in the cluster (ImagePullBackOff).
+  const image = values.get('image')
+  if (image === undefined || image.trim() === '') {
+    return fail(
+      '--image is required: the image with your app file, package.json and node_modules (berth included), ' +
+        'e.g. --image registry.example.com/my-app:1.0 (README "Deploy" has a Dockerfile)',
+    )
+  }
+  const natsUrl = values.get('nats') ?? 'nats://nats:4222'
+  const monitoring = values.get('nats-monitoring') ?? natsMonitoring(natsUrl)
+  if (monitoring === undefined) {
+    return fail(`--nats takes NATS's client URL, e.g. nats://nats.default.svc:4222; got ${natsUrl}`)
+  }
+  if (!/^[^\s/:]+:[0-9]+$/.test(monitoring)) {
+    return fail(`--nats-monitoring takes host:port of NATS's monitoring port, e.g. nats.default.svc:8222; got ${monitoring}`)
+  }
+  const file = positional[0]
+  if (!existsSync(file)) return fail(`no file ${file}`)
+  // The path the containers load, relative to the image's working directory ('/' separated).
+  const shown = relative(process.cwd(), resolve(file)).split(sep).join('/')
+  if (shown.startsWith('../') || isAbsolute(shown)) {
+    return fail(
+      `${file} is outside this directory, so the image's working directory cannot hold it at that path: ` +
+        'run berth deploy from the directory the image copies (its WORKDIR), naming the file from there',
+    )
+  }
+  const apps = await loadApps('deploy', file)
+  if (typeof apps === 'number') return apps
+  // Loaded here: the YAML writer is for this command only.
+  const { kubernetesPlan, toYaml, WRITTEN_BY } = await import('../deploy/kubernetes.ts')
+  let plan
+  try {
+    plan = kubernetesPlan(
+      apps,
+      { file: shown, image, natsUrl, natsMonitoring: monitoring, natsAccount: values.get('nats-account') ?? '$G' },
+      binding(),
+    )
+  } catch (e) {
+    return fail((e as Error).message)
+  }
+  const out = values.get('out') ?? 'k8s'
+  const written: string[] = []
+  try {
+    mkdirSync(out, { recursive: true })
+    for (const f of plan.files) {
+      writeFileSync(join(out, f.name), toYaml(f, shown))
+      written.push(join(out, f.name))
+    }
+  } catch (e) {
+    return fail(`cannot write the manifests to ${out}: ${(e as Error).message}`, 1)
+  }
+  for (const w of plan.warnings) process.stderr.write(`berth deploy: ${w}\n`)
+  // Files an earlier run wrote for pools the app no longer has: kubectl apply would keep them.
+  const names = new Set(plan.files.map((f) => f.name))
+  for (const f of readdirSync(out)) {
+    if (names.has(f) || !f.endsWith('.yaml')) continue
+    let head = ''
+    try {
+      head = readFileSync(join(out, f), 'utf8').slice(0, WRITTEN_BY.length)
+    } catch {}
+    if (head === WRITTEN_BY) {
+      process.stderr.write(
+        `berth deploy: ${join(out, f)} was written by an earlier berth deploy for something the app no longer has: ` +
+          `kubectl delete -f ${join(out, f)}, then delete the file\n`,
+      )
+    }
+  }
+  console.log(`berth deploy: wrote ${written.join(', ')}`)
+  console.log(
+    `Before kubectl apply -f ${out}: NATS with JetStream, KEDA 2.13 or later, and these Secrets:\n` +
+      `  kubectl create secret generic ${plan.token} --from-literal=BERTH_TOKEN=<a token callers send>\n` +
+      plan.secrets
+        .map((s) => `  kubectl create secret generic ${s.name} --from-literal=KEY=VALUE ...   # berth secret '${s.berth}'`)
+        .join('\n'),
+  )
   return 0
 }
 

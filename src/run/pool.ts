@@ -32,6 +32,9 @@ export interface PoolOptions {
   env: Record<string, string>
   secrets: string[]
   gpu: string[]
+  /** Requests for deploy targets (`berth deploy`), not enforced locally. */
+  cpu?: number
+  memory?: number
 }
 
 /** A web endpoint (`@webEndpoint`, `app.function({ webEndpoint })`; src/define/web.ts). */

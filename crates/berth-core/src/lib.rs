@@ -9,6 +9,7 @@
 //! Everything is decided on one task, so the rules (concurrency slots, batch formation, timeouts,
 //! retries, drain) are deterministic and tested on tokio's paused clock.
 
+pub mod broker;
 pub mod failure;
 mod scheduler;
 mod spec;

@@ -57,6 +57,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod client;
 mod codes;
 mod container;
+mod deploy;
 mod failure;
 mod log;
 mod mailbox;
