@@ -1,0 +1,317 @@
+//! Connecting, the pools' streams and consumers, publishing inputs, replying.
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    context::PublishAckFuture,
+    message::PublishMessage,
+    stream::{RetentionPolicy, StorageType},
+};
+use berth_core::{broker::BrokerNames, PoolSpec};
+use bytes::Bytes;
+use prost::Message as _;
+
+use crate::{
+    envelope::{encode_inputs, BrokerInput, BrokerResult},
+    error::{Error, ErrorKind},
+};
+
+/// How long `connect` waits for a server before it gives up (one attempt, no retry loop).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Added to a pool's `timeout` for the consumer's `ack_wait`: a worker whose attempt timed out
+/// has this long to nak it before JetStream redelivers it on its own.
+pub const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// The JetStream settings of one pool, derived from its spec ([`PoolSettings::from_spec`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// How long a pulled message is leased to a worker before JetStream redelivers it
+    /// (extended by each `progress`).
+    pub ack_wait: Duration,
+    /// Deliveries of one message at most: the first attempt plus the retries.
+    pub max_deliver: i64,
+    /// Messages the pool's workers hold unacked at most, all workers together.
+    pub max_ack_pending: i64,
+    /// Identifies the app's code and config (the caller computes it, e.g. a hash of the
+    /// bundle); written into the stream's description with berth's version. A stream whose
+    /// description differs was made by another app version and is refused.
+    pub fingerprint: String,
+}
+
+impl PoolSettings {
+    /// `ack_wait` from the pool's `timeout` (plus [`ACK_WAIT_MARGIN`]), `max_deliver` from its
+    /// retries (`max_retries + 1`), `max_ack_pending` from its capacity (`max_containers ×
+    /// max_inputs`: what its workers can run at once; each worker pulls no more than its own
+    /// free slots, see [`crate::Worker::pull`]).
+    pub fn from_spec(spec: &PoolSpec, fingerprint: impl Into<String>) -> Self {
+        Self {
+            ack_wait: spec.timeout.saturating_add(ACK_WAIT_MARGIN),
+            max_deliver: i64::from(spec.retries.max_retries) + 1,
+            max_ack_pending: (i64::from(spec.max_containers) * i64::from(spec.max_inputs)).max(1),
+            fingerprint: fingerprint.into(),
+        }
+    }
+}
+
+/// What `ensure_pool` writes into a stream's description, and expects to find there.
+pub fn stream_description(app: &str, fingerprint: &str) -> String {
+    format!("berth {} app={app} fingerprint={fingerprint}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A connection to a NATS server with JetStream.
+#[derive(Clone)]
+pub struct Broker {
+    url: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Broker {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`). Fails within [`CONNECT_TIMEOUT`] and a
+    /// little when nothing answers (one attempt at start: no endless reconnect loop; once
+    /// connected, the client reconnects on its own), and refuses a server without JetStream.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let unreachable = |why: String| {
+            Error::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "NATS broker at {url} is unreachable ({why}); start one with `nats-server -js` or pass the right --broker URL"
+                ),
+            )
+        };
+        let options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT).name("berth");
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), options.connect(url)).await {
+            Err(_) => return Err(unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))),
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Ok(Ok(c)) => c,
+        };
+        if !client.server_info().jetstream {
+            return Err(Error::new(
+                ErrorKind::NoJetStream,
+                format!(
+                    "NATS server at {url} (version {}) has no JetStream; berth's broker mode needs it: start nats-server with -js (e.g. `nats-server -js -sd /var/lib/nats`)",
+                    client.server_info().version
+                ),
+            ));
+        }
+        let js = jetstream::new(client.clone());
+        Ok(Self { url: url.to_string(), client, js })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The core NATS client (replies, inboxes).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Creates the pool's work-queue stream and durable consumer, or verifies the ones there.
+    /// One that exists with other settings, or that another app version made (its
+    /// description differs), is refused with an error naming it and the fix: it is never
+    /// reconfigured under workers that may be running.
+    pub async fn ensure_pool(&self, app: &str, names: &BrokerNames, settings: &PoolSettings) -> Result<(), Error> {
+        let description = stream_description(app, &settings.fingerprint);
+        let wanted = jetstream::stream::Config {
+            name: names.stream.clone(),
+            subjects: vec![names.subject.clone()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            description: Some(description.clone()),
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let stream = match self.js.get_stream(&names.stream).await {
+            Ok(mut s) => {
+                let info = s.info().await.map_err(|e| Error::request(format!("reading stream {}", names.stream), e))?;
+                let have = &info.config;
+                let mut diffs = Vec::new();
+                if have.description.as_deref() != Some(description.as_str()) {
+                    diffs.push(format!(
+                        "it was made by {:?}, this is {description:?}",
+                        have.description.as_deref().unwrap_or("something other than berth")
+                    ));
+                }
+                if have.subjects != wanted.subjects {
+                    diffs.push(format!("its subjects are {:?}, not {:?}", have.subjects, wanted.subjects));
+                }
+                if have.retention != wanted.retention {
+                    diffs.push(format!("its retention is {:?}, not WorkQueue", have.retention));
+                }
+                if have.storage != wanted.storage {
+                    diffs.push(format!("its storage is {:?}, not File", have.storage));
+                }
+                if !diffs.is_empty() {
+                    return Err(conflict_stream(&names.stream, &diffs));
+                }
+                s
+            }
+            Err(e) if is_not_found(&e) => self
+                .js
+                .create_stream(wanted)
+                .await
+                .map_err(|e| Error::request(format!("creating stream {}", names.stream), e))?,
+            Err(e) => return Err(Error::request(format!("looking up stream {}", names.stream), e)),
+        };
+        let wanted = pull::Config {
+            durable_name: Some(names.consumer.clone()),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: settings.ack_wait,
+            max_deliver: settings.max_deliver,
+            max_ack_pending: settings.max_ack_pending,
+            ..Default::default()
+        };
+        match stream.consumer_info(&names.consumer).await {
+            Ok(info) => {
+                let have = &info.config;
+                let mut diffs = Vec::new();
+                if have.ack_policy != AckPolicy::Explicit {
+                    diffs.push(format!("its ack policy is {:?}, not Explicit", have.ack_policy));
+                }
+                if have.ack_wait != wanted.ack_wait {
+                    diffs.push(format!("its ack_wait is {:?}, the pool's is {:?}", have.ack_wait, wanted.ack_wait));
+                }
+                if have.max_deliver != wanted.max_deliver {
+                    diffs.push(format!("its max_deliver is {}, the pool's is {}", have.max_deliver, wanted.max_deliver));
+                }
+                if have.max_ack_pending != wanted.max_ack_pending {
+                    diffs.push(format!(
+                        "its max_ack_pending is {}, the pool's is {}",
+                        have.max_ack_pending, wanted.max_ack_pending
+                    ));
+                }
+                if !have.filter_subject.is_empty() && have.filter_subject != names.subject {
+                    diffs.push(format!("it filters {:?}", have.filter_subject));
+                }
+                if !diffs.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "consumer {} of stream {} exists with other settings ({}); berth does not reconfigure it under running workers: stop them and run `nats consumer rm {} {}`, then start again",
+                            names.consumer,
+                            names.stream,
+                            diffs.join("; "),
+                            names.stream,
+                            names.consumer
+                        ),
+                    ));
+                }
+            }
+            Err(e) if is_consumer_not_found(&e) => {
+                stream
+                    .create_consumer(wanted)
+                    .await
+                    .map_err(|e| Error::request(format!("creating consumer {} of {}", names.consumer, names.stream), e))?;
+            }
+            Err(e) => return Err(Error::request(format!("looking up consumer {} of {}", names.consumer, names.stream), e)),
+        }
+        Ok(())
+    }
+
+    /// Deletes the pool's stream (and so its consumer and pending inputs). `Ok(false)` when
+    /// there was none. What `nats stream rm` does; for tests and a future replace flag.
+    pub async fn remove_pool(&self, names: &BrokerNames) -> Result<bool, Error> {
+        match self.js.delete_stream(&names.stream).await {
+            Ok(s) => Ok(s.success),
+            Err(e) if e.to_string().contains("stream not found") => Ok(false),
+            Err(e) => Err(Error::request(format!("deleting stream {}", names.stream), e)),
+        }
+    }
+
+    /// Publishes one input as a message of its own, `Nats-Msg-Id` = its input id (JetStream
+    /// drops a republish of it within the stream's duplicate window), and waits for the
+    /// stream's ack. Returns the stream sequence.
+    pub async fn publish_input(&self, names: &BrokerNames, input: BrokerInput) -> Result<u64, Error> {
+        self.start_publish(names, vec![input]).await?.wait().await
+    }
+
+    /// Publishes one message holding `inputs` (one, or several sharing one lease: see
+    /// [`crate::envelope`]) without waiting for the stream's ack: await the returned
+    /// [`PendingPublish`] for it. Many can be in flight at once, which is what makes a
+    /// `.map()` fast. The `Nats-Msg-Id` is the input id for one input, and the first input's
+    /// id and the count for several.
+    pub async fn start_publish(&self, names: &BrokerNames, inputs: Vec<BrokerInput>) -> Result<PendingPublish, Error> {
+        let Some(first) = inputs.first() else {
+            return Err(Error::new(ErrorKind::Request, "publish_input: no input to publish"));
+        };
+        let msg_id = if inputs.len() == 1 { first.input_id.clone() } else { format!("{}+{}", first.input_id, inputs.len()) };
+        let n = inputs.len();
+        let payload = encode_inputs(inputs);
+        let fut = self
+            .js
+            .send_publish(names.subject.clone(), PublishMessage::build().payload(payload).message_id(&msg_id))
+            .await
+            .map_err(|e| Error::request(format!("publishing {n} input(s) to {}", names.subject), e))?;
+        Ok(PendingPublish { fut, subject: names.subject.clone() })
+    }
+
+    /// Sends `result` to the caller's reply inbox (core NATS: the caller is subscribed, and a
+    /// caller that is gone simply does not get it).
+    pub async fn reply(&self, reply: &str, result: &BrokerResult) -> Result<(), Error> {
+        self.client
+            .publish(reply.to_string(), Bytes::from(result.encode_to_vec()))
+            .await
+            .map_err(|e| Error::request(format!("replying to {reply}"), e))
+    }
+
+    /// Waits until the server has seen everything this connection sent (acks, replies).
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.client.flush().await.map_err(|e| Error::request("flushing", e))
+    }
+
+    /// A worker of the pool: pulls from its durable consumer (made by [`Self::ensure_pool`]).
+    pub async fn worker(&self, names: &BrokerNames) -> Result<crate::Worker, Error> {
+        let stream = self
+            .js
+            .get_stream(&names.stream)
+            .await
+            .map_err(|e| Error::request(format!("opening stream {} (run ensure_pool first)", names.stream), e))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(&names.consumer)
+            .await
+            .map_err(|e| Error::request(format!("opening consumer {} of {}", names.consumer, names.stream), e))?;
+        Ok(crate::Worker::new(consumer, names.stream.clone()))
+    }
+}
+
+/// A publish whose stream ack has not been awaited yet.
+pub struct PendingPublish {
+    fut: PublishAckFuture,
+    subject: String,
+}
+
+impl PendingPublish {
+    /// The stream's ack: the message's sequence (the original's for a dropped duplicate).
+    pub async fn wait(self) -> Result<u64, Error> {
+        let ack = self.fut.await.map_err(|e| Error::request(format!("publishing to {}", self.subject), e))?;
+        Ok(ack.sequence)
+    }
+}
+
+fn conflict_stream(stream: &str, diffs: &[String]) -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        format!(
+            "stream {stream} exists but does not match this app ({}); berth does not reconfigure it under running workers: once its inputs are drained, remove it with `nats stream rm {stream}` (its pending inputs are lost), then start again",
+            diffs.join("; ")
+        ),
+    )
+}
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+fn is_consumer_not_found(e: &jetstream::context::ConsumerInfoError) -> bool {
+    use jetstream::context::ConsumerInfoErrorKind as K;
+    match e.kind() {
+        K::NotFound => true,
+        K::JetStream(j) => j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
+    }
+}

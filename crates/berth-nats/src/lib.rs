@@ -1,0 +1,35 @@
+//! berth's broker mode on NATS JetStream (issue 12): inputs across machines.
+//!
+//! ARCHITECTURE.md ("Adding things" → "A broker") places it: a crate beside berth-server that
+//! a front (`berth serve --broker`) and workers (`berth worker`) use to hand inputs over; its
+//! streams, subjects and durable consumers are named by [`berth_core::broker::names`], the
+//! same names the KEDA scalers `berth deploy` writes read (README "Deploy"). This slice is the
+//! library with its own tests; it is not yet wired into `berth serve`, and berth-node does
+//! not depend on it (users' `npm install` does not build it).
+//!
+//! The design:
+//! - One work-queue stream per function or class, file storage, one subject
+//!   ([`Broker::ensure_pool`]). Its workers share the durable pull consumer `workers`, with
+//!   `ack_wait` from the pool's `timeout`, `max_deliver` from its retries and
+//!   `max_ack_pending` from its capacity ([`PoolSettings::from_spec`]). A stream or consumer
+//!   that exists with other settings, or was made by another app version (berth's version
+//!   and the app's fingerprint are in the stream's description), is refused, never
+//!   reconfigured under running workers.
+//! - Inputs travel in a versioned protobuf envelope, `proto/berth/v1/broker.proto`
+//!   ([`envelope`]), published with the stream's ack and `Nats-Msg-Id` = input id.
+//! - A [`Worker`] pulls as many inputs as it has free slots and settles each message's
+//!   [`Lease`]: ack, nak with a delay (the Retries backoff), progress, term. A message that
+//!   is not berth's is logged and termed.
+//! - Results go to the caller's reply inbox; the front's [`ResultRouter`] delivers the first
+//!   result per input id and drops later duplicates (JetStream delivers at least once).
+pub mod broker;
+pub mod envelope;
+pub mod error;
+pub mod results;
+pub mod worker;
+
+pub use broker::{Broker, PendingPublish, PoolSettings};
+pub use envelope::{BrokerError, BrokerInput, BrokerResult, Input};
+pub use error::{Error, ErrorKind};
+pub use results::{Offered, ResultRouter, ResultTable};
+pub use worker::{Delivery, Lease, Worker};

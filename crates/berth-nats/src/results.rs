@@ -1,0 +1,227 @@
+//! The front side of results: exactly one result delivered per input.
+//!
+//! A worker sends each attempt's result to the input's reply inbox (core NATS). JetStream
+//! delivers at least once, so an input can produce more than one result: a worker that was
+//! slow past `ack_wait` still finishes after the redelivery ran it again. The front keeps
+//! only the first result per input id and drops the later ones ([`ResultTable`], a pure
+//! structure tested apart from NATS; [`ResultRouter`] feeds it from the inbox).
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+
+use crate::{
+    broker::Broker,
+    envelope::{decode_result, BrokerResult},
+    error::Error,
+};
+
+/// What [`ResultTable::offer`] did with a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// The first result of a registered input: handed to its waiter.
+    Delivered,
+    /// The input already had its result: dropped.
+    Duplicate,
+    /// No such input is waiting (never registered, given up, or its record expired): dropped.
+    Unknown,
+}
+
+enum Slot {
+    Waiting(oneshot::Sender<BrokerResult>),
+    Done,
+}
+
+/// Inputs waiting for their result, and those that have had it (kept `keep` long so late
+/// duplicates are recognised, then forgotten).
+pub struct ResultTable {
+    slots: HashMap<String, Slot>,
+    done: VecDeque<(Instant, String)>,
+    keep: Duration,
+}
+
+impl ResultTable {
+    pub fn new(keep: Duration) -> Self {
+        Self { slots: HashMap::new(), done: VecDeque::new(), keep }
+    }
+
+    /// Waits for `input_id`'s result. A second registration of the same id replaces the first
+    /// (whose receiver then sees the sender dropped).
+    pub fn register(&mut self, input_id: impl Into<String>) -> oneshot::Receiver<BrokerResult> {
+        let (tx, rx) = oneshot::channel();
+        self.slots.insert(input_id.into(), Slot::Waiting(tx));
+        rx
+    }
+
+    /// Stops waiting for `input_id` (the caller gave up); a result arriving later is Unknown.
+    pub fn forget(&mut self, input_id: &str) {
+        if matches!(self.slots.get(input_id), Some(Slot::Waiting(_))) {
+            self.slots.remove(input_id);
+        }
+    }
+
+    /// Delivers `result` if it is its input's first, at time `now`.
+    pub fn offer(&mut self, result: BrokerResult, now: Instant) -> Offered {
+        self.prune(now);
+        match self.slots.get_mut(&result.input_id) {
+            None => Offered::Unknown,
+            Some(Slot::Done) => Offered::Duplicate,
+            Some(slot) => {
+                let id = result.input_id.clone();
+                if let Slot::Waiting(tx) = std::mem::replace(slot, Slot::Done) {
+                    // A receiver dropped meanwhile does not make the result a second one.
+                    let _ = tx.send(result);
+                }
+                self.done.push_back((now, id));
+                Offered::Delivered
+            }
+        }
+    }
+
+    /// Inputs waiting for a result.
+    pub fn waiting(&self) -> usize {
+        self.slots.len() - self.done.len()
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some((at, _)) = self.done.front() {
+            if now.saturating_duration_since(*at) < self.keep {
+                break;
+            }
+            if let Some((_, id)) = self.done.pop_front() {
+                if matches!(self.slots.get(&id), Some(Slot::Done)) {
+                    self.slots.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+/// How long a delivered input's id is remembered to drop late duplicates: longer than any
+/// pool's `ack_wait` plus a retry delay is enough in practice; a duplicate later than this is
+/// dropped anyway, as Unknown.
+pub const DEFAULT_KEEP: Duration = Duration::from_secs(600);
+
+/// A front's inbox: one core NATS subscription receiving the results of all its inputs.
+pub struct ResultRouter {
+    inbox: String,
+    table: Arc<Mutex<ResultTable>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResultRouter {
+    /// Subscribes to a fresh inbox of `broker`'s connection.
+    pub async fn start(broker: &Broker) -> Result<Self, Error> {
+        let inbox = broker.client().new_inbox();
+        let mut sub = broker
+            .client()
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::request(format!("subscribing to the result inbox {inbox}"), e))?;
+        let table = Arc::new(Mutex::new(ResultTable::new(DEFAULT_KEEP)));
+        let t = table.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let result = match decode_result(&msg.payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(subject = %msg.subject, error = %e, "dropped a message on the result inbox");
+                        continue;
+                    }
+                };
+                let (id, attempt) = (result.input_id.clone(), result.attempt);
+                let offered = match t.lock() {
+                    Ok(mut table) => table.offer(result, Instant::now()),
+                    Err(poisoned) => poisoned.into_inner().offer(result, Instant::now()),
+                };
+                if offered != Offered::Delivered {
+                    tracing::debug!(input = %id, attempt, ?offered, "result dropped");
+                }
+            }
+        });
+        Ok(Self { inbox, table, task })
+    }
+
+    /// The subject to put in inputs' `reply`.
+    pub fn inbox(&self) -> &str {
+        &self.inbox
+    }
+
+    /// Waits for `input_id`'s first result. Register before publishing the input.
+    pub fn register(&self, input_id: impl Into<String>) -> oneshot::Receiver<BrokerResult> {
+        self.with_table(|t| t.register(input_id))
+    }
+
+    /// Stops waiting for `input_id`.
+    pub fn forget(&self, input_id: &str) {
+        self.with_table(|t| t.forget(input_id));
+    }
+
+    fn with_table<T>(&self, f: impl FnOnce(&mut ResultTable) -> T) -> T {
+        match self.table.lock() {
+            Ok(mut t) => f(&mut t),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+impl Drop for ResultRouter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: &str, attempt: u32) -> BrokerResult {
+        BrokerResult::value(id, attempt, vec![attempt as u8])
+    }
+
+    #[test]
+    fn first_result_per_input_is_delivered_and_later_ones_dropped() {
+        let now = Instant::now();
+        let mut t = ResultTable::new(Duration::from_secs(60));
+        let mut a = t.register("a");
+        let mut b = t.register("b");
+        assert_eq!(t.waiting(), 2);
+        // Attempt 2 (after a redelivery) finishes first: it is the one delivered.
+        assert_eq!(t.offer(r("a", 2), now), Offered::Delivered);
+        assert_eq!(t.offer(r("a", 1), now), Offered::Duplicate);
+        assert_eq!(t.offer(r("a", 2), now), Offered::Duplicate);
+        assert_eq!(a.try_recv().expect("a's result").attempt, 2);
+        assert!(b.try_recv().is_err());
+        assert_eq!(t.offer(r("b", 1), now), Offered::Delivered);
+        assert_eq!(b.try_recv().expect("b's result").attempt, 1);
+        assert_eq!(t.offer(r("zzz", 1), now), Offered::Unknown);
+        assert_eq!(t.waiting(), 0);
+    }
+
+    #[test]
+    fn delivered_ids_are_forgotten_after_keep() {
+        let now = Instant::now();
+        let mut t = ResultTable::new(Duration::from_secs(10));
+        let _a = t.register("a");
+        assert_eq!(t.offer(r("a", 1), now), Offered::Delivered);
+        assert_eq!(t.offer(r("a", 2), now + Duration::from_secs(9)), Offered::Duplicate);
+        assert_eq!(t.offer(r("a", 3), now + Duration::from_secs(11)), Offered::Unknown);
+        assert!(t.slots.is_empty() && t.done.is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_input_drops_its_result_and_a_dropped_receiver_still_counts() {
+        let now = Instant::now();
+        let mut t = ResultTable::new(Duration::from_secs(10));
+        let _a = t.register("a");
+        t.forget("a");
+        assert_eq!(t.offer(r("a", 1), now), Offered::Unknown);
+        drop(t.register("b"));
+        assert_eq!(t.offer(r("b", 1), now), Offered::Delivered);
+        assert_eq!(t.offer(r("b", 2), now), Offered::Duplicate);
+    }
+}
