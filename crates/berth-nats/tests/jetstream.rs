@@ -1,0 +1,270 @@
+//! berth-nats against a real NATS server with JetStream at 127.0.0.1:4222. Each test skips,
+//! saying why, when none is listening there (start one with `nats-server -js`). Each uses its
+//! own app name (so its own stream and subject) and deletes its stream at the end, also when
+//! it fails.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use berth_core::broker::{names, BrokerNames};
+use berth_nats::{Broker, BrokerInput, BrokerResult, ErrorKind, PoolSettings};
+
+const URL: &str = "nats://127.0.0.1:4222";
+
+fn nats_here() -> bool {
+    let addr: SocketAddr = "127.0.0.1:4222".parse().unwrap();
+    let up = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+    if !up {
+        eprintln!("skipped: no NATS server at 127.0.0.1:4222 (start one with `nats-server -js`)");
+    }
+    up
+}
+
+/// A pool of a fresh app on the local server; its stream is deleted when dropped.
+struct Pool {
+    broker: Broker,
+    app: String,
+    names: BrokerNames,
+}
+
+impl Pool {
+    async fn new(tag: &str, settings: &PoolSettings) -> Option<Self> {
+        if !nats_here() {
+            return None;
+        }
+        let broker = Broker::connect(URL).await.unwrap();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let app = format!("test-{}-{nanos}", std::process::id());
+        let names = names(&app, tag);
+        broker.ensure_pool(&app, &names, settings).await.unwrap();
+        Some(Self { broker, app, names })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let names = self.names.clone();
+        // Drop runs inside the test's runtime, which is blocked here and so cannot drive
+        // `self.broker`'s connection: delete from a thread with its own runtime and connection.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { Broker::connect(URL).await?.remove_pool(&names).await })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(true))) {
+            eprintln!("could not delete test stream {}: {done:?}", self.names.stream);
+        }
+    }
+}
+
+fn settings(ack_wait_ms: u64, max_deliver: i64) -> PoolSettings {
+    PoolSettings {
+        ack_wait: Duration::from_millis(ack_wait_ms),
+        max_deliver,
+        max_ack_pending: 1000,
+        fingerprint: "fp-1".into(),
+    }
+}
+
+fn input(id: &str, reply: &str) -> BrokerInput {
+    BrokerInput {
+        input_id: id.into(),
+        function_call_id: "fc-1".into(),
+        attempt: 0,
+        method: "run".into(),
+        args: vec![0x81, 0x01], // CBOR [1]
+        reply: reply.into(),
+        deadline_unix_ms: 0,
+    }
+}
+
+const SHORT: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn publish_pull_ack_reply_round_trip() {
+    let Some(p) = Pool::new("roundtrip", &settings(30_000, 3)).await else { return };
+    let router = berth_nats::ResultRouter::start(&p.broker).await.unwrap();
+    let rx = router.register("in-1");
+    let seq = p.broker.publish_input(&p.names, input("in-1", router.inbox())).await.unwrap();
+    // The same input id again is a duplicate JetStream drops (Nats-Msg-Id).
+    assert_eq!(p.broker.publish_input(&p.names, input("in-1", router.inbox())).await.unwrap(), seq);
+
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let got = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let d = &got[0];
+    assert_eq!(d.inputs.len(), 1);
+    let i = &d.inputs[0];
+    assert_eq!((i.input_id.as_str(), i.attempt, i.method.as_str()), ("in-1", 1, "run"));
+    assert_eq!(i.args.as_ref(), &[0x81, 0x01]);
+    assert!(!d.last_attempt);
+    p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![0x02])).await.unwrap();
+    // A second result for the same input (as after a redelivery) is dropped by the router.
+    p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, 2, vec![0x03])).await.unwrap();
+    d.lease.ack().await.unwrap();
+    p.broker.flush().await.unwrap();
+
+    let r = tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
+    assert_eq!((r.input_id.as_str(), r.attempt), ("in-1", 1));
+    assert_eq!(r.outcome, Some(berth_nats::envelope::Outcome::Value(vec![0x02])));
+    assert!(w.pull(10, SHORT).await.unwrap().is_empty(), "acked: gone from the work queue");
+}
+
+#[tokio::test]
+async fn nak_with_delay_redelivers_after_the_delay_as_the_next_attempt() {
+    let Some(p) = Pool::new("nak", &settings(30_000, 3)).await else { return };
+    p.broker.publish_input(&p.names, input("n-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let got = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got[0].inputs[0].attempt, 1);
+    let t = Instant::now();
+    got[0].lease.nak_after(Duration::from_millis(1500)).await.unwrap();
+    assert!(w.pull(1, SHORT).await.unwrap().is_empty(), "not before the delay");
+    let again = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    let waited = t.elapsed();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].inputs[0].input_id.as_str(), again[0].inputs[0].attempt), ("n-1", 2));
+    assert!(waited >= Duration::from_millis(1400), "redelivered after {waited:?}");
+    again[0].lease.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_not_acked_within_ack_wait_is_redelivered() {
+    let Some(p) = Pool::new("ackwait", &settings(1000, 3)).await else { return };
+    p.broker.publish_input(&p.names, input("a-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let t = Instant::now();
+    let first = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // The worker "dies": nothing settles the lease.
+    let again = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].inputs[0].attempt, 2);
+    assert!(t.elapsed() >= Duration::from_millis(900), "after {:?}", t.elapsed());
+    again[0].lease.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn progress_keeps_the_lease() {
+    let Some(p) = Pool::new("progress", &settings(1000, 5)).await else { return };
+    p.broker.publish_input(&p.names, input("p-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let mut other = p.broker.worker(&p.names).await.unwrap();
+    let got = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    let t = Instant::now();
+    // 3 s of work, three times ack_wait, with progress every 400 ms.
+    while t.elapsed() < Duration::from_secs(3) {
+        got[0].lease.progress().await.unwrap();
+        assert!(other.pull(1, Duration::from_millis(400)).await.unwrap().is_empty(), "redelivered while in progress");
+    }
+    got[0].lease.ack().await.unwrap();
+    p.broker.flush().await.unwrap();
+    assert!(other.pull(1, Duration::from_millis(1500)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_termed_message_is_not_redelivered() {
+    let Some(p) = Pool::new("term", &settings(500, 5)).await else { return };
+    p.broker.publish_input(&p.names, input("t-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let got = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    got[0].lease.term().await.unwrap();
+    assert!(w.pull(1, Duration::from_secs(2)).await.unwrap().is_empty(), "4 ack_waits later, still gone");
+}
+
+#[tokio::test]
+async fn max_deliver_stops_redelivery() {
+    let Some(p) = Pool::new("maxdeliver", &settings(500, 2)).await else { return };
+    p.broker.publish_input(&p.names, input("m-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let first = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert!(!first[0].last_attempt);
+    let second = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(second[0].inputs[0].attempt, 2);
+    assert!(second[0].last_attempt, "max_deliver 2: the second delivery is the last");
+    assert!(w.pull(1, Duration::from_secs(2)).await.unwrap().is_empty(), "no third delivery");
+}
+
+#[tokio::test]
+async fn a_foreign_message_is_termed_and_the_next_berth_message_still_arrives() {
+    let Some(p) = Pool::new("foreign", &settings(500, 5)).await else { return };
+    let js = async_nats::jetstream::new(p.broker.client().clone());
+    js.publish(p.names.subject.clone(), "hello, not berth".into()).await.unwrap().await.unwrap();
+    p.broker.publish_input(&p.names, input("f-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let mut got = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    if got.is_empty() {
+        // The foreign one came alone in the first pull and was termed: pull again.
+        got = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    }
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].inputs[0].input_id, "f-1");
+    got[0].lease.ack().await.unwrap();
+    // Four ack_waits later the foreign message has not come back.
+    assert!(w.pull(10, Duration::from_secs(2)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_fails_within_a_bound() {
+    // A closed port, and an address nothing answers (no hang on either).
+    for url in ["nats://127.0.0.1:1", "nats://10.255.255.1:4222"] {
+        let t = Instant::now();
+        let e = Broker::connect(url).await.err().expect("no server there");
+        assert!(t.elapsed() < Duration::from_secs(6), "{url}: took {:?}", t.elapsed());
+        assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+        assert!(e.message.contains(url) && e.message.contains("nats-server -js"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_of_another_app_version_or_other_settings_is_refused() {
+    let s1 = settings(30_000, 3);
+    let Some(p) = Pool::new("versions", &s1).await else { return };
+    // The same app again: verified, not changed.
+    p.broker.ensure_pool(&p.app, &p.names, &s1).await.unwrap();
+
+    let other_version = PoolSettings { fingerprint: "fp-2".into(), ..s1.clone() };
+    let e = p.broker.ensure_pool(&p.app, &p.names, &other_version).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    assert!(e.message.contains(&p.names.stream), "{e}");
+    assert!(e.message.contains(&format!("nats stream rm {}", p.names.stream)), "{e}");
+    assert!(e.message.contains("fp-1") && e.message.contains("fp-2"), "{e}");
+
+    let other_timeout = PoolSettings { ack_wait: Duration::from_secs(99), ..s1.clone() };
+    let e = p.broker.ensure_pool(&p.app, &p.names, &other_timeout).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    assert!(e.message.contains("ack_wait") && e.message.contains("nats consumer rm"), "{e}");
+}
+
+/// A server without JetStream is refused, saying to start it with -js. Starts its own
+/// nats-server (skips when the binary is not installed) on a free port.
+#[tokio::test]
+async fn a_server_without_jetstream_is_refused() {
+    let Ok(port) = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()) else {
+        return;
+    };
+    let child = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("skipped: no nats-server binary in PATH (apt-get install nats-server)");
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let t = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = Broker::connect(&url).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let e = r.err().expect("refused");
+    assert_eq!(e.kind, ErrorKind::NoJetStream, "{e}");
+    assert!(e.message.contains(&url) && e.message.contains("-js"), "{e}");
+}
