@@ -176,7 +176,8 @@ impl Broker {
                     diffs.push(format!("its ack_wait is {:?}, the pool's is {:?}", have.ack_wait, wanted.ack_wait));
                 }
                 if have.max_deliver != wanted.max_deliver {
-                    diffs.push(format!("its max_deliver is {}, the pool's is {}", have.max_deliver, wanted.max_deliver));
+                    diffs
+                        .push(format!("its max_deliver is {}, the pool's is {}", have.max_deliver, wanted.max_deliver));
                 }
                 if have.max_ack_pending != wanted.max_ack_pending {
                     diffs.push(format!(
@@ -202,12 +203,13 @@ impl Broker {
                 }
             }
             Err(e) if is_consumer_not_found(&e) => {
-                stream
-                    .create_consumer(wanted)
-                    .await
-                    .map_err(|e| Error::request(format!("creating consumer {} of {}", names.consumer, names.stream), e))?;
+                stream.create_consumer(wanted).await.map_err(|e| {
+                    Error::request(format!("creating consumer {} of {}", names.consumer, names.stream), e)
+                })?;
             }
-            Err(e) => return Err(Error::request(format!("looking up consumer {} of {}", names.consumer, names.stream), e)),
+            Err(e) => {
+                return Err(Error::request(format!("looking up consumer {} of {}", names.consumer, names.stream), e))
+            }
         }
         Ok(())
     }
@@ -238,7 +240,8 @@ impl Broker {
         let Some(first) = inputs.first() else {
             return Err(Error::new(ErrorKind::Request, "publish_input: no input to publish"));
         };
-        let msg_id = if inputs.len() == 1 { first.input_id.clone() } else { format!("{}+{}", first.input_id, inputs.len()) };
+        let msg_id =
+            if inputs.len() == 1 { first.input_id.clone() } else { format!("{}+{}", first.input_id, inputs.len()) };
         let n = inputs.len();
         let payload = encode_inputs(inputs);
         let fut = self

@@ -103,7 +103,10 @@ pub fn decode_result(payload: &[u8]) -> Result<BrokerResult, Error> {
     if r.version != VERSION {
         return Err(Error::new(
             ErrorKind::Decode,
-            format!("result version {} (this berth reads {VERSION}); run the same berth version on fronts and workers", r.version),
+            format!(
+                "result version {} (this berth reads {VERSION}); run the same berth version on fronts and workers",
+                r.version
+            ),
         ));
     }
     if r.input_id.is_empty() {

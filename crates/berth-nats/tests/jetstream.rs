@@ -258,7 +258,8 @@ async fn a_server_without_jetstream_is_refused() {
     let url = format!("nats://127.0.0.1:{port}");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let t = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() && t.elapsed() < Duration::from_secs(5) {
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() && t.elapsed() < Duration::from_secs(5)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = Broker::connect(&url).await;

@@ -1,0 +1,119 @@
+//! Broker-mode throughput against a local NATS with JetStream (not a test: README
+//! "Performance" keeps benchmarks out of tests).
+//!
+//! `cargo run --release -p berth-nats --example throughput -- [N] [INPUTS_PER_MESSAGE] [WORKERS]`
+//!
+//! A front publishes N no-op inputs (CBOR `[]`), INPUTS_PER_MESSAGE to a JetStream message
+//! (default 1: one lease per input, the honest default; more: see crate::envelope for when
+//! that is honest), keeping many publishes in flight; WORKERS tasks (default 2) on a second
+//! connection pull up to 256 messages at a time, reply one result per input to the front's
+//! inbox and ack each message. The front's ResultRouter waits for every input's result.
+//! Prints inputs/s for publishing alone (stream acks received) and end to end (every result
+//! delivered). Creates a stream `berth__bench-<pid>__noop` and deletes it at the end.
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use berth_nats::{Broker, BrokerInput, BrokerResult, PoolSettings, ResultRouter};
+
+const URL: &str = "nats://127.0.0.1:4222";
+/// Publishes awaiting their stream ack at most.
+const IN_FLIGHT: usize = 4096;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let n = args.next().transpose()?.unwrap_or(100_000);
+    let per_msg = args.next().transpose()?.unwrap_or(1).max(1);
+    let workers = args.next().transpose()?.unwrap_or(2).max(1);
+
+    let front = Broker::connect(URL).await?;
+    let back = Broker::connect(URL).await?;
+    let app = format!("bench-{}", std::process::id());
+    let names = berth_core::broker::names(&app, "noop");
+    let settings = PoolSettings {
+        ack_wait: Duration::from_secs(60),
+        max_deliver: 1,
+        max_ack_pending: 1_000_000,
+        fingerprint: "bench".into(),
+    };
+    front.ensure_pool(&app, &names, &settings).await?;
+    let router = ResultRouter::start(&front).await?;
+    let mut results = Vec::with_capacity(n);
+    for i in 0..n {
+        results.push(router.register(format!("i{i}")));
+    }
+
+    // Workers: pull, reply per input, ack per message.
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (back, names, done) = (back.clone(), names.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut w = back.worker(&names).await?;
+            while done.load(Ordering::Relaxed) < n {
+                for d in w.pull(256, Duration::from_millis(200)).await? {
+                    for i in &d.inputs {
+                        back.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![0xf6])).await?;
+                    }
+                    d.lease.ack().await?;
+                    done.fetch_add(d.inputs.len(), Ordering::Relaxed);
+                }
+            }
+            back.flush().await?;
+            Ok::<_, berth_nats::Error>(())
+        }));
+    }
+
+    let t = Instant::now();
+    let mut pending = VecDeque::with_capacity(IN_FLIGHT);
+    let mut next = 0;
+    while next < n {
+        let k = per_msg.min(n - next);
+        let inputs = (next..next + k)
+            .map(|i| BrokerInput {
+                input_id: format!("i{i}"),
+                function_call_id: "fc".into(),
+                attempt: 0,
+                method: String::new(),
+                args: vec![0x80],
+                reply: router.inbox().to_string(),
+                deadline_unix_ms: 0,
+            })
+            .collect();
+        next += k;
+        if pending.len() == IN_FLIGHT {
+            if let Some(p) = pending.pop_front() {
+                berth_nats::PendingPublish::wait(p).await?;
+            }
+        }
+        pending.push_back(front.start_publish(&names, inputs).await?);
+    }
+    for p in pending {
+        p.wait().await?;
+    }
+    let published = t.elapsed();
+    for r in results {
+        r.await?;
+    }
+    let all = t.elapsed();
+    for task in tasks {
+        task.await??;
+    }
+    front.remove_pool(&names).await?;
+
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "{n} inputs, {per_msg} per message, {workers} workers: published (stream acks) in {:.2}s = {:.0} inputs/s; all results delivered in {:.2}s = {:.0} inputs/s",
+        published.as_secs_f64(),
+        rate(published),
+        all.as_secs_f64(),
+        rate(all)
+    );
+    Ok(())
+}
