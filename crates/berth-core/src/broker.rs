@@ -50,6 +50,13 @@ pub fn names(app: &str, function: &str) -> BrokerNames {
     }
 }
 
+/// The JetStream key-value bucket of `app`'s `spawn` results, keyed by function call id, so
+/// that `FunctionCall.fromId` finds a result on any front: `berth__{app}`. Its stream is
+/// `KV_` and the bucket name, kept to [`MAX_NAME_BYTES`] like the others.
+pub fn results_bucket(app: &str) -> String {
+    bounded_to(format!("berth__{}", escape(app)), MAX_NAME_BYTES - "KV_".len())
+}
+
 /// `name` with every byte outside `[A-Za-z0-9-]` written `_XX` (module docs).
 pub fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -69,13 +76,17 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// `name` if it fits in [`MAX_NAME_BYTES`], else its start and a hash of the whole (module docs).
 fn bounded(name: String) -> String {
-    if name.len() <= MAX_NAME_BYTES {
+    bounded_to(name, MAX_NAME_BYTES)
+}
+
+fn bounded_to(name: String, max: usize) -> String {
+    if name.len() <= max {
         return name;
     }
     let hash =
         name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     // The escaped name is ASCII: any byte index is a character boundary.
-    format!("{}_h{hash:016x}", &name[..MAX_NAME_BYTES - 18])
+    format!("{}_h{hash:016x}", &name[..max - 18])
 }
 
 #[cfg(test)]
@@ -142,6 +153,15 @@ mod tests {
         let subjects: HashSet<_> = pairs.iter().map(|(a, f)| names(a, f).subject).collect();
         assert_eq!(subjects.len(), pairs.len(), "{subjects:?}");
         assert_ne!(names("a.b", "c").stream, names("a_b", "c").stream);
+    }
+
+    #[test]
+    fn results_buckets_are_valid_and_per_app() {
+        assert_eq!(results_bucket("my-app"), "berth__my-app");
+        assert_ne!(results_bucket("a.b"), results_bucket("a_b"));
+        let long = results_bucket(&"z".repeat(400));
+        assert_eq!(long.len(), MAX_NAME_BYTES - 3);
+        assert!(long.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{long}");
     }
 
     #[test]

@@ -21,15 +21,19 @@
 //!   [`Lease`]: ack, nak with a delay (the Retries backoff), progress, term. A message that
 //!   is not berth's is logged and termed.
 //! - Results go to the caller's reply inbox; the front's [`ResultRouter`] delivers the first
-//!   result per input id and drops later duplicates (JetStream delivers at least once).
+//!   result per input id and drops later duplicates (JetStream delivers at least once). A
+//!   `spawn`'s result goes to the app's key-value bucket instead ([`SpawnResults`]), where the
+//!   first write per call wins, so `FunctionCall.fromId` works on any front.
 pub mod broker;
 pub mod envelope;
 pub mod error;
 pub mod results;
+pub mod spawned;
 pub mod worker;
 
 pub use broker::{Broker, PendingPublish, PoolSettings};
 pub use envelope::{BrokerError, BrokerInput, BrokerResult, Input};
 pub use error::{Error, ErrorKind};
 pub use results::{Offered, ResultRouter, ResultTable};
+pub use spawned::SpawnResults;
 pub use worker::{Delivery, Lease, Worker};

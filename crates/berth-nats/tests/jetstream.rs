@@ -269,3 +269,30 @@ async fn a_server_without_jetstream_is_refused() {
     assert_eq!(e.kind, ErrorKind::NoJetStream, "{e}");
     assert!(e.message.contains(&url) && e.message.contains("-js"), "{e}");
 }
+
+#[tokio::test]
+async fn spawn_results_keep_the_first_and_are_found_by_any_front() {
+    if !nats_here() {
+        return;
+    }
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let app = format!("test-{}-{nanos}", std::process::id());
+    let a = Broker::connect(URL).await.unwrap();
+    let b = Broker::connect(URL).await.unwrap();
+    let on_a = a.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
+    let on_b = b.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(on_b.get("fc-1").await.unwrap(), None);
+    let waiting = tokio::spawn({
+        let on_b = on_b.clone();
+        async move { on_b.wait("fc-1", Duration::from_secs(5)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(on_a.put("fc-1", &BrokerResult::value("in-1", 1, vec![1])).await.unwrap());
+    assert!(!on_a.put("fc-1", &BrokerResult::value("in-1", 2, vec![2])).await.unwrap(), "a late duplicate");
+    let got = waiting.await.unwrap().unwrap().expect("the result");
+    assert_eq!(got.attempt, 1);
+    assert_eq!(on_b.get("fc-1").await.unwrap().map(|r| r.attempt), Some(1));
+    assert_eq!(on_b.wait("fc-none", Duration::from_millis(300)).await.unwrap(), None);
+    let js = async_nats::jetstream::new(a.client().clone());
+    js.delete_key_value(berth_core::broker::results_bucket(&app)).await.unwrap();
+}
