@@ -296,3 +296,89 @@ async fn spawn_results_keep_the_first_and_are_found_by_any_front() {
     let js = async_nats::jetstream::new(a.client().clone());
     js.delete_key_value(berth_core::broker::results_bucket(&app)).await.unwrap();
 }
+
+/// A nats-server of the test's own (JetStream, a store under a temp dir, a free port),
+/// killed when dropped.
+struct OwnServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnServer {
+    fn start(port: u16, store: &std::path::Path) -> Option<Self> {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let t = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "nats-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Inputs published before the server is killed (SIGKILL) are still there after it restarts on
+/// the same store (file storage), the pool's stream and consumer verify unchanged, and a
+/// connection made before the restart reconnects and pulls them.
+#[tokio::test]
+async fn inputs_survive_a_server_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let store = std::env::temp_dir().join(format!("berth-nats-restart-{}-{nanos}", std::process::id()));
+    let Some(server) = OwnServer::start(port, &store) else {
+        eprintln!("skipped: no nats-server binary in PATH (apt-get install nats-server)");
+        return;
+    };
+    let broker = Broker::connect(&server.url()).await.unwrap();
+    let names = names("restart-app", "f");
+    let s = settings(30_000, 3);
+    broker.ensure_pool("restart-app", &names, &s).await.unwrap();
+    for i in 0..3 {
+        broker.publish_input(&names, input(&format!("r-{i}"), "")).await.unwrap();
+    }
+    drop(server);
+    let server = OwnServer::start(port, &store).unwrap();
+
+    // The old connection reconnects on its own.
+    let t = Instant::now();
+    let mut w = loop {
+        match broker.worker(&names).await {
+            Ok(w) => break w,
+            Err(e) => {
+                assert!(t.elapsed() < Duration::from_secs(15), "no reconnect: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    broker.ensure_pool("restart-app", &names, &s).await.unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 3 {
+        let got = w.pull(10, Duration::from_secs(5)).await.unwrap();
+        assert!(!got.is_empty(), "only {ids:?} after the restart");
+        for d in got {
+            ids.extend(d.inputs.iter().map(|i| i.input_id.clone()));
+            d.lease.ack().await.unwrap();
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["r-0", "r-1", "r-2"]);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&store);
+}
