@@ -54,6 +54,14 @@ impl Lease {
         self.send(AckKind::Nak(Some(delay)), "nak").await
     }
 
+    /// Retry with the pool's Retries backoff: a nak delayed by the delay before retry
+    /// `attempt` (1 for the first retry, i.e. after attempt 1 failed). The caller checks that
+    /// retries remain (`!Delivery::last_attempt`); on the last attempt it replies the failure
+    /// and `term`s instead.
+    pub async fn retry(&self, policy: &berth_core::RetryPolicy, attempt: u32) -> Result<(), Error> {
+        self.nak_after(policy.delay_for(attempt)).await
+    }
+
     /// Still working: the lease lasts another `ack_wait` from now.
     pub async fn progress(&self) -> Result<(), Error> {
         self.send(AckKind::Progress, "progress").await
@@ -103,7 +111,16 @@ impl Worker {
         };
         let mut batch = pulled.map_err(|e| Error::request(format!("pulling from {}", self.stream), e))?;
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| Error::request(format!("pulling from {}", self.stream), e))?;
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    // A status ending the pull early (409: max_ack_pending reached, consumer
+                    // changed, …): keep what was pulled, whose leases are live, and pull again
+                    // later. An unreachable server fails the next pull request itself.
+                    tracing::debug!(stream = %self.stream, error = %e, "pull ended early");
+                    break;
+                }
+            };
             let delivered = match m.info() {
                 Ok(i) => u32::try_from(i.delivered).unwrap_or(u32::MAX),
                 Err(e) => {

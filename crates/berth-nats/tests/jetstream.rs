@@ -382,3 +382,24 @@ async fn inputs_survive_a_server_restart() {
     drop(server);
     let _ = std::fs::remove_dir_all(&store);
 }
+
+#[tokio::test]
+async fn retry_naks_with_the_pools_backoff() {
+    let Some(p) = Pool::new("retry", &settings(30_000, 3)).await else { return };
+    p.broker.publish_input(&p.names, input("b-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let got = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    let policy = berth_core::RetryPolicy::new(2, 2.0, Duration::from_millis(1000), Duration::from_secs(10)).unwrap();
+    let t = Instant::now();
+    got[0].lease.retry(&policy, got[0].inputs[0].attempt).await.unwrap();
+    let again = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(900), "after {:?}", t.elapsed());
+    assert_eq!(again[0].inputs[0].attempt, 2);
+    let t = Instant::now();
+    again[0].lease.retry(&policy, again[0].inputs[0].attempt).await.unwrap();
+    assert!(w.pull(1, Duration::from_millis(1500)).await.unwrap().is_empty(), "the second retry waits 2 s");
+    let third = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(1900), "after {:?}", t.elapsed());
+    assert!(third[0].last_attempt);
+    third[0].lease.term().await.unwrap();
+}
