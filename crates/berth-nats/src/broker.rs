@@ -318,3 +318,26 @@ fn is_consumer_not_found(e: &jetstream::context::ConsumerInfoError) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_core::{MethodSpec, RetryPolicy};
+
+    use super::*;
+
+    #[test]
+    fn settings_follow_the_pool() {
+        let mut spec = PoolSpec::new("Embedder", vec![MethodSpec { batching: None, no_retries: false }]);
+        spec.timeout = Duration::from_secs(60);
+        spec.retries = RetryPolicy::fixed(3).expect("valid");
+        spec.max_containers = 4;
+        spec.max_inputs = 8;
+        let s = PoolSettings::from_spec(&spec, "fp");
+        assert_eq!(s.ack_wait, Duration::from_secs(65));
+        assert_eq!(s.max_deliver, 4);
+        assert_eq!(s.max_ack_pending, 32);
+        assert_eq!(s.fingerprint, "fp");
+        let d = stream_description("my-app", "fp");
+        assert!(d.starts_with("berth ") && d.ends_with(" app=my-app fingerprint=fp"), "{d}");
+    }
+}

@@ -3,7 +3,7 @@
 //! `FunctionCall.fromId(id).get()` finds the result on any front, not only the one that
 //! spawned it. The first result written for a call is the one kept (`create` fails when the
 //! key exists), which is the bucket's side of "exactly one result per input". Entries expire
-//! after the bucket's `max_age` (the server's `--result-ttl`, README "gRPC": Spawn).
+//! after the bucket's `max_age` (the server's `--result-ttl`; README, `FunctionCall.fromId`).
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
