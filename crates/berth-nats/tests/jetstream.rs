@@ -403,3 +403,30 @@ async fn retry_naks_with_the_pools_backoff() {
     assert!(third[0].last_attempt);
     third[0].lease.term().await.unwrap();
 }
+
+#[tokio::test]
+async fn several_inputs_in_one_message_share_one_lease() {
+    let Some(p) = Pool::new("batch", &settings(30_000, 3)).await else { return };
+    let router = berth_nats::ResultRouter::start(&p.broker).await.unwrap();
+    let rxs: Vec<_> = (0..3).map(|i| router.register(format!("b-{i}"))).collect();
+    let batch = || (0..3).map(|i| input(&format!("b-{i}"), router.inbox())).collect::<Vec<_>>();
+    let seq = p.broker.start_publish(&p.names, batch()).await.unwrap().wait().await.unwrap();
+    // Published again (a front retrying its publish): the same Nats-Msg-Id, dropped.
+    assert_eq!(p.broker.start_publish(&p.names, batch()).await.unwrap().wait().await.unwrap(), seq);
+    // Something else on the inbox is dropped, and the router keeps going.
+    p.broker.client().publish(router.inbox().to_string(), "junk".into()).await.unwrap();
+
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let got = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got.len(), 1, "one message");
+    let ids: Vec<_> = got[0].inputs.iter().map(|i| (i.input_id.as_str(), i.attempt)).collect();
+    assert_eq!(ids, [("b-0", 1), ("b-1", 1), ("b-2", 1)]);
+    for i in &got[0].inputs {
+        p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![0xf6])).await.unwrap();
+    }
+    got[0].lease.ack().await.unwrap();
+    for rx in rxs {
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap().attempt, 1);
+    }
+    assert!(w.pull(10, SHORT).await.unwrap().is_empty());
+}
