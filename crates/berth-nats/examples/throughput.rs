@@ -30,6 +30,11 @@ use berth_nats::{Broker, BrokerInput, BrokerResult, PoolSettings, ResultRouter};
 const URL: &str = "nats://127.0.0.1:4222";
 /// Publishes awaiting their stream ack at most.
 const IN_FLIGHT: usize = 4096;
+/// Inputs published and not yet answered at most, as a `.map()` window (the gRPC Map's is
+/// 16,384): results then never pile up past the front's inbox buffer.
+const WINDOW: usize = 16_384;
+/// No result for this long ends the run, saying how many are missing.
+const STALL: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,6 +59,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..n {
         results.push(router.register(format!("i{i}")));
     }
+    // Results are awaited in input order; each frees a place in the window.
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+    let answered = tokio::spawn({
+        let window = window.clone();
+        async move {
+            for (i, r) in results.into_iter().enumerate() {
+                match tokio::time::timeout(STALL, r).await {
+                    Ok(Ok(_)) => window.add_permits(1),
+                    _ => return Err(format!("no result for input {i} within {STALL:?}: {} of {n} missing", n - i)),
+                }
+            }
+            Ok(())
+        }
+    });
 
     // Workers: pull, reply per input, ack per message.
     let done = Arc::new(AtomicUsize::new(0));
@@ -93,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect();
         next += k;
+        window.acquire_many(u32::try_from(k)?).await?.forget();
         if pending.len() == IN_FLIGHT {
             if let Some(p) = pending.pop_front() {
                 berth_nats::PendingPublish::wait(p).await?;
@@ -104,9 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         p.wait().await?;
     }
     let published = t.elapsed();
-    for r in results {
-        r.await?;
-    }
+    answered.await??;
     let all = t.elapsed();
     for task in tasks {
         task.await??;

@@ -20,6 +20,11 @@ use crate::{
 /// How long `connect` waits for a server before it gives up (one attempt, no retry loop).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Messages a subscription (a front's result inbox) buffers before the client drops them as a
+/// slow consumer. Core NATS delivers results at most once: a front keeps the inputs it has
+/// in flight below this (as the gRPC `Map` bounds its window), so their results always fit.
+pub const SUBSCRIPTION_CAPACITY: usize = 1 << 18;
+
 /// Added to a pool's `timeout` for the consumer's `ack_wait`: a worker whose attempt timed out
 /// has this long to nak it before JetStream redelivers it on its own.
 pub const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
@@ -81,7 +86,24 @@ impl Broker {
                 ),
             )
         };
-        let options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT).name("berth");
+        let logged_url = url.to_string();
+        let options = async_nats::ConnectOptions::new()
+            .connection_timeout(CONNECT_TIMEOUT)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .name("berth")
+            .event_callback(move |event| {
+                let url = logged_url.clone();
+                async move {
+                    match event {
+                        async_nats::Event::SlowConsumer(sid) => tracing::warn!(
+                            %url, subscription = sid,
+                            "NATS: messages dropped on a subscription that fell behind (results lost if it is a result inbox); keep fewer inputs in flight per front"
+                        ),
+                        async_nats::Event::Connected => tracing::info!(%url, "NATS: connected"),
+                        other => tracing::warn!(%url, event = %other, "NATS"),
+                    }
+                }
+            });
         let client = match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), options.connect(url)).await {
             Err(_) => return Err(unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))),
             Ok(Err(e)) => return Err(unreachable(e.to_string())),

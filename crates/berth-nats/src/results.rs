@@ -5,6 +5,12 @@
 //! slow past `ack_wait` still finishes after the redelivery ran it again. The front keeps
 //! only the first result per input id and drops the later ones ([`ResultTable`], a pure
 //! structure tested apart from NATS; [`ResultRouter`] feeds it from the inbox).
+//!
+//! Core NATS delivers a result at most once: one published while the front is disconnected,
+//! or past its inbox's buffer ([`crate::broker::SUBSCRIPTION_CAPACITY`], logged as a slow
+//! consumer), is lost, and its input was acked all the same. A front therefore bounds the
+//! inputs it has in flight (a `.map()` window, as the gRPC `Map` has) well below that buffer,
+//! and gives up on an input at its deadline.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
