@@ -11,11 +11,13 @@
 //! Prints inputs/s for publishing alone (stream acks received) and end to end (every result
 //! delivered). Creates a stream `berth__bench-<pid>__noop` and deletes it at the end.
 //!
-//! Measured 2026-11-30 (nats-server 2.9.10 with file storage on the same machine, 2 cores
-//! shared with another benchmark, so runs vary): one input per message, end to end 39,000 to
-//! 77,000 inputs/s (publish alone 55,000 to 115,000); 8 per message 129,000; 32 per message
-//! 228,000; 100 per message 299,000. Issue 12 asks 50,000/s for `.map()`: one input per message
-//! (each its own lease) is at that mark here, not clearly above it.
+//! Measured 2026-11-30 (nats-server 2.9.10, file storage, on the same machine: 2 cores
+//! shared with another benchmark, so runs vary), end to end with the 16,384 window:
+//! one input per message 52,000 to 64,000 inputs/s (1,000,000 inputs: 52,300), where
+//! nats-server spends about 17 µs of CPU per message and is the bound; 8 per message 232,000;
+//! 32 per message 224,000 to 344,000; 100 per message 329,000. Issue 12 asks 50,000/s for
+//! `.map()`: one input per message (each its own lease) reaches it here, with little margin.
+
 use std::{
     collections::VecDeque,
     sync::{
