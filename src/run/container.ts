@@ -252,7 +252,9 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           else if (phase === PHASE_SNAP_ENTER) for (const n of m.snapEnter) await inst[n]()
           else if (phase === PHASE_ENTER) {
             for (const n of m.enter) await inst[n]()
-            await startWebApps(def, inst)
+            // Before the hook's HookDone: the control plane knows where a server listens
+            // before it sends the container any request.
+            for (const s of await startWebApps(def, inst)) link.appServer(s.method, s.port)
           } else if (phase === PHASE_EXIT) {
             await runExitHooks(def.name, m.exit, (n) => inst[n]())
             await stopWebApps(inst)
