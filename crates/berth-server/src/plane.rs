@@ -528,9 +528,8 @@ impl State {
         let (_, inputs) = e.remove();
         let mut results = results.into_iter();
         for &(input, attempt) in &inputs {
-            let r = results
-                .next()
-                .unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
+            let r =
+                results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
             // An input answered already (cancelled while it ran) needs its result no more.
             // A late result of an earlier attempt never replaces a later one's.
             if self.inputs.contains_key(&input) && self.outputs.get(&input).is_none_or(|(a, _)| *a <= attempt) {
@@ -703,13 +702,13 @@ impl Invoker for Host {
 
     fn run(&mut self, exec: &Exec) {
         let mut st = self.0.lock();
-        // A request for a web app with a server of its own: the plane sends it there itself.
+        // A request for a web app with a server of its own: its handler sends it there (proxy.rs).
         if let Some(exchange) = crate::proxy::exchange_of(&st, exec) {
             for &(input, _) in &exec.inputs {
                 st.running.insert(input, exec.container);
             }
             st.execs.insert(exec.id, (exec.container, exec.inputs.to_vec()));
-            crate::proxy::start(&self.0, &mut st, exec, exchange);
+            crate::proxy::assign(&self.0, &mut st, exec, &exchange);
             return;
         }
         let mut inputs = Vec::with_capacity(exec.inputs.len());

@@ -2,17 +2,22 @@
 //! control plane answers their requests by sending them to that server itself, over HTTP/1.1
 //! to 127.0.0.1:`port` of the container the scheduler chose.
 //!
-//! A request is an input like any other (web.rs `app_request` submits it): the scheduler queues
-//! it, assigns it a slot of a container (`@concurrent` caps, autoscaling, `maxPendingInputs`,
-//! `timeout`, cancellation all as for any input), and `Host::run` (plane.rs) then starts
-//! [`Run::exchange`] here instead of sending an `Execute`. The container reported its server's
-//! port on its Attach stream (containers.rs, `AppServer`) before its `@enter` was done. The
-//! answer's head goes straight to the waiting HTTP handler, and its body is relayed as it comes
-//! ([`Relay`]: hyper polls it as the client's socket drains, so a slow client holds the app
-//! back); the input completes when that body ends, fails, or its client goes away (which
-//! cancels the input). An input aborted by the scheduler (its timeout, a cancel) ends the
-//! exchange; a failure before the head is answered as an input's (web.rs `answer_error`).
-use std::future::Future;
+//! A request is an input like any other (web.rs `to_server` submits it): the scheduler queues
+//! it and assigns it a slot of a container (`@concurrent` caps, autoscaling, `maxPendingInputs`,
+//! `timeout`, cancellation all as for any input). `Host::run` (plane.rs) then hands the
+//! assignment ([`Assigned`]) to the request's HTTP handler instead of sending an `Execute`, and
+//! the handler sends the request to the server the container reported on its Attach stream
+//! (containers.rs, `AppServer`, sent before its `@enter` was done). The answer's body is relayed
+//! as it comes ([`Relay`]: hyper polls it as the client's socket drains, so a slow client holds
+//! the app back). The execution completes when that body ends or fails, when the scheduler
+//! aborts the input (its timeout, a cancel: the answer ends short), or when the client goes away
+//! (which cancels the input). A failure before the head is answered as an input's (web.rs
+//! `answer_error`).
+//!
+//! Connections to a server are kept open between requests, per container ([`AppServer`]), and
+//! driven by the handler that uses one (the request and its answer's body are read and written
+//! in the handler's own task, with no task of their own to wake).
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,11 +25,12 @@ use std::task::{Context, Poll};
 use berth_core::{Command, ContainerId, Exec, ExecId, ExecStatus, InputId};
 use berth_proto::v1 as pb;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::http::{BodyError, Limited};
 use crate::plane::{error, Shared, State, Waiter};
@@ -40,7 +46,39 @@ pub(crate) const BAD_GATEWAY: &str = "WebServerError";
 /// that are open and idle. Dropped with the container's link, which closes them.
 pub(crate) struct AppServer {
     port: u16,
-    idle: Mutex<Vec<SendRequest<Limited>>>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// One connection to a server: what sends on it, and what reads and writes its socket (polled
+/// by whoever uses the connection: [`Conn::drive`]).
+struct Conn {
+    send: SendRequest<Limited>,
+    io: Connection<TokioIo<TcpStream>, Limited>,
+    closed: bool,
+}
+
+impl Conn {
+    /// Reads and writes what the connection can now; false once it is closed.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.closed && self.io.poll_without_shutdown(cx).is_ready() {
+            self.closed = true;
+        }
+        !self.closed
+    }
+
+    /// Ready for a request: the previous answer read to its end, the server still there.
+    async fn ready(&mut self) -> Result<(), String> {
+        poll_fn(|cx| {
+            let open = self.drive(cx);
+            match self.send.poll_ready(cx) {
+                Poll::Ready(Ok(())) if open => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e.to_string())),
+                _ if !open => Poll::Ready(Err("the connection closed".to_owned())),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
 /// Why a request did not get its head.
@@ -56,38 +94,30 @@ impl AppServer {
         Self { port, idle: Mutex::new(Vec::new()) }
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Limited>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(conn) = idle.pop() {
-            if !conn.is_closed() {
-                return Some(conn);
-            }
-        }
-        None
+    fn take_idle(&self) -> Option<Conn> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    /// A connection whose answer's body was read to its end goes back to the idle ones.
-    fn put_back(&self, conn: SendRequest<Limited>) {
+    /// A connection whose answer was read to its end goes back to the idle ones.
+    fn put_back(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if !conn.is_closed() && idle.len() < MAX_IDLE {
+        if !conn.closed && idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
 
-    async fn connect(&self) -> std::io::Result<SendRequest<Limited>> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+    async fn connect(&self) -> std::io::Result<Conn> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
         let _ = tcp.set_nodelay(true);
-        let (conn, driver) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            let _ = driver.await;
-        });
-        Ok(conn)
+        let (send, io) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(std::io::Error::other)?;
+        Ok(Conn { send, io, closed: false })
     }
 
     /// Sends `req` on an idle connection, or a new one. An idle connection the server closed
     /// meanwhile (Node closes idle ones after 5 s) gives the request back unsent: it goes on
     /// another.
-    async fn send(&self, mut req: Request<Limited>) -> Result<(Response<Incoming>, SendRequest<Limited>), SendError> {
+    async fn send(&self, mut req: Request<Limited>) -> Result<(Response<Incoming>, Conn), SendError> {
         loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
@@ -100,9 +130,15 @@ impl AppServer {
                 if reused {
                     continue;
                 }
-                return Err(SendError::NotSent(req, e.to_string()));
+                return Err(SendError::NotSent(req, e));
             }
-            match conn.try_send_request(req).await {
+            let mut answer = std::pin::pin!(conn.send.try_send_request(req));
+            let sent = poll_fn(|cx| {
+                conn.drive(cx);
+                answer.as_mut().poll(cx)
+            })
+            .await;
+            match sent {
                 Ok(res) => return Ok((res, conn)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
@@ -114,19 +150,28 @@ impl AppServer {
     }
 }
 
-/// One request on its way to a web app's server, shared by the HTTP handler that waits for
-/// its answer and the input's waiter (plane.rs `Waiter::Proxy`).
+/// One request on its way to a web app's server, in its input's waiter (plane.rs
+/// `Waiter::Proxy`): the request, and where the scheduler's assignments of it go.
 pub(crate) struct Exchange {
     /// Taken by the attempt that sends it; put back by one that could not connect.
     request: Mutex<Option<Request<Limited>>>,
-    head: Mutex<Option<oneshot::Sender<Response<Relay>>>>,
+    assign: mpsc::UnboundedSender<Assigned>,
 }
 
-/// What an HTTP handler waits on (functions.rs `open_proxied`): the answer's head, or the
-/// input's result when it ends without one. Dropped before either (its client went away), it
-/// cancels the input.
+/// An attempt of a proxied request, assigned to a container by the scheduler: the server to
+/// send it to, what ends it when the scheduler aborts it, and its execution to complete.
+pub(crate) struct Assigned {
+    server: Option<Arc<AppServer>>,
+    stopped: oneshot::Receiver<()>,
+    run: Run,
+}
+
+/// What an HTTP handler waits on (functions.rs `open_proxied`): the assignments of its input,
+/// each of which it carries out, and the input's result when it ends without an answer.
+/// Dropped before the answer (its client went away), it cancels the input.
 pub(crate) struct Proxied {
-    head: oneshot::Receiver<Response<Relay>>,
+    exchange: Arc<Exchange>,
+    assigned: mpsc::UnboundedReceiver<Assigned>,
     result: oneshot::Receiver<pb::Result>,
     fault: Arc<Mutex<Option<BodyError>>>,
     shared: Arc<Shared>,
@@ -147,28 +192,30 @@ pub(crate) enum Unanswered {
 /// what its HTTP handler waits on.
 pub(crate) fn waiter(request: Request<Limited>) -> (Waiter, impl FnOnce(Arc<Shared>, InputId) -> Proxied) {
     let fault = request.body().fault();
-    let (head_tx, head) = oneshot::channel();
+    let (assign, assigned) = mpsc::unbounded_channel();
     let (result_tx, result) = oneshot::channel();
-    let exchange = Exchange { request: Mutex::new(Some(request)), head: Mutex::new(Some(head_tx)) };
-    let waiter = Waiter::Proxy(Arc::new(exchange), result_tx);
-    (waiter, move |shared, input| Proxied { head, result, fault, shared, input, settled: false })
+    let exchange = Arc::new(Exchange { request: Mutex::new(Some(request)), assign });
+    let waiter = Waiter::Proxy(Arc::clone(&exchange), result_tx);
+    (waiter, move |shared, input| Proxied { exchange, assigned, result, fault, shared, input, settled: false })
 }
 
 impl Proxied {
     /// The app's answer (its head, the body to relay), or why there is none.
     pub(crate) async fn answer(mut self) -> Result<Response<Relay>, Unanswered> {
-        // The head first: an input that ends (say, past its timeout) as its head comes still
-        // answers with the head.
-        let outcome = tokio::select! {
-            biased;
-            Ok(res) = &mut self.head => Ok(res),
-            result = &mut self.result => Err(result),
+        let result = loop {
+            tokio::select! {
+                // An assignment first: its failure's result follows it.
+                biased;
+                Some(assigned) = self.assigned.recv() => {
+                    if let Some(res) = assigned.exchange(&self.exchange).await {
+                        self.settled = true;
+                        return Ok(res);
+                    }
+                }
+                result = &mut self.result => break result,
+            }
         };
         self.settled = true;
-        let result = match outcome {
-            Ok(res) => return Ok(res),
-            Err(result) => result,
-        };
         if let Some(fault) = self.fault.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(Unanswered::Body(fault));
         }
@@ -222,8 +269,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// The app's answer as the client gets it: its status and headers (but those of its
-/// connection), its body relayed.
+/// The app's answer's headers as the client gets them: all but those of its connection.
 pub(crate) fn response_headers(headers: &mut HeaderMap) {
     let hop: Vec<HeaderName> = headers.keys().filter(|n| hop_by_hop(n)).cloned().collect();
     for name in hop {
@@ -231,17 +277,8 @@ pub(crate) fn response_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// One attempt of a proxied input in a container: what completes it.
-pub(crate) struct Run {
-    shared: Arc<Shared>,
-    container: ContainerId,
-    exec: ExecId,
-    input: InputId,
-    attempt: u32,
-}
-
 /// The exchange of the execution `exec` when it is a proxied request (one input, a
-/// `Waiter::Proxy`), for `Host::run` to start instead of sending an `Execute`.
+/// `Waiter::Proxy`), for `Host::run` to hand to its handler instead of sending an `Execute`.
 pub(crate) fn exchange_of(st: &State, exec: &Exec) -> Option<Arc<Exchange>> {
     let [(input, _)] = exec.inputs[..] else { return None };
     match &st.inputs.get(&input)?.waiter {
@@ -250,111 +287,138 @@ pub(crate) fn exchange_of(st: &State, exec: &Exec) -> Option<Arc<Exchange>> {
     }
 }
 
-/// Starts the exchange of a proxied execution (see [`exchange_of`]) on the server its
+/// Hands a proxied execution (see [`exchange_of`]) to its handler, with the server its
 /// container reported for the method; the scheduler's abort of the input ends it
-/// (`State::proxied`, plane.rs `Host::abort`).
-pub(crate) fn start(shared: &Arc<Shared>, st: &mut State, exec: &Exec, exchange: Arc<Exchange>) {
+/// (`State::proxied`, plane.rs `Host::abort`). A handler gone already completes it here.
+pub(crate) fn assign(shared: &Arc<Shared>, st: &mut State, exec: &Exec, exchange: &Exchange) {
     let (input, attempt) = exec.inputs[0];
     let server = st.links.get(&exec.container).and_then(|l| l.server(exec.method));
     let (stop, stopped) = oneshot::channel();
     st.proxied.insert(input, (attempt, stop));
-    let run = Run { shared: Arc::clone(shared), container: exec.container, exec: exec.id, input, attempt };
-    tokio::spawn(run.exchange(server, exchange, stopped));
+    let run = Run { shared: Arc::clone(shared), container: exec.container, exec: exec.id, input, attempt, done: false };
+    if let Err(mpsc::error::SendError(mut gone)) = exchange.assign.send(Assigned { server, stopped, run }) {
+        let cancelled = error("InputCancelledError", "the client went away");
+        gone.run.finish_locked(st, cancelled, ExecStatus::FailedFinal);
+    }
 }
 
-impl Run {
-    async fn exchange(self, server: Option<Arc<AppServer>>, exchange: Arc<Exchange>, mut stopped: oneshot::Receiver<()>) {
-        let Some(server) = server else {
+/// One attempt of a proxied input in a container: what completes its execution, once. Dropped
+/// before that, its client went away: the input is cancelled and the execution completes.
+pub(crate) struct Run {
+    shared: Arc<Shared>,
+    container: ContainerId,
+    exec: ExecId,
+    input: InputId,
+    attempt: u32,
+    done: bool,
+}
+
+impl Assigned {
+    /// Sends the request to the server; the answer, or none when the attempt failed (its
+    /// execution is completed with the failure, and the input's result follows).
+    async fn exchange(mut self, exchange: &Exchange) -> Option<Response<Relay>> {
+        let Some(server) = self.server.take() else {
             let message = format!(
                 "container {} reported no server for this web app: its berth is not the control plane's; \
                  run both from the same install",
-                self.container
+                self.run.container
             );
-            return self.finish(error(BAD_GATEWAY, message), ExecStatus::FailedFinal);
+            self.run.finish(error(BAD_GATEWAY, message), ExecStatus::FailedFinal);
+            return None;
         };
         let taken = exchange.request.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(req) = taken else {
             let message = "the container answering this request stopped after its body was sent to the app: the \
                            request was not sent again";
-            return self.finish(error(BAD_GATEWAY, message), ExecStatus::FailedFinal);
+            self.run.finish(error(BAD_GATEWAY, message), ExecStatus::FailedFinal);
+            return None;
         };
         let sent = tokio::select! {
             sent = server.send(req) => sent,
-            _ = &mut stopped => return self.finish(error("InputCancelledError", "aborted"), ExecStatus::FailedFinal),
+            _ = &mut self.stopped => {
+                self.run.finish(error("InputCancelledError", "aborted"), ExecStatus::FailedFinal);
+                return None;
+            }
         };
         let port = server.port;
         match sent {
             Ok((res, conn)) => {
-                let (parts, body) = res.into_parts();
-                let relay = Relay { body, stopped, conn: Some(conn), server, run: Some(self) };
-                let head = exchange.head.lock().unwrap_or_else(|e| e.into_inner()).take();
-                // A handler gone meanwhile: the relay, dropped unread, cancels the input.
-                if let Some(head) = head {
-                    let _ = head.send(Response::from_parts(parts, relay));
-                }
+                let Self { stopped, run, .. } = self;
+                Some(res.map(|body| Relay { body, conn: Some(conn), stopped, server, run }))
             }
             Err(SendError::NotSent(req, why)) => {
                 *exchange.request.lock().unwrap_or_else(|e| e.into_inner()) = Some(req);
                 let message = format!("the web app's server on 127.0.0.1:{port} {why}");
-                self.finish(error(BAD_GATEWAY, message), ExecStatus::Failed);
+                self.run.finish(error(BAD_GATEWAY, message), ExecStatus::Failed);
+                None
             }
             Err(SendError::Sent(e)) => {
                 let message = format!("the web app's server on 127.0.0.1:{port} did not answer: {e}");
-                self.finish(error(BAD_GATEWAY, message), ExecStatus::FailedFinal);
+                self.run.finish(error(BAD_GATEWAY, message), ExecStatus::FailedFinal);
+                None
             }
         }
     }
+}
 
+impl Run {
     /// The execution's one output, as a container's would be recorded (containers.rs), and its
     /// completion for the scheduler; nothing if the execution is no longer this attempt's (its
     /// container was lost, and the input runs again elsewhere).
-    fn finish(self, result: pb::Result, status: ExecStatus) {
-        let mut st = self.shared.lock();
+    fn finish(&mut self, result: pb::Result, status: ExecStatus) {
+        if self.done {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        self.finish_locked(&mut st, result, status);
+    }
+
+    fn finish_locked(&mut self, st: &mut State, result: pb::Result, status: ExecStatus) {
+        self.done = true;
         if st.proxied.get(&self.input).is_some_and(|(attempt, _)| *attempt == self.attempt) {
             st.proxied.remove(&self.input);
         }
-        if st.record(self.container, self.exec, vec![result]).is_none() {
+        if st.record(self.container, self.exec, vec![result]).is_some() {
+            let _ = self.shared.commands.send(Command::Complete(vec![(self.exec, status)]));
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.done {
             return;
         }
-        drop(st);
-        let _ = self.shared.commands.send(Command::Complete(vec![(self.exec, status)]));
-    }
-
-    /// The client went away before the answer's end: the input is cancelled (its caller is
-    /// gone), and its execution completes.
-    fn cancel(self) {
-        {
-            let st = self.shared.lock();
-            if st.inputs.contains_key(&self.input) {
-                // Under the lock: after the input's submission.
-                let _ = self.shared.commands.send(Command::Cancel(vec![self.input]));
-            }
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        if st.inputs.contains_key(&self.input) {
+            // Under the lock: after the input's submission.
+            let _ = self.shared.commands.send(Command::Cancel(vec![self.input]));
         }
-        self.finish(error("InputCancelledError", "the client went away"), ExecStatus::FailedFinal);
+        self.finish_locked(&mut st, error("InputCancelledError", "the client went away"), ExecStatus::FailedFinal);
     }
 }
 
 /// The body of the app's answer, relayed to the client as it comes; its end completes the
-/// input (and its connection goes back to the idle ones), as does an abort of the input (the
-/// answer ends short) or its drop before the end (the client went away: the input is cancelled,
-/// and the app's connection closes, which ends its response).
+/// execution (and its connection goes back to the idle ones), as does an abort of the input
+/// (the answer ends short) or its drop before the end (the client went away: the input is
+/// cancelled, and the app's connection closes, which ends its response).
 pub(crate) struct Relay {
     body: Incoming,
+    conn: Option<Conn>,
     stopped: oneshot::Receiver<()>,
-    conn: Option<SendRequest<Limited>>,
     server: Arc<AppServer>,
-    run: Option<Run>,
+    run: Run,
 }
 
 impl Relay {
     fn ended(&mut self) {
-        if let Some(run) = self.run.take() {
-            if let Some(conn) = self.conn.take() {
-                self.server.put_back(conn);
-            }
-            // A web app's result: null, as a streamed Response's end is (web.rs).
-            run.finish(pb::Result { outcome: Some(pb::result::Outcome::Value(vec![0xf6])) }, ExecStatus::Ok);
+        if let Some(conn) = self.conn.take() {
+            self.server.put_back(conn);
         }
+        // A web app's result: null, as a streamed Response's end is (web.rs).
+        self.run.finish(pb::Result { outcome: Some(pb::result::Outcome::Value(vec![0xf6])) }, ExecStatus::Ok);
     }
 }
 
@@ -364,13 +428,18 @@ impl Body for Relay {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let Some(run) = this.run.take() else { return Poll::Ready(None) };
+        if this.run.done {
+            return Poll::Ready(None);
+        }
         // Aborted by the scheduler (its timeout, a cancel, its container stopping).
         if Pin::new(&mut this.stopped).poll(cx).is_ready() {
-            run.finish(error("InputCancelledError", "aborted"), ExecStatus::FailedFinal);
+            this.conn = None;
+            this.run.finish(error("InputCancelledError", "aborted"), ExecStatus::FailedFinal);
             return Poll::Ready(Some(Err(std::io::Error::other("the request was aborted"))));
         }
-        this.run = Some(run);
+        if let Some(conn) = &mut this.conn {
+            conn.drive(cx);
+        }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
             Poll::Ready(None) => {
@@ -378,10 +447,10 @@ impl Body for Relay {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                let message = format!("the web app's server on 127.0.0.1:{} broke off its answer: {e}", this.server.port);
-                if let Some(run) = this.run.take() {
-                    run.finish(error(BAD_GATEWAY, message.clone()), ExecStatus::FailedFinal);
-                }
+                this.conn = None;
+                let message =
+                    format!("the web app's server on 127.0.0.1:{} broke off its answer: {e}", this.server.port);
+                this.run.finish(error(BAD_GATEWAY, message.clone()), ExecStatus::FailedFinal);
                 Poll::Ready(Some(Err(std::io::Error::other(message))))
             }
             Poll::Pending => Poll::Pending,
@@ -389,7 +458,7 @@ impl Body for Relay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.run.is_none()
+        self.run.done
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -399,11 +468,10 @@ impl Body for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        // An answer with nothing left to read (a HEAD's, a 204) is done; any other is cut short.
-        if self.body.is_end_stream() {
+        // An answer with nothing left to read (a HEAD's, a 204) is done; any other is cut
+        // short, and its run's drop cancels the input.
+        if !self.run.done && self.body.is_end_stream() {
             self.ended();
-        } else if let Some(run) = self.run.take() {
-            run.cancel();
         }
     }
 }

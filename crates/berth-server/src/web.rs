@@ -38,8 +38,8 @@ use serde_json::json;
 
 use super::json::{cbor_to_json, json_to_cbor};
 use super::{
-    accepts_event_stream, answer, body_refused, declared_too_large, fail, json_answer, percent_decode, refused, relayed,
-    request_body, stream_items, streaming, with_call_id, Answer, Chunks, Ctx, Limited,
+    accepts_event_stream, answer, body_refused, declared_too_large, fail, json_answer, percent_decode, refused,
+    relayed, request_body, stream_items, streaming, with_call_id, Answer, Chunks, Ctx, Limited,
 };
 use crate::auth::token_rule;
 use crate::functions::StreamItems;

@@ -308,7 +308,9 @@ fn body_refused(ctx: &Ctx, e: BodyError) -> Answer {
             res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             res
         }
-        BodyError::Other(e) => fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}")),
+        BodyError::Other(e) => {
+            fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}"))
+        }
     }
 }
 
