@@ -84,7 +84,7 @@ impl Conn {
 /// Why a request did not get its head.
 enum SendError {
     /// Never sent (no connection could be made): the request is still whole.
-    NotSent(Request<Limited>, String),
+    NotSent(Box<Request<Limited>>, String),
     /// Sent, wholly or in part, and the connection failed.
     Sent(hyper::Error),
 }
@@ -123,14 +123,14 @@ impl AppServer {
                 Some(conn) => (conn, true),
                 None => match self.connect().await {
                     Ok(conn) => (conn, false),
-                    Err(e) => return Err(SendError::NotSent(req, format!("could not connect: {e}"))),
+                    Err(e) => return Err(SendError::NotSent(Box::new(req), format!("could not connect: {e}"))),
                 },
             };
             if let Err(e) = conn.ready().await {
                 if reused {
                     continue;
                 }
-                return Err(SendError::NotSent(req, e));
+                return Err(SendError::NotSent(Box::new(req), e));
             }
             let mut answer = std::pin::pin!(conn.send.try_send_request(req));
             let sent = poll_fn(|cx| {
@@ -142,7 +142,7 @@ impl AppServer {
                 Ok(res) => return Ok((res, conn)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    Some(unsent) => return Err(SendError::NotSent(unsent, e.into_error().to_string())),
+                    Some(unsent) => return Err(SendError::NotSent(Box::new(unsent), e.into_error().to_string())),
                     None => return Err(SendError::Sent(e.into_error())),
                 },
             }
@@ -347,7 +347,7 @@ impl Assigned {
                 Some(res.map(|body| Relay { body, conn: Some(conn), stopped, server, run }))
             }
             Err(SendError::NotSent(req, why)) => {
-                *exchange.request.lock().unwrap_or_else(|e| e.into_inner()) = Some(req);
+                *exchange.request.lock().unwrap_or_else(|e| e.into_inner()) = Some(*req);
                 let message = format!("the web app's server on 127.0.0.1:{port} {why}");
                 self.run.finish(error(BAD_GATEWAY, message), ExecStatus::Failed);
                 None

@@ -170,7 +170,7 @@ enum Inner {
     Full(Option<Bytes>),
     /// A web app server's answer, relayed as it comes (proxy.rs); `open` as for `Stream`.
     Relay {
-        relay: crate::proxy::Relay,
+        relay: Box<crate::proxy::Relay>,
         open: Option<RequestGuard>,
     },
     /// `open`: the request's guard, held until the last chunk (see `hold`).
@@ -205,7 +205,7 @@ impl Body for AnswerBody {
                 }
                 Poll::Pending => Poll::Pending,
             },
-            Inner::Relay { relay, open } => match Pin::new(relay).poll_frame(cx) {
+            Inner::Relay { relay, open } => match Pin::new(relay.as_mut()).poll_frame(cx) {
                 Poll::Ready(None) => {
                     *open = None;
                     Poll::Ready(None)
@@ -235,7 +235,7 @@ impl Body for AnswerBody {
 /// A web app server's answer (proxy.rs): its status and headers as it sent them, its body
 /// relayed as it comes.
 pub(crate) fn relayed(head: http::response::Parts, relay: crate::proxy::Relay) -> Answer {
-    Response::from_parts(head, AnswerBody(Inner::Relay { relay, open: None }))
+    Response::from_parts(head, AnswerBody(Inner::Relay { relay: Box::new(relay), open: None }))
 }
 
 /// A streaming answer: `chunks` are written as they come (chunked transfer encoding), and
