@@ -556,8 +556,8 @@ async fn read_body(body: Incoming, limits: &BodyLimits) -> Result<Vec<u8>, BodyE
 /// for as long as it likes. Only time spent waiting for the caller counts: a streamed body
 /// that its reader does not ask for (an app reading slowly) is not the caller's delay. The
 /// refusal is kept for [`body_refused`] to answer ([`Limited::fault`]).
-pub(crate) struct Limited {
-    inner: Incoming,
+pub(crate) struct Limited<B = Incoming> {
+    inner: B,
     limits: BodyLimits,
     read: usize,
     /// Time spent with the next frame asked for and not there.
@@ -568,8 +568,8 @@ pub(crate) struct Limited {
     ended: bool,
 }
 
-impl Limited {
-    pub(crate) fn new(inner: Incoming, limits: BodyLimits) -> Self {
+impl<B> Limited<B> {
+    pub(crate) fn new(inner: B, limits: BodyLimits) -> Self {
         Self {
             inner,
             limits,
@@ -599,7 +599,11 @@ impl Limited {
     }
 }
 
-impl Body for Limited {
+impl<B> Body for Limited<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = std::io::Error;
 
@@ -626,7 +630,7 @@ impl Body for Limited {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Some(Err(e)) => this.refuse(BodyError::Other(Box::new(e))),
+                    Some(Err(e)) => this.refuse(BodyError::Other(e.into())),
                 }
             }
             Poll::Pending => {
@@ -791,6 +795,83 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::json::base64;
     use super::*;
+
+    type Sent = Result<Frame<Bytes>, std::convert::Infallible>;
+
+    /// A body whose frames come when the test sends them.
+    fn body(limits: BodyLimits) -> (tokio::sync::mpsc::Sender<Sent>, Limited<http_body_util::StreamBody<Frames>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let frames = Frames(rx);
+        (tx, Limited::new(http_body_util::StreamBody::new(frames), limits))
+    }
+
+    struct Frames(tokio::sync::mpsc::Receiver<Sent>);
+
+    impl Stream for Frames {
+        type Item = Sent;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Sent>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    fn data(s: &'static str) -> Sent {
+        Ok(Frame::data(Bytes::from_static(s.as_bytes())))
+    }
+
+    const LIMITS: BodyLimits = BodyLimits { max: 10, timeout: Duration::from_secs(1), min_rate: 4 };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_within_the_rules_passes_and_one_over_the_cap_is_refused() {
+        let (tx, mut b) = body(LIMITS);
+        tx.send(data("12345")).await.unwrap();
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "12345");
+        tx.send(data("67890")).await.unwrap();
+        assert!(b.frame().await.unwrap().is_ok(), "10 bytes: at the cap");
+        tx.send(data("x")).await.unwrap();
+        assert!(b.frame().await.unwrap().is_err());
+        assert!(matches!(b.take_fault(), Some(BodyError::TooLarge)));
+        assert!(b.frame().await.is_none(), "a refused body ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_time_spent_waiting_for_the_caller_counts() {
+        let (tx, mut b) = body(LIMITS);
+        tx.send(data("ab")).await.unwrap();
+        // The reader does not ask for 10 s (an app reading slowly): no fault of the caller's.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(b.frame().await.unwrap().is_ok());
+        // Asked for, the next frame has `timeout` to come.
+        let started = tokio::time::Instant::now();
+        assert!(b.frame().await.unwrap().is_err());
+        assert_eq!(started.elapsed(), LIMITS.timeout);
+        assert!(matches!(b.take_fault(), Some(BodyError::Stalled)));
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_trickles_is_too_slow_after_its_grace() {
+        let (tx, mut b) = body(LIMITS);
+        // A byte every 0.9 s: each within `timeout`, but under 4 bytes a second.
+        let sender = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                if tx.send(data("x")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut read = 0;
+        let fault = loop {
+            match b.frame().await {
+                Some(Ok(_)) => read += 1,
+                Some(Err(_)) => break b.take_fault(),
+                None => break None,
+            }
+        };
+        assert!(matches!(fault, Some(BodyError::TooSlow)), "{fault:?} after {read} bytes");
+        assert!(read < 3, "{read}");
+        sender.abort();
+    }
 
     #[test]
     fn base64_and_percent_decoding() {

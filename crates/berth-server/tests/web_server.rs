@@ -1,0 +1,202 @@
+#![allow(clippy::unwrap_used)]
+//! Web apps with a server of their own (`@webServer`, `@nodeApp`; src/proxy.rs) end to end
+//! over loopback: fake containers that report their server's port on the Attach stream, the
+//! server itself (hyper, in the test), and a hand-written HTTP client.
+mod common;
+
+use common::bounded;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::{MethodSpec, PoolSpec};
+use berth_proto::v1::{self as pb, container_message, control_message};
+use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner, WebSpec};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value as Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The app's server: `/slow` answers after 5 s; anything else is its method, URL, prefix and
+/// body, with a header of its own.
+async fn app_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                let prefix = req.headers().get("x-forwarded-prefix").map(|v| v.to_str().unwrap().to_owned());
+                let head = format!("{} {} prefix={} body=", req.method(), req.uri(), prefix.unwrap_or_default());
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let mut res = Response::new(Full::new(Bytes::from([head.as_bytes(), &body].concat())));
+                res.headers_mut().insert("x-app", "yes".parse().unwrap());
+                Ok::<_, Infallible>(res)
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
+        }
+    });
+    port
+}
+
+/// Containers that report a server for their web app member (`site`: the app's server;
+/// `gone`: a port nothing listens on) and count the executions they are sent.
+struct Containers {
+    tasks: common::Tasks,
+    site: u16,
+    gone: u16,
+    executions: Arc<AtomicUsize>,
+}
+
+impl Spawner for Containers {
+    fn spawn(&self, def: &FunctionDef, _: &[u8], container: u32, token: &str, endpoint: &str, _: ExitReporter) {
+        let port = if def.name == "Site" { self.site } else { self.gone };
+        let executions = Arc::clone(&self.executions);
+        let token = token.to_owned();
+        let endpoint = endpoint.to_owned();
+        self.tasks.start(container, async move {
+            let (out, mut inbound) = common::attach(endpoint, container, token, 8).await;
+            let send = |m| {
+                let _ = out.send(pb::ContainerMessage { msg: Some(m) });
+            };
+            while let Some(Ok(msg)) = inbound.next().await {
+                match msg.msg {
+                    Some(control_message::Msg::RunHook(h)) => {
+                        // As src/run/container.ts does: the server, started by @enter, before
+                        // the hook's HookDone.
+                        if h.phase == pb::Phase::Enter as i32 {
+                            let server = pb::AppServer { method: 0, port: u32::from(port) };
+                            send(container_message::Msg::AppServer(server));
+                        }
+                        send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: true, error: None }));
+                    }
+                    Some(control_message::Msg::Execute(_) | control_message::Msg::ExecuteBatch(_)) => {
+                        executions.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Some(control_message::Msg::Stop(_)) => return,
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    fn stop(&self, container: u32) {
+        self.tasks.stop(container);
+    }
+}
+
+fn web_server(name: &str, label: &str) -> FunctionDef {
+    let mut spec = PoolSpec::new(name, vec![MethodSpec::default()]);
+    spec.timeout = Duration::from_secs(1);
+    // A web app's server starts after @enter (src/run/pool.ts: hasEnter).
+    spec.hooks.enter = true;
+    FunctionDef {
+        app: "demo".into(),
+        name: name.into(),
+        methods: vec!["start".into()],
+        is_class: true,
+        spec,
+        arity: Vec::new(),
+        params: Vec::new(),
+        not_callable: Vec::new(),
+        generators: vec![true],
+        web: vec![WebSpec {
+            index: 0,
+            method: "*".into(),
+            label: Some(label.into()),
+            requires_auth: false,
+            takes_request: true,
+            app: Some("webServer".into()),
+        }],
+    }
+}
+
+async fn start() -> (ControlPlane, SocketAddr, Arc<AtomicUsize>) {
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let executions = Arc::new(AtomicUsize::new(0));
+    let containers =
+        Containers { tasks: common::Tasks::default(), site: app_server().await, gone, executions: executions.clone() };
+    let registry = Registry { functions: vec![web_server("Site", "site"), web_server("Gone", "gone")] };
+    let opts = ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServeOptions::default()
+    };
+    let plane = ControlPlane::start(registry, containers, opts).await.unwrap();
+    let addr = plane.http_addr().unwrap();
+    (plane, addr, executions)
+}
+
+/// Sends `head` and `body` on a new connection and reads the answer to the end.
+async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, HashMap<String, String>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
+    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .map(|l| l.split_once(':').unwrap())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, raw[end + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn requests_go_to_the_server_the_container_reported_not_to_the_container() {
+    bounded(LIMIT, async {
+        let (plane, addr, executions) = start().await;
+        let (status, headers, body) = exchange(addr, "GET /demo/site/a/b?q=1 HTTP/1.1", b"").await;
+        assert_eq!(status, 200);
+        assert_eq!(String::from_utf8(body).unwrap(), "GET /a/b?q=1 prefix=/demo/site body=");
+        assert_eq!(headers["x-app"], "yes");
+        assert!(headers["x-berth-function-call-id"].starts_with("fc-"));
+        let (status, _, body) = exchange(addr, "POST /demo/site/items HTTP/1.1\r\nContent-Length: 5", b"hello").await;
+        assert_eq!(
+            (status, String::from_utf8(body).unwrap().as_str()),
+            (200, "POST /items prefix=/demo/site body=hello")
+        );
+        let (status, _, body) =
+            exchange(addr, "PUT /demo/site HTTP/1.1\r\nTransfer-Encoding: chunked", b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n")
+                .await;
+        assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "PUT / prefix=/demo/site body=abc"));
+        assert_eq!(executions.load(Ordering::SeqCst), 0, "no request reached the container as an execution");
+        plane.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_there_is_502_and_one_past_the_timeout_504() {
+    bounded(LIMIT, async {
+        let (plane, addr, _) = start().await;
+        let (status, _, body) = exchange(addr, "GET /demo/gone/x HTTP/1.1", b"").await;
+        assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+        let error: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["error"]["name"], "WebServerError");
+        assert!(error["error"]["message"].as_str().unwrap().contains("could not connect"), "{error}");
+        let (status, _, _) = exchange(addr, "GET /demo/site/slow HTTP/1.1", b"").await;
+        assert_eq!(status, 504);
+        // The slot the timed-out request held is free again: the next request is answered.
+        let (status, _, _) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
+        assert_eq!(status, 200);
+        plane.shutdown().await;
+    })
+    .await
+}
