@@ -245,7 +245,8 @@ impl Drop for Proxied {
 
 /// Builds what goes to the app's server: the path under the app's own (`path`, with its query)
 /// and the caller's headers but those of its connection (as src/run/web.ts passed them on
-/// before: the framing is hyper's, from the body).
+/// before: the framing is hyper's, from the body). `Expect: 100-continue` was the ingress's to
+/// answer (hyper does when the body is first read); the app gets the body without it.
 pub(crate) fn request(
     method: hyper::Method,
     path: &str,
@@ -254,7 +255,7 @@ pub(crate) fn request(
 ) -> Result<Request<Limited>, String> {
     let mut req = Request::builder().method(method).uri(path).body(body).map_err(|e| format!("{path}: {e}"))?;
     for (name, value) in headers {
-        if !hop_by_hop(name) && name != header::CONTENT_LENGTH {
+        if !hop_by_hop(name) && name != header::CONTENT_LENGTH && name != header::EXPECT {
             req.headers_mut().append(name, value.clone());
         }
     }
