@@ -46,11 +46,14 @@ pub(crate) const BAD_GATEWAY: &str = "WebServerError";
 /// that are open and idle. Dropped with the container's link, which closes them.
 pub(crate) struct AppServer {
     port: u16,
-    idle: Mutex<Vec<Conn>>,
+    // Boxed: a connection moves in and out of the pool with each request (see `Conn`).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Conn>>>,
 }
 
 /// One connection to a server: what sends on it, and what reads and writes its socket (polled
-/// by whoever uses the connection: [`Conn::drive`]).
+/// by whoever uses the connection: [`Conn::drive`]). Boxed where it is kept and passed: it is
+/// large, and moves with each request.
 struct Conn {
     send: SendRequest<Limited>,
     io: Connection<TokioIo<TcpStream>, Limited>,
@@ -94,30 +97,30 @@ impl AppServer {
         Self { port, idle: Mutex::new(Vec::new()) }
     }
 
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<Box<Conn>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
     /// A connection whose answer was read to its end goes back to the idle ones.
-    fn put_back(&self, conn: Conn) {
+    fn put_back(&self, conn: Box<Conn>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if !conn.closed && idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
 
-    async fn connect(&self) -> std::io::Result<Conn> {
+    async fn connect(&self) -> std::io::Result<Box<Conn>> {
         let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
         let _ = tcp.set_nodelay(true);
         let (send, io) =
             hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(std::io::Error::other)?;
-        Ok(Conn { send, io, closed: false })
+        Ok(Box::new(Conn { send, io, closed: false }))
     }
 
     /// Sends `req` on an idle connection, or a new one. An idle connection the server closed
     /// meanwhile (Node closes idle ones after 5 s) gives the request back unsent: it goes on
     /// another.
-    async fn send(&self, mut req: Request<Limited>) -> Result<(Response<Incoming>, Conn), SendError> {
+    async fn send(&self, mut req: Request<Limited>) -> Result<(Response<Incoming>, Box<Conn>), SendError> {
         loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
@@ -407,7 +410,7 @@ impl Drop for Run {
 /// cancelled, and the app's connection closes, which ends its response).
 pub(crate) struct Relay {
     body: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     stopped: oneshot::Receiver<()>,
     server: Arc<AppServer>,
     run: Run,
