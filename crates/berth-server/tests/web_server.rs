@@ -7,7 +7,6 @@ mod common;
 use common::bounded;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,28 +22,38 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value as Json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// The app's server: `/slow` answers after 5 s; anything else is its method, URL, prefix and
-/// body, with a header of its own.
-async fn app_server() -> u16 {
+/// The app's server: `/slow` answers after 5 s; `/die` ends the container it runs in (`die`)
+/// and drops the connection unanswered; anything else is its method, URL, prefix and body,
+/// with a header of its own.
+async fn app_server(die: Arc<Notify>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                if req.uri().path() == "/slow" {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+            let die = Arc::clone(&die);
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let die = Arc::clone(&die);
+                async move {
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    if req.uri().path() == "/die" {
+                        die.notify_waiters();
+                        return Err("the container died");
+                    }
+                    let prefix = req.headers().get("x-forwarded-prefix").map(|v| v.to_str().unwrap().to_owned());
+                    let head = format!("{} {} prefix={} body=", req.method(), req.uri(), prefix.unwrap_or_default());
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let mut res = Response::new(Full::new(Bytes::from([head.as_bytes(), &body].concat())));
+                    res.headers_mut().insert("x-app", "yes".parse().unwrap());
+                    Ok(res)
                 }
-                let prefix = req.headers().get("x-forwarded-prefix").map(|v| v.to_str().unwrap().to_owned());
-                let head = format!("{} {} prefix={} body=", req.method(), req.uri(), prefix.unwrap_or_default());
-                let body = req.into_body().collect().await.unwrap().to_bytes();
-                let mut res = Response::new(Full::new(Bytes::from([head.as_bytes(), &body].concat())));
-                res.headers_mut().insert("x-app", "yes".parse().unwrap());
-                Ok::<_, Infallible>(res)
             });
             tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
         }
@@ -59,12 +68,14 @@ struct Containers {
     site: u16,
     gone: u16,
     executions: Arc<AtomicUsize>,
+    die: Arc<Notify>,
 }
 
 impl Spawner for Containers {
     fn spawn(&self, def: &FunctionDef, _: &[u8], container: u32, token: &str, endpoint: &str, _: ExitReporter) {
         let port = if def.name == "Site" { self.site } else { self.gone };
         let executions = Arc::clone(&self.executions);
+        let die = Arc::clone(&self.die);
         let token = token.to_owned();
         let endpoint = endpoint.to_owned();
         self.tasks.start(container, async move {
@@ -72,7 +83,13 @@ impl Spawner for Containers {
             let send = |m| {
                 let _ = out.send(pb::ContainerMessage { msg: Some(m) });
             };
-            while let Some(Ok(msg)) = inbound.next().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = inbound.next() => msg,
+                    // Its process ended: the Attach stream ends with it.
+                    _ = die.notified() => return,
+                };
+                let Some(Ok(msg)) = msg else { return };
                 match msg.msg {
                     Some(control_message::Msg::RunHook(h)) => {
                         // As src/run/container.ts does: the server, started by @enter, before
@@ -127,8 +144,9 @@ fn web_server(name: &str, label: &str) -> FunctionDef {
 async fn start() -> (ControlPlane, SocketAddr, Arc<AtomicUsize>) {
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
     let executions = Arc::new(AtomicUsize::new(0));
-    let containers =
-        Containers { tasks: common::Tasks::default(), site: app_server().await, gone, executions: executions.clone() };
+    let die = Arc::new(Notify::new());
+    let site = app_server(Arc::clone(&die)).await;
+    let containers = Containers { tasks: common::Tasks::default(), site, gone, executions: executions.clone(), die };
     let registry = Registry { functions: vec![web_server("Site", "site"), web_server("Gone", "gone")] };
     let opts = ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -196,6 +214,22 @@ async fn a_server_that_is_not_there_is_502_and_one_past_the_timeout_504() {
         // The slot the timed-out request held is free again: the next request is answered.
         let (status, _, _) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
         assert_eq!(status, 200);
+        plane.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_container_that_dies_mid_request_is_502_and_the_next_request_is_served() {
+    bounded(LIMIT, async {
+        let (plane, addr, _) = start().await;
+        let (status, _, body) = exchange(addr, "POST /demo/site/die HTTP/1.1\r\nContent-Length: 2", b"{}").await;
+        assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+        let error: Json = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["error"]["name"], "WebServerError", "{error}");
+        // Another container takes its place.
+        let (status, _, body) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
+        assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /x prefix=/demo/site body="));
         plane.shutdown().await;
     })
     .await
