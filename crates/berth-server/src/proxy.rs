@@ -69,7 +69,15 @@ impl Conn {
         !self.closed
     }
 
-    /// Ready for a request: the previous answer read to its end, the server still there.
+    /// Ready for a request now: a kept connection whose last exchange is over (its answer read
+    /// to its end, and its request's body sent: an app may answer before it has read the body)
+    /// and whose server has not closed it. One that is not is dropped, not waited for.
+    fn ready_now(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.drive(&mut cx) && matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    /// Ready for a request: a new connection, once its handshake is done.
     async fn ready(&mut self) -> Result<(), String> {
         poll_fn(|cx| {
             let open = self.drive(cx);
@@ -123,17 +131,21 @@ impl AppServer {
     async fn send(&self, mut req: Request<Limited>) -> Result<(Response<Incoming>, Box<Conn>), SendError> {
         loop {
             let (mut conn, reused) = match self.take_idle() {
-                Some(conn) => (conn, true),
+                Some(mut conn) => {
+                    if !conn.ready_now() {
+                        continue;
+                    }
+                    (conn, true)
+                }
                 None => match self.connect().await {
                     Ok(conn) => (conn, false),
                     Err(e) => return Err(SendError::NotSent(Box::new(req), format!("could not connect: {e}"))),
                 },
             };
-            if let Err(e) = conn.ready().await {
-                if reused {
-                    continue;
+            if !reused {
+                if let Err(e) = conn.ready().await {
+                    return Err(SendError::NotSent(Box::new(req), e));
                 }
-                return Err(SendError::NotSent(Box::new(req), e));
             }
             let mut answer = std::pin::pin!(conn.send.try_send_request(req));
             let sent = poll_fn(|cx| {
