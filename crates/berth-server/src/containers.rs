@@ -99,6 +99,17 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     let mut st = shared.lock();
     let overdue = st.links.get(&cid).is_some_and(|l| !l.overdue.is_empty());
     for o in outputs {
+        // A proxied request's execution is the control plane's own to complete (proxy.rs): a
+        // container never ran it, and its output for it would free the slot mid-answer.
+        let proxied = |st: &crate::plane::State| {
+            st.execs
+                .get(&o.exec_id)
+                .and_then(|(_, inputs)| inputs.first())
+                .is_some_and(|(i, _)| st.proxied.contains_key(i))
+        };
+        if proxied(&st) {
+            continue;
+        }
         let Some(inputs) = st.record(cid, o.exec_id, o.results) else {
             continue;
         };
