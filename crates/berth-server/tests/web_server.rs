@@ -7,6 +7,7 @@ mod common;
 use common::bounded;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use std::time::Duration;
 use berth_core::{MethodSpec, PoolSpec};
 use berth_proto::v1::{self as pb, container_message, control_message};
 use berth_server::{ControlPlane, ExitReporter, FunctionDef, Registry, ServeOptions, Spawner, WebSpec};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value as Json;
@@ -27,30 +28,50 @@ use tokio_stream::StreamExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// The app's server: `/slow` answers after 5 s; `/die` ends the container it runs in (`die`)
-/// and drops the connection unanswered; anything else is its method, URL, prefix and body,
-/// with a header of its own.
-async fn app_server(die: Arc<Notify>) -> u16 {
+/// What the app's server and the test share.
+#[derive(Default)]
+struct AppSide {
+    /// Ends the container the server runs in.
+    die: Notify,
+    /// Bytes of `/flood`'s answer the server has been asked for so far.
+    flooded: AtomicUsize,
+}
+
+/// `/flood`'s answer: 256 MiB in chunks of 64 KiB, each made only when the server asks for it.
+const FLOOD: usize = 256 << 20;
+const CHUNK: usize = 64 << 10;
+
+/// The app's server: `/slow` answers after 5 s; `/die` ends the container it runs in and drops
+/// the connection unanswered; `/flood` writes as fast as it is read; anything else is its
+/// method, URL, prefix and body, with a header of its own.
+async fn app_server(app: Arc<AppSide>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let die = Arc::clone(&die);
+            let app = Arc::clone(&app);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let die = Arc::clone(&die);
+                let app = Arc::clone(&app);
                 async move {
                     if req.uri().path() == "/slow" {
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                     if req.uri().path() == "/die" {
-                        die.notify_waiters();
+                        app.die.notify_waiters();
                         return Err("the container died");
+                    }
+                    if req.uri().path() == "/flood" {
+                        let chunks = tokio_stream::iter(0..FLOOD / CHUNK).map(move |_| {
+                            app.flooded.fetch_add(CHUNK, Ordering::SeqCst);
+                            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; CHUNK])))
+                        });
+                        return Ok(Response::new(StreamBody::new(chunks).boxed()));
                     }
                     let prefix = req.headers().get("x-forwarded-prefix").map(|v| v.to_str().unwrap().to_owned());
                     let head = format!("{} {} prefix={} body=", req.method(), req.uri(), prefix.unwrap_or_default());
                     let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let mut res = Response::new(Full::new(Bytes::from([head.as_bytes(), &body].concat())));
+                    let mut res = Response::new(Full::new(Bytes::from([head.as_bytes(), &body].concat())).boxed());
                     res.headers_mut().insert("x-app", "yes".parse().unwrap());
                     Ok(res)
                 }
@@ -61,21 +82,21 @@ async fn app_server(die: Arc<Notify>) -> u16 {
     port
 }
 
-/// Containers that report a server for their web app member (`site`: the app's server;
-/// `gone`: a port nothing listens on) and count the executions they are sent.
+/// Containers that report a server for their web app member (`site`: the app's server, for
+/// every class but `Gone`; `gone`: a port nothing listens on) and count the executions they are sent.
 struct Containers {
     tasks: common::Tasks,
     site: u16,
     gone: u16,
     executions: Arc<AtomicUsize>,
-    die: Arc<Notify>,
+    app: Arc<AppSide>,
 }
 
 impl Spawner for Containers {
     fn spawn(&self, def: &FunctionDef, _: &[u8], container: u32, token: &str, endpoint: &str, _: ExitReporter) {
-        let port = if def.name == "Site" { self.site } else { self.gone };
+        let port = if def.name == "Gone" { self.gone } else { self.site };
         let executions = Arc::clone(&self.executions);
-        let die = Arc::clone(&self.die);
+        let app = Arc::clone(&self.app);
         let token = token.to_owned();
         let endpoint = endpoint.to_owned();
         self.tasks.start(container, async move {
@@ -87,7 +108,7 @@ impl Spawner for Containers {
                 let msg = tokio::select! {
                     msg = inbound.next() => msg,
                     // Its process ended: the Attach stream ends with it.
-                    _ = die.notified() => return,
+                    _ = app.die.notified() => return,
                 };
                 let Some(Ok(msg)) = msg else { return };
                 match msg.msg {
@@ -115,9 +136,13 @@ impl Spawner for Containers {
     }
 }
 
-fn web_server(name: &str, label: &str) -> FunctionDef {
+fn web_server(name: &str, label: &str, timeout: Duration) -> FunctionDef {
     let mut spec = PoolSpec::new(name, vec![MethodSpec::default()]);
-    spec.timeout = Duration::from_secs(1);
+    spec.timeout = timeout;
+    // One container of one slot: a request that is answered had the slot to itself.
+    spec.max_containers = 1;
+    spec.max_inputs = 1;
+    spec.target_inputs = 1;
     // A web app's server starts after @enter (src/run/pool.ts: hasEnter).
     spec.hooks.enter = true;
     FunctionDef {
@@ -141,13 +166,22 @@ fn web_server(name: &str, label: &str) -> FunctionDef {
     }
 }
 
-async fn start() -> (ControlPlane, SocketAddr, Arc<AtomicUsize>) {
+async fn start() -> (ControlPlane, SocketAddr, Arc<AtomicUsize>, Arc<AppSide>) {
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
     let executions = Arc::new(AtomicUsize::new(0));
-    let die = Arc::new(Notify::new());
-    let site = app_server(Arc::clone(&die)).await;
-    let containers = Containers { tasks: common::Tasks::default(), site, gone, executions: executions.clone(), die };
-    let registry = Registry { functions: vec![web_server("Site", "site"), web_server("Gone", "gone")] };
+    let app = Arc::new(AppSide::default());
+    let site = app_server(Arc::clone(&app)).await;
+    let containers =
+        Containers { tasks: common::Tasks::default(), site, gone, executions: executions.clone(), app: app.clone() };
+    let second = Duration::from_secs(1);
+    let registry = Registry {
+        functions: vec![
+            web_server("Site", "site", second),
+            web_server("Gone", "gone", second),
+            // The same server, for answers longer than a second.
+            web_server("Long", "long", 30 * second),
+        ],
+    };
     let opts = ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: Some("127.0.0.1:0".parse().unwrap()),
@@ -155,7 +189,7 @@ async fn start() -> (ControlPlane, SocketAddr, Arc<AtomicUsize>) {
     };
     let plane = ControlPlane::start(registry, containers, opts).await.unwrap();
     let addr = plane.http_addr().unwrap();
-    (plane, addr, executions)
+    (plane, addr, executions, app)
 }
 
 /// Sends `head` and `body` on a new connection and reads the answer to the end.
@@ -179,7 +213,7 @@ async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, HashMap<St
 #[tokio::test]
 async fn requests_go_to_the_server_the_container_reported_not_to_the_container() {
     bounded(LIMIT, async {
-        let (plane, addr, executions) = start().await;
+        let (plane, addr, executions, _) = start().await;
         let (status, headers, body) = exchange(addr, "GET /demo/site/a/b?q=1 HTTP/1.1", b"").await;
         assert_eq!(status, 200);
         assert_eq!(String::from_utf8(body).unwrap(), "GET /a/b?q=1 prefix=/demo/site body=");
@@ -203,7 +237,7 @@ async fn requests_go_to_the_server_the_container_reported_not_to_the_container()
 #[tokio::test]
 async fn a_server_that_is_not_there_is_502_and_one_past_the_timeout_504() {
     bounded(LIMIT, async {
-        let (plane, addr, _) = start().await;
+        let (plane, addr, _, _) = start().await;
         let (status, _, body) = exchange(addr, "GET /demo/gone/x HTTP/1.1", b"").await;
         assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
         let error: Json = serde_json::from_slice(&body).unwrap();
@@ -222,7 +256,7 @@ async fn a_server_that_is_not_there_is_502_and_one_past_the_timeout_504() {
 #[tokio::test]
 async fn a_container_that_dies_mid_request_is_502_and_the_next_request_is_served() {
     bounded(LIMIT, async {
-        let (plane, addr, _) = start().await;
+        let (plane, addr, _, _) = start().await;
         let (status, _, body) = exchange(addr, "POST /demo/site/die HTTP/1.1\r\nContent-Length: 2", b"{}").await;
         assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
         let error: Json = serde_json::from_slice(&body).unwrap();
@@ -230,6 +264,42 @@ async fn a_container_that_dies_mid_request_is_502_and_the_next_request_is_served
         // Another container takes its place.
         let (status, _, body) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
         assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /x prefix=/demo/site body="));
+        plane.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_the_app_back_and_one_that_leaves_frees_the_slot() {
+    bounded(LIMIT, async {
+        let (plane, addr, _, app) = start().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET /demo/long/flood HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head[..12], b"HTTP/1.1 200");
+        // The client reads no further: the app is asked for no more than the sockets and
+        // buffers between them hold, a few MiB of its 256.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let asked = app.flooded.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let later = app.flooded.load(Ordering::SeqCst);
+        assert_eq!(asked, later, "the app waits while the client does not read");
+        assert!(asked < 64 << 20, "{asked} bytes asked of the app");
+        // Reading on, the client gets more.
+        let mut buf = vec![0u8; 8 << 20];
+        let mut read = 0;
+        while read < buf.len() {
+            let n = s.read(&mut buf[read..]).await.unwrap();
+            assert!(n > 0, "the answer ended after {read} bytes");
+            read += n;
+        }
+        assert!(app.flooded.load(Ordering::SeqCst) > asked);
+        // The client leaves: the input is cancelled, the app's connection closes, and the slot
+        // serves the next request.
+        drop(s);
+        let (status, _, _) = exchange(addr, "GET /demo/long/x HTTP/1.1", b"").await;
+        assert_eq!(status, 200);
         plane.shutdown().await;
     })
     .await
