@@ -16,6 +16,7 @@
 //! | the function threw                              | 500 `{"error": {...}}`                      |
 //! | `requiresAuth` without the server's token       | 401                                         |
 //! | its container could not start (`@enter`, a `@webServer` that never listened) | 503          |
+//! | a `@webServer`'s or `@nodeApp`'s server not reachable, or gone before answering | 502       |
 //!
 //! Wire (one design for every caller): the value is the first argument: the JSON body (POST,
 //! PUT, PATCH) or the query string as a map of strings (GET, DELETE, HEAD). The second is the
@@ -26,7 +27,8 @@
 //! a value, or a `Response` as CBOR tag [`WEB_RESPONSE_TAG`] over `[status, [[name, value],
 //! ...], body]` (src/shared/cbor.ts `WireResponse`), whose body is bytes, or null when its
 //! chunks follow as items. An `async *` endpoint's items are NDJSON or SSE, as over the RPC
-//! route; a web app gets `[null, request]` and answers with a streamed `Response`.
+//! route; a `@fetchApp` gets `[null, request]` and answers with a streamed `Response`; a
+//! `@webServer`'s or `@nodeApp`'s request goes to its server itself ([`to_server`], proxy.rs).
 use std::collections::HashMap;
 
 use berth_proto::v1 as pb;
