@@ -265,30 +265,31 @@ impl Drop for Proxied {
 pub(crate) fn request(
     method: hyper::Method,
     path: &str,
-    headers: &HeaderMap,
+    mut headers: HeaderMap,
     body: Limited,
 ) -> Result<Request<Limited>, String> {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
     let mut req = Request::builder().method(method).uri(path).body(body).map_err(|e| format!("{path}: {e}"))?;
-    for (name, value) in headers {
-        if !hop_by_hop(name) && name != header::CONTENT_LENGTH && name != header::EXPECT {
-            req.headers_mut().append(name, value.clone());
-        }
-    }
+    *req.headers_mut() = headers;
     Ok(req)
 }
 
-/// Headers that describe one connection, not the message: not passed on either way.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "proxy-connection" | "te" | "trailer"
-    )
-}
-
-/// The app's answer's headers as the client gets them: all but those of its connection.
-pub(crate) fn response_headers(headers: &mut HeaderMap) {
-    let hop: Vec<HeaderName> = headers.keys().filter(|n| hop_by_hop(n)).cloned().collect();
-    for name in hop {
+/// Drops the headers that describe one connection, not the message (those `Connection` names
+/// too): they are not passed on, either way.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te", "trailer"] {
         headers.remove(name);
     }
 }
@@ -489,5 +490,34 @@ impl Drop for Relay {
         if !self.run.done && self.body.is_end_stream() {
             self.ended();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn connection_headers_stay_behind_and_the_rest_pass_on() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("host", "example.com"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("x-kept", "a"),
+            ("x-kept", "b"),
+            ("set-cookie", "s=1"),
+        ] {
+            headers.append(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut headers);
+        // Distinct names may change places; one name's values keep their order.
+        let mut left: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+        left.sort_by_key(|(k, _)| *k);
+        assert_eq!(left, [("host", "example.com"), ("set-cookie", "s=1"), ("x-kept", "a"), ("x-kept", "b")]);
     }
 }

@@ -362,7 +362,7 @@ async fn to_server(
         Ok(t) => t,
         Err(status) => return refused(&status),
     };
-    let request = match proxy::request(head.method, path, &head.headers, Limited::new(body, ctx.body)) {
+    let request = match proxy::request(head.method, path, head.headers, Limited::new(body, ctx.body)) {
         Ok(r) => r,
         Err(message) => return fail(StatusCode::BAD_REQUEST, "InvalidArgument", message),
     };
@@ -370,7 +370,7 @@ async fn to_server(
     let res = match proxied.answer().await {
         Ok(res) => {
             let (mut parts, relay) = res.into_parts();
-            proxy::response_headers(&mut parts.headers);
+            proxy::strip_hop_by_hop(&mut parts.headers);
             relayed(parts, relay)
         }
         Err(Unanswered::Body(e)) => body_refused(ctx, e),
