@@ -143,6 +143,8 @@ fn web_server(name: &str, label: &str, timeout: Duration) -> FunctionDef {
     spec.max_containers = 1;
     spec.max_inputs = 1;
     spec.target_inputs = 1;
+    // One request waits; a third is refused (maxPendingInputs).
+    spec.max_pending = Some(1);
     // A web app's server starts after @enter (src/run/pool.ts: hasEnter).
     spec.hooks.enter = true;
     FunctionDef {
@@ -264,6 +266,32 @@ async fn a_container_that_dies_mid_request_is_502_and_the_next_request_is_served
         // Another container takes its place.
         let (status, _, body) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
         assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /x prefix=/demo/site body="));
+        plane.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn requests_wait_for_the_slot_and_past_max_pending_inputs_are_429() {
+    bounded(LIMIT, async {
+        let (plane, addr, _, _) = start().await;
+        // The one slot, held by an answer its client does not read.
+        let mut holder = TcpStream::connect(addr).await.unwrap();
+        holder.write_all(format!("GET /demo/long/flood HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        holder.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        // The next waits in the queue; the one after is refused.
+        let waiting = tokio::spawn(exchange(addr, "GET /demo/long/second HTTP/1.1", b""));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the second request waits for the slot");
+        let (status, headers, body) = exchange(addr, "GET /demo/long/third HTTP/1.1", b"").await;
+        assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["retry-after"], "1");
+        // The holder leaves: its input is cancelled, and the waiting request gets the slot.
+        drop(holder);
+        let (status, _, body) = waiting.await.unwrap();
+        assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /second prefix=/demo/long body="));
         plane.shutdown().await;
     })
     .await
