@@ -193,6 +193,12 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
         Some(container_message::Msg::Items(items)) => yielded(shared, cid, items),
         Some(container_message::Msg::AppServer(a)) => {
             let mut st = shared.lock();
+            // Only a web app member has a server: anything else a container says is ignored
+            // (and keeps what a link holds to its members).
+            let def = st.links.get(&cid).and_then(|l| l.def).and_then(|d| shared.def(d));
+            if def.is_none_or(|d| d.web_app(a.method).is_none()) {
+                return;
+            }
             if let (Some(link), Ok(port)) = (st.links.get_mut(&cid), u16::try_from(a.port)) {
                 link.last_heard = std::time::Instant::now();
                 link.servers.retain(|(m, _)| *m != a.method);
