@@ -38,6 +38,11 @@ use crate::plane::{error, Shared, State, Waiter};
 /// Idle connections kept per server: enough for the concurrency a container usually runs.
 const MAX_IDLE: usize = 256;
 
+/// A connection idle longer than this is closed rather than used: Node closes one idle for 5 s
+/// (`server.keepAliveTimeout`'s default), and a request sent as it does so would fail after
+/// being sent, where one on a new connection does not.
+const MAX_IDLE_TIME: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// The name of the failure a client gets as 502 (web.rs `answer_error`): the app's server
 /// could not be reached, or broke off its answer.
 pub(crate) const BAD_GATEWAY: &str = "WebServerError";
@@ -58,6 +63,8 @@ struct Conn {
     send: SendRequest<Limited>,
     io: Connection<TokioIo<TcpStream>, Limited>,
     closed: bool,
+    /// When it went back to the idle ones.
+    idle_since: std::time::Instant,
 }
 
 impl Conn {
@@ -105,12 +112,23 @@ impl AppServer {
         Self { port, idle: Mutex::new(Vec::new()) }
     }
 
+    /// The connection idle the shortest time, unless even that one was idle too long (then
+    /// every one is, and they all close).
     fn take_idle(&self) -> Option<Box<Conn>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = idle.pop()?;
+        if conn.idle_since.elapsed() < MAX_IDLE_TIME {
+            return Some(conn);
+        }
+        let stale = std::mem::take(&mut *idle);
+        drop(idle);
+        drop((conn, stale));
+        None
     }
 
     /// A connection whose answer was read to its end goes back to the idle ones.
-    fn put_back(&self, conn: Box<Conn>) {
+    fn put_back(&self, mut conn: Box<Conn>) {
+        conn.idle_since = std::time::Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if !conn.closed && idle.len() < MAX_IDLE {
             idle.push(conn);
@@ -122,12 +140,11 @@ impl AppServer {
         let _ = tcp.set_nodelay(true);
         let (send, io) =
             hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(std::io::Error::other)?;
-        Ok(Box::new(Conn { send, io, closed: false }))
+        Ok(Box::new(Conn { send, io, closed: false, idle_since: std::time::Instant::now() }))
     }
 
     /// Sends `req` on an idle connection, or a new one. An idle connection the server closed
-    /// meanwhile (Node closes idle ones after 5 s) gives the request back unsent: it goes on
-    /// another.
+    /// meanwhile gives the request back unsent: it goes on another.
     async fn send(&self, mut req: Request<Limited>) -> Result<(Response<Incoming>, Box<Conn>), SendError> {
         loop {
             let (mut conn, reused) = match self.take_idle() {
