@@ -498,9 +498,8 @@ pub(crate) struct State {
     pub outputs: IdMap<InputId, (u32, pb::Result)>,
     pub execs: IdMap<ExecId, (ContainerId, Vec<(InputId, u32)>)>,
     pub running: IdMap<InputId, ContainerId>,
-    /// Proxied requests running (proxy.rs), by input: the attempt, and what ends its exchange
-    /// when the scheduler aborts it.
-    pub proxied: IdMap<InputId, (u32, oneshot::Sender<()>)>,
+    /// Proxied requests running (proxy.rs), by input: what the scheduler's abort ends.
+    pub proxied: IdMap<InputId, crate::proxy::Running>,
     pub links: IdMap<ContainerId, Link>,
     pub init_errors: HashMap<ContainerId, pb::Error>,
     /// Start failures already in the server's log, by function, error name and message.
@@ -735,10 +734,7 @@ impl Invoker for Host {
     fn abort(&mut self, input: InputId, attempt: u32, reason: AbortReason) {
         let mut st = self.0.lock();
         // A proxied request's exchange is the plane's own to end (proxy.rs).
-        if st.proxied.get(&input).is_some_and(|(a, _)| *a == attempt) {
-            if let Some((_, stop)) = st.proxied.remove(&input) {
-                let _ = stop.send(());
-            }
+        if crate::proxy::abort(&self.0, &mut st, input, attempt) {
             return;
         }
         let Some(&cid) = st.running.get(&input) else {

@@ -328,12 +328,38 @@ pub(crate) fn assign(shared: &Arc<Shared>, st: &mut State, exec: &Exec, exchange
     let (input, attempt) = exec.inputs[0];
     let server = st.links.get(&exec.container).and_then(|l| l.server(exec.method));
     let (stop, stopped) = oneshot::channel();
-    st.proxied.insert(input, (attempt, stop));
+    st.proxied.insert(input, Running { attempt, container: exec.container, exec: exec.id, stop });
     let run = Run { shared: Arc::clone(shared), container: exec.container, exec: exec.id, input, attempt, done: false };
     if let Err(mpsc::error::SendError(mut gone)) = exchange.assign.send(Assigned { server, stopped, run }) {
         let cancelled = error("InputCancelledError", "the client went away");
         gone.run.finish_locked(st, cancelled, ExecStatus::FailedFinal);
     }
+}
+
+/// A proxied attempt running, as the scheduler's abort finds it (`State::proxied`).
+pub(crate) struct Running {
+    attempt: u32,
+    container: ContainerId,
+    exec: ExecId,
+    /// Ends the exchange: at once before the answer's head, at the body's next poll after it.
+    stop: oneshot::Sender<()>,
+}
+
+/// The scheduler aborts attempt `attempt` of input `input` (its timeout, a cancel, its
+/// container stopping): if it is a proxied request's, its exchange is told to stop and its
+/// execution completes now, freeing the slot, rather than when the exchange next runs. A client
+/// that does not read leaves its answer's body unpolled, and an execution that outlives its
+/// timeout by `OVERDUE_GRACE` has its container replaced. False for any other input.
+pub(crate) fn abort(shared: &Shared, st: &mut State, input: InputId, attempt: u32) -> bool {
+    if st.proxied.get(&input).is_none_or(|r| r.attempt != attempt) {
+        return false;
+    }
+    let Some(running) = st.proxied.remove(&input) else { return false };
+    let _ = running.stop.send(());
+    if st.record(running.container, running.exec, vec![error("InputCancelledError", "aborted")]).is_some() {
+        let _ = shared.commands.send(Command::Complete(vec![(running.exec, ExecStatus::FailedFinal)]));
+    }
+    true
 }
 
 /// One attempt of a proxied input in a container: what completes its execution, once. Dropped
@@ -410,7 +436,7 @@ impl Run {
 
     fn finish_locked(&mut self, st: &mut State, result: pb::Result, status: ExecStatus) {
         self.done = true;
-        if st.proxied.get(&self.input).is_some_and(|(attempt, _)| *attempt == self.attempt) {
+        if st.proxied.get(&self.input).is_some_and(|r| r.attempt == self.attempt) {
             st.proxied.remove(&self.input);
         }
         if st.record(self.container, self.exec, vec![result]).is_some() {

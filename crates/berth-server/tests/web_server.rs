@@ -35,6 +35,8 @@ struct AppSide {
     die: Notify,
     /// Bytes of `/flood`'s answer the server has been asked for so far.
     flooded: AtomicUsize,
+    /// Containers started.
+    spawned: AtomicUsize,
 }
 
 /// `/flood`'s answer: 256 MiB in chunks of 64 KiB, each made only when the server asks for it.
@@ -97,6 +99,7 @@ impl Spawner for Containers {
         let port = if def.name == "Gone" { self.gone } else { self.site };
         let executions = Arc::clone(&self.executions);
         let app = Arc::clone(&self.app);
+        app.spawned.fetch_add(1, Ordering::SeqCst);
         let token = token.to_owned();
         let endpoint = endpoint.to_owned();
         self.tasks.start(container, async move {
@@ -292,6 +295,29 @@ async fn requests_wait_for_the_slot_and_past_max_pending_inputs_are_429() {
         drop(holder);
         let (status, _, body) = waiting.await.unwrap();
         assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /second prefix=/demo/long body="));
+        plane.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn past_its_timeout_a_request_whose_client_does_not_read_frees_its_slot_at_once() {
+    bounded(LIMIT, async {
+        let (plane, addr, _, app) = start().await;
+        // `site` times out after 1 s; its client reads the head and nothing more.
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(format!("GET /demo/site/flood HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        stalled.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        // The one slot is free once the timeout has passed, on the same container: not after
+        // the grace the scheduler gives a container to answer an abort before replacing it.
+        let started = tokio::time::Instant::now();
+        let (status, _, _) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
+        assert_eq!(status, 200);
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert_eq!(app.spawned.load(Ordering::SeqCst), 1, "the container was not replaced");
+        drop(stalled);
         plane.shutdown().await;
     })
     .await
