@@ -1,12 +1,14 @@
 // Web apps (README "API", web apps) against `npx berth serve`, through fetch: a Hono app behind
 // @fetchApp (routes, path params, an SSE route read event by event), a fastify server behind
 // @webServer and an Express app behind @nodeApp (both proxied), each after @enter and before
-// @exit; a fetch handler that throws; a @webServer that never listens.
+// @exit; a request body streaming to a @webServer; a fetch handler that throws; a @webServer
+// that never listens.
 import { readFileSync } from 'node:fs'
+import { request, type IncomingMessage } from 'node:http'
 import test from 'ava'
 
 import { serve, stopsCleanly, type Served } from './_served.ts'
-import { until } from './_util.ts'
+import { until, within } from './_util.ts'
 
 async function served(t: any): Promise<Served> {
   const s = await serve([], {}, 'web-apps.ts')
@@ -157,6 +159,35 @@ test.serial('@webServer proxies a fastify server on the port berth gives it; @no
   await stopsCleanly(t, s)
   t.regex(marks(s), /fast exit/)
   t.regex(marks(s), /ex exit/)
+})
+
+test.serial('a request body streams to a @webServer as it comes: the app echoes part 1 before the client sends part 2', async (t) => {
+  const s = await served(t)
+  const [host, port] = s.http.split(':')
+  const req = request({ host, port: Number(port), method: 'POST', path: '/webapps/echo/stream', headers: { 'content-type': 'application/octet-stream' } })
+  const res = await within(
+    10_000,
+    new Promise<IncomingMessage>((resolve, reject) => {
+      req.once('response', resolve)
+      req.once('error', reject)
+      req.write('part 1;')
+    }),
+    'the head of the answer while the body is still coming',
+  )
+  t.is(res.statusCode, 200)
+  const chunks = res[Symbol.asyncIterator]()
+  let got = ''
+  while (!got.includes('part 1;')) {
+    const next = await within(5000, chunks.next(), 'the echo of part 1')
+    if (next.done) break
+    got += String(next.value)
+  }
+  t.is(got, 'part 1;', 'part 1 came back before part 2 was sent')
+  req.end('part 2;')
+  for (let next = await chunks.next(); !next.done; next = await chunks.next()) got += String(next.value)
+  t.is(got, 'part 1;part 2;end')
+  t.truthy(res.headers['x-berth-function-call-id'])
+  await stopsCleanly(t, s)
 })
 
 test.serial('a @webServer that never listens: its container fails to start with a clear log line, and callers get 503', async (t) => {

@@ -95,8 +95,10 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
   const paramsHex = env.BERTH_PARAMS ?? ''
   const params = paramsHex ? (decodeValue(Buffer.from(paramsHex, 'hex')) as Record<string, unknown>) : undefined
   const def: PoolDef = app.containerDef(need('BERTH_FUNCTION'), params)
-  // A container that answers HTTP makes its Responses light (src/run/light-response.ts).
-  if (def.methods.some((m) => m.web !== undefined)) installLightResponse()
+  // A container whose code answers HTTP requests (web endpoints, a @fetchApp; not a server of
+  // its own, which the control plane reaches directly) makes its Responses light
+  // (src/run/light-response.ts).
+  if (def.methods.some((m) => m.web !== undefined && m.web.app !== 'webServer' && m.web.app !== 'nodeApp')) installLightResponse()
   // The server's message cap: a larger result fails its input here instead of the stream.
   const maxResultBytes = Number(env.BERTH_MAX_MESSAGE_BYTES ?? 16 * 1024 * 1024)
 
@@ -241,7 +243,9 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           else if (phase === PHASE_SNAP_ENTER) for (const n of m.snapEnter) await inst[n]()
           else if (phase === PHASE_ENTER) {
             for (const n of m.enter) await inst[n]()
-            await startWebApps(def, inst)
+            // Before the hook's HookDone: the control plane knows where a server listens
+            // before it sends the container any request.
+            for (const s of await startWebApps(def, inst)) link.appServer(s.method, s.port)
           } else if (phase === PHASE_EXIT) {
             await runExitHooks(def.name, m.exit, (n) => inst[n]())
             await stopWebApps(inst)

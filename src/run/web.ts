@@ -2,8 +2,11 @@
 // (README "API", web endpoints and web apps). The control plane sends what a `Request` needs
 // only to members that take one (building one costs microseconds), and answers the HTTP request
 // with a returned `Response` as it streams: its head, then its body's chunks as they come
-// (crates/berth-server/src/web.rs); a `.remote()` caller gets it whole.
-import { createServer, request as httpRequest, Agent, type IncomingMessage, type RequestListener, type Server } from 'node:http'
+// (crates/berth-server/src/web.rs); a `.remote()` caller gets it whole. A web app with a server
+// of its own (`@webServer`, `@nodeApp`) reports the server's port, and the control plane sends
+// its requests there itself (crates/berth-server/src/proxy.rs): only a `@fetchApp` answers
+// requests here.
+import { createServer, type RequestListener, type Server } from 'node:http'
 import { connect } from 'node:net'
 
 import { WireResponse } from '../shared/cbor.ts'
@@ -76,11 +79,19 @@ function wholeBody(res: Response): Uint8Array | undefined {
   return undefined
 }
 
-/** A web app a container runs: how it answers one request, and how it stops. */
-interface WebApp {
-  /** Its answer (src/run/web.ts `answer`); `signal` is the input's, called when needed. */
-  respond(meta: RequestMeta, signal: () => AbortSignal): Promise<WireResponse | AsyncGenerator<unknown>>
-  close(): Promise<void>
+/**
+ * A web app a container runs, and how it stops: a `@fetchApp` answers each request here
+ * (`respond`); a server (a `@webServer`'s, or the one made for a `@nodeApp`) listens on
+ * 127.0.0.1:`port`, where the control plane sends its requests.
+ */
+type WebApp =
+  | { respond(meta: RequestMeta, signal: () => AbortSignal): Promise<WireResponse | AsyncGenerator<unknown>>; close(): Promise<void> }
+  | { port: number; close(): Promise<void> }
+
+/** A web app member whose server listens on 127.0.0.1:`port` (`method`: its index in the method table). */
+export interface AppServer {
+  method: number
+  port: number
 }
 
 const running = new WeakMap<object, Map<string, WebApp>>()
@@ -89,10 +100,11 @@ const running = new WeakMap<object, Map<string, WebApp>>()
  * Starts the web apps of a container's instance, after its @enter hooks (`@fetchApp`,
  * `@webServer`, `@nodeApp` members): each runs once per container. A @webServer that does not
  * accept connections within its startupTimeout fails the container's start, as an @enter that
- * throws does.
+ * throws does. Returns the servers started, for the control plane to send their requests to.
  */
-export async function startWebApps(def: PoolDef, inst: any): Promise<void> {
-  for (const m of def.methods) {
+export async function startWebApps(def: PoolDef, inst: any): Promise<AppServer[]> {
+  const servers: AppServer[] = []
+  for (const [method, m] of def.methods.entries()) {
     const web = m.web
     if (web?.app === undefined) continue
     const where = `@${web.app}() ${def.name}.${m.name}`
@@ -103,7 +115,9 @@ export async function startWebApps(def: PoolDef, inst: any): Promise<void> {
     let apps = running.get(inst)
     if (apps === undefined) running.set(inst, (apps = new Map()))
     apps.set(m.name, app)
+    if ('port' in app) servers.push({ method, port: app.port })
   }
+  return servers
 }
 
 /** Stops what startWebApps started (the servers berth made; a @webServer's own is the user's). */
@@ -122,6 +136,9 @@ export function respond(
 ): Promise<WireResponse | AsyncGenerator<unknown>> {
   const app = running.get(inst)?.get(name)
   if (app === undefined) throw new InvalidError(`the web app ${name} is not running in this container`)
+  if (!('respond' in app)) {
+    throw new InvalidError(`${name} is a server: the control plane sends its requests to its port, not as inputs`)
+  }
   if (!isMeta(meta)) throw new InvalidError(`${name} is a web app: it answers HTTP requests, not calls`)
   return app.respond(meta, signal)
 }
@@ -182,7 +199,7 @@ async function nodeApp(where: string, listener: unknown): Promise<WebApp> {
     server.listen(0, '127.0.0.1', () => resolve())
   })
   const port = (server.address() as { port: number }).port
-  return proxy(port, () => closeServer(server))
+  return { port, close: () => closeServer(server) }
 }
 
 /** How long a @webServer has to accept connections, unless it says (Modal's default). */
@@ -205,7 +222,7 @@ async function webServer(where: string, web: WebSpec, start: (port: number) => u
     }
     await new Promise((r) => setTimeout(r, 20))
   }
-  return proxy(port, async () => {})
+  return { port, close: async () => {} }
 }
 
 function accepts(port: number): Promise<boolean> {
@@ -233,47 +250,6 @@ function freePort(): Promise<number> {
 function closeServer(server: Server): Promise<void> {
   server.closeAllConnections()
   return new Promise((resolve) => server.close(() => resolve()))
-}
-
-/** Headers that describe one connection, not the request: not passed on. */
-const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer', 'content-length'])
-
-/** A web app reached over HTTP on 127.0.0.1:`port` (a @webServer, or the server of a @nodeApp). */
-function proxy(port: number, close: () => Promise<void>): WebApp {
-  const agent = new Agent({ keepAlive: true })
-  return {
-    async respond(meta, signal) {
-      return exchange(meta, signal())
-    },
-    async close() {
-      agent.destroy()
-      await close()
-    },
-  }
-  async function* exchange(meta: RequestMeta, signal: AbortSignal): AsyncGenerator<unknown> {
-    const url = new URL(meta.url)
-    const headers: string[] = []
-    for (const [k, v] of meta.headers) if (!HOP.has(k)) headers.push(k, v)
-    if (meta.body !== null) headers.push('content-length', String(meta.body.length))
-    const req = httpRequest({ host: '127.0.0.1', port, method: meta.method, path: url.pathname + url.search, headers, agent, signal })
-    const res = await new Promise<IncomingMessage>((resolve, reject) => {
-      req.once('response', resolve)
-      // Also after the head: a request destroyed mid-body (the client left) reports its
-      // error here, not as an uncaught one that would end the container.
-      req.on('error', reject)
-      req.end(meta.body ?? undefined)
-    })
-    let done = false
-    try {
-      const pairs: [string, string][] = []
-      for (let i = 0; i < res.rawHeaders.length; i += 2) pairs.push([res.rawHeaders[i], res.rawHeaders[i + 1]])
-      yield new WireResponse(res.statusCode ?? 502, pairs, null)
-      for await (const chunk of res) yield chunk as Uint8Array
-      done = true
-    } finally {
-      if (!done) req.destroy()
-    }
-  }
 }
 
 function describeValue(v: unknown): string {

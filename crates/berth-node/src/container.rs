@@ -255,6 +255,15 @@ impl BindingContainer {
         }
     }
 
+    /// Web app member `method`'s server accepts connections on 127.0.0.1:`port` (a
+    /// `@webServer`'s, or the one berth starts for a `@nodeApp`): the control plane sends that
+    /// member's HTTP requests to it directly. Sent after @enter started it, before its HookDone.
+    #[napi]
+    pub fn app_server(&self, method: u32, port: u32) {
+        let msg = container_message::Msg::AppServer(pb::AppServer { method, port });
+        let _ = self.out.send(pb::ContainerMessage { msg: Some(msg) });
+    }
+
     /// This container's event loop is alive (a timer fired): the control plane replaces a
     /// container that stops saying so while an input of it is past its timeout.
     #[napi]

@@ -1,6 +1,5 @@
 //! `berth.v1.Containers`: a container's Attach stream, and what its messages do (credits,
 //! hooks done, outputs, draining, heartbeats).
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use berth_core::{Command, Phase};
@@ -11,7 +10,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::functions::bad;
-use crate::plane::{error, Input, Shared, Waiter};
+use crate::plane::{Input, Shared, Waiter};
 
 type Stream<T> = UnboundedReceiverStream<Result<T, Status>>;
 
@@ -100,27 +99,22 @@ fn outputs(shared: &Shared, cid: u32, outputs: Vec<pb::Output>) {
     let mut st = shared.lock();
     let overdue = st.links.get(&cid).is_some_and(|l| !l.overdue.is_empty());
     for o in outputs {
-        // Only the container running an execution answers it: another's output for it (a
-        // bug in that container) would take its result and its slot's credit.
-        let Entry::Occupied(exec) = st.execs.entry(o.exec_id) else {
+        // A proxied request's execution is the control plane's own to complete (proxy.rs): a
+        // container never ran it, and its output for it would free the slot mid-answer.
+        let proxied = |st: &crate::plane::State| {
+            st.execs
+                .get(&o.exec_id)
+                .and_then(|(_, inputs)| inputs.first())
+                .is_some_and(|(i, _)| st.proxied.contains_key(i))
+        };
+        if proxied(&st) {
+            continue;
+        }
+        let Some(inputs) = st.record(cid, o.exec_id, o.results) else {
             continue;
         };
-        if exec.get().0 != cid {
-            continue;
-        }
-        let (_, inputs) = exec.remove();
         if overdue {
             answered.extend(inputs.iter().map(|(i, _)| *i));
-        }
-        let mut results = o.results.into_iter();
-        for (input, attempt) in inputs {
-            let r =
-                results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
-            // An input answered already (cancelled while it ran) needs its result no more.
-            // A late result of an earlier attempt never replaces a later one's.
-            if st.inputs.contains_key(&input) && st.outputs.get(&input).is_none_or(|(a, _)| *a <= attempt) {
-                st.outputs.insert(input, (attempt, r));
-            }
         }
         let status = if o.retryable_failure { berth_core::ExecStatus::Failed } else { berth_core::ExecStatus::Ok };
         done.push((o.exec_id, status));
@@ -197,6 +191,20 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
         }
         Some(container_message::Msg::Heartbeat(_)) => heard(shared, cid),
         Some(container_message::Msg::Items(items)) => yielded(shared, cid, items),
+        Some(container_message::Msg::AppServer(a)) => {
+            let mut st = shared.lock();
+            // Only a web app member has a server: anything else a container says is ignored
+            // (and keeps what a link holds to its members).
+            let def = st.links.get(&cid).and_then(|l| l.def).and_then(|d| shared.def(d));
+            if def.is_none_or(|d| d.web_app(a.method).is_none()) {
+                return;
+            }
+            if let (Some(link), Ok(port)) = (st.links.get_mut(&cid), u16::try_from(a.port)) {
+                link.last_heard = std::time::Instant::now();
+                link.servers.retain(|(m, _)| *m != a.method);
+                link.servers.push((a.method, Arc::new(crate::proxy::AppServer::new(port))));
+            }
+        }
         Some(container_message::Msg::Hello(_)) | None => {}
     }
 }

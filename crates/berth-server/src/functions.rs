@@ -236,6 +236,20 @@ impl FunctionsSvc {
         self.open(pool, method, args, Waiter::Web)
     }
 
+    /// One request for a web app with a server of its own (web.rs, proxy.rs): an input whose
+    /// execution is the exchange with that server; what its handler waits on, and its call id.
+    pub(crate) fn open_proxied(
+        &self,
+        pool: PoolId,
+        method: u32,
+        request: hyper::Request<crate::http::Limited>,
+    ) -> (crate::proxy::Proxied, String) {
+        let fc = self.new_call_id();
+        let (waiter, proxied) = crate::proxy::waiter(request);
+        let input = self.submit_many(pool, method, fc.clone(), vec![(Vec::new(), waiter)], false);
+        (proxied(self.shared.clone(), input), fc)
+    }
+
     fn open(
         &self,
         pool: PoolId,

@@ -21,6 +21,7 @@ mod http;
 mod map;
 mod params;
 mod plane;
+mod proxy;
 mod server;
 pub mod supervisor;
 

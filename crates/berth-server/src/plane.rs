@@ -240,9 +240,17 @@ pub(crate) struct Link {
     /// Inputs aborted for their timeout that it has not answered yet, and since when.
     pub overdue: Vec<InputId>,
     pub overdue_since: Option<Instant>,
+    /// Its web apps' servers, by method (the `AppServer` messages it sent): their requests go
+    /// there, not to it as executions (proxy.rs).
+    pub servers: Vec<(u32, Arc<crate::proxy::AppServer>)>,
 }
 
 impl Link {
+    /// The server web app member `method` of this container listens on.
+    pub fn server(&self, method: u32) -> Option<Arc<crate::proxy::AppServer>> {
+        self.servers.iter().find(|(m, _)| *m == method).map(|(_, s)| Arc::clone(s))
+    }
+
     fn send(&mut self, msg: ControlMessage) {
         if let Some(control_message::Msg::Execute(e)) = msg.msg {
             self.execute(e);
@@ -346,6 +354,10 @@ pub(crate) enum Waiter {
     /// A web endpoint's request (web.rs): as a stream, whose items are a streamed Response's
     /// head and chunks, and whose result goes on it too, a value or an error.
     Web(mpsc::UnboundedSender<Result<pb::StreamItem, tonic::Status>>),
+    /// A request for a web app with a server of its own (proxy.rs): the control plane sends it
+    /// to that server when the input runs; its result reaches the handler only if the app's
+    /// answer never began (a failure, the request refused).
+    Proxy(Arc<crate::proxy::Exchange>, oneshot::Sender<pb::Result>),
 }
 
 impl Waiter {
@@ -364,6 +376,9 @@ impl Waiter {
                 if let Some(PbOutcome::Error(e)) = result.outcome {
                     let _ = out.send(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }));
                 }
+            }
+            Waiter::Proxy(_, out) => {
+                let _ = out.send(result);
             }
             Waiter::Web(out) => {
                 let item = match result.outcome {
@@ -483,6 +498,8 @@ pub(crate) struct State {
     pub outputs: IdMap<InputId, (u32, pb::Result)>,
     pub execs: IdMap<ExecId, (ContainerId, Vec<(InputId, u32)>)>,
     pub running: IdMap<InputId, ContainerId>,
+    /// Proxied requests running (proxy.rs), by input: what the scheduler's abort ends.
+    pub proxied: IdMap<InputId, crate::proxy::Running>,
     pub links: IdMap<ContainerId, Link>,
     pub init_errors: HashMap<ContainerId, pb::Error>,
     /// Start failures already in the server's log, by function, error name and message.
@@ -492,6 +509,34 @@ pub(crate) struct State {
     pub maps: HashMap<String, Arc<MapCall>>,
     /// Spawned calls whose result is in, oldest first: what `expire_results` drops.
     pub finished_calls: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl State {
+    /// Container `cid`'s output for execution `exec`: its inputs' results wait for the
+    /// scheduler's decision. `None` when the execution is not that container's (another
+    /// container's, or forgotten when its container was lost); else its inputs.
+    pub fn record(&mut self, cid: ContainerId, exec: ExecId, results: Vec<pb::Result>) -> Option<Vec<(InputId, u32)>> {
+        // Only the container running an execution answers it: another's output for it (a
+        // bug in that container) would take its result and its slot's credit.
+        let std::collections::hash_map::Entry::Occupied(e) = self.execs.entry(exec) else {
+            return None;
+        };
+        if e.get().0 != cid {
+            return None;
+        }
+        let (_, inputs) = e.remove();
+        let mut results = results.into_iter();
+        for &(input, attempt) in &inputs {
+            let r =
+                results.next().unwrap_or_else(|| error("InvalidError", "the container sent fewer results than inputs"));
+            // An input answered already (cancelled while it ran) needs its result no more.
+            // A late result of an earlier attempt never replaces a later one's.
+            if self.inputs.contains_key(&input) && self.outputs.get(&input).is_none_or(|(a, _)| *a <= attempt) {
+                self.outputs.insert(input, (attempt, r));
+            }
+        }
+        Some(inputs)
+    }
 }
 
 pub(crate) struct Shared {
@@ -615,6 +660,7 @@ impl Invoker for Host {
                     last_heard: Instant::now(),
                     overdue: Vec::new(),
                     overdue_since: None,
+                    servers: Vec::new(),
                 },
             );
             let Some(entry) = st.pools.get(&pool) else {
@@ -655,6 +701,15 @@ impl Invoker for Host {
 
     fn run(&mut self, exec: &Exec) {
         let mut st = self.0.lock();
+        // A request for a web app with a server of its own: its handler sends it there (proxy.rs).
+        if let Some(exchange) = crate::proxy::exchange_of(&st, exec) {
+            for &(input, _) in &exec.inputs {
+                st.running.insert(input, exec.container);
+            }
+            st.execs.insert(exec.id, (exec.container, exec.inputs.to_vec()));
+            crate::proxy::assign(&self.0, &mut st, exec, &exchange);
+            return;
+        }
         let mut inputs = Vec::with_capacity(exec.inputs.len());
         for &(input, attempt) in &exec.inputs {
             let (args, fc) = st.inputs.get(&input).map(|i| (i.args.clone(), i.fc.clone())).unwrap_or_default();
@@ -678,6 +733,10 @@ impl Invoker for Host {
 
     fn abort(&mut self, input: InputId, attempt: u32, reason: AbortReason) {
         let mut st = self.0.lock();
+        // A proxied request's exchange is the plane's own to end (proxy.rs).
+        if crate::proxy::abort(&self.0, &mut st, input, attempt) {
+            return;
+        }
         let Some(&cid) = st.running.get(&input) else {
             return;
         };

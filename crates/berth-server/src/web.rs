@@ -16,6 +16,7 @@
 //! | the function threw                              | 500 `{"error": {...}}`                      |
 //! | `requiresAuth` without the server's token       | 401                                         |
 //! | its container could not start (`@enter`, a `@webServer` that never listened) | 503          |
+//! | a `@webServer`'s or `@nodeApp`'s server not reachable, or gone before answering | 502       |
 //!
 //! Wire (one design for every caller): the value is the first argument: the JSON body (POST,
 //! PUT, PATCH) or the query string as a map of strings (GET, DELETE, HEAD). The second is the
@@ -26,7 +27,8 @@
 //! a value, or a `Response` as CBOR tag [`WEB_RESPONSE_TAG`] over `[status, [[name, value],
 //! ...], body]` (src/shared/cbor.ts `WireResponse`), whose body is bytes, or null when its
 //! chunks follow as items. An `async *` endpoint's items are NDJSON or SSE, as over the RPC
-//! route; a web app gets `[null, request]` and answers with a streamed `Response`.
+//! route; a `@fetchApp` gets `[null, request]` and answers with a streamed `Response`; a
+//! `@webServer`'s or `@nodeApp`'s request goes to its server itself ([`to_server`], proxy.rs).
 use std::collections::HashMap;
 
 use berth_proto::v1 as pb;
@@ -38,12 +40,13 @@ use serde_json::json;
 
 use super::json::{cbor_to_json, json_to_cbor};
 use super::{
-    accepts_event_stream, answer, fail, json_answer, percent_decode, refused, request_body, stream_items, streaming,
-    with_call_id, Answer, Chunks, Ctx,
+    accepts_event_stream, answer, body_refused, declared_too_large, fail, json_answer, percent_decode, refused,
+    relayed, request_body, stream_items, streaming, with_call_id, Answer, Chunks, Ctx, Limited,
 };
 use crate::auth::token_rule;
 use crate::functions::StreamItems;
 use crate::plane::Registry;
+use crate::proxy::{self, Unanswered};
 use hyper::body::Bytes;
 use tokio_stream::StreamExt;
 
@@ -300,16 +303,28 @@ fn target(ctx: &Ctx, route: &Route) -> Result<crate::functions::Target, tonic::S
     ctx.svc.resolve_as(Some(&f), true)
 }
 
-/// A request for a web app (`@fetchApp`, `@webServer`, `@nodeApp`): an input of its member
-/// with arguments `[null, request]`, the request's URL being the path under the app's own
-/// (`under`; the app's path goes in `x-forwarded-prefix`). Its answer is the input's result, a
-/// whole Response (CBOR tag [`WEB_RESPONSE_TAG`] over `[status, headers, body]`), or a stream:
-/// the head (a null body), then the body's chunks as CBOR byte strings, each written as it
-/// comes; the generator credits of functions.rs are its backpressure. A failure before the
-/// head is answered as a function's; one after it ends the body short, so the client sees a
-/// truncated answer rather than a complete one.
+/// A request for a web app (`@fetchApp`, `@webServer`, `@nodeApp`), its URL being the path
+/// under the app's own (`under`; the app's path goes in `x-forwarded-prefix`). An app with a
+/// server of its own gets it there ([`to_server`]). A `@fetchApp`'s is an input of its member
+/// with arguments `[null, request]`, the body read whole first. Its answer is the input's
+/// result, a whole Response (CBOR tag [`WEB_RESPONSE_TAG`] over `[status, headers, body]`), or
+/// a stream: the head (a null body), then the body's chunks as CBOR byte strings, each written
+/// as it comes; the generator credits of functions.rs are its backpressure. A failure before
+/// the head is answered as a function's; one after it ends the body short, so the client sees
+/// a truncated answer rather than a complete one.
 async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incoming>) -> Answer {
     let (mut head, body) = req.into_parts();
+    if let Ok(prefix) = HeaderValue::from_str(&route.path) {
+        head.headers.insert("x-forwarded-prefix", prefix);
+    }
+    let under = if under.is_empty() { "/" } else { under };
+    let path = match head.uri.query() {
+        Some(q) => format!("{under}?{q}"),
+        None => under.to_owned(),
+    };
+    if matches!(route.app_kind.as_deref(), Some("webServer" | "nodeApp")) {
+        return to_server(ctx, route, &path, head, body).await;
+    }
     let body = if matches!(head.method, Method::GET | Method::HEAD) {
         Vec::new()
     } else {
@@ -322,19 +337,47 @@ async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incomin
         Ok(t) => t,
         Err(status) => return refused(&status),
     };
-    if let Ok(prefix) = HeaderValue::from_str(&route.path) {
-        head.headers.insert("x-forwarded-prefix", prefix);
-    }
-    let under = if under.is_empty() { "/" } else { under };
-    let path = match head.uri.query() {
-        Some(q) => format!("{under}?{q}"),
-        None => under.to_owned(),
-    };
     let mut bytes = Vec::new();
     // Writing a Value to a Vec does not fail.
     let _ = ciborium::into_writer(&Cbor::Array(vec![Cbor::Null, request_meta(&head, &path, body)]), &mut bytes);
     let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes);
     with_call_id(web_answer(items, &route.path).await, &fc)
+}
+
+/// A request for a web app with a server of its own (`@webServer`, `@nodeApp`): an input of its
+/// member whose execution sends the request to that server (proxy.rs), its body streaming on as
+/// it comes, under the server's body rules (http/mod.rs `Limited`: 413, 408). The server's
+/// answer is relayed as it comes; a failure before its head is answered as a function's, a
+/// refused body with its 413 or 408.
+async fn to_server(
+    ctx: &Ctx,
+    route: &Route,
+    path: &str,
+    head: hyper::http::request::Parts,
+    mut body: Incoming,
+) -> Answer {
+    if let Some(res) = declared_too_large(ctx, &head.headers, &mut body).await {
+        return res;
+    }
+    let target = match target(ctx, route) {
+        Ok(t) => t,
+        Err(status) => return refused(&status),
+    };
+    let request = match proxy::request(head.method, path, head.headers, Limited::new(body, ctx.body)) {
+        Ok(r) => r,
+        Err(message) => return fail(StatusCode::BAD_REQUEST, "InvalidArgument", message),
+    };
+    let (proxied, fc) = ctx.svc.open_proxied(target.pool, target.method, request);
+    let res = match proxied.answer().await {
+        Ok(res) => {
+            let (mut parts, relay) = res.into_parts();
+            proxy::strip_hop_by_hop(&mut parts.headers);
+            relayed(parts, relay)
+        }
+        Err(Unanswered::Body(e)) => body_refused(ctx, e),
+        Err(Unanswered::Failed(e)) => answer_error(e),
+    };
+    with_call_id(res, &fc)
 }
 
 /// The answer to a web request from its input's stream (`path` names it in messages). The
@@ -438,6 +481,7 @@ fn answer_error(pb::Error { name, message, stack }: pb::Error) -> Answer {
     let status = match name.as_str() {
         "FunctionTimeoutError" => StatusCode::GATEWAY_TIMEOUT,
         "InitError" => StatusCode::SERVICE_UNAVAILABLE,
+        proxy::BAD_GATEWAY => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json_answer(status, &json!({ "error": { "name": name, "message": message, "stack": stack } }))

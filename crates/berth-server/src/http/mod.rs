@@ -30,6 +30,7 @@
 //! item, so that a full queue is still 429 and a generator that fails before yielding anything
 //! is 500 with the error, as for a function.
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -167,6 +168,11 @@ pub(crate) type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>
 
 enum Inner {
     Full(Option<Bytes>),
+    /// A web app server's answer, relayed as it comes (proxy.rs); `open` as for `Stream`.
+    Relay {
+        relay: Box<crate::proxy::Relay>,
+        open: Option<RequestGuard>,
+    },
     /// `open`: the request's guard, held until the last chunk (see `hold`).
     Stream {
         chunks: Chunks,
@@ -178,7 +184,7 @@ impl AnswerBody {
     /// Keeps a streaming answer's request open until its body ends or is dropped; a whole
     /// answer lets it go now (its bytes are written at once).
     fn hold(&mut self, guard: RequestGuard) {
-        if let Inner::Stream { open, .. } = &mut self.0 {
+        if let Inner::Stream { open, .. } | Inner::Relay { open, .. } = &mut self.0 {
             *open = Some(guard);
         }
     }
@@ -199,19 +205,37 @@ impl Body for AnswerBody {
                 }
                 Poll::Pending => Poll::Pending,
             },
+            Inner::Relay { relay, open } => match Pin::new(relay.as_mut()).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    *open = None;
+                    Poll::Ready(None)
+                }
+                other => other,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.0, Inner::Full(None))
+        match &self.0 {
+            Inner::Full(b) => b.is_none(),
+            Inner::Relay { relay, .. } => relay.is_end_stream(),
+            Inner::Stream { .. } => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Stream { .. } => SizeHint::default(),
+            Inner::Relay { relay, .. } => relay.size_hint(),
         }
     }
+}
+
+/// A web app server's answer (proxy.rs): its status and headers as it sent them, its body
+/// relayed as it comes.
+pub(crate) fn relayed(head: http::response::Parts, relay: crate::proxy::Relay) -> Answer {
+    Response::from_parts(head, AnswerBody(Inner::Relay { relay: Box::new(relay), open: None }))
 }
 
 /// A streaming answer: `chunks` are written as they come (chunked transfer encoding), and
@@ -238,24 +262,34 @@ fn json_answer(status: StatusCode, body: &Json) -> Answer {
 /// A request's body, read within the server's cap and `body_timeout` (web endpoints and the
 /// RPC route alike), or the answer that refuses it: 413 over the cap (declared or sent), 408 for
 /// a body that stalls (and the connection closed: the rest may still come), 400 otherwise.
-async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> Result<Vec<u8>, Answer> {
-    let too_large = || {
-        fail(
+async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, mut body: Incoming) -> Result<Vec<u8>, Answer> {
+    if let Some(res) = declared_too_large(ctx, headers, &mut body).await {
+        return Err(res);
+    }
+    read_body(body, &ctx.body).await.map_err(|e| body_refused(ctx, e))
+}
+
+/// A request whose Content-Length is over the server's cap: 413, once the body has lingered
+/// (see [`linger`]).
+async fn declared_too_large(ctx: &Ctx, headers: &http::HeaderMap, body: &mut Incoming) -> Option<Answer> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > ctx.body.max as u64) {
+        linger(body, ctx.body.max).await;
+        return Some(body_refused(ctx, BodyError::TooLarge));
+    }
+    None
+}
+
+/// The answer to a body refused by [`Limited`]'s rules: 413 over the cap, 408 for a body that
+/// stalls (and the connection closed: the rest may still come), 400 otherwise.
+fn body_refused(ctx: &Ctx, e: BodyError) -> Answer {
+    match e {
+        BodyError::TooLarge => fail(
             StatusCode::PAYLOAD_TOO_LARGE,
             "ResourceExhausted",
             format!("the body is over this server's limit of {} bytes", ctx.body.max),
-        )
-    };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > ctx.body.max as u64) {
-        let mut body = body;
-        linger(&mut body, ctx.body.max).await;
-        return Err(too_large());
-    }
-    match read_body(body, &ctx.body).await {
-        Ok(b) => Ok(b),
-        Err(BodyError::TooLarge) => Err(too_large()),
-        Err(e @ (BodyError::Stalled | BodyError::TooSlow)) => {
+        ),
+        BodyError::Stalled | BodyError::TooSlow => {
             ctx.counters.stalled_body();
             let message = if matches!(e, BodyError::Stalled) {
                 format!(
@@ -272,10 +306,10 @@ async fn request_body(ctx: &Ctx, headers: &http::HeaderMap, body: Incoming) -> R
             };
             let mut res = fail(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", message);
             res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(res)
+            res
         }
-        Err(BodyError::Other(e)) => {
-            Err(fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}")))
+        BodyError::Other(e) => {
+            fail(StatusCode::BAD_REQUEST, "InvalidArgument", format!("could not read the body: {e}"))
         }
     }
 }
@@ -469,43 +503,165 @@ fn frame_item(event: Result<pb::StreamItem, tonic::Status>, sse: bool) -> (Bytes
     (Bytes::from(framed), error)
 }
 
-enum BodyError {
+/// Why a request body was refused ([`Limited`]).
+#[derive(Debug)]
+pub(crate) enum BodyError {
     TooLarge,
-    /// No frame within the body timeout, counted from the head or from the last frame.
+    /// No frame within the body timeout, counted from when the next one was asked for.
     Stalled,
-    /// Past the body timeout from the head, fewer bytes than the minimum rate asks.
+    /// Past the body timeout of waiting, fewer bytes than the minimum rate asks.
     TooSlow,
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The whole body, unless it is over `max`, a frame is slower than `timeout` to come, or the
-/// body slower than `min_rate` bytes a second once `timeout` has passed: a caller trickling a
-/// byte a minute, or a byte just within each `timeout`, or declaring more than it sends, would
-/// otherwise hold the connection and this task for as long as it likes.
-async fn read_body(mut body: Incoming, limits: &BodyLimits) -> Result<Vec<u8>, BodyError> {
-    let BodyLimits { max, timeout, min_rate } = *limits;
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge => f.write_str("the request body is over the server's limit"),
+            Self::Stalled => f.write_str("the request body stalled"),
+            Self::TooSlow => f.write_str("the request body came too slowly"),
+            Self::Other(e) => write!(f, "could not read the request body: {e}"),
+        }
+    }
+}
+
+/// The whole body, within [`Limited`]'s rules.
+async fn read_body(body: Incoming, limits: &BodyLimits) -> Result<Vec<u8>, BodyError> {
+    let mut body = Limited::new(body, *limits);
     let mut out = Vec::new();
-    let start = tokio::time::Instant::now();
-    loop {
-        // The next frame within `timeout`, and, after a first `timeout` of grace, no later than
-        // the minimum rate allows for the bytes so far.
-        let by_rate = start + timeout + Duration::from_secs_f64(out.len() as f64 / f64::from(min_rate));
-        let by_gap = tokio::time::Instant::now() + timeout;
-        match tokio::time::timeout_at(by_gap.min(by_rate), body.frame()).await {
-            Err(_) if by_rate < by_gap => return Err(BodyError::TooSlow),
-            Err(_) => return Err(BodyError::Stalled),
-            Ok(None) => return Ok(out),
-            Ok(Some(Ok(frame))) => {
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
-                    if out.len() + data.len() > max {
-                        linger(&mut body, max).await;
-                        return Err(BodyError::TooLarge);
-                    }
                     out.extend_from_slice(&data);
                 }
             }
-            Ok(Some(Err(e))) => return Err(BodyError::Other(Box::new(e))),
+            Err(e) => {
+                let fault = body.take_fault().unwrap_or_else(|| BodyError::Other(Box::new(e)));
+                if matches!(fault, BodyError::TooLarge) {
+                    linger(&mut body.inner, limits.max).await;
+                }
+                return Err(fault);
+            }
         }
+    }
+    Ok(out)
+}
+
+/// A request body as it is read, whole (the RPC route, web endpoints) or streamed on (a web
+/// app's server, proxy.rs), refused past `max` bytes, when no frame comes for `timeout` after
+/// it was asked for, or when it comes slower than `min_rate` bytes a second once `timeout` of
+/// waiting has passed: a caller trickling a byte a minute, or a byte just within each
+/// `timeout`, or declaring more than it sends, would otherwise hold the connection and a task
+/// for as long as it likes. Only time spent waiting for the caller counts: a streamed body
+/// that its reader does not ask for (an app reading slowly) is not the caller's delay. The
+/// refusal is kept for [`body_refused`] to answer ([`Limited::fault`]).
+pub(crate) struct Limited<B = Incoming> {
+    inner: B,
+    limits: BodyLimits,
+    read: usize,
+    /// Time spent with the next frame asked for and not there.
+    waited: Duration,
+    pending_since: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    fault: Arc<std::sync::Mutex<Option<BodyError>>>,
+    ended: bool,
+}
+
+impl<B> Limited<B> {
+    pub(crate) fn new(inner: B, limits: BodyLimits) -> Self {
+        Self {
+            inner,
+            limits,
+            read: 0,
+            waited: Duration::ZERO,
+            pending_since: None,
+            timer: None,
+            fault: Arc::default(),
+            ended: false,
+        }
+    }
+
+    /// Where the body's refusal goes once it is refused (the body may be another task's by then).
+    pub(crate) fn fault(&self) -> Arc<std::sync::Mutex<Option<BodyError>>> {
+        Arc::clone(&self.fault)
+    }
+
+    fn take_fault(&self) -> Option<BodyError> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn refuse(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let message = e.to_string();
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        self.ended = true;
+        Poll::Ready(Some(Err(std::io::Error::other(message))))
+    }
+}
+
+impl<B> Body for Limited<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let BodyLimits { max, timeout, min_rate } = this.limits;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(since) = this.pending_since.take() {
+                    this.waited += since.elapsed();
+                }
+                match frame {
+                    None => {
+                        this.ended = true;
+                        Poll::Ready(None)
+                    }
+                    Some(Ok(frame)) => {
+                        this.read += frame.data_ref().map_or(0, Bytes::len);
+                        if this.read > max {
+                            return this.refuse(BodyError::TooLarge);
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(e)) => this.refuse(BodyError::Other(e.into())),
+                }
+            }
+            Poll::Pending => {
+                let since = *this.pending_since.get_or_insert_with(tokio::time::Instant::now);
+                // The next frame within `timeout`, and, after a first `timeout` of grace, no
+                // later than the minimum rate allows for the bytes so far.
+                let by_gap = since + timeout;
+                let allowed = Duration::try_from_secs_f64(this.read as f64 / f64::from(min_rate.max(1)))
+                    .ok()
+                    .and_then(|d| d.checked_add(timeout))
+                    .map(|d| d.saturating_sub(this.waited));
+                let by_rate = allowed.and_then(|d| since.checked_add(d)).unwrap_or(by_gap);
+                let deadline = by_gap.min(by_rate);
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return this.refuse(if by_rate < by_gap { BodyError::TooSlow } else { BodyError::Stalled });
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -639,6 +795,83 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::json::base64;
     use super::*;
+
+    type Sent = Result<Frame<Bytes>, std::convert::Infallible>;
+
+    /// A body whose frames come when the test sends them.
+    fn body(limits: BodyLimits) -> (tokio::sync::mpsc::Sender<Sent>, Limited<http_body_util::StreamBody<Frames>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let frames = Frames(rx);
+        (tx, Limited::new(http_body_util::StreamBody::new(frames), limits))
+    }
+
+    struct Frames(tokio::sync::mpsc::Receiver<Sent>);
+
+    impl Stream for Frames {
+        type Item = Sent;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Sent>> {
+            self.0.poll_recv(cx)
+        }
+    }
+
+    fn data(s: &'static str) -> Sent {
+        Ok(Frame::data(Bytes::from_static(s.as_bytes())))
+    }
+
+    const LIMITS: BodyLimits = BodyLimits { max: 10, timeout: Duration::from_secs(1), min_rate: 4 };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_within_the_rules_passes_and_one_over_the_cap_is_refused() {
+        let (tx, mut b) = body(LIMITS);
+        tx.send(data("12345")).await.unwrap();
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "12345");
+        tx.send(data("67890")).await.unwrap();
+        assert!(b.frame().await.unwrap().is_ok(), "10 bytes: at the cap");
+        tx.send(data("x")).await.unwrap();
+        assert!(b.frame().await.unwrap().is_err());
+        assert!(matches!(b.take_fault(), Some(BodyError::TooLarge)));
+        assert!(b.frame().await.is_none(), "a refused body ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_time_spent_waiting_for_the_caller_counts() {
+        let (tx, mut b) = body(LIMITS);
+        tx.send(data("ab")).await.unwrap();
+        // The reader does not ask for 10 s (an app reading slowly): no fault of the caller's.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(b.frame().await.unwrap().is_ok());
+        // Asked for, the next frame has `timeout` to come.
+        let started = tokio::time::Instant::now();
+        assert!(b.frame().await.unwrap().is_err());
+        assert_eq!(started.elapsed(), LIMITS.timeout);
+        assert!(matches!(b.take_fault(), Some(BodyError::Stalled)));
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_trickles_is_too_slow_after_its_grace() {
+        let (tx, mut b) = body(LIMITS);
+        // A byte every 0.9 s: each within `timeout`, but under 4 bytes a second.
+        let sender = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                if tx.send(data("x")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut read = 0;
+        let fault = loop {
+            match b.frame().await {
+                Some(Ok(_)) => read += 1,
+                Some(Err(_)) => break b.take_fault(),
+                None => break None,
+            }
+        };
+        assert!(matches!(fault, Some(BodyError::TooSlow)), "{fault:?} after {read} bytes");
+        assert!(read < 3, "{read}");
+        sender.abort();
+    }
 
     #[test]
     fn base64_and_percent_decoding() {
