@@ -2,7 +2,7 @@
 // option it maps and a function, their key fields, the core objects checked against the
 // Kubernetes schema offline (kubernetes-validate, when installed), the KEDA objects against the
 // field names and types of KEDA's spec (src/deploy/keda.ts), and the refusals.
-import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -13,7 +13,7 @@ import { parseAllDocuments } from 'yaml'
 import { SCALED_OBJECT_FIELDS } from '../src/deploy/keda.ts'
 import { gpuProducts, k8sName, lagThreshold } from '../src/deploy/kubernetes.ts'
 import type { PoolDef } from '../src/run/pool.ts'
-import { berth, type Result, root } from './_cli.ts'
+import { berth } from './_cli.ts'
 
 const FIXTURE = '__test__/fixtures/deploy-app.ts'
 
@@ -23,26 +23,10 @@ function read(dir: string, file: string): Obj[] {
   return parseAllDocuments(readFileSync(join(dir, file), 'utf8')).map((d) => d.toJS() as Obj)
 }
 
-/** `npx berth deploy <fixture> ...` in the repository, as the README runs it. */
-function npxBerth(args: string[], env: Record<string, string>): Promise<Result> {
-  return new Promise((done, reject) => {
-    const child = spawn('npx', ['berth', ...args], { cwd: root, env: { ...process.env, NODE_OPTIONS: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    const killer = setTimeout(() => child.kill('SIGKILL'), 60_000)
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
-    child.on('error', reject)
-    child.on('close', (code) => {
-      clearTimeout(killer)
-      done({ code, stdout, stderr })
-    })
-  })
-}
 
 async function deploy(extra: string[] = [], env: Record<string, string> = {}) {
   const out = join(mkdtempSync(join(tmpdir(), 'berth-deploy-')), 'k8s')
-  const r = await npxBerth(['deploy', FIXTURE, '--target', 'kubernetes', '--image', 'registry.example.com/demo:1', '--out', out, ...extra], env)
+  const r = await berth(['deploy', FIXTURE, '--target', 'kubernetes', '--image', 'registry.example.com/demo:1', '--out', out, ...extra], env, { npx: true })
   return { ...r, out }
 }
 

@@ -3,7 +3,7 @@
 //! side, fake containers speaking the Containers protocol on the other.
 mod common;
 
-use common::{bounded, cbor};
+use common::{bounded, cbor, exchange, Reply};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +17,6 @@ use berth_server::{
 };
 use ciborium::Value as C;
 use serde_json::{json, Value as Json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -162,13 +161,6 @@ async fn start(opts: ServeOptions) -> (ControlPlane, SocketAddr) {
     (plane, addr)
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
 impl Reply {
     fn json(&self) -> Json {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
@@ -177,29 +169,6 @@ impl Reply {
     fn message(&self) -> String {
         self.json()["error"]["message"].as_str().unwrap_or_default().to_string()
     }
-}
-
-/// Writes `head` (request line and headers, without the blank line), a blank line and `body`
-/// as is, then reads the answer to the end (each request closes its connection).
-async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
-    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .map(|l| l.split_once(':').unwrap())
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
-        .collect::<HashMap<_, _>>();
-    let mut body = raw[end + 4..].to_vec();
-    if let Some(n) = headers.get("content-length") {
-        body.truncate(n.parse().unwrap());
-    }
-    Reply { status, headers, body }
 }
 
 async fn post(addr: SocketAddr, path: &str, body: &str) -> Reply {

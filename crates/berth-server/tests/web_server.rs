@@ -4,9 +4,8 @@
 //! server itself (hyper, in the test), and a hand-written HTTP client.
 mod common;
 
-use common::bounded;
+use common::{bounded, exchange, Reply};
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -197,39 +196,22 @@ async fn start() -> (ControlPlane, SocketAddr, Arc<AtomicUsize>, Arc<AppSide>) {
     (plane, addr, executions, app)
 }
 
-/// Sends `head` and `body` on a new connection and reads the answer to the end.
-async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, HashMap<String, String>, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
-    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .map(|l| l.split_once(':').unwrap())
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, raw[end + 4..].to_vec())
-}
-
 #[tokio::test]
 async fn requests_go_to_the_server_the_container_reported_not_to_the_container() {
     bounded(LIMIT, async {
         let (plane, addr, executions, _) = start().await;
-        let (status, headers, body) = exchange(addr, "GET /demo/site/a/b?q=1 HTTP/1.1", b"").await;
+        let Reply { status, headers, body } = exchange(addr, "GET /demo/site/a/b?q=1 HTTP/1.1", b"").await;
         assert_eq!(status, 200);
         assert_eq!(String::from_utf8(body).unwrap(), "GET /a/b?q=1 prefix=/demo/site body=");
         assert_eq!(headers["x-app"], "yes");
         assert!(headers["x-berth-function-call-id"].starts_with("fc-"));
-        let (status, _, body) = exchange(addr, "POST /demo/site/items HTTP/1.1\r\nContent-Length: 5", b"hello").await;
+        let Reply { status, body, .. } =
+            exchange(addr, "POST /demo/site/items HTTP/1.1\r\nContent-Length: 5", b"hello").await;
         assert_eq!(
             (status, String::from_utf8(body).unwrap().as_str()),
             (200, "POST /items prefix=/demo/site body=hello")
         );
-        let (status, _, body) =
+        let Reply { status, body, .. } =
             exchange(addr, "PUT /demo/site HTTP/1.1\r\nTransfer-Encoding: chunked", b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n")
                 .await;
         assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "PUT / prefix=/demo/site body=abc"));
@@ -243,15 +225,15 @@ async fn requests_go_to_the_server_the_container_reported_not_to_the_container()
 async fn a_server_that_is_not_there_is_502_and_one_past_the_timeout_504() {
     bounded(LIMIT, async {
         let (plane, addr, _, _) = start().await;
-        let (status, _, body) = exchange(addr, "GET /demo/gone/x HTTP/1.1", b"").await;
+        let Reply { status, body, .. } = exchange(addr, "GET /demo/gone/x HTTP/1.1", b"").await;
         assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
         let error: Json = serde_json::from_slice(&body).unwrap();
         assert_eq!(error["error"]["name"], "WebServerError");
         assert!(error["error"]["message"].as_str().unwrap().contains("could not connect"), "{error}");
-        let (status, _, _) = exchange(addr, "GET /demo/site/slow HTTP/1.1", b"").await;
+        let Reply { status, .. } = exchange(addr, "GET /demo/site/slow HTTP/1.1", b"").await;
         assert_eq!(status, 504);
         // The slot the timed-out request held is free again: the next request is answered.
-        let (status, _, _) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
+        let Reply { status, .. } = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
         assert_eq!(status, 200);
         plane.shutdown().await;
     })
@@ -262,12 +244,13 @@ async fn a_server_that_is_not_there_is_502_and_one_past_the_timeout_504() {
 async fn a_container_that_dies_mid_request_is_502_and_the_next_request_is_served() {
     bounded(LIMIT, async {
         let (plane, addr, _, _) = start().await;
-        let (status, _, body) = exchange(addr, "POST /demo/site/die HTTP/1.1\r\nContent-Length: 2", b"{}").await;
+        let Reply { status, body, .. } =
+            exchange(addr, "POST /demo/site/die HTTP/1.1\r\nContent-Length: 2", b"{}").await;
         assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
         let error: Json = serde_json::from_slice(&body).unwrap();
         assert_eq!(error["error"]["name"], "WebServerError", "{error}");
         // Another container takes its place.
-        let (status, _, body) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
+        let Reply { status, body, .. } = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
         assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /x prefix=/demo/site body="));
         plane.shutdown().await;
     })
@@ -288,12 +271,12 @@ async fn requests_wait_for_the_slot_and_past_max_pending_inputs_are_429() {
         let waiting = tokio::spawn(exchange(addr, "GET /demo/long/second HTTP/1.1", b""));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!waiting.is_finished(), "the second request waits for the slot");
-        let (status, headers, body) = exchange(addr, "GET /demo/long/third HTTP/1.1", b"").await;
+        let Reply { status, headers, body } = exchange(addr, "GET /demo/long/third HTTP/1.1", b"").await;
         assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
         assert_eq!(headers["retry-after"], "1");
         // The holder leaves: its input is cancelled, and the waiting request gets the slot.
         drop(holder);
-        let (status, _, body) = waiting.await.unwrap();
+        let Reply { status, body, .. } = waiting.await.unwrap();
         assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /second prefix=/demo/long body="));
         plane.shutdown().await;
     })
@@ -313,7 +296,7 @@ async fn past_its_timeout_a_request_whose_client_does_not_read_frees_its_slot_at
         // The one slot is free once the timeout has passed, on the same container: not after
         // the grace the scheduler gives a container to answer an abort before replacing it.
         let started = tokio::time::Instant::now();
-        let (status, _, _) = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
+        let Reply { status, .. } = exchange(addr, "GET /demo/site/x HTTP/1.1", b"").await;
         assert_eq!(status, 200);
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
         assert_eq!(app.spawned.load(Ordering::SeqCst), 1, "the container was not replaced");
@@ -352,7 +335,7 @@ async fn a_client_that_does_not_read_holds_the_app_back_and_one_that_leaves_free
         // The client leaves: the input is cancelled, the app's connection closes, and the slot
         // serves the next request.
         drop(s);
-        let (status, _, _) = exchange(addr, "GET /demo/long/x HTTP/1.1", b"").await;
+        let Reply { status, .. } = exchange(addr, "GET /demo/long/x HTTP/1.1", b"").await;
         assert_eq!(status, 200);
         plane.shutdown().await;
     })

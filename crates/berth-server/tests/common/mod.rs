@@ -1,14 +1,17 @@
 //! What the HTTP and transport tests' fake containers share: attaching, and the loop that
-//! answers hooks and executions until the control plane says Stop.
+//! answers hooks and executions until the control plane says Stop; and a raw HTTP/1.1 exchange.
 #![allow(clippy::unwrap_used, dead_code)]
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use berth_core::PoolSpec;
 use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message};
 use berth_server::{Arity, FunctionDef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -148,4 +151,37 @@ pub fn int(r: &pb::Result) -> i64 {
         }
         other => panic!("expected a value, got {other:?}"),
     }
+}
+
+/// An HTTP answer as [`exchange`] read it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: HashMap<String, String>,
+    /// As sent, cut at its `content-length` if it has one (a chunked body keeps its framing).
+    pub body: Vec<u8>,
+}
+
+/// Writes `head` (request line and headers, without the blank line), a blank line and `body`
+/// as is, then reads the answer to the end (each request closes its connection).
+pub async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
+    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .map(|l| l.split_once(':').unwrap())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<HashMap<_, _>>();
+    let mut body = raw[end + 4..].to_vec();
+    if let Some(n) = headers.get("content-length") {
+        body.truncate(n.parse().unwrap());
+    }
+    Reply { status, headers, body }
 }
