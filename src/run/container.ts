@@ -42,6 +42,9 @@ interface ExecInput {
   fc: string
 }
 
+/** How many microtask steps a flush of web answers waits behind inputs still running (`flushSoon`). */
+const FLUSH_HOPS = 32
+
 /** How often a container tells the control plane its event loop runs (crates/berth-server/src/plane.rs: HUNG_AFTER). */
 const HEARTBEAT_MS = 1000
 
@@ -200,7 +203,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
     }
 
     // `label` names the function or method in messages, as an embedded container names it.
-    const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[], label = def.name) => {
+    const outputRaw = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[], label = def.name, web = false) => {
       const resultTooLarge = (n: number) =>
         `the result of ${label} is ${n} bytes of CBOR, over the server's message limit of ${maxResultBytes} bytes: ` +
         'return less (e.g. write large outputs to a file or Volume and return where), or start `berth serve` with a larger --max-message-bytes'
@@ -220,8 +223,25 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       }
       if (!flushing) {
         flushing = true
-        queueMicrotask(flush)
+        hops = web ? 0 : FLUSH_HOPS
+        queueMicrotask(flushSoon)
       }
+    }
+    // The answers to web requests that finish in the same turn of the event loop leave in one
+    // message: while other inputs are running, the flush steps behind the microtasks queued so
+    // far, a bounded number of times, so that requests advancing through their awaits (a web
+    // app's handler) finish first; one waiting for I/O does not hold it back beyond those
+    // steps. Other outputs leave at once: callers that pipeline many inputs (.map(), many
+    // .remote() in flight) refill a container's slots sooner with them (bench/run.ts measured
+    // 10-30% fewer inputs/s when they waited too).
+    let hops = 0
+    const flushSoon = () => {
+      if (running.size > 0 && hops < FLUSH_HOPS) {
+        hops++
+        queueMicrotask(flushSoon)
+        return
+      }
+      flush()
     }
     let finished = false
     const finish = (code: number) => {
@@ -283,7 +303,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       const m = def.methods[method]
       const label = m === undefined || def.fn ? def.name : `${def.name}.${m.name}`
       const output = (exec: number, retryable: boolean, values: { ok: boolean; value: unknown }[]) =>
-        outputRaw(exec, retryable, merge === undefined ? values : merge(values), label)
+        outputRaw(exec, retryable, merge === undefined ? values : merge(values), label, m?.web !== undefined)
       if (!m) {
         output(
           exec,
