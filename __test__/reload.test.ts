@@ -1,38 +1,16 @@
 // `berth serve` reloads on change (README "CLI"): a user's project in a temporary folder, served
 // with `npx berth serve app.ts`, its files edited as an editor saves them, called over HTTP.
 import test, { type ExecutionContext } from 'ava'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import type { ChildProcess } from 'node:child_process'
+import { cpSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
+import { npxServe, processesIn, userProject } from './_project.ts'
 import { root } from './_served.ts'
 import { sleep, until } from './_util.ts'
 
 /** A user's project holding a copy of fixtures/reload (app.ts imports ./helper.ts). */
-function userProject(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'berth-reload-'))
-  mkdirSync(join(dir, 'node_modules', '.bin'), { recursive: true })
-  symlinkSync(root, join(dir, 'node_modules', 'berth'))
-  symlinkSync(join('..', 'berth', 'bin', 'berth.mjs'), join(dir, 'node_modules', '.bin', 'berth'))
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'user-app', private: true, type: 'module', dependencies: { berth: 'file:' + root } }))
-  cpSync(join(root, '__test__', 'fixtures', 'reload'), dir, { recursive: true })
-  return dir
-}
-
-/** Processes whose working directory is `dir`: npx, berth serve, its containers and loaders. */
-function processesIn(dir: string): number[] {
-  const out: number[] = []
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue
-    try {
-      if (readlinkSync(`/proc/${name}/cwd`) === dir) out.push(Number(name))
-    } catch {
-      // gone, or not ours to read
-    }
-  }
-  return out
-}
+const reloadProject = () => userProject('berth-reload-', (dir) => cpSync(join(root, '__test__', 'fixtures', 'reload'), dir, { recursive: true }))
 
 interface Served {
   dir: string
@@ -43,29 +21,11 @@ interface Served {
 
 /** `npx berth serve app.ts` in a fresh project; everything it started is killed in teardown. */
 async function serve(t: ExecutionContext, extra: string[] = []): Promise<Served> {
-  const dir = userProject()
-  const npx = spawn('npx', ['berth', 'serve', 'app.ts', '--grpc-port', '0', '--http-port', '0', ...extra], {
-    cwd: dir,
-    env: { ...process.env, MARKER: join(dir, 'marker') },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let out = ''
-  npx.stdout!.on('data', (d) => (out += d))
-  npx.stderr!.on('data', (d) => (out += d))
-  t.teardown(() => {
-    npx.kill('SIGKILL')
-    for (const pid of processesIn(dir)) {
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        // already gone
-      }
-    }
-    rmSync(dir, { recursive: true, force: true })
-  })
-  await until(() => /http:\/\/127\.0\.0\.1:\d+\//.test(out), 30_000, `berth serve started:\n${out}`)
-  const http = /http:\/\/(127\.0\.0\.1:\d+)\//.exec(out)![1]
-  return { dir, npx, http, out: () => out }
+  const dir = reloadProject()
+  const { npx, out } = npxServe(t, dir, extra, { MARKER: join(dir, 'marker') })
+  await until(() => /http:\/\/127\.0\.0\.1:\d+\//.test(out()), 30_000, `berth serve started:\n${out()}`)
+  const http = /http:\/\/(127\.0\.0\.1:\d+)\//.exec(out())![1]
+  return { dir, npx, http, out }
 }
 
 async function call(s: Served, path: string, args: unknown[] = []): Promise<unknown> {

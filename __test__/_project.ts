@@ -1,0 +1,73 @@
+// A user's project outside this checkout, with `npx berth serve` run in it, for the tests that
+// run berth as the README says (not a test file: ava only runs *.test.ts).
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+import type { ExecutionContext } from 'ava'
+
+import { root } from './_served.ts'
+
+/**
+ * A new project named by `prefix`: package.json, node_modules/berth (this checkout) and
+ * node_modules/.bin/berth; `fill` puts the app in it.
+ */
+export function userProject(prefix: string, fill: (dir: string) => void): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  mkdirSync(join(dir, 'node_modules', '.bin'), { recursive: true })
+  symlinkSync(root, join(dir, 'node_modules', 'berth'))
+  symlinkSync(join('..', 'berth', 'bin', 'berth.mjs'), join(dir, 'node_modules', '.bin', 'berth'))
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'user-app', private: true, type: 'module', dependencies: { berth: 'file:' + root } }))
+  fill(dir)
+  return dir
+}
+
+/**
+ * Processes whose working directory is `dir` (npx, berth serve, its containers and loaders),
+ * this one excepted; with `words`, only those whose command line has each (or a path ending in it).
+ */
+export function processesIn(dir: string, words: string[] = []): number[] {
+  const out: number[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue
+    try {
+      if (readlinkSync(`/proc/${name}/cwd`) !== dir) continue
+      if (words.length > 0) {
+        const args = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0')
+        if (!words.every((w) => args.some((a) => a === w || a.endsWith(`/${w}`)))) continue
+      }
+      out.push(Number(name))
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return out
+}
+
+/**
+ * `npx berth serve app.ts --grpc-port 0 --http-port 0 ...extra` in project `dir`, its stdout and
+ * stderr gathered in `out()`. Teardown kills it and every process in `dir`, and removes `dir`.
+ */
+export function npxServe(t: ExecutionContext, dir: string, extra: string[], env: Record<string, string>): { npx: ChildProcess; out: () => string } {
+  const npx = spawn('npx', ['berth', 'serve', 'app.ts', '--grpc-port', '0', '--http-port', '0', ...extra], {
+    cwd: dir,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let out = ''
+  npx.stdout!.on('data', (d) => (out += d))
+  npx.stderr!.on('data', (d) => (out += d))
+  t.teardown(() => {
+    npx.kill('SIGKILL')
+    for (const pid of processesIn(dir)) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {
+        // already gone
+      }
+    }
+    rmSync(dir, { recursive: true, force: true })
+  })
+  return { npx, out: () => out }
+}
