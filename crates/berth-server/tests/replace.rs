@@ -12,17 +12,13 @@ use std::time::Duration;
 
 use berth_core::{HookSet, MethodSpec, PoolSpec};
 use berth_proto::v1::functions_client::FunctionsClient;
-use berth_proto::v1::{self as pb, container_message, containers_client::ContainersClient, control_message};
+use berth_proto::v1::{self as pb, container_message, control_message};
 use berth_server::{
     Arity, ControlPlane, ExitReporter, FunctionDef, Registry, Replaced, ServeOptions, Spawner, WebSpec,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
-use common::{args, bounded, cbor, int};
+use common::{args, bounded, cbor, exchange, int};
 
 /// What the fake containers did: which version each container runs (from its pool's name,
 /// `f@v2`), which ran their exit hook, which were stopped.
@@ -47,14 +43,10 @@ impl Spawner for Fake {
         self.seen.lock().unwrap().version.insert(container, version);
         let (seen, token, endpoint) = (self.seen.clone(), token.to_string(), endpoint.to_string());
         self.tasks.start(container, async move {
-            let mut client = ContainersClient::connect(endpoint).await.unwrap();
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, mut inbound) = common::attach(endpoint, container, token, 8).await;
             let send = move |m: container_message::Msg| {
                 let _ = tx.send(pb::ContainerMessage { msg: Some(m) });
             };
-            send(container_message::Msg::Hello(pb::Hello { container_id: container, token }));
-            send(container_message::Msg::Credit(pb::Credit { slots: 8 }));
-            let mut inbound = client.attach(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
             while let Some(Ok(msg)) = inbound.next().await {
                 let executions = match msg.msg {
                     Some(control_message::Msg::RunHook(h)) => {
@@ -129,17 +121,9 @@ async fn invoke(c: &mut FunctionsClient<tonic::transport::Channel>, app: &str, f
 
 /// POSTs `body` to `path`; the status and the body.
 async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let head = format!("POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}", body.len());
+    let r = exchange(addr, &head, body.as_bytes()).await;
+    (r.status, String::from_utf8(r.body).unwrap())
 }
 
 async fn until(what: &str, mut ok: impl FnMut() -> bool) {
