@@ -42,6 +42,9 @@ interface ExecInput {
   fc: string
 }
 
+/** How an execution reports its outcome. */
+type Done = (retryable: boolean, values: { ok: boolean; value: unknown }[]) => void
+
 /** How many microtask steps a flush of web answers waits behind inputs still running (`flushSoon`). */
 const FLUSH_HOPS = 32
 
@@ -344,15 +347,11 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         for (const i of inputs) running.delete(i.id)
         output(exec, retryable, values)
       }
-      const signal = () => ctx.signal
       if (m.web?.app !== undefined) {
-        // A web app's request (src/run/web.ts): answered whole as the input's result, or as a
-        // stream of items (a head, then the body's chunks).
+        // A web app's request (src/run/web.ts).
         const reply = async () => {
           try {
-            const a = await respond(inst, m.name, inputs[0].args[1], signal)
-            if (a instanceof WireResponse) done(false, [{ ok: true, value: a }])
-            else void runGen(inputs[0], ctx, () => a, done, true)
+            sendAnswer(await respond(inst, m.name, inputs[0].args[1], ctx), inputs[0], ctx, done)
           } catch (e) {
             done(true, [{ ok: false, value: e }])
           }
@@ -364,7 +363,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         const args = inputs[0].args
         // A generator endpoint's second argument: its Request.
         const start = () => {
-          if (m.web?.takesRequest && args.length === 2) args[1] = toRequest(args[1], signal)
+          if (m.web?.takesRequest && args.length === 2) args[1] = toRequest(args[1], ctx)
           return target.apply(inst, args) as AsyncIterator<unknown>
         }
         void runInContext(ctx, () => runGen(inputs[0], ctx, start, done, false))
@@ -379,17 +378,13 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
             const args = inputs[0].args
             const fromHttp = args.length === 2
             if (fromHttp) {
-              if (m.web.takesRequest) args[1] = toRequest(args[1], signal)
+              if (m.web.takesRequest) args[1] = toRequest(args[1], ctx)
               else args.length = 1
             }
             const value = await target.apply(inst, args)
             if (!(value instanceof Response)) done(false, [{ ok: true, value }])
             else if (!fromHttp) done(false, [{ ok: true, value: await toWire(value) }])
-            else {
-              const a = answer(value, signal)
-              if (a instanceof WireResponse) done(false, [{ ok: true, value: a }])
-              else void runGen(inputs[0], ctx, () => a, done, true)
-            }
+            else sendAnswer(answer(value, ctx), inputs[0], ctx, done)
             return
           }
           if (!m.batched) {
@@ -424,11 +419,18 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
     // at its `yield`), each sent as it comes; an abort stops the pulling and calls return().
     // As in the embedded runtime (src/run/runtime.ts runGen), a failure before the first item
     // may be retried, one after is final.
+    // An HTTP answer (src/run/web.ts `answer`): whole as the input's result, or as a stream of
+    // items (a head, then the body's chunks).
+    const sendAnswer = (a: WireResponse | AsyncGenerator<unknown>, input: ExecInput, ctx: ContainerCtx, done: Done) => {
+      if (a instanceof WireResponse) done(false, [{ ok: true, value: a }])
+      else void runGen(input, ctx, () => a, done, true)
+    }
+
     const runGen = async (
       input: ExecInput,
       ctx: ContainerCtx,
       start: () => AsyncIterator<unknown>,
-      done: (retryable: boolean, values: { ok: boolean; value: unknown }[]) => void,
+      done: Done,
       /** A web Response's head and body chunks (src/run/web.ts `streamed`), not a generator's items. */
       response: boolean,
     ) => {

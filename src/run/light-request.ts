@@ -24,15 +24,20 @@ const USED = Symbol('berth.bodyUsed')
 interface Light {
   [META]: RequestMeta
   [REAL]: Request | undefined
-  /** The input's signal, or how to get it (made only when read). */
-  [SIGNAL]: AbortSignal | (() => AbortSignal) | undefined
+  /** The input's signal, or its input whose signal it is (made only when read). */
+  [SIGNAL]: AbortSignal | SignalSource | undefined
   [HEADERS]: Headers | undefined
   [USED]: boolean
 }
 
+/** What has an input's signal, made when it is first read (an input's context). */
+export interface SignalSource {
+  readonly signal: AbortSignal
+}
+
 /** The Request itself, with its body and signal. */
-export function fullRequest(meta: RequestMeta, signal?: AbortSignal | (() => AbortSignal), headers?: Headers): Request {
-  if (typeof signal === 'function') signal = signal()
+export function fullRequest(meta: RequestMeta, from?: AbortSignal | SignalSource, headers?: Headers): Request {
+  const signal = from === undefined || from instanceof AbortSignal ? from : from.signal
   const body = meta.method === 'GET' || meta.method === 'HEAD' || meta.body === null || meta.body.length === 0 ? undefined : meta.body
   return new Request(meta.url, { method: meta.method, headers: headers ?? meta.headers, body, signal })
 }
@@ -66,72 +71,64 @@ function reader<T>(name: 'text' | 'json' | 'arrayBuffer' | 'bytes', from: (b: Ui
   }
 }
 
-const proto: object = Object.create(Request.prototype, {
-  method: {
-    get(this: Light) {
-      return this[META].method
+/**
+ * The light Request's prototype, made on first use (not at load: the first Request loads
+ * undici, tens of milliseconds every process importing berth would pay), and whether this
+ * Node's Request reads its state as the light one expects (checked then, once).
+ */
+let proto: object | undefined
+let works = false
+function prepare(): object {
+  if (proto !== undefined) return proto
+  const p: object = Object.create(Request.prototype, {
+    method: {
+      get(this: Light) {
+        return this[META].method
+      },
     },
-  },
-  url: {
-    get(this: Light) {
-      return this[META].url
+    url: {
+      get(this: Light) {
+        return this[META].url
+      },
     },
-  },
-  headers: {
-    get(this: Light) {
-      if (this[HEADERS] === undefined) this[HEADERS] = this[REAL]?.headers ?? new Headers(this[META].headers)
-      return this[HEADERS]
+    headers: {
+      get(this: Light) {
+        if (this[HEADERS] === undefined) this[HEADERS] = this[REAL]?.headers ?? new Headers(this[META].headers)
+        return this[HEADERS]
+      },
     },
-  },
-  signal: {
-    get(this: Light) {
-      if (this[REAL] !== undefined) return this[REAL].signal
-      const s = this[SIGNAL]
-      if (typeof s === 'function') return (this[SIGNAL] = s())
-      return s ?? real(this).signal
+    signal: {
+      get(this: Light) {
+        if (this[REAL] !== undefined) return this[REAL].signal
+        const s = this[SIGNAL]
+        if (s === undefined) return real(this).signal
+        return s instanceof AbortSignal ? s : (this[SIGNAL] = s.signal)
+      },
     },
-  },
-  bodyUsed: {
-    get(this: Light) {
-      return this[REAL]?.bodyUsed ?? this[USED]
+    bodyUsed: {
+      get(this: Light) {
+        return this[REAL]?.bodyUsed ?? this[USED]
+      },
     },
-  },
-  text: { value: reader('text', (b) => decoder.decode(b)) },
-  json: { value: reader('json', (b) => JSON.parse(decoder.decode(b))) },
-  arrayBuffer: { value: reader('arrayBuffer', (b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)) },
-  bytes: { value: reader('bytes', (b) => new Uint8Array(b)) },
-  [Symbol.for('nodejs.util.inspect.custom')]: {
-    value(this: Light, _depth: number, options: object, inspect: (v: unknown, o: object) => string) {
-      return inspect(real(this), options)
-    },
-  },
-})
-// Node's Request reads its state from symbol-keyed slots (undici): each reads the real one's.
-for (const slot of Object.getOwnPropertySymbols(new Request('http://berth.invalid/'))) {
-  Object.defineProperty(proto, slot, {
-    get(this: Light) {
-      return (real(this) as any)[slot]
+    text: { value: reader('text', (b) => decoder.decode(b)) },
+    json: { value: reader('json', (b) => JSON.parse(decoder.decode(b))) },
+    arrayBuffer: { value: reader('arrayBuffer', (b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)) },
+    bytes: { value: reader('bytes', (b) => new Uint8Array(b)) },
+    [Symbol.for('nodejs.util.inspect.custom')]: {
+      value(this: Light, _depth: number, options: object, inspect: (v: unknown, o: object) => string) {
+        return inspect(real(this), options)
+      },
     },
   })
-}
-
-/** Methods and URLs a Request keeps as they are; others are built whole (normalised, refused). */
-const PLAIN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'])
-const PLAIN_URL = /^http:\/\/[a-z0-9.-]+(?::\d{1,5})?\/[!#$&-;=?-[\]_a-z~]*$/
-const DOT_SEGMENT = /\/\.\.?(?:[/?#]|$)/
-
-function light(meta: RequestMeta, signal: AbortSignal | (() => AbortSignal) | undefined): Request {
-  const self = Object.create(proto) as Light
-  self[META] = meta
-  self[REAL] = undefined
-  self[SIGNAL] = signal
-  self[HEADERS] = undefined
-  self[USED] = false
-  return self as unknown as Request
-}
-
-/** Whether this Node's Request reads its state as the light one expects: checked once. */
-const works = (() => {
+  // Node's Request reads its state from symbol-keyed slots (undici): each reads the real one's.
+  for (const slot of Object.getOwnPropertySymbols(new Request('http://berth.invalid/'))) {
+    Object.defineProperty(p, slot, {
+      get(this: Light) {
+        return (real(this) as any)[slot]
+      },
+    })
+  }
+  proto = p
   try {
     const meta: RequestMeta = {
       method: 'POST',
@@ -141,19 +138,35 @@ const works = (() => {
     }
     const l = light(meta, undefined)
     const forwarded = new Request(l)
-    return (
+    works =
       l instanceof Request &&
       forwarded.method === 'POST' &&
       forwarded.url === meta.url &&
       forwarded.headers.get('x-a') === '1' &&
       forwarded.body !== null
-    )
   } catch {
-    return false
+    works = false
   }
-})()
+  return p
+}
 
-export function cheapRequest(meta: RequestMeta, signal?: AbortSignal | (() => AbortSignal)): Request {
+/** Methods and URLs a Request keeps as they are; others are built whole (normalised, refused). */
+const PLAIN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'])
+const PLAIN_URL = /^http:\/\/[a-z0-9.-]+(?::\d{1,5})?\/[!#$&-;=?-[\]_a-z~]*$/
+const DOT_SEGMENT = /\/\.\.?(?:[/?#]|$)/
+
+function light(meta: RequestMeta, signal: AbortSignal | SignalSource | undefined): Request {
+  const self = Object.create(prepare()) as Light
+  self[META] = meta
+  self[REAL] = undefined
+  self[SIGNAL] = signal
+  self[HEADERS] = undefined
+  self[USED] = false
+  return self as unknown as Request
+}
+
+export function cheapRequest(meta: RequestMeta, signal?: AbortSignal | SignalSource): Request {
+  prepare()
   if (works && PLAIN_METHODS.has(meta.method) && PLAIN_URL.test(meta.url) && !DOT_SEGMENT.test(meta.url)) return light(meta, signal)
   return fullRequest(meta, signal)
 }

@@ -7,9 +7,12 @@
 // `clone()`, `statusText`, `type`, every internal slot of Node's Response) is the real Response,
 // built from the same arguments the first time it is asked for. A Response whose arguments are
 // not that plain (another body, a status that must be checked) is built real at once, so it
-// throws where Node's would. `instanceof Response` holds for both kinds.
+// throws where Node's would. `instanceof Response` holds for both kinds. Nothing here touches
+// Node's Response before installLightResponse (the first use of the global loads undici, tens of
+// milliseconds every process importing berth would pay).
 
-const Real = globalThis.Response
+/** Node's Response, as it was when the light one was installed. */
+let Real: typeof Response
 
 const BODY = Symbol('berth.body')
 const STATUS = Symbol('berth.status')
@@ -85,62 +88,72 @@ class LightResponse {
   }
 }
 
-const proto = LightResponse.prototype as any
-for (const name of ['body', 'bodyUsed', 'statusText', 'type', 'url', 'redirected']) {
-  Object.defineProperty(proto, name, {
-    get(this: Light) {
-      return (real(this) as any)[name]
-    },
-  })
-}
-for (const name of ['arrayBuffer', 'blob', 'bytes', 'clone', 'formData', 'json', 'text']) {
-  if (!(name in Real.prototype)) continue
-  Object.defineProperty(proto, name, {
-    value(this: Light, ...args: unknown[]) {
-      return (real(this) as any)[name](...args)
-    },
-    writable: true,
-    configurable: true,
-  })
-}
-// Node's Response reads its state from symbol-keyed slots (undici): each reads the real one's.
-for (const slot of Object.getOwnPropertySymbols(new Real())) {
-  Object.defineProperty(proto, slot, {
-    get(this: Light) {
-      return (real(this) as any)[slot]
-    },
-  })
-}
-Object.defineProperty(proto, Symbol.for('nodejs.util.inspect.custom'), {
-  value(this: Light, _depth: number, options: object, inspect: (v: unknown, o: object) => string) {
-    return inspect(real(this), options)
-  },
-})
-Object.setPrototypeOf(LightResponse, Real)
-Object.setPrototypeOf(proto, Real.prototype)
+let prepared: boolean | undefined
 
-/** Whether the light Response behaves as expected on this Node: checked once. */
-const works = (() => {
+/** Gives the light Response Node's members and slots, once; whether it then works as expected. */
+function prepare(): boolean {
+  if (prepared !== undefined) return prepared
+  const proto = LightResponse.prototype as any
+  for (const name of ['body', 'bodyUsed', 'statusText', 'type', 'url', 'redirected']) {
+    Object.defineProperty(proto, name, {
+      get(this: Light) {
+        return (real(this) as any)[name]
+      },
+    })
+  }
+  for (const name of ['arrayBuffer', 'blob', 'bytes', 'clone', 'formData', 'json', 'text']) {
+    if (!(name in Real.prototype)) continue
+    Object.defineProperty(proto, name, {
+      value(this: Light, ...args: unknown[]) {
+        return (real(this) as any)[name](...args)
+      },
+      writable: true,
+      configurable: true,
+    })
+  }
+  // Node's Response reads its state from symbol-keyed slots (undici): each reads the real one's.
+  for (const slot of Object.getOwnPropertySymbols(new Real())) {
+    Object.defineProperty(proto, slot, {
+      get(this: Light) {
+        return (real(this) as any)[slot]
+      },
+    })
+  }
+  Object.defineProperty(proto, Symbol.for('nodejs.util.inspect.custom'), {
+    value(this: Light, _depth: number, options: object, inspect: (v: unknown, o: object) => string) {
+      return inspect(real(this), options)
+    },
+  })
+  Object.setPrototypeOf(LightResponse, Real)
+  Object.setPrototypeOf(proto, Real.prototype)
+
+  // Whether the light Response behaves as expected on this Node.
   try {
     const l = new LightResponse('{"a":1}', { status: 201, headers: { 'x-a': '1' } }) as unknown as Response
-    const parts = lightParts(l)
-    return (
-      parts !== undefined &&
+    prepared =
+      lightParts(l) !== undefined &&
       l instanceof Real &&
       new Real('') instanceof LightResponse &&
       l.status === 201 &&
       l.headers.get('content-type') === 'text/plain;charset=UTF-8' &&
       l.clone().headers.get('x-a') === '1'
-    )
   } catch {
-    return false
+    prepared = false
   }
-})()
+  return prepared
+}
+
+/** Node's own Response, whether or not the light one is installed. */
+export function nodeResponse(): typeof Response {
+  return globalThis.Response === (LightResponse as unknown) ? Real : globalThis.Response
+}
 
 /**
  * Makes `Response` the light one in this process (a container with web members). Code that
  * took `Response` before keeps Node's, which answers as it always did.
  */
 export function installLightResponse(): void {
-  if (works && globalThis.Response === Real) globalThis.Response = LightResponse as unknown as typeof Response
+  if (globalThis.Response === (LightResponse as unknown)) return
+  Real = globalThis.Response
+  if (prepare()) globalThis.Response = LightResponse as unknown as typeof Response
 }

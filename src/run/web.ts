@@ -11,16 +11,16 @@ import { connect } from 'node:net'
 
 import { WireResponse } from '../shared/cbor.ts'
 import { InvalidError } from '../shared/errors.ts'
-import { cheapRequest, type RequestMeta } from './light-request.ts'
-import { lightParts } from './light-response.ts'
+import { cheapRequest, type RequestMeta, type SignalSource } from './light-request.ts'
+import { lightParts, nodeResponse } from './light-response.ts'
 import type { PoolDef, WebSpec } from './pool.ts'
 
 function isMeta(meta: unknown): meta is RequestMeta {
   return typeof meta === 'object' && meta !== null && 'url' in meta
 }
 
-/** The Request of a request's `meta`; `signal` is called only if something reads its signal. */
-export function toRequest(meta: unknown, signal: () => AbortSignal): unknown {
+/** The Request of a request's `meta`; its signal is `signal`'s, read only if something reads it. */
+export function toRequest(meta: unknown, signal: SignalSource): unknown {
   if (!isMeta(meta)) return meta
   return cheapRequest(meta, signal)
 }
@@ -34,8 +34,8 @@ export async function toWire(res: Response): Promise<WireResponse> {
  * write) when its body is known whole, as most JSON and text answers are (`whole`); else its
  * head and then its body's chunks as they come (`streamed`).
  */
-export function answer(res: Response, signal: () => AbortSignal): WireResponse | AsyncGenerator<unknown> {
-  return whole(res) ?? streamed(res, signal())
+export function answer(res: Response, signal: SignalSource): WireResponse | AsyncGenerator<unknown> {
+  return whole(res) ?? streamed(res, signal.signal)
 }
 
 /** A Response as one WireResponse, if its body is whole and unread: a light Response's, or none, or the string or bytes a Response was made with. */
@@ -55,23 +55,28 @@ function whole(res: Response): WireResponse | undefined {
 
 // Node's Response keeps the body it was made with (undici: a state slot whose body has the
 // stream and its `source`, the string or bytes given): reading that skips the stream, which
-// costs more than the rest of a small answer. Found and checked once; without it, bodies stream.
-const STATE = (() => {
+// costs more than the rest of a small answer. Found and checked on first use (not at load: the
+// first Response loads undici); without it, bodies stream.
+let STATE: symbol | undefined | null = null
+function stateSlot(): symbol | undefined {
+  if (STATE !== null) return STATE
   try {
-    const probe = new Response('ok')
+    const probe = new (nodeResponse())('ok')
     const slot = Object.getOwnPropertySymbols(probe).find((k) => k.description === 'state')
     const body = slot === undefined ? undefined : (probe as any)[slot]?.body
-    return body?.source === 'ok' && body.stream === probe.body ? slot : undefined
+    STATE = body?.source === 'ok' && body.stream === probe.body ? slot : undefined
   } catch {
-    return undefined
+    STATE = undefined
   }
-})()
+  return STATE
+}
 const encoder = new TextEncoder()
 
 /** The body a Response was made with, if it was whole (a string, bytes) and is unread; else undefined. */
 function wholeBody(res: Response): Uint8Array | undefined {
-  if (STATE === undefined || res.bodyUsed) return undefined
-  const body = (res as any)[STATE]?.body
+  const slot = stateSlot()
+  if (slot === undefined || res.bodyUsed) return undefined
+  const body = (res as any)[slot]?.body
   if (body == null || body.stream?.locked !== false) return undefined
   const source: unknown = body.source
   if (typeof source === 'string') return encoder.encode(source)
@@ -85,7 +90,7 @@ function wholeBody(res: Response): Uint8Array | undefined {
  * 127.0.0.1:`port`, where the control plane sends its requests.
  */
 type WebApp =
-  | { respond(meta: RequestMeta, signal: () => AbortSignal): Promise<WireResponse | AsyncGenerator<unknown>>; close(): Promise<void> }
+  | { respond(meta: RequestMeta, signal: SignalSource): Promise<WireResponse | AsyncGenerator<unknown>>; close(): Promise<void> }
   | { port: number; close(): Promise<void> }
 
 /** A web app member whose server listens on 127.0.0.1:`port` (`method`: its index in the method table). */
@@ -128,12 +133,7 @@ export async function stopWebApps(inst: any): Promise<void> {
 }
 
 /** One request to web app member `name` of `inst`: its answer, whole or streamed (`answer`). */
-export function respond(
-  inst: any,
-  name: string,
-  meta: unknown,
-  signal: () => AbortSignal,
-): Promise<WireResponse | AsyncGenerator<unknown>> {
+export function respond(inst: any, name: string, meta: unknown, signal: SignalSource): Promise<WireResponse | AsyncGenerator<unknown>> {
   const app = running.get(inst)?.get(name)
   if (app === undefined) throw new InvalidError(`the web app ${name} is not running in this container`)
   if (!('respond' in app)) {
