@@ -129,6 +129,10 @@ test.serial('@webServer proxies a fastify server on the port berth gives it; @no
   const got = (await item.json()) as any
   t.is(got.id, 'item-7', '@enter ran before the server started')
   t.is(String(got.port), got.env, 'the port is passed and in process.env.PORT')
+  // On Linux the control plane reaches the server through an abstract Unix socket of the
+  // container's (README "API", web apps); the app still sees a loopback caller.
+  t.is(got.unix, process.platform === 'linux')
+  t.is(got.ip, '127.0.0.1')
   const created = await fetch(`${base}/fast/items`, { method: 'POST', body: '{"a":[1,2]}', headers: { 'content-type': 'application/json' } })
   t.is(created.status, 201)
   t.is(created.headers.get('x-made-by'), 'fastify')
@@ -147,7 +151,10 @@ test.serial('@webServer proxies a fastify server on the port berth gives it; @no
 
   // A proxied body that streams: the client leaves after the first chunk; the app's response
   // closes, and the same container serves on.
-  const before = ((await (await fetch(`${base}/Ex/listener/pid`)).json()) as any).pid
+  const pid = (await (await fetch(`${base}/Ex/listener/pid`)).json()) as any
+  t.is(pid.unix, process.platform === 'linux')
+  t.is(pid.ip, '127.0.0.1')
+  const before = pid.pid
   const leave = new AbortController()
   const drip = await fetch(`${base}/Ex/listener/drip`, { signal: leave.signal })
   const reader = drip.body!.getReader()

@@ -268,7 +268,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
             for (const n of m.enter) await inst[n]()
             // Before the hook's HookDone: the control plane knows where a server listens
             // before it sends the container any request.
-            for (const s of await startWebApps(def, inst)) link.appServer(s.method, s.port)
+            for (const s of await startWebApps(def, inst)) link.appServer(s.method, s.port, s.socket)
           } else if (phase === PHASE_EXIT) {
             await runExitHooks(def.name, m.exit, (n) => inst[n]())
             await stopWebApps(inst)

@@ -5,9 +5,12 @@
 // (crates/berth-server/src/web.rs); a `.remote()` caller gets it whole. A web app with a server
 // of its own (`@webServer`, `@nodeApp`) reports the server's port, and the control plane sends
 // its requests there itself (crates/berth-server/src/proxy.rs): only a `@fetchApp` answers
-// requests here.
-import { createServer, type RequestListener, type Server } from 'node:http'
-import { connect } from 'node:net'
+// requests here. When that server is a Node HTTP server of this process, it also gets the
+// connections of an abstract Unix socket (`sideDoor`), which the control plane uses instead of
+// the port: a request through it costs the kernel less than one over TCP on loopback.
+import { randomBytes } from 'node:crypto'
+import { createServer, type RequestListener, Server } from 'node:http'
+import { connect, createServer as createNetServer, Server as NetServer, type Socket } from 'node:net'
 
 import { WireResponse } from '../shared/cbor.ts'
 import { InvalidError } from '../shared/errors.ts'
@@ -91,12 +94,16 @@ function wholeBody(res: Response): Uint8Array | undefined {
  */
 type WebApp =
   | { respond(meta: RequestMeta, signal: SignalSource): Promise<WireResponse | AsyncGenerator<unknown>>; close(): Promise<void> }
-  | { port: number; close(): Promise<void> }
+  | { port: number; socket?: string; close(): Promise<void> }
 
-/** A web app member whose server listens on 127.0.0.1:`port` (`method`: its index in the method table). */
+/**
+ * A web app member whose server listens on 127.0.0.1:`port` (`method`: its index in the method
+ * table), and on the abstract Unix socket `socket` (its name without the leading NUL) if any.
+ */
 export interface AppServer {
   method: number
   port: number
+  socket?: string
 }
 
 const running = new WeakMap<object, Map<string, WebApp>>()
@@ -120,7 +127,7 @@ export async function startWebApps(def: PoolDef, inst: any): Promise<AppServer[]
     let apps = running.get(inst)
     if (apps === undefined) running.set(inst, (apps = new Map()))
     apps.set(m.name, app)
-    if ('port' in app) servers.push({ method, port: app.port })
+    if ('port' in app) servers.push({ method, port: app.port, socket: app.socket })
   }
   return servers
 }
@@ -199,7 +206,42 @@ async function nodeApp(where: string, listener: unknown): Promise<WebApp> {
     server.listen(0, '127.0.0.1', () => resolve())
   })
   const port = (server.address() as { port: number }).port
-  return { port, close: () => closeServer(server) }
+  const side = await sideDoor(server)
+  return {
+    port,
+    socket: side?.name,
+    close: async () => {
+      await side?.close()
+      await closeServer(server)
+    },
+  }
+}
+
+/**
+ * An abstract Unix socket (Linux) whose connections go to `server` as its own do: Node's HTTP
+ * server takes any socket it is given (`'connection'`). Its sockets say they come from
+ * 127.0.0.1, as the control plane's TCP connections did, for code that reads the address.
+ * None elsewhere, or when it cannot listen: the control plane then uses the port.
+ */
+async function sideDoor(server: Server): Promise<{ name: string; close(): Promise<void> } | undefined> {
+  if (process.platform !== 'linux') return undefined
+  const name = `berth-${process.pid}-${randomBytes(6).toString('hex')}`
+  const side = createNetServer((socket: Socket) => {
+    Object.defineProperties(socket, {
+      remoteAddress: { value: '127.0.0.1' },
+      remoteFamily: { value: 'IPv4' },
+      remotePort: { value: 0 },
+    })
+    server.emit('connection', socket)
+  })
+  const listening = await new Promise<boolean>((resolve) => {
+    side.once('error', () => resolve(false))
+    side.listen(`\0${name}`, () => resolve(true))
+  })
+  if (!listening) return undefined
+  // Not what keeps the container's process alive: its server and its link do.
+  side.unref()
+  return { name, close: () => new Promise<void>((resolve) => side.close(() => resolve())) }
 }
 
 /** How long a @webServer has to accept connections, unless it says (Modal's default). */
@@ -208,21 +250,37 @@ export const WEB_SERVER_STARTUP_MS = 5000
 async function webServer(where: string, web: WebSpec, start: (port: number) => unknown): Promise<WebApp> {
   const port = web.port ?? (await freePort())
   process.env.PORT = String(port)
-  await start(port)
-  const timeoutMs = web.startupTimeoutMs ?? WEB_SERVER_STARTUP_MS
-  const deadline = Date.now() + timeoutMs
-  while (!(await accepts(port))) {
-    if (Date.now() >= deadline) {
-      const message =
-        `${where}: nothing accepted connections on 127.0.0.1:${port} within startupTimeout (${timeoutMs / 1000} s). ` +
-        `Start the server on the port berth passes (the member's argument, also process.env.PORT), e.g. app.listen({ port, host: '127.0.0.1' }), ` +
-        `or raise @webServer({ startupTimeout }) if it takes longer to start.`
-      console.error(`berth: ${message}`)
-      throw new InvalidError(message)
+  // The servers this process starts listening meanwhile: if one is a Node HTTP server on
+  // `port`, it gets a side door.
+  const listening = new Set<NetServer>()
+  const listen = NetServer.prototype.listen
+  NetServer.prototype.listen = function (this: NetServer, ...args: unknown[]) {
+    listening.add(this)
+    return (listen as (...a: unknown[]) => NetServer).apply(this, args)
+  } as typeof listen
+  try {
+    await start(port)
+    const timeoutMs = web.startupTimeoutMs ?? WEB_SERVER_STARTUP_MS
+    const deadline = Date.now() + timeoutMs
+    while (!(await accepts(port))) {
+      if (Date.now() >= deadline) {
+        const message =
+          `${where}: nothing accepted connections on 127.0.0.1:${port} within startupTimeout (${timeoutMs / 1000} s). ` +
+          `Start the server on the port berth passes (the member's argument, also process.env.PORT), e.g. app.listen({ port, host: '127.0.0.1' }), ` +
+          `or raise @webServer({ startupTimeout }) if it takes longer to start.`
+        console.error(`berth: ${message}`)
+        throw new InvalidError(message)
+      }
+      await new Promise((r) => setTimeout(r, 20))
     }
-    await new Promise((r) => setTimeout(r, 20))
+  } finally {
+    NetServer.prototype.listen = listen
   }
-  return { port, close: async () => {} }
+  // Plain HTTP only (https.Server and http2's are not http.Server): the control plane speaks
+  // HTTP/1.1 on the side door.
+  const server = [...listening].find((s) => s instanceof Server && s.listening && (s.address() as { port?: number } | null)?.port === port)
+  const side = server === undefined ? undefined : await sideDoor(server as Server)
+  return { port, socket: side?.name, close: async () => side?.close() }
 }
 
 function accepts(port: number): Promise<boolean> {

@@ -256,11 +256,12 @@ impl BindingContainer {
     }
 
     /// Web app member `method`'s server accepts connections on 127.0.0.1:`port` (a
-    /// `@webServer`'s, or the one berth starts for a `@nodeApp`): the control plane sends that
-    /// member's HTTP requests to it directly. Sent after @enter started it, before its HookDone.
+    /// `@webServer`'s, or the one berth starts for a `@nodeApp`), and on the abstract Unix
+    /// socket `socket` when there is one: the control plane sends that member's HTTP requests
+    /// to it directly. Sent after @enter started it, before its HookDone.
     #[napi]
-    pub fn app_server(&self, method: u32, port: u32) {
-        let msg = container_message::Msg::AppServer(pb::AppServer { method, port });
+    pub fn app_server(&self, method: u32, port: u32, socket: Option<String>) {
+        let msg = container_message::Msg::AppServer(pb::AppServer { method, port, socket: socket.unwrap_or_default() });
         let _ = self.out.send(pb::ContainerMessage { msg: Some(msg) });
     }
 

@@ -202,7 +202,7 @@ pub(crate) fn handle_container_message(shared: &Shared, cid: u32, msg: Option<co
             if let (Some(link), Ok(port)) = (st.links.get_mut(&cid), u16::try_from(a.port)) {
                 link.last_heard = std::time::Instant::now();
                 link.servers.retain(|(m, _)| *m != a.method);
-                link.servers.push((a.method, Arc::new(crate::proxy::AppServer::new(port))));
+                link.servers.push((a.method, Arc::new(crate::proxy::AppServer::new(port, a.socket))));
             }
         }
         Some(container_message::Msg::Hello(_)) | None => {}

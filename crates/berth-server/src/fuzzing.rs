@@ -86,12 +86,14 @@ impl Plane {
             }],
         };
         let started = Started::default();
-        let (tx, commands) = mpsc::unbounded_channel();
+        // Its turns are the harness's own (`turn`): no driver runs them.
+        let (tx, commands) = crate::driver::Commands::new();
         let cap = 1 << 20;
         let shared = Arc::new(Shared {
             catalog: std::sync::RwLock::new(Arc::new(crate::catalog::Catalog::new(registry))),
             state: Mutex::new(State { next_pool: 1, ..State::default() }),
             commands: tx,
+            driver: crate::driver::Driver::default(),
             spawner: Box::new(NoProcesses(started.clone())),
             endpoint: Mutex::new("http://127.0.0.1:1".into()),
             max_message_bytes: cap,

@@ -12,6 +12,7 @@ mod catalog;
 mod client;
 mod conn;
 mod containers;
+mod driver;
 mod functions;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

@@ -544,7 +544,9 @@ pub(crate) struct Shared {
     /// state lock when both are held.
     pub catalog: RwLock<Arc<Catalog>>,
     pub state: Mutex<State>,
-    pub commands: mpsc::UnboundedSender<Command>,
+    pub commands: crate::driver::Commands,
+    /// Who runs the scheduler's turns (driver.rs).
+    pub driver: crate::driver::Driver,
     pub spawner: Box<dyn Spawner>,
     pub endpoint: Mutex<String>,
     /// The one message cap (`ServeOptions::max_message_bytes`): requests, executions, results.

@@ -15,7 +15,10 @@
 //! `answer_error`).
 //!
 //! Connections to a server are kept open between requests, per container ([`AppServer`]), and
-//! driven by the handler that uses one (the request and its answer's body are read and written
+//! go to the abstract Unix socket the container names beside the port when it names one
+//! (src/run/web.ts `sideDoor`: a Node server of the container's own accepts them there too),
+//! which costs the kernel less per request than TCP on loopback; they are driven by the
+//! handler that uses one (the request and its answer's body are read and written
 //! in the handler's own task, with no task of their own to wake).
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -29,7 +32,10 @@ use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+#[cfg(unix)]
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http::{BodyError, Limited};
@@ -51,6 +57,9 @@ pub(crate) const BAD_GATEWAY: &str = "WebServerError";
 /// that are open and idle. Dropped with the container's link, which closes them.
 pub(crate) struct AppServer {
     port: u16,
+    /// The abstract Unix socket it also accepts connections on (without its leading NUL), if
+    /// any: used instead of the port.
+    socket: Option<String>,
     // Boxed: a connection moves in and out of the pool with each request (see `Conn`).
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<Conn>>>,
@@ -61,7 +70,7 @@ pub(crate) struct AppServer {
 /// large, and moves with each request.
 struct Conn {
     send: SendRequest<Limited>,
-    io: Connection<TokioIo<TcpStream>, Limited>,
+    io: Connection<TokioIo<Stream>, Limited>,
     closed: bool,
     /// When it went back to the idle ones.
     idle_since: std::time::Instant,
@@ -99,6 +108,78 @@ impl Conn {
     }
 }
 
+/// A connection to the abstract Unix socket `name`. Node (libuv) binds one by the whole of
+/// `sun_path`, the name padded with NULs to its 107 bytes, unless it is built to bind the name
+/// alone: the padded name is tried when the name alone is refused.
+#[cfg(unix)]
+async fn connect_abstract(name: &str) -> Option<UnixStream> {
+    const SUN_PATH: usize = 108;
+    let mut path = format!("\0{name}");
+    if let Ok(s) = UnixStream::connect(&path).await {
+        return Some(s);
+    }
+    if path.len() < SUN_PATH {
+        path.extend(std::iter::repeat_n('\0', SUN_PATH - path.len()));
+        return UnixStream::connect(&path).await.ok();
+    }
+    None
+}
+
+/// A connection's socket: TCP to the server's port, or its abstract Unix socket.
+enum Stream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Why a request did not get its head.
 enum SendError {
     /// Never sent (no connection could be made): the request is still whole.
@@ -108,8 +189,11 @@ enum SendError {
 }
 
 impl AppServer {
-    pub(crate) fn new(port: u16) -> Self {
-        Self { port, idle: Mutex::new(Vec::new()) }
+    pub(crate) fn new(port: u16, socket: String) -> Self {
+        // Only Linux has abstract sockets; a name that could not be one is not used.
+        let socket = (cfg!(target_os = "linux") && !socket.is_empty() && socket.len() < 100 && !socket.contains('\0'))
+            .then_some(socket);
+        Self { port, socket, idle: Mutex::new(Vec::new()) }
     }
 
     /// The connection idle the shortest time, unless even that one was idle too long (then
@@ -136,10 +220,25 @@ impl AppServer {
     }
 
     async fn connect(&self) -> std::io::Result<Box<Conn>> {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
-        let _ = tcp.set_nodelay(true);
+        // The port when the socket is gone (closed by the app's code, say).
+        #[cfg(unix)]
+        let unix = match &self.socket {
+            Some(name) => connect_abstract(name).await,
+            None => None,
+        };
+        #[cfg(not(unix))]
+        let unix: Option<TcpStream> = None;
+        let stream = match unix {
+            #[cfg(unix)]
+            Some(unix) => Stream::Unix(unix),
+            _ => {
+                let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
+                let _ = tcp.set_nodelay(true);
+                Stream::Tcp(tcp)
+            }
+        };
         let (send, io) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(std::io::Error::other)?;
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
         Ok(Box::new(Conn { send, io, closed: false, idle_since: std::time::Instant::now() }))
     }
 
@@ -357,7 +456,7 @@ pub(crate) fn abort(shared: &Shared, st: &mut State, input: InputId, attempt: u3
     let Some(running) = st.proxied.remove(&input) else { return false };
     let _ = running.stop.send(());
     if st.record(running.container, running.exec, vec![error("InputCancelledError", "aborted")]).is_some() {
-        let _ = shared.commands.send(Command::Complete(vec![(running.exec, ExecStatus::FailedFinal)]));
+        shared.commands.queue(Command::Complete(vec![(running.exec, ExecStatus::FailedFinal)]));
     }
     true
 }
@@ -432,15 +531,18 @@ impl Run {
         let shared = Arc::clone(&self.shared);
         let mut st = shared.lock();
         self.finish_locked(&mut st, result, status);
+        drop(st);
+        shared.drive();
     }
 
+    /// Under the state lock: its caller drives the scheduler once it lets go (or is in a turn).
     fn finish_locked(&mut self, st: &mut State, result: pb::Result, status: ExecStatus) {
         self.done = true;
         if st.proxied.get(&self.input).is_some_and(|r| r.attempt == self.attempt) {
             st.proxied.remove(&self.input);
         }
         if st.record(self.container, self.exec, vec![result]).is_some() {
-            let _ = self.shared.commands.send(Command::Complete(vec![(self.exec, status)]));
+            self.shared.commands.queue(Command::Complete(vec![(self.exec, status)]));
         }
     }
 }
@@ -454,9 +556,11 @@ impl Drop for Run {
         let mut st = shared.lock();
         if st.inputs.contains_key(&self.input) {
             // Under the lock: after the input's submission.
-            let _ = self.shared.commands.send(Command::Cancel(vec![self.input]));
+            self.shared.commands.queue(Command::Cancel(vec![self.input]));
         }
         self.finish_locked(&mut st, error("InputCancelledError", "the client went away"), ExecStatus::FailedFinal);
+        drop(st);
+        shared.drive();
     }
 }
 

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_core::{Command, Scheduler};
+use berth_core::Command;
 use berth_proto::v1::{containers_server::ContainersServer, functions_server::FunctionsServer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::Request;
 
@@ -18,7 +18,7 @@ use crate::client::{Client, InProcess};
 use crate::conn::{ConnCounters, CountRequestsLayer, Counters, Framing, Limits, Listener};
 use crate::containers::ContainersSvc;
 use crate::functions::FunctionsSvc;
-use crate::plane::{Host, Registry, Shared, Spawner, State};
+use crate::plane::{Registry, Shared, Spawner, State};
 
 /// Where and how the control plane listens.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub const FRAMING_BYTES: usize = 64 << 10;
 
 /// The forced stop of a control plane (see [`ControlPlane::killer`]).
 #[derive(Clone)]
-pub struct Killer(mpsc::UnboundedSender<Command>);
+pub struct Killer(crate::driver::Commands);
 
 impl Killer {
     /// Running inputs are aborted and every pending one is answered `InputCancelledError`, no
@@ -157,7 +157,7 @@ impl ControlPlane {
             Some(addr) => Some(bind(addr, "HTTP", "--http-port").await?),
             None => None,
         };
-        let (commands, source) = mpsc::unbounded_channel();
+        let (commands, source) = crate::driver::Commands::new();
         let count = registry.functions.len();
         let largest_batch = registry
             .functions
@@ -170,13 +170,14 @@ impl ControlPlane {
             catalog: std::sync::RwLock::new(Arc::new(Catalog::new(registry))),
             state: Mutex::new(State { next_pool: 1, ..State::default() }),
             commands,
+            driver: crate::driver::Driver::default(),
             spawner: Box::new(spawner),
             endpoint: Mutex::new(format!("http://{local_addr}")),
             max_message_bytes: opts.max_message_bytes,
             result_ttl: opts.result_ttl,
             map_window: opts.map_window,
         });
-        tokio::spawn(Scheduler::new(Host(shared.clone()), Host(shared.clone())).run(source));
+        crate::driver::start(&shared, source);
         // Pools that keep containers warm start now, not with their first call (as in Modal).
         shared.warm(&(0..count).collect::<Vec<_>>());
         tokio::spawn(crate::plane::housekeeping(Arc::downgrade(&shared)));
@@ -305,7 +306,7 @@ impl ControlPlane {
     /// Stops taking calls, lets accepted inputs finish, runs exit hooks, then stops serving.
     pub async fn shutdown(mut self) {
         let (tx, rx) = oneshot::channel();
-        if self.shared.commands.send(Command::Shutdown(Some(tx))).is_ok() {
+        if self.shared.commands.send(Command::Shutdown(Some(tx))) {
             let _ = rx.await;
         }
         // In-process callers are refused from here on, as gRPC callers are once the listener

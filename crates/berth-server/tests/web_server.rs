@@ -44,50 +44,70 @@ const CHUNK: usize = 64 << 10;
 
 /// The app's server: `/slow` answers after 5 s; `/die` ends the container it runs in and drops
 /// the connection unanswered; `/flood` writes as fast as it is read; anything else is its
-/// method, URL, prefix and body, with a header of its own.
-async fn app_server(app: Arc<AppSide>) -> u16 {
+/// method, URL, prefix and body, with a header of its own. It listens on 127.0.0.1 (its port
+/// returned) and on an abstract Unix socket (its name returned), bound as Node binds one: by the
+/// whole of `sun_path`, the name padded with NULs (src/run/web.ts `sideDoor`).
+async fn app_server(app: Arc<AppSide>) -> (u16, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let name = format!("berth-test-{}-{port}", std::process::id());
+    let mut padded = format!("\0{name}");
+    padded.extend(std::iter::repeat_n('\0', 108 - padded.len()));
+    let unix = tokio::net::UnixListener::bind(padded).unwrap();
+    let served = Arc::clone(&app);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = unix.accept().await.unwrap();
+            serve(Arc::clone(&served), stream);
+        }
+    });
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let app = Arc::clone(&app);
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let app = Arc::clone(&app);
-                async move {
-                    if req.uri().path() == "/slow" {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                    if req.uri().path() == "/die" {
-                        app.die.notify_waiters();
-                        return Err("the container died");
-                    }
-                    if req.uri().path() == "/flood" {
-                        let chunks = tokio_stream::iter(0..FLOOD / CHUNK).map(move |_| {
-                            app.flooded.fetch_add(CHUNK, Ordering::SeqCst);
-                            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; CHUNK])))
-                        });
-                        return Ok(Response::new(StreamBody::new(chunks).boxed()));
-                    }
-                    let prefix = req.headers().get("x-forwarded-prefix").map(|v| v.to_str().unwrap().to_owned());
-                    let head = format!("{} {} prefix={} body=", req.method(), req.uri(), prefix.unwrap_or_default());
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    let mut res = Response::new(Full::new(Bytes::from([head.as_bytes(), &body].concat())).boxed());
-                    res.headers_mut().insert("x-app", "yes".parse().unwrap());
-                    Ok(res)
-                }
-            });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
+            serve(Arc::clone(&app), tcp);
         }
     });
-    port
+    (port, name)
+}
+
+/// Serves one connection of the app's server.
+fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(app: Arc<AppSide>, io: S) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let app = Arc::clone(&app);
+        async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            if req.uri().path() == "/die" {
+                app.die.notify_waiters();
+                return Err("the container died");
+            }
+            if req.uri().path() == "/flood" {
+                let chunks = tokio_stream::iter(0..FLOOD / CHUNK).map(move |_| {
+                    app.flooded.fetch_add(CHUNK, Ordering::SeqCst);
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; CHUNK])))
+                });
+                return Ok(Response::new(StreamBody::new(chunks).boxed()));
+            }
+            let prefix = req.headers().get("x-forwarded-prefix").map(|v| v.to_str().unwrap().to_owned());
+            let head = format!("{} {} prefix={} body=", req.method(), req.uri(), prefix.unwrap_or_default());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut res = Response::new(Full::new(Bytes::from([head.as_bytes(), &body].concat())).boxed());
+            res.headers_mut().insert("x-app", "yes".parse().unwrap());
+            Ok(res)
+        }
+    });
+    tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service));
 }
 
 /// Containers that report a server for their web app member (`site`: the app's server, for
-/// every class but `Gone`; `gone`: a port nothing listens on) and count the executions they are sent.
+/// every class but `Gone`; `gone`: a port nothing listens on; `Side`: the app's abstract socket
+/// and `gone`; `SideGone`: a socket nothing listens on and `site`) and count the executions
+/// they are sent.
 struct Containers {
     tasks: common::Tasks,
     site: u16,
+    socket: String,
     gone: u16,
     executions: Arc<AtomicUsize>,
     app: Arc<AppSide>,
@@ -95,7 +115,12 @@ struct Containers {
 
 impl Spawner for Containers {
     fn spawn(&self, def: &FunctionDef, _: &[u8], container: u32, token: &str, endpoint: &str, _: ExitReporter) {
-        let port = if def.name == "Gone" { self.gone } else { self.site };
+        let (port, socket) = match def.name.as_str() {
+            "Gone" => (self.gone, String::new()),
+            "Side" => (self.gone, self.socket.clone()),
+            "SideGone" => (self.site, format!("{}-not-there", self.socket)),
+            _ => (self.site, String::new()),
+        };
         let executions = Arc::clone(&self.executions);
         let app = Arc::clone(&self.app);
         app.spawned.fetch_add(1, Ordering::SeqCst);
@@ -118,7 +143,7 @@ impl Spawner for Containers {
                         // As src/run/container.ts does: the server, started by @enter, before
                         // the hook's HookDone.
                         if h.phase == pb::Phase::Enter as i32 {
-                            let server = pb::AppServer { method: 0, port: u32::from(port) };
+                            let server = pb::AppServer { method: 0, port: u32::from(port), socket: socket.clone() };
                             send(container_message::Msg::AppServer(server));
                         }
                         send(container_message::Msg::HookDone(pb::HookDone { phase: h.phase, ok: true, error: None }));
@@ -174,9 +199,15 @@ async fn start() -> (ControlPlane, SocketAddr, Arc<AtomicUsize>, Arc<AppSide>) {
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
     let executions = Arc::new(AtomicUsize::new(0));
     let app = Arc::new(AppSide::default());
-    let site = app_server(Arc::clone(&app)).await;
-    let containers =
-        Containers { tasks: common::Tasks::default(), site, gone, executions: executions.clone(), app: app.clone() };
+    let (site, socket) = app_server(Arc::clone(&app)).await;
+    let containers = Containers {
+        tasks: common::Tasks::default(),
+        site,
+        socket,
+        gone,
+        executions: executions.clone(),
+        app: app.clone(),
+    };
     let second = Duration::from_secs(1);
     let registry = Registry {
         functions: vec![
@@ -184,6 +215,8 @@ async fn start() -> (ControlPlane, SocketAddr, Arc<AtomicUsize>, Arc<AppSide>) {
             web_server("Gone", "gone", second),
             // The same server, for answers longer than a second.
             web_server("Long", "long", 30 * second),
+            web_server("Side", "side", second),
+            web_server("SideGone", "side-gone", second),
         ],
     };
     let opts = ServeOptions {
@@ -216,6 +249,20 @@ async fn requests_go_to_the_server_the_container_reported_not_to_the_container()
                 .await;
         assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "PUT / prefix=/demo/site body=abc"));
         assert_eq!(executions.load(Ordering::SeqCst), 0, "no request reached the container as an execution");
+        plane.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn requests_go_to_the_abstract_socket_a_container_names_and_to_the_port_when_it_is_gone() {
+    bounded(LIMIT, async {
+        let (plane, addr, _, _) = start().await;
+        // Nothing listens on Side's port: its answer came through its socket.
+        let Reply { status, body, .. } = exchange(addr, "GET /demo/side/x HTTP/1.1", b"").await;
+        assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /x prefix=/demo/side body="));
+        let Reply { status, body, .. } = exchange(addr, "GET /demo/side-gone/y HTTP/1.1", b"").await;
+        assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, "GET /y prefix=/demo/side-gone body="));
         plane.shutdown().await;
     })
     .await
