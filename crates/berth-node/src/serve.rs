@@ -138,8 +138,11 @@ impl BindingServer {
         let addr: SocketAddr = format!("{}:{}", opts.host, opts.grpc_port).parse().map_err(|e| {
             Error::from_reason(format!("--host {} --grpc-port {}: not an address ({e})", opts.host, opts.grpc_port))
         })?;
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let threads = berth_server::serve_threads(std::env::var("BERTH_SERVE_THREADS").ok().as_deref(), cores)
+            .map_err(Error::from_reason)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(threads)
             .enable_all()
             .thread_name("berth-serve")
             .build()

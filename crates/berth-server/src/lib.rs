@@ -30,5 +30,5 @@ pub use catalog::Replaced;
 pub use client::{Client, ConnectError, GenItems, MapResults};
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner, WebSpec};
-pub use server::{ControlPlane, Killer, ServeOptions};
+pub use server::{serve_threads, ControlPlane, Killer, ServeOptions};
 pub use supervisor::{Supervisor, SupervisorHandle, SupervisorOptions};
