@@ -53,7 +53,7 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
     return undefined
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
-  t.teardown(() => removeStreams([`berth__${app}__square`]))
+  t.teardown(() => removeStreams(['square', 'flaky', 'broken'].map((f) => `berth__${app}__${f}`)))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -166,6 +166,31 @@ test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another 
   const reran = started('A').map((l) => l.split(' ')[2])
   t.true(reran.every((x) => started('B').some((l) => l.endsWith(` ${x}`))), `the inputs A held ran again on B: ${readFileSync(runs, 'utf8')}`)
   await stopAll(t, p.dir, [front.npx, b.npx])
+})
+
+test.serial('broker mode: a failed attempt runs again after a nak with the Retries backoff, and the caller gets one result: the retry\'s, or the last failure', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const runs = join(p.dir, 'runs')
+  const env = { BROKER_APP: p.app, RUNS: runs, FLAKY_DIR: p.dir }
+  const front = npxServe(t, p.dir, ['--broker', URL], env)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  const w = await npxWorker(p.dir, 'A', env)
+
+  const { App, Function, RemoteError } = await import('berth')
+  App.lookup(p.app, { server: `http://${address}` })
+  const flaky = Function.fromName<(key: string) => Promise<string>>(p.app, 'flaky')
+  t.is(await within(60_000, flaky.remote('k1'), 'flaky'), 'k1: answered on a retry')
+  const broken = Function.fromName<(key: string) => Promise<never>>(p.app, 'broken')
+  const err = await t.throwsAsync(within(60_000, broken.remote('k2'), 'broken'), { instanceOf: RemoteError })
+  t.is(err?.remoteName, 'RangeError')
+  t.is(err?.message, 'broken k2')
+  const log = readFileSync(runs, 'utf8')
+  t.is(log.match(/flaky k1/g)?.length, 2, `the failed attempt and the retry: ${log}`)
+  t.is(log.match(/broken k2/g)?.length, 2, `maxRetries 1: two attempts, then the error: ${log}`)
+  await stopAll(t, p.dir, [front.npx, w.npx])
 })
 
 test('broker mode: an unreachable broker is an error at start naming its URL, for the front and for a worker', async (t) => {
