@@ -168,7 +168,7 @@ test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another 
   await stopAll(t, p.dir, [front.npx, b.npx])
 })
 
-test.serial('broker mode: a failed attempt runs again after a nak with the Retries backoff, and the caller gets one result: the retry\'s, or the last failure', async (t) => {
+test.serial('broker mode: a failed attempt runs again after a nak with the Retries backoff, and the caller gets one result: the retry\'s, or the last failure; another version of the app is refused at start', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const p = await brokerProject(t)
   if (!p) return
@@ -191,6 +191,13 @@ test.serial('broker mode: a failed attempt runs again after a nak with the Retri
   t.is(log.match(/flaky k1/g)?.length, 2, `the failed attempt and the retry: ${log}`)
   t.is(log.match(/broken k2/g)?.length, 2, `maxRetries 1: two attempts, then the error: ${log}`)
   await stopAll(t, p.dir, [front.npx, w.npx])
+
+  // Another version of a function finds its stream made by this one: refused at start, with the fix.
+  for (const cmd of [['serve', '--grpc-port', '0', '--http-port', '0'], ['worker']]) {
+    const r = await within(60_000, berth([cmd[0], join(p.dir, 'app.ts'), '--broker', URL, ...cmd.slice(1)], { ...env, SQUARE_TIMEOUT: '11' }), cmd[0])
+    t.is(r.code, 2, r.stderr)
+    t.regex(r.stderr, new RegExp(`stream berth__${p.app}__square exists but does not match this app .*nats stream rm berth__${p.app}__square`), cmd[0])
+  }
 })
 
 test('broker mode: an unreachable broker is an error at start naming its URL, for the front and for a worker', async (t) => {
