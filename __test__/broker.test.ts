@@ -53,7 +53,7 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
     return undefined
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
-  t.teardown(() => removeStreams(['square', 'flaky', 'broken'].map((f) => `berth__${app}__${f}`)))
+  t.teardown(() => removeStreams(['square', 'flaky', 'broken', 'Model'].map((f) => `berth__${app}__${f}`)))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -93,7 +93,7 @@ async function stopAll(t: ExecutionContext, dir: string, npxs: ChildProcess[]): 
 
 type Square = (x: number) => Promise<{ y: number; by: string }>
 
-test.serial('broker mode: .remote(), .map() and the HTTP route through a front and two workers; both work, every input has one result', async (t) => {
+test.serial('broker mode: .remote(), .map(), a class method with parameters and the HTTP route through a front and two workers; both work, every input has one result', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const p = await brokerProject(t)
   if (!p) return
@@ -105,7 +105,7 @@ test.serial('broker mode: .remote(), .map() and the HTTP route through a front a
   const a = await npxWorker(p.dir, 'A', env)
   const b = await npxWorker(p.dir, 'B', env)
 
-  const { App, Function } = await import('berth')
+  const { App, Cls, Function } = await import('berth')
   App.lookup(p.app, { server: `http://${address}` })
   const square = Function.fromName<Square>(p.app, 'square')
   t.is((await within(60_000, square.remote(3), '.remote()')).y, 9)
@@ -119,6 +119,9 @@ test.serial('broker mode: .remote(), .map() and the HTTP route through a front a
   t.true(results.every((r, i) => r.y === i * i), 'each input its own result, in order')
   const by = new Set(results.map((r) => r.by))
   t.deepEqual([...by].sort(), ['A', 'B'], 'both workers ran inputs')
+
+  const model = Cls.fromName<{ describe(x: number): Promise<string> }>(p.app, 'Model', { variant: 'big' })
+  t.regex(await within(60_000, model.describe.remote(2), 'a class method'), /^big:2:[AB]$/, 'the class parameters reach the worker')
 
   const res = await fetch(`${http}/${p.app}/square`, { method: 'POST', body: '[5]' })
   t.is(res.status, 200)

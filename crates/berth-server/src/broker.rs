@@ -321,20 +321,11 @@ pub async fn start_worker(
         }
         wanted.insert(name);
     }
-    let served: Vec<FunctionDef> = registry
-        .functions
-        .into_iter()
-        .filter(|d| wanted.is_empty() || wanted.contains(d.name.as_str()))
-        .filter(|d| d.web.is_empty() && !d.generators.iter().any(|g| *g))
-        .collect();
-    if served.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "nothing to work on: the functions and classes named have web endpoints or generators, which do not go \
-             through the broker yet (berth serve runs them)"
-                .to_string(),
-        ));
-    }
+    // Every pool named, web endpoints and generators included: their other calls (a class's
+    // plain methods, `.remote()` of an endpoint) come through the broker; their streamed ones
+    // stay on the front and never reach a worker.
+    let served: Vec<FunctionDef> =
+        registry.functions.into_iter().filter(|d| wanted.is_empty() || wanted.contains(d.name.as_str())).collect();
     let broker = connect_pools(url, served.iter()).await?;
     // The retries are JetStream's (settle): a local retry would run again without a lease.
     let policies: Vec<RetryPolicy> = served.iter().map(|d| d.spec.retries.clone()).collect();
@@ -391,7 +382,7 @@ impl Feeder {
             if room == 0 {
                 tokio::select! {
                     () = this.window.1.notified() => {}
-                    _ = stop.changed() => {}
+                    _ = stop.changed() => return,
                 }
                 continue;
             }
