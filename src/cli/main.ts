@@ -370,7 +370,7 @@ async function serve(args: string[]): Promise<number> {
     return 0
   }
   // The one flag without a value.
-  const reload = !args.includes('--no-reload')
+  let reload = !args.includes('--no-reload')
   args = args.filter((a) => a !== '--no-reload')
   let parsed
   try {
@@ -386,6 +386,9 @@ async function serve(args: string[]): Promise<number> {
   }
   const file = resolve(positional[0])
   const broker = values.get('broker')
+  // A front's pools are verified against the workers' definition (their streams carry its
+  // fingerprint): a reloaded definition would be refused, so a front serves what it started with.
+  if (broker !== undefined) reload = false
   // Before the server listens there is nothing to drain: a signal ends the process.
   let drain = (): void => process.exit(signals.interrupted ? 130 : 0)
   const signals = stopSignals(0, () => drain())
@@ -452,27 +455,24 @@ async function serve(args: string[]): Promise<number> {
   )
   const keepAlive = setInterval(() => {}, 1 << 30)
   signals.force = () => server.kill()
-  // A front's pools are verified against the workers' definition (their streams carry its
-  // fingerprint): a reloaded definition would be refused, so a front serves what it started with.
-  const watcher =
-    reload && broker === undefined
-      ? watchAndReload({
-          file,
-          shown: positional[0],
-          apps: apps.map((a) => a.name),
-          files: appFiles(file),
-          load: () => loadInChild([process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__registry', file]),
-          replace: (names, functions) => {
-            server.replaceApps(names, functions)
-            // What is served, printed again when a function or endpoint came or went.
-            const now = endpoints(functions, `http://${server.httpAddress}`)
-            if (now === listed) return undefined
-            listed = now
-            return now
-          },
-          log: (line) => process.stderr.write(`${line}\n`),
-        })
-      : undefined
+  const watcher = reload
+    ? watchAndReload({
+        file,
+        shown: positional[0],
+        apps: apps.map((a) => a.name),
+        files: appFiles(file),
+        load: () => loadInChild([process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__registry', file]),
+        replace: (names, functions) => {
+          server.replaceApps(names, functions)
+          // What is served, printed again when a function or endpoint came or went.
+          const now = endpoints(functions, `http://${server.httpAddress}`)
+          if (now === listed) return undefined
+          listed = now
+          return now
+        },
+        log: (line) => process.stderr.write(`${line}\n`),
+      })
+    : undefined
   await new Promise<void>((stop) => {
     drain = () => {
       process.stderr.write(DRAINING)
