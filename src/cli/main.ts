@@ -14,6 +14,7 @@ import { isGeneratorFunction } from '../define/decorators.ts'
 import { closest } from '../define/options.ts'
 import { createSecret, listSecrets } from '../run/secrets.ts'
 import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndReload } from './reload.ts'
+import { WORKER_HELP, worker } from './worker.ts'
 
 type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
 
@@ -23,8 +24,12 @@ Usage:
   berth run <file.ts>[::name] [--containers process|embedded] [--params JSON] [-- args...]
                                              run the local entrypoint, a function or a class method
   berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
-              [--no-reload]                  serve the app over gRPC and HTTP, containers as processes,
-                                             reloading it when a file of it is saved
+              [--no-reload] [--broker nats://host:4222]
+                                             serve the app over gRPC and HTTP, containers as processes,
+                                             reloading it when a file of it is saved (--broker: calls
+                                             go through NATS JetStream to berth workers)
+  berth worker <file.ts> --broker nats://host:4222 [--app NAME] [--function NAME]...
+                                             run containers for calls a --broker front published
   berth build <file.ts>                      run @build hooks not yet cached
   berth deploy <file.ts> --target kubernetes --image IMAGE [--out k8s/] [--nats nats://nats:4222]
                                              write Kubernetes manifests (Deployments, Service, KEDA
@@ -53,7 +58,7 @@ Commands:
 
 const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
                    [--max-message-bytes 16777216] [--max-connections 4096] [--result-ttl 3600]
-                   [--no-reload]
+                   [--no-reload] [--broker nats://host:4222]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
 grpc.health.v1.Health, server reflection) on --host:--grpc-port and runs each container as a
@@ -91,6 +96,10 @@ kept until GetResult delivers it, or --result-ttl seconds (default 3600) after i
 On SIGTERM or Ctrl-C, in-flight inputs finish and containers run their @exit hooks; a second
 Ctrl-C stops at once (in-flight inputs are cancelled, exit hooks not yet run are skipped). Exits
 0 after SIGTERM, 130 after Ctrl-C.
+
+With --broker, calls (.remote(), .map(), .spawn(), the HTTP RPC routes) are published to the
+app's streams on that NATS JetStream server and run by \`berth worker\` processes (berth worker
+--help); the server runs containers only for generators and web endpoints, and does not reload.
 `
 
 const BUILD_HELP = `Usage: berth build <file.ts>
@@ -170,6 +179,13 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === 'run') return run(rest)
   if (cmd === 'build') return build(rest)
   if (cmd === 'serve') return serve(rest)
+  if (cmd === 'worker')
+    return worker(rest, {
+      loadApps,
+      registryOf: (apps) => api().__berthRegistryOf(apps as import('../define/app.ts').App[]) as BindingFunctionDef[],
+      stopSignals,
+      watchParent,
+    })
   if (cmd === 'secret') return secret(rest)
   if (cmd === 'deploy') return deploy(rest)
   if (cmd === '__container') return container()
@@ -354,11 +370,11 @@ async function serve(args: string[]): Promise<number> {
     return 0
   }
   // The one flag without a value.
-  const reload = !args.includes('--no-reload')
+  let reload = !args.includes('--no-reload')
   args = args.filter((a) => a !== '--no-reload')
   let parsed
   try {
-    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes', 'max-connections', 'result-ttl'])
+    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes', 'max-connections', 'result-ttl', 'broker'])
   } catch (e) {
     process.stderr.write(`berth serve: ${(e as Error).message}\n\n${SERVE_HELP}`)
     return 2
@@ -369,6 +385,10 @@ async function serve(args: string[]): Promise<number> {
     return 2
   }
   const file = resolve(positional[0])
+  const broker = values.get('broker')
+  // A front's pools are verified against the workers' definition (their streams carry its
+  // fingerprint): a reloaded definition would be refused, so a front serves what it started with.
+  if (broker !== undefined) reload = false
   // Before the server listens there is nothing to drain: a signal ends the process.
   let drain = (): void => process.exit(signals.interrupted ? 130 : 0)
   const signals = stopSignals(0, () => drain())
@@ -376,7 +396,8 @@ async function serve(args: string[]): Promise<number> {
   // Containers inherit it: their calls to the app's functions (Cls.of(...) in a method) pass the token.
   const token = values.get('token')
   if (token) process.env.BERTH_TOKEN = token
-  prestartContainer(file)
+  // A front's calls run on workers: no container waits here for them.
+  if (broker === undefined) prestartContainer(file)
   const port = Number(values.get('grpc-port') ?? 7450)
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     process.stderr.write(`berth serve: --grpc-port must be a port number (0 picks a free one)\n`)
@@ -420,6 +441,7 @@ async function serve(args: string[]): Promise<number> {
       resultTtlSeconds: resultTtl,
       containerCommand: containerCommand(),
       appFile: file,
+      broker,
     })
   } catch (e) {
     process.stderr.write(`${(e as Error).message}\n`)
@@ -575,6 +597,7 @@ its keys as environment variables in each container process.
 const COMMAND_HELP: Record<string, string> = {
   run: RUN_HELP,
   serve: SERVE_HELP,
+  worker: WORKER_HELP,
   build: BUILD_HELP,
   deploy: DEPLOY_HELP,
   secret: SECRET_HELP,

@@ -111,6 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 args: vec![0x80],
                 reply: router.inbox().to_string(),
                 deadline_unix_ms: 0,
+                params: Vec::new(),
             })
             .collect();
         next += k;

@@ -29,13 +29,20 @@ pub const SUBSCRIPTION_CAPACITY: usize = 1 << 18;
 /// has this long to nak it before JetStream redelivers it on its own.
 pub const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
 
+/// Deliveries a pool's consumer allows beyond the first attempt and the retries: a worker that
+/// dies or is cut off mid-run loses its lease without a word, and JetStream's redelivery is
+/// what runs the input elsewhere; each counts as a delivery. As many as the scheduler's
+/// reschedules of an input whose container died (`berth_core::MAX_RESCHEDULES`).
+pub const LOST_DELIVERIES: i64 = berth_core::MAX_RESCHEDULES as i64;
+
 /// The JetStream settings of one pool, derived from its spec ([`PoolSettings::from_spec`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolSettings {
     /// How long a pulled message is leased to a worker before JetStream redelivers it
     /// (extended by each `progress`).
     pub ack_wait: Duration,
-    /// Deliveries of one message at most: the first attempt plus the retries.
+    /// Deliveries of one message at most: the first attempt, the retries, and
+    /// [`LOST_DELIVERIES`] for workers lost mid-run.
     pub max_deliver: i64,
     /// Messages the pool's workers hold unacked at most, all workers together.
     pub max_ack_pending: i64,
@@ -47,13 +54,13 @@ pub struct PoolSettings {
 
 impl PoolSettings {
     /// `ack_wait` from the pool's `timeout` (plus [`ACK_WAIT_MARGIN`]), `max_deliver` from its
-    /// retries (`max_retries + 1`), `max_ack_pending` from its capacity (`max_containers ×
+    /// retries (`max_retries + 1 + LOST_DELIVERIES`), `max_ack_pending` from its capacity (`max_containers ×
     /// max_inputs`: what its workers can run at once; each worker pulls no more than its own
     /// free slots, see [`crate::Worker::pull`]).
     pub fn from_spec(spec: &PoolSpec, fingerprint: impl Into<String>) -> Self {
         Self {
             ack_wait: spec.timeout.saturating_add(ACK_WAIT_MARGIN),
-            max_deliver: i64::from(spec.retries.max_retries) + 1,
+            max_deliver: i64::from(spec.retries.max_retries) + 1 + LOST_DELIVERIES,
             max_ack_pending: (i64::from(spec.max_containers) * i64::from(spec.max_inputs)).max(1),
             fingerprint: fingerprint.into(),
         }
@@ -100,6 +107,8 @@ impl Broker {
                             "NATS: messages dropped on a subscription that fell behind (results lost if it is a result inbox); keep fewer inputs in flight per front"
                         ),
                         async_nats::Event::Connected => tracing::info!(%url, "NATS: connected"),
+                        // This process closed it (it is stopping): nothing to report.
+                        async_nats::Event::Closed => tracing::debug!(%url, "NATS: closed"),
                         other => tracing::warn!(%url, event = %other, "NATS"),
                     }
                 }
@@ -356,7 +365,7 @@ mod tests {
         spec.max_inputs = 8;
         let s = PoolSettings::from_spec(&spec, "fp");
         assert_eq!(s.ack_wait, Duration::from_secs(65));
-        assert_eq!(s.max_deliver, 4);
+        assert_eq!(s.max_deliver, 4 + LOST_DELIVERIES);
         assert_eq!(s.max_ack_pending, 32);
         assert_eq!(s.fingerprint, "fp");
         let d = stream_description("my-app", "fp");

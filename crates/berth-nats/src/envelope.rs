@@ -48,6 +48,8 @@ pub struct Input {
     pub reply: String,
     /// After it the caller no longer waits.
     pub deadline: Option<SystemTime>,
+    /// A class's parameters (CBOR map, canonical); empty for a function.
+    pub params: Bytes,
 }
 
 /// Milliseconds since the epoch of `t` (0 when before it), as the envelope carries deadlines.
@@ -91,6 +93,7 @@ pub fn decode_inputs(payload: &[u8], delivered: u32) -> Result<Vec<Input>, Error
             args: Bytes::from(i.args),
             reply: i.reply,
             deadline: (i.deadline_unix_ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(i.deadline_unix_ms)),
+            params: Bytes::from(i.params),
         });
     }
     Ok(out)
@@ -140,6 +143,7 @@ mod tests {
             args: vec![0x80],
             reply: "_INBOX.x".into(),
             deadline_unix_ms: 1_700_000_000_000,
+            params: Vec::new(),
         }
     }
 

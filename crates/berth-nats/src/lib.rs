@@ -3,14 +3,13 @@
 //! ARCHITECTURE.md ("Adding things" → "A broker") places it: a crate beside berth-server that
 //! a front (`berth serve --broker`) and workers (`berth worker`) use to hand inputs over; its
 //! streams, subjects and durable consumers are named by [`berth_core::broker::names`], the
-//! same names the KEDA scalers `berth deploy` writes read (README "Deploy"). This slice is the
-//! library with its own tests; it is not yet wired into `berth serve`, and berth-node does
-//! not depend on it (users' `npm install` does not build it).
+//! same names the KEDA scalers `berth deploy` writes read (README "Deploy"). berth-server's
+//! `broker.rs` drives it: the front publishes and routes results, workers pull and settle.
 //!
 //! The design:
 //! - One work-queue stream per function or class, file storage, one subject
 //!   ([`Broker::ensure_pool`]). Its workers share the durable pull consumer `workers`, with
-//!   `ack_wait` from the pool's `timeout`, `max_deliver` from its retries and
+//!   `ack_wait` from the pool's `timeout`, `max_deliver` from its retries (plus room for workers lost mid-run) and
 //!   `max_ack_pending` from its capacity ([`PoolSettings::from_spec`]). A stream or consumer
 //!   that exists with other settings, or was made by another app version (berth's version
 //!   and the app's fingerprint are in the stream's description), is refused, never

@@ -78,6 +78,7 @@ fn input(id: &str, reply: &str) -> BrokerInput {
         args: vec![0x81, 0x01], // CBOR [1]
         reply: reply.into(),
         deadline_unix_ms: 0,
+        params: Vec::new(),
     }
 }
 

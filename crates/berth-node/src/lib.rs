@@ -62,6 +62,7 @@ mod failure;
 mod log;
 mod mailbox;
 mod serve;
+mod worker;
 
 /// Moves a turn's staged events into the mailbox (one doorbell ring at most).
 fn publish(mailbox: &Mailbox, staged: &mut Vec<f64>) {

@@ -1,7 +1,8 @@
 //! Where the control plane's log lines (berth-server's `tracing` events) go: stderr, one line
 //! per event, its message as written, with no time, level or target added, so that users read
 //! what they read when these lines were `eprintln!`s. Other fields, if an event has any, follow
-//! as ` name=value`. DEBUG and TRACE events are dropped.
+//! as ` name=value`. DEBUG and TRACE events are dropped, and
+//! the NATS client's own INFO events.
 use std::fmt::Write as _;
 use std::io::Write as _;
 
@@ -22,7 +23,10 @@ struct Stderr;
 
 impl Subscriber for Stderr {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        *metadata.level() <= Level::INFO
+        // The NATS client's own INFO lines ("event: connected") repeat berth's (berth-nats logs
+        // connects and what went wrong in its words); its warnings and errors still show.
+        let level = if metadata.target().starts_with("async_nats") { Level::WARN } else { Level::INFO };
+        *metadata.level() <= level
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {

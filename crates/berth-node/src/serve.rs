@@ -92,6 +92,8 @@ pub struct BindingServeOptions {
     pub container_command: Vec<String>,
     /// The user's module, which every container loads.
     pub app_file: String,
+    /// `--broker nats://…`: a front whose calls go through NATS JetStream to `berth worker`s.
+    pub broker: Option<String>,
 }
 
 /// Starts the first spare container process now, while this process is still loading the user's
@@ -151,7 +153,8 @@ impl BindingServer {
             opts.max_message_bytes.map_or(ServeOptions::default().max_message_bytes, |m| m as usize);
         let spawner = Supervisor::start(SupervisorOptions {
             placements,
-            warm_spare: warm_spare_from_env(),
+            // A front's calls run on workers: no spare container waits here for them.
+            warm_spare: warm_spare_from_env() && opts.broker.is_none(),
             max_message_bytes,
             ..SupervisorOptions::new(opts.container_command, opts.app_file)
         });
@@ -170,6 +173,7 @@ impl BindingServer {
                 })?),
                 None => None,
             },
+            broker: opts.broker,
             ..ServeOptions::default()
         };
         let plane = rt
@@ -253,7 +257,10 @@ impl BindingServer {
 }
 
 /// The control plane's definitions of `functions`, each placed (env, GPUs) in `placements`.
-fn function_defs(functions: Vec<BindingFunctionDef>, placements: &mut Placements) -> Result<Vec<FunctionDef>> {
+pub(crate) fn function_defs(
+    functions: Vec<BindingFunctionDef>,
+    placements: &mut Placements,
+) -> Result<Vec<FunctionDef>> {
     let mut defs = Vec::with_capacity(functions.len());
     for f in functions {
         let mut spec = f.spec.into_spec()?;

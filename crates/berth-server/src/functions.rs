@@ -224,6 +224,13 @@ impl FunctionsSvc {
             }
             return 0;
         }
+        let inputs = match &self.shared.front {
+            Some(front) => match crate::broker::divert(&self.shared, front, &mut st, pool, method, &fc, inputs) {
+                Ok(last) => return last,
+                Err(inputs) => inputs,
+            },
+            None => inputs,
+        };
         for (args, waiter) in inputs {
             st.next_input += 1;
             let input = st.next_input;

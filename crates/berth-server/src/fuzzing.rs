@@ -99,6 +99,7 @@ impl Plane {
             max_message_bytes: cap,
             result_ttl: std::time::Duration::from_secs(3600),
             map_window: 16 * 1024,
+            front: None,
         });
         let scheduler = Scheduler::new(Host(shared.clone()), Host(shared.clone()));
         let svc = FunctionsSvc::new(shared.clone());

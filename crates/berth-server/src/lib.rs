@@ -8,6 +8,7 @@
 //! ingress (`ServeOptions::http_addr`) makes the same calls as `Invoke`.
 
 mod auth;
+pub mod broker;
 mod catalog;
 mod client;
 mod conn;

@@ -358,6 +358,9 @@ pub(crate) enum Waiter {
     /// to that server when the input runs; its result reaches the handler only if the app's
     /// answer never began (a failure, the request refused).
     Proxy(Arc<crate::proxy::Exchange>, oneshot::Sender<pb::Result>),
+    /// A broker worker's input (broker.rs): the result with the scheduler's outcome, which
+    /// decides how its lease is settled; `None` when the input was answered otherwise.
+    Settled(oneshot::Sender<(Option<Outcome>, pb::Result)>),
 }
 
 impl Waiter {
@@ -379,6 +382,9 @@ impl Waiter {
             }
             Waiter::Proxy(_, out) => {
                 let _ = out.send(result);
+            }
+            Waiter::Settled(out) => {
+                let _ = out.send((None, result));
             }
             Waiter::Web(out) => {
                 let item = match result.outcome {
@@ -553,6 +559,8 @@ pub(crate) struct Shared {
     pub max_message_bytes: usize,
     pub result_ttl: Duration,
     pub map_window: usize,
+    /// Broker mode's front (`ServeOptions::broker`): calls go through NATS JetStream (broker.rs).
+    pub front: Option<Arc<crate::broker::Front>>,
 }
 
 impl Shared {
@@ -841,7 +849,12 @@ impl ResultSink for Host {
         if spawned {
             st.finished_calls.push_back((Instant::now(), rec.fc.clone()));
         }
-        rec.waiter.send(result);
+        match rec.waiter {
+            Waiter::Settled(out) => {
+                let _ = out.send((Some(outcome), result));
+            }
+            waiter => waiter.send(result),
+        }
     }
 }
 
@@ -909,7 +922,7 @@ fn replace_hung_containers(shared: &Shared, now: Instant) {
 
 /// Enough to tell containers apart; not a secret from the local user (the token is passed
 /// in the child's environment), only from other local processes guessing ids.
-fn rand_token() -> u64 {
+pub(crate) fn rand_token() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));

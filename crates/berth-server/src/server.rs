@@ -61,6 +61,9 @@ pub struct ServeOptions {
     /// reading). Above the TypeScript client's 10,000 in flight, so a reading caller never
     /// waits on it.
     pub map_window: usize,
+    /// Broker mode's front (`--broker nats://…`): calls go through the NATS JetStream server
+    /// at this URL to `berth worker`s instead of to containers of this process (broker.rs).
+    pub broker: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -77,6 +80,7 @@ impl Default for ServeOptions {
             min_body_rate: 500,
             result_ttl: Duration::from_secs(3600),
             map_window: 16 * 1024,
+            broker: None,
         }
     }
 }
@@ -130,7 +134,7 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Binds, starts the scheduler and serves until [`shutdown`](Self::shutdown).
-    pub async fn start(registry: Registry, spawner: impl Spawner, opts: ServeOptions) -> io::Result<Self> {
+    pub async fn start(mut registry: Registry, spawner: impl Spawner, opts: ServeOptions) -> io::Result<Self> {
         for addr in std::iter::once(opts.addr).chain(opts.http_addr) {
             if !addr.ip().is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
                 return Err(io::Error::new(
@@ -168,6 +172,10 @@ impl ControlPlane {
         for f in &registry.functions {
             f.spec.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         }
+        let front = match &opts.broker {
+            Some(url) => Some(crate::broker::Front::start(url, &mut registry).await?),
+            None => None,
+        };
         let listener = bind(opts.addr, "gRPC", "--grpc-port").await?;
         let local_addr = listener.local_addr()?;
         let http_listener = match opts.http_addr {
@@ -193,6 +201,7 @@ impl ControlPlane {
             max_message_bytes: opts.max_message_bytes,
             result_ttl: opts.result_ttl,
             map_window: opts.map_window,
+            front,
         });
         crate::driver::start(&shared, source);
         // Pools that keep containers warm start now, not with their first call (as in Modal).
@@ -294,6 +303,10 @@ impl ControlPlane {
             max_message_bytes: self.shared.max_message_bytes,
             runtime: self.runtime.clone(),
         })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -1,0 +1,222 @@
+// Broker mode (ARCHITECTURE.md, "A broker"), started as users start it: `npx berth serve app.ts --broker`
+// (the front) and `npx berth worker app.ts --broker` (workers), with NATS JetStream on
+// 127.0.0.1:4222. Each test serves an app of its own name (its own streams) and removes the
+// streams it made. Skipped, saying so, when nothing answers on 4222.
+import test, { type ExecutionContext } from 'ava'
+import { type ChildProcess, spawn } from 'node:child_process'
+import { copyFileSync, existsSync, readFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { join } from 'node:path'
+
+import { berth } from './_cli.ts'
+import { npxServe, processesIn, userProject } from './_project.ts'
+import { root } from './_served.ts'
+import { until, within } from './_util.ts'
+
+const URL = 'nats://127.0.0.1:4222'
+
+/** Whether a NATS server with JetStream answers on 4222 (its INFO says so). */
+function natsUp(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect(4222, '127.0.0.1')
+    const done = (up: boolean) => {
+      sock.destroy()
+      resolve(up)
+    }
+    sock.setTimeout(2000, () => done(false))
+    sock.on('error', () => done(false))
+    sock.once('data', (d) => done(/^INFO .*"jetstream":true/.test(String(d))))
+  })
+}
+
+/** Deletes JetStream streams over the NATS protocol itself (`nats stream rm`), waiting for each answer. */
+async function removeStreams(streams: string[]): Promise<void> {
+  const sock = connect(4222, '127.0.0.1')
+  let buf = ''
+  sock.setEncoding('utf8').on('data', (d: string) => (buf += d))
+  await new Promise((resolve, reject) => sock.once('connect', resolve).once('error', reject))
+  sock.write('CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.berth-test 1\r\n')
+  for (const s of streams) sock.write(`PUB $JS.API.STREAM.DELETE.${s} _INBOX.berth-test 0\r\n\r\n`)
+  await until(() => (buf.match(/MSG _INBOX\.berth-test/g) ?? []).length >= streams.length, 10_000, `deleting ${streams.join(', ')}`)
+  sock.end()
+}
+
+let apps = 0
+/**
+ * A user's project serving fixtures/broker.ts under a new app name, NATS checked first; its
+ * stream is removed at teardown. `undefined` (the test passes, saying why) without NATS.
+ */
+async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: string } | undefined> {
+  if (!(await natsUp())) {
+    console.log(`  ${t.title}: skipped: no NATS server with JetStream on 127.0.0.1:4222 (start one with nats-server -js)`)
+    t.pass()
+    return undefined
+  }
+  const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
+  t.teardown(() => removeStreams(['square', 'flaky', 'broken', 'Model'].map((f) => `berth__${app}__${f}`)))
+  const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
+  return { dir, app }
+}
+
+/** `npx berth worker app.ts --broker …` in `dir`, tagged `tag` (its containers' WORKER_TAG); ready once it pulls. */
+async function npxWorker(dir: string, tag: string, env: Record<string, string>): Promise<{ npx: ChildProcess; out: () => string }> {
+  const npx = spawn('npx', ['berth', 'worker', 'app.ts', '--broker', URL], {
+    cwd: dir,
+    env: { ...process.env, ...env, WORKER_TAG: tag },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let out = ''
+  npx.stdout!.on('data', (d) => (out += d))
+  npx.stderr!.on('data', (d) => (out += d))
+  await until(() => /pulling from berth__/.test(out) || npx.exitCode !== null, 60_000, `worker ${tag} to start\n${out}`)
+  if (npx.exitCode !== null) throw new Error(`worker ${tag} exited ${npx.exitCode}:\n${out}`)
+  return { npx, out: () => out }
+}
+
+/** The processes of `dir` whose environment has `WORKER_TAG=tag`: that worker, npx and its containers. */
+function workerProcesses(dir: string, tag: string): number[] {
+  return processesIn(dir).filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`WORKER_TAG=${tag}`)
+    } catch {
+      return false
+    }
+  })
+}
+
+/** SIGTERM to every npx started: each berth process drains and exits, and takes its containers with it. */
+async function stopAll(t: ExecutionContext, dir: string, npxs: ChildProcess[]): Promise<void> {
+  for (const n of npxs) n.kill('SIGTERM')
+  await until(() => processesIn(dir).length === 0, 30_000, 'every process of the project to exit').catch(() => {})
+  t.deepEqual(processesIn(dir), [], 'no process outlives the test')
+}
+
+type Square = (x: number) => Promise<{ y: number; by: string }>
+
+test.serial('broker mode: .remote(), .map(), a class method with parameters and the HTTP route through a front and two workers; both work, every input has one result', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const env = { BROKER_APP: p.app, SLEEP_MS: '20' }
+  const front = npxServe(t, p.dir, ['--broker', URL], env)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  const http = /and (http:\/\/127\.0\.0\.1:\d+)\//.exec(front.out())![1]
+  const a = await npxWorker(p.dir, 'A', env)
+  const b = await npxWorker(p.dir, 'B', env)
+
+  const { App, Cls, Function } = await import('berth')
+  App.lookup(p.app, { server: `http://${address}` })
+  const square = Function.fromName<Square>(p.app, 'square')
+  t.is((await within(60_000, square.remote(3), '.remote()')).y, 9)
+
+  const n = 200
+  const results: { y: number; by: string }[] = []
+  await within(120_000, (async () => {
+    for await (const r of square.map(Array.from({ length: n }, (_, i) => i))) results.push(r)
+  })(), '.map()')
+  t.is(results.length, n, 'one result per input')
+  t.true(results.every((r, i) => r.y === i * i), 'each input its own result, in order')
+  const by = new Set(results.map((r) => r.by))
+  t.deepEqual([...by].sort(), ['A', 'B'], 'both workers ran inputs')
+
+  const model = Cls.fromName<{ describe(x: number): Promise<string> }>(p.app, 'Model', { variant: 'big' })
+  t.regex(await within(60_000, model.describe.remote(2), 'a class method'), /^big:2:[AB]$/, 'the class parameters reach the worker')
+
+  const res = await fetch(`${http}/${p.app}/square`, { method: 'POST', body: '[5]' })
+  t.is(res.status, 200)
+  t.is(((await res.json()) as { y: number }).y, 25)
+
+  const containers = processesIn(p.dir, ['__container'])
+  t.true(containers.length >= 2, 'the workers run containers')
+  t.deepEqual(containers.filter((pid) => !workerProcesses(p.dir, 'A').includes(pid) && !workerProcesses(p.dir, 'B').includes(pid)), [], 'the front runs none')
+  await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
+})
+
+test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another after the ack deadline, and each gets exactly one result', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const runs = join(p.dir, 'runs')
+  const env = { BROKER_APP: p.app, RUNS: runs }
+  const front = npxServe(t, p.dir, ['--broker', URL], env)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  // Worker A never finishes an input (within the function's 10 s timeout, before it is killed).
+  const a = await npxWorker(p.dir, 'A', { ...env, SLEEP_MS: '9000' })
+
+  const { App, Function } = await import('berth')
+  App.lookup(p.app, { server: `http://${address}` })
+  const square = Function.fromName<Square>(p.app, 'square')
+  const n = 4
+  const results: { y: number; by: string }[] = []
+  const mapped = (async () => {
+    for await (const r of square.map(Array.from({ length: n }, (_, i) => i + 1))) results.push(r)
+  })()
+  const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
+  // A holds as many as its containers have room for (maxContainers 2): they are running.
+  await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
+  const killed = workerProcesses(p.dir, 'A')
+  t.true(killed.length >= 3, 'npx, berth worker and its containers')
+  for (const pid of killed) process.kill(pid, 'SIGKILL')
+  await until(() => workerProcesses(p.dir, 'A').length === 0, 10_000, 'worker A to be gone')
+
+  const b = await npxWorker(p.dir, 'B', { ...env, SLEEP_MS: '0' })
+  await within(90_000, mapped, 'the map after the worker died')
+  t.is(results.length, n, 'one result per input')
+  t.deepEqual(results.map((r) => r.y), [1, 4, 9, 16])
+  t.true(results.every((r) => r.by === 'B'), 'worker B ran every input, the two A held included')
+  const reran = started('A').map((l) => l.split(' ')[2])
+  t.true(reran.every((x) => started('B').some((l) => l.endsWith(` ${x}`))), `the inputs A held ran again on B: ${readFileSync(runs, 'utf8')}`)
+  await stopAll(t, p.dir, [front.npx, b.npx])
+})
+
+test.serial('broker mode: a failed attempt runs again after a nak with the Retries backoff, and the caller gets one result: the retry\'s, or the last failure; another version of the app is refused at start', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const runs = join(p.dir, 'runs')
+  const env = { BROKER_APP: p.app, RUNS: runs, FLAKY_DIR: p.dir }
+  const front = npxServe(t, p.dir, ['--broker', URL], env)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  const w = await npxWorker(p.dir, 'A', env)
+
+  const { App, Function, RemoteError } = await import('berth')
+  App.lookup(p.app, { server: `http://${address}` })
+  const flaky = Function.fromName<(key: string) => Promise<string>>(p.app, 'flaky')
+  t.is(await within(60_000, flaky.remote('k1'), 'flaky'), 'k1: answered on a retry')
+  const broken = Function.fromName<(key: string) => Promise<never>>(p.app, 'broken')
+  const err = await t.throwsAsync(within(60_000, broken.remote('k2'), 'broken'), { instanceOf: RemoteError })
+  t.is(err?.remoteName, 'RangeError')
+  t.is(err?.message, 'broken k2')
+  const log = readFileSync(runs, 'utf8')
+  t.is(log.match(/flaky k1/g)?.length, 2, `the failed attempt and the retry: ${log}`)
+  t.is(log.match(/broken k2/g)?.length, 2, `maxRetries 1: two attempts, then the error: ${log}`)
+  await stopAll(t, p.dir, [front.npx, w.npx])
+
+  // Another version of a function finds its stream made by this one: refused at start, with the fix.
+  for (const cmd of [['serve', '--grpc-port', '0', '--http-port', '0'], ['worker']]) {
+    const r = await within(60_000, berth([cmd[0], join(p.dir, 'app.ts'), '--broker', URL, ...cmd.slice(1)], { ...env, SQUARE_TIMEOUT: '11' }), cmd[0])
+    t.is(r.code, 2, r.stderr)
+    t.regex(r.stderr, new RegExp(`stream berth__${p.app}__square exists but does not match this app .*nats stream rm berth__${p.app}__square`), cmd[0])
+  }
+})
+
+test('broker mode: an unreachable broker is an error at start naming its URL, for the front and for a worker', async (t) => {
+  const app = join(root, '__test__', 'fixtures', 'broker.ts')
+  for (const args of [
+    ['serve', app, '--broker', 'nats://127.0.0.1:1', '--grpc-port', '0', '--http-port', '0'],
+    ['worker', app, '--broker', 'nats://127.0.0.1:1'],
+  ]) {
+    const r = await within(30_000, berth(args), `berth ${args[0]}`)
+    t.is(r.code, 2, r.stderr)
+    t.regex(r.stderr, /NATS broker at nats:\/\/127\.0\.0\.1:1 is unreachable .*nats-server -js/, args[0])
+  }
+  const none = await berth(['worker', app])
+  t.is(none.code, 2)
+  t.regex(none.stderr, /--broker is required/)
+  const unknown = await berth(['worker', app, '--broker', 'nats://127.0.0.1:1', '--function', 'cube'])
+  t.is(unknown.code, 2)
+  t.regex(unknown.stderr, /--function cube: the app has no function or class 'cube'; it has: square/)
+})

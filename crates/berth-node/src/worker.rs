@@ -1,0 +1,149 @@
+//! `berth worker --broker URL`: a control plane with no callers of its own, whose pools take
+//! their inputs from NATS JetStream (`berth_server::broker`), containers as child Node
+//! processes as under `berth serve`.
+use std::sync::Mutex;
+use std::time::Duration;
+
+use berth_server::supervisor::{warm_spare_from_env, Placements};
+use berth_server::{
+    broker, ControlPlane, Killer, Registry, ServeOptions, Supervisor, SupervisorHandle, SupervisorOptions,
+};
+use napi::bindgen_prelude::AsyncTask;
+use napi::{Env, Error, Result, Task};
+use napi_derive::napi;
+
+use crate::serve::{function_defs, BindingFunctionDef};
+
+#[napi(object)]
+pub struct BindingWorkerOptions {
+    /// `--broker`: the NATS server's URL, e.g. `nats://127.0.0.1:4222`.
+    pub broker: String,
+    /// `--function NAME …`: the functions and classes this worker runs; all when empty.
+    pub functions: Vec<String>,
+    /// The command that starts one container (`node bin/berth.mjs __container`).
+    pub container_command: Vec<String>,
+    /// The user's module, which every container loads.
+    pub app_file: String,
+}
+
+/// How long a stopping worker waits for the inputs it pulled to finish before it stops
+/// anyway: what is left goes to another worker after its ack deadline.
+const DRAIN: Duration = Duration::from_secs(60);
+
+type Running = (tokio::runtime::Runtime, ControlPlane, broker::Worker);
+
+/// A running worker with its container processes.
+#[napi]
+pub struct BindingWorker {
+    running: Mutex<Option<Running>>,
+    killer: Killer,
+    supervisor: SupervisorHandle,
+    pools: Vec<String>,
+}
+
+#[napi]
+impl BindingWorker {
+    /// Connects, makes or verifies the pools' streams, starts pulling; throws with a message
+    /// naming the fix when it cannot (an unreachable broker names its URL).
+    #[napi(factory)]
+    pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingWorkerOptions) -> Result<Self> {
+        crate::log::install();
+        let mut placements = Placements::default();
+        let defs = function_defs(functions, &mut placements)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("berth-worker")
+            .build()
+            .map_err(|e| Error::from_reason(format!("berth: cannot start the worker runtime: {e}")))?;
+        let max_message_bytes = ServeOptions::default().max_message_bytes;
+        let spawner = Supervisor::start(SupervisorOptions {
+            placements,
+            warm_spare: warm_spare_from_env(),
+            max_message_bytes,
+            ..SupervisorOptions::new(opts.container_command, opts.app_file)
+        });
+        let supervisor = spawner.handle();
+        // Its containers attach here; nobody else calls it.
+        let serve = ServeOptions { addr: ([127, 0, 0, 1], 0).into(), max_message_bytes, ..ServeOptions::default() };
+        let started = rt.block_on(broker::start_worker(
+            Registry { functions: defs },
+            spawner,
+            serve,
+            &opts.broker,
+            &opts.functions,
+        ));
+        let (plane, worker) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                supervisor.kill_all();
+                supervisor.close();
+                return Err(Error::from_reason(format!("berth worker: {e}")));
+            }
+        };
+        let killer = plane.killer();
+        let pools = worker.pools.clone();
+        Ok(Self { running: Mutex::new(Some((rt, plane, worker))), killer, supervisor, pools })
+    }
+
+    /// The JetStream streams it pulls from.
+    #[napi(getter)]
+    pub fn pools(&self) -> Vec<String> {
+        self.pools.clone()
+    }
+
+    /// The forced stop: kills every container now; inputs it held go to other workers after
+    /// their ack deadline.
+    #[napi]
+    pub fn kill(&self) {
+        self.killer.kill();
+        self.supervisor.kill_all();
+    }
+
+    /// Stops pulling, lets the inputs it pulled finish and settles them, runs containers' exit
+    /// hooks, stops.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn shutdown(&self) -> AsyncTask<WorkerShutdown> {
+        AsyncTask::new(WorkerShutdown {
+            running: self.running.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            supervisor: self.supervisor.clone(),
+        })
+    }
+}
+
+pub struct WorkerShutdown {
+    running: Option<Running>,
+    supervisor: SupervisorHandle,
+}
+
+impl Task for WorkerShutdown {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<()> {
+        if let Some((rt, plane, mut worker)) = self.running.take() {
+            rt.block_on(async {
+                worker.drain(DRAIN).await;
+                plane.shutdown().await;
+            });
+            self.supervisor.wait_stopped();
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        self.supervisor.close();
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BindingWorker {
+    fn drop(&mut self) {
+        if let Some((rt, plane, worker)) = self.running.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            drop(worker);
+            drop(plane);
+            rt.shutdown_background();
+        }
+    }
+}
