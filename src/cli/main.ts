@@ -116,7 +116,7 @@ const DEPLOY_HELP = `Usage: berth deploy <file.ts> --target kubernetes --image I
                     [--nats nats://nats:4222] [--nats-monitoring HOST:8222] [--nats-account '$G']
 
 Writes, into --out (default k8s/), the manifests that run every function and class of the app
-file on Kubernetes, inputs going through NATS JetStream (worker/broker mode comes with issue 12):
+file on Kubernetes, inputs going through NATS JetStream:
 
   nats.yaml          a ConfigMap with the NATS reference (the one place it is set) and the KEDA
                      TriggerAuthentication that reads it
