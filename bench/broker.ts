@@ -2,8 +2,9 @@
 // container of up to 1000 at once, as in bench/serve.ts),
 // `.remote()` with 1000 in flight and a warm `.remote()` round trip, through `berth serve`
 // alone, then through NATS JetStream (`berth serve --broker` and one, then two `berth worker`);
-// and a function burning about 1 ms of CPU per input, one container per worker, with one worker
-// and with two. Starts a nats-server of its own (Debian's `nats-server`) on a free port with a
+// and a function burning about 1 ms of CPU per input (two containers, `maxContainers` being the
+// pool's cap over all workers), with one worker and with two, each worker held to one core
+// (`taskset`, when there is one). Starts a nats-server of its own (Debian's `nats-server`) on a free port with a
 // store of its own. A route that does not finish within BENCH_STALL_S seconds (90) is reported
 // as stalled. Run: npx tsx bench/broker.ts (BENCH_N, BENCH_BURN_N, BENCH_STALL_S).
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
@@ -70,8 +71,9 @@ function freePort(): Promise<number> {
   })
 }
 
-const berth = (args: string[], env: Record<string, string> = {}) =>
-  start([process.execPath, join(root, 'bin/berth.mjs'), ...args], args[0] === 'serve' ? /serving .* on (127\.0\.0\.1:\d+)/ : /pulling from berth__/, env)
+const pinned = spawnSync('taskset', ['-c', '0', 'true']).status === 0
+const berth = (args: string[], env: Record<string, string> = {}, prefix: string[] = []) =>
+  start([...prefix, process.execPath, join(root, 'bin/berth.mjs'), ...args], args[0] === 'serve' ? /serving .* on (127\.0\.0\.1:\d+)/ : /pulling from berth__/, env)
 
 interface Figures {
   map: number
@@ -149,7 +151,9 @@ await start([nats, '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store], 
 const url = `nats://127.0.0.1:${port}`
 for (const workers of [1, 2]) {
   const { match } = await berth(['serve', FIXTURE, '--grpc-port', '0', '--http-port', '0', '--broker', url])
-  for (let i = 0; i < workers; i++) await berth(['worker', FIXTURE, '--broker', url])
+  // Each worker held to a core of its own (taskset), as on a machine of its own: one worker
+  // gets one core whatever its containers, two get two.
+  for (let i = 0; i < workers; i++) await berth(['worker', FIXTURE, '--broker', url], {}, pinned ? ['taskset', '-c', String(i % 2)] : [])
   const name = `JetStream, ${workers} worker${workers > 1 ? 's' : ''}`
   results.set(name, await bounded(name, match[1], true))
   // Only the front and the workers: the nats-server (the first child) keeps its streams.

@@ -88,23 +88,45 @@ impl Worker {
     /// nothing to do. Messages that are not berth's are logged and `term`ed, never returned.
     pub async fn pull(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
         let mut out = Vec::new();
-        if max == 0 {
-            return Ok(out);
-        }
-        self.fetch(max, None, &mut out).await?;
-        if out.is_empty() {
-            // Block until one arrives (a batch of 1 waits for it; one of `max` would wait for
-            // all of them), then take whatever else is waiting.
-            self.fetch(1, Some(wait), &mut out).await?;
-            if !out.is_empty() && max > 1 {
-                self.fetch(max - 1, None, &mut out).await?;
-            }
-        }
+        self.pull_each(max, wait, |d| out.push(d)).await?;
         Ok(out)
     }
 
-    /// One pull request: no waiting when `expires` is `None`.
-    async fn fetch(&mut self, max: usize, expires: Option<Duration>, out: &mut Vec<Delivery>) -> Result<(), Error> {
+    /// As [`pull`](Self::pull), each delivery handed to `each` as it arrives instead of when the
+    /// pull ends; returns how many. A pull request the server cannot fill at once (the
+    /// consumer's `max_ack_pending` reached by this worker and others together) stays open
+    /// until deliveries are settled: what it delivered must run meanwhile, or no worker settles
+    /// anything (two workers of a pool of many concurrent inputs stalled so).
+    pub async fn pull_each(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        mut each: impl FnMut(Delivery),
+    ) -> Result<usize, Error> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let mut n = self.fetch(max, None, &mut each).await?;
+        if n == 0 {
+            // Block until one arrives (a batch of 1 waits for it; one of `max` would wait for
+            // all of them), then take whatever else is waiting.
+            n = self.fetch(1, Some(wait), &mut each).await?;
+            if n > 0 && max > 1 {
+                n += self.fetch(max - 1, None, &mut each).await?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// One pull request: no waiting when `expires` is `None`. Returns how many deliveries it
+    /// handed to `each`.
+    async fn fetch(
+        &mut self,
+        max: usize,
+        expires: Option<Duration>,
+        each: &mut impl FnMut(Delivery),
+    ) -> Result<usize, Error> {
+        let mut n = 0;
         let pulled = match expires {
             None => self.consumer.fetch().max_messages(max).messages().await,
             Some(wait) => self.consumer.batch().max_messages(max).expires(wait).messages().await,
@@ -131,12 +153,15 @@ impl Worker {
             let (msg, acker) = m.split();
             let lease = Lease { acker };
             match decode_inputs(&msg.payload, delivered) {
-                Ok(inputs) => out.push(Delivery {
-                    inputs,
-                    delivered,
-                    last_attempt: self.max_deliver > 0 && i64::from(delivered) >= self.max_deliver,
-                    lease,
-                }),
+                Ok(inputs) => {
+                    n += 1;
+                    each(Delivery {
+                        inputs,
+                        delivered,
+                        last_attempt: self.max_deliver > 0 && i64::from(delivered) >= self.max_deliver,
+                        lease,
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(
                         stream = %self.stream, subject = %msg.subject, bytes = msg.payload.len(), error = %e,
@@ -148,6 +173,6 @@ impl Worker {
                 }
             }
         }
-        Ok(())
+        Ok(n)
     }
 }

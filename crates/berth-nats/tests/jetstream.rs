@@ -431,3 +431,42 @@ async fn several_inputs_in_one_message_share_one_lease() {
     }
     assert!(w.pull(10, SHORT).await.unwrap().is_empty());
 }
+
+/// Two workers share a consumer whose `max_ack_pending` one worker's pull would fill alone:
+/// each pull is filled only in part and stays open, so what it delivered must run (here: be
+/// acked) before the pull ends, or neither worker settles anything (`Worker::pull_each`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_whose_pulls_the_server_cannot_fill_still_settle_every_input() {
+    let mut s = settings(30_000, 3);
+    s.max_ack_pending = 4;
+    let Some(p) = Pool::new("twoworkers", &s).await else { return };
+    let total = 24;
+    for i in 0..total {
+        p.broker.publish_input(&p.names, input(&format!("tw-{i}"), "")).await.unwrap();
+    }
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let mut w = p.broker.worker(&p.names).await.unwrap();
+        let acked = acked.clone();
+        workers.push(tokio::spawn(async move {
+            while acked.load(std::sync::atomic::Ordering::SeqCst) < total {
+                let acked = acked.clone();
+                // Each delivery settles on a task of its own, as a worker's inputs run.
+                w.pull_each(4, Duration::from_millis(200), move |d| {
+                    let acked = acked.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        d.lease.ack().await.unwrap();
+                        acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    });
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    let all = futures_util::future::join_all(workers);
+    tokio::time::timeout(Duration::from_secs(30), all).await.expect("every input settled (no stall)");
+    assert_eq!(acked.load(std::sync::atomic::Ordering::SeqCst), total);
+}

@@ -386,21 +386,19 @@ impl Feeder {
                 }
                 continue;
             }
+            // Each delivery runs as it arrives: a pull the server cannot fill at once stays open
+            // until deliveries are settled (berth-nats `Worker::pull_each`).
+            let run = |d: Delivery| {
+                lock(&this.window.0).take(d.inputs.len());
+                tokio::spawn(this.clone().run_delivery(d));
+            };
             let pulled = tokio::select! {
-                r = consumer.pull(room, Duration::from_secs(1)) => r,
+                r = consumer.pull_each(room, Duration::from_secs(1), run) => r,
                 _ = stop.changed() => return,
             };
-            match pulled {
-                Err(e) => {
-                    tracing::warn!("berth worker: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Ok(deliveries) => {
-                    for d in deliveries {
-                        lock(&this.window.0).take(d.inputs.len());
-                        tokio::spawn(this.clone().run_delivery(d));
-                    }
-                }
+            if let Err(e) = pulled {
+                tracing::warn!("berth worker: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
