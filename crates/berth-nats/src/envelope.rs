@@ -68,15 +68,7 @@ pub fn encode_inputs(inputs: Vec<BrokerInput>) -> Bytes {
 pub fn decode_inputs(payload: &[u8], delivered: u32) -> Result<Vec<Input>, Error> {
     let m = BrokerInputs::decode(payload)
         .map_err(|e| Error::new(ErrorKind::Decode, format!("not a berth input envelope ({e})")))?;
-    if m.version != VERSION {
-        return Err(Error::new(
-            ErrorKind::Decode,
-            format!(
-                "input envelope version {} (this berth reads {VERSION}); run the same berth version on fronts and workers",
-                m.version
-            ),
-        ));
-    }
+    known_version("input envelope", m.version)?;
     if m.inputs.is_empty() {
         return Err(Error::new(ErrorKind::Decode, "input envelope holds no input"));
     }
@@ -99,19 +91,24 @@ pub fn decode_inputs(payload: &[u8], delivered: u32) -> Result<Vec<Input>, Error
     Ok(out)
 }
 
+/// `what` (an envelope or a result) of `version` is one this berth reads, else why not.
+fn known_version(what: &str, version: u32) -> Result<(), Error> {
+    if version == VERSION {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Decode,
+        format!(
+            "{what} version {version} (this berth reads {VERSION}); run the same berth version on fronts and workers"
+        ),
+    ))
+}
+
 /// Decodes a result published to a reply inbox.
 pub fn decode_result(payload: &[u8]) -> Result<BrokerResult, Error> {
     let r = BrokerResult::decode(payload)
         .map_err(|e| Error::new(ErrorKind::Decode, format!("not a berth result ({e})")))?;
-    if r.version != VERSION {
-        return Err(Error::new(
-            ErrorKind::Decode,
-            format!(
-                "result version {} (this berth reads {VERSION}); run the same berth version on fronts and workers",
-                r.version
-            ),
-        ));
-    }
+    known_version("result", r.version)?;
     if r.input_id.is_empty() {
         return Err(Error::new(ErrorKind::Decode, "result without an input id"));
     }

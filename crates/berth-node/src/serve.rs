@@ -249,10 +249,8 @@ impl BindingServer {
     /// Runs on the libuv threadpool; the promise keeps Node alive until it is done.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn shutdown(&self) -> AsyncTask<Shutdown> {
-        AsyncTask::new(Shutdown {
-            running: self.running.lock().unwrap_or_else(|e| e.into_inner()).take(),
-            supervisor: self.supervisor.clone(),
-        })
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).take();
+        AsyncTask::new(Shutdown::new(running.map(|(rt, plane)| (rt, plane.shutdown())), self.supervisor.clone()))
     }
 }
 
@@ -313,9 +311,23 @@ pub(crate) fn function_defs(
     Ok(defs)
 }
 
+/// What stops a control plane, run on its runtime.
+type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Stopping a control plane (`berth serve`'s, a worker's) off Node's thread: `stop` on its
+/// runtime, then the wait for its container processes to be gone.
 pub struct Shutdown {
-    running: Option<(tokio::runtime::Runtime, ControlPlane)>,
+    running: Option<(tokio::runtime::Runtime, Stop)>,
     supervisor: SupervisorHandle,
+}
+
+impl Shutdown {
+    pub(crate) fn new(
+        running: Option<(tokio::runtime::Runtime, impl std::future::Future<Output = ()> + Send + 'static)>,
+        supervisor: SupervisorHandle,
+    ) -> Self {
+        Self { running: running.map(|(rt, stop)| (rt, Box::pin(stop) as Stop)), supervisor }
+    }
 }
 
 impl Task for Shutdown {
@@ -323,8 +335,8 @@ impl Task for Shutdown {
     type JsValue = ();
 
     fn compute(&mut self) -> Result<()> {
-        if let Some((rt, plane)) = self.running.take() {
-            rt.block_on(plane.shutdown());
+        if let Some((rt, stop)) = self.running.take() {
+            rt.block_on(stop);
             // The server exits last: its containers have run their exit hooks and been told to
             // stop; wait until their processes are gone.
             self.supervisor.wait_stopped();

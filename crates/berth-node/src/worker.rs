@@ -9,10 +9,10 @@ use berth_server::{
     broker, ControlPlane, Killer, Registry, ServeOptions, Supervisor, SupervisorHandle, SupervisorOptions,
 };
 use napi::bindgen_prelude::AsyncTask;
-use napi::{Env, Error, Result, Task};
+use napi::{Error, Result};
 use napi_derive::napi;
 
-use crate::serve::{function_defs, BindingFunctionDef};
+use crate::serve::{function_defs, BindingFunctionDef, Shutdown};
 
 #[napi(object)]
 pub struct BindingWorkerOptions {
@@ -103,38 +103,15 @@ impl BindingWorker {
     /// Stops pulling, lets the inputs it pulled finish and settles them, runs containers' exit
     /// hooks, stops.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn shutdown(&self) -> AsyncTask<WorkerShutdown> {
-        AsyncTask::new(WorkerShutdown {
-            running: self.running.lock().unwrap_or_else(|e| e.into_inner()).take(),
-            supervisor: self.supervisor.clone(),
-        })
-    }
-}
-
-pub struct WorkerShutdown {
-    running: Option<Running>,
-    supervisor: SupervisorHandle,
-}
-
-impl Task for WorkerShutdown {
-    type Output = ();
-    type JsValue = ();
-
-    fn compute(&mut self) -> Result<()> {
-        if let Some((rt, plane, mut worker)) = self.running.take() {
-            rt.block_on(async {
+    pub fn shutdown(&self) -> AsyncTask<Shutdown> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let stop = running.map(|(rt, plane, mut worker)| {
+            (rt, async move {
                 worker.drain(DRAIN).await;
                 plane.shutdown().await;
-            });
-            self.supervisor.wait_stopped();
-            rt.shutdown_timeout(Duration::from_secs(2));
-        }
-        self.supervisor.close();
-        Ok(())
-    }
-
-    fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
-        Ok(())
+            })
+        });
+        AsyncTask::new(Shutdown::new(stop, self.supervisor.clone()))
     }
 }
 

@@ -572,18 +572,7 @@ mod tests {
         let def = |timeout| {
             let mut spec = berth_core::PoolSpec::new("f", vec![berth_core::MethodSpec::default()]);
             spec.timeout = Duration::from_secs(timeout);
-            FunctionDef {
-                app: "a".into(),
-                name: "f".into(),
-                methods: vec!["f".into()],
-                is_class: false,
-                spec,
-                arity: Vec::new(),
-                params: Vec::new(),
-                not_callable: Vec::new(),
-                generators: Vec::new(),
-                web: Vec::new(),
-            }
+            FunctionDef::function("a", "f", spec)
         };
         assert_eq!(fingerprint(&def(5)), fingerprint(&def(5)));
         assert_ne!(fingerprint(&def(5)), fingerprint(&def(6)));

@@ -71,20 +71,7 @@ impl Plane {
         spec.target_inputs = spec.max_inputs;
         spec.max_containers = 2;
         spec.min_containers = min.min(2);
-        let registry = Registry {
-            functions: vec![FunctionDef {
-                app: "app".into(),
-                name: "f".into(),
-                methods: vec!["f".into()],
-                is_class: false,
-                spec,
-                arity: Vec::new(),
-                params: Vec::new(),
-                not_callable: Vec::new(),
-                generators: Vec::new(),
-                web: Vec::new(),
-            }],
-        };
+        let registry = Registry { functions: vec![FunctionDef::function("app", "f", spec)] };
         let started = Started::default();
         // Its turns are the harness's own (`turn`): no driver runs them.
         let (tx, commands) = crate::driver::Commands::new();

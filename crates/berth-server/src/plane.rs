@@ -67,6 +67,23 @@ pub struct WebSpec {
 }
 
 impl FunctionDef {
+    /// A plain function of app `app`: one method, named as the function; no arguments checked,
+    /// no class parameters, no generator, no web member.
+    pub fn function(app: &str, name: &str, spec: PoolSpec) -> Self {
+        Self {
+            app: app.into(),
+            name: name.into(),
+            methods: vec![name.into()],
+            is_class: false,
+            spec,
+            arity: Vec::new(),
+            params: Vec::new(),
+            not_callable: Vec::new(),
+            generators: Vec::new(),
+            web: Vec::new(),
+        }
+    }
+
     /// How messages name method `method` of it: `name`, or `Class.method` for a class.
     pub(crate) fn label(&self, method: u32) -> String {
         match self.methods.get(method as usize) {

@@ -34,7 +34,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-#[cfg(unix)]
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -111,7 +110,6 @@ impl Conn {
 /// A connection to the abstract Unix socket `name`. Node (libuv) binds one by the whole of
 /// `sun_path`, the name padded with NULs to its 107 bytes, unless it is built to bind the name
 /// alone: the padded name is tried when the name alone is refused.
-#[cfg(unix)]
 async fn connect_abstract(name: &str) -> Option<UnixStream> {
     const SUN_PATH: usize = 108;
     let mut path = format!("\0{name}");
@@ -128,7 +126,6 @@ async fn connect_abstract(name: &str) -> Option<UnixStream> {
 /// A connection's socket: TCP to the server's port, or its abstract Unix socket.
 enum Stream {
     Tcp(TcpStream),
-    #[cfg(unix)]
     Unix(UnixStream),
 }
 
@@ -136,7 +133,6 @@ impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -146,7 +142,6 @@ impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -157,7 +152,6 @@ impl AsyncWrite for Stream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -167,14 +161,12 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(unix)]
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -221,17 +213,13 @@ impl AppServer {
 
     async fn connect(&self) -> std::io::Result<Box<Conn>> {
         // The port when the socket is gone (closed by the app's code, say).
-        #[cfg(unix)]
         let unix = match &self.socket {
             Some(name) => connect_abstract(name).await,
             None => None,
         };
-        #[cfg(not(unix))]
-        let unix: Option<TcpStream> = None;
         let stream = match unix {
-            #[cfg(unix)]
             Some(unix) => Stream::Unix(unix),
-            _ => {
+            None => {
                 let tcp = TcpStream::connect(("127.0.0.1", self.port)).await?;
                 let _ = tcp.set_nodelay(true);
                 Stream::Tcp(tcp)

@@ -111,18 +111,7 @@ impl Tasks {
 
 /// A function of app `app` as the tests declare them: one method, named as the function.
 pub fn function(app: &str, name: &str, spec: PoolSpec, arity: Vec<Arity>) -> FunctionDef {
-    FunctionDef {
-        app: app.into(),
-        name: name.into(),
-        methods: vec![name.into()],
-        is_class: false,
-        spec,
-        arity,
-        params: Vec::new(),
-        not_callable: Vec::new(),
-        generators: Vec::new(),
-        web: Vec::new(),
-    }
+    FunctionDef { arity, ..FunctionDef::function(app, name, spec) }
 }
 
 /// The fake containers' work: each input's one integer argument, squared.
