@@ -14,6 +14,7 @@ pub mod failure;
 mod scheduler;
 mod spec;
 
+pub use scheduler::metrics;
 pub use scheduler::{
     AbortReason, Command, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, IdHasher, IdMap, InputId, InputSource,
     Invoker, Outcome, Phase, PoolId, ResultSink, Scheduler, Submission, MAX_RESCHEDULES, MAX_RESTART_BACKOFF,

@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod gpu;
 mod http;
 mod map;
+mod metrics;
 mod params;
 mod plane;
 mod proxy;

@@ -211,6 +211,11 @@ pub trait Spawner: Send + Sync + 'static {
     fn kill(&self, container: ContainerId) {
         self.stop(container)
     }
+    /// The process id of each live container, for `GET /metrics` (metrics.rs); none when its
+    /// containers are not processes of this machine.
+    fn processes(&self) -> Vec<(ContainerId, u32)> {
+        Vec::new()
+    }
 }
 
 pub(crate) fn error(name: &str, message: impl Into<String>) -> pb::Result {

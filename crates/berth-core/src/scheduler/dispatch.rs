@@ -7,6 +7,7 @@ use std::collections::hash_map::Entry;
 use tokio::time::Instant;
 
 use super::autoscale::moving_average;
+use super::metrics::outcome_index;
 use super::timers::{deadline_gone, Timer};
 use super::types::{
     AbortReason, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, InputId, Outcome, PoolId, Submission,
@@ -20,6 +21,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let Some(p) = pool.filter(|p| (s.method as usize) < p.queues.len()) else {
             // A duplicate of a pending input is not refused: the first delivery stands.
             if !self.inputs.contains_key(&s.input) {
+                if let Some(m) = self.pools.get_mut(&s.pool).and_then(|p| p.metrics.get_mut(s.method as usize)) {
+                    m.outcomes[outcome_index(Outcome::Rejected)] += 1;
+                }
                 self.results.done(s.input, 1, Outcome::Rejected);
             }
             return;
@@ -39,6 +43,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 held = true;
             } else if p.admit == 0 {
                 if !s.waits {
+                    p.metrics[s.method as usize].outcomes[outcome_index(Outcome::QueueFull(max))] += 1;
                     self.results.done(s.input, 1, Outcome::QueueFull(max));
                     return;
                 }
@@ -54,6 +59,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             retried: 0,
             lost: 0,
             state: if held { IState::Held } else { IState::Queued },
+            accepted: self.now,
         });
         p.pending += 1;
         if held {
@@ -138,8 +144,12 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             }
             if quiet {
                 for (input, _) in &e.inputs {
-                    if self.inputs.remove(input).is_some() {
+                    if let Some(st) = self.inputs.remove(input) {
                         p.pending -= 1;
+                        if let Some(m) = p.metrics.get_mut(st.method as usize) {
+                            m.outcomes[outcome_index(Outcome::Ok)] += 1;
+                            m.latency.observe(self.now.saturating_duration_since(st.accepted).as_secs_f64());
+                        }
                     }
                 }
             }
@@ -170,11 +180,14 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         if st.attempt != attempt {
             return;
         }
-        let Some(pool) = self.pools.get(&st.pool) else { return };
+        let Some(pool) = self.pools.get_mut(&st.pool) else { return };
         let retries = pool.spec.methods.get(st.method as usize).is_none_or(|m| !m.no_retries);
         if retries && st.retried < pool.spec.retries.max_retries {
             st.retried += 1;
             let delay = pool.spec.retries.delay_for(st.retried);
+            if let Some(m) = pool.metrics.get_mut(st.method as usize) {
+                m.retries += 1;
+            }
             st.state = IState::Backoff;
             self.timers.push(Reverse((self.now + delay, Timer::Retry(input, attempt + 1))));
         } else {
@@ -202,29 +215,31 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let (pool, method, attempt) = (st.pool, st.method, st.attempt);
         let seq = self.seq();
         if let Some(p) = self.pools.get_mut(&pool) {
+            if let Some(m) = p.metrics.get_mut(method as usize) {
+                m.rescheduled += 1;
+            }
             // It was dispatched before everything still queued: it stays ahead of it.
             p.queues[method as usize].push_front(Queued { input, attempt, at: self.now, seq });
         }
         self.mark_dirty(pool);
     }
 
+    /// Forgets a finished input, counts its outcome and tells the sink; nothing if it was not
+    /// pending.
     pub(super) fn finish(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
-        if self.finish_quietly(input) {
-            self.results.done(input, attempt, outcome);
-        }
-    }
-
-    /// Forgets a finished input; false if it was not pending.
-    fn finish_quietly(&mut self, input: InputId) -> bool {
-        let Some(st) = self.inputs.remove(&input) else { return false };
+        let Some(st) = self.inputs.remove(&input) else { return };
         let pool = st.pool;
         if let Some(p) = self.pools.get_mut(&pool) {
             p.pending -= 1;
+            if let Some(m) = p.metrics.get_mut(st.method as usize) {
+                m.outcomes[outcome_index(outcome)] += 1;
+                m.latency.observe(self.now.saturating_duration_since(st.accepted).as_secs_f64());
+            }
         }
         if self.stopping {
             self.mark_dirty(pool);
         }
-        true
+        self.results.done(input, attempt, outcome);
     }
     pub(super) fn dispatch_dirty(&mut self) {
         while let Some(pool) = self.dirty.pop() {
@@ -309,7 +324,16 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let take = pool.spec.methods[method].batching.map_or(1, |b| b.max_batch_size as usize);
         let q = &mut pool.queues[method];
         let n = take.min(q.len());
-        let inputs: ExecInputs = q.drain(..n).map(|q| (q.input, q.attempt)).collect();
+        let now = self.now;
+        let m = &mut pool.metrics[method];
+        m.batch_size.observe(n as f64);
+        let inputs: ExecInputs = q
+            .drain(..n)
+            .map(|q| {
+                m.queue_wait.observe(now.saturating_duration_since(q.at).as_secs_f64());
+                (q.input, q.attempt)
+            })
+            .collect();
         let id = self.next_exec;
         self.next_exec += 1;
         pool.deadlines.push_back((self.now + pool.spec.timeout, id));

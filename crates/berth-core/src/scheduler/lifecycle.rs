@@ -89,6 +89,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         let pool_id = c.pool;
         self.remove_container(cid);
         let Some(p) = self.pools.get_mut(&pool_id) else { return };
+        p.counted.failed_to_start += 1;
         p.failures += 1;
         let backoff = FIRST_RESTART_BACKOFF.saturating_mul(1u32 << (p.failures - 1).min(16)).min(MAX_RESTART_BACKOFF);
         let at = self.now + backoff;
@@ -118,6 +119,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             return;
         }
         let pool = c.pool;
+        if let Some(p) = self.pools.get_mut(&pool) {
+            p.counted.lost += 1;
+        }
         self.take_back(cid, None, true);
         // Executions past their timeout that it still held are gone with it.
         self.execs.retain(|_, e| e.container != cid);
@@ -280,6 +284,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
         );
         if let Some(p) = self.pools.get_mut(&pool_id) {
             p.containers.push(cid);
+            p.counted.started += 1;
         }
         self.advance(cid, None);
     }

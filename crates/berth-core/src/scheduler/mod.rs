@@ -12,6 +12,7 @@
 mod autoscale;
 mod dispatch;
 mod lifecycle;
+pub mod metrics;
 mod timers;
 mod types;
 
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
 use crate::spec::PoolSpec;
+use metrics::{ContainerCounts, ContainerStates, MethodMetrics, PoolMetrics};
 use timers::Timer;
 pub use types::{
     AbortReason, Command, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, IdHasher, IdMap, InputId, InputSource,
@@ -88,6 +90,9 @@ struct Pool {
     held: VecDeque<(InputId, u32)>,
     /// Replaced ([`Command::RetirePool`]): it scales as on shutdown, to nothing once idle.
     retiring: bool,
+    /// What it counted, per method (metrics.rs).
+    metrics: Vec<MethodMetrics>,
+    counted: ContainerCounts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +115,8 @@ struct InputState {
     /// Runs lost with their container: what [`MAX_RESCHEDULES`] bounds.
     lost: u32,
     state: IState,
+    /// When it was accepted: its latency runs from here to its outcome.
+    accepted: Instant,
 }
 
 struct ExecState {
@@ -237,7 +244,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     /// Applies one command; call [`tick`](Self::tick) after a batch of them.
     pub fn handle(&mut self, cmd: Command) {
         self.now = Instant::now();
-        if !matches!(cmd, Command::Submit(_)) {
+        if !matches!(cmd, Command::Submit(_) | Command::Metrics(_)) {
             self.gen += 1;
         }
         match cmd {
@@ -276,7 +283,53 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 }
             }
             Command::Kill => self.kill(),
+            Command::Metrics(answer) => {
+                let _ = answer.send(self.metrics());
+            }
         }
+    }
+
+    /// What every pool has counted, with its queued and running inputs and its containers by
+    /// state as they are now (metrics.rs). Costs a pass over the running executions and the
+    /// containers; nothing is counted here.
+    pub fn metrics(&self) -> Vec<PoolMetrics> {
+        let mut out: Vec<PoolMetrics> = Vec::with_capacity(self.pools.len());
+        for (&id, p) in &self.pools {
+            let mut queued: Vec<u32> = p.queues.iter().map(|q| q.len() as u32).collect();
+            for (_, method) in &p.held {
+                if let Some(n) = queued.get_mut(*method as usize) {
+                    *n += 1;
+                }
+            }
+            let mut states = ContainerStates::default();
+            for c in p.containers.iter().filter_map(|c| self.containers.get(c)) {
+                match c.state {
+                    CState::Starting(_) => states.starting += 1,
+                    CState::Serving => states.serving += 1,
+                    CState::Draining => states.draining += 1,
+                    CState::Exiting => states.exiting += 1,
+                }
+            }
+            out.push(PoolMetrics {
+                pool: id,
+                methods: p.metrics.clone(),
+                queued,
+                running: vec![0; p.queues.len()],
+                containers: p.counted,
+                states,
+            });
+        }
+        out.sort_unstable_by_key(|m| m.pool);
+        for e in self.execs.values() {
+            let Ok(at) = out.binary_search_by_key(&e.pool, |m| m.pool) else { continue };
+            for (input, _) in &e.inputs {
+                let method = self.inputs.get(input).map_or(0, |s| s.method as usize);
+                if let Some(n) = out[at].running.get_mut(method) {
+                    *n += 1;
+                }
+            }
+        }
+        out
     }
 
     fn seq(&mut self) -> u64 {
@@ -286,6 +339,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
 
     fn add_pool(&mut self, id: PoolId, spec: PoolSpec) {
         let queues = spec.methods.iter().map(|_| VecDeque::new()).collect();
+        let metrics = spec.methods.iter().map(|_| MethodMetrics::new()).collect();
         let built = !spec.hooks.build;
         self.pools.insert(
             id,
@@ -307,6 +361,8 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 admit_gen: 0,
                 held: VecDeque::new(),
                 retiring: false,
+                metrics,
+                counted: ContainerCounts::default(),
             },
         );
         // minContainers are started right away, as Modal keeps them warm.

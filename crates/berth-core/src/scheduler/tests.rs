@@ -1151,3 +1151,88 @@ async fn a_retired_pool_finishes_what_it_accepted_then_drains_with_exit_hooks() 
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(w.ev.try_recv().is_err(), "no container is kept warm for a retired pool");
 }
+
+/// What the scheduler counts (metrics.rs), after a known workload on one container: every
+/// count exact, the queue waits and batch sizes in the buckets they belong to.
+#[tokio::test(start_paused = true)]
+async fn metrics_count_outcomes_retries_queue_waits_and_batches() {
+    use super::metrics::{outcome_index, BATCH_BUCKETS, SECONDS_BUCKETS};
+    let mut s = PoolSpec::new(
+        "m",
+        vec![
+            MethodSpec::default(),
+            MethodSpec {
+                batching: Some(Batching::new(4, Duration::from_millis(10)).expect("ok")),
+                ..MethodSpec::default()
+            },
+        ],
+    );
+    s.retries = RetryPolicy::new(1, 1.0, Duration::ZERO, Duration::from_secs(1)).expect("valid");
+    s.max_pending = Some(100);
+    let mut w = World::new(s);
+    // Method 0: 1 succeeds, 2 fails once and then succeeds, 3 fails twice (its one retry
+    // spent). Method 1: six inputs, a full batch of 4 and then 2 after their 10 ms wait.
+    w.submit([1, 2, 3], 0);
+    w.submit(10..16, 1);
+    let log = w
+        .serve(9, |e| {
+            let (input, attempt) = e.inputs[0];
+            let failed = (input == 2 && attempt == 1) || input == 3;
+            (Duration::ZERO, if failed { ExecStatus::Failed } else { ExecStatus::Ok })
+        })
+        .await;
+    let done = log.iter().filter(|(_, e)| matches!(e, Ev::Done(..))).count();
+    assert_eq!(done, 9);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    w.send(Command::Metrics(tx));
+    let pools = rx.await.expect("answered");
+    assert_eq!(pools.len(), 1);
+    let p = &pools[0];
+    assert_eq!(p.pool, POOL);
+    let (m0, m1) = (&p.methods[0], &p.methods[1]);
+    let mut outcomes = [0; super::metrics::OUTCOMES];
+    outcomes[outcome_index(Outcome::Ok)] = 2;
+    outcomes[outcome_index(Outcome::Failed)] = 1;
+    assert_eq!(m0.outcomes, outcomes);
+    assert_eq!(m0.retries, 2, "input 2 once, input 3 once");
+    assert_eq!((m0.latency.count, m0.queue_wait.count, m0.batch_size.count), (3, 5, 5), "5 attempts of 3 inputs");
+    assert_eq!(m0.batch_size.buckets[0], 5, "every execution of an unbatched method holds one input");
+    let mut outcomes = [0; super::metrics::OUTCOMES];
+    outcomes[outcome_index(Outcome::Ok)] = 6;
+    assert_eq!(m1.outcomes, outcomes);
+    assert_eq!(m1.retries, 0);
+    let bucket = |bounds: &[f64], v: f64| bounds.iter().position(|b| v <= *b).expect("in a bucket");
+    let mut sizes = vec![0; BATCH_BUCKETS.len()];
+    sizes[bucket(&BATCH_BUCKETS, 4.0)] += 1;
+    sizes[bucket(&BATCH_BUCKETS, 2.0)] += 1;
+    assert_eq!(m1.batch_size.buckets, sizes);
+    assert_eq!((m1.batch_size.count, m1.batch_size.sum), (2, 6.0));
+    // The second batch waited exactly its 10 ms; nothing else waited (the clock is paused and
+    // every execution took no time).
+    let mut waits = vec![0; SECONDS_BUCKETS.len()];
+    waits[0] = 4;
+    waits[bucket(&SECONDS_BUCKETS, 0.010)] = 2;
+    assert_eq!(m1.queue_wait.buckets, waits);
+    assert!((m1.queue_wait.sum - 0.020).abs() < 1e-9, "{}", m1.queue_wait.sum);
+    assert_eq!(m1.latency.count, 6);
+    assert_eq!((p.queued.clone(), p.running.clone()), (vec![0, 0], vec![0, 0]));
+    assert_eq!((p.containers.started, p.containers.lost, p.containers.failed_to_start), (1, 0, 0));
+    assert_eq!(p.states.serving, 1);
+    // A refusal at admission is counted too, though the input was never accepted.
+    let mut full = PoolSpec::new("q", vec![MethodSpec::default()]);
+    full.max_pending = Some(1);
+    let mut w = World::new(full);
+    w.submit([1, 2, 3], 0);
+    let mut refused = 0;
+    while refused == 0 {
+        if let Ev::Done(_, _, Outcome::QueueFull(_)) = w.next_work().await {
+            refused += 1;
+        }
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    w.send(Command::Metrics(tx));
+    let p = &rx.await.expect("answered")[0];
+    // No container serves yet: room for one input (maxPendingInputs), the other two refused.
+    assert_eq!(p.methods[0].outcomes[outcome_index(Outcome::QueueFull(1))], 2);
+    assert_eq!(p.queued[0] + p.running[0], 1);
+}

@@ -148,6 +148,9 @@ pub enum Command {
     Shutdown(Option<oneshot::Sender<()>>),
     /// Stop now: running inputs are aborted and everything pending is cancelled.
     Kill,
+    /// Answers what every pool has counted ([`Scheduler::metrics`](super::Scheduler::metrics)),
+    /// for a host whose scheduler runs on a task of its own.
+    Metrics(oneshot::Sender<Vec<super::metrics::PoolMetrics>>),
 }
 
 /// How user code is called. Calls are cheap notifications: the host queues them and does the

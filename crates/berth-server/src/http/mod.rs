@@ -4,6 +4,7 @@
 //! | request                                   | answer                                        |
 //! |-------------------------------------------|-----------------------------------------------|
 //! | `GET /healthz`                            | 200 `ok` (no token needed)                    |
+//! | `GET /metrics`                            | 200 Prometheus text (metrics.rs)              |
 //! | `GET /{app}`, `GET /`                      | 200 what the app (every app) serves, as JSON  |
 //! | `POST /{app}/{function}`                  | 200 JSON result                               |
 //! | `POST /{app}/{Class}/{method}`            | 200 JSON result                               |
@@ -338,7 +339,7 @@ fn fail(status: StatusCode, name: &str, message: impl Into<String>) -> Answer {
 }
 
 const ROUTES: &str =
-    "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET / or GET /healthz";
+    "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET /, GET /metrics or GET /healthz";
 
 async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     // Web endpoints first: each has its own method and token rule (web.rs).
@@ -358,6 +359,15 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         let mut res = fail(StatusCode::UNAUTHORIZED, "Unauthenticated", message);
         res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return res;
+    }
+    if path == "/metrics" {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return not_allowed("GET");
+        }
+        return match crate::metrics::exposition(&ctx.svc.shared, ctx.counters.snapshot()).await {
+            Ok(text) => answer(StatusCode::OK, crate::metrics::CONTENT_TYPE, text.into_bytes()),
+            Err(why) => fail(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", why),
+        };
     }
     let segments: Option<Vec<String>> = path.strip_prefix('/').unwrap_or(path).split('/').map(percent_decode).collect();
     // GET / and GET /{app} (a trailing slash or not): what is served.

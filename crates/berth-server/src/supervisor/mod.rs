@@ -329,6 +329,10 @@ impl Spawner for Supervisor {
         }
     }
 
+    fn processes(&self) -> Vec<(u32, u32)> {
+        lock(&self.handle.procs).live.iter().map(|(id, p)| (*id, p.child.id())).collect()
+    }
+
     fn stop(&self, container: u32) {
         if let Some(p) = lock(&self.handle.procs).live.get_mut(&container) {
             p.kill_at.get_or_insert(Instant::now() + self.handle.stop_grace);
