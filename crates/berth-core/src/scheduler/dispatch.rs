@@ -13,10 +13,11 @@ use super::types::{
     AbortReason, ContainerId, Exec, ExecId, ExecInputs, ExecStatus, InputId, Outcome, PoolId, Submission,
     MAX_RESCHEDULES,
 };
-use super::{CState, ExecState, IState, InputState, Invoker, Queued, ResultSink, Scheduler};
+use super::{seconds_between, CState, ExecState, IState, InputState, Invoker, Queued, ResultSink, Scheduler};
 
 impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     pub(super) fn submit(&mut self, s: Submission) {
+        let accepted = self.ticks();
         let pool = if self.stopping { None } else { self.pools.get_mut(&s.pool) };
         let Some(p) = pool.filter(|p| (s.method as usize) < p.queues.len()) else {
             // A duplicate of a pending input is not refused: the first delivery stands.
@@ -59,7 +60,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             retried: 0,
             lost: 0,
             state: if held { IState::Held } else { IState::Queued },
-            accepted: self.now,
+            accepted,
         });
         p.pending += 1;
         if held {
@@ -137,6 +138,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             }
         }
         let quiet = !e.timed_out && status == ExecStatus::Delivered;
+        let now = self.ticks();
         if let Some(p) = self.pools.get_mut(&e.pool) {
             if !e.timed_out {
                 deadline_gone(p, exec, &self.execs);
@@ -148,7 +150,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                         p.pending -= 1;
                         if let Some(m) = p.metrics.get_mut(st.method as usize) {
                             m.outcomes[outcome_index(Outcome::Ok)] += 1;
-                            m.latency.observe(self.now.saturating_duration_since(st.accepted).as_secs_f64());
+                            m.latency.observe(seconds_between(st.accepted, now));
                         }
                     }
                 }
@@ -229,11 +231,12 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     pub(super) fn finish(&mut self, input: InputId, attempt: u32, outcome: Outcome) {
         let Some(st) = self.inputs.remove(&input) else { return };
         let pool = st.pool;
+        let now = self.ticks();
         if let Some(p) = self.pools.get_mut(&pool) {
             p.pending -= 1;
             if let Some(m) = p.metrics.get_mut(st.method as usize) {
                 m.outcomes[outcome_index(outcome)] += 1;
-                m.latency.observe(self.now.saturating_duration_since(st.accepted).as_secs_f64());
+                m.latency.observe(seconds_between(st.accepted, now));
             }
         }
         if self.stopping {
