@@ -6,23 +6,16 @@
 // nats-server (Debian's `nats-server`) on its own address and store, and removes its namespaces
 // when done, also when it fails. Skipped, saying why, without root, `ip netns` or nats-server.
 import test from 'ava'
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import { copyFileSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
+import { natsServer } from './_nats.ts'
 import { hostsUnavailable, makeHosts } from './_netns.ts'
 import { processesIn, userProject } from './_project.ts'
 import { root } from './_served.ts'
 import { until, within } from './_util.ts'
-
-/** Debian's nats-server, or undefined. */
-function natsServer(): string | undefined {
-  for (const p of ['nats-server', '/usr/sbin/nats-server', '/usr/bin/nats-server']) {
-    if (spawnSync(p, ['--version']).status === 0) return p
-  }
-  return undefined
-}
 
 type Square = (x: number) => Promise<{ y: number; by: string }>
 

@@ -84,10 +84,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tasks.push(tokio::spawn(async move {
             let mut w = back.worker(&names).await?;
             while done.load(Ordering::Relaxed) < n {
-                for d in w.pull(256, Duration::from_millis(200)).await? {
-                    for i in &d.inputs {
-                        back.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![0xf6])).await?;
-                    }
+                let pulled = w.pull(256, Duration::from_millis(200)).await?;
+                // Every result of the pull sent at once, each waiting for the front's
+                // confirmation (`Broker::reply`), and the acks after them.
+                let results: Vec<_> = pulled
+                    .iter()
+                    .flat_map(|d| {
+                        d.inputs.iter().map(move |i| {
+                            (i.reply.as_str(), BrokerResult::value(&i.input_id, i.attempt, vec![0xf6]), &d.lease)
+                        })
+                    })
+                    .collect();
+                let replies = results.iter().map(|(to, r, lease)| back.reply(to, r, Some(*lease)));
+                for r in futures_util::future::join_all(replies).await {
+                    r?;
+                }
+                for d in pulled {
                     d.lease.ack().await?;
                     done.fetch_add(d.inputs.len(), Ordering::Relaxed);
                 }

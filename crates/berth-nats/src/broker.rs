@@ -1,10 +1,25 @@
 //! Connecting, the pools' streams and consumers, publishing inputs, replying.
-use std::time::Duration;
+//!
+//! Through a restart of the NATS server (README "More than one machine"): the client
+//! reconnects on its own and subscribes again, but what was on its way is lost — a core
+//! publish while disconnected waits in the client's buffer or dies with the old socket, and a
+//! JetStream publish's ack never comes (the publish fails "timed out"). So nothing here is sent
+//! once and hoped for: an input is published again, with the same `Nats-Msg-Id` (stored once),
+//! until the stream acks it ([`PendingPublish::wait`]), and a result is sent again until the
+//! front confirms it has it ([`Broker::reply`]), all within a [`Patience`].
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy},
-    context::PublishAckFuture,
+    context::{PublishAckFuture, PublishError, PublishErrorKind},
     message::PublishMessage,
     stream::{RetentionPolicy, StorageType},
 };
@@ -34,6 +49,123 @@ pub const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
 /// what runs the input elsewhere; each counts as a delivery. As many as the scheduler's
 /// reschedules of an input whose container died (`berth_core::MAX_RESCHEDULES`).
 pub const LOST_DELIVERIES: i64 = berth_core::MAX_RESCHEDULES as i64;
+
+/// How long publishing and replying keep trying through an unreachable or restarting server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patience {
+    /// A front publishes an input again (same message id) until the stream acks it or this
+    /// has passed since the first try; then the caller gets the error.
+    pub publish: Duration,
+    /// A worker sends a result again until the front confirms it or this has passed.
+    pub result: Duration,
+    /// A worker gives a result up sooner when no front has been subscribed to its inbox this
+    /// long (NATS answers "no responders" at once): that front is gone, and its callers with it.
+    pub front_gone: Duration,
+    /// Each send of a result waits this long for the front's confirmation before the next.
+    pub confirm_wait: Duration,
+}
+
+impl Default for Patience {
+    /// Two minutes for a server to come back (a restart takes seconds; a rescheduled pod
+    /// longer); a front not subscribed for 30 s is gone: after a restart fronts resubscribe
+    /// within the client's reconnect backoff (at most 4 s between attempts).
+    fn default() -> Self {
+        Self {
+            publish: Duration::from_secs(120),
+            result: Duration::from_secs(120),
+            front_gone: Duration::from_secs(30),
+            confirm_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The pause before the next try: 100 ms, doubling, at most 2 s.
+fn backoff(previous: Duration) -> Duration {
+    (previous * 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+/// What came back for a result sent by [`Broker::reply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Confirm {
+    /// The front has it.
+    Confirmed,
+    /// Nothing is subscribed to the front's inbox (NATS's "no responders" status).
+    NoFront,
+}
+
+/// A worker's confirmations: each result is sent with the reply subject `<prefix>.<token>`,
+/// and fronts answer on `<prefix>.c` with the tokens of many results at once (the
+/// [`crate::ResultRouter`] gathers what it read in one go), or on `<prefix>.<token>` alone; NATS
+/// answers there with "no responders" when no front listens. One subscription, `<prefix>.*`.
+struct Confirms {
+    prefix: String,
+    next: AtomicU64,
+    waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Confirm>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The subject suffix on which fronts confirm several results at once.
+pub const CONFIRM_MANY: &str = "c";
+
+impl Confirms {
+    async fn start(client: &async_nats::Client) -> Result<Self, async_nats::SubscribeError> {
+        use futures_util::StreamExt as _;
+        let prefix = client.new_inbox();
+        let mut sub = client.subscribe(format!("{prefix}.*")).await?;
+        let waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Confirm>>>> = Arc::default();
+        let w = waiting.clone();
+        let many = format!("{prefix}.{CONFIRM_MANY}");
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let mut waiting = w.lock().unwrap_or_else(|e| e.into_inner());
+                let mut answer = |token: u64, c: Confirm| {
+                    if let Some(tx) = waiting.remove(&token) {
+                        let _ = tx.send(c);
+                    }
+                };
+                if msg.subject.as_str() == many {
+                    for token in
+                        msg.payload.split(|b| *b == b' ').filter_map(|t| std::str::from_utf8(t).ok()?.parse().ok())
+                    {
+                        answer(token, Confirm::Confirmed);
+                    }
+                } else if let Some(token) = msg.subject.rsplit('.').next().and_then(|t| t.parse().ok()) {
+                    let no_front = msg.status == Some(async_nats::StatusCode::NO_RESPONDERS);
+                    answer(token, if no_front { Confirm::NoFront } else { Confirm::Confirmed });
+                }
+            }
+        });
+        Ok(Self { prefix, next: AtomicU64::new(1), waiting, task })
+    }
+
+    /// A new token and what will come back for it.
+    fn expect(&self) -> (u64, tokio::sync::oneshot::Receiver<Confirm>) {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        (token, self.again(token).0)
+    }
+
+    /// Waits for `token` again (after a "no responders").
+    fn again(&self, token: u64) -> (tokio::sync::oneshot::Receiver<Confirm>, u64) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(token, tx);
+        (rx, token)
+    }
+}
+
+impl Drop for Confirms {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Stops waiting for a token when its reply ends, however it ends.
+struct Forget<'a>(&'a Confirms, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
+}
 
 /// The JetStream settings of one pool, derived from its spec ([`PoolSettings::from_spec`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +210,9 @@ pub struct Broker {
     url: String,
     client: async_nats::Client,
     js: jetstream::Context,
+    patience: Patience,
+    /// Where fronts confirm this connection's results; made on the first [`Broker::reply`].
+    confirms: Arc<tokio::sync::OnceCell<Confirms>>,
 }
 
 impl Broker {
@@ -128,7 +263,13 @@ impl Broker {
             ));
         }
         let js = jetstream::new(client.clone());
-        Ok(Self { url: url.to_string(), client, js })
+        Ok(Self { url: url.to_string(), client, js, patience: Patience::default(), confirms: Arc::default() })
+    }
+
+    /// The same connection, keeping on for `patience` through an unreachable server.
+    pub fn with_patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -264,9 +405,9 @@ impl Broker {
 
     /// Publishes one message holding `inputs` (one, or several sharing one lease: see
     /// [`crate::envelope`]) without waiting for the stream's ack: await the returned
-    /// [`PendingPublish`] for it. Many can be in flight at once, which is what makes a
-    /// `.map()` fast. The `Nats-Msg-Id` is the input id for one input, and the first input's
-    /// id and the count for several.
+    /// [`PendingPublish`] for it (which publishes again until the stream has it). Many can be in
+    /// flight at once, which is what makes a `.map()` fast. The `Nats-Msg-Id` is the input id
+    /// for one input, and the first input's id and the count for several.
     pub async fn start_publish(&self, names: &BrokerNames, inputs: Vec<BrokerInput>) -> Result<PendingPublish, Error> {
         let Some(first) = inputs.first() else {
             return Err(Error::new(ErrorKind::Request, "publish_input: no input to publish"));
@@ -274,22 +415,99 @@ impl Broker {
         let msg_id =
             if inputs.len() == 1 { first.input_id.clone() } else { format!("{}+{}", first.input_id, inputs.len()) };
         let n = inputs.len();
-        let payload = encode_inputs(inputs);
-        let fut = self
-            .js
-            .send_publish(names.subject.clone(), PublishMessage::build().payload(payload).message_id(&msg_id))
-            .await
-            .map_err(|e| Error::request(format!("publishing {n} input(s) to {}", names.subject), e))?;
-        Ok(PendingPublish { fut, subject: names.subject.clone() })
+        let mut pending = PendingPublish {
+            js: self.js.clone(),
+            subject: names.subject.clone(),
+            payload: encode_inputs(inputs),
+            msg_id,
+            n,
+            since: Instant::now(),
+            patience: self.patience.publish,
+            sent: None,
+        };
+        pending.send().await?;
+        Ok(pending)
     }
 
-    /// Sends `result` to the caller's reply inbox (core NATS: the caller is subscribed, and a
-    /// caller that is gone simply does not get it).
-    pub async fn reply(&self, reply: &str, result: &BrokerResult) -> Result<(), Error> {
-        self.client
-            .publish(reply.to_string(), Bytes::from(result.encode_to_vec()))
+    /// Sends `result` to the caller's reply inbox and waits until the front confirms it has it
+    /// (its [`crate::ResultRouter`] answers each result), sending it again while it does not:
+    /// a core NATS message is delivered at most once, and one sent while the front or this
+    /// worker is reconnecting, or that overflows the front's inbox, is lost. Ack the input only
+    /// after this: an input acked whose result was lost would leave its caller waiting for ever.
+    /// `lease`, the input's, is kept alive meanwhile. An error when the front did not confirm
+    /// within the [`Patience`] (no front subscribed to the inbox for `front_gone`: it is gone).
+    pub async fn reply(&self, reply: &str, result: &BrokerResult, lease: Option<&crate::Lease>) -> Result<(), Error> {
+        let payload = Bytes::from(result.encode_to_vec());
+        let p = self.patience;
+        let confirms = self
+            .confirms
+            .get_or_try_init(|| Confirms::start(&self.client))
             .await
-            .map_err(|e| Error::request(format!("replying to {reply}"), e))
+            .map_err(|e| Error::request("subscribing to result confirmations", e))?;
+        let (token, mut confirmed) = confirms.expect();
+        let _forget = Forget(confirms, token);
+        let to = format!("{}.{token}", confirms.prefix);
+        let since = Instant::now();
+        let mut unheard: Option<Instant> = None;
+        let mut pause = Duration::ZERO;
+        loop {
+            // The send waits while the client reconnects (its buffer full): bounded too. A
+            // late confirmation of an earlier send counts (the same token).
+            let sent = tokio::time::timeout(p.confirm_wait, async {
+                self.client
+                    .publish_with_reply(reply.to_string(), to.clone(), payload.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::time::timeout(p.confirm_wait, &mut confirmed)
+                    .await
+                    .map_err(|_| "no confirmation in time".to_string())
+            })
+            .await;
+            let why = match sent {
+                Ok(Ok(Ok(Confirm::Confirmed))) => return Ok(()),
+                Ok(Ok(Ok(Confirm::NoFront))) => {
+                    let first = *unheard.get_or_insert_with(Instant::now);
+                    if first.elapsed() >= p.front_gone {
+                        return Err(Error::new(
+                            ErrorKind::Request,
+                            format!(
+                                "NATS: no front has listened on {reply} for {} s: the front that published input {} is gone, and the input's result with it",
+                                p.front_gone.as_secs(),
+                                result.input_id
+                            ),
+                        ));
+                    }
+                    (confirmed, _) = confirms.again(token);
+                    "no responders".to_string()
+                }
+                Ok(Ok(Err(_))) => return Err(Error::new(ErrorKind::Request, "NATS: the connection closed")),
+                Ok(Err(why)) => {
+                    unheard = None;
+                    why
+                }
+                Err(_) => {
+                    unheard = None;
+                    "no confirmation in time".to_string()
+                }
+            };
+            if since.elapsed() >= p.result {
+                return Err(Error::request(
+                    format!(
+                        "sending the result of input {} to {reply} (no confirmation within {} s)",
+                        result.input_id,
+                        p.result.as_secs()
+                    ),
+                    why,
+                ));
+            }
+            tracing::debug!(input = %result.input_id, %reply, why, "result not confirmed; sending it again");
+            if let Some(lease) = lease {
+                // Errors here are the same unreachable server: the next send reports it.
+                let _ = lease.progress().await;
+            }
+            pause = backoff(pause);
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// Waits until the server has seen everything this connection sent (acks, replies).
@@ -312,17 +530,72 @@ impl Broker {
     }
 }
 
-/// A publish whose stream ack has not been awaited yet.
+/// A publish whose stream ack has not been awaited yet. It keeps the message to publish it
+/// again (same `Nats-Msg-Id`: the stream stores it once) when the ack does not come.
 pub struct PendingPublish {
-    fut: PublishAckFuture,
+    js: jetstream::Context,
     subject: String,
+    payload: Bytes,
+    msg_id: String,
+    n: usize,
+    since: Instant,
+    patience: Duration,
+    /// The last send's ack to come, or why the send failed.
+    sent: Option<Result<PublishAckFuture, PublishError>>,
+}
+
+/// A publish error that a later try may not have: the server unreachable or restarting (no
+/// ack in time, no responders while JetStream recovers its streams, a connection gone).
+fn worth_retrying(kind: PublishErrorKind) -> bool {
+    !matches!(
+        kind,
+        PublishErrorKind::MaxPayloadExceeded
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence
+    )
 }
 
 impl PendingPublish {
-    /// The stream's ack: the message's sequence (the original's for a dropped duplicate).
-    pub async fn wait(self) -> Result<u64, Error> {
-        let ack = self.fut.await.map_err(|e| Error::request(format!("publishing to {}", self.subject), e))?;
-        Ok(ack.sequence)
+    /// Sends the message; an error only when trying again cannot help.
+    async fn send(&mut self) -> Result<(), Error> {
+        let message = PublishMessage::build().payload(self.payload.clone()).message_id(&self.msg_id);
+        match self.js.send_publish(self.subject.clone(), message).await {
+            Err(e) if !worth_retrying(e.kind()) => Err(self.failed(e)),
+            sent => {
+                self.sent = Some(sent);
+                Ok(())
+            }
+        }
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> Error {
+        Error::request(format!("publishing {} input(s) to {}", self.n, self.subject), e)
+    }
+
+    /// The stream's ack: the message's sequence (the original's for a dropped duplicate). A
+    /// send that failed, or whose ack did not come, is sent again, with a pause growing to 2 s,
+    /// until the stream acks it or the publish [`Patience`] since the first send has passed.
+    pub async fn wait(mut self) -> Result<u64, Error> {
+        let mut pause = Duration::ZERO;
+        loop {
+            let e = match self.sent.take() {
+                Some(Ok(ack)) => match ack.await {
+                    Ok(ack) => return Ok(ack.sequence),
+                    Err(e) => e,
+                },
+                Some(Err(e)) => e,
+                None => return Err(self.failed("nothing was sent")),
+            };
+            if !worth_retrying(e.kind()) || self.since.elapsed() >= self.patience {
+                return Err(self.failed(e));
+            }
+            if pause.is_zero() {
+                tracing::warn!(subject = %self.subject, msg_id = %self.msg_id, error = %e, "NATS: publish not acknowledged; sending it again (the same message id is stored once)");
+            }
+            pause = backoff(pause);
+            tokio::time::sleep(pause).await;
+            self.send().await?;
+        }
     }
 }
 

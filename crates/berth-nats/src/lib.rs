@@ -19,8 +19,10 @@
 //! - A [`Worker`] pulls as many inputs as it has free slots and settles each message's
 //!   [`Lease`]: ack, nak with a delay (the Retries backoff), progress, term. A message that
 //!   is not berth's is logged and termed.
-//! - Results go to the caller's reply inbox; the front's [`ResultRouter`] delivers the first
-//!   result per input id and drops later duplicates (JetStream delivers at least once). A
+//! - Results go to the caller's reply inbox as requests: the front's [`ResultRouter`] delivers
+//!   the first result per input id, drops later duplicates (JetStream delivers at least once)
+//!   and confirms each; a worker acks an input only once its result is confirmed, sending it
+//!   again meanwhile ([`Broker::reply`]), so a result lost in a NATS restart is sent again. A
 //!   `spawn`'s result goes to the app's key-value bucket instead ([`SpawnResults`]), where the
 //!   first write per call wins, so `FunctionCall.fromId` works on any front.
 pub mod broker;
@@ -30,7 +32,7 @@ pub mod results;
 pub mod spawned;
 pub mod worker;
 
-pub use broker::{Broker, PendingPublish, PoolSettings};
+pub use broker::{Broker, Patience, PendingPublish, PoolSettings};
 pub use envelope::{BrokerError, BrokerInput, BrokerResult, Input};
 pub use error::{Error, ErrorKind};
 pub use results::{Offered, ResultRouter, ResultTable};

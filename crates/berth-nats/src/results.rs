@@ -6,18 +6,23 @@
 //! only the first result per input id and drops the later ones ([`ResultTable`], a pure
 //! structure tested apart from NATS; [`ResultRouter`] feeds it from the inbox).
 //!
-//! Core NATS delivers a result at most once: one published while the front is disconnected,
-//! or past its inbox's buffer ([`crate::broker::SUBSCRIPTION_CAPACITY`], logged as a slow
-//! consumer), is lost, and its input was acked all the same. A front therefore bounds the
-//! inputs it has in flight (a `.map()` window, as the gRPC `Map` has) well below that buffer,
-//! and gives up on an input at its deadline.
+//! Core NATS delivers a result at most once: one published while the front or the worker is
+//! disconnected (a NATS restart), or past the inbox's buffer
+//! ([`crate::broker::SUBSCRIPTION_CAPACITY`], logged as a slow consumer), is lost. So each
+//! result comes with a reply subject, and the router confirms it once the result is in its
+//! table, duplicates and results of inputs it does not know included — one message per worker
+//! connection for all the results it read in one go; the worker sends it again until confirmed
+//! and acks the input only then ([`Broker::reply`]). A result the
+//! front never confirmed therefore leaves its input in the stream, never acked and lost. A
+//! front still bounds the inputs it has in flight (a `.map()` window, as the gRPC `Map` has)
+//! below that buffer: a lost result costs a resend after the worker's `confirm_wait`.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -112,6 +117,9 @@ impl ResultTable {
 /// dropped anyway, as Unknown.
 pub const DEFAULT_KEEP: Duration = Duration::from_secs(600);
 
+/// Results read at most before their confirmations go out.
+const CONFIRM_BATCH: usize = 4096;
+
 /// A front's inbox: one core NATS subscription receiving the results of all its inputs.
 pub struct ResultRouter {
     inbox: String,
@@ -130,26 +138,59 @@ impl ResultRouter {
             .map_err(|e| Error::request(format!("subscribing to the result inbox {inbox}"), e))?;
         let table = Arc::new(Mutex::new(ResultTable::new(DEFAULT_KEEP)));
         let t = table.clone();
+        let client = broker.client().clone();
         let task = tokio::spawn(async move {
+            // Confirmations gathered over what the inbox holds at once: one message per
+            // worker connection rather than one per result (`Broker::reply`).
+            let mut confirms: HashMap<String, Vec<u8>> = HashMap::new();
             while let Some(msg) = sub.next().await {
-                let result = match decode_result(&msg.payload) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(subject = %msg.subject, error = %e, "dropped a message on the result inbox");
-                        continue;
+                let (mut next, mut read) = (Some(msg), 0);
+                while let Some(msg) = next.take() {
+                    Self::take(&t, msg, &mut confirms);
+                    read += 1;
+                    if read < CONFIRM_BATCH {
+                        next = sub.next().now_or_never().flatten();
                     }
-                };
-                let (id, attempt) = (result.input_id.clone(), result.attempt);
-                let offered = match t.lock() {
-                    Ok(mut table) => table.offer(result, Instant::now()),
-                    Err(poisoned) => poisoned.into_inner().offer(result, Instant::now()),
-                };
-                if offered != Offered::Delivered {
-                    tracing::debug!(input = %id, attempt, ?offered, "result dropped");
+                }
+                for (prefix, tokens) in confirms.drain() {
+                    let to = format!("{prefix}.{}", crate::broker::CONFIRM_MANY);
+                    if let Err(e) = client.publish(to, tokens.into()).await {
+                        tracing::debug!(error = %e, "result confirmations not sent");
+                    }
                 }
             }
         });
         Ok(Self { inbox, table, task })
+    }
+
+    /// Offers one message of the inbox to the table, and notes its confirmation: every result
+    /// read is confirmed, whatever the table did with it, so that the worker may ack the input.
+    /// A confirmation lost (a reconnect) makes the worker send the result again, confirmed as
+    /// a duplicate then.
+    fn take(table: &Mutex<ResultTable>, msg: async_nats::Message, confirms: &mut HashMap<String, Vec<u8>>) {
+        let result = match decode_result(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "dropped a message on the result inbox");
+                return;
+            }
+        };
+        let (id, attempt) = (result.input_id.clone(), result.attempt);
+        let offered = match table.lock() {
+            Ok(mut table) => table.offer(result, Instant::now()),
+            Err(poisoned) => poisoned.into_inner().offer(result, Instant::now()),
+        };
+        if offered != Offered::Delivered {
+            tracing::debug!(input = %id, attempt, ?offered, "result dropped");
+        }
+        // `<prefix>.<token>`: the token joins the prefix's list.
+        if let Some((prefix, token)) = msg.reply.as_deref().and_then(|r| r.rsplit_once('.')) {
+            let tokens = confirms.entry(prefix.to_string()).or_default();
+            if !tokens.is_empty() {
+                tokens.push(b' ');
+            }
+            tokens.extend_from_slice(token.as_bytes());
+        }
     }
 
     /// The subject to put in inputs' `reply`.

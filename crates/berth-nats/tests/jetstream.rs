@@ -102,9 +102,9 @@ async fn publish_pull_ack_reply_round_trip() {
     assert_eq!((i.input_id.as_str(), i.attempt, i.method.as_str()), ("in-1", 1, "run"));
     assert_eq!(i.args.as_ref(), &[0x81, 0x01]);
     assert!(!d.last_attempt);
-    p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![0x02])).await.unwrap();
+    p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![0x02]), None).await.unwrap();
     // A second result for the same input (as after a redelivery) is dropped by the router.
-    p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, 2, vec![0x03])).await.unwrap();
+    p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, 2, vec![0x03]), None).await.unwrap();
     d.lease.ack().await.unwrap();
     p.broker.flush().await.unwrap();
 
@@ -423,7 +423,7 @@ async fn several_inputs_in_one_message_share_one_lease() {
     let ids: Vec<_> = got[0].inputs.iter().map(|i| (i.input_id.as_str(), i.attempt)).collect();
     assert_eq!(ids, [("b-0", 1), ("b-1", 1), ("b-2", 1)]);
     for i in &got[0].inputs {
-        p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![0xf6])).await.unwrap();
+        p.broker.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![0xf6]), None).await.unwrap();
     }
     got[0].lease.ack().await.unwrap();
     for rx in rxs {
@@ -469,4 +469,190 @@ async fn two_workers_whose_pulls_the_server_cannot_fill_still_settle_every_input
     let all = futures_util::future::join_all(workers);
     tokio::time::timeout(Duration::from_secs(30), all).await.expect("every input settled (no stall)");
     assert_eq!(acked.load(std::sync::atomic::Ordering::SeqCst), total);
+}
+
+/// A store directory and a free port for an [`OwnServer`].
+fn own_store(tag: &str) -> (u16, std::path::PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    (port, std::env::temp_dir().join(format!("berth-nats-{tag}-{}-{nanos}", std::process::id())))
+}
+
+/// A publish made while the server is down does not fail: async-nats keeps it in its buffer
+/// (the first send does not error), its ack never comes, and `PendingPublish::wait` sends it
+/// again with the same message id until the restarted server stores it, once.
+#[tokio::test]
+async fn a_publish_while_the_server_is_down_is_sent_again_until_stored_once() {
+    let (port, store) = own_store("down");
+    let Some(server) = OwnServer::start(port, &store) else {
+        eprintln!("skipped: no nats-server binary in PATH (apt-get install nats-server)");
+        return;
+    };
+    let broker = Broker::connect(&server.url()).await.unwrap();
+    let names = names("down-app", "f");
+    broker.ensure_pool("down-app", &names, &settings(30_000, 3)).await.unwrap();
+    drop(server);
+    let publishing = tokio::spawn({
+        let (broker, names) = (broker.clone(), names.clone());
+        async move { broker.publish_input(&names, input("d-1", "")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!publishing.is_finished(), "no error while the server is down: it keeps trying");
+    let server = OwnServer::start(port, &store).unwrap();
+    let seq = tokio::time::timeout(Duration::from_secs(30), publishing).await.unwrap().unwrap().unwrap();
+    // Published again by a front that did not hear the ack: the stream keeps one.
+    assert_eq!(broker.publish_input(&names, input("d-1", "")).await.unwrap(), seq);
+    let mut w = broker.worker(&names).await.unwrap();
+    let got = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got.iter().map(|d| d.inputs[0].input_id.as_str()).collect::<Vec<_>>(), ["d-1"]);
+    got[0].lease.ack().await.unwrap();
+    broker.flush().await.unwrap();
+    assert!(w.pull(10, SHORT).await.unwrap().is_empty(), "stored once");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+/// A server that does not come back: the publish fails once its patience has passed, naming
+/// the subject, rather than waiting for ever.
+#[tokio::test]
+async fn a_publish_gives_up_after_its_patience() {
+    let (port, store) = own_store("gone");
+    let Some(server) = OwnServer::start(port, &store) else {
+        eprintln!("skipped: no nats-server binary in PATH (apt-get install nats-server)");
+        return;
+    };
+    let patience = berth_nats::Patience { publish: Duration::from_secs(2), ..Default::default() };
+    let broker = Broker::connect(&server.url()).await.unwrap().with_patience(patience);
+    let names = names("gone-app", "f");
+    broker.ensure_pool("gone-app", &names, &settings(30_000, 3)).await.unwrap();
+    drop(server);
+    let t = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(30), broker.publish_input(&names, input("g-1", "")))
+        .await
+        .expect("gives up")
+        .expect_err("no server");
+    assert!(t.elapsed() >= Duration::from_secs(2), "kept trying for its patience: {:?}", t.elapsed());
+    assert_eq!(e.kind, ErrorKind::Request, "{e}");
+    assert!(e.message.contains(&names.subject), "{e}");
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+/// `Broker::reply` waits for the front's confirmation: a result nobody answers (lost on its
+/// way, or the front slow) is sent again after `confirm_wait`, and one sent before the front's
+/// inbox is subscribed (no responders: a front not yet resubscribed after a reconnect) again
+/// after a pause; it returns once answered.
+#[tokio::test]
+async fn a_result_is_sent_again_until_the_front_confirms_it() {
+    if !nats_here() {
+        return;
+    }
+    let patience = berth_nats::Patience { confirm_wait: Duration::from_millis(500), ..Default::default() };
+    let worker = Broker::connect(URL).await.unwrap().with_patience(patience);
+    let front = async_nats::connect(URL).await.unwrap();
+    let inbox = front.new_inbox();
+    let sending = tokio::spawn({
+        let (worker, inbox) = (worker.clone(), inbox.clone());
+        async move { worker.reply(&inbox, &BrokerResult::value("c-1", 1, vec![1]), None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!sending.is_finished(), "no front yet: still trying");
+    let mut sub = front.subscribe(inbox).await.unwrap();
+    use futures_util::StreamExt as _;
+    let first = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+    assert!(first.reply.is_some(), "a result is a request");
+    // Not answered: as if the confirmation were lost.
+    let second = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().unwrap();
+    assert_eq!(second.payload, first.payload, "the same result again");
+    front.publish(second.reply.unwrap(), bytes::Bytes::new()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sending).await.unwrap().unwrap().unwrap();
+}
+
+/// A front that is gone (nothing subscribed to its inbox for `front_gone`): the worker gives
+/// the result up with an error saying so, and can ack the input.
+#[tokio::test]
+async fn a_result_for_a_front_that_is_gone_is_given_up() {
+    if !nats_here() {
+        return;
+    }
+    let patience = berth_nats::Patience { front_gone: Duration::from_secs(1), ..Default::default() };
+    let worker = Broker::connect(URL).await.unwrap().with_patience(patience);
+    let t = Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        worker.reply("_INBOX.nobody-here", &BrokerResult::value("x-1", 1, vec![1]), None),
+    )
+    .await
+    .unwrap()
+    .expect_err("nobody confirms");
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(e.message.contains("x-1") && e.message.contains("is gone"), "{e}");
+}
+
+/// The front's router confirms every result it reads — the first, a duplicate, one of an
+/// input it does not wait for — so that no worker keeps sending one.
+#[tokio::test]
+async fn the_router_confirms_every_result() {
+    if !nats_here() {
+        return;
+    }
+    let patience = berth_nats::Patience {
+        result: Duration::from_secs(3),
+        front_gone: Duration::from_secs(3),
+        confirm_wait: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let front = Broker::connect(URL).await.unwrap();
+    let router = berth_nats::ResultRouter::start(&front).await.unwrap();
+    let rx = router.register("k-1");
+    let worker = Broker::connect(URL).await.unwrap().with_patience(patience);
+    for r in [
+        BrokerResult::value("k-1", 1, vec![1]),
+        BrokerResult::value("k-1", 2, vec![2]),
+        BrokerResult::value("k-9", 1, vec![9]),
+    ] {
+        worker.reply(router.inbox(), &r, None).await.unwrap();
+    }
+    assert_eq!(rx.await.unwrap().attempt, 1);
+}
+
+/// The NATS server SIGKILLed between a worker running an input and settling it, and restarted
+/// on its store: the worker's result, sent while the server is down, reaches the front's
+/// router once both have reconnected (the router's subscription is made again by the client),
+/// and the worker acks only then; the input is gone from the stream.
+#[tokio::test]
+async fn a_result_sent_while_the_server_restarts_reaches_the_front() {
+    let (port, store) = own_store("result");
+    let Some(server) = OwnServer::start(port, &store) else {
+        eprintln!("skipped: no nats-server binary in PATH (apt-get install nats-server)");
+        return;
+    };
+    let front = Broker::connect(&server.url()).await.unwrap();
+    let worker = Broker::connect(&server.url()).await.unwrap();
+    let names = names("result-app", "f");
+    front.ensure_pool("result-app", &names, &settings(30_000, 3)).await.unwrap();
+    let router = berth_nats::ResultRouter::start(&front).await.unwrap();
+    let rx = router.register("s-1");
+    front.publish_input(&names, input("s-1", router.inbox())).await.unwrap();
+    let mut w = worker.worker(&names).await.unwrap();
+    let got = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    let i = got[0].inputs[0].clone();
+    drop(server);
+    let settling = tokio::spawn({
+        let worker = worker.clone();
+        async move {
+            let d = &got[0];
+            worker.reply(&i.reply, &BrokerResult::value(&i.input_id, i.attempt, vec![7]), Some(&d.lease)).await?;
+            d.lease.ack().await?;
+            worker.flush().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!settling.is_finished(), "not settled while the server is down");
+    let server = OwnServer::start(port, &store).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("the result came").unwrap();
+    assert_eq!(r.outcome, Some(berth_nats::envelope::Outcome::Value(vec![7])));
+    tokio::time::timeout(Duration::from_secs(30), settling).await.unwrap().unwrap().unwrap();
+    assert!(w.pull(1, SHORT).await.unwrap().is_empty(), "acked after the result was confirmed");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&store);
 }

@@ -17,7 +17,8 @@
 //! attach to, plus one feeder per pool. A feeder pulls at most what the pool's containers have
 //! room for ([`Window`]), submits each input as a local caller would, keeps its lease alive
 //! with `progress` while it waits or runs, and settles it once the local scheduler decided
-//! ([`settle`]): the result is published to the caller's inbox and then the message acked; a
+//! ([`settle`]): the result is sent to the caller's inbox, and the message acked once the front
+//! confirmed it (`berth_nats::Broker::reply`: a result lost in a NATS restart is sent again); a
 //! retryable failure is nak'ed with the function's Retries backoff (the retry may run on any
 //! worker); an input the worker could not run (it is stopping) is nak'ed at once, for another.
 //! Local pools run with no retries of their own: JetStream's redelivery is the retry.
@@ -426,6 +427,7 @@ impl Feeder {
             }
         };
         let mut again: Option<Settle> = None;
+        let mut replies = Vec::new();
         for (input, result) in d.inputs.iter().zip(outcomes) {
             let outcome = result.as_ref().ok().and_then(|(o, _)| *o);
             let method = self.method_of(input).unwrap_or(0);
@@ -437,20 +439,22 @@ impl Feeder {
             match settle(outcome, input.attempt, retries, d.last_attempt) {
                 Settle::Reply => {
                     if !input.reply.is_empty() {
-                        if let Err(e) =
-                            self.broker.reply(&input.reply, &to_broker(&input.input_id, input.attempt, result)).await
-                        {
-                            tracing::warn!("berth worker: {e}");
-                        }
+                        replies.push((input.reply.as_str(), to_broker(&input.input_id, input.attempt, result)));
                     }
                 }
                 s => again = Some(if again == Some(Settle::Retry) { Settle::Retry } else { s }),
             }
         }
-        // Replies leave before the ack on the same connection, so the server has the result
-        // before the input leaves the stream. With several inputs in one message (not what
-        // fronts publish), one that must run again takes the whole message back; the front
-        // drops the finished inputs' second results.
+        // The ack waits until the front confirmed each result (`Broker::reply` sends it again
+        // until then, through a NATS restart): acked with its result lost, an input would
+        // leave its caller waiting for ever; not acked, it runs again and the front drops the
+        // second result. With several inputs in one message (not what fronts publish), one that
+        // must run again takes the whole message back; the front drops the finished inputs'
+        // second results.
+        let sent = replies.iter().map(|(to, r)| self.broker.reply(to, r, Some(&d.lease)));
+        for e in futures_util::future::join_all(sent).await.into_iter().filter_map(Result::err) {
+            tracing::warn!("berth worker: {e}");
+        }
         let settled = match again {
             None => d.lease.ack().await,
             Some(Settle::Retry) => d.lease.retry(&self.policy, d.inputs.first().map_or(1, |i| i.attempt)).await,
