@@ -4,6 +4,7 @@ import { checkArity } from '../shared/arity.ts'
 import { FunctionCall } from './function-call.ts'
 import { generatorCallError, GenStream, notGeneratorError } from './gen-stream.ts'
 import { isSyncIterable, mapLoop, splitOptions, toAsync, zip, zipInputs } from './map.ts'
+import { countOf } from './progress.ts'
 import type { HandleTarget } from './transport.ts'
 import type { MapOptions } from './types.ts'
 
@@ -59,14 +60,15 @@ export class Invocable {
     this.notGenerator('map')
     const transport = this.target.transport()
     const { iterables, opts } = splitOptions(inputs, 'map')
-    return mapLoop(transport, 'map', transport.syncInputs ? zipInputs(iterables) : zip(iterables), opts)
+    const tuples = transport.syncInputs ? zipInputs(iterables) : zip(iterables)
+    return mapLoop(transport, 'map', tuples, opts, `${this.target.label}.map()`, countOf(iterables))
   }
 
   starmap(argTuples: Iterable<unknown[]> | AsyncIterable<unknown[]>, opts: MapOptions = {}): AsyncIterable<unknown> {
     this.notGenerator('starmap')
     const transport = this.target.transport()
     const tuples = transport.syncInputs && isSyncIterable(argTuples) ? argTuples : toAsync(argTuples)
-    return mapLoop(transport, 'starmap', tuples, opts)
+    return mapLoop(transport, 'starmap', tuples, opts, `${this.target.label}.starmap()`, countOf([argTuples]))
   }
 
   async forEach(...inputs: unknown[]): Promise<void> {
@@ -74,7 +76,8 @@ export class Invocable {
     const transport = this.target.transport()
     const { iterables, opts } = splitOptions(inputs, 'forEach')
     const tuples = transport.syncInputs ? zipInputs(iterables) : zip(iterables)
-    for await (const _ of mapLoop(transport, 'forEach', tuples, { ...opts, orderOutputs: false })) {
+    const label = `${this.target.label}.forEach()`
+    for await (const _ of mapLoop(transport, 'forEach', tuples, { ...opts, orderOutputs: false }, label, countOf(iterables))) {
       // results are dropped; a failure throws out of the loop
     }
   }

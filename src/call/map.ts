@@ -1,6 +1,7 @@
 // The one map loop (`map`, `starmap`, `forEach`) over any transport, and the input helpers the
 // handles share.
 import { InvalidError } from '../shared/errors.ts'
+import { progress } from './progress.ts'
 import type { Transport } from './transport.ts'
 import type { MapOptions } from './types.ts'
 
@@ -10,13 +11,16 @@ export const MAP_WINDOW = 10_000
 /**
  * Submits inputs up to MAP_WINDOW ahead of the consumer and yields their results, in input
  * order unless `opts.orderOutputs` is false. Leaving early (a break, a failure) cancels what is
- * still queued or running rather than run it for nobody.
+ * still queued or running rather than run it for nobody. `label` and `total` (when the inputs
+ * say how many they are) name it on the terminal's progress line (progress.ts).
  */
 export async function* mapLoop(
   transport: Transport,
   what: string,
   tuples: Iterable<unknown[]> | AsyncIterable<unknown[]>,
   opts: MapOptions,
+  label = what,
+  total?: number,
 ): AsyncGenerator<unknown> {
   const ordered = opts.orderOutputs ?? true
   const results = new Map<number, { ok: boolean; value: unknown }>()
@@ -27,8 +31,10 @@ export async function* mapLoop(
     wake?.()
     wake = undefined
   }
+  const shown = progress(label, total)
   const stream = transport.openMap(what, {
     item: (index, ok, value) => {
+      shown.done(ok)
       results.set(index, { ok, value })
       arrivals.push(index)
       poke()
@@ -76,6 +82,7 @@ export async function* mapLoop(
       else throw s.value
     }
   } finally {
+    shown.end()
     if (!exhausted) stream.close()
     stream.finish(!(exhausted && taken === submitted))
   }
