@@ -13,7 +13,7 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use crate::{
-    envelope::{encode_inputs, BrokerInput, BrokerResult},
+    envelope::{encode_inputs, encode_results, BrokerInput, BrokerResult},
     error::{Error, ErrorKind},
 };
 
@@ -44,7 +44,9 @@ pub struct PoolSettings {
     /// Deliveries of one message at most: the first attempt, the retries, and
     /// [`LOST_DELIVERIES`] for workers lost mid-run.
     pub max_deliver: i64,
-    /// Messages the pool's workers hold unacked at most, all workers together.
+    /// Messages the pool's workers hold unacked at most, all workers together: a bound for the
+    /// server's bookkeeping, not a scheduling rule (each worker bounds what it holds itself,
+    /// berth-server's `Window`).
     pub max_ack_pending: i64,
     /// Identifies the app's code and config (the caller computes it, e.g. a hash of the
     /// bundle); written into the stream's description with berth's version. A stream whose
@@ -54,17 +56,54 @@ pub struct PoolSettings {
 
 impl PoolSettings {
     /// `ack_wait` from the pool's `timeout` (plus [`ACK_WAIT_MARGIN`]), `max_deliver` from its
-    /// retries (`max_retries + 1 + LOST_DELIVERIES`), `max_ack_pending` from its capacity (`max_containers ×
-    /// max_inputs`: what its workers can run at once; each worker pulls no more than its own
-    /// free slots, see [`crate::Worker::pull`]).
+    /// retries (`max_retries + 1 + LOST_DELIVERIES`), `max_ack_pending` from what its workers
+    /// hold: [`WORKERS_AT_FULL_WINDOW`] workers, each holding its containers' room
+    /// ([`worker_room`]) and as much again read ahead (one message holds at least one input).
     pub fn from_spec(spec: &PoolSpec, fingerprint: impl Into<String>) -> Self {
+        let window = i64::try_from(2 * worker_room(spec)).unwrap_or(i64::MAX);
         Self {
             ack_wait: spec.timeout.saturating_add(ACK_WAIT_MARGIN),
             max_deliver: i64::from(spec.retries.max_retries) + 1 + LOST_DELIVERIES,
-            max_ack_pending: (i64::from(spec.max_containers) * i64::from(spec.max_inputs)).max(1),
+            max_ack_pending: window.saturating_mul(WORKERS_AT_FULL_WINDOW),
             fingerprint: fingerprint.into(),
         }
     }
+}
+
+/// Workers of one pool that may each hold a full window (their containers' room and the read
+/// ahead) before the consumer's `max_ack_pending` is reached. More workers still work: a pull
+/// the server cannot fill at once stays open until others settle (`Worker::pull_each`).
+pub const WORKERS_AT_FULL_WINDOW: i64 = 16;
+
+/// A worker's containers' room at most, whatever `maxContainers × maxInputs` says.
+pub const MAX_WORKER_ROOM: usize = 4096;
+
+/// Inputs in one message at most ([`inputs_per_message`]). The berth-nats throughput example
+/// (`examples/throughput.rs`) measured about 55,000 no-op inputs/s end to end with one input
+/// per message, where nats-server's work per message is the bound, and 224,000-344,000 with
+/// 32; more per message gains little and makes a redelivery after a lost worker larger.
+pub const MAX_INPUTS_PER_MESSAGE: usize = 64;
+
+/// Payload bytes of one message at most, the inputs' arguments included; an input larger
+/// than this goes alone (up to the server's `max_payload`, 1 MiB by default).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// What one worker's containers run at once: `maxContainers` containers of `maxInputs` inputs
+/// each, or of a batch of a `@batched()` method's `maxBatchSize` when that is larger; at least
+/// 1, at most [`MAX_WORKER_ROOM`]. `maxContainers` is per worker in broker mode: each worker
+/// scales its own containers within it.
+pub fn worker_room(spec: &PoolSpec) -> usize {
+    let batch = spec.methods.iter().filter_map(|m| m.batching.map(|b| b.max_batch_size)).max().unwrap_or(1);
+    let per_container = spec.max_inputs.max(batch).max(1) as usize;
+    (spec.max_containers.max(1) as usize).saturating_mul(per_container).min(MAX_WORKER_ROOM)
+}
+
+/// How many inputs of the pool a front puts in one message at most: what one worker runs at
+/// once ([`worker_room`]), at most [`MAX_INPUTS_PER_MESSAGE`]. So a message's inputs start
+/// together on the worker that pulled it, none waits there behind another of its message while
+/// other workers are idle, and a lost worker's message redelivers at most one round of work.
+pub fn inputs_per_message(spec: &PoolSpec) -> usize {
+    worker_room(spec).min(MAX_INPUTS_PER_MESSAGE)
 }
 
 /// What `ensure_pool` writes into a stream's description, and expects to find there.
@@ -266,21 +305,33 @@ impl Broker {
     /// [`crate::envelope`]) without waiting for the stream's ack: await the returned
     /// [`PendingPublish`] for it. Many can be in flight at once, which is what makes a
     /// `.map()` fast. The `Nats-Msg-Id` is the input id for one input, and the first input's
-    /// id and the count for several.
+    /// id and the count for several; for inputs republished with attempts spent
+    /// ([`crate::Input::republished`]), the first one's spent attempts too, so that the stream's
+    /// duplicate window does not take a retry for the original publish.
     pub async fn start_publish(&self, names: &BrokerNames, inputs: Vec<BrokerInput>) -> Result<PendingPublish, Error> {
+        self.start_publish_on(&names.subject, inputs).await
+    }
+
+    /// [`Self::start_publish`] on a pool's `subject`.
+    pub(crate) async fn start_publish_on(&self, subject: &str, inputs: Vec<BrokerInput>) -> Result<PendingPublish, Error> {
         let Some(first) = inputs.first() else {
             return Err(Error::new(ErrorKind::Request, "publish_input: no input to publish"));
         };
-        let msg_id =
-            if inputs.len() == 1 { first.input_id.clone() } else { format!("{}+{}", first.input_id, inputs.len()) };
+        let mut msg_id = first.input_id.clone();
+        if inputs.len() > 1 {
+            msg_id = format!("{msg_id}+{}", inputs.len());
+        }
+        if first.attempt > 0 {
+            msg_id = format!("{msg_id}@{}", first.attempt);
+        }
         let n = inputs.len();
         let payload = encode_inputs(inputs);
         let fut = self
             .js
-            .send_publish(names.subject.clone(), PublishMessage::build().payload(payload).message_id(&msg_id))
+            .send_publish(subject.to_string(), PublishMessage::build().payload(payload).message_id(&msg_id))
             .await
-            .map_err(|e| Error::request(format!("publishing {n} input(s) to {}", names.subject), e))?;
-        Ok(PendingPublish { fut, subject: names.subject.clone() })
+            .map_err(|e| Error::request(format!("publishing {n} input(s) to {}", subject), e))?;
+        Ok(PendingPublish { fut, subject: subject.to_string() })
     }
 
     /// Sends `result` to the caller's reply inbox (core NATS: the caller is subscribed, and a
@@ -290,6 +341,16 @@ impl Broker {
             .publish(reply.to_string(), Bytes::from(result.encode_to_vec()))
             .await
             .map_err(|e| Error::request(format!("replying to {reply}"), e))
+    }
+
+    /// Sends several results to one reply inbox in one message ([`crate::envelope::encode_results`]):
+    /// what a worker does with the results of one delivery that go to the same front.
+    pub async fn reply_many(&self, reply: &str, results: Vec<BrokerResult>) -> Result<(), Error> {
+        let n = results.len();
+        self.client
+            .publish(reply.to_string(), encode_results(results))
+            .await
+            .map_err(|e| Error::request(format!("replying {n} result(s) to {reply}"), e))
     }
 
     /// Waits until the server has seen everything this connection sent (acks, replies).
@@ -308,7 +369,7 @@ impl Broker {
             .get_consumer(&names.consumer)
             .await
             .map_err(|e| Error::request(format!("opening consumer {} of {}", names.consumer, names.stream), e))?;
-        Ok(crate::Worker::new(consumer, names.stream.clone()))
+        Ok(crate::Worker::new(consumer, names.stream.clone(), names.subject.clone()))
     }
 }
 
@@ -366,7 +427,23 @@ mod tests {
         let s = PoolSettings::from_spec(&spec, "fp");
         assert_eq!(s.ack_wait, Duration::from_secs(65));
         assert_eq!(s.max_deliver, 4 + LOST_DELIVERIES);
-        assert_eq!(s.max_ack_pending, 32);
+        // 16 workers, each with its 4 × 8 running and as many read ahead.
+        assert_eq!(s.max_ack_pending, 16 * 2 * 32);
+        assert_eq!((worker_room(&spec), inputs_per_message(&spec)), (32, 32));
+        spec.max_inputs = 1000;
+        assert_eq!((worker_room(&spec), inputs_per_message(&spec)), (4000, MAX_INPUTS_PER_MESSAGE));
+        spec.max_inputs = 5000;
+        assert_eq!(worker_room(&spec), MAX_WORKER_ROOM);
+        // A @batched() method's containers take a batch each.
+        spec.max_inputs = 1;
+        spec.max_containers = 3;
+        spec.methods.push(MethodSpec {
+            batching: Some(berth_core::Batching::new(16, Duration::ZERO).expect("valid")),
+            no_retries: false,
+        });
+        assert_eq!((worker_room(&spec), inputs_per_message(&spec)), (48, 48));
+        // Default spec: one container of one input: one input per message.
+        assert_eq!(inputs_per_message(&PoolSpec::new("f", vec![MethodSpec::default()])), 1);
         assert_eq!(s.fingerprint, "fp");
         let d = stream_description("my-app", "fp");
         assert!(d.starts_with("berth ") && d.ends_with(" app=my-app fingerprint=fp"), "{d}");

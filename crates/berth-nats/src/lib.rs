@@ -30,9 +30,9 @@ pub mod results;
 pub mod spawned;
 pub mod worker;
 
-pub use broker::{Broker, PendingPublish, PoolSettings};
-pub use envelope::{BrokerError, BrokerInput, BrokerResult, Input};
+pub use broker::{inputs_per_message, worker_room, Broker, PendingPublish, PoolSettings};
+pub use envelope::{BrokerError, BrokerInput, BrokerResult, BrokerResults, Input};
 pub use error::{Error, ErrorKind};
 pub use results::{Offered, ResultRouter, ResultTable};
 pub use spawned::SpawnResults;
-pub use worker::{Delivery, Lease, Worker};
+pub use worker::{Delivery, Fate, Lease, Settled, Worker};

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     broker::Broker,
-    envelope::{decode_result, BrokerResult},
+    envelope::{decode_results, BrokerResult},
     error::Error,
 };
 
@@ -132,20 +132,23 @@ impl ResultRouter {
         let t = table.clone();
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let result = match decode_result(&msg.payload) {
+                // One result, or several of one worker's delivery (crate::envelope).
+                let results = match decode_results(&msg.payload) {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(subject = %msg.subject, error = %e, "dropped a message on the result inbox");
                         continue;
                     }
                 };
-                let (id, attempt) = (result.input_id.clone(), result.attempt);
-                let offered = match t.lock() {
-                    Ok(mut table) => table.offer(result, Instant::now()),
-                    Err(poisoned) => poisoned.into_inner().offer(result, Instant::now()),
-                };
-                if offered != Offered::Delivered {
-                    tracing::debug!(input = %id, attempt, ?offered, "result dropped");
+                let mut table = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let now = Instant::now();
+                for result in results {
+                    let dropped = tracing::enabled!(tracing::Level::DEBUG)
+                        .then(|| (result.input_id.clone(), result.attempt));
+                    let offered = table.offer(result, now);
+                    if let Some((id, attempt)) = dropped.filter(|_| offered != Offered::Delivered) {
+                        tracing::debug!(input = %id, attempt, ?offered, "result dropped");
+                    }
                 }
             }
         });
