@@ -367,6 +367,7 @@ impl Window {
 
 /// What `berth worker` runs besides its control plane: one feeder per pool.
 pub struct Worker {
+    broker: Broker,
     stop: watch::Sender<bool>,
     feeders: Vec<tokio::task::JoinHandle<()>>,
     held: Vec<Arc<(Mutex<Window>, Notify)>>,
@@ -386,6 +387,11 @@ impl Worker {
         let until = tokio::time::Instant::now() + within;
         while self.held.iter().any(|w| lock(&w.0).busy()) && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The last results, acks and naks are on their way to the server: a process that exits
+        // before its NATS connection wrote them would leave those inputs to run again.
+        if tokio::time::timeout(Duration::from_secs(5), self.broker.flush()).await.is_err() {
+            tracing::warn!("berth worker: NATS did not take the last acks within 5 s; those inputs run again elsewhere");
         }
     }
 }
@@ -431,7 +437,7 @@ pub async fn start_worker(
     let plane = ControlPlane::start(Registry { functions: local }, spawner, serve).await?;
     let shared = plane.shared().clone();
     let (stop, stopped) = watch::channel(false);
-    let mut worker = Worker { stop, feeders: Vec::new(), held: Vec::new(), pools: Vec::new() };
+    let mut worker = Worker { broker: broker.clone(), stop, feeders: Vec::new(), held: Vec::new(), pools: Vec::new() };
     for (index, (def, policy)) in served.into_iter().zip(policies).enumerate() {
         let pool_names = names(&def.app, &def.name);
         let consumer = broker.worker(&pool_names).await.map_err(broker_error)?;
