@@ -58,9 +58,10 @@ impl PoolSettings {
     /// `ack_wait` from the pool's `timeout` (plus [`ACK_WAIT_MARGIN`]), `max_deliver` from its
     /// retries (`max_retries + 1 + LOST_DELIVERIES`), `max_ack_pending` from what its workers
     /// hold: [`WORKERS_AT_FULL_WINDOW`] workers, each holding its containers' room
-    /// ([`worker_room`]) and as much again read ahead (one message holds at least one input).
+    /// ([`worker_room`]) and the most it reads ahead ([`max_read_ahead`]; one message holds at
+    /// least one input).
     pub fn from_spec(spec: &PoolSpec, fingerprint: impl Into<String>) -> Self {
-        let window = i64::try_from(2 * worker_room(spec)).unwrap_or(i64::MAX);
+        let window = i64::try_from(worker_room(spec) + max_read_ahead(spec)).unwrap_or(i64::MAX);
         Self {
             ack_wait: spec.timeout.saturating_add(ACK_WAIT_MARGIN),
             max_deliver: i64::from(spec.retries.max_retries) + 1 + LOST_DELIVERIES,
@@ -96,6 +97,19 @@ pub fn worker_room(spec: &PoolSpec) -> usize {
     let batch = spec.methods.iter().filter_map(|m| m.batching.map(|b| b.max_batch_size)).max().unwrap_or(1);
     let per_container = spec.max_inputs.max(batch).max(1) as usize;
     (spec.max_containers.max(1) as usize).saturating_mul(per_container).min(MAX_WORKER_ROOM)
+}
+
+/// Rounds of its containers' room a worker reads ahead at most, when its inputs are short.
+pub const READ_AHEAD_ROUNDS: usize = 8;
+
+/// Inputs a worker may hold beyond its containers' room at most: [`READ_AHEAD_ROUNDS`] times
+/// [`worker_room`], at most [`MAX_WORKER_ROOM`] and the pool's `maxPendingInputs` (the local
+/// queue would refuse more). How much of it a worker uses depends on how fast its inputs finish
+/// (berth-server's `Window`).
+pub fn max_read_ahead(spec: &PoolSpec) -> usize {
+    let room = worker_room(spec);
+    let pending = spec.max_pending.map_or(usize::MAX, |p| p as usize);
+    room.saturating_mul(READ_AHEAD_ROUNDS).min(MAX_WORKER_ROOM).min(pending)
 }
 
 /// How many inputs of the pool a front puts in one message at most: what one worker runs at
@@ -427,8 +441,8 @@ mod tests {
         let s = PoolSettings::from_spec(&spec, "fp");
         assert_eq!(s.ack_wait, Duration::from_secs(65));
         assert_eq!(s.max_deliver, 4 + LOST_DELIVERIES);
-        // 16 workers, each with its 4 × 8 running and as many read ahead.
-        assert_eq!(s.max_ack_pending, 16 * 2 * 32);
+        // 16 workers, each with its 4 × 8 running and up to 8 times as many read ahead.
+        assert_eq!(s.max_ack_pending, 16 * 9 * 32);
         assert_eq!((worker_room(&spec), inputs_per_message(&spec)), (32, 32));
         spec.max_inputs = 1000;
         assert_eq!((worker_room(&spec), inputs_per_message(&spec)), (4000, MAX_INPUTS_PER_MESSAGE));

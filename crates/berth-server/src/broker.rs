@@ -308,26 +308,41 @@ pub fn settle(outcome: Option<Outcome>, attempt: u32, retries: u32, last_attempt
 }
 
 /// How many inputs a worker's pool may hold at once (pulled, not yet settled): what its
-/// containers have room for (`berth_nats::worker_room`) and as many again read ahead, so that
-/// a container that finishes an input finds the next one waiting in the local queue instead of
-/// idling for a pull round trip (two workers of a CPU-bound pool scale so), while the rest
-/// stays in the stream for other workers. The read ahead is at most the pool's
-/// `maxPendingInputs` (the local queue would refuse more).
+/// containers have room for (`berth_nats::worker_room`) and some read ahead, so that a
+/// container that finishes an input finds the next one waiting in the local queue instead of
+/// idling for a pull round trip — or for the worker's own turn on a core its containers keep
+/// busy (two workers of a CPU-bound pool scale so) — while the rest stays in the stream for
+/// other workers. The read ahead is one round of the containers' room while inputs are slow,
+/// and grows to what the pool finishes in [`READ_AHEAD_FOR`] while they are fast (up to
+/// `berth_nats::max_read_ahead`: 8 rounds, within `maxPendingInputs`): a long input never
+/// waits here behind many others while another worker idles.
 #[derive(Debug)]
 pub struct Window {
     run: usize,
     ahead: usize,
+    ahead_min: usize,
+    ahead_max: usize,
     held: usize,
     /// Deliveries whose inputs all have their fate but whose message is still being settled
     /// (results sent, republished inputs waiting out a retry delay).
     settling: usize,
+    /// Inputs finished since `since`: the rate the read ahead follows.
+    finished: usize,
+    since: std::time::Instant,
 }
 
+/// The work a worker keeps queued ahead of its containers, in time at its recent rate.
+pub const READ_AHEAD_FOR: Duration = Duration::from_millis(25);
+
+/// How often the read ahead follows the rate.
+const RATE_EVERY: Duration = Duration::from_millis(100);
+
 impl Window {
-    pub fn for_pool(spec: &berth_core::PoolSpec) -> Self {
+    pub fn for_pool(spec: &berth_core::PoolSpec, now: Instant) -> Self {
         let run = berth_nats::worker_room(spec);
-        let ahead = run.min(spec.max_pending.map_or(usize::MAX, |p| p as usize));
-        Self { run, ahead, held: 0, settling: 0 }
+        let ahead_max = berth_nats::max_read_ahead(spec);
+        let ahead_min = run.min(ahead_max);
+        Self { run, ahead: ahead_min, ahead_min, ahead_max, held: 0, settling: 0, finished: 0, since: now }
     }
 
     /// How many more inputs to pull now.
@@ -348,10 +363,18 @@ impl Window {
         self.held += n;
     }
 
-    /// `n` inputs have their fate; true when this made room where there was none.
-    pub fn release(&mut self, n: usize) -> bool {
+    /// `n` inputs have their fate at `now`; true when this made room where there was none.
+    pub fn release(&mut self, n: usize, now: Instant) -> bool {
         let was_full = self.room() == 0;
         self.held = self.held.saturating_sub(n);
+        self.finished += n;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= RATE_EVERY {
+            let rate = self.finished as f64 / elapsed.as_secs_f64();
+            let want = (rate * READ_AHEAD_FOR.as_secs_f64()).ceil() as usize;
+            self.ahead = want.clamp(self.ahead_min, self.ahead_max);
+            (self.finished, self.since) = (0, now);
+        }
         was_full && self.room() > 0
     }
 
@@ -441,7 +464,7 @@ pub async fn start_worker(
     for (index, (def, policy)) in served.into_iter().zip(policies).enumerate() {
         let pool_names = names(&def.app, &def.name);
         let consumer = broker.worker(&pool_names).await.map_err(broker_error)?;
-        let window = Arc::new((Mutex::new(Window::for_pool(&def.spec)), Notify::new()));
+        let window = Arc::new((Mutex::new(Window::for_pool(&def.spec, Instant::now())), Notify::new()));
         worker.held.push(window.clone());
         worker.pools.push(pool_names.stream.clone());
         let ack_wait = PoolSettings::from_spec(&def.spec, "").ack_wait;
@@ -562,7 +585,7 @@ impl Feeder {
             let mut w = lock(&self.window.0);
             w.settling += 1;
             // notify_one keeps the wake for a feeder that is not waiting yet (it is pulling).
-            if w.release(n) {
+            if w.release(n, Instant::now()) {
                 self.window.1.notify_one();
             }
         }
@@ -677,41 +700,66 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_the_containers_room_and_as_much_read_ahead() {
-        let mut w = Window::for_pool(&spec(2, 4));
+    fn the_window_is_the_containers_room_and_a_round_read_ahead_at_first() {
+        let t = Instant::now();
+        let mut w = Window::for_pool(&spec(2, 4), t);
         assert_eq!(w.room(), 16, "8 running, 8 read ahead");
         w.take(13);
         assert_eq!(w.room(), 3);
         w.take(3);
         assert_eq!(w.room(), 0);
-        assert!(w.release(1), "room again after being full");
-        assert!(!w.release(1), "there was room already");
+        assert!(w.release(1, t), "room again after being full");
+        assert!(!w.release(1, t), "there was room already");
         assert_eq!((w.held(), w.room()), (14, 2));
-        assert_eq!(Window::for_pool(&spec(0, 0)).room(), 2, "never zero: one running, one ahead");
+        assert_eq!(Window::for_pool(&spec(0, 0), t).room(), 2, "never zero: one running, one ahead");
         assert_eq!(
-            Window::for_pool(&spec(u32::MAX, u32::MAX)).room(),
+            Window::for_pool(&spec(u32::MAX, u32::MAX), t).room(),
             2 * berth_nats::broker::MAX_WORKER_ROOM
         );
         // No more read ahead than the local queue takes (maxPendingInputs).
         let mut small_queue = spec(4, 1);
         small_queue.max_pending = Some(1);
-        assert_eq!(Window::for_pool(&small_queue).room(), 5);
+        assert_eq!(Window::for_pool(&small_queue, t).room(), 5);
+    }
+
+    #[test]
+    fn the_read_ahead_follows_how_fast_inputs_finish() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut w = Window::for_pool(&spec(2, 1), t);
+        assert_eq!(w.room(), 4);
+        // 2 inputs a millisecond: 25 ms of them is 50, at most 8 rounds of 2 ahead.
+        w.take(4);
+        for i in 1..=100 {
+            w.take(2);
+            w.release(2, t + ms(i));
+        }
+        assert_eq!((w.held(), w.room()), (4, 2 + 16 - 4));
+        // 2 inputs a second: one round ahead again.
+        w.release(2, t + ms(100) + Duration::from_secs(1));
+        assert_eq!((w.held(), w.room()), (2, 2));
+        // A pool of long inputs (a second each, 8 at once) keeps one round ahead.
+        let mut slow = Window::for_pool(&spec(8, 1), t);
+        slow.take(16);
+        slow.release(8, t + Duration::from_secs(1));
+        assert_eq!(slow.room(), 8);
     }
 
     #[test]
     fn a_pull_asks_for_no_more_full_messages_than_fit() {
-        let mut w = Window::for_pool(&spec(1, 1000));
+        let t = Instant::now();
+        let mut w = Window::for_pool(&spec(1, 1000), t);
         assert_eq!(w.messages(64), 31, "2000 inputs of room: 31 full messages");
         assert_eq!(w.messages(1), 2000);
         w.take(1990);
         assert_eq!(w.messages(64), 1, "some room: one message, however full");
         w.take(10);
         assert_eq!(w.messages(64), 0);
-        let mut busy = Window::for_pool(&spec(1, 1));
+        let mut busy = Window::for_pool(&spec(1, 1), t);
         assert!(!busy.busy());
         busy.take(1);
         busy.settling += 1;
-        busy.release(1);
+        busy.release(1, t);
         assert!(busy.busy(), "a message still settling");
     }
 
