@@ -327,7 +327,11 @@ impl Broker {
     }
 
     /// [`Self::start_publish`] on a pool's `subject`.
-    pub(crate) async fn start_publish_on(&self, subject: &str, inputs: Vec<BrokerInput>) -> Result<PendingPublish, Error> {
+    pub(crate) async fn start_publish_on(
+        &self,
+        subject: &str,
+        inputs: Vec<BrokerInput>,
+    ) -> Result<PendingPublish, Error> {
         let Some(first) = inputs.first() else {
             return Err(Error::new(ErrorKind::Request, "publish_input: no input to publish"));
         };

@@ -233,7 +233,8 @@ mod tests {
     #[test]
     fn one_or_several_results_decode_alike() {
         let a = BrokerResult::value("a", 1, vec![1]);
-        let b = BrokerResult::error("b", 2, BrokerError { name: "E".into(), message: "m".into(), stack: String::new() });
+        let b =
+            BrokerResult::error("b", 2, BrokerError { name: "E".into(), message: "m".into(), stack: String::new() });
         assert_eq!(decode_results(&encode_results(vec![a.clone()])).expect("one"), vec![a.clone()]);
         // One alone is a plain BrokerResult, as decode_result reads it.
         assert_eq!(decode_result(&encode_results(vec![a.clone()])).expect("plain"), a);

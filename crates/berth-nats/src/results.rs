@@ -143,8 +143,8 @@ impl ResultRouter {
                 let mut table = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let now = Instant::now();
                 for result in results {
-                    let dropped = tracing::enabled!(tracing::Level::DEBUG)
-                        .then(|| (result.input_id.clone(), result.attempt));
+                    let dropped =
+                        tracing::enabled!(tracing::Level::DEBUG).then(|| (result.input_id.clone(), result.attempt));
                     let offered = table.offer(result, now);
                     if let Some((id, attempt)) = dropped.filter(|_| offered != Offered::Delivered) {
                         tracing::debug!(input = %id, attempt, ?offered, "result dropped");

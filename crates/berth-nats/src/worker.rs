@@ -166,7 +166,11 @@ impl Delivery {
             return Ok(Settled::Acked);
         }
         if answered == 0 {
-            let delay = if released == again.len() { Duration::ZERO } else { again.iter().map(|(d, _)| *d).max().unwrap_or_default() };
+            let delay = if released == again.len() {
+                Duration::ZERO
+            } else {
+                again.iter().map(|(d, _)| *d).max().unwrap_or_default()
+            };
             self.lease.nak_after(delay).await?;
             return Ok(Settled::Naked);
         }
@@ -177,7 +181,8 @@ impl Delivery {
         let mut i = 0;
         while i < again.len() {
             let delay = again[i].0;
-            let group: Vec<_> = again[i..].iter().take_while(|(d, _)| *d == delay).map(|(_, input)| input.republished()).collect();
+            let group: Vec<_> =
+                again[i..].iter().take_while(|(d, _)| *d == delay).map(|(_, input)| input.republished()).collect();
             i += group.len();
             while start.elapsed() < delay {
                 tokio::time::sleep((delay - start.elapsed()).min(every)).await;

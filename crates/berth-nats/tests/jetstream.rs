@@ -514,7 +514,8 @@ async fn one_retried_input_of_several_runs_again_alone_after_its_delay() {
     let d2 = again.into_iter().next().unwrap();
     let fates = vec![ok(&d2.inputs[0])];
     assert_eq!(d2.settle(&p.broker, fates).await.unwrap(), Settled::Acked);
-    let attempts: Vec<u32> = futures_util::future::join_all(rxs.into_iter().map(result_of)).await.iter().map(|r| r.attempt).collect();
+    let attempts: Vec<u32> =
+        futures_util::future::join_all(rxs.into_iter().map(result_of)).await.iter().map(|r| r.attempt).collect();
     assert_eq!(attempts, [1, 2, 1]);
     assert!(w.pull(10, Duration::from_secs(2)).await.unwrap().is_empty(), "the original message was acked");
 }
@@ -566,7 +567,8 @@ async fn a_message_whose_worker_died_comes_back_whole_and_results_stay_one_per_i
     let d2 = again.into_iter().next().unwrap();
     let fates = d2.inputs.iter().map(ok).collect();
     assert_eq!(d2.settle(&p.broker, fates).await.unwrap(), Settled::Acked);
-    let attempts: Vec<u32> = futures_util::future::join_all(rxs.into_iter().map(result_of)).await.iter().map(|r| r.attempt).collect();
+    let attempts: Vec<u32> =
+        futures_util::future::join_all(rxs.into_iter().map(result_of)).await.iter().map(|r| r.attempt).collect();
     assert_eq!(attempts, [1, 2, 2], "k-0 keeps its first result");
 }
 

@@ -414,7 +414,9 @@ impl Worker {
         // The last results, acks and naks are on their way to the server: a process that exits
         // before its NATS connection wrote them would leave those inputs to run again.
         if tokio::time::timeout(Duration::from_secs(5), self.broker.flush()).await.is_err() {
-            tracing::warn!("berth worker: NATS did not take the last acks within 5 s; those inputs run again elsewhere");
+            tracing::warn!(
+                "berth worker: NATS did not take the last acks within 5 s; those inputs run again elsewhere"
+            );
         }
     }
 }
@@ -712,10 +714,7 @@ mod tests {
         assert!(!w.release(1, t), "there was room already");
         assert_eq!((w.held(), w.room()), (14, 2));
         assert_eq!(Window::for_pool(&spec(0, 0), t).room(), 2, "never zero: one running, one ahead");
-        assert_eq!(
-            Window::for_pool(&spec(u32::MAX, u32::MAX), t).room(),
-            2 * berth_nats::broker::MAX_WORKER_ROOM
-        );
+        assert_eq!(Window::for_pool(&spec(u32::MAX, u32::MAX), t).room(), 2 * berth_nats::broker::MAX_WORKER_ROOM);
         // No more read ahead than the local queue takes (maxPendingInputs).
         let mut small_queue = spec(4, 1);
         small_queue.max_pending = Some(1);
