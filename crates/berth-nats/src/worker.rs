@@ -214,15 +214,28 @@ impl Worker {
     /// nothing to do. Messages that are not berth's are logged and `term`ed, never returned.
     pub async fn pull(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
         let mut out = Vec::new();
-        self.pull_each(max, wait, |d| out.push(d)).await?;
+        if max == 0 {
+            return Ok(out);
+        }
+        let mut push = |d| out.push(d);
+        if self.fetch(max, None, &mut push).await? == 0 {
+            // Block until one arrives (a batch of 1 waits for it; one of `max` would wait for
+            // all of them), then take whatever else is waiting.
+            if self.fetch(1, Some(wait), &mut push).await? > 0 && max > 1 {
+                self.fetch(max - 1, None, &mut push).await?;
+            }
+        }
         Ok(out)
     }
 
-    /// As [`pull`](Self::pull), each delivery handed to `each` as it arrives instead of when the
-    /// pull ends; returns how many. A pull request the server cannot fill at once (the
-    /// consumer's `max_ack_pending` reached by this worker and others together) stays open
-    /// until deliveries are settled: what it delivered must run meanwhile, or no worker settles
-    /// anything (two workers of a pool of many concurrent inputs stalled so).
+    /// As [`pull`](Self::pull), each delivery handed to `each` as it arrives; returns how many.
+    /// With nothing waiting, one pull request for up to `max` stays open for `wait` and hands
+    /// each message over as it comes: a worker whose inputs arrive one by one (calls made one
+    /// after another) gets each without a pull request of its own. A pull request the server
+    /// cannot fill at once (the consumer's `max_ack_pending` reached by this worker and others
+    /// together) stays open until deliveries are settled: what it delivered must run meanwhile,
+    /// or no worker settles anything (two workers of a pool of many concurrent inputs stalled
+    /// so).
     pub async fn pull_each(
         &mut self,
         max: usize,
@@ -232,16 +245,11 @@ impl Worker {
         if max == 0 {
             return Ok(0);
         }
-        let mut n = self.fetch(max, None, &mut each).await?;
-        if n == 0 {
-            // Block until one arrives (a batch of 1 waits for it; one of `max` would wait for
-            // all of them), then take whatever else is waiting.
-            n = self.fetch(1, Some(wait), &mut each).await?;
-            if n > 0 && max > 1 {
-                n += self.fetch(max - 1, None, &mut each).await?;
-            }
+        let n = self.fetch(max, None, &mut each).await?;
+        if n > 0 {
+            return Ok(n);
         }
-        Ok(n)
+        self.fetch(max, Some(wait), &mut each).await
     }
 
     /// One pull request: no waiting when `expires` is `None`. Returns how many deliveries it

@@ -590,3 +590,29 @@ async fn max_deliver_counts_an_inputs_attempts_across_messages() {
     assert!(d2.last_attempt_of(&d2.inputs[0]), "attempt 2 of max_deliver 2: a failure now is final");
     d2.lease.ack().await.unwrap();
 }
+
+/// With nothing waiting, one `pull_each` keeps its pull request open and hands over each message
+/// as it comes, up to its `max`: inputs published one after another reach the worker without a
+/// pull request each (the old pull ended after the first).
+#[tokio::test]
+async fn one_pull_each_hands_over_messages_as_they_come_up_to_its_max() {
+    let Some(p) = Pool::new("stream", &settings(30_000, 3)).await else { return };
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let publisher = {
+        let (broker, names) = (p.broker.clone(), p.names.clone());
+        tokio::spawn(async move {
+            for i in 0..3 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                broker.publish_input(&names, input(&format!("s-{i}"), "")).await.unwrap();
+            }
+        })
+    };
+    let mut got = Vec::new();
+    let n = w.pull_each(3, Duration::from_secs(20), |d| got.push(d)).await.unwrap();
+    assert_eq!(n, 3, "three messages in one pull");
+    assert_eq!(got.iter().map(|d| d.inputs[0].input_id.as_str()).collect::<Vec<_>>(), ["s-0", "s-1", "s-2"]);
+    publisher.await.unwrap();
+    for d in got {
+        d.lease.ack().await.unwrap();
+    }
+}
