@@ -13,8 +13,8 @@ Runs containers for the app's functions and classes (all of them, or each --func
 --app picks one app of a file that defines several) and takes their inputs from the NATS
 JetStream server at --broker, where \`berth serve <file.ts> --broker …\` fronts publish the
 calls they get. Start any number, on any machines that reach the NATS server: each pulls what
-its containers have room for and as much again read ahead, publishes each result to the
-caller's front and only then acknowledges the input. An input whose worker dies is run by another once its ack
+its containers have room for and a read ahead (one round of that room, more while inputs
+finish fast), publishes each result to the caller's front and only then acknowledges the input. An input whose worker dies is run by another once its ack
 deadline (the function's timeout plus 5 s) passes. Generators and web endpoints do not go
 through the broker yet: the front runs them.
 

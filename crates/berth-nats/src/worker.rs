@@ -1,7 +1,7 @@
 //! The worker side: pulling inputs from a pool's durable consumer and settling their leases.
 //!
 //! A worker pulls at most as many messages as it asks for ([`Worker::pull`]; berth-server's
-//! feeder asks for what its containers have room for and as much read ahead), so what it holds
+//! feeder asks for what its containers have room for and a read ahead), so what it holds
 //! is bounded by its own capacity, and the consumer's `max_ack_pending` bounds what all the
 //! pool's workers hold together. Each message is a lease ([`Lease`]): `ack` on
 //! success, `nak_after` with the pool's Retries backoff for a retry, `progress` while a long

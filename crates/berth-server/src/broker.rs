@@ -16,7 +16,7 @@
 //! **Worker** (`berth worker --broker URL`, [`start_worker`]): the control plane's scheduler,
 //! host and supervisor with no caller-facing listener beyond the loopback one its containers
 //! attach to, plus one feeder per pool. A feeder pulls at most what the pool's containers have
-//! room for and as much again read ahead ([`Window`]), submits each input as a local caller
+//! room for and a read ahead ([`Window`]), submits each input as a local caller
 //! would, keeps its lease alive with `progress` while it waits or runs, and settles each input
 //! once the local scheduler decided ([`settle`], then berth-nats `Delivery::settle`): results are
 //! published to the callers' inboxes and then the message acked; a retryable failure runs
