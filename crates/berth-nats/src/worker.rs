@@ -127,7 +127,8 @@ impl Delivery {
     /// Settles the message given each input's fate (`fates[i]` is `inputs[i]`'s):
     /// - every one replied: the results go out (one message per reply inbox), then the ack;
     /// - none replied: the whole message is nak'ed, after the longest retry delay (at once when
-    ///   every input was released), and each input's next delivery is its next attempt;
+    ///   every input was released), and each input's next delivery is its next attempt — unless
+    ///   this is the message's last delivery, when it is republished as below;
     /// - some replied: their results go out; the released inputs are republished at once and
     ///   the retried ones once their delay has passed (the lease is kept alive with `progress`
     ///   meanwhile), each as a new message carrying its spent attempts; then the message is
@@ -165,7 +166,9 @@ impl Delivery {
             self.lease.ack().await?;
             return Ok(Settled::Acked);
         }
-        if answered == 0 {
+        // A nak on the message's last delivery would leave it in the stream for good: what is
+        // released then is republished instead (a retry never comes on a last attempt).
+        if answered == 0 && !self.last_attempt {
             let delay = if released == again.len() {
                 Duration::ZERO
             } else {

@@ -616,3 +616,19 @@ async fn one_pull_each_hands_over_messages_as_they_come_up_to_its_max() {
         d.lease.ack().await.unwrap();
     }
 }
+
+/// An input released on its message's last delivery (`max_deliver` 1 here) is republished, not
+/// nak'ed: a nak then would leave it in the stream, never delivered again and never answered.
+#[tokio::test]
+async fn an_input_released_on_the_last_delivery_is_not_lost() {
+    let Some(p) = Pool::new("lastrelease", &settings(30_000, 1)).await else { return };
+    p.broker.publish_input(&p.names, input("lr-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let got = w.pull(1, Duration::from_secs(5)).await.unwrap().pop().unwrap();
+    assert!(got.last_attempt);
+    assert_eq!(got.settle(&p.broker, vec![Fate::Release]).await.unwrap(), Settled::Republished(1));
+    let again = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.len(), 1, "delivered again");
+    assert_eq!(again[0].inputs[0].attempt, 2);
+    again[0].lease.ack().await.unwrap();
+}
