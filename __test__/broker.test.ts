@@ -154,7 +154,8 @@ test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another 
     for await (const r of square.map(Array.from({ length: n }, (_, i) => i + 1))) results.push(r)
   })()
   const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
-  // A holds as many as its containers have room for (maxContainers 2): they are running.
+  // A holds what its containers have room for (maxContainers 2: running) and as much read
+  // ahead (queued in A): all four.
   await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
   const killed = workerProcesses(p.dir, 'A')
   t.true(killed.length >= 3, 'npx, berth worker and its containers')
@@ -169,6 +170,44 @@ test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another 
   const reran = started('A').map((l) => l.split(' ')[2])
   t.true(reran.every((x) => started('B').some((l) => l.endsWith(` ${x}`))), `the inputs A held ran again on B: ${readFileSync(runs, 'utf8')}`)
   await stopAll(t, p.dir, [front.npx, b.npx])
+})
+
+test.serial('broker mode: a worker stopped with SIGTERM gives back at once the inputs it read ahead and had not started; it finishes the running ones; each input runs once', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const runs = join(p.dir, 'runs')
+  const env = { BROKER_APP: p.app, RUNS: runs }
+  const front = npxServe(t, p.dir, ['--broker', URL], env)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  // A's inputs take 4 s: two run (maxContainers 2), two wait in A, read ahead.
+  const a = await npxWorker(p.dir, 'A', { ...env, SLEEP_MS: '4000' })
+
+  const { App, Function } = await import('berth')
+  App.lookup(p.app, { server: `http://${address}` })
+  const square = Function.fromName<Square>(p.app, 'square')
+  const results: { y: number; by: string }[] = []
+  const mapped = (async () => {
+    for await (const r of square.map([1, 2, 3, 4])) results.push(r)
+  })()
+  const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
+  await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
+  const b = await npxWorker(p.dir, 'B', { ...env, SLEEP_MS: '0' })
+  a.npx.kill('SIGTERM')
+  await within(60_000, mapped, 'the map after A stopped')
+  t.deepEqual(results.map((r) => r.y), [1, 4, 9, 16], 'one result per input, in order')
+  const ranA = started('A').map((l) => l.split(' ')[2])
+  const ranB = started('B').map((l) => l.split(' ')[2])
+  t.is(ranA.length, 2, `A ran only the two it had started: ${readFileSync(runs, 'utf8')}`)
+  t.is(ranB.length, 2, `B ran the two A gave back: ${readFileSync(runs, 'utf8')}`)
+  t.deepEqual([...ranA, ...ranB].sort(), ['1', '2', '3', '4'], 'each input ran once')
+  t.deepEqual(
+    results.map((r) => r.by),
+    [1, 2, 3, 4].map((x) => (ranA.includes(String(x)) ? 'A' : 'B')),
+    'each result is from the worker that ran it',
+  )
+  await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
 })
 
 test.serial('broker mode: a failed attempt runs again after a nak with the Retries backoff, and the caller gets one result: the retry\'s, or the last failure; another version of the app is refused at start', async (t) => {

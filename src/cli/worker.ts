@@ -12,13 +12,14 @@ export const WORKER_HELP = `Usage: berth worker <file.ts> --broker nats://host:4
 Runs containers for the app's functions and classes (all of them, or each --function named;
 --app picks one app of a file that defines several) and takes their inputs from the NATS
 JetStream server at --broker, where \`berth serve <file.ts> --broker …\` fronts publish the
-calls they get. Start any number, on any machines that reach the NATS server: each pulls no
-more inputs than its containers have room for, publishes each result to the caller's front and
-only then acknowledges the input. An input whose worker dies is run by another once its ack
+calls they get. Start any number, on any machines that reach the NATS server: each pulls what
+its containers have room for and a read ahead (one round of that room, more while inputs
+finish fast), publishes each result to the caller's front and only then acknowledges the input. An input whose worker dies is run by another once its ack
 deadline (the function's timeout plus 5 s) passes. Generators and web endpoints do not go
 through the broker yet: the front runs them.
 
-SIGTERM or Ctrl-C stops pulling, lets the inputs it took finish, runs exit hooks and exits; a
+SIGTERM or Ctrl-C stops pulling, gives back at once the inputs it read ahead and had not
+started, lets the running ones finish, runs exit hooks and exits; a
 second Ctrl-C stops at once (inputs it held go to other workers after their ack deadline).
 `
 

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use crate::{
-    envelope::{encode_inputs, BrokerInput, BrokerResult},
+    envelope::{encode_inputs, encode_results, BrokerInput, BrokerResult},
     error::{Error, ErrorKind},
 };
 
@@ -176,7 +176,9 @@ pub struct PoolSettings {
     /// Deliveries of one message at most: the first attempt, the retries, and
     /// [`LOST_DELIVERIES`] for workers lost mid-run.
     pub max_deliver: i64,
-    /// Messages the pool's workers hold unacked at most, all workers together.
+    /// Messages the pool's workers hold unacked at most, all workers together: a bound for the
+    /// server's bookkeeping, not a scheduling rule (each worker bounds what it holds itself,
+    /// berth-server's `Window`).
     pub max_ack_pending: i64,
     /// Identifies the app's code and config (the caller computes it, e.g. a hash of the
     /// bundle); written into the stream's description with berth's version. A stream whose
@@ -186,17 +188,68 @@ pub struct PoolSettings {
 
 impl PoolSettings {
     /// `ack_wait` from the pool's `timeout` (plus [`ACK_WAIT_MARGIN`]), `max_deliver` from its
-    /// retries (`max_retries + 1 + LOST_DELIVERIES`), `max_ack_pending` from its capacity (`max_containers ×
-    /// max_inputs`: what its workers can run at once; each worker pulls no more than its own
-    /// free slots, see [`crate::Worker::pull`]).
+    /// retries (`max_retries + 1 + LOST_DELIVERIES`), `max_ack_pending` from what its workers
+    /// hold: [`WORKERS_AT_FULL_WINDOW`] workers, each holding its containers' room
+    /// ([`worker_room`]) and the most it reads ahead ([`max_read_ahead`]; one message holds at
+    /// least one input).
     pub fn from_spec(spec: &PoolSpec, fingerprint: impl Into<String>) -> Self {
+        let window = i64::try_from(worker_room(spec) + max_read_ahead(spec)).unwrap_or(i64::MAX);
         Self {
             ack_wait: spec.timeout.saturating_add(ACK_WAIT_MARGIN),
             max_deliver: i64::from(spec.retries.max_retries) + 1 + LOST_DELIVERIES,
-            max_ack_pending: (i64::from(spec.max_containers) * i64::from(spec.max_inputs)).max(1),
+            max_ack_pending: window.saturating_mul(WORKERS_AT_FULL_WINDOW),
             fingerprint: fingerprint.into(),
         }
     }
+}
+
+/// Workers of one pool that may each hold a full window (their containers' room and the read
+/// ahead) before the consumer's `max_ack_pending` is reached. More workers still work: a pull
+/// the server cannot fill at once stays open until others settle (`Worker::pull_each`).
+pub const WORKERS_AT_FULL_WINDOW: i64 = 16;
+
+/// A worker's containers' room at most, whatever `maxContainers × maxInputs` says.
+pub const MAX_WORKER_ROOM: usize = 4096;
+
+/// Inputs in one message at most ([`inputs_per_message`]). The berth-nats throughput example
+/// (`examples/throughput.rs`) measured about 55,000 no-op inputs/s end to end with one input
+/// per message, where nats-server's work per message is the bound, and 224,000-344,000 with
+/// 32; more per message gains little and makes a redelivery after a lost worker larger.
+pub const MAX_INPUTS_PER_MESSAGE: usize = 64;
+
+/// Payload bytes of one message at most, the inputs' arguments included; an input larger
+/// than this goes alone (up to the server's `max_payload`, 1 MiB by default).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// What one worker's containers run at once: `maxContainers` containers of `maxInputs` inputs
+/// each, or of a batch of a `@batched()` method's `maxBatchSize` when that is larger; at least
+/// 1, at most [`MAX_WORKER_ROOM`]. `maxContainers` is per worker in broker mode: each worker
+/// scales its own containers within it.
+pub fn worker_room(spec: &PoolSpec) -> usize {
+    let batch = spec.methods.iter().filter_map(|m| m.batching.map(|b| b.max_batch_size)).max().unwrap_or(1);
+    let per_container = spec.max_inputs.max(batch).max(1) as usize;
+    (spec.max_containers.max(1) as usize).saturating_mul(per_container).min(MAX_WORKER_ROOM)
+}
+
+/// Rounds of its containers' room a worker reads ahead at most, when its inputs are short.
+pub const READ_AHEAD_ROUNDS: usize = 8;
+
+/// Inputs a worker may hold beyond its containers' room at most: [`READ_AHEAD_ROUNDS`] times
+/// [`worker_room`], at most [`MAX_WORKER_ROOM`] and the pool's `maxPendingInputs` (the local
+/// queue would refuse more). How much of it a worker uses depends on how fast its inputs finish
+/// (berth-server's `Window`).
+pub fn max_read_ahead(spec: &PoolSpec) -> usize {
+    let room = worker_room(spec);
+    let pending = spec.max_pending.map_or(usize::MAX, |p| p as usize);
+    room.saturating_mul(READ_AHEAD_ROUNDS).min(MAX_WORKER_ROOM).min(pending)
+}
+
+/// How many inputs of the pool a front puts in one message at most: what one worker runs at
+/// once ([`worker_room`]), at most [`MAX_INPUTS_PER_MESSAGE`]. So a message's inputs start
+/// together on the worker that pulled it, none waits there behind another of its message while
+/// other workers are idle, and a lost worker's message redelivers at most one round of work.
+pub fn inputs_per_message(spec: &PoolSpec) -> usize {
+    worker_room(spec).min(MAX_INPUTS_PER_MESSAGE)
 }
 
 /// What `ensure_pool` writes into a stream's description, and expects to find there.
@@ -407,17 +460,34 @@ impl Broker {
     /// [`crate::envelope`]) without waiting for the stream's ack: await the returned
     /// [`PendingPublish`] for it (which publishes again until the stream has it). Many can be in
     /// flight at once, which is what makes a `.map()` fast. The `Nats-Msg-Id` is the input id
-    /// for one input, and the first input's id and the count for several.
+    /// for one input, and the first input's id and the count for several; for inputs
+    /// republished with attempts spent ([`crate::Input::republished`]), the first one's spent
+    /// attempts too, so that the stream's duplicate window does not take a retry for the
+    /// original publish.
     pub async fn start_publish(&self, names: &BrokerNames, inputs: Vec<BrokerInput>) -> Result<PendingPublish, Error> {
+        self.start_publish_on(&names.subject, inputs).await
+    }
+
+    /// [`Self::start_publish`] on a pool's `subject`.
+    pub(crate) async fn start_publish_on(
+        &self,
+        subject: &str,
+        inputs: Vec<BrokerInput>,
+    ) -> Result<PendingPublish, Error> {
         let Some(first) = inputs.first() else {
             return Err(Error::new(ErrorKind::Request, "publish_input: no input to publish"));
         };
-        let msg_id =
-            if inputs.len() == 1 { first.input_id.clone() } else { format!("{}+{}", first.input_id, inputs.len()) };
+        let mut msg_id = first.input_id.clone();
+        if inputs.len() > 1 {
+            msg_id = format!("{msg_id}+{}", inputs.len());
+        }
+        if first.attempt > 0 {
+            msg_id = format!("{msg_id}@{}", first.attempt);
+        }
         let n = inputs.len();
         let mut pending = PendingPublish {
             js: self.js.clone(),
-            subject: names.subject.clone(),
+            subject: subject.to_string(),
             payload: encode_inputs(inputs),
             msg_id,
             n,
@@ -437,7 +507,35 @@ impl Broker {
     /// `lease`, the input's, is kept alive meanwhile. An error when the front did not confirm
     /// within the [`Patience`] (no front subscribed to the inbox for `front_gone`: it is gone).
     pub async fn reply(&self, reply: &str, result: &BrokerResult, lease: Option<&crate::Lease>) -> Result<(), Error> {
-        let payload = Bytes::from(result.encode_to_vec());
+        let what = format!("input {}", result.input_id);
+        self.send_confirmed(reply, Bytes::from(result.encode_to_vec()), &what, lease).await
+    }
+
+    /// Sends several results to one reply inbox in one message ([`crate::envelope::encode_results`]),
+    /// as [`Self::reply`] sends one: what a worker does with the results of one delivery that go
+    /// to the same front. The front confirms the message once, for all of them.
+    pub async fn reply_many(
+        &self,
+        reply: &str,
+        results: Vec<BrokerResult>,
+        lease: Option<&crate::Lease>,
+    ) -> Result<(), Error> {
+        let what = match results.as_slice() {
+            [one] => format!("input {}", one.input_id),
+            [first, ..] => format!("{} inputs from {}", results.len(), first.input_id),
+            [] => return Ok(()),
+        };
+        self.send_confirmed(reply, encode_results(results), &what, lease).await
+    }
+
+    /// `payload` (the result of `what`) to `reply`, sent again until the front confirms it.
+    async fn send_confirmed(
+        &self,
+        reply: &str,
+        payload: Bytes,
+        what: &str,
+        lease: Option<&crate::Lease>,
+    ) -> Result<(), Error> {
         let p = self.patience;
         let confirms = self
             .confirms
@@ -471,9 +569,8 @@ impl Broker {
                         return Err(Error::new(
                             ErrorKind::Request,
                             format!(
-                                "NATS: no front has listened on {reply} for {} s: the front that published input {} is gone, and the input's result with it",
+                                "NATS: no front has listened on {reply} for {} s: the front that published {what} is gone, and the result with it",
                                 p.front_gone.as_secs(),
-                                result.input_id
                             ),
                         ));
                     }
@@ -493,14 +590,13 @@ impl Broker {
             if since.elapsed() >= p.result {
                 return Err(Error::request(
                     format!(
-                        "sending the result of input {} to {reply} (no confirmation within {} s)",
-                        result.input_id,
+                        "sending the result of {what} to {reply} (no confirmation within {} s)",
                         p.result.as_secs()
                     ),
                     why,
                 ));
             }
-            tracing::debug!(input = %result.input_id, %reply, why, "result not confirmed; sending it again");
+            tracing::debug!(what, %reply, why, "result not confirmed; sending it again");
             if let Some(lease) = lease {
                 // Errors here are the same unreachable server: the next send reports it.
                 let _ = lease.progress().await;
@@ -526,7 +622,7 @@ impl Broker {
             .get_consumer(&names.consumer)
             .await
             .map_err(|e| Error::request(format!("opening consumer {} of {}", names.consumer, names.stream), e))?;
-        Ok(crate::Worker::new(consumer, names.stream.clone()))
+        Ok(crate::Worker::new(consumer, names.stream.clone(), names.subject.clone()))
     }
 }
 
@@ -639,7 +735,23 @@ mod tests {
         let s = PoolSettings::from_spec(&spec, "fp");
         assert_eq!(s.ack_wait, Duration::from_secs(65));
         assert_eq!(s.max_deliver, 4 + LOST_DELIVERIES);
-        assert_eq!(s.max_ack_pending, 32);
+        // 16 workers, each with its 4 × 8 running and up to 8 times as many read ahead.
+        assert_eq!(s.max_ack_pending, 16 * 9 * 32);
+        assert_eq!((worker_room(&spec), inputs_per_message(&spec)), (32, 32));
+        spec.max_inputs = 1000;
+        assert_eq!((worker_room(&spec), inputs_per_message(&spec)), (4000, MAX_INPUTS_PER_MESSAGE));
+        spec.max_inputs = 5000;
+        assert_eq!(worker_room(&spec), MAX_WORKER_ROOM);
+        // A @batched() method's containers take a batch each.
+        spec.max_inputs = 1;
+        spec.max_containers = 3;
+        spec.methods.push(MethodSpec {
+            batching: Some(berth_core::Batching::new(16, Duration::ZERO).expect("valid")),
+            no_retries: false,
+        });
+        assert_eq!((worker_room(&spec), inputs_per_message(&spec)), (48, 48));
+        // Default spec: one container of one input: one input per message.
+        assert_eq!(inputs_per_message(&PoolSpec::new("f", vec![MethodSpec::default()])), 1);
         assert_eq!(s.fingerprint, "fp");
         let d = stream_description("my-app", "fp");
         assert!(d.starts_with("berth ") && d.ends_with(" app=my-app fingerprint=fp"), "{d}");

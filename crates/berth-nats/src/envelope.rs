@@ -10,14 +10,22 @@
 //! version it does not know instead of misreading it.
 //!
 //! One JetStream message carries one input or several ([`BrokerInputs`]). A message is one
-//! lease in JetStream: it is acked, nak'ed, redelivered and termed as a whole. Per-input acks
-//! stay honest with several inputs in a message only when the inputs succeed or fail together
-//! (a `@batched()` method's batch, which runs as one execution) or when the worker acks the
-//! message only after every input in it is settled, republishing an input that needs a retry
-//! as a message of its own with its `attempt` carried forward — the `attempt` field exists for
-//! that. A nak of a multi-input message runs its finished inputs again; their results are
-//! dropped by the front ([`crate::ResultRouter`]), but their side effects are not undone, so
-//! fronts publish one input per message unless one of those conditions holds.
+//! lease in JetStream: it is acked, nak'ed, redelivered and termed as a whole. Fronts put
+//! several inputs of one pool that are ready at once in one message (berth-server's
+//! `broker.rs`, `publish`; at most [`crate::broker::inputs_per_message`]), and per-input
+//! semantics stay honest because a worker settles each input on its own
+//! ([`crate::Delivery::settle`]): the message is acked only once every input in it has its
+//! result or has been republished, and an input that must run again (a retry, or one the
+//! worker could not start) is republished alone, as a new message carrying the attempts it
+//! spent (`attempt`, [`Input::republished`]); the inputs that finished do not run again.
+//! What stays per message: a worker that dies mid-message loses the whole lease, and JetStream
+//! delivers the whole message again after its ack deadline, finished inputs included (at least
+//! once: the front drops their second results, [`crate::ResultRouter`], but side effects are
+//! not undone).
+//!
+//! Results go back one per input ([`BrokerResult`]) or several for one reply inbox in one core
+//! NATS message ([`BrokerResults`], [`decode_results`] reads either); the caller still gets one
+//! result per input.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -29,7 +37,7 @@ use crate::error::{Error, ErrorKind};
 mod pb {
     include!(concat!(env!("OUT_DIR"), "/berth.v1.rs"));
 }
-pub use pb::{broker_result::Outcome, BrokerError, BrokerInput, BrokerInputs, BrokerResult};
+pub use pb::{broker_result::Outcome, BrokerError, BrokerInput, BrokerInputs, BrokerResult, BrokerResults};
 
 /// The envelope version this crate writes and reads.
 pub const VERSION: u32 = 1;
@@ -50,6 +58,24 @@ pub struct Input {
     pub deadline: Option<SystemTime>,
     /// A class's parameters (CBOR map, canonical); empty for a function.
     pub params: Bytes,
+}
+
+impl Input {
+    /// This input as a new message carries it when it must run again apart from the others of
+    /// its message (a retry, or a release by a stopping worker): the attempts it spent so far
+    /// travel in `attempt`, so its next delivery is attempt `self.attempt + 1`, as after a nak.
+    pub fn republished(&self) -> BrokerInput {
+        BrokerInput {
+            input_id: self.input_id.clone(),
+            function_call_id: self.function_call_id.clone(),
+            attempt: self.attempt,
+            method: self.method.clone(),
+            args: self.args.to_vec(),
+            reply: self.reply.clone(),
+            deadline_unix_ms: self.deadline.map_or(0, unix_ms),
+            params: self.params.to_vec(),
+        }
+    }
 }
 
 /// Milliseconds since the epoch of `t` (0 when before it), as the envelope carries deadlines.
@@ -102,6 +128,35 @@ fn known_version(what: &str, version: u32) -> Result<(), Error> {
             "{what} version {version} (this berth reads {VERSION}); run the same berth version on fronts and workers"
         ),
     ))
+}
+
+/// Encodes results for one reply inbox: a [`BrokerResult`] when there is one, else one
+/// [`BrokerResults`].
+pub fn encode_results(mut results: Vec<BrokerResult>) -> Bytes {
+    if results.len() == 1 {
+        if let Some(r) = results.pop() {
+            return Bytes::from(r.encode_to_vec());
+        }
+    }
+    Bytes::from(BrokerResults { version: VERSION, results }.encode_to_vec())
+}
+
+/// Decodes what a worker published to a reply inbox: one [`BrokerResult`] or a
+/// [`BrokerResults`] (told apart by field 6, which only the latter has).
+pub fn decode_results(payload: &[u8]) -> Result<Vec<BrokerResult>, Error> {
+    if let Ok(many) = BrokerResults::decode(payload) {
+        if !many.results.is_empty() {
+            known_version("results", many.version)?;
+            for r in &many.results {
+                known_version("result", r.version)?;
+                if r.input_id.is_empty() {
+                    return Err(Error::new(ErrorKind::Decode, "result without an input id"));
+                }
+            }
+            return Ok(many.results);
+        }
+    }
+    decode_result(payload).map(|r| vec![r])
 }
 
 /// Decodes a result published to a reply inbox.
@@ -163,6 +218,32 @@ mod tests {
         }
         let other_version = BrokerInputs { version: 9, inputs: vec![input("a", 0)] }.encode_to_vec();
         assert!(decode_inputs(&other_version, 1).expect_err("v9").message.contains("version 9"));
+    }
+
+    #[test]
+    fn a_republished_input_carries_its_spent_attempts() {
+        let got = decode_inputs(&encode_inputs(vec![input("a", 0), input("b", 0)]), 2).expect("decodes");
+        // Attempt 2 of "b" failed: alone in a new message, its next delivery is attempt 3.
+        let again = decode_inputs(&encode_inputs(vec![got[1].republished()]), 1).expect("decodes");
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].input_id.as_str(), again[0].attempt), ("b", 3));
+        assert_eq!(Input { attempt: 2, ..again[0].clone() }, got[1]);
+    }
+
+    #[test]
+    fn one_or_several_results_decode_alike() {
+        let a = BrokerResult::value("a", 1, vec![1]);
+        let b =
+            BrokerResult::error("b", 2, BrokerError { name: "E".into(), message: "m".into(), stack: String::new() });
+        assert_eq!(decode_results(&encode_results(vec![a.clone()])).expect("one"), vec![a.clone()]);
+        // One alone is a plain BrokerResult, as decode_result reads it.
+        assert_eq!(decode_result(&encode_results(vec![a.clone()])).expect("plain"), a);
+        assert_eq!(decode_results(&encode_results(vec![a.clone(), b.clone()])).expect("two"), vec![a.clone(), b]);
+        // Several are not mistaken for one result (no input id at field 2).
+        assert!(decode_result(&encode_results(vec![a.clone(), a.clone()])).is_err());
+        assert!(decode_results(b"junk junk").is_err());
+        let v9 = BrokerResults { version: 9, results: vec![a.clone(), a] }.encode_to_vec();
+        assert!(decode_results(&v9).expect_err("v9").message.contains("version 9"));
     }
 
     #[test]

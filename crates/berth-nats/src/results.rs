@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     broker::Broker,
-    envelope::{decode_result, BrokerResult},
+    envelope::{decode_results, BrokerResult},
     error::Error,
 };
 
@@ -168,20 +168,25 @@ impl ResultRouter {
     /// A confirmation lost (a reconnect) makes the worker send the result again, confirmed as
     /// a duplicate then.
     fn take(table: &Mutex<ResultTable>, msg: async_nats::Message, confirms: &mut HashMap<String, Vec<u8>>) {
-        let result = match decode_result(&msg.payload) {
+        // One result, or several of one worker's delivery (crate::envelope): confirmed together.
+        let results = match decode_results(&msg.payload) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(subject = %msg.subject, error = %e, "dropped a message on the result inbox");
                 return;
             }
         };
-        let (id, attempt) = (result.input_id.clone(), result.attempt);
-        let offered = match table.lock() {
-            Ok(mut table) => table.offer(result, Instant::now()),
-            Err(poisoned) => poisoned.into_inner().offer(result, Instant::now()),
-        };
-        if offered != Offered::Delivered {
-            tracing::debug!(input = %id, attempt, ?offered, "result dropped");
+        {
+            let mut table = table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            for result in results {
+                let dropped =
+                    tracing::enabled!(tracing::Level::DEBUG).then(|| (result.input_id.clone(), result.attempt));
+                let offered = table.offer(result, now);
+                if let Some((id, attempt)) = dropped.filter(|_| offered != Offered::Delivered) {
+                    tracing::debug!(input = %id, attempt, ?offered, "result dropped");
+                }
+            }
         }
         // `<prefix>.<token>`: the token joins the prefix's list.
         if let Some((prefix, token)) = msg.reply.as_deref().and_then(|r| r.rsplit_once('.')) {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use berth_core::broker::{names, BrokerNames};
-use berth_nats::{Broker, BrokerInput, BrokerResult, ErrorKind, PoolSettings};
+use berth_nats::{Broker, BrokerInput, BrokerResult, ErrorKind, Fate, PoolSettings, Settled};
 
 const URL: &str = "nats://127.0.0.1:4222";
 
@@ -655,4 +655,166 @@ async fn a_result_sent_while_the_server_restarts_reaches_the_front() {
     assert!(w.pull(1, SHORT).await.unwrap().is_empty(), "acked after the result was confirmed");
     drop(server);
     let _ = std::fs::remove_dir_all(&store);
+}
+
+/// Three inputs in one message, published as a front does, pulled by one worker.
+async fn three_in_one(p: &Pool, router: &berth_nats::ResultRouter, tag: &str) -> berth_nats::Delivery {
+    let batch = (0..3).map(|i| input(&format!("{tag}-{i}"), router.inbox())).collect::<Vec<_>>();
+    p.broker.start_publish(&p.names, batch).await.unwrap().wait().await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let mut got = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got.len(), 1, "one message");
+    let d = got.pop().unwrap();
+    assert_eq!(d.inputs.iter().map(|i| i.attempt).collect::<Vec<_>>(), [1, 1, 1]);
+    d
+}
+
+fn ok(i: &berth_nats::Input) -> Fate {
+    Fate::Reply(BrokerResult::value(&i.input_id, i.attempt, vec![i.attempt as u8]))
+}
+
+async fn result_of(rx: tokio::sync::oneshot::Receiver<BrokerResult>) -> BrokerResult {
+    tokio::time::timeout(Duration::from_secs(10), rx).await.expect("a result within 10 s").expect("router alive")
+}
+
+/// One input of three fails with a retry left: it alone runs again, as its next attempt, after
+/// the Retries delay; the two that finished are not delivered again, and each input has one
+/// result at the caller.
+#[tokio::test]
+async fn one_retried_input_of_several_runs_again_alone_after_its_delay() {
+    let Some(p) = Pool::new("retryone", &settings(30_000, 3)).await else { return };
+    let router = berth_nats::ResultRouter::start(&p.broker).await.unwrap();
+    let rxs: Vec<_> = (0..3).map(|i| router.register(format!("r1-{i}"))).collect();
+    let d = three_in_one(&p, &router, "r1").await;
+    let fates = vec![ok(&d.inputs[0]), Fate::Retry(Duration::from_millis(1000)), ok(&d.inputs[2])];
+    let t = Instant::now();
+    assert_eq!(d.settle(&p.broker, fates).await.unwrap(), Settled::Republished(1));
+    assert!(t.elapsed() >= Duration::from_millis(900), "republished after the delay, not {:?}", t.elapsed());
+
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let again = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    let ids: Vec<_> = again[0].inputs.iter().map(|i| (i.input_id.as_str(), i.attempt)).collect();
+    assert_eq!(ids, [("r1-1", 2)], "only the failed input, as attempt 2");
+    assert!(!again[0].last_attempt_of(&again[0].inputs[0]));
+    let d2 = again.into_iter().next().unwrap();
+    let fates = vec![ok(&d2.inputs[0])];
+    assert_eq!(d2.settle(&p.broker, fates).await.unwrap(), Settled::Acked);
+    let attempts: Vec<u32> =
+        futures_util::future::join_all(rxs.into_iter().map(result_of)).await.iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, [1, 2, 1]);
+    assert!(w.pull(10, Duration::from_secs(2)).await.unwrap().is_empty(), "the original message was acked");
+}
+
+/// A stopping worker releases the inputs of a message it did not start: they are back in the
+/// stream at once (no ack deadline to wait), the one it finished is not; when it started none,
+/// the whole message goes back at once.
+#[tokio::test]
+async fn released_inputs_come_back_at_once_and_finished_ones_do_not() {
+    let Some(p) = Pool::new("release", &settings(30_000, 5)).await else { return };
+    let router = berth_nats::ResultRouter::start(&p.broker).await.unwrap();
+    let first = router.register("rl-0");
+    let d = three_in_one(&p, &router, "rl").await;
+    let fates = vec![ok(&d.inputs[0]), Fate::Release, Fate::Release];
+    assert_eq!(d.settle(&p.broker, fates).await.unwrap(), Settled::Republished(2));
+    assert_eq!(result_of(first).await.attempt, 1);
+
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let again = w.pull(10, SHORT * 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    let ids: Vec<_> = again[0].inputs.iter().map(|i| (i.input_id.as_str(), i.attempt)).collect();
+    assert_eq!(ids, [("rl-1", 2), ("rl-2", 2)]);
+    // Released again, all of them: the message is nak'ed whole, back at once.
+    let d2 = again.into_iter().next().unwrap();
+    assert_eq!(d2.settle(&p.broker, vec![Fate::Release, Fate::Release]).await.unwrap(), Settled::Naked);
+    let third = w.pull(10, SHORT * 10).await.unwrap();
+    let ids: Vec<_> = third[0].inputs.iter().map(|i| (i.input_id.as_str(), i.attempt)).collect();
+    assert_eq!(ids, [("rl-1", 3), ("rl-2", 3)]);
+    third[0].lease.ack().await.unwrap();
+}
+
+/// A worker that dies mid-message (it sent one input's result, settled nothing) loses the whole
+/// lease: after `ack_wait` the whole message comes back, each input as its next attempt, and
+/// the caller still has one result per input (the finished input's second result is dropped).
+#[tokio::test]
+async fn a_message_whose_worker_died_comes_back_whole_and_results_stay_one_per_input() {
+    let Some(p) = Pool::new("killed", &settings(1000, 5)).await else { return };
+    let router = berth_nats::ResultRouter::start(&p.broker).await.unwrap();
+    let rxs: Vec<_> = (0..3).map(|i| router.register(format!("k-{i}"))).collect();
+    let d = three_in_one(&p, &router, "k").await;
+    let i0 = &d.inputs[0];
+    p.broker.reply(&i0.reply, &BrokerResult::value(&i0.input_id, i0.attempt, vec![1]), None).await.unwrap();
+    drop(d); // the worker dies: no ack, no nak
+
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let again = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.len(), 1, "redelivered after ack_wait");
+    assert_eq!(again[0].inputs.iter().map(|i| i.attempt).collect::<Vec<_>>(), [2, 2, 2], "whole, each as attempt 2");
+    let d2 = again.into_iter().next().unwrap();
+    let fates = d2.inputs.iter().map(ok).collect();
+    assert_eq!(d2.settle(&p.broker, fates).await.unwrap(), Settled::Acked);
+    let attempts: Vec<u32> =
+        futures_util::future::join_all(rxs.into_iter().map(result_of)).await.iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, [1, 2, 2], "k-0 keeps its first result");
+}
+
+/// `max_deliver` counts an input's attempts over every message that held it: an input
+/// republished after its first attempt is on its last attempt in its new message's first
+/// delivery when `max_deliver` is 2.
+#[tokio::test]
+async fn max_deliver_counts_an_inputs_attempts_across_messages() {
+    let Some(p) = Pool::new("attempts", &settings(30_000, 2)).await else { return };
+    let router = berth_nats::ResultRouter::start(&p.broker).await.unwrap();
+    let d = three_in_one(&p, &router, "md").await;
+    assert!(!d.last_attempt_of(&d.inputs[0]));
+    let fates = vec![ok(&d.inputs[0]), Fate::Retry(Duration::ZERO), ok(&d.inputs[2])];
+    assert_eq!(d.settle(&p.broker, fates).await.unwrap(), Settled::Republished(1));
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let again = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    let d2 = &again[0];
+    assert_eq!((d2.delivered, d2.last_attempt, d2.inputs[0].attempt), (1, false, 2));
+    assert!(d2.last_attempt_of(&d2.inputs[0]), "attempt 2 of max_deliver 2: a failure now is final");
+    d2.lease.ack().await.unwrap();
+}
+
+/// With nothing waiting, one `pull_each` keeps its pull request open and hands over each message
+/// as it comes, up to its `max`: inputs published one after another reach the worker without a
+/// pull request each (the old pull ended after the first).
+#[tokio::test]
+async fn one_pull_each_hands_over_messages_as_they_come_up_to_its_max() {
+    let Some(p) = Pool::new("stream", &settings(30_000, 3)).await else { return };
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let publisher = {
+        let (broker, names) = (p.broker.clone(), p.names.clone());
+        tokio::spawn(async move {
+            for i in 0..3 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                broker.publish_input(&names, input(&format!("s-{i}"), "")).await.unwrap();
+            }
+        })
+    };
+    let mut got = Vec::new();
+    let n = w.pull_each(3, Duration::from_secs(20), |d| got.push(d)).await.unwrap();
+    assert_eq!(n, 3, "three messages in one pull");
+    assert_eq!(got.iter().map(|d| d.inputs[0].input_id.as_str()).collect::<Vec<_>>(), ["s-0", "s-1", "s-2"]);
+    publisher.await.unwrap();
+    for d in got {
+        d.lease.ack().await.unwrap();
+    }
+}
+
+/// An input released on its message's last delivery (`max_deliver` 1 here) is republished, not
+/// nak'ed: a nak then would leave it in the stream, never delivered again and never answered.
+#[tokio::test]
+async fn an_input_released_on_the_last_delivery_is_not_lost() {
+    let Some(p) = Pool::new("lastrelease", &settings(30_000, 1)).await else { return };
+    p.broker.publish_input(&p.names, input("lr-1", "")).await.unwrap();
+    let mut w = p.broker.worker(&p.names).await.unwrap();
+    let got = w.pull(1, Duration::from_secs(5)).await.unwrap().pop().unwrap();
+    assert!(got.last_attempt);
+    assert_eq!(got.settle(&p.broker, vec![Fate::Release]).await.unwrap(), Settled::Republished(1));
+    let again = w.pull(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(again.len(), 1, "delivered again");
+    assert_eq!(again[0].inputs[0].attempt, 2);
+    again[0].lease.ack().await.unwrap();
 }

@@ -8,6 +8,7 @@
 //! to the local scheduler: `FunctionsSvc::submit_many` hands it to [`divert`], which publishes
 //! it on its pool's subject with the front's result inbox as the reply, and answers the
 //! waiter from the [`ResultRouter`] (first result per input; JetStream delivers at least once).
+//! Inputs of the same pool that are ready at once share a message ([`publish`]).
 //! At most [`FRONT_WINDOW`] inputs are in flight per front: results come back on core NATS,
 //! at most once, into a bounded inbox buffer. Generators and web requests are not through the
 //! broker yet: the front runs them in containers of its own, as without `--broker`.
@@ -15,20 +16,29 @@
 //! **Worker** (`berth worker --broker URL`, [`start_worker`]): the control plane's scheduler,
 //! host and supervisor with no caller-facing listener beyond the loopback one its containers
 //! attach to, plus one feeder per pool. A feeder pulls at most what the pool's containers have
-//! room for ([`Window`]), submits each input as a local caller would, keeps its lease alive
-//! with `progress` while it waits or runs, and settles it once the local scheduler decided
-//! ([`settle`]): the result is sent to the caller's inbox, and the message acked once the front
-//! confirmed it (`berth_nats::Broker::reply`: a result lost in a NATS restart is sent again); a
-//! retryable failure is nak'ed with the function's Retries backoff (the retry may run on any
-//! worker); an input the worker could not run (it is stopping) is nak'ed at once, for another.
-//! Local pools run with no retries of their own: JetStream's redelivery is the retry.
+//! room for and a read ahead ([`Window`]), submits each input as a local caller
+//! would, keeps its lease alive with `progress` while it waits or runs, and settles each input
+//! once the local scheduler decided ([`settle`], then berth-nats `Delivery::settle`): results are
+//! sent to the callers' inboxes and the message acked once each front confirmed its results
+//! (`berth_nats::Broker::reply_many`: a result lost in a NATS restart is sent again); a
+//! retryable failure runs again after the function's Retries backoff, on any worker; an input
+//! the worker could not run (it is stopping: what it read ahead is withdrawn from the local
+//! queue) goes back at once, for another. With several inputs in a message, an input that runs
+//! again is republished alone and the others are not run again. Local pools run with no retries
+//! of their own: JetStream's redelivery, or the republish, is the retry.
+//!
+//! **Throughput** (issue 12): a front puts the inputs of one pool that are ready at once in one
+//! message (up to `berth_nats::inputs_per_message`: what one worker runs at once, at most 64),
+//! a worker replies the results of one message to one front in one NATS message, confirmed by
+//! the front once, and acks once per message; nats-server's work per message, not per input,
+//! is what bounds the rate.
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use std::{collections::HashSet, io};
 
 use berth_core::broker::{names, BrokerNames};
-use berth_core::{InputId, Outcome, PoolId, RetryPolicy};
-use berth_nats::{Broker, BrokerError, BrokerInput, BrokerResult, Delivery, PoolSettings, ResultRouter};
+use berth_core::{Command, InputId, Outcome, PoolId, RetryPolicy};
+use berth_nats::{Broker, BrokerError, BrokerInput, BrokerResult, Delivery, Fate, PoolSettings, ResultRouter};
 use berth_proto::v1::{self as pb, result::Outcome as PbOutcome};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
@@ -71,11 +81,13 @@ pub(crate) struct Front {
     inbox: String,
     /// Tells input ids of this front from every other's (they are JetStream message ids).
     prefix: String,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
+    outgoing: mpsc::UnboundedSender<Vec<Outgoing>>,
 }
 
 struct Outgoing {
-    names: BrokerNames,
+    names: Arc<BrokerNames>,
+    /// The pool's inputs per message at most (`berth_nats::inputs_per_message`).
+    per_message: usize,
     input: BrokerInput,
     local: InputId,
     waiter: Waiter,
@@ -122,10 +134,12 @@ pub(crate) fn divert(
     let Some((def, params)) = st.pools.get(&pool).and_then(|p| Some((shared.def(p.def)?, p.params.clone()))) else {
         return Err(inputs);
     };
-    let pool_names = names(&def.app, &def.name);
+    let pool_names = Arc::new(names(&def.app, &def.name));
+    let per_message = berth_nats::inputs_per_message(&def.spec);
     let method_name =
         if def.is_class { def.methods.get(method as usize).cloned().unwrap_or_default() } else { String::new() };
     let mut last = 0;
+    let mut out = Vec::with_capacity(inputs.len());
     for (args, waiter) in inputs {
         st.next_input += 1;
         last = st.next_input;
@@ -140,45 +154,108 @@ pub(crate) fn divert(
             deadline_unix_ms: 0,
             params: params.clone(),
         };
-        let _ = front.outgoing.send(Outgoing { names: pool_names.clone(), input, local: last, waiter, spawned });
+        out.push(Outgoing { names: pool_names.clone(), per_message, input, local: last, waiter, spawned });
     }
+    let _ = front.outgoing.send(out);
     if let Some(slot) = st.calls.get_mut(fc) {
         slot.input = last;
     }
     Ok(last)
 }
 
-/// The front's publisher: each input registered with the router, published, its stream ack
-/// and then its result awaited, at most [`FRONT_WINDOW`] at once.
-async fn publish(broker: Broker, router: Arc<ResultRouter>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+/// Inputs the publisher takes from its queue at once at most before it publishes them.
+const READY_AT_ONCE: usize = 4096;
+
+/// The front's publisher. It takes every input that is ready (never waiting for more, so a lone
+/// `.remote()` goes at once), puts those of the same pool together in messages of at most the
+/// pool's `inputs_per_message` and [`berth_nats::broker::MAX_MESSAGE_BYTES`], registers each
+/// input with the router, publishes, and answers each input's waiter when its result comes.
+/// At most [`FRONT_WINDOW`] inputs are in flight.
+async fn publish(broker: Broker, router: Arc<ResultRouter>, mut rx: mpsc::UnboundedReceiver<Vec<Outgoing>>) {
     let window = Arc::new(Semaphore::new(FRONT_WINDOW));
-    while let Some(out) = rx.recv().await {
-        let Ok(permit) = window.clone().acquire_owned().await else { return };
-        let id = out.input.input_id.clone();
-        let result = router.register(id.clone());
-        let names = out.names.clone();
-        let Outgoing { input, local, waiter, spawned, .. } = out;
-        let pending = broker.start_publish(&names, vec![input]).await;
-        let router = router.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let answer = match pending {
-                Err(e) => Err(e),
-                Ok(p) => p.wait().await.map(|_| ()),
-            };
-            let result = match answer {
-                Err(e) => {
-                    router.forget(&id);
-                    error("Error", e.message)
+    let mut ready: Vec<Outgoing> = Vec::new();
+    // Messages being filled, one per pool (by subject); few pools are ready at once.
+    let mut open: Vec<(Vec<Outgoing>, usize)> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        ready.extend(first);
+        while ready.len() < READY_AT_ONCE {
+            match rx.try_recv() {
+                Ok(more) => ready.extend(more),
+                Err(_) => break,
+            }
+        }
+        for out in ready.drain(..) {
+            let bytes = out.input.args.len() + out.input.params.len() + out.input.input_id.len() + 64;
+            let at = match open.iter().position(|(m, _)| m[0].names.subject == out.names.subject) {
+                Some(at) => at,
+                None => {
+                    open.push((Vec::with_capacity(out.per_message), 0));
+                    open.len() - 1
                 }
-                Ok(()) => match result.await {
-                    Ok(r) => to_pb(r),
-                    Err(_) => error("Error", "the front stopped before the input's result came"),
-                },
+            };
+            let (message, size) = &mut open[at];
+            if !message.is_empty()
+                && (message.len() >= out.per_message || *size + bytes > berth_nats::broker::MAX_MESSAGE_BYTES)
+            {
+                let full = std::mem::take(message);
+                *size = 0;
+                send_message(&broker, &router, &window, full).await;
+            }
+            let (message, size) = &mut open[at];
+            message.push(out);
+            *size += bytes;
+        }
+        for (message, _) in open.drain(..) {
+            if !message.is_empty() {
+                send_message(&broker, &router, &window, message).await;
+            }
+        }
+    }
+}
+
+/// Publishes one message of a pool's inputs and answers each waiter as its result comes.
+async fn send_message(broker: &Broker, router: &Arc<ResultRouter>, window: &Arc<Semaphore>, message: Vec<Outgoing>) {
+    let n = message.len();
+    let Ok(permits) = window.clone().acquire_many_owned(n as u32).await else { return };
+    // Given back one by one as results come (add_permits), not all at the message's end.
+    permits.forget();
+    let names = message[0].names.clone();
+    let mut inputs = Vec::with_capacity(n);
+    let mut waiting = Vec::with_capacity(n);
+    for out in message {
+        let Outgoing { input, local, waiter, spawned, .. } = out;
+        let result = router.register(input.input_id.clone());
+        waiting.push((input.input_id.clone(), result, local, waiter, spawned));
+        inputs.push(input);
+    }
+    let pending = broker.start_publish(&names, inputs).await;
+    let (router, window) = (router.clone(), window.clone());
+    tokio::spawn(async move {
+        let published = match pending {
+            Err(e) => Err(e),
+            Ok(p) => p.wait().await.map(|_| ()),
+        };
+        if let Err(e) = published {
+            for (id, _, local, waiter, spawned) in waiting {
+                router.forget(&id);
+                answer_waiter(spawned, local, waiter, error("Error", e.message.clone()));
+            }
+            window.add_permits(n);
+            return;
+        }
+        let mut results: futures_util::stream::FuturesUnordered<_> = waiting
+            .into_iter()
+            .map(|(_, result, local, waiter, spawned)| async move { (result.await, local, waiter, spawned) })
+            .collect();
+        while let Some((result, local, waiter, spawned)) = futures_util::StreamExt::next(&mut results).await {
+            let result = match result {
+                Ok(r) => to_pb(r),
+                Err(_) => error("Error", "the front stopped before the input's result came"),
             };
             answer_waiter(spawned, local, waiter, result);
-        });
-    }
+            window.add_permits(1);
+        }
+    });
 }
 
 /// A result from a worker as the control plane's callers get it.
@@ -232,49 +309,90 @@ pub fn settle(outcome: Option<Outcome>, attempt: u32, retries: u32, last_attempt
     }
 }
 
-/// A worker's pool holds at most this many inputs, however many containers it may start.
-pub const MAX_WINDOW: usize = 4096;
-
 /// How many inputs a worker's pool may hold at once (pulled, not yet settled): what its
-/// containers have room for, so that what it pulls runs now and the rest stays in the
-/// stream for other workers.
+/// containers have room for (`berth_nats::worker_room`) and some read ahead, so that a
+/// container that finishes an input finds the next one waiting in the local queue instead of
+/// idling for a pull round trip — or for the worker's own turn on a core its containers keep
+/// busy (two workers of a CPU-bound pool scale so) — while the rest stays in the stream for
+/// other workers. The read ahead is one round of the containers' room while inputs are slow,
+/// and grows to what the pool finishes in [`READ_AHEAD_FOR`] while they are fast (up to
+/// `berth_nats::max_read_ahead`: 8 rounds, within `maxPendingInputs`): a long input never
+/// waits here behind many others while another worker idles.
 #[derive(Debug)]
 pub struct Window {
-    cap: usize,
+    run: usize,
+    ahead: usize,
+    ahead_min: usize,
+    ahead_max: usize,
     held: usize,
+    /// Deliveries whose inputs all have their fate but whose message is still being settled
+    /// (results sent, republished inputs waiting out a retry delay).
+    settling: usize,
+    /// Inputs finished since `since`: the rate the read ahead follows.
+    finished: usize,
+    since: std::time::Instant,
 }
 
+/// The work a worker keeps queued ahead of its containers, in time at its recent rate.
+pub const READ_AHEAD_FOR: Duration = Duration::from_millis(25);
+
+/// How often the read ahead follows the rate.
+const RATE_EVERY: Duration = Duration::from_millis(100);
+
 impl Window {
-    /// Room for `max_containers` containers of `max_inputs` inputs each, or of a batch of up
-    /// to `max_batch` for a `@batched()` method.
-    pub fn new(max_containers: u32, max_inputs: u32, max_batch: u32) -> Self {
-        let per_container = max_inputs.max(max_batch).max(1) as usize;
-        Self { cap: (max_containers.max(1) as usize).saturating_mul(per_container).min(MAX_WINDOW), held: 0 }
+    pub fn for_pool(spec: &berth_core::PoolSpec, now: Instant) -> Self {
+        let run = berth_nats::worker_room(spec);
+        let ahead_max = berth_nats::max_read_ahead(spec);
+        let ahead_min = run.min(ahead_max);
+        Self { run, ahead: ahead_min, ahead_min, ahead_max, held: 0, settling: 0, finished: 0, since: now }
     }
 
     /// How many more inputs to pull now.
     pub fn room(&self) -> usize {
-        self.cap.saturating_sub(self.held)
+        (self.run + self.ahead).saturating_sub(self.held)
+    }
+
+    /// How many messages to ask for now, when a message holds up to `per_message` inputs: no
+    /// more than fill the room if every one is full (at least one while there is room).
+    pub fn messages(&self, per_message: usize) -> usize {
+        match self.room() {
+            0 => 0,
+            room => (room / per_message.max(1)).max(1),
+        }
     }
 
     pub fn take(&mut self, n: usize) {
         self.held += n;
     }
 
-    /// `n` inputs were settled; true when this made room where there was none.
-    pub fn release(&mut self, n: usize) -> bool {
+    /// `n` inputs have their fate at `now`; true when this made room where there was none.
+    pub fn release(&mut self, n: usize, now: Instant) -> bool {
         let was_full = self.room() == 0;
         self.held = self.held.saturating_sub(n);
+        self.finished += n;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= RATE_EVERY {
+            let rate = self.finished as f64 / elapsed.as_secs_f64();
+            let want = (rate * READ_AHEAD_FOR.as_secs_f64()).ceil() as usize;
+            self.ahead = want.clamp(self.ahead_min, self.ahead_max);
+            (self.finished, self.since) = (0, now);
+        }
         was_full && self.room() > 0
     }
 
     pub fn held(&self) -> usize {
         self.held
     }
+
+    /// Inputs held or messages being settled: a stopping worker waits for both.
+    pub fn busy(&self) -> bool {
+        self.held > 0 || self.settling > 0
+    }
 }
 
 /// What `berth worker` runs besides its control plane: one feeder per pool.
 pub struct Worker {
+    broker: Broker,
     stop: watch::Sender<bool>,
     feeders: Vec<tokio::task::JoinHandle<()>>,
     held: Vec<Arc<(Mutex<Window>, Notify)>>,
@@ -282,19 +400,46 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Stops pulling, then waits until every input pulled is settled (or `within` passed:
-    /// what is left is redelivered to another worker after its ack deadline).
+    /// Stops pulling and gives back what it pulled but did not start (the local scheduler
+    /// withdraws those inputs, and each is released at once for another worker), then waits
+    /// until every input it pulled is settled (or `within` passed: what is left is redelivered
+    /// to another worker after its ack deadline).
     pub async fn drain(&mut self, within: Duration) {
         let _ = self.stop.send(true);
         for f in self.feeders.drain(..) {
             let _ = f.await;
         }
         let until = tokio::time::Instant::now() + within;
-        while self.held.iter().any(|w| lock(&w.0).held() > 0) && tokio::time::Instant::now() < until {
+        while self.held.iter().any(|w| lock(&w.0).held > 0) && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // What is left is sending results and acks, which takes milliseconds while NATS answers.
+        // Cut off from it (its host off the network), a worker would wait out each result's
+        // patience for nothing: those inputs run elsewhere after their ack deadline anyway.
+        let until = (tokio::time::Instant::now() + SETTLE_AT_STOP).min(until.max(tokio::time::Instant::now()));
+        while self.held.iter().any(|w| lock(&w.0).busy()) {
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(
+                    "berth worker: results not confirmed within {} s of stopping (NATS unreachable?): those inputs run again elsewhere after their ack deadline",
+                    SETTLE_AT_STOP.as_secs()
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The last results, acks and naks are on their way to the server: a process that exits
+        // before its NATS connection wrote them would leave those inputs to run again.
+        if tokio::time::timeout(Duration::from_secs(5), self.broker.flush()).await.is_err() {
+            tracing::warn!(
+                "berth worker: NATS did not take the last acks within 5 s; those inputs run again elsewhere"
+            );
         }
     }
 }
+
+/// How long a stopping worker whose inputs are done waits for their results to be confirmed
+/// and their messages acked.
+const SETTLE_AT_STOP: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -337,13 +482,11 @@ pub async fn start_worker(
     let plane = ControlPlane::start(Registry { functions: local }, spawner, serve).await?;
     let shared = plane.shared().clone();
     let (stop, stopped) = watch::channel(false);
-    let mut worker = Worker { stop, feeders: Vec::new(), held: Vec::new(), pools: Vec::new() };
+    let mut worker = Worker { broker: broker.clone(), stop, feeders: Vec::new(), held: Vec::new(), pools: Vec::new() };
     for (index, (def, policy)) in served.into_iter().zip(policies).enumerate() {
         let pool_names = names(&def.app, &def.name);
         let consumer = broker.worker(&pool_names).await.map_err(broker_error)?;
-        let max_batch = def.spec.methods.iter().filter_map(|m| m.batching.map(|b| b.max_batch_size)).max().unwrap_or(1);
-        let window =
-            Arc::new((Mutex::new(Window::new(def.spec.max_containers, def.spec.max_inputs, max_batch)), Notify::new()));
+        let window = Arc::new((Mutex::new(Window::for_pool(&def.spec, Instant::now())), Notify::new()));
         worker.held.push(window.clone());
         worker.pools.push(pool_names.stream.clone());
         let ack_wait = PoolSettings::from_spec(&def.spec, "").ack_wait;
@@ -351,12 +494,14 @@ pub async fn start_worker(
             shared: shared.clone(),
             broker: broker.clone(),
             index,
+            per_message: berth_nats::inputs_per_message(&def.spec),
             def: Arc::new(def),
             policy,
             window,
             ack_wait,
+            stop: stopped.clone(),
         };
-        worker.feeders.push(tokio::spawn(feeder.run(consumer, stopped.clone())));
+        worker.feeders.push(tokio::spawn(feeder.run(consumer)));
     }
     Ok((plane, worker))
 }
@@ -366,21 +511,26 @@ struct Feeder {
     broker: Broker,
     /// The definition's index in the local control plane's catalog.
     index: usize,
+    /// The pool's inputs per message at most, as fronts publish them.
+    per_message: usize,
     def: Arc<FunctionDef>,
     policy: RetryPolicy,
     window: Arc<(Mutex<Window>, Notify)>,
     ack_wait: Duration,
+    /// True once the worker stops: no more pulls, and what was pulled but not started is given back.
+    stop: watch::Receiver<bool>,
 }
 
 impl Feeder {
-    async fn run(self, mut consumer: berth_nats::Worker, mut stop: watch::Receiver<bool>) {
+    async fn run(self, mut consumer: berth_nats::Worker) {
+        let mut stop = self.stop.clone();
         let this = Arc::new(self);
         loop {
             if *stop.borrow() {
                 return;
             }
-            let room = lock(&this.window.0).room();
-            if room == 0 {
+            let messages = lock(&this.window.0).messages(this.per_message);
+            if messages == 0 {
                 tokio::select! {
                     () = this.window.1.notified() => {}
                     _ = stop.changed() => return,
@@ -394,7 +544,7 @@ impl Feeder {
                 tokio::spawn(this.clone().run_delivery(d));
             };
             let pulled = tokio::select! {
-                r = consumer.pull_each(room, Duration::from_secs(1), run) => r,
+                r = consumer.pull_each(messages, Duration::from_secs(1), run) => r,
                 _ = stop.changed() => return,
             };
             if let Err(e) = pulled {
@@ -404,16 +554,20 @@ impl Feeder {
         }
     }
 
-    /// Runs a delivery's inputs in the local control plane and settles its lease.
+    /// Runs a delivery's inputs in the local control plane, then settles each input
+    /// (berth-nats `Delivery::settle`).
     async fn run_delivery(self: Arc<Self>, d: Delivery) {
         let n = d.inputs.len();
-        let mut waits = Vec::with_capacity(n);
-        for input in &d.inputs {
-            waits.push(self.submit(input));
-        }
+        let (waits, local) = self.submit(&d.inputs);
         // The lease lasts `ack_wait` from the last word: say so while the inputs wait or run.
         let mut tick = tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(500)));
         tick.tick().await;
+        let mut stop = self.stop.clone();
+        let stopping = async move {
+            let _ = stop.wait_for(|s| *s).await.map(|_| ());
+        };
+        tokio::pin!(stopping);
+        let mut withdrawn = false;
         let all = futures_util::future::join_all(waits);
         tokio::pin!(all);
         let outcomes = loop {
@@ -424,10 +578,16 @@ impl Feeder {
                         tracing::warn!("berth worker: {e}");
                     }
                 }
+                // The worker stops: what has not started goes back (Cancelled, so Release).
+                () = &mut stopping, if !withdrawn => {
+                    withdrawn = true;
+                    if !local.is_empty() {
+                        let _ = self.shared.commands.send(Command::Withdraw(local.clone()));
+                    }
+                }
             }
         };
-        let mut again: Option<Settle> = None;
-        let mut replies = Vec::new();
+        let mut fates = Vec::with_capacity(n);
         for (input, result) in d.inputs.iter().zip(outcomes) {
             let outcome = result.as_ref().ok().and_then(|(o, _)| *o);
             let method = self.method_of(input).unwrap_or(0);
@@ -436,37 +596,25 @@ impl Feeder {
             } else {
                 self.policy.max_retries
             };
-            match settle(outcome, input.attempt, retries, d.last_attempt) {
-                Settle::Reply => {
-                    if !input.reply.is_empty() {
-                        replies.push((input.reply.as_str(), to_broker(&input.input_id, input.attempt, result)));
-                    }
-                }
-                s => again = Some(if again == Some(Settle::Retry) { Settle::Retry } else { s }),
+            fates.push(match settle(outcome, input.attempt, retries, d.last_attempt_of(input)) {
+                Settle::Reply => Fate::Reply(to_broker(&input.input_id, input.attempt, result)),
+                Settle::Retry => Fate::Retry(self.policy.delay_for(input.attempt)),
+                Settle::Release => Fate::Release,
+            });
+        }
+        // The inputs are done here: room for more while the message settles (a retry's delay).
+        {
+            let mut w = lock(&self.window.0);
+            w.settling += 1;
+            // notify_one keeps the wake for a feeder that is not waiting yet (it is pulling).
+            if w.release(n, Instant::now()) {
+                self.window.1.notify_one();
             }
         }
-        // The ack waits until the front confirmed each result (`Broker::reply` sends it again
-        // until then, through a NATS restart): acked with its result lost, an input would
-        // leave its caller waiting for ever; not acked, it runs again and the front drops the
-        // second result. With several inputs in one message (not what fronts publish), one that
-        // must run again takes the whole message back; the front drops the finished inputs'
-        // second results.
-        let sent = replies.iter().map(|(to, r)| self.broker.reply(to, r, Some(&d.lease)));
-        for e in futures_util::future::join_all(sent).await.into_iter().filter_map(Result::err) {
+        if let Err(e) = d.settle(&self.broker, fates).await {
             tracing::warn!("berth worker: {e}");
         }
-        let settled = match again {
-            None => d.lease.ack().await,
-            Some(Settle::Retry) => d.lease.retry(&self.policy, d.inputs.first().map_or(1, |i| i.attempt)).await,
-            Some(_) => d.lease.nak_after(Duration::ZERO).await,
-        };
-        if let Err(e) = settled {
-            tracing::warn!("berth worker: {e}");
-        }
-        // notify_one keeps the wake for a feeder that is not waiting yet (it is pulling).
-        if lock(&self.window.0).release(n) {
-            self.window.1.notify_one();
-        }
+        lock(&self.window.0).settling -= 1;
     }
 
     fn method_of(&self, input: &berth_nats::Input) -> Option<u32> {
@@ -476,35 +624,66 @@ impl Feeder {
         self.def.methods.iter().position(|m| *m == input.method).map(|i| i as u32)
     }
 
-    /// Submits one input as a local caller would; what the scheduler decided comes back.
-    fn submit(&self, input: &berth_nats::Input) -> oneshot::Receiver<(Option<Outcome>, pb::Result)> {
-        let (tx, rx) = oneshot::channel();
-        let Some(method) = self.method_of(input) else {
-            // Final (Lost settles as a reply): no worker of this app version has the method.
-            let _ = tx.send((
-                Some(Outcome::Lost),
-                error("InvalidError", format!("class '{}' has no method '{}'", self.def.name, input.method)),
-            ));
-            return rx;
-        };
-        let params = if input.params.is_empty() {
-            crate::params::canonical(&self.def, &[]).unwrap_or_default()
-        } else {
-            input.params.to_vec()
-        };
-        let Some(pool) = self.shared.pool(self.index, &params) else {
-            let _ = tx.send((None, error("Error", "the worker's app was replaced")));
-            return rx;
-        };
+    /// Submits a delivery's inputs as a local caller would, those of the same call, method and
+    /// parameters together (one `.map()`'s inputs in one message: one submission). Returns
+    /// where each input's outcome comes, and the local input ids (to withdraw them).
+    #[allow(clippy::type_complexity)]
+    fn submit(
+        &self,
+        inputs: &[berth_nats::Input],
+    ) -> (Vec<oneshot::Receiver<(Option<Outcome>, pb::Result)>>, Vec<InputId>) {
+        let mut waits = Vec::with_capacity(inputs.len());
+        let mut local = Vec::with_capacity(inputs.len());
         let svc = FunctionsSvc { shared: self.shared.clone() };
-        svc.submit_many(
-            pool,
-            method,
-            input.function_call_id.clone(),
-            vec![(input.args.to_vec(), Waiter::Settled(tx))],
-            true,
-        );
-        rx
+        let mut i = 0;
+        while i < inputs.len() {
+            let first = &inputs[i];
+            let same = inputs[i..]
+                .iter()
+                .take_while(|x| {
+                    x.method == first.method && x.params == first.params && x.function_call_id == first.function_call_id
+                })
+                .count();
+            let group = &inputs[i..i + same];
+            i += same;
+            let Some(method) = self.method_of(first) else {
+                // Final (Lost settles as a reply): no worker of this app version has the method.
+                for _ in group {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send((
+                        Some(Outcome::Lost),
+                        error("InvalidError", format!("class '{}' has no method '{}'", self.def.name, first.method)),
+                    ));
+                    waits.push(rx);
+                }
+                continue;
+            };
+            let params = if first.params.is_empty() {
+                crate::params::canonical(&self.def, &[]).unwrap_or_default()
+            } else {
+                first.params.to_vec()
+            };
+            let Some(pool) = self.shared.pool(self.index, &params) else {
+                for _ in group {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send((None, error("Error", "the worker's app was replaced")));
+                    waits.push(rx);
+                }
+                continue;
+            };
+            let mut batch = Vec::with_capacity(group.len());
+            for input in group {
+                let (tx, rx) = oneshot::channel();
+                waits.push(rx);
+                batch.push((input.args.to_vec(), Waiter::Settled(tx)));
+            }
+            let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true);
+            // One submission's inputs take consecutive ids, the last returned (0: none taken).
+            if last != 0 {
+                local.extend((last + 1 - group.len() as InputId)..=last);
+            }
+        }
+        (waits, local)
     }
 }
 
@@ -535,21 +714,72 @@ fn to_broker(
 mod tests {
     use super::*;
 
+    fn spec(max_containers: u32, max_inputs: u32) -> berth_core::PoolSpec {
+        let mut spec = berth_core::PoolSpec::new("f", vec![berth_core::MethodSpec::default()]);
+        spec.max_containers = max_containers;
+        spec.max_inputs = max_inputs;
+        spec
+    }
+
     #[test]
-    fn the_window_is_what_the_containers_have_room_for() {
-        let mut w = Window::new(2, 4, 1);
-        assert_eq!(w.room(), 8);
-        w.take(5);
+    fn the_window_is_the_containers_room_and_a_round_read_ahead_at_first() {
+        let t = Instant::now();
+        let mut w = Window::for_pool(&spec(2, 4), t);
+        assert_eq!(w.room(), 16, "8 running, 8 read ahead");
+        w.take(13);
         assert_eq!(w.room(), 3);
         w.take(3);
         assert_eq!(w.room(), 0);
-        assert!(w.release(1), "room again after being full");
-        assert!(!w.release(1), "there was room already");
-        assert_eq!((w.held(), w.room()), (6, 2));
-        // A @batched method's containers take a batch each.
-        assert_eq!(Window::new(3, 1, 16).room(), 48);
-        assert_eq!(Window::new(0, 0, 0).room(), 1, "never zero: a pool always pulls something");
-        assert_eq!(Window::new(u32::MAX, u32::MAX, 1).room(), MAX_WINDOW);
+        assert!(w.release(1, t), "room again after being full");
+        assert!(!w.release(1, t), "there was room already");
+        assert_eq!((w.held(), w.room()), (14, 2));
+        assert_eq!(Window::for_pool(&spec(0, 0), t).room(), 2, "never zero: one running, one ahead");
+        assert_eq!(Window::for_pool(&spec(u32::MAX, u32::MAX), t).room(), 2 * berth_nats::broker::MAX_WORKER_ROOM);
+        // No more read ahead than the local queue takes (maxPendingInputs).
+        let mut small_queue = spec(4, 1);
+        small_queue.max_pending = Some(1);
+        assert_eq!(Window::for_pool(&small_queue, t).room(), 5);
+    }
+
+    #[test]
+    fn the_read_ahead_follows_how_fast_inputs_finish() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut w = Window::for_pool(&spec(2, 1), t);
+        assert_eq!(w.room(), 4);
+        // 2 inputs a millisecond: 25 ms of them is 50, at most 8 rounds of 2 ahead.
+        w.take(4);
+        for i in 1..=100 {
+            w.take(2);
+            w.release(2, t + ms(i));
+        }
+        assert_eq!((w.held(), w.room()), (4, 2 + 16 - 4));
+        // 2 inputs a second: one round ahead again.
+        w.release(2, t + ms(100) + Duration::from_secs(1));
+        assert_eq!((w.held(), w.room()), (2, 2));
+        // A pool of long inputs (a second each, 8 at once) keeps one round ahead.
+        let mut slow = Window::for_pool(&spec(8, 1), t);
+        slow.take(16);
+        slow.release(8, t + Duration::from_secs(1));
+        assert_eq!(slow.room(), 8);
+    }
+
+    #[test]
+    fn a_pull_asks_for_no_more_full_messages_than_fit() {
+        let t = Instant::now();
+        let mut w = Window::for_pool(&spec(1, 1000), t);
+        assert_eq!(w.messages(64), 31, "2000 inputs of room: 31 full messages");
+        assert_eq!(w.messages(1), 2000);
+        w.take(1990);
+        assert_eq!(w.messages(64), 1, "some room: one message, however full");
+        w.take(10);
+        assert_eq!(w.messages(64), 0);
+        let mut busy = Window::for_pool(&spec(1, 1), t);
+        assert!(!busy.busy());
+        busy.take(1);
+        busy.settling += 1;
+        busy.release(1, t);
+        assert!(busy.busy(), "a message still settling");
     }
 
     #[test]

@@ -285,6 +285,13 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                     self.cancel(id);
                 }
             }
+            Command::Withdraw(ids) => {
+                for id in ids {
+                    if self.inputs.get(&id).is_some_and(|s| !matches!(s.state, IState::Running(_))) {
+                        self.cancel(id);
+                    }
+                }
+            }
             Command::Complete(done) => {
                 for (exec, status) in done {
                     self.complete(exec, status);

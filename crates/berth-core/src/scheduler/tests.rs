@@ -364,6 +364,25 @@ async fn batch_keeps_growing_while_the_container_is_busy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn withdraw_cancels_what_has_not_started_and_leaves_the_running_input() {
+    let mut w = World::new(spec());
+    w.submit([1, 2, 3], 0);
+    let e1 = w.run_ev().await;
+    assert_eq!(e1.inputs.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1]);
+    // 1 runs (one container of one input); 2 and 3 wait in the queue.
+    w.send(Command::Withdraw(vec![1, 2, 3]));
+    assert_eq!(w.next().await, Ev::Done(2, 1, Outcome::Cancelled));
+    assert_eq!(w.next().await, Ev::Done(3, 1, Outcome::Cancelled));
+    w.complete(&e1, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Ok), "the running input finished, not aborted");
+    // An input that is done already, or unknown, is left alone.
+    w.send(Command::Withdraw(vec![1, 99]));
+    w.submit([4], 0);
+    let e4 = w.run_ev().await;
+    assert_eq!(e4.inputs.iter().map(|x| x.0).collect::<Vec<_>>(), vec![4]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn cancelled_inputs_leave_a_forming_batch() {
     let mut w = World::new(batched(3, 100));
     w.submit([1, 2], 0);

@@ -123,6 +123,10 @@ pub enum Command {
     AddPool(PoolId, PoolSpec),
     Submit(Vec<Submission>),
     Cancel(Vec<InputId>),
+    /// Cancels those of these inputs that have not started (queued, held back, or waiting out
+    /// a retry backoff); the running ones go on. A stopping broker worker gives back, so, what
+    /// it pulled ahead of its containers (berth-server's `broker.rs`).
+    Withdraw(Vec<InputId>),
     Complete(Vec<(ExecId, ExecStatus)>),
     HookDone {
         container: ContainerId,
