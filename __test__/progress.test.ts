@@ -13,7 +13,7 @@ const hasScript = spawnSync('script', ['--version']).status === 0
 ;(hasScript ? test : test.skip)('berth run on a terminal: .map() draws done/total, rate, ETA and failures, then leaves its last state on a line of its own', (t) => {
   // `script` runs the command on a pseudo-terminal (stdout and stderr) and copies what it wrote.
   const cmd = `${JSON.stringify(process.execPath)} ${JSON.stringify(join(root, 'bin/berth.mjs'))} run ${JSON.stringify(FIXTURE)}`
-  const env = { ...process.env, NODE_OPTIONS: '' }
+  const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' }
   delete env.BERTH_PROGRESS
   const r = spawnSync('script', ['-qec', cmd, '/dev/null'], { cwd: root, encoding: 'utf8', timeout: 60_000, env })
   t.is(r.status, 0, r.stdout + r.stderr)
