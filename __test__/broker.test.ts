@@ -133,15 +133,23 @@ test.serial('broker mode: .remote(), .map(), a class method with parameters and 
   await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
 })
 
-test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another after the ack deadline, and each gets exactly one result', async (t) => {
-  if (process.platform !== 'linux') return t.pass('reads /proc')
+/** A project, the file its runs are noted in, and a front on it, listening; none when skipped. */
+async function runsFront(t: ExecutionContext) {
   const p = await brokerProject(t)
-  if (!p) return
+  if (!p) return undefined
   const runs = join(p.dir, 'runs')
   const env = { BROKER_APP: p.app, RUNS: runs }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
   await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  return { p, runs, env, front, address }
+}
+
+test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another after the ack deadline, and each gets exactly one result', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, runs, env, front, address } = f
   // Worker A never finishes an input (within the function's 10 s timeout, before it is killed).
   const a = await npxWorker(p.dir, 'A', { ...env, SLEEP_MS: '9000' })
 
@@ -174,13 +182,9 @@ test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another 
 
 test.serial('broker mode: a worker stopped with SIGTERM gives back at once the inputs it read ahead and had not started; it finishes the running ones; each input runs once', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
-  const p = await brokerProject(t)
-  if (!p) return
-  const runs = join(p.dir, 'runs')
-  const env = { BROKER_APP: p.app, RUNS: runs }
-  const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
-  const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, runs, env, front, address } = f
   // A's inputs take 4 s: two run (maxContainers 2), two wait in A, read ahead.
   const a = await npxWorker(p.dir, 'A', { ...env, SLEEP_MS: '4000' })
 

@@ -82,34 +82,19 @@ fn relay_output(child: &mut Child) {
     let prefix = Arc::new(Mutex::new("berth container | ".to_string()));
     let pid = child.id();
     prefixes().get_or_insert_with(HashMap::new).insert(pid, prefix.clone());
-    let out = child.stdout.take();
-    let err = child.stderr.take();
-    let p = prefix.clone();
-    let stdout = out.map(|out| {
+    let stdout = child.stdout.take().map(|pipe| {
+        let prefix = prefix.clone();
         std::thread::Builder::new().name("berth-output".into()).spawn(move || {
-            relay_lines(
-                out,
-                |b| {
-                    let _ = std::io::stdout().lock().write_all(b);
-                },
-                &p,
-            );
+            relay_lines(pipe, |b| drop(std::io::stdout().lock().write_all(b)), &prefix);
         })
     });
-    let stderr = err.map(|err| {
-        std::thread::Builder::new().name("berth-output".into()).spawn(move || {
-            relay_lines(
-                err,
-                |b| {
-                    let _ = std::io::stderr().lock().write_all(b);
-                },
-                &prefix,
-            );
-        })
-    });
-    // The last of the two to end forgets the prefix (pids are reused).
+    let stderr = child.stderr.take();
+    // Stderr's thread, which ends after stdout's, forgets the prefix (pids are reused).
     let _ = std::thread::Builder::new().name("berth-output".into()).spawn(move || {
-        for t in [stdout, stderr].into_iter().flatten().flatten() {
+        if let Some(pipe) = stderr {
+            relay_lines(pipe, |b| drop(std::io::stderr().lock().write_all(b)), &prefix);
+        }
+        if let Some(Ok(t)) = stdout {
             let _ = t.join();
         }
         prefixes().get_or_insert_with(HashMap::new).remove(&pid);
