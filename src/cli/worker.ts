@@ -14,8 +14,9 @@ Runs containers for the app's functions and classes (all of them, or each --func
 JetStream server at --broker, where \`berth serve <file.ts> --broker …\` fronts publish the
 calls they get. Start any number, on any machines that reach the NATS server: each pulls what
 its containers have room for and a read ahead (one round of that room, more while inputs
-finish fast), publishes each result to the caller's front and only then acknowledges the input. An input whose worker dies is run by another once its ack
-deadline (the function's timeout plus 5 s) passes. Generators and web endpoints do not go
+finish fast), sends each result to the caller's front and acknowledges the input once that
+front confirmed it. An input whose worker dies is run by another once its ack deadline (the
+function's timeout plus 5 s) passes. Generators and web endpoints do not go
 through the broker yet: the front runs them.
 
 SIGTERM or Ctrl-C stops pulling, gives back at once the inputs it read ahead and had not
