@@ -317,7 +317,6 @@ impl Spawner for Supervisor {
         match child {
             Ok(child) => {
                 let label = format!("{}/{}", def.app, def.name);
-                process::name_output(child.id(), &format!("{label}#{container}"));
                 g.live
                     .insert(container, Proc { child, exited, kill_at: None, overdue: false, hung: false, gpus, label });
                 self.refill_spare(&mut g);
