@@ -22,6 +22,8 @@ pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
 type MethodKey = (String, String, String);
 /// `(app, function)`.
 type PoolKey = (String, String);
+/// Which histogram of a method's metrics a family shows.
+type HistogramOf = fn(&MethodMetrics) -> &Histogram;
 
 #[derive(Default)]
 struct PoolTotals {
@@ -78,113 +80,122 @@ pub(crate) async fn exposition(shared: &Shared, conn: ConnCounters) -> Result<St
     }
 
     let mut out = String::with_capacity(4096 + methods.len() * 4096);
-    let m = |k: &MethodKey| format!("app=\"{}\",function=\"{}\",method=\"{}\"", esc(&k.0), esc(&k.1), esc(&k.2));
-    let f = |k: &PoolKey| format!("app=\"{}\",function=\"{}\"", esc(&k.0), esc(&k.1));
+    // Each series' labels, written once.
+    let per_method: Vec<(String, &MethodMetrics, u32, u32)> = methods
+        .iter()
+        .map(|(k, (mm, queued, running))| {
+            (
+                format!("app=\"{}\",function=\"{}\",method=\"{}\"", esc(&k.0), esc(&k.1), esc(&k.2)),
+                mm,
+                *queued,
+                *running,
+            )
+        })
+        .collect();
+    let pool_labels = |k: &PoolKey| format!("app=\"{}\",function=\"{}\"", esc(&k.0), esc(&k.1));
+    let per_pool: Vec<(String, &PoolTotals)> = totals.iter().map(|(k, t)| (pool_labels(k), t)).collect();
 
-    family(
+    series(
         &mut out,
         "berth_inputs_total",
         "counter",
         "Inputs by final outcome (rejected and queue_full: refused, never accepted).",
+        per_method.iter().flat_map(|(l, mm, _, _)| {
+            OUTCOME_NAMES.iter().zip(mm.outcomes).map(move |(name, n)| (format!("{l},outcome=\"{name}\""), n))
+        }),
     );
-    for (k, (mm, _, _)) in &methods {
-        for (name, n) in OUTCOME_NAMES.iter().zip(mm.outcomes) {
-            let _ = writeln!(out, "berth_inputs_total{{{},outcome=\"{name}\"}} {n}", m(k));
-        }
-    }
-    family(&mut out, "berth_input_retries_total", "counter", "Failed attempts run again under the Retries policy.");
-    for (k, (mm, _, _)) in &methods {
-        let _ = writeln!(out, "berth_input_retries_total{{{}}} {}", m(k), mm.retries);
-    }
-    family(
+    series(
+        &mut out,
+        "berth_input_retries_total",
+        "counter",
+        "Failed attempts run again under the Retries policy.",
+        per_method.iter().map(|(l, mm, _, _)| (l, mm.retries)),
+    );
+    series(
         &mut out,
         "berth_input_reschedules_total",
         "counter",
         "Attempts stopped through no fault of their code (container lost, interrupted, replaced) and queued again.",
+        per_method.iter().map(|(l, mm, _, _)| (l, mm.rescheduled)),
     );
-    for (k, (mm, _, _)) in &methods {
-        let _ = writeln!(out, "berth_input_reschedules_total{{{}}} {}", m(k), mm.rescheduled);
-    }
-    family(
+    series(
         &mut out,
         "berth_inputs_queued",
         "gauge",
         "Inputs waiting for a container (queued, or held under maxPendingInputs).",
+        per_method.iter().map(|(l, _, queued, _)| (l, queued)),
     );
-    for (k, (_, queued, _)) in &methods {
-        let _ = writeln!(out, "berth_inputs_queued{{{}}} {queued}", m(k));
-    }
-    family(&mut out, "berth_inputs_running", "gauge", "Inputs running in a container.");
-    for (k, (_, _, running)) in &methods {
-        let _ = writeln!(out, "berth_inputs_running{{{}}} {running}", m(k));
-    }
-    family(
+    series(
         &mut out,
-        "berth_input_latency_seconds",
-        "histogram",
-        "Seconds from an input's acceptance to its final outcome.",
+        "berth_inputs_running",
+        "gauge",
+        "Inputs running in a container.",
+        per_method.iter().map(|(l, _, _, running)| (l, running)),
     );
-    for (k, (mm, _, _)) in &methods {
-        histogram(&mut out, "berth_input_latency_seconds", &m(k), &mm.latency);
-    }
-    family(
-        &mut out,
-        "berth_queue_wait_seconds",
-        "histogram",
-        "Seconds each attempt waited in the queue for a container.",
-    );
-    for (k, (mm, _, _)) in &methods {
-        histogram(&mut out, "berth_queue_wait_seconds", &m(k), &mm.queue_wait);
-    }
-    family(
-        &mut out,
-        "berth_batch_size",
-        "histogram",
-        "Inputs per execution (the batch formed, for a @batched method).",
-    );
-    for (k, (mm, _, _)) in &methods {
-        histogram(&mut out, "berth_batch_size", &m(k), &mm.batch_size);
-    }
-    family(&mut out, "berth_containers", "gauge", "Containers by state.");
-    for (k, t) in &totals {
-        let s = t.states;
-        for (state, n) in
-            [("starting", s.starting), ("serving", s.serving), ("draining", s.draining), ("exiting", s.exiting)]
-        {
-            let _ = writeln!(out, "berth_containers{{{},state=\"{state}\"}} {n}", f(k));
+    let histograms: [(&str, &str, HistogramOf); 3] = [
+        ("berth_input_latency_seconds", "Seconds from an input's acceptance to its final outcome.", |mm| &mm.latency),
+        ("berth_queue_wait_seconds", "Seconds each attempt waited in the queue for a container.", |mm| &mm.queue_wait),
+        ("berth_batch_size", "Inputs per execution (the batch formed, for a @batched method).", |mm| &mm.batch_size),
+    ];
+    for (name, help, of) in histograms {
+        family(&mut out, name, "histogram", help);
+        for (l, mm, _, _) in &per_method {
+            histogram(&mut out, name, l, of(mm));
         }
     }
-    family(&mut out, "berth_containers_started_total", "counter", "Containers started.");
-    for (k, t) in &totals {
-        let _ = writeln!(out, "berth_containers_started_total{{{}}} {}", f(k), t.containers.started);
-    }
-    family(&mut out, "berth_containers_lost_total", "counter", "Containers whose process died or stopped answering.");
-    for (k, t) in &totals {
-        let _ = writeln!(out, "berth_containers_lost_total{{{}}} {}", f(k), t.containers.lost);
-    }
-    family(
+    series(
+        &mut out,
+        "berth_containers",
+        "gauge",
+        "Containers by state.",
+        per_pool.iter().flat_map(|(l, t)| {
+            let s = t.states;
+            [("starting", s.starting), ("serving", s.serving), ("draining", s.draining), ("exiting", s.exiting)]
+                .map(|(state, n)| (format!("{l},state=\"{state}\""), n))
+        }),
+    );
+    series(
+        &mut out,
+        "berth_containers_started_total",
+        "counter",
+        "Containers started.",
+        per_pool.iter().map(|(l, t)| (l, t.containers.started)),
+    );
+    series(
+        &mut out,
+        "berth_containers_lost_total",
+        "counter",
+        "Containers whose process died or stopped answering.",
+        per_pool.iter().map(|(l, t)| (l, t.containers.lost)),
+    );
+    series(
         &mut out,
         "berth_container_start_failures_total",
         "counter",
         "Containers whose startup hooks failed or timed out.",
+        per_pool.iter().map(|(l, t)| (l, t.containers.failed_to_start)),
     );
-    for (k, t) in &totals {
-        let _ = writeln!(out, "berth_container_start_failures_total{{{}}} {}", f(k), t.containers.failed_to_start);
-    }
 
-    family(&mut out, "berth_container_cpu_seconds_total", "counter", "CPU time of each container process.");
-    let usage: Vec<_> = processes.iter().map(|(k, cid, pid)| (k, cid, proc_usage(&pid.to_string()))).collect();
-    for (k, cid, u) in &usage {
-        if let Some((cpu, _)) = u {
-            let _ = writeln!(out, "berth_container_cpu_seconds_total{{{},container=\"{cid}\"}} {cpu}", f(k));
-        }
-    }
-    family(&mut out, "berth_container_resident_memory_bytes", "gauge", "Resident memory of each container process.");
-    for (k, cid, u) in &usage {
-        if let Some((_, rss)) = u {
-            let _ = writeln!(out, "berth_container_resident_memory_bytes{{{},container=\"{cid}\"}} {rss}", f(k));
-        }
-    }
+    let usage: Vec<(String, (f64, u64))> = processes
+        .iter()
+        .filter_map(|(k, cid, pid)| {
+            Some((format!("{},container=\"{cid}\"", pool_labels(k)), proc_usage(&pid.to_string())?))
+        })
+        .collect();
+    series(
+        &mut out,
+        "berth_container_cpu_seconds_total",
+        "counter",
+        "CPU time of each container process.",
+        usage.iter().map(|(l, (cpu, _))| (l, cpu)),
+    );
+    series(
+        &mut out,
+        "berth_container_resident_memory_bytes",
+        "gauge",
+        "Resident memory of each container process.",
+        usage.iter().map(|(l, (_, rss))| (l, rss)),
+    );
     if let Some((cpu, rss)) = proc_usage("self") {
         family(&mut out, "process_cpu_seconds_total", "counter", "CPU time of the serving process.");
         let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
@@ -210,6 +221,20 @@ pub(crate) async fn exposition(shared: &Shared, conn: ConnCounters) -> Result<St
         let _ = writeln!(out, "{name} {n}");
     }
     Ok(out)
+}
+
+/// A family with one sample per `(labels, value)`.
+fn series<L: std::fmt::Display, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, V)>,
+) {
+    family(out, name, kind, help);
+    for (labels, value) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
