@@ -133,7 +133,7 @@ test.serial('broker mode: .remote(), .map(), a class method with parameters and 
   await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
 })
 
-/** A project, the file its runs are noted in, and a front on it, listening; none when skipped. */
+/** A project, the file its runs are noted in, a front on it, listening, and its `square`; none when skipped. */
 async function runsFront(t: ExecutionContext) {
   const p = await brokerProject(t)
   if (!p) return undefined
@@ -142,20 +142,19 @@ async function runsFront(t: ExecutionContext) {
   const front = npxServe(t, p.dir, ['--broker', URL], env)
   await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
-  return { p, runs, env, front, address }
+  const { App, Function } = await import('berth')
+  App.lookup(p.app, { server: `http://${address}` })
+  return { p, runs, env, front, square: Function.fromName<Square>(p.app, 'square') }
 }
 
 test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another after the ack deadline, and each gets exactly one result', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const f = await runsFront(t)
   if (!f) return
-  const { p, runs, env, front, address } = f
+  const { p, runs, env, front, square } = f
   // Worker A never finishes an input (within the function's 10 s timeout, before it is killed).
   const a = await npxWorker(p.dir, 'A', { ...env, SLEEP_MS: '9000' })
 
-  const { App, Function } = await import('berth')
-  App.lookup(p.app, { server: `http://${address}` })
-  const square = Function.fromName<Square>(p.app, 'square')
   const n = 4
   const results: { y: number; by: string }[] = []
   const mapped = (async () => {
@@ -184,13 +183,10 @@ test.serial('broker mode: a worker stopped with SIGTERM gives back at once the i
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const f = await runsFront(t)
   if (!f) return
-  const { p, runs, env, front, address } = f
+  const { p, runs, env, front, square } = f
   // A's inputs take 4 s: two run (maxContainers 2), two wait in A, read ahead.
   const a = await npxWorker(p.dir, 'A', { ...env, SLEEP_MS: '4000' })
 
-  const { App, Function } = await import('berth')
-  App.lookup(p.app, { server: `http://${address}` })
-  const square = Function.fromName<Square>(p.app, 'square')
   const results: { y: number; by: string }[] = []
   const mapped = (async () => {
     for await (const r of square.map([1, 2, 3, 4])) results.push(r)
