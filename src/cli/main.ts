@@ -15,6 +15,7 @@ import { closest } from '../define/options.ts'
 import { createSecret, listSecrets } from '../run/secrets.ts'
 import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndReload } from './reload.ts'
 import { WORKER_HELP, worker } from './worker.ts'
+import { admin, APP_HELP, CONTAINER_HELP, LOGS_HELP } from './admin.ts'
 
 type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
 
@@ -34,6 +35,10 @@ Usage:
   berth deploy <file.ts> --target kubernetes --image IMAGE [--out k8s/] [--nats nats://nats:4222]
                                              write Kubernetes manifests (Deployments, Service, KEDA
                                              ScaledObjects) for the app's functions and classes
+  berth app list | berth app stop <app>      the apps a running server serves; stop one (it drains)
+  berth container list                       a running server's containers: pid, state, inputs, uptime
+  berth logs <app> [-f]                      the recent lines of an app's containers; -f follows
+                                             (these three ask BERTH_SERVER or --server, with BERTH_TOKEN)
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
   berth --version                            the installed berth's version
@@ -195,6 +200,7 @@ export async function main(argv: string[]): Promise<number> {
       watchParent,
     })
   if (cmd === 'secret') return secret(rest)
+  if (cmd === 'app' || cmd === 'container' || cmd === 'logs') return admin(cmd, rest)
   if (cmd === 'deploy') return deploy(rest)
   if (cmd === '__container') return container()
   if (cmd === '__registry') return registry(rest[0])
@@ -627,6 +633,9 @@ const COMMAND_HELP: Record<string, string> = {
   run: RUN_HELP,
   serve: SERVE_HELP,
   worker: WORKER_HELP,
+  app: APP_HELP,
+  container: CONTAINER_HELP,
+  logs: LOGS_HELP,
   build: BUILD_HELP,
   deploy: DEPLOY_HELP,
   secret: SECRET_HELP,

@@ -216,6 +216,10 @@ pub trait Spawner: Send + Sync + 'static {
     fn processes(&self) -> Vec<(ContainerId, u32)> {
         Vec::new()
     }
+    /// How long each live container process has run, for `berth container list` (admin.rs).
+    fn uptimes(&self) -> Vec<(ContainerId, Duration)> {
+        Vec::new()
+    }
 }
 
 pub(crate) fn error(name: &str, message: impl Into<String>) -> pb::Result {

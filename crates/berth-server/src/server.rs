@@ -247,6 +247,7 @@ impl ControlPlane {
             .add_service(InterceptedService::new(functions, auth))
             .add_service(containers)
             .add_service(health_svc)
+            .add_service(crate::http::admin::AdminService { shared: shared.clone(), token: opts.token.clone() })
             .add_service(reflection)
             .add_service(reflection_v1alpha);
         let limits = Limits {

@@ -411,6 +411,10 @@ impl Spawner for Supervisor {
         lock(&self.handle.procs).live.iter().map(|(id, p)| (*id, p.child.id())).collect()
     }
 
+    fn uptimes(&self) -> Vec<(u32, Duration)> {
+        lock(&self.handle.procs).live.iter().map(|(id, p)| (*id, p.started.elapsed())).collect()
+    }
+
     fn stop(&self, container: u32) {
         if let Some(p) = lock(&self.handle.procs).live.get_mut(&container) {
             p.kill_at.get_or_insert(Instant::now() + self.handle.stop_grace);
