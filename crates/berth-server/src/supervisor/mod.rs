@@ -84,16 +84,6 @@ struct Proc {
     started: Instant,
 }
 
-/// A live container process, as `berth container list` shows it.
-#[derive(Clone, Debug)]
-pub struct ProcessInfo {
-    pub container: u32,
-    pub pid: u32,
-    pub app: String,
-    pub function: String,
-    pub uptime: Duration,
-}
-
 #[derive(Default)]
 struct Procs {
     live: HashMap<u32, Proc>,
@@ -276,24 +266,6 @@ impl SupervisorHandle {
             drop(spare.stdin.take());
             let _ = spare.wait();
         }
-    }
-
-    /// The live container processes, oldest first.
-    pub fn list(&self) -> Vec<ProcessInfo> {
-        let g = lock(&self.procs);
-        let mut out: Vec<ProcessInfo> = g
-            .live
-            .iter()
-            .map(|(&container, p)| ProcessInfo {
-                container,
-                pid: p.child.id(),
-                app: p.app.clone(),
-                function: p.function.clone(),
-                uptime: p.started.elapsed(),
-            })
-            .collect();
-        out.sort_by_key(|p| std::cmp::Reverse(p.uptime));
-        out
     }
 
     /// How many container processes are running (the spare not counted).
