@@ -6,7 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
-import { npxServe, userProject } from './_project.ts'
+import { npxServe, processesIn, userProject } from './_project.ts'
 import { alive, until } from './_util.ts'
 
 const APP = `
@@ -136,6 +136,19 @@ test('app list, container list, logs and logs -f, app stop: against npx berth se
   const again = await npxBerth(dir, ['app', 'stop', 'shop'], env)
   t.is(again.code, 1)
   t.regex(again.stderr, /app 'shop' was stopped/)
+
+  // A follower does not hold the server up: SIGTERM stops the server, and the follower ends.
+  const last: ChildProcess = spawn('npx', ['berth', 'logs', 'shop', '-f'], { cwd: dir, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => last.kill('SIGKILL'))
+  let lastOut = ''
+  last.stdout!.setEncoding('utf8').on('data', (d: string) => (lastOut += d))
+  await until(() => lastOut.includes('hello later'), 20_000, `the stopped app's lines are still there\n${lastOut}`)
+  const [server] = processesIn(dir, ['berth', 'serve', 'app.ts'])
+  t.truthy(server, 'berth serve runs')
+  s.npx.kill('SIGTERM')
+  await until(() => last.exitCode !== null, 30_000, `logs -f to end with the server\n${s.out()}`)
+  t.is(last.exitCode, 0)
+  await until(() => !alive(server), 30_000, `berth serve to exit\n${s.out()}`)
 })
 
 test('the admin commands name the fix for a server that is not there and for a wrong usage', async (t) => {

@@ -587,6 +587,9 @@ pub(crate) struct Shared {
     pub map_window: usize,
     /// Broker mode's front (`ServeOptions::broker`): calls go through NATS JetStream (broker.rs).
     pub front: Option<Arc<crate::broker::Front>>,
+    /// Set once a graceful stop has run every exit hook: what never ends by itself (a
+    /// `berth logs -f` feed, http/admin.rs) ends then, so that the listeners can stop.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {

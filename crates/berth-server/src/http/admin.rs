@@ -217,19 +217,28 @@ fn logs(shared: &Shared, query: &str) -> Answer {
     let mut res = match feed {
         None => streaming(StatusCode::OK, "application/x-ndjson", Box::pin(first)),
         Some(feed) => {
-            let rest = futures_util::stream::unfold((feed, app, seen), |(mut feed, app, seen)| async move {
-                use tokio::sync::broadcast::error::RecvError;
-                loop {
-                    match feed.recv().await {
-                        Ok(l) if *l.label.app == *app && !seen.contains(&(Arc::as_ptr(&l) as usize)) => {
-                            return Some((Ok(Bytes::from(format!("{}\n", l.json()))), (feed, app, seen)));
+            let closing = shared.closing.subscribe();
+            let rest = futures_util::stream::unfold(
+                (feed, app, seen, closing),
+                |(mut feed, app, seen, mut closing)| async move {
+                    use tokio::sync::broadcast::error::RecvError;
+                    loop {
+                        let next = tokio::select! {
+                            next = feed.recv() => next,
+                            // The server stops: the feed ends, and so does the answer.
+                            _ = closing.wait_for(|c| *c) => return None,
+                        };
+                        match next {
+                            Ok(l) if *l.label.app == *app && !seen.contains(&(Arc::as_ptr(&l) as usize)) => {
+                                return Some((Ok(Bytes::from(format!("{}\n", l.json()))), (feed, app, seen, closing)));
+                            }
+                            // A follower that fell more than the feed holds behind misses lines.
+                            Ok(_) | Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => return None,
                         }
-                        // A follower that fell more than the feed holds behind misses lines.
-                        Ok(_) | Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return None,
                     }
-                }
-            });
+                },
+            );
             streaming(StatusCode::OK, "application/x-ndjson", Box::pin(first.chain(rest)))
         }
     };
