@@ -68,7 +68,7 @@ async function npxWorker(dir: string, tag: string, env: Record<string, string>):
   let out = ''
   npx.stdout!.on('data', (d) => (out += d))
   npx.stderr!.on('data', (d) => (out += d))
-  await until(() => /pulling from berth__/.test(out) || npx.exitCode !== null, 60_000, `worker ${tag} to start\n${out}`)
+  await until(() => /pulling from berth__/.test(out) || npx.exitCode !== null, 60_000, () => `worker ${tag} to start\n${out}`)
   if (npx.exitCode !== null) throw new Error(`worker ${tag} exited ${npx.exitCode}:\n${out}`)
   return { npx, out: () => out }
 }
@@ -99,7 +99,7 @@ test.serial('broker mode: .remote(), .map(), a class method with parameters and 
   if (!p) return
   const env = { BROKER_APP: p.app, SLEEP_MS: '20' }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const http = /and (http:\/\/127\.0\.0\.1:\d+)\//.exec(front.out())![1]
   const a = await npxWorker(p.dir, 'A', env)
@@ -140,7 +140,7 @@ async function runsFront(t: ExecutionContext) {
   const runs = join(p.dir, 'runs')
   const env = { BROKER_APP: p.app, RUNS: runs }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const { App, Function } = await import('berth')
   App.lookup(p.app, { server: `http://${address}` })
@@ -163,7 +163,7 @@ test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another 
   const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
   // A holds what its containers have room for (maxContainers 2: running) and as much read
   // ahead (queued in A): all four.
-  await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
+  await until(() => started('A').length === 2, 60_000, () => `worker A to run two inputs\n${a.out()}`)
   const killed = workerProcesses(p.dir, 'A')
   t.true(killed.length >= 3, 'npx, berth worker and its containers')
   for (const pid of killed) process.kill(pid, 'SIGKILL')
@@ -192,7 +192,7 @@ test.serial('broker mode: a worker stopped with SIGTERM gives back at once the i
     for await (const r of square.map([1, 2, 3, 4])) results.push(r)
   })()
   const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
-  await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
+  await until(() => started('A').length === 2, 60_000, () => `worker A to run two inputs\n${a.out()}`)
   const b = await npxWorker(p.dir, 'B', { ...env, SLEEP_MS: '0' })
   a.npx.kill('SIGTERM')
   await within(60_000, mapped, 'the map after A stopped')
@@ -217,7 +217,7 @@ test.serial('broker mode: a failed attempt runs again after a nak with the Retri
   const runs = join(p.dir, 'runs')
   const env = { BROKER_APP: p.app, RUNS: runs, FLAKY_DIR: p.dir }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const w = await npxWorker(p.dir, 'A', env)
 
