@@ -52,12 +52,15 @@ pub struct Input {
     pub method: String,
     /// CBOR array of the positional arguments.
     pub args: Bytes,
-    /// Where the result goes (core NATS subject); empty for a `spawn`.
+    /// Where the result goes (core NATS subject); empty when nobody waits there.
     pub reply: String,
     /// After it the caller no longer waits.
     pub deadline: Option<SystemTime>,
     /// A class's parameters (CBOR map, canonical); empty for a function.
     pub params: Bytes,
+    /// A `spawn`'s: its result is also stored in the app's results bucket
+    /// ([`crate::SpawnResults`]), where any front finds it.
+    pub keep_result: bool,
 }
 
 impl Input {
@@ -74,6 +77,7 @@ impl Input {
             reply: self.reply.clone(),
             deadline_unix_ms: self.deadline.map_or(0, unix_ms),
             params: self.params.to_vec(),
+            keep_result: self.keep_result,
         }
     }
 }
@@ -112,6 +116,7 @@ pub fn decode_inputs(payload: &[u8], delivered: u32) -> Result<Vec<Input>, Error
             reply: i.reply,
             deadline: (i.deadline_unix_ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(i.deadline_unix_ms)),
             params: Bytes::from(i.params),
+            keep_result: i.keep_result,
         });
     }
     Ok(out)
@@ -196,6 +201,7 @@ mod tests {
             reply: "_INBOX.x".into(),
             deadline_unix_ms: 1_700_000_000_000,
             params: Vec::new(),
+            keep_result: true,
         }
     }
 
