@@ -26,7 +26,9 @@
 //! (`berth_nats::Broker::reply_many`: a result lost in a NATS restart is sent again); a
 //! retryable failure runs again after the function's Retries backoff, on any worker; an input
 //! the worker could not run (it is stopping: what it read ahead is withdrawn from the local
-//! queue) goes back at once, for another. With several inputs in a message, an input that runs
+//! queue) goes back at once, for another. A call fronts cancel ([`Front::cancel`]) is answered
+//! `InputCancelledError` and acked: cancelled where it runs, not run when pulled later
+//! ([`Cancels`]). With several inputs in a message, an input that runs
 //! again is republished alone and the others are not run again. Local pools run with no retries
 //! of their own: JetStream's redelivery, or the republish, is the retry.
 //!
@@ -85,10 +87,14 @@ pub(crate) struct Front {
     /// Tells input ids and call ids of this front from every other's (input ids are JetStream
     /// message ids; a spawned call's id is its key in the app's results bucket).
     prefix: String,
+    ids: CallIds,
     outgoing: mpsc::UnboundedSender<Vec<Outgoing>>,
     /// Each app's bucket of spawned calls' results (berth-nats `SpawnResults`): workers store a
     /// spawned call's result there, and GetResult for another front's call reads it.
     results: Vec<berth_nats::SpawnResults>,
+    /// The apps served, and the connection: cancels go to their workers ([`Front::cancel`]).
+    apps: Vec<String>,
+    broker: Broker,
 }
 
 struct Outgoing {
@@ -111,9 +117,10 @@ impl Front {
         apps.sort_unstable();
         apps.dedup();
         let mut results = Vec::with_capacity(apps.len());
-        for app in apps {
+        for app in &apps {
             results.push(broker.spawn_results(app, result_ttl).await.map_err(broker_error)?);
         }
+        let apps: Vec<String> = apps.into_iter().map(str::to_owned).collect();
         for def in &mut registry.functions {
             def.spec.min_containers = 0;
             def.spec.buffer_containers = 0;
@@ -121,29 +128,38 @@ impl Front {
         let router = Arc::new(ResultRouter::start(&broker).await.map_err(broker_error)?);
         let (outgoing, rx) = mpsc::unbounded_channel();
         let inbox = router.inbox().to_string();
-        tokio::spawn(publish(broker, router, rx));
+        tokio::spawn(publish(broker.clone(), router, rx));
         let prefix = format!("{:016x}", crate::plane::rand_token());
         tracing::info!(url = %url, "berth: front: inputs go through NATS JetStream");
-        Ok(Arc::new(Self { inbox, prefix, outgoing, results }))
+        let ids = CallIds(prefix.clone());
+        Ok(Arc::new(Self { inbox, prefix, ids, outgoing, results, apps, broker }))
+    }
+
+    /// Tells the workers that call `fc` (this front's or another's) is cancelled: its inputs
+    /// not run yet are answered `InputCancelledError` without running, those running are
+    /// cancelled, and none is run again (`Cancels`). Its callers get that answer as a result.
+    pub(crate) fn cancel(&self, fc: &str) {
+        let (broker, apps, fc) = (self.broker.clone(), self.apps.clone(), vec![fc.to_owned()]);
+        tokio::spawn(async move {
+            for app in apps {
+                if let Err(e) = broker.cancel_calls(&app, &fc).await {
+                    tracing::warn!("berth: {e}");
+                }
+            }
+        });
     }
 
     /// A call id of this front: `fc-<prefix>-<n>`, unique across fronts.
     pub(crate) fn call_id(&self, n: u64) -> String {
-        format!("fc-{}-{n}", self.prefix)
+        self.ids.call_id(n)
     }
 
-    /// The number of a call id this front issued (`call_id`), if it is one.
     pub(crate) fn own_call(&self, fc: &str) -> Option<u64> {
-        fc.strip_prefix("fc-")?.strip_prefix(self.prefix.as_str())?.strip_prefix('-')?.parse().ok()
+        self.ids.own_call(fc)
     }
 
-    /// Whether `fc` has the shape of another front's call id.
     pub(crate) fn foreign_call(&self, fc: &str) -> bool {
-        let Some((prefix, n)) = fc.strip_prefix("fc-").and_then(|r| r.split_once('-')) else { return false };
-        prefix != self.prefix
-            && prefix.len() == 16
-            && prefix.bytes().all(|b| b.is_ascii_hexdigit())
-            && n.parse::<u64>().is_ok()
+        self.ids.foreign_call(fc)
     }
 
     /// The result of another front's spawned call, from the results bucket: what is there now,
@@ -166,6 +182,31 @@ impl Front {
             }
         }
         Ok(None)
+    }
+}
+
+/// A front's call ids: `fc-<prefix>-<n>`, the prefix (16 hex digits) telling one front's from
+/// another's.
+pub(crate) struct CallIds(String);
+
+impl CallIds {
+    /// A call id of this front: `fc-<prefix>-<n>`, unique across fronts.
+    pub(crate) fn call_id(&self, n: u64) -> String {
+        format!("fc-{}-{n}", self.0)
+    }
+
+    /// The number of a call id this front issued (`call_id`), if it is one.
+    pub(crate) fn own_call(&self, fc: &str) -> Option<u64> {
+        fc.strip_prefix("fc-")?.strip_prefix(self.0.as_str())?.strip_prefix('-')?.parse().ok()
+    }
+
+    /// Whether `fc` has the shape of another front's call id.
+    pub(crate) fn foreign_call(&self, fc: &str) -> bool {
+        let Some((prefix, n)) = fc.strip_prefix("fc-").and_then(|r| r.split_once('-')) else { return false };
+        prefix != self.0
+            && prefix.len() == 16
+            && prefix.bytes().all(|b| b.is_ascii_hexdigit())
+            && n.parse::<u64>().is_ok()
     }
 }
 
@@ -543,7 +584,18 @@ pub async fn start_worker(
     let shared = plane.shared().clone();
     let (stop, stopped) = watch::channel(false);
     let mut worker = Worker { broker: broker.clone(), stop, feeders: Vec::new(), held: Vec::new(), pools: Vec::new() };
+    // One listener per app for the calls fronts cancel (`Cancels`).
+    let mut cancels: Vec<(String, Arc<Cancels>)> = Vec::new();
+    for def in &served {
+        if cancels.iter().all(|(app, _)| *app != def.app) {
+            let c = Arc::new(Cancels::default());
+            let heard = broker.cancelled_calls(&def.app).await.map_err(broker_error)?;
+            worker.feeders.push(tokio::spawn(c.clone().listen(heard, shared.clone(), stopped.clone())));
+            cancels.push((def.app.clone(), c));
+        }
+    }
     for (index, (def, policy)) in served.into_iter().zip(policies).enumerate() {
+        let cancels = cancels.iter().find(|(app, _)| *app == def.app).map(|(_, c)| c.clone()).unwrap_or_default();
         let pool_names = names(&def.app, &def.name);
         let consumer = broker.worker(&pool_names).await.map_err(broker_error)?;
         let window = Arc::new((Mutex::new(Window::for_pool(&def.spec, Instant::now())), Notify::new()));
@@ -562,6 +614,7 @@ pub async fn start_worker(
             stop: stopped.clone(),
             results: tokio::sync::OnceCell::new(),
             result_ttl,
+            cancels,
         };
         worker.feeders.push(tokio::spawn(feeder.run(consumer)));
     }
@@ -585,6 +638,107 @@ struct Feeder {
     /// `result_ttl`) with the first spawned input.
     results: tokio::sync::OnceCell<berth_nats::SpawnResults>,
     result_ttl: Duration,
+    /// The app's cancelled calls, and its inputs running here by call.
+    cancels: Arc<Cancels>,
+}
+
+/// How long a worker remembers a cancelled call: its inputs still in the stream are answered
+/// cancelled when pulled within it.
+const CANCEL_MEMORY: Duration = Duration::from_secs(600);
+
+/// Cancelled calls a worker remembers at most (the oldest forgotten first).
+const CANCELS_KEPT: usize = 100_000;
+
+/// A worker's view of one app's cancels (fronts publish them: berth-nats `Broker::cancel_calls`):
+/// the calls cancelled lately, and which local inputs of each call run here now. An input of a
+/// cancelled call is not run (or is cancelled where it runs) and is answered
+/// `InputCancelledError` and acked: it is not run again elsewhere.
+#[derive(Default)]
+pub(crate) struct Cancels {
+    calls: Mutex<CancelledCalls>,
+    running: Mutex<std::collections::HashMap<String, Vec<InputId>>>,
+}
+
+#[derive(Default)]
+struct CancelledCalls {
+    ids: HashSet<String>,
+    order: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl CancelledCalls {
+    fn insert(&mut self, fc: String, now: Instant) {
+        while self.order.front().is_some_and(|(at, _)| now.duration_since(*at) >= CANCEL_MEMORY)
+            || self.order.len() >= CANCELS_KEPT
+        {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        if self.ids.insert(fc.clone()) {
+            self.order.push_back((now, fc));
+        }
+    }
+}
+
+impl Cancels {
+    pub(crate) fn cancelled(&self, fc: &str) -> bool {
+        lock(&self.calls).ids.contains(fc)
+    }
+
+    /// Notes calls as cancelled and cancels their inputs running here.
+    pub(crate) fn cancel(&self, fcs: Vec<String>, shared: &Shared) {
+        let now = Instant::now();
+        // Noted first, then looked up among the running: an input submitted meanwhile is
+        // either seen running here or sees the call cancelled itself (`Feeder::submit`).
+        {
+            let mut calls = lock(&self.calls);
+            for fc in &fcs {
+                calls.insert(fc.clone(), now);
+            }
+        }
+        let mut ids = Vec::new();
+        {
+            let running = lock(&self.running);
+            for fc in &fcs {
+                ids.extend(running.get(fc).into_iter().flatten().copied());
+            }
+        }
+        if !ids.is_empty() {
+            let _ = shared.commands.send(Command::Cancel(ids));
+        }
+    }
+
+    async fn listen(
+        self: Arc<Self>,
+        heard: impl futures_util::Stream<Item = Vec<String>>,
+        shared: Arc<Shared>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        tokio::pin!(heard);
+        loop {
+            tokio::select! {
+                fcs = futures_util::StreamExt::next(&mut heard) => match fcs {
+                    Some(fcs) => self.cancel(fcs, &shared),
+                    None => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn started(&self, fc: &str, ids: impl IntoIterator<Item = InputId>) {
+        lock(&self.running).entry(fc.to_owned()).or_default().extend(ids);
+    }
+
+    fn finished(&self, fc: &str, ids: &[InputId]) {
+        let mut running = lock(&self.running);
+        if let Some(now) = running.get_mut(fc) {
+            now.retain(|id| !ids.contains(id));
+            if now.is_empty() {
+                running.remove(fc);
+            }
+        }
+    }
 }
 
 impl Feeder {
@@ -624,7 +778,8 @@ impl Feeder {
     /// (berth-nats `Delivery::settle`).
     async fn run_delivery(self: Arc<Self>, d: Delivery) {
         let n = d.inputs.len();
-        let (waits, local) = self.submit(&d.inputs);
+        let (waits, local_by_call) = self.submit(&d.inputs);
+        let local: Vec<InputId> = local_by_call.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
         // The lease lasts `ack_wait` from the last word: say so while the inputs wait or run.
         let mut tick = tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(500)));
         tick.tick().await;
@@ -653,8 +808,25 @@ impl Feeder {
                 }
             }
         };
+        for (fc, ids) in &local_by_call {
+            self.cancels.finished(fc, ids);
+        }
         let mut fates = Vec::with_capacity(n);
         for (input, result) in d.inputs.iter().zip(outcomes) {
+            if self.cancels.cancelled(&input.function_call_id) {
+                // Cancelled by its caller (before it came here, or while it ran): answered so,
+                // and acked, never run again.
+                fates.push(Fate::Reply(BrokerResult::error(
+                    &input.input_id,
+                    input.attempt,
+                    BrokerError {
+                        name: "InputCancelledError".into(),
+                        message: format!("call {} was cancelled", input.function_call_id),
+                        stack: String::new(),
+                    },
+                )));
+                continue;
+            }
             let outcome = result.as_ref().ok().and_then(|(o, _)| *o);
             let method = self.method_of(input).unwrap_or(0);
             let retries = if self.def.spec.methods.get(method as usize).is_some_and(|m| m.no_retries) {
@@ -737,9 +909,9 @@ impl Feeder {
     fn submit(
         &self,
         inputs: &[berth_nats::Input],
-    ) -> (Vec<oneshot::Receiver<(Option<Outcome>, pb::Result)>>, Vec<InputId>) {
+    ) -> (Vec<oneshot::Receiver<(Option<Outcome>, pb::Result)>>, Vec<(String, Vec<InputId>)>) {
         let mut waits = Vec::with_capacity(inputs.len());
-        let mut local = Vec::with_capacity(inputs.len());
+        let mut local = Vec::new();
         let svc = FunctionsSvc { shared: self.shared.clone() };
         let mut i = 0;
         while i < inputs.len() {
@@ -752,6 +924,15 @@ impl Feeder {
                 .count();
             let group = &inputs[i..i + same];
             i += same;
+            if self.cancels.cancelled(&first.function_call_id) {
+                // Not run: answered cancelled (run_delivery).
+                for _ in group {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send((Some(Outcome::Cancelled), error("InputCancelledError", "cancelled")));
+                    waits.push(rx);
+                }
+                continue;
+            }
             let Some(method) = self.method_of(first) else {
                 // Final (Lost settles as a reply): no worker of this app version has the method.
                 for _ in group {
@@ -786,7 +967,14 @@ impl Feeder {
             let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true);
             // One submission's inputs take consecutive ids, the last returned (0: none taken).
             if last != 0 {
-                local.extend((last + 1 - group.len() as InputId)..=last);
+                let ids: Vec<InputId> = ((last + 1 - group.len() as InputId)..=last).collect();
+                // A cancel heard from now on cancels them where they run.
+                self.cancels.started(&first.function_call_id, ids.iter().copied());
+                // One heard just before: cancel them now (the other order runs them).
+                if self.cancels.cancelled(&first.function_call_id) {
+                    let _ = self.shared.commands.send(Command::Cancel(ids.clone()));
+                }
+                local.push((first.function_call_id.clone(), ids));
             }
         }
         (waits, local)
@@ -909,13 +1097,7 @@ mod tests {
 
     #[test]
     fn call_ids_name_their_front() {
-        let front = |prefix: &str| Front {
-            inbox: String::new(),
-            prefix: prefix.into(),
-            outgoing: mpsc::unbounded_channel().0,
-            results: Vec::new(),
-        };
-        let (a, b) = (front("00000000000000aa"), front("00000000000000bb"));
+        let (a, b) = (CallIds("00000000000000aa".into()), CallIds("00000000000000bb".into()));
         let id = a.call_id(7);
         assert_eq!(id, "fc-00000000000000aa-7");
         assert_eq!(a.own_call(&id), Some(7));
@@ -926,6 +1108,27 @@ mod tests {
         for other in ["fc-7", "fc-nope", "fc-00000000000000aa-x", "fc-0000000000000zzz-1", "fc--1", "x"] {
             assert!(!b.foreign_call(other) && b.own_call(other).is_none(), "{other}");
         }
+    }
+
+    #[test]
+    fn cancelled_calls_are_remembered_for_a_while_and_up_to_a_bound() {
+        let t = Instant::now();
+        let mut c = CancelledCalls::default();
+        c.insert("fc-1".into(), t);
+        c.insert("fc-1".into(), t);
+        assert_eq!(c.order.len(), 1, "once");
+        c.insert("fc-2".into(), t + CANCEL_MEMORY / 2);
+        assert!(c.ids.contains("fc-1") && c.ids.contains("fc-2"));
+        // A later cancel forgets those older than CANCEL_MEMORY.
+        c.insert("fc-3".into(), t + CANCEL_MEMORY);
+        assert!(!c.ids.contains("fc-1") && c.ids.contains("fc-2") && c.ids.contains("fc-3"));
+        // Never more than CANCELS_KEPT: the oldest go first.
+        let now = t + CANCEL_MEMORY;
+        for i in 0..CANCELS_KEPT + 10 {
+            c.insert(format!("many-{i}"), now);
+        }
+        assert_eq!((c.ids.len(), c.order.len()), (CANCELS_KEPT, CANCELS_KEPT));
+        assert!(!c.ids.contains("fc-3") && c.ids.contains(&format!("many-{}", CANCELS_KEPT + 9)));
     }
 
     #[test]

@@ -434,13 +434,21 @@ impl Functions for FunctionsSvc {
             cancel_map(&self.shared, &fc, &call);
             return Ok(Response::new(pb::CancelResponse {}));
         }
-        if !st.calls.contains_key(&fc) && self.shared.front.as_ref().is_some_and(|f| f.foreign_call(&fc)) {
-            return Err(Status::unimplemented(format!(
-                "{} was spawned through another front: cancel it there (a call is cancelled by the front that spawned it)",
-                shown(&fc)
-            )));
+        if let Some(front) = &self.shared.front {
+            // Broker mode: the workers hold the call's inputs; this front's call or another's.
+            if st.calls.contains_key(&fc) || front.foreign_call(&fc) {
+                front.cancel(&fc);
+                return Ok(Response::new(pb::CancelResponse {}));
+            }
         }
-        let input = st.calls.get(&fc).map(|s| s.input).ok_or_else(|| not_a_call(&fc))?;
+        let Some(input) = st.calls.get(&fc).map(|s| s.input) else {
+            // A call of this server whose result was delivered (a get() that just returned) or
+            // has expired: it is over, and there is nothing to cancel.
+            if issued(&st, &fc, &self.shared) {
+                return Ok(Response::new(pb::CancelResponse {}));
+            }
+            return Err(not_a_call(&fc));
+        };
         // Under the lock: after the input's submission.
         let _ = self.shared.commands.send(Command::Cancel(vec![input]));
         Ok(Response::new(pb::CancelResponse {}))
@@ -542,16 +550,20 @@ fn grant(shared: &Shared, input: InputId, n: u32) {
     }
 }
 
-/// A call id GetResult does not find: one this server issued (its result was delivered, or
-/// expired), or none it knows.
-fn gone_or_unknown(st: &State, fc: &str, shared: &Shared) -> Status {
-    let ttl = shared.result_ttl;
+/// Whether this server issued call id `fc`.
+fn issued(st: &State, fc: &str, shared: &Shared) -> bool {
     let number = match &shared.front {
         Some(front) => front.own_call(fc),
         None => fc.strip_prefix("fc-").and_then(|n| n.parse::<u64>().ok()),
     };
-    let issued = number.is_some_and(|n| n >= 1 && n <= st.next_call);
-    if !issued {
+    number.is_some_and(|n| n >= 1 && n <= st.next_call)
+}
+
+/// A call id GetResult does not find: one this server issued (its result was delivered, or
+/// expired), or none it knows.
+fn gone_or_unknown(st: &State, fc: &str, shared: &Shared) -> Status {
+    let ttl = shared.result_ttl;
+    if !issued(st, fc, shared) {
         return not_a_call(fc);
     }
     Status::not_found(format!(

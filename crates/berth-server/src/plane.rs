@@ -501,6 +501,10 @@ pub(crate) fn cancel_map(shared: &Shared, fc: &str, map: &MapCall) {
         let _ = shared.commands.send(Command::Cancel(ids));
     }
     drop(st);
+    if let Some(front) = &shared.front {
+        // Broker mode: its inputs are the workers' (broker.rs `Front::cancel`).
+        front.cancel(fc);
+    }
     map.stop.notify_one();
 }
 
