@@ -67,7 +67,7 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
   // The pools' streams, and the bucket of spawned calls' results every front opens.
-  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
+  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -163,6 +163,36 @@ async function runsFront(t: ExecutionContext) {
   App.lookup(p.app, { server: `http://${address}` })
   return { p, runs, env, front, square: Function.fromName<Square>(p.app, 'square') }
 }
+
+test.serial('broker mode: a @batched method gets batches the worker formed from what it pulled; a @concurrent function runs up to maxInputs at once in one container', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, runs, env, front } = f
+  const w = await npxWorker(p.dir, 'W', env)
+  const { Cls, Function } = await import('berth')
+  const batcher = Cls.fromName<{ squares(x: number): Promise<number> }>(p.app, 'Batcher')
+  const xs = Array.from({ length: 40 }, (_, i) => i)
+  const squares: number[] = []
+  await within(90_000, (async () => {
+    for await (const y of batcher.squares.map(xs)) squares.push(y)
+  })(), () => `the batched map\n${w.out()}`)
+  t.deepEqual(squares, xs.map((x) => x * x), 'one result per input, in order')
+  const sizes = readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith('W batch ')).map((l) => Number(l.split(' ')[2]))
+  t.is(sizes.reduce((a, b) => a + b, 0), 40, `every input in one batch: ${sizes}`)
+  t.true(sizes.every((n) => n >= 1 && n <= 8), `no batch past maxBatchSize: ${sizes}`)
+  t.true(Math.max(...sizes) > 1, `inputs pulled together were batched: ${sizes}`)
+
+  const overlap = Function.fromName<(x: number) => Promise<{ x: number; peak: number }>>(p.app, 'overlap')
+  const answers: { x: number; peak: number }[] = []
+  await within(90_000, (async () => {
+    for await (const r of overlap.map([1, 2, 3, 4, 5, 6, 7, 8])) answers.push(r)
+  })(), () => `the concurrent map\n${w.out()}`)
+  t.deepEqual(answers.map((a) => a.x), [1, 2, 3, 4, 5, 6, 7, 8])
+  const peak = Math.max(...answers.map((a) => a.peak))
+  t.true(peak > 1 && peak <= 4, `several at once, never past maxInputs 4: ${peak}`)
+  await stopAll(t, p.dir, [front.npx, w.npx])
+})
 
 test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another after the ack deadline, and each gets exactly one result', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
