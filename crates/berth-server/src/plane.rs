@@ -541,6 +541,8 @@ pub(crate) struct State {
     pub maps: HashMap<String, Arc<MapCall>>,
     /// Spawned calls whose result is in, oldest first: what `expire_results` drops.
     pub finished_calls: std::collections::VecDeque<(Instant, String)>,
+    /// The last inputs that failed, newest last, at most [`RECENT_ERRORS`] (the dashboard's).
+    pub recent_errors: std::collections::VecDeque<RecentError>,
 }
 
 impl State {
@@ -864,6 +866,14 @@ impl ResultSink for Host {
                 )
             }
         };
+        if let (Some(PbOutcome::Error(e)), false) = (&result.outcome, matches!(outcome, Outcome::Cancelled)) {
+            let (app, function) = def().map_or_else(Default::default, |d| (d.app.clone(), d.label(rec.method)));
+            let recent = RecentError::new(app, function, e);
+            if st.recent_errors.len() >= RECENT_ERRORS {
+                st.recent_errors.pop_front();
+            }
+            st.recent_errors.push_back(recent);
+        }
         let spawned = match st.calls.get_mut(&rec.fc) {
             Some(slot) if slot.input == input => {
                 slot.result = Some(result.clone());
@@ -880,6 +890,47 @@ impl ResultSink for Host {
                 let _ = out.send((Some(outcome), result));
             }
             waiter => waiter.send(result),
+        }
+    }
+}
+
+/// Failed inputs the control plane keeps for the dashboard (dashboard.rs), the oldest dropped.
+pub(crate) const RECENT_ERRORS: usize = 50;
+
+/// A stack longer than this is cut in a [`RecentError`].
+const RECENT_STACK_BYTES: usize = 4096;
+
+/// An input that failed: when, what, and its error.
+#[derive(Clone, Debug)]
+pub(crate) struct RecentError {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub app: String,
+    pub function: String,
+    pub name: String,
+    pub message: String,
+    pub stack: String,
+}
+
+impl RecentError {
+    fn new(app: String, function: String, e: &pb::Error) -> Self {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let cut = |s: &str, n: usize| {
+            let mut end = s.len().min(n);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
+        Self {
+            at_ms,
+            app,
+            function,
+            name: cut(&e.name, 256),
+            message: cut(&e.message, RECENT_STACK_BYTES),
+            stack: cut(&e.stack, RECENT_STACK_BYTES),
         }
     }
 }

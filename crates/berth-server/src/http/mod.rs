@@ -5,6 +5,7 @@
 //! |-------------------------------------------|-----------------------------------------------|
 //! | `GET /healthz`                            | 200 `ok` (no token needed)                    |
 //! | `GET /metrics`                            | 200 Prometheus text (metrics.rs)              |
+//! | `GET /dashboard`, `GET /dashboard/events` | the dashboard page, its SSE (dashboard.rs)    |
 //! | `GET /{app}`, `GET /`                      | 200 what the app (every app) serves, as JSON  |
 //! | `POST /{app}/{function}`                  | 200 JSON result                               |
 //! | `POST /{app}/{Class}/{method}`            | 200 JSON result                               |
@@ -73,6 +74,8 @@ struct Ctx {
     token: Option<String>,
     body: BodyLimits,
     counters: Arc<Counters>,
+    /// True once the ingress stops: answers that would stream on (the dashboard's) end.
+    closing: tokio::sync::watch::Receiver<bool>,
     /// The web endpoints of the catalog they were built from (see [`Ctx::web`]).
     web: std::sync::Mutex<(Arc<Catalog>, Arc<web::Routes>)>,
 }
@@ -101,7 +104,8 @@ impl Ingress {
     ) -> Self {
         let catalog = svc.registry();
         let web = std::sync::Mutex::new((Arc::clone(&catalog), Arc::new(web::Routes::new(&catalog))));
-        let ctx = Arc::new(Ctx { svc, token, body, counters, web });
+        let (close, closing) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(Ctx { svc, token, body, counters, closing, web });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
@@ -135,8 +139,10 @@ impl Ingress {
                     let _ = conn.await;
                 });
             }
-            // Stop accepting; requests in flight finish, idle connections close.
+            // Stop accepting; requests in flight finish, idle connections close, and the
+            // dashboard's streams end (they would keep their connections open for ever).
             drop(incoming);
+            let _ = close.send(true);
             graceful.shutdown().await;
         });
         Self { local_addr, stop, task }
@@ -339,7 +345,7 @@ fn fail(status: StatusCode, name: &str, message: impl Into<String>) -> Answer {
 }
 
 const ROUTES: &str =
-    "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET /, GET /metrics or GET /healthz";
+    "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET /, GET /metrics, GET /dashboard or GET /healthz";
 
 async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     // Web endpoints first: each has its own method and token rule (web.rs).
@@ -355,6 +361,15 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         };
     }
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // A browser cannot send a header with a page it opens: the dashboard takes `?token=` too.
+    let dashboard = path == "/dashboard" || path == "/dashboard/events";
+    let from_query = dashboard
+        .then(|| req.uri().query())
+        .flatten()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .and_then(percent_decode)
+        .map(|t| format!("Bearer {t}"));
+    let authorization = authorization.or(from_query.as_deref());
     if let Err(message) = token_rule(ctx.token.as_deref(), authorization) {
         let mut res = fail(StatusCode::UNAUTHORIZED, "Unauthenticated", message);
         res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -368,6 +383,21 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
             Ok(text) => answer(StatusCode::OK, crate::metrics::CONTENT_TYPE, text.into_bytes()),
             Err(why) => fail(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", why),
         };
+    }
+    if dashboard {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return not_allowed("GET");
+        }
+        if path == "/dashboard" {
+            let mut res =
+                answer(StatusCode::OK, "text/html; charset=utf-8", crate::dashboard::PAGE.as_bytes().to_vec());
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return res;
+        }
+        let events = crate::dashboard::events(ctx.svc.shared.clone(), ctx.counters.clone(), ctx.closing.clone());
+        let mut res = streaming(StatusCode::OK, "text/event-stream", events);
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return res;
     }
     let segments: Option<Vec<String>> = path.strip_prefix('/').unwrap_or(path).split('/').map(percent_decode).collect();
     // GET / and GET /{app} (a trailing slash or not): what is served.
