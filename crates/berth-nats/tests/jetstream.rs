@@ -79,6 +79,7 @@ fn input(id: &str, reply: &str) -> BrokerInput {
         reply: reply.into(),
         deadline_unix_ms: 0,
         params: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -21,7 +21,9 @@ use crate::Doorbell;
 // Event tags (crates/berth-node/src/codes.rs, read by src/shared/codes.ts).
 /// phase
 const EV_HOOK: f64 = ContainerEvent::Hook as i32 as f64;
-/// execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n
+/// execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n; each
+/// input's trace context follows its function call id in the bytes: trace-id (16), span id (8),
+/// flags (1), all zero for none (src/run/container.ts formats it only when asked).
 const EV_EXECUTE: f64 = ContainerEvent::Execute as i32 as f64;
 /// inputId, attempt, reason (an `AbortReasonCode`)
 const EV_ABORT: f64 = ContainerEvent::Abort as i32 as f64;
@@ -46,6 +48,10 @@ fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
                 inbox.bytes.extend_from_slice(&i.args);
                 let fc_at = inbox.bytes.len();
                 inbox.bytes.extend_from_slice(i.function_call_id.as_bytes());
+                inbox.bytes.extend_from_slice(&i.trace_id_high.to_be_bytes());
+                inbox.bytes.extend_from_slice(&i.trace_id_low.to_be_bytes());
+                inbox.bytes.extend_from_slice(&i.span_id.to_be_bytes());
+                inbox.bytes.push(i.trace_flags as u8);
                 inbox.events.extend_from_slice(&[
                     i.input_id as f64,
                     f64::from(i.attempt),
