@@ -224,17 +224,17 @@ mod tests {
     fn refuses_what_w3c_calls_invalid() {
         let bad = [
             "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",                    // short
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",                  // 00 with more
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",                   // upper case
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",                   // zero trace-id
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",                   // zero parent-id
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",                   // version ff
-            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",                   // separator
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7_01",                   // separator
-            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",                   // not hex
-            "00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01",                   // not hex
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",                  // later version, no dash
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0", // short
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", // 00 with more
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", // upper case
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace-id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent-id
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // separator
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7_01", // separator
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // not hex
+            "00-4bf92f3577b34da6a3ce929d0e0e473x-00f067aa0ba902b7-01", // not hex
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", // later version, no dash
             "not a traceparent at all, but just as long as one is...",
         ];
         for b in bad {
@@ -247,7 +247,7 @@ mod tests {
         let t = TraceContext::parse(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next")
             .expect("a later version's first fields");
         assert_eq!(t.to_string(), EXAMPLE);
-        assert!(TraceContext::parse(&EXAMPLE.as_bytes()[..]).is_some());
+        assert!(TraceContext::parse(EXAMPLE.as_bytes()).is_some());
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::{failure, Command, InputId, PoolId, Submission};
-use berth_proto::v1::{self as pb, functions_server::Functions};
 use berth_proto::trace::TraceContext;
+use berth_proto::v1::{self as pb, functions_server::Functions};
 use berth_proto::values;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::{Request, Response, Status, Streaming};
@@ -191,7 +191,15 @@ impl FunctionsSvc {
         (result, fc)
     }
 
-    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter, trace: Option<TraceContext>) {
+    fn submit(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        fc: String,
+        waiter: Waiter,
+        trace: Option<TraceContext>,
+    ) {
         self.submit_many(pool, method, fc, vec![(args, waiter)], false, trace);
     }
 
@@ -238,10 +246,12 @@ impl FunctionsSvc {
             return 0;
         }
         let inputs = match &self.shared.front {
-            Some(front) => match crate::broker::divert(&self.shared, front, &mut st, pool, method, &fc, inputs, trace) {
-                Ok(last) => return last,
-                Err(inputs) => inputs,
-            },
+            Some(front) => {
+                match crate::broker::divert(&self.shared, front, &mut st, pool, method, &fc, inputs, trace) {
+                    Ok(last) => return last,
+                    Err(inputs) => inputs,
+                }
+            }
             None => inputs,
         };
         // One trace per call: the caller's, or a new one.
