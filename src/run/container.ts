@@ -9,7 +9,7 @@ import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { InputAbort, markContainerProcess, runInContext, type InputContext } from './context.ts'
-import { hexOf, type Trace } from './trace.ts'
+import { hexOf, spanHex, type Trace } from './trace.ts'
 import {
   applyParams,
   batchResultError,
@@ -41,7 +41,7 @@ interface ExecInput {
   attempt: number
   args: unknown[]
   fc: string
-  /** Its trace context: 25 bytes of `traceBytes` from `traceAt` (crates/berth-node/src/container.rs). */
+  /** Its trace: trace-id and flags, 17 bytes of `traceBytes` from `traceAt` (crates/berth-node/src/container.rs). */
   traceBytes: Uint8Array
   traceAt: number
 }
@@ -68,12 +68,12 @@ class ContainerCtx extends InputAbort implements InputContext {
     super()
   }
   private formatted: string | undefined
-  /** The control plane's trace context for the input: its caller's trace, its own span id (README "Tracing"). */
+  /** The trace its call continues (the control plane's word), with a span id of its own from its input id (README "Tracing"). */
   get traceparent(): string {
     if (this.formatted === undefined) {
       const b = this.traceBytes
       const at = this.traceAt
-      this.formatted = `00-${hexOf(b, at, 16)}-${hexOf(b, at + 16, 8)}-${hexOf(b, at + 24, 1)}`
+      this.formatted = `00-${hexOf(b, at, 16)}-${spanHex(Number(this.inputId.slice(3)))}-${hexOf(b, at + 16, 1)}`
     }
     return this.formatted
   }

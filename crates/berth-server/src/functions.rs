@@ -255,12 +255,10 @@ impl FunctionsSvc {
             None => inputs,
         };
         // One trace per call: the caller's, or a new one.
-        let call_trace = berth_proto::trace::continued(trace);
-        let ids = berth_proto::trace::process_ids();
+        let trace = berth_proto::trace::continued(trace);
         for (args, waiter) in inputs {
             st.next_input += 1;
             let input = st.next_input;
-            let trace = call_trace.child(ids.span(input));
             st.inputs.insert(input, Input { args, fc: fc.clone(), waiter, pool, method, trace });
             subs.push(Submission { input, pool, method, waits });
         }

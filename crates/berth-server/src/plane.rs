@@ -265,6 +265,9 @@ pub(crate) struct Link {
     /// Its web apps' servers, by method (the `AppServer` messages it sent): their requests go
     /// there, not to it as executions (proxy.rs).
     pub servers: Vec<(u32, Arc<crate::proxy::AppServer>)>,
+    /// The trace (trace-id halves, flags) of the last input sent: the next input of the same
+    /// trace is sent with a zero trace-id (containers.proto `ExecInput`).
+    pub last_trace: (u64, u64, u32),
 }
 
 impl Link {
@@ -301,7 +304,17 @@ impl Link {
     /// Adds an execution to this turn's message, sending the message first if the execution
     /// would take it over the cap (the container decodes what one execution needs, however
     /// large: a @batched one carries many inputs).
-    fn push(&mut self, e: pb::Execute) {
+    fn push(&mut self, mut e: pb::Execute) {
+        // Executions leave in the order they are pushed: an input whose trace is the previous
+        // input's goes without it.
+        for i in &mut e.inputs {
+            let trace = (i.trace_id_high, i.trace_id_low, i.trace_flags);
+            if trace == self.last_trace {
+                (i.trace_id_high, i.trace_id_low, i.trace_flags) = (0, 0, 0);
+            } else {
+                self.last_trace = trace;
+            }
+        }
         let size = e.encoded_len();
         if !self.batch.is_empty() && self.batch_bytes + size > self.max_message_bytes {
             self.send_batch();
@@ -511,8 +524,8 @@ pub(crate) struct Input {
     /// What it calls: failures berth reports name the function or method.
     pub pool: PoolId,
     pub method: u32,
-    /// Its W3C trace context (the caller's trace, its own span id): 25 bytes in place, sent with
-    /// its executions (README "Tracing").
+    /// The W3C trace context its call continues (the caller's, or one the call started): 25
+    /// bytes in place; its trace-id and flags go with its executions (README "Tracing").
     pub trace: berth_proto::trace::TraceContext,
 }
 
@@ -696,6 +709,7 @@ impl Invoker for Host {
                     overdue: Vec::new(),
                     overdue_since: None,
                     servers: Vec::new(),
+                    last_trace: (0, 0, 0),
                 },
             );
             let Some(entry) = st.pools.get(&pool) else {
@@ -757,7 +771,6 @@ impl Invoker for Host {
                 args,
                 trace_id_high,
                 trace_id_low,
-                span_id: trace.span(),
                 trace_flags: u32::from(trace.flags),
             });
         }
