@@ -2,9 +2,10 @@
 //! input carries.
 //!
 //! `traceparent` is `00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>`. A caller's is
-//! continued: its inputs keep the trace-id and flags and get a parent-id of their own (a new span
-//! id, [`TraceContext::child`]). A header that does not parse is ignored (a new trace starts),
-//! never an error. Held as bytes, 25 per input, and formatted only when asked for.
+//! continued ([`continued`]): its inputs keep the trace-id and flags and get a parent-id of their
+//! own, a new span id the container makes from the input id (src/run/trace.ts `spanHex`). A
+//! header that does not parse is ignored (a new trace starts), never an error. Held as bytes, 25
+//! per input in the control plane, and formatted only when asked for.
 
 /// One span's place in a trace: the trace it belongs to, its own id (the parent-id of what it
 /// calls) and the trace flags (bit 0: sampled). All zero is "none".
@@ -71,11 +72,6 @@ impl TraceContext {
         }
         out[52] = b'-';
         out[53..55].copy_from_slice(&hex(self.flags));
-    }
-
-    /// A span of the same trace, with id `span` (same trace-id and flags).
-    pub fn child(&self, span: u64) -> Self {
-        Self { trace_id: self.trace_id, span_id: span.to_be_bytes(), flags: self.flags }
     }
 
     /// The trace-id as two big-endian halves, as `ExecInput` and `BrokerInput` carry it.
@@ -166,8 +162,7 @@ pub fn process_ids() -> &'static IdSource {
 }
 
 /// The trace a call continues: its caller's, or, without one (or with one that does not
-/// parse), a new trace (sampled), numbered by a counter of this process. The inputs' own span
-/// ids come from [`IdSource::span`] of their input ids.
+/// parse), a new trace (sampled), numbered by a counter of this process.
 pub fn continued(caller: Option<TraceContext>) -> TraceContext {
     static TRACES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     match caller {
@@ -214,10 +209,14 @@ mod tests {
     }
 
     #[test]
-    fn keeps_flags_and_trace_id_in_a_child() {
+    fn keeps_flags_and_trace_id_through_its_parts() {
         let t = TraceContext::parse(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").expect("valid");
-        let c = t.child(0x1234);
+        let (hi, lo) = t.trace_id_halves();
+        let c = TraceContext::from_parts(hi, lo, 0x1234, u32::from(t.flags));
         assert_eq!(c.to_string(), "00-0af7651916cd43dd8448eb211c80319c-0000000000001234-00");
+        assert!(continued(Some(t)) == t, "a valid caller's is continued as it is");
+        let started = continued(TraceContext::parse(b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-00"));
+        assert!(started.is_valid() && started.trace_id != t.trace_id && started.flags == SAMPLED);
     }
 
     #[test]

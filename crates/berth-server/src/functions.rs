@@ -206,9 +206,8 @@ impl FunctionsSvc {
     /// Many inputs, one lock and one command; returns the id of the last. The inputs of a
     /// cancelled Map call are answered `InputCancelledError` instead (and 0 returned).
     /// `waits`: past maxPendingInputs they wait for room instead of being refused (a Map
-    /// call's: README "API", load shedding). `trace`: the caller's trace context, which each
-    /// input continues with a span id of its own; none starts a trace for the call (README
-    /// "Tracing").
+    /// call's: README "API", load shedding). `trace`: the caller's trace context, which the
+    /// inputs continue; none starts a trace for the call (README "Tracing").
     pub(crate) fn submit_many(
         &self,
         pool: PoolId,
