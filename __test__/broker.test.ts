@@ -53,7 +53,8 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
     return undefined
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
-  t.teardown(() => removeStreams(['square', 'flaky', 'broken', 'Model', 'traced'].map((f) => `berth__${app}__${f}`)))
+  // The pools' streams, and the bucket of spawned calls' results every front opens.
+  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'traced'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -68,20 +69,23 @@ async function npxWorker(dir: string, tag: string, env: Record<string, string>):
   let out = ''
   npx.stdout!.on('data', (d) => (out += d))
   npx.stderr!.on('data', (d) => (out += d))
-  await until(() => /pulling from berth__/.test(out) || npx.exitCode !== null, 60_000, `worker ${tag} to start\n${out}`)
+  await until(() => /pulling from berth__/.test(out) || npx.exitCode !== null, 60_000, () => `worker ${tag} to start\n${out}`)
   if (npx.exitCode !== null) throw new Error(`worker ${tag} exited ${npx.exitCode}:\n${out}`)
   return { npx, out: () => out }
 }
 
+/** Whether process `pid`'s environment has `entry` (`NAME=value`). */
+function taggedWith(pid: number, entry: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(entry)
+  } catch {
+    return false
+  }
+}
+
 /** The processes of `dir` whose environment has `WORKER_TAG=tag`: that worker, npx and its containers. */
 function workerProcesses(dir: string, tag: string): number[] {
-  return processesIn(dir).filter((pid) => {
-    try {
-      return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`WORKER_TAG=${tag}`)
-    } catch {
-      return false
-    }
-  })
+  return processesIn(dir).filter((pid) => taggedWith(pid, `WORKER_TAG=${tag}`))
 }
 
 /** SIGTERM to every npx started: each berth process drains and exits, and takes its containers with it. */
@@ -99,7 +103,7 @@ test.serial('broker mode: .remote(), .map(), a class method with parameters and 
   if (!p) return
   const env = { BROKER_APP: p.app, SLEEP_MS: '20' }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const http = /and (http:\/\/127\.0\.0\.1:\d+)\//.exec(front.out())![1]
   const a = await npxWorker(p.dir, 'A', env)
@@ -140,7 +144,7 @@ async function runsFront(t: ExecutionContext) {
   const runs = join(p.dir, 'runs')
   const env = { BROKER_APP: p.app, RUNS: runs }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const { App, Function } = await import('berth')
   App.lookup(p.app, { server: `http://${address}` })
@@ -163,7 +167,7 @@ test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another 
   const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
   // A holds what its containers have room for (maxContainers 2: running) and as much read
   // ahead (queued in A): all four.
-  await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
+  await until(() => started('A').length === 2, 60_000, () => `worker A to run two inputs\n${a.out()}`)
   const killed = workerProcesses(p.dir, 'A')
   t.true(killed.length >= 3, 'npx, berth worker and its containers')
   for (const pid of killed) process.kill(pid, 'SIGKILL')
@@ -192,7 +196,7 @@ test.serial('broker mode: a worker stopped with SIGTERM gives back at once the i
     for await (const r of square.map([1, 2, 3, 4])) results.push(r)
   })()
   const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
-  await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
+  await until(() => started('A').length === 2, 60_000, () => `worker A to run two inputs\n${a.out()}`)
   const b = await npxWorker(p.dir, 'B', { ...env, SLEEP_MS: '0' })
   a.npx.kill('SIGTERM')
   await within(60_000, mapped, 'the map after A stopped')
@@ -210,6 +214,77 @@ test.serial('broker mode: a worker stopped with SIGTERM gives back at once the i
   await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
 })
 
+test.serial('broker mode: FunctionCall.fromId on another front: a call spawned through front A is read through front B, also once A is gone; cancelling it there names the front to ask', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, env, front, square } = f
+  const b = npxServe(t, p.dir, ['--broker', URL], { ...env, FRONT_TAG: 'B' })
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(b.out()), 60_000, () => `front B to listen\n${b.out()}`)
+  const onB = `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(b.out())![1]}`
+  const w = await npxWorker(p.dir, 'W', { ...env, SLEEP_MS: '1500' })
+
+  const { FunctionCall } = await import('berth')
+  // Read on A, which spawned it, as before: the call's ids name their front.
+  const here = await within(60_000, square.spawn(4), 'spawn on A')
+  t.regex(here.objectId, /^fc-[0-9a-f]{16}-\d+$/)
+  t.is((await within(60_000, here.get(), 'get on A')).y, 16)
+
+  const call = await within(60_000, square.spawn(5), 'spawn on A')
+  const elsewhere = FunctionCall.fromId<{ y: number; by: string }>(call.objectId, { server: onB })
+  // Not done yet (the input takes 1.5 s): B says so rather than failing.
+  await t.throwsAsync(elsewhere.get({ timeout: 0 }), { name: 'FunctionTimeoutError' })
+  const cancel = await t.throwsAsync(elsewhere.cancel())
+  t.regex(cancel?.message ?? '', /spawned through another front: cancel it there/)
+  // Front A goes away (SIGKILL: no goodbye); the worker still finishes the call, and B has it.
+  for (const pid of processesIn(p.dir).filter((pid) => !taggedWith(pid, 'FRONT_TAG=B') && !taggedWith(pid, 'WORKER_TAG=W'))) {
+    process.kill(pid, 'SIGKILL')
+  }
+  t.deepEqual(await within(60_000, elsewhere.get(), 'get on B'), { y: 25, by: 'W' })
+  // Kept for the result TTL: asked again, by another handle, the same.
+  t.deepEqual(await within(30_000, FunctionCall.fromId(call.objectId, { server: onB }).get(), 'get on B again'), { y: 25, by: 'W' })
+  // An id no front issued: not found, as before.
+  await t.throwsAsync(FunctionCall.fromId('fc-nope', { server: onB }).get(), { message: /no spawned call or open Map call 'fc-nope'/ })
+  await stopAll(t, p.dir, [front.npx, b.npx, w.npx])
+})
+
+test.serial('broker mode: a worker scales its containers with the work waiting for it, up to maxContainers, and stops them after scaledownWindow with nothing to do', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const env = { BROKER_APP: p.app, SLEEP_MS: '1500', SCALEDOWN_S: '2' }
+  const front = npxServe(t, p.dir, ['--broker', URL], env)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
+  const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  // Without the warm spare (a container process started ahead of need, not yet any pool's),
+  // the worker's container processes are its pool's containers.
+  const w = await npxWorker(p.dir, 'W', { ...env, BERTH_WARM_SPARE: '0' })
+  const containers = () => processesIn(p.dir, ['__container']).filter((pid) => taggedWith(pid, 'WORKER_TAG=W'))
+  t.is(containers().length, 0, 'minContainers 0: none before the work')
+
+  const { App, Function } = await import('berth')
+  App.lookup(p.app, { server: `http://${address}` })
+  const square = Function.fromName<Square>(p.app, 'square')
+  // One call: one container.
+  t.is((await within(60_000, square.remote(2), 'one call')).y, 4)
+  t.is(containers().length, 1, 'one container for one call')
+  // Eight inputs of 1.5 s waiting: the worker scales to square's maxContainers (2), no further.
+  let most = 0
+  const watching = setInterval(() => (most = Math.max(most, containers().length)), 50)
+  const results: number[] = []
+  await within(90_000, (async () => {
+    for await (const r of square.map([1, 2, 3, 4, 5, 6, 7, 8])) results.push(r.y)
+  })(), () => `the map\n${w.out()}`)
+  clearInterval(watching)
+  t.deepEqual(results, [1, 4, 9, 16, 25, 36, 49, 64])
+  t.is(most, 2, 'scaled up to maxContainers, and not past it')
+  // Nothing to do for scaledownWindow (2 s): its containers stop; the worker stays.
+  await until(() => containers().length === 0, 30_000, () => `the idle worker's containers to stop\n${w.out()}`)
+  t.true(workerProcesses(p.dir, 'W').length > 0, 'the worker itself keeps running')
+  t.is((await within(60_000, square.remote(3), 'a call after the scale-down')).y, 9, 'and scales up again for new work')
+  await stopAll(t, p.dir, [front.npx, w.npx])
+})
+
 test.serial('broker mode: a failed attempt runs again after a nak with the Retries backoff, and the caller gets one result: the retry\'s, or the last failure; another version of the app is refused at start', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const p = await brokerProject(t)
@@ -217,7 +292,7 @@ test.serial('broker mode: a failed attempt runs again after a nak with the Retri
   const runs = join(p.dir, 'runs')
   const env = { BROKER_APP: p.app, RUNS: runs, FLAKY_DIR: p.dir }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const w = await npxWorker(p.dir, 'A', env)
 

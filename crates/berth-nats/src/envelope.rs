@@ -52,12 +52,15 @@ pub struct Input {
     pub method: String,
     /// CBOR array of the positional arguments.
     pub args: Bytes,
-    /// Where the result goes (core NATS subject); empty for a `spawn`.
+    /// Where the result goes (core NATS subject); empty when nobody waits there.
     pub reply: String,
     /// After it the caller no longer waits.
     pub deadline: Option<SystemTime>,
     /// A class's parameters (CBOR map, canonical); empty for a function.
     pub params: Bytes,
+    /// A `spawn`'s: its result is also stored in the app's results bucket
+    /// ([`crate::SpawnResults`]), where any front finds it.
+    pub keep_result: bool,
     /// The caller's W3C trace context, as the envelope carries it (all zero: none).
     pub trace: Trace,
 }
@@ -86,6 +89,7 @@ impl Input {
             reply: self.reply.clone(),
             deadline_unix_ms: self.deadline.map_or(0, unix_ms),
             params: self.params.to_vec(),
+            keep_result: self.keep_result,
             trace_id_high: self.trace.trace_id_high,
             trace_id_low: self.trace.trace_id_low,
             span_id: self.trace.span_id,
@@ -128,6 +132,7 @@ pub fn decode_inputs(payload: &[u8], delivered: u32) -> Result<Vec<Input>, Error
             reply: i.reply,
             deadline: (i.deadline_unix_ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(i.deadline_unix_ms)),
             params: Bytes::from(i.params),
+            keep_result: i.keep_result,
             trace: Trace {
                 trace_id_high: i.trace_id_high,
                 trace_id_low: i.trace_id_low,
@@ -218,6 +223,7 @@ mod tests {
             reply: "_INBOX.x".into(),
             deadline_unix_ms: 1_700_000_000_000,
             params: Vec::new(),
+            keep_result: true,
             trace_id_high: 0x4bf9_2f35_77b3_4da6,
             trace_id_low: 0xa3ce_929d_0e0e_4736,
             span_id: 0x00f0_67aa_0ba9_02b7,

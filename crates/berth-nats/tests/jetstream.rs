@@ -79,6 +79,7 @@ fn input(id: &str, reply: &str) -> BrokerInput {
         reply: reply.into(),
         deadline_unix_ms: 0,
         params: Vec::new(),
+        keep_result: false,
         ..Default::default()
     }
 }
@@ -470,6 +471,41 @@ async fn two_workers_whose_pulls_the_server_cannot_fill_still_settle_every_input
     let all = futures_util::future::join_all(workers);
     tokio::time::timeout(Duration::from_secs(30), all).await.expect("every input settled (no stall)");
     assert_eq!(acked.load(std::sync::atomic::Ordering::SeqCst), total);
+}
+
+/// A pull request the server never answers (here: the server stopped with SIGSTOP, as a server
+/// killed or cut off mid-request leaves it) ends after `PULL_ANSWER_MARGIN`, and the worker
+/// pulls again once the server answers: its feeder does not wait for ever (a worker stalled so
+/// after a NATS restart, its pool's inputs waiting in the stream).
+#[tokio::test]
+async fn a_pull_the_server_never_answers_ends_and_the_next_pull_gets_the_inputs() {
+    let (port, store) = own_store("stopped");
+    let Some(server) = OwnServer::start(port, &store) else {
+        eprintln!("skipped: no nats-server binary in PATH (apt-get install nats-server)");
+        return;
+    };
+    let broker = Broker::connect(&server.url()).await.unwrap();
+    let names = names("stopped-app", "f");
+    broker.ensure_pool("stopped-app", &names, &settings(30_000, 3)).await.unwrap();
+    let mut w = broker.worker(&names).await.unwrap();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &server.child.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    let mut got = 0;
+    let pulled = tokio::time::timeout(Duration::from_secs(60), w.pull_each(10, SHORT, |_| got += 1)).await;
+    signal("-CONT");
+    let pulled = pulled.expect("the pull ended (it waited for an answer that never came)");
+    assert_eq!(pulled.unwrap(), 0);
+    assert!(t.elapsed() >= berth_nats::worker::PULL_ANSWER_MARGIN, "it waited for the answer first");
+    broker.publish_input(&names, input("s-1", "")).await.unwrap();
+    let got = w.pull(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got.iter().map(|d| d.inputs[0].input_id.as_str()).collect::<Vec<_>>(), ["s-1"]);
+    got[0].lease.ack().await.unwrap();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&store);
 }
 
 /// A store directory and a free port for an [`OwnServer`].

@@ -9,6 +9,9 @@
 //! it on its pool's subject with the front's result inbox as the reply, and answers the
 //! waiter from the [`ResultRouter`] (first result per input; JetStream delivers at least once).
 //! Inputs of the same pool that are ready at once share a message ([`publish`]).
+//! A Spawn's input also asks the worker to store its result in the app's results bucket
+//! (`keep_result`; berth-nats `SpawnResults`), keyed by the call id, which names the front
+//! ([`Front::call_id`]): GetResult on another front reads it there ([`Front::stored_result`]).
 //! At most [`FRONT_WINDOW`] inputs are in flight per front: results come back on core NATS,
 //! at most once, into a bounded inbox buffer. Generators and web requests are not through the
 //! broker yet: the front runs them in containers of its own, as without `--broker`.
@@ -80,9 +83,13 @@ async fn connect_pools<'a>(url: &str, defs: impl Iterator<Item = &'a FunctionDef
 /// The front's side of broker mode, held by the control plane's shared state.
 pub(crate) struct Front {
     inbox: String,
-    /// Tells input ids of this front from every other's (they are JetStream message ids).
+    /// Tells input ids and call ids of this front from every other's (input ids are JetStream
+    /// message ids; a spawned call's id is its key in the app's results bucket).
     prefix: String,
     outgoing: mpsc::UnboundedSender<Vec<Outgoing>>,
+    /// Each app's bucket of spawned calls' results (berth-nats `SpawnResults`): workers store a
+    /// spawned call's result there, and GetResult for another front's call reads it.
+    results: Vec<berth_nats::SpawnResults>,
 }
 
 struct Outgoing {
@@ -99,8 +106,15 @@ struct Outgoing {
 impl Front {
     /// Connects to `url`, makes or verifies every pool's stream, starts the result inbox and
     /// the publisher. The registry's pools keep no containers warm here: workers run them.
-    pub(crate) async fn start(url: &str, registry: &mut Registry) -> io::Result<Arc<Self>> {
+    pub(crate) async fn start(url: &str, registry: &mut Registry, result_ttl: Duration) -> io::Result<Arc<Self>> {
         let broker = connect_pools(url, registry.functions.iter()).await?;
+        let mut apps: Vec<&str> = registry.functions.iter().map(|d| d.app.as_str()).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        let mut results = Vec::with_capacity(apps.len());
+        for app in apps {
+            results.push(broker.spawn_results(app, result_ttl).await.map_err(broker_error)?);
+        }
         for def in &mut registry.functions {
             def.spec.min_containers = 0;
             def.spec.buffer_containers = 0;
@@ -111,7 +125,48 @@ impl Front {
         tokio::spawn(publish(broker, router, rx));
         let prefix = format!("{:016x}", crate::plane::rand_token());
         tracing::info!(url = %url, "berth: front: inputs go through NATS JetStream");
-        Ok(Arc::new(Self { inbox, prefix, outgoing }))
+        Ok(Arc::new(Self { inbox, prefix, outgoing, results }))
+    }
+
+    /// A call id of this front: `fc-<prefix>-<n>`, unique across fronts.
+    pub(crate) fn call_id(&self, n: u64) -> String {
+        format!("fc-{}-{n}", self.prefix)
+    }
+
+    /// The number of a call id this front issued (`call_id`), if it is one.
+    pub(crate) fn own_call(&self, fc: &str) -> Option<u64> {
+        fc.strip_prefix("fc-")?.strip_prefix(self.prefix.as_str())?.strip_prefix('-')?.parse().ok()
+    }
+
+    /// Whether `fc` has the shape of another front's call id.
+    pub(crate) fn foreign_call(&self, fc: &str) -> bool {
+        let Some((prefix, n)) = fc.strip_prefix("fc-").and_then(|r| r.split_once('-')) else { return false };
+        prefix != self.prefix
+            && prefix.len() == 16
+            && prefix.bytes().all(|b| b.is_ascii_hexdigit())
+            && n.parse::<u64>().is_ok()
+    }
+
+    /// The result of another front's spawned call, from the results bucket: what is there now,
+    /// or what comes within `timeout`; `None` if nothing did. A result stays there for the
+    /// `--result-ttl` of the front that made the bucket, and may be read more than once.
+    pub(crate) async fn stored_result(&self, fc: &str, timeout: Duration) -> Result<Option<pb::Result>, String> {
+        for bucket in &self.results {
+            if let Some(r) = bucket.get(fc).await.map_err(|e| e.message)? {
+                return Ok(Some(to_pb(r)));
+            }
+        }
+        if timeout.is_zero() || self.results.is_empty() {
+            return Ok(None);
+        }
+        let waits = self.results.iter().map(|b| Box::pin(b.wait(fc, timeout)));
+        let mut waits: futures_util::stream::FuturesUnordered<_> = waits.collect();
+        while let Some(r) = futures_util::StreamExt::next(&mut waits).await {
+            if let Some(r) = r.map_err(|e| e.message)? {
+                return Ok(Some(to_pb(r)));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -159,6 +214,7 @@ pub(crate) fn divert(
             reply: front.inbox.clone(),
             deadline_unix_ms: 0,
             params: params.clone(),
+            keep_result: spawned.is_some(),
             trace_id_high,
             trace_id_low,
             span_id: trace.span(),
@@ -447,6 +503,9 @@ impl Worker {
     }
 }
 
+/// Tries to store a spawned call's result beyond the first (about 30 s in all).
+const KEEP_TRIES: u32 = 18;
+
 /// How long a stopping worker whose inputs are done waits for their results to be confirmed
 /// and their messages acked.
 const SETTLE_AT_STOP: Duration = Duration::from_secs(10);
@@ -489,6 +548,7 @@ pub async fn start_worker(
     for d in &mut local {
         d.spec.retries.max_retries = 0;
     }
+    let result_ttl = serve.result_ttl;
     let plane = ControlPlane::start(Registry { functions: local }, spawner, serve).await?;
     let shared = plane.shared().clone();
     let (stop, stopped) = watch::channel(false);
@@ -510,6 +570,8 @@ pub async fn start_worker(
             window,
             ack_wait,
             stop: stopped.clone(),
+            results: tokio::sync::OnceCell::new(),
+            result_ttl,
         };
         worker.feeders.push(tokio::spawn(feeder.run(consumer)));
     }
@@ -529,6 +591,10 @@ struct Feeder {
     ack_wait: Duration,
     /// True once the worker stops: no more pulls, and what was pulled but not started is given back.
     stop: watch::Receiver<bool>,
+    /// The app's bucket of spawned calls' results, opened (or made, entries living
+    /// `result_ttl`) with the first spawned input.
+    results: tokio::sync::OnceCell<berth_nats::SpawnResults>,
+    result_ttl: Duration,
 }
 
 impl Feeder {
@@ -621,10 +687,50 @@ impl Feeder {
                 self.window.1.notify_one();
             }
         }
+        for (input, fate) in d.inputs.iter().zip(&fates) {
+            if let (true, Fate::Reply(result)) = (input.keep_result, fate) {
+                self.keep(input, result, &d.lease).await;
+            }
+        }
         if let Err(e) = d.settle(&self.broker, fates).await {
             tracing::warn!("berth worker: {e}");
         }
         lock(&self.window.0).settling -= 1;
+    }
+
+    /// Stores a spawned call's result in the app's results bucket, before it is replied and
+    /// acked: so `FunctionCall.fromId` finds it on any front, also when the front that spawned
+    /// it is gone. Tried again for a while (the lease kept alive) while NATS does not take it;
+    /// then only the front that spawned it gets it, as its reply.
+    async fn keep(&self, input: &berth_nats::Input, result: &BrokerResult, lease: &berth_nats::Lease) {
+        let fc = &input.function_call_id;
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            let stored = match self
+                .results
+                .get_or_try_init(|| self.broker.spawn_results(&self.def.app, self.result_ttl))
+                .await
+            {
+                Ok(bucket) => bucket.put(fc, result).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(()) => return,
+                Err(e) if tries >= KEEP_TRIES => {
+                    tracing::warn!(
+                        "berth worker: the result of spawned call {fc} is not stored for other fronts ({e}); the front that spawned it still gets it"
+                    );
+                    return;
+                }
+                Err(_) => {
+                    tries += 1;
+                    let _ = lease.progress().await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     fn method_of(&self, input: &berth_nats::Input) -> Option<u32> {
@@ -814,6 +920,27 @@ mod tests {
         assert_eq!(settle(Some(Outcome::Cancelled), 1, 0, false), Settle::Release);
         assert_eq!(settle(Some(Outcome::Rejected), 1, 0, false), Settle::Release);
         assert_eq!(settle(None, 1, 0, false), Settle::Release);
+    }
+
+    #[test]
+    fn call_ids_name_their_front() {
+        let front = |prefix: &str| Front {
+            inbox: String::new(),
+            prefix: prefix.into(),
+            outgoing: mpsc::unbounded_channel().0,
+            results: Vec::new(),
+        };
+        let (a, b) = (front("00000000000000aa"), front("00000000000000bb"));
+        let id = a.call_id(7);
+        assert_eq!(id, "fc-00000000000000aa-7");
+        assert_eq!(a.own_call(&id), Some(7));
+        assert!(!a.foreign_call(&id), "its own");
+        assert_eq!(b.own_call(&id), None);
+        assert!(b.foreign_call(&id), "another front's: B reads its result from the bucket");
+        // Not a front's call id at all: neither (GetResult answers NOT_FOUND as before).
+        for other in ["fc-7", "fc-nope", "fc-00000000000000aa-x", "fc-0000000000000zzz-1", "fc--1", "x"] {
+            assert!(!b.foreign_call(other) && b.own_call(other).is_none(), "{other}");
+        }
     }
 
     #[test]

@@ -351,9 +351,16 @@ impl FunctionsSvc {
     }
 
     pub(crate) fn new_call_id(&self) -> String {
-        let mut st = self.shared.lock();
-        st.next_call += 1;
-        format!("fc-{}", st.next_call)
+        let n = {
+            let mut st = self.shared.lock();
+            st.next_call += 1;
+            st.next_call
+        };
+        match &self.shared.front {
+            // Unique across fronts: another front reads a spawned call's result by its id.
+            Some(front) => front.call_id(n),
+            None => format!("fc-{n}"),
+        }
     }
 }
 
@@ -404,10 +411,22 @@ impl Functions for FunctionsSvc {
         let req = req.into_inner();
         let ready = {
             let st = self.shared.lock();
-            let Some(slot) = st.calls.get(&req.function_call_id) else {
-                return Err(gone_or_unknown(&st, &req.function_call_id, self.shared.result_ttl));
-            };
-            slot.ready.clone()
+            match st.calls.get(&req.function_call_id) {
+                Some(slot) => Some(slot.ready.clone()),
+                None if self.shared.front.as_ref().is_some_and(|f| f.foreign_call(&req.function_call_id)) => None,
+                None => return Err(gone_or_unknown(&st, &req.function_call_id, &self.shared)),
+            }
+        };
+        // None: another front's spawned call (broker mode), whose result is in the app's
+        // results bucket once a worker has it.
+        let Some(ready) = ready else {
+            let front = self.shared.front.as_ref().ok_or_else(|| not_a_call(&req.function_call_id))?;
+            let wait = Duration::from_secs_f64(req.timeout.clamp(0.0, 86_400.0));
+            let result = front
+                .stored_result(&req.function_call_id, wait)
+                .await
+                .map_err(|e| Status::unavailable(format!("reading the result of {}: {e}", req.function_call_id)))?;
+            return Ok(Response::new(pb::GetResultResponse { ready: result.is_some(), result }));
         };
         let notified = ready.notified();
         tokio::pin!(notified);
@@ -456,6 +475,12 @@ impl Functions for FunctionsSvc {
             drop(st);
             cancel_map(&self.shared, &fc, &call);
             return Ok(Response::new(pb::CancelResponse {}));
+        }
+        if !st.calls.contains_key(&fc) && self.shared.front.as_ref().is_some_and(|f| f.foreign_call(&fc)) {
+            return Err(Status::unimplemented(format!(
+                "{} was spawned through another front: cancel it there (a call is cancelled by the front that spawned it)",
+                shown(&fc)
+            )));
         }
         let input = st.calls.get(&fc).map(|s| s.input).ok_or_else(|| not_a_call(&fc))?;
         // Under the lock: after the input's submission.
@@ -587,9 +612,13 @@ fn grant(shared: &Shared, input: InputId, n: u32) {
 
 /// A call id GetResult does not find: one this server issued (its result was delivered, or
 /// expired), or none it knows.
-fn gone_or_unknown(st: &State, fc: &str, ttl: Duration) -> Status {
-    let issued =
-        fc.strip_prefix("fc-").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 1 && n <= st.next_call);
+fn gone_or_unknown(st: &State, fc: &str, shared: &Shared) -> Status {
+    let ttl = shared.result_ttl;
+    let number = match &shared.front {
+        Some(front) => front.own_call(fc),
+        None => fc.strip_prefix("fc-").and_then(|n| n.parse::<u64>().ok()),
+    };
+    let issued = number.is_some_and(|n| n >= 1 && n <= st.next_call);
     if !issued {
         return not_a_call(fc);
     }
