@@ -67,7 +67,7 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
   // The pools' streams, and the bucket of spawned calls' results every front opens.
-  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
+  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -424,4 +424,34 @@ test('broker mode: an unreachable broker is an error at start naming its URL, fo
   const unknown = await berth(['worker', app, '--broker', 'nats://127.0.0.1:1', '--function', 'cube'])
   t.is(unknown.code, 2)
   t.regex(unknown.stderr, /--function cube: the app has no function or class 'cube'; it has: square/)
+})
+
+test.serial("broker mode: a caller's traceparent travels in the envelope to the worker's input; a .map() without one is one trace", async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, env, front } = f
+  const http = /and (http:\/\/127\.0\.0\.1:\d+)\//.exec(front.out())![1]
+  const a = await npxWorker(p.dir, 'A', env)
+  const sent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00'
+  const res = await within(60_000, fetch(`${http}/${p.app}/traced`, { method: 'POST', body: '[1]', headers: { traceparent: sent } }), 'the HTTP call')
+  t.is(res.status, 200)
+  const got = (await res.json()) as { traceparent: string; by: string }
+  t.is(got.by, 'A', 'a worker ran it')
+  const [, trace, span, flags] = got.traceparent.split('-')
+  t.deepEqual([trace, flags], ['0af7651916cd43dd8448eb211c80319c', '00'], "the caller's trace-id and flags")
+  t.not(span, 'b7ad6b7169203331', 'a span id of its own')
+
+  const { Function } = await import('berth')
+  const traced = Function.fromName<(x: number) => Promise<{ traceparent: string; by: string }>>(p.app, 'traced')
+  const mapped: string[] = []
+  await within(60_000, (async () => {
+    for await (const r of traced.map([1, 2, 3, 4])) mapped.push(r.traceparent)
+  })(), '.map()')
+  const ids = mapped.map((tp) => /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/.exec(tp))
+  t.true(ids.every((m) => m !== null), mapped.join(' '))
+  t.is(new Set(ids.map((m) => m![1])).size, 1, 'one trace for the map')
+  t.not(ids[0]![1], trace)
+  t.is(new Set(ids.map((m) => m![2])).size, 4, 'a span id per input')
+  await stopAll(t, p.dir, [front.npx, a.npx])
 })

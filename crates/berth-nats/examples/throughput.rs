@@ -125,6 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 deadline_unix_ms: 0,
                 params: Vec::new(),
                 keep_result: false,
+                ..Default::default()
             })
             .collect();
         next += k;

@@ -80,6 +80,7 @@ fn input(id: &str, reply: &str) -> BrokerInput {
         deadline_unix_ms: 0,
         params: Vec::new(),
         keep_result: false,
+        ..Default::default()
     }
 }
 

@@ -44,6 +44,7 @@ use std::{collections::HashSet, io};
 use berth_core::broker::{names, BrokerNames};
 use berth_core::{Command, InputId, Outcome, PoolId, RetryPolicy};
 use berth_nats::{Broker, BrokerError, BrokerInput, BrokerResult, Delivery, Fate, PoolSettings, ResultRouter};
+use berth_proto::trace::TraceContext;
 use berth_proto::v1::{self as pb, result::Outcome as PbOutcome};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
@@ -213,8 +214,9 @@ impl CallIds {
 /// `FunctionsSvc::submit_many`'s broker hook, under the state lock: inputs whose waiter takes
 /// one result are published (their local ids allotted here, so a Spawn's slot learns its
 /// input as without a broker); `Ok` with the last input id then. Any other waiter (a
-/// generator's items, a web request) stays local: `Err` gives the inputs back.
-#[allow(clippy::type_complexity)]
+/// generator's items, a web request) stays local: `Err` gives the inputs back. The caller's
+/// trace context travels in each input's envelope; the worker's input continues it.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn divert(
     shared: &Arc<Shared>,
     front: &Front,
@@ -223,6 +225,7 @@ pub(crate) fn divert(
     method: u32,
     fc: &str,
     inputs: Vec<(Vec<u8>, Waiter)>,
+    trace: Option<TraceContext>,
 ) -> Result<InputId, Vec<(Vec<u8>, Waiter)>> {
     if !inputs.iter().all(|(_, w)| matches!(w, Waiter::Call(_) | Waiter::Map(..) | Waiter::None)) {
         return Err(inputs);
@@ -236,6 +239,9 @@ pub(crate) fn divert(
         if def.is_class { def.methods.get(method as usize).cloned().unwrap_or_default() } else { String::new() };
     let mut last = 0;
     let mut out = Vec::with_capacity(inputs.len());
+    // One trace per call, the caller's or a new one, as without a broker (functions.rs).
+    let trace = berth_proto::trace::continued(trace);
+    let (trace_id_high, trace_id_low) = trace.trace_id_halves();
     for (args, waiter) in inputs {
         st.next_input += 1;
         last = st.next_input;
@@ -250,6 +256,10 @@ pub(crate) fn divert(
             deadline_unix_ms: 0,
             params: params.clone(),
             keep_result: spawned.is_some(),
+            trace_id_high,
+            trace_id_low,
+            span_id: trace.span(),
+            trace_flags: u32::from(trace.flags),
         };
         out.push(Outgoing { names: pool_names.clone(), per_message, input, local: last, waiter, spawned });
     }
@@ -919,7 +929,10 @@ impl Feeder {
             let same = inputs[i..]
                 .iter()
                 .take_while(|x| {
-                    x.method == first.method && x.params == first.params && x.function_call_id == first.function_call_id
+                    x.method == first.method
+                        && x.params == first.params
+                        && x.function_call_id == first.function_call_id
+                        && x.trace == first.trace
                 })
                 .count();
             let group = &inputs[i..i + same];
@@ -964,7 +977,9 @@ impl Feeder {
                 waits.push(rx);
                 batch.push((input.args.to_vec(), Waiter::Settled(tx)));
             }
-            let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true);
+            let t = first.trace;
+            let trace = TraceContext::from_parts(t.trace_id_high, t.trace_id_low, t.span_id, t.flags);
+            let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true, Some(trace));
             // One submission's inputs take consecutive ids, the last returned (0: none taken).
             if last != 0 {
                 let ids: Vec<InputId> = ((last + 1 - group.len() as InputId)..=last).collect();

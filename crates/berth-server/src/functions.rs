@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::{failure, Command, InputId, PoolId, Submission};
+use berth_proto::trace::TraceContext;
 use berth_proto::v1::{self as pb, functions_server::Functions};
 use berth_proto::values;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -175,22 +176,38 @@ impl FunctionsSvc {
     }
 
     /// One call, as Invoke makes it: submitted with its own function call id, awaited.
-    pub(crate) async fn call(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (pb::Result, String) {
+    /// `trace`: the caller's trace context, continued by the input (README "Tracing").
+    pub(crate) async fn call(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> (pb::Result, String) {
         let fc = self.new_call_id();
         let (tx, rx) = oneshot::channel();
-        self.submit(pool, method, args, fc.clone(), Waiter::Call(tx));
+        self.submit(pool, method, args, fc.clone(), Waiter::Call(tx), trace);
         let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
         (result, fc)
     }
 
-    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) {
-        self.submit_many(pool, method, fc, vec![(args, waiter)], false);
+    fn submit(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        fc: String,
+        waiter: Waiter,
+        trace: Option<TraceContext>,
+    ) {
+        self.submit_many(pool, method, fc, vec![(args, waiter)], false, trace);
     }
 
     /// Many inputs, one lock and one command; returns the id of the last. The inputs of a
     /// cancelled Map call are answered `InputCancelledError` instead (and 0 returned).
     /// `waits`: past maxPendingInputs they wait for room instead of being refused (a Map
-    /// call's: README "API", load shedding).
+    /// call's: README "API", load shedding). `trace`: the caller's trace context, which the
+    /// inputs continue; none starts a trace for the call (README "Tracing").
     pub(crate) fn submit_many(
         &self,
         pool: PoolId,
@@ -198,13 +215,15 @@ impl FunctionsSvc {
         fc: String,
         inputs: Vec<(Vec<u8>, Waiter)>,
         waits: bool,
+        trace: Option<TraceContext>,
     ) -> InputId {
-        self.submit_driven(pool, method, fc, inputs, waits, false)
+        self.submit_driven(pool, method, fc, inputs, waits, false, trace)
     }
 
     /// As [`submit_many`](Self::submit_many); `now`: the scheduler's turn runs on this task
     /// (driver.rs), rather than on the turn task, which takes what waits from every caller at
     /// once (larger batches to containers: `.map()` and many calls in flight go faster so).
+    #[allow(clippy::too_many_arguments)]
     fn submit_driven(
         &self,
         pool: PoolId,
@@ -213,6 +232,7 @@ impl FunctionsSvc {
         inputs: Vec<(Vec<u8>, Waiter)>,
         waits: bool,
         now: bool,
+        trace: Option<TraceContext>,
     ) -> InputId {
         let mut subs = Vec::with_capacity(inputs.len());
         let mut st = self.shared.lock();
@@ -225,16 +245,20 @@ impl FunctionsSvc {
             return 0;
         }
         let inputs = match &self.shared.front {
-            Some(front) => match crate::broker::divert(&self.shared, front, &mut st, pool, method, &fc, inputs) {
-                Ok(last) => return last,
-                Err(inputs) => inputs,
-            },
+            Some(front) => {
+                match crate::broker::divert(&self.shared, front, &mut st, pool, method, &fc, inputs, trace) {
+                    Ok(last) => return last,
+                    Err(inputs) => inputs,
+                }
+            }
             None => inputs,
         };
+        // One trace per call: the caller's, or a new one.
+        let trace = berth_proto::trace::continued(trace);
         for (args, waiter) in inputs {
             st.next_input += 1;
             let input = st.next_input;
-            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter, pool, method });
+            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter, pool, method, trace });
             subs.push(Submission { input, pool, method, waits });
         }
         let last = subs.last().map_or(0, |s| s.input);
@@ -254,14 +278,26 @@ impl FunctionsSvc {
     }
 
     /// One generator call: its items as they come, and its end; and its function call id.
-    pub(crate) fn open_stream(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
-        self.open(pool, method, args, Waiter::Stream)
+    pub(crate) fn open_stream(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> (StreamItems, String) {
+        self.open(pool, method, args, Waiter::Stream, trace)
     }
 
     /// One web endpoint request (web.rs): a stream of the items of a streamed Response, or of
     /// its result alone.
-    pub(crate) fn open_web(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
-        self.open(pool, method, args, Waiter::Web)
+    pub(crate) fn open_web(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> (StreamItems, String) {
+        self.open(pool, method, args, Waiter::Web, trace)
     }
 
     /// One request for a web app with a server of its own (web.rs, proxy.rs): an input whose
@@ -273,9 +309,10 @@ impl FunctionsSvc {
         request: hyper::Request<crate::http::Limited>,
     ) -> (crate::proxy::Proxied, String) {
         let fc = self.new_call_id();
+        let trace = caller_trace(request.headers());
         let (waiter, proxied) = crate::proxy::waiter(request);
         // Its turn here: the scheduler's assignment comes back to this task at once (proxy.rs).
-        let input = self.submit_driven(pool, method, fc.clone(), vec![(Vec::new(), waiter)], false, true);
+        let input = self.submit_driven(pool, method, fc.clone(), vec![(Vec::new(), waiter)], false, true, trace);
         (proxied(self.shared.clone(), input), fc)
     }
 
@@ -285,10 +322,11 @@ impl FunctionsSvc {
         method: u32,
         args: Vec<u8>,
         waiter: fn(mpsc::UnboundedSender<Result<pb::StreamItem, Status>>) -> Waiter,
+        trace: Option<TraceContext>,
     ) -> (StreamItems, String) {
         let (tx, rx) = mpsc::unbounded_channel();
         let fc = self.new_call_id();
-        let input = self.submit_many(pool, method, fc.clone(), vec![(args, waiter(tx))], false);
+        let input = self.submit_many(pool, method, fc.clone(), vec![(args, waiter(tx))], false, trace);
         (StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false, first: None }, fc)
     }
 
@@ -329,11 +367,12 @@ impl FunctionsSvc {
 #[tonic::async_trait]
 impl Functions for FunctionsSvc {
     async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let trace = caller_trace(req.metadata());
         let req = req.into_inner();
         let target = self.resolve(req.function.as_ref())?;
         target.not_generator("Invoke")?;
         target.check_args(&req.args, "args")?;
-        let (result, fc) = self.call(target.pool, target.method, req.args).await;
+        let (result, fc) = self.call(target.pool, target.method, req.args, trace).await;
         if let Some(message) = queue_full(&result) {
             return Err(Status::resource_exhausted(message));
         }
@@ -343,7 +382,8 @@ impl Functions for FunctionsSvc {
     type MapStream = MapResponses;
 
     async fn map(&self, req: Request<Streaming<pb::MapRequest>>) -> Result<Response<Self::MapStream>, Status> {
-        let (responses, fc) = self.open_map(req.into_inner()).await?;
+        let trace = caller_trace(req.metadata());
+        let (responses, fc) = self.open_map(req.into_inner(), trace).await?;
         let mut response = Response::new(responses);
         if let Ok(v) = fc.parse() {
             response.metadata_mut().insert(MAP_CALL_ID_HEADER, v);
@@ -352,6 +392,7 @@ impl Functions for FunctionsSvc {
     }
 
     async fn spawn(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
+        let trace = caller_trace(req.metadata());
         let req = req.into_inner();
         let target = self.resolve(req.function.as_ref())?;
         target.not_generator("Spawn")?;
@@ -362,7 +403,7 @@ impl Functions for FunctionsSvc {
         let ready = Arc::new(Notify::new());
         self.shared.lock().calls.insert(fc.clone(), CallSlot { input: 0, result: None, ready });
         // The slot learns its input in `submit`, under the same lock.
-        self.submit(pool, method, req.args, fc.clone(), Waiter::None);
+        self.submit(pool, method, req.args, fc.clone(), Waiter::None, trace);
         Ok(Response::new(pb::SpawnResponse { function_call_id: fc }))
     }
 
@@ -412,11 +453,12 @@ impl Functions for FunctionsSvc {
     type InvokeStreamStream = StreamItems;
 
     async fn invoke_stream(&self, req: Request<pb::InvokeRequest>) -> Result<Response<StreamItems>, Status> {
+        let trace = caller_trace(req.metadata());
         let req = req.into_inner();
         let target = self.resolve(req.function.as_ref())?;
         target.generator()?;
         target.check_args(&req.args, "args")?;
-        let mut items = self.open_stream(target.pool, target.method, req.args).0;
+        let mut items = self.open_stream(target.pool, target.method, req.args, trace).0;
         // Refused past maxPendingInputs: a status, as Invoke answers, not a stream whose one
         // item is the error (the response waits for the first event to know).
         if let Some(message) = items.refused().await {
@@ -452,6 +494,32 @@ impl Functions for FunctionsSvc {
         // Under the lock: after the input's submission.
         let _ = self.shared.commands.send(Command::Cancel(vec![input]));
         Ok(Response::new(pb::CancelResponse {}))
+    }
+}
+
+/// The header (HTTP) and metadata key (gRPC) of a caller's W3C trace context.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// A caller's `traceparent`, gRPC metadata or HTTP headers alike; one that does not parse is
+/// none (the call starts a trace: README "Tracing").
+pub(crate) fn caller_trace<H: TraceHeaders>(headers: &H) -> Option<TraceContext> {
+    headers.traceparent().and_then(TraceContext::parse)
+}
+
+/// Where a `traceparent` comes from.
+pub(crate) trait TraceHeaders {
+    fn traceparent(&self) -> Option<&[u8]>;
+}
+
+impl TraceHeaders for tonic::metadata::MetadataMap {
+    fn traceparent(&self) -> Option<&[u8]> {
+        self.get(TRACEPARENT).map(|v| v.as_bytes())
+    }
+}
+
+impl TraceHeaders for hyper::HeaderMap {
+    fn traceparent(&self) -> Option<&[u8]> {
+        self.get(TRACEPARENT).map(|v| v.as_bytes())
     }
 }
 

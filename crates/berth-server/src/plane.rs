@@ -265,6 +265,9 @@ pub(crate) struct Link {
     /// Its web apps' servers, by method (the `AppServer` messages it sent): their requests go
     /// there, not to it as executions (proxy.rs).
     pub servers: Vec<(u32, Arc<crate::proxy::AppServer>)>,
+    /// The trace (trace-id halves, flags) of the last input sent: the next input of the same
+    /// trace is sent with a zero trace-id (containers.proto `ExecInput`).
+    pub last_trace: (u64, u64, u32),
 }
 
 impl Link {
@@ -301,7 +304,17 @@ impl Link {
     /// Adds an execution to this turn's message, sending the message first if the execution
     /// would take it over the cap (the container decodes what one execution needs, however
     /// large: a @batched one carries many inputs).
-    fn push(&mut self, e: pb::Execute) {
+    fn push(&mut self, mut e: pb::Execute) {
+        // Executions leave in the order they are pushed: an input whose trace is the previous
+        // input's goes without it.
+        for i in &mut e.inputs {
+            let trace = (i.trace_id_high, i.trace_id_low, i.trace_flags);
+            if trace == self.last_trace {
+                (i.trace_id_high, i.trace_id_low, i.trace_flags) = (0, 0, 0);
+            } else {
+                self.last_trace = trace;
+            }
+        }
         let size = e.encoded_len();
         if !self.batch.is_empty() && self.batch_bytes + size > self.max_message_bytes {
             self.send_batch();
@@ -515,6 +528,9 @@ pub(crate) struct Input {
     /// What it calls: failures berth reports name the function or method.
     pub pool: PoolId,
     pub method: u32,
+    /// The W3C trace context its call continues (the caller's, or one the call started): 25
+    /// bytes in place; its trace-id and flags go with its executions (README "Tracing").
+    pub trace: berth_proto::trace::TraceContext,
 }
 
 #[derive(Default)]
@@ -699,6 +715,7 @@ impl Invoker for Host {
                     overdue: Vec::new(),
                     overdue_since: None,
                     servers: Vec::new(),
+                    last_trace: (0, 0, 0),
                 },
             );
             let Some(entry) = st.pools.get(&pool) else {
@@ -750,8 +767,18 @@ impl Invoker for Host {
         }
         let mut inputs = Vec::with_capacity(exec.inputs.len());
         for &(input, attempt) in &exec.inputs {
-            let (args, fc) = st.inputs.get(&input).map(|i| (i.args.clone(), i.fc.clone())).unwrap_or_default();
-            inputs.push(pb::ExecInput { input_id: input, attempt, function_call_id: fc, args });
+            let (args, fc, trace) =
+                st.inputs.get(&input).map(|i| (i.args.clone(), i.fc.clone(), i.trace)).unwrap_or_default();
+            let (trace_id_high, trace_id_low) = trace.trace_id_halves();
+            inputs.push(pb::ExecInput {
+                input_id: input,
+                attempt,
+                function_call_id: fc,
+                args,
+                trace_id_high,
+                trace_id_low,
+                trace_flags: u32::from(trace.flags),
+            });
         }
         for &(input, _) in &exec.inputs {
             st.running.insert(input, exec.container);

@@ -428,6 +428,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     // Read now (the body takes the request); used only if the target is a generator.
     let sse = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(accepts_event_stream);
     let (head, body) = req.into_parts();
+    let trace = crate::functions::caller_trace(&head.headers);
     let body = match request_body(ctx, &head.headers, body).await {
         Ok(b) => b,
         Err(res) => return res,
@@ -444,10 +445,10 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         Err(status) => return refused(&status),
     };
     if target.is_generator() {
-        let (items, fc) = ctx.svc.open_stream(target.pool, target.method, args);
+        let (items, fc) = ctx.svc.open_stream(target.pool, target.method, args, trace);
         return with_call_id(stream_items(items, sse).await, &fc);
     }
-    let (result, fc) = ctx.svc.call(target.pool, target.method, args).await;
+    let (result, fc) = ctx.svc.call(target.pool, target.method, args, trace).await;
     if let Some(message) = crate::plane::queue_full(&result) {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
         res.headers_mut().insert(header::RETRY_AFTER, retry_after());
