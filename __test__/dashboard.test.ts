@@ -5,7 +5,7 @@
 // (__test__/output/dashboard.png). Skipped, saying why, without /usr/bin/chromium
 // (`apt-get install chromium`; .ci/run installs it).
 import test from 'ava'
-import { existsSync, mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { root, serve, stopsCleanly } from './_served.ts'
@@ -123,3 +123,42 @@ if (!existsSync(CHROMIUM)) {
     await stopsCleanly(t, s)
   })
 }
+
+/** A process's resident memory, in bytes (Linux /proc). */
+const rss = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024
+
+/** Reads `rounds` rounds of the dashboard's event stream (each ends with its `errors` event). */
+async function readRounds(http: string, rounds: number): Promise<void> {
+  const res = await fetch(`http://${http}/dashboard/events`)
+  if (res.status !== 200) throw new Error(`GET /dashboard/events: ${res.status}`)
+  const reader = res.body!.getReader()
+  const decoder = new TextDecoder()
+  let seen = 0
+  let tail = ''
+  while (seen < rounds) {
+    const { value, done } = await reader.read()
+    if (done) throw new Error(`the stream ended after ${seen} rounds`)
+    const text = tail + decoder.decode(value, { stream: true })
+    seen += text.split('event: errors\n').length - 1
+    tail = text.slice(-16)
+  }
+  await reader.cancel()
+}
+
+test.serial('a dashboard open for an hour does not grow the server: an hour of rounds (3600, a round every 2 ms here) leaves its memory where it was', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  t.timeout(120_000)
+  const s = await serve([], { BERTH_DASHBOARD_EVERY_MS: '2' }, 'metrics.ts')
+  t.teardown(() => s.child.kill('SIGKILL'))
+  const { App, Function } = await import('berth')
+  App.lookup('metered', { server: `http://${s.address}` })
+  const flaky = Function.fromName<(x: number) => Promise<number>>('metered', 'flaky')
+  await Promise.allSettled([1, 2, -1, -2].map((x) => flaky.remote(x)))
+  await within(60_000, readRounds(s.http, 500), 'warming up')
+  const before = rss(s.child.pid!)
+  await within(90_000, readRounds(s.http, 3600), 'an hour of rounds')
+  const after = rss(s.child.pid!)
+  t.log(`server RSS ${(before / 2 ** 20).toFixed(1)} MiB before, ${(after / 2 ** 20).toFixed(1)} MiB after 3600 rounds`)
+  t.true(after - before < 16 * 2 ** 20, `grew ${((after - before) / 2 ** 20).toFixed(1)} MiB`)
+  await stopsCleanly(t, s)
+})

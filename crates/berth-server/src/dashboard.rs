@@ -20,19 +20,27 @@ use crate::plane::Shared;
 /// The page.
 pub(crate) const PAGE: &str = include_str!("dashboard.html");
 
-/// How often the stream sends a round.
-const EVERY: Duration = Duration::from_secs(1);
+/// How often the stream sends a round: a second, or `BERTH_DASHBOARD_EVERY_MS` (for tests: an
+/// hour of rounds in seconds).
+fn every() -> Duration {
+    std::env::var("BERTH_DASHBOARD_EVERY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(Duration::from_secs(1), Duration::from_millis)
+}
 
-/// The event stream: a round at once, then one every [`EVERY`], until `closing` turns true.
+/// The event stream: a round at once, then one every [`every`], until `closing` turns true.
 pub(crate) fn events(shared: Arc<Shared>, counters: Arc<Counters>, closing: watch::Receiver<bool>) -> Chunks {
+    let every = every();
     let state = (shared, counters, closing, true);
-    Box::pin(futures_util::stream::unfold(state, |(shared, counters, mut closing, first)| async move {
+    Box::pin(futures_util::stream::unfold(state, move |(shared, counters, mut closing, first)| async move {
         if *closing.borrow() {
             return None;
         }
         if !first {
             tokio::select! {
-                () = tokio::time::sleep(EVERY) => {}
+                () = tokio::time::sleep(every) => {}
                 _ = closing.wait_for(|c| *c) => return None,
             }
         }
