@@ -666,7 +666,9 @@ const CANCELS_KEPT: usize = 100_000;
 #[derive(Default)]
 pub(crate) struct Cancels {
     calls: Mutex<CancelledCalls>,
-    running: Mutex<std::collections::HashMap<String, Vec<InputId>>>,
+    /// By call, the local inputs of each submission running here: consecutive ids, `first..=last`
+    /// (a `.map()`'s deliveries each add one range and take it back when settled).
+    running: Mutex<std::collections::HashMap<String, Vec<(InputId, InputId)>>>,
 }
 
 #[derive(Default)]
@@ -710,7 +712,7 @@ impl Cancels {
         {
             let running = lock(&self.running);
             for fc in &fcs {
-                ids.extend(running.get(fc).into_iter().flatten().copied());
+                ids.extend(running.get(fc).into_iter().flatten().flat_map(|&(first, last)| first..=last));
             }
         }
         if !ids.is_empty() {
@@ -736,14 +738,22 @@ impl Cancels {
         }
     }
 
-    fn started(&self, fc: &str, ids: impl IntoIterator<Item = InputId>) {
-        lock(&self.running).entry(fc.to_owned()).or_default().extend(ids);
+    fn started(&self, fc: &str, ids: (InputId, InputId)) {
+        let mut running = lock(&self.running);
+        match running.get_mut(fc) {
+            Some(now) => now.push(ids),
+            None => {
+                running.insert(fc.to_owned(), vec![ids]);
+            }
+        }
     }
 
-    fn finished(&self, fc: &str, ids: &[InputId]) {
+    fn finished(&self, fc: &str, ids: (InputId, InputId)) {
         let mut running = lock(&self.running);
         if let Some(now) = running.get_mut(fc) {
-            now.retain(|id| !ids.contains(id));
+            if let Some(at) = now.iter().position(|r| *r == ids) {
+                now.swap_remove(at);
+            }
             if now.is_empty() {
                 running.remove(fc);
             }
@@ -789,7 +799,7 @@ impl Feeder {
     async fn run_delivery(self: Arc<Self>, d: Delivery) {
         let n = d.inputs.len();
         let (waits, local_by_call) = self.submit(&d.inputs);
-        let local: Vec<InputId> = local_by_call.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
+        let local: Vec<InputId> = local_by_call.iter().flat_map(|&(_, (first, last))| first..=last).collect();
         // The lease lasts `ack_wait` from the last word: say so while the inputs wait or run.
         let mut tick = tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(500)));
         tick.tick().await;
@@ -818,8 +828,8 @@ impl Feeder {
                 }
             }
         };
-        for (fc, ids) in &local_by_call {
-            self.cancels.finished(fc, ids);
+        for (fc, ids) in local_by_call {
+            self.cancels.finished(&fc, ids);
         }
         let mut fates = Vec::with_capacity(n);
         for (input, result) in d.inputs.iter().zip(outcomes) {
@@ -919,7 +929,7 @@ impl Feeder {
     fn submit(
         &self,
         inputs: &[berth_nats::Input],
-    ) -> (Vec<oneshot::Receiver<(Option<Outcome>, pb::Result)>>, Vec<(String, Vec<InputId>)>) {
+    ) -> (Vec<oneshot::Receiver<(Option<Outcome>, pb::Result)>>, Vec<(String, (InputId, InputId))>) {
         let mut waits = Vec::with_capacity(inputs.len());
         let mut local = Vec::new();
         let svc = FunctionsSvc { shared: self.shared.clone() };
@@ -982,12 +992,12 @@ impl Feeder {
             let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true, Some(trace));
             // One submission's inputs take consecutive ids, the last returned (0: none taken).
             if last != 0 {
-                let ids: Vec<InputId> = ((last + 1 - group.len() as InputId)..=last).collect();
+                let ids = (last + 1 - group.len() as InputId, last);
                 // A cancel heard from now on cancels them where they run.
-                self.cancels.started(&first.function_call_id, ids.iter().copied());
+                self.cancels.started(&first.function_call_id, ids);
                 // One heard just before: cancel them now (the other order runs them).
                 if self.cancels.cancelled(&first.function_call_id) {
-                    let _ = self.shared.commands.send(Command::Cancel(ids.clone()));
+                    let _ = self.shared.commands.send(Command::Cancel((ids.0..=ids.1).collect()));
                 }
                 local.push((first.function_call_id.clone(), ids));
             }
