@@ -10,11 +10,16 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => 
   return { promise, resolve }
 }
 
+/** What a wait is for: a text, or a function making it when the wait fails (so that it can
+ *  show processes' output as it is then). */
+type What = string | (() => string)
+const say = (what: What): string => (typeof what === 'function' ? what() : what)
+
 /** Rejects if `p` has not settled within `ms`: catches hangs without tight timing. */
-export async function within<T>(ms: number, p: Promise<T>, what = 'operation'): Promise<T> {
+export async function within<T>(ms: number, p: Promise<T>, what: What = 'operation'): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms (hang?)`)), ms)
+    timer = setTimeout(() => reject(new Error(`${say(what)} did not finish within ${ms} ms (hang?)`)), ms)
   })
   try {
     return await Promise.race([p, late])
@@ -24,10 +29,10 @@ export async function within<T>(ms: number, p: Promise<T>, what = 'operation'): 
 }
 
 /** Resolves once `cond()` holds, polling; rejects after `ms`. */
-export async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+export async function until(cond: () => boolean, ms = 5000, what: What = 'condition'): Promise<void> {
   const end = Date.now() + ms
   while (!cond()) {
-    if (Date.now() > end) throw new Error(`${what} not reached within ${ms} ms`)
+    if (Date.now() > end) throw new Error(`${say(what)} not reached within ${ms} ms`)
     await sleep(5)
   }
 }

@@ -49,8 +49,8 @@ test.serial('broker mode: the NATS server SIGKILLed mid-run and restarted on its
   worker.stdout!.on('data', (d) => (workerOut += d))
   worker.stderr!.on('data', (d) => (workerOut += d))
   const outs = () => `--- front:\n${front.out()}\n--- worker:\n${workerOut}\n--- nats-server:\n${server.out()}`
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${outs()}`)
-  await until(() => /pulling from berth__/.test(workerOut), 60_000, `the worker to start\n${outs()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${outs()}`)
+  await until(() => /pulling from berth__/.test(workerOut), 60_000, () => `the worker to start\n${outs()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
 
   const { App, Function } = await import('berth')
@@ -79,9 +79,10 @@ test.serial('broker mode: the NATS server SIGKILLed mid-run and restarted on its
         if (results.length === n / 4) restarted = restart()
       }
     })(),
-    `the map through the restart\n${outs()}`,
+    'the map through the restart',
   ).catch((e: Error) => {
-    throw new Error(`${e.message}\n(${results.length} results by then)`)
+    // The processes' output as it is now, not as it was when the map started.
+    throw new Error(`${e.message}\n(${results.length} results by then)\n${outs()}`)
   })
   await within(60_000, restarted!, 'the restart')
   t.is(results.length, n, 'one result per input')
@@ -89,17 +90,17 @@ test.serial('broker mode: the NATS server SIGKILLed mid-run and restarted on its
     results.every((r, i) => r.y === i * i),
     'each input its own result, in order',
   )
-  const remote = await within(120_000, remotes!, `the .remote() calls in flight at the kill\n${outs()}`)
+  const remote = await within(120_000, remotes!, () => `the .remote() calls in flight at the kill\n${outs()}`)
   t.deepEqual(
     remote.map((r) => r.y),
     Array.from({ length: 20 }, (_, i) => (10_000 + i) ** 2),
   )
   // Both kept serving: a new call after the restart.
-  t.is((await within(60_000, square.remote(7), `a .remote() after the restart\n${outs()}`)).y, 49)
+  t.is((await within(60_000, square.remote(7), () => `a .remote() after the restart\n${outs()}`)).y, 49)
 
   // Stopped as a process manager stops them: each drains and exits.
   front.npx.kill('SIGTERM')
   worker.kill('SIGTERM')
-  await until(() => processesIn(dir).length === 0, 60_000, `every process of the project to exit\n${outs()}`).catch(() => {})
+  await until(() => processesIn(dir).length === 0, 60_000, () => `every process of the project to exit\n${outs()}`).catch(() => {})
   t.deepEqual(processesIn(dir), [], 'no process outlives the test')
 })

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { berth } from './_cli.ts'
 import { npxServe, processesIn, userProject } from './_project.ts'
 import { root } from './_served.ts'
-import { until, within } from './_util.ts'
+import { sleep, until, within } from './_util.ts'
 
 const URL = 'nats://127.0.0.1:4222'
 
@@ -41,6 +41,19 @@ async function removeStreams(streams: string[]): Promise<void> {
   sock.end()
 }
 
+/** A JetStream consumer's counts (`nats consumer info`): messages not delivered yet, and delivered but not acked. */
+async function consumerCounts(stream: string): Promise<{ pending: number; unacked: number }> {
+  const sock = connect(4222, '127.0.0.1')
+  let buf = ''
+  sock.setEncoding('utf8').on('data', (d: string) => (buf += d))
+  await new Promise((resolve, reject) => sock.once('connect', resolve).once('error', reject))
+  sock.write(`CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.berth-info 1\r\nPUB $JS.API.CONSUMER.INFO.${stream}.workers _INBOX.berth-info 0\r\n\r\n`)
+  await until(() => /MSG _INBOX\.berth-info 1 \d+\r\n.*\r\n/.test(buf), 10_000, `consumer info of ${stream}`)
+  sock.end()
+  const info = JSON.parse(/MSG _INBOX\.berth-info 1 \d+\r\n(.*)\r\n/.exec(buf)![1]) as { num_pending: number; num_ack_pending: number }
+  return { pending: info.num_pending, unacked: info.num_ack_pending }
+}
+
 let apps = 0
 /**
  * A user's project serving fixtures/broker.ts under a new app name, NATS checked first; its
@@ -53,7 +66,8 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
     return undefined
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
-  t.teardown(() => removeStreams(['square', 'flaky', 'broken', 'Model'].map((f) => `berth__${app}__${f}`)))
+  // The pools' streams, and the bucket of spawned calls' results every front opens.
+  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -68,20 +82,23 @@ async function npxWorker(dir: string, tag: string, env: Record<string, string>):
   let out = ''
   npx.stdout!.on('data', (d) => (out += d))
   npx.stderr!.on('data', (d) => (out += d))
-  await until(() => /pulling from berth__/.test(out) || npx.exitCode !== null, 60_000, `worker ${tag} to start\n${out}`)
+  await until(() => /pulling from berth__/.test(out) || npx.exitCode !== null, 60_000, () => `worker ${tag} to start\n${out}`)
   if (npx.exitCode !== null) throw new Error(`worker ${tag} exited ${npx.exitCode}:\n${out}`)
   return { npx, out: () => out }
 }
 
+/** Whether process `pid`'s environment has `entry` (`NAME=value`). */
+function taggedWith(pid: number, entry: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(entry)
+  } catch {
+    return false
+  }
+}
+
 /** The processes of `dir` whose environment has `WORKER_TAG=tag`: that worker, npx and its containers. */
 function workerProcesses(dir: string, tag: string): number[] {
-  return processesIn(dir).filter((pid) => {
-    try {
-      return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`WORKER_TAG=${tag}`)
-    } catch {
-      return false
-    }
-  })
+  return processesIn(dir).filter((pid) => taggedWith(pid, `WORKER_TAG=${tag}`))
 }
 
 /** SIGTERM to every npx started: each berth process drains and exits, and takes its containers with it. */
@@ -99,7 +116,7 @@ test.serial('broker mode: .remote(), .map(), a class method with parameters and 
   if (!p) return
   const env = { BROKER_APP: p.app, SLEEP_MS: '20', SAY: '1' }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const http = /and (http:\/\/127\.0\.0\.1:\d+)\//.exec(front.out())![1]
   const a = await npxWorker(p.dir, 'A', env)
@@ -145,12 +162,42 @@ async function runsFront(t: ExecutionContext) {
   const runs = join(p.dir, 'runs')
   const env = { BROKER_APP: p.app, RUNS: runs }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const { App, Function } = await import('berth')
   App.lookup(p.app, { server: `http://${address}` })
   return { p, runs, env, front, square: Function.fromName<Square>(p.app, 'square') }
 }
+
+test.serial('broker mode: a @batched method gets batches the worker formed from what it pulled; a @concurrent function runs up to maxInputs at once in one container', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, runs, env, front } = f
+  const w = await npxWorker(p.dir, 'W', env)
+  const { Cls, Function } = await import('berth')
+  const batcher = Cls.fromName<{ squares(x: number): Promise<number> }>(p.app, 'Batcher')
+  const xs = Array.from({ length: 40 }, (_, i) => i)
+  const squares: number[] = []
+  await within(90_000, (async () => {
+    for await (const y of batcher.squares.map(xs)) squares.push(y)
+  })(), () => `the batched map\n${w.out()}`)
+  t.deepEqual(squares, xs.map((x) => x * x), 'one result per input, in order')
+  const sizes = readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith('W batch ')).map((l) => Number(l.split(' ')[2]))
+  t.is(sizes.reduce((a, b) => a + b, 0), 40, `every input in one batch: ${sizes}`)
+  t.true(sizes.every((n) => n >= 1 && n <= 8), `no batch past maxBatchSize: ${sizes}`)
+  t.true(Math.max(...sizes) > 1, `inputs pulled together were batched: ${sizes}`)
+
+  const overlap = Function.fromName<(x: number) => Promise<{ x: number; peak: number }>>(p.app, 'overlap')
+  const answers: { x: number; peak: number }[] = []
+  await within(90_000, (async () => {
+    for await (const r of overlap.map([1, 2, 3, 4, 5, 6, 7, 8])) answers.push(r)
+  })(), () => `the concurrent map\n${w.out()}`)
+  t.deepEqual(answers.map((a) => a.x), [1, 2, 3, 4, 5, 6, 7, 8])
+  const peak = Math.max(...answers.map((a) => a.peak))
+  t.true(peak > 1 && peak <= 4, `several at once, never past maxInputs 4: ${peak}`)
+  await stopAll(t, p.dir, [front.npx, w.npx])
+})
 
 test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another after the ack deadline, and each gets exactly one result', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
@@ -168,7 +215,7 @@ test.serial('broker mode: a worker SIGKILLed mid-run: its inputs run on another 
   const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
   // A holds what its containers have room for (maxContainers 2: running) and as much read
   // ahead (queued in A): all four.
-  await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
+  await until(() => started('A').length === 2, 60_000, () => `worker A to run two inputs\n${a.out()}`)
   const killed = workerProcesses(p.dir, 'A')
   t.true(killed.length >= 3, 'npx, berth worker and its containers')
   for (const pid of killed) process.kill(pid, 'SIGKILL')
@@ -197,7 +244,7 @@ test.serial('broker mode: a worker stopped with SIGTERM gives back at once the i
     for await (const r of square.map([1, 2, 3, 4])) results.push(r)
   })()
   const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
-  await until(() => started('A').length === 2, 60_000, `worker A to run two inputs\n${a.out()}`)
+  await until(() => started('A').length === 2, 60_000, () => `worker A to run two inputs\n${a.out()}`)
   const b = await npxWorker(p.dir, 'B', { ...env, SLEEP_MS: '0' })
   a.npx.kill('SIGTERM')
   await within(60_000, mapped, 'the map after A stopped')
@@ -215,6 +262,125 @@ test.serial('broker mode: a worker stopped with SIGTERM gives back at once the i
   await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
 })
 
+test.serial('broker mode: FunctionCall.fromId on another front: a call spawned through front A is read through front B, also once A is gone', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, env, front, square } = f
+  const b = npxServe(t, p.dir, ['--broker', URL], { ...env, FRONT_TAG: 'B' })
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(b.out()), 60_000, () => `front B to listen\n${b.out()}`)
+  const onB = `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(b.out())![1]}`
+  const w = await npxWorker(p.dir, 'W', { ...env, SLEEP_MS: '1500' })
+
+  const { FunctionCall } = await import('berth')
+  // Read on A, which spawned it, as before: the call's ids name their front.
+  const here = await within(60_000, square.spawn(4), 'spawn on A')
+  t.regex(here.objectId, /^fc-[0-9a-f]{16}-\d+$/)
+  t.is((await within(60_000, here.get(), 'get on A')).y, 16)
+
+  const call = await within(60_000, square.spawn(5), 'spawn on A')
+  const elsewhere = FunctionCall.fromId<{ y: number; by: string }>(call.objectId, { server: onB })
+  // Not done yet (the input takes 1.5 s): B says so rather than failing.
+  await t.throwsAsync(elsewhere.get({ timeout: 0 }), { name: 'FunctionTimeoutError' })
+  // Front A goes away (SIGKILL: no goodbye); the worker still finishes the call, and B has it.
+  for (const pid of processesIn(p.dir).filter((pid) => !taggedWith(pid, 'FRONT_TAG=B') && !taggedWith(pid, 'WORKER_TAG=W'))) {
+    process.kill(pid, 'SIGKILL')
+  }
+  t.deepEqual(await within(60_000, elsewhere.get(), 'get on B'), { y: 25, by: 'W' })
+  // Kept for the result TTL: asked again, by another handle, the same.
+  t.deepEqual(await within(30_000, FunctionCall.fromId(call.objectId, { server: onB }).get(), 'get on B again'), { y: 25, by: 'W' })
+  // An id no front issued: not found, as before.
+  await t.throwsAsync(FunctionCall.fromId('fc-nope', { server: onB }).get(), { message: /no spawned call or open Map call 'fc-nope'/ })
+  await stopAll(t, p.dir, [front.npx, b.npx, w.npx])
+})
+
+test.serial('broker mode: a cancelled call is answered InputCancelledError and acked, never run again: one cancelled while it runs, one still in the stream cancelled through another front', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, runs, env, front, square } = f
+  const b = npxServe(t, p.dir, ['--broker', URL], env)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(b.out()), 60_000, () => `front B to listen\n${b.out()}`)
+  const onB = `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(b.out())![1]}`
+  // Inputs take 6 s (square's timeout is 10 s): one that answers sooner was cut short.
+  const w = await npxWorker(p.dir, 'W', { ...env, SLEEP_MS: '6000' })
+  const { FunctionCall, InputCancelledError } = await import('berth')
+  const started = () => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith('W start')) : [])
+
+  // Cancelled while it runs (its container sleeps 6 s).
+  const running = await within(60_000, square.spawn(2), 'spawn')
+  await until(() => started().includes('W start 2'), 60_000, () => `the input to start\n${w.out()}`)
+  await running.cancel()
+  const cut = await t.throwsAsync(within(30_000, running.get(), 'get() of the cancelled running call'))
+  t.true(cut instanceof InputCancelledError, `cancelled while it ran: ${cut}`)
+
+  // The worker holds 4 (maxContainers 2 running, 2 read ahead): the map's 10 and 11 run, 12
+  // and 13 wait in the worker, and `queued` waits in the stream.
+  const mapped: number[] = []
+  const mapping = (async () => {
+    for await (const r of square.map([10, 11, 12, 13])) mapped.push(r.y)
+  })()
+  await until(() => started().includes('W start 10') && started().includes('W start 11'), 60_000, () => `the map to start\n${w.out()}`)
+  const queued = await within(60_000, square.spawn(1), 'spawn')
+  // Cancelled through front B, which did not spawn it.
+  await FunctionCall.fromId(queued.objectId, { server: onB }).cancel()
+  const never = await t.throwsAsync(within(60_000, queued.get(), 'get() of the cancelled queued call'))
+  t.true(never instanceof InputCancelledError, `cancelled in the stream: ${never}`)
+  // Cancelling a call that is over (its result delivered) does nothing, on the front that ran it.
+  const onA = `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]}`
+  await FunctionCall.fromId(running.objectId, { server: onA }).cancel()
+
+  await within(60_000, mapping, 'the map')
+  t.deepEqual(mapped, [100, 121, 144, 169], 'the other calls ran')
+  t.false(started().includes('W start 1'), 'the queued call never ran')
+  t.is(started().filter((l) => l === 'W start 2').length, 1, 'the running call ran once')
+  // Settled: nothing left to deliver or to redeliver after an ack deadline.
+  let counts = await consumerCounts(`berth__${p.app}__square`)
+  for (let i = 0; i < 50 && counts.pending + counts.unacked > 0; i++) {
+    await sleep(200)
+    counts = await consumerCounts(`berth__${p.app}__square`)
+  }
+  t.deepEqual(counts, { pending: 0, unacked: 0 })
+  await stopAll(t, p.dir, [front.npx, b.npx, w.npx])
+})
+
+test.serial('broker mode: a worker scales its containers with the work waiting for it, up to maxContainers, and stops them after scaledownWindow with nothing to do', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const env = { BROKER_APP: p.app, SLEEP_MS: '1500', SCALEDOWN_S: '2' }
+  const front = npxServe(t, p.dir, ['--broker', URL], env)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
+  const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
+  // Without the warm spare (a container process started ahead of need, not yet any pool's),
+  // the worker's container processes are its pool's containers.
+  const w = await npxWorker(p.dir, 'W', { ...env, BERTH_WARM_SPARE: '0' })
+  const containers = () => processesIn(p.dir, ['__container']).filter((pid) => taggedWith(pid, 'WORKER_TAG=W'))
+  t.is(containers().length, 0, 'minContainers 0: none before the work')
+
+  const { App, Function } = await import('berth')
+  App.lookup(p.app, { server: `http://${address}` })
+  const square = Function.fromName<Square>(p.app, 'square')
+  // One call: one container.
+  t.is((await within(60_000, square.remote(2), 'one call')).y, 4)
+  t.is(containers().length, 1, 'one container for one call')
+  // Eight inputs of 1.5 s waiting: the worker scales to square's maxContainers (2), no further.
+  let most = 0
+  const watching = setInterval(() => (most = Math.max(most, containers().length)), 50)
+  const results: number[] = []
+  await within(90_000, (async () => {
+    for await (const r of square.map([1, 2, 3, 4, 5, 6, 7, 8])) results.push(r.y)
+  })(), () => `the map\n${w.out()}`)
+  clearInterval(watching)
+  t.deepEqual(results, [1, 4, 9, 16, 25, 36, 49, 64])
+  t.is(most, 2, 'scaled up to maxContainers, and not past it')
+  // Nothing to do for scaledownWindow (2 s): its containers stop; the worker stays.
+  await until(() => containers().length === 0, 30_000, () => `the idle worker's containers to stop\n${w.out()}`)
+  t.true(workerProcesses(p.dir, 'W').length > 0, 'the worker itself keeps running')
+  t.is((await within(60_000, square.remote(3), 'a call after the scale-down')).y, 9, 'and scales up again for new work')
+  await stopAll(t, p.dir, [front.npx, w.npx])
+})
+
 test.serial('broker mode: a failed attempt runs again after a nak with the Retries backoff, and the caller gets one result: the retry\'s, or the last failure; another version of the app is refused at start', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const p = await brokerProject(t)
@@ -222,7 +388,7 @@ test.serial('broker mode: a failed attempt runs again after a nak with the Retri
   const runs = join(p.dir, 'runs')
   const env = { BROKER_APP: p.app, RUNS: runs, FLAKY_DIR: p.dir }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, `the front to listen\n${front.out()}`)
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   const w = await npxWorker(p.dir, 'A', env)
 
@@ -263,4 +429,34 @@ test('broker mode: an unreachable broker is an error at start naming its URL, fo
   const unknown = await berth(['worker', app, '--broker', 'nats://127.0.0.1:1', '--function', 'cube'])
   t.is(unknown.code, 2)
   t.regex(unknown.stderr, /--function cube: the app has no function or class 'cube'; it has: square/)
+})
+
+test.serial("broker mode: a caller's traceparent travels in the envelope to the worker's input; a .map() without one is one trace", async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, env, front } = f
+  const http = /and (http:\/\/127\.0\.0\.1:\d+)\//.exec(front.out())![1]
+  const a = await npxWorker(p.dir, 'A', env)
+  const sent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00'
+  const res = await within(60_000, fetch(`${http}/${p.app}/traced`, { method: 'POST', body: '[1]', headers: { traceparent: sent } }), 'the HTTP call')
+  t.is(res.status, 200)
+  const got = (await res.json()) as { traceparent: string; by: string }
+  t.is(got.by, 'A', 'a worker ran it')
+  const [, trace, span, flags] = got.traceparent.split('-')
+  t.deepEqual([trace, flags], ['0af7651916cd43dd8448eb211c80319c', '00'], "the caller's trace-id and flags")
+  t.not(span, 'b7ad6b7169203331', 'a span id of its own')
+
+  const { Function } = await import('berth')
+  const traced = Function.fromName<(x: number) => Promise<{ traceparent: string; by: string }>>(p.app, 'traced')
+  const mapped: string[] = []
+  await within(60_000, (async () => {
+    for await (const r of traced.map([1, 2, 3, 4])) mapped.push(r.traceparent)
+  })(), '.map()')
+  const ids = mapped.map((tp) => /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/.exec(tp))
+  t.true(ids.every((m) => m !== null), mapped.join(' '))
+  t.is(new Set(ids.map((m) => m![1])).size, 1, 'one trace for the map')
+  t.not(ids[0]![1], trace)
+  t.is(new Set(ids.map((m) => m![2])).size, 4, 'a span id per input')
+  await stopAll(t, p.dir, [front.npx, a.npx])
 })

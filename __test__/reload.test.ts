@@ -23,7 +23,7 @@ interface Served {
 async function serve(t: ExecutionContext, extra: string[] = []): Promise<Served> {
   const dir = reloadProject()
   const { npx, out } = npxServe(t, dir, extra, { MARKER: join(dir, 'marker') })
-  await until(() => /http:\/\/127\.0\.0\.1:\d+\//.test(out()), 30_000, `berth serve started:\n${out()}`)
+  await until(() => /http:\/\/127\.0\.0\.1:\d+\//.test(out()), 30_000, () => `berth serve started:\n${out()}`)
   const http = /http:\/\/(127\.0\.0\.1:\d+)\//.exec(out())![1]
   return { dir, npx, http, out }
 }
@@ -84,7 +84,7 @@ test.serial('berth serve reloads a saved edit: new calls get the new code, a cal
   // A syntax error: said on stderr in one line naming the file; the last good version's
   // containers keep serving (a container that starts now loads the file on disk: README "CLI").
   writeFileSync(app, `${source.replace("const VERSION = 'one'", "const VERSION = 'three'")}\nexport const broken = (\n`)
-  await until(() => s.out().includes('berth: app.ts failed to load, still serving the previous version: '), 20_000, `the failure was said:\n${s.out()}`)
+  await until(() => s.out().includes('berth: app.ts failed to load, still serving the previous version: '), 20_000, () => `the failure was said:\n${s.out()}`)
   const line = s.out().split('\n').find((l) => l.includes('failed to load'))!
   t.regex(line, /app\.ts.*(Transform failed|Unexpected|Expected)/, line)
   t.is(await call(s, 'version'), 'two')
@@ -92,7 +92,7 @@ test.serial('berth serve reloads a saved edit: new calls get the new code, a cal
 
   // A throw at import: the same.
   writeFileSync(app, `${source}\nthrow new Error('no model file here')\n`)
-  await until(() => s.out().includes('still serving the previous version: Error: no model file here'), 20_000, `the throw was said:\n${s.out()}`)
+  await until(() => s.out().includes('still serving the previous version: Error: no model file here'), 20_000, () => `the throw was said:\n${s.out()}`)
   t.is(await call(s, 'version'), 'two')
 
   // Fixed, with a web endpoint added: served again, at its new URL too, and the listing of
@@ -118,7 +118,7 @@ export const greet = app.function({ webEndpoint: { method: 'GET', label: 'hi' } 
 
   // Stopped as a process manager stops it: nothing it started is left (containers, loaders).
   s.npx.kill('SIGTERM')
-  await until(() => processesIn(s.dir).length === 0, 30_000, `every process to exit after SIGTERM\n${s.out()}`)
+  await until(() => processesIn(s.dir).length === 0, 30_000, () => `every process to exit after SIGTERM\n${s.out()}`)
   t.pass()
 })
 

@@ -617,12 +617,13 @@ test('input context', async (t) => {
   t.true(isLocal(), 'outside any input is the caller\'s code: local')
   t.throws(() => currentInput(), { instanceOf: InvalidError, message: /outside of an input/ })
   const ac = new AbortController()
-  await runInContext({ inputId: 'in-1', functionCallId: 'fc-1', signal: ac.signal }, async () => {
+  const trace = { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', callTrace: () => ({ id: '0af7651916cd43dd8448eb211c80319c', flags: '01' }) }
+  await runInContext({ inputId: 'in-1', functionCallId: 'fc-1', signal: ac.signal, ...trace }, async () => {
     await new Promise((r) => setTimeout(r, 1))
     t.is(currentInputId(), 'in-1')
     t.is(currentFunctionCallId(), 'fc-1')
     t.is(currentInput().signal, ac.signal)
     t.false(isLocal())
   })
-  runInContext({ inputId: 'in-2', functionCallId: 'fc-2', signal: ac.signal, local: true }, () => t.true(isLocal()))
+  runInContext({ inputId: 'in-2', functionCallId: 'fc-2', signal: ac.signal, local: true, ...trace }, () => t.true(isLocal()))
 })

@@ -17,7 +17,7 @@ test.serial('npx berth serve under a process manager: SIGTERM to npx drains the 
   const dir = servedProject()
   const marker = join(dir, 'marker')
   const { npx, out } = npxServe(t, dir, [], { MARKER: marker })
-  await until(() => /serving .* on (127\.0\.0\.1:\d+)/.test(out()), 60_000, `berth serve to listen\n${out()}`)
+  await until(() => /serving .* on (127\.0\.0\.1:\d+)/.test(out()), 60_000, () => `berth serve to listen\n${out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(out())![1]
   const [server] = processesIn(dir, ['berth', 'serve', 'app.ts'])
   t.truthy(server, 'berth serve runs')
@@ -31,7 +31,7 @@ test.serial('npx berth serve under a process manager: SIGTERM to npx drains the 
   t.true(alive(container))
 
   npx.kill('SIGTERM')
-  await until(() => !alive(server), 30_000, `berth serve to exit after npx got SIGTERM\n${out()}`)
+  await until(() => !alive(server), 30_000, () => `berth serve to exit after npx got SIGTERM\n${out()}`)
   t.false(alive(container), 'the server exits last: its containers are gone by then')
   t.deepEqual([...processesIn(dir, ['berth']), ...processesIn(dir, ['berth.mjs'])], [], 'no berth process is left')
   const log = readFileSync(marker, 'utf8')

@@ -1,7 +1,9 @@
 // The transport of a handle whose app runs in this process: calls go straight to the embedded
 // runtime (run/runtime.ts), values never leave the JavaScript heap.
 import type { EmbeddedRuntime, Pool } from '../run/runtime.ts'
+import { callerInput } from '../run/context.ts'
 import { newFunctionCallId } from '../run/runtime.ts'
+import { newTrace } from '../run/trace.ts'
 import type { PoolDef } from '../run/pool.ts'
 import { checkArity, type Arity } from '../shared/arity.ts'
 import { checkAndCopyArgs, checkAndCopyArgsInPlace } from '../shared/serialize.ts'
@@ -52,7 +54,7 @@ export class EmbeddedTransport implements Transport {
         this.poolRuntime = rt
       }
       checkAndCopyArgsInPlace(args, this.remoteWhat)
-      return rt!.call(pool!, t.method, args, newFunctionCallId())
+      return rt!.call(pool!, t.method, args, newFunctionCallId(), callerInput()?.callTrace())
     } catch (e) {
       return Promise.reject(e)
     }
@@ -65,7 +67,7 @@ export class EmbeddedTransport implements Transport {
     const fc = newFunctionCallId()
     let input = 0
     const result = new Promise((resolve, reject) => {
-      input = rt.submit(pool, t.method, checked, fc, resolve, reject)
+      input = rt.submit(pool, t.method, checked, fc, resolve, reject, false, callerInput()?.callTrace())
     })
     return { id: `fc-${fc}`, source: new HeldOutcome(result, () => rt.cancel([input])) }
   }
@@ -74,13 +76,15 @@ export class EmbeddedTransport implements Transport {
     const { rt, pool } = this.prepare('remoteGen')
     const t = this.target
     checkAndCopyArgsInPlace(args, `${t.label}.remoteGen`)
-    return rt.submitGen(pool, t.method, args, newFunctionCallId(), sink, GEN_WINDOW)
+    return rt.submitGen(pool, t.method, args, newFunctionCallId(), sink, GEN_WINDOW, callerInput()?.callTrace())
   }
 
   openMap(what: string, sink: MapSink): MapStream {
     const { rt, pool } = this.prepare(what)
     const t = this.target
     const fc = newFunctionCallId()
+    // One trace for the whole map (README "Tracing"): the calling input's, or a new one.
+    const trace = callerInput()?.callTrace() ?? newTrace()
     /** Input ids by index, until each settles. */
     const live = new Map<number, number>()
     return {
@@ -102,6 +106,7 @@ export class EmbeddedTransport implements Transport {
           },
           // A map's inputs wait for room under maxPendingInputs (README "API").
           true,
+          trace,
         )
         live.set(i, id)
       },

@@ -32,6 +32,7 @@ export class FunctionCall<R> implements FunctionCallType<R> {
    * ran it (`berth serve`): `opts.server`, else BERTH_SERVER, else http://127.0.0.1:7450; a
    * process that runs an app of its own asks a server only when `opts.server` names it. The
    * server delivers a result once, and keeps it for its --result-ttl after the call finished.
+   * In broker mode any front of the app finds it (README "More than one machine").
    */
   static fromId<R = unknown>(id: string, opts?: { server?: string; token?: string }): FunctionCall<R> {
     if (typeof id !== 'string' || id.length === 0) {

@@ -6,6 +6,7 @@ import { decodeValue, encodeValue } from '../shared/cbor.ts'
 import { ClientEvent } from '../shared/codes.ts'
 import { BerthError, InvalidError, QueueFullError, errorFromData } from '../shared/errors.ts'
 import { checkAndCopyArgs } from '../shared/serialize.ts'
+import { callerInput } from '../run/context.ts'
 import { GEN_WINDOW, type GenSource, type ItemSink } from './gen-stream.ts'
 import { MAP_WINDOW } from './map.ts'
 import { HeldOutcome, type CallSource, type MapSink, type MapStream, type Settled, type Spawned, type Transport } from './transport.ts'
@@ -76,7 +77,8 @@ class Client {
     const id = ++this.next
     this.maps.set(id, handler)
     this.keepAlive ??= setInterval(() => {}, 1 << 30)
-    this.native.mapOpen(id, app, fn, method, params)
+    // Made in an input, the call continues its trace (README "Tracing").
+    this.native.mapOpen(id, app, fn, method, params, callerInput()?.traceparent)
     let meta: number[] = []
     let chunks: Uint8Array[] = []
     let size = 0
@@ -117,7 +119,7 @@ class Client {
     const id = ++this.next
     this.streams.set(id, sink)
     this.keepAlive ??= setInterval(() => {}, 1 << 30)
-    this.native.streamOpen(id, app, fn, method, params, bytes, GEN_WINDOW)
+    this.native.streamOpen(id, app, fn, method, params, bytes, GEN_WINDOW, callerInput()?.traceparent)
     let owed = 0
     return {
       more: (n) => {
@@ -150,7 +152,8 @@ class Client {
   /** Calls the function (its result) or, with `spawn`, spawns it (its function call id). */
   call(spawn: boolean, app: string, fn: string, method: string, params: Buffer, args: unknown[]): Promise<unknown> {
     const bytes = Buffer.from(encodeValue(args))
-    return this.request((id) => this.native.call(id, spawn, app, fn, method, params, bytes))
+    const traceparent = callerInput()?.traceparent
+    return this.request((id) => this.native.call(id, spawn, app, fn, method, params, bytes, traceparent))
   }
 
   getResult(call: string, timeout: number): Promise<unknown> {

@@ -488,6 +488,7 @@ async function serve(args: string[]): Promise<number> {
       `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops\n` +
       listed,
   )
+  console.log(`berth: dashboard at http://${server.httpAddress}/dashboard${token ? '?token=<token>' : ''}`)
   const keepAlive = setInterval(() => {}, 1 << 30)
   signals.force = () => server.kill()
   const watcher = reload

@@ -9,6 +9,7 @@ import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
 import { InputAbort, markContainerProcess, runInContext, type InputContext } from './context.ts'
+import { hexOf, spanHex, type Trace } from './trace.ts'
 import {
   applyParams,
   batchResultError,
@@ -41,6 +42,9 @@ interface ExecInput {
   attempt: number
   args: unknown[]
   fc: string
+  /** Its trace: trace-id and flags, 17 bytes of `traceBytes` from `traceAt` (crates/berth-node/src/container.rs). */
+  traceBytes: Uint8Array
+  traceAt: number
 }
 
 /** How an execution reports its outcome. */
@@ -61,8 +65,25 @@ class ContainerCtx extends InputAbort implements InputContext {
     readonly functionCallId: string,
     /** The function, or `Class.method`, as messages name it. */
     readonly label: string,
+    /** The bytes its trace context is in (the batch it came in), and where: formatted when asked for. */
+    private readonly traceBytes: Uint8Array,
+    private readonly traceAt: number,
   ) {
     super()
+  }
+  private formatted: string | undefined
+  /** The trace its call continues (the control plane's word), with a span id of its own from its input id (README "Tracing"). */
+  get traceparent(): string {
+    if (this.formatted === undefined) {
+      const b = this.traceBytes
+      const at = this.traceAt
+      this.formatted = `00-${hexOf(b, at, 16)}-${spanHex(Number(this.inputId.slice(3)))}-${hexOf(b, at + 16, 1)}`
+    }
+    return this.formatted
+  }
+  callTrace(): Trace {
+    const t = this.traceparent
+    return { id: t.slice(3, 35), flags: t.slice(53, 55) }
   }
   abort(reason: unknown): void {
     if (this.abortWith(reason)) wakeGen(this.gen)
@@ -349,7 +370,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
         }
       }
       const target: (...a: unknown[]) => unknown = def.fn ?? inst[m.name]
-      const ctx = new ContainerCtx(`in-${inputs[0].id}`, inputs[0].fc, label)
+      const ctx = new ContainerCtx(`in-${inputs[0].id}`, inputs[0].fc, label, inputs[0].traceBytes, inputs[0].traceAt)
       for (const i of inputs) running.set(i.id, ctx)
       const done = (retryable: boolean, values: { ok: boolean; value: unknown }[]) => {
         for (const i of inputs) running.delete(i.id)
@@ -557,7 +578,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
                 ),
               )
             }
-            inputs.push({ id: ev[i], attempt: ev[i + 1], args: args as unknown[], fc })
+            inputs.push({ id: ev[i], attempt: ev[i + 1], args: args as unknown[], fc, traceBytes: bytes, traceAt: ev[i + 4] + ev[i + 5] })
           }
           started += n
           execute(exec, method, inputs, bad)

@@ -1,11 +1,16 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { InvalidError } from '../shared/errors.ts'
+import type { Trace } from './trace.ts'
 
 export interface InputContext {
   inputId: string
   functionCallId: string
   /** Fires on cancel or timeout. */
   signal: AbortSignal
+  /** The input's W3C trace context, `00-<trace-id>-<its own span id>-<flags>` (README "Tracing"). */
+  readonly traceparent: string
+  /** The trace the calls it makes continue (the embedded runtime's calls; others send `traceparent`). */
+  callTrace(): Trace
   /** True for code that counts as local (isLocal()); `.local()` calls run in a LocalContext. */
   local?: boolean
 }
@@ -149,7 +154,12 @@ export function currentFunctionCallId(): string | undefined {
  * The input being served. Throws InvalidError outside of an input: in @enter/@exit hooks, at
  * top level, and in `.local()` calls (unless made from an input, whose context they share).
  */
-export function currentInput(): { readonly inputId: string; readonly functionCallId: string; readonly signal: AbortSignal } {
+export function currentInput(): {
+  readonly inputId: string
+  readonly functionCallId: string
+  readonly signal: AbortSignal
+  readonly traceparent: string
+} {
   const ctx = store()
   if (ctx === undefined) {
     throw new InvalidError(
@@ -160,6 +170,14 @@ export function currentInput(): { readonly inputId: string; readonly functionCal
     )
   }
   return ctx
+}
+
+/**
+ * The current input's context, for the calls made in it to continue its trace (README
+ * "Tracing"); undefined outside of an input.
+ */
+export function callerInput(): InputContext | undefined {
+  return store()
 }
 
 /**

@@ -10,6 +10,7 @@ import { batchArityError } from '../shared/arity.ts'
 import { AbortReasonCode, ExecStatusCode, OutcomeCode, PhaseCode, RuntimeEvent } from '../shared/codes.ts'
 import { errorFromData, InputCancelledError, InvalidError, initError, inputError, SerializationError } from '../shared/errors.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
+import { newTrace, spanHex, traceparentOf, type Trace } from './trace.ts'
 import { asyncContextEnabled, InputAbort, runAsHook, runInContext, setSyncContextSource, type InputContext } from './context.ts'
 import {
   applyParams,
@@ -56,6 +57,8 @@ interface InputRec {
   method: number
   args: unknown[]
   fc: number
+  /** The trace of its call: the calling input's, one a map started, or none yet (`Ctx.callTrace`). */
+  trace: Trace | undefined
   resolve: (v: any) => void
   reject: (e: unknown) => void
   /** The attempt most recently handed to user code; outcomes of older attempts are stale. */
@@ -171,6 +174,7 @@ export class Ctx extends InputAbort implements InputContext {
     private readonly input: number,
     private readonly fc: number,
     live = 1,
+    private trace: Trace | undefined = undefined,
   ) {
     super()
     this.live = live
@@ -181,6 +185,14 @@ export class Ctx extends InputAbort implements InputContext {
   get functionCallId(): string {
     return `fc-${this.fc}`
   }
+  /** Its call's trace, and its own span id from its input id; a call made outside of any input starts its trace here, when first asked. */
+  get traceparent(): string {
+    return traceparentOf(this.callTrace(), spanHex(this.input))
+  }
+  callTrace(): Trace {
+    this.trace ??= newTrace()
+    return this.trace
+  }
   abort(reason: unknown): void {
     this.abortWith(reason)
   }
@@ -190,7 +202,7 @@ export class Ctx extends InputAbort implements InputContext {
 let curRec: InputRec | undefined
 let curCtx: Ctx | undefined
 function ctxOf(rec: InputRec): Ctx {
-  return (rec.ctx ??= new Ctx(rec.id, rec.fc))
+  return (rec.ctx ??= new Ctx(rec.id, rec.fc, 1, rec.trace))
 }
 setSyncContextSource(() => curCtx ?? (curRec === undefined ? undefined : ctxOf(curRec)))
 
@@ -295,15 +307,16 @@ export class EmbeddedRuntime {
   }
 
   /** One call: queues the input and resolves with its one result. */
-  call(pool: Pool, method: number, args: unknown[], fc: number): Promise<unknown> {
+  call(pool: Pool, method: number, args: unknown[], fc: number, trace: Trace | undefined): Promise<unknown> {
     const p = new Promise(capture)
-    this.submit(pool, method, args, fc, captured.resolve, captured.reject)
+    this.submit(pool, method, args, fc, captured.resolve, captured.reject, false, trace)
     return p
   }
 
   /**
    * Queues one input; `args` must already be checked and copied. Returns its id. `waits`: past
-   * maxPendingInputs it waits for room instead of being refused (a map's input).
+   * maxPendingInputs it waits for room instead of being refused (a map's input). `trace`: the
+   * trace its call continues (README "Tracing"); none: one starts when first asked for.
    */
   submit(
     pool: Pool,
@@ -313,6 +326,7 @@ export class EmbeddedRuntime {
     resolve: (v: any) => void,
     reject: (e: unknown) => void,
     waits = false,
+    trace: Trace | undefined = undefined,
   ): number {
     if (this.stopping) {
       reject(new InvalidError(`${pool.def.name}: the app is stopping or stopped; call it inside app.run()`))
@@ -326,6 +340,7 @@ export class EmbeddedRuntime {
       method,
       args,
       fc,
+      trace,
       resolve,
       reject,
       attempt: 0,
@@ -353,6 +368,7 @@ export class EmbeddedRuntime {
     fc: number,
     sink: GenSink,
     window: number,
+    trace: Trace | undefined,
   ): { more(n: number): void; close(): void } {
     const id = this.submit(
       pool,
@@ -361,6 +377,8 @@ export class EmbeddedRuntime {
       fc,
       () => sink.end(),
       (e) => sink.fail(e),
+      false,
+      trace,
     )
     const st: GenState = { sink, credit: window, wake: undefined }
     const rec = this.inputs.get(id)
@@ -569,7 +587,7 @@ export class EmbeddedRuntime {
     const arity = counts.length === 0 ? 0 : counts[0]
     const columns: unknown[][] = Array.from({ length: arity }, () => new Array(k))
     const first = recs.find((r) => r !== undefined)
-    const ctx = new Ctx(ids[0], first?.fc ?? 0, k)
+    const ctx = new Ctx(ids[0], first?.fc ?? 0, k, first?.trace)
     for (let j = 0; j < k; j++) {
       const rec = recs[j]
       if (rec) {

@@ -50,6 +50,13 @@ pub fn names(app: &str, function: &str) -> BrokerNames {
     }
 }
 
+/// The core NATS subject on which fronts tell `app`'s workers which calls were cancelled:
+/// `berth.{app}._cancel`. No pool's subject is it: an escaped function name has `_` only
+/// before two hex digits.
+pub fn cancel_subject(app: &str) -> String {
+    format!("berth.{}._cancel", escape(app))
+}
+
 /// The JetStream key-value bucket of `app`'s `spawn` results, keyed by function call id, so
 /// that `FunctionCall.fromId` finds a result on any front: `berth__{app}`. Its stream is
 /// `KV_` and the bucket name, kept to [`MAX_NAME_BYTES`] like the others.

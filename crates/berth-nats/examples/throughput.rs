@@ -124,6 +124,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 reply: router.inbox().to_string(),
                 deadline_unix_ms: 0,
                 params: Vec::new(),
+                keep_result: false,
+                ..Default::default()
             })
             .collect();
         next += k;

@@ -606,6 +606,32 @@ impl Broker {
         }
     }
 
+    /// Tells `app`'s workers that calls `function_call_ids` were cancelled (core NATS, at most
+    /// once: a worker reconnecting at that moment does not hear it, and runs those inputs).
+    pub async fn cancel_calls(&self, app: &str, function_call_ids: &[String]) -> Result<(), Error> {
+        let payload = Bytes::from(function_call_ids.join(" "));
+        self.client
+            .publish(berth_core::broker::cancel_subject(app), payload)
+            .await
+            .map_err(|e| Error::request("publishing a cancel", e))
+    }
+
+    /// The calls of `app` fronts cancel from now on ([`Self::cancel_calls`]), as they come.
+    pub async fn cancelled_calls(
+        &self,
+        app: &str,
+    ) -> Result<impl futures_util::Stream<Item = Vec<String>> + Send + 'static, Error> {
+        use futures_util::StreamExt as _;
+        let sub = self
+            .client
+            .subscribe(berth_core::broker::cancel_subject(app))
+            .await
+            .map_err(|e| Error::request("subscribing to cancels", e))?;
+        Ok(sub.map(|m| {
+            String::from_utf8_lossy(&m.payload).split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        }))
+    }
+
     /// Waits until the server has seen everything this connection sent (acks, replies).
     pub async fn flush(&self) -> Result<(), Error> {
         self.client.flush().await.map_err(|e| Error::request("flushing", e))

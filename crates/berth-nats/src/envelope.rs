@@ -52,12 +52,27 @@ pub struct Input {
     pub method: String,
     /// CBOR array of the positional arguments.
     pub args: Bytes,
-    /// Where the result goes (core NATS subject); empty for a `spawn`.
+    /// Where the result goes (core NATS subject); empty when nobody waits there.
     pub reply: String,
     /// After it the caller no longer waits.
     pub deadline: Option<SystemTime>,
     /// A class's parameters (CBOR map, canonical); empty for a function.
     pub params: Bytes,
+    /// A `spawn`'s: its result is also stored in the app's results bucket
+    /// ([`crate::SpawnResults`]), where any front finds it.
+    pub keep_result: bool,
+    /// The caller's W3C trace context, as the envelope carries it (all zero: none).
+    pub trace: Trace,
+}
+
+/// A W3C trace context as numbers (`BrokerInput`'s trace fields): the trace-id's big-endian
+/// halves, a span id, the flags. berth-server reads it as `berth_proto::trace::TraceContext`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub trace_id_high: u64,
+    pub trace_id_low: u64,
+    pub span_id: u64,
+    pub flags: u32,
 }
 
 impl Input {
@@ -74,6 +89,11 @@ impl Input {
             reply: self.reply.clone(),
             deadline_unix_ms: self.deadline.map_or(0, unix_ms),
             params: self.params.to_vec(),
+            keep_result: self.keep_result,
+            trace_id_high: self.trace.trace_id_high,
+            trace_id_low: self.trace.trace_id_low,
+            span_id: self.trace.span_id,
+            trace_flags: self.trace.flags,
         }
     }
 }
@@ -112,6 +132,13 @@ pub fn decode_inputs(payload: &[u8], delivered: u32) -> Result<Vec<Input>, Error
             reply: i.reply,
             deadline: (i.deadline_unix_ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(i.deadline_unix_ms)),
             params: Bytes::from(i.params),
+            keep_result: i.keep_result,
+            trace: Trace {
+                trace_id_high: i.trace_id_high,
+                trace_id_low: i.trace_id_low,
+                span_id: i.span_id,
+                flags: i.trace_flags,
+            },
         });
     }
     Ok(out)
@@ -196,6 +223,11 @@ mod tests {
             reply: "_INBOX.x".into(),
             deadline_unix_ms: 1_700_000_000_000,
             params: Vec::new(),
+            keep_result: true,
+            trace_id_high: 0x4bf9_2f35_77b3_4da6,
+            trace_id_low: 0xa3ce_929d_0e0e_4736,
+            span_id: 0x00f0_67aa_0ba9_02b7,
+            trace_flags: 1,
         }
     }
 
@@ -208,6 +240,14 @@ mod tests {
         assert_eq!((got[1].input_id.as_str(), got[1].attempt), ("b", 3));
         assert_eq!(got[0].args.as_ref(), &[0x80]);
         assert_eq!(got[0].deadline, Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)));
+        let trace = Trace {
+            trace_id_high: 0x4bf9_2f35_77b3_4da6,
+            trace_id_low: 0xa3ce_929d_0e0e_4736,
+            span_id: 0x00f0_67aa_0ba9_02b7,
+            flags: 1,
+        };
+        assert_eq!(got[0].trace, trace, "the caller's trace context travels");
+        assert_eq!(got[0].republished().span_id, trace.span_id, "and stays with an input published again");
     }
 
     #[test]

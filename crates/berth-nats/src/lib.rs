@@ -37,7 +37,7 @@ pub mod spawned;
 pub mod worker;
 
 pub use broker::{inputs_per_message, max_read_ahead, worker_room, Broker, Patience, PendingPublish, PoolSettings};
-pub use envelope::{BrokerError, BrokerInput, BrokerResult, BrokerResults, Input};
+pub use envelope::{BrokerError, BrokerInput, BrokerResult, BrokerResults, Input, Trace};
 pub use error::{Error, ErrorKind};
 pub use results::{Offered, ResultRouter, ResultTable};
 pub use spawned::SpawnResults;

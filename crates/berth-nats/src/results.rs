@@ -47,8 +47,8 @@ enum Slot {
     Done,
 }
 
-/// Inputs waiting for their result, and those that have had it (kept `keep` long so late
-/// duplicates are recognised, then forgotten).
+/// Inputs waiting for their result, and those that have had it (kept `keep` long, and at most
+/// [`DONE_KEPT`] of them, so late duplicates are recognised, then forgotten).
 pub struct ResultTable {
     slots: HashMap<String, Slot>,
     done: VecDeque<(Instant, String)>,
@@ -100,7 +100,7 @@ impl ResultTable {
 
     fn prune(&mut self, now: Instant) {
         while let Some((at, _)) = self.done.front() {
-            if now.saturating_duration_since(*at) < self.keep {
+            if now.saturating_duration_since(*at) < self.keep && self.done.len() <= DONE_KEPT {
                 break;
             }
             if let Some((_, id)) = self.done.pop_front() {
@@ -116,6 +116,11 @@ impl ResultTable {
 /// pool's `ack_wait` plus a retry delay is enough in practice; a duplicate later than this is
 /// dropped anyway, as Unknown.
 pub const DEFAULT_KEEP: Duration = Duration::from_secs(600);
+
+/// Delivered inputs remembered at most, the oldest forgotten first: a front answering 80,000
+/// inputs a second would otherwise hold 48 million ids for [`DEFAULT_KEEP`]. Remembering only
+/// tells a late duplicate from an unknown result; both are dropped (and confirmed) alike.
+pub const DONE_KEPT: usize = 65_536;
 
 /// Results read at most before their confirmations go out.
 const CONFIRM_BATCH: usize = 4096;
@@ -263,6 +268,24 @@ mod tests {
         assert_eq!(t.offer(r("a", 2), now + Duration::from_secs(9)), Offered::Duplicate);
         assert_eq!(t.offer(r("a", 3), now + Duration::from_secs(11)), Offered::Unknown);
         assert!(t.slots.is_empty() && t.done.is_empty());
+    }
+
+    #[test]
+    fn delivered_ids_are_bounded_in_number_too() {
+        let now = Instant::now();
+        let mut t = ResultTable::new(DEFAULT_KEEP);
+        for i in 0..DONE_KEPT + 1000 {
+            let id = format!("i{i}");
+            let _rx = t.register(id.clone());
+            assert_eq!(t.offer(r(&id, 1), now), Offered::Delivered);
+        }
+        // One more offer prunes to the bound, the oldest first.
+        assert_eq!(t.offer(r("i0", 2), now), Offered::Unknown, "the oldest is forgotten");
+        assert_eq!(t.done.len(), DONE_KEPT);
+        assert_eq!(t.slots.len(), DONE_KEPT);
+        assert_eq!(t.offer(r(&format!("i{}", DONE_KEPT + 999), 2), now), Offered::Duplicate, "the newest is not");
+        let _w = t.register("waiting");
+        assert_eq!(t.waiting(), 1);
     }
 
     #[test]

@@ -29,6 +29,10 @@ use crate::{
     error::Error,
 };
 
+/// How long past its `expires` a pull request may go unanswered before the worker gives it up
+/// and pulls again ([`Worker::pull`]).
+pub const PULL_ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
 /// A worker's handle on a pool's durable consumer.
 pub struct Worker {
     consumer: PullConsumer,
@@ -275,7 +279,20 @@ impl Worker {
             Some(wait) => self.consumer.batch().max_messages(max).expires(wait).messages().await,
         };
         let mut batch = pulled.map_err(|e| Error::request(format!("pulling from {}", self.stream), e))?;
-        while let Some(m) = batch.next().await {
+        // A pull request is answered by the server: its messages, then a status that ends it.
+        // A request or answer lost with a server that stopped (killed, restarting, cut off)
+        // would leave this waiting for ever, and the worker pulling nothing — async-nats puts
+        // no deadline on a pull without `expires`. Bounded: then pull again.
+        let deadline = tokio::time::Instant::now() + expires.unwrap_or_default() + PULL_ANSWER_MARGIN;
+        loop {
+            let m = match tokio::time::timeout_at(deadline, batch.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(stream = %self.stream, pulled = n, "NATS: a pull request got no answer in time (the server restarting or unreachable?); pulling again");
+                    break;
+                }
+            };
             let m = match m {
                 Ok(m) => m,
                 Err(e) => {

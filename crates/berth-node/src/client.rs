@@ -186,7 +186,8 @@ impl BindingClient {
     }
 
     /// Calls a function (`spawn` false: its result comes back) or spawns it (`spawn` true: its
-    /// function call id comes back).
+    /// function call id comes back). `traceparent`: the calling input's W3C trace context, which
+    /// the call continues (README "Tracing"); one that does not parse is ignored.
     // Flat arguments: an object would be built and read field by field on every call.
     #[allow(clippy::too_many_arguments)]
     #[napi]
@@ -199,13 +200,15 @@ impl BindingClient {
         method: String,
         params: Buffer,
         args: Buffer,
+        traceparent: Option<String>,
     ) -> Result<()> {
         let (function, args) = (function_ref(app, name, method, params), args.to_vec());
+        let trace = parse_trace(traceparent);
         self.run(id, move |client, out| async move {
             let answer = if spawn {
-                client.spawn(function, args).await.map(|r| out.push(id, K_TEXT, r.function_call_id.as_bytes()))
+                client.spawn(function, args, trace).await.map(|r| out.push(id, K_TEXT, r.function_call_id.as_bytes()))
             } else {
-                client.invoke(function, args).await.map(|r| out.result(id, r.result))
+                client.invoke(function, args, trace).await.map(|r| out.result(id, r.result))
             };
             if let Err(s) = answer {
                 out.status(id, &s);
@@ -240,7 +243,16 @@ impl BindingClient {
     /// Opens a Map stream as request `id`: its results arrive as events of that id with their
     /// input's index, then one end event.
     #[napi]
-    pub fn map_open(&self, id: f64, app: String, name: String, method: String, params: Buffer) -> Result<()> {
+    pub fn map_open(
+        &self,
+        id: f64,
+        app: String,
+        name: String,
+        method: String,
+        params: Buffer,
+        traceparent: Option<String>,
+    ) -> Result<()> {
+        let trace = parse_trace(traceparent);
         let (tx, inputs) = mpsc::unbounded_channel();
         let (cancel_tx, cancel) = oneshot::channel();
         self.maps
@@ -249,7 +261,7 @@ impl BindingClient {
             .insert(id as u64, MapLink { inputs: Some(tx), cancel: cancel_tx });
         let function = function_ref(app, name, method, params);
         self.run(id, |client, out| async move {
-            let mut stream = match client.map(function, inputs).await {
+            let mut stream = match client.map(function, inputs, trace).await {
                 Ok(stream) => stream,
                 Err(s) => return out.status(id, &s),
             };
@@ -337,7 +349,9 @@ impl BindingClient {
         params: Buffer,
         args: Buffer,
         window: u32,
+        traceparent: Option<String>,
     ) -> Result<()> {
+        let trace = parse_trace(traceparent);
         let credit = Arc::new(tokio::sync::Semaphore::new(window as usize));
         let (cancel_tx, mut cancel) = oneshot::channel();
         self.streams
@@ -346,7 +360,7 @@ impl BindingClient {
             .insert(id as u64, StreamLink { credit: credit.clone(), cancel: cancel_tx });
         let (function, args) = (function_ref(app, name, method, params), args.to_vec());
         self.run(id, move |client, out| async move {
-            let mut items = match client.invoke_stream(function, args).await {
+            let mut items = match client.invoke_stream(function, args, trace).await {
                 Ok(items) => items,
                 Err(s) => return out.status(id, &s),
             };
@@ -418,4 +432,9 @@ impl BindingClient {
 #[napi]
 pub fn check_args(bytes: Buffer) -> Option<String> {
     berth_proto::values::check_args(&bytes).err().map(|e| e.to_string())
+}
+
+/// A `traceparent` from JavaScript (the calling input's), parsed; none if it does not parse.
+fn parse_trace(traceparent: Option<String>) -> Option<berth_proto::trace::TraceContext> {
+    traceparent.and_then(|t| berth_proto::trace::TraceContext::parse(t.as_bytes()))
 }

@@ -21,7 +21,9 @@ use crate::Doorbell;
 // Event tags (crates/berth-node/src/codes.rs, read by src/shared/codes.ts).
 /// phase
 const EV_HOOK: f64 = ContainerEvent::Hook as i32 as f64;
-/// execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n
+/// execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n; each
+/// input's trace follows its function call id in the bytes: trace-id (16), flags (1)
+/// (src/run/container.ts formats its traceparent, with a span id of its own, only when asked).
 const EV_EXECUTE: f64 = ContainerEvent::Execute as i32 as f64;
 /// inputId, attempt, reason (an `AbortReasonCode`)
 const EV_ABORT: f64 = ContainerEvent::Abort as i32 as f64;
@@ -31,12 +33,21 @@ const EV_CLOSED: f64 = ContainerEvent::Closed as i32 as f64;
 /// inputId, items
 const EV_CREDIT: f64 = ContainerEvent::Credit as i32 as f64;
 
-fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
+/// The trace of the last input read: the control plane sends an input of the same trace with a
+/// zero trace-id (containers.proto `ExecInput`).
+#[derive(Default)]
+struct LastTrace {
+    high: u64,
+    low: u64,
+    flags: u32,
+}
+
+fn pack(inbox: &mut Inbox, last: &mut LastTrace, msg: control_message::Msg) {
     match msg {
         control_message::Msg::RunHook(h) => inbox.events.extend_from_slice(&[EV_HOOK, f64::from(h.phase)]),
         control_message::Msg::ExecuteBatch(b) => {
             for e in b.executions {
-                pack(inbox, control_message::Msg::Execute(e));
+                pack(inbox, last, control_message::Msg::Execute(e));
             }
         }
         control_message::Msg::Execute(e) => {
@@ -46,6 +57,12 @@ fn pack(inbox: &mut Inbox, msg: control_message::Msg) {
                 inbox.bytes.extend_from_slice(&i.args);
                 let fc_at = inbox.bytes.len();
                 inbox.bytes.extend_from_slice(i.function_call_id.as_bytes());
+                if i.trace_id_high != 0 || i.trace_id_low != 0 {
+                    *last = LastTrace { high: i.trace_id_high, low: i.trace_id_low, flags: i.trace_flags };
+                }
+                inbox.bytes.extend_from_slice(&last.high.to_be_bytes());
+                inbox.bytes.extend_from_slice(&last.low.to_be_bytes());
+                inbox.bytes.push(last.flags as u8);
                 inbox.events.extend_from_slice(&[
                     i.input_id as f64,
                     f64::from(i.attempt),
@@ -131,9 +148,10 @@ impl BindingContainer {
                     };
                     match attached.await {
                         Ok(mut inbound) => {
+                            let mut last = LastTrace::default();
                             while let Some(Ok(msg)) = inbound.next().await {
                                 if let Some(m) = msg.msg {
-                                    link.push(|inbox| pack(inbox, m));
+                                    link.push(|inbox| pack(inbox, &mut last, m));
                                 }
                             }
                         }

@@ -7,6 +7,7 @@ pub mod v1 {
 }
 
 pub mod codec;
+pub mod trace;
 pub mod values;
 
 /// The encoded `FileDescriptorSet` of every berth proto, for server reflection.

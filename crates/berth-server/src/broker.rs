@@ -9,6 +9,9 @@
 //! it on its pool's subject with the front's result inbox as the reply, and answers the
 //! waiter from the [`ResultRouter`] (first result per input; JetStream delivers at least once).
 //! Inputs of the same pool that are ready at once share a message ([`publish`]).
+//! A Spawn's input also asks the worker to store its result in the app's results bucket
+//! (`keep_result`; berth-nats `SpawnResults`), keyed by the call id, which names the front
+//! ([`Front::call_id`]): GetResult on another front reads it there ([`Front::stored_result`]).
 //! At most [`FRONT_WINDOW`] inputs are in flight per front: results come back on core NATS,
 //! at most once, into a bounded inbox buffer. Generators and web requests are not through the
 //! broker yet: the front runs them in containers of its own, as without `--broker`.
@@ -23,7 +26,9 @@
 //! (`berth_nats::Broker::reply_many`: a result lost in a NATS restart is sent again); a
 //! retryable failure runs again after the function's Retries backoff, on any worker; an input
 //! the worker could not run (it is stopping: what it read ahead is withdrawn from the local
-//! queue) goes back at once, for another. With several inputs in a message, an input that runs
+//! queue) goes back at once, for another. A call fronts cancel ([`Front::cancel`]) is answered
+//! `InputCancelledError` and acked: cancelled where it runs, not run when pulled later
+//! ([`Cancels`]). With several inputs in a message, an input that runs
 //! again is republished alone and the others are not run again. Local pools run with no retries
 //! of their own: JetStream's redelivery, or the republish, is the retry.
 //!
@@ -39,6 +44,7 @@ use std::{collections::HashSet, io};
 use berth_core::broker::{names, BrokerNames};
 use berth_core::{Command, InputId, Outcome, PoolId, RetryPolicy};
 use berth_nats::{Broker, BrokerError, BrokerInput, BrokerResult, Delivery, Fate, PoolSettings, ResultRouter};
+use berth_proto::trace::TraceContext;
 use berth_proto::v1::{self as pb, result::Outcome as PbOutcome};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
@@ -79,9 +85,17 @@ async fn connect_pools<'a>(url: &str, defs: impl Iterator<Item = &'a FunctionDef
 /// The front's side of broker mode, held by the control plane's shared state.
 pub(crate) struct Front {
     inbox: String,
-    /// Tells input ids of this front from every other's (they are JetStream message ids).
+    /// Tells input ids and call ids of this front from every other's (input ids are JetStream
+    /// message ids; a spawned call's id is its key in the app's results bucket).
     prefix: String,
+    ids: CallIds,
     outgoing: mpsc::UnboundedSender<Vec<Outgoing>>,
+    /// Each app's bucket of spawned calls' results (berth-nats `SpawnResults`): workers store a
+    /// spawned call's result there, and GetResult for another front's call reads it.
+    results: Vec<berth_nats::SpawnResults>,
+    /// The apps served, and the connection: cancels go to their workers ([`Front::cancel`]).
+    apps: Vec<String>,
+    broker: Broker,
 }
 
 struct Outgoing {
@@ -98,8 +112,16 @@ struct Outgoing {
 impl Front {
     /// Connects to `url`, makes or verifies every pool's stream, starts the result inbox and
     /// the publisher. The registry's pools keep no containers warm here: workers run them.
-    pub(crate) async fn start(url: &str, registry: &mut Registry) -> io::Result<Arc<Self>> {
+    pub(crate) async fn start(url: &str, registry: &mut Registry, result_ttl: Duration) -> io::Result<Arc<Self>> {
         let broker = connect_pools(url, registry.functions.iter()).await?;
+        let mut apps: Vec<&str> = registry.functions.iter().map(|d| d.app.as_str()).collect();
+        apps.sort_unstable();
+        apps.dedup();
+        let mut results = Vec::with_capacity(apps.len());
+        for app in &apps {
+            results.push(broker.spawn_results(app, result_ttl).await.map_err(broker_error)?);
+        }
+        let apps: Vec<String> = apps.into_iter().map(str::to_owned).collect();
         for def in &mut registry.functions {
             def.spec.min_containers = 0;
             def.spec.buffer_containers = 0;
@@ -107,18 +129,94 @@ impl Front {
         let router = Arc::new(ResultRouter::start(&broker).await.map_err(broker_error)?);
         let (outgoing, rx) = mpsc::unbounded_channel();
         let inbox = router.inbox().to_string();
-        tokio::spawn(publish(broker, router, rx));
+        tokio::spawn(publish(broker.clone(), router, rx));
         let prefix = format!("{:016x}", crate::plane::rand_token());
         tracing::info!(url = %url, "berth: front: inputs go through NATS JetStream");
-        Ok(Arc::new(Self { inbox, prefix, outgoing }))
+        let ids = CallIds(prefix.clone());
+        Ok(Arc::new(Self { inbox, prefix, ids, outgoing, results, apps, broker }))
+    }
+
+    /// Tells the workers that call `fc` (this front's or another's) is cancelled: its inputs
+    /// not run yet are answered `InputCancelledError` without running, those running are
+    /// cancelled, and none is run again (`Cancels`). Its callers get that answer as a result.
+    pub(crate) fn cancel(&self, fc: &str) {
+        let (broker, apps, fc) = (self.broker.clone(), self.apps.clone(), vec![fc.to_owned()]);
+        tokio::spawn(async move {
+            for app in apps {
+                if let Err(e) = broker.cancel_calls(&app, &fc).await {
+                    tracing::warn!("berth: {e}");
+                }
+            }
+        });
+    }
+
+    /// A call id of this front: `fc-<prefix>-<n>`, unique across fronts.
+    pub(crate) fn call_id(&self, n: u64) -> String {
+        self.ids.call_id(n)
+    }
+
+    pub(crate) fn own_call(&self, fc: &str) -> Option<u64> {
+        self.ids.own_call(fc)
+    }
+
+    pub(crate) fn foreign_call(&self, fc: &str) -> bool {
+        self.ids.foreign_call(fc)
+    }
+
+    /// The result of another front's spawned call, from the results bucket: what is there now,
+    /// or what comes within `timeout`; `None` if nothing did. A result stays there for the
+    /// `--result-ttl` of the front that made the bucket, and may be read more than once.
+    pub(crate) async fn stored_result(&self, fc: &str, timeout: Duration) -> Result<Option<pb::Result>, String> {
+        for bucket in &self.results {
+            if let Some(r) = bucket.get(fc).await.map_err(|e| e.message)? {
+                return Ok(Some(to_pb(r)));
+            }
+        }
+        if timeout.is_zero() || self.results.is_empty() {
+            return Ok(None);
+        }
+        let waits = self.results.iter().map(|b| Box::pin(b.wait(fc, timeout)));
+        let mut waits: futures_util::stream::FuturesUnordered<_> = waits.collect();
+        while let Some(r) = futures_util::StreamExt::next(&mut waits).await {
+            if let Some(r) = r.map_err(|e| e.message)? {
+                return Ok(Some(to_pb(r)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A front's call ids: `fc-<prefix>-<n>`, the prefix (16 hex digits) telling one front's from
+/// another's.
+pub(crate) struct CallIds(String);
+
+impl CallIds {
+    /// A call id of this front: `fc-<prefix>-<n>`, unique across fronts.
+    pub(crate) fn call_id(&self, n: u64) -> String {
+        format!("fc-{}-{n}", self.0)
+    }
+
+    /// The number of a call id this front issued (`call_id`), if it is one.
+    pub(crate) fn own_call(&self, fc: &str) -> Option<u64> {
+        fc.strip_prefix("fc-")?.strip_prefix(self.0.as_str())?.strip_prefix('-')?.parse().ok()
+    }
+
+    /// Whether `fc` has the shape of another front's call id.
+    pub(crate) fn foreign_call(&self, fc: &str) -> bool {
+        let Some((prefix, n)) = fc.strip_prefix("fc-").and_then(|r| r.split_once('-')) else { return false };
+        prefix != self.0
+            && prefix.len() == 16
+            && prefix.bytes().all(|b| b.is_ascii_hexdigit())
+            && n.parse::<u64>().is_ok()
     }
 }
 
 /// `FunctionsSvc::submit_many`'s broker hook, under the state lock: inputs whose waiter takes
 /// one result are published (their local ids allotted here, so a Spawn's slot learns its
 /// input as without a broker); `Ok` with the last input id then. Any other waiter (a
-/// generator's items, a web request) stays local: `Err` gives the inputs back.
-#[allow(clippy::type_complexity)]
+/// generator's items, a web request) stays local: `Err` gives the inputs back. The caller's
+/// trace context travels in each input's envelope; the worker's input continues it.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn divert(
     shared: &Arc<Shared>,
     front: &Front,
@@ -127,6 +225,7 @@ pub(crate) fn divert(
     method: u32,
     fc: &str,
     inputs: Vec<(Vec<u8>, Waiter)>,
+    trace: Option<TraceContext>,
 ) -> Result<InputId, Vec<(Vec<u8>, Waiter)>> {
     if !inputs.iter().all(|(_, w)| matches!(w, Waiter::Call(_) | Waiter::Map(..) | Waiter::None)) {
         return Err(inputs);
@@ -140,6 +239,9 @@ pub(crate) fn divert(
         if def.is_class { def.methods.get(method as usize).cloned().unwrap_or_default() } else { String::new() };
     let mut last = 0;
     let mut out = Vec::with_capacity(inputs.len());
+    // One trace per call, the caller's or a new one, as without a broker (functions.rs).
+    let trace = berth_proto::trace::continued(trace);
+    let (trace_id_high, trace_id_low) = trace.trace_id_halves();
     for (args, waiter) in inputs {
         st.next_input += 1;
         last = st.next_input;
@@ -153,6 +255,11 @@ pub(crate) fn divert(
             reply: front.inbox.clone(),
             deadline_unix_ms: 0,
             params: params.clone(),
+            keep_result: spawned.is_some(),
+            trace_id_high,
+            trace_id_low,
+            span_id: trace.span(),
+            trace_flags: u32::from(trace.flags),
         };
         out.push(Outgoing { names: pool_names.clone(), per_message, input, local: last, waiter, spawned });
     }
@@ -437,6 +544,9 @@ impl Worker {
     }
 }
 
+/// Tries to store a spawned call's result beyond the first (about 30 s in all).
+const KEEP_TRIES: u32 = 18;
+
 /// How long a stopping worker whose inputs are done waits for their results to be confirmed
 /// and their messages acked.
 const SETTLE_AT_STOP: Duration = Duration::from_secs(10);
@@ -479,11 +589,23 @@ pub async fn start_worker(
     for d in &mut local {
         d.spec.retries.max_retries = 0;
     }
+    let result_ttl = serve.result_ttl;
     let plane = ControlPlane::start(Registry { functions: local }, spawner, serve).await?;
     let shared = plane.shared().clone();
     let (stop, stopped) = watch::channel(false);
     let mut worker = Worker { broker: broker.clone(), stop, feeders: Vec::new(), held: Vec::new(), pools: Vec::new() };
+    // One listener per app for the calls fronts cancel (`Cancels`).
+    let mut cancels: Vec<(String, Arc<Cancels>)> = Vec::new();
+    for def in &served {
+        if cancels.iter().all(|(app, _)| *app != def.app) {
+            let c = Arc::new(Cancels::default());
+            let heard = broker.cancelled_calls(&def.app).await.map_err(broker_error)?;
+            worker.feeders.push(tokio::spawn(c.clone().listen(heard, shared.clone(), stopped.clone())));
+            cancels.push((def.app.clone(), c));
+        }
+    }
     for (index, (def, policy)) in served.into_iter().zip(policies).enumerate() {
+        let cancels = cancels.iter().find(|(app, _)| *app == def.app).map(|(_, c)| c.clone()).unwrap_or_default();
         let pool_names = names(&def.app, &def.name);
         let consumer = broker.worker(&pool_names).await.map_err(broker_error)?;
         let window = Arc::new((Mutex::new(Window::for_pool(&def.spec, Instant::now())), Notify::new()));
@@ -500,6 +622,9 @@ pub async fn start_worker(
             window,
             ack_wait,
             stop: stopped.clone(),
+            results: tokio::sync::OnceCell::new(),
+            result_ttl,
+            cancels,
         };
         worker.feeders.push(tokio::spawn(feeder.run(consumer)));
     }
@@ -519,6 +644,121 @@ struct Feeder {
     ack_wait: Duration,
     /// True once the worker stops: no more pulls, and what was pulled but not started is given back.
     stop: watch::Receiver<bool>,
+    /// The app's bucket of spawned calls' results, opened (or made, entries living
+    /// `result_ttl`) with the first spawned input.
+    results: tokio::sync::OnceCell<berth_nats::SpawnResults>,
+    result_ttl: Duration,
+    /// The app's cancelled calls, and its inputs running here by call.
+    cancels: Arc<Cancels>,
+}
+
+/// How long a worker remembers a cancelled call: its inputs still in the stream are answered
+/// cancelled when pulled within it.
+const CANCEL_MEMORY: Duration = Duration::from_secs(600);
+
+/// Cancelled calls a worker remembers at most (the oldest forgotten first).
+const CANCELS_KEPT: usize = 100_000;
+
+/// A worker's view of one app's cancels (fronts publish them: berth-nats `Broker::cancel_calls`):
+/// the calls cancelled lately, and which local inputs of each call run here now. An input of a
+/// cancelled call is not run (or is cancelled where it runs) and is answered
+/// `InputCancelledError` and acked: it is not run again elsewhere.
+#[derive(Default)]
+pub(crate) struct Cancels {
+    calls: Mutex<CancelledCalls>,
+    /// By call, the local inputs of each submission running here: consecutive ids, `first..=last`
+    /// (a `.map()`'s deliveries each add one range and take it back when settled).
+    running: Mutex<std::collections::HashMap<String, Vec<(InputId, InputId)>>>,
+}
+
+#[derive(Default)]
+struct CancelledCalls {
+    ids: HashSet<String>,
+    order: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl CancelledCalls {
+    fn insert(&mut self, fc: String, now: Instant) {
+        while self.order.front().is_some_and(|(at, _)| now.duration_since(*at) >= CANCEL_MEMORY)
+            || self.order.len() >= CANCELS_KEPT
+        {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        if self.ids.insert(fc.clone()) {
+            self.order.push_back((now, fc));
+        }
+    }
+}
+
+impl Cancels {
+    pub(crate) fn cancelled(&self, fc: &str) -> bool {
+        lock(&self.calls).ids.contains(fc)
+    }
+
+    /// Notes calls as cancelled and cancels their inputs running here.
+    pub(crate) fn cancel(&self, fcs: Vec<String>, shared: &Shared) {
+        let now = Instant::now();
+        // Noted first, then looked up among the running: an input submitted meanwhile is
+        // either seen running here or sees the call cancelled itself (`Feeder::submit`).
+        {
+            let mut calls = lock(&self.calls);
+            for fc in &fcs {
+                calls.insert(fc.clone(), now);
+            }
+        }
+        let mut ids = Vec::new();
+        {
+            let running = lock(&self.running);
+            for fc in &fcs {
+                ids.extend(running.get(fc).into_iter().flatten().flat_map(|&(first, last)| first..=last));
+            }
+        }
+        if !ids.is_empty() {
+            let _ = shared.commands.send(Command::Cancel(ids));
+        }
+    }
+
+    async fn listen(
+        self: Arc<Self>,
+        heard: impl futures_util::Stream<Item = Vec<String>>,
+        shared: Arc<Shared>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        tokio::pin!(heard);
+        loop {
+            tokio::select! {
+                fcs = futures_util::StreamExt::next(&mut heard) => match fcs {
+                    Some(fcs) => self.cancel(fcs, &shared),
+                    None => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn started(&self, fc: &str, ids: (InputId, InputId)) {
+        let mut running = lock(&self.running);
+        match running.get_mut(fc) {
+            Some(now) => now.push(ids),
+            None => {
+                running.insert(fc.to_owned(), vec![ids]);
+            }
+        }
+    }
+
+    fn finished(&self, fc: &str, ids: (InputId, InputId)) {
+        let mut running = lock(&self.running);
+        if let Some(now) = running.get_mut(fc) {
+            if let Some(at) = now.iter().position(|r| *r == ids) {
+                now.swap_remove(at);
+            }
+            if now.is_empty() {
+                running.remove(fc);
+            }
+        }
+    }
 }
 
 impl Feeder {
@@ -558,7 +798,8 @@ impl Feeder {
     /// (berth-nats `Delivery::settle`).
     async fn run_delivery(self: Arc<Self>, d: Delivery) {
         let n = d.inputs.len();
-        let (waits, local) = self.submit(&d.inputs);
+        let (waits, local_by_call) = self.submit(&d.inputs);
+        let local: Vec<InputId> = local_by_call.iter().flat_map(|&(_, (first, last))| first..=last).collect();
         // The lease lasts `ack_wait` from the last word: say so while the inputs wait or run.
         let mut tick = tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(500)));
         tick.tick().await;
@@ -587,8 +828,25 @@ impl Feeder {
                 }
             }
         };
+        for (fc, ids) in local_by_call {
+            self.cancels.finished(&fc, ids);
+        }
         let mut fates = Vec::with_capacity(n);
         for (input, result) in d.inputs.iter().zip(outcomes) {
+            if self.cancels.cancelled(&input.function_call_id) {
+                // Cancelled by its caller (before it came here, or while it ran): answered so,
+                // and acked, never run again.
+                fates.push(Fate::Reply(BrokerResult::error(
+                    &input.input_id,
+                    input.attempt,
+                    BrokerError {
+                        name: "InputCancelledError".into(),
+                        message: format!("call {} was cancelled", input.function_call_id),
+                        stack: String::new(),
+                    },
+                )));
+                continue;
+            }
             let outcome = result.as_ref().ok().and_then(|(o, _)| *o);
             let method = self.method_of(input).unwrap_or(0);
             let retries = if self.def.spec.methods.get(method as usize).is_some_and(|m| m.no_retries) {
@@ -611,10 +869,50 @@ impl Feeder {
                 self.window.1.notify_one();
             }
         }
+        for (input, fate) in d.inputs.iter().zip(&fates) {
+            if let (true, Fate::Reply(result)) = (input.keep_result, fate) {
+                self.keep(input, result, &d.lease).await;
+            }
+        }
         if let Err(e) = d.settle(&self.broker, fates).await {
             tracing::warn!("berth worker: {e}");
         }
         lock(&self.window.0).settling -= 1;
+    }
+
+    /// Stores a spawned call's result in the app's results bucket, before it is replied and
+    /// acked: so `FunctionCall.fromId` finds it on any front, also when the front that spawned
+    /// it is gone. Tried again for a while (the lease kept alive) while NATS does not take it;
+    /// then only the front that spawned it gets it, as its reply.
+    async fn keep(&self, input: &berth_nats::Input, result: &BrokerResult, lease: &berth_nats::Lease) {
+        let fc = &input.function_call_id;
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            let stored = match self
+                .results
+                .get_or_try_init(|| self.broker.spawn_results(&self.def.app, self.result_ttl))
+                .await
+            {
+                Ok(bucket) => bucket.put(fc, result).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(()) => return,
+                Err(e) if tries >= KEEP_TRIES => {
+                    tracing::warn!(
+                        "berth worker: the result of spawned call {fc} is not stored for other fronts ({e}); the front that spawned it still gets it"
+                    );
+                    return;
+                }
+                Err(_) => {
+                    tries += 1;
+                    let _ = lease.progress().await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     fn method_of(&self, input: &berth_nats::Input) -> Option<u32> {
@@ -631,9 +929,9 @@ impl Feeder {
     fn submit(
         &self,
         inputs: &[berth_nats::Input],
-    ) -> (Vec<oneshot::Receiver<(Option<Outcome>, pb::Result)>>, Vec<InputId>) {
+    ) -> (Vec<oneshot::Receiver<(Option<Outcome>, pb::Result)>>, Vec<(String, (InputId, InputId))>) {
         let mut waits = Vec::with_capacity(inputs.len());
-        let mut local = Vec::with_capacity(inputs.len());
+        let mut local = Vec::new();
         let svc = FunctionsSvc { shared: self.shared.clone() };
         let mut i = 0;
         while i < inputs.len() {
@@ -641,11 +939,23 @@ impl Feeder {
             let same = inputs[i..]
                 .iter()
                 .take_while(|x| {
-                    x.method == first.method && x.params == first.params && x.function_call_id == first.function_call_id
+                    x.method == first.method
+                        && x.params == first.params
+                        && x.function_call_id == first.function_call_id
+                        && x.trace == first.trace
                 })
                 .count();
             let group = &inputs[i..i + same];
             i += same;
+            if self.cancels.cancelled(&first.function_call_id) {
+                // Not run: answered cancelled (run_delivery).
+                for _ in group {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send((Some(Outcome::Cancelled), error("InputCancelledError", "cancelled")));
+                    waits.push(rx);
+                }
+                continue;
+            }
             let Some(method) = self.method_of(first) else {
                 // Final (Lost settles as a reply): no worker of this app version has the method.
                 for _ in group {
@@ -677,10 +987,19 @@ impl Feeder {
                 waits.push(rx);
                 batch.push((input.args.to_vec(), Waiter::Settled(tx)));
             }
-            let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true);
+            let t = first.trace;
+            let trace = TraceContext::from_parts(t.trace_id_high, t.trace_id_low, t.span_id, t.flags);
+            let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true, Some(trace));
             // One submission's inputs take consecutive ids, the last returned (0: none taken).
             if last != 0 {
-                local.extend((last + 1 - group.len() as InputId)..=last);
+                let ids = (last + 1 - group.len() as InputId, last);
+                // A cancel heard from now on cancels them where they run.
+                self.cancels.started(&first.function_call_id, ids);
+                // One heard just before: cancel them now (the other order runs them).
+                if self.cancels.cancelled(&first.function_call_id) {
+                    let _ = self.shared.commands.send(Command::Cancel((ids.0..=ids.1).collect()));
+                }
+                local.push((first.function_call_id.clone(), ids));
             }
         }
         (waits, local)
@@ -799,6 +1118,42 @@ mod tests {
         assert_eq!(settle(Some(Outcome::Cancelled), 1, 0, false), Settle::Release);
         assert_eq!(settle(Some(Outcome::Rejected), 1, 0, false), Settle::Release);
         assert_eq!(settle(None, 1, 0, false), Settle::Release);
+    }
+
+    #[test]
+    fn call_ids_name_their_front() {
+        let (a, b) = (CallIds("00000000000000aa".into()), CallIds("00000000000000bb".into()));
+        let id = a.call_id(7);
+        assert_eq!(id, "fc-00000000000000aa-7");
+        assert_eq!(a.own_call(&id), Some(7));
+        assert!(!a.foreign_call(&id), "its own");
+        assert_eq!(b.own_call(&id), None);
+        assert!(b.foreign_call(&id), "another front's: B reads its result from the bucket");
+        // Not a front's call id at all: neither (GetResult answers NOT_FOUND as before).
+        for other in ["fc-7", "fc-nope", "fc-00000000000000aa-x", "fc-0000000000000zzz-1", "fc--1", "x"] {
+            assert!(!b.foreign_call(other) && b.own_call(other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn cancelled_calls_are_remembered_for_a_while_and_up_to_a_bound() {
+        let t = Instant::now();
+        let mut c = CancelledCalls::default();
+        c.insert("fc-1".into(), t);
+        c.insert("fc-1".into(), t);
+        assert_eq!(c.order.len(), 1, "once");
+        c.insert("fc-2".into(), t + CANCEL_MEMORY / 2);
+        assert!(c.ids.contains("fc-1") && c.ids.contains("fc-2"));
+        // A later cancel forgets those older than CANCEL_MEMORY.
+        c.insert("fc-3".into(), t + CANCEL_MEMORY);
+        assert!(!c.ids.contains("fc-1") && c.ids.contains("fc-2") && c.ids.contains("fc-3"));
+        // Never more than CANCELS_KEPT: the oldest go first.
+        let now = t + CANCEL_MEMORY;
+        for i in 0..CANCELS_KEPT + 10 {
+            c.insert(format!("many-{i}"), now);
+        }
+        assert_eq!((c.ids.len(), c.order.len()), (CANCELS_KEPT, CANCELS_KEPT));
+        assert!(!c.ids.contains("fc-3") && c.ids.contains(&format!("many-{}", CANCELS_KEPT + 9)));
     }
 
     #[test]

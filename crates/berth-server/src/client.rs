@@ -9,6 +9,7 @@
 //! answer once the control plane has stopped (a refused connection).
 use std::sync::Weak;
 
+use berth_proto::trace::TraceContext;
 use berth_proto::v1::{self as pb, functions_client::FunctionsClient, functions_server::Functions, map_request};
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
@@ -75,16 +76,28 @@ impl Client {
         matches!(self.0, Transport::InProcess(_))
     }
 
-    pub async fn invoke(&self, function: pb::FunctionRef, args: Vec<u8>) -> Result<pb::InvokeResponse, Status> {
-        let req = pb::InvokeRequest { function: Some(function), args };
+    /// One call. `trace`: the caller's trace context, sent as `traceparent` (README "Tracing");
+    /// without one the control plane starts a trace.
+    pub async fn invoke(
+        &self,
+        function: pb::FunctionRef,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> Result<pb::InvokeResponse, Status> {
+        let req = traced(pb::InvokeRequest { function: Some(function), args }, trace);
         match &self.0 {
             Transport::Grpc { grpc, auth } => Ok(grpc.clone().invoke(authed(req, auth)).await?.into_inner()),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.invoke(req).await }).await,
         }
     }
 
-    pub async fn spawn(&self, function: pb::FunctionRef, args: Vec<u8>) -> Result<pb::SpawnResponse, Status> {
-        let req = pb::InvokeRequest { function: Some(function), args };
+    pub async fn spawn(
+        &self,
+        function: pb::FunctionRef,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> Result<pb::SpawnResponse, Status> {
+        let req = traced(pb::InvokeRequest { function: Some(function), args }, trace);
         match &self.0 {
             Transport::Grpc { grpc, auth } => Ok(grpc.clone().spawn(authed(req, auth)).await?.into_inner()),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.spawn(req).await }).await,
@@ -92,7 +105,7 @@ impl Client {
     }
 
     pub async fn get_result(&self, function_call_id: String, timeout: f64) -> Result<pb::GetResultResponse, Status> {
-        let req = pb::GetResultRequest { function_call_id, timeout };
+        let req = Request::new(pb::GetResultRequest { function_call_id, timeout });
         match &self.0 {
             Transport::Grpc { grpc, auth } => Ok(grpc.clone().get_result(authed(req, auth)).await?.into_inner()),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.get_result(req).await }).await,
@@ -100,7 +113,7 @@ impl Client {
     }
 
     pub async fn cancel(&self, function_call_id: String) -> Result<(), Status> {
-        let req = pb::CancelRequest { function_call_id };
+        let req = Request::new(pb::CancelRequest { function_call_id });
         match &self.0 {
             Transport::Grpc { grpc, auth } => grpc.clone().cancel(authed(req, auth)).await.map(drop),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.cancel(req).await }).await.map(drop),
@@ -110,8 +123,13 @@ impl Client {
     /// One call of a generator: its items as they come. Read them as far as the caller reads:
     /// the generator runs a small window ahead (README "API"); dropping the items before their
     /// end cancels the call.
-    pub async fn invoke_stream(&self, function: pb::FunctionRef, args: Vec<u8>) -> Result<GenItems, Status> {
-        let req = pb::InvokeRequest { function: Some(function), args };
+    pub async fn invoke_stream(
+        &self,
+        function: pb::FunctionRef,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> Result<GenItems, Status> {
+        let req = traced(pb::InvokeRequest { function: Some(function), args }, trace);
         match &self.0 {
             Transport::Grpc { grpc, auth } => {
                 Ok(GenItems::Grpc(grpc.clone().invoke_stream(authed(req, auth)).await?.into_inner()))
@@ -131,11 +149,12 @@ impl Client {
         &self,
         function: pb::FunctionRef,
         inputs: mpsc::UnboundedReceiver<Vec<pb::MapInput>>,
+        trace: Option<TraceContext>,
     ) -> Result<MapResults, Status> {
         let requests = Requests { function: Some(function), inputs, buf: Vec::new().into_iter() };
         match &self.0 {
             Transport::Grpc { grpc, auth } => {
-                let response = grpc.clone().map(authed(requests, auth)).await?;
+                let response = grpc.clone().map(authed(traced(requests, trace), auth)).await?;
                 let id = response.metadata().get(MAP_CALL_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
                 Ok(MapResults { id, results: Results::Grpc(response.into_inner()) })
             }
@@ -147,17 +166,30 @@ impl Client {
                     _ => Ok(r),
                 });
                 let serving = p.serving.clone();
-                let (responses, id) = p.run(|svc| async move { svc.open_map(requests).await }).await?;
+                let (responses, id) = p.run(|svc| async move { svc.open_map(requests, trace).await }).await?;
                 Ok(MapResults { id: Some(id), results: Results::InProcess { responses, serving } })
             }
         }
     }
 }
 
-fn authed<T>(message: T, token: &Option<MetadataValue<Ascii>>) -> Request<T> {
-    let mut r = Request::new(message);
+fn authed<T>(mut r: Request<T>, token: &Option<MetadataValue<Ascii>>) -> Request<T> {
     if let Some(t) = token {
         r.metadata_mut().insert("authorization", t.clone());
+    }
+    r
+}
+
+/// A request carrying `trace` as its `traceparent` metadata (read by the handlers, gRPC or in
+/// process alike: functions.rs `caller_trace`).
+fn traced<T>(message: T, trace: Option<TraceContext>) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Some(t) = trace {
+        let mut text = [0u8; berth_proto::trace::TRACEPARENT_LEN];
+        t.write(&mut text);
+        if let Ok(v) = MetadataValue::try_from(&text[..]) {
+            r.metadata_mut().insert(crate::functions::TRACEPARENT, v);
+        }
     }
     r
 }
@@ -181,18 +213,18 @@ async fn gone(mut serving: watch::Receiver<bool>) {
 
 impl InProcess {
     /// A unary call: the request within the cap, then the handler.
-    async fn call<M, F, Fut, T>(&self, req: M, handler: F) -> Result<T, Status>
+    async fn call<M, F, Fut, T>(&self, req: Request<M>, handler: F) -> Result<T, Status>
     where
         M: prost::Message,
         F: FnOnce(FunctionsSvc, Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>> + Send + 'static,
         T: Send + 'static,
     {
-        let len = req.encoded_len();
+        let len = req.get_ref().encoded_len();
         if len > self.max_message_bytes {
             return Err(Status::resource_exhausted(too_large(len, self.max_message_bytes)));
         }
-        self.run(|svc| handler(svc, Request::new(req))).await.map(tonic::Response::into_inner)
+        self.run(|svc| handler(svc, req)).await.map(tonic::Response::into_inner)
     }
 
     /// Runs `handler` on the control plane's runtime while it serves, as a gRPC request's

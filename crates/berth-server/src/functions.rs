@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::{failure, Command, InputId, PoolId, Submission};
+use berth_proto::trace::TraceContext;
 use berth_proto::v1::{self as pb, functions_server::Functions};
 use berth_proto::values;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -173,22 +174,38 @@ impl FunctionsSvc {
     }
 
     /// One call, as Invoke makes it: submitted with its own function call id, awaited.
-    pub(crate) async fn call(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (pb::Result, String) {
+    /// `trace`: the caller's trace context, continued by the input (README "Tracing").
+    pub(crate) async fn call(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> (pb::Result, String) {
         let fc = self.new_call_id();
         let (tx, rx) = oneshot::channel();
-        self.submit(pool, method, args, fc.clone(), Waiter::Call(tx));
+        self.submit(pool, method, args, fc.clone(), Waiter::Call(tx), trace);
         let result = rx.await.unwrap_or_else(|_| error("Error", "the control plane stopped before the result"));
         (result, fc)
     }
 
-    fn submit(&self, pool: PoolId, method: u32, args: Vec<u8>, fc: String, waiter: Waiter) {
-        self.submit_many(pool, method, fc, vec![(args, waiter)], false);
+    fn submit(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        fc: String,
+        waiter: Waiter,
+        trace: Option<TraceContext>,
+    ) {
+        self.submit_many(pool, method, fc, vec![(args, waiter)], false, trace);
     }
 
     /// Many inputs, one lock and one command; returns the id of the last. The inputs of a
     /// cancelled Map call are answered `InputCancelledError` instead (and 0 returned).
     /// `waits`: past maxPendingInputs they wait for room instead of being refused (a Map
-    /// call's: README "API", load shedding).
+    /// call's: README "API", load shedding). `trace`: the caller's trace context, which the
+    /// inputs continue; none starts a trace for the call (README "Tracing").
     pub(crate) fn submit_many(
         &self,
         pool: PoolId,
@@ -196,13 +213,15 @@ impl FunctionsSvc {
         fc: String,
         inputs: Vec<(Vec<u8>, Waiter)>,
         waits: bool,
+        trace: Option<TraceContext>,
     ) -> InputId {
-        self.submit_driven(pool, method, fc, inputs, waits, false)
+        self.submit_driven(pool, method, fc, inputs, waits, false, trace)
     }
 
     /// As [`submit_many`](Self::submit_many); `now`: the scheduler's turn runs on this task
     /// (driver.rs), rather than on the turn task, which takes what waits from every caller at
     /// once (larger batches to containers: `.map()` and many calls in flight go faster so).
+    #[allow(clippy::too_many_arguments)]
     fn submit_driven(
         &self,
         pool: PoolId,
@@ -211,6 +230,7 @@ impl FunctionsSvc {
         inputs: Vec<(Vec<u8>, Waiter)>,
         waits: bool,
         now: bool,
+        trace: Option<TraceContext>,
     ) -> InputId {
         let mut subs = Vec::with_capacity(inputs.len());
         let mut st = self.shared.lock();
@@ -223,16 +243,20 @@ impl FunctionsSvc {
             return 0;
         }
         let inputs = match &self.shared.front {
-            Some(front) => match crate::broker::divert(&self.shared, front, &mut st, pool, method, &fc, inputs) {
-                Ok(last) => return last,
-                Err(inputs) => inputs,
-            },
+            Some(front) => {
+                match crate::broker::divert(&self.shared, front, &mut st, pool, method, &fc, inputs, trace) {
+                    Ok(last) => return last,
+                    Err(inputs) => inputs,
+                }
+            }
             None => inputs,
         };
+        // One trace per call: the caller's, or a new one.
+        let trace = berth_proto::trace::continued(trace);
         for (args, waiter) in inputs {
             st.next_input += 1;
             let input = st.next_input;
-            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter, pool, method });
+            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter, pool, method, trace });
             subs.push(Submission { input, pool, method, waits });
         }
         let last = subs.last().map_or(0, |s| s.input);
@@ -252,14 +276,26 @@ impl FunctionsSvc {
     }
 
     /// One generator call: its items as they come, and its end; and its function call id.
-    pub(crate) fn open_stream(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
-        self.open(pool, method, args, Waiter::Stream)
+    pub(crate) fn open_stream(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> (StreamItems, String) {
+        self.open(pool, method, args, Waiter::Stream, trace)
     }
 
     /// One web endpoint request (web.rs): a stream of the items of a streamed Response, or of
     /// its result alone.
-    pub(crate) fn open_web(&self, pool: PoolId, method: u32, args: Vec<u8>) -> (StreamItems, String) {
-        self.open(pool, method, args, Waiter::Web)
+    pub(crate) fn open_web(
+        &self,
+        pool: PoolId,
+        method: u32,
+        args: Vec<u8>,
+        trace: Option<TraceContext>,
+    ) -> (StreamItems, String) {
+        self.open(pool, method, args, Waiter::Web, trace)
     }
 
     /// One request for a web app with a server of its own (web.rs, proxy.rs): an input whose
@@ -271,9 +307,10 @@ impl FunctionsSvc {
         request: hyper::Request<crate::http::Limited>,
     ) -> (crate::proxy::Proxied, String) {
         let fc = self.new_call_id();
+        let trace = caller_trace(request.headers());
         let (waiter, proxied) = crate::proxy::waiter(request);
         // Its turn here: the scheduler's assignment comes back to this task at once (proxy.rs).
-        let input = self.submit_driven(pool, method, fc.clone(), vec![(Vec::new(), waiter)], false, true);
+        let input = self.submit_driven(pool, method, fc.clone(), vec![(Vec::new(), waiter)], false, true, trace);
         (proxied(self.shared.clone(), input), fc)
     }
 
@@ -283,10 +320,11 @@ impl FunctionsSvc {
         method: u32,
         args: Vec<u8>,
         waiter: fn(mpsc::UnboundedSender<Result<pb::StreamItem, Status>>) -> Waiter,
+        trace: Option<TraceContext>,
     ) -> (StreamItems, String) {
         let (tx, rx) = mpsc::unbounded_channel();
         let fc = self.new_call_id();
-        let input = self.submit_many(pool, method, fc.clone(), vec![(args, waiter(tx))], false);
+        let input = self.submit_many(pool, method, fc.clone(), vec![(args, waiter(tx))], false, trace);
         (StreamItems { rx, shared: self.shared.clone(), input, taken: 0, ended: false, first: None }, fc)
     }
 
@@ -311,20 +349,28 @@ impl FunctionsSvc {
     }
 
     pub(crate) fn new_call_id(&self) -> String {
-        let mut st = self.shared.lock();
-        st.next_call += 1;
-        format!("fc-{}", st.next_call)
+        let n = {
+            let mut st = self.shared.lock();
+            st.next_call += 1;
+            st.next_call
+        };
+        match &self.shared.front {
+            // Unique across fronts: another front reads a spawned call's result by its id.
+            Some(front) => front.call_id(n),
+            None => format!("fc-{n}"),
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Functions for FunctionsSvc {
     async fn invoke(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let trace = caller_trace(req.metadata());
         let req = req.into_inner();
         let target = self.resolve(req.function.as_ref())?;
         target.not_generator("Invoke")?;
         target.check_args(&req.args, "args")?;
-        let (result, fc) = self.call(target.pool, target.method, req.args).await;
+        let (result, fc) = self.call(target.pool, target.method, req.args, trace).await;
         if let Some(message) = queue_full(&result) {
             return Err(Status::resource_exhausted(message));
         }
@@ -334,7 +380,8 @@ impl Functions for FunctionsSvc {
     type MapStream = MapResponses;
 
     async fn map(&self, req: Request<Streaming<pb::MapRequest>>) -> Result<Response<Self::MapStream>, Status> {
-        let (responses, fc) = self.open_map(req.into_inner()).await?;
+        let trace = caller_trace(req.metadata());
+        let (responses, fc) = self.open_map(req.into_inner(), trace).await?;
         let mut response = Response::new(responses);
         if let Ok(v) = fc.parse() {
             response.metadata_mut().insert(MAP_CALL_ID_HEADER, v);
@@ -343,6 +390,7 @@ impl Functions for FunctionsSvc {
     }
 
     async fn spawn(&self, req: Request<pb::InvokeRequest>) -> Result<Response<pb::SpawnResponse>, Status> {
+        let trace = caller_trace(req.metadata());
         let req = req.into_inner();
         let target = self.resolve(req.function.as_ref())?;
         target.not_generator("Spawn")?;
@@ -353,7 +401,7 @@ impl Functions for FunctionsSvc {
         let ready = Arc::new(Notify::new());
         self.shared.lock().calls.insert(fc.clone(), CallSlot { input: 0, result: None, ready });
         // The slot learns its input in `submit`, under the same lock.
-        self.submit(pool, method, req.args, fc.clone(), Waiter::None);
+        self.submit(pool, method, req.args, fc.clone(), Waiter::None, trace);
         Ok(Response::new(pb::SpawnResponse { function_call_id: fc }))
     }
 
@@ -361,10 +409,22 @@ impl Functions for FunctionsSvc {
         let req = req.into_inner();
         let ready = {
             let st = self.shared.lock();
-            let Some(slot) = st.calls.get(&req.function_call_id) else {
-                return Err(gone_or_unknown(&st, &req.function_call_id, self.shared.result_ttl));
-            };
-            slot.ready.clone()
+            match st.calls.get(&req.function_call_id) {
+                Some(slot) => Some(slot.ready.clone()),
+                None if self.shared.front.as_ref().is_some_and(|f| f.foreign_call(&req.function_call_id)) => None,
+                None => return Err(gone_or_unknown(&st, &req.function_call_id, &self.shared)),
+            }
+        };
+        // None: another front's spawned call (broker mode), whose result is in the app's
+        // results bucket once a worker has it.
+        let Some(ready) = ready else {
+            let front = self.shared.front.as_ref().ok_or_else(|| not_a_call(&req.function_call_id))?;
+            let wait = Duration::from_secs_f64(req.timeout.clamp(0.0, 86_400.0));
+            let result = front
+                .stored_result(&req.function_call_id, wait)
+                .await
+                .map_err(|e| Status::unavailable(format!("reading the result of {}: {e}", req.function_call_id)))?;
+            return Ok(Response::new(pb::GetResultResponse { ready: result.is_some(), result }));
         };
         let notified = ready.notified();
         tokio::pin!(notified);
@@ -391,11 +451,12 @@ impl Functions for FunctionsSvc {
     type InvokeStreamStream = StreamItems;
 
     async fn invoke_stream(&self, req: Request<pb::InvokeRequest>) -> Result<Response<StreamItems>, Status> {
+        let trace = caller_trace(req.metadata());
         let req = req.into_inner();
         let target = self.resolve(req.function.as_ref())?;
         target.generator()?;
         target.check_args(&req.args, "args")?;
-        let mut items = self.open_stream(target.pool, target.method, req.args).0;
+        let mut items = self.open_stream(target.pool, target.method, req.args, trace).0;
         // Refused past maxPendingInputs: a status, as Invoke answers, not a stream whose one
         // item is the error (the response waits for the first event to know).
         if let Some(message) = items.refused().await {
@@ -413,10 +474,50 @@ impl Functions for FunctionsSvc {
             cancel_map(&self.shared, &fc, &call);
             return Ok(Response::new(pb::CancelResponse {}));
         }
-        let input = st.calls.get(&fc).map(|s| s.input).ok_or_else(|| not_a_call(&fc))?;
+        if let Some(front) = &self.shared.front {
+            // Broker mode: the workers hold the call's inputs; this front's call or another's.
+            if st.calls.contains_key(&fc) || front.foreign_call(&fc) {
+                front.cancel(&fc);
+                return Ok(Response::new(pb::CancelResponse {}));
+            }
+        }
+        let Some(input) = st.calls.get(&fc).map(|s| s.input) else {
+            // A call of this server whose result was delivered (a get() that just returned) or
+            // has expired: it is over, and there is nothing to cancel.
+            if issued(&st, &fc, &self.shared) {
+                return Ok(Response::new(pb::CancelResponse {}));
+            }
+            return Err(not_a_call(&fc));
+        };
         // Under the lock: after the input's submission.
         let _ = self.shared.commands.send(Command::Cancel(vec![input]));
         Ok(Response::new(pb::CancelResponse {}))
+    }
+}
+
+/// The header (HTTP) and metadata key (gRPC) of a caller's W3C trace context.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// A caller's `traceparent`, gRPC metadata or HTTP headers alike; one that does not parse is
+/// none (the call starts a trace: README "Tracing").
+pub(crate) fn caller_trace<H: TraceHeaders>(headers: &H) -> Option<TraceContext> {
+    headers.traceparent().and_then(TraceContext::parse)
+}
+
+/// Where a `traceparent` comes from.
+pub(crate) trait TraceHeaders {
+    fn traceparent(&self) -> Option<&[u8]>;
+}
+
+impl TraceHeaders for tonic::metadata::MetadataMap {
+    fn traceparent(&self) -> Option<&[u8]> {
+        self.get(TRACEPARENT).map(|v| v.as_bytes())
+    }
+}
+
+impl TraceHeaders for hyper::HeaderMap {
+    fn traceparent(&self) -> Option<&[u8]> {
+        self.get(TRACEPARENT).map(|v| v.as_bytes())
     }
 }
 
@@ -515,12 +616,20 @@ fn grant(shared: &Shared, input: InputId, n: u32) {
     }
 }
 
+/// Whether this server issued call id `fc`.
+fn issued(st: &State, fc: &str, shared: &Shared) -> bool {
+    let number = match &shared.front {
+        Some(front) => front.own_call(fc),
+        None => fc.strip_prefix("fc-").and_then(|n| n.parse::<u64>().ok()),
+    };
+    number.is_some_and(|n| n >= 1 && n <= st.next_call)
+}
+
 /// A call id GetResult does not find: one this server issued (its result was delivered, or
 /// expired), or none it knows.
-fn gone_or_unknown(st: &State, fc: &str, ttl: Duration) -> Status {
-    let issued =
-        fc.strip_prefix("fc-").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 1 && n <= st.next_call);
-    if !issued {
+fn gone_or_unknown(st: &State, fc: &str, shared: &Shared) -> Status {
+    let ttl = shared.result_ttl;
+    if !issued(st, fc, shared) {
         return not_a_call(fc);
     }
     Status::not_found(format!(

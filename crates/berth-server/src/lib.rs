@@ -13,6 +13,7 @@ mod catalog;
 mod client;
 mod conn;
 mod containers;
+mod dashboard;
 mod driver;
 mod functions;
 #[cfg(any(test, feature = "fuzzing"))]

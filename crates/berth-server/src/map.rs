@@ -21,7 +21,12 @@ fn ready<S: Stream + Unpin>(inbound: &mut S) -> std::task::Poll<Option<S::Item>>
 impl FunctionsSvc {
     /// Opens a Map call on `inbound` (the function first, then inputs): its results, and its
     /// function call id (what `Cancel` takes).
-    pub(crate) async fn open_map<S>(&self, mut inbound: S) -> Result<(MapResponses, String), Status>
+    /// `trace`: the caller's trace context (one trace per Map call: README "Tracing").
+    pub(crate) async fn open_map<S>(
+        &self,
+        mut inbound: S,
+        trace: Option<berth_proto::trace::TraceContext>,
+    ) -> Result<(MapResponses, String), Status>
     where
         S: Stream<Item = Result<pb::MapRequest, Status>> + Unpin + Send + 'static,
     {
@@ -37,6 +42,8 @@ impl FunctionsSvc {
         target.not_generator("Map")?;
         let (pool, method) = (target.pool, target.method);
         let fc = self.new_call_id();
+        // One trace for every input of the call, whichever submission takes it.
+        let map_trace = berth_proto::trace::continued(trace);
         let call = Arc::new(MapCall::new(self.shared.map_window));
         self.shared.lock().maps.insert(fc.clone(), call.clone());
         let (out, rx) = mpsc::unbounded_channel();
@@ -117,7 +124,7 @@ impl FunctionsSvc {
                 // stream ends with the status after them.
                 if !batch.is_empty() {
                     call.accepted(batch.len());
-                    svc.submit_many(pool, method, id.clone(), batch, true);
+                    svc.submit_many(pool, method, id.clone(), batch, true, Some(map_trace));
                 }
                 if let Some(status) = end {
                     *call.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);

@@ -269,6 +269,9 @@ pub(crate) struct Link {
     /// Its web apps' servers, by method (the `AppServer` messages it sent): their requests go
     /// there, not to it as executions (proxy.rs).
     pub servers: Vec<(u32, Arc<crate::proxy::AppServer>)>,
+    /// The trace (trace-id halves, flags) of the last input sent: the next input of the same
+    /// trace is sent with a zero trace-id (containers.proto `ExecInput`).
+    pub last_trace: (u64, u64, u32),
 }
 
 impl Link {
@@ -305,7 +308,17 @@ impl Link {
     /// Adds an execution to this turn's message, sending the message first if the execution
     /// would take it over the cap (the container decodes what one execution needs, however
     /// large: a @batched one carries many inputs).
-    fn push(&mut self, e: pb::Execute) {
+    fn push(&mut self, mut e: pb::Execute) {
+        // Executions leave in the order they are pushed: an input whose trace is the previous
+        // input's goes without it.
+        for i in &mut e.inputs {
+            let trace = (i.trace_id_high, i.trace_id_low, i.trace_flags);
+            if trace == self.last_trace {
+                (i.trace_id_high, i.trace_id_low, i.trace_flags) = (0, 0, 0);
+            } else {
+                self.last_trace = trace;
+            }
+        }
         let size = e.encoded_len();
         if !self.batch.is_empty() && self.batch_bytes + size > self.max_message_bytes {
             self.send_batch();
@@ -505,6 +518,10 @@ pub(crate) fn cancel_map(shared: &Shared, fc: &str, map: &MapCall) {
         let _ = shared.commands.send(Command::Cancel(ids));
     }
     drop(st);
+    if let Some(front) = &shared.front {
+        // Broker mode: its inputs are the workers' (broker.rs `Front::cancel`).
+        front.cancel(fc);
+    }
     map.stop.notify_one();
 }
 
@@ -515,6 +532,9 @@ pub(crate) struct Input {
     /// What it calls: failures berth reports name the function or method.
     pub pool: PoolId,
     pub method: u32,
+    /// The W3C trace context its call continues (the caller's, or one the call started): 25
+    /// bytes in place; its trace-id and flags go with its executions (README "Tracing").
+    pub trace: berth_proto::trace::TraceContext,
 }
 
 #[derive(Default)]
@@ -541,6 +561,8 @@ pub(crate) struct State {
     pub maps: HashMap<String, Arc<MapCall>>,
     /// Spawned calls whose result is in, oldest first: what `expire_results` drops.
     pub finished_calls: std::collections::VecDeque<(Instant, String)>,
+    /// The last inputs that failed, newest last, at most [`RECENT_ERRORS`] (the dashboard's).
+    pub recent_errors: std::collections::VecDeque<RecentError>,
 }
 
 impl State {
@@ -700,6 +722,7 @@ impl Invoker for Host {
                     overdue: Vec::new(),
                     overdue_since: None,
                     servers: Vec::new(),
+                    last_trace: (0, 0, 0),
                 },
             );
             let Some(entry) = st.pools.get(&pool) else {
@@ -751,8 +774,18 @@ impl Invoker for Host {
         }
         let mut inputs = Vec::with_capacity(exec.inputs.len());
         for &(input, attempt) in &exec.inputs {
-            let (args, fc) = st.inputs.get(&input).map(|i| (i.args.clone(), i.fc.clone())).unwrap_or_default();
-            inputs.push(pb::ExecInput { input_id: input, attempt, function_call_id: fc, args });
+            let (args, fc, trace) =
+                st.inputs.get(&input).map(|i| (i.args.clone(), i.fc.clone(), i.trace)).unwrap_or_default();
+            let (trace_id_high, trace_id_low) = trace.trace_id_halves();
+            inputs.push(pb::ExecInput {
+                input_id: input,
+                attempt,
+                function_call_id: fc,
+                args,
+                trace_id_high,
+                trace_id_low,
+                trace_flags: u32::from(trace.flags),
+            });
         }
         for &(input, _) in &exec.inputs {
             st.running.insert(input, exec.container);
@@ -867,6 +900,14 @@ impl ResultSink for Host {
                 )
             }
         };
+        if let (Some(PbOutcome::Error(e)), false) = (&result.outcome, matches!(outcome, Outcome::Cancelled)) {
+            let (app, function) = def().map_or_else(Default::default, |d| (d.app.clone(), d.label(rec.method)));
+            let recent = RecentError::new(app, function, e);
+            if st.recent_errors.len() >= RECENT_ERRORS {
+                st.recent_errors.pop_front();
+            }
+            st.recent_errors.push_back(recent);
+        }
         let spawned = match st.calls.get_mut(&rec.fc) {
             Some(slot) if slot.input == input => {
                 slot.result = Some(result.clone());
@@ -883,6 +924,47 @@ impl ResultSink for Host {
                 let _ = out.send((Some(outcome), result));
             }
             waiter => waiter.send(result),
+        }
+    }
+}
+
+/// Failed inputs the control plane keeps for the dashboard (dashboard.rs), the oldest dropped.
+pub(crate) const RECENT_ERRORS: usize = 50;
+
+/// A stack longer than this is cut in a [`RecentError`].
+const RECENT_STACK_BYTES: usize = 4096;
+
+/// An input that failed: when, what, and its error.
+#[derive(Clone, Debug)]
+pub(crate) struct RecentError {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub app: String,
+    pub function: String,
+    pub name: String,
+    pub message: String,
+    pub stack: String,
+}
+
+impl RecentError {
+    fn new(app: String, function: String, e: &pb::Error) -> Self {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let cut = |s: &str, n: usize| {
+            let mut end = s.len().min(n);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
+        Self {
+            at_ms,
+            app,
+            function,
+            name: cut(&e.name, 256),
+            message: cut(&e.message, RECENT_STACK_BYTES),
+            stack: cut(&e.stack, RECENT_STACK_BYTES),
         }
     }
 }

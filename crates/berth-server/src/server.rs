@@ -173,7 +173,7 @@ impl ControlPlane {
             f.spec.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         }
         let front = match &opts.broker {
-            Some(url) => Some(crate::broker::Front::start(url, &mut registry).await?),
+            Some(url) => Some(crate::broker::Front::start(url, &mut registry, opts.result_ttl).await?),
             None => None,
         };
         let listener = bind(opts.addr, "gRPC", "--grpc-port").await?;

@@ -248,6 +248,7 @@ fn rpc_route(reg: &Registry, path: &str) -> bool {
 
 async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
     let (head, body) = req.into_parts();
+    let trace = crate::functions::caller_trace(&head.headers);
     let has_body = !matches!(head.method, Method::GET | Method::HEAD | Method::DELETE);
     let body = if has_body || route.takes_request && head.method != Method::GET && head.method != Method::HEAD {
         match request_body(ctx, &head.headers, body).await {
@@ -285,10 +286,10 @@ async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
     };
     if route.gen {
         let sse = accepts_event_stream(head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or(""));
-        let (items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes);
+        let (items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes, trace);
         return with_call_id(stream_items(items, sse).await, &fc);
     }
-    let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes);
+    let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes, trace);
     with_call_id(web_answer(items, &route.path).await, &fc)
 }
 
@@ -339,8 +340,9 @@ async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incomin
     };
     let mut bytes = Vec::new();
     // Writing a Value to a Vec does not fail.
+    let trace = crate::functions::caller_trace(&head.headers);
     let _ = ciborium::into_writer(&Cbor::Array(vec![Cbor::Null, request_meta(&head, &path, body)]), &mut bytes);
-    let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes);
+    let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes, trace);
     with_call_id(web_answer(items, &route.path).await, &fc)
 }
 

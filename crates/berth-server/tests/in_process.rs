@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::{MethodSpec, PoolSpec};
+use berth_proto::trace::TraceContext;
 use berth_proto::v1::{self as pb, result::Outcome};
 use berth_server::{
     Arity, Client, ControlPlane, ExitReporter, FunctionDef, MapResults, Registry, ServeOptions, Spawner,
@@ -86,7 +87,7 @@ async fn map(
 ) -> (MapResults, mpsc::UnboundedSender<Vec<pb::MapInput>>) {
     let (tx, rx) = mpsc::unbounded_channel();
     tx.send(inputs.into_iter().map(|i| pb::MapInput { index: i, args: common::args(i as i64) }).collect()).unwrap();
-    (client.map(square(), rx).await.unwrap(), tx)
+    (client.map(square(), rx, None).await.unwrap(), tx)
 }
 
 /// Reads a Map call to its end: each index's result (once), then how the call ended.
@@ -121,11 +122,11 @@ async fn refusals_read_the_same_as_over_grpc() {
             (square(), big),
         ];
         for (function, a) in cases {
-            let want = remote.invoke(function.clone(), a.clone()).await.unwrap_err();
-            let got = local.invoke(function.clone(), a.clone()).await.unwrap_err();
+            let want = remote.invoke(function.clone(), a.clone(), None).await.unwrap_err();
+            let got = local.invoke(function.clone(), a.clone(), None).await.unwrap_err();
             assert_eq!((got.code(), got.message()), (want.code(), want.message()), "invoke {function:?}");
-            let want = remote.spawn(function.clone(), a.clone()).await.unwrap_err();
-            let got = local.spawn(function.clone(), a).await.unwrap_err();
+            let want = remote.spawn(function.clone(), a.clone(), None).await.unwrap_err();
+            let got = local.spawn(function.clone(), a, None).await.unwrap_err();
             assert_eq!((got.code(), got.message()), (want.code(), want.message()), "spawn {function:?}");
         }
         for id in ["fc-999", "nonsense", &"y".repeat(10_000)] {
@@ -147,7 +148,7 @@ async fn refusals_read_the_same_as_over_grpc() {
             ])
             .unwrap();
             tx.send(vec![oversized.clone(), pb::MapInput { index: 3, args: common::args(3) }]).unwrap();
-            let mut results = client.map(square(), rx).await.unwrap();
+            let mut results = client.map(square(), rx, None).await.unwrap();
             let mut got = HashMap::new();
             let end = drain(&mut results, &mut got).await.unwrap_err();
             assert_eq!(got.keys().copied().collect::<std::collections::BTreeSet<_>>(), [0, 1].into());
@@ -157,7 +158,7 @@ async fn refusals_read_the_same_as_over_grpc() {
         assert_eq!(ends[0].0, tonic::Code::ResourceExhausted);
         let calls = plane.counters().grpc_function_calls;
         assert_eq!(calls, 21, "each gRPC call is counted");
-        local.invoke(square(), common::args(3)).await.unwrap();
+        local.invoke(square(), common::args(3), None).await.unwrap();
         assert_eq!(plane.counters().grpc_function_calls, calls, "in-process calls do not go over gRPC");
         plane.shutdown().await;
     })
@@ -169,11 +170,11 @@ async fn invoke_spawn_get_result_and_cancel() {
     bounded(LIMIT, async {
         let plane = start(Squares { delay: Duration::from_millis(300), ..Squares::default() }, opts()).await;
         let c = plane.client();
-        let r = c.invoke(square(), common::args(7)).await.unwrap();
+        let r = c.invoke(square(), common::args(7), None).await.unwrap();
         assert_eq!(common::int(r.result.as_ref().unwrap()), 49);
         assert!(r.function_call_id.starts_with("fc-"), "{}", r.function_call_id);
 
-        let fc = c.spawn(square(), common::args(6)).await.unwrap().function_call_id;
+        let fc = c.spawn(square(), common::args(6), None).await.unwrap().function_call_id;
         let r = c.get_result(fc.clone(), 0.0).await.unwrap();
         assert!(!r.ready, "not finished yet");
         let r = c.get_result(fc.clone(), 10.0).await.unwrap();
@@ -183,7 +184,7 @@ async fn invoke_spawn_get_result_and_cancel() {
 
         // Four slots busy for 300 ms: the fifth input waits in the queue, where Cancel finds it.
         let busy: Vec<String> = spawn_n(&c, 4).await;
-        let fc = c.spawn(square(), common::args(5)).await.unwrap().function_call_id;
+        let fc = c.spawn(square(), common::args(5), None).await.unwrap().function_call_id;
         c.cancel(fc.clone()).await.unwrap();
         let r = c.get_result(fc, 10.0).await.unwrap();
         assert_eq!(err_name(r.result.as_ref().unwrap()), "InputCancelledError");
@@ -200,7 +201,7 @@ async fn invoke_spawn_get_result_and_cancel() {
 async fn spawn_n(c: &Client, n: i64) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(c.spawn(square(), common::args(i)).await.unwrap().function_call_id);
+        ids.push(c.spawn(square(), common::args(i), None).await.unwrap().function_call_id);
     }
     ids
 }
@@ -255,8 +256,10 @@ async fn cancelling_a_map_answers_each_unfinished_input_cancelled_and_dropping_i
             .values()
             .filter(|r| matches!(r.outcome, Some(Outcome::Error(_))))
             .all(|r| err_name(r) == "InputCancelledError"));
-        let e = c.cancel(fc).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::NotFound, "an ended Map is forgotten");
+        // An ended Map has nothing left to cancel: not an error; an id never issued is.
+        c.cancel(fc).await.expect("an ended Map: nothing to cancel");
+        let e = c.cancel("fc-999999".into()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "an id never issued");
         drop(tx);
 
         // A caller that drops its results leaves nothing to run for nobody.
@@ -278,12 +281,104 @@ async fn calls_after_the_control_plane_stopped_are_unavailable() {
     bounded(LIMIT, async {
         let plane = start(Squares::default(), opts()).await;
         let c = plane.client();
-        assert_eq!(common::int(c.invoke(square(), common::args(2)).await.unwrap().result.as_ref().unwrap()), 4);
+        assert_eq!(common::int(c.invoke(square(), common::args(2), None).await.unwrap().result.as_ref().unwrap()), 4);
         plane.shutdown().await;
-        let e = c.invoke(square(), common::args(2)).await.unwrap_err();
+        let e = c.invoke(square(), common::args(2), None).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         let (_, rx) = mpsc::unbounded_channel();
-        assert_eq!(c.map(square(), rx).await.err().unwrap().code(), tonic::Code::Unavailable);
+        assert_eq!(c.map(square(), rx, None).await.err().unwrap().code(), tonic::Code::Unavailable);
+    })
+    .await;
+}
+
+/// Containers that answer each input with the trace it continues, as a traceparent whose span id
+/// is the input id (a container makes the span ids), counting the inputs that carried a trace
+/// (an input of the previous input's trace comes without it).
+#[derive(Default)]
+struct Traces {
+    tasks: common::Tasks,
+    carried: Arc<AtomicUsize>,
+}
+
+impl Spawner for Traces {
+    fn spawn(&self, _: &FunctionDef, _: &[u8], container: u32, token: &str, endpoint: &str, _: ExitReporter) {
+        let carried = self.carried.clone();
+        let mut last = (0, 0, 0);
+        let serve = common::attach_and_serve(endpoint.to_string(), container, token.to_string(), move |e| {
+            let results: Vec<pb::Result> = e
+                .inputs
+                .iter()
+                .map(|i| {
+                    if i.trace_id_high != 0 || i.trace_id_low != 0 {
+                        carried.fetch_add(1, Ordering::Relaxed);
+                        last = (i.trace_id_high, i.trace_id_low, i.trace_flags);
+                    }
+                    let t = TraceContext::from_parts(last.0, last.1, i.input_id, last.2);
+                    pb::Result { outcome: Some(Outcome::Value(cbor(&C::Text(t.to_string())))) }
+                })
+                .collect();
+            async move { results }
+        });
+        self.tasks.start(container, serve);
+    }
+
+    fn stop(&self, container: u32) {
+        self.tasks.stop(container);
+    }
+}
+
+fn text(r: &pb::Result) -> String {
+    match &r.outcome {
+        Some(Outcome::Value(v)) => ciborium::from_reader::<C, _>(v.as_slice()).unwrap().into_text().unwrap(),
+        other => panic!("expected a value, got {other:?}"),
+    }
+}
+
+/// README "Tracing": an input continues its caller's trace (same trace-id and flags); without a
+/// caller's, each call starts one, and a Map call's inputs share it, sent once.
+#[tokio::test]
+async fn inputs_continue_the_callers_trace_or_start_one_per_call() {
+    bounded(LIMIT, async {
+        let traces = Traces::default();
+        let carried = traces.carried.clone();
+        let plane = ControlPlane::start(app(), traces, opts()).await.unwrap();
+        let caller = TraceContext::parse(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").unwrap();
+        for c in [plane.client(), grpc(&plane)] {
+            let got = text(c.invoke(square(), common::args(1), Some(caller)).await.unwrap().result.as_ref().unwrap());
+            let got = TraceContext::parse(got.as_bytes()).expect("a valid traceparent");
+            assert_eq!((got.trace_id, got.flags), (caller.trace_id, caller.flags), "the caller's trace, flags kept");
+
+            let a = text(c.invoke(square(), common::args(1), None).await.unwrap().result.as_ref().unwrap());
+            let b = text(c.invoke(square(), common::args(1), None).await.unwrap().result.as_ref().unwrap());
+            let (a, b) = (TraceContext::parse(a.as_bytes()).unwrap(), TraceContext::parse(b.as_bytes()).unwrap());
+            assert_ne!(a.trace_id, b.trace_id, "a trace per call");
+            assert_eq!(a.flags, 1, "sampled");
+
+            for trace in [None, Some(caller)] {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tx.send((0..20).map(|i| pb::MapInput { index: i, args: common::args(1) }).collect()).unwrap();
+                drop(tx);
+                let before = carried.load(Ordering::Relaxed);
+                let mut results = c.map(square(), rx, trace).await.unwrap();
+                let mut got = HashMap::new();
+                drain(&mut results, &mut got).await.unwrap();
+                let traces: Vec<TraceContext> =
+                    got.values().map(|r| TraceContext::parse(text(r).as_bytes()).unwrap()).collect();
+                assert_eq!(traces.len(), 20);
+                assert!(traces.iter().all(|t| t.trace_id == traces[0].trace_id), "one trace per Map call");
+                assert_eq!(
+                    carried.load(Ordering::Relaxed) - before,
+                    1,
+                    "the trace travels once for the inputs that share it"
+                );
+                if let Some(caller) = trace {
+                    assert_eq!(traces[0].trace_id, caller.trace_id);
+                } else {
+                    assert_ne!(traces[0].trace_id, a.trace_id);
+                }
+            }
+        }
+        plane.shutdown().await;
     })
     .await;
 }

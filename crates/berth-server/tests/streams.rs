@@ -226,7 +226,7 @@ async fn dropping_the_stream_before_its_end_cancels_the_call_over_grpc_and_in_pr
 
         // An in-process caller (berth run's handles) that drops its items after one.
         let local = plane.client();
-        let opening = tokio::spawn(async move { local.invoke_stream(gen_ref(), call().args).await });
+        let opening = tokio::spawn(async move { local.invoke_stream(gen_ref(), call().args, None).await });
         let (exec, input, attempt) = k.execution().await;
         k.yields(input, attempt, 0..1);
         let mut items = opening.await.unwrap().unwrap();

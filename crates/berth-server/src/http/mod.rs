@@ -5,6 +5,7 @@
 //! |-------------------------------------------|-----------------------------------------------|
 //! | `GET /healthz`                            | 200 `ok` (no token needed)                    |
 //! | `GET /metrics`                            | 200 Prometheus text (metrics.rs)              |
+//! | `GET /dashboard`, `GET /dashboard/events` | the dashboard page, its SSE (dashboard.rs)    |
 //! | `/_berth/...`                             | the CLI's admin routes (admin.rs)             |
 //! | `GET /{app}`, `GET /`                      | 200 what the app (every app) serves, as JSON  |
 //! | `POST /{app}/{function}`                  | 200 JSON result                               |
@@ -75,6 +76,8 @@ struct Ctx {
     token: Option<String>,
     body: BodyLimits,
     counters: Arc<Counters>,
+    /// True once the ingress stops: answers that would stream on (the dashboard's) end.
+    closing: tokio::sync::watch::Receiver<bool>,
     /// The web endpoints of the catalog they were built from (see [`Ctx::web`]).
     web: std::sync::Mutex<(Arc<Catalog>, Arc<web::Routes>)>,
 }
@@ -103,7 +106,8 @@ impl Ingress {
     ) -> Self {
         let catalog = svc.registry();
         let web = std::sync::Mutex::new((Arc::clone(&catalog), Arc::new(web::Routes::new(&catalog))));
-        let ctx = Arc::new(Ctx { svc, token, body, counters, web });
+        let (close, closing) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(Ctx { svc, token, body, counters, closing, web });
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
@@ -137,8 +141,10 @@ impl Ingress {
                     let _ = conn.await;
                 });
             }
-            // Stop accepting; requests in flight finish, idle connections close.
+            // Stop accepting; requests in flight finish, idle connections close, and the
+            // dashboard's streams end (they would keep their connections open for ever).
             drop(incoming);
+            let _ = close.send(true);
             graceful.shutdown().await;
         });
         Self { local_addr, stop, task }
@@ -341,7 +347,7 @@ fn fail(status: StatusCode, name: &str, message: impl Into<String>) -> Answer {
 }
 
 const ROUTES: &str =
-    "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET /, GET /metrics or GET /healthz";
+    "POST /{app}/{function}, POST /{app}/{Class}/{method}, GET /{app} (what it serves), GET /, GET /metrics, GET /dashboard or GET /healthz";
 
 async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     // Web endpoints first: each has its own method and token rule (web.rs).
@@ -357,6 +363,15 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         };
     }
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // A browser cannot send a header with a page it opens: the dashboard takes `?token=` too.
+    let dashboard = path == "/dashboard" || path == "/dashboard/events";
+    let from_query = dashboard
+        .then(|| req.uri().query())
+        .flatten()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .and_then(percent_decode)
+        .map(|t| format!("Bearer {t}"));
+    let authorization = authorization.or(from_query.as_deref());
     if let Err(message) = token_rule(ctx.token.as_deref(), authorization) {
         let mut res = fail(StatusCode::UNAUTHORIZED, "Unauthenticated", message);
         res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -373,6 +388,21 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
             Ok(text) => answer(StatusCode::OK, crate::metrics::CONTENT_TYPE, text.into_bytes()),
             Err(why) => fail(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", why),
         };
+    }
+    if dashboard {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return not_allowed("GET");
+        }
+        if path == "/dashboard" {
+            let mut res =
+                answer(StatusCode::OK, "text/html; charset=utf-8", crate::dashboard::PAGE.as_bytes().to_vec());
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return res;
+        }
+        let events = crate::dashboard::events(ctx.svc.shared.clone(), ctx.counters.clone(), ctx.closing.clone());
+        let mut res = streaming(StatusCode::OK, "text/event-stream", events);
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return res;
     }
     let segments: Option<Vec<String>> = path.strip_prefix('/').unwrap_or(path).split('/').map(percent_decode).collect();
     // GET / and GET /{app} (a trailing slash or not): what is served.
@@ -403,6 +433,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     // Read now (the body takes the request); used only if the target is a generator.
     let sse = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(accepts_event_stream);
     let (head, body) = req.into_parts();
+    let trace = crate::functions::caller_trace(&head.headers);
     let body = match request_body(ctx, &head.headers, body).await {
         Ok(b) => b,
         Err(res) => return res,
@@ -419,10 +450,10 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         Err(status) => return refused(&status),
     };
     if target.is_generator() {
-        let (items, fc) = ctx.svc.open_stream(target.pool, target.method, args);
+        let (items, fc) = ctx.svc.open_stream(target.pool, target.method, args, trace);
         return with_call_id(stream_items(items, sse).await, &fc);
     }
-    let (result, fc) = ctx.svc.call(target.pool, target.method, args).await;
+    let (result, fc) = ctx.svc.call(target.pool, target.method, args, trace).await;
     if let Some(message) = crate::plane::queue_full(&result) {
         let mut res = fail(StatusCode::TOO_MANY_REQUESTS, berth_core::failure::QUEUE_FULL, message);
         res.headers_mut().insert(header::RETRY_AFTER, retry_after());
