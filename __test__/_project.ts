@@ -47,17 +47,30 @@ export function processesIn(dir: string, words: string[] = []): number[] {
 
 /**
  * `npx berth serve app.ts --grpc-port 0 --http-port 0 ...extra` in project `dir`, its stdout and
- * stderr gathered in `out()`. Teardown kills it and every process in `dir`, and removes `dir`.
+ * stderr gathered in `out()` (and each alone in `stdout()`, `stderr()`). Teardown kills it and every process in `dir`, and removes `dir`.
  */
-export function npxServe(t: ExecutionContext, dir: string, extra: string[], env: Record<string, string>): { npx: ChildProcess; out: () => string } {
+export function npxServe(
+  t: ExecutionContext,
+  dir: string,
+  extra: string[],
+  env: Record<string, string>,
+): { npx: ChildProcess; out: () => string; stdout: () => string; stderr: () => string } {
   const npx = spawn('npx', ['berth', 'serve', 'app.ts', '--grpc-port', '0', '--http-port', '0', ...extra], {
     cwd: dir,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let out = ''
-  npx.stdout!.on('data', (d) => (out += d))
-  npx.stderr!.on('data', (d) => (out += d))
+  let stdout = ''
+  let stderr = ''
+  npx.stdout!.on('data', (d) => {
+    out += d
+    stdout += d
+  })
+  npx.stderr!.on('data', (d) => {
+    out += d
+    stderr += d
+  })
   t.teardown(() => {
     npx.kill('SIGKILL')
     for (const pid of processesIn(dir)) {
@@ -69,5 +82,5 @@ export function npxServe(t: ExecutionContext, dir: string, extra: string[], env:
     }
     rmSync(dir, { recursive: true, force: true })
   })
-  return { npx, out: () => out }
+  return { npx, out: () => out, stdout: () => stdout, stderr: () => stderr }
 }

@@ -114,7 +114,7 @@ test.serial('broker mode: .remote(), .map(), a class method with parameters and 
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const p = await brokerProject(t)
   if (!p) return
-  const env = { BROKER_APP: p.app, SLEEP_MS: '20' }
+  const env = { BROKER_APP: p.app, SLEEP_MS: '20', SAY: '1' }
   const front = npxServe(t, p.dir, ['--broker', URL], env)
   await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
@@ -126,6 +126,11 @@ test.serial('broker mode: .remote(), .map(), a class method with parameters and 
   App.lookup(p.app, { server: `http://${address}` })
   const square = Function.fromName<Square>(p.app, 'square')
   t.is((await within(60_000, square.remote(3), '.remote()')).y, 9)
+  // A worker's containers' lines are named, and their starts logged, as under berth serve.
+  const workers = () => a.out() + b.out()
+  await until(() => workers().includes('squaring 3'), 10_000, `the worker's container line\n${workers()}`)
+  t.regex(workers(), new RegExp(`^${p.app}/square#\\d+ \\| squaring 3$`, 'm'))
+  t.regex(workers(), new RegExp(`^berth: container \\d+ of ${p.app}/square \\(pid \\d+\\) started$`, 'm'))
 
   const n = 200
   const results: { y: number; by: string }[] = []

@@ -15,6 +15,7 @@ import { closest } from '../define/options.ts'
 import { createSecret, listSecrets } from '../run/secrets.ts'
 import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndReload } from './reload.ts'
 import { WORKER_HELP, worker } from './worker.ts'
+import { admin, APP_HELP, CONTAINER_HELP, LOGS_HELP } from './admin.ts'
 
 type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
 
@@ -34,6 +35,10 @@ Usage:
   berth deploy <file.ts> --target kubernetes --image IMAGE [--out k8s/] [--nats nats://nats:4222]
                                              write Kubernetes manifests (Deployments, Service, KEDA
                                              ScaledObjects) for the app's functions and classes
+  berth app list | berth app stop <app>      the apps a running server serves; stop one (it drains)
+  berth container list                       a running server's containers: pid, state, inputs, uptime
+  berth logs <app> [-f]                      the recent lines of an app's containers; -f follows
+                                             (these three ask BERTH_SERVER or --server, with BERTH_TOKEN)
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
   berth --version                            the installed berth's version
@@ -58,7 +63,7 @@ Commands:
 
 const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
                    [--max-message-bytes 16777216] [--max-connections 4096] [--result-ttl 3600]
-                   [--no-reload] [--broker nats://host:4222]
+                   [--no-reload] [--broker nats://host:4222] [--log-format text|json]
 
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
 grpc.health.v1.Health, server reflection) on --host:--grpc-port and runs each container as a
@@ -96,6 +101,14 @@ kept until GetResult delivers it, or --result-ttl seconds (default 3600) after i
 On SIGTERM or Ctrl-C, in-flight inputs finish and containers run their @exit hooks; a second
 Ctrl-C stops at once (in-flight inputs are cancelled, exit hooks not yet run are skipped). Exits
 0 after SIGTERM, 130 after Ctrl-C.
+
+Container output: every line a container prints reaches this process's stdout or stderr (as
+the container printed it) whole, behind its app, function and container id
+(\`app/function#3 | line\`); a line past 64 KiB is cut there, with a note. Each container's start,
+stop and crash is logged, and an @exit hook still running after 1 s. --log-format json prints
+each line as one JSON object instead: {time, app, function, container, stream, level, input,
+message}, \`input\` being the input the line was printed in, if any, and \`level\` the console
+method's (log and info: info; warn; error; debug). \`berth logs <app>\` reads the recent lines.
 
 With --broker, calls (.remote(), .map(), .spawn(), the HTTP RPC routes) are published to the
 app's streams on that NATS JetStream server and run by \`berth worker\` processes (berth worker
@@ -187,6 +200,7 @@ export async function main(argv: string[]): Promise<number> {
       watchParent,
     })
   if (cmd === 'secret') return secret(rest)
+  if (cmd === 'app' || cmd === 'container' || cmd === 'logs') return admin(cmd, rest)
   if (cmd === 'deploy') return deploy(rest)
   if (cmd === '__container') return container()
   if (cmd === '__registry') return registry(rest[0])
@@ -199,9 +213,12 @@ export async function main(argv: string[]): Promise<number> {
  * a few hundred ms): the control plane started next adopts it, so the first call does not wait
  * for a Node start.
  */
-function prestartContainer(file: string): void {
-  binding().prestartContainer(containerCommand(), resolve(file))
+function prestartContainer(file: string, logFormat?: string): void {
+  binding().prestartContainer(containerCommand(), resolve(file), logFormat)
 }
+
+/** `--log-format`'s values (`berth serve`, `berth worker`). */
+export const LOG_FORMATS = ['text', 'json']
 
 // Who started this process, read before anything else could take long.
 const startParent = process.ppid
@@ -374,7 +391,17 @@ async function serve(args: string[]): Promise<number> {
   args = args.filter((a) => a !== '--no-reload')
   let parsed
   try {
-    parsed = flags(args, ['host', 'grpc-port', 'http-port', 'token', 'max-message-bytes', 'max-connections', 'result-ttl', 'broker'])
+    parsed = flags(args, [
+      'host',
+      'grpc-port',
+      'http-port',
+      'token',
+      'max-message-bytes',
+      'max-connections',
+      'result-ttl',
+      'broker',
+      'log-format',
+    ])
   } catch (e) {
     process.stderr.write(`berth serve: ${(e as Error).message}\n\n${SERVE_HELP}`)
     return 2
@@ -386,6 +413,13 @@ async function serve(args: string[]): Promise<number> {
   }
   const file = resolve(positional[0])
   const broker = values.get('broker')
+  const logFormat = values.get('log-format') ?? 'text'
+  if (!LOG_FORMATS.includes(logFormat)) {
+    process.stderr.write(
+      `berth serve: --log-format ${logFormat}: use text (the default: app/function#container | line) or json (one object per line)\n`,
+    )
+    return 2
+  }
   // A front's pools are verified against the workers' definition (their streams carry its
   // fingerprint): a reloaded definition would be refused, so a front serves what it started with.
   if (broker !== undefined) reload = false
@@ -397,7 +431,7 @@ async function serve(args: string[]): Promise<number> {
   const token = values.get('token')
   if (token) process.env.BERTH_TOKEN = token
   // A front's calls run on workers: no container waits here for them.
-  if (broker === undefined) prestartContainer(file)
+  if (broker === undefined) prestartContainer(file, logFormat)
   const port = Number(values.get('grpc-port') ?? 7450)
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     process.stderr.write(`berth serve: --grpc-port must be a port number (0 picks a free one)\n`)
@@ -442,6 +476,7 @@ async function serve(args: string[]): Promise<number> {
       containerCommand: containerCommand(),
       appFile: file,
       broker,
+      logFormat,
     })
   } catch (e) {
     process.stderr.write(`${(e as Error).message}\n`)
@@ -599,6 +634,9 @@ const COMMAND_HELP: Record<string, string> = {
   run: RUN_HELP,
   serve: SERVE_HELP,
   worker: WORKER_HELP,
+  app: APP_HELP,
+  container: CONTAINER_HELP,
+  logs: LOGS_HELP,
   build: BUILD_HELP,
   deploy: DEPLOY_HELP,
   secret: SECRET_HELP,

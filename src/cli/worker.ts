@@ -8,6 +8,7 @@ import { containerCommand } from '../command.ts'
 import { binding, type BindingFunctionDef } from '../native.ts'
 
 export const WORKER_HELP = `Usage: berth worker <file.ts> --broker nats://host:4222 [--app NAME] [--function NAME]...
+                    [--log-format text|json]
 
 Runs containers for the app's functions and classes (all of them, or each --function named;
 --app picks one app of a file that defines several) and takes their inputs from the NATS
@@ -18,6 +19,9 @@ finish fast), sends each result to the caller's front and acknowledges the input
 front confirmed it. An input whose worker dies is run by another once its ack deadline (the
 function's timeout plus 5 s) passes. Generators and web endpoints do not go
 through the broker yet: the front runs them.
+
+Container output is line-prefixed (app/function#container | line), or one JSON object per line
+with --log-format json, as under \`berth serve\` (berth serve --help).
 
 SIGTERM or Ctrl-C stops pulling, gives back at once the inputs it read ahead and had not
 started, lets the running ones finish, runs exit hooks and exits; a
@@ -32,8 +36,8 @@ export interface WorkerDeps {
 }
 
 /** Its flags: `--function` may come several times. */
-function parse(args: string[]): { file: string[]; broker?: string; app?: string; functions: string[] } {
-  const out: { file: string[]; broker?: string; app?: string; functions: string[] } = { file: [], functions: [] }
+function parse(args: string[]): { file: string[]; broker?: string; app?: string; functions: string[]; logFormat?: string } {
+  const out: { file: string[]; broker?: string; app?: string; functions: string[]; logFormat?: string } = { file: [], functions: [] }
   for (let i = 0; i < args.length; i++) {
     const a = args[i]
     if (!a.startsWith('--')) {
@@ -43,11 +47,16 @@ function parse(args: string[]): { file: string[]; broker?: string; app?: string;
     const eq = a.indexOf('=')
     const name = eq === -1 ? a.slice(2) : a.slice(2, eq)
     const value = eq === -1 ? args[++i] : a.slice(eq + 1)
-    if (!['broker', 'app', 'function'].includes(name)) throw new Error(`unknown flag --${name}; known: --broker, --app, --function`)
+    if (!['broker', 'app', 'function', 'log-format'].includes(name))
+      throw new Error(`unknown flag --${name}; known: --broker, --app, --function, --log-format`)
     if (value === undefined || value === '') throw new Error(`--${name} needs a value`)
     if (name === 'function') out.functions.push(value)
     else if (name === 'broker') out.broker = value
-    else out.app = value
+    else if (name === 'log-format') {
+      if (value !== 'text' && value !== 'json')
+        throw new Error(`--log-format ${value}: use text (the default: app/function#container | line) or json (one object per line)`)
+      out.logFormat = value
+    } else out.app = value
   }
   return out
 }
@@ -97,6 +106,7 @@ export async function worker(args: string[], deps: WorkerDeps): Promise<number> 
       functions: parsed.functions,
       containerCommand: containerCommand(),
       appFile: file,
+      logFormat: parsed.logFormat ?? 'text',
     })
   } catch (e) {
     process.stderr.write(`${(e as Error).message}\n`)

@@ -22,6 +22,7 @@ import {
   wakeGen,
 } from './pool.ts'
 import { installLightResponse } from './light-response.ts'
+import { installLogTags } from './log-tags.ts'
 import { answer, respond, startWebApps, stopWebApps, toRequest, toWire } from './web.ts'
 
 /** What a container process needs of an app its file defines: the pool it is to serve. */
@@ -54,6 +55,9 @@ const FLUSH_HOPS = 32
 
 /** How often a container tells the control plane its event loop runs (crates/berth-server/src/plane.rs: HUNG_AFTER). */
 const HEARTBEAT_MS = 1000
+
+/** An `@exit` hook running longer than this is logged, where output is relayed (README "Observability"). */
+const SLOW_EXIT_HOOK_MS = 1000
 
 class ContainerCtx extends InputAbort implements InputContext {
   constructor(
@@ -119,6 +123,9 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
   const app = apps.find((a) => a.name === appName)
   if (!app) throw new InvalidError(`berth container: the file defines no app '${appName}'`)
   markContainerProcess()
+  // Relayed by `berth serve` / `berth worker`: lines say their level and input (src/run/log-tags.ts).
+  const relayed = env.BERTH_LOG_TAGS === '1'
+  if (relayed) installLogTags()
   const paramsHex = env.BERTH_PARAMS ?? ''
   const params = paramsHex ? (decodeValue(Buffer.from(paramsHex, 'hex')) as Record<string, unknown>) : undefined
   const def: PoolDef = app.containerDef(need('BERTH_FUNCTION'), params)
@@ -291,7 +298,8 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
             // before it sends the container any request.
             for (const s of await startWebApps(def, inst)) link.appServer(s.method, s.port, s.socket)
           } else if (phase === PHASE_EXIT) {
-            await runExitHooks(def.name, m.exit, (n) => inst[n]())
+            const slow = relayed ? { slowMs: SLOW_EXIT_HOOK_MS, graceMs: def.options.exitGracePeriodMs } : undefined
+            await runExitHooks(def.name, m.exit, (n) => inst[n](), slow)
             await stopWebApps(inst)
           }
         }

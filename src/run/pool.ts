@@ -179,10 +179,28 @@ export function batchResultError(label: string, k: number, value: unknown): Inva
 /**
  * Runs a container's `@exit` hooks in order. As in Modal, a hook that throws ends them: the ones
  * after it are skipped, and the log names the hook that threw, the ones skipped, and its stack.
- * `call` runs one hook by member name; `cls` names the class for the log.
+ * `call` runs one hook by member name; `cls` names the class for the log. With `slowMs`, a hook
+ * still running after that long is logged (its name, and the grace it runs within), and so is
+ * its end (README "Observability").
  */
-export async function runExitHooks(cls: string, names: readonly string[], call: (name: string) => unknown): Promise<void> {
+export async function runExitHooks(
+  cls: string,
+  names: readonly string[],
+  call: (name: string) => unknown,
+  slow?: { slowMs: number; graceMs: number },
+): Promise<void> {
   for (let i = 0; i < names.length; i++) {
+    const started = Date.now()
+    let late = false
+    const timer =
+      slow &&
+      setTimeout(() => {
+        late = true
+        console.warn(
+          `berth: @exit hook ${cls}.${names[i]} still running after ${slow.slowMs / 1000}s ` +
+            `(exitGracePeriod ${slow.graceMs / 1000}s: the container is killed past it)`,
+        )
+      }, slow.slowMs)
     try {
       await call(names[i])
     } catch (e) {
@@ -190,6 +208,9 @@ export async function runExitHooks(cls: string, names: readonly string[], call: 
       const skipped = rest.length === 0 ? '' : `; the remaining exit hooks (${rest.join(', ')}) are skipped`
       console.error(`berth: @exit hook ${cls}.${names[i]} threw${skipped}: ${describe(e)}`)
       return
+    } finally {
+      clearTimeout(timer)
+      if (late) console.warn(`berth: @exit hook ${cls}.${names[i]} finished after ${((Date.now() - started) / 1000).toFixed(1)}s`)
     }
   }
 }

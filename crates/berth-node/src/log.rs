@@ -2,14 +2,32 @@
 //! per event, its message as written, with no time, level or target added, so that users read
 //! what they read when these lines were `eprintln!`s. Other fields, if an event has any, follow
 //! as ` name=value`. DEBUG and TRACE events are dropped, and
-//! the NATS client's own INFO events.
+//! the NATS client's own INFO events. Under `--log-format json` each line is a JSON object
+//! instead (`time`, `stream: "berth"`, `level`, `message`), as containers' lines are then.
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use berth_server::supervisor::output::{server_json, Output};
+use napi::Error;
 
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
+
+/// Set by `--log-format json`: the control plane's own lines are JSON objects too.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// `--log-format`'s value (unset: `inherit`, as `berth run` wants), which also sets the format
+/// of the control plane's own lines.
+pub(crate) fn output(format: Option<&str>) -> napi::Result<Output> {
+    let output = Output::parse(format.unwrap_or("inherit")).map_err(Error::from_reason)?;
+    if output == Output::Json {
+        JSON.store(true, Ordering::Relaxed);
+    }
+    Ok(output)
+}
 
 /// Installs the stderr subscriber for the process, once; later calls do nothing.
 pub(crate) fn install() {
@@ -45,9 +63,18 @@ impl Subscriber for Stderr {
     fn event(&self, event: &Event<'_>) {
         let mut line = Line::default();
         event.record(&mut line);
-        line.message.push_str(&line.fields);
+        let text = if JSON.load(Ordering::Relaxed) {
+            let level = match *event.metadata().level() {
+                Level::ERROR => "error",
+                Level::WARN => "warn",
+                _ => "info",
+            };
+            server_json(level, &(line.message + &line.fields))
+        } else {
+            line.message + &line.fields
+        };
         // As eprintln! writes, but a closed stderr is no reason to panic.
-        let _ = writeln!(std::io::stderr().lock(), "{}", line.message);
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
     }
 
     fn enter(&self, _: &Id) {}

@@ -94,16 +94,22 @@ pub struct BindingServeOptions {
     pub app_file: String,
     /// `--broker nats://…`: a front whose calls go through NATS JetStream to `berth worker`s.
     pub broker: Option<String>,
+    /// Where containers' output goes (`berth_server::supervisor::Output`): `text` (line-prefixed,
+    /// `berth serve`'s default), `json` (`--log-format json`), or `inherit` (unset: `berth run`).
+    pub log_format: Option<String>,
 }
 
 /// Starts the first spare container process now, while this process is still loading the user's
 /// module, so that the first container is ready about when the server is
 /// (`berth_server::supervisor::prestart_container`).
+/// `log_format` is the server's to come (`BindingServeOptions::log_format`).
 #[napi]
-pub fn prestart_container(command: Vec<String>, app_file: String) {
+pub fn prestart_container(command: Vec<String>, app_file: String, log_format: Option<String>) -> Result<()> {
+    let output = crate::log::output(log_format.as_deref())?;
     if warm_spare_from_env() {
-        supervisor::prestart_container(command, app_file);
+        supervisor::prestart_container(command, app_file, output);
     }
+    Ok(())
 }
 
 /// Makes this process get SIGTERM when its parent goes away (`berth_server::supervisor::watch_parent`);
@@ -134,6 +140,7 @@ impl BindingServer {
     /// Binds and starts serving; throws with a message naming the fix when it cannot.
     #[napi(factory)]
     pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingServeOptions) -> Result<Self> {
+        let output = crate::log::output(opts.log_format.as_deref())?;
         crate::log::install();
         let mut placements = Placements::default();
         let defs = function_defs(functions, &mut placements)?;
@@ -156,6 +163,7 @@ impl BindingServer {
             // A front's calls run on workers: no spare container waits here for them.
             warm_spare: warm_spare_from_env() && opts.broker.is_none(),
             max_message_bytes,
+            output,
             ..SupervisorOptions::new(opts.container_command, opts.app_file)
         });
         let supervisor = spawner.handle();

@@ -24,6 +24,8 @@ pub struct BindingWorkerOptions {
     pub container_command: Vec<String>,
     /// The user's module, which every container loads.
     pub app_file: String,
+    /// `--log-format`: `text` (the default) or `json` (`berth_server::supervisor::Output`).
+    pub log_format: Option<String>,
 }
 
 /// How long a stopping worker waits for the inputs it pulled to finish before it stops
@@ -47,6 +49,7 @@ impl BindingWorker {
     /// naming the fix when it cannot (an unreachable broker names its URL).
     #[napi(factory)]
     pub fn start(functions: Vec<BindingFunctionDef>, opts: BindingWorkerOptions) -> Result<Self> {
+        let output = crate::log::output(opts.log_format.as_deref())?;
         crate::log::install();
         let mut placements = Placements::default();
         let defs = function_defs(functions, &mut placements)?;
@@ -61,6 +64,7 @@ impl BindingWorker {
             placements,
             warm_spare: warm_spare_from_env(),
             max_message_bytes,
+            output,
             ..SupervisorOptions::new(opts.container_command, opts.app_file)
         });
         let supervisor = spawner.handle();

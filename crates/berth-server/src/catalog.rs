@@ -20,6 +20,8 @@ pub(crate) struct Catalog {
     /// The index in `defs` of each of `current.functions`.
     pub index: Vec<usize>,
     pub defs: Vec<Arc<FunctionDef>>,
+    /// Apps stopped by `berth app stop` and not served again since: callers are told so.
+    pub stopped: Vec<String>,
 }
 
 impl Deref for Catalog {
@@ -33,7 +35,7 @@ impl Deref for Catalog {
 impl Catalog {
     pub fn new(registry: Registry) -> Self {
         let defs = registry.functions.iter().cloned().map(Arc::new).collect();
-        Self { index: (0..registry.functions.len()).collect(), current: registry, defs }
+        Self { index: (0..registry.functions.len()).collect(), current: registry, defs, stopped: Vec::new() }
     }
 
     /// The function `app/name` callers reach now: its index in `defs`, and its definition.
@@ -86,6 +88,7 @@ impl Shared {
         let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
         let old = Arc::clone(&catalog);
         let mut next = Catalog { defs: old.defs.clone(), ..Catalog::default() };
+        next.stopped = old.stopped.iter().filter(|a| !apps.contains(a)).cloned().collect();
         let mut gone = HashSet::new();
         for (f, &i) in old.current.functions.iter().zip(&old.index) {
             if apps.contains(&f.app) {
@@ -114,6 +117,26 @@ impl Shared {
         drop(st);
         self.warm(&added);
         Ok(Replaced { functions: count, retired_pools: retired.len() })
+    }
+
+    /// `berth app stop`: app `app` serves no new call (callers are told it was stopped), its
+    /// pools run what they accepted, then their containers drain (exit hooks run), as for a
+    /// replaced app. Errors naming the apps served when `app` is not one of them.
+    pub(crate) fn stop_app(&self, app: &str) -> io::Result<Replaced> {
+        if !self.catalog().current.functions.iter().any(|f| f.app == app) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, crate::functions::unknown_app(&self.catalog(), app)));
+        }
+        let replaced = self.replace_apps(&[app.to_string()], Registry::default())?;
+        let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Catalog {
+            current: catalog.current.clone(),
+            index: catalog.index.clone(),
+            defs: catalog.defs.clone(),
+            stopped: catalog.stopped.clone(),
+        };
+        next.stopped.push(app.to_string());
+        *catalog = Arc::new(next);
+        Ok(replaced)
     }
 
     /// Starts the pools of `defs` that keep containers warm (as in Modal, before the first call):

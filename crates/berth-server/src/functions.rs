@@ -13,9 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::Catalog;
 use crate::map::MapResponses;
-use crate::plane::{
-    cancel_map, error, failed, queue_full, CallSlot, FunctionDef, Input, Registry, Shared, State, Waiter,
-};
+use crate::plane::{cancel_map, error, failed, queue_full, CallSlot, FunctionDef, Input, Shared, State, Waiter};
 
 pub(crate) fn bad(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
@@ -652,7 +650,7 @@ fn not_a_call(fc: &str) -> Status {
 /// NOT_FOUND for a function or class the registry does not have: what the app has, or, for
 /// an app not served here, the apps that are (README "CLI": an unknown name is answered naming
 /// what exists).
-fn unknown_function(reg: &Registry, app: &str, function: &str) -> Status {
+fn unknown_function(reg: &crate::catalog::Catalog, app: &str, function: &str) -> Status {
     let known: Vec<String> = reg.functions.iter().filter(|d| d.app == app).map(|d| d.name.clone()).collect();
     if known.is_empty() {
         return Status::not_found(unknown_app(reg, app));
@@ -667,7 +665,14 @@ fn unknown_function(reg: &Registry, app: &str, function: &str) -> Status {
 }
 
 /// `no app named 'x' is served here`, with the apps that are (and the one meant, if close).
-pub(crate) fn unknown_app(reg: &Registry, app: &str) -> String {
+pub(crate) fn unknown_app(reg: &crate::catalog::Catalog, app: &str) -> String {
+    if reg.stopped.iter().any(|a| a == app) {
+        return format!(
+            "app '{}' was stopped (berth app stop) and takes no more calls: restart berth serve (or save its file, \
+             which reloads it) to serve it again",
+            shown(app)
+        );
+    }
     let mut apps: Vec<String> = Vec::new();
     for d in &reg.functions {
         if !apps.contains(&d.app) {

@@ -87,6 +87,7 @@ impl Plane {
             result_ttl: std::time::Duration::from_secs(3600),
             map_window: 16 * 1024,
             front: None,
+            closing: tokio::sync::watch::channel(false).0,
         });
         let scheduler = Scheduler::new(Host(shared.clone()), Host(shared.clone()));
         let svc = FunctionsSvc::new(shared.clone());

@@ -216,6 +216,10 @@ pub trait Spawner: Send + Sync + 'static {
     fn processes(&self) -> Vec<(ContainerId, u32)> {
         Vec::new()
     }
+    /// How long each live container process has run, for `berth container list` (admin.rs).
+    fn uptimes(&self) -> Vec<(ContainerId, Duration)> {
+        Vec::new()
+    }
 }
 
 pub(crate) fn error(name: &str, message: impl Into<String>) -> pb::Result {
@@ -605,6 +609,9 @@ pub(crate) struct Shared {
     pub map_window: usize,
     /// Broker mode's front (`ServeOptions::broker`): calls go through NATS JetStream (broker.rs).
     pub front: Option<Arc<crate::broker::Front>>,
+    /// Set once a graceful stop has run every exit hook: what never ends by itself (a
+    /// `berth logs -f` feed, http/admin.rs) ends then, so that the listeners can stop.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {

@@ -202,6 +202,7 @@ impl ControlPlane {
             result_ttl: opts.result_ttl,
             map_window: opts.map_window,
             front,
+            closing: watch::channel(false).0,
         });
         crate::driver::start(&shared, source);
         // Pools that keep containers warm start now, not with their first call (as in Modal).
@@ -247,6 +248,7 @@ impl ControlPlane {
             .add_service(InterceptedService::new(functions, auth))
             .add_service(containers)
             .add_service(health_svc)
+            .add_service(crate::http::admin::AdminService { shared: shared.clone(), token: opts.token.clone() })
             .add_service(reflection)
             .add_service(reflection_v1alpha);
         let limits = Limits {
@@ -342,6 +344,7 @@ impl ControlPlane {
         // In-process callers are refused from here on, as gRPC callers are once the listener
         // stops.
         self.serving.send_replace(false);
+        self.shared.closing.send_replace(true);
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }

@@ -228,3 +228,57 @@ async fn a_replacement_naming_another_app_or_an_invalid_spec_is_refused_and_chan
     })
     .await;
 }
+
+/// `berth app stop` (POST /_berth/apps/{app}/stop, http/admin.rs): the app takes no new call,
+/// the call in flight finishes, its container runs its exit hook and stops, and only then does
+/// the route answer; afterwards callers are told the app was stopped, and other apps serve on.
+#[tokio::test]
+async fn an_app_stopped_over_the_admin_route_drains_first_then_callers_are_told() {
+    bounded(Duration::from_secs(30), async {
+        let fake = Fake::default();
+        let registry = Registry { functions: vec![function("a", "f", 1, "v1"), function("b", "g", 1, "g")] };
+        let opts = ServeOptions {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeOptions::default()
+        };
+        let plane = ControlPlane::start(registry, fake.clone(), opts).await.unwrap();
+        let http = plane.http_addr().unwrap();
+        let mut c = FunctionsClient::connect(format!("http://{}", plane.local_addr())).await.unwrap();
+        assert_eq!(invoke(&mut c, "a", "f", 3).await, 103);
+        let listed = exchange(http, "GET /_berth/apps HTTP/1.1", b"").await;
+        let apps: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
+        assert_eq!(apps["apps"][0]["app"], "a");
+        assert_eq!(apps["apps"][0]["state"], "serving");
+        assert_eq!(apps["apps"][0]["functions"][0]["containers"], 1);
+
+        let mut slow_client = c.clone();
+        let slow = tokio::spawn(async move { invoke(&mut slow_client, "a", "f", 7).await });
+        until("the slow call started", || fake.seen.lock().unwrap().started_slow).await;
+        let stop = tokio::spawn(async move { post(http, "/_berth/apps/a/stop", "").await });
+        let (status, body) = stop.await.unwrap();
+        assert_eq!((status, body.as_str()), (200, r#"{"app":"a","stopped":true}"#));
+        assert!(slow.is_finished(), "the call in flight finished before the stop answered");
+        assert_eq!(slow.await.unwrap(), 107);
+        {
+            let seen = fake.seen.lock().unwrap();
+            assert_eq!(seen.exits.len(), 1, "a's container ran its exit hook; b's did not");
+            assert!(seen.stopped.contains(&seen.exits[0]), "and stopped");
+        }
+
+        let function = Some(pb::FunctionRef { app: "a".into(), function: "f".into(), ..Default::default() });
+        let refused = c.invoke(pb::InvokeRequest { function, args: args(1) }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+        assert!(refused.message().contains("app 'a' was stopped (berth app stop)"), "{}", refused.message());
+        assert_eq!(invoke(&mut c, "b", "g", 3).await, 103, "the other app serves on");
+        let listed = exchange(http, "GET /_berth/apps HTTP/1.1", b"").await;
+        let apps: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
+        assert_eq!(apps["apps"].as_array().unwrap().len(), 1);
+        assert_eq!(apps["apps"][0]["app"], "b");
+        let (status, body) = post(http, "/_berth/apps/nope/stop", "").await;
+        assert_eq!(status, 404);
+        assert!(body.contains("no app named 'nope' is served here"), "{body}");
+        plane.shutdown().await;
+    })
+    .await;
+}

@@ -262,7 +262,7 @@ fn without_the_warm_spare_a_process_starts_with_each_container_only() {
 fn a_prestarted_process_is_adopted_by_the_supervisor_for_the_same_command() {
     let log = log_file("prestart");
     let command = container("exec sleep 30");
-    prestart_container(command.clone(), log.display().to_string());
+    prestart_container(command.clone(), log.display().to_string(), berth_server::supervisor::Output::Inherit);
     until("the early spare started", || started(&log).len() == 1);
     let early = started(&log)[0];
     let s = Supervisor::start(SupervisorOptions { warm_spare: true, ..options(command, &log) });

@@ -144,6 +144,18 @@ pub struct ContainerStates {
     pub exiting: u32,
 }
 
+/// One container as [`Scheduler::containers`](super::Scheduler::containers) sees it now
+/// (`berth container list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub container: u32,
+    pub pool: u32,
+    /// `starting`, `serving`, `draining` or `exiting` (the `berth_containers` gauge's states).
+    pub state: &'static str,
+    /// Inputs it is running.
+    pub in_flight: u32,
+}
+
 /// A pool's metrics as [`Scheduler::metrics`](super::Scheduler::metrics) reads them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolMetrics {

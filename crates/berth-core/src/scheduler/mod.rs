@@ -270,7 +270,7 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
     /// Applies one command; call [`tick`](Self::tick) after a batch of them.
     pub fn handle(&mut self, cmd: Command) {
         self.now = Instant::now();
-        if !matches!(cmd, Command::Submit(_) | Command::Metrics(_)) {
+        if !matches!(cmd, Command::Submit(_) | Command::Metrics(_) | Command::Containers(_)) {
             self.gen += 1;
         }
         match cmd {
@@ -319,6 +319,9 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
             Command::Metrics(answer) => {
                 let _ = answer.send(self.metrics());
             }
+            Command::Containers(answer) => {
+                let _ = answer.send(self.containers());
+            }
         }
     }
 
@@ -362,6 +365,28 @@ impl<I: Invoker, R: ResultSink> Scheduler<I, R> {
                 }
             }
         }
+        out
+    }
+
+    /// Every container with its state and the inputs it runs, by id. A pass over the
+    /// containers; asked for by `berth container list`, never on an input's path.
+    pub fn containers(&self) -> Vec<metrics::ContainerInfo> {
+        let mut out: Vec<metrics::ContainerInfo> = self
+            .containers
+            .iter()
+            .map(|(&id, c)| metrics::ContainerInfo {
+                container: id,
+                pool: c.pool,
+                state: match c.state {
+                    CState::Starting(_) => "starting",
+                    CState::Serving => "serving",
+                    CState::Draining => "draining",
+                    CState::Exiting => "exiting",
+                },
+                in_flight: c.in_flight,
+            })
+            .collect();
+        out.sort_unstable_by_key(|c| c.container);
         out
     }
 

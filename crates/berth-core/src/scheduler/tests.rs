@@ -1255,3 +1255,35 @@ async fn metrics_count_outcomes_retries_queue_waits_and_batches() {
     assert_eq!(p.methods[0].outcomes[outcome_index(Outcome::QueueFull(1))], 2);
     assert_eq!(p.queued[0] + p.running[0], 1);
 }
+
+/// `Command::Containers` (`berth container list`): each container's state and the inputs it
+/// runs, as they are when asked.
+#[tokio::test(start_paused = true)]
+async fn containers_answer_each_containers_state_and_running_inputs() {
+    let mut s = spec();
+    s.max_inputs = 3;
+    s.max_containers = 1;
+    let mut w = World::new(s);
+    let ask = |w: &World| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        w.send(Command::Containers(tx));
+        rx
+    };
+    assert_eq!(ask(&w).await.expect("answered"), [], "no container before a call");
+    w.submit([1, 2], 0);
+    let (a, b) = (w.run_ev().await, w.run_ev().await);
+    let listed = ask(&w).await.expect("answered");
+    assert_eq!(
+        listed,
+        [super::metrics::ContainerInfo { container: a.container, pool: POOL, state: "serving", in_flight: 2 }]
+    );
+    w.complete(&a, ExecStatus::Ok);
+    w.complete(&b, ExecStatus::Ok);
+    assert_eq!(w.next().await, Ev::Done(1, 1, Outcome::Ok));
+    assert_eq!(w.next().await, Ev::Done(2, 1, Outcome::Ok));
+    assert_eq!(ask(&w).await.expect("answered")[0].in_flight, 0);
+    // Stopped (no exit hook here): no longer listed.
+    w.send(Command::DrainContainer(a.container));
+    assert_eq!(w.next().await, Ev::Stopped(a.container));
+    assert_eq!(ask(&w).await.expect("answered"), []);
+}

@@ -155,6 +155,9 @@ pub enum Command {
     /// Answers what every pool has counted ([`Scheduler::metrics`](super::Scheduler::metrics)),
     /// for a host whose scheduler runs on a task of its own.
     Metrics(oneshot::Sender<Vec<super::metrics::PoolMetrics>>),
+    /// Answers every container's state and running inputs
+    /// ([`Scheduler::containers`](super::Scheduler::containers)).
+    Containers(oneshot::Sender<Vec<super::metrics::ContainerInfo>>),
 }
 
 /// How user code is called. Calls are cheap notifications: the host queues them and does the

@@ -6,6 +6,7 @@
 //! | `GET /healthz`                            | 200 `ok` (no token needed)                    |
 //! | `GET /metrics`                            | 200 Prometheus text (metrics.rs)              |
 //! | `GET /dashboard`, `GET /dashboard/events` | the dashboard page, its SSE (dashboard.rs)    |
+//! | `/_berth/...`                             | the CLI's admin routes (admin.rs)             |
 //! | `GET /{app}`, `GET /`                      | 200 what the app (every app) serves, as JSON  |
 //! | `POST /{app}/{function}`                  | 200 JSON result                               |
 //! | `POST /{app}/{Class}/{method}`            | 200 JSON result                               |
@@ -56,6 +57,7 @@ use crate::catalog::Catalog;
 use crate::conn::{Counters, Listener, RequestGuard};
 use crate::functions::{FunctionsSvc, StreamItems};
 
+pub(crate) mod admin;
 pub(crate) mod json;
 // Web endpoints live in src/web.rs (ARCHITECTURE.md), as a child of this module: they answer
 // with this module's helpers and read bodies with its bounds.
@@ -374,6 +376,9 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         let mut res = fail(StatusCode::UNAUTHORIZED, "Unauthenticated", message);
         res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return res;
+    }
+    if path.starts_with(admin::PREFIX) {
+        return admin::serve(&ctx.svc.shared, req.method(), req.uri()).await;
     }
     if path == "/metrics" {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {

@@ -6,8 +6,11 @@
 //! - `process`: how one process is started (its own process group, a death signal tied to its
 //!   starter) and how its end is described;
 //! - `spare`: the warm spare, a process started ahead of need;
-//! - `placement`: what each function's containers get besides who they are (env, GPUs).
+//! - `placement`: what each function's containers get besides who they are (env, GPUs);
+//! - `output`: where their stdout and stderr go (the server's own, or relayed line by line,
+//!   named, and kept in a ring for `berth logs`), and the server's lines about each container.
 
+pub mod output;
 mod placement;
 mod process;
 mod spare;
@@ -18,6 +21,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use output::{log_book, LogBook, LogLine, Output};
 pub use placement::{detect_gpus, Placement, Placements};
 pub use process::watch_parent;
 pub use spare::{prestart_container, warm_spare_from_env};
@@ -41,6 +45,8 @@ pub struct SupervisorOptions {
     pub stop_grace: Duration,
     /// The server's message cap, which containers apply to their results.
     pub max_message_bytes: usize,
+    /// Where containers' stdout and stderr go, and whether their starts and stops are logged.
+    pub output: Output,
 }
 
 impl SupervisorOptions {
@@ -52,6 +58,7 @@ impl SupervisorOptions {
             warm_spare: true,
             stop_grace: STOP_KILL_AFTER,
             max_message_bytes: ServeOptions::default().max_message_bytes,
+            output: Output::Inherit,
         }
     }
 }
@@ -72,6 +79,9 @@ struct Proc {
     gpus: Vec<usize>,
     /// `app/function`, for the log.
     label: String,
+    app: String,
+    function: String,
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -102,6 +112,7 @@ pub struct Supervisor {
     app_file: String,
     keep_spare: bool,
     max_message_bytes: usize,
+    output: Output,
     handle: SupervisorHandle,
 }
 
@@ -111,6 +122,7 @@ pub struct Supervisor {
 pub struct SupervisorHandle {
     procs: Arc<Mutex<Procs>>,
     stop_grace: Duration,
+    output: Output,
 }
 
 impl Supervisor {
@@ -119,18 +131,19 @@ impl Supervisor {
     pub fn start(opts: SupervisorOptions) -> Self {
         let (placement, gpus) = opts.placements.into_parts();
         let procs = Arc::new(Mutex::new(Procs { placement, gpus, ..Procs::default() }));
-        let handle = SupervisorHandle { procs, stop_grace: opts.stop_grace };
+        let handle = SupervisorHandle { procs, stop_grace: opts.stop_grace, output: opts.output };
         handle.start_thread();
         let supervisor = Self {
             command: opts.command,
             app_file: opts.app_file,
             keep_spare: opts.warm_spare,
             max_message_bytes: opts.max_message_bytes,
+            output: opts.output,
             handle,
         };
         {
             let mut g = lock(&supervisor.handle.procs);
-            g.spare = spare::take_early_spare(&supervisor.command, &supervisor.app_file);
+            g.spare = spare::take_early_spare(&supervisor.command, &supervisor.app_file, supervisor.output);
             supervisor.refill_spare(&mut g);
         }
         supervisor
@@ -141,7 +154,7 @@ impl Supervisor {
     }
 
     fn start_process(&self) -> std::io::Result<Child> {
-        start_container_process(&self.command, &self.app_file)
+        start_container_process(&self.command, &self.app_file, self.output)
     }
 }
 
@@ -149,6 +162,7 @@ impl SupervisorHandle {
     fn start_thread(&self) {
         let weak = Arc::downgrade(&self.procs);
         let stop_grace = self.stop_grace;
+        let output = self.output;
         std::thread::Builder::new()
             .name("berth-supervisor".into())
             .spawn(move || loop {
@@ -173,13 +187,21 @@ impl SupervisorHandle {
                     g.gpus.give_back(&p.gpus);
                     // A crash (or a kill after a stop it ignored) is worth a line in the server's
                     // log: callers only learn that their container went away.
+                    let pid = p.child.id();
                     if !g.closed && !p.hung && (p.overdue || !status.success()) {
                         let how = if p.overdue {
                             format!("did not exit within {}s of its stop and was killed", stop_grace.as_secs())
                         } else {
                             describe_exit(status)
                         };
-                        tracing::warn!("berth: container {id} of {} (pid {}) {how}", p.label, p.child.id());
+                        let message = format!("berth: container {id} of {} (pid {pid}) {how}", p.label);
+                        output::lifecycle(output, &p.app, &p.function, id, "warn", message);
+                    } else if p.kill_at.is_some() || g.closed {
+                        // Asked to stop (it ran its exit hooks first), or the server stopped.
+                        let up = p.started.elapsed().as_secs_f64();
+                        let message =
+                            format!("berth: container {id} of {} (pid {pid}) stopped after {up:.1}s", p.label);
+                        output::lifecycle(output, &p.app, &p.function, id, "info", message);
                     }
                     if p.kill_at.is_none() && !g.closed {
                         lost.push((p.exited, status));
@@ -283,6 +305,10 @@ impl Spawner for Supervisor {
             ("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string()),
             ("BERTH_MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
         ]);
+        // Its output is relayed: it tags each line with its level and input (output.rs).
+        if self.output != Output::Inherit {
+            identity.push(("BERTH_LOG_TAGS", "1".to_string()));
+        }
         let mut gpus = Vec::new();
         if !choices.is_empty() {
             let Some((visible, slots)) = g.gpus.take(&choices) else {
@@ -317,8 +343,32 @@ impl Spawner for Supervisor {
         match child {
             Ok(child) => {
                 let label = format!("{}/{}", def.app, def.name);
-                g.live
-                    .insert(container, Proc { child, exited, kill_at: None, overdue: false, hung: false, gpus, label });
+                let pid = child.id();
+                if self.output != Output::Inherit {
+                    output::name_output(
+                        pid,
+                        output::Label {
+                            app: def.app.as_str().into(),
+                            function: def.name.as_str().into(),
+                            container: Some(container),
+                        },
+                    );
+                }
+                let message = format!("berth: container {container} of {label} (pid {pid}) started");
+                output::lifecycle(self.output, &def.app, &def.name, container, "info", message);
+                let proc = Proc {
+                    child,
+                    exited,
+                    kill_at: None,
+                    overdue: false,
+                    hung: false,
+                    gpus,
+                    label,
+                    app: def.app.clone(),
+                    function: def.name.clone(),
+                    started: Instant::now(),
+                };
+                g.live.insert(container, proc);
                 self.refill_spare(&mut g);
             }
             Err(e) => {
@@ -331,6 +381,10 @@ impl Spawner for Supervisor {
 
     fn processes(&self) -> Vec<(u32, u32)> {
         lock(&self.handle.procs).live.iter().map(|(id, p)| (*id, p.child.id())).collect()
+    }
+
+    fn uptimes(&self) -> Vec<(u32, Duration)> {
+        lock(&self.handle.procs).live.iter().map(|(id, p)| (*id, p.started.elapsed())).collect()
     }
 
     fn stop(&self, container: u32) {

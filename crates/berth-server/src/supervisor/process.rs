@@ -1,11 +1,14 @@
-//! One container process: how it is started, how its end is described, and the death signals
-//! that keep any process from outliving the one that started it.
+//! One container process: how it is started (its output inherited, or relayed by `output`), how
+//! its end is described, and the death signals that keep any process from outliving the one
+//! that started it.
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
+use super::output::{relay_output, Output};
+
 /// A container process that waits for its identity on stdin.
-pub(super) fn start_container_process(command: &[String], app_file: &str) -> std::io::Result<Child> {
+pub(super) fn start_container_process(command: &[String], app_file: &str, output: Output) -> std::io::Result<Child> {
     let Some((program, args)) = command.split_first() else {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no container command"));
     };
@@ -29,10 +32,13 @@ pub(super) fn start_container_process(command: &[String], app_file: &str) -> std
             Ok(())
         });
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(inherited(std::io::stdout().as_fd()))
-        .stderr(inherited(std::io::stderr().as_fd()))
-        .spawn()
+    cmd.stdin(Stdio::piped());
+    if output == Output::Inherit {
+        return cmd.stdout(inherited(std::io::stdout().as_fd())).stderr(inherited(std::io::stderr().as_fd())).spawn();
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    relay_output(&mut child, output);
+    Ok(child)
 }
 
 /// Node marks fds 0-2 close-on-exec at startup (uv_disable_stdio_inheritance), so a plain

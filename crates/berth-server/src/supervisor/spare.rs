@@ -4,6 +4,7 @@
 use std::process::Child;
 use std::sync::Mutex;
 
+use super::output::Output;
 use super::process::start_container_process;
 use super::{Procs, Supervisor};
 
@@ -13,27 +14,28 @@ pub fn warm_spare_from_env() -> bool {
 }
 
 /// A container process started before the server exists (`prestart_container`), and what for.
-type EarlySpare = (Vec<String>, String, Child);
+type EarlySpare = (Vec<String>, String, Output, Child);
 static EARLY_SPARE: Mutex<Option<EarlySpare>> = Mutex::new(None);
 
 /// Starts the first spare container process now, while this process is still loading the user's
 /// module, so that the first container is ready about when the server is. The [`Supervisor`]
 /// started next with the same command and file adopts it; if none is (the module failed to
 /// load), it exits when this process does (its stdin closes).
-pub fn prestart_container(command: Vec<String>, app_file: String) {
-    if let Ok(child) = start_container_process(&command, &app_file) {
-        let old = EARLY_SPARE.lock().unwrap_or_else(|e| e.into_inner()).replace((command, app_file, child));
-        if let Some((_, _, mut old)) = old {
+/// `output` is the server's (a spare relayed one way is no use to a server wanting another).
+pub fn prestart_container(command: Vec<String>, app_file: String, output: Output) {
+    if let Ok(child) = start_container_process(&command, &app_file, output) {
+        let old = EARLY_SPARE.lock().unwrap_or_else(|e| e.into_inner()).replace((command, app_file, output, child));
+        if let Some((_, _, _, mut old)) = old {
             let _ = old.kill();
             let _ = old.wait();
         }
     }
 }
 
-pub(super) fn take_early_spare(command: &[String], app_file: &str) -> Option<Child> {
+pub(super) fn take_early_spare(command: &[String], app_file: &str, output: Output) -> Option<Child> {
     let mut early = EARLY_SPARE.lock().unwrap_or_else(|e| e.into_inner());
     match early.take() {
-        Some((c, f, child)) if c == command && f == app_file => Some(child),
+        Some((c, f, o, child)) if c == command && f == app_file && o == output => Some(child),
         other => {
             *early = other;
             None
