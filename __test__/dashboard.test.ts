@@ -95,6 +95,8 @@ if (!existsSync(CHROMIUM)) {
     await embedRow.click()
     await page.locator('#containers tr.container').first().waitFor({ timeout: 30_000 })
     t.is(await page.locator('#containers tr.container').count(), 1)
+    t.is(await page.locator('#containers tr.container td.state').textContent(), 'serving', 'its state, as berth container list says')
+    t.is(await page.locator('#containers tr.container td.inflight').textContent(), '0')
     t.is(await page.locator('#selected').textContent(), 'metered / Embedder.embed')
     const bars = page.locator('#batches .batch')
     await bars.first().waitFor({ timeout: 30_000 })
