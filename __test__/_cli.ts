@@ -13,16 +13,17 @@ export interface Result {
 
 /**
  * Runs `node bin/berth.mjs ...args` in the repository (`node <script>` with `node: true`,
- * `npx berth ...args` with `npx: true`, as the README runs it); killed after 60 s.
+ * `npx berth ...args` with `npx: true`, as the README runs it; `cwd`: in a user's project
+ * instead); killed after 60 s.
  */
-export function berth(args: string[], env: Record<string, string | undefined> = {}, opts: { node?: boolean; npx?: boolean } = {}): Promise<Result> {
+export function berth(args: string[], env: Record<string, string | undefined> = {}, opts: { node?: boolean; npx?: boolean; cwd?: string } = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
     const full: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '', ...env }
     for (const [k, v] of Object.entries(env)) if (v === undefined) delete full[k]
     const argv = opts.node ? ['--import', 'tsx', ...args] : [join(root, 'bin', 'berth.mjs'), ...args]
     const child = opts.npx
-      ? spawn('npx', ['berth', ...args], { cwd: root, env: full, stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawn(process.execPath, argv, { cwd: root, env: full, stdio: ['ignore', 'pipe', 'pipe'] })
+      ? spawn('npx', ['berth', ...args], { cwd: opts.cwd ?? root, env: full, stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(process.execPath, argv, { cwd: opts.cwd ?? root, env: full, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
     const killer = setTimeout(() => child.kill('SIGKILL'), 60_000)

@@ -6,6 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
+import { berth } from './_cli.ts'
 import { npxServe, processesIn, userProject } from './_project.ts'
 import { alive, until } from './_util.ts'
 
@@ -31,30 +32,8 @@ export class Till {
 }
 `
 
-interface Ran {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
 /** `npx berth ...args` in `dir`, as a user runs it. */
-function npxBerth(dir: string, args: string[], env: Record<string, string | undefined>): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const full = { ...process.env, ...env }
-    for (const [k, v] of Object.entries(env)) if (v === undefined) delete full[k]
-    const child = spawn('npx', ['berth', ...args], { cwd: dir, env: full, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    const killer = setTimeout(() => child.kill('SIGKILL'), 60_000)
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
-    child.on('error', reject)
-    child.on('close', (code) => {
-      clearTimeout(killer)
-      resolve({ code, stdout, stderr })
-    })
-  })
-}
+const npxBerth = (dir: string, args: string[], env: Record<string, string | undefined>) => berth(args, env, { npx: true, cwd: dir })
 
 test('app list, container list, logs and logs -f, app stop: against npx berth serve with a token', async (t) => {
   const dir = userProject('berth-admin-', (d) => writeFileSync(join(d, 'app.ts'), APP))
