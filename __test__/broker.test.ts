@@ -73,8 +73,8 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
 }
 
 /** `npx berth worker app.ts --broker …` in `dir`, tagged `tag` (its containers' WORKER_TAG); ready once it pulls. */
-async function npxWorker(dir: string, tag: string, env: Record<string, string>): Promise<{ npx: ChildProcess; out: () => string }> {
-  const npx = spawn('npx', ['berth', 'worker', 'app.ts', '--broker', URL], {
+async function npxWorker(dir: string, tag: string, env: Record<string, string>, extra: string[] = []): Promise<{ npx: ChildProcess; out: () => string }> {
+  const npx = spawn('npx', ['berth', 'worker', 'app.ts', '--broker', URL, ...extra], {
     cwd: dir,
     env: { ...process.env, ...env, WORKER_TAG: tag },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -354,7 +354,8 @@ test.serial('broker mode: a worker scales its containers with the work waiting f
   const address = /serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]
   // Without the warm spare (a container process started ahead of need, not yet any pool's),
   // the worker's container processes are its pool's containers.
-  const w = await npxWorker(p.dir, 'W', { ...env, BERTH_WARM_SPARE: '0' })
+  // Its log as JSON lines (README "Logs"), checked below.
+  const w = await npxWorker(p.dir, 'W', { ...env, BERTH_WARM_SPARE: '0', SAY: '1' }, ['--log-format', 'json'])
   const containers = () => processesIn(p.dir, ['__container']).filter((pid) => taggedWith(pid, 'WORKER_TAG=W'))
   t.is(containers().length, 0, 'minContainers 0: none before the work')
 
@@ -364,6 +365,13 @@ test.serial('broker mode: a worker scales its containers with the work waiting f
   // One call: one container.
   t.is((await within(60_000, square.remote(2), 'one call')).y, 4)
   t.is(containers().length, 1, 'one container for one call')
+  // The worker's container line, as one JSON object: who printed it, in which input.
+  await until(() => w.out().includes('squaring 2'), 10_000, () => `the container's line\n${w.out()}`)
+  const said = w.out().split('\n').find((l) => l.includes('squaring 2'))!
+  const line = JSON.parse(said) as Record<string, unknown>
+  t.like(line, { app: p.app, function: 'square', stream: 'stdout', message: 'squaring 2' })
+  t.true(typeof line.container === 'number' || typeof line.container === 'string', said)
+  t.regex(String(line.input), /\S/, `printed inside an input: ${said}`)
   // Eight inputs of 1.5 s waiting: the worker scales to square's maxContainers (2), no further.
   let most = 0
   const watching = setInterval(() => (most = Math.max(most, containers().length)), 50)
