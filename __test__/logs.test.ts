@@ -79,9 +79,14 @@ test('berth serve: container lines carry app/function#container on their own str
   await until(() => /container \d+ of chatty\/crash \(pid \d+\) was killed by signal 9/.test(s.stderr()), 10_000, `the crash\n${s.out()}`)
 
   t.is(await (await call(http, 'Slow/ping', [])).json(), 'pong')
-  t.regex(s.stdout(), /^chatty\/Slow#\d+ \| loading$/m)
+  // The line comes through the container's pipe, the answer through its link: either first.
+  await until(() => /^chatty\/Slow#\d+ \| loading$/m.test(s.stdout()), 10_000, () => `the @enter line\n${s.out()}`)
   // scaledownWindow 1 s: the container stops, its @exit hook takes 1.8 s.
-  await until(() => /Slow \(pid \d+\) stopped after/.test(s.stderr()), 20_000, `the stop\n${s.out()}`)
+  await until(
+    () => /Slow \(pid \d+\) stopped after/.test(s.stderr()) && /^chatty\/Slow#\d+ \| berth: @exit hook Slow\.close finished/m.test(s.stderr()),
+    20_000,
+    () => `the stop\n${s.out()}`,
+  )
   t.regex(s.stderr(), /^chatty\/Slow#\d+ \| berth: @exit hook Slow\.close still running after 1s \(exitGracePeriod 30s/m)
   t.regex(s.stderr(), /^chatty\/Slow#\d+ \| berth: @exit hook Slow\.close finished after \d\.\ds$/m)
   t.regex(s.stderr(), /^berth: container \d+ of chatty\/Slow \(pid \d+\) stopped after \d+\.\ds$/m)
