@@ -245,8 +245,10 @@ test.serial('broker mode: a worker stopped with SIGTERM gives back at once the i
   })()
   const started = (tag: string) => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n').filter((l) => l.startsWith(`${tag} start`)) : [])
   await until(() => started('A').length === 2, 60_000, () => `worker A to run two inputs\n${a.out()}`)
-  const b = await npxWorker(p.dir, 'B', { ...env, SLEEP_MS: '0' })
+  // Stopped while its two run (4 s each), before B starts: B's start takes seconds under load,
+  // and A, told later, would have started the two it read ahead by then.
   a.npx.kill('SIGTERM')
+  const b = await npxWorker(p.dir, 'B', { ...env, SLEEP_MS: '0' })
   await within(60_000, mapped, 'the map after A stopped')
   t.deepEqual(results.map((r) => r.y), [1, 4, 9, 16], 'one result per input, in order')
   const ranA = started('A').map((l) => l.split(' ')[2])
