@@ -104,7 +104,9 @@ test.serial('a client that disconnects mid-stream cancels the call: the generato
   t.is(await lines.next(), '1')
   t.false(existsSync(`${s.marker}.finally`), 'the generator is still running')
   controller.abort()
-  for (let i = 0; i < 200 && !existsSync(`${s.marker}.finally`); i++) await sleep(50)
+  // The file appears before its bytes do (writeFileSync creates, then writes): wait for both.
+  const written = () => existsSync(`${s.marker}.finally`) && readFileSync(`${s.marker}.finally`, 'utf8').length > 0
+  for (let i = 0; i < 200 && !written(); i++) await sleep(50)
   t.deepEqual(JSON.parse(readFileSync(`${s.marker}.finally`, 'utf8')), { aborted: true, reason: 'InputCancelledError' })
 })
 
