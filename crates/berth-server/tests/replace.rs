@@ -136,19 +136,26 @@ async fn until(what: &str, mut ok: impl FnMut() -> bool) {
     panic!("{what} within 5 s");
 }
 
+/// A control plane serving app `a` (function `f`, version `v1`) and app `b` (`g`) on both
+/// ports, its HTTP address, and a gRPC client.
+async fn two_apps(fake: &Fake) -> (ControlPlane, std::net::SocketAddr, FunctionsClient<tonic::transport::Channel>) {
+    let registry = Registry { functions: vec![function("a", "f", 1, "v1"), function("b", "g", 1, "g")] };
+    let opts = ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServeOptions::default()
+    };
+    let plane = ControlPlane::start(registry, fake.clone(), opts).await.unwrap();
+    let http = plane.http_addr().unwrap();
+    let c = FunctionsClient::connect(format!("http://{}", plane.local_addr())).await.unwrap();
+    (plane, http, c)
+}
+
 #[tokio::test]
 async fn a_replaced_app_serves_new_calls_with_the_new_code_and_drains_the_old() {
     bounded(Duration::from_secs(30), async {
         let fake = Fake::default();
-        let registry = Registry { functions: vec![function("a", "f", 1, "v1"), function("b", "g", 1, "g")] };
-        let opts = ServeOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: Some("127.0.0.1:0".parse().unwrap()),
-            ..ServeOptions::default()
-        };
-        let plane = ControlPlane::start(registry, fake.clone(), opts).await.unwrap();
-        let http = plane.http_addr().unwrap();
-        let mut c = FunctionsClient::connect(format!("http://{}", plane.local_addr())).await.unwrap();
+        let (plane, http, mut c) = two_apps(&fake).await;
         assert_eq!(invoke(&mut c, "a", "f", 3).await, 103);
         assert_eq!(invoke(&mut c, "b", "g", 3).await, 103);
         assert_eq!(post(http, "/a/v1", "3").await, (200, "103".into()));
@@ -236,15 +243,7 @@ async fn a_replacement_naming_another_app_or_an_invalid_spec_is_refused_and_chan
 async fn an_app_stopped_over_the_admin_route_drains_first_then_callers_are_told() {
     bounded(Duration::from_secs(30), async {
         let fake = Fake::default();
-        let registry = Registry { functions: vec![function("a", "f", 1, "v1"), function("b", "g", 1, "g")] };
-        let opts = ServeOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: Some("127.0.0.1:0".parse().unwrap()),
-            ..ServeOptions::default()
-        };
-        let plane = ControlPlane::start(registry, fake.clone(), opts).await.unwrap();
-        let http = plane.http_addr().unwrap();
-        let mut c = FunctionsClient::connect(format!("http://{}", plane.local_addr())).await.unwrap();
+        let (plane, http, mut c) = two_apps(&fake).await;
         assert_eq!(invoke(&mut c, "a", "f", 3).await, 103);
         let listed = exchange(http, "GET /_berth/apps HTTP/1.1", b"").await;
         let apps: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
