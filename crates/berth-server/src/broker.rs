@@ -167,14 +167,15 @@ impl Front {
     /// or what comes within `timeout`; `None` if nothing did. A result stays there for the
     /// `--result-ttl` of the front that made the bucket, and may be read more than once.
     pub(crate) async fn stored_result(&self, fc: &str, timeout: Duration) -> Result<Option<pb::Result>, String> {
-        for bucket in &self.results {
-            if let Some(r) = bucket.get(fc).await.map_err(|e| e.message)? {
-                return Ok(Some(to_pb(r)));
+        if timeout.is_zero() {
+            for bucket in &self.results {
+                if let Some(r) = bucket.get(fc).await.map_err(|e| e.message)? {
+                    return Ok(Some(to_pb(r)));
+                }
             }
-        }
-        if timeout.is_zero() || self.results.is_empty() {
             return Ok(None);
         }
+        // Each wait reads what is there first (berth-nats `SpawnResults::wait`).
         let waits = self.results.iter().map(|b| Box::pin(b.wait(fc, timeout)));
         let mut waits: futures_util::stream::FuturesUnordered<_> = waits.collect();
         while let Some(r) = futures_util::StreamExt::next(&mut waits).await {
