@@ -148,6 +148,53 @@ test.serial('berth serve: a plain gRPC client sends traceparent metadata on Invo
   t.not(fresh.trace, TRACE_ID, 'invalid metadata: a new trace, no error')
 })
 
+test.serial('berth serve: Map calls served at once by one container: each input sees its own call\'s id and trace', async (t) => {
+  // The control plane sends an input's call id and trace only when they differ from the previous
+  // input's on that container (containers.proto `ExecInput`): inputs of several calls, their
+  // executions interleaved, must each still see their own.
+  const { address } = await served(t)
+  const client = new Functions(address, grpc.credentials.createInsecure())
+  t.teardown(() => client.close())
+  const N = 400
+  const CALLS = 6
+  const traceOf = (k: number) => `${String(k + 1).padStart(2, '0')}${TRACE_ID.slice(2)}`
+  const map = (k: number) =>
+    new Promise<{ fc: string; got: { fc: string; traceparent: string }[] }>((resolve, reject) => {
+      const got: { fc: string; traceparent: string }[] = []
+      let fc = ''
+      const m = new grpc.Metadata()
+      // Calls 0-2 continue a trace of their own, 3-5 send none (berth starts one each).
+      if (k < 3) m.set('traceparent', `00-${traceOf(k)}-b7ad6b7169203331-01`)
+      const stream = client.Map(m, deadline())
+      stream.on('metadata', (md: grpc.Metadata) => (fc = String(md.get('berth-function-call-id')[0])))
+      stream.on('data', (r: any) => got.push(cbor.decode(r.result.value)))
+      stream.on('error', reject)
+      stream.on('end', () => resolve({ fc, got }))
+      stream.write({ function: { app: 'traced', function: 'ids' } })
+      // Written in rounds, so that the calls' inputs reach the scheduler interleaved.
+      let i = 0
+      const round = () => {
+        for (const end = Math.min(N, i + 20); i < end; i++) stream.write({ input: { index: i, args: cbor.encode([i]) } })
+        if (i < N) setImmediate(round)
+        else stream.end()
+      }
+      round()
+    })
+  const calls = await Promise.all(Array.from({ length: CALLS }, (_, k) => map(k)))
+  const traces = new Set<string>()
+  calls.forEach(({ fc, got }, k) => {
+    t.regex(fc, /^fc-\d+$/, `call ${k} names its id`)
+    t.is(got.length, N)
+    t.deepEqual([...new Set(got.map((g) => g.fc))], [fc], `every input of call ${k} sees its id`)
+    const own = [...new Set(got.map((g) => parts(g.traceparent).trace))]
+    t.is(own.length, 1, `every input of call ${k} sees one trace`)
+    if (k < 3) t.is(own[0], traceOf(k), `call ${k} continues its caller's trace`)
+    traces.add(own[0])
+  })
+  t.is(new Set(calls.map((c) => c.fc)).size, CALLS, 'a call id per call')
+  t.is(traces.size, CALLS, 'a trace per call')
+})
+
 test.serial("berth serve: TypeScript calls from outside an input start a trace, which the input's own calls continue", async (t) => {
   const { address } = await served(t)
   const { App, Function } = await import('berth')

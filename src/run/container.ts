@@ -520,6 +520,11 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
     // while the rest still run, instead of the two sides taking turns being idle.
     const CHUNK = 256
     let cur: { ev: Float64Array; bytes: Buffer; i: number } | null = null
+    // The call of the last input read: the next input of the same call comes with `fcLen` -1
+    // (crates/berth-node/src/container.rs `EV_EXECUTE`), and its id and trace are these.
+    let lastFc = ''
+    let lastTraceBytes: Uint8Array = Buffer.alloc(17)
+    let lastTraceAt = 0
     let resumeScheduled = false
     const resume = () => {
       resumeScheduled = false
@@ -565,7 +570,11 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
           const inputs: ExecInput[] = []
           let bad: Map<number, unknown> | undefined
           for (let j = 0; j < n; j++, i += 6) {
-            const fc = utf8.decode(bytes.subarray(ev[i + 4], ev[i + 4] + ev[i + 5]))
+            if (ev[i + 5] >= 0) {
+              lastFc = utf8.decode(bytes.subarray(ev[i + 4], ev[i + 4] + ev[i + 5]))
+              lastTraceBytes = bytes
+              lastTraceAt = ev[i + 4] + ev[i + 5]
+            }
             let args: unknown
             try {
               args = decodeValue(bytes.subarray(ev[i + 2], ev[i + 2] + ev[i + 3]))
@@ -578,7 +587,14 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
                 ),
               )
             }
-            inputs.push({ id: ev[i], attempt: ev[i + 1], args: args as unknown[], fc, traceBytes: bytes, traceAt: ev[i + 4] + ev[i + 5] })
+            inputs.push({
+              id: ev[i],
+              attempt: ev[i + 1],
+              args: args as unknown[],
+              fc: lastFc,
+              traceBytes: lastTraceBytes,
+              traceAt: lastTraceAt,
+            })
           }
           started += n
           execute(exec, method, inputs, bad)

@@ -21,9 +21,10 @@ use crate::Doorbell;
 // Event tags (crates/berth-node/src/codes.rs, read by src/shared/codes.ts).
 /// phase
 const EV_HOOK: f64 = ContainerEvent::Hook as i32 as f64;
-/// execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n; each
-/// input's trace follows its function call id in the bytes: trace-id (16), flags (1)
+/// execId, method, n, (inputId, attempt, argsOffset, argsLen, fcOffset, fcLen) * n; an input's
+/// call's trace follows its function call id in the bytes: trace-id (16), flags (1)
 /// (src/run/container.ts formats its traceparent, with a span id of its own, only when asked).
+/// `fcLen` -1: the input is of the previous input's call (same id, same trace), whose bytes are not repeated.
 const EV_EXECUTE: f64 = ContainerEvent::Execute as i32 as f64;
 /// inputId, attempt, reason (an `AbortReasonCode`)
 const EV_ABORT: f64 = ContainerEvent::Abort as i32 as f64;
@@ -33,16 +34,18 @@ const EV_CLOSED: f64 = ContainerEvent::Closed as i32 as f64;
 /// inputId, items
 const EV_CREDIT: f64 = ContainerEvent::Credit as i32 as f64;
 
-/// The trace of the last input read: the control plane sends an input of the same trace with a
-/// zero trace-id (containers.proto `ExecInput`).
+/// The call of the last input read: the control plane sends an input of the previous input's
+/// call without its function call id, and of its trace with a zero trace-id (containers.proto
+/// `ExecInput`).
 #[derive(Default)]
-struct LastTrace {
+struct LastCall {
+    fc: String,
     high: u64,
     low: u64,
     flags: u32,
 }
 
-fn pack(inbox: &mut Inbox, last: &mut LastTrace, msg: control_message::Msg) {
+fn pack(inbox: &mut Inbox, last: &mut LastCall, msg: control_message::Msg) {
     match msg {
         control_message::Msg::RunHook(h) => inbox.events.extend_from_slice(&[EV_HOOK, f64::from(h.phase)]),
         control_message::Msg::ExecuteBatch(b) => {
@@ -55,21 +58,32 @@ fn pack(inbox: &mut Inbox, last: &mut LastTrace, msg: control_message::Msg) {
             for i in e.inputs {
                 let args_at = inbox.bytes.len();
                 inbox.bytes.extend_from_slice(&i.args);
-                let fc_at = inbox.bytes.len();
-                inbox.bytes.extend_from_slice(i.function_call_id.as_bytes());
-                if i.trace_id_high != 0 || i.trace_id_low != 0 {
-                    *last = LastTrace { high: i.trace_id_high, low: i.trace_id_low, flags: i.trace_flags };
-                }
-                inbox.bytes.extend_from_slice(&last.high.to_be_bytes());
-                inbox.bytes.extend_from_slice(&last.low.to_be_bytes());
-                inbox.bytes.push(last.flags as u8);
+                let new_trace = i.trace_id_high != 0 || i.trace_id_low != 0;
+                // The call's id and trace travel to JavaScript when either changes; else the
+                // input is the previous one's call (`fcLen` -1), and nothing is copied or decoded.
+                let (fc_at, fc_len) = if i.function_call_id.is_empty() && !new_trace {
+                    (0.0, -1.0)
+                } else {
+                    if !i.function_call_id.is_empty() {
+                        last.fc = i.function_call_id;
+                    }
+                    if new_trace {
+                        (last.high, last.low, last.flags) = (i.trace_id_high, i.trace_id_low, i.trace_flags);
+                    }
+                    let fc_at = inbox.bytes.len();
+                    inbox.bytes.extend_from_slice(last.fc.as_bytes());
+                    inbox.bytes.extend_from_slice(&last.high.to_be_bytes());
+                    inbox.bytes.extend_from_slice(&last.low.to_be_bytes());
+                    inbox.bytes.push(last.flags as u8);
+                    (fc_at as f64, last.fc.len() as f64)
+                };
                 inbox.events.extend_from_slice(&[
                     i.input_id as f64,
                     f64::from(i.attempt),
                     args_at as f64,
                     i.args.len() as f64,
-                    fc_at as f64,
-                    i.function_call_id.len() as f64,
+                    fc_at,
+                    fc_len,
                 ]);
             }
         }
@@ -148,7 +162,7 @@ impl BindingContainer {
                     };
                     match attached.await {
                         Ok(mut inbound) => {
-                            let mut last = LastTrace::default();
+                            let mut last = LastCall::default();
                             while let Some(Ok(msg)) = inbound.next().await {
                                 if let Some(m) = msg.msg {
                                     link.push(|inbox| pack(inbox, &mut last, m));

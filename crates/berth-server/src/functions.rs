@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::Catalog;
 use crate::map::MapResponses;
-use crate::plane::{cancel_map, error, failed, queue_full, CallSlot, FunctionDef, Input, Shared, State, Waiter};
+use crate::plane::{
+    cancel_map, error, failed, queue_full, CallRef, CallSlot, FunctionDef, Input, Shared, State, Waiter,
+};
 
 pub(crate) fn bad(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
@@ -252,16 +254,16 @@ impl FunctionsSvc {
             None => inputs,
         };
         // One trace per call: the caller's, or a new one.
-        let trace = berth_proto::trace::continued(trace);
+        let call = Arc::new(CallRef { fc, trace: berth_proto::trace::continued(trace) });
         for (args, waiter) in inputs {
             st.next_input += 1;
             let input = st.next_input;
-            st.inputs.insert(input, Input { args, fc: fc.clone(), waiter, pool, method, trace });
+            st.inputs.insert(input, Input { args, call: Arc::clone(&call), waiter, pool, method });
             subs.push(Submission { input, pool, method, waits });
         }
         let last = subs.last().map_or(0, |s| s.input);
         // A spawned call's slot learns its input before anything can cancel or answer it.
-        if let Some(slot) = st.calls.get_mut(&fc) {
+        if let Some(slot) = st.calls.get_mut(&call.fc) {
             slot.input = last;
         }
         // Sent under the lock, so a Cancel of these inputs always follows their submission.

@@ -269,9 +269,9 @@ pub(crate) struct Link {
     /// Its web apps' servers, by method (the `AppServer` messages it sent): their requests go
     /// there, not to it as executions (proxy.rs).
     pub servers: Vec<(u32, Arc<crate::proxy::AppServer>)>,
-    /// The trace (trace-id halves, flags) of the last input sent: the next input of the same
-    /// trace is sent with a zero trace-id (containers.proto `ExecInput`).
-    pub last_trace: (u64, u64, u32),
+    /// The call of the last input sent (containers.proto `ExecInput`): the next input of the
+    /// same call goes without its function call id, and of the same trace without its trace.
+    pub last_call: Option<Arc<CallRef>>,
 }
 
 impl Link {
@@ -308,17 +308,7 @@ impl Link {
     /// Adds an execution to this turn's message, sending the message first if the execution
     /// would take it over the cap (the container decodes what one execution needs, however
     /// large: a @batched one carries many inputs).
-    fn push(&mut self, mut e: pb::Execute) {
-        // Executions leave in the order they are pushed: an input whose trace is the previous
-        // input's goes without it.
-        for i in &mut e.inputs {
-            let trace = (i.trace_id_high, i.trace_id_low, i.trace_flags);
-            if trace == self.last_trace {
-                (i.trace_id_high, i.trace_id_low, i.trace_flags) = (0, 0, 0);
-            } else {
-                self.last_trace = trace;
-            }
-        }
+    fn push(&mut self, e: pb::Execute) {
         let size = e.encoded_len();
         if !self.batch.is_empty() && self.batch_bytes + size > self.max_message_bytes {
             self.send_batch();
@@ -511,7 +501,7 @@ pub(crate) fn cancel_map(shared: &Shared, fc: &str, map: &MapCall) {
         return;
     }
     // Every input of the call not yet answered is still here (`done` removes it).
-    let mut ids: Vec<InputId> = st.inputs.iter().filter(|(_, i)| i.fc == fc).map(|(&id, _)| id).collect();
+    let mut ids: Vec<InputId> = st.inputs.iter().filter(|(_, i)| i.call.fc == fc).map(|(&id, _)| id).collect();
     ids.sort_unstable();
     if !ids.is_empty() {
         // Sent under the lock: after the submissions of these inputs, before any later one.
@@ -527,13 +517,21 @@ pub(crate) fn cancel_map(shared: &Shared, fc: &str, map: &MapCall) {
 
 pub(crate) struct Input {
     pub args: Vec<u8>,
-    pub fc: String,
+    /// Its call, shared by the call's inputs (a `.map()` has many).
+    pub call: Arc<CallRef>,
     pub waiter: Waiter,
     /// What it calls: failures berth reports name the function or method.
     pub pool: PoolId,
     pub method: u32,
-    /// The W3C trace context its call continues (the caller's, or one the call started): 25
-    /// bytes in place; its trace-id and flags go with its executions (README "Tracing").
+}
+
+/// What the inputs of one call share, kept once per call rather than in each input's record:
+/// a pending input costs what its own fields cost and one pointer (README "Tracing").
+pub(crate) struct CallRef {
+    /// The function call id.
+    pub fc: String,
+    /// The W3C trace context the call continues (the caller's, or one the call started); its
+    /// trace-id and flags go with the inputs' executions.
     pub trace: berth_proto::trace::TraceContext,
 }
 
@@ -722,7 +720,7 @@ impl Invoker for Host {
                     overdue: Vec::new(),
                     overdue_since: None,
                     servers: Vec::new(),
-                    last_trace: (0, 0, 0),
+                    last_call: None,
                 },
             );
             let Some(entry) = st.pools.get(&pool) else {
@@ -772,28 +770,47 @@ impl Invoker for Host {
             crate::proxy::assign(&self.0, &mut st, exec, &exchange);
             return;
         }
+        let st = &mut *st;
+        let Some(link) = st.links.get_mut(&exec.container) else {
+            // Lost meanwhile: the scheduler hears of it (ContainerLost) and runs these again.
+            for &(input, _) in &exec.inputs {
+                st.running.insert(input, exec.container);
+            }
+            st.execs.insert(exec.id, (exec.container, exec.inputs.to_vec()));
+            return;
+        };
+        // A link's executions reach its container in the order they are made here (queued
+        // ones too): an input of the previous input's call goes without its function call id,
+        // and of its trace without the trace (containers.proto `ExecInput`).
         let mut inputs = Vec::with_capacity(exec.inputs.len());
         for &(input, attempt) in &exec.inputs {
-            let (args, fc, trace) =
-                st.inputs.get(&input).map(|i| (i.args.clone(), i.fc.clone(), i.trace)).unwrap_or_default();
-            let (trace_id_high, trace_id_low) = trace.trace_id_halves();
-            inputs.push(pb::ExecInput {
-                input_id: input,
-                attempt,
-                function_call_id: fc,
-                args,
-                trace_id_high,
-                trace_id_low,
-                trace_flags: u32::from(trace.flags),
-            });
+            let mut e = pb::ExecInput { input_id: input, attempt, ..Default::default() };
+            if let Some(i) = st.inputs.get(&input) {
+                e.args = i.args.clone();
+                match &link.last_call {
+                    Some(last) if Arc::ptr_eq(last, &i.call) => {}
+                    last => {
+                        let call = &i.call;
+                        if last.as_ref().is_none_or(|l| l.fc != call.fc) {
+                            e.function_call_id = call.fc.clone();
+                        }
+                        if last.as_ref().is_none_or(|l| {
+                            l.trace.trace_id != call.trace.trace_id || l.trace.flags != call.trace.flags
+                        }) {
+                            (e.trace_id_high, e.trace_id_low) = call.trace.trace_id_halves();
+                            e.trace_flags = u32::from(call.trace.flags);
+                        }
+                        link.last_call = Some(Arc::clone(call));
+                    }
+                }
+            }
+            inputs.push(e);
         }
+        link.execute(pb::Execute { exec_id: exec.id, method: exec.method, inputs });
         for &(input, _) in &exec.inputs {
             st.running.insert(input, exec.container);
         }
         st.execs.insert(exec.id, (exec.container, exec.inputs.to_vec()));
-        if let Some(link) = st.links.get_mut(&exec.container) {
-            link.execute(pb::Execute { exec_id: exec.id, method: exec.method, inputs });
-        }
     }
 
     fn flush(&mut self) {
@@ -908,7 +925,7 @@ impl ResultSink for Host {
             }
             st.recent_errors.push_back(recent);
         }
-        let spawned = match st.calls.get_mut(&rec.fc) {
+        let spawned = match st.calls.get_mut(&rec.call.fc) {
             Some(slot) if slot.input == input => {
                 slot.result = Some(result.clone());
                 slot.ready.notify_waiters();
@@ -917,7 +934,7 @@ impl ResultSink for Host {
             _ => false,
         };
         if spawned {
-            st.finished_calls.push_back((Instant::now(), rec.fc.clone()));
+            st.finished_calls.push_back((Instant::now(), rec.call.fc.clone()));
         }
         match rec.waiter {
             Waiter::Settled(out) => {
