@@ -374,6 +374,9 @@ test.serial('broker mode: a worker scales its containers with the work waiting f
   t.like(line, { app: p.app, function: 'square', stream: 'stdout', message: 'squaring 2' })
   t.true(typeof line.container === 'number' || typeof line.container === 'string', said)
   t.regex(String(line.input), /\S/, `printed inside an input: ${said}`)
+  // The worker's own banner is an object too.
+  const banner = w.out().split('\n').find((l) => l.includes('pulling from berth__'))!
+  t.like(JSON.parse(banner), { stream: 'berth', level: 'info' }, banner)
   // Eight inputs of 1.5 s waiting: the worker scales to square's maxContainers (2), no further.
   let most = 0
   const watching = setInterval(() => (most = Math.max(most, containers().length)), 50)

@@ -92,7 +92,7 @@ test('berth serve: container lines carry app/function#container on their own str
   t.regex(s.stderr(), /^berth: container \d+ of chatty\/Slow \(pid \d+\) stopped after \d+\.\ds$/m)
 })
 
-test('berth serve --log-format json: one object per line with app, function, container, stream, level, time and the input it was printed in', async (t) => {
+test('berth serve --log-format json: one object per line with app, function, container, stream, level, time and the input it was printed in; berth\'s own lines too', async (t) => {
   const s = npxServe(t, project(), ['--log-format', 'json'], {})
   await until(() => httpOf(s.out()) !== undefined, 60_000, `berth serve to listen\n${s.out()}`)
   const http = httpOf(s.out())!
@@ -122,6 +122,19 @@ test('berth serve --log-format json: one object per line with app, function, con
   t.like(objects(s.stdout()).find((o) => o.message === 'loading'), { function: 'Slow', level: 'info' })
   t.is(objects(s.stdout()).find((o) => o.message === 'loading')?.input, undefined, 'an @enter hook is no input')
   t.false(/chatty\/\w+#\d+ \|/.test(s.out()), 'no line is in the text format')
+
+  // berth's own lines too, from the banner to the stop: a log collector reads only objects.
+  s.npx.kill('SIGTERM')
+  await new Promise((resolve) => s.npx.once('exit', resolve))
+  for (const [name, text] of [['stdout', s.stdout()], ['stderr', s.stderr()]]) {
+    const notJson = text.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('{'))
+    t.deepEqual(notJson, [], `every line on ${name} is a JSON object`)
+  }
+  const own = (text: string, start: string) => objects(text).find((o) => String(o.message).startsWith(start))
+  t.like(own(s.stdout(), 'berth: serving'), { stream: 'berth', level: 'info' })
+  t.like(own(s.stdout(), 'berth: dashboard at'), { stream: 'berth', level: 'info' })
+  t.like(own(s.stderr(), 'berth: stopping'), { stream: 'berth', level: 'info' })
+  t.regex(String(own(s.stdout(), 'berth: serving')?.time), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
 })
 
 test('berth serve --log-format: an unknown format names the known ones', async (t) => {

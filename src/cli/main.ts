@@ -16,6 +16,7 @@ import { createSecret, listSecrets } from '../run/secrets.ts'
 import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndReload } from './reload.ts'
 import { WORKER_HELP, worker } from './worker.ts'
 import { admin, APP_HELP, CONTAINER_HELP, LOGS_HELP } from './admin.ts'
+import { say, setLogFormat } from './say.ts'
 
 type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
 
@@ -272,7 +273,7 @@ function stopSignals(
       stopping = true
       drain()
     } else if (signal === 'SIGINT') {
-      process.stderr.write(FORCED)
+      say(process.stderr, FORCED, 'warn')
       state.force()
       process.exit(130)
     }
@@ -310,12 +311,12 @@ async function loadApps(cmd: string, file: string): Promise<import('../define/ap
   try {
     await import(pathToFileURL(resolve(file)).href)
   } catch (e) {
-    process.stderr.write(`berth ${cmd}: could not load ${file}:\n${(e as Error)?.stack ?? String(e)}\n`)
+    say(process.stderr, `berth ${cmd}: could not load ${file}:\n${(e as Error)?.stack ?? String(e)}`, 'error', true)
     return 1
   }
   const apps = berth.allApps()
   if (apps.length === 0) {
-    process.stderr.write(`berth ${cmd}: ${file} creates no App. Add: export const app = new App('name')\n`)
+    say(process.stderr, `berth ${cmd}: ${file} creates no App. Add: export const app = new App('name')`, 'error')
     return 2
   }
   return apps
@@ -420,6 +421,7 @@ async function serve(args: string[]): Promise<number> {
     )
     return 2
   }
+  setLogFormat(logFormat)
   // A front's pools are verified against the workers' definition (their streams carry its
   // fingerprint): a reloaded definition would be refused, so a front serves what it started with.
   if (broker !== undefined) reload = false
@@ -479,16 +481,17 @@ async function serve(args: string[]): Promise<number> {
       logFormat,
     })
   } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n`)
+    say(process.stderr, (e as Error).message, 'error', true)
     return 2
   }
   let listed = endpoints(served, `http://${server.httpAddress}`)
-  console.log(
+  say(
+    process.stdout,
     `berth: serving ${apps.map((a) => `'${a.name}'`).join(', ')} on ${server.address} (gRPC berth.v1.Functions) ` +
       `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops\n` +
       listed,
   )
-  console.log(`berth: dashboard at http://${server.httpAddress}/dashboard${token ? '?token=<token>' : ''}`)
+  say(process.stdout, `berth: dashboard at http://${server.httpAddress}/dashboard${token ? '?token=<token>' : ''}`)
   const keepAlive = setInterval(() => {}, 1 << 30)
   signals.force = () => server.kill()
   const watcher = reload
@@ -506,12 +509,12 @@ async function serve(args: string[]): Promise<number> {
           listed = now
           return now
         },
-        log: (line) => process.stderr.write(`${line}\n`),
+        log: (line, level) => say(process.stderr, line, level),
       })
     : undefined
   await new Promise<void>((stop) => {
     drain = () => {
-      process.stderr.write(DRAINING)
+      say(process.stderr, DRAINING)
       stop()
     }
   })

@@ -106,7 +106,7 @@ export interface ReloadOptions {
    */
   replace(apps: string[], functions: BindingFunctionDef[]): string | undefined
   /** Where the reload lines go (stderr). */
-  log(line: string): void
+  log(line: string, level?: 'info' | 'warn'): void
 }
 
 /**
@@ -171,7 +171,7 @@ export function watchAndReload(o: ReloadOptions): { close(): void } {
       const loaded = await o.load()
       if (closed) return
       if ('error' in loaded) {
-        o.log(`berth: ${o.shown} failed to load, still serving the previous version: ${loaded.error}`)
+        o.log(`berth: ${o.shown} failed to load, still serving the previous version: ${loaded.error}`, 'warn')
         // Fixing the file (or the module that broke it) reloads: keep watching what was.
         last = now
         return
@@ -181,7 +181,7 @@ export function watchAndReload(o: ReloadOptions): { close(): void } {
       try {
         more = o.replace(replaced, loaded.functions)
       } catch (e) {
-        o.log(`berth: ${o.shown} failed to load, still serving the previous version: ${oneLine(e)}`)
+        o.log(`berth: ${o.shown} failed to load, still serving the previous version: ${oneLine(e)}`, 'warn')
         last = now
         return
       }

@@ -6,6 +6,7 @@ import { resolve } from 'node:path'
 
 import { containerCommand } from '../command.ts'
 import { binding, type BindingFunctionDef } from '../native.ts'
+import { say, setLogFormat } from './say.ts'
 
 export const WORKER_HELP = `Usage: berth worker <file.ts> --broker nats://host:4222 [--app NAME] [--function NAME]...
                     [--log-format text|json]
@@ -83,6 +84,7 @@ export async function worker(args: string[], deps: WorkerDeps): Promise<number> 
     process.stderr.write(`berth worker: --broker is required: the NATS server the fronts publish to, e.g. --broker nats://127.0.0.1:4222\n`)
     return 2
   }
+  setLogFormat(parsed.logFormat ?? 'text')
   const file = resolve(parsed.file[0])
   let drain = (): void => process.exit(signals.interrupted ? 130 : 0)
   const signals = deps.stopSignals(0, () => drain())
@@ -109,17 +111,18 @@ export async function worker(args: string[], deps: WorkerDeps): Promise<number> 
       logFormat: parsed.logFormat ?? 'text',
     })
   } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n`)
+    say(process.stderr, (e as Error).message, 'error', true)
     return 2
   }
-  console.log(
+  say(
+    process.stdout,
     `berth: worker for ${apps.map((a) => `'${a.name}'`).join(', ')} pulling from ${running.pools.join(', ')} on ${parsed.broker}; Ctrl-C or SIGTERM stops`,
   )
   const keepAlive = setInterval(() => {}, 1 << 30)
   signals.force = () => running.kill()
   await new Promise<void>((stop) => {
     drain = () => {
-      process.stderr.write('berth: stopping (inputs taken finish, exit hooks run); interrupt again to stop now\n')
+      say(process.stderr, 'berth: stopping (inputs taken finish, exit hooks run); interrupt again to stop now')
       stop()
     }
   })
