@@ -67,7 +67,7 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
   // The pools' streams, and the bucket of spawned calls' results every front opens.
-  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
+  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced', 'count', 'Web'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -472,4 +472,104 @@ test.serial("broker mode: a caller's traceparent travels in the envelope to the 
   t.not(ids[0]![1], trace)
   t.is(new Set(ids.map((m) => m![2])).size, 4, 'a span id per input')
   await stopAll(t, p.dir, [front.npx, a.npx])
+})
+
+type Count = (n: number, fail?: boolean, pad?: number) => AsyncGenerator<{ i: number; by: string }>
+
+test.serial('broker mode: generators and web endpoints run on a worker: items come back through NATS in order, a slow reader holds the generator back, one that leaves ends it, a throw arrives after the items', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, runs, env, front } = f
+  const http = /and (http:\/\/127\.0\.0\.1:\d+)\//.exec(front.out())![1]
+  const w = await npxWorker(p.dir, 'W', env)
+  const lines = () => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n') : [])
+  const { Function } = await import('berth')
+  const count = Function.fromName<Count>(p.app, 'count')
+
+  // In order, all of them, from the worker.
+  const items: { i: number; by: string }[] = []
+  await within(60_000, (async () => {
+    for await (const x of count.remoteGen(200)) items.push(x)
+  })(), () => `remoteGen\n${w.out()}`)
+  t.deepEqual(items.map((x) => x.i), Array.from({ length: 200 }, (_, i) => i))
+  t.true(items.every((x) => x.by === 'W'), 'the worker ran it')
+  t.true(lines().includes('W count end done'))
+
+  // A throw mid-stream: the items before it, then the error.
+  const before: number[] = []
+  const thrown = await t.throwsAsync(within(60_000, (async () => {
+    for await (const x of count.remoteGen(3, true)) before.push(x.i)
+  })(), 'the failing generator'))
+  t.deepEqual(before, [0, 1, 2])
+  t.regex(String(thrown?.message), /ran dry after 3/)
+
+  // A paused reader holds it back; one that leaves ends it, its signal aborted.
+  // Items of 16 KiB: the gRPC stream to this process holds 1 MiB (HTTP/2's window), 64 of them.
+  const it = count.remoteGen(3000, false, 16_384)[Symbol.asyncIterator]()
+  t.is((await within(60_000, it.next(), 'the first item')).value?.i, 0)
+  await sleep(1500)
+  const yielded = () => lines().filter((l) => l.startsWith('W yield')).length
+  const whilePaused = yielded()
+  // What the gRPC stream to this process holds (HTTP/2's windows, in bytes: a few MiB), the
+  // caller's window, the front's and the container's (16 each), and credit given back 8 at a
+  // time; without backpressure (a front that takes all a worker sends) it runs to 3000.
+  t.true(whilePaused >= 2 && whilePaused <= 600, `the generator ran ${whilePaused} items ahead of a paused reader`)
+  await it.return?.(undefined)
+  await until(() => lines().includes('W count end aborted'), 20_000, () => `the generator to end, aborted\n${w.out()}\n${front.out()}\n${lines().slice(-5).join('\n')}`)
+  t.true(yielded() < 1000, `it stopped: ${yielded()} yielded`)
+
+  // Web endpoints: a JSON answer and a streamed one (NDJSON and SSE), run by the worker.
+  const who = await within(60_000, fetch(`${http}/${p.app}/who`), 'GET who')
+  t.is(who.status, 200)
+  t.deepEqual(await who.json(), { by: 'W' })
+  const nd = await within(60_000, fetch(`${http}/${p.app}/words`, { method: 'POST', body: '{"text":"a b c"}', headers: { 'content-type': 'application/json' } }), 'POST words')
+  t.regex(nd.headers.get('content-type') ?? '', /^application\/x-ndjson/)
+  t.is(await nd.text(), '{"w":"a","by":"W"}\n{"w":"b","by":"W"}\n{"w":"c","by":"W"}\n')
+  const sse = await within(60_000, fetch(`${http}/${p.app}/words`, { method: 'POST', body: '{"text":"x y"}', headers: { accept: 'text/event-stream' } }), 'SSE words')
+  t.regex(sse.headers.get('content-type') ?? '', /^text\/event-stream/)
+  t.regex(await sse.text(), /data: \{"w":"x","by":"W"\}\n\n.*data: \{"w":"y","by":"W"\}\n\n/s)
+
+  // Settled: nothing left in the streams.
+  for (const pool of ['count', 'Web']) {
+    let counts = await consumerCounts(`berth__${p.app}__${pool}`)
+    for (let i = 0; i < 50 && counts.pending + counts.unacked > 0; i++) {
+      await sleep(200)
+      counts = await consumerCounts(`berth__${p.app}__${pool}`)
+    }
+    t.deepEqual(counts, { pending: 0, unacked: 0 }, pool)
+  }
+  t.deepEqual(processesIn(p.dir, ['__container']).filter((pid) => !taggedWith(pid, 'WORKER_TAG=W')), [], 'the front ran no container')
+  await stopAll(t, p.dir, [front.npx, w.npx])
+})
+
+test.serial('broker mode: a worker SIGKILLed mid-stream: the caller gets the items it sent, then InputLostError (a generator does not run again once it has yielded)', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, runs, env, front } = f
+  const a = await npxWorker(p.dir, 'A', { ...env, YIELD_MS: '200' })
+  const lines = () => (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n') : [])
+  const { Function } = await import('berth')
+  const count = Function.fromName<Count>(p.app, 'count')
+  const got: number[] = []
+  const reading = (async () => {
+    for await (const x of count.remoteGen(1000)) {
+      got.push(x.i)
+      if (got.length === 3) {
+        for (const pid of workerProcesses(p.dir, 'A')) process.kill(pid, 'SIGKILL')
+      }
+    }
+  })()
+  // The input comes back after its ack deadline (timeout 10 s + 5 s) to worker B, which starts
+  // it again: the front ends the stream rather than hand the caller a second beginning.
+  await until(() => got.length >= 3, 60_000, () => `three items\n${a.out()}`)
+  const b = await npxWorker(p.dir, 'B', env)
+  const lost = await t.throwsAsync(within(90_000, reading, () => `the stream to end\n${b.out()}`))
+  t.regex(String(lost?.message), /lost after it had sent \d+ items/)
+  t.deepEqual(got, Array.from({ length: got.length }, (_, i) => i), 'the items A sent, in order, once')
+  // B's attempt was cancelled: it does not run on for nobody.
+  t.true(lines().some((l) => l.startsWith('B yield')), 'B started it again: what the front saw')
+  await until(() => lines().includes('B count end aborted'), 30_000, () => `B's attempt to end, aborted\n${b.out()}`)
+  await stopAll(t, p.dir, [front.npx, b.npx])
 })

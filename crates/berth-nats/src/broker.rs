@@ -528,6 +528,43 @@ impl Broker {
         self.send_confirmed(reply, encode_results(results), &what, lease).await
     }
 
+    /// Sends a stream input's items to its reply inbox as [`Self::reply`] sends a result: again
+    /// until the front confirms it has them (the front drops what it has already, by position).
+    /// Send the next ones, and the result, only after.
+    pub async fn send_items(
+        &self,
+        reply: &str,
+        chunk: crate::envelope::StreamChunk,
+        lease: Option<&crate::Lease>,
+    ) -> Result<(), Error> {
+        let what = format!("{} items of input {}", chunk.values.len(), chunk.input_id);
+        self.send_confirmed(reply, crate::envelope::encode_chunk(chunk), &what, lease).await
+    }
+
+    /// A subject of this connection's own for fronts' credit for its stream inputs, and the
+    /// credits as they come (core NATS: one lost is made good by the next, a total).
+    pub async fn credit_inbox(
+        &self,
+    ) -> Result<(String, impl futures_util::Stream<Item = crate::envelope::BrokerCredit> + Send + 'static), Error> {
+        use futures_util::StreamExt as _;
+        let inbox = self.client.new_inbox();
+        let sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::request("subscribing to stream credit", e))?;
+        Ok((inbox, sub.filter_map(|m| async move { crate::envelope::decode_credit(&m.payload).ok() })))
+    }
+
+    /// Tells the worker at `to` that the caller of stream input `input_id` has taken `taken`
+    /// of attempt `attempt`'s items in all.
+    pub async fn send_credit(&self, to: &str, input_id: &str, attempt: u32, taken: u64) -> Result<(), Error> {
+        self.client
+            .publish(to.to_owned(), crate::envelope::encode_credit(input_id, attempt, taken))
+            .await
+            .map_err(|e| Error::request("publishing stream credit", e))
+    }
+
     /// `payload` (the result of `what`) to `reply`, sent again until the front confirms it.
     async fn send_confirmed(
         &self,

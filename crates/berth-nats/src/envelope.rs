@@ -37,7 +37,10 @@ use crate::error::{Error, ErrorKind};
 mod pb {
     include!(concat!(env!("OUT_DIR"), "/berth.v1.rs"));
 }
-pub use pb::{broker_result::Outcome, BrokerError, BrokerInput, BrokerInputs, BrokerResult, BrokerResults};
+pub use pb::{
+    broker_result::Outcome, BrokerCredit, BrokerError, BrokerInput, BrokerInputs, BrokerItems, BrokerResult,
+    BrokerResults, StreamChunk,
+};
 
 /// The envelope version this crate writes and reads.
 pub const VERSION: u32 = 1;
@@ -63,6 +66,9 @@ pub struct Input {
     pub keep_result: bool,
     /// The caller's W3C trace context, as the envelope carries it (all zero: none).
     pub trace: Trace,
+    /// A generator's input or a web request: its items go to `reply` as they come
+    /// ([`StreamChunk`]), then its result; never retried.
+    pub stream: bool,
 }
 
 /// A W3C trace context as numbers (`BrokerInput`'s trace fields): the trace-id's big-endian
@@ -94,6 +100,7 @@ impl Input {
             trace_id_low: self.trace.trace_id_low,
             span_id: self.trace.span_id,
             trace_flags: self.trace.flags,
+            stream: self.stream,
         }
     }
 }
@@ -139,6 +146,7 @@ pub fn decode_inputs(payload: &[u8], delivered: u32) -> Result<Vec<Input>, Error
                 span_id: i.span_id,
                 flags: i.trace_flags,
             },
+            stream: i.stream,
         });
     }
     Ok(out)
@@ -166,6 +174,38 @@ pub fn encode_results(mut results: Vec<BrokerResult>) -> Bytes {
         }
     }
     Bytes::from(BrokerResults { version: VERSION, results }.encode_to_vec())
+}
+
+/// Encodes a stream input's items for its reply inbox ([`BrokerItems`]).
+pub fn encode_chunk(chunk: StreamChunk) -> Bytes {
+    Bytes::from(BrokerItems { version: VERSION, chunk: Some(chunk) }.encode_to_vec())
+}
+
+/// The items in what a worker published to a reply inbox, if it is a [`BrokerItems`] (told
+/// apart from results by its field 7); `Ok(None)` for anything else (a result, to
+/// [`decode_results`]).
+pub fn decode_chunk(payload: &[u8]) -> Result<Option<StreamChunk>, Error> {
+    let Ok(BrokerItems { version, chunk: Some(chunk) }) = BrokerItems::decode(payload) else {
+        return Ok(None);
+    };
+    known_version("items", version)?;
+    if chunk.input_id.is_empty() {
+        return Err(Error::new(ErrorKind::Decode, "items without an input id"));
+    }
+    Ok(Some(chunk))
+}
+
+/// Encodes a front's credit for a stream input.
+pub fn encode_credit(input_id: &str, attempt: u32, taken: u64) -> Bytes {
+    Bytes::from(BrokerCredit { version: VERSION, input_id: input_id.to_owned(), attempt, taken }.encode_to_vec())
+}
+
+/// Decodes a front's credit.
+pub fn decode_credit(payload: &[u8]) -> Result<BrokerCredit, Error> {
+    let c = BrokerCredit::decode(payload)
+        .map_err(|e| Error::new(ErrorKind::Decode, format!("not a berth credit ({e})")))?;
+    known_version("credit", c.version)?;
+    Ok(c)
 }
 
 /// Decodes what a worker published to a reply inbox: one [`BrokerResult`] or a
@@ -200,12 +240,18 @@ pub fn decode_result(payload: &[u8]) -> Result<BrokerResult, Error> {
 impl BrokerResult {
     /// A success of `attempt` of `input_id` returning CBOR `value`.
     pub fn value(input_id: impl Into<String>, attempt: u32, value: impl Into<Vec<u8>>) -> Self {
-        Self { version: VERSION, input_id: input_id.into(), attempt, outcome: Some(Outcome::Value(value.into())) }
+        Self {
+            version: VERSION,
+            input_id: input_id.into(),
+            attempt,
+            outcome: Some(Outcome::Value(value.into())),
+            items: 0,
+        }
     }
 
     /// A failure of `attempt` of `input_id`.
     pub fn error(input_id: impl Into<String>, attempt: u32, error: BrokerError) -> Self {
-        Self { version: VERSION, input_id: input_id.into(), attempt, outcome: Some(Outcome::Error(error)) }
+        Self { version: VERSION, input_id: input_id.into(), attempt, outcome: Some(Outcome::Error(error)), items: 0 }
     }
 }
 
@@ -228,6 +274,7 @@ mod tests {
             trace_id_low: 0xa3ce_929d_0e0e_4736,
             span_id: 0x00f0_67aa_0ba9_02b7,
             trace_flags: 1,
+            stream: false,
         }
     }
 
@@ -284,6 +331,31 @@ mod tests {
         assert!(decode_results(b"junk junk").is_err());
         let v9 = BrokerResults { version: 9, results: vec![a.clone(), a] }.encode_to_vec();
         assert!(decode_results(&v9).expect_err("v9").message.contains("version 9"));
+    }
+
+    #[test]
+    fn items_results_and_credit_are_told_apart() {
+        let chunk = StreamChunk {
+            input_id: "a".into(),
+            attempt: 2,
+            first: 8,
+            values: vec![vec![1], vec![2]],
+            credit_to: "_INBOX.w".into(),
+        };
+        let p = encode_chunk(chunk.clone());
+        assert_eq!(decode_chunk(&p).expect("items"), Some(chunk));
+        assert!(decode_results(&p).is_err(), "items are not a result");
+        let one = BrokerResult { items: 3, ..BrokerResult::value("a", 1, vec![1]) };
+        let two = vec![one.clone(), BrokerResult::value("b", 1, vec![2])];
+        for results in [vec![one.clone()], two] {
+            let p = encode_results(results.clone());
+            assert_eq!(decode_chunk(&p).expect("not items"), None, "results are not items");
+            assert_eq!(decode_results(&p).expect("results"), results);
+        }
+        let v9 = BrokerItems { version: 9, chunk: Some(StreamChunk { input_id: "a".into(), ..Default::default() }) };
+        assert!(decode_chunk(&v9.encode_to_vec()).expect_err("v9").message.contains("version 9"));
+        let c = decode_credit(&encode_credit("a", 2, 40)).expect("credit");
+        assert_eq!((c.input_id.as_str(), c.attempt, c.taken), ("a", 2, 40));
     }
 
     #[test]

@@ -23,13 +23,16 @@ use std::{
 };
 
 use futures_util::{FutureExt as _, StreamExt};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     broker::Broker,
-    envelope::{decode_results, BrokerResult},
+    envelope::{decode_chunk, decode_results, BrokerResult, StreamChunk},
     error::Error,
 };
+
+/// Stream inputs' items, by input id: where the router hands each [`StreamChunk`] it reads.
+type Streams = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<StreamChunk>>>>;
 
 /// What [`ResultTable::offer`] did with a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +132,7 @@ const CONFIRM_BATCH: usize = 4096;
 pub struct ResultRouter {
     inbox: String,
     table: Arc<Mutex<ResultTable>>,
+    streams: Streams,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -143,6 +147,8 @@ impl ResultRouter {
             .map_err(|e| Error::request(format!("subscribing to the result inbox {inbox}"), e))?;
         let table = Arc::new(Mutex::new(ResultTable::new(DEFAULT_KEEP)));
         let t = table.clone();
+        let streams: Streams = Arc::default();
+        let s = streams.clone();
         let client = broker.client().clone();
         let task = tokio::spawn(async move {
             // Confirmations gathered over what the inbox holds at once: one message per
@@ -151,7 +157,7 @@ impl ResultRouter {
             while let Some(msg) = sub.next().await {
                 let (mut next, mut read) = (Some(msg), 0);
                 while let Some(msg) = next.take() {
-                    Self::take(&t, msg, &mut confirms);
+                    Self::take(&t, &s, msg, &mut confirms);
                     read += 1;
                     if read < CONFIRM_BATCH {
                         next = sub.next().now_or_never().flatten();
@@ -165,15 +171,39 @@ impl ResultRouter {
                 }
             }
         });
-        Ok(Self { inbox, table, task })
+        Ok(Self { inbox, table, streams, task })
     }
 
     /// Offers one message of the inbox to the table, and notes its confirmation: every result
     /// read is confirmed, whatever the table did with it, so that the worker may ack the input.
     /// A confirmation lost (a reconnect) makes the worker send the result again, confirmed as
     /// a duplicate then.
-    fn take(table: &Mutex<ResultTable>, msg: async_nats::Message, confirms: &mut HashMap<String, Vec<u8>>) {
-        // One result, or several of one worker's delivery (crate::envelope): confirmed together.
+    fn take(
+        table: &Mutex<ResultTable>,
+        streams: &Mutex<HashMap<String, mpsc::UnboundedSender<StreamChunk>>>,
+        msg: async_nats::Message,
+        confirms: &mut HashMap<String, Vec<u8>>,
+    ) {
+        // A stream input's items (confirmed as results are: the worker sends its next ones, or
+        // its result, only after), or one result, or several of one worker's delivery
+        // (crate::envelope): confirmed together.
+        match decode_chunk(&msg.payload) {
+            Ok(Some(chunk)) => {
+                let streams = streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // None waiting (given up, or the items of an attempt after the end): dropped.
+                if let Some(to) = streams.get(&chunk.input_id) {
+                    let _ = to.send(chunk);
+                }
+                drop(streams);
+                Self::confirm(&msg, confirms);
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "dropped a message on the result inbox");
+                return;
+            }
+        }
         let results = match decode_results(&msg.payload) {
             Ok(r) => r,
             Err(e) => {
@@ -193,6 +223,11 @@ impl ResultRouter {
                 }
             }
         }
+        Self::confirm(&msg, confirms);
+    }
+
+    /// Notes `msg`'s confirmation, sent with the others read at once.
+    fn confirm(msg: &async_nats::Message, confirms: &mut HashMap<String, Vec<u8>>) {
         // `<prefix>.<token>`: the token joins the prefix's list.
         if let Some((prefix, token)) = msg.reply.as_deref().and_then(|r| r.rsplit_once('.')) {
             let tokens = confirms.entry(prefix.to_string()).or_default();
@@ -216,6 +251,20 @@ impl ResultRouter {
     /// Stops waiting for `input_id`.
     pub fn forget(&self, input_id: &str) {
         self.with_table(|t| t.forget(input_id));
+    }
+
+    /// The items of stream input `input_id`, as they come, in the order its worker sent them
+    /// (each message confirmed once read, as results are). Register before publishing the
+    /// input, with [`Self::register`] for its result, which comes after its items.
+    pub fn register_stream(&self, input_id: impl Into<String>) -> mpsc::UnboundedReceiver<StreamChunk> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(input_id.into(), tx);
+        rx
+    }
+
+    /// Stops taking `input_id`'s items (its stream ended).
+    pub fn forget_stream(&self, input_id: &str) {
+        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(input_id);
     }
 
     fn with_table<T>(&self, f: impl FnOnce(&mut ResultTable) -> T) -> T {

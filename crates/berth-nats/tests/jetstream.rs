@@ -896,3 +896,52 @@ async fn an_input_released_on_the_last_delivery_is_not_lost() {
     assert_eq!(again[0].inputs[0].attempt, 2);
     again[0].lease.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stream_inputs_items_reach_the_front_in_order_once_then_its_result_and_credit_reaches_the_worker() {
+    if !nats_here() {
+        return;
+    }
+    use berth_nats::envelope::StreamChunk;
+    use futures_util::StreamExt as _;
+    let front = Broker::connect(URL).await.unwrap();
+    let worker = Broker::connect(URL).await.unwrap();
+    let router = berth_nats::ResultRouter::start(&front).await.unwrap();
+    let mut items = router.register_stream("s-1");
+    let result = router.register("s-1");
+    let (credit_to, credits) = worker.credit_inbox().await.unwrap();
+    let mut credits = Box::pin(credits);
+    let chunk = |first: u64, values: &[u8]| StreamChunk {
+        input_id: "s-1".into(),
+        attempt: 1,
+        first,
+        values: values.iter().map(|v| vec![*v]).collect(),
+        credit_to: credit_to.clone(),
+    };
+    // Each send returns once the front confirmed it: the next goes after, and the result last.
+    worker.send_items(router.inbox(), chunk(0, &[0, 1]), None).await.unwrap();
+    worker.send_items(router.inbox(), chunk(2, &[2]), None).await.unwrap();
+    // Items of an input nobody follows are confirmed and dropped (the worker does not wait).
+    let stray = StreamChunk { input_id: "nobody".into(), ..chunk(0, &[9]) };
+    tokio::time::timeout(Duration::from_secs(5), worker.send_items(router.inbox(), stray, None))
+        .await
+        .expect("confirmed")
+        .unwrap();
+    let done = BrokerResult { items: 3, ..BrokerResult::value("s-1", 1, vec![0xf6]) };
+    worker.reply(router.inbox(), &done, None).await.unwrap();
+    const WAIT: Duration = Duration::from_secs(5);
+    let a = tokio::time::timeout(WAIT, items.recv()).await.unwrap().unwrap();
+    let b = tokio::time::timeout(WAIT, items.recv()).await.unwrap().unwrap();
+    assert_eq!((a.first, a.values.len(), b.first, b.values.len()), (0, 2, 2, 1), "in order, each once");
+    assert_eq!(a.credit_to, credit_to, "the front learns where to send credit");
+    let r = tokio::time::timeout(WAIT, result).await.unwrap().unwrap();
+    assert_eq!(r.items, 3, "the result says how many items came before it");
+    assert!(items.try_recv().is_err(), "nothing more");
+    // The front's credit, a running total, reaches the worker's subject.
+    front.send_credit(&credit_to, "s-1", 1, 8).await.unwrap();
+    front.send_credit(&credit_to, "s-1", 1, 16).await.unwrap();
+    let c1 = tokio::time::timeout(WAIT, credits.next()).await.unwrap().unwrap();
+    let c2 = tokio::time::timeout(WAIT, credits.next()).await.unwrap().unwrap();
+    assert_eq!((c1.input_id.as_str(), c1.attempt, c1.taken, c2.taken), ("s-1", 1, 8, 16));
+    router.forget_stream("s-1");
+}

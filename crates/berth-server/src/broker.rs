@@ -13,8 +13,15 @@
 //! (`keep_result`; berth-nats `SpawnResults`), keyed by the call id, which names the front
 //! ([`Front::call_id`]): GetResult on another front reads it there ([`Front::stored_result`]).
 //! At most [`FRONT_WINDOW`] inputs are in flight per front: results come back on core NATS,
-//! at most once, into a bounded inbox buffer. Generators and web requests are not through the
-//! broker yet: the front runs them in containers of its own, as without `--broker`.
+//! at most once, into a bounded inbox buffer. A generator's call and a web endpoint's request
+//! are stream inputs (`BrokerInput.stream`): the worker sends their items to the same inbox as
+//! they come, each message confirmed before the next, as far as the front's caller has taken
+//! them plus a window ([`forward`], [`STREAM_WINDOW`]; the front's credit, [`follow`]), then the
+//! result with the count of items, so none goes missing unseen. A stream input's worker lost
+//! before it sent an item is replaced by its redelivery, unseen; after, the caller gets the items
+//! it had and then `InputLostError` (a generator does not run again once it has yielded). A
+//! request for a web app with a server of its own (`@webServer`, `@nodeApp`) is proxied to it
+//! over HTTP, which NATS does not carry: the front runs those in containers of its own.
 //!
 //! **Worker** (`berth worker --broker URL`, [`start_worker`]): the control plane's scheduler,
 //! host and supervisor with no caller-facing listener beyond the loopback one its containers
@@ -96,10 +103,36 @@ pub(crate) struct Front {
     /// The apps served, and the connection: cancels go to their workers ([`Front::cancel`]).
     apps: Vec<String>,
     broker: Broker,
+    /// Stream inputs running on workers, by local input id: their callers' credit and
+    /// cancels go to the worker ([`Front::credit`], [`Front::abandon`]).
+    follows: Follows,
+}
+
+/// A front's stream inputs running on workers ([`follow`]), by local input id.
+type Follows = Arc<Mutex<std::collections::HashMap<InputId, Arc<Following>>>>;
+
+/// A stream input of this front (a generator's, a web request's) as its worker runs it.
+pub(crate) struct Following {
+    input_id: String,
+    fc: String,
+    app: String,
+    state: Mutex<FollowState>,
+}
+
+#[derive(Default)]
+struct FollowState {
+    /// The attempt whose items the caller gets (0: none yet).
+    attempt: u32,
+    /// Where that attempt's worker hears credit.
+    credit_to: String,
+    /// Items of that attempt the caller has taken.
+    taken: u64,
 }
 
 struct Outgoing {
     names: Arc<BrokerNames>,
+    /// The app the input's function is of (a stream input's cancel goes to its workers).
+    app: Arc<str>,
     /// The pool's inputs per message at most (`berth_nats::inputs_per_message`).
     per_message: usize,
     input: BrokerInput,
@@ -129,11 +162,12 @@ impl Front {
         let router = Arc::new(ResultRouter::start(&broker).await.map_err(broker_error)?);
         let (outgoing, rx) = mpsc::unbounded_channel();
         let inbox = router.inbox().to_string();
-        tokio::spawn(publish(broker.clone(), router, rx));
+        let follows = Follows::default();
+        tokio::spawn(publish(broker.clone(), router, rx, follows.clone()));
         let prefix = format!("{:016x}", crate::plane::rand_token());
         tracing::info!(url = %url, "berth: front: inputs go through NATS JetStream");
         let ids = CallIds(prefix.clone());
-        Ok(Arc::new(Self { inbox, prefix, ids, outgoing, results, apps, broker }))
+        Ok(Arc::new(Self { inbox, prefix, ids, outgoing, results, apps, broker, follows }))
     }
 
     /// Tells the workers that call `fc` (this front's or another's) is cancelled: its inputs
@@ -148,6 +182,32 @@ impl Front {
                 }
             }
         });
+    }
+
+    /// The caller of stream input `input` took `n` more items: the worker running it may send
+    /// as many more (`BrokerCredit`, a running total).
+    pub(crate) fn credit(&self, input: InputId, n: u32) {
+        let Some(f) = lock(&self.follows).get(&input).cloned() else { return };
+        let (to, attempt, taken) = {
+            let mut st = lock(&f.state);
+            st.taken += u64::from(n);
+            (st.credit_to.clone(), st.attempt, st.taken)
+        };
+        if !to.is_empty() {
+            let broker = self.broker.clone();
+            tokio::spawn(async move {
+                let _ = broker.send_credit(&to, &f.input_id, attempt, taken).await;
+            });
+        }
+    }
+
+    /// The caller of stream input `input` went away before its end: its call is cancelled on
+    /// the worker (which ends the generator, aborting its signal).
+    pub(crate) fn abandon(&self, input: InputId) {
+        let fc = lock(&self.follows).get(&input).map(|f| f.fc.clone());
+        if let Some(fc) = fc {
+            self.cancel(&fc);
+        }
     }
 
     /// A call id of this front: `fc-<prefix>-<n>`, unique across fronts.
@@ -212,10 +272,11 @@ impl CallIds {
     }
 }
 
-/// `FunctionsSvc::submit_many`'s broker hook, under the state lock: inputs whose waiter takes
-/// one result are published (their local ids allotted here, so a Spawn's slot learns its
-/// input as without a broker); `Ok` with the last input id then. Any other waiter (a
-/// generator's items, a web request) stays local: `Err` gives the inputs back. The caller's
+/// `FunctionsSvc::submit_many`'s broker hook, under the state lock: inputs are published
+/// (their local ids allotted here, so a Spawn's slot learns its input as without a broker);
+/// `Ok` with the last input id then. A generator's input or a web endpoint's request is a
+/// stream input: its items come back as the worker sends them ([`follow`]). A request for a
+/// web app with a server of its own stays local: `Err` gives the inputs back. The caller's
 /// trace context travels in each input's envelope; the worker's input continues it.
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn divert(
@@ -228,13 +289,16 @@ pub(crate) fn divert(
     inputs: Vec<(Vec<u8>, Waiter)>,
     trace: Option<TraceContext>,
 ) -> Result<InputId, Vec<(Vec<u8>, Waiter)>> {
-    if !inputs.iter().all(|(_, w)| matches!(w, Waiter::Call(_) | Waiter::Map(..) | Waiter::None)) {
+    if !inputs.iter().all(|(_, w)| {
+        matches!(w, Waiter::Call(_) | Waiter::Map(..) | Waiter::None | Waiter::Stream(_) | Waiter::Web(_))
+    }) {
         return Err(inputs);
     }
     let Some((def, params)) = st.pools.get(&pool).and_then(|p| Some((shared.def(p.def)?, p.params.clone()))) else {
         return Err(inputs);
     };
     let pool_names = Arc::new(names(&def.app, &def.name));
+    let app: Arc<str> = Arc::from(def.app.as_str());
     let per_message = berth_nats::inputs_per_message(&def.spec);
     let method_name =
         if def.is_class { def.methods.get(method as usize).cloned().unwrap_or_default() } else { String::new() };
@@ -247,6 +311,7 @@ pub(crate) fn divert(
         st.next_input += 1;
         last = st.next_input;
         let spawned = matches!(waiter, Waiter::None).then(|| (Arc::downgrade(shared), fc.to_string()));
+        let stream = matches!(waiter, Waiter::Stream(_) | Waiter::Web(_));
         let input = BrokerInput {
             input_id: format!("{}-{last}", front.prefix),
             function_call_id: fc.to_string(),
@@ -261,8 +326,17 @@ pub(crate) fn divert(
             trace_id_low,
             span_id: trace.span(),
             trace_flags: u32::from(trace.flags),
+            stream,
         };
-        out.push(Outgoing { names: pool_names.clone(), per_message, input, local: last, waiter, spawned });
+        out.push(Outgoing {
+            names: pool_names.clone(),
+            app: app.clone(),
+            per_message,
+            input,
+            local: last,
+            waiter,
+            spawned,
+        });
     }
     let _ = front.outgoing.send(out);
     if let Some(slot) = st.calls.get_mut(fc) {
@@ -279,7 +353,12 @@ const READY_AT_ONCE: usize = 4096;
 /// pool's `inputs_per_message` and [`berth_nats::broker::MAX_MESSAGE_BYTES`], registers each
 /// input with the router, publishes, and answers each input's waiter when its result comes.
 /// At most [`FRONT_WINDOW`] inputs are in flight.
-async fn publish(broker: Broker, router: Arc<ResultRouter>, mut rx: mpsc::UnboundedReceiver<Vec<Outgoing>>) {
+async fn publish(
+    broker: Broker,
+    router: Arc<ResultRouter>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
+    follows: Follows,
+) {
     let window = Arc::new(Semaphore::new(FRONT_WINDOW));
     let mut ready: Vec<Outgoing> = Vec::new();
     // Messages being filled, one per pool (by subject); few pools are ready at once.
@@ -307,7 +386,7 @@ async fn publish(broker: Broker, router: Arc<ResultRouter>, mut rx: mpsc::Unboun
             {
                 let full = std::mem::take(message);
                 *size = 0;
-                send_message(&broker, &router, &window, full).await;
+                send_message(&broker, &router, &window, &follows, full).await;
             }
             let (message, size) = &mut open[at];
             message.push(out);
@@ -315,14 +394,20 @@ async fn publish(broker: Broker, router: Arc<ResultRouter>, mut rx: mpsc::Unboun
         }
         for (message, _) in open.drain(..) {
             if !message.is_empty() {
-                send_message(&broker, &router, &window, message).await;
+                send_message(&broker, &router, &window, &follows, message).await;
             }
         }
     }
 }
 
 /// Publishes one message of a pool's inputs and answers each waiter as its result comes.
-async fn send_message(broker: &Broker, router: &Arc<ResultRouter>, window: &Arc<Semaphore>, message: Vec<Outgoing>) {
+async fn send_message(
+    broker: &Broker,
+    router: &Arc<ResultRouter>,
+    window: &Arc<Semaphore>,
+    follows: &Follows,
+    message: Vec<Outgoing>,
+) {
     let n = message.len();
     let Ok(permits) = window.clone().acquire_many_owned(n as u32).await else { return };
     // Given back one by one as results come (add_permits), not all at the message's end.
@@ -330,14 +415,27 @@ async fn send_message(broker: &Broker, router: &Arc<ResultRouter>, window: &Arc<
     let names = message[0].names.clone();
     let mut inputs = Vec::with_capacity(n);
     let mut waiting = Vec::with_capacity(n);
+    let mut streams = Vec::new();
     for out in message {
-        let Outgoing { input, local, waiter, spawned, .. } = out;
+        let Outgoing { input, local, waiter, spawned, app, .. } = out;
         let result = router.register(input.input_id.clone());
-        waiting.push((input.input_id.clone(), result, local, waiter, spawned));
+        if input.stream {
+            let chunks = router.register_stream(input.input_id.clone());
+            let f = Arc::new(Following {
+                input_id: input.input_id.clone(),
+                fc: input.function_call_id.clone(),
+                app: app.to_string(),
+                state: Mutex::default(),
+            });
+            lock(follows).insert(local, f.clone());
+            streams.push((f, chunks, result, local, waiter));
+        } else {
+            waiting.push((input.input_id.clone(), result, local, waiter, spawned));
+        }
         inputs.push(input);
     }
     let pending = broker.start_publish(&names, inputs).await;
-    let (router, window) = (router.clone(), window.clone());
+    let (router, window, follows, broker) = (router.clone(), window.clone(), follows.clone(), broker.clone());
     tokio::spawn(async move {
         let published = match pending {
             Err(e) => Err(e),
@@ -348,8 +446,26 @@ async fn send_message(broker: &Broker, router: &Arc<ResultRouter>, window: &Arc<
                 router.forget(&id);
                 answer_waiter(spawned, local, waiter, error("Error", e.message.clone()));
             }
+            for (f, _, _, local, waiter) in streams {
+                router.forget(&f.input_id);
+                router.forget_stream(&f.input_id);
+                lock(&follows).remove(&local);
+                waiter.send(error("Error", e.message.clone()));
+            }
             window.add_permits(n);
             return;
+        }
+        for (f, chunks, result, local, waiter) in streams {
+            let (router, window, follows, broker) = (router.clone(), window.clone(), follows.clone(), broker.clone());
+            tokio::spawn(async move {
+                let result = follow(&broker, &f, chunks, result, waiter).await;
+                router.forget_stream(&f.input_id);
+                lock(&follows).remove(&local);
+                if result.is_err() {
+                    router.forget(&f.input_id);
+                }
+                window.add_permits(1);
+            });
         }
         let mut results: futures_util::stream::FuturesUnordered<_> = waiting
             .into_iter()
@@ -364,6 +480,134 @@ async fn send_message(broker: &Broker, router: &Arc<ResultRouter>, window: &Arc<
             window.add_permits(1);
         }
     });
+}
+
+/// How often a front says its caller's credit again while a stream input's worker sends
+/// nothing (a credit lost on the way would stall it: each says the running total), which also
+/// tells the worker the front is there ([`FRONT_SILENT`]).
+const CREDIT_AGAIN: Duration = Duration::from_secs(1);
+
+/// Follows a stream input running on a worker: its items to the caller's stream as they come,
+/// in order, each once (a worker sends a message of them again until confirmed; what the
+/// caller has already is dropped by position), then its result. A redelivered input (its
+/// worker lost) starts its items again: taken up only if the caller has had none; else the
+/// stream ends with an error, and the call is cancelled: a generator does not run again once
+/// it has yielded. `Err` when it ended so.
+async fn follow(
+    broker: &Broker,
+    f: &Following,
+    mut chunks: mpsc::UnboundedReceiver<berth_nats::envelope::StreamChunk>,
+    mut result: oneshot::Receiver<BrokerResult>,
+    waiter: Waiter,
+) -> Result<(), ()> {
+    let (Waiter::Stream(out) | Waiter::Web(out)) = &waiter else {
+        waiter.send(error("Error", "a stream input without a stream"));
+        return Err(());
+    };
+    let out = out.clone();
+    // Items of the followed attempt the caller has.
+    let mut next: u64 = 0;
+    let lost = |next: u64| {
+        error(
+            "InputLostError",
+            format!(
+                "the worker running call {} was lost after it had sent {next} items; a generator does not run again once it has yielded",
+                f.fc
+            ),
+        )
+    };
+    // One chunk: its new items to the caller (what it has already dropped); Err when the
+    // stream cannot go on.
+    let take = |c: berth_nats::envelope::StreamChunk, next: &mut u64| -> Result<(), pb::Result> {
+        let mut st = lock(&f.state);
+        if c.attempt != st.attempt {
+            if c.attempt < st.attempt {
+                return Ok(()); // a late message of an earlier attempt
+            }
+            if *next > 0 {
+                return Err(lost(*next));
+            }
+            (st.attempt, st.taken) = (c.attempt, 0);
+        }
+        st.credit_to = c.credit_to;
+        drop(st);
+        if c.first > *next {
+            return Err(error(
+                "InputLostError",
+                format!("items {}..{} of call {} never came (NATS lost them)", *next, c.first, f.fc),
+            ));
+        }
+        let skip = (*next - c.first) as usize;
+        for v in c.values.into_iter().skip(skip) {
+            let _ = out.send(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) }));
+            *next += 1;
+        }
+        Ok(())
+    };
+    let mut again = tokio::time::interval(CREDIT_AGAIN);
+    again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = loop {
+        tokio::select! {
+            biased;
+            Some(c) = chunks.recv() => {
+                if let Err(e) = take(c, &mut next) {
+                    break Err(e);
+                }
+                again.reset();
+            }
+            r = &mut result => {
+                // Its items came before it (one subject, one sender): the last may wait here.
+                let mut failed = None;
+                while let Ok(c) = chunks.try_recv() {
+                    if let Err(e) = take(c, &mut next) {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    break Err(e);
+                }
+                let attempt = lock(&f.state).attempt;
+                break match r {
+                    Err(_) => Ok(error("Error", "the front stopped before the input's result came")),
+                    Ok(r) if attempt != 0 && r.attempt != attempt && next > 0 => Err(lost(next)),
+                    Ok(r) if (attempt == 0 || r.attempt == attempt) && r.items != next => Err(error(
+                        "InputLostError",
+                        format!("call {} sent {} items and {next} came (NATS lost the rest)", f.fc, r.items),
+                    )),
+                    Ok(r) => Ok(to_pb(r)),
+                };
+            }
+            _ = again.tick() => {
+                let (to, attempt, taken) = {
+                    let st = lock(&f.state);
+                    (st.credit_to.clone(), st.attempt, st.taken)
+                };
+                // Also unchanged: the worker waiting for credit hears the caller is still there.
+                if !to.is_empty() {
+                    let _ = broker.send_credit(&to, &f.input_id, attempt, taken).await;
+                }
+            }
+        }
+    };
+    drop(out);
+    match end {
+        Ok(r) => {
+            waiter.send(r);
+            Ok(())
+        }
+        Err(e) => {
+            // The attempt running now, if any, has no one to send to.
+            let fc = f.fc.clone();
+            let broker = broker.clone();
+            let app = f.app.clone();
+            tokio::spawn(async move {
+                let _ = broker.cancel_calls(&app, &[fc]).await;
+            });
+            waiter.send(e);
+            Err(())
+        }
+    }
 }
 
 /// A result from a worker as the control plane's callers get it.
@@ -578,9 +822,9 @@ pub async fn start_worker(
         }
         wanted.insert(name);
     }
-    // Every pool named, web endpoints and generators included: their other calls (a class's
-    // plain methods, `.remote()` of an endpoint) come through the broker; their streamed ones
-    // stay on the front and never reach a worker.
+    // Every pool named, web endpoints and generators included (their items come back through
+    // NATS: `forward`); a web app with a server of its own is proxied by the front, on its own
+    // containers, and never reaches a worker.
     let served: Vec<FunctionDef> =
         registry.functions.into_iter().filter(|d| wanted.is_empty() || wanted.contains(d.name.as_str())).collect();
     let broker = connect_pools(url, served.iter()).await?;
@@ -595,6 +839,8 @@ pub async fn start_worker(
     let shared = plane.shared().clone();
     let (stop, stopped) = watch::channel(false);
     let mut worker = Worker { broker: broker.clone(), stop, feeders: Vec::new(), held: Vec::new(), pools: Vec::new() };
+    // One subject for fronts' credit to every stream input running here.
+    let credits = StreamCredits::start(&broker, stopped.clone()).await?;
     // One listener per app for the calls fronts cancel (`Cancels`).
     let mut cancels: Vec<(String, Arc<Cancels>)> = Vec::new();
     for def in &served {
@@ -626,6 +872,7 @@ pub async fn start_worker(
             results: tokio::sync::OnceCell::new(),
             result_ttl,
             cancels,
+            credits: credits.clone(),
         };
         worker.feeders.push(tokio::spawn(feeder.run(consumer)));
     }
@@ -651,6 +898,158 @@ struct Feeder {
     result_ttl: Duration,
     /// The app's cancelled calls, and its inputs running here by call.
     cancels: Arc<Cancels>,
+    /// Fronts' credit for the stream inputs running here ([`forward`]).
+    credits: Arc<StreamCredits>,
+}
+
+/// Items a worker sends a front beyond what the front's caller has taken, at most (its
+/// container's generator runs at most `GEN_WINDOW`, src/run/pool.ts, ahead of what the worker
+/// sent): a slow caller holds the generator back across machines as it does on one.
+const STREAM_WINDOW: u64 = 16;
+
+/// Items a worker sends in one message at most.
+const CHUNK_ITEMS: usize = 64;
+
+/// A worker waiting for a front's credit that has heard nothing from it this long takes it for
+/// gone (it says its credit every [`CREDIT_AGAIN`]) and ends the stream input.
+const FRONT_SILENT: Duration = Duration::from_secs(30);
+
+/// A worker's one subject for fronts' credit (berth-nats `Broker::credit_inbox`), and the
+/// stream inputs running here that wait on it, by input id.
+pub(crate) struct StreamCredits {
+    inbox: String,
+    waiting: Mutex<std::collections::HashMap<String, (u32, watch::Sender<u64>)>>,
+}
+
+impl StreamCredits {
+    async fn start(broker: &Broker, mut stop: watch::Receiver<bool>) -> io::Result<Arc<Self>> {
+        let (inbox, heard) = broker.credit_inbox().await.map_err(broker_error)?;
+        let this = Arc::new(Self { inbox, waiting: Mutex::default() });
+        let me = this.clone();
+        tokio::spawn(async move {
+            tokio::pin!(heard);
+            loop {
+                tokio::select! {
+                    c = futures_util::StreamExt::next(&mut heard) => match c {
+                        Some(c) => {
+                            if let Some((attempt, taken)) = lock(&me.waiting).get(&c.input_id) {
+                                if *attempt == c.attempt {
+                                    // Heard even when unchanged: the front is there.
+                                    taken.send_modify(|t| *t = (*t).max(c.taken));
+                                }
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Ok(this)
+    }
+
+    /// What the front's caller of `input_id`'s attempt `attempt` has taken, as it changes.
+    fn watch(&self, input_id: &str, attempt: u32) -> watch::Receiver<u64> {
+        let (tx, rx) = watch::channel(0);
+        lock(&self.waiting).insert(input_id.to_owned(), (attempt, tx));
+        rx
+    }
+
+    fn forget(&self, input_id: &str) {
+        lock(&self.waiting).remove(input_id);
+    }
+}
+
+/// Sends a stream input's items to its front as they come and as the front's credit allows,
+/// each message confirmed before the next (berth-nats `Broker::send_items`), giving the local
+/// generator credit for what left; then hands on its outcome (`done`) with the count of items
+/// sent, which its result carries. A front that stops confirming (gone) cancels the input.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    broker: Broker,
+    shared: Arc<Shared>,
+    credits: Arc<StreamCredits>,
+    cancels: Arc<Cancels>,
+    input: berth_nats::Input,
+    local: InputId,
+    mut items: mpsc::UnboundedReceiver<Result<pb::StreamItem, tonic::Status>>,
+    settled: oneshot::Receiver<(Option<Outcome>, pb::Result)>,
+    done: oneshot::Sender<((Option<Outcome>, pb::Result), u64)>,
+) {
+    let mut taken = credits.watch(&input.input_id, input.attempt);
+    let mut sent: u64 = 0;
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut closed = false;
+    let mut failed = false;
+    loop {
+        if !closed && pending.is_empty() {
+            tokio::select! {
+                item = items.recv() => match item {
+                    Some(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) })) => pending.push(v),
+                    Some(_) => {}
+                    None => closed = true,
+                },
+                // Nothing to send: credit only matters with items.
+                _ = taken.changed() => {}
+            }
+        }
+        while !closed && pending.len() < CHUNK_ITEMS {
+            match items.try_recv() {
+                Ok(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Value(v)) })) => pending.push(v),
+                Ok(_) => {}
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+            }
+        }
+        if pending.is_empty() {
+            if closed {
+                break;
+            }
+            continue;
+        }
+        let room = (*taken.borrow() + STREAM_WINDOW).saturating_sub(sent) as usize;
+        if room == 0 {
+            // The caller reads slowly: wait for its credit (the lease is kept by run_delivery),
+            // unless the front is gone or the call was cancelled (its caller went away).
+            if !matches!(tokio::time::timeout(FRONT_SILENT, taken.changed()).await, Ok(Ok(()))) {
+                tracing::warn!(
+                    "berth worker: no word from the front of input {} for {} s: its stream ends",
+                    input.input_id,
+                    FRONT_SILENT.as_secs()
+                );
+                failed = true;
+                break;
+            }
+            if cancels.cancelled(&input.function_call_id) {
+                failed = true;
+                break;
+            }
+            continue;
+        }
+        let n = room.min(pending.len()).min(CHUNK_ITEMS);
+        let values: Vec<Vec<u8>> = pending.drain(..n).collect();
+        let chunk = berth_nats::envelope::StreamChunk {
+            input_id: input.input_id.clone(),
+            attempt: input.attempt,
+            first: sent,
+            values,
+            credit_to: credits.inbox.clone(),
+        };
+        if let Err(e) = broker.send_items(&input.reply, chunk, None).await {
+            tracing::warn!("berth worker: {e}");
+            failed = true;
+            break;
+        }
+        sent += n as u64;
+        crate::functions::grant(&shared, local, n as u32);
+    }
+    credits.forget(&input.input_id);
+    if failed {
+        // Nobody takes its items: the generator ends (its signal aborted).
+        let _ = shared.commands.send(Command::Cancel(vec![local]));
+    }
+    let outcome = settled.await.unwrap_or((None, error("Error", "the worker's control plane stopped")));
+    let _ = done.send((outcome, sent));
 }
 
 /// How long a worker remembers a cancelled call: its inputs still in the stream are answered
@@ -833,7 +1232,12 @@ impl Feeder {
             self.cancels.finished(&fc, ids);
         }
         let mut fates = Vec::with_capacity(n);
-        for (input, result) in d.inputs.iter().zip(outcomes) {
+        for (input, waited) in d.inputs.iter().zip(outcomes) {
+            // A stream input's result says how many items it sent before it (berth-nats).
+            let (result, items) = match waited {
+                Ok((r, items)) => (Ok(r), items),
+                Err(e) => (Err(e), 0),
+            };
             if self.cancels.cancelled(&input.function_call_id) {
                 // Cancelled by its caller (before it came here, or while it ran): answered so,
                 // and acked, never run again.
@@ -855,8 +1259,19 @@ impl Feeder {
             } else {
                 self.policy.max_retries
             };
-            fates.push(match settle(outcome, input.attempt, retries, d.last_attempt_of(input)) {
-                Settle::Reply => Fate::Reply(to_broker(&input.input_id, input.attempt, result)),
+            let fate = match settle(outcome, input.attempt, retries, d.last_attempt_of(input)) {
+                // A stream input is not run again once it has begun: its caller has its items.
+                Settle::Retry | Settle::Release
+                    if input.stream && (items > 0 || outcome != Some(Outcome::Cancelled)) =>
+                {
+                    Settle::Reply
+                }
+                fate => fate,
+            };
+            fates.push(match fate {
+                Settle::Reply => {
+                    Fate::Reply(BrokerResult { items, ..to_broker(&input.input_id, input.attempt, result) })
+                }
                 Settle::Retry => Fate::Retry(self.policy.delay_for(input.attempt)),
                 Settle::Release => Fate::Release,
             });
@@ -927,11 +1342,8 @@ impl Feeder {
     /// parameters together (one `.map()`'s inputs in one message: one submission). Returns
     /// where each input's outcome comes, and the local input ids (to withdraw them).
     #[allow(clippy::type_complexity)]
-    fn submit(
-        &self,
-        inputs: &[berth_nats::Input],
-    ) -> (Vec<oneshot::Receiver<(Option<Outcome>, pb::Result)>>, Vec<(String, (InputId, InputId))>) {
-        let mut waits = Vec::with_capacity(inputs.len());
+    fn submit(&self, inputs: &[berth_nats::Input]) -> (Vec<Outcomes>, Vec<(String, (InputId, InputId))>) {
+        let mut waits: Vec<Outcomes> = Vec::with_capacity(inputs.len());
         let mut local = Vec::new();
         let svc = FunctionsSvc { shared: self.shared.clone() };
         let mut i = 0;
@@ -953,7 +1365,7 @@ impl Feeder {
                 for _ in group {
                     let (tx, rx) = oneshot::channel();
                     let _ = tx.send((Some(Outcome::Cancelled), error("InputCancelledError", "cancelled")));
-                    waits.push(rx);
+                    waits.push(counted(rx));
                 }
                 continue;
             }
@@ -965,7 +1377,7 @@ impl Feeder {
                         Some(Outcome::Lost),
                         error("InvalidError", format!("class '{}' has no method '{}'", self.def.name, first.method)),
                     ));
-                    waits.push(rx);
+                    waits.push(counted(rx));
                 }
                 continue;
             };
@@ -978,18 +1390,49 @@ impl Feeder {
                 for _ in group {
                     let (tx, rx) = oneshot::channel();
                     let _ = tx.send((None, error("Error", "the worker's app was replaced")));
-                    waits.push(rx);
+                    waits.push(counted(rx));
                 }
                 continue;
             };
+            let t = first.trace;
+            let trace = TraceContext::from_parts(t.trace_id_high, t.trace_id_low, t.span_id, t.flags);
+            if first.stream {
+                // A generator's input, a web request: each alone, its items sent on as they come.
+                for input in group {
+                    let (items_tx, items) = mpsc::unbounded_channel();
+                    let (settled_tx, settled) = oneshot::channel();
+                    let (done, wait) = oneshot::channel();
+                    waits.push(Box::pin(wait));
+                    let fc = input.function_call_id.clone();
+                    let batch = vec![(input.args.to_vec(), Waiter::Forward(items_tx, settled_tx))];
+                    let local_id = svc.submit_many(pool, method, fc.clone(), batch, true, Some(trace));
+                    if local_id != 0 {
+                        self.cancels.started(&fc, (local_id, local_id));
+                        if self.cancels.cancelled(&fc) {
+                            let _ = self.shared.commands.send(Command::Cancel(vec![local_id]));
+                        }
+                        local.push((fc, (local_id, local_id)));
+                    }
+                    tokio::spawn(forward(
+                        self.broker.clone(),
+                        self.shared.clone(),
+                        self.credits.clone(),
+                        self.cancels.clone(),
+                        input.clone(),
+                        local_id,
+                        items,
+                        settled,
+                        done,
+                    ));
+                }
+                continue;
+            }
             let mut batch = Vec::with_capacity(group.len());
             for input in group {
                 let (tx, rx) = oneshot::channel();
-                waits.push(rx);
+                waits.push(counted(rx));
                 batch.push((input.args.to_vec(), Waiter::Settled(tx)));
             }
-            let t = first.trace;
-            let trace = TraceContext::from_parts(t.trace_id_high, t.trace_id_low, t.span_id, t.flags);
             let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true, Some(trace));
             // One submission's inputs take consecutive ids, the last returned (0: none taken).
             if last != 0 {
@@ -1005,6 +1448,20 @@ impl Feeder {
         }
         (waits, local)
     }
+}
+
+/// Where a pulled input's outcome comes, with the count of items it sent (a stream input's;
+/// 0 for any other).
+type Outcomes = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<((Option<Outcome>, pb::Result), u64), oneshot::error::RecvError>>
+            + Send,
+    >,
+>;
+
+/// An input's outcome, with no items.
+fn counted(rx: oneshot::Receiver<(Option<Outcome>, pb::Result)>) -> Outcomes {
+    Box::pin(async move { rx.await.map(|r| (r, 0)) })
 }
 
 /// One attempt's result as it goes back to the front.

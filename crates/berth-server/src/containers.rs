@@ -146,7 +146,9 @@ fn yielded(shared: &Shared, cid: u32, items: pb::Items) {
     if st.running.get(&items.input_id) != Some(&cid) {
         return;
     }
-    let Some(Input { waiter: Waiter::Stream(out) | Waiter::Web(out), .. }) = st.inputs.get(&items.input_id) else {
+    let Some(Input { waiter: Waiter::Stream(out) | Waiter::Web(out) | Waiter::Forward(out, _), .. }) =
+        st.inputs.get(&items.input_id)
+    else {
         return;
     };
     for value in items.values {

@@ -603,15 +603,26 @@ impl Drop for StreamItems {
         if st.inputs.contains_key(&self.input) {
             // Under the lock: after the input's submission.
             let _ = self.shared.commands.send(Command::Cancel(vec![self.input]));
+        } else if let Some(front) = &self.shared.front {
+            // Broker mode: the stream input runs on a worker; its call is cancelled there.
+            drop(st);
+            front.abandon(self.input);
         }
     }
 }
 
 /// Credit for `n` more items to the container running generator input `input`. Sent at once,
 /// not queued behind executions waiting for a slot: the generator holds its slot until it ends.
-fn grant(shared: &Shared, input: InputId, n: u32) {
+pub(crate) fn grant(shared: &Shared, input: InputId, n: u32) {
     let st = shared.lock();
-    let Some(cid) = st.running.get(&input) else { return };
+    let Some(cid) = st.running.get(&input) else {
+        drop(st);
+        // Broker mode: a front's stream input runs on a worker, which hears it there.
+        if let Some(front) = &shared.front {
+            front.credit(input, n);
+        }
+        return;
+    };
     if let Some(tx) = st.links.get(cid).and_then(|l| l.tx.as_ref()) {
         let credit = pb::StreamCredit { input_id: input, items: n };
         let _ = tx.send(Ok(pb::ControlMessage { msg: Some(pb::control_message::Msg::StreamCredit(credit)) }));

@@ -390,6 +390,12 @@ pub(crate) enum Waiter {
     /// A broker worker's input (broker.rs): the result with the scheduler's outcome, which
     /// decides how its lease is settled; `None` when the input was answered otherwise.
     Settled(oneshot::Sender<(Option<Outcome>, pb::Result)>),
+    /// A broker worker's stream input (a generator's, a web request's; broker.rs `forward`):
+    /// its items go to the channel as they come, and its result as `Settled`'s does.
+    Forward(
+        mpsc::UnboundedSender<Result<pb::StreamItem, tonic::Status>>,
+        oneshot::Sender<(Option<Outcome>, pb::Result)>,
+    ),
 }
 
 impl Waiter {
@@ -412,7 +418,7 @@ impl Waiter {
             Waiter::Proxy(_, out) => {
                 let _ = out.send(result);
             }
-            Waiter::Settled(out) => {
+            Waiter::Settled(out) | Waiter::Forward(_, out) => {
                 let _ = out.send((None, result));
             }
             Waiter::Web(out) => {
@@ -937,7 +943,7 @@ impl ResultSink for Host {
             st.finished_calls.push_back((Instant::now(), rec.call.fc.clone()));
         }
         match rec.waiter {
-            Waiter::Settled(out) => {
+            Waiter::Settled(out) | Waiter::Forward(_, out) => {
                 let _ = out.send((Some(outcome), result));
             }
             waiter => waiter.send(result),
