@@ -476,7 +476,7 @@ test.serial("broker mode: a caller's traceparent travels in the envelope to the 
 
 type Count = (n: number, fail?: boolean, pad?: number) => AsyncGenerator<{ i: number; by: string }>
 
-test.serial('broker mode: generators and web endpoints run on a worker: items come back through NATS in order, a slow reader holds the generator back, one that leaves ends it, a throw arrives after the items', async (t) => {
+test.serial('broker mode: generators, web endpoints and fetch apps run on a worker: items come back through NATS in order, a slow reader holds the generator back, one that leaves ends it, a throw arrives after the items', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const f = await runsFront(t)
   if (!f) return
@@ -523,6 +523,9 @@ test.serial('broker mode: generators and web endpoints run on a worker: items co
   const who = await within(60_000, fetch(`${http}/${p.app}/who`), 'GET who')
   t.is(who.status, 200)
   t.deepEqual(await who.json(), { by: 'W' })
+  const api = await within(60_000, fetch(`${http}/${p.app}/api/some/where`), 'GET api')
+  t.is(api.headers.get('x-from'), 'api')
+  t.like(await api.json(), { by: 'W' })
   const nd = await within(60_000, fetch(`${http}/${p.app}/words`, { method: 'POST', body: '{"text":"a b c"}', headers: { 'content-type': 'application/json' } }), 'POST words')
   t.regex(nd.headers.get('content-type') ?? '', /^application\/x-ndjson/)
   t.is(await nd.text(), '{"w":"a","by":"W"}\n{"w":"b","by":"W"}\n{"w":"c","by":"W"}\n')
