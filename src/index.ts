@@ -22,6 +22,7 @@ export {
 export type { FetchHandler } from './define/decorators.ts'
 export type { WebAppOptions, WebEndpointOptions, WebServerOptions } from './define/options.ts'
 export { Retries, type RetriesOptions } from './define/retries.ts'
+export { Cron, Period } from './define/schedule.ts'
 export { currentFunctionCallId, currentInput, currentInputId, isLocal } from './run/context.ts'
 export {
   BerthError,

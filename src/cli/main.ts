@@ -479,6 +479,8 @@ async function serve(args: string[]): Promise<number> {
       appFile: file,
       broker,
       logFormat,
+      // Scheduled functions run under `berth serve` only (README "Schedules").
+      schedules: true,
     })
   } catch (e) {
     say(process.stderr, (e as Error).message, 'error', true)

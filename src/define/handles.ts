@@ -41,6 +41,19 @@ export class FunctionHandleImpl extends Invocable {
       }
       web = { ...validateWebEndpoint(opts.webEndpoint, where), takesRequest: takesRequest(fn, where) }
     }
+    if (opts.schedule !== undefined) {
+      const arity = arityOf(fn)
+      if (web || batched || gen || arity.min > 0) {
+        const why = web
+          ? 'a web endpoint is called by requests'
+          : batched
+            ? 'a batched function takes its inputs in batches'
+            : gen
+              ? 'a generator streams to a caller, and a tick has none'
+              : `it takes ${arity.min} argument${arity.min === 1 ? '' : 's'}, and a tick passes none (give them defaults)`
+        throw new InvalidError(`${where}: a schedule calls the function with no arguments at each tick; ${why}.`)
+      }
+    }
     const def: PoolDef = {
       key: `fn:${name}`,
       name,

@@ -1,5 +1,6 @@
 import { InvalidError } from '../shared/errors.ts'
 import { Retries, type RetriesOptions } from './retries.ts'
+import { type Cron, type Period, type ScheduleSpec, validateSchedule } from './schedule.ts'
 
 export interface BatchedOptions {
   /** Largest batch handed to the method, 1..1000. */
@@ -89,6 +90,8 @@ export interface FunctionOptions extends ClsOptions {
   batched?: BatchedOptions
   /** Serve it at a URL of its own (README "API", web endpoints); checked in src/define/web.ts. */
   webEndpoint?: WebEndpointOptions
+  /** Call it with no arguments at each tick, under `berth serve` (README "Schedules"). */
+  schedule?: Period | Cron
 }
 
 export interface NormalizedOptions {
@@ -114,6 +117,7 @@ export interface NormalizedOptions {
   batched: BatchedOptions | undefined
   /** Unchecked here: src/define/handles.ts checks it with the function in hand. */
   webEndpoint: unknown
+  schedule: ScheduleSpec | undefined
 }
 
 export const DEFAULT_TIMEOUT_S = 300
@@ -140,7 +144,7 @@ const CLS_KEYS = [
   'cpu',
   'memory',
 ] as const
-const FUNCTION_KEYS = [...CLS_KEYS, 'concurrent', 'batched', 'webEndpoint'] as const
+const FUNCTION_KEYS = [...CLS_KEYS, 'concurrent', 'batched', 'webEndpoint', 'schedule'] as const
 
 // Names users coming from Modal (or typos) reach for, mapped to ours.
 const ALIASES: Record<string, string> = {
@@ -169,6 +173,8 @@ const ALIASES: Record<string, string> = {
   wait_ms: 'batched',
   secret: 'secrets',
   environment: 'env',
+  cron: 'schedule',
+  period: 'schedule',
 }
 
 function editDistance(a: string, b: string): number {
@@ -311,6 +317,11 @@ export function normalizeOptions(
     if ('webEndpoint' in o) {
       throw new InvalidError(`${where}: a class serves web endpoints per method: put @webEndpoint({ method, label }) on the method.`)
     }
+    if ('schedule' in o) {
+      throw new InvalidError(
+        `${where}: a schedule calls a function with no arguments: put it on an app.function(...), which may call the class.`,
+      )
+    }
     if ('batched' in o) {
       throw new InvalidError(
         `${where}: a class batches per method: put @batched({ maxBatchSize, waitMs }) on the method instead of the 'batched' option.`,
@@ -414,6 +425,7 @@ export function normalizeOptions(
     concurrent,
     batched,
     webEndpoint: o.webEndpoint,
+    schedule: o.schedule === undefined ? undefined : validateSchedule(o.schedule, where),
   }
 }
 

@@ -63,6 +63,8 @@ export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
             : [],
         ),
         params: isClass ? paramsOf(def.cls!) : [],
+        // Called at each tick by `berth serve` (crates/berth-server/src/schedule.rs).
+        schedule: def.options.schedule,
         // What a call naming a hook, a parameter or an undecorated method is told.
         notCallable: isClass
           ? [

@@ -35,6 +35,8 @@ export interface PoolOptions {
   /** Requests for deploy targets (`berth deploy`), not enforced locally. */
   cpu?: number
   memory?: number
+  /** A function's schedule, which `berth serve` keeps (crates/berth-server/src/schedule.rs). */
+  schedule?: { periodMs?: number; cron?: string; timezone?: string }
 }
 
 /** A web endpoint (`@webEndpoint`, `app.function({ webEndpoint })`; src/define/web.ts). */

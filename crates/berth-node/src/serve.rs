@@ -38,6 +38,33 @@ pub struct BindingFunctionDef {
     pub generators: Option<Vec<bool>>,
     /// `FunctionDef::web`: its web endpoints.
     pub web: Option<Vec<BindingWeb>>,
+    /// `FunctionDef::schedule`.
+    pub schedule: Option<BindingSchedule>,
+}
+
+/// `berth_server::schedule::Schedule`, from src/define/schedule.ts: a period, or a cron
+/// pattern and its time zone.
+#[napi(object)]
+pub struct BindingSchedule {
+    pub period_ms: Option<f64>,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+}
+
+fn schedule_of(s: &BindingSchedule) -> std::result::Result<berth_server::schedule::Schedule, String> {
+    use berth_server::schedule::Schedule;
+    match (&s.cron, s.period_ms) {
+        (Some(pattern), _) => Schedule::cron(pattern, s.timezone.as_deref()),
+        (None, Some(ms)) if ms.is_finite() && ms >= 1.0 => Schedule::period(Duration::from_secs_f64(ms / 1000.0)),
+        (None, ms) => Err(format!("Period: {} ms is no period; give at least 1 ms", ms.unwrap_or(0.0))),
+    }
+}
+
+/// Why a schedule is refused (a cron pattern or time zone that does not parse), or nothing:
+/// src/define/schedule.ts checks one when it is made.
+#[napi]
+pub fn check_schedule(schedule: BindingSchedule) -> Option<String> {
+    schedule_of(&schedule).err()
 }
 
 /// `berth_server::WebSpec`, from src/define/served.ts.
@@ -97,6 +124,8 @@ pub struct BindingServeOptions {
     /// Where containers' output goes (`berth_server::supervisor::Output`): `text` (line-prefixed,
     /// `berth serve`'s default), `json` (`--log-format json`), or `inherit` (unset: `berth run`).
     pub log_format: Option<String>,
+    /// Call scheduled functions at their ticks: `berth serve`, not `berth run`.
+    pub schedules: Option<bool>,
 }
 
 /// Starts the first spare container process now, while this process is still loading the user's
@@ -182,6 +211,7 @@ impl BindingServer {
                 None => None,
             },
             broker: opts.broker,
+            schedules: opts.schedules.unwrap_or(false),
             ..ServeOptions::default()
         };
         let plane = rt
@@ -291,6 +321,10 @@ pub(crate) fn function_defs(
             };
             params.push(ParamSpec { name: p.name, kind, default: p.default.map(|b| b.to_vec()) });
         }
+        let schedule = match &f.schedule {
+            Some(s) => Some(schedule_of(s).map_err(|e| Error::from_reason(format!("berth: {}: {e}", f.name)))?),
+            None => None,
+        };
         defs.push(FunctionDef {
             app: f.app,
             name: f.name,
@@ -314,6 +348,7 @@ pub(crate) fn function_defs(
                     app: w.app,
                 })
                 .collect(),
+            schedule,
         });
     }
     Ok(defs)

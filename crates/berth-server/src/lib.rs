@@ -26,6 +26,7 @@ mod metrics;
 mod params;
 mod plane;
 mod proxy;
+pub mod schedule;
 mod server;
 pub mod supervisor;
 

@@ -227,6 +227,7 @@ mod tests {
             not_callable: Vec::new(),
             generators: Vec::new(),
             web: Vec::new(),
+            schedule: None,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct FunctionDef {
     /// Its web endpoints (`@webEndpoint`, `app.function({ webEndpoint })`): which methods are
     /// served at a URL of their own, and how (crates/berth-server/src/web.rs).
     pub web: Vec<WebSpec>,
+    /// A function's `schedule`: `berth serve` calls it at each tick (schedule.rs).
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 /// A web endpoint: method `index` of a [`FunctionDef`], served at `/{app}/{label}` (the label
@@ -81,6 +83,7 @@ impl FunctionDef {
             not_callable: Vec::new(),
             generators: Vec::new(),
             web: Vec::new(),
+            schedule: None,
         }
     }
 

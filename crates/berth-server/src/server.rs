@@ -64,6 +64,9 @@ pub struct ServeOptions {
     /// Broker mode's front (`--broker nats://…`): calls go through the NATS JetStream server
     /// at this URL to `berth worker`s instead of to containers of this process (broker.rs).
     pub broker: Option<String>,
+    /// Call scheduled functions at their ticks (schedule.rs): `berth serve` does, `berth run`
+    /// and workers do not.
+    pub schedules: bool,
 }
 
 impl Default for ServeOptions {
@@ -81,6 +84,7 @@ impl Default for ServeOptions {
             result_ttl: Duration::from_secs(3600),
             map_window: 16 * 1024,
             broker: None,
+            schedules: false,
         }
     }
 }
@@ -208,6 +212,9 @@ impl ControlPlane {
         // Pools that keep containers warm start now, not with their first call (as in Modal).
         shared.warm(&(0..count).collect::<Vec<_>>());
         tokio::spawn(crate::plane::housekeeping(Arc::downgrade(&shared)));
+        if opts.schedules {
+            tokio::spawn(crate::schedule::run(Arc::downgrade(&shared), shared.closing.subscribe()));
+        }
 
         let token = opts.token.clone();
         let auth = move |req: Request<()>| check_token(token.as_deref(), &req).map(|()| req);

@@ -613,6 +613,7 @@ mod tests {
             not_callable: Vec::new(),
             generators: Vec::new(),
             web,
+            schedule: None,
         }
     }
 

@@ -135,6 +135,7 @@ fn app() -> Registry {
         },
         generators: Vec::new(),
         web: Vec::new(),
+        schedule: None,
     };
     Registry {
         functions: vec![

@@ -192,6 +192,7 @@ fn web_server(name: &str, label: &str, timeout: Duration) -> FunctionDef {
             takes_request: true,
             app: Some("webServer".into()),
         }],
+        schedule: None,
     }
 }
 
