@@ -67,7 +67,7 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
   // The pools' streams, and the bucket of spawned calls' results every front opens.
-  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced', 'count', 'Web'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
+  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced', 'count', 'Web', 'ticker'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -575,4 +575,24 @@ test.serial('broker mode: a worker SIGKILLed mid-stream: the caller gets the ite
   t.true(lines().some((l) => l.startsWith('B yield')), 'B started it again: what the front saw')
   await until(() => lines().includes('B count end aborted'), 30_000, () => `B's attempt to end, aborted\n${b.out()}`)
   await stopAll(t, p.dir, [front.npx, b.npx])
+})
+
+test.serial('broker mode: a schedule served by two fronts fires each tick once (the first front to claim it in the bucket), on a worker', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const runs = join(p.dir, 'runs')
+  const env = { BROKER_APP: p.app, RUNS: runs, TICK_EVERY: '1' }
+  const a = npxServe(t, p.dir, ['--broker', URL], env)
+  const b = npxServe(t, p.dir, ['--broker', URL], env)
+  for (const f of [a, b]) await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(f.out()), 60_000, () => `a front to listen\n${f.out()}`)
+  const w = await npxWorker(p.dir, 'W', { BROKER_APP: p.app, RUNS: runs })
+  const ticks = () =>
+    (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n') : []).filter((l) => l.startsWith('W tick ')).map((l) => Number(l.split(' ')[2]))
+  await until(() => ticks().length >= 4, 60_000, () => `four ticks\n${w.out()}\n${a.out()}\n${b.out()}`)
+  await sleep(1500)
+  const at = ticks().sort((x, y) => x - y)
+  // A tick fired by both fronts would run twice within milliseconds.
+  for (let i = 1; i < at.length; i++) t.true(at[i] - at[i - 1] >= 400, `runs ${at[i] - at[i - 1]} ms apart: ${at.join(' ')}`)
+  await stopAll(t, p.dir, [a.npx, b.npx, w.npx])
 })

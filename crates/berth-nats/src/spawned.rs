@@ -75,6 +75,17 @@ impl SpawnResults {
         }
     }
 
+    /// Claims `key` for the caller (`Ok(true)`), unless someone claimed it first (`Ok(false)`):
+    /// fronts of one app claim each schedule tick here, so that one of them fires it
+    /// (berth-server's schedule.rs). The claim lives as long as results do.
+    pub async fn claim(&self, key: &str) -> Result<bool, Error> {
+        match self.store.create(berth_core::broker::escape(key), Bytes::new()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::request(format!("claiming {key} in {}", self.bucket), e)),
+        }
+    }
+
     /// The result of `function_call_id` if there is one yet.
     pub async fn get(&self, function_call_id: &str) -> Result<Option<BrokerResult>, Error> {
         let v =

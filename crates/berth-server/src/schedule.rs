@@ -1,16 +1,17 @@
 //! Schedules (README "Schedules"): a function with `schedule: new Period(...)` or
 //! `new Cron(...)` is called with no arguments at each tick, by `berth serve` only (not by
-//! `berth run`, as in Modal, where schedules run once an app is deployed). The first tick of a
-//! `Period` is one period after the function is served; a `Cron`'s ticks are its pattern's
-//! times in its time zone (UTC unless it names one), read by the `croner` crate. A tick that
-//! comes while the previous tick's call still runs is skipped (logged): a scheduled function
-//! never runs twice at once. Ticks follow the served apps: a reload that changes or removes a
-//! schedule takes effect at once. With `--broker` each front fires its own ticks: two fronts
-//! of one app run each tick twice (see the README).
+//! `berth run`, as in Modal, where schedules run once an app is deployed). A `Period`'s ticks
+//! are its multiples since the Unix epoch (a 5-minute period ticks at :00, :05, ...); a
+//! `Cron`'s are its pattern's times in its time zone (UTC unless it names one), read by the
+//! `croner` crate. A tick that comes while the previous tick's call still runs is skipped
+//! (logged): a scheduled function never runs twice at once. Ticks follow the served apps: a
+//! reload that changes or removes a schedule takes effect at once. With `--broker`, every front
+//! of an app computes the same ticks and the first to claim a tick in the app's JetStream
+//! key-value bucket fires it: once across fronts.
 use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
@@ -21,7 +22,8 @@ use crate::plane::{Shared, Waiter};
 /// When a scheduled function runs.
 #[derive(Debug, Clone)]
 pub enum Schedule {
-    /// Every this long, the first one period after it is served.
+    /// Every this long, at its multiples since the Unix epoch (every front of an app agrees on
+    /// the ticks).
     Period(Duration),
     /// At the times `pattern` names in time zone `tz`.
     Cron { pattern: String, tz: chrono_tz::Tz, cron: Box<croner::Cron> },
@@ -84,19 +86,13 @@ impl Schedule {
         Ok(Self::Cron { pattern: pattern.to_owned(), tz, cron: Box::new(cron) })
     }
 
-    /// The first tick after `now`; `served`: when the function began to be served (a period
-    /// counts from there). `None` when the pattern names no time to come.
-    pub fn next_after(&self, now: DateTime<Utc>, served: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    /// The first tick after `now`. `None` when the pattern names no time to come.
+    pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Self::Period(every) => {
-                let every = chrono::Duration::from_std(*every).ok()?;
-                let since = now.signed_duration_since(served);
-                let n = if since < chrono::Duration::zero() {
-                    0
-                } else {
-                    since.num_milliseconds() / every.num_milliseconds().max(1)
-                };
-                Some(served + every * (i32::try_from(n + 1).ok()?))
+                let every = i64::try_from(every.as_millis()).ok()?.max(1);
+                let next = (now.timestamp_millis().div_euclid(every) + 1).checked_mul(every)?;
+                DateTime::from_timestamp_millis(next)
             }
             Self::Cron { tz, cron, .. } => {
                 let local = now.with_timezone(tz);
@@ -109,7 +105,6 @@ impl Schedule {
 /// A scheduled function as the loop follows it.
 struct Ticking {
     schedule: Schedule,
-    served: DateTime<Utc>,
     next: Option<DateTime<Utc>>,
     /// Set while a tick's call runs; the call's end clears it.
     running: Option<oneshot::Receiver<berth_proto::v1::Result>>,
@@ -134,17 +129,11 @@ pub(crate) async fn run(shared: std::sync::Weak<Shared>, mut stop: tokio::sync::
             seen.push(key.clone());
             let t = ticking.entry(key).or_insert_with(|| Ticking {
                 schedule: schedule.clone(),
-                served: now,
-                next: schedule.next_after(now, now),
+                next: schedule.next_after(now),
                 running: None,
             });
             if t.schedule != *schedule {
-                *t = Ticking {
-                    schedule: schedule.clone(),
-                    served: now,
-                    next: schedule.next_after(now, now),
-                    running: None,
-                };
+                *t = Ticking { schedule: schedule.clone(), next: schedule.next_after(now), running: None };
             }
             if let Some(r) = &mut t.running {
                 if !matches!(r.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
@@ -155,16 +144,17 @@ pub(crate) async fn run(shared: std::sync::Weak<Shared>, mut stop: tokio::sync::
             if due > now {
                 continue;
             }
-            t.next = schedule.next_after(now, t.served);
+            t.next = schedule.next_after(now);
             if t.running.is_some() {
                 tracing::info!(
-                    "berth: {}/{}: the tick of {due} is skipped: the last one still runs",
+                    "berth: {}/{}: the tick of {} is skipped: the last one still runs",
                     def.app,
-                    def.name
+                    def.name,
+                    rfc3339(due)
                 );
                 continue;
             }
-            t.running = fire(&shared, index, def);
+            t.running = fire(&shared, index, def, due);
         }
         ticking.retain(|k, _| seen.contains(k));
         drop((catalog, shared));
@@ -182,34 +172,43 @@ pub(crate) async fn run(shared: std::sync::Weak<Shared>, mut stop: tokio::sync::
     }
 }
 
-/// Calls scheduled function `def` (index `index` of the catalog's definitions) with no arguments; its result
-/// comes on the receiver, and a failure is logged.
+/// Calls scheduled function `def` (index `index` of the catalog's definitions) with no arguments
+/// for the tick at `due`; its result comes on the receiver (none when another front fired the
+/// tick), and a failure is logged. A broker front first claims the tick in the app's bucket:
+/// of several fronts, the first to claim it fires it.
 fn fire(
     shared: &Arc<Shared>,
     index: usize,
     def: &crate::FunctionDef,
+    due: DateTime<Utc>,
 ) -> Option<oneshot::Receiver<berth_proto::v1::Result>> {
     let params = crate::params::canonical(def, &[]).unwrap_or_default();
     let pool = shared.pool(index, &params)?;
-    let svc = FunctionsSvc { shared: shared.clone() };
-    let (tx, rx) = oneshot::channel();
     let (done_tx, done) = oneshot::channel();
-    // CBOR of [] (no arguments).
-    svc.submit_many(pool, 0, svc.new_call_id(), vec![(vec![0x80], Waiter::Call(tx))], false, None);
-    let label = format!("{}/{}", def.app, def.name);
-    tracing::info!(at = %humantime(SystemTime::now()), "berth: {label}: scheduled run");
+    let (app, name) = (def.app.clone(), def.name.clone());
+    let shared = shared.clone();
     tokio::spawn(async move {
+        if let Some(front) = shared.front.clone() {
+            if !front.claim_tick(&app, &name, due.timestamp_millis()).await {
+                return;
+            }
+        }
+        let svc = FunctionsSvc { shared };
+        let (tx, rx) = oneshot::channel();
+        // CBOR of [] (no arguments).
+        svc.submit_many(pool, 0, svc.new_call_id(), vec![(vec![0x80], Waiter::Call(tx))], false, None);
+        tracing::info!("berth: {app}/{name}: scheduled run of {}", rfc3339(due));
         let result = rx.await.unwrap_or_default();
         if let Some(berth_proto::v1::result::Outcome::Error(e)) = &result.outcome {
-            tracing::warn!("berth: {label}: the scheduled run failed: {}: {}", e.name, e.message);
+            tracing::warn!("berth: {app}/{name}: the scheduled run failed: {}: {}", e.name, e.message);
         }
         let _ = done_tx.send(result);
     });
     Some(done)
 }
 
-fn humantime(t: SystemTime) -> String {
-    DateTime::<Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
@@ -229,21 +228,17 @@ mod tests {
         // so Monday's, 14:00 UTC (EST is UTC-5).
         let weekdays = Schedule::cron("0 9 * * 1-5", Some("America/New_York")).unwrap();
         let now = utc(2026, 11, 27, 15, 0, 0);
-        assert_eq!(weekdays.next_after(now, now), Some(utc(2026, 11, 30, 14, 0, 0)));
+        assert_eq!(weekdays.next_after(now), Some(utc(2026, 11, 30, 14, 0, 0)));
         // In summer (EDT, UTC-4) 9:00 is 13:00 UTC.
         let july = utc(2026, 7, 1, 0, 0, 0);
-        assert_eq!(weekdays.next_after(july, july), Some(utc(2026, 7, 1, 13, 0, 0)));
+        assert_eq!(weekdays.next_after(july), Some(utc(2026, 7, 1, 13, 0, 0)));
         // UTC unless told: every 15 minutes.
         let quarter = Schedule::cron("*/15 * * * *", None).unwrap();
-        assert_eq!(quarter.next_after(utc(2026, 1, 1, 10, 7, 30), now), Some(utc(2026, 1, 1, 10, 15, 0)));
-        assert_eq!(
-            quarter.next_after(utc(2026, 1, 1, 10, 45, 0), now),
-            Some(utc(2026, 1, 1, 11, 0, 0)),
-            "strictly after"
-        );
+        assert_eq!(quarter.next_after(utc(2026, 1, 1, 10, 7, 30)), Some(utc(2026, 1, 1, 10, 15, 0)));
+        assert_eq!(quarter.next_after(utc(2026, 1, 1, 10, 45, 0)), Some(utc(2026, 1, 1, 11, 0, 0)), "strictly after");
         // The 29th of February at noon: the next leap year's.
         let leap = Schedule::cron("0 12 29 2 *", None).unwrap();
-        assert_eq!(leap.next_after(utc(2026, 3, 1, 0, 0, 0), now), Some(utc(2028, 2, 29, 12, 0, 0)));
+        assert_eq!(leap.next_after(utc(2026, 3, 1, 0, 0, 0)), Some(utc(2028, 2, 29, 12, 0, 0)));
     }
 
     #[test]
@@ -262,19 +257,13 @@ mod tests {
     }
 
     #[test]
-    fn a_period_counts_from_when_the_function_is_served() {
-        let every = Schedule::period(Duration::from_secs(2)).unwrap();
-        let served = utc(2026, 1, 1, 0, 0, 0);
-        assert_eq!(every.next_after(served, served), Some(utc(2026, 1, 1, 0, 0, 2)));
-        // A tick late (the loop was busy) does not shift the ones after it.
-        assert_eq!(
-            every.next_after(utc(2026, 1, 1, 0, 0, 2) + chrono::Duration::milliseconds(300), served),
-            Some(utc(2026, 1, 1, 0, 0, 4))
-        );
-        assert_eq!(
-            every.next_after(utc(2026, 1, 1, 0, 0, 7), served),
-            Some(utc(2026, 1, 1, 0, 0, 8)),
-            "missed ticks are not made up"
-        );
+    fn a_periods_ticks_are_its_multiples_since_the_epoch() {
+        let every = Schedule::period(Duration::from_secs(300)).unwrap();
+        // Whenever it is asked (whichever front, whenever served): :05, :10, ...
+        assert_eq!(every.next_after(utc(2026, 1, 1, 12, 3, 7)), Some(utc(2026, 1, 1, 12, 5, 0)));
+        assert_eq!(every.next_after(utc(2026, 1, 1, 12, 5, 0)), Some(utc(2026, 1, 1, 12, 10, 0)), "strictly after");
+        let second = Schedule::period(Duration::from_secs(1)).unwrap();
+        let late = utc(2026, 1, 1, 0, 0, 2) + chrono::Duration::milliseconds(300);
+        assert_eq!(second.next_after(late), Some(utc(2026, 1, 1, 0, 0, 3)), "a late tick does not shift the next");
     }
 }
