@@ -30,10 +30,13 @@ export {
   InitError,
   InputCancelledError,
   InvalidError,
+  KeyError,
+  NotFoundError,
   QueueFullError,
   RemoteError,
   SerializationError,
 } from './shared/errors.ts'
+export { Dict } from './data/dict.ts'
 export type { ClsOptions, FunctionOptions } from './define/options.ts'
 export type { ClsHandle, ClsParams, FunctionHandle, GeneratorInvocable, MapOptions, MethodHandle } from './call/types.ts'
 

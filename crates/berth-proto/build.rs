@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["berth/v1/functions.proto", "berth/v1/containers.proto"];
+    let files = ["berth/v1/functions.proto", "berth/v1/containers.proto", "berth/v1/data.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -164,6 +164,31 @@ class Client {
     return this.request((id) => this.native.cancel(id, call))
   }
 
+  /** One operation on a named dict (proto/berth/v1/data.proto): `[found, len, value, entries]`. */
+  dict(
+    name: string,
+    create: boolean,
+    op: number,
+    key?: Uint8Array,
+    value?: Uint8Array,
+    entries?: Uint8Array[],
+    skipIfExists = false,
+  ): Promise<unknown> {
+    const buf = (b: Uint8Array | undefined) => (b === undefined ? undefined : Buffer.from(b.buffer, b.byteOffset, b.byteLength))
+    return this.request((id) =>
+      this.native.dict(
+        id,
+        name,
+        create,
+        op,
+        buf(key),
+        buf(value),
+        entries?.map((e) => buf(e)!),
+        skipIfExists,
+      ),
+    )
+  }
+
   private settle(id: number) {
     const p = this.pending.get(id)
     this.pending.delete(id)
@@ -276,6 +301,27 @@ function clientAt(server: string | undefined, token: string | undefined): Client
     clients.set(key, c)
   }
   return c
+}
+
+/** @internal What src/data/dict.ts calls. */
+export interface DataClient {
+  dict(
+    name: string,
+    create: boolean,
+    op: number,
+    key?: Uint8Array,
+    value?: Uint8Array,
+    entries?: Uint8Array[],
+    skipIfExists?: boolean,
+  ): Promise<unknown>
+}
+
+/**
+ * @internal The client a named dict's operations go through: `where`'s server, else the
+ * control plane of this process's app `app` (process containers), else BERTH_SERVER's.
+ */
+export function dataClient(where: { server?: string; token?: string; app?: string }): DataClient {
+  return where.app !== undefined ? clientFor(where.app) : clientAt(where.server, where.token)
 }
 
 /** @internal `server` is a control plane of this process (app.run with process containers). */

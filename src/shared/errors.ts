@@ -55,6 +55,12 @@ export class SerializationError extends BerthError {}
  */
 export class QueueFullError extends BerthError {}
 
+/** `Dict.pop(key)` without a default found no such key (Modal raises KeyError). */
+export class KeyError extends BerthError {}
+
+/** A named dict that does not exist was asked for without `createIfMissing`. */
+export class NotFoundError extends BerthError {}
+
 const CLASSES = {
   BerthError,
   InvalidError,
@@ -64,6 +70,8 @@ const CLASSES = {
   InputCancelledError,
   SerializationError,
   QueueFullError,
+  KeyError,
+  NotFoundError,
 } as const
 for (const [name, cls] of Object.entries(CLASSES)) {
   Object.defineProperty(cls.prototype, 'name', { value: name, writable: true, configurable: true })

@@ -527,7 +527,8 @@ async fn cancels_reach_every_worker_of_the_app() {
     w2.flush().await.unwrap();
     front.cancel_calls(&app, &["fc-1".into(), "fc-x-2".into()]).await.unwrap();
     front.flush().await.unwrap();
-    let within = |s| tokio::time::timeout(Duration::from_secs(5), s);
+    // Generous: it only catches a cancel that never comes (a loaded CI host once took over 5 s).
+    let within = |s| tokio::time::timeout(Duration::from_secs(30), s);
     assert_eq!(within(a.next()).await.unwrap().unwrap(), ["fc-1", "fc-x-2"]);
     assert_eq!(within(b.next()).await.unwrap().unwrap(), ["fc-1", "fc-x-2"]);
     assert!(tokio::time::timeout(SHORT, elsewhere.next()).await.is_err(), "another app's workers hear nothing");

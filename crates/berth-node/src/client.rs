@@ -229,6 +229,45 @@ impl BindingClient {
         Ok(())
     }
 
+    /// One operation on a named dict (proto/berth/v1/data.proto): answered as one value, the
+    /// CBOR array `[found, len, value or null, [[key, value], ...]]` (src/data/dict.ts reads it).
+    /// `entries`: keys and values, alternating.
+    #[napi]
+    #[allow(clippy::too_many_arguments)]
+    pub fn dict(
+        &self,
+        id: f64,
+        name: String,
+        create_if_missing: bool,
+        op: i32,
+        key: Option<Buffer>,
+        value: Option<Buffer>,
+        entries: Option<Vec<Buffer>>,
+        skip_if_exists: bool,
+    ) -> Result<()> {
+        let entries = entries
+            .unwrap_or_default()
+            .chunks(2)
+            .map(|kv| pb::DictEntry { key: kv[0].to_vec(), value: kv.get(1).map(|v| v.to_vec()).unwrap_or_default() })
+            .collect();
+        let req = pb::DictRequest {
+            name,
+            create_if_missing,
+            op,
+            key: key.map(|k| k.to_vec()).unwrap_or_default(),
+            value: value.map(|v| v.to_vec()).unwrap_or_default(),
+            entries,
+            skip_if_exists,
+        };
+        self.run(id, |client, out| async move {
+            match client.dict(req).await {
+                Ok(r) => out.push(id, K_VALUE, &dict_answer(&r)),
+                Err(s) => out.status(id, &s),
+            }
+        });
+        Ok(())
+    }
+
     #[napi]
     pub fn cancel(&self, id: f64, call: String) -> Result<()> {
         self.run(id, |client, out| async move {
@@ -437,4 +476,47 @@ pub fn check_args(bytes: Buffer) -> Option<String> {
 /// A `traceparent` from JavaScript (the calling input's), parsed; none if it does not parse.
 fn parse_trace(traceparent: Option<String>) -> Option<berth_proto::trace::TraceContext> {
     traceparent.and_then(|t| berth_proto::trace::TraceContext::parse(t.as_bytes()))
+}
+
+/// A CBOR head: major type `major`, argument `n`.
+fn cbor_head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// A dict operation's answer as one CBOR value, the stored keys and values in it as they are.
+fn dict_answer(r: &pb::DictResponse) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        16 + r.value.len() + r.entries.iter().map(|e| e.key.len() + e.value.len() + 2).sum::<usize>(),
+    );
+    cbor_head(&mut out, 4, 4);
+    out.push(if r.found { 0xf5 } else { 0xf4 });
+    cbor_head(&mut out, 0, r.len);
+    if r.found && !r.value.is_empty() {
+        out.extend_from_slice(&r.value);
+    } else {
+        out.push(0xf6);
+    }
+    cbor_head(&mut out, 4, r.entries.len() as u64);
+    for e in &r.entries {
+        cbor_head(&mut out, 4, 2);
+        out.extend_from_slice(&e.key);
+        out.extend_from_slice(&e.value);
+    }
+    out
 }

@@ -26,9 +26,11 @@ use crate::plane::Shared;
 #[derive(Clone)]
 pub struct Client(Transport);
 
+// One per client (cloned with it, not per message): the gRPC variant's size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Transport {
-    Grpc { grpc: FunctionsClient<Channel>, auth: Option<MetadataValue<Ascii>> },
+    Grpc { grpc: FunctionsClient<Channel>, channel: Channel, auth: Option<MetadataValue<Ascii>> },
     InProcess(InProcess),
 }
 
@@ -63,8 +65,9 @@ impl Client {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| ConnectError::TokenNotAscii)?),
             None => None,
         };
-        let grpc = FunctionsClient::new(endpoint.connect_lazy()).max_decoding_message_size(usize::MAX);
-        Ok(Self(Transport::Grpc { grpc, auth }))
+        let channel = endpoint.connect_lazy();
+        let grpc = FunctionsClient::new(channel.clone()).max_decoding_message_size(usize::MAX);
+        Ok(Self(Transport::Grpc { grpc, channel, auth }))
     }
 
     pub(crate) fn in_process(plane: InProcess) -> Self {
@@ -86,7 +89,7 @@ impl Client {
     ) -> Result<pb::InvokeResponse, Status> {
         let req = traced(pb::InvokeRequest { function: Some(function), args }, trace);
         match &self.0 {
-            Transport::Grpc { grpc, auth } => Ok(grpc.clone().invoke(authed(req, auth)).await?.into_inner()),
+            Transport::Grpc { grpc, auth, .. } => Ok(grpc.clone().invoke(authed(req, auth)).await?.into_inner()),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.invoke(req).await }).await,
         }
     }
@@ -99,7 +102,7 @@ impl Client {
     ) -> Result<pb::SpawnResponse, Status> {
         let req = traced(pb::InvokeRequest { function: Some(function), args }, trace);
         match &self.0 {
-            Transport::Grpc { grpc, auth } => Ok(grpc.clone().spawn(authed(req, auth)).await?.into_inner()),
+            Transport::Grpc { grpc, auth, .. } => Ok(grpc.clone().spawn(authed(req, auth)).await?.into_inner()),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.spawn(req).await }).await,
         }
     }
@@ -107,15 +110,34 @@ impl Client {
     pub async fn get_result(&self, function_call_id: String, timeout: f64) -> Result<pb::GetResultResponse, Status> {
         let req = Request::new(pb::GetResultRequest { function_call_id, timeout });
         match &self.0 {
-            Transport::Grpc { grpc, auth } => Ok(grpc.clone().get_result(authed(req, auth)).await?.into_inner()),
+            Transport::Grpc { grpc, auth, .. } => Ok(grpc.clone().get_result(authed(req, auth)).await?.into_inner()),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.get_result(req).await }).await,
+        }
+    }
+
+    /// One operation on a named dict (proto/berth/v1/data.proto `Dicts`).
+    pub async fn dict(&self, req: pb::DictRequest) -> Result<pb::DictResponse, Status> {
+        let req = Request::new(req);
+        match &self.0 {
+            Transport::Grpc { channel, auth, .. } => {
+                let mut dicts = berth_proto::v1::dicts_client::DictsClient::new(channel.clone())
+                    .max_decoding_message_size(usize::MAX);
+                Ok(dicts.dict(authed(req, auth)).await?.into_inner())
+            }
+            Transport::InProcess(p) => {
+                p.call(
+                    req,
+                    |svc, req| async move { svc.shared.dicts.apply(req.into_inner()).map(tonic::Response::new) },
+                )
+                .await
+            }
         }
     }
 
     pub async fn cancel(&self, function_call_id: String) -> Result<(), Status> {
         let req = Request::new(pb::CancelRequest { function_call_id });
         match &self.0 {
-            Transport::Grpc { grpc, auth } => grpc.clone().cancel(authed(req, auth)).await.map(drop),
+            Transport::Grpc { grpc, auth, .. } => grpc.clone().cancel(authed(req, auth)).await.map(drop),
             Transport::InProcess(p) => p.call(req, |svc, req| async move { svc.cancel(req).await }).await.map(drop),
         }
     }
@@ -131,7 +153,7 @@ impl Client {
     ) -> Result<GenItems, Status> {
         let req = traced(pb::InvokeRequest { function: Some(function), args }, trace);
         match &self.0 {
-            Transport::Grpc { grpc, auth } => {
+            Transport::Grpc { grpc, auth, .. } => {
                 Ok(GenItems::Grpc(grpc.clone().invoke_stream(authed(req, auth)).await?.into_inner()))
             }
             Transport::InProcess(p) => {
@@ -153,7 +175,7 @@ impl Client {
     ) -> Result<MapResults, Status> {
         let requests = Requests { function: Some(function), inputs, buf: Vec::new().into_iter() };
         match &self.0 {
-            Transport::Grpc { grpc, auth } => {
+            Transport::Grpc { grpc, auth, .. } => {
                 let response = grpc.clone().map(authed(traced(requests, trace), auth)).await?;
                 let id = response.metadata().get(MAP_CALL_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
                 Ok(MapResults { id, results: Results::Grpc(response.into_inner()) })

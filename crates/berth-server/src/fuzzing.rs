@@ -88,6 +88,7 @@ impl Plane {
             map_window: 16 * 1024,
             front: None,
             closing: tokio::sync::watch::channel(false).0,
+            dicts: Default::default(),
         });
         let scheduler = Scheduler::new(Host(shared.clone()), Host(shared.clone()));
         let svc = FunctionsSvc::new(shared.clone());

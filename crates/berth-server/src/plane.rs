@@ -619,6 +619,8 @@ pub(crate) struct Shared {
     /// Set once a graceful stop has run every exit hook: what never ends by itself (a
     /// `berth logs -f` feed, http/admin.rs) ends then, so that the listeners can stop.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// The named dicts the server holds (dicts.rs).
+    pub dicts: crate::dicts::Dicts,
 }
 
 impl Shared {

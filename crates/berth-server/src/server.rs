@@ -207,6 +207,7 @@ impl ControlPlane {
             map_window: opts.map_window,
             front,
             closing: watch::channel(false).0,
+            dicts: Default::default(),
         });
         crate::driver::start(&shared, source);
         // Pools that keep containers warm start now, not with their first call (as in Modal).
@@ -252,7 +253,13 @@ impl ControlPlane {
         let router = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted::<tonic::body::Body>))
             .layer(CountRequestsLayer(counters.clone()))
-            .add_service(InterceptedService::new(functions, auth))
+            .add_service(InterceptedService::new(functions, auth.clone()))
+            .add_service(InterceptedService::new(
+                berth_proto::v1::dicts_server::DictsServer::new(crate::dicts::DictsSvc { shared: shared.clone() })
+                    .max_decoding_message_size(cap + FRAMING_BYTES)
+                    .max_encoding_message_size(usize::MAX),
+                auth,
+            ))
             .add_service(containers)
             .add_service(health_svc)
             .add_service(crate::http::admin::AdminService { shared: shared.clone(), token: opts.token.clone() })

@@ -1,0 +1,252 @@
+// Dict (README "Dict"): a named key-value map shared by every container and caller of a server,
+// as Modal's `Dict` is. Under `berth serve` and with process containers the control plane holds
+// it (crates/berth-server/src/dicts.rs, proto/berth/v1/data.proto); while an app runs embedded
+// in this process, this process does (the same operations on the same encoded bytes). Keys are
+// strings, numbers, booleans or bigints; values anything a function's argument may be (the
+// same checks and SerializationError), stored encoded: what `get` returns is a copy.
+import { localApps } from '../call/app-target.ts'
+import { type DataClient, dataClient } from '../call/remote.ts'
+import { inContainerProcess } from '../run/context.ts'
+import { decodeValue, encodeValue } from '../shared/cbor.ts'
+import { checkAndCopy } from '../shared/serialize.ts'
+import { InvalidError, KeyError, NotFoundError } from '../shared/errors.ts'
+
+/** proto/berth/v1/data.proto `DictOp`. */
+const OP = { get: 1, put: 2, contains: 3, len: 4, update: 5, pop: 6, items: 7, clear: 8, delete: 9, ensure: 10 } as const
+
+export type DictKey = string | number | boolean | bigint
+
+/** What an operation answers: `[found, len, value, entries]`. */
+type Answer = [boolean, number, unknown, [unknown, unknown][]]
+
+/** Where a dict's operations go. */
+interface Backend {
+  op(
+    name: string,
+    create: boolean,
+    op: number,
+    key?: Uint8Array,
+    value?: Uint8Array,
+    entries?: Uint8Array[],
+    skip?: boolean,
+  ): Promise<Answer>
+}
+
+const NAME = /^[A-Za-z0-9._-]{1,128}$/
+
+/** `value` encoded, or the SerializationError an argument like it gets (naming what cannot go). */
+function encodeStored(value: unknown, what: string): Uint8Array {
+  try {
+    return encodeValue(value, what)
+  } catch (e) {
+    checkAndCopy(value, what)
+    throw e
+  }
+}
+
+function encodeKey(key: unknown, where: string): Uint8Array {
+  const t = typeof key
+  if (!(t === 'string' || t === 'boolean' || t === 'bigint' || (t === 'number' && Number.isFinite(key)))) {
+    throw new InvalidError(`${where}: a dict key is a string, a finite number, a boolean or a bigint; got ${key === null ? 'null' : t}`)
+  }
+  return encodeStored(key, `${where}: the key`)
+}
+
+/** The dicts of this process, while an app runs embedded here: what the control plane does (dicts.rs). */
+class LocalDicts implements Backend {
+  private readonly dicts = new Map<string, Map<string, [Uint8Array, Uint8Array]>>()
+  async op(
+    name: string,
+    create: boolean,
+    op: number,
+    key?: Uint8Array,
+    value?: Uint8Array,
+    entries?: Uint8Array[],
+    skip = false,
+  ): Promise<Answer> {
+    if (op === OP.delete) return [this.dicts.delete(name), 0, null, []]
+    let d = this.dicts.get(name)
+    if (d === undefined) {
+      if (!create) throw notFound(name)
+      d = new Map()
+      this.dicts.set(name, d)
+    }
+    const id = key === undefined ? '' : Buffer.from(key).toString('latin1')
+    let found = false
+    let out: unknown = null
+    let items: [unknown, unknown][] = []
+    switch (op) {
+      case OP.get: {
+        const e = d.get(id)
+        if (e) [found, out] = [true, decodeValue(e[1])]
+        break
+      }
+      case OP.put:
+        if (skip && d.has(id)) found = true
+        else d.set(id, [key!, value!])
+        break
+      case OP.contains:
+        found = d.has(id)
+        break
+      case OP.update:
+        for (let i = 0; i + 1 < (entries?.length ?? 0); i += 2)
+          d.set(Buffer.from(entries![i]).toString('latin1'), [entries![i], entries![i + 1]])
+        break
+      case OP.pop: {
+        const e = d.get(id)
+        if (e) {
+          d.delete(id)
+          ;[found, out] = [true, decodeValue(e[1])]
+        }
+        break
+      }
+      case OP.items:
+        items = [...d.values()].map(([k, v]) => [decodeValue(k), decodeValue(v)])
+        break
+      case OP.clear:
+        d.clear()
+        break
+    }
+    return [found, d.size, out, items]
+  }
+}
+
+const local = new LocalDicts()
+
+function notFound(name: string): NotFoundError {
+  return new NotFoundError(`no dict named '${name}': create it with Dict.fromName('${name}', { createIfMissing: true })`)
+}
+
+/**
+ * Where this process's dicts are: the control plane it runs in (a container process), its app's
+ * control plane (process containers), this process (an app embedded here), or BERTH_SERVER's.
+ */
+function backendFor(opts: { server?: string; token?: string }): Backend {
+  let client: DataClient
+  if (opts.server !== undefined) client = dataClient({ server: opts.server, token: opts.token })
+  else if (inContainerProcess() && process.env.BERTH_ENDPOINT)
+    client = dataClient({ server: process.env.BERTH_ENDPOINT, token: process.env.BERTH_TOKEN })
+  else {
+    const apps = localApps()
+    const processApp = apps.find((a) => a.processServer !== undefined)
+    if (processApp !== undefined) client = dataClient({ app: processApp.name })
+    else if (apps.some((a) => a.runtimeIfRunning() !== undefined)) return local
+    else client = dataClient({})
+  }
+  return {
+    async op(name, create, op, key, value, entries, skip) {
+      try {
+        return (await client.dict(name, create, op, key, value, entries, skip)) as Answer
+      } catch (e) {
+        // The server's NOT_FOUND for an absent dict reads as the embedded one's.
+        if (e instanceof Error && /^no dict named/.test(e.message)) throw notFound(name)
+        throw e
+      }
+    },
+  }
+}
+
+export interface DictOptions {
+  /** Make the dict if it does not exist; without it, using an absent dict is a NotFoundError. */
+  createIfMissing?: boolean
+  /** The server that holds it (else the control plane this code runs under, or BERTH_SERVER). */
+  server?: string
+  token?: string
+}
+
+/** A named dict; made with `Dict.fromName`. Every method returns a promise. */
+export class Dict<V = unknown> {
+  private backend: Backend | undefined
+  private constructor(
+    readonly name: string,
+    private readonly opts: DictOptions,
+  ) {}
+
+  /** The dict named `name`; with `createIfMissing`, made at its first use if absent. */
+  static fromName<V = unknown>(name: string, opts: DictOptions = {}): Dict<V> {
+    if (typeof name !== 'string' || !NAME.test(name)) {
+      throw new InvalidError(`Dict.fromName(${JSON.stringify(name)}): a dict name is 1 to 128 letters, digits, '-', '_' or '.'`)
+    }
+    return new Dict<V>(name, opts ?? {})
+  }
+
+  /** Removes the dict named `name` and what it holds; false if there was none. */
+  static async delete(name: string, opts: DictOptions = {}): Promise<boolean> {
+    const [found] = await backendFor(opts).op(name, false, OP.delete)
+    return found
+  }
+
+  private call(op: number, key?: Uint8Array, value?: Uint8Array, entries?: Uint8Array[], skip?: boolean): Promise<Answer> {
+    this.backend ??= backendFor(this.opts)
+    return this.backend.op(this.name, this.opts.createIfMissing === true, op, key, value, entries, skip)
+  }
+
+  private where(method: string): string {
+    return `Dict('${this.name}').${method}`
+  }
+
+  /** The value at `key`, or `fallback` (undefined) when there is none. */
+  async get(key: DictKey, fallback?: V): Promise<V | undefined> {
+    const [found, , value] = await this.call(OP.get, encodeKey(key, this.where('get')))
+    return found ? (value as V) : fallback
+  }
+
+  /** Sets `key` to `value`; with `skipIfExists`, only if `key` is absent (then true when it was put). */
+  async put(key: DictKey, value: V, opts: { skipIfExists?: boolean } = {}): Promise<boolean> {
+    const k = encodeKey(key, this.where('put'))
+    const [found] = await this.call(
+      OP.put,
+      k,
+      encodeStored(value, `${this.where('put')}: the value`),
+      undefined,
+      opts?.skipIfExists === true,
+    )
+    return !found || opts?.skipIfExists !== true
+  }
+
+  async contains(key: DictKey): Promise<boolean> {
+    return (await this.call(OP.contains, encodeKey(key, this.where('contains'))))[0]
+  }
+
+  /** How many entries it holds. */
+  async len(): Promise<number> {
+    return (await this.call(OP.len))[1]
+  }
+
+  /** Sets every entry of `entries` (an object, a Map or [key, value] pairs) at once. */
+  async update(entries: Record<string, V> | Map<DictKey, V> | Iterable<[DictKey, V]>): Promise<void> {
+    const pairs: [unknown, unknown][] =
+      entries instanceof Map || Symbol.iterator in Object(entries)
+        ? [...(entries as Iterable<[unknown, unknown]>)]
+        : Object.entries(entries)
+    const flat: Uint8Array[] = []
+    for (const [k, v] of pairs)
+      flat.push(encodeKey(k, this.where('update')), encodeStored(v, `${this.where('update')}: the value of ${String(k)}`))
+    await this.call(OP.update, undefined, undefined, flat)
+  }
+
+  /** Removes `key` and gives its value; without `fallback`, an absent key is a KeyError. */
+  async pop(key: DictKey, ...fallback: [V?]): Promise<V | undefined> {
+    const [found, , value] = await this.call(OP.pop, encodeKey(key, this.where('pop')))
+    if (found) return value as V
+    if (fallback.length > 0) return fallback[0]
+    throw new KeyError(`${this.where('pop')}: no key ${typeof key === 'string' ? `'${key}'` : String(key)}`)
+  }
+
+  async keys(): Promise<DictKey[]> {
+    return (await this.call(OP.items))[3].map(([k]) => k as DictKey)
+  }
+
+  async values(): Promise<V[]> {
+    return (await this.call(OP.items))[3].map(([, v]) => v as V)
+  }
+
+  async items(): Promise<[DictKey, V][]> {
+    return (await this.call(OP.items))[3] as [DictKey, V][]
+  }
+
+  /** Removes every entry. */
+  async clear(): Promise<void> {
+    await this.call(OP.clear)
+  }
+}
