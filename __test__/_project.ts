@@ -71,8 +71,14 @@ export function npxServe(
     out += d
     stderr += d
   })
+  t.teardown(() => npx.kill('SIGKILL'))
+  removedAtEnd(t, dir)
+  return { npx, out: () => out, stdout: () => stdout, stderr: () => stderr }
+}
+
+/** At the test's end: every process working in `dir` is killed, and `dir` removed. */
+export function removedAtEnd(t: ExecutionContext, dir: string): void {
   t.teardown(() => {
-    npx.kill('SIGKILL')
     for (const pid of processesIn(dir)) {
       try {
         process.kill(pid, 'SIGKILL')
@@ -82,5 +88,4 @@ export function npxServe(
     }
     rmSync(dir, { recursive: true, force: true })
   })
-  return { npx, out: () => out, stdout: () => stdout, stderr: () => stderr }
 }

@@ -3,13 +3,12 @@
 // an app runs embedded. Each mode: every operation, values as copies, writers in 4 containers
 // at once lose nothing, and bad input is refused saying why.
 import test from 'ava'
-import { spawn } from 'node:child_process'
-import { copyFileSync, rmSync } from 'node:fs'
+import { copyFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { App, Dict, Function, InvalidError, KeyError, NotFoundError, SerializationError } from 'berth'
 
 import { berth } from './_cli.ts'
-import { npxServe, processesIn, userProject } from './_project.ts'
+import { npxServe, removedAtEnd, userProject } from './_project.ts'
 import { root } from './_served.ts'
 import { until } from './_util.ts'
 
@@ -111,22 +110,10 @@ test.serial('berth serve: a dict is shared by containers and callers, every oper
 
 test.serial('npx berth run --containers process: the run\'s control plane holds the dict for the entrypoint and the containers', async (t) => {
   const dir = userProject('berth-dict-run-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'dicts.ts'), join(d, 'app.ts')))
-  t.teardown(() => {
-    for (const pid of processesIn(dir)) {
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        // already gone
-      }
-    }
-    rmSync(dir, { recursive: true, force: true })
-  })
+  removedAtEnd(t, dir)
   for (const containers of ['process', 'embedded']) {
-    const child = spawn('npx', ['berth', 'run', 'app.ts', '--containers', containers], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (out += d))
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+    const { code, stdout, stderr } = await berth(['run', 'app.ts', '--containers', containers], {}, { npx: true, cwd: dir })
+    const out = stdout + stderr
     t.is(code, 0, out)
     const r = JSON.parse(out.trim().split('\n').pop()!)
     t.is(r.len, 201, `${containers}: 4 x 50 from the containers and 1 from the entrypoint`)

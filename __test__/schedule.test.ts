@@ -4,12 +4,12 @@
 // `npx berth run` does not run schedules. Bad schedules are InvalidErrors when the app is defined.
 // Cron patterns' next times are tested in crates/berth-server/src/schedule.rs.
 import test from 'ava'
-import { spawn } from 'node:child_process'
-import { copyFileSync, existsSync, readFileSync, rmSync } from 'node:fs'
+import { copyFileSync, existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { App, Cron, InvalidError, Period } from 'berth'
 
-import { npxServe, processesIn, userProject } from './_project.ts'
+import { berth } from './_cli.ts'
+import { npxServe, removedAtEnd, userProject } from './_project.ts'
 import { root } from './_served.ts'
 import { sleep, until } from './_util.ts'
 
@@ -43,22 +43,10 @@ test.serial('berth serve calls a scheduled function at each tick, with no argume
 test.serial('berth run does not run schedules', async (t) => {
   const dir = project()
   const ticks = join(dir, 'ticks')
-  t.teardown(() => {
-    for (const pid of processesIn(dir)) {
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        // already gone
-      }
-    }
-    rmSync(dir, { recursive: true, force: true })
-  })
+  removedAtEnd(t, dir)
   for (const containers of ['embedded', 'process']) {
-    const child = spawn('npx', ['berth', 'run', 'app.ts', '--containers', containers], { cwd: dir, env: { ...process.env, TICKS: ticks }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (out += d))
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+    const { code, stdout, stderr } = await berth(['run', 'app.ts', '--containers', containers], { TICKS: ticks }, { npx: true, cwd: dir })
+    const out = stdout + stderr
     t.is(code, 0, out)
     t.regex(out, /entrypoint done/)
   }

@@ -6,11 +6,11 @@
 // and berth's own handles, and run with `npx berth run` in both container modes.
 import test from 'ava'
 import { spawn } from 'node:child_process'
-import { copyFileSync, rmSync } from 'node:fs'
+import { copyFileSync } from 'node:fs'
 import { join } from 'node:path'
 import grpc from '@grpc/grpc-js'
 
-import { npxServe, processesIn, userProject } from './_project.ts'
+import { npxServe, removedAtEnd, userProject } from './_project.ts'
 import { Functions, cbor, deadline, root } from './_served.ts'
 import { until } from './_util.ts'
 
@@ -212,16 +212,7 @@ test.serial("berth serve: TypeScript calls from outside an input start a trace, 
 for (const containers of ['process', 'embedded']) {
   test.serial(`npx berth run --containers ${containers}: calls made in an input keep its trace`, async (t) => {
     const dir = traced()
-    t.teardown(() => {
-      for (const pid of processesIn(dir)) {
-        try {
-          process.kill(pid, 'SIGKILL')
-        } catch {
-          // already gone
-        }
-      }
-      rmSync(dir, { recursive: true, force: true })
-    })
+    removedAtEnd(t, dir)
     const child = spawn('npx', ['berth', 'run', 'app.ts', '--containers', containers], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
     let out = ''
     let err = ''

@@ -165,26 +165,18 @@ class Client {
   }
 
   /** One operation on a named dict (proto/berth/v1/data.proto): `[found, len, value, entries]`. */
-  dict(
-    name: string,
-    create: boolean,
-    op: number,
-    key?: Uint8Array,
-    value?: Uint8Array,
-    entries?: Uint8Array[],
-    skipIfExists = false,
-  ): Promise<unknown> {
+  dict(c: DictCall): Promise<unknown> {
     const buf = (b: Uint8Array | undefined) => (b === undefined ? undefined : Buffer.from(b.buffer, b.byteOffset, b.byteLength))
     return this.request((id) =>
       this.native.dict(
         id,
-        name,
-        create,
-        op,
-        buf(key),
-        buf(value),
-        entries?.map((e) => buf(e)!),
-        skipIfExists,
+        c.name,
+        c.create,
+        c.op,
+        buf(c.key),
+        buf(c.value),
+        c.entries?.map((e) => buf(e)!),
+        c.skipIfExists === true,
       ),
     )
   }
@@ -303,17 +295,21 @@ function clientAt(server: string | undefined, token: string | undefined): Client
   return c
 }
 
+/** @internal One operation on a named dict (proto/berth/v1/data.proto `DictRequest`): keys and values encoded. */
+export interface DictCall {
+  name: string
+  create: boolean
+  op: number
+  key?: Uint8Array
+  value?: Uint8Array
+  /** Keys and values, alternating (`update`). */
+  entries?: Uint8Array[]
+  skipIfExists?: boolean
+}
+
 /** @internal What src/data/dict.ts calls. */
 export interface DataClient {
-  dict(
-    name: string,
-    create: boolean,
-    op: number,
-    key?: Uint8Array,
-    value?: Uint8Array,
-    entries?: Uint8Array[],
-    skipIfExists?: boolean,
-  ): Promise<unknown>
+  dict(c: DictCall): Promise<unknown>
 }
 
 /**

@@ -5,7 +5,7 @@
 // strings, numbers, booleans or bigints; values anything a function's argument may be (the
 // same checks and SerializationError), stored encoded: what `get` returns is a copy.
 import { localApps } from '../call/app-target.ts'
-import { type DataClient, dataClient } from '../call/remote.ts'
+import { type DataClient, type DictCall, dataClient } from '../call/remote.ts'
 import { inContainerProcess } from '../run/context.ts'
 import { decodeValue, encodeValue } from '../shared/cbor.ts'
 import { checkAndCopy } from '../shared/serialize.ts'
@@ -21,15 +21,7 @@ type Answer = [boolean, number, unknown, [unknown, unknown][]]
 
 /** Where a dict's operations go. */
 interface Backend {
-  op(
-    name: string,
-    create: boolean,
-    op: number,
-    key?: Uint8Array,
-    value?: Uint8Array,
-    entries?: Uint8Array[],
-    skip?: boolean,
-  ): Promise<Answer>
+  op(c: DictCall): Promise<Answer>
 }
 
 const NAME = /^[A-Za-z0-9._-]{1,128}$/
@@ -55,15 +47,7 @@ function encodeKey(key: unknown, where: string): Uint8Array {
 /** The dicts of this process, while an app runs embedded here: what the control plane does (dicts.rs). */
 class LocalDicts implements Backend {
   private readonly dicts = new Map<string, Map<string, [Uint8Array, Uint8Array]>>()
-  async op(
-    name: string,
-    create: boolean,
-    op: number,
-    key?: Uint8Array,
-    value?: Uint8Array,
-    entries?: Uint8Array[],
-    skip = false,
-  ): Promise<Answer> {
+  async op({ name, create, op, key, value, entries, skipIfExists }: DictCall): Promise<Answer> {
     if (op === OP.delete) return [this.dicts.delete(name), 0, null, []]
     let d = this.dicts.get(name)
     if (d === undefined) {
@@ -82,7 +66,7 @@ class LocalDicts implements Backend {
         break
       }
       case OP.put:
-        if (skip && d.has(id)) found = true
+        if (skipIfExists && d.has(id)) found = true
         else d.set(id, [key!, value!])
         break
       case OP.contains:
@@ -134,12 +118,12 @@ function backendFor(opts: { server?: string; token?: string }): Backend {
     else client = dataClient({})
   }
   return {
-    async op(name, create, op, key, value, entries, skip) {
+    async op(c) {
       try {
-        return (await client.dict(name, create, op, key, value, entries, skip)) as Answer
+        return (await client.dict(c)) as Answer
       } catch (e) {
         // The server's NOT_FOUND for an absent dict reads as the embedded one's.
-        if (e instanceof Error && /^no dict named/.test(e.message)) throw notFound(name)
+        if (e instanceof Error && /^no dict named/.test(e.message)) throw notFound(c.name)
         throw e
       }
     },
@@ -172,13 +156,13 @@ export class Dict<V = unknown> {
 
   /** Removes the dict named `name` and what it holds; false if there was none. */
   static async delete(name: string, opts: DictOptions = {}): Promise<boolean> {
-    const [found] = await backendFor(opts).op(name, false, OP.delete)
+    const [found] = await backendFor(opts).op({ name, create: false, op: OP.delete })
     return found
   }
 
-  private call(op: number, key?: Uint8Array, value?: Uint8Array, entries?: Uint8Array[], skip?: boolean): Promise<Answer> {
+  private call(op: number, more: Omit<DictCall, 'name' | 'create' | 'op'> = {}): Promise<Answer> {
     this.backend ??= backendFor(this.opts)
-    return this.backend.op(this.name, this.opts.createIfMissing === true, op, key, value, entries, skip)
+    return this.backend.op({ name: this.name, create: this.opts.createIfMissing === true, op, ...more })
   }
 
   private where(method: string): string {
@@ -187,25 +171,20 @@ export class Dict<V = unknown> {
 
   /** The value at `key`, or `fallback` (undefined) when there is none. */
   async get(key: DictKey, fallback?: V): Promise<V | undefined> {
-    const [found, , value] = await this.call(OP.get, encodeKey(key, this.where('get')))
+    const [found, , value] = await this.call(OP.get, { key: encodeKey(key, this.where('get')) })
     return found ? (value as V) : fallback
   }
 
   /** Sets `key` to `value`; with `skipIfExists`, only if `key` is absent (then true when it was put). */
   async put(key: DictKey, value: V, opts: { skipIfExists?: boolean } = {}): Promise<boolean> {
     const k = encodeKey(key, this.where('put'))
-    const [found] = await this.call(
-      OP.put,
-      k,
-      encodeStored(value, `${this.where('put')}: the value`),
-      undefined,
-      opts?.skipIfExists === true,
-    )
-    return !found || opts?.skipIfExists !== true
+    const skipIfExists = opts?.skipIfExists === true
+    const [found] = await this.call(OP.put, { key: k, value: encodeStored(value, `${this.where('put')}: the value`), skipIfExists })
+    return !found || !skipIfExists
   }
 
   async contains(key: DictKey): Promise<boolean> {
-    return (await this.call(OP.contains, encodeKey(key, this.where('contains'))))[0]
+    return (await this.call(OP.contains, { key: encodeKey(key, this.where('contains')) }))[0]
   }
 
   /** How many entries it holds. */
@@ -222,12 +201,12 @@ export class Dict<V = unknown> {
     const flat: Uint8Array[] = []
     for (const [k, v] of pairs)
       flat.push(encodeKey(k, this.where('update')), encodeStored(v, `${this.where('update')}: the value of ${String(k)}`))
-    await this.call(OP.update, undefined, undefined, flat)
+    await this.call(OP.update, { entries: flat })
   }
 
   /** Removes `key` and gives its value; without `fallback`, an absent key is a KeyError. */
   async pop(key: DictKey, ...fallback: [V?]): Promise<V | undefined> {
-    const [found, , value] = await this.call(OP.pop, encodeKey(key, this.where('pop')))
+    const [found, , value] = await this.call(OP.pop, { key: encodeKey(key, this.where('pop')) })
     if (found) return value as V
     if (fallback.length > 0) return fallback[0]
     throw new KeyError(`${this.where('pop')}: no key ${typeof key === 'string' ? `'${key}'` : String(key)}`)

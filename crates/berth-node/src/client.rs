@@ -478,43 +478,22 @@ fn parse_trace(traceparent: Option<String>) -> Option<berth_proto::trace::TraceC
     traceparent.and_then(|t| berth_proto::trace::TraceContext::parse(t.as_bytes()))
 }
 
-/// A CBOR head: major type `major`, argument `n`.
-fn cbor_head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    match n {
-        0..=23 => out.push(m | n as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-}
-
 /// A dict operation's answer as one CBOR value, the stored keys and values in it as they are.
 fn dict_answer(r: &pb::DictResponse) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         16 + r.value.len() + r.entries.iter().map(|e| e.key.len() + e.value.len() + 2).sum::<usize>(),
     );
-    cbor_head(&mut out, 4, 4);
+    berth_proto::values::write_head(&mut out, 4, 4);
     out.push(if r.found { 0xf5 } else { 0xf4 });
-    cbor_head(&mut out, 0, r.len);
+    berth_proto::values::write_head(&mut out, 0, r.len);
     if r.found && !r.value.is_empty() {
         out.extend_from_slice(&r.value);
     } else {
         out.push(0xf6);
     }
-    cbor_head(&mut out, 4, r.entries.len() as u64);
+    berth_proto::values::write_head(&mut out, 4, r.entries.len() as u64);
     for e in &r.entries {
-        cbor_head(&mut out, 4, 2);
+        berth_proto::values::write_head(&mut out, 4, 2);
         out.extend_from_slice(&e.key);
         out.extend_from_slice(&e.value);
     }

@@ -216,6 +216,27 @@ fn half_float(bits: u16) -> f64 {
     }
 }
 
+/// Writes a CBOR head: major type `major` (0-7) with argument `n`, in the fewest bytes.
+pub fn write_head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
 /// Checks one value of any shape (a result, an element).
 pub fn check_value(bytes: &[u8]) -> Result<(), ValueError> {
     match check_one(bytes)? {

@@ -30,7 +30,7 @@ pub(crate) fn canonical(def: &FunctionDef, sent: &[u8]) -> Result<Vec<u8>, Strin
         return Err(format!("{name}: unknown parameter '{key}'.{guess} Known parameters: {}.", known.join(", ")));
     }
     let mut out = Vec::new();
-    head(&mut out, 5, def.params.len() as u64);
+    berth_proto::values::write_head(&mut out, 5, def.params.len() as u64);
     for p in &def.params {
         // As in a JavaScript object, the last of repeated keys counts; `undefined` is not passed.
         let value = entries.iter().rev().find(|e| e.name == p.name).filter(|e| e.value != ParamValue::Undefined);
@@ -50,7 +50,7 @@ pub(crate) fn canonical(def: &FunctionDef, sent: &[u8]) -> Result<Vec<u8>, Strin
                 ))
             }
         };
-        head(&mut out, 3, p.name.len() as u64);
+        berth_proto::values::write_head(&mut out, 3, p.name.len() as u64);
         out.extend_from_slice(p.name.as_bytes());
         out.extend_from_slice(raw);
     }
@@ -118,27 +118,6 @@ fn js_number(n: f64) -> String {
         };
     }
     format!("{n}")
-}
-
-/// A CBOR head: major type and argument.
-fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    match n {
-        0..=23 => out.push(m | n as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
 }
 
 /// The candidate closest to `key`, or none when nothing is plausibly meant: a prefix either way
