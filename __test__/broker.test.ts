@@ -67,7 +67,7 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
   // The pools' streams, and the bucket of spawned calls' results every front opens.
-  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced', 'count', 'Web', 'ticker'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
+  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced', 'count', 'Web', 'ticker', 'remember'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -595,4 +595,41 @@ test.serial('broker mode: a schedule served by two fronts fires each tick once (
   // A tick fired by both fronts would run twice within milliseconds.
   for (let i = 1; i < at.length; i++) t.true(at[i] - at[i - 1] >= 400, `runs ${at[i] - at[i - 1]} ms apart: ${at.join(' ')}`)
   await stopAll(t, p.dir, [a.npx, b.npx, w.npx])
+})
+
+test.serial('broker mode: a dict is a JetStream key-value bucket: what a container on a worker puts, a caller reads through the front, and back; a key popped at once by four callers goes to one', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, env, front } = f
+  const name = `d-${p.app}`
+  t.teardown(() => removeStreams([`KV_berth_dict__${name}`]))
+  const server = `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]}`
+  const w = await npxWorker(p.dir, 'W', env)
+  const { Dict, Function, KeyError, NotFoundError } = await import('berth')
+  await t.throwsAsync(Dict.fromName(name, { server }).len(), { instanceOf: NotFoundError })
+  const remember = Function.fromName<(name: string, key: string, value: unknown) => Promise<number>>(p.app, 'remember')
+  t.is(await within(60_000, remember.remote(name, 'k1', 1), () => `remember\n${w.out()}`), 1)
+  const d = Dict.fromName<unknown>(name, { server })
+  t.deepEqual(await d.get('k1'), { value: 1, by: 'W' }, 'put by a container on the worker, read through the front')
+  await d.put('k2', 'from the caller')
+  t.is(await remember.remote(name, 'k3', 3), 3, "the worker's container sees the caller's put")
+  t.deepEqual((await d.keys()).map(String).sort(), ['k1', 'k2', 'k3'])
+  t.false(await d.put('k2', 'again', { skipIfExists: true }))
+  t.true(await d.contains('k2'))
+  await d.update({ u1: 1, u2: [2, 2] })
+  t.is(await d.len(), 5)
+  t.deepEqual(new Map(await d.items()).get('u2'), [2, 2])
+  t.is(await d.pop('u1'), 1)
+  await t.throwsAsync(d.pop('u1'), { instanceOf: KeyError })
+  await d.put('once', 'the one')
+  const pops = await Promise.all([0, 1, 2, 3].map(() => Dict.fromName(name, { server }).pop('once', null)))
+  t.deepEqual(pops.filter((x) => x !== null), ['the one'], 'popped by one caller only')
+  const cli = await berth(['dict', 'get', name, 'k2'], { BERTH_SERVER: server }, { npx: true, cwd: p.dir })
+  t.is(cli.stdout.trim(), '"from the caller"', cli.stderr)
+  await d.clear()
+  t.is(await d.len(), 0)
+  t.true(await Dict.delete(name, { server }))
+  await t.throwsAsync(Dict.fromName(name, { server }).len(), { instanceOf: NotFoundError })
+  await stopAll(t, p.dir, [front.npx, w.npx])
 })

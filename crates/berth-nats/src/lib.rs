@@ -30,6 +30,7 @@
 //!   `spawn`'s result goes to the app's key-value bucket instead ([`SpawnResults`]), where the
 //!   first write per call wins, so `FunctionCall.fromId` works on any front.
 pub mod broker;
+pub mod dicts;
 pub mod envelope;
 pub mod error;
 pub mod results;

@@ -225,6 +225,11 @@ impl Front {
         }
     }
 
+    /// Its connection to the NATS server.
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
     /// A call id of this front: `fc-<prefix>-<n>`, unique across fronts.
     pub(crate) fn call_id(&self, n: u64) -> String {
         self.ids.call_id(n)
@@ -852,6 +857,8 @@ pub async fn start_worker(
     let result_ttl = serve.result_ttl;
     let plane = ControlPlane::start(Registry { functions: local }, spawner, serve).await?;
     let shared = plane.shared().clone();
+    // Its containers' dicts are the NATS server's, as the fronts' are (dicts.rs).
+    let _ = shared.dict_broker.set(broker.clone());
     let (stop, stopped) = watch::channel(false);
     let mut worker = Worker { broker: broker.clone(), stop, feeders: Vec::new(), held: Vec::new(), pools: Vec::new() };
     // One subject for fronts' credit to every stream input running here.

@@ -1,9 +1,10 @@
-//! Named dicts (proto/berth/v1/data.proto `Dicts`, README "Dict"): key-value maps the server
-//! holds in memory for every container and caller it serves, as Modal's `Dict` is shared by an
-//! environment's apps. Keys and values are CBOR, checked as arguments are
-//! (berth-proto's values.rs); a key is compared by its bytes (the TypeScript client writes
-//! canonical CBOR). Each operation takes the dicts' lock once, so concurrent writers lose
-//! nothing and `update` is all at once. What a dict holds lives as long as the server.
+//! Named dicts (proto/berth/v1/data.proto `Dicts`, README "Dict"): key-value maps shared by
+//! every container and caller, as Modal's `Dict` is by an environment's apps. Keys and values
+//! are CBOR, checked as arguments are (berth-proto's values.rs); a key is compared by its bytes
+//! (the TypeScript client writes canonical CBOR). The server holds them in memory, each
+//! operation under one lock (concurrent writers lose nothing, `update` is all at once), for as
+//! long as it runs; in broker mode (a front, a worker) they are JetStream key-value buckets that
+//! every machine shares (berth-nats `dicts.rs`).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -35,40 +36,100 @@ fn check_cbor(what: &str, bytes: &[u8]) -> Result<(), Status> {
     berth_proto::values::check_value(bytes).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 
+/// What `req` asks, once its name, key, value and entries are checked.
+fn check(req: &pb::DictRequest) -> Result<pb::DictOp, Status> {
+    check_name(&req.name)?;
+    let op = pb::DictOp::try_from(req.op).unwrap_or(pb::DictOp::Unspecified);
+    match op {
+        pb::DictOp::Unspecified => return Err(Status::invalid_argument("DictRequest.op: say which operation")),
+        pb::DictOp::Get | pb::DictOp::Put | pb::DictOp::Contains | pb::DictOp::Pop => check_cbor("key", &req.key)?,
+        _ => {}
+    }
+    if op == pb::DictOp::Put {
+        check_cbor("value", &req.value)?;
+    }
+    for e in &req.entries {
+        check_cbor("an entry's key", &e.key)?;
+        check_cbor("an entry's value", &e.value)?;
+    }
+    Ok(op)
+}
+
+fn not_found(name: &str) -> Status {
+    Status::not_found(format!(
+        "no dict named '{name}': create it with Dict.fromName('{name}', {{ createIfMissing: true }})"
+    ))
+}
+
+/// Applies `req` where this control plane keeps its dicts.
+pub(crate) async fn answer(shared: &Shared, req: pb::DictRequest) -> Result<pb::DictResponse, Status> {
+    match shared.dict_broker.get() {
+        Some(broker) => in_buckets(broker, req).await,
+        None => shared.dicts.apply(req),
+    }
+}
+
+/// `req` on JetStream key-value buckets (broker mode).
+async fn in_buckets(broker: &berth_nats::Broker, req: pb::DictRequest) -> Result<pb::DictResponse, Status> {
+    let op = check(&req)?;
+    let failed = |e: berth_nats::Error| Status::unavailable(e.message);
+    if op == pb::DictOp::Delete {
+        return Ok(pb::DictResponse {
+            found: broker.drop_dict(&req.name).await.map_err(failed)?,
+            ..Default::default()
+        });
+    }
+    let Some(d) = broker.dict(&req.name, req.create_if_missing).await.map_err(failed)? else {
+        return Err(not_found(&req.name));
+    };
+    let mut out = pb::DictResponse::default();
+    match op {
+        pb::DictOp::Unspecified | pb::DictOp::Delete | pb::DictOp::Ensure | pb::DictOp::Len => {}
+        pb::DictOp::Get => {
+            if let Some(v) = d.get(&req.key).await.map_err(failed)? {
+                (out.found, out.value) = (true, v);
+            }
+        }
+        pb::DictOp::Put => out.found = !d.put(&req.key, req.value, req.skip_if_exists).await.map_err(failed)?,
+        pb::DictOp::Contains => out.found = d.get(&req.key).await.map_err(failed)?.is_some(),
+        pb::DictOp::Update => {
+            for e in req.entries {
+                d.put(&e.key, e.value, false).await.map_err(failed)?;
+            }
+        }
+        pb::DictOp::Pop => {
+            if let Some(v) = d.pop(&req.key).await.map_err(failed)? {
+                (out.found, out.value) = (true, v);
+            }
+        }
+        pb::DictOp::Items => {
+            out.entries =
+                d.items().await.map_err(failed)?.into_iter().map(|(key, value)| pb::DictEntry { key, value }).collect();
+        }
+        pb::DictOp::Clear => d.clear().await.map_err(failed)?,
+    }
+    out.len = if op == pb::DictOp::Items { out.entries.len() } else { d.keys().await.map_err(failed)?.len() } as u64;
+    Ok(out)
+}
+
 impl Dicts {
-    /// Applies `req`.
+    /// Applies `req` to the dicts this server holds.
     pub(crate) fn apply(&self, req: pb::DictRequest) -> Result<pb::DictResponse, Status> {
-        check_name(&req.name)?;
-        let op = pb::DictOp::try_from(req.op).unwrap_or(pb::DictOp::Unspecified);
-        match op {
-            pb::DictOp::Get | pb::DictOp::Put | pb::DictOp::Contains | pb::DictOp::Pop => check_cbor("key", &req.key)?,
-            _ => {}
-        }
-        if op == pb::DictOp::Put {
-            check_cbor("value", &req.value)?;
-        }
-        for e in &req.entries {
-            check_cbor("an entry's key", &e.key)?;
-            check_cbor("an entry's value", &e.value)?;
-        }
+        let op = check(&req)?;
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if op == pb::DictOp::Delete {
             return Ok(pb::DictResponse { found: all.remove(&req.name).is_some(), ..Default::default() });
         }
         if !all.contains_key(&req.name) {
             if !req.create_if_missing {
-                return Err(Status::not_found(format!(
-                    "no dict named '{}': create it with Dict.fromName('{}', {{ createIfMissing: true }})",
-                    req.name, req.name
-                )));
+                return Err(not_found(&req.name));
             }
             all.insert(req.name.clone(), HashMap::new());
         }
         let Some(d) = all.get_mut(&req.name) else { return Err(Status::internal("the dict went away")) };
         let mut out = pb::DictResponse::default();
         match op {
-            pb::DictOp::Unspecified => return Err(Status::invalid_argument("DictRequest.op: say which operation")),
-            pb::DictOp::Ensure => {}
+            pb::DictOp::Unspecified | pb::DictOp::Ensure => {}
             pb::DictOp::Get => {
                 if let Some(v) = d.get(&req.key) {
                     (out.found, out.value) = (true, v.clone());
@@ -112,7 +173,7 @@ pub(crate) struct DictsSvc {
 #[tonic::async_trait]
 impl DictsRpc for DictsSvc {
     async fn dict(&self, req: Request<pb::DictRequest>) -> Result<Response<pb::DictResponse>, Status> {
-        self.shared.dicts.apply(req.into_inner()).map(Response::new)
+        answer(&self.shared, req.into_inner()).await.map(Response::new)
     }
 }
 

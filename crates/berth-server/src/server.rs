@@ -208,7 +208,12 @@ impl ControlPlane {
             front,
             closing: watch::channel(false).0,
             dicts: Default::default(),
+            dict_broker: std::sync::OnceLock::new(),
         });
+        if let Some(front) = &shared.front {
+            // Its dicts are the NATS server's, shared with the workers (dicts.rs).
+            let _ = shared.dict_broker.set(front.broker().clone());
+        }
         crate::driver::start(&shared, source);
         // Pools that keep containers warm start now, not with their first call (as in Modal).
         shared.warm(&(0..count).collect::<Vec<_>>());
