@@ -583,17 +583,20 @@ test.serial('broker mode: a schedule served by two fronts fires each tick once (
   if (!p) return
   const runs = join(p.dir, 'runs')
   const env = { BROKER_APP: p.app, RUNS: runs, TICK_EVERY: '1' }
+  // The worker first: each tick's run then starts as soon as a front fires it.
+  const w = await npxWorker(p.dir, 'W', { BROKER_APP: p.app, RUNS: runs })
   const a = npxServe(t, p.dir, ['--broker', URL], env)
   const b = npxServe(t, p.dir, ['--broker', URL], env)
   for (const f of [a, b]) await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(f.out()), 60_000, () => `a front to listen\n${f.out()}`)
-  const w = await npxWorker(p.dir, 'W', { BROKER_APP: p.app, RUNS: runs })
   const ticks = () =>
     (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n') : []).filter((l) => l.startsWith('W tick ')).map((l) => Number(l.split(' ')[2]))
-  await until(() => ticks().length >= 4, 60_000, () => `four ticks\n${w.out()}\n${a.out()}\n${b.out()}`)
-  await sleep(1500)
-  const at = ticks().sort((x, y) => x - y)
-  // A tick fired by both fronts would run twice within milliseconds.
-  for (let i = 1; i < at.length; i++) t.true(at[i] - at[i - 1] >= 400, `runs ${at[i] - at[i - 1]} ms apart: ${at.join(' ')}`)
+  await until(() => ticks().length >= 1, 60_000, () => `a first tick\n${w.out()}\n${a.out()}\n${b.out()}`)
+  // Ticks are on the second, each fired by one front: over 4 s, 4 runs (5 if one came late);
+  // a tick fired by both fronts would make about 8.
+  const from = ticks()[0] + 1000
+  await sleep(5500)
+  const window = ticks().filter((at) => at >= from && at < from + 4000)
+  t.true(window.length >= 1 && window.length <= 5, `${window.length} runs in 4 s of 1 s ticks: ${ticks().join(' ')}`)
   await stopAll(t, p.dir, [a.npx, b.npx, w.npx])
 })
 
@@ -630,6 +633,9 @@ test.serial('broker mode: a dict is a JetStream key-value bucket: what a contain
   await d.clear()
   t.is(await d.len(), 0)
   t.true(await Dict.delete(name, { server }))
+  // A queue is not shared across machines yet: refused, saying so, rather than split.
+  const { Queue } = await import('berth')
+  await t.throwsAsync(Queue.fromName(name, { server, createIfMissing: true }).put(1), { message: /Queue is not available with --broker yet/ })
   await t.throwsAsync(Dict.fromName(name, { server }).len(), { instanceOf: NotFoundError })
   await stopAll(t, p.dir, [front.npx, w.npx])
 })

@@ -32,11 +32,13 @@ export {
   InvalidError,
   KeyError,
   NotFoundError,
+  QueueEmptyError,
   QueueFullError,
   RemoteError,
   SerializationError,
 } from './shared/errors.ts'
 export { Dict } from './data/dict.ts'
+export { Queue } from './data/queue.ts'
 export type { ClsOptions, FunctionOptions } from './define/options.ts'
 export type { ClsHandle, ClsParams, FunctionHandle, GeneratorInvocable, MapOptions, MethodHandle } from './call/types.ts'
 

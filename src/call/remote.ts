@@ -181,6 +181,25 @@ class Client {
     )
   }
 
+  /** One operation on a named queue (proto/berth/v1/data.proto): `[items, len, found]`. */
+  queue(c: QueueCall): Promise<unknown> {
+    const values = (c.values ?? []).map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength))
+    return this.request((id) =>
+      this.native.queue(
+        id,
+        c.name,
+        c.create,
+        c.op,
+        c.partition ?? '',
+        values,
+        c.max ?? 1,
+        c.block === true,
+        c.timeout ?? 0,
+        c.allPartitions === true,
+      ),
+    )
+  }
+
   private settle(id: number) {
     const p = this.pending.get(id)
     this.pending.delete(id)
@@ -307,9 +326,24 @@ export interface DictCall {
   skipIfExists?: boolean
 }
 
-/** @internal What src/data/dict.ts calls. */
+/** @internal One operation on a named queue (proto/berth/v1/data.proto `QueueRequest`): items encoded. */
+export interface QueueCall {
+  name: string
+  create: boolean
+  op: number
+  partition?: string
+  values?: Uint8Array[]
+  max?: number
+  block?: boolean
+  /** Seconds; 0 with `block`: no limit. */
+  timeout?: number
+  allPartitions?: boolean
+}
+
+/** @internal What src/data/dict.ts and src/data/queue.ts call. */
 export interface DataClient {
   dict(c: DictCall): Promise<unknown>
+  queue(c: QueueCall): Promise<unknown>
 }
 
 /**

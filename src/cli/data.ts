@@ -2,7 +2,7 @@
 // through the same Dict class callers use (the package's runtime, handed in by main.ts: the CLI
 // bundle carries no copy of the call layer). The server is BERTH_SERVER or --server, with
 // BERTH_TOKEN or --token.
-type DictApi = typeof import('../data/dict.ts')
+type DictApi = { Dict: typeof import('../data/dict.ts').Dict }
 
 export const DICT_HELP = `Usage: berth dict get <name> <key>            the value at a key (JSON)
        berth dict put <name> <key> <value>    set a key (the value is JSON where it parses, else text)

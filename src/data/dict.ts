@@ -102,21 +102,24 @@ function notFound(name: string): NotFoundError {
 }
 
 /**
- * Where this process's dicts are: the control plane it runs in (a container process), its app's
- * control plane (process containers), this process (an app embedded here), or BERTH_SERVER's.
+ * @internal Where this process's dicts and queues are: the control plane it runs in (a
+ * container process), its app's control plane (process containers), this process (an app
+ * embedded here: undefined), or BERTH_SERVER's.
  */
+export function dataClientFor(opts: { server?: string; token?: string }): DataClient | undefined {
+  if (opts.server !== undefined) return dataClient({ server: opts.server, token: opts.token })
+  if (inContainerProcess() && process.env.BERTH_ENDPOINT)
+    return dataClient({ server: process.env.BERTH_ENDPOINT, token: process.env.BERTH_TOKEN })
+  const apps = localApps()
+  const processApp = apps.find((a) => a.processServer !== undefined)
+  if (processApp !== undefined) return dataClient({ app: processApp.name })
+  if (apps.some((a) => a.runtimeIfRunning() !== undefined)) return undefined
+  return dataClient({})
+}
+
 function backendFor(opts: { server?: string; token?: string }): Backend {
-  let client: DataClient
-  if (opts.server !== undefined) client = dataClient({ server: opts.server, token: opts.token })
-  else if (inContainerProcess() && process.env.BERTH_ENDPOINT)
-    client = dataClient({ server: process.env.BERTH_ENDPOINT, token: process.env.BERTH_TOKEN })
-  else {
-    const apps = localApps()
-    const processApp = apps.find((a) => a.processServer !== undefined)
-    if (processApp !== undefined) client = dataClient({ app: processApp.name })
-    else if (apps.some((a) => a.runtimeIfRunning() !== undefined)) return local
-    else client = dataClient({})
-  }
+  const client = dataClientFor(opts)
+  if (client === undefined) return local
   return {
     async op(c) {
       try {

@@ -61,6 +61,9 @@ export class KeyError extends BerthError {}
 /** A named dict that does not exist was asked for without `createIfMissing`. */
 export class NotFoundError extends BerthError {}
 
+/** A blocking `Queue.get` found nothing within its timeout (Modal's `queue.Empty`). */
+export class QueueEmptyError extends BerthError {}
+
 const CLASSES = {
   BerthError,
   InvalidError,
@@ -72,6 +75,7 @@ const CLASSES = {
   QueueFullError,
   KeyError,
   NotFoundError,
+  QueueEmptyError,
 } as const
 for (const [name, cls] of Object.entries(CLASSES)) {
   Object.defineProperty(cls.prototype, 'name', { value: name, writable: true, configurable: true })

@@ -268,6 +268,43 @@ impl BindingClient {
         Ok(())
     }
 
+    /// One operation on a named queue (proto/berth/v1/data.proto): answered as one value, the
+    /// CBOR array `[[item, ...], len, found]` (src/data/queue.ts reads it).
+    #[napi]
+    #[allow(clippy::too_many_arguments)]
+    pub fn queue(
+        &self,
+        id: f64,
+        name: String,
+        create_if_missing: bool,
+        op: i32,
+        partition: String,
+        values: Vec<Buffer>,
+        max: u32,
+        block: bool,
+        timeout: f64,
+        all_partitions: bool,
+    ) -> Result<()> {
+        let req = pb::QueueRequest {
+            name,
+            create_if_missing,
+            op,
+            partition,
+            values: values.into_iter().map(|v| v.to_vec()).collect(),
+            max,
+            block,
+            timeout,
+            all_partitions,
+        };
+        self.run(id, |client, out| async move {
+            match client.queue(req).await {
+                Ok(r) => out.push(id, K_VALUE, &queue_answer(&r)),
+                Err(s) => out.status(id, &s),
+            }
+        });
+        Ok(())
+    }
+
     #[napi]
     pub fn cancel(&self, id: f64, call: String) -> Result<()> {
         self.run(id, |client, out| async move {
@@ -497,5 +534,18 @@ fn dict_answer(r: &pb::DictResponse) -> Vec<u8> {
         out.extend_from_slice(&e.key);
         out.extend_from_slice(&e.value);
     }
+    out
+}
+
+/// A queue operation's answer as one CBOR value, its items in it as they are.
+fn queue_answer(r: &pb::QueueResponse) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + r.values.iter().map(Vec::len).sum::<usize>());
+    berth_proto::values::write_head(&mut out, 4, 3);
+    berth_proto::values::write_head(&mut out, 4, r.values.len() as u64);
+    for v in &r.values {
+        out.extend_from_slice(v);
+    }
+    berth_proto::values::write_head(&mut out, 0, r.len);
+    out.push(if r.found { 0xf5 } else { 0xf4 });
     out
 }

@@ -134,6 +134,24 @@ impl Client {
         }
     }
 
+    /// One operation on a named queue (proto/berth/v1/data.proto `Queues`).
+    pub async fn queue(&self, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
+        let req = Request::new(req);
+        match &self.0 {
+            Transport::Grpc { channel, auth, .. } => {
+                let mut queues = berth_proto::v1::queues_client::QueuesClient::new(channel.clone())
+                    .max_decoding_message_size(usize::MAX);
+                Ok(queues.queue(authed(req, auth)).await?.into_inner())
+            }
+            Transport::InProcess(p) => {
+                p.call(req, |svc, req| async move {
+                    crate::queues::answer(&svc.shared, req.into_inner()).await.map(tonic::Response::new)
+                })
+                .await
+            }
+        }
+    }
+
     pub async fn cancel(&self, function_call_id: String) -> Result<(), Status> {
         let req = Request::new(pb::CancelRequest { function_call_id });
         match &self.0 {

@@ -21,7 +21,7 @@ type Entries = HashMap<Vec<u8>, Vec<u8>>;
 pub(crate) struct Dicts(Mutex<HashMap<String, Entries>>);
 
 /// A dict's name: what `Dict.fromName` takes.
-fn check_name(name: &str) -> Result<(), Status> {
+pub(crate) fn check_name(name: &str) -> Result<(), Status> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');

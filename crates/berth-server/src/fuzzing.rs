@@ -89,6 +89,7 @@ impl Plane {
             front: None,
             closing: tokio::sync::watch::channel(false).0,
             dicts: Default::default(),
+            queues: Default::default(),
             dict_broker: std::sync::OnceLock::new(),
         });
         let scheduler = Scheduler::new(Host(shared.clone()), Host(shared.clone()));

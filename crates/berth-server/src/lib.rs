@@ -27,6 +27,7 @@ mod metrics;
 mod params;
 mod plane;
 mod proxy;
+mod queues;
 pub mod schedule;
 mod server;
 pub mod supervisor;

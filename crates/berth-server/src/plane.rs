@@ -621,6 +621,8 @@ pub(crate) struct Shared {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// The named dicts the server holds (dicts.rs).
     pub dicts: crate::dicts::Dicts,
+    /// The named queues the server holds (queues.rs).
+    pub queues: crate::queues::Queues,
     /// Broker mode (a front, a worker): dicts are the NATS server's key-value buckets instead.
     pub dict_broker: std::sync::OnceLock<berth_nats::Broker>,
 }

@@ -208,6 +208,7 @@ impl ControlPlane {
             front,
             closing: watch::channel(false).0,
             dicts: Default::default(),
+            queues: Default::default(),
             dict_broker: std::sync::OnceLock::new(),
         });
         if let Some(front) = &shared.front {
@@ -261,6 +262,12 @@ impl ControlPlane {
             .add_service(InterceptedService::new(functions, auth.clone()))
             .add_service(InterceptedService::new(
                 berth_proto::v1::dicts_server::DictsServer::new(crate::dicts::DictsSvc { shared: shared.clone() })
+                    .max_decoding_message_size(cap + FRAMING_BYTES)
+                    .max_encoding_message_size(usize::MAX),
+                auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                berth_proto::v1::queues_server::QueuesServer::new(crate::queues::QueuesSvc { shared: shared.clone() })
                     .max_decoding_message_size(cap + FRAMING_BYTES)
                     .max_encoding_message_size(usize::MAX),
                 auth,

@@ -1,0 +1,188 @@
+//! Named queues (proto/berth/v1/data.proto `Queues`, README "Queue"): FIFO per partition, held
+//! by the server in memory for every container and caller it serves, as Modal's `Queue` is.
+//! Items are CBOR, checked as arguments are. A blocked `get` waits here (a `Notify` per queue,
+//! woken by each put) until an item comes or its timeout passes; a get whose caller goes away
+//! while it waits takes nothing (one that goes between the take and the answer's delivery loses
+//! what it took: the answer is on its way). What a queue holds lives as long as the server. In
+//! broker mode queues are refused for now (each front and worker would hold its own).
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_proto::v1::{self as pb, queues_server::Queues as QueuesRpc};
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+
+use crate::plane::Shared;
+
+/// Items a get takes at once at most.
+const MAX_TAKE: u32 = 10_000;
+
+/// Longest a blocked get waits (a day; the caller asks again after).
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
+#[derive(Default)]
+struct Queue {
+    partitions: HashMap<String, VecDeque<Vec<u8>>>,
+    /// Woken by every put.
+    put: Arc<Notify>,
+}
+
+/// The queues, by name.
+#[derive(Default)]
+pub(crate) struct Queues(Mutex<HashMap<String, Queue>>);
+
+fn not_found(name: &str) -> Status {
+    Status::not_found(format!(
+        "no queue named '{name}': create it with Queue.fromName('{name}', {{ createIfMissing: true }})"
+    ))
+}
+
+impl Queues {
+    /// Applies `req`; a blocked get waits here.
+    pub(crate) async fn answer(&self, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
+        crate::dicts::check_name(&req.name)?;
+        let op = pb::QueueOp::try_from(req.op).unwrap_or(pb::QueueOp::Unspecified);
+        if op == pb::QueueOp::Unspecified {
+            return Err(Status::invalid_argument("QueueRequest.op: say which operation"));
+        }
+        if req.partition.len() > 64 {
+            return Err(Status::invalid_argument("a partition name is at most 64 bytes"));
+        }
+        for v in &req.values {
+            berth_proto::values::check_value(v).map_err(|e| Status::invalid_argument(format!("an item: {e}")))?;
+        }
+        if !(req.timeout.is_finite() && req.timeout >= 0.0) {
+            return Err(Status::invalid_argument("QueueRequest.timeout: seconds, from 0 up (0 with block: no limit)"));
+        }
+        let wait = if req.timeout == 0.0 { MAX_WAIT } else { Duration::from_secs_f64(req.timeout).min(MAX_WAIT) };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = {
+                let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                if op == pb::QueueOp::Delete {
+                    return Ok(pb::QueueResponse { found: all.remove(&req.name).is_some(), ..Default::default() });
+                }
+                if !all.contains_key(&req.name) {
+                    if !req.create_if_missing {
+                        return Err(not_found(&req.name));
+                    }
+                    all.insert(req.name.clone(), Queue::default());
+                }
+                let Some(q) = all.get_mut(&req.name) else { return Err(not_found(&req.name)) };
+                let mut out = pb::QueueResponse::default();
+                match op {
+                    pb::QueueOp::Put => {
+                        q.partitions.entry(req.partition.clone()).or_default().extend(req.values);
+                        q.put.notify_waiters();
+                        return Ok(out);
+                    }
+                    pb::QueueOp::Len | pb::QueueOp::Clear => {
+                        if req.all_partitions {
+                            if op == pb::QueueOp::Clear {
+                                q.partitions.clear();
+                            }
+                            out.len = q.partitions.values().map(|p| p.len() as u64).sum();
+                        } else {
+                            if op == pb::QueueOp::Clear {
+                                q.partitions.remove(&req.partition);
+                            }
+                            out.len = q.partitions.get(&req.partition).map_or(0, |p| p.len() as u64);
+                        }
+                        return Ok(out);
+                    }
+                    _ => {}
+                }
+                // A get: what is there now, or wait for a put.
+                let take = req.max.clamp(1, MAX_TAKE) as usize;
+                if let Some(p) = q.partitions.get_mut(&req.partition) {
+                    let n = take.min(p.len());
+                    out.values = p.drain(..n).collect();
+                    out.len = p.len() as u64;
+                }
+                if !out.values.is_empty() || !req.block || tokio::time::Instant::now() >= deadline {
+                    return Ok(out);
+                }
+                // Registered before the lock goes: a put from now on wakes it.
+                let put = Arc::clone(&q.put);
+                let notified = put.notified_owned();
+                drop(all);
+                notified
+            };
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // One more look, then empty: the timeout passed.
+                continue;
+            }
+        }
+    }
+}
+
+/// Applies `req` where this control plane keeps its queues.
+pub(crate) async fn answer(shared: &Shared, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
+    if shared.dict_broker.get().is_some() {
+        return Err(Status::unimplemented(
+            "Queue is not available with --broker yet: the fronts and workers would each hold their own; use a Dict, or serve without --broker",
+        ));
+    }
+    shared.queues.answer(req).await
+}
+
+/// The `Queues` gRPC service.
+pub(crate) struct QueuesSvc {
+    pub shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl QueuesRpc for QueuesSvc {
+    async fn queue(&self, req: Request<pb::QueueRequest>) -> Result<Response<pb::QueueResponse>, Status> {
+        answer(&self.shared, req.into_inner()).await.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn req(op: pb::QueueOp) -> pb::QueueRequest {
+        pb::QueueRequest { name: "q".into(), op: op as i32, create_if_missing: true, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn fifo_per_partition_and_a_blocked_get_is_released_by_a_put() {
+        let q = Arc::new(Queues::default());
+        q.answer(pb::QueueRequest { values: vec![vec![1], vec![2], vec![3]], ..req(pb::QueueOp::Put) }).await.unwrap();
+        q.answer(pb::QueueRequest { values: vec![vec![9]], partition: "p".into(), ..req(pb::QueueOp::Put) })
+            .await
+            .unwrap();
+        let got = q.answer(pb::QueueRequest { max: 2, ..req(pb::QueueOp::Get) }).await.unwrap();
+        assert_eq!((got.values, got.len), (vec![vec![1], vec![2]], 1));
+        let all = q.answer(pb::QueueRequest { all_partitions: true, ..req(pb::QueueOp::Len) }).await.unwrap();
+        assert_eq!(all.len, 2);
+        q.answer(req(pb::QueueOp::Get)).await.unwrap();
+        // Empty: a non-blocking get takes nothing; a blocking one waits for the put below.
+        assert!(q.answer(req(pb::QueueOp::Get)).await.unwrap().values.is_empty());
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.answer(pb::QueueRequest { block: true, ..req(pb::QueueOp::Get) }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        q.answer(pb::QueueRequest { values: vec![vec![7]], ..req(pb::QueueOp::Put) }).await.unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap().values, vec![vec![7]]);
+        // A timeout passes with nothing.
+        let t = tokio::time::Instant::now();
+        let none = q.answer(pb::QueueRequest { block: true, timeout: 0.1, ..req(pb::QueueOp::Get) }).await.unwrap();
+        assert!(none.values.is_empty() && t.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused() {
+        let q = Queues::default();
+        let e = q.answer(pb::QueueRequest { create_if_missing: false, ..req(pb::QueueOp::Len) }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = q.answer(pb::QueueRequest { timeout: -1.0, ..req(pb::QueueOp::Get) }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = q.answer(pb::QueueRequest { values: vec![vec![0xff]], ..req(pb::QueueOp::Put) }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+}

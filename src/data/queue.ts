@@ -1,0 +1,202 @@
+// Queue (README "Queue"): a named FIFO queue, per partition, shared by every container and caller
+// of a server, as Modal's `Queue` is. Held where dicts are (src/data/dict.ts `dataClientFor`):
+// the control plane (crates/berth-server/src/queues.rs) or, while an app runs embedded, this
+// process. Items are anything a function's argument may be, stored encoded.
+import { dataClientFor } from './dict.ts'
+import type { DataClient, QueueCall } from '../call/remote.ts'
+import { decodeValue, encodeValue } from '../shared/cbor.ts'
+import { InvalidError, NotFoundError, QueueEmptyError } from '../shared/errors.ts'
+import { checkAndCopy } from '../shared/serialize.ts'
+
+/** proto/berth/v1/data.proto `QueueOp`. */
+const OP = { put: 1, get: 2, len: 3, clear: 4, delete: 5 } as const
+
+/** What an operation answers: `[items, len, found]`. */
+type Answer = [unknown[], number, boolean]
+
+const NAME = /^[A-Za-z0-9._-]{1,128}$/
+
+function notFound(name: string): NotFoundError {
+  return new NotFoundError(`no queue named '${name}': create it with Queue.fromName('${name}', { createIfMissing: true })`)
+}
+
+/** The queues of this process, while an app runs embedded here: what the control plane does (queues.rs). */
+class LocalQueues {
+  private readonly queues = new Map<string, { parts: Map<string, Uint8Array[]>; waiters: Set<() => void> }>()
+  async op(c: QueueCall): Promise<Answer> {
+    if (c.op === OP.delete) return [[], 0, this.queues.delete(c.name)]
+    const deadline = c.block && c.timeout ? Date.now() + c.timeout * 1000 : c.block ? Number.POSITIVE_INFINITY : 0
+    for (;;) {
+      let q = this.queues.get(c.name)
+      if (q === undefined) {
+        if (!c.create) throw notFound(c.name)
+        q = { parts: new Map(), waiters: new Set() }
+        this.queues.set(c.name, q)
+      }
+      const key = c.partition ?? ''
+      const part = q.parts.get(key) ?? []
+      if (c.op === OP.put) {
+        part.push(...(c.values ?? []))
+        q.parts.set(key, part)
+        for (const wake of q.waiters) wake()
+        return [[], part.length, false]
+      }
+      if (c.op === OP.len || c.op === OP.clear) {
+        if (c.op === OP.clear) {
+          if (c.allPartitions) q.parts.clear()
+          else q.parts.delete(key)
+        }
+        const len = c.allPartitions ? [...q.parts.values()].reduce((n, p) => n + p.length, 0) : (q.parts.get(key)?.length ?? 0)
+        return [[], len, false]
+      }
+      const taken = part.splice(0, Math.max(1, c.max ?? 1))
+      if (taken.length > 0 || Date.now() >= deadline) return [taken.map((b) => decodeValue(b)), part.length, false]
+      const waiters = q.waiters
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          waiters.delete(wake)
+          clearTimeout(timer)
+          resolve()
+        }
+        const timer = deadline === Number.POSITIVE_INFINITY ? undefined : setTimeout(wake, Math.max(0, deadline - Date.now()))
+        waiters.add(wake)
+      })
+    }
+  }
+}
+
+const local = new LocalQueues()
+
+function encodeItem(value: unknown, what: string): Uint8Array {
+  try {
+    return encodeValue(value, what)
+  } catch (e) {
+    checkAndCopy(value, what)
+    throw e
+  }
+}
+
+export interface QueueOptions {
+  /** Make the queue if it does not exist; without it, using an absent queue is a NotFoundError. */
+  createIfMissing?: boolean
+  /** The server that holds it (else the control plane this code runs under, or BERTH_SERVER). */
+  server?: string
+  token?: string
+}
+
+export interface GetOptions {
+  /** Wait for an item (default true); false: undefined (get) or [] (getMany) when there is none. */
+  block?: boolean
+  /** Seconds to wait at most (default: no limit); past it a blocking get throws QueueEmptyError. */
+  timeout?: number
+  partition?: string
+}
+
+/** A named queue; made with `Queue.fromName`. Every method returns a promise. */
+export class Queue<T = unknown> {
+  private client: DataClient | undefined | null = null
+  private constructor(
+    readonly name: string,
+    private readonly opts: QueueOptions,
+  ) {}
+
+  /** The queue named `name`; with `createIfMissing`, made at its first use if absent. */
+  static fromName<T = unknown>(name: string, opts: QueueOptions = {}): Queue<T> {
+    if (typeof name !== 'string' || !NAME.test(name)) {
+      throw new InvalidError(`Queue.fromName(${JSON.stringify(name)}): a queue name is 1 to 128 letters, digits, '-', '_' or '.'`)
+    }
+    return new Queue<T>(name, opts ?? {})
+  }
+
+  /** Removes the queue named `name` and its items; false if there was none. */
+  static async delete(name: string, opts: QueueOptions = {}): Promise<boolean> {
+    return (await new Queue(name, opts).call({ op: OP.delete }))[2]
+  }
+
+  private async call(c: Omit<QueueCall, 'name' | 'create'>): Promise<Answer> {
+    if (this.client === null) this.client = dataClientFor(this.opts)
+    const full: QueueCall = { name: this.name, create: this.opts.createIfMissing === true, ...c }
+    if (this.client === undefined) return local.op(full)
+    try {
+      return (await this.client.queue(full)) as Answer
+    } catch (e) {
+      if (e instanceof Error && /^no queue named/.test(e.message)) throw notFound(this.name)
+      throw e
+    }
+  }
+
+  private partition(where: string, p: unknown): string {
+    if (p === undefined) return ''
+    if (typeof p !== 'string' || p.length === 0 || p.length > 64) {
+      throw new InvalidError(`Queue('${this.name}').${where}: a partition is a name of 1 to 64 characters`)
+    }
+    return p
+  }
+
+  /** Appends `value` (to `partition`). */
+  async put(value: T, opts: { partition?: string } = {}): Promise<void> {
+    await this.putMany([value], opts)
+  }
+
+  /** Appends each of `values`, in order (to `partition`). */
+  async putMany(values: T[], opts: { partition?: string } = {}): Promise<void> {
+    const partition = this.partition('putMany', opts?.partition)
+    const encoded = values.map((v, i) => encodeItem(v, `Queue('${this.name}').put: item ${i}`))
+    await this.call({ op: OP.put, partition, values: encoded })
+  }
+
+  private checkGet(where: string, opts: GetOptions): { partition: string; block: boolean; timeout: number } {
+    const timeout = opts?.timeout
+    if (timeout !== undefined && (typeof timeout !== 'number' || !Number.isFinite(timeout) || timeout < 0)) {
+      throw new InvalidError(`Queue('${this.name}').${where}: timeout is seconds from 0 up, got ${String(timeout)}`)
+    }
+    return { partition: this.partition(where, opts?.partition), block: opts?.block !== false, timeout: timeout ?? 0 }
+  }
+
+  /** The item at the front: waits for one unless `block` is false (then undefined when empty); QueueEmptyError past `timeout`. */
+  async get(opts: GetOptions = {}): Promise<T | undefined> {
+    const items = await this.getMany(1, opts)
+    return items[0]
+  }
+
+  /** Up to `n` items from the front, once there is at least one (or none, with `block: false`). */
+  async getMany(n: number, opts: GetOptions = {}): Promise<T[]> {
+    if (!Number.isInteger(n) || n < 1) throw new InvalidError(`Queue('${this.name}').getMany(${String(n)}): take a whole number from 1 up`)
+    const { partition, block, timeout } = this.checkGet('get', opts)
+    if (block && timeout === 0 && opts?.timeout === 0) {
+      // timeout 0 with block: nothing is waited for.
+      const [items] = await this.call({ op: OP.get, partition, max: n, block: false })
+      if (items.length === 0) throw new QueueEmptyError(`Queue('${this.name}').get: empty`)
+      return items as T[]
+    }
+    const [items] = await this.call({ op: OP.get, partition, max: n, block, timeout })
+    if (items.length === 0 && block) throw new QueueEmptyError(`Queue('${this.name}').get: nothing came within ${timeout} s`)
+    return items as T[]
+  }
+
+  /** How many items `partition` holds, or every partition with `total`. */
+  async len(opts: { partition?: string; total?: boolean } = {}): Promise<number> {
+    return (await this.call({ op: OP.len, partition: this.partition('len', opts?.partition), allPartitions: opts?.total === true }))[1]
+  }
+
+  /** Removes the items of `partition`, or of every partition with `all`. */
+  async clear(opts: { partition?: string; all?: boolean } = {}): Promise<void> {
+    await this.call({ op: OP.clear, partition: this.partition('clear', opts?.partition), allPartitions: opts?.all === true })
+  }
+
+  /** Its items as they come, until none comes within `itemPollTimeout` seconds (default 0: what is there now). */
+  async *iterate(opts: { partition?: string; itemPollTimeout?: number } = {}): AsyncGenerator<T> {
+    const wait = opts?.itemPollTimeout ?? 0
+    for (;;) {
+      const items = await this.call({
+        op: OP.get,
+        partition: this.partition('iterate', opts?.partition),
+        max: 100,
+        block: wait > 0,
+        timeout: wait,
+      })
+      if (items[0].length === 0) return
+      for (const x of items[0]) yield x as T
+    }
+  }
+}
