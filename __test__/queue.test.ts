@@ -82,6 +82,25 @@ test.serial('berth serve: every operation over gRPC; a get blocked in one contai
   t.is(await waiting, 'from the caller')
   await produce.remote(name, ['x', 'y'], 0)
   t.deepEqual(await Queue.fromName(name, { server }).getMany(5), ['x', 'y'])
+
+  // The CLI, as a user feeds or drains a running server's queue (BERTH_SERVER).
+  const env = { BERTH_SERVER: server }
+  const cli = (args: string[]) => berth(['queue', ...args], env, { npx: true, cwd: dir })
+  const jobs = `jobs-${process.pid}`
+  t.is((await cli(['put', jobs, '{"n":1}', 'two'])).code, 0)
+  t.is((await cli(['put', jobs, '3', '--partition', 'p'])).code, 0)
+  t.is((await cli(['len', jobs])).stdout.trim(), '3', 'every partition')
+  t.is((await cli(['len', jobs, '--partition', 'p'])).stdout.trim(), '1')
+  t.deepEqual(await Queue.fromName(jobs, { server }).get(), { n: 1 }, 'what the CLI put, parsed as JSON')
+  t.is((await cli(['get', jobs])).stdout.trim(), '"two"')
+  const empty = await cli(['get', jobs])
+  t.is(empty.code, 1)
+  t.regex(empty.stderr, /is empty/)
+  t.is((await cli(['clear', jobs])).code, 0)
+  t.is(await Queue.fromName(jobs, { server }).len({ total: true }), 0)
+  const absent = await cli(['len', 'never-made'])
+  t.is(absent.code, 1)
+  t.regex(absent.stderr, /no queue named 'never-made': create it with Queue.fromName/)
 })
 
 test.serial('npx berth run: the queue is the run\'s, with process containers and embedded ones', async (t) => {

@@ -16,7 +16,7 @@ import { createSecret, listSecrets } from '../run/secrets.ts'
 import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndReload } from './reload.ts'
 import { WORKER_HELP, worker } from './worker.ts'
 import { admin, APP_HELP, CONTAINER_HELP, LOGS_HELP } from './admin.ts'
-import { dictCommand } from './data.ts'
+import { dictCommand, queueCommand } from './data.ts'
 import { say, setLogFormat } from './say.ts'
 
 type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
@@ -42,7 +42,8 @@ Usage:
   berth logs <app> [-f]                      the recent lines of an app's containers; -f follows
                                              (these three ask BERTH_SERVER or --server, with BERTH_TOKEN)
   berth dict get|put|items|len|clear|delete <name> ...
-                                             a running server's named dicts (BERTH_SERVER or --server)
+  berth queue put|get|len|clear|delete <name> ...
+                                             a running server's named dicts and queues (BERTH_SERVER or --server)
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
   berth --version                            the installed berth's version
@@ -206,6 +207,7 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === 'secret') return secret(rest)
   if (cmd === 'app' || cmd === 'container' || cmd === 'logs') return admin(cmd, rest)
   if (cmd === 'dict') return dictCommand(rest, api())
+  if (cmd === 'queue') return queueCommand(rest, api())
   if (cmd === 'deploy') return deploy(rest)
   if (cmd === '__container') return container()
   if (cmd === '__registry') return registry(rest[0])
