@@ -936,6 +936,9 @@ const CHUNK_ITEMS: usize = 64;
 /// gone (it says its credit every [`CREDIT_AGAIN`]) and ends the stream input.
 const FRONT_SILENT: Duration = Duration::from_secs(30);
 
+/// How often a worker waiting for credit looks whether the call was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(250);
+
 /// A worker's one subject for fronts' credit (berth-nats `Broker::credit_inbox`), and the
 /// stream inputs running here that wait on it, by input id.
 pub(crate) struct StreamCredits {
@@ -999,6 +1002,8 @@ async fn forward(
     done: oneshot::Sender<((Option<Outcome>, pb::Result), u64)>,
 ) {
     let mut taken = credits.watch(&input.input_id, input.attempt);
+    // When the front last said its caller's credit.
+    let mut heard = Instant::now();
     let mut sent: u64 = 0;
     let mut pending: Vec<Vec<u8>> = Vec::new();
     let mut closed = false;
@@ -1032,17 +1037,26 @@ async fn forward(
         let room = (*taken.borrow() + STREAM_WINDOW).saturating_sub(sent) as usize;
         if room == 0 {
             // The caller reads slowly: wait for its credit (the lease is kept by run_delivery),
-            // unless the front is gone or the call was cancelled (its caller went away).
-            if !matches!(tokio::time::timeout(FRONT_SILENT, taken.changed()).await, Ok(Ok(()))) {
+            // unless the call was cancelled (its caller went away, or the front gave up on it:
+            // then no credit comes at all) or the front is gone.
+            match tokio::time::timeout(CANCEL_CHECK, taken.changed()).await {
+                Ok(Ok(())) => heard = Instant::now(),
+                Ok(Err(_)) => {
+                    failed = true;
+                    break;
+                }
+                Err(_) => {}
+            }
+            if cancels.cancelled(&input.function_call_id) {
+                failed = true;
+                break;
+            }
+            if heard.elapsed() >= FRONT_SILENT {
                 tracing::warn!(
                     "berth worker: no word from the front of input {} for {} s: its stream ends",
                     input.input_id,
                     FRONT_SILENT.as_secs()
                 );
-                failed = true;
-                break;
-            }
-            if cancels.cancelled(&input.function_call_id) {
                 failed = true;
                 break;
             }
