@@ -9,7 +9,7 @@ import { connect, type ClientHttp2Session } from 'node:http2'
  * Where callers find `berth serve` unless told: src/call/remote.ts's DEFAULT_SERVER, written
  * again here because the CLI bundle must not carry a copy of the call layer (src/cli/main.ts).
  */
-const DEFAULT_SERVER = 'http://127.0.0.1:7450'
+export const DEFAULT_SERVER = 'http://127.0.0.1:7450'
 
 export const APP_HELP = `Usage: berth app list [--server URL] [--token T]
        berth app stop <app> [--server URL] [--token T]

@@ -2,6 +2,8 @@
 // running server's named dicts and queues (README "Dict", "Queue"), through the same classes
 // callers use (the package's runtime, handed in by main.ts: the CLI bundle carries no copy of the
 // call layer). The server is BERTH_SERVER or --server, with BERTH_TOKEN or --token.
+import { DEFAULT_SERVER } from './admin.ts'
+
 type DictApi = { Dict: typeof import('../data/dict.ts').Dict }
 type QueueApi = { Queue: typeof import('../data/queue.ts').Queue }
 
@@ -22,13 +24,17 @@ function json(v: unknown): string {
   )
 }
 
-/** The words and flags of a `berth dict|queue` command line; a number is the exit status of a mistake. */
+/**
+ * The words and flags of a `berth dict|queue` command line, and the server they ask (--server,
+ * else BERTH_SERVER, else the default; --token, else BERTH_TOKEN); a number is the exit status of
+ * a mistake.
+ */
 function parseArgs(
   cmd: string,
   args: string[],
   known: string[],
   help: string,
-): { positional: string[]; flags: Record<string, string> } | number {
+): { positional: string[]; flags: Record<string, string>; opts: { server: string; token: string | undefined } } | number {
   if (args.includes('--help') || args.includes('-h') || args.length === 0) {
     process.stdout.write(help)
     return args.length === 0 ? 2 : 0
@@ -49,7 +55,14 @@ function parseArgs(
       return 2
     } else positional.push(a)
   }
-  return { positional, flags }
+  const opts = { server: flags.server ?? process.env.BERTH_SERVER ?? DEFAULT_SERVER, token: flags.token ?? process.env.BERTH_TOKEN }
+  return { positional, flags, opts }
+}
+
+/** What `berth dict|queue delete` prints and exits with. */
+function deleted(kind: string, name: string, found: boolean): number {
+  process.stdout.write(found ? `deleted ${kind} '${name}'\n` : `no ${kind} named '${name}'\n`)
+  return found ? 0 : 1
 }
 
 /** A value given on the command line: JSON where it parses, else the text. */
@@ -64,7 +77,7 @@ function valueOf(text: string): unknown {
 export async function dictCommand(args: string[], api: DictApi): Promise<number> {
   const parsed = parseArgs('dict', args, ['--server', '--token'], DICT_HELP)
   if (typeof parsed === 'number') return parsed
-  const { positional, flags } = parsed
+  const { positional, opts } = parsed
   const [op, name, ...rest] = positional
   const arity: Record<string, number> = { get: 1, put: 2, items: 0, len: 0, clear: 0, delete: 0 }
   if (!(op in arity) || name === undefined || rest.length !== arity[op]) {
@@ -73,16 +86,8 @@ export async function dictCommand(args: string[], api: DictApi): Promise<number>
     )
     return 2
   }
-  const opts = {
-    server: flags.server ?? process.env.BERTH_SERVER ?? 'http://127.0.0.1:7450',
-    token: flags.token ?? process.env.BERTH_TOKEN,
-  }
   try {
-    if (op === 'delete') {
-      const found = await api.Dict.delete(name, opts)
-      process.stdout.write(found ? `deleted dict '${name}'\n` : `no dict named '${name}'\n`)
-      return found ? 0 : 1
-    }
+    if (op === 'delete') return deleted('dict', name, await api.Dict.delete(name, opts))
     const d = api.Dict.fromName(name, { ...opts, createIfMissing: op === 'put' })
     if (op === 'get') {
       const missing = Symbol('missing')
@@ -119,24 +124,16 @@ export const QUEUE_HELP = `Usage: berth queue put <name> <value>...     append v
 export async function queueCommand(args: string[], api: QueueApi): Promise<number> {
   const parsed = parseArgs('queue', args, ['--server', '--token', '--partition', '--timeout'], QUEUE_HELP)
   if (typeof parsed === 'number') return parsed
-  const { positional, flags } = parsed
+  const { positional, flags, opts } = parsed
   const [op, name, ...rest] = positional
   const ok = { put: rest.length >= 1, get: rest.length === 0, len: rest.length === 0, clear: rest.length === 0, delete: rest.length === 0 }
   if (!(op in ok) || name === undefined || !ok[op as keyof typeof ok]) {
     process.stderr.write(`berth queue: ${op in ok ? `${op}: see the usage` : `unknown command '${op}'`}\n\n${QUEUE_HELP}`)
     return 2
   }
-  const opts = {
-    server: flags.server ?? process.env.BERTH_SERVER ?? 'http://127.0.0.1:7450',
-    token: flags.token ?? process.env.BERTH_TOKEN,
-  }
   const partition = flags.partition
   try {
-    if (op === 'delete') {
-      const found = await api.Queue.delete(name, opts)
-      process.stdout.write(found ? `deleted queue '${name}'\n` : `no queue named '${name}'\n`)
-      return found ? 0 : 1
-    }
+    if (op === 'delete') return deleted('queue', name, await api.Queue.delete(name, opts))
     const q = api.Queue.fromName(name, { ...opts, createIfMissing: op === 'put' })
     if (op === 'put') await q.putMany(rest.map(valueOf), { partition })
     else if (op === 'get') {

@@ -8,7 +8,6 @@ import { localApps } from '../call/app-target.ts'
 import { type DataClient, type DictCall, dataClient } from '../call/remote.ts'
 import { inContainerProcess } from '../run/context.ts'
 import { decodeValue, encodeValue } from '../shared/cbor.ts'
-import { checkAndCopy } from '../shared/serialize.ts'
 import { InvalidError, KeyError, NotFoundError } from '../shared/errors.ts'
 
 /** proto/berth/v1/data.proto `DictOp`. */
@@ -26,12 +25,27 @@ interface Backend {
 
 const NAME = /^[A-Za-z0-9._-]{1,128}$/
 
-/** `value` encoded, or the SerializationError an argument like it gets (naming what cannot go). */
-function encodeStored(value: unknown, what: string): Uint8Array {
+/** @internal A dict's or queue's name, as `Dict.fromName` and `Queue.fromName` take it (proto/berth/v1/data.proto). */
+export function checkDataName(kind: 'Dict' | 'Queue', name: unknown): void {
+  if (typeof name !== 'string' || !NAME.test(name)) {
+    throw new InvalidError(
+      `${kind}.fromName(${JSON.stringify(name)}): a ${kind.toLowerCase()} name is 1 to 128 letters, digits, '-', '_' or '.'`,
+    )
+  }
+}
+
+/** @internal Using a dict or queue that does not exist, without `createIfMissing`. */
+export function notFound(kind: 'Dict' | 'Queue', name: string): NotFoundError {
+  const what = kind.toLowerCase()
+  return new NotFoundError(`no ${what} named '${name}': create it with ${kind}.fromName('${name}', { createIfMissing: true })`)
+}
+
+/** @internal `call` to a server, whose NOT_FOUND for an absent dict or queue reads as the embedded one's. */
+export async function onServer<T>(kind: 'Dict' | 'Queue', name: string, call: () => Promise<unknown>): Promise<T> {
   try {
-    return encodeValue(value, what)
+    return (await call()) as T
   } catch (e) {
-    checkAndCopy(value, what)
+    if (e instanceof Error && e.message.startsWith(`no ${kind.toLowerCase()} named`)) throw notFound(kind, name)
     throw e
   }
 }
@@ -41,7 +55,7 @@ function encodeKey(key: unknown, where: string): Uint8Array {
   if (!(t === 'string' || t === 'boolean' || t === 'bigint' || (t === 'number' && Number.isFinite(key)))) {
     throw new InvalidError(`${where}: a dict key is a string, a finite number, a boolean or a bigint; got ${key === null ? 'null' : t}`)
   }
-  return encodeStored(key, `${where}: the key`)
+  return encodeValue(key, `${where}: the key`)
 }
 
 /** The dicts of this process, while an app runs embedded here: what the control plane does (dicts.rs). */
@@ -51,7 +65,7 @@ class LocalDicts implements Backend {
     if (op === OP.delete) return [this.dicts.delete(name), 0, null, []]
     let d = this.dicts.get(name)
     if (d === undefined) {
-      if (!create) throw notFound(name)
+      if (!create) throw notFound('Dict', name)
       d = new Map()
       this.dicts.set(name, d)
     }
@@ -97,10 +111,6 @@ class LocalDicts implements Backend {
 
 const local = new LocalDicts()
 
-function notFound(name: string): NotFoundError {
-  return new NotFoundError(`no dict named '${name}': create it with Dict.fromName('${name}', { createIfMissing: true })`)
-}
-
 /**
  * @internal Where this process's dicts and queues are: the control plane it runs in (a
  * container process), its app's control plane (process containers), this process (an app
@@ -120,26 +130,19 @@ export function dataClientFor(opts: { server?: string; token?: string }): DataCl
 function backendFor(opts: { server?: string; token?: string }): Backend {
   const client = dataClientFor(opts)
   if (client === undefined) return local
-  return {
-    async op(c) {
-      try {
-        return (await client.dict(c)) as Answer
-      } catch (e) {
-        // The server's NOT_FOUND for an absent dict reads as the embedded one's.
-        if (e instanceof Error && /^no dict named/.test(e.message)) throw notFound(c.name)
-        throw e
-      }
-    },
-  }
+  return { op: (c) => onServer<Answer>('Dict', c.name, () => client.dict(c)) }
 }
 
-export interface DictOptions {
-  /** Make the dict if it does not exist; without it, using an absent dict is a NotFoundError. */
+/** The options of `Dict.fromName` and `Queue.fromName`. */
+export interface DataOptions {
+  /** Make it if it does not exist; without it, using one that does not exist is a NotFoundError. */
   createIfMissing?: boolean
   /** The server that holds it (else the control plane this code runs under, or BERTH_SERVER). */
   server?: string
   token?: string
 }
+
+export type DictOptions = DataOptions
 
 /** A named dict; made with `Dict.fromName`. Every method returns a promise. */
 export class Dict<V = unknown> {
@@ -151,9 +154,7 @@ export class Dict<V = unknown> {
 
   /** The dict named `name`; with `createIfMissing`, made at its first use if absent. */
   static fromName<V = unknown>(name: string, opts: DictOptions = {}): Dict<V> {
-    if (typeof name !== 'string' || !NAME.test(name)) {
-      throw new InvalidError(`Dict.fromName(${JSON.stringify(name)}): a dict name is 1 to 128 letters, digits, '-', '_' or '.'`)
-    }
+    checkDataName('Dict', name)
     return new Dict<V>(name, opts ?? {})
   }
 
@@ -182,7 +183,7 @@ export class Dict<V = unknown> {
   async put(key: DictKey, value: V, opts: { skipIfExists?: boolean } = {}): Promise<boolean> {
     const k = encodeKey(key, this.where('put'))
     const skipIfExists = opts?.skipIfExists === true
-    const [found] = await this.call(OP.put, { key: k, value: encodeStored(value, `${this.where('put')}: the value`), skipIfExists })
+    const [found] = await this.call(OP.put, { key: k, value: encodeValue(value, `${this.where('put')}: the value`), skipIfExists })
     return !found || !skipIfExists
   }
 
@@ -203,7 +204,7 @@ export class Dict<V = unknown> {
         : Object.entries(entries)
     const flat: Uint8Array[] = []
     for (const [k, v] of pairs)
-      flat.push(encodeKey(k, this.where('update')), encodeStored(v, `${this.where('update')}: the value of ${String(k)}`))
+      flat.push(encodeKey(k, this.where('update')), encodeValue(v, `${this.where('update')}: the value of ${String(k)}`))
     await this.call(OP.update, { entries: flat })
   }
 

@@ -2,23 +2,16 @@
 // of a server, as Modal's `Queue` is. Held where dicts are (src/data/dict.ts `dataClientFor`):
 // the control plane (crates/berth-server/src/queues.rs) or, while an app runs embedded, this
 // process. Items are anything a function's argument may be, stored encoded.
-import { dataClientFor } from './dict.ts'
+import { checkDataName, type DataOptions, dataClientFor, notFound, onServer } from './dict.ts'
 import type { DataClient, QueueCall } from '../call/remote.ts'
 import { decodeValue, encodeValue } from '../shared/cbor.ts'
-import { InvalidError, NotFoundError, QueueEmptyError } from '../shared/errors.ts'
-import { checkAndCopy } from '../shared/serialize.ts'
+import { InvalidError, QueueEmptyError } from '../shared/errors.ts'
 
 /** proto/berth/v1/data.proto `QueueOp`. */
 const OP = { put: 1, get: 2, len: 3, clear: 4, delete: 5 } as const
 
 /** What an operation answers: `[items, len, found]`. */
 type Answer = [unknown[], number, boolean]
-
-const NAME = /^[A-Za-z0-9._-]{1,128}$/
-
-function notFound(name: string): NotFoundError {
-  return new NotFoundError(`no queue named '${name}': create it with Queue.fromName('${name}', { createIfMissing: true })`)
-}
 
 /** The queues of this process, while an app runs embedded here: what the control plane does (queues.rs). */
 class LocalQueues {
@@ -29,7 +22,7 @@ class LocalQueues {
     for (;;) {
       let q = this.queues.get(c.name)
       if (q === undefined) {
-        if (!c.create) throw notFound(c.name)
+        if (!c.create) throw notFound('Queue', c.name)
         q = { parts: new Map(), waiters: new Set() }
         this.queues.set(c.name, q)
       }
@@ -67,22 +60,7 @@ class LocalQueues {
 
 const local = new LocalQueues()
 
-function encodeItem(value: unknown, what: string): Uint8Array {
-  try {
-    return encodeValue(value, what)
-  } catch (e) {
-    checkAndCopy(value, what)
-    throw e
-  }
-}
-
-export interface QueueOptions {
-  /** Make the queue if it does not exist; without it, using an absent queue is a NotFoundError. */
-  createIfMissing?: boolean
-  /** The server that holds it (else the control plane this code runs under, or BERTH_SERVER). */
-  server?: string
-  token?: string
-}
+export type QueueOptions = DataOptions
 
 export interface GetOptions {
   /** Wait for an item (default true); false: undefined (get) or [] (getMany) when there is none. */
@@ -102,9 +80,7 @@ export class Queue<T = unknown> {
 
   /** The queue named `name`; with `createIfMissing`, made at its first use if absent. */
   static fromName<T = unknown>(name: string, opts: QueueOptions = {}): Queue<T> {
-    if (typeof name !== 'string' || !NAME.test(name)) {
-      throw new InvalidError(`Queue.fromName(${JSON.stringify(name)}): a queue name is 1 to 128 letters, digits, '-', '_' or '.'`)
-    }
+    checkDataName('Queue', name)
     return new Queue<T>(name, opts ?? {})
   }
 
@@ -116,13 +92,9 @@ export class Queue<T = unknown> {
   private async call(c: Omit<QueueCall, 'name' | 'create'>): Promise<Answer> {
     if (this.client === null) this.client = dataClientFor(this.opts)
     const full: QueueCall = { name: this.name, create: this.opts.createIfMissing === true, ...c }
-    if (this.client === undefined) return local.op(full)
-    try {
-      return (await this.client.queue(full)) as Answer
-    } catch (e) {
-      if (e instanceof Error && /^no queue named/.test(e.message)) throw notFound(this.name)
-      throw e
-    }
+    const client = this.client
+    if (client === undefined) return local.op(full)
+    return onServer<Answer>('Queue', this.name, () => client.queue(full))
   }
 
   private partition(where: string, p: unknown): string {
@@ -141,7 +113,7 @@ export class Queue<T = unknown> {
   /** Appends each of `values`, in order (to `partition`). */
   async putMany(values: T[], opts: { partition?: string } = {}): Promise<void> {
     const partition = this.partition('putMany', opts?.partition)
-    const encoded = values.map((v, i) => encodeItem(v, `Queue('${this.name}').put: item ${i}`))
+    const encoded = values.map((v, i) => encodeValue(v, `Queue('${this.name}').put: item ${i}`))
     await this.call({ op: OP.put, partition, values: encoded })
   }
 
@@ -163,14 +135,12 @@ export class Queue<T = unknown> {
   async getMany(n: number, opts: GetOptions = {}): Promise<T[]> {
     if (!Number.isInteger(n) || n < 1) throw new InvalidError(`Queue('${this.name}').getMany(${String(n)}): take a whole number from 1 up`)
     const { partition, block, timeout } = this.checkGet('get', opts)
-    if (block && timeout === 0 && opts?.timeout === 0) {
-      // timeout 0 with block: nothing is waited for.
-      const [items] = await this.call({ op: OP.get, partition, max: n, block: false })
-      if (items.length === 0) throw new QueueEmptyError(`Queue('${this.name}').get: empty`)
-      return items as T[]
+    // An explicit timeout of 0: nothing is waited for (0 on the wire is no limit).
+    const wait = block && opts?.timeout !== 0
+    const [items] = await this.call({ op: OP.get, partition, max: n, block: wait, timeout })
+    if (items.length === 0 && block) {
+      throw new QueueEmptyError(`Queue('${this.name}').get: ${wait ? `nothing came within ${timeout} s` : 'empty'}`)
     }
-    const [items] = await this.call({ op: OP.get, partition, max: n, block, timeout })
-    if (items.length === 0 && block) throw new QueueEmptyError(`Queue('${this.name}').get: nothing came within ${timeout} s`)
     return items as T[]
   }
 

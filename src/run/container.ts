@@ -7,7 +7,6 @@ import { batchArityError } from '../shared/arity.ts'
 import { decodeValue, encodeValue, WireResponse } from '../shared/cbor.ts'
 import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
-import { checkAndCopy } from '../shared/serialize.ts'
 import { InputAbort, markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { hexOf, spanHex, type Trace } from './trace.ts'
 import {
@@ -217,18 +216,10 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
       const d = wireError(err)
       add(Buffer.from(`${d.name}\0${d.message}\0${d.stack ?? ''}`), OUT_ERROR)
     }
-    // A value as the CBOR sent to the control plane (a result, a generator's item). A class
-    // instance fails with the embedded container's SerializationError (src/shared/cbor.ts); a
-    // value that cannot cross (a function, a symbol) with the one checkAndCopy gives, naming
-    // what and where; the encoder's own words otherwise. Past the message limit: `tooLarge`.
+    // A value as the CBOR sent to the control plane (a result, a generator's item), failing as
+    // encodeValue says (src/shared/cbor.ts). Past the message limit: `tooLarge`.
     const encodeOut = (value: unknown, what: string, tooLarge: (bytes: number) => string): Uint8Array => {
-      let bytes: Uint8Array
-      try {
-        bytes = encodeValue(value, what)
-      } catch (e) {
-        checkAndCopy(value, what)
-        throw e
-      }
+      const bytes = encodeValue(value, what)
       if (bytes.length > maxResultBytes) throw new SerializationError(tooLarge(bytes.length))
       return bytes
     }

@@ -68,13 +68,21 @@ addExtension({
   },
 } as never)
 
-/** `what` starts the message of a SerializationError, e.g. 'the result of Embedder.embed'. */
+/**
+ * `what` starts the message of a SerializationError, e.g. 'the result of Embedder.embed'. A class
+ * instance gets the embedded container's SerializationError (above); a value cbor-x cannot write
+ * at all (a function, a symbol) the one checkAndCopy gives, naming what and where; anything else
+ * the encoder's own words.
+ */
 export function encodeValue(value: unknown, what = 'the value'): Uint8Array {
   checking = true
   try {
     return codec.encode(value)
   } catch (e) {
-    if (!(e instanceof NotPassed)) throw e
+    if (!(e instanceof NotPassed)) {
+      checkAndCopy(value, what)
+      throw e
+    }
   } finally {
     checking = false
   }
