@@ -115,8 +115,18 @@ type Follows = Arc<Mutex<std::collections::HashMap<InputId, Arc<Following>>>>;
 pub(crate) struct Following {
     input_id: String,
     fc: String,
-    app: String,
+    app: Arc<str>,
     state: Mutex<FollowState>,
+}
+
+impl Following {
+    /// The caller took `more` items: what its worker is to hear (where, the attempt, the
+    /// running total taken), once that worker has said where it listens.
+    fn credit(&self, more: u64) -> Option<(String, u32, u64)> {
+        let mut st = lock(&self.state);
+        st.taken += more;
+        (!st.credit_to.is_empty()).then(|| (st.credit_to.clone(), st.attempt, st.taken))
+    }
 }
 
 #[derive(Default)]
@@ -188,12 +198,7 @@ impl Front {
     /// as many more (`BrokerCredit`, a running total).
     pub(crate) fn credit(&self, input: InputId, n: u32) {
         let Some(f) = lock(&self.follows).get(&input).cloned() else { return };
-        let (to, attempt, taken) = {
-            let mut st = lock(&f.state);
-            st.taken += u64::from(n);
-            (st.credit_to.clone(), st.attempt, st.taken)
-        };
-        if !to.is_empty() {
+        if let Some((to, attempt, taken)) = f.credit(u64::from(n)) {
             let broker = self.broker.clone();
             tokio::spawn(async move {
                 let _ = broker.send_credit(&to, &f.input_id, attempt, taken).await;
@@ -444,7 +449,7 @@ async fn send_message(
             let f = Arc::new(Following {
                 input_id: input.input_id.clone(),
                 fc: input.function_call_id.clone(),
-                app: app.to_string(),
+                app,
                 state: Mutex::default(),
             });
             lock(follows).insert(local, f.clone());
@@ -599,12 +604,8 @@ async fn follow(
                 };
             }
             _ = again.tick() => {
-                let (to, attempt, taken) = {
-                    let st = lock(&f.state);
-                    (st.credit_to.clone(), st.attempt, st.taken)
-                };
                 // Also unchanged: the worker waiting for credit hears the caller is still there.
-                if !to.is_empty() {
+                if let Some((to, attempt, taken)) = f.credit(0) {
                     let _ = broker.send_credit(&to, &f.input_id, attempt, taken).await;
                 }
             }
@@ -1439,15 +1440,11 @@ impl Feeder {
                     let (settled_tx, settled) = oneshot::channel();
                     let (done, wait) = oneshot::channel();
                     waits.push(Box::pin(wait));
-                    let fc = input.function_call_id.clone();
+                    let fc = &input.function_call_id;
                     let batch = vec![(input.args.to_vec(), Waiter::Forward(items_tx, settled_tx))];
                     let local_id = svc.submit_many(pool, method, fc.clone(), batch, true, Some(trace));
                     if local_id != 0 {
-                        self.cancels.started(&fc, (local_id, local_id));
-                        if self.cancels.cancelled(&fc) {
-                            let _ = self.shared.commands.send(Command::Cancel(vec![local_id]));
-                        }
-                        local.push((fc, (local_id, local_id)));
+                        self.running_here(fc, (local_id, local_id), &mut local);
                     }
                     tokio::spawn(forward(
                         self.broker.clone(),
@@ -1472,17 +1469,22 @@ impl Feeder {
             let last = svc.submit_many(pool, method, first.function_call_id.clone(), batch, true, Some(trace));
             // One submission's inputs take consecutive ids, the last returned (0: none taken).
             if last != 0 {
-                let ids = (last + 1 - group.len() as InputId, last);
-                // A cancel heard from now on cancels them where they run.
-                self.cancels.started(&first.function_call_id, ids);
-                // One heard just before: cancel them now (the other order runs them).
-                if self.cancels.cancelled(&first.function_call_id) {
-                    let _ = self.shared.commands.send(Command::Cancel((ids.0..=ids.1).collect()));
-                }
-                local.push((first.function_call_id.clone(), ids));
+                self.running_here(&first.function_call_id, (last + 1 - group.len() as InputId, last), &mut local);
             }
         }
         (waits, local)
+    }
+
+    /// Local inputs `ids` (consecutive) of call `fc` were submitted: noted among `local`, and
+    /// where a cancel of the call finds them.
+    fn running_here(&self, fc: &str, ids: (InputId, InputId), local: &mut Vec<(String, (InputId, InputId))>) {
+        // A cancel heard from now on cancels them where they run.
+        self.cancels.started(fc, ids);
+        // One heard just before: cancel them now (the other order runs them).
+        if self.cancels.cancelled(fc) {
+            let _ = self.shared.commands.send(Command::Cancel((ids.0..=ids.1).collect()));
+        }
+        local.push((fc.to_owned(), ids));
     }
 }
 

@@ -55,9 +55,12 @@ fn check(req: &pb::DictRequest) -> Result<pb::DictOp, Status> {
     Ok(op)
 }
 
-fn not_found(name: &str) -> Status {
+/// A dict or queue (`kind`, as the TypeScript class is named) that does not exist, asked for
+/// without `create_if_missing`.
+pub(crate) fn not_found(kind: &str, name: &str) -> Status {
     Status::not_found(format!(
-        "no dict named '{name}': create it with Dict.fromName('{name}', {{ createIfMissing: true }})"
+        "no {} named '{name}': create it with {kind}.fromName('{name}', {{ createIfMissing: true }})",
+        kind.to_lowercase()
     ))
 }
 
@@ -80,7 +83,7 @@ async fn in_buckets(broker: &berth_nats::Broker, req: pb::DictRequest) -> Result
         });
     }
     let Some(d) = broker.dict(&req.name, req.create_if_missing).await.map_err(failed)? else {
-        return Err(not_found(&req.name));
+        return Err(not_found("Dict", &req.name));
     };
     let mut out = pb::DictResponse::default();
     match op {
@@ -122,7 +125,7 @@ impl Dicts {
         }
         if !all.contains_key(&req.name) {
             if !req.create_if_missing {
-                return Err(not_found(&req.name));
+                return Err(not_found("Dict", &req.name));
             }
             all.insert(req.name.clone(), HashMap::new());
         }

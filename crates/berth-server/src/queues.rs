@@ -32,12 +32,6 @@ struct Queue {
 #[derive(Default)]
 pub(crate) struct Queues(Mutex<HashMap<String, Queue>>);
 
-fn not_found(name: &str) -> Status {
-    Status::not_found(format!(
-        "no queue named '{name}': create it with Queue.fromName('{name}', {{ createIfMissing: true }})"
-    ))
-}
-
 impl Queues {
     /// Applies `req`; a blocked get waits here.
     pub(crate) async fn answer(&self, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
@@ -65,11 +59,11 @@ impl Queues {
                 }
                 if !all.contains_key(&req.name) {
                     if !req.create_if_missing {
-                        return Err(not_found(&req.name));
+                        return Err(crate::dicts::not_found("Queue", &req.name));
                     }
                     all.insert(req.name.clone(), Queue::default());
                 }
-                let Some(q) = all.get_mut(&req.name) else { return Err(not_found(&req.name)) };
+                let Some(q) = all.get_mut(&req.name) else { return Err(crate::dicts::not_found("Queue", &req.name)) };
                 let mut out = pb::QueueResponse::default();
                 match op {
                     pb::QueueOp::Put => {

@@ -110,6 +110,13 @@ struct Ticking {
     running: Option<oneshot::Receiver<berth_proto::v1::Result>>,
 }
 
+impl Ticking {
+    /// `schedule` as of `now`: its next tick, nothing running.
+    fn new(schedule: &Schedule, now: DateTime<Utc>) -> Self {
+        Self { schedule: schedule.clone(), next: schedule.next_after(now), running: None }
+    }
+}
+
 /// How long the loop sleeps at most: a reload's schedules are seen within this.
 const LOOK_AGAIN: Duration = Duration::from_millis(500);
 
@@ -127,13 +134,9 @@ pub(crate) async fn run(shared: std::sync::Weak<Shared>, mut stop: tokio::sync::
             let Some(schedule) = &def.schedule else { continue };
             let key = (def.app.clone(), def.name.clone());
             seen.push(key.clone());
-            let t = ticking.entry(key).or_insert_with(|| Ticking {
-                schedule: schedule.clone(),
-                next: schedule.next_after(now),
-                running: None,
-            });
+            let t = ticking.entry(key).or_insert_with(|| Ticking::new(schedule, now));
             if t.schedule != *schedule {
-                *t = Ticking { schedule: schedule.clone(), next: schedule.next_after(now), running: None };
+                *t = Ticking::new(schedule, now);
             }
             if let Some(r) = &mut t.running {
                 if !matches!(r.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
