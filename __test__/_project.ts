@@ -1,13 +1,14 @@
 // A user's project outside this checkout, with `npx berth serve` run in it, for the tests that
 // run berth as the README says (not a test file: ava only runs *.test.ts).
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import type { ExecutionContext } from 'ava'
 
 import { root } from './_served.ts'
+import { until } from './_util.ts'
 
 /**
  * A new project named by `prefix`: package.json, node_modules/berth (this checkout) and
@@ -74,6 +75,24 @@ export function npxServe(
   t.teardown(() => npx.kill('SIGKILL'))
   removedAtEnd(t, dir)
   return { npx, out: () => out, stdout: () => stdout, stderr: () => stderr }
+}
+
+/** A user's project whose app.ts is `__test__/fixtures/<fixture>`. */
+export function fixtureProject(prefix: string, fixture: string): string {
+  return userProject(prefix, (dir) => copyFileSync(join(root, '__test__', 'fixtures', fixture), join(dir, 'app.ts')))
+}
+
+/** npxServe, once it listens; `server` is its gRPC address as a URL (what callers and `{ server }` take). */
+export async function npxServeListening(
+  t: ExecutionContext,
+  dir: string,
+  extra: string[] = [],
+  env: Record<string, string> = {},
+): Promise<ReturnType<typeof npxServe> & { server: string }> {
+  const s = npxServe(t, dir, extra, env)
+  const listening = /serving .* on (127\.0\.0\.1:\d+)/
+  await until(() => listening.test(s.out()), 60_000, () => `berth serve to listen\n${s.out()}`)
+  return { ...s, server: `http://${listening.exec(s.out())![1]}` }
 }
 
 /** At the test's end: every process working in `dir` is killed, and `dir` removed. */

@@ -3,14 +3,10 @@
 // an app runs embedded. Each mode: every operation, values as copies, writers in 4 containers
 // at once lose nothing, and bad input is refused saying why.
 import test from 'ava'
-import { copyFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { App, Dict, Function, InvalidError, KeyError, NotFoundError, SerializationError } from 'berth'
 
 import { berth } from './_cli.ts'
-import { npxServe, removedAtEnd, userProject } from './_project.ts'
-import { root } from './_served.ts'
-import { until } from './_util.ts'
+import { fixtureProject, npxServeListening, removedAtEnd } from './_project.ts'
 
 /** Every operation on a fresh dict `name`, from wherever `opts` points. */
 async function everyOperation(t: any, name: string, opts: { server?: string } = {}) {
@@ -66,10 +62,8 @@ test.serial('embedded (app.run): every operation, in this process', async (t) =>
 })
 
 test.serial('berth serve: a dict is shared by containers and callers, every operation over gRPC; writers in 4 containers lose nothing', async (t) => {
-  const dir = userProject('berth-dict-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'dicts.ts'), join(d, 'app.ts')))
-  const s = npxServe(t, dir, [], {})
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(s.out()), 60_000, () => `berth serve to listen\n${s.out()}`)
-  const server = `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(s.out())![1]}`
+  const dir = fixtureProject('berth-dict-', 'dicts.ts')
+  const { server } = await npxServeListening(t, dir)
   await everyOperation(t, `served-${process.pid}`, { server })
 
   App.lookup('dicts', { server })
@@ -109,7 +103,7 @@ test.serial('berth serve: a dict is shared by containers and callers, every oper
 })
 
 test.serial('npx berth run --containers process: the run\'s control plane holds the dict for the entrypoint and the containers', async (t) => {
-  const dir = userProject('berth-dict-run-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'dicts.ts'), join(d, 'app.ts')))
+  const dir = fixtureProject('berth-dict-run-', 'dicts.ts')
   removedAtEnd(t, dir)
   for (const containers of ['process', 'embedded']) {
     const { code, stdout, stderr } = await berth(['run', 'app.ts', '--containers', containers], {}, { npx: true, cwd: dir })

@@ -4,14 +4,10 @@
 // non-blocking get, a blocking get released by a put from another container, a timeout, and
 // bad input refused saying why.
 import test from 'ava'
-import { copyFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { App, Function, InvalidError, NotFoundError, Queue, QueueEmptyError, SerializationError } from 'berth'
 
 import { berth } from './_cli.ts'
-import { npxServe, removedAtEnd, userProject } from './_project.ts'
-import { root } from './_served.ts'
-import { until } from './_util.ts'
+import { fixtureProject, npxServeListening, removedAtEnd } from './_project.ts'
 
 async function everyOperation(t: any, name: string, opts: { server?: string } = {}) {
   await t.throwsAsync(Queue.fromName(name, opts).len(), { instanceOf: NotFoundError, message: /createIfMissing: true/ })
@@ -65,10 +61,8 @@ test.serial('embedded (app.run): every operation; a blocked get in one container
 })
 
 test.serial('berth serve: every operation over gRPC; a get blocked in one container is released by a put from another', async (t) => {
-  const dir = userProject('berth-queue-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'queues.ts'), join(d, 'app.ts')))
-  const s = npxServe(t, dir, [], {})
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(s.out()), 60_000, () => `berth serve to listen\n${s.out()}`)
-  const server = `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(s.out())![1]}`
+  const dir = fixtureProject('berth-queue-', 'queues.ts')
+  const { server } = await npxServeListening(t, dir)
   await everyOperation(t, `served-${process.pid}`, { server })
   App.lookup('queues', { server })
   const consume = Function.fromName<(name: string, timeout: number) => Promise<unknown>>('queues', 'consume')
@@ -104,7 +98,7 @@ test.serial('berth serve: every operation over gRPC; a get blocked in one contai
 })
 
 test.serial('npx berth run: the queue is the run\'s, with process containers and embedded ones', async (t) => {
-  const dir = userProject('berth-queue-run-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'queues.ts'), join(d, 'app.ts')))
+  const dir = fixtureProject('berth-queue-run-', 'queues.ts')
   removedAtEnd(t, dir)
   for (const containers of ['process', 'embedded']) {
     const { code, stdout, stderr } = await berth(['run', 'app.ts', '--containers', containers], {}, { npx: true, cwd: dir })

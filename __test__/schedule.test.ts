@@ -4,23 +4,21 @@
 // `npx berth run` does not run schedules. Bad schedules are InvalidErrors when the app is defined.
 // Cron patterns' next times are tested in crates/berth-server/src/schedule.rs.
 import test from 'ava'
-import { copyFileSync, existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { App, Cron, InvalidError, Period } from 'berth'
 
 import { berth } from './_cli.ts'
-import { npxServe, removedAtEnd, userProject } from './_project.ts'
-import { root } from './_served.ts'
+import { fixtureProject, npxServeListening, removedAtEnd } from './_project.ts'
 import { sleep, until } from './_util.ts'
 
-const project = () => userProject('berth-schedule-', (dir) => copyFileSync(join(root, '__test__', 'fixtures', 'scheduled.ts'), join(dir, 'app.ts')))
+const project = () => fixtureProject('berth-schedule-', 'scheduled.ts')
 const lines = (file: string) => (existsSync(file) ? readFileSync(file, 'utf8').trim().split('\n').filter(Boolean) : [])
 
 test.serial('berth serve calls a scheduled function at each tick, with no arguments, and never runs it twice at once', async (t) => {
   const dir = project()
   const ticks = join(dir, 'ticks')
-  const s = npxServe(t, dir, [], { TICKS: ticks })
-  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(s.out()), 60_000, () => `berth serve to listen\n${s.out()}`)
+  const s = await npxServeListening(t, dir, [], { TICKS: ticks })
   const served = Date.now()
   await until(() => lines(ticks).filter((l) => l.startsWith('tick ')).length >= 3, 30_000, () => `three ticks\n${s.out()}`)
   const at = lines(ticks)
