@@ -4,6 +4,8 @@
 // in this process, this process does (the same operations on the same encoded bytes). Keys are
 // strings, numbers, booleans or bigints; values anything a function's argument may be (the
 // same checks and SerializationError), stored encoded: what `get` returns is a copy.
+// `Dict.ephemeral(fn)` (README "Dict"): a dict with a name of its own, deleted when `fn` is done.
+import { randomUUID } from 'node:crypto'
 import { localApps } from '../call/app-target.ts'
 import { type DataClient, type DictCall, dataClient } from '../call/remote.ts'
 import { inContainerProcess } from '../run/context.ts'
@@ -144,6 +146,40 @@ export interface DataOptions {
 
 export type DictOptions = DataOptions
 
+/** The options of `Dict.ephemeral` and `Queue.ephemeral`: where it is held (it is always created). */
+export type EphemeralOptions = Omit<DataOptions, 'createIfMissing'>
+
+/**
+ * @internal `Dict.ephemeral` / `Queue.ephemeral`: `([opts,] fn)` checked, and a fresh name.
+ * Misuse is an InvalidError that shows the call as it should be (README "Dict").
+ */
+export function ephemeralArgs<F>(kind: 'Dict' | 'Queue', args: unknown[]): { opts: EphemeralOptions; fn: F; name: string } {
+  const [opts = {}, fn] = args.length >= 2 ? args : [{}, args[0]]
+  const usage = `${kind}.ephemeral(async (${kind === 'Dict' ? 'd' : 'q'}) => { ... }), or ${kind}.ephemeral({ server }, async (...) => { ... })`
+  if (args.length > 2 || typeof fn !== 'function')
+    throw new InvalidError(`${kind}.ephemeral: pass the function that uses the ${kind.toLowerCase()}: ${usage}`)
+  if (opts === null || typeof opts !== 'object' || Array.isArray(opts))
+    throw new InvalidError(`${kind}.ephemeral: the options come first, as an object: ${usage}`)
+  const { createIfMissing: _, ...where } = opts as DataOptions
+  return { opts: where, fn: fn as F, name: `ephemeral-${randomUUID()}` }
+}
+
+/**
+ * @internal Runs `fn`, then `remove` whether it returned or threw. When `fn` threw, its error
+ * is what the caller gets, even if the removal fails too.
+ */
+export async function thenRemove<R>(fn: () => R | Promise<R>, remove: () => Promise<unknown>): Promise<R> {
+  let result: R
+  try {
+    result = await fn()
+  } catch (e) {
+    await remove().catch(() => {})
+    throw e
+  }
+  await remove()
+  return result
+}
+
 /** A named dict; made with `Dict.fromName`. Every method returns a promise. */
 export class Dict<V = unknown> {
   private backend: Backend | undefined
@@ -162,6 +198,24 @@ export class Dict<V = unknown> {
   static async delete(name: string, opts: DictOptions = {}): Promise<boolean> {
     const [found] = await backendFor(opts).op({ name, create: false, op: OP.delete })
     return found
+  }
+
+  /**
+   * Calls `fn` with a new dict that exists only until `fn` is done, as Modal's
+   * `Dict.ephemeral()`: it gets a name of its own (`ephemeral-<uuid>`, its `name`; containers
+   * open it with `Dict.fromName(name)`), and is deleted when `fn` returns or throws. Resolves to
+   * what `fn` resolves to; `opts` says where it is held, as for `fromName`.
+   */
+  static ephemeral<V = unknown, R = unknown>(fn: (dict: Dict<V>) => R | Promise<R>): Promise<R>
+  static ephemeral<V = unknown, R = unknown>(opts: EphemeralOptions, fn: (dict: Dict<V>) => R | Promise<R>): Promise<R>
+  static async ephemeral<V, R>(...args: unknown[]): Promise<R> {
+    const { opts, fn, name } = ephemeralArgs<(dict: Dict<V>) => R | Promise<R>>('Dict', args)
+    const d = new Dict<V>(name, { ...opts, createIfMissing: true })
+    await d.call(OP.ensure) // made now, so that Dict.fromName(name) finds it from the start
+    return thenRemove(
+      () => fn(d),
+      () => Dict.delete(name, opts),
+    )
   }
 
   private call(op: number, more: Omit<DictCall, 'name' | 'create' | 'op'> = {}): Promise<Answer> {

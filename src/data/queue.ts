@@ -1,8 +1,18 @@
 // Queue (README "Queue"): a named FIFO queue, per partition, shared by every container and caller
 // of a server, as Modal's `Queue` is. Held where dicts are (src/data/dict.ts `dataClientFor`):
 // the control plane (crates/berth-server/src/queues.rs) or, while an app runs embedded, this
-// process. Items are anything a function's argument may be, stored encoded.
-import { checkDataName, type DataOptions, dataClientFor, notFound, onServer } from './dict.ts'
+// process. Items are anything a function's argument may be, stored encoded. `Queue.ephemeral(fn)`
+// (README "Queue"): a queue with a name of its own, deleted when `fn` is done.
+import {
+  checkDataName,
+  type DataOptions,
+  dataClientFor,
+  type EphemeralOptions,
+  ephemeralArgs,
+  notFound,
+  onServer,
+  thenRemove,
+} from './dict.ts'
 import type { DataClient, QueueCall } from '../call/remote.ts'
 import { decodeValue, encodeValue } from '../shared/cbor.ts'
 import { InvalidError, QueueEmptyError } from '../shared/errors.ts'
@@ -87,6 +97,24 @@ export class Queue<T = unknown> {
   /** Removes the queue named `name` and its items; false if there was none. */
   static async delete(name: string, opts: QueueOptions = {}): Promise<boolean> {
     return (await new Queue(name, opts).call({ op: OP.delete }))[2]
+  }
+
+  /**
+   * Calls `fn` with a new queue that exists only until `fn` is done, as Modal's
+   * `Queue.ephemeral()`: it gets a name of its own (`ephemeral-<uuid>`, its `name`; containers
+   * open it with `Queue.fromName(name)`), and is deleted when `fn` returns or throws. Resolves to
+   * what `fn` resolves to; `opts` says where it is held, as for `fromName`.
+   */
+  static ephemeral<T = unknown, R = unknown>(fn: (queue: Queue<T>) => R | Promise<R>): Promise<R>
+  static ephemeral<T = unknown, R = unknown>(opts: EphemeralOptions, fn: (queue: Queue<T>) => R | Promise<R>): Promise<R>
+  static async ephemeral<T, R>(...args: unknown[]): Promise<R> {
+    const { opts, fn, name } = ephemeralArgs<(queue: Queue<T>) => R | Promise<R>>('Queue', args)
+    const q = new Queue<T>(name, { ...opts, createIfMissing: true })
+    await q.call({ op: OP.len }) // made now, so that Queue.fromName(name) finds it from the start
+    return thenRemove(
+      () => fn(q),
+      () => Queue.delete(name, opts),
+    )
   }
 
   private async call(c: Omit<QueueCall, 'name' | 'create'>): Promise<Answer> {
