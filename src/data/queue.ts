@@ -23,9 +23,32 @@ const OP = { put: 1, get: 2, len: 3, clear: 4, delete: 5 } as const
 /** What an operation answers: `[items, len, found]`. */
 type Answer = [unknown[], number, boolean]
 
+/**
+ * A partition's items, oldest first. Taken from the front without moving the rest (as
+ * queues.rs's VecDeque): a get stays as cheap with 100,000 items behind it as with none.
+ */
+class Fifo {
+  private items: Uint8Array[] = []
+  private head = 0
+  get length(): number {
+    return this.items.length - this.head
+  }
+  push(values: Uint8Array[]): void {
+    for (const v of values) this.items.push(v)
+  }
+  take(n: number): Uint8Array[] {
+    const out = this.items.slice(this.head, this.head + n)
+    this.head += out.length
+    // The taken ones are let go of once they are half of what the array holds.
+    if (this.head === this.items.length) [this.items, this.head] = [[], 0]
+    else if (this.head > 1024 && this.head * 2 > this.items.length) [this.items, this.head] = [this.items.slice(this.head), 0]
+    return out
+  }
+}
+
 /** The queues of this process, while an app runs embedded here: what the control plane does (queues.rs). */
 class LocalQueues {
-  private readonly queues = new Map<string, { parts: Map<string, Uint8Array[]>; waiters: Set<() => void> }>()
+  private readonly queues = new Map<string, { parts: Map<string, Fifo>; waiters: Set<() => void> }>()
   async op(c: QueueCall): Promise<Answer> {
     if (c.op === OP.delete) return [[], 0, this.queues.delete(c.name)]
     const deadline = c.block && c.timeout ? Date.now() + c.timeout * 1000 : c.block ? Number.POSITIVE_INFINITY : 0
@@ -37,10 +60,10 @@ class LocalQueues {
         this.queues.set(c.name, q)
       }
       const key = c.partition ?? ''
-      const part = q.parts.get(key) ?? []
       if (c.op === OP.put) {
-        part.push(...(c.values ?? []))
-        q.parts.set(key, part)
+        let part = q.parts.get(key)
+        if (part === undefined) q.parts.set(key, (part = new Fifo()))
+        part.push(c.values ?? [])
         for (const wake of q.waiters) wake()
         return [[], part.length, false]
       }
@@ -52,8 +75,9 @@ class LocalQueues {
         const len = c.allPartitions ? [...q.parts.values()].reduce((n, p) => n + p.length, 0) : (q.parts.get(key)?.length ?? 0)
         return [[], len, false]
       }
-      const taken = part.splice(0, Math.max(1, c.max ?? 1))
-      if (taken.length > 0 || Date.now() >= deadline) return [taken.map((b) => decodeValue(b)), part.length, false]
+      const part = q.parts.get(key)
+      const taken = part?.take(Math.max(1, c.max ?? 1)) ?? []
+      if (taken.length > 0 || Date.now() >= deadline) return [taken.map((b) => decodeValue(b)), part?.length ?? 0, false]
       const waiters = q.waiters
       await new Promise<void>((resolve) => {
         const wake = () => {
