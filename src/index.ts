@@ -39,6 +39,7 @@ export {
 } from './shared/errors.ts'
 export { Dict } from './data/dict.ts'
 export { Queue } from './data/queue.ts'
+export { Volume, type VolumeEntry, type VolumeOptions } from './data/volume.ts'
 export type { ClsOptions, FunctionOptions } from './define/options.ts'
 export type { ClsHandle, ClsParams, FunctionHandle, GeneratorInvocable, MapOptions, MethodHandle } from './call/types.ts'
 

@@ -17,6 +17,7 @@ import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndRel
 import { WORKER_HELP, worker } from './worker.ts'
 import { admin, APP_HELP, CONTAINER_HELP, LOGS_HELP } from './admin.ts'
 import { dictCommand, queueCommand } from './data.ts'
+import { VOLUME_HELP, volumeCommand } from './volume.ts'
 import { say, setLogFormat } from './say.ts'
 
 type Api = typeof import('../index.ts') & { allApps(): import('../define/app.ts').App[] }
@@ -46,6 +47,8 @@ Usage:
                                              a running server's named dicts and queues (BERTH_SERVER or --server)
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
+  berth volume create|list|ls|put|get|rm|delete <name> ...
+                                             this machine's volumes, for the volumes option
   berth --version                            the installed berth's version
   berth --help | berth <command> --help
 
@@ -208,6 +211,7 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === 'app' || cmd === 'container' || cmd === 'logs') return admin(cmd, rest)
   if (cmd === 'dict') return dictCommand(rest, api())
   if (cmd === 'queue') return queueCommand(rest, api())
+  if (cmd === 'volume') return volumeCommand(rest)
   if (cmd === 'deploy') return deploy(rest)
   if (cmd === '__container') return container()
   if (cmd === '__registry') return registry(rest[0])
@@ -651,6 +655,7 @@ const COMMAND_HELP: Record<string, string> = {
   build: BUILD_HELP,
   deploy: DEPLOY_HELP,
   secret: SECRET_HELP,
+  volume: VOLUME_HELP,
 }
 
 async function secret(args: string[]): Promise<number> {

@@ -7,6 +7,7 @@ import { localApps, registerApp } from '../call/app-target.ts'
 import { lookupApp, serveHere } from '../call/remote.ts'
 import type { BatchItem, FunctionHandle, Invocable as InvocableType } from '../call/types.ts'
 import { containerCommand } from '../command.ts'
+import { releaseMounts } from '../data/volume.ts'
 import { binding } from '../native.ts'
 import { EmbeddedRuntime } from '../run/runtime.ts'
 import { buildMarker, runBuildHooks, type PoolDef } from '../run/pool.ts'
@@ -224,6 +225,10 @@ export class App {
       process.off('beforeExit', onBeforeExit)
       await runtime.stop()
       for (const app of apps) if (app.runtime === runtime) app._appId = undefined
+      // The mount links its containers made go with the app (README "Volume").
+      releaseMounts(
+        apps.flatMap((a) => [...a.functions.values(), ...a.classes.values()].flatMap((d) => d.opts.volumes.map((v) => v.mountPath))),
+      )
     }
     return runWith(this, stop, fn)
   }

@@ -1,3 +1,4 @@
+import { normalizeMounts, type Volume, type VolumeMount } from '../data/volume.ts'
 import { InvalidError } from '../shared/errors.ts'
 import { Retries, type RetriesOptions } from './retries.ts'
 import { type Cron, type Period, type ScheduleSpec, validateSchedule } from './schedule.ts'
@@ -57,6 +58,8 @@ export interface ClsOptions {
   cpu?: number
   /** Memory requested in MiB; a request for deploy targets, not enforced locally. */
   memory?: number
+  /** Volumes visible in each container at these absolute paths (README "Volume"): `{ '/data': Volume.fromName('data') }`. */
+  volumes?: Record<string, Volume>
 }
 
 export interface WebEndpointOptions {
@@ -113,6 +116,7 @@ export interface NormalizedOptions {
   cpu: number | undefined
   /** MiB. */
   memory: number | undefined
+  volumes: VolumeMount[]
   concurrent: Required<ConcurrentOptions> | undefined
   batched: BatchedOptions | undefined
   /** Unchecked here: src/define/handles.ts checks it with the function in hand. */
@@ -143,6 +147,7 @@ const CLS_KEYS = [
   'gpu',
   'cpu',
   'memory',
+  'volumes',
 ] as const
 const FUNCTION_KEYS = [...CLS_KEYS, 'concurrent', 'batched', 'webEndpoint', 'schedule'] as const
 
@@ -422,6 +427,7 @@ export function normalizeOptions(
     gpu,
     cpu: cpu as number | undefined,
     memory: memory as number | undefined,
+    volumes: normalizeMounts(where, o.volumes),
     concurrent,
     batched,
     webEndpoint: o.webEndpoint,

@@ -7,6 +7,7 @@ import { batchArityError } from '../shared/arity.ts'
 import { decodeValue, encodeValue, WireResponse } from '../shared/cbor.ts'
 import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
+import { mountVolumes } from '../data/volume.ts'
 import { InputAbort, markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { hexOf, spanHex, type Trace } from './trace.ts'
 import {
@@ -278,6 +279,8 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
 
     const runHook = async (phase: number) => {
       try {
+        // Before anything of the user's runs (README "Volume"): a function has this phase only for it.
+        if (phase !== PHASE_EXIT) mountVolumes(def.name, def.options.volumes)
         const inst = getInstance()
         const m = def.meta
         if (m) {

@@ -35,6 +35,8 @@ export interface PoolOptions {
   /** Requests for deploy targets (`berth deploy`), not enforced locally. */
   cpu?: number
   memory?: number
+  /** Volumes made visible at these mount paths when a container starts (src/data/volume.ts `mountVolumes`). */
+  volumes?: { mountPath: string; volume: { name: string; path: string } }[]
   /** A function's schedule, which `berth serve` keeps (crates/berth-server/src/schedule.rs). */
   schedule?: { periodMs?: number; cron?: string; timezone?: string }
 }
@@ -113,8 +115,9 @@ export function bindingSpec(def: PoolDef, maxContainers: number): BindingPoolSpe
     methods: def.methods.map((m) => ({ maxBatchSize: m.batched?.maxBatchSize, waitMs: m.batched?.waitMs, noRetries: m.web !== undefined })),
     hasBuild: (hooks?.build.length ?? 0) > 0,
     hasSnapEnter: (hooks?.snapEnter.length ?? 0) > 0,
-    // A web app starts after the @enter hooks, in the same phase (src/run/web.ts).
-    hasEnter: (hooks?.enter.length ?? 0) > 0 || def.methods.some((m) => m.web?.app !== undefined),
+    // A web app starts after the @enter hooks, in the same phase (src/run/web.ts); volumes are
+    // mounted in a container's first phase (README "Volume"), so a function with some has one.
+    hasEnter: (hooks?.enter.length ?? 0) > 0 || def.methods.some((m) => m.web?.app !== undefined) || (o.volumes?.length ?? 0) > 0,
     hasExit: (hooks?.exit.length ?? 0) > 0,
     maxInputs: def.maxInputs,
     targetInputs: def.targetInputs,

@@ -5,6 +5,7 @@
 // results stay here, keyed by input id, and only packed ids cross N-API, in batches both ways
 // (see crates/berth-node): each call into the core returns the events it caused, and events
 // from timers arrive through one weak doorbell.
+import { mountVolumes } from '../data/volume.ts'
 import { binding, type BindingRuntime } from '../native.ts'
 import { batchArityError } from '../shared/arity.ts'
 import { AbortReasonCode, ExecStatusCode, OutcomeCode, PhaseCode, RuntimeEvent } from '../shared/codes.ts'
@@ -16,6 +17,7 @@ import {
   applyParams,
   batchResultError,
   bindingSpec,
+  type ClassHooks,
   describe,
   type GenCredit,
   runBuildHooks,
@@ -37,6 +39,7 @@ const {
 } = RuntimeEvent
 const { Ok: ST_OK, Failed: ST_FAILED, FailedFinal: ST_FINAL, Delivered: ST_DELIVERED } = ExecStatusCode
 const { Build: PHASE_BUILD, SnapEnter: PHASE_SNAP_ENTER, Exit: PHASE_EXIT } = PhaseCode
+const NO_HOOKS: ClassHooks = { snapEnter: [], enter: [], exit: [], build: [] }
 const { Ok: OUT_OK, Failed: OUT_FAILED, Init: OUT_INIT } = OutcomeCode
 const { Timeout: ABORT_TIMEOUT } = AbortReasonCode
 // Failures berth reports itself, worded once for both container modes (crates/berth-core/src/failure.rs).
@@ -844,9 +847,11 @@ export class EmbeddedRuntime {
 
   private async hook(poolId: number, cid: number, phase: number): Promise<void> {
     const pool = this.pools[poolId]
-    const meta = pool.def.meta!
+    // A function has a phase only to mount its volumes.
+    const meta = pool.def.meta ?? NO_HOOKS
     let ok = true
     try {
+      if (phase !== PHASE_EXIT) mountVolumes(pool.def.name, pool.def.options.volumes)
       const inst = this.instance(pool, cid)
       if (phase === PHASE_BUILD) {
         await runAsHook(() => runBuildHooks(pool.def.cls!, meta, inst))
