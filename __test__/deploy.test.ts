@@ -1,4 +1,4 @@
-// `npx berth deploy --target kubernetes` (README "Deploy"): the files it writes for a class with every
+// `npx berth deploy --target kubernetes` (README "Deploy to Kubernetes"): the files it writes for a class with every
 // option it maps and a function, their key fields, the core objects checked against the
 // Kubernetes schema offline (kubernetes-validate, when installed), the KEDA objects against the
 // field names and types of KEDA's spec (src/deploy/keda.ts), and the refusals.
@@ -171,7 +171,7 @@ test('the core objects pass the Kubernetes schema; the KEDA objects have the fie
 test('refusals: unknown target, no file, no app, unwritable --out, no image, a gpu that does not parse', async (t) => {
   const unknown = await deploy(['--target', 'nomad'])
   t.is(unknown.code, 2)
-  t.regex(unknown.stderr, /unknown target 'nomad'; targets: kubernetes/)
+  t.regex(unknown.stderr, /unknown target 'nomad'; targets: server, kubernetes/)
 
   const none = await berth(['deploy', '--target', 'kubernetes', '--image', 'x'])
   t.is(none.code, 2)

@@ -161,6 +161,30 @@ function uptime(s: number | null): string {
   return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`
 }
 
+/**
+ * `berth deploy app.ts` to a running `berth serve` (README "Deploy to a running server"): the
+ * server loads the file, a path on its machine, and serves its apps beside the ones it serves,
+ * replacing those of the same names (their containers finish what they took, then drain). The
+ * command returns once the server serves them; they stay up after it.
+ */
+export async function deployToServer(file: string, values: Map<string, string>): Promise<number> {
+  const server = values.get('server') ?? (process.env.BERTH_SERVER || DEFAULT_SERVER)
+  const token = values.get('token') ?? process.env.BERTH_TOKEN
+  const query = `file=${encodeURIComponent(file)}&cwd=${encodeURIComponent(process.cwd())}`
+  try {
+    const done = await ask(server, token, 'POST', `/_berth/deploy?${query}`)
+    for (const app of done.apps as { app: string; functions: string[]; replaced: boolean }[]) {
+      const how = app.replaced ? ' (it replaces the version served before, whose containers drain)' : ''
+      console.log(`berth: deployed '${app.app}' to ${server}: ${app.functions.join(', ') || 'nothing to serve'}${how}`)
+    }
+    return 0
+  } catch (e) {
+    if (!(e instanceof AdminError)) throw e
+    process.stderr.write(`${e.message.replace(/^berth: /, 'berth deploy: ')}\n`)
+    return 1
+  }
+}
+
 /** Runs `berth app|container|logs ...`; resolves with the exit status. */
 export async function admin(cmd: 'app' | 'container' | 'logs', args: string[]): Promise<number> {
   const help = cmd === 'app' ? APP_HELP : cmd === 'container' ? CONTAINER_HELP : LOGS_HELP

@@ -14,8 +14,9 @@ import { isGeneratorFunction } from '../define/decorators.ts'
 import { closest } from '../define/options.ts'
 import { createSecret, listSecrets } from '../run/secrets.ts'
 import { type Loaded, loadInChild, localFiles, oneLine, REGISTRY_FD, watchAndReload } from './reload.ts'
+import { acceptDeploys } from './deploys.ts'
 import { WORKER_HELP, worker } from './worker.ts'
-import { admin, APP_HELP, CONTAINER_HELP, LOGS_HELP } from './admin.ts'
+import { admin, APP_HELP, CONTAINER_HELP, deployToServer, LOGS_HELP } from './admin.ts'
 import { dictCommand, queueCommand } from './data.ts'
 import { VOLUME_HELP, volumeCommand } from './volume.ts'
 import { say, setLogFormat } from './say.ts'
@@ -35,6 +36,7 @@ Usage:
   berth worker <file.ts> --broker nats://host:4222 [--app NAME] [--function NAME]...
                                              run containers for calls a --broker front published
   berth build <file.ts>                      run @build hooks not yet cached
+  berth deploy <file.ts> [--server URL]      serve the app on a running berth serve and return
   berth deploy <file.ts> --target kubernetes --image IMAGE [--out k8s/] [--nats nats://nats:4222]
                                              write Kubernetes manifests (Deployments, Service, KEDA
                                              ScaledObjects) for the app's functions and classes
@@ -64,9 +66,10 @@ Commands:
   build  Run the @build hooks of every class in the file, unless a marker in the cache
          (BERTH_CACHE_DIR, default node_modules/.cache/berth) says an earlier build of the same
          class source already did. Containers skip cached builds the same way.
-  deploy Write the manifests that run the app on Kubernetes: a front (berth serve) and a
-         worker Deployment per function and class, each scaled by KEDA on its NATS
-         JetStream consumer (berth deploy --help).
+  deploy Serve the app on a running \`berth serve\` (BERTH_SERVER) and return, the app staying
+         up; or, with --target kubernetes, write the manifests that run it on Kubernetes: a
+         front (berth serve) and a worker Deployment per function and class, each scaled by
+         KEDA on its NATS JetStream consumer (berth deploy --help).
 `
 
 const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
@@ -131,12 +134,21 @@ A file whose classes have no @build hooks has nothing to build, and says so.
 `
 
 /** Where `berth deploy` can deploy to. */
-const DEPLOY_TARGETS = ['kubernetes']
+const DEPLOY_TARGETS = ['server', 'kubernetes']
 
-const DEPLOY_HELP = `Usage: berth deploy <file.ts> --target kubernetes --image IMAGE [--out k8s/]
+const DEPLOY_HELP = `Usage: berth deploy <file.ts> [--server URL] [--token T]
+       berth deploy <file.ts> --target kubernetes --image IMAGE [--out k8s/]
                     [--nats nats://nats:4222] [--nats-monitoring HOST:8222] [--nats-account '$G']
 
-Writes, into --out (default k8s/), the manifests that run every function and class of the app
+To a running \`berth serve\` (the default): the server at BERTH_SERVER (or --server), default
+http://127.0.0.1:7450, with its token BERTH_TOKEN (or --token), loads <file.ts> (a path on its
+machine: run the server there) and serves its apps beside the ones it serves, replacing any of
+the same name (the old version's containers finish the inputs they took, run their exit hooks
+and stop). Returns once they are served; they stay up after it, until the server stops, \`berth
+app stop\`, or the next deploy. Containers of a deployed app start in the directory berth
+deploy ran in. \`berth app list\` shows them; callers reach them as any served app.
+
+--target kubernetes writes, into --out (default k8s/), the manifests that run every function and class of the app
 file on Kubernetes, inputs going through NATS JetStream:
 
   nats.yaml          a ConfigMap with the NATS reference (the one place it is set) and the KEDA
@@ -148,7 +160,7 @@ file on Kubernetes, inputs going through NATS JetStream:
                      KEDA ScaledObject on its JetStream consumer (min/maxContainers,
                      scaledownWindow, targetInputs)
 
-  --target           where to deploy; targets: ${DEPLOY_TARGETS.join(', ')}
+  --target           where to deploy; targets: ${DEPLOY_TARGETS.join(', ')} (default server)
   --image            the image holding the app, its package.json and node_modules (berth too),
                      with the app file at the path given here, relative to its working directory
   --nats             NATS's client URL (default nats://nats:4222, the NATS Helm chart's Service)
@@ -524,6 +536,15 @@ async function serve(args: string[]): Promise<number> {
         log: (line, level) => say(process.stderr, line, level),
       })
     : undefined
+  // `berth deploy app.ts` to this server (src/cli/deploys.ts); a front's apps are its workers'.
+  if (broker === undefined) {
+    acceptDeploys(server, {
+      berthRoot: resolve(__dirname, '..'),
+      load: (f, cwd) => loadInChild([process.execPath, resolve(__dirname, '../bin/berth.mjs'), '__registry', f], cwd),
+      deployed: (_, functions) => say(process.stdout, endpoints(functions, `http://${server.httpAddress}`)),
+      log: (line, level) => say(process.stderr, line, level),
+    })
+  }
   await new Promise<void>((stop) => {
     drain = () => {
       say(process.stderr, DRAINING)
@@ -595,8 +616,7 @@ function endpoints(served: Served[], http: string, webOnly = false): string {
 
 /** A container process, started by `berth serve` with its identity in the environment. */
 async function container(): Promise<number> {
-  const file = process.env.BERTH_APP_FILE
-  if (!file) {
+  if (!process.env.BERTH_APP_FILE) {
     process.stderr.write('berth __container is started by `berth serve`, not by hand\n')
     return 2
   }
@@ -609,6 +629,9 @@ async function container(): Promise<number> {
   const identity = await readIdentity()
   if (identity === null) process.exit(0) // the control plane stopped before it needed us
   Object.assign(process.env, identity)
+  // The identity may name another file and directory: a deployed app's (src/cli/deploys.ts).
+  const file = process.env.BERTH_APP_FILE
+  if (process.env.BERTH_CWD) process.chdir(process.env.BERTH_CWD)
   const apps = await loadApps('container', file)
   if (typeof apps === 'number') return apps
   const code = await api().__berthContainerMain(apps)
@@ -733,7 +756,7 @@ async function deploy(args: string[]): Promise<number> {
   }
   let parsed
   try {
-    parsed = flags(args, ['target', 'out', 'image', 'nats', 'nats-monitoring', 'nats-account'])
+    parsed = flags(args, ['target', 'server', 'token', 'out', 'image', 'nats', 'nats-monitoring', 'nats-account'])
   } catch (e) {
     process.stderr.write(`berth deploy: ${(e as Error).message}\n\n${DEPLOY_HELP}`)
     return 2
@@ -745,15 +768,24 @@ async function deploy(args: string[]): Promise<number> {
     )
     return 2
   }
-  const target = values.get('target')
-  if (target === undefined) return fail(`--target is required; targets: ${DEPLOY_TARGETS.join(', ')}`)
+  const target = values.get('target') ?? 'server'
   if (!DEPLOY_TARGETS.includes(target)) return fail(`unknown target '${target}'; targets: ${DEPLOY_TARGETS.join(', ')}`)
+  const only = (flags: string[]) => [...values.keys()].find((k) => k !== 'target' && !flags.includes(k))
+  if (target === 'server') {
+    const stray = only(['server', 'token'])
+    if (stray !== undefined) return fail(`--${stray} is for --target kubernetes; a deploy to a running server takes --server and --token`)
+    const file = resolve(positional[0])
+    if (!existsSync(file)) return fail(`no file ${positional[0]}`)
+    return deployToServer(file, values)
+  }
+  const stray = only(['out', 'image', 'nats', 'nats-monitoring', 'nats-account'])
+  if (stray !== undefined) return fail(`--${stray} is for a deploy to a running server (no --target), not --target ${target}`)
   // Required: a placeholder would apply, and fail later in the cluster (ImagePullBackOff).
   const image = values.get('image')
   if (image === undefined || image.trim() === '') {
     return fail(
       '--image is required: the image with your app file, package.json and node_modules (berth included), ' +
-        'e.g. --image registry.example.com/my-app:1.0 (README "Deploy" has a Dockerfile)',
+        'e.g. --image registry.example.com/my-app:1.0 (README "Deploy to Kubernetes" has a Dockerfile)',
     )
   }
   const natsUrl = values.get('nats') ?? 'nats://nats:4222'

@@ -54,10 +54,10 @@ const LOAD_TIMEOUT_MS = 120_000
 /** Loaders running now: `watchAndReload`'s `close()` ends them. */
 const loading = new Set<ChildProcess>()
 
-/** Runs `command` (berth __registry <file>) and reads what it sends on fd 3. */
-export function loadInChild(command: string[]): Promise<Loaded> {
+/** Runs `command` (berth __registry <file>), in `cwd` if given, and reads what it sends on fd 3. */
+export function loadInChild(command: string[], cwd?: string): Promise<Loaded> {
   return new Promise((done) => {
-    const child = spawn(command[0], command.slice(1), { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] })
+    const child = spawn(command[0], command.slice(1), { cwd, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] })
     loading.add(child)
     const timer = setTimeout(() => child.kill('SIGKILL'), LOAD_TIMEOUT_MS)
     const chunks: Buffer[] = []

@@ -1,7 +1,7 @@
 // KEDA's custom resources that `berth deploy --target kubernetes` writes, typed from KEDA's
 // documented spec (kubernetes-types has no CRDs): a ScaledObject per container pool with the
 // `nats-jetstream` trigger, and the one TriggerAuthentication that reads the NATS monitoring
-// endpoint and account from the app's ConfigMap (README "Deploy").
+// endpoint and account from the app's ConfigMap (README "Deploy to Kubernetes").
 import type { HorizontalPodAutoscalerBehavior } from 'kubernetes-types/autoscaling/v2.js'
 import type { ObjectMeta } from 'kubernetes-types/meta/v1.js'
 

@@ -1,4 +1,4 @@
-// `berth deploy --target kubernetes` (README "Deploy"): the app's functions and classes as
+// `berth deploy --target kubernetes` (README "Deploy to Kubernetes"): the app's functions and classes as
 // Kubernetes objects, built as typed values (kubernetes-types, KEDA's spec in ./keda.ts) and
 // written as YAML, one file per pool (its Deployment and its ScaledObject, which are applied,
 // changed and deleted together), one for the front and one for the NATS reference.
@@ -189,7 +189,7 @@ function deployment(
   return { apiVersion: 'apps/v1', kind: 'Deployment', metadata: meta(name, l, annotations), spec }
 }
 
-/** The NATS reference, from the ConfigMap: set in one place (README "Deploy"). */
+/** The NATS reference, from the ConfigMap: set in one place (README "Deploy to Kubernetes"). */
 function natsEnv(configMap: string): EnvFromSource[] {
   return [{ configMapRef: { name: configMap } }]
 }

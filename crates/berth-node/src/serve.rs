@@ -162,6 +162,27 @@ pub struct BindingServer {
     /// How callers in this process reach the control plane, without gRPC.
     local: berth_server::Client,
     runtime: tokio::runtime::Handle,
+    /// Deploys asked of the server and not yet answered (`watch_deploys`).
+    deploys: std::sync::Arc<Mutex<DeployDesk>>,
+}
+
+/// A deploy asked of the server (`berth deploy app.ts`), for `berth serve`'s JavaScript to carry
+/// out (src/cli/deploy.ts) and answer with [`BindingServer::answer_deploy`].
+#[napi(object)]
+pub struct BindingDeployAsk {
+    pub id: u32,
+    /// The app file, an absolute path on this machine.
+    pub file: String,
+    /// The directory its containers start in (the deploying command's), or empty.
+    pub cwd: String,
+}
+
+/// Deploys come in, wait for the JavaScript to take them, and wait for its answer.
+#[derive(Default)]
+struct DeployDesk {
+    next: u32,
+    waiting: Vec<BindingDeployAsk>,
+    answers: HashMap<u32, tokio::sync::oneshot::Sender<std::result::Result<String, String>>>,
 }
 
 #[napi]
@@ -221,7 +242,16 @@ impl BindingServer {
         let http_address = plane.http_addr().map(|a| a.to_string());
         let killer = plane.killer();
         let (local, runtime) = (plane.client(), rt.handle().clone());
-        Ok(Self { running: Mutex::new(Some((rt, plane))), killer, address, http_address, supervisor, local, runtime })
+        Ok(Self {
+            running: Mutex::new(Some((rt, plane))),
+            killer,
+            address,
+            http_address,
+            supervisor,
+            local,
+            runtime,
+            deploys: std::sync::Arc::default(),
+        })
     }
 
     #[napi(getter)]
@@ -264,6 +294,50 @@ impl BindingServer {
             .replace_apps(&apps, Registry { functions: defs })
             .map_err(|e| Error::from_reason(format!("berth: {e}")))?;
         Ok(u32::try_from(replaced.retired_pools).unwrap_or(u32::MAX))
+    }
+
+    /// Takes the deploys asked of this server (`POST /_berth/deploy`): each rings `doorbell`,
+    /// and waits in [`take_deploys`](Self::take_deploys) for an answer
+    /// ([`answer_deploy`](Self::answer_deploy)). Without this the server takes no deploys.
+    #[napi]
+    pub fn watch_deploys(&self, doorbell: crate::Doorbell) -> Result<()> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut asks) = running.as_ref().and_then(|(_, plane)| plane.deploys()) else {
+            return Err(Error::from_reason("berth: deploys are watched already, or the server is stopping"));
+        };
+        let desk = std::sync::Arc::clone(&self.deploys);
+        self.runtime.spawn(async move {
+            while let Some(ask) = asks.recv().await {
+                {
+                    let mut d = desk.lock().unwrap_or_else(|e| e.into_inner());
+                    d.next = d.next.wrapping_add(1);
+                    let id = d.next;
+                    d.waiting.push(BindingDeployAsk { id, file: ask.file, cwd: ask.cwd });
+                    d.answers.insert(id, ask.answer);
+                }
+                let _ = doorbell.call((), napi::threadsafe_function::ThreadsafeFunctionCallMode::NonBlocking);
+            }
+        });
+        Ok(())
+    }
+
+    /// The deploys asked since the last call (see [`watch_deploys`](Self::watch_deploys)).
+    #[napi]
+    pub fn take_deploys(&self) -> Vec<BindingDeployAsk> {
+        std::mem::take(&mut self.deploys.lock().unwrap_or_else(|e| e.into_inner()).waiting)
+    }
+
+    /// Answers deploy `id`: what the server serves now (JSON), or why the file was not deployed.
+    #[napi]
+    pub fn answer_deploy(&self, id: u32, served: Option<String>, error: Option<String>) {
+        let answer = self.deploys.lock().unwrap_or_else(|e| e.into_inner()).answers.remove(&id);
+        if let Some(answer) = answer {
+            let _ = answer.send(match (served, error) {
+                (_, Some(why)) => Err(why),
+                (Some(served), None) => Ok(served),
+                (None, None) => Err("the server gave no answer".to_owned()),
+            });
+        }
     }
 
     /// How many `berth.v1.Functions` requests came over gRPC (none come from [`client`](Self::client)).

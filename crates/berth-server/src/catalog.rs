@@ -49,6 +49,17 @@ impl Catalog {
     }
 }
 
+/// A deploy asked of the server (`POST /_berth/deploy`, `berth deploy app.ts`): the app file to
+/// serve, and the directory its containers start in. Whoever serves the process (`berth serve`'s
+/// JavaScript, which loads the file as a reload does) answers with what the server serves now,
+/// as JSON, or why the file was not deployed.
+#[derive(Debug)]
+pub struct DeployAsk {
+    pub file: String,
+    pub cwd: String,
+    pub answer: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
 /// What [`Shared::replace_apps`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Replaced {

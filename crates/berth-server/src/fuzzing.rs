@@ -91,6 +91,7 @@ impl Plane {
             dicts: Default::default(),
             queues: Default::default(),
             dict_broker: std::sync::OnceLock::new(),
+            deploys: std::sync::OnceLock::new(),
         });
         let scheduler = Scheduler::new(Host(shared.clone()), Host(shared.clone()));
         let svc = FunctionsSvc::new(shared.clone());

@@ -32,7 +32,7 @@ pub mod schedule;
 mod server;
 pub mod supervisor;
 
-pub use catalog::Replaced;
+pub use catalog::{DeployAsk, Replaced};
 pub use client::{Client, ConnectError, GenItems, MapResults};
 pub use conn::ConnCounters;
 pub use plane::{Arity, ExitReporter, FunctionDef, ParamKind, ParamSpec, Registry, Spawner, WebSpec};

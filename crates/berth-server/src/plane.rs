@@ -625,6 +625,9 @@ pub(crate) struct Shared {
     pub queues: crate::queues::Queues,
     /// Broker mode (a front, a worker): dicts are the NATS server's key-value buckets instead.
     pub dict_broker: std::sync::OnceLock<berth_nats::Broker>,
+    /// Where `POST /_berth/deploy` sends its asks (http/admin.rs), once the process serving the
+    /// server takes them (`ControlPlane::deploys`); unset, the server takes no deploys.
+    pub deploys: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::catalog::DeployAsk>>,
 }
 
 impl Shared {

@@ -210,6 +210,7 @@ impl ControlPlane {
             dicts: Default::default(),
             queues: Default::default(),
             dict_broker: std::sync::OnceLock::new(),
+            deploys: std::sync::OnceLock::new(),
         });
         if let Some(front) = &shared.front {
             // Its dicts are the NATS server's, shared with the workers (dicts.rs).
@@ -354,6 +355,15 @@ impl ControlPlane {
     /// served at the start.
     pub fn replace_apps(&self, apps: &[String], registry: Registry) -> io::Result<Replaced> {
         self.shared.replace_apps(apps, registry)
+    }
+
+    /// The deploys asked of this server (`berth deploy app.ts`, http/admin.rs), for the process
+    /// that serves it to carry out (load the file, [`replace_apps`](Self::replace_apps)) and
+    /// answer. Only the first call gets them; until then, and without it, the server answers a
+    /// deploy that it takes none.
+    pub fn deploys(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::DeployAsk>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.shared.deploys.set(tx).ok().map(|()| rx)
     }
 
     /// What stops this control plane at once, usable while [`shutdown`](Self::shutdown) runs.

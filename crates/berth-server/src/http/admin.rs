@@ -11,6 +11,7 @@
 //! | `POST /_berth/apps/{app}/stop`        | once drained: `{"app", "stopped": true}`; 404 naming the apps |
 //! | `GET /_berth/containers`              | `{"containers": [{container, pid, app, function, state, inFlight, uptimeSeconds}]}` |
 //! | `GET /_berth/logs?app=A&lines=N&follow=1` | NDJSON: the app's last N lines (100), then, with `follow`, each new one |
+//! | `POST /_berth/deploy?file=F&cwd=D`    | once F's apps are served: `{"apps": [{app, functions, replaced}]}`; 400 with why not |
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -68,14 +69,15 @@ pub(crate) async fn serve(shared: &Shared, method: &Method, uri: &Uri) -> Answer
         },
         ["containers"] if *method == Method::GET => container_list(shared).await,
         ["logs"] if *method == Method::GET => logs(shared, uri.query().unwrap_or("")),
+        ["deploy"] if *method == Method::POST => deploy(shared, uri.query().unwrap_or("")).await,
         ["apps"] | ["containers"] | ["logs"] => not_allowed("GET"),
-        ["apps", _, "stop"] => not_allowed("POST"),
+        ["apps", _, "stop"] | ["deploy"] => not_allowed("POST"),
         _ => fail(
             StatusCode::NOT_FOUND,
             "NotFound",
             format!(
                 "no route {}: the admin routes are GET {PREFIX}apps, POST {PREFIX}apps/<app>/stop, GET {PREFIX}containers, \
-                 GET {PREFIX}logs?app=<app>[&lines=N][&follow=1]",
+                 GET {PREFIX}logs?app=<app>[&lines=N][&follow=1], POST {PREFIX}deploy?file=<path>&cwd=<dir>",
                 crate::functions::shown(uri.path())
             ),
         ),
@@ -150,6 +152,73 @@ async fn stop(shared: &Shared, app: &str) -> Answer {
     }
     tracing::info!("berth: app '{app}' stopped");
     json_answer(StatusCode::OK, &json!({ "app": app, "stopped": true }))
+}
+
+/// How long a deploy may take to load its file and start serving it before the caller is
+/// answered that it did not (the load goes on; a later `berth app list` shows whether it landed).
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `berth deploy app.ts` to this server: the process serving it loads `file` (a path on this
+/// machine) and serves its apps, adding them or replacing those of the same names (whose
+/// containers drain); answered once it has, or with why not.
+async fn deploy(shared: &Shared, query: &str) -> Answer {
+    let (mut file, mut cwd) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(&v.replace('+', " "));
+        match k {
+            "file" => file = v,
+            "cwd" => cwd = v,
+            _ => {}
+        }
+    }
+    let Some(file) = file.filter(|f| f.starts_with('/')) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "name the app file by its absolute path: deploy?file=/path/app.ts",
+        );
+    };
+    let cwd = cwd.filter(|d| d.starts_with('/')).unwrap_or_default();
+    let Some(asks) = shared.deploys.get() else {
+        return fail(
+            StatusCode::NOT_IMPLEMENTED,
+            "Unimplemented",
+            "this server takes no deploys: `berth serve` does (not `berth run`, nor a `--broker` front, whose apps are its workers')",
+        );
+    };
+    // Whether each app deployed replaces one: what was served before the file loaded.
+    let before: HashSet<String> = shared.catalog().functions.iter().map(|f| f.app.clone()).collect();
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let unavailable =
+        || fail(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the server is stopping; nothing was deployed");
+    if asks.send(crate::DeployAsk { file, cwd, answer }).is_err() {
+        return unavailable();
+    }
+    match tokio::time::timeout(DEPLOY_TIMEOUT, answered).await {
+        Ok(Ok(Ok(served))) => match serde_json::from_str::<Json>(&served) {
+            Ok(mut served) => {
+                for app in served.get_mut("apps").and_then(Json::as_array_mut).into_iter().flatten() {
+                    let replaced = app.get("app").and_then(Json::as_str).is_some_and(|a| before.contains(a));
+                    if let Some(app) = app.as_object_mut() {
+                        app.insert("replaced".into(), Json::Bool(replaced));
+                    }
+                }
+                json_answer(StatusCode::OK, &served)
+            }
+            Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", format!("the deploy's answer is not JSON: {e}")),
+        },
+        Ok(Ok(Err(why))) => fail(StatusCode::BAD_REQUEST, "DeployError", why),
+        Ok(Err(_)) => unavailable(),
+        Err(_) => fail(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            format!(
+                "the app file did not load within {} s; `berth app list` shows whether it was deployed since",
+                DEPLOY_TIMEOUT.as_secs()
+            ),
+        ),
+    }
 }
 
 async fn container_list(shared: &Shared) -> Answer {
