@@ -7,7 +7,7 @@ import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import test from 'ava'
-import { App, Function } from 'berth'
+import { App, Function, InvalidError } from 'berth'
 
 import { berth } from './_cli.ts'
 import { npxServeListening, removedAtEnd, userProject } from './_project.ts'
@@ -67,12 +67,20 @@ test('berth deploy: the app is served by the running server after the command re
   t.is((await which.remote()).version, 'v2', 'calls after the redeploy run the new version')
   t.is(await inFlight, 'v1', 'the call in flight finished on the old version')
 
+  // app.deploy() from code: the file that defines the app, deployed to the server named.
+  writeFileSync(join(other, 'search-api.ts'), deployed('v3'))
+  const { app: v3 } = (await import(join(other, 'search-api.ts'))) as { app: App }
+  const done = await v3.deploy({ server })
+  t.deepEqual(done, { apps: [{ app: 'deployed', functions: ['which', 'slow'], replaced: true }] })
+  t.is((await which.remote()).version, 'v3')
+  await t.throwsAsync(v3.deploy({ server: 'http://127.0.0.1:1' }), { instanceOf: InvalidError, message: /^app\.deploy\(\): no berth server answers/ })
+
   // A file that does not load changes nothing, and the command says why.
   writeFileSync(join(other, 'broken.ts'), "import { App } from 'berth'\nexport const app = new App('deployed')\nthis is not typescript\n")
   const broken = await berth(['deploy', 'broken.ts'], env, { npx: true, cwd: other })
   t.is(broken.code, 1)
   t.regex(broken.stderr, /berth deploy: .*broken\.ts did not load: /)
-  t.is((await which.remote()).version, 'v2', 'the deployed app serves on')
+  t.is((await which.remote()).version, 'v3', 'the deployed app serves on')
 
   const missing = await berth(['deploy', 'nope.ts'], env, { npx: true, cwd: other })
   t.is(missing.code, 2)

@@ -14,6 +14,8 @@ export interface LocalApp extends EmbeddedApp {
   readonly name: string
   /** Set while the app runs with process containers. */
   readonly processServer: object | undefined
+  /** The app it is served as part of (app.include), else itself: its calls name that app. */
+  root(): { readonly name: string }
 }
 
 const apps = new Set<LocalApp>()
@@ -65,6 +67,6 @@ export class AppTarget implements HandleTarget {
     // control plane this container attached to, with the server's token if it has one (README "API").
     const endpoint = this.app.processServer === undefined ? process.env.BERTH_ENDPOINT : undefined
     const where = endpoint === undefined ? undefined : { server: endpoint, token: process.env.BERTH_TOKEN }
-    return new RemoteTransport(this.app.name, d.name, method, params, this.label, where)
+    return new RemoteTransport(this.app.root().name, d.name, method, params, this.label, where)
   }
 }

@@ -3,19 +3,16 @@
 // http://127.0.0.1:7450, the gRPC port), with BERTH_TOKEN or --token, as plain HTTP/2 requests
 // to the server's JSON routes under /_berth/ (crates/berth-server/src/http/admin.rs), which the
 // gRPC port serves beside berth.v1.Functions (and the HTTP port too, for curl).
-import { connect, type ClientHttp2Session } from 'node:http2'
+import { AdminError, answerOf, ask, DEFAULT_SERVER, request } from '../shared/admin-request.ts'
 
-/**
- * Where callers find `berth serve` unless told: src/call/remote.ts's DEFAULT_SERVER, written
- * again here because the CLI bundle must not carry a copy of the call layer (src/cli/main.ts).
- */
-export const DEFAULT_SERVER = 'http://127.0.0.1:7450'
+export { DEFAULT_SERVER }
 
 export const APP_HELP = `Usage: berth app list [--server URL] [--token T]
        berth app stop <app> [--server URL] [--token T]
 
   list   the apps the server serves: each function and class, its state (serving, or
-         stopping after \`berth app stop\`) and how many containers it has
+         stopping after \`berth app stop\`), how many containers it has, and its app's tags
+         (new App(name, { tags })) when an app has some
   stop   stops an app: it takes no new calls (callers are told it was stopped), its inputs
          in flight finish, its containers run their @exit hooks, then it is gone; returns then
 
@@ -67,86 +64,6 @@ function parse(
     values.set(name, value)
   }
   return { positional, values, on }
-}
-
-class AdminError extends Error {}
-
-/** A request to the server's admin routes; `onLine`, when given, gets each line of the body as it comes. */
-function request(
-  server: string,
-  token: string | undefined,
-  method: 'GET' | 'POST',
-  path: string,
-  onLine?: (line: string) => void,
-): Promise<{ status: number; body: string }> {
-  const where = server === DEFAULT_SERVER ? `${server} (the default when BERTH_SERVER is unset)` : server
-  return new Promise((resolve, reject) => {
-    let session: ClientHttp2Session
-    try {
-      session = connect(server)
-    } catch (e) {
-      reject(new AdminError(`berth: ${server} is not a server URL (${(e as Error).message}): use http://host:port`))
-      return
-    }
-    const unreachable = (e: NodeJS.ErrnoException) =>
-      reject(
-        new AdminError(
-          `berth: no berth server answers at ${where} (${e.code ?? e.message}): start one with \`npx berth serve app.ts\`, ` +
-            'or point BERTH_SERVER=http://host:port (or --server) at the one you mean',
-        ),
-      )
-    session.on('error', unreachable)
-    const headers: Record<string, string> = { ':method': method, ':path': path }
-    if (token) headers.authorization = `Bearer ${token}`
-    const req = session.request(headers)
-    let status = 0
-    let body = ''
-    let partial = ''
-    req.setEncoding('utf8')
-    req.on('response', (h) => {
-      status = Number(h[':status'])
-    })
-    req.on('data', (d: string) => {
-      if (onLine && status === 200) {
-        partial += d
-        let nl = partial.indexOf('\n')
-        while (nl !== -1) {
-          onLine(partial.slice(0, nl))
-          partial = partial.slice(nl + 1)
-          nl = partial.indexOf('\n')
-        }
-      } else body += d
-    })
-    req.on('end', () => {
-      session.close()
-      resolve({ status, body })
-    })
-    req.on('error', (e: NodeJS.ErrnoException) => {
-      // No answer at all: nothing listens there (the session's error says why).
-      if (status === 0) unreachable((e.cause as NodeJS.ErrnoException | undefined) ?? e)
-      else reject(new AdminError(`berth: ${where}: ${e.message}`))
-    })
-    req.end()
-  })
-}
-
-/** The server's answer as JSON, or an AdminError in its words (with the fix for a missing token). */
-function answerOf(status: number, body: string): any {
-  let parsed: any
-  try {
-    parsed = JSON.parse(body)
-  } catch {
-    throw new AdminError(`berth: the server answered ${status} with something other than JSON: is it a berth server?`)
-  }
-  if (status === 200) return parsed
-  const message = parsed?.error?.message ?? body
-  const hint = status === 401 ? " (pass the server's token: --token T or BERTH_TOKEN)" : ''
-  throw new AdminError(`berth: ${message}${hint}`)
-}
-
-async function ask(server: string, token: string | undefined, method: 'GET' | 'POST', path: string): Promise<any> {
-  const { status, body } = await request(server, token, method, path)
-  return answerOf(status, body)
 }
 
 function table(rows: string[][]): string {
@@ -217,10 +134,23 @@ export async function admin(cmd: 'app' | 'container' | 'logs', args: string[]): 
         console.log('no apps are served')
         return 0
       }
-      const rows = [['APP', 'STATE', 'FUNCTION', 'METHODS', 'CONTAINERS']]
+      // Tags (new App(name, { tags })) in a column of their own when an app has some.
+      const tagsOf = (a: { tags?: Record<string, string> }) =>
+        Object.entries(a.tags ?? {})
+          .map(([k, v]) => `${k}=${v}`)
+          .join(',')
+      const tagged = apps.some((a: { tags?: Record<string, string> }) => tagsOf(a) !== '')
+      const rows = [['APP', 'STATE', 'FUNCTION', 'METHODS', 'CONTAINERS', ...(tagged ? ['TAGS'] : [])]]
       for (const a of apps)
         for (const f of a.functions)
-          rows.push([a.app, a.state, f.function, f.methods.length ? f.methods.join(',') : '-', String(f.containers)])
+          rows.push([
+            a.app,
+            a.state,
+            f.function,
+            f.methods.length ? f.methods.join(',') : '-',
+            String(f.containers),
+            ...(tagged ? [tagsOf(a) || '-'] : []),
+          ])
       console.log(table(rows))
       return 0
     }

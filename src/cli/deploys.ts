@@ -76,10 +76,10 @@ async function deployOne(server: DeployServer, opts: DeployOptions, ask: { id: n
   } catch (e) {
     return refuse(oneLine(e))
   }
-  const apps = loaded.apps.map((app) => ({
-    app,
-    functions: loaded.functions.filter((f) => f.app === app).map((f) => f.name),
-  }))
+  // An app included in another (app.include) is served under the includer's name: not listed.
+  const apps = loaded.apps
+    .map((app) => ({ app, functions: loaded.functions.filter((f) => f.app === app).map((f) => f.name) }))
+    .filter((a) => a.functions.length > 0)
   opts.log(`berth: deployed ${apps.map((a) => `'${a.app}' (${a.functions.length} functions)`).join(', ')} from ${ask.file}`, 'info')
   opts.deployed(loaded.apps, loaded.functions, ask.file)
   server.answerDeploy(ask.id, JSON.stringify({ apps }), null)

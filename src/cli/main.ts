@@ -511,7 +511,10 @@ async function serve(args: string[]): Promise<number> {
   let listed = endpoints(served, `http://${server.httpAddress}`)
   say(
     process.stdout,
-    `berth: serving ${apps.map((a) => `'${a.name}'`).join(', ')} on ${server.address} (gRPC berth.v1.Functions) ` +
+    `berth: serving ${apps
+      .filter((a) => a.root() === a)
+      .map((a) => `'${a.name}'`)
+      .join(', ')} on ${server.address} (gRPC berth.v1.Functions) ` +
       `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops\n` +
       listed,
   )
@@ -1004,12 +1007,12 @@ function findTarget(
     }
     if (params !== undefined) return noParams('the local entrypoint')
     const { app, fn } = entrypoints[0]
-    return { app, call: async () => fn(passed) }
+    return { app: app.root(), call: async () => fn(passed) }
   }
   const ep = entrypoints.find((e) => e.fn.name === name)
   if (ep) {
     if (params !== undefined) return noParams(`the entrypoint ${name}`)
-    return { app: ep.app, call: async () => ep.fn(passed) }
+    return { app: ep.app.root(), call: async () => ep.fn(passed) }
   }
   const fnApp = apps.find((a) => a.functions.has(name))
   if (fnApp) {
@@ -1017,7 +1020,7 @@ function findTarget(
     const handle = fnApp.functions.get(name)!
     const args = functionArgs(handle.fn, name, passed, `${file}::${name}`)
     if (typeof args === 'string') return args
-    return { app: fnApp, call: () => printCall(handle, isGeneratorFunction(handle.fn), args) }
+    return { app: fnApp.root(), call: () => printCall(handle, isGeneratorFunction(handle.fn), args) }
   }
   const dot = name.indexOf('.')
   const className = dot === -1 ? name : name.slice(0, dot)
@@ -1041,7 +1044,7 @@ function findTarget(
     const args = functionArgs(def.cls.prototype[methodName], `${className}.${methodName}`, passed, `${file}::${name}`)
     if (typeof args === 'string') return args
     const handle = cls[methodName]
-    return { app: clsApp, call: () => printCall(handle, isGeneratorFunction(def.cls.prototype[methodName]), args) }
+    return { app: clsApp.root(), call: () => printCall(handle, isGeneratorFunction(def.cls.prototype[methodName]), args) }
   }
   const guess = closest(name, runnable)
   return (

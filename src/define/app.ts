@@ -11,6 +11,7 @@ import { releaseMounts } from '../data/volume.ts'
 import { binding } from '../native.ts'
 import { EmbeddedRuntime } from '../run/runtime.ts'
 import { buildMarker, runBuildHooks, type PoolDef } from '../run/pool.ts'
+import { AdminError, ask, DEFAULT_SERVER } from '../shared/admin-request.ts'
 import { InvalidError } from '../shared/errors.ts'
 import { ClassDef, classDefs } from './class-def.ts'
 import { validateParams } from './decorators.ts'
@@ -106,11 +107,34 @@ export class App {
     Object.assign(this.tags, tags)
   }
 
-  /** Serves `other`'s functions and classes as part of this app. */
+  /**
+   * Serves `other`'s functions and classes as part of this app, under this app's name (README
+   * "Apps: include and tags"): `Function.fromName(this.name, ...)` reaches them, and `other`'s
+   * handles call them here. An app is included in one app at most.
+   */
   include(other: App): this {
     if (!(other instanceof App)) throw new InvalidError('app.include(other): pass another App')
+    if (other === this) throw new InvalidError(`app.include: app '${this.name}' cannot include itself`)
+    if (other.includedBy === this) return this
+    if (other.includedBy !== undefined) {
+      throw new InvalidError(
+        `app.include: app '${other.name}' is included in '${other.includedBy.name}' already; an app is part of one app`,
+      )
+    }
+    for (let a: App | undefined = this; a !== undefined; a = a.includedBy) {
+      if (a === other) throw new InvalidError(`app.include: '${other.name}' includes '${this.name}', which would include it back`)
+    }
+    other.includedBy = this
     this.included.push(other)
     return this
+  }
+
+  /** The app that included this one (app.include), if any. */
+  private includedBy: App | undefined
+
+  /** @internal The app this one is served as part of: its includer's, else itself. */
+  root(): App {
+    return this.includedBy?.root() ?? this
   }
 
   /** A batched function is called with one item and resolves to one result (README "API"). */
@@ -193,6 +217,11 @@ export class App {
     if (mode !== 'embedded' && mode !== 'process') {
       throw new InvalidError(`app.run({ containers: '${String(mode)}' }): containers are 'embedded' (default) or 'process'`)
     }
+    if (this.includedBy !== undefined) {
+      throw new InvalidError(
+        `app '${this.name}' is included in '${this.root().name}', which serves its functions: run '${this.root().name}' instead`,
+      )
+    }
     if (mode === 'process') return this.runProcess(fn)
     const apps = this.withIncluded()
     for (const app of apps) {
@@ -265,23 +294,67 @@ export class App {
 
   /** @internal What `berth serve` serves: every function and class of this app. */
   servedDefs(): { def: PoolDef; isClass: boolean }[] {
+    const { functions, classes } = this.served()
     return [
-      ...[...this.functions.values()].map((f) => ({ def: f.def, isClass: false })),
-      ...[...this.classes.values()].map((c) => ({ def: c.poolDef({}), isClass: true })),
+      ...[...functions.values()].map((f) => ({ def: f.def, isClass: false })),
+      ...[...classes.values()].map((c) => ({ def: c.poolDef({}), isClass: true })),
     ]
+  }
+
+  /** @internal A class this app serves, its included apps' too. */
+  servedClass(name: string): ClassDef | undefined {
+    return this.served().classes.get(name)
+  }
+
+  /** The functions and classes served under this app's name: its own and its included apps'. */
+  private served(): { functions: Map<string, FunctionHandleImpl>; classes: Map<string, ClassDef> } {
+    const functions = new Map(this.functions)
+    const classes = new Map(this.classes)
+    for (const other of this.withIncluded().slice(1)) {
+      for (const [name, def] of [...other.functions, ...other.classes]) {
+        if (functions.has(name) || classes.has(name)) {
+          throw new InvalidError(
+            `app '${this.name}' includes '${other.name}', and both serve a function or class named '${name}': rename one (the \`name\` option)`,
+          )
+        }
+        if (def instanceof ClassDef) classes.set(name, def)
+        else functions.set(name, def)
+      }
+    }
+    return { functions, classes }
   }
 
   /** @internal The pool definition a container process serves. */
   containerDef(name: string, params: Record<string, unknown> | undefined): PoolDef {
-    const f = this.functions.get(name)
+    const { functions, classes } = this.served()
+    const f = functions.get(name)
     if (f) return f.def
-    const c = this.classes.get(name)
+    const c = classes.get(name)
     if (!c) throw new InvalidError(`app '${this.name}' has no function or class '${name}'`)
     return c.poolDef(validateParams(c.cls, params))
   }
 
-  deploy(): never {
-    throw new InvalidError('app.deploy() is not available in this version; serve the app in-process with app.run()')
+  /**
+   * Serves the file that defines this app on a running `berth serve` (BERTH_SERVER, or `server`),
+   * as `npx berth deploy <file>` does (README "Deploy to a running server"): resolves once the
+   * server serves the file's apps, which stay up after this process ends. Rejects with the
+   * server's reason when it does not (the file did not load, no server answers, ...).
+   */
+  async deploy(
+    opts: { server?: string; token?: string } = {},
+  ): Promise<{ apps: { app: string; functions: string[]; replaced: boolean }[] }> {
+    const file = this.root().sourceFile
+    if (!file || !existsSync(file)) {
+      throw new InvalidError(`app.deploy(): cannot tell which file defines app '${this.name}'; run \`npx berth deploy <file.ts>\``)
+    }
+    const server = opts.server ?? (process.env.BERTH_SERVER || DEFAULT_SERVER)
+    const query = `file=${encodeURIComponent(file)}&cwd=${encodeURIComponent(process.cwd())}`
+    try {
+      return await ask(server, opts.token ?? process.env.BERTH_TOKEN, 'POST', `/_berth/deploy?${query}`)
+    } catch (e) {
+      if (e instanceof AdminError) throw new InvalidError(e.message.replace(/^berth: /, `app.deploy(): `))
+      throw e
+    }
   }
 
   /**
@@ -304,7 +377,7 @@ export class App {
         `app.run({ containers: 'process' }): cannot tell which file defines app '${this.name}' (containers load it); run it with \`npx berth run <file.ts> --containers process\``,
       )
     }
-    const served = servedFunctions(apps)
+    const served = servedFunctions([this])
     const server = binding().BindingServer.start(served, {
       host: '127.0.0.1',
       grpcPort: 0,

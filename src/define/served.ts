@@ -12,9 +12,12 @@ import { getParamSpecs } from './decorators.ts'
 /** What is served of an app (define/app.ts App). */
 export interface ServedApp {
   readonly name: string
-  readonly classes: ReadonlyMap<string, ClassDef>
-  /** Every function and class of the app (a class with no parameters set). */
+  /** Every function and class of the app (a class with no parameters set), its included apps' too. */
   servedDefs(): { def: PoolDef; isClass: boolean }[]
+  servedClass(name: string): ClassDef | undefined
+  getTags(): Record<string, string>
+  /** The app it is served as part of (app.include), else itself: only those are served on their own. */
+  root(): ServedApp
 }
 
 /**
@@ -33,51 +36,55 @@ export function registryOf(apps: ServedApp[]): object[] {
 }
 
 export function servedFunctions(apps: ServedApp[]): BindingFunctionDef[] {
-  const defs = apps.flatMap((app) =>
-    app.servedDefs().map(({ def, isClass }) => {
-      checkFixedPorts(def)
-      return {
-        app: app.name,
-        name: def.name,
-        methods: def.methods.map((m) => m.name),
-        isClass,
-        // Process containers scale out by default, as Modal's do; maxContainers caps them.
-        spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
-        env: containerEnv(def.name, def.options.secrets, def.options.env),
-        gpu: def.options.gpu,
-        arity: def.methods.map((m) => m.arity),
-        generators: def.methods.map((m) => m.gen === true),
-        // The web endpoints among the methods, by index (crates/berth-server/src/web.rs routes them).
-        web: def.methods.flatMap((m, index) =>
-          m.web
+  const defs = apps
+    .filter((app) => app.root() === app)
+    .flatMap((app) =>
+      app.servedDefs().map(({ def, isClass }) => {
+        checkFixedPorts(def)
+        return {
+          app: app.name,
+          name: def.name,
+          methods: def.methods.map((m) => m.name),
+          isClass,
+          // Process containers scale out by default, as Modal's do; maxContainers caps them.
+          spec: bindingSpec(def, def.options.maxContainers ?? Math.max(8, def.options.minContainers)),
+          env: containerEnv(def.name, def.options.secrets, def.options.env),
+          gpu: def.options.gpu,
+          arity: def.methods.map((m) => m.arity),
+          generators: def.methods.map((m) => m.gen === true),
+          // The web endpoints among the methods, by index (crates/berth-server/src/web.rs routes them).
+          web: def.methods.flatMap((m, index) =>
+            m.web
+              ? [
+                  {
+                    index,
+                    method: m.web.method,
+                    label: m.web.label,
+                    requiresAuth: m.web.requiresAuth,
+                    takesRequest: m.web.takesRequest,
+                    app: m.web.app,
+                  },
+                ]
+              : [],
+          ),
+          params: isClass ? paramsOf(def.cls!) : [],
+          // Called at each tick by `berth serve` (crates/berth-server/src/schedule.rs).
+          schedule: def.options.schedule,
+          // Shown by `berth app list` (crates/berth-server/src/http/admin.rs).
+          tags: app.getTags(),
+          // What a call naming a hook, a parameter or an undecorated method is told.
+          notCallable: isClass
             ? [
-                {
-                  index,
-                  method: m.web.method,
-                  label: m.web.label,
-                  requiresAuth: m.web.requiresAuth,
-                  takesRequest: m.web.takesRequest,
-                  app: m.web.app,
-                },
-              ]
+                ...app
+                  .servedClass(def.name)!
+                  .notCallable(
+                    (n) => `with the class parameters (Cls.fromName('${app.name}', '${def.name}', { ${n}: ... }), or "params" over HTTP)`,
+                  ),
+              ].map(([name, what]) => ({ name, what }))
             : [],
-        ),
-        params: isClass ? paramsOf(def.cls!) : [],
-        // Called at each tick by `berth serve` (crates/berth-server/src/schedule.rs).
-        schedule: def.options.schedule,
-        // What a call naming a hook, a parameter or an undecorated method is told.
-        notCallable: isClass
-          ? [
-              ...app.classes
-                .get(def.name)!
-                .notCallable(
-                  (n) => `with the class parameters (Cls.fromName('${app.name}', '${def.name}', { ${n}: ... }), or "params" over HTTP)`,
-                ),
-            ].map(([name, what]) => ({ name, what }))
-          : [],
-      }
-    }),
-  )
+        }
+      }),
+    )
   checkWebPaths(defs)
   return defs
 }

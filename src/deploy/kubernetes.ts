@@ -31,6 +31,8 @@ import { KEDA_API_VERSION, type ScaledObject, type TriggerAuthentication } from 
 export interface DeployedApp {
   readonly name: string
   servedDefs(): { def: PoolDef; isClass: boolean }[]
+  /** The app it is served as part of (app.include), else itself: only those are deployed on their own. */
+  root(): DeployedApp
 }
 
 /** What deploy needs of the binding (crates/berth-node/src/deploy.rs). */
@@ -326,7 +328,7 @@ export function kubernetesPlan(apps: DeployedApp[], o: KubernetesOptions, bindin
   ]
 
   const taken = new Set([front, configMap])
-  for (const app of apps) {
+  for (const app of apps.filter((a) => a.root() === a)) {
     for (const { def, isClass } of app.servedDefs()) {
       const where = `${app.name}/${def.name}`
       let name = k8sName([app.name, def.name])

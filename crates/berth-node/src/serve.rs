@@ -40,6 +40,8 @@ pub struct BindingFunctionDef {
     pub web: Option<Vec<BindingWeb>>,
     /// `FunctionDef::schedule`.
     pub schedule: Option<BindingSchedule>,
+    /// Its app's tags (`new App(name, { tags })`).
+    pub tags: Option<HashMap<String, String>>,
 }
 
 /// `berth_server::schedule::Schedule`, from src/define/schedule.ts: a period, or a cron
@@ -423,6 +425,11 @@ pub(crate) fn function_defs(
                 })
                 .collect(),
             schedule,
+            tags: {
+                let mut tags: Vec<(String, String)> = f.tags.unwrap_or_default().into_iter().collect();
+                tags.sort();
+                tags
+            },
         });
     }
     Ok(defs)

@@ -207,6 +207,7 @@ mod tests {
             generators: Vec::new(),
             web: Vec::new(),
             schedule: None,
+            tags: Vec::new(),
         }
     }
 

@@ -47,6 +47,8 @@ pub struct FunctionDef {
     pub web: Vec<WebSpec>,
     /// A function's `schedule`: `berth serve` calls it at each tick (schedule.rs).
     pub schedule: Option<crate::schedule::Schedule>,
+    /// Its app's tags (`new App(name, { tags })`), sorted by key: `berth app list` shows them.
+    pub tags: Vec<(String, String)>,
 }
 
 /// A web endpoint: method `index` of a [`FunctionDef`], served at `/{app}/{label}` (the label
@@ -84,6 +86,7 @@ impl FunctionDef {
             generators: Vec::new(),
             web: Vec::new(),
             schedule: None,
+            tags: Vec::new(),
         }
     }
 

@@ -614,6 +614,7 @@ mod tests {
             generators: Vec::new(),
             web,
             schedule: None,
+            tags: Vec::new(),
         }
     }
 

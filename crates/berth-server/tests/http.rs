@@ -136,6 +136,7 @@ fn app() -> Registry {
         generators: Vec::new(),
         web: Vec::new(),
         schedule: None,
+        tags: Vec::new(),
     };
     Registry {
         functions: vec![

@@ -193,6 +193,7 @@ fn web_server(name: &str, label: &str, timeout: Duration) -> FunctionDef {
             app: Some("webServer".into()),
         }],
         schedule: None,
+        tags: Vec::new(),
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! | request                               | answer                                                     |
 //! |---------------------------------------|------------------------------------------------------------|
-//! | `GET /_berth/apps`                    | `{"apps": [{app, state, functions: [{function, methods, containers}]}]}` |
+//! | `GET /_berth/apps`                    | `{"apps": [{app, state, tags, functions: [{function, methods, containers}]}]}` |
 //! | `POST /_berth/apps/{app}/stop`        | once drained: `{"app", "stopped": true}`; 404 naming the apps |
 //! | `GET /_berth/containers`              | `{"containers": [{container, pid, app, function, state, inFlight, uptimeSeconds}]}` |
 //! | `GET /_berth/logs?app=A&lines=N&follow=1` | NDJSON: the app's last N lines (100), then, with `follow`, each new one |
@@ -102,7 +102,9 @@ async fn apps(shared: &Shared) -> Answer {
         }
     }
     let mut apps: Vec<(String, Vec<Json>)> = Vec::new();
+    let mut tags: HashMap<&str, &[(String, String)]> = HashMap::new();
     for f in &catalog.functions {
+        tags.entry(&f.app).or_insert(&f.tags);
         let entry = json!({
             "function": f.name,
             "methods": if f.is_class { json!(f.methods) } else { json!([]) },
@@ -115,7 +117,15 @@ async fn apps(shared: &Shared) -> Answer {
     }
     let mut out: Vec<Json> = apps
         .into_iter()
-        .map(|(app, functions)| json!({ "app": app, "state": "serving", "functions": functions }))
+        .map(|(app, functions)| {
+            let tags: serde_json::Map<String, Json> = tags
+                .get(app.as_str())
+                .into_iter()
+                .flat_map(|t| t.iter())
+                .map(|(k, v)| (k.clone(), Json::String(v.clone())))
+                .collect();
+            json!({ "app": app, "state": "serving", "tags": tags, "functions": functions })
+        })
         .collect();
     for (app, functions) in stopping {
         let functions: Vec<Json> = functions
