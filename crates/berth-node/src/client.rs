@@ -295,6 +295,7 @@ impl BindingClient {
             block,
             timeout,
             all_partitions,
+            ..Default::default()
         };
         self.run(id, |client, out| async move {
             match client.queue(req).await {

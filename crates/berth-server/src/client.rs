@@ -134,17 +134,30 @@ impl Client {
         }
     }
 
-    /// One operation on a named queue (proto/berth/v1/data.proto `Queues`).
-    pub async fn queue(&self, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
-        let req = Request::new(req);
+    /// One operation on a named queue (proto/berth/v1/data.proto `Queues`). Over the network a
+    /// get is leased, and acked once its answer is here (queues.rs): a caller that dies before
+    /// the answer reaches it loses no item.
+    pub async fn queue(&self, mut req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
         match &self.0 {
             Transport::Grpc { channel, auth, .. } => {
                 let mut queues = berth_proto::v1::queues_client::QueuesClient::new(channel.clone())
                     .max_decoding_message_size(usize::MAX);
-                Ok(queues.queue(authed(req, auth)).await?.into_inner())
+                req.lease = req.op == pb::QueueOp::Get as i32;
+                let res = queues.queue(authed(Request::new(req), auth)).await?.into_inner();
+                if res.lease != 0 {
+                    // Not waited for: the items are here; an ack that does not arrive returns
+                    // them to the queue after the lease, as for a caller that died.
+                    let ack =
+                        pb::QueueRequest { op: pb::QueueOp::Ack as i32, acks: vec![res.lease], ..Default::default() };
+                    let auth = auth.clone();
+                    tokio::spawn(async move {
+                        let _ = queues.queue(authed(Request::new(ack), &auth)).await;
+                    });
+                }
+                Ok(res)
             }
             Transport::InProcess(p) => {
-                p.call(req, |svc, req| async move {
+                p.call(Request::new(req), |svc, req| async move {
                     crate::queues::answer(&svc.shared, req.into_inner()).await.map(tonic::Response::new)
                 })
                 .await

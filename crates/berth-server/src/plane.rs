@@ -1023,6 +1023,7 @@ pub(crate) async fn housekeeping(plane: std::sync::Weak<Shared>) {
         let now = Instant::now();
         expire_results(&shared, now);
         replace_hung_containers(&shared, now);
+        shared.queues.expire_leases(std::time::Instant::now());
     }
 }
 

@@ -2,12 +2,14 @@
 //! by the server in memory for every container and caller it serves, as Modal's `Queue` is.
 //! Items are CBOR, checked as arguments are. A blocked `get` waits here (a `Notify` per queue,
 //! woken by each put) until an item comes or its timeout passes; a get whose caller goes away
-//! while it waits takes nothing (one that goes between the take and the answer's delivery loses
-//! what it took: the answer is on its way). What a queue holds lives as long as the server. In
+//! while it waits takes nothing. A caller that dies after the take, before its answer reaches
+//! it, loses nothing either: berth's client gets with a lease (`QueueRequest.lease`) and acks
+//! once it has the items, and items not acked within [`LEASE`] go back to the front of their
+//! partition (housekeeping, plane.rs). What a queue holds lives as long as the server. In
 //! broker mode queues are refused for now (each front and worker would hold its own).
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_proto::v1::{self as pb, queues_server::Queues as QueuesRpc};
 use tokio::sync::Notify;
@@ -28,15 +30,87 @@ struct Queue {
     put: Arc<Notify>,
 }
 
-/// The queues, by name.
+/// How long a leased get's items wait for their ack before they go back to their partition.
+pub(crate) const LEASE: Duration = Duration::from_secs(10);
+
+/// Items a leasing get took, until acked.
+struct Lease {
+    queue: String,
+    partition: String,
+    items: Vec<Vec<u8>>,
+    until: Instant,
+}
+
+/// The queues, by name, and the items out on lease.
 #[derive(Default)]
-pub(crate) struct Queues(Mutex<HashMap<String, Queue>>);
+pub(crate) struct Queues {
+    all: Mutex<HashMap<String, Queue>>,
+    leases: Mutex<(u64, HashMap<u64, Lease>)>,
+}
 
 impl Queues {
+    /// Settles the leases acked: their items are the caller's for good.
+    fn ack(&self, acks: &[u64]) {
+        if acks.is_empty() {
+            return;
+        }
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        for id in acks {
+            leases.1.remove(id);
+        }
+    }
+
+    /// Items taken by a leasing get: out until acked.
+    fn lease(&self, queue: &str, partition: &str, items: &[Vec<u8>]) -> u64 {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.0 += 1;
+        let id = leases.0;
+        let lease = Lease {
+            queue: queue.into(),
+            partition: partition.into(),
+            items: items.to_vec(),
+            until: Instant::now() + LEASE,
+        };
+        leases.1.insert(id, lease);
+        id
+    }
+
+    /// Leases not acked by `now` give their items back, to the front of their partition in their
+    /// order, waking the gets that wait (a queue deleted since keeps nothing).
+    pub(crate) fn expire_leases(&self, now: Instant) {
+        let expired: Vec<Lease> = {
+            let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+            if leases.1.is_empty() {
+                return;
+            }
+            let ids: Vec<u64> = leases.1.iter().filter(|(_, l)| l.until <= now).map(|(&id, _)| id).collect();
+            let mut ids = ids;
+            ids.sort_unstable();
+            ids.into_iter().filter_map(|id| leases.1.remove(&id)).collect()
+        };
+        if expired.is_empty() {
+            return;
+        }
+        let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        // The latest lease first: each goes in front of those after it.
+        for lease in expired.into_iter().rev() {
+            let Some(q) = all.get_mut(&lease.queue) else { continue };
+            let p = q.partitions.entry(lease.partition).or_default();
+            for item in lease.items.into_iter().rev() {
+                p.push_front(item);
+            }
+            q.put.notify_waiters();
+        }
+    }
+
     /// Applies `req`; a blocked get waits here.
     pub(crate) async fn answer(&self, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
-        crate::dicts::check_name(&req.name)?;
+        self.ack(&req.acks);
         let op = pb::QueueOp::try_from(req.op).unwrap_or(pb::QueueOp::Unspecified);
+        if op == pb::QueueOp::Ack {
+            return Ok(pb::QueueResponse::default());
+        }
+        crate::dicts::check_name(&req.name)?;
         if op == pb::QueueOp::Unspecified {
             return Err(Status::invalid_argument("QueueRequest.op: say which operation"));
         }
@@ -53,7 +127,7 @@ impl Queues {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = {
-                let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
                 if op == pb::QueueOp::Delete {
                     return Ok(pb::QueueResponse { found: all.remove(&req.name).is_some(), ..Default::default() });
                 }
@@ -93,6 +167,11 @@ impl Queues {
                     let n = take.min(p.len());
                     out.values = p.drain(..n).collect();
                     out.len = p.len() as u64;
+                }
+                if !out.values.is_empty() && req.lease {
+                    drop(all);
+                    out.lease = self.lease(&req.name, &req.partition, &out.values);
+                    return Ok(out);
                 }
                 if !out.values.is_empty() || !req.block || tokio::time::Instant::now() >= deadline {
                     return Ok(out);
@@ -167,6 +246,47 @@ mod tests {
         let t = tokio::time::Instant::now();
         let none = q.answer(pb::QueueRequest { block: true, timeout: 0.1, ..req(pb::QueueOp::Get) }).await.unwrap();
         assert!(none.values.is_empty() && t.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn leased_items_come_back_unless_acked_in_time_to_the_front_in_order() {
+        let q = Queues::default();
+        q.answer(pb::QueueRequest { values: (1..=5).map(|i| vec![i]).collect(), ..req(pb::QueueOp::Put) })
+            .await
+            .unwrap();
+        let a = q.answer(pb::QueueRequest { max: 2, lease: true, ..req(pb::QueueOp::Get) }).await.unwrap();
+        let b = q.answer(pb::QueueRequest { max: 1, lease: true, ..req(pb::QueueOp::Get) }).await.unwrap();
+        let c = q.answer(pb::QueueRequest { max: 1, lease: true, ..req(pb::QueueOp::Get) }).await.unwrap();
+        assert_eq!(
+            (a.values.clone(), b.values.clone(), c.values.clone()),
+            (vec![vec![1], vec![2]], vec![vec![3]], vec![vec![4]])
+        );
+        assert!(a.lease != 0 && b.lease != 0 && a.lease != b.lease);
+        // b is acked (by its own op, and c's by riding on another request); a is not, and expires.
+        q.answer(pb::QueueRequest { acks: vec![b.lease], ..req(pb::QueueOp::Ack) }).await.unwrap();
+        q.answer(pb::QueueRequest { acks: vec![c.lease], ..req(pb::QueueOp::Len) }).await.unwrap();
+        q.expire_leases(Instant::now());
+        assert_eq!(q.answer(req(pb::QueueOp::Len)).await.unwrap().len, 1, "nothing expires before its time");
+        q.expire_leases(Instant::now() + LEASE);
+        let back = q.answer(pb::QueueRequest { max: 10, ..req(pb::QueueOp::Get) }).await.unwrap();
+        assert_eq!(back.values, vec![vec![1], vec![2], vec![5]], "the unacked items are back in front, in order");
+        // A get without a lease is the caller's at once; an empty leasing get leases nothing.
+        assert_eq!(q.answer(pb::QueueRequest { lease: true, ..req(pb::QueueOp::Get) }).await.unwrap().lease, 0);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_wakes_a_blocked_get() {
+        let q = Arc::new(Queues::default());
+        q.answer(pb::QueueRequest { values: vec![vec![7]], ..req(pb::QueueOp::Put) }).await.unwrap();
+        let lost = q.answer(pb::QueueRequest { lease: true, ..req(pb::QueueOp::Get) }).await.unwrap();
+        assert_eq!(lost.values, vec![vec![7]]);
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.answer(pb::QueueRequest { block: true, ..req(pb::QueueOp::Get) }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        q.expire_leases(Instant::now() + LEASE);
+        assert_eq!(waiting.await.unwrap().unwrap().values, vec![vec![7]]);
     }
 
     #[tokio::test]
