@@ -600,6 +600,43 @@ test.serial('broker mode: a schedule served by two fronts fires each tick once (
   await stopAll(t, p.dir, [a.npx, b.npx, w.npx])
 })
 
+test.serial('broker mode: a queue is a JetStream stream: a get blocked in a container on a worker is released by a put through the front; FIFO, partitions, len, clear, delete', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const f = await runsFront(t)
+  if (!f) return
+  const { p, env, front } = f
+  const name = `q-${p.app}`
+  t.teardown(() => removeStreams([`berth_queue__${name}`]))
+  const server = `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]}`
+  const w = await npxWorker(p.dir, 'W', env)
+  const { Function, NotFoundError, Queue } = await import('berth')
+  await t.throwsAsync(Queue.fromName(name, { server }).len(), { instanceOf: NotFoundError })
+  const q = Queue.fromName<unknown>(name, { server, createIfMissing: true })
+  t.is(await q.len(), 0)
+  const take = Function.fromName<(name: string, timeout: number) => Promise<{ value: unknown; by: string }>>(p.app, 'take')
+  const waiting = take.remote(name, 60)
+  await sleep(1500)
+  await q.put('hello')
+  t.deepEqual(await within(60_000, waiting, () => `take\n${w.out()}`), { value: 'hello', by: 'W' }, 'released by the put')
+  await q.putMany([1, 2, 3])
+  t.deepEqual(await take.remote(name, 10), { value: 1, by: 'W' }, 'first in, first out')
+  t.is(await q.get(), 2)
+  await q.put('elsewhere', { partition: 'x' })
+  t.is(await q.len(), 1)
+  t.is(await q.len({ partition: 'x' }), 1)
+  t.is(await q.len({ total: true }), 2)
+  t.deepEqual(await q.getMany(5, { partition: 'x' }), ['elsewhere'])
+  t.is(await q.get({ block: false, partition: 'x' }), undefined)
+  await q.clear({ all: true })
+  t.is(await q.len({ total: true }), 0)
+  const cli = await berth(['queue', 'put', name, '"from the cli"'], { BERTH_SERVER: server }, { npx: true, cwd: p.dir })
+  t.is(cli.code, 0, cli.stderr)
+  t.is(await q.get({ timeout: 5 }), 'from the cli')
+  t.true(await Queue.delete(name, { server }))
+  await t.throwsAsync(Queue.fromName(name, { server }).len(), { instanceOf: NotFoundError })
+  await stopAll(t, p.dir, [front.npx, w.npx])
+})
+
 test.serial('broker mode: a dict is a JetStream key-value bucket: what a container on a worker puts, a caller reads through the front, and back; a key popped at once by four callers goes to one', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const f = await runsFront(t)
@@ -633,9 +670,6 @@ test.serial('broker mode: a dict is a JetStream key-value bucket: what a contain
   await d.clear()
   t.is(await d.len(), 0)
   t.true(await Dict.delete(name, { server }))
-  // A queue is not shared across machines yet: refused, saying so, rather than split.
-  const { Queue } = await import('berth')
-  await t.throwsAsync(Queue.fromName(name, { server, createIfMissing: true }).put(1), { message: /Queue is not available with --broker yet/ })
   await t.throwsAsync(Dict.fromName(name, { server }).len(), { instanceOf: NotFoundError })
   await stopAll(t, p.dir, [front.npx, w.npx])
 })

@@ -958,3 +958,84 @@ async fn a_stream_inputs_items_reach_the_front_in_order_once_then_its_result_and
     assert_eq!((c1.input_id.as_str(), c1.attempt, c1.taken, c2.taken), ("s-1", 1, 8, 16));
     router.forget_stream("s-1");
 }
+
+/// Deletes queue `name`'s stream when dropped, also when the test fails.
+struct DropQueue(String);
+
+impl Drop for DropQueue {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { Broker::connect(URL).await?.drop_queue(&name).await })
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn a_queue_is_a_stream_fifo_per_partition_whose_unacked_gets_come_back() {
+    if !nats_here() {
+        return;
+    }
+    let broker = Broker::connect(URL).await.unwrap();
+    let name = format!("q-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
+    let _gone = DropQueue(name.clone());
+    assert!(broker.queue(&name, false).await.unwrap().is_none(), "absent until created");
+    let q = broker.queue(&name, true).await.unwrap().unwrap();
+    q.put("", vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]).await.unwrap();
+    q.put("other part", vec![b"x".to_vec()]).await.unwrap();
+    assert_eq!((q.len(Some("")).await.unwrap(), q.len(None).await.unwrap()), (3, 4));
+
+    // Two taken and acked: gone; one taken and not acked: out, then back after the lease.
+    let two = q.get("", 2, None).await.unwrap();
+    assert_eq!(two.values, vec![b"a".to_vec(), b"b".to_vec()]);
+    two.ack().await;
+    let one = q.get("", 1, None).await.unwrap();
+    assert_eq!(one.values, vec![b"c".to_vec()]);
+    assert_eq!((q.len(Some("")).await.unwrap(), q.len(None).await.unwrap()), (0, 1), "out on lease");
+    drop(one);
+    let back = q.get("", 5, Some(berth_nats::queues::LEASE + Duration::from_secs(5))).await.unwrap();
+    assert_eq!(back.values, vec![b"c".to_vec()], "given again once the lease passed");
+    back.ack().await;
+
+    // A blocked get is answered by a put from elsewhere (another connection), with what came with it.
+    let waiting = {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let b = Broker::connect(URL).await.unwrap();
+            let q = b.queue(&name, false).await.unwrap().unwrap();
+            let t = q.get("other part", 10, Some(Duration::from_secs(20))).await.unwrap();
+            let values = t.values.clone();
+            t.ack().await;
+            values
+        })
+    };
+    let got = tokio::time::timeout(Duration::from_secs(20), waiting).await.unwrap().unwrap();
+    assert_eq!(got, vec![b"x".to_vec()], "what was there already");
+    let waiting = {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let b = Broker::connect(URL).await.unwrap();
+            let q = b.queue(&name, false).await.unwrap().unwrap();
+            let started = Instant::now();
+            let t = q.get("other part", 10, Some(Duration::from_secs(20))).await.unwrap();
+            let values = t.values.clone();
+            t.ack().await;
+            (values, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.put("other part", vec![b"y".to_vec(), b"z".to_vec()]).await.unwrap();
+    let (got, after) = tokio::time::timeout(Duration::from_secs(20), waiting).await.unwrap().unwrap();
+    assert_eq!(got.first(), Some(&b"y".to_vec()));
+    assert!(after < Duration::from_secs(15), "released by the put, not the timeout: {after:?}");
+    // Cleared and deleted.
+    q.put("", vec![b"d".to_vec()]).await.unwrap();
+    q.clear(None).await.unwrap();
+    assert_eq!(q.len(None).await.unwrap(), 0);
+    let empty = q.get("", 1, Some(Duration::from_millis(200))).await.unwrap();
+    assert!(empty.values.is_empty());
+    assert!(broker.drop_queue(&name).await.unwrap());
+    assert!(!broker.drop_queue(&name).await.unwrap());
+}

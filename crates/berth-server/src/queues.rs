@@ -6,7 +6,8 @@
 //! it, loses nothing either: berth's client gets with a lease (`QueueRequest.lease`) and acks
 //! once it has the items, and items not acked within [`LEASE`] go back to the front of their
 //! partition (housekeeping, plane.rs). What a queue holds lives as long as the server. In
-//! broker mode queues are refused for now (each front and worker would hold its own).
+//! broker mode every queue is a JetStream stream instead ([`in_streams`], berth-nats queues.rs),
+//! shared by every front and worker, whose messages stay unacknowledged until the taker acks.
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,9 +47,37 @@ struct Lease {
 pub(crate) struct Queues {
     all: Mutex<HashMap<String, Queue>>,
     leases: Mutex<(u64, HashMap<u64, Lease>)>,
+    /// Broker mode: what leasing gets took from JetStream, unacknowledged until their takers ack.
+    held: Mutex<(u64, HashMap<u64, Held>)>,
 }
 
+/// Broker mode: a leasing get's messages, and when they are given up unacknowledged.
+type Held = (berth_nats::Taken, Instant);
+
 impl Queues {
+    /// Broker mode: holds what a leasing get took until its taker acks (or [`LEASE`] passes).
+    fn hold(&self, taken: berth_nats::Taken) -> u64 {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 += 1;
+        let id = held.0;
+        held.1.insert(id, (taken, Instant::now() + LEASE));
+        id
+    }
+
+    /// Broker mode: acknowledges the messages of the leases acked.
+    async fn ack_held(&self, acks: &[u64]) {
+        if acks.is_empty() {
+            return;
+        }
+        let taken: Vec<berth_nats::Taken> = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            acks.iter().filter_map(|id| held.1.remove(id)).map(|(t, _)| t).collect()
+        };
+        for t in taken {
+            t.ack().await;
+        }
+    }
+
     /// Settles the leases acked: their items are the caller's for good.
     fn ack(&self, acks: &[u64]) {
         if acks.is_empty() {
@@ -78,6 +107,8 @@ impl Queues {
     /// Leases not acked by `now` give their items back, to the front of their partition in their
     /// order, waking the gets that wait (a queue deleted since keeps nothing).
     pub(crate) fn expire_leases(&self, now: Instant) {
+        // Broker mode: dropped unacknowledged, JetStream gives them again after its ack wait.
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).1.retain(|_, (_, until)| *until > now);
         let expired: Vec<Lease> = {
             let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
             if leases.1.is_empty() {
@@ -106,24 +137,7 @@ impl Queues {
     /// Applies `req`; a blocked get waits here.
     pub(crate) async fn answer(&self, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
         self.ack(&req.acks);
-        let op = pb::QueueOp::try_from(req.op).unwrap_or(pb::QueueOp::Unspecified);
-        if op == pb::QueueOp::Ack {
-            return Ok(pb::QueueResponse::default());
-        }
-        crate::dicts::check_name(&req.name)?;
-        if op == pb::QueueOp::Unspecified {
-            return Err(Status::invalid_argument("QueueRequest.op: say which operation"));
-        }
-        if req.partition.len() > 64 {
-            return Err(Status::invalid_argument("a partition name is at most 64 bytes"));
-        }
-        for v in &req.values {
-            berth_proto::values::check_value(v).map_err(|e| Status::invalid_argument(format!("an item: {e}")))?;
-        }
-        if !(req.timeout.is_finite() && req.timeout >= 0.0) {
-            return Err(Status::invalid_argument("QueueRequest.timeout: seconds, from 0 up (0 with block: no limit)"));
-        }
-        let wait = if req.timeout == 0.0 { MAX_WAIT } else { Duration::from_secs_f64(req.timeout).min(MAX_WAIT) };
+        let Some((op, wait)) = check(&req)? else { return Ok(pb::QueueResponse::default()) };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = {
@@ -190,14 +204,80 @@ impl Queues {
     }
 }
 
-/// Applies `req` where this control plane keeps its queues.
-pub(crate) async fn answer(shared: &Shared, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
-    if shared.dict_broker.get().is_some() {
-        return Err(Status::unimplemented(
-            "Queue is not available with --broker yet: the fronts and workers would each hold their own; use a Dict, or serve without --broker",
-        ));
+/// The operation of `req` and how long a blocking get of it waits; `None` for an ack alone.
+fn check(req: &pb::QueueRequest) -> Result<Option<(pb::QueueOp, Duration)>, Status> {
+    let op = pb::QueueOp::try_from(req.op).unwrap_or(pb::QueueOp::Unspecified);
+    if op == pb::QueueOp::Ack {
+        return Ok(None);
     }
-    shared.queues.answer(req).await
+    crate::dicts::check_name(&req.name)?;
+    if op == pb::QueueOp::Unspecified {
+        return Err(Status::invalid_argument("QueueRequest.op: say which operation"));
+    }
+    if req.partition.len() > 64 {
+        return Err(Status::invalid_argument("a partition name is at most 64 bytes"));
+    }
+    for v in &req.values {
+        berth_proto::values::check_value(v).map_err(|e| Status::invalid_argument(format!("an item: {e}")))?;
+    }
+    if !(req.timeout.is_finite() && req.timeout >= 0.0) {
+        return Err(Status::invalid_argument("QueueRequest.timeout: seconds, from 0 up (0 with block: no limit)"));
+    }
+    let wait = if req.timeout == 0.0 { MAX_WAIT } else { Duration::from_secs_f64(req.timeout).min(MAX_WAIT) };
+    Ok(Some((op, wait)))
+}
+
+/// Applies `req` where this control plane keeps its queues: here, or, in broker mode, on the
+/// NATS server's streams, shared by every front and worker.
+pub(crate) async fn answer(shared: &Shared, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
+    match shared.dict_broker.get() {
+        Some(broker) => in_streams(&shared.queues, broker, req).await,
+        None => shared.queues.answer(req).await,
+    }
+}
+
+/// `req` on JetStream streams (broker mode, berth-nats queues.rs). A leasing get's messages are
+/// held here, unacknowledged, until its taker acks; dropped unacked past [`LEASE`], JetStream
+/// gives them again.
+async fn in_streams(
+    queues: &Queues,
+    broker: &berth_nats::Broker,
+    req: pb::QueueRequest,
+) -> Result<pb::QueueResponse, Status> {
+    queues.ack_held(&req.acks).await;
+    let Some((op, wait)) = check(&req)? else { return Ok(pb::QueueResponse::default()) };
+    let failed = |e: berth_nats::Error| Status::unavailable(e.message);
+    let mut out = pb::QueueResponse::default();
+    if op == pb::QueueOp::Delete {
+        out.found = broker.drop_queue(&req.name).await.map_err(failed)?;
+        return Ok(out);
+    }
+    let Some(q) = broker.queue(&req.name, req.create_if_missing).await.map_err(failed)? else {
+        return Err(crate::dicts::not_found("Queue", &req.name));
+    };
+    let partition = (!req.all_partitions).then_some(req.partition.as_str());
+    match op {
+        pb::QueueOp::Put => q.put(&req.partition, req.values).await.map_err(failed)?,
+        pb::QueueOp::Clear => {
+            q.clear(partition).await.map_err(failed)?;
+            out.len = q.len(partition).await.map_err(failed)?;
+        }
+        pb::QueueOp::Len => out.len = q.len(partition).await.map_err(failed)?,
+        pb::QueueOp::Get => {
+            let take = req.max.clamp(1, MAX_TAKE) as usize;
+            let mut taken = q.get(&req.partition, take, req.block.then_some(wait)).await.map_err(failed)?;
+            out.values = std::mem::take(&mut taken.values);
+            if !out.values.is_empty() {
+                if req.lease {
+                    out.lease = queues.hold(taken);
+                } else {
+                    taken.ack().await;
+                }
+            }
+        }
+        pb::QueueOp::Unspecified | pb::QueueOp::Delete | pb::QueueOp::Ack => {}
+    }
+    Ok(out)
 }
 
 /// The `Queues` gRPC service.
