@@ -67,7 +67,7 @@ async function brokerProject(t: ExecutionContext): Promise<{ dir: string; app: s
   }
   const app = `bt-${process.pid}-${++apps}-${Date.now().toString(36)}`
   // The pools' streams, and the bucket of spawned calls' results every front opens.
-  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced', 'count', 'Web', 'ticker', 'remember'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
+  t.teardown(() => removeStreams([...['square', 'flaky', 'broken', 'Model', 'Batcher', 'overlap', 'traced', 'count', 'Web', 'ticker', 'remember', 'take', 'writeVol', 'readVol'].map((f) => `berth__${app}__${f}`), `KV_berth__${app}`]))
   const dir = userProject('berth-broker-', (d) => copyFileSync(join(root, '__test__', 'fixtures', 'broker.ts'), join(d, 'app.ts')))
   return { dir, app }
 }
@@ -635,6 +635,36 @@ test.serial('broker mode: a queue is a JetStream stream: a get blocked in a cont
   t.true(await Queue.delete(name, { server }))
   await t.throwsAsync(Queue.fromName(name, { server }).len(), { instanceOf: NotFoundError })
   await stopAll(t, p.dir, [front.npx, w.npx])
+})
+
+test.serial('broker mode: a volume is shared across machines through the NATS object store: a commit on one worker reaches a container starting on another, a removal its reload', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const name = `${p.app}-vol`
+  t.teardown(() => removeStreams([`OBJ_berth_volume__${name}`]))
+  // Three machines, as far as volumes go: each its own BERTH_VOLUMES_DIR.
+  const dirs = Object.fromEntries(['front', 'A', 'B'].map((m) => [m, join(p.dir, `volumes-${m}`)]))
+  const env = { BROKER_APP: p.app, VOLUME_TEST: '1' }
+  const front = npxServe(t, p.dir, ['--broker', URL], { ...env, BERTH_VOLUMES_DIR: dirs.front })
+  await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(front.out()), 60_000, () => `the front to listen\n${front.out()}`)
+  const { App, Function } = await import('berth')
+  App.lookup(p.app, { server: `http://${/serving .* on (127\.0\.0\.1:\d+)/.exec(front.out())![1]}` })
+  const a = await npxWorker(p.dir, 'A', { ...env, BERTH_VOLUMES_DIR: dirs.A }, ['--function', 'writeVol'])
+  const b = await npxWorker(p.dir, 'B', { ...env, BERTH_VOLUMES_DIR: dirs.B }, ['--function', 'readVol'])
+  const writeVol = Function.fromName<(file: string, text: string | null) => Promise<string>>(p.app, 'writeVol')
+  const readVol = Function.fromName<(file: string, reload: boolean) => Promise<{ text: string | null; by: string }>>(p.app, 'readVol')
+  t.is(await within(60_000, writeVol.remote('notes/a.txt', 'written on A'), () => `writeVol\n${a.out()}`), 'A')
+  t.false(existsSync(join(dirs.B, name, 'notes', 'a.txt')), 'not on B before it syncs')
+  t.deepEqual(
+    await within(60_000, readVol.remote('notes/a.txt', false), () => `readVol\n${b.out()}`),
+    { text: 'written on A', by: 'B' },
+    "B's container started with A's commit",
+  )
+  t.is(readFileSync(join(dirs.B, name, 'notes', 'a.txt'), 'utf8'), 'written on A')
+  t.is(await writeVol.remote('notes/a.txt', null), 'A')
+  t.deepEqual(await readVol.remote('notes/a.txt', true), { text: null, by: 'B' }, 'a removal committed on A, reloaded on B')
+  await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
 })
 
 test.serial('broker mode: a dict is a JetStream key-value bucket: what a container on a worker puts, a caller reads through the front, and back; a key popped at once by four callers goes to one', async (t) => {

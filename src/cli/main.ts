@@ -447,6 +447,8 @@ async function serve(args: string[]): Promise<number> {
   // A front's pools are verified against the workers' definition (their streams carry its
   // fingerprint): a reloaded definition would be refused, so a front serves what it started with.
   if (broker !== undefined) reload = false
+  // Containers inherit it: their volumes sync through the NATS server (README "Volume").
+  if (broker !== undefined) process.env.BERTH_BROKER_URL = broker
   // Before the server listens there is nothing to drain: a signal ends the process.
   let drain = (): void => process.exit(signals.interrupted ? 130 : 0)
   const signals = stopSignals(0, () => drain())

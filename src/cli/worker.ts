@@ -85,6 +85,8 @@ export async function worker(args: string[], deps: WorkerDeps): Promise<number> 
     return 2
   }
   setLogFormat(parsed.logFormat ?? 'text')
+  // Containers inherit it: their volumes sync through the NATS server (README "Volume").
+  process.env.BERTH_BROKER_URL = parsed.broker
   const file = resolve(parsed.file[0])
   let drain = (): void => process.exit(signals.interrupted ? 130 : 0)
   const signals = deps.stopSignals(0, () => drain())

@@ -28,6 +28,7 @@ import { createHash } from 'node:crypto'
 import { homedir } from 'node:os'
 import { dirname, isAbsolute, join, resolve, sep } from 'node:path'
 
+import { binding } from '../native.ts'
 import { InvalidError, NotFoundError } from '../shared/errors.ts'
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
@@ -161,20 +162,24 @@ export class Volume {
 
   /**
    * Makes what was written to the volume durable (each file and directory in it is fsynced).
-   * On one machine every container sees the same directory, so there is nothing else to send:
-   * with `--broker`, workers on other machines do not share it (README "Volume").
+   * On one machine every container sees the same directory, so there is nothing else to send;
+   * with `--broker`, what changed here goes to the volume's object store on the NATS server,
+   * for other machines' `reload` (README "Volume").
    */
   async commit(): Promise<void> {
     this.mustExist('commit')
     await syncTree(this.path)
+    await brokerSync(this.name, this.path, true)
   }
 
   /**
    * Sees what others committed: on one machine, the directory already shows it, so this only
-   * checks that the volume still exists (README "Volume").
+   * checks that the volume still exists; with `--broker`, it fetches what other machines
+   * committed (README "Volume").
    */
   async reload(): Promise<void> {
     this.mustExist('reload')
+    await brokerSync(this.name, this.path, false)
   }
 
   /** The entries at `path` (its root by default); a file gives itself; `recursive` walks down. */
@@ -524,6 +529,37 @@ export function mountVolumes(who: string, mounts: readonly VolumeMount[] | undef
       process.once('exit', () => releaseMounts())
     }
   }
+}
+
+/**
+ * The NATS server of broker mode, where volumes are shared across machines: `berth worker` and
+ * `berth serve --broker` set BERTH_BROKER_URL for their containers (src/cli/worker.ts, main.ts).
+ */
+function brokerUrl(): string | undefined {
+  return process.env.BERTH_BROKER_URL || undefined
+}
+
+/** Broker mode: syncs volume `name` (at `path`) with its object store; nothing otherwise. */
+async function brokerSync(name: string, path: string, commit: boolean): Promise<void> {
+  const url = brokerUrl()
+  if (url === undefined) return
+  await binding().volumeSync(url, name, path, join(volumesDir(), '.sync', name), commit)
+}
+
+let reloadedMounts = false
+
+/**
+ * @internal Broker mode: a container's volumes are reloaded as it starts (once, before its hooks)
+ * and committed when it stops, so it starts with what other machines committed and what it
+ * wrote reaches them, as Modal's containers do (README "Volume").
+ */
+export async function syncMounts(mounts: readonly VolumeMount[] | undefined, commit: boolean): Promise<void> {
+  if (brokerUrl() === undefined || (mounts?.length ?? 0) === 0) return
+  if (!commit) {
+    if (reloadedMounts) return
+    reloadedMounts = true
+  }
+  for (const { volume } of mounts ?? []) await brokerSync(volume.name, volume.path, commit)
 }
 
 /** @internal This process stops using the mounts at `paths` (all it holds by default): an embedded app's stop, a container's exit. */

@@ -7,7 +7,7 @@ import { batchArityError } from '../shared/arity.ts'
 import { decodeValue, encodeValue, WireResponse } from '../shared/cbor.ts'
 import { ContainerEvent, OutputKind, PhaseCode } from '../shared/codes.ts'
 import { errorFromData, InvalidError, SerializationError, wireError } from '../shared/errors.ts'
-import { mountVolumes } from '../data/volume.ts'
+import { mountVolumes, syncMounts } from '../data/volume.ts'
 import { InputAbort, markContainerProcess, runInContext, type InputContext } from './context.ts'
 import { hexOf, spanHex, type Trace } from './trace.ts'
 import {
@@ -280,7 +280,10 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
     const runHook = async (phase: number) => {
       try {
         // Before anything of the user's runs (README "Volume"): a function has this phase only for it.
-        if (phase !== PHASE_EXIT) mountVolumes(def.name, def.options.volumes)
+        if (phase !== PHASE_EXIT) {
+          mountVolumes(def.name, def.options.volumes)
+          await syncMounts(def.options.volumes, false)
+        }
         const inst = getInstance()
         const m = def.meta
         if (m) {
@@ -297,6 +300,7 @@ export function containerMain(apps: readonly ContainerApp[]): Promise<number> {
             await stopWebApps(inst)
           }
         }
+        if (phase === PHASE_EXIT) await syncMounts(def.options.volumes, true)
         link.hookDone(phase, true)
       } catch (e) {
         const d = wireError(e)

@@ -118,7 +118,8 @@ export function bindingSpec(def: PoolDef, maxContainers: number): BindingPoolSpe
     // A web app starts after the @enter hooks, in the same phase (src/run/web.ts); volumes are
     // mounted in a container's first phase (README "Volume"), so a function with some has one.
     hasEnter: (hooks?.enter.length ?? 0) > 0 || def.methods.some((m) => m.web?.app !== undefined) || (o.volumes?.length ?? 0) > 0,
-    hasExit: (hooks?.exit.length ?? 0) > 0,
+    // With --broker a container commits its volumes as it stops (README "Volume").
+    hasExit: (hooks?.exit.length ?? 0) > 0 || (o.volumes?.length ?? 0) > 0,
     maxInputs: def.maxInputs,
     targetInputs: def.targetInputs,
     timeoutMs: o.timeoutMs,

@@ -36,6 +36,7 @@ pub mod error;
 pub mod queues;
 pub mod results;
 pub mod spawned;
+pub mod volumes;
 pub mod worker;
 
 pub use broker::{inputs_per_message, max_read_ahead, worker_room, Broker, Patience, PendingPublish, PoolSettings};

@@ -9,7 +9,7 @@ use berth_server::{
     broker, ControlPlane, Killer, Registry, ServeOptions, Supervisor, SupervisorHandle, SupervisorOptions,
 };
 use napi::bindgen_prelude::AsyncTask;
-use napi::{Error, Result};
+use napi::{Env, Error, Result, Task};
 use napi_derive::napi;
 
 use crate::serve::{function_defs, BindingFunctionDef, Shutdown};
@@ -126,5 +126,56 @@ impl Drop for BindingWorker {
             drop(plane);
             rt.shutdown_background();
         }
+    }
+}
+
+/// What a volume sync did (`berth_nats::volumes::SyncReport`).
+#[napi(object)]
+pub struct BindingSyncReport {
+    /// Files sent (commit) or fetched (reload).
+    pub copied: u32,
+    /// Objects (commit) or files (reload) removed.
+    pub removed: u32,
+}
+
+/// Syncs volume `name`'s directory on this machine with its object store on the NATS server at
+/// `url` (crates/berth-nats/src/volumes.rs): `commit` sends what changed here since the last
+/// sync (recorded in `manifest`), else fetches what changed there. Off Node's thread.
+#[napi(ts_return_type = "Promise<BindingSyncReport>")]
+pub fn volume_sync(url: String, name: String, dir: String, manifest: String, commit: bool) -> AsyncTask<VolumeSync> {
+    AsyncTask::new(VolumeSync { url, name, dir, manifest, commit })
+}
+
+pub struct VolumeSync {
+    url: String,
+    name: String,
+    dir: String,
+    manifest: String,
+    commit: bool,
+}
+
+impl Task for VolumeSync {
+    type Output = berth_nats::volumes::SyncReport;
+    type JsValue = BindingSyncReport;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::from_reason(format!("berth: cannot start a runtime for the volume sync: {e}")))?;
+        let (dir, manifest) = (std::path::Path::new(&self.dir), std::path::Path::new(&self.manifest));
+        rt.block_on(async {
+            let broker = berth_nats::Broker::connect(&self.url).await?;
+            if self.commit {
+                broker.commit_volume(&self.name, dir, manifest).await
+            } else {
+                broker.reload_volume(&self.name, dir, manifest).await
+            }
+        })
+        .map_err(|e| Error::from_reason(format!("berth: volume '{}': {}", self.name, e.message)))
+    }
+
+    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<BindingSyncReport> {
+        Ok(BindingSyncReport { copied: out.copied, removed: out.removed })
     }
 }

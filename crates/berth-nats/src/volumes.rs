@@ -1,0 +1,239 @@
+//! Volumes across machines in broker mode (README "Volume"): each machine keeps a volume in a
+//! directory of its own, and `commit` / `reload` sync that directory with the volume's JetStream
+//! object store (`berth_volume__<name>`, an object per file, named by its path in the volume).
+//! What was last synced is kept beside it (the `manifest`: each file's object version, size and
+//! modification time then), so that each side's changes since are told apart:
+//! - `commit` uploads the files changed here since (another machine's commit of the same file in
+//!   between is replaced: the last commit wins, file by file) and removes the objects of files
+//!   removed here; files other machines added stay.
+//! - `reload` downloads the objects changed since (a local change to the same file not committed
+//!   is replaced), removes here the files whose objects were removed, and keeps files added here
+//!   and not committed yet.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use async_nats::jetstream::{self, object_store};
+use futures_util::StreamExt as _;
+
+use crate::{broker::Broker, error::Error};
+
+/// A volume's object store: `berth_volume__` and its name, escaped (bucket names allow
+/// `[A-Za-z0-9_-]`).
+pub fn volume_bucket(name: &str) -> String {
+    format!("berth_volume__{}", berth_core::broker::escape(name))
+}
+
+/// One file as last synced: its object's version, and its size and modification time here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Synced {
+    nuid: String,
+    size: u64,
+    mtime: u128,
+}
+
+/// What a sync did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Files sent (commit) or fetched (reload).
+    pub copied: u32,
+    /// Objects (commit) or files (reload) removed.
+    pub removed: u32,
+}
+
+fn read_manifest(path: &Path) -> HashMap<String, Synced> {
+    let Ok(text) = std::fs::read_to_string(path) else { return HashMap::new() };
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(4, '\t');
+            let (nuid, size, mtime, name) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            Some((
+                name.to_owned(),
+                Synced { nuid: nuid.to_owned(), size: size.parse().ok()?, mtime: mtime.parse().ok()? },
+            ))
+        })
+        .collect()
+}
+
+fn write_manifest(path: &Path, m: &HashMap<String, Synced>) -> std::io::Result<()> {
+    let mut names: Vec<&String> = m.keys().collect();
+    names.sort();
+    let mut text = String::new();
+    for n in names {
+        let s = &m[n];
+        text.push_str(&format!("{}\t{}\t{}\t{n}\n", s.nuid, s.size, s.mtime));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Size and modification time of a file.
+fn stat(path: &Path) -> Option<(u64, u128)> {
+    let m = std::fs::metadata(path).ok()?;
+    let mtime = m.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+    Some((m.len(), mtime))
+}
+
+/// Every regular file under `dir`, by its path in the volume (`/`-separated). Names with a tab
+/// or a line break are left out (the manifest's separators).
+fn local_files(dir: &Path) -> HashMap<String, PathBuf> {
+    let mut out = HashMap::new();
+    let mut todo = vec![(dir.to_path_buf(), String::new())];
+    while let Some((at, prefix)) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else { continue };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
+            if name.contains(['\t', '\n', '\r']) {
+                continue;
+            }
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            if kind.is_dir() {
+                todo.push((e.path(), rel));
+            } else if kind.is_file() {
+                out.insert(rel, e.path());
+            }
+        }
+    }
+    out
+}
+
+impl Broker {
+    async fn volume_store(&self, name: &str) -> Result<object_store::ObjectStore, Error> {
+        let js = jetstream::new(self.client().clone());
+        let bucket = volume_bucket(name);
+        if let Ok(store) = js.get_object_store(&bucket).await {
+            return Ok(store);
+        }
+        let config = object_store::Config {
+            bucket: bucket.clone(),
+            description: Some(format!("berth volume {name}")),
+            ..Default::default()
+        };
+        js.create_object_store(config).await.map_err(|e| Error::request(format!("creating volume store {bucket}"), e))
+    }
+
+    /// Removes volume `name`'s object store; false when there was none.
+    pub async fn drop_volume(&self, name: &str) -> Result<bool, Error> {
+        let js = jetstream::new(self.client().clone());
+        match js.delete_object_store(volume_bucket(name)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.to_string().contains("not found") => Ok(false),
+            Err(e) => Err(Error::request(format!("removing volume {name}"), e)),
+        }
+    }
+
+    /// Sends what changed in `dir` since the last sync to volume `name`'s object store
+    /// (module docs), and records what is synced now in `manifest`.
+    pub async fn commit_volume(&self, name: &str, dir: &Path, manifest: &Path) -> Result<SyncReport, Error> {
+        let store = self.volume_store(name).await?;
+        let failed = |what: &str, e: &dyn std::fmt::Display| Error::request(format!("{what} (volume {name})"), e);
+        let mut synced = read_manifest(manifest);
+        let mut report = SyncReport::default();
+        let here = local_files(dir);
+        for (rel, path) in &here {
+            let Some((size, mtime)) = stat(path) else { continue };
+            if synced.get(rel).is_some_and(|s| s.size == size && s.mtime == mtime) {
+                continue;
+            }
+            let mut file = tokio::fs::File::open(path).await.map_err(|e| failed(&format!("reading {rel}"), &e))?;
+            let info = store.put(rel.as_str(), &mut file).await.map_err(|e| failed(&format!("sending {rel}"), &e))?;
+            synced.insert(rel.clone(), Synced { nuid: info.nuid, size, mtime });
+            report.copied += 1;
+        }
+        let gone: Vec<String> = synced.keys().filter(|k| !here.contains_key(*k)).cloned().collect();
+        for rel in gone {
+            match store.delete(&rel).await {
+                Ok(()) => report.removed += 1,
+                Err(e) if e.to_string().contains("not found") => {}
+                Err(e) => return Err(failed(&format!("removing {rel}"), &e)),
+            }
+            synced.remove(&rel);
+        }
+        write_manifest(manifest, &synced).map_err(|e| failed("recording the sync", &e))?;
+        Ok(report)
+    }
+
+    /// Brings into `dir` what changed in volume `name`'s object store since the last sync
+    /// (module docs), and records what is synced now in `manifest`.
+    pub async fn reload_volume(&self, name: &str, dir: &Path, manifest: &Path) -> Result<SyncReport, Error> {
+        let store = self.volume_store(name).await?;
+        let failed = |what: &str, e: &dyn std::fmt::Display| Error::request(format!("{what} (volume {name})"), e);
+        let mut synced = read_manifest(manifest);
+        let mut report = SyncReport::default();
+        let mut remote: HashMap<String, String> = HashMap::new();
+        let mut list = store.list().await.map_err(|e| failed("listing", &e))?;
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| failed("listing", &e))?;
+            remote.insert(info.name, info.nuid);
+        }
+        for (rel, nuid) in &remote {
+            if synced.get(rel).is_some_and(|s| &s.nuid == nuid) {
+                continue;
+            }
+            // No way out of the volume: the object names come from other machines' commits.
+            if rel.split('/').any(|p| p.is_empty() || p == "." || p == "..") || rel.starts_with('/') {
+                tracing::warn!(volume = name, object = %rel, "a volume object whose name is not a path inside it; skipped");
+                continue;
+            }
+            let path = dir.join(rel);
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| failed(&format!("writing {rel}"), &e))?;
+            }
+            let tmp = path
+                .with_file_name(format!(".{}.berth-sync", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+            let mut object = store.get(rel).await.map_err(|e| failed(&format!("fetching {rel}"), &e))?;
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| failed(&format!("writing {rel}"), &e))?;
+            tokio::io::copy(&mut object, &mut file).await.map_err(|e| failed(&format!("fetching {rel}"), &e))?;
+            file.sync_all().await.map_err(|e| failed(&format!("writing {rel}"), &e))?;
+            drop(file);
+            tokio::fs::rename(&tmp, &path).await.map_err(|e| failed(&format!("writing {rel}"), &e))?;
+            let (size, mtime) = stat(&path).unwrap_or_default();
+            synced.insert(rel.clone(), Synced { nuid: nuid.clone(), size, mtime });
+            report.copied += 1;
+        }
+        let gone: Vec<String> = synced.keys().filter(|k| !remote.contains_key(*k)).cloned().collect();
+        for rel in gone {
+            let path = dir.join(&rel);
+            let s = &synced[&rel];
+            // Removed elsewhere; a file changed here since the last sync stays (commit sends it).
+            if stat(&path).is_none_or(|(size, mtime)| size == s.size && mtime == s.mtime) {
+                if std::fs::remove_file(&path).is_ok() {
+                    report.removed += 1;
+                }
+                synced.remove(&rel);
+            }
+        }
+        write_manifest(manifest, &synced).map_err(|e| failed("recording the sync", &e))?;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_manifest_reads_back_what_was_written() {
+        let dir = std::env::temp_dir().join(format!("berth-manifest-{}", std::process::id()));
+        let path = dir.join("v.sync");
+        let mut m = HashMap::new();
+        m.insert("a/b c.txt".to_owned(), Synced { nuid: "N1".into(), size: 3, mtime: 17 });
+        m.insert("top".to_owned(), Synced { nuid: "N2".into(), size: 0, mtime: 1 });
+        write_manifest(&path, &m).unwrap();
+        assert_eq!(read_manifest(&path), m);
+        assert!(read_manifest(&dir.join("none")).is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bucket_names_keep_to_the_allowed_characters() {
+        assert_eq!(volume_bucket("models"), "berth_volume__models");
+        assert!(volume_bucket("my.models v2").chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    }
+}
