@@ -3,6 +3,7 @@
 // ones; a redeploy replaces the app while the old version's call in flight finishes; a file that
 // does not load changes nothing and says why; the server's containers of the deployed app load
 // the deployed file and start in the directory berth deploy ran in.
+import { spawn } from 'node:child_process'
 import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -10,7 +11,7 @@ import test from 'ava'
 import { App, Function, InvalidError } from 'berth'
 
 import { berth } from './_cli.ts'
-import { npxServeListening, removedAtEnd, userProject } from './_project.ts'
+import { npxServeListening, processesIn, removedAtEnd, userProject } from './_project.ts'
 import { until } from './_util.ts'
 
 const SERVED = `import { App } from 'berth'
@@ -58,6 +59,7 @@ test('berth deploy: the app is served by the running server after the command re
 
   // A redeploy while a call of the first version is in flight: that call finishes on v1.
   const slow = Function.fromName<(ms: number) => Promise<string>>('deployed', 'slow')
+  t.is(await slow.remote(0), 'v1') // its container up, so that the next call is under way at once
   const inFlight = slow.remote(2000)
   await new Promise((r) => setTimeout(r, 500))
   writeFileSync(join(other, 'search.ts'), deployed('v2'))
@@ -88,6 +90,27 @@ test('berth deploy: the app is served by the running server after the command re
   const stray = await berth(['deploy', 'search.ts', '--image', 'x'], env, { npx: true, cwd: other })
   t.is(stray.code, 2)
   t.regex(stray.stderr, /--image is for --target kubernetes/)
+})
+
+test('berth serve without a file serves what berth deploy brings it', async (t) => {
+  const dir = userProject('berth-deploy-bare-', (d) => writeFileSync(join(d, 'search.ts'), deployed('bare')))
+  removedAtEnd(t, dir)
+  const npx = spawn('npx', ['berth', 'serve', '--grpc-port', '0', '--http-port', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => npx.kill('SIGKILL'))
+  let out = ''
+  npx.stdout!.on('data', (d) => (out += d))
+  npx.stderr!.on('data', (d) => (out += d))
+  const listening = /serving no app yet on (127\.0\.0\.1:\d+)/
+  await until(() => listening.test(out), 60_000, () => `berth serve to listen\n${out}`)
+  t.regex(out, /deploy apps to it: npx berth deploy app\.ts/)
+  const server = `http://${listening.exec(out)![1]}`
+  const done = await berth(['deploy', 'search.ts'], { BERTH_SERVER: server }, { npx: true, cwd: dir })
+  t.is(done.code, 0, done.stderr)
+  App.lookup('deployed', { server })
+  t.is((await Function.fromName<() => Promise<{ version: string }>>('deployed', 'which').remote()).version, 'bare')
+  npx.kill('SIGTERM')
+  await until(() => processesIn(dir).length === 0, 30_000, 'the server and its containers to stop')
+  t.deepEqual(processesIn(dir), [], 'no process outlives the server')
 })
 
 test('berth deploy: no server at BERTH_SERVER says how to start one; a file using another berth install is refused naming both', async (t) => {

@@ -28,7 +28,7 @@ const HELP = `berth: run TypeScript classes the way Modal runs Python
 Usage:
   berth run <file.ts>[::name] [--containers process|embedded] [--params JSON] [-- args...]
                                              run the local entrypoint, a function or a class method
-  berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
+  berth serve [<file.ts>] [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
               [--no-reload] [--broker nats://host:4222]
                                              serve the app over gRPC and HTTP, containers as processes,
                                              reloading it when a file of it is saved (--broker: calls
@@ -72,10 +72,11 @@ Commands:
          KEDA on its NATS JetStream consumer (berth deploy --help).
 `
 
-const SERVE_HELP = `Usage: berth serve <file.ts> [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
+const SERVE_HELP = `Usage: berth serve [<file.ts>] [--host 127.0.0.1] [--grpc-port 7450] [--http-port 7451] [--token T]
                    [--max-message-bytes 16777216] [--max-connections 4096] [--result-ttl 3600]
                    [--no-reload] [--broker nats://host:4222] [--log-format text|json]
 
+Without <file.ts> it serves no app of its own, only those \`berth deploy app.ts\` brings it.
 Keeps the app up until SIGTERM or Ctrl-C: the control plane serves berth.v1.Functions (and
 grpc.health.v1.Health, server reflection) on --host:--grpc-port and runs each container as a
 child process that loads <file.ts>. It prints each function and class method it serves, with
@@ -430,12 +431,18 @@ async function serve(args: string[]): Promise<number> {
     return 2
   }
   const { positional, values } = parsed
-  if (positional.length !== 1) {
-    process.stderr.write(`berth serve: expected one file, got ${positional.length === 0 ? 'none' : positional.join(' ')}.\n\n${SERVE_HELP}`)
+  if (positional.length > 1) {
+    process.stderr.write(`berth serve: expected one file, got ${positional.join(' ')}.\n\n${SERVE_HELP}`)
     return 2
   }
-  const file = resolve(positional[0])
+  // Without a file: a server that serves what `berth deploy` brings it (README "Deploy to a running server").
+  const file = positional.length === 1 ? resolve(positional[0]) : ''
   const broker = values.get('broker')
+  if (file === '' && broker !== undefined) {
+    process.stderr.write(`berth serve: --broker needs the app file its workers run: berth serve app.ts --broker ${broker}\n`)
+    return 2
+  }
+  if (file === '') reload = false
   const logFormat = values.get('log-format') ?? 'text'
   if (!LOG_FORMATS.includes(logFormat)) {
     process.stderr.write(
@@ -485,7 +492,7 @@ async function serve(args: string[]): Promise<number> {
     process.stderr.write(`berth serve: --http-port must be a port number (0 picks a free one)\n`)
     return 2
   }
-  const apps = await loadApps('serve', positional[0])
+  const apps = file === '' ? [] : await loadApps('serve', positional[0])
   if (typeof apps === 'number') return apps
   let server
   let served: BindingFunctionDef[]
@@ -511,14 +518,12 @@ async function serve(args: string[]): Promise<number> {
     return 2
   }
   let listed = endpoints(served, `http://${server.httpAddress}`)
+  const names = apps.filter((a) => a.root() === a).map((a) => `'${a.name}'`)
   say(
     process.stdout,
-    `berth: serving ${apps
-      .filter((a) => a.root() === a)
-      .map((a) => `'${a.name}'`)
-      .join(', ')} on ${server.address} (gRPC berth.v1.Functions) ` +
+    `berth: serving ${names.length > 0 ? names.join(', ') : 'no app yet'} on ${server.address} (gRPC berth.v1.Functions) ` +
       `and http://${server.httpAddress}/<app>/<function> (HTTP, JSON); Ctrl-C or SIGTERM stops\n` +
-      listed,
+      (file === '' ? '  deploy apps to it: npx berth deploy app.ts (BERTH_SERVER=http://' + server.address + ')' : listed),
   )
   say(process.stdout, `berth: dashboard at http://${server.httpAddress}/dashboard${token ? '?token=<token>' : ''}`)
   const keepAlive = setInterval(() => {}, 1 << 30)
@@ -621,7 +626,8 @@ function endpoints(served: Served[], http: string, webOnly = false): string {
 
 /** A container process, started by `berth serve` with its identity in the environment. */
 async function container(): Promise<number> {
-  if (!process.env.BERTH_APP_FILE) {
+  // Set, possibly empty (a `berth serve` without a file: its identity names a deployed one).
+  if (process.env.BERTH_APP_FILE === undefined) {
     process.stderr.write('berth __container is started by `berth serve`, not by hand\n')
     return 2
   }
@@ -636,6 +642,10 @@ async function container(): Promise<number> {
   Object.assign(process.env, identity)
   // The identity may name another file and directory: a deployed app's (src/cli/deploys.ts).
   const file = process.env.BERTH_APP_FILE
+  if (!file) {
+    process.stderr.write('berth __container: no app file to load (its server serves none of its own, and none was deployed to it)\n')
+    return 2
+  }
   if (process.env.BERTH_CWD) process.chdir(process.env.BERTH_CWD)
   const apps = await loadApps('container', file)
   if (typeof apps === 'number') return apps
