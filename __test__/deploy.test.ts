@@ -273,3 +273,20 @@ test('lagThreshold counts a batch as its inputs; names and GPU products', (t) =>
   t.true(gpuProducts('H100').every((p) => p.includes('H100')))
   t.deepEqual(gpuProducts('X9000'), [])
 })
+
+test('an included app is deployed as part of the app that includes it: the front and pools take its name', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-deploy-include-'))
+  t.teardown(() => execFileSync('rm', ['-rf', dir]))
+  // The included app is created first (its module is imported first).
+  writeFileSync(join(dir, 'lib.ts'), "import { App } from 'berth'\nexport const lib = new App('lib')\nlib.function(async function embed(s: string) { return s })\n")
+  writeFileSync(
+    join(dir, 'app.ts'),
+    "import { App } from 'berth'\nimport { lib } from './lib.ts'\nexport const app = new App('search').include(lib)\napp.function(async function rank(s: string) { return s })\n",
+  )
+  execFileSync('mkdir', ['-p', join(dir, 'node_modules')])
+  execFileSync('ln', ['-s', join(import.meta.dirname, '..'), join(dir, 'node_modules', 'berth')])
+  const r = await berth(['deploy', 'app.ts', '--target', 'kubernetes', '--image', 'x', '--out', 'k8s'], {}, { cwd: dir })
+  t.is(r.code, 0, r.stderr)
+  t.deepEqual(readdirSync(join(dir, 'k8s')).sort(), ['front.yaml', 'nats.yaml', 'search-embed.yaml', 'search-rank.yaml'])
+  t.regex(readFileSync(join(dir, 'k8s', 'front.yaml'), 'utf8'), /name: search\n/)
+})

@@ -103,10 +103,15 @@ export class Volume {
     return new Volume(name, dir)
   }
 
-  /** Removes the volume named `name` and every file in it; false if there was none. */
+  /**
+   * Removes the volume named `name` and every file in it on this machine; false if there was
+   * none. With `--broker`, the copy in the NATS object store stays (README "Volume").
+   */
   static async delete(name: string): Promise<boolean> {
     checkName(name, `Volume.delete(${JSON.stringify(name)})`)
     const dir = join(volumesDir(), name)
+    // What this machine last synced with the broker's copy goes with it (README "Volume").
+    await rm(join(volumesDir(), '.sync', name), { force: true })
     if (!isDir(dir)) return false
     await rm(dir, { recursive: true, force: true })
     return true

@@ -261,7 +261,9 @@ export function lagThreshold(def: PoolDef): number {
 }
 
 /** The objects for every pool of `apps`, loaded from `o.file`. Throws on what cannot be deployed. */
-export function kubernetesPlan(apps: DeployedApp[], o: KubernetesOptions, binding: DeployBinding): KubernetesPlan {
+export function kubernetesPlan(loaded: DeployedApp[], o: KubernetesOptions, binding: DeployBinding): KubernetesPlan {
+  // An app included in another (app.include) is deployed as part of it, not on its own.
+  const apps = loaded.filter((a) => a.root() === a)
   const warnings: string[] = []
   const secrets = new Map<string, string>()
   const front = k8sName([apps[0].name])
@@ -328,7 +330,7 @@ export function kubernetesPlan(apps: DeployedApp[], o: KubernetesOptions, bindin
   ]
 
   const taken = new Set([front, configMap])
-  for (const app of apps.filter((a) => a.root() === a)) {
+  for (const app of apps) {
     for (const { def, isClass } of app.servedDefs()) {
       const where = `${app.name}/${def.name}`
       let name = k8sName([app.name, def.name])
