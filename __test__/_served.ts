@@ -2,7 +2,7 @@
 // file: ava only runs *.test.ts). A gRPC client that is not berth's code: @grpc/grpc-js with
 // @grpc/proto-loader reading proto/ only.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -25,8 +25,16 @@ export interface Served {
   exited: Promise<number | null>
 }
 
+/** The marker folders of this test process, removed as it exits (tests read them up to their end). */
+const markers: string[] = []
+process.once('exit', () => {
+  for (const d of markers) rmSync(d, { recursive: true, force: true })
+})
+
 export async function serve(extra: string[] = [], env: Record<string, string> = {}, fixture = 'served.ts'): Promise<Served> {
-  const marker = join(mkdtempSync(join(tmpdir(), 'berth-serve-')), 'marker')
+  const folder = mkdtempSync(join(tmpdir(), 'berth-serve-'))
+  markers.push(folder)
+  const marker = join(folder, 'marker')
   const child = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, `__test__/fixtures/${fixture}`), '--grpc-port', '0', '--http-port', '0', ...extra], {
     env: { ...process.env, MARKER: marker, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

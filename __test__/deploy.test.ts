@@ -3,7 +3,7 @@
 // Kubernetes schema offline (kubernetes-validate, when installed), the KEDA objects against the
 // field names and types of KEDA's spec (src/deploy/keda.ts), and the refusals.
 import { execFileSync, spawnSync } from 'node:child_process'
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -24,8 +24,16 @@ function read(dir: string, file: string): Obj[] {
 }
 
 
+/** The --out folders of this test process, removed as it exits. */
+const outs: string[] = []
+process.once('exit', () => {
+  for (const d of outs) rmSync(d, { recursive: true, force: true })
+})
+
 async function deploy(extra: string[] = [], env: Record<string, string> = {}) {
-  const out = join(mkdtempSync(join(tmpdir(), 'berth-deploy-')), 'k8s')
+  const folder = mkdtempSync(join(tmpdir(), 'berth-deploy-'))
+  outs.push(folder)
+  const out = join(folder, 'k8s')
   const r = await berth(['deploy', FIXTURE, '--target', 'kubernetes', '--image', 'registry.example.com/demo:1', '--out', out, ...extra], env, { npx: true })
   return { ...r, out }
 }
@@ -181,6 +189,7 @@ test('refusals: unknown target, no file, no app, unwritable --out, no image, a g
   t.regex(missing.stderr, /no file nope\.ts/)
 
   const dir = mkdtempSync(join(tmpdir(), 'berth-deploy-'))
+  outs.push(dir)
   const noApp = await berth(['deploy', '__test__/fixtures/deploy-no-app.ts', '--target', 'kubernetes', '--image', 'x', '--out', join(dir, 'k8s')])
   t.is(noApp.code, 2)
   t.regex(noApp.stderr, /creates no App/)
