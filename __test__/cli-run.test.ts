@@ -3,7 +3,7 @@
 // runs as `::Class.method` with `--params`, every subcommand answers --help, --version, and a
 // build with nothing to build says so. Each case runs `berth` as a user does.
 import test from 'ava'
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -131,6 +131,7 @@ test('--version and -v print the package version', async (t) => {
 
 test('every subcommand answers --help (and `berth help <command>`), doing nothing else', async (t) => {
   const secrets = mkdtempSync(join(tmpdir(), 'berth-secrets-'))
+  t.teardown(() => rmSync(secrets, { recursive: true, force: true }))
   for (const args of [
     ['run', '--help'],
     ['serve', '--help'],

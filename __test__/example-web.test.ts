@@ -4,7 +4,7 @@
 // event by event; MODEL_PATH and MODEL_LABELS; the local entrypoint under `berth run`.
 // onnxruntime-node is the examples' own dependency (examples/web/package.json; `npm test` and
 // .ci/run install it): without it these tests are skipped, saying so.
-import { copyFileSync, existsSync, mkdtempSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import test from 'ava'
@@ -126,7 +126,9 @@ maybe('SIGTERM stops the served example cleanly', async (t) => {
 })
 
 maybe('MODEL_PATH serves another model file and MODEL_LABELS names its outputs; a label count that does not fit fails @enter naming the fix', async (t) => {
-  const path = join(mkdtempSync(join(tmpdir(), 'berth-model-')), 'mine.onnx')
+  const folder = mkdtempSync(join(tmpdir(), 'berth-model-'))
+  t.teardown(() => rmSync(folder, { recursive: true, force: true }))
+  const path = join(folder, 'mine.onnx')
   copyFileSync(join(root, 'examples/web/model/tiny-classifier.onnx'), path)
   const other = await serve([], { MODEL_PATH: path, MODEL_LABELS: 'sad, meh, glad' }, EXAMPLE)
   t.teardown(() => other.child.kill('SIGKILL'))

@@ -1,7 +1,7 @@
 // What an outside caller sends must not kill a container or wear the server down: `berth serve`
 // with containers as processes, called with a plain gRPC client (not berth's) and fetch.
 import test from 'ava'
-import { mkdtempSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import grpc from '@grpc/grpc-js'
@@ -92,7 +92,9 @@ test.serial('one message cap on every hop: large arguments reach the container; 
 
 test.serial('a container whose event loop is blocked past its input\'s timeout is replaced and the input retried', async (t) => {
   const [s, client] = await served(t)
-  const marker = join(mkdtempSync(join(tmpdir(), 'berth-hang-')), 'hung')
+  const folder = mkdtempSync(join(tmpdir(), 'berth-hang-'))
+  t.teardown(() => rmSync(folder, { recursive: true, force: true }))
+  const marker = join(folder, 'hung')
   // The first attempt blocks its container for 60 s; with one container, nothing else could run.
   const started = Date.now()
   const r = await call(client, 'hang', [marker])

@@ -3,7 +3,7 @@
 // refusals when a secret is missing or more GPUs are asked for than exist.
 import test from 'ava'
 import { execFile } from 'node:child_process'
-import { mkdtempSync, readFileSync, statSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -24,6 +24,7 @@ const lines = (s: string) => s.split('\n').filter((l) => l.startsWith('{') || l.
 
 test('secrets and env reach the container process; each GPU container gets its own device', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'berth-secrets-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const env = { BERTH_SECRETS_DIR: dir, BERTH_NVIDIA_SMI: fakeSmi }
   const created = await berth(['secret', 'create', 'fixture-secret', 'FIXTURE_TOKEN=s3cr=t', 'SHARED=from secret'], env)
   t.is(created.code, 0, created.stderr)
@@ -49,6 +50,7 @@ test('secrets and env reach the container process; each GPU container gets its o
 
 test('asking for more GPUs than exist, or for a missing secret, stops before anything runs', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'berth-secrets-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const env = { BERTH_SECRETS_DIR: dir, BERTH_NVIDIA_SMI: fakeSmi }
   const missing = await berth(['run', fixture], { ...env, FIXTURE_GPU: 'none' })
   t.not(missing.code, 0)
@@ -76,6 +78,7 @@ test('asking for more GPUs than exist, or for a missing secret, stops before any
 
 test('in embedded containers env, secrets and gpu are not applied, and berth says so', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'berth-secrets-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const env = { BERTH_SECRETS_DIR: dir, FIXTURE_GPU: 'none' }
   const r = await berth(['run', fixture, '--containers', 'embedded'], env)
   t.is(r.code, 0, r.stderr)

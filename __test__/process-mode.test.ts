@@ -2,7 +2,7 @@
 // in child processes, the handles are the same, exit hooks run in the containers.
 import test from 'ava'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -10,8 +10,16 @@ import { fileURLToPath } from 'node:url'
 const root = fileURLToPath(new URL('..', import.meta.url))
 const fixture = join(root, '__test__/fixtures/process-app.ts')
 
+/** The marker folders of this test process, removed as it exits. */
+const markers: string[] = []
+process.once('exit', () => {
+  for (const d of markers) rmSync(d, { recursive: true, force: true })
+})
+
 function run(args: string[]): Promise<{ code: number | null; out: string; marker: string[] }> {
-  const marker = join(mkdtempSync(join(tmpdir(), 'berth-process-')), 'marker')
+  const folder = mkdtempSync(join(tmpdir(), 'berth-process-'))
+  markers.push(folder)
+  const marker = join(folder, 'marker')
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, { env: { ...process.env, MARKER: marker }, stdio: ['ignore', 'pipe', 'pipe'] })
     let out = ''

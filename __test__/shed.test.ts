@@ -4,7 +4,7 @@
 // HTTP — while a map's inputs wait for room. The gate in __test__/fixtures/shed.ts (`hold`)
 // keeps the queue full for as long as the test needs, so no outcome depends on timing.
 import test from 'ava'
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import grpc from '@grpc/grpc-js'
@@ -50,6 +50,7 @@ test.serial('maxPendingInputs under berth serve: gRPC callers get RESOURCE_EXHAU
   const client = new Functions(s.address, grpc.credentials.createInsecure())
   t.teardown(() => client.close())
   const dir = mkdtempSync(join(tmpdir(), 'berth-shed-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const at = (id: string) => join(dir, id)
   const invoke = (p: string) =>
     new Promise<any>((resolve) =>
@@ -101,6 +102,7 @@ test.serial('maxPendingInputs on a generator under berth serve: a gRPC InvokeStr
   const client = new Functions(s.address, grpc.credentials.createInsecure())
   t.teardown(() => client.close())
   const dir = mkdtempSync(join(tmpdir(), 'berth-shed-gen-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const at = (id: string) => join(dir, id)
   // One InvokeStream call read to its end: its items (an error item as { error }), and its status.
   const stream = (p: string, onItem: (v: unknown) => void = () => {}) =>

@@ -12,7 +12,7 @@
 // Run: npx tsx bench/http.ts (BENCH_SECONDS, BENCH_ROUNDS, BENCH_SSE_EVENTS, BENCH_SSE_WARMUP_S,
 // BENCH_ONLY=a,b, BENCH_LOADGEN=wrk|autocannon).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -111,7 +111,9 @@ const hasWrk = (() => {
   }
 })()
 const LOADGEN = process.env.BENCH_LOADGEN ?? (hasWrk ? 'wrk' : 'autocannon')
-const wrkScript = join(mkdtempSync(join(tmpdir(), 'berth-bench-')), 'post.lua')
+const wrkFolder = mkdtempSync(join(tmpdir(), 'berth-bench-'))
+process.once('exit', () => rmSync(wrkFolder, { recursive: true, force: true }))
+const wrkScript = join(wrkFolder, 'post.lua')
 writeFileSync(wrkScript, 'wrk.method = "POST"\nwrk.body = "[1]"\nwrk.headers["Content-Type"] = "application/json"\n')
 
 /** wrk's figure `value` with its unit (us, ms, s; k, M) in the base unit (ms, or a count). */
