@@ -54,7 +54,13 @@ export function acceptDeploys(server: DeployServer, opts: DeployOptions): void {
   let queue = Promise.resolve()
   server.watchDeploys(() => {
     for (const ask of server.takeDeploys()) {
-      queue = queue.then(() => deployOne(server, opts, ask))
+      // A deploy that fails unexpectedly is answered so, and the next ones still run.
+      queue = queue.then(() =>
+        deployOne(server, opts, ask).catch((e: unknown) => {
+          opts.log(`berth: deploy of ${ask.file} failed: ${oneLine(e)}`, 'error')
+          server.answerDeploy(ask.id, null, oneLine(e))
+        }),
+      )
     }
   })
 }
