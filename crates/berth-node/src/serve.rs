@@ -169,7 +169,7 @@ pub struct BindingServer {
 }
 
 /// A deploy asked of the server (`berth deploy app.ts`), for `berth serve`'s JavaScript to carry
-/// out (src/cli/deploy.ts) and answer with [`BindingServer::answer_deploy`].
+/// out (src/cli/deploys.ts) and answer with [`BindingServer::answer_deploy`].
 #[napi(object)]
 pub struct BindingDeployAsk {
     pub id: u32,

@@ -39,86 +39,63 @@ struct Lease {
     queue: String,
     partition: String,
     items: Vec<Vec<u8>>,
-    until: Instant,
+}
+
+/// What is out on lease, by id (in the order lent), until acked or [`LEASE`] past its lending.
+struct LeaseBook<T>(Mutex<(u64, HashMap<u64, Lent<T>>)>);
+
+/// What is lent, and until when.
+type Lent<T> = (T, Instant);
+
+impl<T> Default for LeaseBook<T> {
+    fn default() -> Self {
+        Self(Mutex::new((0, HashMap::new())))
+    }
+}
+
+impl<T> LeaseBook<T> {
+    fn lend(&self, item: T) -> u64 {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        book.0 += 1;
+        let id = book.0;
+        book.1.insert(id, (item, Instant::now() + LEASE));
+        id
+    }
+
+    /// The leases `ids` names, settled.
+    fn settle(&self, ids: &[u64]) -> Vec<T> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().filter_map(|id| book.1.remove(id)).map(|(item, _)| item).collect()
+    }
+
+    /// The leases past their time by `now`, in the order they were lent, taken out.
+    fn expired(&self, now: Instant) -> Vec<T> {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<u64> = book.1.iter().filter(|(_, (_, until))| *until <= now).map(|(&id, _)| id).collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| book.1.remove(&id)).map(|(item, _)| item).collect()
+    }
 }
 
 /// The queues, by name, and the items out on lease.
 #[derive(Default)]
 pub(crate) struct Queues {
     all: Mutex<HashMap<String, Queue>>,
-    leases: Mutex<(u64, HashMap<u64, Lease>)>,
+    leases: LeaseBook<Lease>,
     /// Broker mode: what leasing gets took from JetStream, unacknowledged until their takers ack.
-    held: Mutex<(u64, HashMap<u64, Held>)>,
+    held: LeaseBook<berth_nats::Taken>,
 }
 
-/// Broker mode: a leasing get's messages, and when they are given up unacknowledged.
-type Held = (berth_nats::Taken, Instant);
-
 impl Queues {
-    /// Broker mode: holds what a leasing get took until its taker acks (or [`LEASE`] passes).
-    fn hold(&self, taken: berth_nats::Taken) -> u64 {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.0 += 1;
-        let id = held.0;
-        held.1.insert(id, (taken, Instant::now() + LEASE));
-        id
-    }
-
-    /// Broker mode: acknowledges the messages of the leases acked.
-    async fn ack_held(&self, acks: &[u64]) {
-        if acks.is_empty() {
-            return;
-        }
-        let taken: Vec<berth_nats::Taken> = {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            acks.iter().filter_map(|id| held.1.remove(id)).map(|(t, _)| t).collect()
-        };
-        for t in taken {
-            t.ack().await;
-        }
-    }
-
-    /// Settles the leases acked: their items are the caller's for good.
-    fn ack(&self, acks: &[u64]) {
-        if acks.is_empty() {
-            return;
-        }
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        for id in acks {
-            leases.1.remove(id);
-        }
-    }
-
-    /// Items taken by a leasing get: out until acked.
-    fn lease(&self, queue: &str, partition: &str, items: &[Vec<u8>]) -> u64 {
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        leases.0 += 1;
-        let id = leases.0;
-        let lease = Lease {
-            queue: queue.into(),
-            partition: partition.into(),
-            items: items.to_vec(),
-            until: Instant::now() + LEASE,
-        };
-        leases.1.insert(id, lease);
-        id
-    }
-
     /// Leases not acked by `now` give their items back, to the front of their partition in their
-    /// order, waking the gets that wait (a queue deleted since keeps nothing).
+    /// order, waking the gets that wait (a queue deleted since keeps nothing). Broker mode's are
+    /// dropped unacknowledged: JetStream gives them again after its ack wait.
     pub(crate) fn expire_leases(&self, now: Instant) {
-        // Broker mode: dropped unacknowledged, JetStream gives them again after its ack wait.
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).1.retain(|_, (_, until)| *until > now);
-        let expired: Vec<Lease> = {
-            let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-            if leases.1.is_empty() {
-                return;
-            }
-            let ids: Vec<u64> = leases.1.iter().filter(|(_, l)| l.until <= now).map(|(&id, _)| id).collect();
-            let mut ids = ids;
-            ids.sort_unstable();
-            ids.into_iter().filter_map(|id| leases.1.remove(&id)).collect()
-        };
+        drop(self.held.expired(now));
+        let expired = self.leases.expired(now);
         if expired.is_empty() {
             return;
         }
@@ -136,7 +113,8 @@ impl Queues {
 
     /// Applies `req`; a blocked get waits here.
     pub(crate) async fn answer(&self, req: pb::QueueRequest) -> Result<pb::QueueResponse, Status> {
-        self.ack(&req.acks);
+        // Acked: the items are the caller's for good.
+        self.leases.settle(&req.acks);
         let Some((op, wait)) = check(&req)? else { return Ok(pb::QueueResponse::default()) };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -184,7 +162,9 @@ impl Queues {
                 }
                 if !out.values.is_empty() && req.lease {
                     drop(all);
-                    out.lease = self.lease(&req.name, &req.partition, &out.values);
+                    let lease =
+                        Lease { queue: req.name.clone(), partition: req.partition.clone(), items: out.values.clone() };
+                    out.lease = self.leases.lend(lease);
                     return Ok(out);
                 }
                 if !out.values.is_empty() || !req.block || tokio::time::Instant::now() >= deadline {
@@ -244,7 +224,9 @@ async fn in_streams(
     broker: &berth_nats::Broker,
     req: pb::QueueRequest,
 ) -> Result<pb::QueueResponse, Status> {
-    queues.ack_held(&req.acks).await;
+    for taken in queues.held.settle(&req.acks) {
+        taken.ack().await;
+    }
     let Some((op, wait)) = check(&req)? else { return Ok(pb::QueueResponse::default()) };
     let failed = |e: berth_nats::Error| Status::unavailable(e.message);
     let mut out = pb::QueueResponse::default();
@@ -269,7 +251,7 @@ async fn in_streams(
             out.values = std::mem::take(&mut taken.values);
             if !out.values.is_empty() {
                 if req.lease {
-                    out.lease = queues.hold(taken);
+                    out.lease = queues.held.lend(taken);
                 } else {
                     taken.ack().await;
                 }

@@ -164,6 +164,15 @@ async fn stop(shared: &Shared, app: &str) -> Answer {
     json_answer(StatusCode::OK, &json!({ "app": app, "stopped": true }))
 }
 
+/// A query's `key=value` pairs, each value decoded (`+` a space; `None` when its percent-encoding
+/// is not valid).
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, Option<String>)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k, percent_decode(&v.replace('+', " ")))
+    })
+}
+
 /// How long a deploy may take to load its file and start serving it before the caller is
 /// answered that it did not (the load goes on; a later `berth app list` shows whether it landed).
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -173,9 +182,7 @@ const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
 /// containers drain); answered once it has, or with why not.
 async fn deploy(shared: &Shared, query: &str) -> Answer {
     let (mut file, mut cwd) = (None, None);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(&v.replace('+', " "));
+    for (k, v) in query_pairs(query) {
         match k {
             "file" => file = v,
             "cwd" => cwd = v,
@@ -259,9 +266,8 @@ fn logs(shared: &Shared, query: &str) -> Answer {
     let mut app = None;
     let mut lines = DEFAULT_LINES;
     let mut follow = false;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(&v.replace('+', " ")).unwrap_or_default();
+    for (k, v) in query_pairs(query) {
+        let v = v.unwrap_or_default();
         match k {
             "app" => app = Some(v),
             "lines" => match v.parse() {
