@@ -102,6 +102,28 @@ test.serial('berth serve: a dict is shared by containers and callers, every oper
   t.regex(absent.stderr, /no dict named 'never-made': create it with Dict.fromName/)
 })
 
+test.serial('berth serve --token: containers reach dicts and queues over their data socket with their own credentials; errors as over gRPC', async (t) => {
+  // The container is not given the server's token: its data socket says hello with the
+  // container's own id and token (src/data/socket.ts, crates/berth-server/src/datasock.rs).
+  const dir = fixtureProject('berth-dict-socket-', 'dicts.ts')
+  const token = `secret-${process.pid}`
+  const { server } = await npxServeListening(t, dir, ['--token', token, '--max-message-bytes', '100000'])
+  App.lookup('dicts', { server, token })
+  const overSocket = Function.fromName<(name: string, big: number) => Promise<{ seen: string[]; socket: boolean }>>('dicts', 'overSocket')
+  const name = `socket-${process.pid}`
+  const { seen, socket } = await overSocket.remote(name, 300_000)
+  t.true(socket, 'the container was given the data socket')
+  t.regex(seen[0], /^big: InvalidError: the request is \d+ bytes, over the server's message cap of 100000/, 'refused, naming the cap')
+  t.deepEqual(seen.slice(1), [
+    'small: 1',
+    `absent: NotFoundError: no dict named '${name}-absent': create it with Dict.fromName('${name}-absent', { createIfMissing: true })`,
+    'meanwhile: stored',
+    'queue: released',
+  ], 'the connection goes on after a refusal; a blocked get holds up nothing asked after it')
+  const d = Dict.fromName(name, { server, token })
+  t.deepEqual((await d.keys()).sort(), ['meanwhile', 'small'], 'what the container stored, seen by a caller over gRPC')
+})
+
 test.serial('npx berth run --containers process: the run\'s control plane holds the dict for the entrypoint and the containers', async (t) => {
   const dir = fixtureProject('berth-dict-run-', 'dicts.ts')
   removedAtEnd(t, dir)

@@ -33,8 +33,8 @@ export const DEFAULT_SERVER = 'http://127.0.0.1:7450'
 /** Errors made of a gRPC status (not a user error carried back as data). */
 const statusErrors = new WeakSet<Error>()
 
-/** gRPC status codes a caller can act on, with what to do. */
-function statusError(server: string, code: number, message: string): Error {
+/** @internal gRPC status codes a caller can act on, with what to do (also the data socket's, src/data/socket.ts). */
+export function statusError(server: string, code: number, message: string): Error {
   const where = server === DEFAULT_SERVER ? `${server} (the default when BERTH_SERVER is unset)` : server
   const hint: Record<number, string> = {
     3: '', // INVALID_ARGUMENT: the server's message says what

@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto'
 import { localApps } from '../call/app-target.ts'
 import { type DataClient, type DictCall, dataClient } from '../call/remote.ts'
 import { inContainerProcess } from '../run/context.ts'
+import { dataSocket } from './socket.ts'
 import { decodeValue, encodeValue } from '../shared/cbor.ts'
 import { InvalidError, KeyError, NotFoundError } from '../shared/errors.ts'
 
@@ -115,13 +116,15 @@ const local = new LocalDicts()
 
 /**
  * @internal Where this process's dicts and queues are: the control plane it runs in (a
- * container process), its app's control plane (process containers), this process (an app
+ * container process: through its data socket, src/data/socket.ts), its app's control plane (process containers), this process (an app
  * embedded here: undefined), or BERTH_SERVER's.
  */
 export function dataClientFor(opts: { server?: string; token?: string }): DataClient | undefined {
   if (opts.server !== undefined) return dataClient({ server: opts.server, token: opts.token })
-  if (inContainerProcess() && process.env.BERTH_ENDPOINT)
-    return dataClient({ server: process.env.BERTH_ENDPOINT, token: process.env.BERTH_TOKEN })
+  if (inContainerProcess() && process.env.BERTH_ENDPOINT) {
+    const grpc = dataClient({ server: process.env.BERTH_ENDPOINT, token: process.env.BERTH_TOKEN })
+    return dataSocket(grpc) ?? grpc
+  }
   const apps = localApps()
   const processApp = apps.find((a) => a.processServer !== undefined)
   if (processApp !== undefined) return dataClient({ app: processApp.name })

@@ -261,7 +261,7 @@ impl BindingClient {
         };
         self.run(id, |client, out| async move {
             match client.dict(req).await {
-                Ok(r) => out.push(id, K_VALUE, &dict_answer(&r)),
+                Ok(r) => out.push(id, K_VALUE, &berth_proto::values::dict_answer(&r)),
                 Err(s) => out.status(id, &s),
             }
         });
@@ -299,7 +299,7 @@ impl BindingClient {
         };
         self.run(id, |client, out| async move {
             match client.queue(req).await {
-                Ok(r) => out.push(id, K_VALUE, &queue_answer(&r)),
+                Ok(r) => out.push(id, K_VALUE, &berth_proto::values::queue_answer(&r)),
                 Err(s) => out.status(id, &s),
             }
         });
@@ -514,39 +514,4 @@ pub fn check_args(bytes: Buffer) -> Option<String> {
 /// A `traceparent` from JavaScript (the calling input's), parsed; none if it does not parse.
 fn parse_trace(traceparent: Option<String>) -> Option<berth_proto::trace::TraceContext> {
     traceparent.and_then(|t| berth_proto::trace::TraceContext::parse(t.as_bytes()))
-}
-
-/// A dict operation's answer as one CBOR value, the stored keys and values in it as they are.
-fn dict_answer(r: &pb::DictResponse) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        16 + r.value.len() + r.entries.iter().map(|e| e.key.len() + e.value.len() + 2).sum::<usize>(),
-    );
-    berth_proto::values::write_head(&mut out, 4, 4);
-    out.push(if r.found { 0xf5 } else { 0xf4 });
-    berth_proto::values::write_head(&mut out, 0, r.len);
-    if r.found && !r.value.is_empty() {
-        out.extend_from_slice(&r.value);
-    } else {
-        out.push(0xf6);
-    }
-    berth_proto::values::write_head(&mut out, 4, r.entries.len() as u64);
-    for e in &r.entries {
-        berth_proto::values::write_head(&mut out, 4, 2);
-        out.extend_from_slice(&e.key);
-        out.extend_from_slice(&e.value);
-    }
-    out
-}
-
-/// A queue operation's answer as one CBOR value, its items in it as they are.
-fn queue_answer(r: &pb::QueueResponse) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + r.values.iter().map(Vec::len).sum::<usize>());
-    berth_proto::values::write_head(&mut out, 4, 3);
-    berth_proto::values::write_head(&mut out, 4, r.values.len() as u64);
-    for v in &r.values {
-        out.extend_from_slice(v);
-    }
-    berth_proto::values::write_head(&mut out, 0, r.len);
-    out.push(if r.found { 0xf5 } else { 0xf4 });
-    out
 }

@@ -576,6 +576,45 @@ impl Reader<'_> {
     }
 }
 
+/// A dict operation's answer as one CBOR value, `[found, len, value or null, [[key, value], ...]]`,
+/// the stored keys and values in it as they are: what src/data/dict.ts reads from the binding's
+/// client and from the data socket (berth-server datasock.rs).
+pub fn dict_answer(r: &crate::v1::DictResponse) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        16 + r.value.len() + r.entries.iter().map(|e| e.key.len() + e.value.len() + 2).sum::<usize>(),
+    );
+    write_head(&mut out, 4, 4);
+    out.push(if r.found { 0xf5 } else { 0xf4 });
+    write_head(&mut out, 0, r.len);
+    if r.found && !r.value.is_empty() {
+        out.extend_from_slice(&r.value);
+    } else {
+        out.push(0xf6);
+    }
+    write_head(&mut out, 4, r.entries.len() as u64);
+    for e in &r.entries {
+        write_head(&mut out, 4, 2);
+        out.extend_from_slice(&e.key);
+        out.extend_from_slice(&e.value);
+    }
+    out
+}
+
+/// A queue operation's answer as one CBOR value, `[[item, ...], len, found, lease]`, its items in it
+/// as they are (src/data/queue.ts reads the first three; the data socket's client acks the lease).
+pub fn queue_answer(r: &crate::v1::QueueResponse) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + r.values.iter().map(Vec::len).sum::<usize>());
+    write_head(&mut out, 4, 4);
+    write_head(&mut out, 4, r.values.len() as u64);
+    for v in &r.values {
+        out.extend_from_slice(v);
+    }
+    write_head(&mut out, 0, r.len);
+    out.push(if r.found { 0xf5 } else { 0xf4 });
+    write_head(&mut out, 0, r.lease);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

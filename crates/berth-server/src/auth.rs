@@ -21,7 +21,7 @@ pub(crate) fn token_rule(expected: Option<&str>, authorization: Option<&str>) ->
 
 /// Equal, in a time that does not depend on where the first difference is (only on the length
 /// of what was sent): a caller cannot find the token a byte at a time by timing answers.
-fn same_secret(sent: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn same_secret(sent: &[u8], expected: &[u8]) -> bool {
     let mut diff = u8::from(sent.len() != expected.len());
     for (i, b) in sent.iter().enumerate() {
         diff |= b ^ expected.get(i % expected.len().max(1)).copied().unwrap_or(0);

@@ -14,6 +14,7 @@ mod client;
 mod conn;
 mod containers;
 mod dashboard;
+mod datasock;
 mod dicts;
 mod driver;
 mod functions;

@@ -210,6 +210,9 @@ pub trait Spawner: Send + Sync + 'static {
         endpoint: &str,
         exited: ExitReporter,
     );
+    /// The control plane's data socket (datasock.rs), told before the first `spawn`: containers
+    /// that can reach it (processes of this machine) get its name as `BERTH_DATA_SOCKET`.
+    fn data_socket(&self, _name: &str) {}
     /// The container is done (stopped, failed, or abandoned): make sure its process ends.
     fn stop(&self, container: ContainerId);
     /// The container stopped answering: end its process now (it may be stopped or blocked, so

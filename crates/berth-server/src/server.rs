@@ -186,6 +186,11 @@ impl ControlPlane {
             Some(addr) => Some(bind(addr, "HTTP", "--http-port").await?),
             None => None,
         };
+        // Containers reach dicts and queues here in one hop from their event loop (datasock.rs).
+        let data_socket = crate::datasock::listen(local_addr.port());
+        if let Some((name, _)) = &data_socket {
+            spawner.data_socket(name);
+        }
         let (commands, source) = crate::driver::Commands::new();
         let count = registry.functions.len();
         let largest_batch = registry
@@ -220,6 +225,9 @@ impl ControlPlane {
         // Pools that keep containers warm start now, not with their first call (as in Modal).
         shared.warm(&(0..count).collect::<Vec<_>>());
         tokio::spawn(crate::plane::housekeeping(Arc::downgrade(&shared)));
+        if let Some((_, listener)) = data_socket {
+            tokio::spawn(crate::datasock::serve(listener, Arc::downgrade(&shared)));
+        }
         if opts.schedules {
             tokio::spawn(crate::schedule::run(Arc::downgrade(&shared), shared.closing.subscribe()));
         }

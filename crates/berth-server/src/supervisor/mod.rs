@@ -114,6 +114,8 @@ pub struct Supervisor {
     max_message_bytes: usize,
     output: Output,
     handle: SupervisorHandle,
+    /// The control plane's data socket, for its containers (`Spawner::data_socket`).
+    data_socket: Mutex<Option<String>>,
 }
 
 /// What the server keeps of its [`Supervisor`] once the control plane owns it: the forced stop,
@@ -140,6 +142,7 @@ impl Supervisor {
             max_message_bytes: opts.max_message_bytes,
             output: opts.output,
             handle,
+            data_socket: Mutex::new(None),
         };
         {
             let mut g = lock(&supervisor.handle.procs);
@@ -305,6 +308,9 @@ impl Spawner for Supervisor {
             ("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string()),
             ("BERTH_MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
         ]);
+        if let Some(name) = self.data_socket.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            identity.push(("BERTH_DATA_SOCKET", name));
+        }
         // Its output is relayed: it tags each line with its level and input (output.rs).
         if self.output != Output::Inherit {
             identity.push(("BERTH_LOG_TAGS", "1".to_string()));
@@ -385,6 +391,10 @@ impl Spawner for Supervisor {
 
     fn uptimes(&self) -> Vec<(u32, Duration)> {
         lock(&self.handle.procs).live.iter().map(|(id, p)| (*id, p.started.elapsed())).collect()
+    }
+
+    fn data_socket(&self, name: &str) {
+        *self.data_socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_string());
     }
 
     fn stop(&self, container: u32) {
