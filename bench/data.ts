@@ -2,7 +2,8 @@
 // "Performance"), against Redis doing the same operations from the same place. One function of
 // bench/fixtures/data-app.ts runs the loop in its container and answers its timings: embedded
 // (`app.run()`, the container is this process and the dicts are this process's) and under
-// `berth serve` (a container process; each operation a gRPC round trip to the control plane).
+// `berth serve` (a container process; each operation a round trip on its data socket to the
+// control plane, src/data/socket.ts).
 // The baseline is Redis on this machine through the `redis` client, SET/GET and RPUSH/LPOP, one
 // awaited operation at a time, from the same function in the same process. Contenders run in
 // interleaved rounds in one run; the ratio is berth over Redis measured in the same mode.

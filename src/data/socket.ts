@@ -25,6 +25,17 @@ const QUEUE_ACK = 6
 const utf8 = new TextEncoder()
 const text = new TextDecoder()
 
+/** Names and partitions, encoded once: the same few come again and again. */
+const names = new Map<string, Uint8Array>()
+function encoded(s: string): Uint8Array {
+  let b = names.get(s)
+  if (b === undefined) {
+    b = utf8.encode(s)
+    if (names.size < 1024) names.set(s, b)
+  }
+  return b
+}
+
 /** A protobuf message, written into a buffer sized for it. */
 class Proto {
   private parts: (number | Uint8Array)[] = []
@@ -56,7 +67,7 @@ class Proto {
     return this
   }
   string(field: number, s: string | undefined): this {
-    return s ? this.bytes(field, utf8.encode(s)) : this
+    return s ? this.bytes(field, encoded(s)) : this
   }
   message(field: number, m: Proto): this {
     this.varint((field << 3) | 2)
@@ -152,7 +163,7 @@ class DataSocket implements DataClient {
   private broken = false
   private readonly waiting = new Map<number, Waiting>()
   private next = 0
-  private corked = false
+  private out: Buffer[] = []
   private acks: number[] = []
   private ackScheduled = false
   private rest: Buffer | undefined
@@ -188,17 +199,16 @@ class DataSocket implements DataClient {
     })
   }
 
-  /** Requests of one turn of the event loop go out in one write. */
+  /** Requests asked in one run of code go out in one write, once it is done. */
   private write(socket: Socket, frame: Buffer): void {
-    if (!this.corked) {
-      this.corked = true
-      socket.cork()
-      process.nextTick(() => {
-        this.corked = false
-        socket.uncork()
+    if (this.out.length === 0) {
+      queueMicrotask(() => {
+        const out = this.out
+        this.out = []
+        socket.write(out.length === 1 ? out[0] : Buffer.concat(out))
       })
     }
-    socket.write(frame)
+    this.out.push(frame)
   }
 
   private open(): Socket {

@@ -238,7 +238,12 @@ impl Conn {
                 )
             }
         };
-        self.running.push(answering);
+        // Most answer at once (a dict, a queue that has items): no need to hold them.
+        let mut answering = answering;
+        match (&mut answering).now_or_never() {
+            Some((id, answer)) => self.answer(id, answer),
+            None => self.running.push(answering),
+        }
     }
 
     fn hello_ok(&self, body: &[u8]) -> bool {
