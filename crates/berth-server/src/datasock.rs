@@ -53,9 +53,9 @@ const SUN_PATH: usize = 108;
 
 type Answering = Pin<Box<dyn Future<Output = (u32, Result<Vec<u8>, Status>)> + Send>>;
 
-/// Listens on a fresh abstract socket for the containers of `shared`; its name (without the
-/// leading NUL), or none where no abstract socket can be had (containers then use gRPC). The
-/// listener stops once the control plane is gone or closing.
+/// A fresh abstract socket for the containers of the control plane on `port`, and its name
+/// (without the leading NUL); none where no abstract socket can be had (containers then use
+/// gRPC). [`serve`] accepts on it.
 pub(crate) fn listen(port: u16) -> Option<(String, UnixListener)> {
     let name = format!("berth-data-{}-{port}-{:08x}", std::process::id(), crate::plane::rand_token() as u32);
     // Bound by the whole of sun_path, the name padded with NULs, as Node connects to one
@@ -80,7 +80,11 @@ pub(crate) async fn serve(listener: UnixListener, shared: Weak<Shared>) {
             a = listener.accept() => a,
             _ = closing.wait_for(|c| *c) => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, _)) = accepted else {
+            // Out of file descriptors, say: try again in a moment rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
         if Arc::strong_count(&open) > MAX_CONNECTIONS {
             continue;
         }
