@@ -116,8 +116,8 @@ const local = new LocalDicts()
 
 /**
  * @internal Where this process's dicts and queues are: the control plane it runs in (a
- * container process: through its data socket, src/data/socket.ts), its app's control plane (process containers), this process (an app
- * embedded here: undefined), or BERTH_SERVER's.
+ * container process: through its data socket, src/data/socket.ts), its app's control plane
+ * (process containers), this process (an app embedded here: undefined), or BERTH_SERVER's.
  */
 export function dataClientFor(opts: { server?: string; token?: string }): DataClient | undefined {
   if (opts.server !== undefined) return dataClient({ server: opts.server, token: opts.token })
