@@ -159,7 +159,8 @@ export class Queue<T = unknown> {
 
   /** Appends `value` (to `partition`). */
   async put(value: T, opts: { partition?: string } = {}): Promise<void> {
-    await this.putMany([value], opts)
+    const partition = this.partition('put', opts?.partition)
+    await this.call({ op: OP.put, partition, values: [encodeValue(value, `Queue('${this.name}').put`)] })
   }
 
   /** Appends each of `values`, in order (to `partition`). */
