@@ -158,14 +158,18 @@ export class Queue<T = unknown> {
   }
 
   /** Appends `value` (to `partition`). */
-  async put(value: T, opts: { partition?: string } = {}): Promise<void> {
-    const partition = this.partition('put', opts?.partition)
-    await this.call({ op: OP.put, partition, values: [encodeValue(value, `Queue('${this.name}').put`)] })
+  put(value: T, opts: { partition?: string } = {}): Promise<void> {
+    return this.append('put', [value], opts)
   }
 
   /** Appends each of `values`, in order (to `partition`). */
-  async putMany(values: T[], opts: { partition?: string } = {}): Promise<void> {
-    const partition = this.partition('putMany', opts?.partition)
+  putMany(values: T[], opts: { partition?: string } = {}): Promise<void> {
+    return this.append('putMany', values, opts)
+  }
+
+  /** `put` and `putMany`: one async step between the caller and the request, not two. */
+  private async append(where: string, values: T[], opts: { partition?: string }): Promise<void> {
+    const partition = this.partition(where, opts?.partition)
     const encoded = values.map((v, i) => encodeValue(v, `Queue('${this.name}').put: item ${i}`))
     await this.call({ op: OP.put, partition, values: encoded })
   }

@@ -191,12 +191,18 @@ class DataSocket implements DataClient {
 
   private ask(kind: number, m: Proto, retry: Waiting['retry'], get: boolean): Promise<unknown> {
     const socket = this.open()
-    const id = (this.next = (this.next % 0xffff_fffe) + 1)
+    const id = this.nextId()
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject, retry, get })
       if (this.waiting.size === 1) socket.ref()
       this.write(socket, m.frame(id, kind))
     })
+  }
+
+  /** A request's id: 1 up, never 0 (the hello's). */
+  private nextId(): number {
+    this.next = (this.next % 0xffff_fffe) + 1
+    return this.next
   }
 
   /** Requests asked in one run of code go out in one write, once it is done. */
@@ -290,8 +296,7 @@ class DataSocket implements DataClient {
       this.acks = []
       const m = new Proto().uint(3, QUEUE_ACK).packed(11, acks)
       // Answered like any request; nothing waits for it.
-      const id = (this.next = (this.next % 0xffff_fffe) + 1)
-      this.write(this.socket, m.frame(id, KIND_QUEUE))
+      this.write(this.socket, m.frame(this.nextId(), KIND_QUEUE))
     })
   }
 
@@ -306,19 +311,22 @@ class DataSocket implements DataClient {
     if (!this.connected) {
       // Nothing reached the control plane: ask it all over gRPC, from now on too.
       this.broken = true
-      const waiting = [...this.waiting.values()]
-      this.waiting.clear()
-      for (const w of waiting) w.retry(this.fallback).then(w.resolve, w.reject)
+      for (const w of this.takeWaiting()) w.retry(this.fallback).then(w.resolve, w.reject)
       return
     }
     this.fail(statusError(this.server, 14, `the data socket closed${e ? `: ${e.message}` : ''}`))
   }
 
   private fail(e: Error): void {
+    for (const w of this.takeWaiting()) w.reject(e)
+    this.socket?.destroy()
+  }
+
+  /** Every request still waiting, no longer waited for here. */
+  private takeWaiting(): Waiting[] {
     const waiting = [...this.waiting.values()]
     this.waiting.clear()
-    for (const w of waiting) w.reject(e)
-    this.socket?.destroy()
+    return waiting
   }
 }
 

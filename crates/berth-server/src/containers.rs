@@ -66,7 +66,7 @@ pub(crate) fn attach_link(
         let mut st = shared.lock();
         // One answer for an unknown id and a wrong token: telling them apart would show
         // an unauthenticated caller which container ids exist.
-        let link = st.links.get_mut(&cid).filter(|link| link.token == token).ok_or_else(|| {
+        let link = st.link_of(cid, token.as_bytes()).ok_or_else(|| {
             Status::unauthenticated(
                 "unknown container or wrong token: attach with the container id and token the server \
                  gave this container when it started it",

@@ -254,8 +254,8 @@ impl Conn {
         let (Some(cid), Some(token)) = (body.get(..4), body.get(4..)) else { return false };
         let cid = u32::from_le_bytes([cid[0], cid[1], cid[2], cid[3]]);
         let Some(shared) = self.shared.upgrade() else { return false };
-        let st = shared.lock();
-        st.links.get(&cid).is_some_and(|link| crate::auth::same_secret(token, link.token.as_bytes()))
+        let linked = shared.lock().link_of(cid, token).is_some();
+        linked
     }
 
     fn answer(&mut self, id: u32, answer: Result<Vec<u8>, Status>) {

@@ -579,6 +579,12 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Container `cid`'s link, if `token` is the one it was started with: how a container
+    /// proves who it is, on its Attach stream (containers.rs) and its data socket (datasock.rs).
+    pub fn link_of(&mut self, cid: ContainerId, token: &[u8]) -> Option<&mut Link> {
+        self.links.get_mut(&cid).filter(|link| crate::auth::same_secret(token, link.token.as_bytes()))
+    }
+
     /// Container `cid`'s output for execution `exec`: its inputs' results wait for the
     /// scheduler's decision. `None` when the execution is not that container's (another
     /// container's, or forgotten when its container was lost); else its inputs.

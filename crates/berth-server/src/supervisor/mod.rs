@@ -115,7 +115,7 @@ pub struct Supervisor {
     output: Output,
     handle: SupervisorHandle,
     /// The control plane's data socket, for its containers (`Spawner::data_socket`).
-    data_socket: Mutex<Option<String>>,
+    data_socket: std::sync::OnceLock<String>,
 }
 
 /// What the server keeps of its [`Supervisor`] once the control plane owns it: the forced stop,
@@ -142,7 +142,7 @@ impl Supervisor {
             max_message_bytes: opts.max_message_bytes,
             output: opts.output,
             handle,
-            data_socket: Mutex::new(None),
+            data_socket: std::sync::OnceLock::new(),
         };
         {
             let mut g = lock(&supervisor.handle.procs);
@@ -308,8 +308,8 @@ impl Spawner for Supervisor {
             ("BERTH_MAX_INPUTS", def.spec.max_inputs.to_string()),
             ("BERTH_MAX_MESSAGE_BYTES", self.max_message_bytes.to_string()),
         ]);
-        if let Some(name) = self.data_socket.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            identity.push(("BERTH_DATA_SOCKET", name));
+        if let Some(name) = self.data_socket.get() {
+            identity.push(("BERTH_DATA_SOCKET", name.clone()));
         }
         // Its output is relayed: it tags each line with its level and input (output.rs).
         if self.output != Output::Inherit {
@@ -394,7 +394,7 @@ impl Spawner for Supervisor {
     }
 
     fn data_socket(&self, name: &str) {
-        *self.data_socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_string());
+        let _ = self.data_socket.set(name.to_string());
     }
 
     fn stop(&self, container: u32) {
