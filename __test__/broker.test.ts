@@ -4,7 +4,7 @@
 // streams it made. Skipped, saying so, when nothing answers on 4222.
 import test, { type ExecutionContext } from 'ava'
 import { type ChildProcess, spawn } from 'node:child_process'
-import { copyFileSync, existsSync, readFileSync } from 'node:fs'
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 
@@ -600,6 +600,32 @@ test.serial('broker mode: a schedule served by two fronts fires each tick once (
   await stopAll(t, p.dir, [a.npx, b.npx, w.npx])
 })
 
+test.serial('broker mode: a scheduled run that still runs, fired by one front, is not started again by the other at the next ticks', async (t) => {
+  if (process.platform !== 'linux') return t.pass('reads /proc')
+  const p = await brokerProject(t)
+  if (!p) return
+  const runs = join(p.dir, 'runs')
+  // Each run takes 2.5 s; ticks come each second, fired by either front.
+  const w = await npxWorker(p.dir, 'W', { BROKER_APP: p.app, RUNS: runs, TICK_MS: '2500' })
+  const env = { BROKER_APP: p.app, RUNS: runs, TICK_EVERY: '1' }
+  const a = npxServe(t, p.dir, ['--broker', URL], env)
+  const b = npxServe(t, p.dir, ['--broker', URL], env)
+  for (const f of [a, b]) await until(() => /serving .* on 127\.0\.0\.1:\d+/.test(f.out()), 60_000, () => `a front to listen\n${f.out()}`)
+  const spans = () =>
+    (existsSync(runs) ? readFileSync(runs, 'utf8').split('\n') : [])
+      .filter((l) => l.startsWith('W tick-end '))
+      .map((l) => l.split(' ').slice(2).map(Number))
+      .sort((x, y) => x[0] - y[0])
+  await until(() => spans().length >= 3, 60_000, () => `three runs\n${w.out()}\n${a.out()}\n${b.out()}`)
+  const all = spans()
+  for (let i = 1; i < all.length; i++) {
+    t.true(all[i][0] >= all[i - 1][1], `run ${i} started at ${all[i][0]} while run ${i - 1} ran (${all[i - 1][0]}-${all[i - 1][1]})`)
+  }
+  // The ticks in between were skipped, by a front that saw the other's run in the bucket too.
+  t.regex(a.out() + b.out(), /the tick of \S+ is skipped: the one of \S+ still runs/)
+  await stopAll(t, p.dir, [a.npx, b.npx, w.npx])
+})
+
 test.serial('broker mode: a queue is a JetStream stream: a get blocked in a container on a worker is released by a put through the front; FIFO, partitions, len, clear, delete', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const f = await runsFront(t)
@@ -664,6 +690,24 @@ test.serial('broker mode: a volume is shared across machines through the NATS ob
   t.is(readFileSync(join(dirs.B, name, 'notes', 'a.txt'), 'utf8'), 'written on A')
   t.is(await writeVol.remote('notes/a.txt', null), 'A')
   t.deepEqual(await readVol.remote('notes/a.txt', true), { text: null, by: 'B' }, 'a removal committed on A, reloaded on B')
+  // `berth volume --broker` from a machine with no copy of it yet (a laptop): list shows it,
+  // put sends a file the workers' containers reload, get fetches, rm and delete reach them.
+  const laptop = { BERTH_VOLUMES_DIR: join(p.dir, 'volumes-laptop') }
+  const cli = async (args: string[], env: Record<string, string> = laptop) => {
+    const r = await berth(['volume', ...args, '--broker', URL], env, { npx: true, cwd: p.dir })
+    t.is(r.code, 0, `berth volume ${args.join(' ')}: ${r.stderr}`)
+    return r.stdout
+  }
+  t.regex(await cli(['list']), new RegExp(`^${name}\t\\(on the broker only`, 'm'))
+  writeFileSync(join(p.dir, 'cli.txt'), 'from the laptop')
+  await cli(['put', name, 'cli.txt', 'notes/'])
+  t.deepEqual(await readVol.remote('notes/cli.txt', true), { text: 'from the laptop', by: 'B' }, 'put from the CLI, reloaded on B')
+  t.is(await cli(['get', name, 'notes/cli.txt', '-'], { BERTH_VOLUMES_DIR: join(p.dir, 'volumes-other') }), 'from the laptop', 'fetched')
+  await cli(['rm', name, 'notes/cli.txt'])
+  t.deepEqual(await readVol.remote('notes/cli.txt', true), { text: null, by: 'B' }, 'removed from the CLI')
+  const other = { BERTH_VOLUMES_DIR: join(p.dir, 'volumes-other') }
+  t.regex(await cli(['delete', name], other), /deleted volume/)
+  t.notRegex(await cli(['list'], other), new RegExp(`^${name}\t`, 'm'), 'its object store is gone with it')
   await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
 })
 

@@ -2,7 +2,8 @@
 // `get` and killed takes no item from the put that comes after; and a caller that took items
 // with a lease and died before it acked them (a plain @grpc/grpc-js client reading proto/ only,
 // standing in for berth's client cut off between the take and its ack) has them put back at
-// the front of the queue once the lease (10 s) passes.
+// the front of the queue once the lease (10 s) passes; a container that took items over its
+// data socket and died before it acked them has them put back as soon as its socket closes.
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -33,6 +34,11 @@ export const app = new App('leases')
 app.function(async function consume(name: string) {
   await Dict.fromName('consumers', { createIfMissing: true }).put(name, process.pid)
   return Queue.fromName(name, { createIfMissing: true }).get({ timeout: 60 })
+})
+/** Takes the next item of queue \`name\` and dies before it can ack it. */
+app.function(async function grab(name: string) {
+  await Queue.fromName(name).get({ timeout: 10 })
+  process.kill(process.pid, 'SIGKILL')
 })
 `
 
@@ -80,4 +86,18 @@ test('a consumer killed while blocked in get takes nothing; items leased to a ca
   t.is(await q.len(), 1, 'out on lease')
   await eventually(async () => (await q.len()) === 3, 20_000, 'the leased items to come back')
   t.deepEqual(await q.getMany(3), ['a', 'b', 'c'])
+})
+
+test('a container that took items over its data socket and died before it acked them has them back in the queue at once, in order', async (t) => {
+  const dir = userProject('berth-queue-lease-', (d) => writeFileSync(join(d, 'app.ts'), APP))
+  const { server } = await npxServeListening(t, dir, ['--no-reload'])
+  App.lookup('leases', { server })
+  const name = `grab-${process.pid}`
+  const q = Queue.fromName<string>(name, { server, createIfMissing: true })
+  await q.putMany(['x', 'y', 'z'])
+  const grab = Function.fromName<(name: string) => Promise<void>>('leases', 'grab')
+  await t.throwsAsync(grab.remote(name), undefined, 'the container died')
+  // Its socket closed with the take unacked: back now, not when the 10 s lease runs out.
+  await eventually(async () => (await q.len()) === 3, 4000, 'the item to come back when the socket closed')
+  t.deepEqual(await q.getMany(3), ['x', 'y', 'z'], 'at the front, in order')
 })

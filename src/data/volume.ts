@@ -105,14 +105,18 @@ export class Volume {
 
   /**
    * Removes the volume named `name` and every file in it on this machine; false if there was
-   * none. With `--broker`, the copy in the NATS object store stays (README "Volume").
+   * none. In broker mode (BERTH_BROKER_URL, set for the containers of `berth worker` and
+   * `berth serve --broker`, and by `berth volume --broker`) its object store on the NATS server
+   * goes too, and with it the files other machines have (their next reload removes them).
    */
   static async delete(name: string): Promise<boolean> {
     checkName(name, `Volume.delete(${JSON.stringify(name)})`)
     const dir = join(volumesDir(), name)
+    const url = brokerUrl()
+    const dropped = url !== undefined && (await binding().volumeDrop(url, name))
     // What this machine last synced with the broker's copy goes with it (README "Volume").
     await rm(join(volumesDir(), '.sync', name), { force: true })
-    if (!isDir(dir)) return false
+    if (!isDir(dir)) return dropped
     await rm(dir, { recursive: true, force: true })
     return true
   }
@@ -542,6 +546,12 @@ export function mountVolumes(who: string, mounts: readonly VolumeMount[] | undef
  */
 function brokerUrl(): string | undefined {
   return process.env.BERTH_BROKER_URL || undefined
+}
+
+/** @internal Broker mode: the volumes with an object store on the NATS server; none otherwise. */
+export async function brokerVolumes(): Promise<string[]> {
+  const url = brokerUrl()
+  return url === undefined ? [] : await binding().volumeNames(url)
 }
 
 /** Broker mode: syncs volume `name` (at `path`) with its object store; nothing otherwise. */

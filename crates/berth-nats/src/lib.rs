@@ -44,5 +44,5 @@ pub use envelope::{BrokerError, BrokerInput, BrokerResult, BrokerResults, Input,
 pub use error::{Error, ErrorKind};
 pub use queues::{JsQueue, Taken};
 pub use results::{Offered, ResultRouter, ResultTable};
-pub use spawned::SpawnResults;
+pub use spawned::{SpawnResults, TickStart};
 pub use worker::{Delivery, Fate, Lease, Settled, Worker};

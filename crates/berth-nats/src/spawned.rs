@@ -17,7 +17,31 @@ use crate::{
     error::{Error, ErrorKind},
 };
 
-/// An app's bucket of `spawn` results.
+/// What a front finds when it comes to fire a schedule's tick ([`SpawnResults::start_tick`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickStart {
+    /// This front fires it; its run is recorded as running, at this revision, until marked ended.
+    Fire(u64),
+    /// Another front fired this tick (or a later one).
+    Taken,
+    /// The run of the tick at this time (ms) still runs, on this front or another: this tick is
+    /// skipped.
+    Running(i64),
+}
+
+/// A tick's record: its time (ms since the epoch, big-endian) and 1 while its run runs, else 0.
+fn tick_value(at_ms: i64, running: bool) -> Bytes {
+    let mut v = at_ms.to_be_bytes().to_vec();
+    v.push(u8::from(running));
+    Bytes::from(v)
+}
+
+fn read_tick(v: &[u8]) -> Option<(i64, bool)> {
+    let (at, rest) = v.split_first_chunk::<8>()?;
+    Some((i64::from_be_bytes(*at), rest.first() == Some(&1)))
+}
+
+/// An app's bucket of `spawn` results (and of its schedules' ticks).
 #[derive(Clone)]
 pub struct SpawnResults {
     store: kv::Store,
@@ -75,15 +99,79 @@ impl SpawnResults {
         }
     }
 
-    /// Claims `key` for the caller (`Ok(true)`), unless someone claimed it first (`Ok(false)`):
-    /// fronts of one app claim each schedule tick here, so that one of them fires it
-    /// (berth-server's schedule.rs). The claim lives as long as results do.
-    pub async fn claim(&self, key: &str) -> Result<bool, Error> {
-        match self.store.create(berth_core::broker::escape(key), Bytes::new()).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::request(format!("claiming {key} in {}", self.bucket), e)),
+    /// Starts the run of schedule tick `at_ms` (ms since the epoch) of `function`, unless it is
+    /// not this front's to start: fronts of one app keep, per scheduled function, the tick of
+    /// its last run and whether that run still runs under one key of this bucket
+    /// (`run.<function>`), changed only by compare-and-set, so that of several fronts one fires
+    /// each tick, and none while the last tick's run still runs on any of them (berth-server's
+    /// schedule.rs). A run whose front stopped marking it ([`SpawnResults::mark_tick`]) for
+    /// `stale_after` is taken as ended (that front is gone). The key lives as long as results
+    /// do, longer when marked again.
+    pub async fn start_tick(&self, function: &str, at_ms: i64, stale_after: Duration) -> Result<TickStart, Error> {
+        let key = Self::tick_key(function);
+        let running = tick_value(at_ms, true);
+        // Each pass either decides or loses a compare-and-set to another front, which then
+        // decided: the next pass reads what it wrote.
+        for _ in 0..8 {
+            let failed = |e: &dyn std::fmt::Display| {
+                Error::request(format!("starting tick {at_ms} of {function} in {}", self.bucket), e)
+            };
+            let last = self.store.entry(key.clone()).await.map_err(|e| failed(&e))?;
+            let last = last.filter(|e| e.operation == kv::Operation::Put);
+            let set = match last {
+                None => self
+                    .store
+                    .create(&key, running.clone())
+                    .await
+                    .map_err(|e| (e.kind() != kv::CreateErrorKind::AlreadyExists).then(|| failed(&e))),
+                Some(entry) => {
+                    let (tick, runs) = read_tick(&entry.value).unwrap_or((i64::MIN, false));
+                    if tick >= at_ms {
+                        return Ok(TickStart::Taken);
+                    }
+                    let marked_lately = async_nats::datetime::add_std_duration(entry.created, stale_after)
+                        .map_or(true, |until| until > async_nats::datetime::now());
+                    if runs && marked_lately {
+                        return Ok(TickStart::Running(tick));
+                    }
+                    self.store
+                        .update(&key, running.clone(), entry.revision)
+                        .await
+                        .map_err(|e| (e.kind() != kv::UpdateErrorKind::WrongLastRevision).then(|| failed(&e)))
+                }
+            };
+            match set {
+                Ok(revision) => return Ok(TickStart::Fire(revision)),
+                Err(Some(e)) => return Err(e),
+                Err(None) => continue,
+            }
         }
+        Err(Error::new(
+            ErrorKind::Request,
+            format!("starting tick {at_ms} of {function} in {}: other fronts kept changing it", self.bucket),
+        ))
+    }
+
+    /// Marks the run of tick `at_ms` of `function` that this front started (its record at
+    /// `revision`) as still running (`running`: every few seconds, so that other fronts do not
+    /// take it as ended) or as ended. The record's new revision, or `None` when another front
+    /// changed it meanwhile (it took this front's run as ended after `stale_after`).
+    pub async fn mark_tick(
+        &self,
+        function: &str,
+        at_ms: i64,
+        running: bool,
+        revision: u64,
+    ) -> Result<Option<u64>, Error> {
+        match self.store.update(Self::tick_key(function), tick_value(at_ms, running), revision).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(Error::request(format!("marking tick {at_ms} of {function} in {}", self.bucket), e)),
+        }
+    }
+
+    fn tick_key(function: &str) -> String {
+        berth_core::broker::escape(&format!("run.{function}"))
     }
 
     /// The result of `function_call_id` if there is one yet.

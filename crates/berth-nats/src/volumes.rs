@@ -117,6 +117,25 @@ impl Broker {
         js.create_object_store(config).await.map_err(|e| Error::request(format!("creating volume store {bucket}"), e))
     }
 
+    /// The names of the volumes that have an object store on this server (from each store's
+    /// description, which names its volume unescaped), sorted.
+    pub async fn volume_names(&self) -> Result<Vec<String>, Error> {
+        let js = jetstream::new(self.client().clone());
+        let mut streams = js.streams();
+        let mut names = Vec::new();
+        while let Some(info) = streams.next().await {
+            let info = info.map_err(|e| Error::request("listing volume stores", e))?;
+            if !info.config.name.starts_with("OBJ_berth_volume__") {
+                continue;
+            }
+            if let Some(name) = info.config.description.as_deref().and_then(|d| d.strip_prefix("berth volume ")) {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Removes volume `name`'s object store; false when there was none.
     pub async fn drop_volume(&self, name: &str) -> Result<bool, Error> {
         let js = jetstream::new(self.client().clone());

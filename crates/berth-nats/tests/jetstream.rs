@@ -10,7 +10,7 @@ use std::{
 };
 
 use berth_core::broker::{names, BrokerNames};
-use berth_nats::{Broker, BrokerInput, BrokerResult, ErrorKind, Fate, PoolSettings, Settled};
+use berth_nats::{Broker, BrokerInput, BrokerResult, ErrorKind, Fate, PoolSettings, Settled, TickStart};
 
 const URL: &str = "nats://127.0.0.1:4222";
 
@@ -296,6 +296,42 @@ async fn spawn_results_keep_the_first_and_are_found_by_any_front() {
     assert_eq!(got.attempt, 1);
     assert_eq!(on_b.get("fc-1").await.unwrap().map(|r| r.attempt), Some(1));
     assert_eq!(on_b.wait("fc-none", Duration::from_millis(300)).await.unwrap(), None);
+    let js = async_nats::jetstream::new(a.client().clone());
+    js.delete_key_value(berth_core::broker::results_bucket(&app)).await.unwrap();
+}
+
+#[tokio::test]
+async fn schedule_ticks_are_started_once_and_not_while_the_last_run_runs() {
+    if !nats_here() {
+        return;
+    }
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let app = format!("test-{}-{nanos}", std::process::id());
+    let (a, b) = (Broker::connect(URL).await.unwrap(), Broker::connect(URL).await.unwrap());
+    let on_a = a.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
+    let on_b = b.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
+    let long = Duration::from_secs(60);
+    // Two fronts at tick 1000: one fires it.
+    let TickStart::Fire(rev) = on_a.start_tick("f", 1000, long).await.unwrap() else { panic!("the first front fires") };
+    assert_eq!(on_b.start_tick("f", 1000, long).await.unwrap(), TickStart::Taken);
+    // Its run still runs at tick 2000, marked: neither front starts it.
+    let rev = on_a.mark_tick("f", 1000, true, rev).await.unwrap().expect("still ours");
+    assert_eq!(on_b.start_tick("f", 2000, long).await.unwrap(), TickStart::Running(1000));
+    assert_eq!(on_a.start_tick("f", 2000, long).await.unwrap(), TickStart::Running(1000));
+    // Ended: the next tick is fired, by one front; an older tick no more.
+    assert_eq!(on_a.mark_tick("f", 1000, false, rev).await.unwrap().map(|_| ()), Some(()));
+    let TickStart::Fire(rev3) = on_b.start_tick("f", 3000, long).await.unwrap() else { panic!("tick 3000 is fired") };
+    assert_eq!(on_a.start_tick("f", 3000, long).await.unwrap(), TickStart::Taken);
+    assert_eq!(on_a.start_tick("f", 2000, long).await.unwrap(), TickStart::Taken);
+    // Another function's ticks are apart.
+    assert!(matches!(on_a.start_tick("g", 3000, long).await.unwrap(), TickStart::Fire(_)));
+    // A run left unmarked longer than the other front waits is taken as ended (its front is
+    // gone): the next tick is fired, and the old front's marks no longer change the record.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let short = Duration::from_millis(20);
+    assert!(matches!(on_a.start_tick("f", 4000, short).await.unwrap(), TickStart::Fire(_)));
+    assert_eq!(on_b.mark_tick("f", 3000, false, rev3).await.unwrap(), None, "no longer B's run");
+    assert_eq!(on_b.start_tick("f", 5000, long).await.unwrap(), TickStart::Running(4000));
     let js = async_nats::jetstream::new(a.client().clone());
     js.delete_key_value(berth_core::broker::results_bucket(&app)).await.unwrap();
 }

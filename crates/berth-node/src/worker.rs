@@ -142,40 +142,88 @@ pub struct BindingSyncReport {
 /// `url` (crates/berth-nats/src/volumes.rs): `commit` sends what changed here since the last
 /// sync (recorded in `manifest`), else fetches what changed there. Off Node's thread.
 #[napi(ts_return_type = "Promise<BindingSyncReport>")]
-pub fn volume_sync(url: String, name: String, dir: String, manifest: String, commit: bool) -> AsyncTask<VolumeSync> {
-    AsyncTask::new(VolumeSync { url, name, dir, manifest, commit })
-}
-
-pub struct VolumeSync {
+pub fn volume_sync(
     url: String,
     name: String,
     dir: String,
     manifest: String,
     commit: bool,
+) -> AsyncTask<OnBroker<BindingSyncReport>> {
+    OnBroker::task(url, format!("volume '{name}'"), move |broker| {
+        Box::pin(async move {
+            let (dir, manifest) = (std::path::Path::new(&dir), std::path::Path::new(&manifest));
+            let report = if commit {
+                broker.commit_volume(&name, dir, manifest).await?
+            } else {
+                broker.reload_volume(&name, dir, manifest).await?
+            };
+            Ok(BindingSyncReport { copied: report.copied, removed: report.removed })
+        })
+    })
 }
 
-impl Task for VolumeSync {
-    type Output = berth_nats::volumes::SyncReport;
-    type JsValue = BindingSyncReport;
+/// The volumes with an object store on the NATS server at `url`, sorted (`berth volume list
+/// --broker`).
+#[napi(ts_return_type = "Promise<string[]>")]
+pub fn volume_names(url: String) -> AsyncTask<OnBroker<Vec<String>>> {
+    OnBroker::task(url, "volumes".to_owned(), |broker| Box::pin(async move { broker.volume_names().await }))
+}
 
-    fn compute(&mut self) -> Result<Self::Output> {
+/// Removes volume `name`'s object store on the NATS server at `url`; false when there was none
+/// (`Volume.delete` in broker mode).
+#[napi(ts_return_type = "Promise<boolean>")]
+pub fn volume_drop(url: String, name: String) -> AsyncTask<OnBroker<bool>> {
+    OnBroker::task(url, format!("volume '{name}'"), move |broker| {
+        Box::pin(async move { broker.drop_volume(&name).await })
+    })
+}
+
+type BrokerWork<T> = Box<
+    dyn FnOnce(
+            berth_nats::Broker,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<T, berth_nats::Error>> + Send>>
+        + Send,
+>;
+
+/// Work with a NATS server off Node's thread: connects, does it on a runtime of its own, and
+/// gives its answer (an error names `what`).
+pub struct OnBroker<T> {
+    url: String,
+    what: String,
+    work: Option<BrokerWork<T>>,
+}
+
+impl<T: napi::bindgen_prelude::ToNapiValue + napi::bindgen_prelude::TypeName + Send + 'static> OnBroker<T> {
+    fn task(
+        url: String,
+        what: String,
+        work: impl FnOnce(
+                berth_nats::Broker,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = std::result::Result<T, berth_nats::Error>> + Send>,
+            > + Send
+            + 'static,
+    ) -> AsyncTask<Self> {
+        AsyncTask::new(Self { url, what, work: Some(Box::new(work)) })
+    }
+}
+
+impl<T: napi::bindgen_prelude::ToNapiValue + napi::bindgen_prelude::TypeName + Send + 'static> Task for OnBroker<T> {
+    type Output = T;
+    type JsValue = T;
+
+    fn compute(&mut self) -> Result<T> {
+        let work = self.work.take().ok_or_else(|| Error::from_reason("berth: broker work asked twice"))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::from_reason(format!("berth: cannot start a runtime for the volume sync: {e}")))?;
-        let (dir, manifest) = (std::path::Path::new(&self.dir), std::path::Path::new(&self.manifest));
-        rt.block_on(async {
-            let broker = berth_nats::Broker::connect(&self.url).await?;
-            if self.commit {
-                broker.commit_volume(&self.name, dir, manifest).await
-            } else {
-                broker.reload_volume(&self.name, dir, manifest).await
-            }
-        })
-        .map_err(|e| Error::from_reason(format!("berth: volume '{}': {}", self.name, e.message)))
+            .map_err(|e| Error::from_reason(format!("berth: cannot start a runtime for the {}: {e}", self.what)))?;
+        rt.block_on(async { work(berth_nats::Broker::connect(&self.url).await?).await })
+            .map_err(|e| Error::from_reason(format!("berth: {}: {}", self.what, e.message)))
     }
 
-    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<BindingSyncReport> {
-        Ok(BindingSyncReport { copied: out.copied, removed: out.removed })
+    fn resolve(&mut self, _env: Env, out: T) -> Result<T> {
+        Ok(out)
     }
 }

@@ -215,19 +215,10 @@ impl Front {
         }
     }
 
-    /// Whether this front fires the tick at `at_ms` of `app`'s scheduled function `function`:
-    /// the first front of the app to claim it in the app's bucket does (schedule.rs). A claim
-    /// NATS does not answer is no claim (the tick is skipped here, logged).
-    pub(crate) async fn claim_tick(&self, app: &str, function: &str, at_ms: i64) -> bool {
-        let Some(at) = self.apps.iter().position(|a| a == app) else { return false };
-        let Some(bucket) = self.results.get(at) else { return false };
-        match bucket.claim(&format!("tick.{function}.{at_ms}")).await {
-            Ok(mine) => mine,
-            Err(e) => {
-                tracing::warn!("berth: {app}/{function}: the tick at {at_ms} is not fired here: {e}");
-                false
-            }
-        }
+    /// The bucket where the fronts of `app` record its schedules' ticks, so that one of them
+    /// fires each tick and none while the last tick's run runs (schedule.rs).
+    pub(crate) fn ticks(&self, app: &str) -> Option<&berth_nats::SpawnResults> {
+        self.results.get(self.apps.iter().position(|a| a == app)?)
     }
 
     /// Its connection to the NATS server.

@@ -20,7 +20,9 @@
 //! else), up to [`MAX_IN_FLIGHT`]; past it the connection is not read until some finish. A
 //! request over the message cap is answered RESOURCE_EXHAUSTED and its body skipped; a
 //! connection whose hello is wrong is answered UNAUTHENTICATED and closed. A blocked get whose
-//! connection closes takes nothing, as for a gRPC caller that goes away.
+//! connection closes takes nothing, as for a gRPC caller that goes away; what a leasing get took
+//! and the connection did not ack before it closed goes back to its queue at once (the container
+//! is gone) rather than when the lease runs out.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -51,7 +53,8 @@ const MAX_CONNECTIONS: usize = 4096;
 /// The longest a sun_path holds, its leading NUL included.
 const SUN_PATH: usize = 108;
 
-type Answering = Pin<Box<dyn Future<Output = (u32, Result<Vec<u8>, Status>)> + Send>>;
+/// A request's id, its answer, and the lease a leasing get's answer carries (0: none).
+type Answering = Pin<Box<dyn Future<Output = (u32, Result<Vec<u8>, Status>, u64)> + Send>>;
 
 /// A fresh abstract socket for the containers of the control plane on `port`, and its name
 /// (without the leading NUL); none where no abstract socket can be had (containers then use
@@ -90,7 +93,9 @@ pub(crate) async fn serve(listener: UnixListener, shared: Weak<Shared>) {
         }
         let (shared, open) = (shared.clone(), Arc::clone(&open));
         tokio::spawn(async move {
-            let _ = Conn::new(shared).run(stream).await;
+            let mut conn = Conn::new(shared);
+            let _ = conn.run(stream).await;
+            conn.give_back();
             drop(open);
         });
     }
@@ -106,6 +111,8 @@ struct Conn {
     running: FuturesUnordered<Answering>,
     /// Set by a wrong hello: the connection closes once its answer is written.
     closing: bool,
+    /// Leases of the gets answered here and not acked yet.
+    leased: Vec<u64>,
 }
 
 impl Conn {
@@ -120,15 +127,16 @@ impl Conn {
             answers: Vec::new(),
             running: FuturesUnordered::new(),
             closing: false,
+            leased: Vec::new(),
         }
     }
 
-    async fn run(mut self, stream: UnixStream) -> std::io::Result<()> {
+    async fn run(&mut self, stream: UnixStream) -> std::io::Result<()> {
         let (mut rd, mut wr) = stream.into_split();
         let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
         loop {
             tokio::select! {
-                Some((id, answer)) = self.running.next(), if !self.running.is_empty() => self.answer(id, answer),
+                Some((id, answer, lease)) = self.running.next(), if !self.running.is_empty() => self.answered(id, answer, lease),
                 read = rd.read_buf(&mut buf), if self.running.len() < MAX_IN_FLIGHT && !self.closing => {
                     if read? == 0 {
                         return Ok(());
@@ -141,8 +149,8 @@ impl Conn {
                 }
             }
             // What is ready now goes out in the same write.
-            while let Some(Some((id, answer))) = self.running.next().now_or_never() {
-                self.answer(id, answer);
+            while let Some(Some((id, answer, lease))) = self.running.next().now_or_never() {
+                self.answered(id, answer, lease);
             }
             if !self.answers.is_empty() {
                 wr.write_all(&self.answers).await?;
@@ -221,16 +229,22 @@ impl Conn {
         let answering: Answering = match kind {
             KIND_DICT => match pb::DictRequest::decode(body) {
                 Ok(req) => Box::pin(async move {
-                    (id, crate::dicts::answer(&shared, req).await.map(|r| berth_proto::values::dict_answer(&r)))
+                    (id, crate::dicts::answer(&shared, req).await.map(|r| berth_proto::values::dict_answer(&r)), 0)
                 }),
                 Err(e) => {
                     return self.answer(id, Err(Status::invalid_argument(format!("a malformed DictRequest: {e}"))))
                 }
             },
             KIND_QUEUE => match pb::QueueRequest::decode(body) {
-                Ok(req) => Box::pin(async move {
-                    (id, crate::queues::answer(&shared, req).await.map(|r| berth_proto::values::queue_answer(&r)))
-                }),
+                Ok(req) => {
+                    self.leased.retain(|l| !req.acks.contains(l));
+                    Box::pin(async move {
+                        match crate::queues::answer(&shared, req).await {
+                            Ok(r) => (id, Ok(berth_proto::values::queue_answer(&r)), r.lease),
+                            Err(e) => (id, Err(e), 0),
+                        }
+                    })
+                }
                 Err(e) => {
                     return self.answer(id, Err(Status::invalid_argument(format!("a malformed QueueRequest: {e}"))))
                 }
@@ -245,8 +259,22 @@ impl Conn {
         // Most answer at once (a dict, a queue that has items): no need to hold them.
         let mut answering = answering;
         match (&mut answering).now_or_never() {
-            Some((id, answer)) => self.answer(id, answer),
+            Some((id, answer, lease)) => self.answered(id, answer, lease),
             None => self.running.push(answering),
+        }
+    }
+
+    fn answered(&mut self, id: u32, answer: Result<Vec<u8>, Status>, lease: u64) {
+        if lease != 0 {
+            self.leased.push(lease);
+        }
+        self.answer(id, answer);
+    }
+
+    /// The connection is closed: what its gets took on lease and did not ack goes back.
+    fn give_back(&self) {
+        if let (false, Some(shared)) = (self.leased.is_empty(), self.shared.upgrade()) {
+            shared.queues.give_back(&self.leased);
         }
     }
 

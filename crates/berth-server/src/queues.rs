@@ -95,13 +95,25 @@ impl Queues {
     /// dropped unacknowledged: JetStream gives them again after its ack wait.
     pub(crate) fn expire_leases(&self, now: Instant) {
         drop(self.held.expired(now));
-        let expired = self.leases.expired(now);
-        if expired.is_empty() {
+        self.restore(self.leases.expired(now));
+    }
+
+    /// Leases `ids` end at once, unacked, as if past [`LEASE`]: their taker is gone (its data
+    /// socket closed, datasock.rs).
+    pub(crate) fn give_back(&self, ids: &[u64]) {
+        drop(self.held.settle(ids));
+        self.restore(self.leases.settle(ids));
+    }
+
+    /// Unacked leases' items go back to the front of their partitions, in the order they were
+    /// lent.
+    fn restore(&self, leases: Vec<Lease>) {
+        if leases.is_empty() {
             return;
         }
         let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
         // The latest lease first: each goes in front of those after it.
-        for lease in expired.into_iter().rev() {
+        for lease in leases.into_iter().rev() {
             let Some(q) = all.get_mut(&lease.queue) else { continue };
             let p = q.partitions.entry(lease.partition).or_default();
             for item in lease.items.into_iter().rev() {

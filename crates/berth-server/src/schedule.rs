@@ -6,8 +6,9 @@
 //! `croner` crate. A tick that comes while the previous tick's call still runs is skipped
 //! (logged): a scheduled function never runs twice at once. Ticks follow the served apps: a
 //! reload that changes or removes a schedule takes effect at once. With `--broker`, every front
-//! of an app computes the same ticks and the first to claim a tick in the app's JetStream
-//! key-value bucket fires it: once across fronts.
+//! of an app computes the same ticks and they agree in the app's JetStream key-value bucket
+//! (the tick of the last run and whether it still runs, changed by compare-and-set): one front
+//! fires each tick, and none while the last tick's run still runs on any of them.
 use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
+
+use berth_nats::TickStart;
 
 use crate::functions::FunctionsSvc;
 use crate::plane::{Shared, Waiter};
@@ -175,10 +178,17 @@ pub(crate) async fn run(shared: std::sync::Weak<Shared>, mut stop: tokio::sync::
     }
 }
 
+/// How often a broker front marks a tick's run of its own as still running, and after how long
+/// unmarked other fronts take it as ended (its front is gone).
+const MARK_EVERY: Duration = Duration::from_secs(5);
+const MARKED_WITHIN: Duration = Duration::from_secs(30);
+
 /// Calls scheduled function `def` (index `index` of the catalog's definitions) with no arguments
-/// for the tick at `due`; its result comes on the receiver (none when another front fired the
-/// tick), and a failure is logged. A broker front first claims the tick in the app's bucket:
-/// of several fronts, the first to claim it fires it.
+/// for the tick at `due`; its result comes on the receiver (none when the tick is not fired
+/// here), and a failure is logged. A broker front first starts the tick in the app's bucket
+/// (berth-nats `SpawnResults::start_tick`): of several fronts, the first fires it, and none does
+/// while the last tick's run still runs on any of them; the front that fired it marks the run
+/// as running until it ends.
 fn fire(
     shared: &Arc<Shared>,
     index: usize,
@@ -191,17 +201,55 @@ fn fire(
     let (app, name) = (def.app.clone(), def.name.clone());
     let shared = shared.clone();
     tokio::spawn(async move {
-        if let Some(front) = shared.front.clone() {
-            if !front.claim_tick(&app, &name, due.timestamp_millis()).await {
-                return;
+        let at = due.timestamp_millis();
+        let front = shared.front.clone();
+        let ticks = front.as_deref().map(|f| f.ticks(&app));
+        let mut record = None;
+        if let Some(ticks) = ticks {
+            let started = match ticks {
+                Some(ticks) => ticks.start_tick(&name, at, MARKED_WITHIN).await.map_err(|e| e.message),
+                None => Err("the app has no bucket".to_owned()),
+            };
+            match started {
+                Ok(TickStart::Fire(revision)) => record = ticks.map(|t| (t, revision)),
+                Ok(TickStart::Taken) => return,
+                Ok(TickStart::Running(last)) => {
+                    tracing::info!(
+                        "berth: {app}/{name}: the tick of {} is skipped: the one of {} still runs",
+                        rfc3339(due),
+                        DateTime::from_timestamp_millis(last).map_or_else(|| last.to_string(), rfc3339)
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("berth: {app}/{name}: the tick of {} is not fired here: {e}", rfc3339(due));
+                    return;
+                }
             }
         }
         let svc = FunctionsSvc { shared };
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         // CBOR of [] (no arguments).
         svc.submit_many(pool, 0, svc.new_call_id(), vec![(vec![0x80], Waiter::Call(tx))], false, None);
         tracing::info!("berth: {app}/{name}: scheduled run of {}", rfc3339(due));
-        let result = rx.await.unwrap_or_default();
+        let result = loop {
+            let Some((ticks, revision)) = record else { break rx.await.unwrap_or_default() };
+            tokio::select! {
+                r = &mut rx => break r.unwrap_or_default(),
+                () = tokio::time::sleep(MARK_EVERY) => match ticks.mark_tick(&name, at, true, revision).await {
+                    Ok(Some(next)) => record = Some((ticks, next)),
+                    // Another front took this run as ended (unmarked too long): no longer ours.
+                    Ok(None) => record = None,
+                    // Marked again in MARK_EVERY; other fronts wait MARKED_WITHIN.
+                    Err(e) => tracing::warn!("berth: {app}/{name}: marking the run of {} as running: {}", rfc3339(due), e.message),
+                },
+            }
+        };
+        if let Some((ticks, revision)) = record {
+            if let Err(e) = ticks.mark_tick(&name, at, false, revision).await {
+                tracing::warn!("berth: {app}/{name}: marking the run of {} as ended: {}", rfc3339(due), e.message);
+            }
+        }
         if let Some(berth_proto::v1::result::Outcome::Error(e)) = &result.outcome {
             tracing::warn!("berth: {app}/{name}: the scheduled run failed: {}: {}", e.name, e.message);
         }
