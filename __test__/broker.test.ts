@@ -577,7 +577,7 @@ test.serial('broker mode: a worker SIGKILLed mid-stream: the caller gets the ite
   await stopAll(t, p.dir, [front.npx, b.npx])
 })
 
-test.serial('broker mode: a schedule served by two fronts fires each tick once (the first front to claim it in the bucket), on a worker', async (t) => {
+test.serial('broker mode: a schedule served by two fronts fires each tick once (the first front to start it in the bucket), on a worker', async (t) => {
   if (process.platform !== 'linux') return t.pass('reads /proc')
   const p = await brokerProject(t)
   if (!p) return
