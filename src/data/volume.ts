@@ -105,7 +105,7 @@ export class Volume {
 
   /**
    * Removes the volume named `name` and every file in it on this machine; false if there was
-   * none. In broker mode (BERTH_BROKER_URL, set for the containers of `berth worker` and
+   * none (here, nor on the NATS server in broker mode). In broker mode (BERTH_BROKER_URL, set for the containers of `berth worker` and
    * `berth serve --broker`, and by `berth volume --broker`) its object store on the NATS server
    * goes too, and with it the files other machines have (their next reload removes them).
    */

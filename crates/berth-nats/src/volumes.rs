@@ -102,6 +102,11 @@ fn local_files(dir: &Path) -> HashMap<String, PathBuf> {
     out
 }
 
+/// How a failed step (`what`) of a sync of volume `name` reads.
+fn sync_failed(name: &str) -> impl Fn(&str, &dyn std::fmt::Display) -> Error + '_ {
+    move |what, e| Error::request(format!("{what} (volume {name})"), e)
+}
+
 impl Broker {
     async fn volume_store(&self, name: &str) -> Result<object_store::ObjectStore, Error> {
         let js = jetstream::new(self.client().clone());
@@ -150,7 +155,7 @@ impl Broker {
     /// (module docs), and records what is synced now in `manifest`.
     pub async fn commit_volume(&self, name: &str, dir: &Path, manifest: &Path) -> Result<SyncReport, Error> {
         let store = self.volume_store(name).await?;
-        let failed = |what: &str, e: &dyn std::fmt::Display| Error::request(format!("{what} (volume {name})"), e);
+        let failed = sync_failed(name);
         let mut synced = read_manifest(manifest);
         let mut report = SyncReport::default();
         let here = local_files(dir);
@@ -181,7 +186,7 @@ impl Broker {
     /// (module docs), and records what is synced now in `manifest`.
     pub async fn reload_volume(&self, name: &str, dir: &Path, manifest: &Path) -> Result<SyncReport, Error> {
         let store = self.volume_store(name).await?;
-        let failed = |what: &str, e: &dyn std::fmt::Display| Error::request(format!("{what} (volume {name})"), e);
+        let failed = sync_failed(name);
         let mut synced = read_manifest(manifest);
         let mut report = SyncReport::default();
         let mut remote: HashMap<String, String> = HashMap::new();
