@@ -49,8 +49,9 @@ Usage:
                                              a running server's named dicts and queues (BERTH_SERVER or --server)
   berth secret create <name> KEY=VALUE...    store a secret for the \`secrets\` option
   berth secret list                          the stored secrets and their keys (not values)
-  berth volume create|list|ls|put|get|rm|delete <name> ...
+  berth volume create|list|ls|put|get|rm|delete <name> ... [--broker <url>]
                                              this machine's volumes, for the volumes option
+                                             (--broker: synced through that NATS server)
   berth --version                            the installed berth's version
   berth --help | berth <command> --help
 
