@@ -94,10 +94,7 @@ class Proto {
   }
   /** The frame of request `id` of `kind` carrying this message. */
   frame(id: number, kind: number): Buffer {
-    const out = Buffer.allocUnsafe(HEAD + this.size)
-    out.writeUInt32LE(this.size, 0)
-    out.writeUInt32LE(id, 4)
-    out[8] = kind
+    const out = frameOf(id, kind, this.size)
     let at = HEAD
     for (const p of this.parts) {
       if (typeof p === 'number') at = writeVarint(out, at, p)
@@ -108,6 +105,15 @@ class Proto {
     }
     return out
   }
+}
+
+/** A frame of request `id` of `kind` with room for a body of `size` bytes after its head. */
+function frameOf(id: number, kind: number, size: number): Buffer {
+  const out = Buffer.allocUnsafe(HEAD + size)
+  out.writeUInt32LE(size, 0)
+  out.writeUInt32LE(id, 4)
+  out[8] = kind
+  return out
 }
 
 function varintSize(n: number): number {
@@ -229,10 +235,7 @@ class DataSocket implements DataClient {
     socket.on('data', (chunk: Buffer) => this.read(chunk))
     socket.on('error', (e) => this.lost(socket, e))
     socket.on('close', () => this.lost(socket, undefined))
-    const hello = Buffer.allocUnsafe(HEAD + 4 + Buffer.byteLength(this.token))
-    hello.writeUInt32LE(hello.length - HEAD, 0)
-    hello.writeUInt32LE(0, 4)
-    hello[8] = KIND_HELLO
+    const hello = frameOf(0, KIND_HELLO, 4 + Buffer.byteLength(this.token))
     hello.writeUInt32LE(this.container, HEAD)
     hello.write(this.token, HEAD + 4)
     this.write(socket, hello)

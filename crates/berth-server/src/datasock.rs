@@ -50,9 +50,6 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// Connections at once: each is a container process's (one per process).
 const MAX_CONNECTIONS: usize = 4096;
 
-/// The longest a sun_path holds, its leading NUL included.
-const SUN_PATH: usize = 108;
-
 /// A request's id, its answer, and the lease a leasing get's answer carries (0: none).
 type Answering = Pin<Box<dyn Future<Output = (u32, Result<Vec<u8>, Status>, u64)> + Send>>;
 
@@ -63,8 +60,7 @@ pub(crate) fn listen(port: u16) -> Option<(String, UnixListener)> {
     let name = format!("berth-data-{}-{port}-{:08x}", std::process::id(), crate::plane::rand_token() as u32);
     // Bound by the whole of sun_path, the name padded with NULs, as Node connects to one
     // (proxy.rs `connect_abstract` says why).
-    let mut padded = format!("\0{name}");
-    padded.extend(std::iter::repeat_n('\0', SUN_PATH - padded.len()));
+    let padded = crate::proxy::padded_abstract(&name)?;
     match UnixListener::bind(padded) {
         Ok(l) => Some((name, l)),
         Err(e) => {

@@ -111,16 +111,22 @@ impl Conn {
 /// `sun_path`, the name padded with NULs to its 107 bytes, unless it is built to bind the name
 /// alone: the padded name is tried when the name alone is refused.
 async fn connect_abstract(name: &str) -> Option<UnixStream> {
-    const SUN_PATH: usize = 108;
-    let mut path = format!("\0{name}");
-    if let Ok(s) = UnixStream::connect(&path).await {
+    if let Ok(s) = UnixStream::connect(format!("\0{name}")).await {
         return Some(s);
     }
-    if path.len() < SUN_PATH {
-        path.extend(std::iter::repeat_n('\0', SUN_PATH - path.len()));
-        return UnixStream::connect(&path).await.ok();
+    UnixStream::connect(padded_abstract(name)?).await.ok()
+}
+
+/// The path of abstract Unix socket `name` as Node binds and connects to one: a NUL, the name,
+/// then NULs to the whole of `sun_path` (108 bytes). None for a name too long for it.
+pub(crate) fn padded_abstract(name: &str) -> Option<String> {
+    const SUN_PATH: usize = 108;
+    let mut path = format!("\0{name}");
+    if path.len() > SUN_PATH {
+        return None;
     }
-    None
+    path.extend(std::iter::repeat_n('\0', SUN_PATH - path.len()));
+    Some(path)
 }
 
 /// A connection's socket: TCP to the server's port, or its abstract Unix socket.
