@@ -10,6 +10,12 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => 
   return { promise, resolve }
 }
 
+/** A child's exit code once its output pipes are closed too: Node's 'exit' can come before the
+ *  last bytes a process wrote are read, so a test that reads the output after it waits for this. */
+export function closed(child: import('node:child_process').ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => child.once('close', (code) => resolve(code)))
+}
+
 /** What a wait is for: a text, or a function making it when the wait fails (so that it can
  *  show processes' output as it is then). */
 type What = string | (() => string)

@@ -10,6 +10,7 @@ import { App, Cls, Function, InvalidError } from 'berth'
 
 import { berth } from './_cli.ts'
 import { npxServe, npxServeListening, userProject } from './_project.ts'
+import { closed } from './_util.ts'
 
 const LIB = `import { App, method } from 'berth'
 export const lib = new App('lib')
@@ -56,7 +57,7 @@ test('berth serve: an included app and its includer both serving one name is ref
     writeFileSync(join(d, 'app.ts'), MAIN.replace('async function greet', 'async function shout'))
   })
   const s = npxServe(t, dir, ['--no-reload'], {})
-  const code = await new Promise<number | null>((r) => s.npx.on('exit', r))
+  const code = await closed(s.npx)
   t.not(code, 0)
   t.regex(s.out(), /app 'main' includes 'lib', and both serve a function or class named 'shout'/)
 })

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 
 import { berth } from './_cli.ts'
 import { npxServe, userProject } from './_project.ts'
-import { until } from './_util.ts'
+import { closed, until } from './_util.ts'
 
 const APP = `
 import { App, currentInputId, enter, exit, method } from 'berth'
@@ -125,7 +125,7 @@ test('berth serve --log-format json: one object per line with app, function, con
 
   // berth's own lines too, from the banner to the stop: a log collector reads only objects.
   s.npx.kill('SIGTERM')
-  await new Promise((resolve) => s.npx.once('exit', resolve))
+  await closed(s.npx)
   for (const [name, text] of [['stdout', s.stdout()], ['stderr', s.stderr()]]) {
     const notJson = text.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('{'))
     t.deepEqual(notJson, [], `every line on ${name} is a JSON object`)

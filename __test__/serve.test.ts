@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import grpc from '@grpc/grpc-js'
 
 import { Functions, cbor, deadline, invoke, root, serve, stopsCleanly } from './_served.ts'
+import { closed } from './_util.ts'
 
 test.serial('berth serve: a plain gRPC client calls functions and class methods; SIGTERM runs exit hooks and exits 0', async (t) => {
   const s = await serve()
@@ -79,7 +80,7 @@ test.serial('berth serve beyond loopback needs --token, and callers must send it
   const refused = spawn(process.execPath, [join(root, 'bin/berth.mjs'), 'serve', join(root, '__test__/fixtures/served.ts'), '--host', '0.0.0.0', '--grpc-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let err = ''
   refused.stderr!.on('data', (d) => (err += d))
-  const code = await new Promise<number | null>((r) => refused.on('exit', r))
+  const code = await closed(refused)
   t.is(code, 2)
   t.regex(err, /--token/)
 

@@ -12,7 +12,7 @@ import grpc from '@grpc/grpc-js'
 
 import { npxServe, removedAtEnd, userProject } from './_project.ts'
 import { Functions, cbor, deadline, root } from './_served.ts'
-import { until } from './_util.ts'
+import { closed, until } from './_util.ts'
 
 // Flags 00 (not sampled): kept as sent, where a trace berth starts is 01.
 const SENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00'
@@ -218,7 +218,7 @@ for (const containers of ['process', 'embedded']) {
     let err = ''
     child.stdout.on('data', (d) => (out += d))
     child.stderr.on('data', (d) => (err += d))
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+    const code = await closed(child)
     t.is(code, 0, err)
     const o = JSON.parse(out.trim().split('\n').pop()!) as Outer
     t.is(parts(o.mine).flags, '01')
