@@ -2,7 +2,8 @@
 // generator (autocannon, 64 connections, POST of a JSON argument array) in one run, contenders
 // interleaved over rounds. Every server runs in a process of its own; berth's is `berth serve`
 // with one container process per class (two processes, as deployed): the RPC route, a
-// @webEndpoint, a Hono app behind @fetchApp, a fastify app behind @webServer. Then SSE
+// @webEndpoint, a Hono app behind @fetchApp, a fastify app behind @webServer (and, when nginx is
+// installed, the same fastify behind nginx: the yardstick of one proxy hop). Then SSE
 // first-token latency: from the generator's yield (its time is in the event) to the client
 // reading it, for berth's async * @webEndpoint, a @fetchApp Hono streamSSE route and Hono's
 // streamSSE on its own server. A summary compares each with its goal (README "Performance").
@@ -14,6 +15,7 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
+import { type AddressInfo, createServer as createNetServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -27,7 +29,8 @@ const CONNECTIONS = 64
 
 interface Contender {
   name: string
-  start(): Promise<{ url: string; child: ChildProcess }>
+  /** The server's process (its CPU time counts with its descendants'), and any others it needs. */
+  start(): Promise<{ url: string; child: ChildProcess; others?: ChildProcess[] }>
 }
 
 /** Starts `args` with node and waits for the line that names its port. */
@@ -65,6 +68,73 @@ const web = (name: string, path: string): Contender => ({
   start: () => serve('bench/fixtures/http-web.ts', path),
 })
 
+/** Whether `command` runs here (`args` make it print and exit). */
+function installed(command: string, args: string[]): boolean {
+  try {
+    execFileSync(command, args, { stdio: 'ignore' })
+    return true
+  } catch (e) {
+    // Some exit non-zero after printing their version; only a missing binary throws ENOENT.
+    return (e as NodeJS.ErrnoException).code !== 'ENOENT'
+  }
+}
+
+/** A port free now on 127.0.0.1. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createNetServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+/** The yardstick of the @webServer goal: the same fastify behind nginx, the reverse proxy people
+ *  put in front of a Node server, with `workers` worker processes (1: as berth's control plane
+ *  has one thread on two cores; 2: nginx's `auto` here), upstream connections kept alive, no
+ *  access log. Measured when nginx is installed (`apt-get install nginx-light`): what one proxy
+ *  hop costs on this host. */
+const behindNginx = (workers: number): Contender => ({
+  name: `fastify behind nginx (${workers} worker${workers > 1 ? 's' : ''})`,
+  start: async () => {
+    const app = await server(['--import', 'tsx', 'bench/fixtures/http-servers.ts', 'fastify'], /listening (\d+)/, '/noop')
+    const dir = mkdtempSync(join(tmpdir(), 'berth-bench-nginx-'))
+    const port = await freePort()
+    const upstream = new URL(app.url).port
+    writeFileSync(
+      join(dir, 'nginx.conf'),
+      `daemon off; worker_processes ${workers}; pid ${dir}/nginx.pid; error_log ${dir}/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi;
+  uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+  upstream app { server 127.0.0.1:${upstream}; keepalive 128; }
+  server {
+    listen 127.0.0.1:${port};
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+`,
+    )
+    const child = spawn('nginx', ['-e', join(dir, 'error.log'), '-p', dir, '-c', join(dir, 'nginx.conf')], { stdio: ['ignore', 'ignore', 'inherit'] })
+    child.once('exit', () => rmSync(dir, { recursive: true, force: true }))
+    const url = `http://127.0.0.1:${port}/noop`
+    for (let tries = 0; ; tries++) {
+      try {
+        await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[1]' })
+        break
+      } catch (e) {
+        if (tries === 100 || child.exitCode !== null) throw new Error(`nginx did not answer on ${port}: ${e}`)
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    }
+    return { url, child, others: [app.child] }
+  },
+})
+
 const ONLY = process.env.BENCH_ONLY?.split(',')
 const contenders: Contender[] = [
   plain('node-http'),
@@ -76,6 +146,7 @@ const contenders: Contender[] = [
   web('berth @webEndpoint', '/bench-web/noop'),
   web('berth @fetchApp (Hono)', '/bench-web/hono/noop'),
   web('berth @webServer (fastify)', '/bench-web/fastify/noop'),
+  ...(installed('nginx', ['-v']) ? [behindNginx(1), behindNginx(2)] : []),
 ].filter((c) => ONLY === undefined || ONLY.some((o) => c.name.includes(o)))
 
 interface Sample {
@@ -101,15 +172,8 @@ function treeCpuMs(pid: number): number {
   }
 }
 
-const hasWrk = (() => {
-  try {
-    execFileSync('wrk', ['--version'], { stdio: 'ignore' })
-    return true
-  } catch (e) {
-    // wrk --version exits 1 after printing its version; only a missing binary throws ENOENT.
-    return (e as NodeJS.ErrnoException).code !== 'ENOENT'
-  }
-})()
+// wrk --version exits 1 after printing its version.
+const hasWrk = installed('wrk', ['--version'])
 const LOADGEN = process.env.BENCH_LOADGEN ?? (hasWrk ? 'wrk' : 'autocannon')
 const wrkFolder = mkdtempSync(join(tmpdir(), 'berth-bench-'))
 process.once('exit', () => rmSync(wrkFolder, { recursive: true, force: true }))
@@ -143,11 +207,12 @@ function wrk(url: string, seconds: number): Promise<{ rps: number; p50: number; 
   })
 }
 
-async function load(url: string, seconds: number, pid: number): Promise<Sample> {
-  const cpu0 = treeCpuMs(pid)
+async function load(url: string, seconds: number, pids: number[]): Promise<Sample> {
+  const cpuMs = () => pids.reduce((sum, pid) => sum + treeCpuMs(pid), 0)
+  const cpu0 = cpuMs()
   if (LOADGEN === 'wrk') {
     const r = await wrk(url, seconds)
-    return { rps: r.rps, p50: r.p50, p99: r.p99, cpu: ((treeCpuMs(pid) - cpu0) * 1000) / r.total }
+    return { rps: r.rps, p50: r.p50, p99: r.p99, cpu: ((cpuMs() - cpu0) * 1000) / r.total }
   }
   const r = await autocannon({
     url,
@@ -158,22 +223,25 @@ async function load(url: string, seconds: number, pid: number): Promise<Sample> 
     body: '[1]',
   })
   if (r.errors > 0 || r.non2xx > 0) throw new Error(`${url}: ${r.errors} errors, ${r.non2xx} non-2xx answers`)
-  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, cpu: ((treeCpuMs(pid) - cpu0) * 1000) / r.requests.total }
+  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, cpu: ((cpuMs() - cpu0) * 1000) / r.requests.total }
 }
 
 const samples = new Map<string, Sample[]>(contenders.map((c) => [c.name, []]))
 for (let round = 0; round < ROUNDS; round++) {
   for (const c of contenders) {
-    const { url, child } = await c.start()
+    const { url, child, others = [] } = await c.start()
+    const pids = [child, ...others].map((p) => p.pid!)
     try {
       // The first answer waits for the container (and the server a @webServer starts); then a
       // warm-up: JIT, connections.
       await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[1]' })
-      await load(url, 1, child.pid!)
-      samples.get(c.name)!.push(await load(url, SECONDS, child.pid!))
+      await load(url, 1, pids)
+      samples.get(c.name)!.push(await load(url, SECONDS, pids))
     } finally {
-      child.kill('SIGTERM')
-      await new Promise((r) => child.once('exit', r))
+      for (const p of [child, ...others]) {
+        p.kill('SIGTERM')
+        if (p.exitCode === null && p.signalCode === null) await new Promise((r) => p.once('exit', r))
+      }
     }
   }
 }
@@ -298,5 +366,8 @@ pair('@webEndpoint vs fastify', 'berth @webEndpoint', 'fastify', 1.2)
 pair('@webEndpoint vs node:http', 'berth @webEndpoint', 'node-http', 0.9)
 pair('@fetchApp (Hono) vs Hono on @hono/node-server', 'berth @fetchApp (Hono)', 'hono', 1.0)
 pair('@webServer (fastify) vs the same fastify directly', 'berth @webServer (fastify)', 'fastify', 0.8)
+for (const nginx of [...rps.keys()].filter((name) => name.startsWith('fastify behind nginx'))) {
+  console.log(`          the yardstick, ${nginx}: ${vs(nginx, 'fastify')} fastify${byCpu(nginx, 'fastify')}; berth's @webServer ${vs('berth @webServer (fastify)', nginx)} it`)
+}
 for (const [name, xs] of sse) if (name !== 'hono') goal(`SSE p99, ${name}`, pct(xs, 99), 2, false, ' ms')
 goal('SSE p99, Hono streamSSE on its own server (reference)', sse.has('hono') ? pct(sse.get('hono')!, 99) : undefined, 2, false, ' ms')
