@@ -127,7 +127,12 @@ http {
         await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[1]' })
         break
       } catch (e) {
-        if (tries === 100 || child.exitCode !== null) throw new Error(`nginx did not answer on ${port}: ${e}`)
+        if (tries === 100 || child.exitCode !== null) {
+          // Neither outlives the benchmark.
+          child.kill('SIGTERM')
+          app.child.kill('SIGTERM')
+          throw new Error(`nginx did not answer on ${port}: ${e}`)
+        }
         await new Promise((r) => setTimeout(r, 50))
       }
     }
