@@ -9,7 +9,7 @@ import { join } from 'node:path'
 
 import * as grpc from '@grpc/grpc-js'
 import loader from '@grpc/proto-loader'
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { App, Dict, Function, Queue } from 'berth'
 
 import { npxServeListening, userProject } from './_project.ts'
@@ -42,10 +42,16 @@ app.function(async function grab(name: string) {
 })
 `
 
-test('a consumer killed while blocked in get takes nothing; items leased to a caller that never acks come back in order', async (t) => {
+/** `berth serve` of APP in a project of its own; its address, the app looked up there. */
+async function serveLeases(t: ExecutionContext): Promise<string> {
   const dir = userProject('berth-queue-lease-', (d) => writeFileSync(join(d, 'app.ts'), APP))
   const { server } = await npxServeListening(t, dir, ['--no-reload'])
   App.lookup('leases', { server })
+  return server
+}
+
+test('a consumer killed while blocked in get takes nothing; items leased to a caller that never acks come back in order', async (t) => {
+  const server = await serveLeases(t)
   const name = `lease-${process.pid}`
   const q = Queue.fromName<string>(name, { server, createIfMissing: true })
   await q.len()
@@ -89,9 +95,7 @@ test('a consumer killed while blocked in get takes nothing; items leased to a ca
 })
 
 test('a container that took items over its data socket and died before it acked them has them back in the queue at once, in order', async (t) => {
-  const dir = userProject('berth-queue-lease-', (d) => writeFileSync(join(d, 'app.ts'), APP))
-  const { server } = await npxServeListening(t, dir, ['--no-reload'])
-  App.lookup('leases', { server })
+  const server = await serveLeases(t)
   const name = `grab-${process.pid}`
   const q = Queue.fromName<string>(name, { server, createIfMissing: true })
   await q.putMany(['x', 'y', 'z'])

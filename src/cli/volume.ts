@@ -6,7 +6,7 @@
 import { existsSync, statSync } from 'node:fs'
 import { basename, join, resolve } from 'node:path'
 
-import { brokerVolumes, createVolume, listVolumes, Volume, volumesDir } from '../data/volume.ts'
+import { brokerUrl, brokerVolumes, createVolume, listVolumes, Volume, volumesDir } from '../data/volume.ts'
 import { BerthError } from '../shared/errors.ts'
 
 export const VOLUME_HELP = `Usage: berth volume create <name>                     make a volume
@@ -56,7 +56,7 @@ export async function volumeCommand(argv: string[]): Promise<number> {
     process.env.BERTH_BROKER_URL = url
     args = [...args.slice(0, at), ...args.slice(at + 2)]
   }
-  const broker = Boolean(process.env.BERTH_BROKER_URL)
+  const broker = brokerUrl() !== undefined
   const flags = new Set<string>(args.filter((a) => a === '-r' || a === '--recursive' || a === '--force'))
   const unknown = args.find((a) => a.startsWith('-') && a !== '-' && !flags.has(a))
   if (unknown !== undefined) {

@@ -541,10 +541,10 @@ export function mountVolumes(who: string, mounts: readonly VolumeMount[] | undef
 }
 
 /**
- * The NATS server of broker mode, where volumes are shared across machines: `berth worker` and
+ * @internal The NATS server of broker mode, where volumes are shared across machines: `berth worker` and
  * `berth serve --broker` set BERTH_BROKER_URL for their containers (src/cli/worker.ts, main.ts).
  */
-function brokerUrl(): string | undefined {
+export function brokerUrl(): string | undefined {
   return process.env.BERTH_BROKER_URL || undefined
 }
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use berth_core::broker::{names, BrokerNames};
-use berth_nats::{Broker, BrokerInput, BrokerResult, ErrorKind, Fate, PoolSettings, Settled, TickStart};
+use berth_nats::{Broker, BrokerInput, BrokerResult, ErrorKind, Fate, PoolSettings, Settled, SpawnResults, TickStart};
 
 const URL: &str = "nats://127.0.0.1:4222";
 
@@ -273,17 +273,29 @@ async fn a_server_without_jetstream_is_refused() {
     assert!(e.message.contains(&url) && e.message.contains("-js"), "{e}");
 }
 
+/// A new app's results bucket as two fronts see it, each on a connection of its own: the app's
+/// name, the first front's broker, and each front's bucket.
+async fn two_fronts() -> (String, Broker, SpawnResults, SpawnResults) {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let app = format!("test-{}-{nanos}", std::process::id());
+    let (a, b) = (Broker::connect(URL).await.unwrap(), Broker::connect(URL).await.unwrap());
+    let on_a = a.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
+    let on_b = b.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
+    (app, a, on_a, on_b)
+}
+
+/// Removes the bucket [`two_fronts`] made.
+async fn drop_results(broker: &Broker, app: &str) {
+    let js = async_nats::jetstream::new(broker.client().clone());
+    js.delete_key_value(berth_core::broker::results_bucket(app)).await.unwrap();
+}
+
 #[tokio::test]
 async fn spawn_results_keep_the_first_and_are_found_by_any_front() {
     if !nats_here() {
         return;
     }
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let app = format!("test-{}-{nanos}", std::process::id());
-    let a = Broker::connect(URL).await.unwrap();
-    let b = Broker::connect(URL).await.unwrap();
-    let on_a = a.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
-    let on_b = b.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
+    let (app, a, on_a, on_b) = two_fronts().await;
     assert_eq!(on_b.get("fc-1").await.unwrap(), None);
     let waiting = tokio::spawn({
         let on_b = on_b.clone();
@@ -296,8 +308,7 @@ async fn spawn_results_keep_the_first_and_are_found_by_any_front() {
     assert_eq!(got.attempt, 1);
     assert_eq!(on_b.get("fc-1").await.unwrap().map(|r| r.attempt), Some(1));
     assert_eq!(on_b.wait("fc-none", Duration::from_millis(300)).await.unwrap(), None);
-    let js = async_nats::jetstream::new(a.client().clone());
-    js.delete_key_value(berth_core::broker::results_bucket(&app)).await.unwrap();
+    drop_results(&a, &app).await;
 }
 
 #[tokio::test]
@@ -305,11 +316,7 @@ async fn schedule_ticks_are_started_once_and_not_while_the_last_run_runs() {
     if !nats_here() {
         return;
     }
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let app = format!("test-{}-{nanos}", std::process::id());
-    let (a, b) = (Broker::connect(URL).await.unwrap(), Broker::connect(URL).await.unwrap());
-    let on_a = a.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
-    let on_b = b.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
+    let (app, a, on_a, on_b) = two_fronts().await;
     let long = Duration::from_secs(60);
     // Two fronts at tick 1000: one fires it.
     let TickStart::Fire(rev) = on_a.start_tick("f", 1000, long).await.unwrap() else { panic!("the first front fires") };
@@ -332,8 +339,7 @@ async fn schedule_ticks_are_started_once_and_not_while_the_last_run_runs() {
     assert!(matches!(on_a.start_tick("f", 4000, short).await.unwrap(), TickStart::Fire(_)));
     assert_eq!(on_b.mark_tick("f", 3000, false, rev3).await.unwrap(), None, "no longer B's run");
     assert_eq!(on_b.start_tick("f", 5000, long).await.unwrap(), TickStart::Running(4000));
-    let js = async_nats::jetstream::new(a.client().clone());
-    js.delete_key_value(berth_core::broker::results_bucket(&app)).await.unwrap();
+    drop_results(&a, &app).await;
 }
 
 /// A nats-server of the test's own (JetStream, a store under a temp dir, a free port),
