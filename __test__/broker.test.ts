@@ -708,6 +708,11 @@ test.serial('broker mode: a volume is shared across machines through the NATS ob
   const other = { BERTH_VOLUMES_DIR: join(p.dir, 'volumes-other') }
   t.regex(await cli(['delete', name], other), /deleted volume/)
   t.notRegex(await cli(['list'], other), new RegExp(`^${name}\t`, 'm'), 'its object store is gone with it')
+  // B still has its copy: a reload there says the volume was deleted, and does not make it again.
+  const stale = await t.throwsAsync(readVol.remote('notes/a.txt', true))
+  t.is((stale as { remoteName?: string } | undefined)?.remoteName, 'NotFoundError', stale?.message)
+  t.regex(stale?.message ?? '', new RegExp(`Volume\\('${name}'\\)\\.reload: volume '${name}' was deleted on the NATS server .*Volume\\.delete\\('${name}'\\) removes it here too`))
+  t.notRegex(await cli(['list'], other), new RegExp(`^${name}\t`, 'm'), 'not made again by the copy on B')
   await stopAll(t, p.dir, [front.npx, a.npx, b.npx])
 })
 

@@ -554,12 +554,26 @@ export async function brokerVolumes(): Promise<string[]> {
   return url === undefined ? [] : await binding().volumeNames(url)
 }
 
-/** Broker mode: syncs volume `name` (at `path`) with its object store; nothing otherwise. */
+/**
+ * Broker mode: syncs volume `name` (at `path`) with its object store; nothing otherwise. A store
+ * this machine synced with and that is gone was deleted elsewhere: a NotFoundError naming the
+ * fixes (crates/berth-nats/src/volumes.rs), the copy here kept as it was.
+ */
 async function brokerSync(name: string, path: string, commit: boolean): Promise<void> {
   const url = brokerUrl()
   if (url === undefined) return
-  await binding().volumeSync(url, name, path, join(volumesDir(), '.sync', name), commit)
+  try {
+    await binding().volumeSync(url, name, path, join(volumesDir(), '.sync', name), commit)
+  } catch (e) {
+    const message = (e as Error).message ?? String(e)
+    if (!message.includes(DELETED_ON_BROKER)) throw e
+    const why = message.replace(/^berth: volume '[^']*': /, '')
+    throw new NotFoundError(`Volume('${name}').${commit ? 'commit' : 'reload'}: ${why}`)
+  }
 }
+
+/** How volumes.rs words a store deleted elsewhere. */
+const DELETED_ON_BROKER = 'was deleted on the NATS server'
 
 let reloadedMounts = false
 

@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Request,
     /// A message on berth's subjects that berth cannot read.
     Decode,
+    /// Something this machine knew is gone from the server: a volume's store deleted elsewhere.
+    NotFound,
 }
 
 #[derive(Clone, Debug)]

@@ -9,6 +9,13 @@
 //! - `reload` downloads the objects changed since (a local change to the same file not committed
 //!   is replaced), removes here the files whose objects were removed, and keeps files added here
 //!   and not committed yet.
+//!
+//! The manifest also names the store it was synced with (its stream's creation time), so that a
+//! volume deleted elsewhere (`Volume.delete`, `berth volume delete`) is not made again by a
+//! machine that still has a copy: its next sync finds the store gone and fails with
+//! [`ErrorKind::NotFound`] (its copy stays as it was), and a store deleted and made again since
+//! is a new volume, to which the files this machine had synced with the old one do not belong
+//! (they are removed here unless changed since; what changed stays, as anything added here).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -16,7 +23,8 @@ use std::time::UNIX_EPOCH;
 use async_nats::jetstream::{self, object_store};
 use futures_util::StreamExt as _;
 
-use crate::{broker::Broker, error::Error};
+use crate::broker::{is_not_found, Broker};
+use crate::error::{Error, ErrorKind};
 
 /// A volume's object store: `berth_volume__` and its name, escaped (bucket names allow
 /// `[A-Za-z0-9_-]`).
@@ -41,9 +49,23 @@ pub struct SyncReport {
     pub removed: u32,
 }
 
-fn read_manifest(path: &Path) -> HashMap<String, Synced> {
-    let Ok(text) = std::fs::read_to_string(path) else { return HashMap::new() };
-    text.lines()
+/// What a machine last synced of a volume: the store it synced with (None before the first
+/// sync, or in a manifest written before stores were named), and each file.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Manifest {
+    store: Option<i128>,
+    files: HashMap<String, Synced>,
+}
+
+/// The manifest's line naming its store (`store<TAB>creation time in ns`); a file's line has
+/// four fields.
+const STORE_LINE: &str = "store\t";
+
+fn read_manifest(path: &Path) -> Manifest {
+    let Ok(text) = std::fs::read_to_string(path) else { return Manifest::default() };
+    let store = text.lines().find_map(|l| l.strip_prefix(STORE_LINE)?.parse().ok());
+    let files = text
+        .lines()
         .filter_map(|l| {
             let mut f = l.splitn(4, '\t');
             let (nuid, size, mtime, name) = (f.next()?, f.next()?, f.next()?, f.next()?);
@@ -52,15 +74,19 @@ fn read_manifest(path: &Path) -> HashMap<String, Synced> {
                 Synced { nuid: nuid.to_owned(), size: size.parse().ok()?, mtime: mtime.parse().ok()? },
             ))
         })
-        .collect()
+        .collect();
+    Manifest { store, files }
 }
 
-fn write_manifest(path: &Path, m: &HashMap<String, Synced>) -> std::io::Result<()> {
-    let mut names: Vec<&String> = m.keys().collect();
+fn write_manifest(path: &Path, m: &Manifest) -> std::io::Result<()> {
+    let mut names: Vec<&String> = m.files.keys().collect();
     names.sort();
     let mut text = String::new();
+    if let Some(store) = m.store {
+        text.push_str(&format!("{STORE_LINE}{store}\n"));
+    }
     for n in names {
-        let s = &m[n];
+        let s = &m.files[n];
         text.push_str(&format!("{}\t{}\t{}\t{n}\n", s.nuid, s.size, s.mtime));
     }
     if let Some(dir) = path.parent() {
@@ -102,24 +128,81 @@ fn local_files(dir: &Path) -> HashMap<String, PathBuf> {
     out
 }
 
+/// Volume `name`'s store is gone though this machine synced with it: deleted elsewhere (or
+/// lost by the NATS server). Its copy in `dir` stays as it was.
+fn deleted(name: &str, dir: &Path) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "volume '{name}' was deleted on the NATS server (Volume.delete or `berth volume delete` on another \
+             machine) after this machine last synced it; its copy here ({}) is kept as it was: \
+             Volume.delete('{name}') removes it here too; once the volume is made again (a commit from a \
+             machine that has no copy of the old one), this machine's next sync takes the new one; removing \
+             BERTH_VOLUMES_DIR/.sync/{} instead makes this copy the new volume at its next commit",
+            dir.display(),
+            name
+        ),
+    )
+}
+
 /// How a failed step (`what`) of a sync of volume `name` reads.
 fn sync_failed(name: &str) -> impl Fn(&str, &dyn std::fmt::Display) -> Error + '_ {
     move |what, e| Error::request(format!("{what} (volume {name})"), e)
 }
 
 impl Broker {
-    async fn volume_store(&self, name: &str) -> Result<object_store::ObjectStore, Error> {
+    /// Volume `name`'s object store and its identity (its stream's creation time, in ns). A
+    /// store this machine never synced with (`known` None) is made when missing; one it did sync
+    /// with and that is gone was deleted: [`ErrorKind::NotFound`], naming the fixes.
+    async fn volume_store(
+        &self,
+        name: &str,
+        dir: &Path,
+        known: Option<i128>,
+    ) -> Result<(object_store::ObjectStore, i128), Error> {
         let js = jetstream::new(self.client().clone());
         let bucket = volume_bucket(name);
-        if let Ok(store) = js.get_object_store(&bucket).await {
-            return Ok(store);
-        }
-        let config = object_store::Config {
-            bucket: bucket.clone(),
-            description: Some(format!("berth volume {name}")),
-            ..Default::default()
+        let store = match js.get_stream(format!("OBJ_{bucket}")).await {
+            Ok(_) => js.get_object_store(&bucket).await.map_err(|e| Error::request(format!("opening {bucket}"), e))?,
+            Err(e) if is_not_found(&e) && known.is_some() => return Err(deleted(name, dir)),
+            Err(e) if is_not_found(&e) => {
+                let config = object_store::Config {
+                    bucket: bucket.clone(),
+                    description: Some(format!("berth volume {name}")),
+                    ..Default::default()
+                };
+                js.create_object_store(config)
+                    .await
+                    .map_err(|e| Error::request(format!("creating volume store {bucket}"), e))?
+            }
+            Err(e) => return Err(Error::request(format!("opening {bucket}"), e)),
         };
-        js.create_object_store(config).await.map_err(|e| Error::request(format!("creating volume store {bucket}"), e))
+        let stream =
+            js.get_stream(format!("OBJ_{bucket}")).await.map_err(|e| Error::request(format!("opening {bucket}"), e))?;
+        Ok((store, stream.cached_info().created.unix_timestamp_nanos()))
+    }
+
+    /// The manifest at `manifest` and volume `name`'s store, checked against each other: a store
+    /// made again since the last sync is a new volume, and the files synced with the old one
+    /// are removed here unless changed since (module docs).
+    async fn synced_store(
+        &self,
+        name: &str,
+        dir: &Path,
+        manifest: &Path,
+    ) -> Result<(object_store::ObjectStore, Manifest), Error> {
+        let mut m = read_manifest(manifest);
+        let (store, id) = self.volume_store(name, dir, m.store).await?;
+        if m.store.is_some_and(|known| known != id) {
+            for (rel, s) in std::mem::take(&mut m.files) {
+                let path = dir.join(&rel);
+                if stat(&path).is_some_and(|(size, mtime)| size == s.size && mtime == s.mtime) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        m.store = Some(id);
+        Ok((store, m))
     }
 
     /// The names of the volumes that have an object store on this server (from each store's
@@ -154,9 +237,9 @@ impl Broker {
     /// Sends what changed in `dir` since the last sync to volume `name`'s object store
     /// (module docs), and records what is synced now in `manifest`.
     pub async fn commit_volume(&self, name: &str, dir: &Path, manifest: &Path) -> Result<SyncReport, Error> {
-        let store = self.volume_store(name).await?;
+        let (store, mut m) = self.synced_store(name, dir, manifest).await?;
         let failed = sync_failed(name);
-        let mut synced = read_manifest(manifest);
+        let synced = &mut m.files;
         let mut report = SyncReport::default();
         let here = local_files(dir);
         for (rel, path) in &here {
@@ -178,16 +261,16 @@ impl Broker {
             }
             synced.remove(&rel);
         }
-        write_manifest(manifest, &synced).map_err(|e| failed("recording the sync", &e))?;
+        write_manifest(manifest, &m).map_err(|e| failed("recording the sync", &e))?;
         Ok(report)
     }
 
     /// Brings into `dir` what changed in volume `name`'s object store since the last sync
     /// (module docs), and records what is synced now in `manifest`.
     pub async fn reload_volume(&self, name: &str, dir: &Path, manifest: &Path) -> Result<SyncReport, Error> {
-        let store = self.volume_store(name).await?;
+        let (store, mut m) = self.synced_store(name, dir, manifest).await?;
         let failed = sync_failed(name);
-        let mut synced = read_manifest(manifest);
+        let synced = &mut m.files;
         let mut report = SyncReport::default();
         let mut remote: HashMap<String, String> = HashMap::new();
         let mut list = store.list().await.map_err(|e| failed("listing", &e))?;
@@ -232,7 +315,7 @@ impl Broker {
                 synced.remove(&rel);
             }
         }
-        write_manifest(manifest, &synced).map_err(|e| failed("recording the sync", &e))?;
+        write_manifest(manifest, &m).map_err(|e| failed("recording the sync", &e))?;
         Ok(report)
     }
 }
@@ -246,12 +329,16 @@ mod tests {
     fn a_manifest_reads_back_what_was_written() {
         let dir = std::env::temp_dir().join(format!("berth-manifest-{}", std::process::id()));
         let path = dir.join("v.sync");
-        let mut m = HashMap::new();
-        m.insert("a/b c.txt".to_owned(), Synced { nuid: "N1".into(), size: 3, mtime: 17 });
-        m.insert("top".to_owned(), Synced { nuid: "N2".into(), size: 0, mtime: 1 });
+        let mut m = Manifest { store: Some(1_764_000_000_123_456_789), files: HashMap::new() };
+        m.files.insert("a/b c.txt".to_owned(), Synced { nuid: "N1".into(), size: 3, mtime: 17 });
+        m.files.insert("top".to_owned(), Synced { nuid: "N2".into(), size: 0, mtime: 1 });
         write_manifest(&path, &m).unwrap();
         assert_eq!(read_manifest(&path), m);
-        assert!(read_manifest(&dir.join("none")).is_empty());
+        // One written before stores were named reads as synced with an unknown store.
+        m.store = None;
+        write_manifest(&path, &m).unwrap();
+        assert_eq!(read_manifest(&path), m);
+        assert_eq!(read_manifest(&dir.join("none")), Manifest::default());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

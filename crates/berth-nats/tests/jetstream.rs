@@ -1081,3 +1081,69 @@ async fn a_queue_is_a_stream_fifo_per_partition_whose_unacked_gets_come_back() {
     assert!(broker.drop_queue(&name).await.unwrap());
     assert!(!broker.drop_queue(&name).await.unwrap());
 }
+
+/// Two machines' copies of volume `name` (a directory and a manifest each) under `root`.
+fn machines(root: &std::path::Path, name: &str) -> [(std::path::PathBuf, std::path::PathBuf); 2] {
+    ["a", "b"].map(|m| {
+        let dir = root.join(m).join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        (dir, root.join(m).join(".sync").join(name))
+    })
+}
+
+#[tokio::test]
+async fn a_volume_deleted_elsewhere_is_not_made_again_by_a_copy_that_syncs_later() {
+    if !nats_here() {
+        return;
+    }
+    let broker = Broker::connect(URL).await.unwrap();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let name = format!("test-vol-{}-{nanos}", std::process::id());
+    let root = std::env::temp_dir().join(format!("berth-{name}"));
+    let [(a, a_sync), (b, b_sync)] = machines(&root, &name);
+    std::fs::write(a.join("weights.bin"), b"v1").unwrap();
+    broker.commit_volume(&name, &a, &a_sync).await.unwrap();
+    assert_eq!(broker.reload_volume(&name, &b, &b_sync).await.unwrap().copied, 1);
+    assert_eq!(std::fs::read(b.join("weights.bin")).unwrap(), b"v1");
+
+    // Deleted from machine A (Volume.delete: the store, A's copy and A's manifest).
+    assert!(broker.drop_volume(&name).await.unwrap());
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_file(&a_sync).unwrap();
+    // B still has its copy: neither a commit nor a reload makes the store again.
+    std::fs::write(b.join("new.txt"), b"written after").unwrap();
+    for commit in [true, false] {
+        let e = if commit {
+            broker.commit_volume(&name, &b, &b_sync).await.unwrap_err()
+        } else {
+            broker.reload_volume(&name, &b, &b_sync).await.unwrap_err()
+        };
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+        assert!(e.message.contains("was deleted") && e.message.contains(&format!("Volume.delete('{name}')")), "{e}");
+    }
+    assert!(!broker.volume_names().await.unwrap().contains(&name), "the store stays deleted");
+    assert_eq!(std::fs::read(b.join("weights.bin")).unwrap(), b"v1", "B's copy is kept as it was");
+
+    // Made again from A (a new volume): B's files synced with the old one are not its files;
+    // what B wrote since stays, as anything added on one machine and not committed does.
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::write(a.join("fresh.txt"), b"v2").unwrap();
+    broker.commit_volume(&name, &a, &a_sync).await.unwrap();
+    broker.reload_volume(&name, &b, &b_sync).await.unwrap();
+    assert!(!b.join("weights.bin").exists(), "the deleted volume's file is gone from B");
+    assert_eq!(std::fs::read(b.join("fresh.txt")).unwrap(), b"v2");
+    assert_eq!(std::fs::read(b.join("new.txt")).unwrap(), b"written after");
+    broker.commit_volume(&name, &b, &b_sync).await.unwrap();
+    broker.reload_volume(&name, &a, &a_sync).await.unwrap();
+    assert!(!a.join("weights.bin").exists(), "B's commit does not bring the deleted file back");
+    assert_eq!(std::fs::read(a.join("new.txt")).unwrap(), b"written after");
+
+    // A machine that never synced makes a missing store, as before.
+    assert!(broker.drop_volume(&name).await.unwrap());
+    let c = root.join("c").join(&name);
+    std::fs::create_dir_all(&c).unwrap();
+    broker.reload_volume(&name, &c, &root.join("c").join(".sync").join(&name)).await.unwrap();
+    assert!(broker.volume_names().await.unwrap().contains(&name));
+    assert!(broker.drop_volume(&name).await.unwrap());
+    std::fs::remove_dir_all(&root).unwrap();
+}
