@@ -19,9 +19,12 @@ export const app = new App('served')
 app.function(async function hello() { return 'served' })
 `
 
-/** A deployed app: `version` tells the versions apart; `slow` lets a call be in flight. */
-const deployed = (version: string) => `import { App } from 'berth'
-export const app = new App('deployed', { tags: { team: 'search' } })
+/**
+ * A deployed app: `version` tells the versions apart; `slow` lets a call be in flight. Each test
+ * deploys an app of its own `name`: App.lookup is the test process's, and the tests run at once.
+ */
+const deployed = (version: string, name = 'deployed') => `import { App } from 'berth'
+export const app = new App('${name}', { tags: { team: 'search' } })
 app.function(async function which() { return { version: '${version}', cwd: process.cwd(), pid: process.pid } })
 app.function(async function slow(ms: number) {
   await new Promise((r) => setTimeout(r, ms))
@@ -93,7 +96,7 @@ test('berth deploy: the app is served by the running server after the command re
 })
 
 test('berth serve without a file serves what berth deploy brings it', async (t) => {
-  const dir = userProject('berth-deploy-bare-', (d) => writeFileSync(join(d, 'search.ts'), deployed('bare')))
+  const dir = userProject('berth-deploy-bare-', (d) => writeFileSync(join(d, 'search.ts'), deployed('bare', 'bare-deployed')))
   removedAtEnd(t, dir)
   const npx = spawn('npx', ['berth', 'serve', '--grpc-port', '0', '--http-port', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
   t.teardown(() => npx.kill('SIGKILL'))
@@ -106,8 +109,8 @@ test('berth serve without a file serves what berth deploy brings it', async (t) 
   const server = `http://${listening.exec(out)![1]}`
   const done = await berth(['deploy', 'search.ts'], { BERTH_SERVER: server }, { npx: true, cwd: dir })
   t.is(done.code, 0, done.stderr)
-  App.lookup('deployed', { server })
-  t.is((await Function.fromName<() => Promise<{ version: string }>>('deployed', 'which').remote()).version, 'bare')
+  App.lookup('bare-deployed', { server })
+  t.is((await Function.fromName<() => Promise<{ version: string }>>('bare-deployed', 'which').remote()).version, 'bare')
   npx.kill('SIGTERM')
   await until(() => processesIn(dir).length === 0, 30_000, 'the server and its containers to stop')
   t.deepEqual(processesIn(dir), [], 'no process outlives the server')
