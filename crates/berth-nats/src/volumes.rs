@@ -162,8 +162,9 @@ impl Broker {
     ) -> Result<(object_store::ObjectStore, i128), Error> {
         let js = jetstream::new(self.client().clone());
         let bucket = volume_bucket(name);
-        let store = match js.get_stream(format!("OBJ_{bucket}")).await {
-            Ok(_) => js.get_object_store(&bucket).await.map_err(|e| Error::request(format!("opening {bucket}"), e))?,
+        let opening = |e: &dyn std::fmt::Display| Error::request(format!("opening {bucket}"), e);
+        let stream = match js.get_stream(format!("OBJ_{bucket}")).await {
+            Ok(stream) => stream,
             Err(e) if is_not_found(&e) && known.is_some() => return Err(deleted(name, dir)),
             Err(e) if is_not_found(&e) => {
                 let config = object_store::Config {
@@ -173,12 +174,12 @@ impl Broker {
                 };
                 js.create_object_store(config)
                     .await
-                    .map_err(|e| Error::request(format!("creating volume store {bucket}"), e))?
+                    .map_err(|e| Error::request(format!("creating volume store {bucket}"), e))?;
+                js.get_stream(format!("OBJ_{bucket}")).await.map_err(|e| opening(&e))?
             }
-            Err(e) => return Err(Error::request(format!("opening {bucket}"), e)),
+            Err(e) => return Err(opening(&e)),
         };
-        let stream =
-            js.get_stream(format!("OBJ_{bucket}")).await.map_err(|e| Error::request(format!("opening {bucket}"), e))?;
+        let store = js.get_object_store(&bucket).await.map_err(|e| opening(&e))?;
         Ok((store, stream.cached_info().created.unix_timestamp_nanos()))
     }
 
