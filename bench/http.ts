@@ -11,7 +11,8 @@
 // leaves the servers most of the second core, where autocannon (Node) takes about as much CPU
 // per request as the servers it measures. BENCH_LOADGEN=autocannon forces autocannon.
 // Run: npx tsx bench/http.ts (BENCH_SECONDS, BENCH_ROUNDS, BENCH_SSE_EVENTS, BENCH_SSE_WARMUP_S,
-// BENCH_ONLY=a,b, BENCH_LOADGEN=wrk|autocannon).
+// BENCH_ONLY=a,b, BENCH_LOADGEN=wrk|autocannon; BENCH_FLOORS=1 adds the floor of a proxy hop:
+// the same fastify behind a tokio byte relay and behind a bare hyper proxy).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
@@ -140,6 +141,36 @@ http {
   },
 })
 
+/** The floor of one proxy hop (BENCH_FLOORS=1): the same fastify behind
+ *  crates/berth-server/examples/proxy_floor.rs, a tokio byte relay or a bare hyper proxy on a
+ *  runtime like the control plane's, built here once (`cargo build --release --example`). */
+const FLOORS = process.env.BENCH_FLOORS === '1'
+let floorBinary: string | undefined
+const behindFloor = (mode: 'relay' | 'hyper'): Contender => ({
+  name: mode === 'relay' ? 'fastify behind a tokio byte relay' : 'fastify behind a bare hyper proxy',
+  start: async () => {
+    if (floorBinary === undefined) {
+      execFileSync('cargo', ['build', '--release', '-q', '-p', 'berth-server', '--example', 'proxy_floor'], { cwd: root, stdio: 'inherit' })
+      floorBinary = join(root, 'target', 'release', 'examples', 'proxy_floor')
+    }
+    const app = await server(['--import', 'tsx', 'bench/fixtures/http-servers.ts', 'fastify'], /listening (\d+)/, '/noop')
+    const child = spawn(floorBinary, [mode, new URL(app.url).port], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const port = await new Promise<string>((resolve, reject) => {
+      let out = ''
+      child.stdout!.on('data', (d) => {
+        out += d
+        const m = /listening (\d+)/.exec(out)
+        if (m) resolve(m[1])
+      })
+      child.once('exit', (code) => {
+        app.child.kill('SIGTERM')
+        reject(new Error(`proxy_floor ${mode} exited (${code}) before listening`))
+      })
+    })
+    return { url: `http://127.0.0.1:${port}/noop`, child, others: [app.child] }
+  },
+})
+
 const ONLY = process.env.BENCH_ONLY?.split(',')
 const contenders: Contender[] = [
   plain('node-http'),
@@ -152,6 +183,7 @@ const contenders: Contender[] = [
   web('berth @fetchApp (Hono)', '/bench-web/hono/noop'),
   web('berth @webServer (fastify)', '/bench-web/fastify/noop'),
   ...(installed('nginx', ['-v']) ? [behindNginx(1), behindNginx(2)] : []),
+  ...(FLOORS ? [behindFloor('relay'), behindFloor('hyper')] : []),
 ].filter((c) => ONLY === undefined || ONLY.some((o) => c.name.includes(o)))
 
 interface Sample {
@@ -371,7 +403,7 @@ pair('@webEndpoint vs fastify', 'berth @webEndpoint', 'fastify', 1.2)
 pair('@webEndpoint vs node:http', 'berth @webEndpoint', 'node-http', 0.9)
 pair('@fetchApp (Hono) vs Hono on @hono/node-server', 'berth @fetchApp (Hono)', 'hono', 1.0)
 pair('@webServer (fastify) vs the same fastify directly', 'berth @webServer (fastify)', 'fastify', 0.8)
-for (const nginx of [...rps.keys()].filter((name) => name.startsWith('fastify behind nginx'))) {
+for (const nginx of [...rps.keys()].filter((name) => name.startsWith('fastify behind '))) {
   console.log(`          the yardstick, ${nginx}: ${vs(nginx, 'fastify')} fastify${byCpu(nginx, 'fastify')}; berth's @webServer ${vs('berth @webServer (fastify)', nginx)} it`)
 }
 for (const [name, xs] of sse) if (name !== 'hono') goal(`SSE p99, ${name}`, pct(xs, 99), 2, false, ' ms')
