@@ -129,7 +129,8 @@ fn local_files(dir: &Path) -> HashMap<String, PathBuf> {
 }
 
 /// Volume `name`'s store is gone though this machine synced with it: deleted elsewhere (or
-/// lost by the NATS server). Its copy in `dir` stays as it was.
+/// lost by the NATS server). Its copy in `dir` stays as it was. src/data/volume.ts tells this
+/// error by its words "was deleted on the NATS server" (a NotFoundError there): keep them.
 fn deleted(name: &str, dir: &Path) -> Error {
     Error::new(
         ErrorKind::NotFound,
