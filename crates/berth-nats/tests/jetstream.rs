@@ -23,6 +23,12 @@ fn nats_here() -> bool {
     up
 }
 
+/// A name no other test or run has: `prefix`, this process's id and the time in ns.
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
 /// A pool of a fresh app on the local server; its stream is deleted when dropped.
 struct Pool {
     broker: Broker,
@@ -36,8 +42,7 @@ impl Pool {
             return None;
         }
         let broker = Broker::connect(URL).await.unwrap();
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let app = format!("test-{}-{nanos}", std::process::id());
+        let app = unique("test");
         let names = names(&app, tag);
         broker.ensure_pool(&app, &names, settings).await.unwrap();
         Some(Self { broker, app, names })
@@ -276,8 +281,7 @@ async fn a_server_without_jetstream_is_refused() {
 /// A new app's results bucket as two fronts see it, each on a connection of its own: the app's
 /// name, the first front's broker, and each front's bucket.
 async fn two_fronts() -> (String, Broker, SpawnResults, SpawnResults) {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let app = format!("test-{}-{nanos}", std::process::id());
+    let app = unique("test");
     let (a, b) = (Broker::connect(URL).await.unwrap(), Broker::connect(URL).await.unwrap());
     let on_a = a.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
     let on_b = b.spawn_results(&app, Duration::from_secs(60)).await.unwrap();
@@ -385,8 +389,7 @@ impl Drop for OwnServer {
 #[tokio::test]
 async fn inputs_survive_a_server_restart() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let store = std::env::temp_dir().join(format!("berth-nats-restart-{}-{nanos}", std::process::id()));
+    let store = std::env::temp_dir().join(unique("berth-nats-restart"));
     let Some(server) = OwnServer::start(port, &store) else {
         eprintln!("skipped: no nats-server binary in PATH (apt-get install nats-server)");
         return;
@@ -591,8 +594,7 @@ async fn cancels_reach_every_worker_of_the_app() {
 /// A store directory and a free port for an [`OwnServer`].
 fn own_store(tag: &str) -> (u16, std::path::PathBuf) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    (port, std::env::temp_dir().join(format!("berth-nats-{tag}-{}-{nanos}", std::process::id())))
+    (port, std::env::temp_dir().join(unique(&format!("berth-nats-{tag}"))))
 }
 
 /// A publish made while the server is down does not fail: async-nats keeps it in its buffer
@@ -1021,7 +1023,7 @@ async fn a_queue_is_a_stream_fifo_per_partition_whose_unacked_gets_come_back() {
         return;
     }
     let broker = Broker::connect(URL).await.unwrap();
-    let name = format!("q-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
+    let name = unique("q");
     let _gone = DropQueue(name.clone());
     assert!(broker.queue(&name, false).await.unwrap().is_none(), "absent until created");
     let q = broker.queue(&name, true).await.unwrap().unwrap();
@@ -1097,8 +1099,7 @@ async fn a_volume_deleted_elsewhere_is_not_made_again_by_a_copy_that_syncs_later
         return;
     }
     let broker = Broker::connect(URL).await.unwrap();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let name = format!("test-vol-{}-{nanos}", std::process::id());
+    let name = unique("test-vol");
     let root = std::env::temp_dir().join(format!("berth-{name}"));
     let [(a, a_sync), (b, b_sync)] = machines(&root, &name);
     std::fs::write(a.join("weights.bin"), b"v1").unwrap();
