@@ -18,7 +18,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { request } from 'node:http'
 import { type AddressInfo, createServer as createNetServer } from 'node:net'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
 import { now } from './fixtures/http-servers.ts'
@@ -34,9 +34,9 @@ interface Contender {
   start(): Promise<{ url: string; child: ChildProcess; others?: ChildProcess[] }>
 }
 
-/** Starts `args` with node and waits for the line that names its port. */
-function server(args: string[], pattern: RegExp, path: string): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
+/** Starts `args` with node (or `command`) and waits for the line that names its port. */
+function server(args: string[], pattern: RegExp, path: string, command = process.execPath): Promise<{ url: string; child: ChildProcess }> {
+  const child = spawn(command, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] })
   return new Promise((resolve, reject) => {
     let out = ''
     child.stdout!.on('data', (d) => {
@@ -46,7 +46,7 @@ function server(args: string[], pattern: RegExp, path: string): Promise<{ url: s
     })
     // Kept for the error below; berth's own lines (stopping, ...) are not the benchmark's output.
     child.stderr!.on('data', (d) => (out += d))
-    child.on('exit', (code) => reject(new Error(`${args.join(' ')} exited (${code}) before listening:\n${out}`)))
+    child.on('exit', (code) => reject(new Error(`${basename(command)} ${args.join(' ')} exited (${code}) before listening:\n${out}`)))
   })
 }
 
@@ -154,20 +154,11 @@ const behindFloor = (mode: 'relay' | 'hyper'): Contender => ({
       floorBinary = join(root, 'target', 'release', 'examples', 'proxy_floor')
     }
     const app = await server(['--import', 'tsx', 'bench/fixtures/http-servers.ts', 'fastify'], /listening (\d+)/, '/noop')
-    const child = spawn(floorBinary, [mode, new URL(app.url).port], { stdio: ['ignore', 'pipe', 'inherit'] })
-    const port = await new Promise<string>((resolve, reject) => {
-      let out = ''
-      child.stdout!.on('data', (d) => {
-        out += d
-        const m = /listening (\d+)/.exec(out)
-        if (m) resolve(m[1])
-      })
-      child.once('exit', (code) => {
-        app.child.kill('SIGTERM')
-        reject(new Error(`proxy_floor ${mode} exited (${code}) before listening`))
-      })
+    const floor = await server([mode, new URL(app.url).port], /listening (\d+)/, '/noop', floorBinary).catch((e) => {
+      app.child.kill('SIGTERM')
+      throw e
     })
-    return { url: `http://127.0.0.1:${port}/noop`, child, others: [app.child] }
+    return { ...floor, others: [app.child] }
   },
 })
 
