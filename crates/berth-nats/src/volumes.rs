@@ -164,8 +164,8 @@ impl Broker {
         let js = jetstream::new(self.client().clone());
         let bucket = volume_bucket(name);
         let opening = |e: &dyn std::fmt::Display| Error::request(format!("opening {bucket}"), e);
-        let stream = match js.get_stream(format!("OBJ_{bucket}")).await {
-            Ok(stream) => stream,
+        let (stream, store) = match js.get_stream(format!("OBJ_{bucket}")).await {
+            Ok(stream) => (stream, js.get_object_store(&bucket).await.map_err(|e| opening(&e))?),
             Err(e) if is_not_found(&e) && known.is_some() => return Err(deleted(name, dir)),
             Err(e) if is_not_found(&e) => {
                 let config = object_store::Config {
@@ -173,14 +173,14 @@ impl Broker {
                     description: Some(format!("berth volume {name}")),
                     ..Default::default()
                 };
-                js.create_object_store(config)
+                let store = js
+                    .create_object_store(config)
                     .await
                     .map_err(|e| Error::request(format!("creating volume store {bucket}"), e))?;
-                js.get_stream(format!("OBJ_{bucket}")).await.map_err(|e| opening(&e))?
+                (js.get_stream(format!("OBJ_{bucket}")).await.map_err(|e| opening(&e))?, store)
             }
             Err(e) => return Err(opening(&e)),
         };
-        let store = js.get_object_store(&bucket).await.map_err(|e| opening(&e))?;
         Ok((store, stream.cached_info().created.unix_timestamp_nanos()))
     }
 
