@@ -1003,15 +1003,33 @@ async fn a_stream_inputs_items_reach_the_front_in_order_once_then_its_result_and
     router.forget_stream("s-1");
 }
 
-/// Deletes queue `name`'s stream when dropped, also when the test fails.
-struct DropQueue(String);
+/// What a test made on the server, deleted when dropped, also when the test fails: a queue's
+/// stream, or a volume's store (and the test's folder of machines' copies).
+enum Made {
+    Queue(String),
+    Volume(String, std::path::PathBuf),
+}
 
-impl Drop for DropQueue {
+impl Drop for Made {
     fn drop(&mut self) {
-        let name = self.0.clone();
+        if let Self::Volume(_, root) = self {
+            let _ = std::fs::remove_dir_all(root);
+        }
+        let (queue, name) = match self {
+            Self::Queue(name) => (true, name.clone()),
+            Self::Volume(name, _) => (false, name.clone()),
+        };
+        // As Pool's drop: a thread with a runtime and a connection of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { Broker::connect(URL).await?.drop_queue(&name).await })
+            rt.block_on(async {
+                let broker = Broker::connect(URL).await?;
+                if queue {
+                    broker.drop_queue(&name).await
+                } else {
+                    broker.drop_volume(&name).await
+                }
+            })
         })
         .join();
     }
@@ -1024,7 +1042,7 @@ async fn a_queue_is_a_stream_fifo_per_partition_whose_unacked_gets_come_back() {
     }
     let broker = Broker::connect(URL).await.unwrap();
     let name = unique("q");
-    let _gone = DropQueue(name.clone());
+    let _gone = Made::Queue(name.clone());
     assert!(broker.queue(&name, false).await.unwrap().is_none(), "absent until created");
     let q = broker.queue(&name, true).await.unwrap().unwrap();
     q.put("", vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]).await.unwrap();
@@ -1101,6 +1119,7 @@ async fn a_volume_deleted_elsewhere_is_not_made_again_by_a_copy_that_syncs_later
     let broker = Broker::connect(URL).await.unwrap();
     let name = unique("test-vol");
     let root = std::env::temp_dir().join(format!("berth-{name}"));
+    let _gone = Made::Volume(name.clone(), root.clone());
     let [(a, a_sync), (b, b_sync)] = machines(&root, &name);
     std::fs::write(a.join("weights.bin"), b"v1").unwrap();
     broker.commit_volume(&name, &a, &a_sync).await.unwrap();
@@ -1146,5 +1165,4 @@ async fn a_volume_deleted_elsewhere_is_not_made_again_by_a_copy_that_syncs_later
     broker.reload_volume(&name, &c, &root.join("c").join(".sync").join(&name)).await.unwrap();
     assert!(broker.volume_names().await.unwrap().contains(&name));
     assert!(broker.drop_volume(&name).await.unwrap());
-    std::fs::remove_dir_all(&root).unwrap();
 }
