@@ -121,7 +121,7 @@ impl Shared {
         drop(catalog);
         // Under the state lock: no call can have picked a retired pool after this (see `pool`).
         let retired: Vec<PoolId> = st.pools.iter().filter(|(_, p)| gone.contains(&p.def)).map(|(&id, _)| id).collect();
-        st.pools_by_key.retain(|(def, _), _| !gone.contains(def));
+        st.pools_by_key.retain(|def, _| !gone.contains(def));
         for &id in &retired {
             let _ = self.commands.send(Command::RetirePool(id));
         }

@@ -41,20 +41,25 @@ pub(crate) struct Target {
     pub pool: PoolId,
     pub method: u32,
     arity: Option<crate::plane::Arity>,
-    /// `square`, `Embedder.embed`: for messages.
-    label: String,
+    /// Its definition, for messages (`label`).
+    def: Arc<FunctionDef>,
     /// A generator: InvokeStream only.
     gen: bool,
 }
 
 impl Target {
+    /// `square`, `Embedder.embed`: made for a message only.
+    fn label(&self) -> String {
+        self.def.label(self.method)
+    }
+
     /// Arguments must be what a container decodes (berth_proto::values) and as many as the
     /// method takes. `what` names them in the message, e.g. "args of input 3".
     pub fn check_args(&self, args: &[u8], what: &str) -> Result<(), Status> {
         let n = values::check_args(args)
-            .map_err(|e| bad(format!("{what} are not a value berth can pass to {}: {e}", self.label)))?;
+            .map_err(|e| bad(format!("{what} are not a value berth can pass to {}: {e}", self.label())))?;
         match self.arity.and_then(|a| a.refuses(n)) {
-            Some(takes) => Err(bad(format!("{} takes {takes}; {what} hold {n}", self.label))),
+            Some(takes) => Err(bad(format!("{} takes {takes}; {what} hold {n}", self.label()))),
             None => Ok(()),
         }
     }
@@ -67,7 +72,7 @@ impl Target {
         Err(bad(format!(
             "{} is a generator (async function*): {call} would have no single result. Call it with InvokeStream \
              (in TypeScript, .remoteGen(...args) and read the items with for await)",
-            self.label
+            self.label()
         )))
     }
 
@@ -84,7 +89,7 @@ impl Target {
         Err(bad(format!(
             "{} is not a generator: call it with Invoke (in TypeScript, .remote(...args)). InvokeStream is for \
              async function* functions and async * methods",
-            self.label
+            self.label()
         )))
     }
 }
@@ -117,8 +122,9 @@ impl FunctionsSvc {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
         loop {
             let catalog = self.shared.catalog();
-            let (index, def) =
+            let (index, _) =
                 catalog.find(&f.app, &f.function).ok_or_else(|| unknown_function(&catalog, &f.app, &f.function))?;
+            let def = catalog.defs.get(index).ok_or_else(|| unknown_function(&catalog, &f.app, &f.function))?;
             if let Some(target) = self.target(f, index, def, web)? {
                 return Ok(target);
             }
@@ -130,7 +136,7 @@ impl FunctionsSvc {
         &self,
         f: &pb::FunctionRef,
         index: usize,
-        def: &FunctionDef,
+        def: &Arc<FunctionDef>,
         web: bool,
     ) -> Result<Option<Target>, Status> {
         if let Some(what) = def.not_a_method(&f.method) {
@@ -155,7 +161,7 @@ impl FunctionsSvc {
             }
             0
         };
-        if let (false, Some((decorator, path))) = (web, def.web_app(method)) {
+        if let Some((decorator, path)) = (!web).then(|| def.web_app(method)).flatten() {
             return Err(bad(format!(
                 "{}.{} is a @{decorator}(): it answers the HTTP requests under {path} on the server's HTTP port, \
                  not calls; send them there",
@@ -164,10 +170,9 @@ impl FunctionsSvc {
         }
         // Checked here, before any container starts; the pool is keyed by the full set.
         let params = crate::params::canonical(def, &f.params).map_err(bad)?;
-        let label = if def.is_class { format!("{}.{}", def.name, f.method) } else { def.name.clone() };
         let arity = def.arity.get(method as usize).copied();
         let Some(pool) = self.shared.pool(index, &params) else { return Ok(None) };
-        Ok(Some(Target { pool, method, arity, label, gen: def.is_generator(method) }))
+        Ok(Some(Target { pool, method, arity, def: Arc::clone(def), gen: def.is_generator(method) }))
     }
 
     /// What is served now (it changes when an app is replaced: catalog.rs).

@@ -395,7 +395,7 @@ pub(crate) enum Waiter {
     /// A request for a web app with a server of its own (proxy.rs): the control plane sends it
     /// to that server when the input runs; its result reaches the handler only if the app's
     /// answer never began (a failure, the request refused).
-    Proxy(Arc<crate::proxy::Exchange>, oneshot::Sender<pb::Result>),
+    Proxy(Arc<crate::proxy::Exchange>),
     /// A broker worker's input (broker.rs): the result with the scheduler's outcome, which
     /// decides how its lease is settled; `None` when the input was answered otherwise.
     Settled(oneshot::Sender<(Option<Outcome>, pb::Result)>),
@@ -424,9 +424,7 @@ impl Waiter {
                     let _ = out.send(Ok(pb::StreamItem { item: Some(pb::stream_item::Item::Error(e)) }));
                 }
             }
-            Waiter::Proxy(_, out) => {
-                let _ = out.send(result);
-            }
+            Waiter::Proxy(exchange) => exchange.settle(result),
             Waiter::Settled(out) | Waiter::Forward(_, out) => {
                 let _ = out.send((None, result));
             }
@@ -553,7 +551,8 @@ pub(crate) struct CallRef {
 #[derive(Default)]
 pub(crate) struct State {
     pub pools: HashMap<PoolId, PoolEntry>,
-    pub pools_by_key: HashMap<(usize, Vec<u8>), PoolId>,
+    /// By definition, then canonical parameters (looked up without copying them).
+    pub pools_by_key: HashMap<usize, HashMap<Vec<u8>, PoolId>>,
     pub next_pool: PoolId,
     pub next_input: InputId,
     pub next_call: u64,
@@ -662,8 +661,7 @@ impl Shared {
     /// the catalog (it reads it again).
     pub fn pool(&self, def: usize, params: &[u8]) -> Option<PoolId> {
         let mut st = self.lock();
-        let key = (def, params.to_vec());
-        if let Some(&pool) = st.pools_by_key.get(&key) {
+        if let Some(&pool) = st.pools_by_key.get(&def).and_then(|by_params| by_params.get(params)) {
             return Some(pool);
         }
         let catalog = self.catalog();
@@ -672,7 +670,7 @@ impl Shared {
         }
         let id = st.next_pool;
         st.next_pool += 1;
-        st.pools_by_key.insert(key, id);
+        st.pools_by_key.entry(def).or_default().insert(params.to_vec(), id);
         st.pools.insert(id, PoolEntry { def, params: params.to_vec() });
         // Sent under the lock: a replacement retiring this pool comes after it.
         let mut spec = catalog.defs[def].spec.clone();

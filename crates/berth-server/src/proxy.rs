@@ -20,10 +20,11 @@
 //! which costs the kernel less per request than TCP on loopback; they are driven by the
 //! handler that uses one (the request and its answer's body are read and written
 //! in the handler's own task, with no task of their own to wake).
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use berth_core::{Command, ContainerId, Exec, ExecId, ExecStatus, InputId};
 use berth_proto::v1 as pb;
@@ -35,7 +36,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::http::{BodyError, Limited};
 use crate::plane::{error, Shared, State, Waiter};
@@ -276,11 +277,64 @@ impl AppServer {
 }
 
 /// One request on its way to a web app's server, in its input's waiter (plane.rs
-/// `Waiter::Proxy`): the request, and where the scheduler's assignments of it go.
+/// `Waiter::Proxy`): the request, and where the scheduler's assignments of it and the input's
+/// result go for its handler ([`Proxied`]) to take. One allocation per request, where channels
+/// would take several.
 pub(crate) struct Exchange {
     /// Taken by the attempt that sends it; put back by one that could not connect.
     request: Mutex<Option<Request<Limited>>>,
-    assign: mpsc::UnboundedSender<Assigned>,
+    /// Taken after the state lock when both are held (`assign` runs in the scheduler's turn).
+    slot: Mutex<Slot>,
+}
+
+/// What waits for a proxied request's handler.
+#[derive(Default)]
+struct Slot {
+    /// The next assignment; `later`, those made before it was taken (its attempt was aborted
+    /// and the input assigned again before the handler ran).
+    assigned: Option<Assigned>,
+    later: VecDeque<Assigned>,
+    /// The input's result (plane.rs `Waiter::send`): read when no answer came.
+    result: Option<pb::Result>,
+    /// The handler's, while it waits.
+    waker: Option<Waker>,
+    /// The handler is gone: an assignment is completed at once (see [`assign`]).
+    gone: bool,
+}
+
+/// What the handler takes next: an assignment before the result it may have led to.
+enum Next {
+    Assigned(Assigned),
+    Result(pb::Result),
+}
+
+impl Exchange {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The input's result (plane.rs `Waiter::send`).
+    pub(crate) fn settle(&self, result: pb::Result) {
+        let mut slot = self.slot();
+        slot.result = Some(result);
+        if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
+        let mut slot = self.slot();
+        if let Some(a) = slot.assigned.take().or_else(|| slot.later.pop_front()) {
+            return Poll::Ready(Next::Assigned(a));
+        }
+        if let Some(r) = slot.result.take() {
+            return Poll::Ready(Next::Result(r));
+        }
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            slot.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
 }
 
 /// An attempt of a proxied request, assigned to a container by the scheduler: the server to
@@ -296,8 +350,6 @@ pub(crate) struct Assigned {
 /// Dropped before the answer (its client went away), it cancels the input.
 pub(crate) struct Proxied {
     exchange: Arc<Exchange>,
-    assigned: mpsc::UnboundedReceiver<Assigned>,
-    result: oneshot::Receiver<pb::Result>,
     fault: Arc<Mutex<Option<BodyError>>>,
     shared: Arc<Shared>,
     input: InputId,
@@ -317,27 +369,24 @@ pub(crate) enum Unanswered {
 /// what its HTTP handler waits on.
 pub(crate) fn waiter(request: Request<Limited>) -> (Waiter, impl FnOnce(Arc<Shared>, InputId) -> Proxied) {
     let fault = request.body().fault();
-    let (assign, assigned) = mpsc::unbounded_channel();
-    let (result_tx, result) = oneshot::channel();
-    let exchange = Arc::new(Exchange { request: Mutex::new(Some(request)), assign });
-    let waiter = Waiter::Proxy(Arc::clone(&exchange), result_tx);
-    (waiter, move |shared, input| Proxied { exchange, assigned, result, fault, shared, input, settled: false })
+    let exchange = Arc::new(Exchange { request: Mutex::new(Some(request)), slot: Mutex::default() });
+    let waiter = Waiter::Proxy(Arc::clone(&exchange));
+    (waiter, move |shared, input| Proxied { exchange, fault, shared, input, settled: false })
 }
 
 impl Proxied {
     /// The app's answer (its head, the body to relay), or why there is none.
     pub(crate) async fn answer(mut self) -> Result<Response<Relay>, Unanswered> {
         let result = loop {
-            tokio::select! {
-                // An assignment first: its failure's result follows it.
-                biased;
-                Some(assigned) = self.assigned.recv() => {
+            // An assignment first: its failure's result follows it.
+            match poll_fn(|cx| self.exchange.poll_next(cx)).await {
+                Next::Assigned(assigned) => {
                     if let Some(res) = assigned.exchange(&self.exchange).await {
                         self.settled = true;
                         return Ok(res);
                     }
                 }
-                result = &mut self.result => break result,
+                Next::Result(result) => break result,
             }
         };
         self.settled = true;
@@ -345,7 +394,7 @@ impl Proxied {
             return Err(Unanswered::Body(fault));
         }
         Err(Unanswered::Failed(match result {
-            Ok(pb::Result { outcome: Some(pb::result::Outcome::Error(e)) }) => e,
+            pb::Result { outcome: Some(pb::result::Outcome::Error(e)) } => e,
             _ => pb::Error {
                 name: "Error".into(),
                 message: "the request ended without an answer".into(),
@@ -357,6 +406,16 @@ impl Proxied {
 
 impl Drop for Proxied {
     fn drop(&mut self) {
+        // Assignments not taken are dropped, which completes them (`Run`'s drop), and later
+        // ones are completed as they are made; outside the slot's lock, as `Run` takes the
+        // state lock.
+        let untaken = {
+            let mut slot = self.exchange.slot();
+            slot.gone = true;
+            slot.waker = None;
+            (slot.assigned.take(), std::mem::take(&mut slot.later))
+        };
+        drop(untaken);
         if self.settled {
             return;
         }
@@ -370,36 +429,69 @@ impl Drop for Proxied {
 
 /// Builds what goes to the app's server: the path under the app's own (`path`, with its query)
 /// and the caller's headers but those of its connection (as src/run/web.ts passed them on
-/// before: the framing is hyper's, from the body). `Expect: 100-continue` was the ingress's to
-/// answer (hyper does when the body is first read); the app gets the body without it.
+/// before). The framing is the caller's `Content-Length`, which the ingress read the body by,
+/// or else hyper's from the body (chunked): a body that came chunked goes on chunked, its
+/// `Content-Length`, if the caller sent one too, dropped. `Expect: 100-continue` was the
+/// ingress's to answer (hyper does when the body is first read); the app gets the body
+/// without it.
 pub(crate) fn request(
     method: hyper::Method,
-    path: &str,
+    path: String,
     mut headers: HeaderMap,
     body: Limited,
 ) -> Result<Request<Limited>, String> {
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::EXPECT);
-    let mut req = Request::builder().method(method).uri(path).body(body).map_err(|e| format!("{path}: {e}"))?;
+    passed_on(&mut headers);
+    // The path's own bytes become the URI's.
+    let uri = hyper::Uri::try_from(path).map_err(|e| format!("the path under the app's is no URI path: {e}"))?;
+    let mut req = Request::builder().method(method).uri(uri).body(body).map_err(|e| e.to_string())?;
     *req.headers_mut() = headers;
     Ok(req)
 }
 
+/// The caller's headers as the app gets them (see [`request`]).
+fn passed_on(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+}
+
+/// The headers that describe one connection, not the message (RFC 9110 7.6.1, and the
+/// `Keep-Alive` and `Proxy-Connection` of older peers).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+];
+
 /// Drops the headers that describe one connection, not the message (those `Connection` names
-/// too): they are not passed on, either way.
+/// too): they are not passed on, either way. Most requests have none: one look at each name
+/// tells, and nothing else is done for them.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
+    // What `Connection` names besides those removed below anyway (`keep-alive`, mostly).
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in &headers.get_all(header::CONNECTION) {
+        for name in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            if HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    for name in ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te", "trailer"] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -409,7 +501,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) fn exchange_of(st: &State, exec: &Exec) -> Option<Arc<Exchange>> {
     let [(input, _)] = exec.inputs[..] else { return None };
     match &st.inputs.get(&input)?.waiter {
-        Waiter::Proxy(exchange, _) => Some(Arc::clone(exchange)),
+        Waiter::Proxy(exchange) => Some(Arc::clone(exchange)),
         _ => None,
     }
 }
@@ -422,10 +514,22 @@ pub(crate) fn assign(shared: &Arc<Shared>, st: &mut State, exec: &Exec, exchange
     let server = st.links.get(&exec.container).and_then(|l| l.server(exec.method));
     let (stop, stopped) = oneshot::channel();
     st.proxied.insert(input, Running { attempt, container: exec.container, exec: exec.id, stop });
-    let run = Run { shared: Arc::clone(shared), container: exec.container, exec: exec.id, input, attempt, done: false };
-    if let Err(mpsc::error::SendError(mut gone)) = exchange.assign.send(Assigned { server, stopped, run }) {
-        let cancelled = error("InputCancelledError", "the client went away");
-        gone.run.finish_locked(st, cancelled, ExecStatus::FailedFinal);
+    let mut run =
+        Run { shared: Arc::clone(shared), container: exec.container, exec: exec.id, input, attempt, done: false };
+    let mut slot = exchange.slot();
+    if slot.gone {
+        drop(slot);
+        run.finish_locked(st, error("InputCancelledError", "the client went away"), ExecStatus::FailedFinal);
+        return;
+    }
+    let assigned = Assigned { server, stopped, run };
+    if slot.assigned.is_none() && slot.later.is_empty() {
+        slot.assigned = Some(assigned);
+    } else {
+        slot.later.push_back(assigned);
+    }
+    if let Some(w) = slot.waker.take() {
+        w.wake();
     }
 }
 
@@ -660,5 +764,30 @@ mod tests {
         let mut left: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
         left.sort_by_key(|(k, _)| *k);
         assert_eq!(left, [("host", "example.com"), ("set-cookie", "s=1"), ("x-kept", "a"), ("x-kept", "b")]);
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn a_body_goes_on_framed_as_it_came() {
+        // By its length: the app gets the caller's Content-Length, not one made again.
+        let mut sized = HeaderMap::new();
+        sized.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        sized.insert(header::EXPECT, "100-continue".parse().unwrap());
+        passed_on(&mut sized);
+        assert_eq!(names(&sized), ["content-length"]);
+        assert_eq!(sized[header::CONTENT_LENGTH], "3");
+        // Chunked: it goes on chunked (hyper's framing); a length sent beside it is dropped, as
+        // the ingress read the body by its chunks.
+        let mut chunked = HeaderMap::new();
+        chunked.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        chunked.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        chunked.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        passed_on(&mut chunked);
+        assert_eq!(names(&chunked), ["content-type"]);
     }
 }

@@ -29,6 +29,7 @@
 //! chunks follow as items. An `async *` endpoint's items are NDJSON or SSE, as over the RPC
 //! route; a `@fetchApp` gets `[null, request]` and answers with a streamed `Response`; a
 //! `@webServer`'s or `@nodeApp`'s request goes to its server itself ([`to_server`], proxy.rs).
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use berth_proto::v1 as pb;
@@ -53,13 +54,15 @@ use tokio_stream::StreamExt;
 /// berth's own CBOR tag for a returned `Response` ('bert'; src/shared/cbor.ts WEB_RESPONSE_TAG).
 pub(crate) const WEB_RESPONSE_TAG: u64 = 0x6265_7274;
 
+/// Where a web app's own path goes in the requests it gets.
+static FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
 /// One endpoint: what it calls and how it is reached.
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
-    app: String,
-    function: String,
-    /// The class method's name; empty for a function.
-    method: String,
+    /// What it calls, as a caller names it (the class method's name is empty for a function),
+    /// made once ([`target`]).
+    callee: pb::FunctionRef,
     http: Method,
     requires_auth: bool,
     takes_request: bool,
@@ -69,17 +72,28 @@ pub(crate) struct Route {
     app_kind: Option<String>,
     /// The path as printed: `/{app}/{label}`.
     path: String,
+    /// A web app's `x-forwarded-prefix` (its path), made once.
+    prefix: Option<HeaderValue>,
 }
 
 /// Every endpoint, by app and the decoded path after the app, built when the ingress starts
 /// and again after an app is replaced (http/mod.rs `Ctx::web`): a request to an app without
-/// endpoints costs one map lookup.
+/// endpoints costs one map lookup, and a path without escapes is looked up as it came, with
+/// nothing allocated.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
-    by_path: HashMap<(String, String), Route>,
-    apps: HashMap<String, Vec<String>>,
+    apps: HashMap<String, AppRoutes>,
     /// Whether any route is a web app, whose paths are prefixes.
     prefixes: bool,
+}
+
+/// One app's endpoints.
+#[derive(Debug, Default)]
+struct AppRoutes {
+    /// By the decoded path after the app's (`Model/predict`).
+    by_rest: HashMap<String, Route>,
+    /// As messages list them (`POST /shop/Model/predict`).
+    shown: Vec<String>,
 }
 
 impl Routes {
@@ -91,24 +105,28 @@ impl Routes {
                 let Ok(http) = Method::from_bytes(w.method.as_bytes()) else { continue };
                 let rest = path[d.app.len() + 2..].to_owned();
                 let route = Route {
-                    app: d.app.clone(),
-                    function: d.name.clone(),
-                    method: if d.is_class { name.clone() } else { String::new() },
+                    callee: pb::FunctionRef {
+                        app: d.app.clone(),
+                        function: d.name.clone(),
+                        method: if d.is_class { name.clone() } else { String::new() },
+                        params: Vec::new(),
+                    },
                     http,
                     requires_auth: w.requires_auth,
                     takes_request: w.takes_request,
                     gen: d.is_generator(w.index),
+                    prefix: w.app.as_ref().and_then(|_| HeaderValue::from_str(&path).ok()),
                     app_kind: w.app.clone(),
                     path,
                 };
                 // Two endpoints at one path are refused when the app is served
                 // (src/define/served.ts); the first one wins here.
-                if let std::collections::hash_map::Entry::Vacant(v) = routes.by_path.entry((d.app.clone(), rest)) {
-                    let shown = match &route.app_kind {
+                let app = routes.apps.entry(d.app.clone()).or_default();
+                if let std::collections::hash_map::Entry::Vacant(v) = app.by_rest.entry(rest) {
+                    app.shown.push(match &route.app_kind {
                         Some(_) => format!("ANY {}/...", route.path),
                         None => format!("{} {}", route.http, route.path),
-                    };
-                    routes.apps.entry(d.app.clone()).or_default().push(shown);
+                    });
                     routes.prefixes |= route.app_kind.is_some();
                     v.insert(route);
                 }
@@ -120,12 +138,12 @@ impl Routes {
     /// A listing's entry (`GET /{app}`, http/mod.rs) for a web endpoint: its own path, and the
     /// method and body it takes instead of a JSON array of arguments.
     pub(crate) fn listed(&self, app: &str, mut entry: serde_json::Value) -> serde_json::Value {
-        if !self.apps.contains_key(app) {
+        let Some(routes) = self.apps.get(app) else {
             return entry;
-        }
+        };
         let name = |k: &str| entry.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
         let (function, method) = (name("function"), name("method"));
-        if let Some(r) = self.by_path.values().find(|r| r.app == app && r.function == function && r.method == method) {
+        if let Some(r) = routes.by_rest.values().find(|r| r.callee.function == function && r.callee.method == method) {
             entry["path"] = json!(r.path);
             entry["web"] = match &r.app_kind {
                 Some(kind) => {
@@ -143,38 +161,63 @@ impl Routes {
 
     /// The endpoint at `path`, or whether the path is under an app with endpoints. A web app
     /// also answers every path under its own: the longest such prefix wins.
-    fn find(&self, path: &str) -> Found<'_> {
-        if self.by_path.is_empty() {
+    fn find<'p>(&self, path: &'p str) -> Found<'_, 'p> {
+        if self.apps.is_empty() {
             return Found::Nothing;
         }
         let Some((app, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
             return Found::Nothing;
         };
-        let Some(app) = percent_decode(app) else { return Found::Nothing };
-        let Some(list) = self.apps.get(&app) else { return Found::Nothing };
-        let Some(segments) = rest.split('/').map(percent_decode).collect::<Option<Vec<String>>>() else {
-            return Found::UnderApp(list);
+        let routes = if app.contains('%') {
+            let Some(app) = percent_decode(app) else { return Found::Nothing };
+            self.apps.get(&app)
+        } else {
+            self.apps.get(app)
         };
-        let mut key = (app, segments.join("/"));
-        if let Some(route) = self.by_path.get(&key) {
-            return Found::Route(route, String::new());
+        let Some(routes) = routes else { return Found::Nothing };
+        if rest.contains('%') {
+            return self.find_escaped(routes, rest);
+        }
+        // Without escapes, the decoded path is the path: its prefixes end at its slashes.
+        if let Some(route) = routes.by_rest.get(rest) {
+            return Found::Route(route, Cow::Borrowed(""));
+        }
+        if self.prefixes {
+            let mut end = rest.len();
+            while let Some(slash) = rest[..end].rfind('/') {
+                if let Some(route) = routes.by_rest.get(&rest[..slash]).filter(|r| r.app_kind.is_some()) {
+                    return Found::Route(route, Cow::Borrowed(&rest[slash..]));
+                }
+                end = slash;
+            }
+        }
+        Found::UnderApp(&routes.shown)
+    }
+
+    /// [`find`](Self::find) for a path after the app's with escapes in it: its segments are
+    /// decoded to be matched, and the path under a web app's is passed on as it came.
+    fn find_escaped<'a, 'p>(&self, routes: &'a AppRoutes, rest: &str) -> Found<'a, 'p> {
+        let Some(segments) = rest.split('/').map(percent_decode).collect::<Option<Vec<String>>>() else {
+            return Found::UnderApp(&routes.shown);
+        };
+        if let Some(route) = routes.by_rest.get(&segments.join("/")) {
+            return Found::Route(route, Cow::Borrowed(""));
         }
         if self.prefixes {
             let raw: Vec<&str> = rest.split('/').collect();
             for k in (1..segments.len()).rev() {
-                key.1 = segments[..k].join("/");
-                if let Some(route) = self.by_path.get(&key).filter(|r| r.app_kind.is_some()) {
-                    return Found::Route(route, format!("/{}", raw[k..].join("/")));
+                if let Some(route) = routes.by_rest.get(&segments[..k].join("/")).filter(|r| r.app_kind.is_some()) {
+                    return Found::Route(route, Cow::Owned(format!("/{}", raw[k..].join("/"))));
                 }
             }
         }
-        Found::UnderApp(list)
+        Found::UnderApp(&routes.shown)
     }
 }
 
-enum Found<'a> {
+enum Found<'a, 'p> {
     /// The route, and for a web app the path under its own (`/users/1` of `/app/api/users/1`).
-    Route(&'a Route, String),
+    Route(&'a Route, Cow<'p, str>),
     /// No endpoint at the path, in an app with these (`GET /app/health`, ...).
     UnderApp(&'a [String]),
     Nothing,
@@ -202,9 +245,12 @@ pub(super) async fn serve(ctx: &Ctx, req: Request<Incoming>) -> Result<Answer, R
                 ),
             ));
         }
-        Found::Route(route, under) => (route, under),
+        Found::Route(route, under) => {
+            let path = if route.app_kind.is_some() { app_path(&under, req.uri().query()) } else { String::new() };
+            (route, path)
+        }
     };
-    let (route, under) = route;
+    let (route, path) = route;
     if route.app_kind.is_none()
         && req.method() != route.http
         && !(route.http == Method::GET && req.method() == Method::HEAD)
@@ -228,9 +274,19 @@ pub(super) async fn serve(ctx: &Ctx, req: Request<Incoming>) -> Result<Answer, R
         }
     }
     if route.app_kind.is_some() {
-        return Ok(app_request(ctx, route, &under, req).await);
+        return Ok(app_request(ctx, route, path, req).await);
     }
     Ok(call(ctx, route, req).await)
+}
+
+/// The URL of a web app's request: the path under the app's own (`/` for the app's own), and
+/// the query.
+fn app_path(under: &str, query: Option<&str>) -> String {
+    let under = if under.is_empty() { "/" } else { under };
+    match query {
+        Some(q) => format!("{under}?{q}"),
+        None => under.to_owned(),
+    }
 }
 
 /// Whether `path` is `/{app}/{function}` or `/{app}/{Class}/{method}` of a function the app has.
@@ -287,25 +343,19 @@ async fn call(ctx: &Ctx, route: &Route, req: Request<Incoming>) -> Answer {
     if route.gen {
         let sse = accepts_event_stream(head.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or(""));
         let (items, fc) = ctx.svc.open_stream(target.pool, target.method, bytes, trace);
-        return with_call_id(stream_items(items, sse).await, &fc);
+        return with_call_id(stream_items(items, sse).await, fc);
     }
     let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes, trace);
-    with_call_id(web_answer(items, &route.path).await, &fc)
+    with_call_id(web_answer(items, &route.path).await, fc)
 }
 
 /// What a route calls: resolved as for a caller, except that a web app member is reachable here.
 fn target(ctx: &Ctx, route: &Route) -> Result<crate::functions::Target, tonic::Status> {
-    let f = pb::FunctionRef {
-        app: route.app.clone(),
-        function: route.function.clone(),
-        method: route.method.clone(),
-        params: Vec::new(),
-    };
-    ctx.svc.resolve_as(Some(&f), true)
+    ctx.svc.resolve_as(Some(&route.callee), true)
 }
 
 /// A request for a web app (`@fetchApp`, `@webServer`, `@nodeApp`), its URL being the path
-/// under the app's own (`under`; the app's path goes in `x-forwarded-prefix`). An app with a
+/// under the app's own with the query (`path`; the app's path goes in `x-forwarded-prefix`). An app with a
 /// server of its own gets it there ([`to_server`]). A `@fetchApp`'s is an input of its member
 /// with arguments `[null, request]`, the body read whole first. Its answer is the input's
 /// result, a whole Response (CBOR tag [`WEB_RESPONSE_TAG`] over `[status, headers, body]`), or
@@ -313,18 +363,13 @@ fn target(ctx: &Ctx, route: &Route) -> Result<crate::functions::Target, tonic::S
 /// as it comes; the generator credits of functions.rs are its backpressure. A failure before
 /// the head is answered as a function's; one after it ends the body short, so the client sees
 /// a truncated answer rather than a complete one.
-async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incoming>) -> Answer {
+async fn app_request(ctx: &Ctx, route: &Route, path: String, req: Request<Incoming>) -> Answer {
     let (mut head, body) = req.into_parts();
-    if let Ok(prefix) = HeaderValue::from_str(&route.path) {
-        head.headers.insert("x-forwarded-prefix", prefix);
+    if let Some(prefix) = &route.prefix {
+        head.headers.insert(&FORWARDED_PREFIX, prefix.clone());
     }
-    let under = if under.is_empty() { "/" } else { under };
-    let path = match head.uri.query() {
-        Some(q) => format!("{under}?{q}"),
-        None => under.to_owned(),
-    };
     if matches!(route.app_kind.as_deref(), Some("webServer" | "nodeApp")) {
-        return to_server(ctx, route, &path, head, body).await;
+        return to_server(ctx, route, path, head, body).await;
     }
     let body = if matches!(head.method, Method::GET | Method::HEAD) {
         Vec::new()
@@ -343,7 +388,7 @@ async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incomin
     let trace = crate::functions::caller_trace(&head.headers);
     let _ = ciborium::into_writer(&Cbor::Array(vec![Cbor::Null, request_meta(&head, &path, body)]), &mut bytes);
     let (items, fc) = ctx.svc.open_web(target.pool, target.method, bytes, trace);
-    with_call_id(web_answer(items, &route.path).await, &fc)
+    with_call_id(web_answer(items, &route.path).await, fc)
 }
 
 /// A request for a web app with a server of its own (`@webServer`, `@nodeApp`): an input of its
@@ -354,7 +399,7 @@ async fn app_request(ctx: &Ctx, route: &Route, under: &str, req: Request<Incomin
 async fn to_server(
     ctx: &Ctx,
     route: &Route,
-    path: &str,
+    path: String,
     head: hyper::http::request::Parts,
     mut body: Incoming,
 ) -> Answer {
@@ -379,7 +424,7 @@ async fn to_server(
         Err(Unanswered::Body(e)) => body_refused(ctx, e),
         Err(Unanswered::Failed(e)) => answer_error(e),
     };
-    with_call_id(res, &fc)
+    with_call_id(res, fc)
 }
 
 /// The answer to a web request from its input's stream (`path` names it in messages). The
@@ -641,9 +686,12 @@ mod tests {
         };
         let routes = Routes::new(&reg);
         let Found::Route(r, _) = routes.find("/shop/Model/predict") else { panic!("no route") };
-        assert_eq!((r.function.as_str(), r.method.as_str(), &r.http), ("Model", "predict", &Method::POST));
+        assert_eq!(
+            (r.callee.function.as_str(), r.callee.method.as_str(), &r.http),
+            ("Model", "predict", &Method::POST)
+        );
         let Found::Route(r, _) = routes.find("/shop/healthy") else { panic!("no route") };
-        assert_eq!((r.function.as_str(), r.method.as_str(), &r.http), ("health", "", &Method::GET));
+        assert_eq!((r.callee.function.as_str(), r.callee.method.as_str(), &r.http), ("health", "", &Method::GET));
         // An escaped path finds the same endpoint.
         assert!(matches!(routes.find("/sh%6Fp/healthy"), Found::Route(..)));
         let Found::UnderApp(list) = routes.find("/shop/nope") else { panic!("not under the app") };
@@ -667,7 +715,7 @@ mod tests {
         };
         let routes = Routes::new(&reg);
         let under = |path: &str| match routes.find(path) {
-            Found::Route(r, under) => Some((r.function.clone(), under)),
+            Found::Route(r, under) => Some((r.callee.function.clone(), under.into_owned())),
             _ => None,
         };
         assert_eq!(under("/site/api"), Some(("Api".into(), String::new())));

@@ -43,7 +43,7 @@ use std::time::Duration;
 use berth_proto::v1::{self as pb, result::Outcome};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -451,7 +451,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
     };
     if target.is_generator() {
         let (items, fc) = ctx.svc.open_stream(target.pool, target.method, args, trace);
-        return with_call_id(stream_items(items, sse).await, &fc);
+        return with_call_id(stream_items(items, sse).await, fc);
     }
     let (result, fc) = ctx.svc.call(target.pool, target.method, args, trace).await;
     if let Some(message) = crate::plane::queue_full(&result) {
@@ -471,12 +471,16 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Answer {
         Some(Outcome::Error(e)) => json_answer(StatusCode::INTERNAL_SERVER_ERROR, &error_json(e)),
         None => fail(StatusCode::INTERNAL_SERVER_ERROR, "Error", "the container sent an empty result"),
     };
-    with_call_id(res, &fc)
+    with_call_id(res, fc)
 }
 
-fn with_call_id(mut res: Answer, fc: &str) -> Answer {
-    if let Ok(v) = HeaderValue::from_str(fc) {
-        res.headers_mut().insert("x-berth-function-call-id", v);
+/// The header naming an HTTP call's function call id.
+static CALL_ID: HeaderName = HeaderName::from_static("x-berth-function-call-id");
+
+/// `res` with the call's function call id (its bytes become the header's, not copied).
+fn with_call_id(mut res: Answer, fc: String) -> Answer {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fc)) {
+        res.headers_mut().insert(&CALL_ID, v);
     }
     res
 }
