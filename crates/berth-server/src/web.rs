@@ -355,9 +355,9 @@ fn target(ctx: &Ctx, route: &Route) -> Result<crate::functions::Target, tonic::S
 }
 
 /// A request for a web app (`@fetchApp`, `@webServer`, `@nodeApp`), its URL being the path
-/// under the app's own with the query (`path`; the app's path goes in `x-forwarded-prefix`). An app with a
-/// server of its own gets it there ([`to_server`]). A `@fetchApp`'s is an input of its member
-/// with arguments `[null, request]`, the body read whole first. Its answer is the input's
+/// under the app's own with the query (`path`; the app's path goes in `x-forwarded-prefix`).
+/// An app with a server of its own gets it there ([`to_server`]). A `@fetchApp`'s is an input
+/// of its member with arguments `[null, request]`, the body read whole first. Its answer is the input's
 /// result, a whole Response (CBOR tag [`WEB_RESPONSE_TAG`] over `[status, headers, body]`), or
 /// a stream: the head (a null body), then the body's chunks as CBOR byte strings, each written
 /// as it comes; the generator credits of functions.rs are its backpressure. A failure before
