@@ -12,7 +12,7 @@
 // per request as the servers it measures. BENCH_LOADGEN=autocannon forces autocannon.
 // Run: npx tsx bench/http.ts (BENCH_SECONDS, BENCH_ROUNDS, BENCH_SSE_EVENTS, BENCH_SSE_WARMUP_S,
 // BENCH_ONLY=a,b, BENCH_LOADGEN=wrk|autocannon; BENCH_FLOORS=1 adds the floor of a proxy hop:
-// the same fastify behind a tokio byte relay and behind a bare hyper proxy).
+// the same fastify behind a tokio byte relay, a minimal HTTP byte lane and a bare hyper proxy).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
@@ -142,12 +142,18 @@ http {
 })
 
 /** The floor of one proxy hop (BENCH_FLOORS=1): the same fastify behind
- *  crates/berth-server/examples/proxy_floor.rs, a tokio byte relay or a bare hyper proxy on a
- *  runtime like the control plane's, built here once (`cargo build --release --example`). */
+ *  crates/berth-server/examples/proxy_floor.rs, a tokio byte relay, a minimal HTTP byte lane
+ *  (heads parsed and written anew, bodies copied by length) or a bare hyper proxy on a runtime
+ *  like the control plane's, built here once (`cargo build --release --example`). */
 const FLOORS = process.env.BENCH_FLOORS === '1'
 let floorBinary: string | undefined
-const behindFloor = (mode: 'relay' | 'hyper'): Contender => ({
-  name: mode === 'relay' ? 'fastify behind a tokio byte relay' : 'fastify behind a bare hyper proxy',
+const FLOOR_NAMES = {
+  relay: 'fastify behind a tokio byte relay',
+  lane: 'fastify behind a minimal HTTP byte lane',
+  hyper: 'fastify behind a bare hyper proxy',
+}
+const behindFloor = (mode: keyof typeof FLOOR_NAMES): Contender => ({
+  name: FLOOR_NAMES[mode],
   start: async () => {
     if (floorBinary === undefined) {
       execFileSync('cargo', ['build', '--release', '-q', '-p', 'berth-server', '--example', 'proxy_floor'], { cwd: root, stdio: 'inherit' })
@@ -174,7 +180,7 @@ const contenders: Contender[] = [
   web('berth @fetchApp (Hono)', '/bench-web/hono/noop'),
   web('berth @webServer (fastify)', '/bench-web/fastify/noop'),
   ...(installed('nginx', ['-v']) ? [behindNginx(1), behindNginx(2)] : []),
-  ...(FLOORS ? [behindFloor('relay'), behindFloor('hyper')] : []),
+  ...(FLOORS ? [behindFloor('relay'), behindFloor('lane'), behindFloor('hyper')] : []),
 ].filter((c) => ONLY === undefined || ONLY.some((o) => c.name.includes(o)))
 
 interface Sample {

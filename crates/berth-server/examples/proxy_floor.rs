@@ -5,8 +5,13 @@
 //!   both ways; no HTTP at all (what nginx's `stream` module or a TCP balancer does).
 //! - `hyper`: a bare HTTP/1.1 reverse proxy, hyper's server and, per client connection, one
 //!   hyper client connection upstream; no routing, no inputs, no limits.
+//! - `lane`: the least HTTP a byte lane for web apps would do: each request's head parsed
+//!   (httparse) and written anew (hop-by-hop headers dropped, a prefix header added), its
+//!   body copied by its `Content-Length`; the answer's head parsed and written with a header
+//!   added, its body copied by its length. Bodies of other framings are not handled (the
+//!   connection closes): a yardstick for no-op `POST`s, not a proxy.
 //!
-//! Usage: `proxy_floor relay|hyper UPSTREAM_PORT`; prints `listening PORT` (127.0.0.1).
+//! Usage: `proxy_floor relay|hyper|lane UPSTREAM_PORT`; prints `listening PORT` (127.0.0.1).
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -16,14 +21,15 @@ use tokio::net::{TcpListener, TcpStream};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(Ok(upstream))) = (args.get(1), args.get(2).map(|p| p.parse::<u16>())) else {
-        eprintln!("usage: proxy_floor relay|hyper UPSTREAM_PORT");
+        eprintln!("usage: proxy_floor relay|hyper|lane UPSTREAM_PORT");
         std::process::exit(2);
     };
-    let hyper = match mode.as_str() {
-        "relay" => false,
-        "hyper" => true,
+    let mode = match mode.as_str() {
+        "relay" => Mode::Relay,
+        "hyper" => Mode::Hyper,
+        "lane" => Mode::Lane,
         other => {
-            eprintln!("proxy_floor: no mode {other}; relay or hyper");
+            eprintln!("proxy_floor: no mode {other}; relay, hyper or lane");
             std::process::exit(2);
         }
     };
@@ -46,15 +52,24 @@ fn main() {
                 let _ = client.set_nodelay(true);
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
                 let _ = server.set_nodelay(true);
-                if hyper {
-                    proxy(client, server).await;
-                } else {
-                    let (mut client, mut server) = (client, server);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                match mode {
+                    Mode::Hyper => proxy(client, server).await,
+                    Mode::Lane => lane(client, server).await,
+                    Mode::Relay => {
+                        let (mut client, mut server) = (client, server);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
                 }
             });
         }
     });
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Relay,
+    Hyper,
+    Lane,
 }
 
 /// Each request of `client`'s connection sent on `server`'s, its answer relayed back.
@@ -73,4 +88,124 @@ async fn proxy(client: TcpStream, server: TcpStream) {
         }
     });
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service).await;
+}
+
+/// Headers a proxy does not pass on (they describe one connection).
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te", "trailer"];
+
+/// The `lane` mode: each request on `client`'s connection parsed, written anew to `server`'s,
+/// and its answer's head parsed and written anew back, bodies copied by their length.
+async fn lane(mut client: TcpStream, mut server: TcpStream) {
+    let (mut from_client, mut from_server, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        // The request: its head, rewritten, then its body.
+        let Some((head, len)) = read_head(&mut client, &mut from_client, |buf| {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            let httparse::Status::Complete(head) = req.parse(buf).ok()? else { return Some(None) };
+            out.clear();
+            let (method, path) = (req.method?, req.path?);
+            out.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
+            let len = copy_headers(req.headers, &mut out)?;
+            out.extend_from_slice(b"x-forwarded-prefix: /bench\r\n\r\n");
+            Some(Some((head, len)))
+        })
+        .await
+        else {
+            return;
+        };
+        if send(&mut server, &mut out, &mut from_client, head, len, &mut client).await.is_none() {
+            return;
+        }
+        // The answer: its head, with a header added, then its body.
+        let Some((head, len)) = read_head(&mut server, &mut from_server, |buf| {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut res = httparse::Response::new(&mut headers);
+            let httparse::Status::Complete(head) = res.parse(buf).ok()? else { return Some(None) };
+            out.clear();
+            out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", res.code?, res.reason.unwrap_or("")).as_bytes());
+            let len = copy_headers(res.headers, &mut out)?;
+            out.extend_from_slice(b"x-berth-function-call-id: fc-1\r\n\r\n");
+            Some(Some((head, len)))
+        })
+        .await
+        else {
+            return;
+        };
+        if send(&mut client, &mut out, &mut from_server, head, len, &mut server).await.is_none() {
+            return;
+        }
+    }
+}
+
+/// Reads from `io` into `buf` until `parse` makes something of a whole head (None from it: the
+/// head is malformed or not handled). None when the connection ends first.
+async fn read_head<T>(
+    io: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut parse: impl FnMut(&[u8]) -> Option<Option<T>>,
+) -> Option<T> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if !buf.is_empty() {
+            if let Some(done) = parse(buf)? {
+                return Some(done);
+            }
+        }
+        if buf.len() > 64 * 1024 || io.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// Writes the head in `out` and the `len` bytes of body after the first `head` bytes of `buf`
+/// (reading the rest from `from`) to `to`; what follows in `buf` stays for the next message.
+async fn send(
+    to: &mut TcpStream,
+    out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+    head: usize,
+    len: usize,
+    from: &mut TcpStream,
+) -> Option<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let have = (buf.len() - head).min(len);
+    out.extend_from_slice(&buf[head..head + have]);
+    buf.drain(..head + have);
+    to.write_all(out).await.ok()?;
+    let mut left = len - have;
+    while left > 0 {
+        let n = from.read_buf(buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        let take = buf.len().min(left);
+        to.write_all(&buf[..take]).await.ok()?;
+        buf.drain(..take);
+        left -= take;
+    }
+    Some(())
+}
+
+/// Writes `headers` but the hop-by-hop ones into `out`; the body's length, None for a body not
+/// framed by `Content-Length`.
+fn copy_headers(headers: &[httparse::Header<'_>], out: &mut Vec<u8>) -> Option<usize> {
+    let mut len = 0;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            len = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+        }
+        if HOP_BY_HOP.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    Some(len)
 }
