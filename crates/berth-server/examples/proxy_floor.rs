@@ -98,45 +98,44 @@ const HOP_BY_HOP: [&str; 7] =
 /// and its answer's head parsed and written anew back, bodies copied by their length.
 async fn lane(mut client: TcpStream, mut server: TcpStream) {
     let (mut from_client, mut from_server, mut out) = (Vec::new(), Vec::new(), Vec::new());
-    loop {
-        // The request: its head, rewritten, then its body.
-        let Some((head, len)) = read_head(&mut client, &mut from_client, |buf| {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            let httparse::Status::Complete(head) = req.parse(buf).ok()? else { return Some(None) };
-            out.clear();
-            let (method, path) = (req.method?, req.path?);
-            out.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
-            let len = copy_headers(req.headers, &mut out)?;
-            out.extend_from_slice(b"x-forwarded-prefix: /bench\r\n\r\n");
-            Some(Some((head, len)))
-        })
-        .await
-        else {
-            return;
-        };
-        if send(&mut server, &mut out, &mut from_client, head, len, &mut client).await.is_none() {
-            return;
-        }
-        // The answer: its head, with a header added, then its body.
-        let Some((head, len)) = read_head(&mut server, &mut from_server, |buf| {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut res = httparse::Response::new(&mut headers);
-            let httparse::Status::Complete(head) = res.parse(buf).ok()? else { return Some(None) };
-            out.clear();
-            out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", res.code?, res.reason.unwrap_or("")).as_bytes());
-            let len = copy_headers(res.headers, &mut out)?;
-            out.extend_from_slice(b"x-berth-function-call-id: fc-1\r\n\r\n");
-            Some(Some((head, len)))
-        })
-        .await
-        else {
-            return;
-        };
-        if send(&mut client, &mut out, &mut from_server, head, len, &mut server).await.is_none() {
-            return;
-        }
-    }
+    while relay(&mut client, &mut server, &mut from_client, &mut out, request_head).await.is_some()
+        && relay(&mut server, &mut client, &mut from_server, &mut out, answer_head).await.is_some()
+    {}
+}
+
+/// What a head parser makes of the bytes so far: None for a head not handled, Some(None) while
+/// it is not whole, else where it ends and its body's length (the head rewritten into `out`).
+type Head = Option<Option<(usize, usize)>>;
+
+/// One message from `from` to `to`: its head as `head` parses and rewrites it into `out`, then
+/// its body. None once either connection ends or a head is not handled.
+async fn relay(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    head: fn(&[u8], &mut Vec<u8>) -> Head,
+) -> Option<()> {
+    let (end, len) = read_head(from, buf, |b| head(b, out)).await?;
+    send(to, out, buf, end, len, from).await
+}
+
+/// A request's head, rewritten into `out` with a prefix header added.
+fn request_head(buf: &[u8], out: &mut Vec<u8>) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(end) = req.parse(buf).ok()? else { return Some(None) };
+    let first = format!("{} {} HTTP/1.1", req.method?, req.path?);
+    Some(Some((end, write_head(out, &first, req.headers, "x-forwarded-prefix: /bench")?)))
+}
+
+/// An answer's head, rewritten into `out` with a call id header added.
+fn answer_head(buf: &[u8], out: &mut Vec<u8>) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut res = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(end) = res.parse(buf).ok()? else { return Some(None) };
+    let first = format!("HTTP/1.1 {} {}", res.code?, res.reason.unwrap_or(""));
+    Some(Some((end, write_head(out, &first, res.headers, "x-berth-function-call-id: fc-1")?)))
 }
 
 /// Reads from `io` into `buf` until `parse` makes something of a whole head (None from it: the
@@ -188,9 +187,12 @@ async fn send(
     Some(())
 }
 
-/// Writes `headers` but the hop-by-hop ones into `out`; the body's length, None for a body not
-/// framed by `Content-Length`.
-fn copy_headers(headers: &[httparse::Header<'_>], out: &mut Vec<u8>) -> Option<usize> {
+/// Writes a head into `out`: its first line, `headers` but the hop-by-hop ones, and `added`.
+/// The body's length, None for a body not framed by `Content-Length`.
+fn write_head(out: &mut Vec<u8>, first: &str, headers: &[httparse::Header<'_>], added: &str) -> Option<usize> {
+    out.clear();
+    out.extend_from_slice(first.as_bytes());
+    out.extend_from_slice(b"\r\n");
     let mut len = 0;
     for h in headers {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -207,5 +209,7 @@ fn copy_headers(headers: &[httparse::Header<'_>], out: &mut Vec<u8>) -> Option<u
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(added.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
     Some(len)
 }
