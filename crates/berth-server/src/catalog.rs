@@ -38,10 +38,11 @@ impl Catalog {
         Self { index: (0..registry.functions.len()).collect(), current: registry, defs, stopped: Vec::new() }
     }
 
-    /// The function `app/name` callers reach now: its index in `defs`, and its definition.
-    pub fn find(&self, app: &str, name: &str) -> Option<(usize, &FunctionDef)> {
+    /// The function `app/name` callers reach now: its index in `defs`, and its definition there.
+    pub fn find(&self, app: &str, name: &str) -> Option<(usize, &Arc<FunctionDef>)> {
         let at = self.current.functions.iter().position(|d| d.app == app && d.name == name)?;
-        Some((self.index[at], &self.current.functions[at]))
+        let index = self.index[at];
+        Some((index, &self.defs[index]))
     }
 
     pub fn is_current(&self, def: usize) -> bool {

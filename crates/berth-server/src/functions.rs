@@ -122,9 +122,8 @@ impl FunctionsSvc {
         let f = f.ok_or_else(|| bad("missing `function`: name the app and function to call"))?;
         loop {
             let catalog = self.shared.catalog();
-            let (index, _) =
+            let (index, def) =
                 catalog.find(&f.app, &f.function).ok_or_else(|| unknown_function(&catalog, &f.app, &f.function))?;
-            let def = catalog.defs.get(index).ok_or_else(|| unknown_function(&catalog, &f.app, &f.function))?;
             if let Some(target) = self.target(f, index, def, web)? {
                 return Ok(target);
             }
