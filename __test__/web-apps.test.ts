@@ -197,6 +197,46 @@ test.serial('a request body streams to a @webServer as it comes: the app echoes 
   await stopsCleanly(t, s)
 })
 
+test.serial("a @webServer's answers come through whole however they are framed (chunks, a length, HEAD, 204, 304, a closed connection), and request bodies by a length or chunked", async (t) => {
+  const s = await served(t)
+  const base = `http://${s.http}/webapps/wire`
+  const chunks = await fetch(`${base}/chunks`)
+  t.is(chunks.status, 200)
+  t.is(await chunks.text(), 'one,two')
+  const sized = await fetch(`${base}/sized`)
+  t.is(sized.headers.get('content-length'), String(1 << 20))
+  const bytes = Buffer.from(await sized.arrayBuffer())
+  t.true(bytes.equals(Buffer.alloc(1 << 20, 'abcdefgh')), 'the 1 MiB body, byte for byte')
+  const head = await fetch(`${base}/sized`, { method: 'HEAD' })
+  t.is(head.status, 200)
+  t.is(head.headers.get('content-length'), String(1 << 20), "a HEAD's answer keeps its length")
+  t.is((await head.arrayBuffer()).byteLength, 0)
+  const nothing = await fetch(`${base}/nothing`)
+  t.is(nothing.status, 204)
+  t.is(nothing.headers.get('x-none'), 'yes')
+  const same = await fetch(`${base}/same`)
+  t.is(same.status, 304)
+  t.is(same.headers.get('etag'), '"v1"')
+  // The app closes its connection after answering: the next requests go on new ones.
+  for (let i = 0; i < 3; i++) t.is(await (await fetch(`${base}/close`)).text(), 'bye')
+  // A request body by its length, and one that streams (chunked), reach the app whole.
+  const body = Buffer.alloc(3 << 20, 'xyz')
+  let sum = 0
+  for (const b of body) sum = (sum + b) % 65521
+  const byLength = await fetch(`${base}/digest`, { method: 'POST', body })
+  t.deepEqual(await byLength.json(), { length: body.length, sum, chunked: null })
+  const stream = new ReadableStream<Uint8Array>({
+    start(c) {
+      c.enqueue(body.subarray(0, 1000))
+      c.enqueue(body.subarray(1000))
+      c.close()
+    },
+  })
+  const byChunks = await fetch(`${base}/digest`, { method: 'POST', body: stream, duplex: 'half' } as RequestInit)
+  t.deepEqual(await byChunks.json(), { length: body.length, sum, chunked: 'chunked' })
+  await stopsCleanly(t, s)
+})
+
 test.serial('a @webServer that never listens: its container fails to start with a clear log line, and callers get 503', async (t) => {
   const s = await served(t)
   const res = await fetch(`http://${s.http}/webapps/never/anything`)

@@ -310,10 +310,10 @@ impl FunctionsSvc {
         &self,
         pool: PoolId,
         method: u32,
-        request: hyper::Request<crate::http::Limited>,
+        request: Box<crate::proxy::Outgoing>,
+        trace: Option<TraceContext>,
     ) -> (crate::proxy::Proxied, String) {
         let fc = self.new_call_id();
-        let trace = caller_trace(request.headers());
         let (waiter, proxied) = crate::proxy::waiter(request);
         // Its turn here: the scheduler's assignment comes back to this task at once (proxy.rs).
         let input = self.submit_driven(pool, method, fc.clone(), vec![(Vec::new(), waiter)], false, true, trace);

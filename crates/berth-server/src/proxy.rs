@@ -20,6 +20,14 @@
 //! which costs the kernel less per request than TCP on loopback; they are driven by the
 //! handler that uses one (the request and its answer's body are read and written
 //! in the handler's own task, with no task of their own to wake).
+//!
+//! The control plane speaks HTTP/1.1 to the app's server itself ([`Conn`]) rather than through
+//! a general client: the request's head is written once, as it came (the caller's headers, its
+//! framing), with the body's first bytes in the same write; the answer's head is parsed
+//! (httparse, as hyper does) and its body relayed by its framing (a length, chunks, or the
+//! connection's end). A general client's request and answer channels, its connection task's
+//! wake-ups and its second parse of the head cost about as much CPU per request as everything
+//! else the control plane does for it (README "Performance", @webServer).
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -28,11 +36,9 @@ use std::task::{Context, Poll, Waker};
 
 use berth_core::{Command, ContainerId, Exec, ExecId, ExecStatus, InputId};
 use berth_proto::v1 as pb;
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper::header::{self, HeaderMap, HeaderName};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::UnixStream;
@@ -65,46 +71,483 @@ pub(crate) struct AppServer {
     idle: Mutex<Vec<Box<Conn>>>,
 }
 
-/// One connection to a server: what sends on it, and what reads and writes its socket (polled
-/// by whoever uses the connection: [`Conn::drive`]). Boxed where it is kept and passed: it is
-/// large, and moves with each request.
+/// The most header lines an answer's head may have, and the most bytes (hyper's limits are
+/// 100 and about 400 KiB; Node's server sends far less).
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD: usize = 256 << 10;
+
+/// What a read asks the socket for at first; doubled while reads fill it (a large body), up to
+/// `MAX_READ`.
+const FIRST_READ: usize = 4 << 10;
+const MAX_READ: usize = 64 << 10;
+
+/// One connection to a server, spoken to by hand (see the module doc): its socket, the bytes
+/// read from it and not yet used, the request still going out, and how the answer in hand is
+/// framed. Polled by whoever uses the connection. Boxed where it is kept and passed: it moves
+/// with each request.
 struct Conn {
-    send: SendRequest<Limited>,
-    io: Connection<TokioIo<Stream>, Limited>,
-    closed: bool,
+    io: Stream,
+    /// `buf[start..end]` was read and not yet used; the rest is room for the next read.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The request, while any of it is still to be written (an app may answer before it has
+    /// read the body: the rest goes on as the answer is relayed).
+    upload: Option<Box<Outgoing>>,
+    /// The answer's body still to come.
+    framing: Framing,
+    /// Another request may follow on it: false once the app asked to close it, or an answer
+    /// ran to the connection's end, or anything went wrong on it.
+    reusable: bool,
     /// When it went back to the idle ones.
     idle_since: std::time::Instant,
 }
 
-impl Conn {
-    /// Reads and writes what the connection can now; false once it is closed.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closed && self.io.poll_without_shutdown(cx).is_ready() {
-            self.closed = true;
-        }
-        !self.closed
-    }
+/// How the rest of an answer's body comes (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// Nothing more: a HEAD's answer, a 204 or 304, or a body read to its end.
+    Done,
+    /// This many bytes.
+    Length(u64),
+    /// Chunks, at this point of them.
+    Chunked(Chunk),
+    /// Everything until the server closes the connection.
+    Close,
+}
 
-    /// Ready for a request now: a kept connection whose last exchange is over (its answer read
-    /// to its end, and its request's body sent: an app may answer before it has read the body)
-    /// and whose server has not closed it. One that is not is dropped, not waited for.
-    fn ready_now(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.drive(&mut cx) && matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
-    }
+/// Where a chunked body's reader is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// At a chunk's size line.
+    Size,
+    /// In a chunk's data: this many bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines (dropped) until an empty one.
+    Trailers,
+}
 
-    /// Ready for a request: a new connection, once its handshake is done.
-    async fn ready(&mut self) -> Result<(), String> {
-        poll_fn(|cx| {
-            let open = self.drive(cx);
-            match self.send.poll_ready(cx) {
-                Poll::Ready(Ok(())) if open => Poll::Ready(Ok(())),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e.to_string())),
-                _ if !open => Poll::Ready(Err("the connection closed".to_owned())),
-                _ => Poll::Pending,
+/// A request as it goes to an app's server: its head, written once, then its body by its framing.
+pub(crate) struct Outgoing {
+    /// What is to be written next (the head, then the body's bytes as they come), and how much of
+    /// it was.
+    out: Vec<u8>,
+    at: usize,
+    /// Whether any of it went out (or its body failed): a request none of which did can go on
+    /// another connection.
+    began: bool,
+    /// The body, until it ends; where its refusal goes (http/mod.rs `Limited`); its failure,
+    /// for `poll_write` to return.
+    body: Option<Limited>,
+    fault: Arc<Mutex<Option<BodyError>>>,
+    failed: Option<std::io::Error>,
+    /// The body goes chunked (it came chunked); else as it came, by its `Content-Length`.
+    chunked: bool,
+    /// A HEAD request: its answer has no body, whatever its head says.
+    head_only: bool,
+}
+
+impl Outgoing {
+    /// Writes what it can of the request, taking the body's frames as they come (those there now
+    /// in one write); ready once all of it is written.
+    fn poll_write(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            if let Some(e) = self.failed.take() {
+                return Poll::Ready(Err(e));
             }
-        })
-        .await
+            while self.at < self.out.len() {
+                match Pin::new(&mut *io).poll_write(cx, &self.out[self.at..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.at += n;
+                        self.began = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.out.clear();
+            self.at = 0;
+            if self.body.is_none() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.take_body(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Puts the first of the body that is there now behind the head, so that both go in one
+    /// write (a small body has come with its head).
+    fn gather(&mut self) {
+        let _ = self.take_body(&mut Context::from_waker(Waker::noop()));
+    }
+
+    /// Moves the body's frames that are there now into `out`, the last chunk after them when the
+    /// body ends; a body that fails is kept in `failed` (the request is spoiled: never sent
+    /// again). Pending when nothing was there and more is to come.
+    fn take_body(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(body) = &mut self.body else { return Poll::Ready(()) };
+        while self.out.len() < MAX_READ {
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        push(&mut self.out, self.chunked, &data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.failed = Some(e);
+                    self.began = true;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => {
+                    if self.chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.body = None;
+                    return Poll::Ready(());
+                }
+                Poll::Pending if self.out.is_empty() => return Poll::Pending,
+                Poll::Pending => return Poll::Ready(()),
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Appends a body's `data` to `out`, as a chunk when the body goes `chunked`.
+fn push(out: &mut Vec<u8>, chunked: bool, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+impl Conn {
+    fn new(io: Stream) -> Self {
+        Self {
+            io,
+            buf: vec![0; FIRST_READ],
+            start: 0,
+            end: 0,
+            upload: None,
+            framing: Framing::Done,
+            reusable: true,
+            idle_since: std::time::Instant::now(),
+        }
+    }
+
+    /// Ready for a request now: a kept connection whose server has not closed it (nor sent
+    /// anything unasked). Its socket is only looked at when the reactor saw something on it.
+    fn ready_now(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                matches!(self.io.try_read(&mut [0; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more into `buf`: the number of bytes, 0 at the connection's end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                (self.start, self.end) = (0, self.end - self.start);
+            } else if self.buf.len() < MAX_HEAD {
+                // A head larger than the buffer.
+                self.buf.resize(self.buf.len() * 2, 0);
+            } else {
+                return Poll::Ready(Err(std::io::Error::other("its answer's head is too large")));
+            }
+        }
+        let room = self.buf.len() - self.end;
+        let mut read = ReadBuf::new(&mut self.buf[self.end..]);
+        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                self.end += n;
+                if n == room && self.buf.len() < MAX_READ {
+                    // More is coming than a read takes: larger reads.
+                    self.buf.resize(self.buf.len() * 2, 0);
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Sends the rest of the request as it can (its failure is the exchange's).
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        if let Some(up) = &mut self.upload {
+            match up.poll_write(&mut self.io, cx) {
+                Poll::Ready(Ok(())) => self.upload = None,
+                Poll::Ready(Err(e)) => {
+                    self.reusable = false;
+                    return Err(e);
+                }
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer's head (1xx heads skipped), once it is whole; the request goes on meanwhile.
+    fn poll_head(&mut self, cx: &mut Context<'_>, head_only: bool) -> Poll<std::io::Result<Response<()>>> {
+        loop {
+            if let Err(e) = self.poll_upload(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if self.end > self.start {
+                match self.parse_head(head_only) {
+                    Ok(Some(res)) => return Poll::Ready(Ok(res)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.reusable = false;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the connection closed before an answer",
+                    )));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.reusable = false;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The answer's head in `buf`, if whole: its status and headers as sent, and its framing
+    /// (set in `framing`). 1xx heads are skipped: the ingress answers `Expect` itself.
+    fn parse_head(&mut self, head_only: bool) -> std::io::Result<Option<Response<()>>> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        loop {
+            let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let have = &self.buf[self.start..self.end];
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut parsed,
+                have,
+                &mut headers,
+            ) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if self.end - self.start < MAX_HEAD => return Ok(None),
+                Ok(httparse::Status::Partial) => return Err(bad("its answer's head is too large".into())),
+                Err(e) => return Err(bad(format!("its answer's head is malformed: {e}"))),
+            };
+            let code = parsed.code.unwrap_or(0);
+            if (100..200).contains(&code) {
+                if code == 101 {
+                    return Err(bad("it switched protocols, which a proxied request cannot".into()));
+                }
+                self.start += len;
+                if self.start == self.end {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let status = StatusCode::from_u16(code).map_err(|e| bad(format!("its answer's status {code}: {e}")))?;
+            let mut map = HeaderMap::with_capacity(parsed.headers.len());
+            let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
+            // HTTP/1.0 closes after the answer unless it says otherwise.
+            let mut close = parsed.version == Some(0);
+            for h in parsed.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| bad(format!("its answer has a header named {:?}", h.name)))?;
+                let value = HeaderValue::from_bytes(h.value)
+                    .map_err(|_| bad(format!("its answer's header {} has a value no header can", h.name)))?;
+                if name == header::CONTENT_LENGTH {
+                    let n = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+                    match (n, length) {
+                        (Some(n), None) => length = Some(n),
+                        (Some(n), Some(m)) if n == m => {}
+                        _ => return Err(bad("its answer's Content-Length is not one number".into())),
+                    }
+                } else if name == header::TRANSFER_ENCODING {
+                    coded = true;
+                    // Chunked only when chunked is the last coding (RFC 9112 6.3).
+                    chunked = value
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.rsplit(',').next())
+                        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+                } else if name == header::CONNECTION {
+                    for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+                        if token.eq_ignore_ascii_case("close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case("keep-alive") && parsed.version == Some(0) {
+                            close = false;
+                        }
+                    }
+                }
+                map.append(name, value);
+            }
+            self.start += len;
+            self.framing = if head_only || code == 204 || code == 304 {
+                Framing::Done
+            } else if coded {
+                // A length beside a coding is not to be trusted, nor the connection after it.
+                close |= length.is_some() || !chunked;
+                if chunked {
+                    Framing::Chunked(Chunk::Size)
+                } else {
+                    Framing::Close
+                }
+            } else {
+                match length {
+                    Some(0) => Framing::Done,
+                    Some(n) => Framing::Length(n),
+                    None => {
+                        close = true;
+                        Framing::Close
+                    }
+                }
+            };
+            if close {
+                self.reusable = false;
+            }
+            let mut res = Response::new(());
+            *res.status_mut() = status;
+            *res.headers_mut() = map;
+            return Ok(Some(res));
+        }
+    }
+
+    /// The answer body's next bytes: None at its end. The request's rest goes on meanwhile.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>> {
+        if let Err(e) = self.poll_upload(cx) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            match self.next_bytes() {
+                Ok(Some(bytes)) => return Poll::Ready(Some(Ok(bytes))),
+                Ok(None) if self.framing == Framing::Done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) if self.framing == Framing::Close => {
+                    self.framing = Framing::Done;
+                    self.reusable = false;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the connection closed before the answer's end",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The body's bytes in `buf` by its framing (a chunked body's framing lines consumed); None
+    /// when more must be read first, or the body is done.
+    fn next_bytes(&mut self) -> std::io::Result<Option<Bytes>> {
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        loop {
+            let have = &self.buf[self.start..self.end];
+            match &mut self.framing {
+                Framing::Done => return Ok(None),
+                Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+                    if have.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = have.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let bytes = Bytes::copy_from_slice(&have[..n]);
+                    self.start += n;
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.framing = match self.framing {
+                            Framing::Length(_) => Framing::Done,
+                            _ => Framing::Chunked(Chunk::DataEnd),
+                        };
+                    }
+                    return Ok(Some(bytes));
+                }
+                Framing::Close => {
+                    if have.is_empty() {
+                        return Ok(None);
+                    }
+                    let bytes = Bytes::copy_from_slice(have);
+                    self.start = self.end;
+                    return Ok(Some(bytes));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if have.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &have[..2] != b"\r\n" {
+                        return Err(bad("a chunk of its answer did not end with CRLF"));
+                    }
+                    self.start += 2;
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(state @ (Chunk::Size | Chunk::Trailers)) => {
+                    let Some(eol) = have.windows(2).position(|w| w == b"\r\n") else {
+                        if have.len() > 4096 {
+                            return Err(bad("a chunk line of its answer is too long"));
+                        }
+                        return Ok(None);
+                    };
+                    let line = &have[..eol];
+                    self.start += eol + 2;
+                    if *state == Chunk::Trailers {
+                        if line.is_empty() {
+                            self.framing = Framing::Done;
+                        }
+                        continue;
+                    }
+                    // The size in hex; extensions after `;` ignored.
+                    let digits = line.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+                    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+                        return Err(bad("a chunk of its answer has no size"));
+                    }
+                    let size =
+                        digits.iter().fold(0u64, |n, &d| n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0)));
+                    *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                }
+            }
+        }
+    }
+
+    /// Whether it can carry another request: the answer read to its end, the whole request sent,
+    /// nothing more read, and neither side asked to close.
+    fn done_cleanly(&self) -> bool {
+        self.reusable && self.framing == Framing::Done && self.upload.is_none() && self.start == self.end
     }
 }
 
@@ -134,6 +577,22 @@ pub(crate) fn padded_abstract(name: &str) -> Option<String> {
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl Stream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read(buf),
+            Stream::Unix(s) => s.try_read(buf),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
@@ -182,9 +641,9 @@ impl AsyncWrite for Stream {
 /// Why a request did not get its head.
 enum SendError {
     /// Never sent (no connection could be made): the request is still whole.
-    NotSent(Box<Request<Limited>>, String),
+    NotSent(Box<Outgoing>, String),
     /// Sent, wholly or in part, and the connection failed.
-    Sent(hyper::Error),
+    Sent(std::io::Error),
 }
 
 impl AppServer {
@@ -212,8 +671,13 @@ impl AppServer {
     /// A connection whose answer was read to its end goes back to the idle ones.
     fn put_back(&self, mut conn: Box<Conn>) {
         conn.idle_since = std::time::Instant::now();
+        if conn.buf.len() > FIRST_READ {
+            // Grown for a large answer: an idle connection keeps the small buffer.
+            conn.buf = vec![0; FIRST_READ];
+        }
+        (conn.start, conn.end) = (0, 0);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if !conn.closed && idle.len() < MAX_IDLE {
+        if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
@@ -232,14 +696,13 @@ impl AppServer {
                 Stream::Tcp(tcp)
             }
         };
-        let (send, io) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-        Ok(Box::new(Conn { send, io, closed: false, idle_since: std::time::Instant::now() }))
+        Ok(Box::new(Conn::new(stream)))
     }
 
-    /// Sends `req` on an idle connection, or a new one. An idle connection the server closed
-    /// meanwhile gives the request back unsent: it goes on another.
-    async fn send(&self, mut req: Request<Limited>) -> Result<(Response<Incoming>, Box<Conn>), SendError> {
+    /// Sends `req` on an idle connection, or a new one, and reads its answer's head. A
+    /// connection that fails before any of the request went out gives it back: a kept one (its
+    /// server closed it meanwhile) has it sent on another, a new one returns it unsent.
+    async fn send(&self, mut req: Box<Outgoing>) -> Result<(Response<()>, Box<Conn>), SendError> {
         loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(mut conn) => {
@@ -250,26 +713,20 @@ impl AppServer {
                 }
                 None => match self.connect().await {
                     Ok(conn) => (conn, false),
-                    Err(e) => return Err(SendError::NotSent(Box::new(req), format!("could not connect: {e}"))),
+                    Err(e) => return Err(SendError::NotSent(req, format!("could not connect: {e}"))),
                 },
             };
-            if !reused {
-                if let Err(e) = conn.ready().await {
-                    return Err(SendError::NotSent(Box::new(req), e));
-                }
+            let head_only = req.head_only;
+            if !req.began {
+                req.gather();
             }
-            let mut answer = std::pin::pin!(conn.send.try_send_request(req));
-            let sent = poll_fn(|cx| {
-                conn.drive(cx);
-                answer.as_mut().poll(cx)
-            })
-            .await;
-            match sent {
+            conn.upload = Some(req);
+            match poll_fn(|cx| conn.poll_head(cx, head_only)).await {
                 Ok(res) => return Ok((res, conn)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    Some(unsent) => return Err(SendError::NotSent(Box::new(unsent), e.into_error().to_string())),
-                    None => return Err(SendError::Sent(e.into_error())),
+                Err(e) => match conn.upload.take() {
+                    Some(unsent) if !unsent.began && reused => req = unsent,
+                    Some(unsent) if !unsent.began => return Err(SendError::NotSent(unsent, e.to_string())),
+                    _ => return Err(SendError::Sent(e)),
                 },
             }
         }
@@ -282,7 +739,7 @@ impl AppServer {
 /// would take several.
 pub(crate) struct Exchange {
     /// Taken by the attempt that sends it; put back by one that could not connect.
-    request: Mutex<Option<Request<Limited>>>,
+    request: Mutex<Option<Box<Outgoing>>>,
     /// Taken after the state lock when both are held (`assign` runs in the scheduler's turn).
     slot: Mutex<Slot>,
 }
@@ -367,8 +824,8 @@ pub(crate) enum Unanswered {
 
 /// The waiter of a proxied request's input, and, given the input's id once it is submitted,
 /// what its HTTP handler waits on.
-pub(crate) fn waiter(request: Request<Limited>) -> (Waiter, impl FnOnce(Arc<Shared>, InputId) -> Proxied) {
-    let fault = request.body().fault();
+pub(crate) fn waiter(request: Box<Outgoing>) -> (Waiter, impl FnOnce(Arc<Shared>, InputId) -> Proxied) {
+    let fault = Arc::clone(&request.fault);
     let exchange = Arc::new(Exchange { request: Mutex::new(Some(request)), slot: Mutex::default() });
     let waiter = Waiter::Proxy(Arc::clone(&exchange));
     (waiter, move |shared, input| Proxied { exchange, fault, shared, input, settled: false })
@@ -429,23 +886,48 @@ impl Drop for Proxied {
 
 /// Builds what goes to the app's server: the path under the app's own (`path`, with its query)
 /// and the caller's headers but those of its connection (as src/run/web.ts passed them on
-/// before). The framing is the caller's `Content-Length`, which the ingress read the body by,
-/// or else hyper's from the body (chunked): a body that came chunked goes on chunked, its
-/// `Content-Length`, if the caller sent one too, dropped. `Expect: 100-continue` was the
-/// ingress's to answer (hyper does when the body is first read); the app gets the body
-/// without it.
+/// before), written as the head of an HTTP/1.1 request. The framing is the caller's
+/// `Content-Length`, which the ingress read the body by, or else chunked for a body: a body
+/// that came chunked goes on chunked, its `Content-Length`, if the caller sent one too,
+/// dropped. `Expect: 100-continue` was the ingress's to answer (hyper does when the body is
+/// first read); the app gets the body without it.
 pub(crate) fn request(
-    method: hyper::Method,
-    path: String,
+    method: &hyper::Method,
+    path: &str,
     mut headers: HeaderMap,
     body: Limited,
-) -> Result<Request<Limited>, String> {
+) -> Result<Box<Outgoing>, String> {
     passed_on(&mut headers);
-    // The path's own bytes become the URI's.
-    let uri = hyper::Uri::try_from(path).map_err(|e| format!("the path under the app's is no URI path: {e}"))?;
-    let mut req = Request::builder().method(method).uri(uri).body(body).map_err(|e| e.to_string())?;
-    *req.headers_mut() = headers;
-    Ok(req)
+    // A part of the ingress's URI, so this holds but for a path hyper would not have let by.
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!("the path under the app's is no URI path: {path:?}"));
+    }
+    let chunked = !headers.contains_key(header::CONTENT_LENGTH) && !body.is_end_stream();
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Box::new(Outgoing {
+        out,
+        at: 0,
+        began: false,
+        fault: body.fault(),
+        body: Some(body),
+        failed: None,
+        chunked,
+        head_only: method == hyper::Method::HEAD,
+    }))
 }
 
 /// The caller's headers as the app gets them (see [`request`]).
@@ -601,10 +1083,10 @@ impl Assigned {
         match sent {
             Ok((res, conn)) => {
                 let Self { stopped, run, .. } = self;
-                Some(res.map(|body| Relay { body, conn: Some(conn), stopped, server, run }))
+                Some(res.map(|()| Relay { conn: Some(conn), stopped, server, run }))
             }
             Err(SendError::NotSent(req, why)) => {
-                *exchange.request.lock().unwrap_or_else(|e| e.into_inner()) = Some(*req);
+                *exchange.request.lock().unwrap_or_else(|e| e.into_inner()) = Some(req);
                 let message = format!("the web app's server on 127.0.0.1:{port} {why}");
                 self.run.finish(error(BAD_GATEWAY, message), ExecStatus::Failed);
                 None
@@ -667,7 +1149,7 @@ impl Drop for Run {
 /// (the answer ends short) or its drop before the end (the client went away: the input is
 /// cancelled, and the app's connection closes, which ends its response).
 pub(crate) struct Relay {
-    body: Incoming,
+    /// The connection the answer comes on; None once the answer broke off or was aborted.
     conn: Option<Box<Conn>>,
     stopped: oneshot::Receiver<()>,
     server: Arc<AppServer>,
@@ -677,10 +1159,17 @@ pub(crate) struct Relay {
 impl Relay {
     fn ended(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.server.put_back(conn);
+            if conn.done_cleanly() {
+                self.server.put_back(conn);
+            }
         }
         // A web app's result: null, as a streamed Response's end is (web.rs).
         self.run.finish(pb::Result { outcome: Some(pb::result::Outcome::Value(vec![0xf6])) }, ExecStatus::Ok);
+    }
+
+    /// Nothing more to read of the answer.
+    fn at_end(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.framing == Framing::Done)
     }
 }
 
@@ -699,11 +1188,9 @@ impl Body for Relay {
             this.run.finish(error("InputCancelledError", "aborted"), ExecStatus::FailedFinal);
             return Poll::Ready(Some(Err(std::io::Error::other("the request was aborted"))));
         }
-        if let Some(conn) = &mut this.conn {
-            conn.drive(cx);
-        }
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+        let Some(conn) = &mut this.conn else { return Poll::Ready(None) };
+        match conn.poll_body(cx) {
+            Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
             Poll::Ready(None) => {
                 this.ended();
                 Poll::Ready(None)
@@ -720,11 +1207,15 @@ impl Body for Relay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.run.done
+        self.run.done || self.at_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.conn.as_ref().map(|c| c.framing) {
+            Some(Framing::Done) => SizeHint::with_exact(0),
+            Some(Framing::Length(n)) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }
 
@@ -732,7 +1223,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // An answer with nothing left to read (a HEAD's, a 204) is done; any other is cut
         // short, and its run's drop cancels the input.
-        if !self.run.done && self.body.is_end_stream() {
+        if !self.run.done && self.at_end() {
             self.ended();
         }
     }
@@ -789,5 +1280,87 @@ mod tests {
         chunked.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
         passed_on(&mut chunked);
         assert_eq!(names(&chunked), ["content-type"]);
+    }
+
+    /// A connection whose server side sends `pieces` (each its own write, a pause between them);
+    /// the answer read from it as [`AppServer::send`] and [`Relay`] read one: the head's status,
+    /// the body, and whether the connection could carry another request.
+    async fn answer_of(pieces: &[&[u8]], head_only: bool) -> Result<(u16, Vec<u8>, bool), String> {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
+        let server = tokio::spawn(async move {
+            for p in pieces {
+                theirs.write_all(&p).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            // Held open a while: an answer framed by the connection's end ends when it closes.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        });
+        let mut conn = Conn::new(Stream::Unix(ours));
+        let head = poll_fn(|cx| conn.poll_head(cx, head_only)).await.map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        while let Some(bytes) = poll_fn(|cx| conn.poll_body(cx)).await {
+            body.extend_from_slice(&bytes.map_err(|e| e.to_string())?);
+        }
+        let reusable = conn.done_cleanly();
+        server.abort();
+        Ok((head.status().as_u16(), body, reusable))
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_by_their_framing_and_only_a_clean_end_keeps_the_connection() {
+        // By length, the head and body split anywhere.
+        let sized = answer_of(&[b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\n\r\nhel", b"lo"], false).await;
+        assert_eq!(sized.unwrap(), (200, b"hello".to_vec(), true));
+        // Chunked, with an extension, a chunk split across writes, and a trailer.
+        let chunked = answer_of(
+            &[
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r",
+                b"\nA\r\n0123",
+                b"456789\r\n0\r\nx-t: 1\r\n\r\n",
+            ],
+            false,
+        )
+        .await;
+        assert_eq!(chunked.unwrap(), (200, b"abc0123456789".to_vec(), true));
+        // Neither: the body is all until the server closes, and the connection goes with it.
+        let closed = answer_of(&[b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"], false).await;
+        assert_eq!(closed.unwrap(), (200, b"until the end".to_vec(), false));
+        // 1xx heads are skipped; the app asking to close is heeded.
+        let continued = answer_of(
+            &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"],
+            false,
+        )
+        .await;
+        assert_eq!(continued.unwrap(), (201, b"ok".to_vec(), false));
+        // HTTP/1.0 closes unless it says keep-alive.
+        let old = answer_of(&[b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx"], false).await;
+        assert_eq!(old.unwrap(), (200, b"x".to_vec(), false));
+        let kept =
+            answer_of(&[b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx"], false).await;
+        assert_eq!(kept.unwrap(), (200, b"x".to_vec(), true));
+        // No body after a HEAD's answer, a 204 or a 304, whatever the head says.
+        let head = answer_of(&[b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"], true).await;
+        assert_eq!(head.unwrap(), (200, Vec::new(), true));
+        let empty = answer_of(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
+        assert_eq!(empty.unwrap(), (204, Vec::new(), true));
+        // Bytes past the answer: the connection is not used again.
+        let extra = answer_of(&[b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxy"], false).await;
+        assert_eq!(extra.unwrap(), (200, b"x".to_vec(), false));
+    }
+
+    #[tokio::test]
+    async fn a_broken_answer_is_an_error_not_a_short_body() {
+        let short = answer_of(&[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"], false).await;
+        assert!(short.unwrap_err().contains("before the answer's end"));
+        let chunk = answer_of(&[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"], false).await;
+        assert!(chunk.unwrap_err().contains("no size"));
+        let lengths = answer_of(&[b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx"], false).await;
+        assert!(lengths.unwrap_err().contains("not one number"));
+        let garbage = answer_of(&[b"HTTP/1.1 abc\r\n\r\n"], false).await;
+        assert!(garbage.unwrap_err().contains("malformed"));
+        let none = answer_of(&[], false).await;
+        assert!(none.unwrap_err().contains("closed before an answer"));
     }
 }

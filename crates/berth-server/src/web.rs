@@ -410,11 +410,12 @@ async fn to_server(
         Ok(t) => t,
         Err(status) => return refused(&status),
     };
-    let request = match proxy::request(head.method, path, head.headers, Limited::new(body, ctx.body)) {
+    let trace = crate::functions::caller_trace(&head.headers);
+    let request = match proxy::request(&head.method, &path, head.headers, Limited::new(body, ctx.body)) {
         Ok(r) => r,
         Err(message) => return fail(StatusCode::BAD_REQUEST, "InvalidArgument", message),
     };
-    let (proxied, fc) = ctx.svc.open_proxied(target.pool, target.method, request);
+    let (proxied, fc) = ctx.svc.open_proxied(target.pool, target.method, request, trace);
     let res = match proxied.answer().await {
         Ok(res) => {
             let (mut parts, relay) = res.into_parts();
