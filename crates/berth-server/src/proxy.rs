@@ -409,8 +409,13 @@ impl Conn {
             self.framing = if head_only || code == 204 || code == 304 {
                 Framing::Done
             } else if coded {
-                // A length beside a coding is not to be trusted, nor the connection after it.
-                close |= length.is_some() || !chunked;
+                // A length beside a coding is not to be trusted (nor passed on: the client
+                // gets the body framed anew), nor the connection after it.
+                if length.is_some() {
+                    map.remove(header::CONTENT_LENGTH);
+                    close = true;
+                }
+                close |= !chunked;
                 if chunked {
                     Framing::Chunked(Chunk::Size)
                 } else {
@@ -1345,6 +1350,20 @@ mod tests {
         assert_eq!(head.unwrap(), (200, Vec::new(), true));
         let empty = answer_of(&[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
         assert_eq!(empty.unwrap(), (204, Vec::new(), true));
+        // A length beside chunks: the chunks frame it, and the connection is not used again.
+        let both = answer_of(
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+            false,
+        )
+        .await;
+        assert_eq!(both.unwrap(), (200, b"ok".to_vec(), false));
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(Stream::Unix(ours));
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\nx-a: 1\r\n\r\n";
+        conn.buf[..head.len()].copy_from_slice(head);
+        conn.end = head.len();
+        let res = conn.parse_head(false).unwrap().unwrap();
+        assert_eq!(names(res.headers()), ["transfer-encoding", "x-a"]);
         // Bytes past the answer: the connection is not used again.
         let extra = answer_of(&[b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxy"], false).await;
         assert_eq!(extra.unwrap(), (200, b"x".to_vec(), false));
