@@ -197,7 +197,7 @@ test.serial('a request body streams to a @webServer as it comes: the app echoes 
   await stopsCleanly(t, s)
 })
 
-test.serial("a @webServer's answers come through whole however they are framed (chunks, a length, HEAD, 204, 304, a closed connection), and request bodies by a length or chunked", async (t) => {
+test.serial("a @webServer's answers come through whole however they are framed (chunks, a length, HEAD, 204, 304, a closed connection), request bodies by a length or chunked, and kept connections the app closed are not used", async (t) => {
   const s = await served(t)
   const base = `http://${s.http}/webapps/wire`
   const chunks = await fetch(`${base}/chunks`)
@@ -234,6 +234,10 @@ test.serial("a @webServer's answers come through whole however they are framed (
   })
   const byChunks = await fetch(`${base}/digest`, { method: 'POST', body: stream, duplex: 'half' } as RequestInit)
   t.deepEqual(await byChunks.json(), { length: body.length, sum, chunked: 'chunked' })
+  // The app closes connections idle 300 ms: after a pause, requests go on new ones, none lost.
+  await new Promise((r) => setTimeout(r, 800))
+  const after = await Promise.all([1, 2, 3, 4].map(() => fetch(`${base}/chunks`).then((r) => r.text())))
+  t.deepEqual(after, ['one,two', 'one,two', 'one,two', 'one,two'])
   await stopsCleanly(t, s)
 })
 
