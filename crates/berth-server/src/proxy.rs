@@ -25,9 +25,10 @@
 //! a general client: the request's head is written once, as it came (the caller's headers, its
 //! framing), with the body's first bytes in the same write; the answer's head is parsed
 //! (httparse, as hyper does) and its body relayed by its framing (a length, chunks, or the
-//! connection's end). A general client's request and answer channels, its connection task's
-//! wake-ups and its second parse of the head cost about as much CPU per request as everything
-//! else the control plane does for it (README "Performance", @webServer).
+//! connection's end). hyper's client, used here before, put each request through a dispatch
+//! channel and a oneshot, woke its connection's task and built the answer a second time: the
+//! control plane's CPU per proxied request went from 15.7 to 13.1 µs without it (README
+//! "Performance", @webServer).
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
