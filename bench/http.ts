@@ -12,7 +12,8 @@
 // per request as the servers it measures. BENCH_LOADGEN=autocannon forces autocannon.
 // Run: npx tsx bench/http.ts (BENCH_SECONDS, BENCH_ROUNDS, BENCH_SSE_EVENTS, BENCH_SSE_WARMUP_S,
 // BENCH_ONLY=a,b, BENCH_LOADGEN=wrk|autocannon; BENCH_FLOORS=1 adds the floor of a proxy hop:
-// the same fastify behind a tokio byte relay, a minimal HTTP byte lane and a bare hyper proxy).
+// the same fastify behind a tokio byte relay, a minimal HTTP byte lane and a bare hyper proxy;
+// BENCH_THREADS=1 adds each contender's CPU per request by process and thread, user + system).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
@@ -189,6 +190,53 @@ interface Sample {
   p99: number
   /** CPU time of the server's processes per request, in µs: steadier than req/s on a busy host. */
   cpu: number
+  /** With BENCH_THREADS=1: µs of user and system time per request, by process and thread. */
+  threads?: Map<string, [number, number]>
+}
+
+const THREADS = process.env.BENCH_THREADS === '1'
+
+/** What a server's process is, for the per-thread table: berth's control plane and container,
+ *  or the program's name (node, nginx, proxy_floor). */
+function processLabel(pid: number): string {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+    if (argv.includes('__container')) return 'berth container'
+    if (argv.includes('serve') && argv.some((a) => a.endsWith('berth.mjs'))) return 'berth serve'
+    return basename(argv[0])
+  } catch {
+    return '?'
+  }
+}
+
+/** User and system CPU time in ms of each thread of `pid` and its descendants, by
+ *  "process thread (tid)"; none where /proc has none. */
+function threadCpuMs(pid: number, into = new Map<string, [number, number]>()): Map<string, [number, number]> {
+  try {
+    const label = processLabel(pid)
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      into.set(`${label} / ${stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))} (${task})`, [Number(f[11]) * 10, Number(f[12]) * 10])
+      for (const c of readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ')) if (c !== '') threadCpuMs(Number(c), into)
+    }
+  } catch {
+    // Gone, or not Linux.
+  }
+  return into
+}
+
+/** Each thread's µs per request between two `threadCpuMs` readings, by "process / thread"
+ *  (threads of one name in one process added up: the tids change from round to round). */
+function perRequest(before: Map<string, [number, number]>, after: Map<string, [number, number]>, requests: number): Map<string, [number, number]> {
+  const out = new Map<string, [number, number]>()
+  for (const [key, [u, s]] of after) {
+    const [u0, s0] = before.get(key) ?? [0, 0]
+    const name = key.replace(/ \(\d+\)$/, '')
+    const [su, ss] = out.get(name) ?? [0, 0]
+    out.set(name, [su + ((u - u0) * 1000) / requests, ss + ((s - s0) * 1000) / requests])
+  }
+  return out
 }
 
 /** CPU time (user + system) of `pid` and its descendants, in ms; 0 where /proc has none (not Linux). */
@@ -243,10 +291,13 @@ function wrk(url: string, seconds: number): Promise<{ rps: number; p50: number; 
 
 async function load(url: string, seconds: number, pids: number[]): Promise<Sample> {
   const cpuMs = () => pids.reduce((sum, pid) => sum + treeCpuMs(pid), 0)
+  const threadsMs = () => pids.reduce((into, pid) => threadCpuMs(pid, into), new Map<string, [number, number]>())
   const cpu0 = cpuMs()
+  const threads0 = THREADS ? threadsMs() : undefined
   if (LOADGEN === 'wrk') {
     const r = await wrk(url, seconds)
-    return { rps: r.rps, p50: r.p50, p99: r.p99, cpu: ((cpuMs() - cpu0) * 1000) / r.total }
+    const threads = threads0 && perRequest(threads0, threadsMs(), r.total)
+    return { rps: r.rps, p50: r.p50, p99: r.p99, cpu: ((cpuMs() - cpu0) * 1000) / r.total, threads }
   }
   const r = await autocannon({
     url,
@@ -365,6 +416,21 @@ if (samples.size > 0) {
     )
   }
   console.log(`  (the batched pair: berth @batched ${vs('berth RPC route (batchedNoop)', 'fastify-batcher')} fastify with a DataLoader batcher)`)
+  if (THREADS) {
+    console.log('\nCPU per request by process / thread, µs user + system (median of the rounds; threads above 0.3 µs)')
+    for (const [name, s] of samples) {
+      console.log(`  ${name}`)
+      const keys = new Set(s.flatMap((x) => [...(x.threads?.keys() ?? [])]))
+      const rows = [...keys].map((k) => {
+        const u = median(s.map((x) => x.threads?.get(k)?.[0] ?? 0))
+        const sys = median(s.map((x) => x.threads?.get(k)?.[1] ?? 0))
+        return { k, u, sys }
+      })
+      for (const { k, u, sys } of rows.filter((r) => r.u + r.sys >= 0.3).sort((a, b) => b.u + b.sys - (a.u + a.sys))) {
+        console.log(`    ${k.padEnd(40)} ${u.toFixed(1).padStart(5)} + ${sys.toFixed(1).padStart(5)}`)
+      }
+    }
+  }
 }
 if (sse.size > 0) {
   console.log(
