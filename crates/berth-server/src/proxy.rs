@@ -139,10 +139,8 @@ pub(crate) struct Outgoing {
     /// Whether any of it went out (or its body failed): a request none of which did can go on
     /// another connection.
     began: bool,
-    /// The body, until it ends; where its refusal goes (http/mod.rs `Limited`); its failure,
-    /// for `poll_write` to return.
+    /// The body, until it ends; its failure, for `poll_write` to return.
     body: Option<Limited>,
-    fault: Arc<Mutex<Option<BodyError>>>,
     failed: Option<std::io::Error>,
     /// The body goes chunked (it came chunked); else as it came, by its `Content-Length`.
     chunked: bool,
@@ -539,11 +537,10 @@ impl Conn {
                     }
                     // The size in hex; extensions after `;` ignored.
                     let digits = line.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
-                    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(bad("a chunk of its answer has no size"));
-                    }
-                    let size =
-                        digits.iter().fold(0u64, |n, &d| n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0)));
+                    let size = (digits.len() <= 15 && digits.iter().all(u8::is_ascii_hexdigit))
+                        .then(|| u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok())
+                        .flatten()
+                        .ok_or_else(|| bad("a chunk of its answer has no size"))?;
                     *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
                 }
             }
@@ -831,7 +828,8 @@ pub(crate) enum Unanswered {
 /// The waiter of a proxied request's input, and, given the input's id once it is submitted,
 /// what its HTTP handler waits on.
 pub(crate) fn waiter(request: Box<Outgoing>) -> (Waiter, impl FnOnce(Arc<Shared>, InputId) -> Proxied) {
-    let fault = Arc::clone(&request.fault);
+    // Where the body's refusal goes (http/mod.rs `Limited`); the body is whole until it is sent.
+    let fault = request.body.as_ref().map_or_else(Arc::default, Limited::fault);
     let exchange = Arc::new(Exchange { request: Mutex::new(Some(request)), slot: Mutex::default() });
     let waiter = Waiter::Proxy(Arc::clone(&exchange));
     (waiter, move |shared, input| Proxied { exchange, fault, shared, input, settled: false })
@@ -928,7 +926,6 @@ pub(crate) fn request(
         out,
         at: 0,
         began: false,
-        fault: body.fault(),
         body: Some(body),
         failed: None,
         chunked,
