@@ -209,19 +209,40 @@ function processLabel(pid: number): string {
   }
 }
 
-/** User and system CPU time in ms of each thread of `pid` and its descendants, by
- *  "process thread (tid)"; none where /proc has none. */
-function threadCpuMs(pid: number, into = new Map<string, [number, number]>()): Map<string, [number, number]> {
+/** `pid` and its descendants; none where /proc has none (gone, or not Linux). */
+function processTree(pid: number): number[] {
   try {
-    const label = processLabel(pid)
+    const tree = [pid]
     for (const task of readdirSync(`/proc/${pid}/task`)) {
-      const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8')
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      into.set(`${label} / ${stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))} (${task})`, [Number(f[11]) * 10, Number(f[12]) * 10])
-      for (const c of readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ')) if (c !== '') threadCpuMs(Number(c), into)
+      for (const c of readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ')) if (c !== '') tree.push(...processTree(Number(c)))
     }
+    return tree
   } catch {
-    // Gone, or not Linux.
+    return []
+  }
+}
+
+/** A /proc stat line's name and its user and system CPU time in ms. */
+function statCpu(path: string): { name: string; user: number; system: number } {
+  const stat = readFileSync(path, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  // utime, stime in clock ticks (100 Hz)
+  return { name: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')), user: Number(f[11]) * 10, system: Number(f[12]) * 10 }
+}
+
+/** User and system CPU time in ms of each thread of `pid` and its descendants, by
+ *  "process / thread (tid)"; none where /proc has none. */
+function threadCpuMs(pid: number, into = new Map<string, [number, number]>()): Map<string, [number, number]> {
+  for (const p of processTree(pid)) {
+    try {
+      const label = processLabel(p)
+      for (const task of readdirSync(`/proc/${p}/task`)) {
+        const { name, user, system } = statCpu(`/proc/${p}/task/${task}/stat`)
+        into.set(`${label} / ${name} (${task})`, [user, system])
+      }
+    } catch {
+      // Gone meanwhile.
+    }
   }
   return into
 }
@@ -241,17 +262,16 @@ function perRequest(before: Map<string, [number, number]>, after: Map<string, [n
 
 /** CPU time (user + system) of `pid` and its descendants, in ms; 0 where /proc has none (not Linux). */
 function treeCpuMs(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    let ms = (Number(f[11]) + Number(f[12])) * 10 // utime, stime in clock ticks (100 Hz)
-    for (const task of readdirSync(`/proc/${pid}/task`)) {
-      for (const c of readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ')) if (c !== '') ms += treeCpuMs(Number(c))
+  let ms = 0
+  for (const p of processTree(pid)) {
+    try {
+      const { user, system } = statCpu(`/proc/${p}/stat`)
+      ms += user + system
+    } catch {
+      // Gone meanwhile.
     }
-    return ms
-  } catch {
-    return 0
   }
+  return ms
 }
 
 // wrk --version exits 1 after printing its version.
